@@ -1,0 +1,314 @@
+//! Typed HTTP client for Satchel's REST API (`docs/api.md`).
+//!
+//! Used by the CLI and the tests. It speaks the wire types of
+//! `satchel_model::api` and turns every non-2xx answer into
+//! [`ClientError::Api`] with the server's code and message.
+
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use reqwest::{Method, StatusCode};
+use satchel_model::api::{
+    Artifact, ArtifactList, ArtifactWithFiles, BlobsStored, CreateUpload, ErrorBody, FetchFiles,
+    FileInfo, FileList, Run, RunList, UploadCreated, UploadFinished,
+};
+use serde::de::DeserializeOwned;
+
+/// Errors talking to the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable code.
+        code: String,
+        /// Human-readable message.
+        message: String,
+        /// Candidates of an ambiguous query.
+        candidates: Option<Vec<FileInfo>>,
+    },
+    /// The request did not complete.
+    #[error("cannot reach satchel at {url}: {source}")]
+    Transport {
+        /// Server URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server sent something unexpected.
+    #[error("unexpected answer from satchel: {0}")]
+    Protocol(String),
+}
+
+/// Parameters of a file search within one run.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    /// Path glob.
+    pub query: String,
+    /// Job key scope.
+    pub job: Option<String>,
+    /// Step key scope.
+    pub step: Option<String>,
+    /// Artifact name scope.
+    pub name: Option<String>,
+    /// Include files of superseded attempts.
+    pub include_retried_jobs: bool,
+}
+
+/// A client for one server and token.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`) using `token`.
+    pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .pool_max_idle_per_host(16)
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.into(),
+                source: e,
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = rb.send().await.map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => ClientError::Api {
+                status: status.as_u16(),
+                code: b.error.code,
+                message: b.error.message,
+                candidates: b.error.candidates,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "http".into(),
+                message: format!("HTTP {status}: {}", text.trim()),
+                candidates: None,
+            },
+        })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            url: self.base.clone(),
+            source: e,
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<(), ClientError> {
+        let r = self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if r.status() == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol(format!(
+                "health check answered {}",
+                r.status()
+            )))
+        }
+    }
+
+    /// Starts an upload.
+    pub async fn create_upload(&self, req: &CreateUpload) -> Result<UploadCreated, ClientError> {
+        self.json(self.request(Method::POST, "/uploads").json(req))
+            .await
+    }
+
+    /// Sends one blob as a stream.
+    pub async fn put_blob<S>(
+        &self,
+        upload_id: &str,
+        sha256: &str,
+        size: u64,
+        body: S,
+    ) -> Result<BlobsStored, ClientError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let rb = self
+            .request(Method::PUT, &format!("/uploads/{upload_id}/blobs/{sha256}"))
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(body));
+        self.json(rb).await
+    }
+
+    /// Sends many small blobs framed in one body (see `docs/api.md`).
+    pub async fn put_blob_batch(
+        &self,
+        upload_id: &str,
+        framed: Vec<u8>,
+    ) -> Result<BlobsStored, ClientError> {
+        self.json(
+            self.request(Method::POST, &format!("/uploads/{upload_id}/blobs"))
+                .body(framed),
+        )
+        .await
+    }
+
+    /// Makes an upload's files visible.
+    pub async fn finish_upload(&self, upload_id: &str) -> Result<UploadFinished, ClientError> {
+        self.json(self.request(Method::POST, &format!("/uploads/{upload_id}/finish")))
+            .await
+    }
+
+    /// Abandons an upload.
+    pub async fn abort_upload(&self, upload_id: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::POST, &format!("/uploads/{upload_id}/abort")))
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs of a pipeline.
+    pub async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, ClientError> {
+        let l: RunList = self
+            .json(self.request(Method::GET, &format!("/pipelines/{pipeline}/runs")))
+            .await?;
+        Ok(l.runs)
+    }
+
+    /// Artifacts of a run.
+    pub async fn list_artifacts(
+        &self,
+        pipeline: &str,
+        run: u64,
+    ) -> Result<Vec<Artifact>, ClientError> {
+        let l: ArtifactList = self
+            .json(self.request(
+                Method::GET,
+                &format!("/pipelines/{pipeline}/runs/{run}/artifacts"),
+            ))
+            .await?;
+        Ok(l.artifacts)
+    }
+
+    /// One artifact with its files.
+    pub async fn get_artifact(&self, id: &str) -> Result<ArtifactWithFiles, ClientError> {
+        self.json(self.request(Method::GET, &format!("/artifacts/{id}")))
+            .await
+    }
+
+    /// Deletes an artifact.
+    pub async fn delete_artifact(&self, id: &str) -> Result<Artifact, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/artifacts/{id}")))
+            .await
+    }
+
+    /// Searches files of a run; `for_download` applies the download rules
+    /// (ambiguity error, latest per path).
+    pub async fn search(
+        &self,
+        pipeline: &str,
+        run: u64,
+        q: &SearchQuery,
+        for_download: bool,
+    ) -> Result<Vec<FileInfo>, ClientError> {
+        let mut params: Vec<(&str, String)> = vec![("query", q.query.clone())];
+        for (k, v) in [("job", &q.job), ("step", &q.step), ("name", &q.name)] {
+            if let Some(v) = v {
+                params.push((k, v.clone()));
+            }
+        }
+        if q.include_retried_jobs {
+            params.push(("include_retried_jobs", "true".into()));
+        }
+        params.push((
+            "purpose",
+            if for_download { "download" } else { "list" }.into(),
+        ));
+        let l: FileList = self
+            .json(
+                self.request(
+                    Method::GET,
+                    &format!("/pipelines/{pipeline}/runs/{run}/search"),
+                )
+                .query(&params),
+            )
+            .await?;
+        Ok(l.files)
+    }
+
+    /// Streams one file's content, optionally a byte range.
+    pub async fn file_content(
+        &self,
+        id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + use<>, ClientError> {
+        let mut rb = self.request(Method::GET, &format!("/files/{id}/content"));
+        if let Some((a, b)) = range {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={a}-{}", b - 1));
+        }
+        let resp = self.send(rb).await?;
+        let url = self.base.clone();
+        Ok(resp
+            .bytes_stream()
+            .map_err(move |e| ClientError::Transport {
+                url: url.clone(),
+                source: e,
+            }))
+    }
+
+    /// Streams many files' content framed (big-endian u64 length, bytes), in
+    /// the order of `ids`.
+    pub async fn files_content(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + use<>, ClientError> {
+        let resp = self
+            .send(
+                self.request(Method::POST, "/files/content")
+                    .json(&FetchFiles { ids }),
+            )
+            .await?;
+        let url = self.base.clone();
+        Ok(resp
+            .bytes_stream()
+            .map_err(move |e| ClientError::Transport {
+                url: url.clone(),
+                source: e,
+            }))
+    }
+}

@@ -1,0 +1,114 @@
+//! Satchel's metadata store.
+//!
+//! [`MetaStore`] is everything the server asks of a database: creating and
+//! finishing uploads, finding runs, artifacts and files. Each database lives
+//! in its own module with its own `migrations/` (SQLite now; PostgreSQL next),
+//! chosen by URL at start-up through [`open`]. Nothing database-specific leaks
+//! out of this crate: callers see the wire types of `satchel_model::api`.
+//!
+//! Visibility rule, enforced here: a file is visible only when its upload and
+//! its artifact are `finished`. An upload becomes finished in one transaction,
+//! and only after every blob it references is recorded as durable.
+
+mod sqlite;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use satchel_model::api::{Artifact, CreateUpload, FileInfo, Run, UploadFinished};
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the metadata store. The server maps them to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The named thing does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what is stored (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed (500).
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// What the server must still do for a new upload.
+#[derive(Debug, Clone)]
+pub struct UploadPlan {
+    /// Upload session id.
+    pub upload_id: String,
+    /// Target artifact.
+    pub artifact_id: String,
+    /// Target artifact's name.
+    pub artifact_name: String,
+    /// Distinct digests (hex) of new files that are not yet durably stored.
+    pub missing: Vec<String>,
+    /// Manifest entries the artifact already had with identical content.
+    pub already_present: u64,
+}
+
+/// The blobs an upload session may send: digest (hex) and size.
+#[derive(Debug, Clone)]
+pub struct UploadNeeds {
+    /// `uploading`, `finished` or `error`.
+    pub state: String,
+    /// Every digest referenced by the upload's files, with its size.
+    pub blobs: std::collections::HashMap<String, u64>,
+}
+
+/// The metadata store.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Creates the run, job attempt and artifact on first use, stages the
+    /// manifest's files (invisible until [`MetaStore::finish_upload`]) and
+    /// says which content is missing.
+    async fn create_upload(&self, req: &CreateUpload) -> Result<UploadPlan, DbError>;
+    /// The blobs an upload references.
+    async fn upload_needs(&self, upload_id: &str) -> Result<UploadNeeds, DbError>;
+    /// Which of `digests` are durably stored.
+    async fn known_blobs(&self, digests: &[String]) -> Result<HashSet<String>, DbError>;
+    /// Records blobs as durably stored. Call only after the content store
+    /// made them durable.
+    async fn record_blobs(&self, blobs: &[(String, u64)]) -> Result<(), DbError>;
+    /// Makes an upload's files visible, atomically, once all their content
+    /// is recorded; finishing twice is harmless.
+    async fn finish_upload(&self, upload_id: &str) -> Result<UploadFinished, DbError>;
+    /// Marks an upload failed; its staged files are dropped.
+    async fn abort_upload(&self, upload_id: &str) -> Result<(), DbError>;
+    /// Runs of a pipeline, newest first.
+    async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError>;
+    /// One run.
+    async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError>;
+    /// Every visible file of a run (all attempts; callers filter).
+    async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError>;
+    /// Artifacts of a run, any state but `deleted`.
+    async fn list_artifacts(&self, run_id: &str) -> Result<Vec<Artifact>, DbError>;
+    /// One artifact.
+    async fn get_artifact(&self, id: &str) -> Result<Artifact, DbError>;
+    /// Visible files of an artifact.
+    async fn artifact_files(&self, id: &str) -> Result<Vec<FileInfo>, DbError>;
+    /// Visible files by id, in the order asked; unknown ids are an error.
+    async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError>;
+    /// Marks an artifact deleted; its files disappear at once.
+    async fn delete_artifact(&self, id: &str) -> Result<Artifact, DbError>;
+}
+
+/// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare
+/// path) for the embedded default.
+pub fn open(url: &str) -> Result<Arc<dyn MetaStore>, DbError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(SqliteStore::open(path)?));
+    }
+    if url.contains("://") {
+        return Err(DbError::Invalid(format!(
+            "unsupported database URL {url:?}: use sqlite://PATH"
+        )));
+    }
+    Ok(Arc::new(SqliteStore::open(url)?))
+}

@@ -1,0 +1,790 @@
+//! The embedded default: SQLite in WAL mode.
+//!
+//! One writer connection (SQLite allows one writer at a time anyway) and a
+//! few reader connections, each behind a mutex and used from tokio's
+//! blocking pool. `synchronous = FULL`, so a committed transaction survives
+//! power loss. Write transactions are `BEGIN IMMEDIATE`, which makes the
+//! check-then-insert rules (artifact name conflicts) race-free.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use satchel_model::api::{
+    Artifact, ArtifactState, CreateUpload, FileInfo, Producer, Run, UploadFinished,
+};
+use satchel_model::id::{new_id, now_millis, rfc3339_millis};
+
+use crate::{DbError, MetaStore, UploadNeeds, UploadPlan};
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const READERS: usize = 4;
+
+/// Metadata in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+fn backend(e: rusqlite::Error) -> DbError {
+    DbError::Backend(e.to_string())
+}
+
+fn connect(path: &Path) -> Result<Connection, DbError> {
+    let c = Connection::open(path)
+        .map_err(|e| DbError::Backend(format!("opening {}: {e}", path.display())))?;
+    c.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(backend)?;
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(backend)?;
+    Ok(c)
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `path` and applies migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, DbError> {
+        let path = path.as_ref();
+        let mut writer = connect(path)?;
+        migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| connect(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let c = inner.readers[i].lock().unwrap_or_else(|p| p.into_inner());
+            f(&c)
+        })
+        .await
+        .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+    }
+}
+
+fn migrate(c: &mut Connection) -> Result<(), DbError> {
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        tx.execute_batch(sql)
+            .map_err(|e| DbError::Backend(format!("migration {}: {e}", i + 1)))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    if version as usize > MIGRATIONS.len() {
+        return Err(DbError::Backend(format!(
+            "database schema version {version} is newer than this satchel ({}): upgrade satchel",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Columns of a visible-file row, in the order [`file_row`] reads them.
+const FILE_SELECT: &str = "
+SELECT f.id, f.artifact_id, a.name, f.path, f.size, f.sha256, f.mode, f.content_type, u.step,
+       p.key, r.number, j.stage, j.key, j.attempt,
+       EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
+                                       AND j2.attempt > j.attempt),
+       f.source_path, f.glob, u.finished_at
+FROM files f
+JOIN uploads u ON u.id = f.upload_id
+JOIN artifacts a ON a.id = f.artifact_id
+JOIN jobs j ON j.id = a.job_id
+JOIN runs r ON r.id = j.run_id
+JOIN pipelines p ON p.id = r.pipeline_id
+WHERE u.state = 'finished' AND a.state = 'finished'";
+
+fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileInfo> {
+    let at: i64 = r.get(17)?;
+    Ok(FileInfo {
+        id: r.get(0)?,
+        artifact_id: r.get(1)?,
+        artifact_name: r.get(2)?,
+        path: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        sha256: r.get(5)?,
+        mode: r.get::<_, i64>(6)? as u32,
+        content_type: r.get(7)?,
+        step: r.get(8)?,
+        producer: Producer {
+            pipeline: r.get(9)?,
+            run: r.get::<_, i64>(10)? as u64,
+            stage: r.get(11)?,
+            job: r.get(12)?,
+            attempt: r.get::<_, i64>(13)? as u32,
+            superseded: r.get(14)?,
+        },
+        source_path: r.get(15)?,
+        glob: r.get(16)?,
+        uploaded_at: rfc3339_millis(at),
+        uploaded_at_ms: at,
+    })
+}
+
+/// Columns of an artifact row with its visible totals.
+const ARTIFACT_SELECT: &str = "
+SELECT a.id, a.name, a.is_default, a.kind, a.state, a.created_at,
+       p.key, r.number, j.stage, j.key, j.attempt,
+       EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
+                                       AND j2.attempt > j.attempt),
+       (SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = a.id AND u.state = 'finished'),
+       (SELECT COALESCE(SUM(f.size), 0) FROM files f JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = a.id AND u.state = 'finished')
+FROM artifacts a
+JOIN jobs j ON j.id = a.job_id
+JOIN runs r ON r.id = j.run_id
+JOIN pipelines p ON p.id = r.pipeline_id";
+
+fn artifact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Artifact> {
+    let state: String = r.get(4)?;
+    Ok(Artifact {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        is_default: r.get(2)?,
+        kind: r.get(3)?,
+        state: ArtifactState::parse(&state).unwrap_or(ArtifactState::Error),
+        created_at: rfc3339_millis(r.get(5)?),
+        producer: Producer {
+            pipeline: r.get(6)?,
+            run: r.get::<_, i64>(7)? as u64,
+            stage: r.get(8)?,
+            job: r.get(9)?,
+            attempt: r.get::<_, i64>(10)? as u32,
+            superseded: r.get(11)?,
+        },
+        file_count: r.get::<_, i64>(12)? as u64,
+        size: r.get::<_, i64>(13)? as u64,
+    })
+}
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+    Ok(Run {
+        id: r.get(0)?,
+        pipeline: r.get(1)?,
+        number: r.get::<_, i64>(2)? as u64,
+        branch: r.get(3)?,
+        commit: r.get(4)?,
+        state: r.get(5)?,
+        created_at: rfc3339_millis(r.get(6)?),
+    })
+}
+
+const RUN_SELECT: &str =
+    "SELECT r.id, p.key, r.number, r.branch, r.commit_sha, r.state, r.created_at
+FROM runs r JOIN pipelines p ON p.id = r.pipeline_id";
+
+fn get_artifact(c: &Connection, id: &str) -> Result<Artifact, DbError> {
+    c.query_row(
+        &format!("{ARTIFACT_SELECT} WHERE a.id = ?1 AND a.state != 'deleted'"),
+        [id],
+        artifact_row,
+    )
+    .optional()
+    .map_err(backend)?
+    .ok_or_else(|| DbError::NotFound(format!("artifact {id} not found")))
+}
+
+/// Finds or creates a row keyed by `select` (one `?1`/`?2`… id query).
+fn ensure(
+    tx: &rusqlite::Transaction<'_>,
+    select: &str,
+    insert: &str,
+    keys: &[&dyn rusqlite::ToSql],
+) -> Result<String, DbError> {
+    if let Some(id) = tx
+        .query_row(select, keys, |r| r.get::<_, String>(0))
+        .optional()
+        .map_err(backend)?
+    {
+        return Ok(id);
+    }
+    let id = new_id();
+    let mut all: Vec<&dyn rusqlite::ToSql> = vec![&id];
+    all.extend_from_slice(keys);
+    let now = now_millis();
+    all.push(&now);
+    tx.execute(insert, all.as_slice()).map_err(backend)?;
+    Ok(id)
+}
+
+fn create_upload_tx(
+    tx: &rusqlite::Transaction<'_>,
+    req: &CreateUpload,
+) -> Result<UploadPlan, DbError> {
+    let ctx = &req.context;
+    let org = ensure(
+        tx,
+        "SELECT id FROM organizations WHERE key = ?1",
+        "INSERT INTO organizations (id, key, created_at) VALUES (?1, ?2, ?3)",
+        &[&"default"],
+    )?;
+    let cluster = ensure(
+        tx,
+        "SELECT id FROM clusters WHERE organization_id = ?1 AND key = ?2",
+        "INSERT INTO clusters (id, organization_id, key, created_at) VALUES (?1, ?2, ?3, ?4)",
+        &[&org, &"default"],
+    )?;
+    let pipeline = ensure(
+        tx,
+        "SELECT id FROM pipelines WHERE cluster_id = ?1 AND key = ?2",
+        "INSERT INTO pipelines (id, cluster_id, key, created_at) VALUES (?1, ?2, ?3, ?4)",
+        &[&cluster, &ctx.pipeline],
+    )?;
+    let run_number = ctx.run as i64;
+    let run = ensure(
+        tx,
+        "SELECT id FROM runs WHERE pipeline_id = ?1 AND number = ?2",
+        "INSERT INTO runs (id, pipeline_id, number, created_at) VALUES (?1, ?2, ?3, ?4)",
+        &[&pipeline, &run_number],
+    )?;
+    tx.execute(
+        "UPDATE runs SET branch = COALESCE(branch, ?2), commit_sha = COALESCE(commit_sha, ?3) WHERE id = ?1",
+        params![run, ctx.branch, ctx.commit],
+    )
+    .map_err(backend)?;
+    let attempt = ctx.attempt as i64;
+    let job = ensure(
+        tx,
+        "SELECT id FROM jobs WHERE run_id = ?1 AND key = ?2 AND attempt = ?3",
+        "INSERT INTO jobs (id, run_id, key, attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[&run, &ctx.job, &attempt],
+    )?;
+    if let Some(stage) = &ctx.stage {
+        tx.execute(
+            "UPDATE jobs SET stage = ?2 WHERE id = ?1 AND stage IS NULL",
+            params![job, stage],
+        )
+        .map_err(backend)?;
+    }
+
+    let now = now_millis();
+    let name = req.name.as_deref().filter(|n| *n != "default");
+    let artifact_id = match name {
+        None => {
+            let found: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM artifacts WHERE job_id = ?1 AND is_default = 1",
+                    [&job],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            match found {
+                Some(id) => id,
+                None => {
+                    let id = new_id();
+                    tx.execute(
+                        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, state, created_at)
+                         VALUES (?1, ?2, ?3, 'default', 1, 'uploading', ?4)",
+                        params![id, run, job, now],
+                    )
+                    .map_err(backend)?;
+                    id
+                }
+            }
+        }
+        Some(name) => {
+            // Names are unique in a run; only the owning job (or a retry of
+            // it, which gets its own copy) may add to it.
+            let mut stmt = tx
+                .prepare(
+                    "SELECT a.id, j.id, j.key, j.attempt FROM artifacts a JOIN jobs j ON j.id = a.job_id
+                     WHERE a.run_id = ?1 AND a.name = ?2 AND a.is_default = 0
+                       AND a.state NOT IN ('deleted', 'error', 'expired')",
+                )
+                .map_err(backend)?;
+            let existing: Vec<(String, String, String, i64)> = stmt
+                .query_map(params![run, name], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            let mut mine = None;
+            for (aid, jid, jkey, jattempt) in existing {
+                if jid == job {
+                    mine = Some(aid);
+                } else if jkey != ctx.job || jattempt > attempt {
+                    return Err(DbError::Conflict(format!(
+                        "artifact {name:?} already exists in run {} of pipeline {:?}: it belongs to job {jkey:?} (attempt {jattempt}); artifact names are unique within a run",
+                        ctx.run, ctx.pipeline
+                    )));
+                }
+            }
+            match mine {
+                Some(id) => id,
+                None => {
+                    let id = new_id();
+                    tx.execute(
+                        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, state, created_at)
+                         VALUES (?1, ?2, ?3, ?4, 0, 'uploading', ?5)",
+                        params![id, run, job, name, now],
+                    )
+                    .map_err(backend)?;
+                    id
+                }
+            }
+        }
+    };
+    let (artifact_name, artifact_state): (String, String) = tx
+        .query_row(
+            "SELECT name, state FROM artifacts WHERE id = ?1",
+            [&artifact_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(backend)?;
+    if artifact_state == "deleted" || artifact_state == "expired" {
+        return Err(DbError::Conflict(format!(
+            "artifact {artifact_name:?} was {artifact_state}; it cannot take new files"
+        )));
+    }
+
+    // Files the artifact already has (finished or still uploading).
+    let mut existing: HashMap<String, String> = HashMap::new();
+    {
+        let mut stmt = tx
+            .prepare(
+                "SELECT f.path, f.sha256 FROM files f JOIN uploads u ON u.id = f.upload_id
+                 WHERE f.artifact_id = ?1 AND u.state != 'error'",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([&artifact_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?;
+        for row in rows {
+            let (p, s) = row.map_err(backend)?;
+            existing.insert(p, s);
+        }
+    }
+
+    let upload_id = new_id();
+    tx.execute(
+        "INSERT INTO uploads (id, artifact_id, step, state, created_at) VALUES (?1, ?2, ?3, 'uploading', ?4)",
+        params![upload_id, artifact_id, ctx.step, now],
+    )
+    .map_err(backend)?;
+
+    let mut seen = HashSet::new();
+    let mut wanted = HashSet::new();
+    let mut already_present = 0u64;
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO files (id, artifact_id, upload_id, path, size, sha256, mode, content_type, source_path, glob, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(backend)?;
+        for f in &req.files {
+            if !seen.insert(f.path.as_str()) {
+                return Err(DbError::Invalid(format!(
+                    "the manifest lists {:?} twice",
+                    f.path
+                )));
+            }
+            if let Some(old) = existing.get(&f.path) {
+                if *old == f.sha256 {
+                    already_present += 1;
+                    continue;
+                }
+                return Err(DbError::Conflict(format!(
+                    "{:?} is already in artifact {artifact_name:?} with different content (sha256 {old}); files of an artifact cannot be replaced",
+                    f.path
+                )));
+            }
+            let content_type = f
+                .content_type
+                .clone()
+                .unwrap_or_else(|| satchel_model::mime::content_type_for(&f.path).to_string());
+            insert
+                .execute(params![
+                    new_id(),
+                    artifact_id,
+                    upload_id,
+                    f.path,
+                    f.size as i64,
+                    f.sha256,
+                    (f.mode & 0o7777) as i64,
+                    content_type,
+                    f.source_path,
+                    f.glob,
+                    now
+                ])
+                .map_err(backend)?;
+            wanted.insert(f.sha256.clone());
+        }
+    }
+    let mut missing = Vec::new();
+    {
+        let mut known = tx
+            .prepare("SELECT 1 FROM blobs WHERE sha256 = ?1")
+            .map_err(backend)?;
+        for d in wanted {
+            if !known.exists([&d]).map_err(backend)? {
+                missing.push(d);
+            }
+        }
+    }
+    missing.sort();
+    Ok(UploadPlan {
+        upload_id,
+        artifact_id,
+        artifact_name,
+        missing,
+        already_present,
+    })
+}
+
+fn finish_upload_tx(
+    tx: &rusqlite::Transaction<'_>,
+    upload_id: &str,
+) -> Result<UploadFinished, DbError> {
+    let (artifact_id, state): (String, String) = tx
+        .query_row(
+            "SELECT artifact_id, state FROM uploads WHERE id = ?1",
+            [upload_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| DbError::NotFound(format!("upload {upload_id} not found")))?;
+    match state.as_str() {
+        "uploading" | "finished" => {}
+        _ => {
+            return Err(DbError::Conflict(format!(
+                "upload {upload_id} failed earlier and cannot be finished; start a new upload"
+            )))
+        }
+    }
+    let missing: Vec<String> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT f.path FROM files f LEFT JOIN blobs b ON b.sha256 = f.sha256
+                 WHERE f.upload_id = ?1 AND b.sha256 IS NULL ORDER BY f.path LIMIT 11",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([upload_id], |r| r.get(0))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        rows
+    };
+    if !missing.is_empty() {
+        let more = if missing.len() > 10 { ", …" } else { "" };
+        return Err(DbError::Conflict(format!(
+            "content has not been uploaded for: {}{more}",
+            missing[..missing.len().min(10)].join(", ")
+        )));
+    }
+    let now = now_millis();
+    tx.execute(
+        "UPDATE uploads SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'uploading'",
+        params![upload_id, now],
+    )
+    .map_err(backend)?;
+    tx.execute(
+        "UPDATE artifacts SET state = 'finished', finished_at = COALESCE(finished_at, ?2)
+         WHERE id = ?1 AND state IN ('uploading', 'error')",
+        params![artifact_id, now],
+    )
+    .map_err(backend)?;
+    let (files_added, bytes_added): (i64, i64) = tx
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE upload_id = ?1",
+            [upload_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(backend)?;
+    Ok(UploadFinished {
+        artifact: get_artifact(tx, &artifact_id)?,
+        files_added: files_added as u64,
+        bytes_added: bytes_added as u64,
+    })
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn create_upload(&self, req: &CreateUpload) -> Result<UploadPlan, DbError> {
+        let req = req.clone();
+        self.write(move |tx| create_upload_tx(tx, &req)).await
+    }
+
+    async fn upload_needs(&self, upload_id: &str) -> Result<UploadNeeds, DbError> {
+        let id = upload_id.to_string();
+        self.read(move |c| {
+            let state: String = c
+                .query_row("SELECT state FROM uploads WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(backend)?
+                .ok_or_else(|| DbError::NotFound(format!("upload {id} not found")))?;
+            let mut stmt = c
+                .prepare("SELECT DISTINCT sha256, size FROM files WHERE upload_id = ?1")
+                .map_err(backend)?;
+            let blobs = stmt
+                .query_map([&id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(UploadNeeds { state, blobs })
+        })
+        .await
+    }
+
+    async fn known_blobs(&self, digests: &[String]) -> Result<HashSet<String>, DbError> {
+        let digests = digests.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT 1 FROM blobs WHERE sha256 = ?1")
+                .map_err(backend)?;
+            let mut out = HashSet::new();
+            for d in digests {
+                if stmt.exists([&d]).map_err(backend)? {
+                    out.insert(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_blobs(&self, blobs: &[(String, u64)]) -> Result<(), DbError> {
+        let blobs = blobs.to_vec();
+        self.write(move |tx| {
+            let now = now_millis();
+            let mut stmt = tx
+                .prepare("INSERT INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING")
+                .map_err(backend)?;
+            for (d, size) in blobs {
+                stmt.execute(params![d, size as i64, now]).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_upload(&self, upload_id: &str) -> Result<UploadFinished, DbError> {
+        let id = upload_id.to_string();
+        self.write(move |tx| finish_upload_tx(tx, &id)).await
+    }
+
+    async fn abort_upload(&self, upload_id: &str) -> Result<(), DbError> {
+        let id = upload_id.to_string();
+        self.write(move |tx| {
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM uploads WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            match state.as_deref() {
+                None => return Err(DbError::NotFound(format!("upload {id} not found"))),
+                Some("finished") => {
+                    return Err(DbError::Conflict(format!(
+                        "upload {id} is already finished; delete the artifact instead"
+                    )))
+                }
+                _ => {}
+            }
+            tx.execute("DELETE FROM files WHERE upload_id = ?1", [&id])
+                .map_err(backend)?;
+            tx.execute("UPDATE uploads SET state = 'error' WHERE id = ?1", [&id])
+                .map_err(backend)?;
+            // An artifact no upload ever finished is an error artifact.
+            tx.execute(
+                "UPDATE artifacts SET state = 'error'
+                 WHERE id = (SELECT artifact_id FROM uploads WHERE id = ?1) AND state = 'uploading'
+                   AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.artifact_id = artifacts.id AND u.state != 'error')",
+                [&id],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError> {
+        let p = pipeline.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "{RUN_SELECT} WHERE p.key = ?1 ORDER BY r.number DESC"
+                ))
+                .map_err(backend)?;
+            let runs: Vec<Run> = stmt
+                .query_map([&p], run_row)
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            if runs.is_empty() {
+                let exists = c
+                    .prepare("SELECT 1 FROM pipelines WHERE key = ?1")
+                    .and_then(|mut s| s.exists([&p]))
+                    .map_err(backend)?;
+                if !exists {
+                    return Err(DbError::NotFound(format!("pipeline {p:?} not found")));
+                }
+            }
+            Ok(runs)
+        })
+        .await
+    }
+
+    async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError> {
+        let p = pipeline.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("{RUN_SELECT} WHERE p.key = ?1 AND r.number = ?2"),
+                params![p, number as i64],
+                run_row,
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or_else(|| DbError::NotFound(format!("run {number} of pipeline {p:?} not found")))
+        })
+        .await
+    }
+
+    async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!("{FILE_SELECT} AND a.run_id = ?1"))
+                .map_err(backend)?;
+            let files = stmt
+                .query_map([&id], file_row)
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(files)
+        })
+        .await
+    }
+
+    async fn list_artifacts(&self, run_id: &str) -> Result<Vec<Artifact>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "{ARTIFACT_SELECT} WHERE a.run_id = ?1 AND a.state != 'deleted' ORDER BY a.name, a.created_at"
+                ))
+                .map_err(backend)?;
+            let out = stmt
+                .query_map([&id], artifact_row)
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_artifact(&self, id: &str) -> Result<Artifact, DbError> {
+        let id = id.to_string();
+        self.read(move |c| get_artifact(c, &id)).await
+    }
+
+    async fn artifact_files(&self, id: &str) -> Result<Vec<FileInfo>, DbError> {
+        let id = id.to_string();
+        self.read(move |c| {
+            get_artifact(c, &id)?;
+            let mut stmt = c
+                .prepare(&format!(
+                    "{FILE_SELECT} AND f.artifact_id = ?1 ORDER BY f.path"
+                ))
+                .map_err(backend)?;
+            let files = stmt
+                .query_map([&id], file_row)
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(files)
+        })
+        .await
+    }
+
+    async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError> {
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!("{FILE_SELECT} AND f.id = ?1"))
+                .map_err(backend)?;
+            ids.iter()
+                .map(|id| {
+                    stmt.query_row([id], file_row)
+                        .optional()
+                        .map_err(backend)?
+                        .ok_or_else(|| DbError::NotFound(format!("file {id} not found")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_artifact(&self, id: &str) -> Result<Artifact, DbError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let a = get_artifact(tx, &id)?;
+            tx.execute(
+                "UPDATE artifacts SET state = 'deleted' WHERE id = ?1",
+                [&id],
+            )
+            .map_err(backend)?;
+            Ok(Artifact {
+                state: ArtifactState::Deleted,
+                ..a
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,13 @@
+//! Satchel's pure domain model.
+//!
+//! Everything here is free of I/O so that the server, the metadata stores, the
+//! client and the CLI agree on one definition of what a valid path, name, glob
+//! and query is, and on the rules that pick files for a download.
+
+pub mod api;
+pub mod glob;
+pub mod id;
+pub mod mime;
+pub mod names;
+pub mod path;
+pub mod query;

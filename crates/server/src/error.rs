@@ -1,0 +1,135 @@
+//! The one HTTP error boundary.
+//!
+//! Policy: handlers return `Result<_, ApiError>` and never build error
+//! responses themselves. Every error leaves as the JSON body
+//! `{"error": {"code", "message", "candidates"?}}` with a status that says
+//! whose fault it is: bad input 400, missing or wrong token 401, unknown
+//! thing 404, conflict with stored state 409, too large 413, unsatisfiable
+//! range 416. Anything else is logged once here and answered 500 without
+//! internal detail beyond the message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use satchel_db::DbError;
+use satchel_model::api::{ErrorBody, ErrorDetail, FileInfo};
+use satchel_store::StoreError;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// Candidates of an ambiguous query.
+    pub candidates: Option<Vec<FileInfo>>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            candidates: None,
+        }
+    }
+
+    /// 400 with code `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 with code `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500 with code `internal`.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                candidates: self.candidates,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> ApiError {
+        match e {
+            DbError::NotFound(m) => ApiError::not_found(m),
+            DbError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            DbError::Invalid(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match &e {
+            StoreError::DigestMismatch { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "digest_mismatch", e.to_string())
+            }
+            StoreError::SizeMismatch { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "size_mismatch", e.to_string())
+            }
+            StoreError::BadRange { .. } => ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                e.to_string(),
+            ),
+            StoreError::NotFound(_) => ApiError::internal(format!(
+                "stored content is missing: {e} (run `satchel admin fsck`)"
+            )),
+            _ if e.is_client_error() => ApiError::bad_request(e.to_string()),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<satchel_model::glob::GlobError> for ApiError {
+    fn from(e: satchel_model::glob::GlobError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_glob", e.to_string())
+    }
+}
+
+impl From<satchel_model::path::PathError> for ApiError {
+    fn from(e: satchel_model::path::PathError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string())
+    }
+}
+
+impl From<satchel_model::names::NameError> for ApiError {
+    fn from(e: satchel_model::names::NameError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+    }
+}
+
+impl From<satchel_model::query::Ambiguous> for ApiError {
+    fn from(e: satchel_model::query::Ambiguous) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "ambiguous_query",
+            message: e.to_string(),
+            candidates: Some(e.candidates),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Satchel's HTTP server.
+//!
+//! Owns the REST API under `/api/v1` (documented in `docs/api.md`), bearer
+//! token authentication, and the one error boundary ([`error`]). Metadata
+//! goes through `satchel_db::MetaStore`, content through
+//! `satchel_store::ContentStore`; handlers never touch files or SQL.
+
+pub mod error;
+mod extract;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use satchel_db::MetaStore;
+use satchel_store::ContentStore;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Metadata.
+    pub db: Arc<dyn MetaStore>,
+    /// Content.
+    pub store: Arc<dyn ContentStore>,
+    admin_token_hash: [u8; 32],
+}
+
+impl AppState {
+    /// State over the given stores, accepting `admin_token`.
+    pub fn new(
+        db: Arc<dyn MetaStore>,
+        store: Arc<dyn ContentStore>,
+        admin_token: &str,
+    ) -> AppState {
+        AppState {
+            db,
+            store,
+            admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+        }
+    }
+}
+
+/// Where the embedded default keeps things under a data directory.
+pub struct DataDir {
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    /// The SQLite database path.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("satchel.db")
+    }
+    /// The content store root.
+    pub fn content(&self) -> PathBuf {
+        self.root.join("content")
+    }
+    /// The admin token file.
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join("admin.token")
+    }
+}
+
+/// Opens the embedded default stores (SQLite + local disk) under `dir`.
+pub fn open_embedded(dir: &Path) -> Result<(Arc<dyn MetaStore>, Arc<dyn ContentStore>), String> {
+    let d = DataDir {
+        root: dir.to_path_buf(),
+    };
+    std::fs::create_dir_all(&d.root).map_err(|e| format!("creating {}: {e}", d.root.display()))?;
+    let db = satchel_db::open(&format!("sqlite://{}", d.database().display()))
+        .map_err(|e| e.to_string())?;
+    let store = satchel_store::LocalStore::open(d.content()).map_err(|e| e.to_string())?;
+    Ok((db, Arc::new(store)))
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = presented else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <token>` header (set SATCHEL_TOKEN)",
+        ));
+    };
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Comparing hashes: timing reveals nothing useful about the token.
+    if hash != state.admin_token_hash {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not valid for this server",
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> axum::Router {
+    let api = routes::api().layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .nest("/api/v1", api)
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
+        })
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The address a listener is bound to, for the "listening on" line.
+pub fn local_addr(listener: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}

@@ -1,0 +1,198 @@
+//! Downloads: one file with HTTP Range, or many small files in one framed
+//! response (`POST /files/content`: for each requested id in order, a
+//! big-endian u64 length then the bytes), so 10,000 small files are not
+//! 10,000 requests.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use satchel_model::api::{FetchFiles, FILE_FRAME_HEADER};
+use satchel_store::Digest;
+
+use super::check_id;
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::AppState;
+
+/// Most files one batch request may ask for, and their total size.
+const BATCH_FILES: usize = 10_000;
+const BATCH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Parses a single `bytes=` range against `size`. `Ok(None)`: serve all
+/// (no header, or several ranges, which RFC 9110 lets us ignore).
+fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(v) = h else { return Ok(None) };
+    let unsatisfiable = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("range {:?} does not fit a file of {size} bytes", v),
+        )
+    };
+    let s = v.to_str().map_err(|_| unsatisfiable())?;
+    let Some(spec) = s.trim().strip_prefix("bytes=") else {
+        return Err(unsatisfiable());
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+        if n == 0 {
+            return Err(unsatisfiable());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
+        let end = if b.is_empty() {
+            size
+        } else {
+            let last: u64 = b.parse().map_err(|_| unsatisfiable())?;
+            if last < start {
+                return Err(unsatisfiable());
+            }
+            (last + 1).min(size)
+        };
+        (start, end)
+    };
+    if start >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((start, end)))
+}
+
+fn disposition(path: &str) -> HeaderValue {
+    let name = satchel_model::path::split(path).1;
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+pub(super) async fn file_content(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_id("file", &id)?;
+    let file = s.db.get_files(std::slice::from_ref(&id)).await?.remove(0);
+    let digest = Digest::from_hex(&file.sha256)?;
+    let range = match parse_range(headers.get(header::RANGE), file.size) {
+        Err(mut e) => {
+            e.message = format!("{} ({})", e.message, file.path);
+            let mut r = e.into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{}", file.size)).expect("ascii"),
+            );
+            return Ok(r);
+        }
+        Ok(r) => r,
+    };
+    let (status, start, end) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b),
+        None => (StatusCode::OK, 0, file.size),
+    };
+    let stream = s.store.get(&digest, Some(start..end)).await?;
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&file.content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{}\"", file.sha256)).expect("hex"),
+    );
+    h.insert(
+        "x-checksum-sha256",
+        HeaderValue::from_str(&file.sha256).expect("hex"),
+    );
+    h.insert(header::CONTENT_DISPOSITION, disposition(&file.path));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, file.size))
+                .expect("ascii"),
+        );
+    }
+    Ok(resp)
+}
+
+pub(super) async fn files_content(
+    State(s): State<AppState>,
+    Json(req): Json<FetchFiles>,
+) -> Result<Response, ApiError> {
+    if req.ids.len() > BATCH_FILES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "at most {BATCH_FILES} files per batch ({} asked)",
+                req.ids.len()
+            ),
+        ));
+    }
+    for id in &req.ids {
+        check_id("file", id)?;
+    }
+    let files = s.db.get_files(&req.ids).await?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    if total > BATCH_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a batch may carry at most {BATCH_BYTES} bytes ({total} asked); fetch large files one by one"),
+        ));
+    }
+    let mut parts = Vec::with_capacity(files.len());
+    for f in &files {
+        parts.push((Digest::from_hex(&f.sha256)?, f.size));
+    }
+    let store = s.store.clone();
+    let body = futures_util::stream::iter(parts)
+        .then(move |(d, size)| {
+            let store = store.clone();
+            async move {
+                let header: [u8; FILE_FRAME_HEADER] = size.to_be_bytes();
+                let head = futures_util::stream::once(async move {
+                    Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&header))
+                });
+                match store.get(&d, None).await {
+                    Ok(s) => head.chain(s).boxed(),
+                    Err(e) => head
+                        .chain(futures_util::stream::once(async move {
+                            Err(std::io::Error::other(e.to_string()))
+                        }))
+                        .boxed(),
+                }
+            }
+        })
+        .flatten();
+    let mut resp = Response::new(Body::from_stream(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(total + (FILE_FRAME_HEADER * files.len()) as u64),
+    );
+    Ok(resp)
+}

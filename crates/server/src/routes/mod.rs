@@ -1,0 +1,164 @@
+//! Routes of `/api/v1`: runs, artifacts, files and search here; uploads and
+//! content transfer in their own modules.
+
+mod content;
+mod uploads;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post, put};
+use axum::Router;
+use satchel_model::api::{
+    Artifact, ArtifactList, ArtifactWithFiles, FileInfo, FileList, Run, RunList,
+};
+use satchel_model::glob::Glob;
+use satchel_model::query::{self, Scope};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::extract::{Path, Query};
+use crate::AppState;
+
+/// Manifests of 100,000 files fit comfortably.
+const MANIFEST_LIMIT: usize = 64 * 1024 * 1024;
+
+pub(crate) fn api() -> Router<AppState> {
+    Router::new()
+        .route("/pipelines/{pipeline}/runs", get(list_runs))
+        .route("/pipelines/{pipeline}/runs/{run}", get(get_run))
+        .route(
+            "/pipelines/{pipeline}/runs/{run}/artifacts",
+            get(list_artifacts),
+        )
+        .route("/pipelines/{pipeline}/runs/{run}/search", get(search))
+        .route("/artifacts/{id}", get(get_artifact).delete(delete_artifact))
+        .route("/files/{id}", get(get_file))
+        .route("/files/{id}/content", get(content::file_content))
+        .route("/files/content", post(content::files_content))
+        .route(
+            "/uploads",
+            post(uploads::create).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+        )
+        .route(
+            "/uploads/{id}/blobs",
+            post(uploads::put_batch).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/uploads/{id}/blobs/{sha256}",
+            put(uploads::put_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/uploads/{id}/finish", post(uploads::finish))
+        .route("/uploads/{id}/abort", post(uploads::abort))
+}
+
+/// Rejects ids that cannot exist before they reach the database.
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if satchel_model::id::is_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("{what} {id:?} not found")))
+    }
+}
+
+async fn list_runs(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+) -> Result<axum::Json<RunList>, ApiError> {
+    Ok(axum::Json(RunList {
+        runs: s.db.list_runs(&pipeline).await?,
+    }))
+}
+
+async fn get_run(
+    State(s): State<AppState>,
+    Path((pipeline, run)): Path<(String, u64)>,
+) -> Result<axum::Json<Run>, ApiError> {
+    Ok(axum::Json(s.db.find_run(&pipeline, run).await?))
+}
+
+#[derive(Deserialize)]
+struct ArtifactFilter {
+    job: Option<String>,
+    #[serde(default)]
+    include_retried_jobs: bool,
+}
+
+async fn list_artifacts(
+    State(s): State<AppState>,
+    Path((pipeline, run)): Path<(String, u64)>,
+    Query(f): Query<ArtifactFilter>,
+) -> Result<axum::Json<ArtifactList>, ApiError> {
+    let run = s.db.find_run(&pipeline, run).await?;
+    let artifacts: Vec<Artifact> =
+        s.db.list_artifacts(&run.id)
+            .await?
+            .into_iter()
+            .filter(|a| f.include_retried_jobs || !a.producer.superseded)
+            .filter(|a| f.job.as_deref().is_none_or(|j| a.producer.job == j))
+            .collect();
+    Ok(axum::Json(ArtifactList { artifacts }))
+}
+
+#[derive(Deserialize)]
+struct SearchParams {
+    query: Option<String>,
+    job: Option<String>,
+    step: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    include_retried_jobs: bool,
+    /// `list` (every match, the default) or `download` (ambiguity rules).
+    purpose: Option<String>,
+}
+
+async fn search(
+    State(s): State<AppState>,
+    Path((pipeline, run)): Path<(String, u64)>,
+    Query(p): Query<SearchParams>,
+) -> Result<axum::Json<FileList>, ApiError> {
+    let glob = Glob::new(p.query.as_deref().unwrap_or("**"))?;
+    let scope = Scope {
+        job: p.job,
+        step: p.step,
+        name: p.name,
+        include_retried: p.include_retried_jobs,
+    };
+    let run = s.db.find_run(&pipeline, run).await?;
+    let files = s.db.run_files(&run.id).await?;
+    let files = match p.purpose.as_deref().unwrap_or("list") {
+        "list" => query::search(&glob, &scope, files),
+        "download" => query::select_for_download(&glob, &scope, files)?,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown purpose {other:?}: use `list` or `download`"
+            )))
+        }
+    };
+    Ok(axum::Json(FileList { files }))
+}
+
+async fn get_artifact(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ArtifactWithFiles>, ApiError> {
+    check_id("artifact", &id)?;
+    let artifact = s.db.get_artifact(&id).await?;
+    let files = s.db.artifact_files(&id).await?;
+    Ok(axum::Json(ArtifactWithFiles { artifact, files }))
+}
+
+async fn delete_artifact(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Artifact>, ApiError> {
+    check_id("artifact", &id)?;
+    Ok(axum::Json(s.db.delete_artifact(&id).await?))
+}
+
+async fn get_file(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<FileInfo>, ApiError> {
+    check_id("file", &id)?;
+    let mut files = s.db.get_files(std::slice::from_ref(&id)).await?;
+    Ok(axum::Json(files.remove(0)))
+}

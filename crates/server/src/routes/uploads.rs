@@ -1,0 +1,259 @@
+//! The upload protocol: announce a manifest, send only missing content,
+//! finish.
+//!
+//! 1. `POST /uploads` validates the manifest, stages the files (invisible)
+//!    and answers the digests the server lacks.
+//! 2. Missing content arrives either one blob per request
+//!    (`PUT /uploads/{id}/blobs/{sha256}`, streamed, for large files) or many
+//!    small blobs framed in one request (`POST /uploads/{id}/blobs`, each
+//!    frame = 32-byte raw SHA-256, big-endian u64 length, bytes). Every blob is
+//!    hashed as it is written and must be one the manifest announced, with
+//!    the announced size. A batch is made durable with one filesystem sync
+//!    before its blobs are recorded.
+//! 3. `POST /uploads/{id}/finish` makes all files visible in one transaction,
+//!    and fails if any content is missing.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use futures_util::TryStreamExt;
+use satchel_db::UploadNeeds;
+use satchel_model::api::{
+    BlobsStored, CreateUpload, UploadCreated, UploadFinished, BLOB_FRAME_HEADER,
+};
+use satchel_model::{names, path};
+use satchel_store::{Digest, Durability};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::StreamReader;
+
+use super::check_id;
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::AppState;
+
+const MAX_FILES: usize = 100_000;
+const MAX_TEXT: usize = 4096;
+
+fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
+    let c = &req.context;
+    names::validate_key("pipeline", &c.pipeline)?;
+    names::validate_key("job", &c.job)?;
+    if let Some(s) = &c.stage {
+        names::validate_key("stage", s)?;
+    }
+    if let Some(s) = &c.step {
+        names::validate_key("step", s)?;
+    }
+    if c.run == 0 || c.run > i64::MAX as u64 {
+        return Err(ApiError::bad_request("run numbers start at 1"));
+    }
+    if c.attempt == 0 {
+        return Err(ApiError::bad_request("attempts start at 1"));
+    }
+    for (what, v) in [("branch", &c.branch), ("commit", &c.commit)] {
+        if let Some(v) = v {
+            if v.len() > 1024 || v.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "{what} is over 1024 bytes or has control characters"
+                )));
+            }
+        }
+    }
+    if let Some(n) = &req.name {
+        names::validate_artifact_name(n)?;
+    }
+    if req.files.is_empty() {
+        return Err(ApiError::bad_request("an upload needs at least one file"));
+    }
+    if req.files.len() > MAX_FILES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "an upload may hold at most {MAX_FILES} files; split it ({} given)",
+                req.files.len()
+            ),
+        ));
+    }
+    for f in &req.files {
+        path::validate(&f.path)?;
+        Digest::from_hex(&f.sha256).map_err(|_| {
+            ApiError::bad_request(format!("{:?}: sha256 must be 64 hex characters", f.path))
+        })?;
+        if f.sha256.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ApiError::bad_request(format!(
+                "{:?}: sha256 must be lowercase hex",
+                f.path
+            )));
+        }
+        if f.size > i64::MAX as u64 {
+            return Err(ApiError::bad_request(format!(
+                "{:?}: size is too large",
+                f.path
+            )));
+        }
+        if let Some(ct) = &f.content_type {
+            if ct.is_empty() || ct.len() > 255 || ct.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "{:?}: invalid content type",
+                    f.path
+                )));
+            }
+        }
+        for v in [&f.source_path, &f.glob].into_iter().flatten() {
+            if v.len() > MAX_TEXT || v.contains('\0') {
+                return Err(ApiError::bad_request(format!(
+                    "{:?}: source path or glob is too long or has NUL",
+                    f.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn create(
+    State(s): State<AppState>,
+    Json(req): Json<CreateUpload>,
+) -> Result<(StatusCode, axum::Json<UploadCreated>), ApiError> {
+    validate_manifest(&req)?;
+    let plan = s.db.create_upload(&req).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(UploadCreated {
+            upload_id: plan.upload_id,
+            artifact_id: plan.artifact_id,
+            artifact_name: plan.artifact_name,
+            missing: plan.missing,
+            already_present: plan.already_present,
+        }),
+    ))
+}
+
+async fn open_upload(s: &AppState, id: &str) -> Result<UploadNeeds, ApiError> {
+    check_id("upload", id)?;
+    let needs = s.db.upload_needs(id).await?;
+    if needs.state != "uploading" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("upload {id} is {}; it takes no more content", needs.state),
+        ));
+    }
+    Ok(needs)
+}
+
+fn expected_size(needs: &UploadNeeds, hex: &str) -> Result<u64, ApiError> {
+    needs.blobs.get(hex).copied().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "content {hex} is not part of this upload's manifest"
+        ))
+    })
+}
+
+fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
+    StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+pub(super) async fn put_blob(
+    State(s): State<AppState>,
+    Path((id, hex)): Path<(String, String)>,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
+    let needs = open_upload(&s, &id).await?;
+    let digest = Digest::from_hex(&hex)?;
+    let hex = digest.to_hex();
+    let size = expected_size(&needs, &hex)?;
+    let mut reader = body_reader(body);
+    s.store
+        .put(&digest, size, &mut reader, Durability::Sync)
+        .await?;
+    let mut extra = [0u8; 1];
+    if reader.read(&mut extra).await.unwrap_or(0) != 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "size_mismatch",
+            format!("body for {hex} is longer than the announced {size} bytes"),
+        ));
+    }
+    s.db.record_blobs(&[(hex, size)]).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(BlobsStored {
+            stored: 1,
+            bytes: size,
+        }),
+    ))
+}
+
+pub(super) async fn put_batch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<axum::Json<BlobsStored>, ApiError> {
+    let needs = open_upload(&s, &id).await?;
+    let mut reader = body_reader(body);
+    let mut stored = Vec::new();
+    let mut bytes = 0u64;
+    loop {
+        let mut header = [0u8; BLOB_FRAME_HEADER];
+        let mut got = 0;
+        while got < header.len() {
+            let n = reader
+                .read(&mut header[got..])
+                .await
+                .map_err(|e| ApiError::bad_request(format!("reading batch body: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got == 0 {
+            break;
+        }
+        if got < header.len() {
+            return Err(ApiError::bad_request(
+                "batch body ends inside a frame header",
+            ));
+        }
+        let digest = Digest(header[..32].try_into().expect("32 bytes"));
+        let size = u64::from_be_bytes(header[32..].try_into().expect("8 bytes"));
+        let hex = digest.to_hex();
+        let expected = expected_size(&needs, &hex)?;
+        if size != expected {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "size_mismatch",
+                format!("frame for {hex} says {size} bytes; the manifest says {expected}"),
+            ));
+        }
+        s.store
+            .put(&digest, size, &mut reader, Durability::Deferred)
+            .await?;
+        bytes += size;
+        stored.push((hex, size));
+    }
+    s.store.flush().await?;
+    s.db.record_blobs(&stored).await?;
+    Ok(axum::Json(BlobsStored {
+        stored: stored.len() as u64,
+        bytes,
+    }))
+}
+
+pub(super) async fn finish(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<UploadFinished>, ApiError> {
+    check_id("upload", &id)?;
+    Ok(axum::Json(s.db.finish_upload(&id).await?))
+}
+
+pub(super) async fn abort(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_id("upload", &id)?;
+    s.db.abort_upload(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

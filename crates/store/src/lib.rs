@@ -1,0 +1,175 @@
+//! Satchel's content store.
+//!
+//! Content is addressed by the SHA-256 of its bytes ([`Digest`]), so identical
+//! files are stored once. The [`ContentStore`] trait is what the server sees;
+//! [`LocalStore`] keeps blobs on the local filesystem (the embedded default).
+//! Chunking, packing, compression, encryption and object-store backends plug
+//! in behind the same trait later.
+//!
+//! Every write verifies size and hash before the blob becomes visible under
+//! its name, and is atomic (temp file + rename). Writers choose whether a
+//! write is durable on return ([`Durability::Sync`]) or whether they will call
+//! [`ContentStore::flush`] once for a batch ([`Durability::Deferred`]); the
+//! caller records blobs in the metadata store only after they are durable.
+
+pub mod conformance;
+mod local;
+
+use std::fmt;
+use std::ops::Range;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::io::AsyncRead;
+
+pub use local::LocalStore;
+
+/// SHA-256 of a blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Parses 64 lowercase or uppercase hex characters.
+    pub fn from_hex(s: &str) -> Result<Digest, StoreError> {
+        let mut out = [0u8; 32];
+        if s.len() != 64 || hex::decode_to_slice(s, &mut out).is_err() {
+            return Err(StoreError::BadDigest(s.chars().take(80).collect()));
+        }
+        Ok(Digest(out))
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.to_hex())
+    }
+}
+
+/// Errors of the content store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Not a SHA-256 in hex.
+    #[error("not a SHA-256 hex digest: {0:?}")]
+    BadDigest(String),
+    /// The bytes sent do not hash to the announced digest.
+    #[error("content does not match its SHA-256: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Announced digest.
+        expected: Digest,
+        /// Digest of the bytes received.
+        actual: Digest,
+    },
+    /// Fewer or more bytes than announced.
+    #[error("content of {digest} has the wrong size: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Blob.
+        digest: Digest,
+        /// Announced size.
+        expected: u64,
+        /// Bytes received (a lower bound when more were sent).
+        actual: u64,
+    },
+    /// No blob with this digest.
+    #[error("content {0} is not in the store")]
+    NotFound(Digest),
+    /// A byte range outside the blob.
+    #[error("range {start}..{end} is outside content of {size} bytes")]
+    BadRange {
+        /// Range start.
+        start: u64,
+        /// Range end (exclusive).
+        end: u64,
+        /// Blob size.
+        size: u64,
+    },
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What failed, e.g. the path.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the error was caused by the bytes a client sent (4xx), as
+    /// opposed to the store failing (5xx).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BadDigest(_)
+                | StoreError::DigestMismatch { .. }
+                | StoreError::SizeMismatch { .. }
+                | StoreError::BadRange { .. }
+        )
+    }
+}
+
+/// When a write must be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable when `put` returns.
+    Sync,
+    /// Durable after the next [`ContentStore::flush`].
+    Deferred,
+}
+
+/// A stream of blob bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Content-addressed blob storage.
+#[async_trait]
+pub trait ContentStore: Send + Sync + 'static {
+    /// Whether the blob is stored. (Durability is tracked by the caller: a
+    /// blob may exist here before it has been flushed.)
+    async fn contains(&self, digest: &Digest) -> Result<bool, StoreError>;
+
+    /// Reads exactly `size` bytes from `reader`, verifies they hash to
+    /// `digest`, and stores them atomically under that digest. On any error
+    /// nothing is stored.
+    async fn put(
+        &self,
+        digest: &Digest,
+        size: u64,
+        reader: &mut (dyn AsyncRead + Unpin + Send),
+        durability: Durability,
+    ) -> Result<(), StoreError>;
+
+    /// Makes every completed [`Durability::Deferred`] write durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Size of a stored blob.
+    async fn size(&self, digest: &Digest) -> Result<u64, StoreError>;
+
+    /// Streams a blob, or the byte range of it.
+    async fn get(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, StoreError>;
+
+    /// Removes a blob; removing a missing blob is not an error.
+    async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
+}
