@@ -1,0 +1,432 @@
+//! `satchel artifact download`, `search` and `shasum`.
+//!
+//! Download asks the server which files a query selects (the server applies
+//! the ambiguity and latest-per-path rules), then fetches small files many
+//! per request and large files streamed, several at a time. Every file is
+//! hashed as it is written to a temp file beside its target, checked against
+//! its SHA-256, and only then renamed into place. Targets never leave the
+//! destination: paths are re-validated here and no existing symlink along
+//! the way is followed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use futures_util::{StreamExt, TryStreamExt};
+use satchel_client::{Client, ClientError};
+use satchel_model::api::{FileInfo, FILE_FRAME_HEADER};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::context::{ScopeArgs, ServerArgs};
+use crate::output::{bytes_bar, human};
+
+const SMALL_FILE: u64 = 1024 * 1024;
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+const BATCH_FILES: usize = 2000;
+const CONCURRENCY: usize = 4;
+
+/// Options of `satchel artifact download`.
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// Path glob of the files to download.
+    query: String,
+    /// Destination directory; files mirror their stored paths under it.
+    dest: PathBuf,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Options of `satchel artifact search`.
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Path glob (default: every file).
+    #[arg(default_value = "**")]
+    query: String,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Succeed when nothing matches.
+    #[arg(long)]
+    allow_empty_results: bool,
+    /// Line template: %p path, %s size, %T sha256, %j job, %S step, %a attempt,
+    /// %n artifact name, %i file id, %c upload time.
+    #[arg(long)]
+    format: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Options of `satchel artifact shasum`.
+#[derive(Args, Debug)]
+pub struct ShasumArgs {
+    /// Path glob that must match exactly one file.
+    query: String,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Accepted for Buildkite compatibility: the hash is always SHA-256.
+    #[arg(long)]
+    sha256: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn explain(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Api { code, message, .. } if code == "ambiguous_query" => {
+            anyhow::anyhow!(message)
+        }
+        other => other.into(),
+    }
+}
+
+fn format_line(t: &str, f: &FileInfo) -> String {
+    let mut out = String::new();
+    let mut chars = t.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('p') => out.push_str(&f.path),
+            Some('s') => out.push_str(&f.size.to_string()),
+            Some('T') => out.push_str(&f.sha256),
+            Some('j') => out.push_str(&f.producer.job),
+            Some('S') => out.push_str(f.step.as_deref().unwrap_or("-")),
+            Some('a') => out.push_str(&f.producer.attempt.to_string()),
+            Some('n') => out.push_str(&f.artifact_name),
+            Some('i') => out.push_str(&f.id),
+            Some('c') => out.push_str(&f.uploaded_at),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// `satchel artifact search`.
+pub async fn run_search(a: SearchArgs) -> anyhow::Result<()> {
+    let client = a.server.client()?;
+    let (pipeline, run) = a.scope.run()?;
+    let files = client
+        .search(&pipeline, run, &a.scope.search(&a.query), false)
+        .await
+        .map_err(explain)?;
+    if files.is_empty() && !a.allow_empty_results {
+        bail!(
+            "no files match {:?} in run {run} of pipeline {pipeline:?}",
+            a.query
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &files)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for f in &files {
+        match &a.format {
+            Some(t) => writeln!(out, "{}", format_line(t, f))?,
+            None => writeln!(
+                out,
+                "{}\t{}\t{}\tjob={}\tstep={}\tattempt={}\tartifact={}",
+                f.path,
+                f.size,
+                f.sha256,
+                f.producer.job,
+                f.step.as_deref().unwrap_or("-"),
+                f.producer.attempt,
+                f.artifact_name
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// `satchel artifact shasum`.
+pub async fn run_shasum(a: ShasumArgs) -> anyhow::Result<()> {
+    let _ = a.sha256;
+    let client = a.server.client()?;
+    let (pipeline, run) = a.scope.run()?;
+    let files = client
+        .search(&pipeline, run, &a.scope.search(&a.query), false)
+        .await
+        .map_err(explain)?;
+    match files.as_slice() {
+        [] => bail!(
+            "no file matches {:?} in run {run} of pipeline {pipeline:?}",
+            a.query
+        ),
+        [f] => {
+            writeln!(std::io::stdout().lock(), "{}", f.sha256)?;
+            Ok(())
+        }
+        many => {
+            let list: Vec<String> = many.iter().map(satchel_model::query::describe).collect();
+            bail!(
+                "{} files match {:?}; shasum needs exactly one:\n  {}\nscope with --job, --step or --name, or a more precise query",
+                many.len(),
+                a.query,
+                list.join("\n  ")
+            )
+        }
+    }
+}
+
+/// The path under `root` for `rel`, creating directories on the way and
+/// refusing anything that could escape `root`.
+fn safe_target(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
+    satchel_model::path::validate(rel).with_context(|| format!("refusing to write {rel:?}"))?;
+    let mut cur = root.to_path_buf();
+    let segments: Vec<&str> = rel.split('/').collect();
+    for seg in &segments[..segments.len() - 1] {
+        cur.push(seg);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "refusing to write {rel:?}: {} exists and is not a directory (symlinks are not followed)",
+                cur.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::create_dir(&cur) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if !std::fs::symlink_metadata(&cur)?.is_dir() {
+                            bail!("refusing to write {rel:?}: {} is not a directory", cur.display());
+                        }
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("creating {}", cur.display())),
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("checking {}", cur.display())),
+        }
+    }
+    cur.push(segments[segments.len() - 1]);
+    if std::fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir()) {
+        bail!(
+            "refusing to write {rel:?}: {} is a directory",
+            cur.display()
+        );
+    }
+    Ok(cur)
+}
+
+fn temp_beside(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    target.with_file_name(format!(
+        ".{name}.{}.satchel-tmp",
+        satchel_model::id::random_hex(6)
+    ))
+}
+
+fn check(f: &FileInfo, size: u64, digest: &[u8]) -> anyhow::Result<()> {
+    let got = hex::encode(digest);
+    if size != f.size || got != f.sha256 {
+        bail!(
+            "integrity check failed for {}: expected {} bytes with sha256 {}, got {size} bytes with sha256 {got}; nothing was written",
+            f.path,
+            f.size,
+            f.sha256
+        );
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o777))
+}
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn write_small(root: &Path, f: &FileInfo, data: &[u8]) -> anyhow::Result<()> {
+    check(f, data.len() as u64, &Sha256::digest(data))?;
+    let target = safe_target(root, &f.path)?;
+    let tmp = temp_beside(&target);
+    let res = (|| -> anyhow::Result<()> {
+        std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+        set_mode(&tmp, f.mode)?;
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("renaming into {}", target.display()))?;
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+async fn fetch_large(
+    client: &Client,
+    root: &Path,
+    f: &FileInfo,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let (root2, rel) = (root.to_path_buf(), f.path.clone());
+    let target = tokio::task::spawn_blocking(move || safe_target(&root2, &rel)).await??;
+    let tmp = temp_beside(&target);
+    let res = async {
+        let mut stream = client.file_content(&f.id, None).await?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+            bar.inc(chunk.len() as u64);
+            w.write_all(&chunk).await?;
+        }
+        w.flush().await?;
+        drop(w);
+        check(f, n, &h.finalize())?;
+        set_mode(&tmp, f.mode)?;
+        tokio::fs::rename(&tmp, &target)
+            .await
+            .with_context(|| format!("renaming into {}", target.display()))?;
+        anyhow::Ok(())
+    }
+    .await;
+    if res.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    res
+}
+
+async fn fetch_batch(
+    client: &Client,
+    root: &Path,
+    files: Vec<FileInfo>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let ids = files.iter().map(|f| f.id.clone()).collect();
+    let body: Vec<bytes::Bytes> = client.files_content(ids).await?.try_collect().await?;
+    let body = body.concat();
+    let root = root.to_path_buf();
+    let bar = bar.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut at = 0usize;
+        for f in &files {
+            if body.len() < at + FILE_FRAME_HEADER {
+                bail!("batch response ended early at {}", f.path);
+            }
+            let len = u64::from_be_bytes(
+                body[at..at + FILE_FRAME_HEADER]
+                    .try_into()
+                    .expect("8 bytes"),
+            ) as usize;
+            at += FILE_FRAME_HEADER;
+            if body.len() < at + len {
+                bail!("batch response ended early in {}", f.path);
+            }
+            write_small(&root, f, &body[at..at + len])?;
+            at += len;
+            bar.inc(len as u64);
+        }
+        Ok(())
+    })
+    .await?
+}
+
+#[derive(Serialize)]
+struct DownloadSummary {
+    files: u64,
+    bytes: u64,
+    destination: String,
+}
+
+/// `satchel artifact download`.
+pub async fn run_download(a: DownloadArgs) -> anyhow::Result<()> {
+    let client = a.server.client()?;
+    let (pipeline, run) = a.scope.run()?;
+    let files = client
+        .search(&pipeline, run, &a.scope.search(&a.query), true)
+        .await
+        .map_err(explain)?;
+    if files.is_empty() {
+        bail!(
+            "no files match {:?} in run {run} of pipeline {pipeline:?} (files of retried jobs need --include-retried-jobs)",
+            a.query
+        );
+    }
+    std::fs::create_dir_all(&a.dest).with_context(|| format!("creating {}", a.dest.display()))?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let count = files.len() as u64;
+    let bar = bytes_bar(total, "downloading", a.quiet || a.json);
+
+    let mut work: Vec<Vec<FileInfo>> = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for f in files {
+        if f.size > SMALL_FILE {
+            work.push(vec![f]);
+            continue;
+        }
+        if !batch.is_empty() && (batch_bytes + f.size > BATCH_BYTES || batch.len() >= BATCH_FILES) {
+            work.push(std::mem::take(&mut batch));
+            batch_bytes = 0;
+        }
+        batch_bytes += f.size;
+        batch.push(f);
+    }
+    if !batch.is_empty() {
+        work.push(batch);
+    }
+    futures_util::stream::iter(work)
+        .map(|group| {
+            let (client, root, bar) = (client.clone(), a.dest.clone(), bar.clone());
+            async move {
+                if group.len() == 1 && group[0].size > SMALL_FILE {
+                    fetch_large(&client, &root, &group[0], &bar).await
+                } else {
+                    fetch_batch(&client, &root, group, &bar).await
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    bar.finish_and_clear();
+    let summary = DownloadSummary {
+        files: count,
+        bytes: total,
+        destination: a.dest.display().to_string(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "downloaded {} files ({}) to {}, all sha256-verified",
+            summary.files,
+            human(summary.bytes),
+            summary.destination
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `satchel serve`: the embedded default (SQLite + local disk) on one port.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use satchel_server::{AppState, DataDir};
+
+/// Options of `satchel serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory for metadata and content.
+    #[arg(long, env = "SATCHEL_DATA_DIR", default_value = "./satchel-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "SATCHEL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
+/// The admin token: `SATCHEL_ADMIN_TOKEN`, else the saved one, else a new
+/// one saved with mode 0600 and printed once.
+fn admin_token(file: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("SATCHEL_ADMIN_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    let token = format!("satchel_{}", satchel_model::id::random_hex(24));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    eprintln!(
+        "generated admin token (saved to {}, shown only this once):\n  {token}",
+        file.display()
+    );
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SATCHEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let dir = DataDir {
+        root: a.data_dir.clone(),
+    };
+    let (db, store) = satchel_server::open_embedded(&dir.root)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("opening data directory {}", dir.root.display()))?;
+    let token = admin_token(&dir.admin_token())?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    satchel_server::serve(
+        listener,
+        AppState::new(db, store, &token),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}

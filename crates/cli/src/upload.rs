@@ -1,0 +1,529 @@
+//! `satchel artifact upload`: find files by glob, hash them in parallel,
+//! announce the manifest, send only what the server lacks (small files
+//! framed many per request, large files streamed), then finish.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use futures_util::{StreamExt, TryStreamExt};
+use satchel_model::api::{CreateUpload, NewFile};
+use satchel_model::glob::Glob;
+use satchel_model::path::clean_relative;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::context::{JobArgs, ServerArgs};
+use crate::output::{bytes_bar, human};
+
+/// Files up to this size travel framed in batches.
+const SMALL_FILE: u64 = 1024 * 1024;
+/// Target size of one batch request.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+const BATCH_FILES: usize = 2000;
+/// Requests in flight.
+const CONCURRENCY: usize = 4;
+
+/// Options of `satchel artifact upload`.
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// Glob patterns (`*`, `**`, `?`, `{a,b}`, `[abc]`), also split on the delimiter.
+    #[arg(required = true)]
+    patterns: Vec<String>,
+    /// Artifact name (default: the job's default artifact).
+    #[arg(long)]
+    name: Option<String>,
+    /// Content type for every file (default: from the extension).
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Split patterns on this string; empty disables splitting.
+    #[arg(long, default_value = ";")]
+    delimiter: String,
+    /// Treat patterns as literal paths, not globs.
+    #[arg(long)]
+    literal: bool,
+    /// Skip symbolic links instead of uploading their targets.
+    #[arg(long)]
+    skip_symlinks: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    job: JobArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Clone)]
+struct Found {
+    abs: PathBuf,
+    stored: String,
+    glob: String,
+}
+
+#[derive(Debug, Clone)]
+struct Hashed {
+    found: Found,
+    size: u64,
+    sha256: String,
+    mode: u32,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    artifact_id: String,
+    artifact: String,
+    files: u64,
+    bytes: u64,
+    files_sent: u64,
+    bytes_sent: u64,
+    already_present: u64,
+}
+
+/// Lexical `path` relative to `base` (both absolute), with `..` where needed.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let p: Vec<Component> = path.components().collect();
+    let b: Vec<Component> = base.components().collect();
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
+/// Lexically normalizes an absolute path (`.` and `..` resolved).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn stored_path(abs: &Path, cwd: &Path) -> anyhow::Result<String> {
+    let rel = relative_to(abs, cwd);
+    let s = rel
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", abs.display()))?;
+    Ok(clean_relative(s)?)
+}
+
+/// Byte index in `pattern` just past the `n`-th unescaped `/`.
+fn after_segments(pattern: &str, n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    let mut esc = false;
+    for (i, c) in pattern.char_indices() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' => esc = true,
+            '/' => {
+                seen += 1;
+                if seen == n {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    pattern.len()
+}
+
+fn walk(
+    dir: &Path,
+    rel: &str,
+    glob: &Glob,
+    skip_symlinks: bool,
+    out: &mut Vec<(PathBuf, String)>,
+) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading directory {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading directory {}", dir.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            eprintln!(
+                "warning: skipping {} (name is not UTF-8)",
+                entry.path().display()
+            );
+            continue;
+        };
+        let child_rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry.file_type()?;
+        let path = entry.path();
+        if ft.is_dir() {
+            walk(&path, &child_rel, glob, skip_symlinks, out)?;
+        } else if ft.is_symlink() {
+            if skip_symlinks {
+                continue;
+            }
+            // Symlinks to files are uploaded as their targets; symlinked
+            // directories are not followed.
+            if std::fs::metadata(&path)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+                && glob.is_match(&child_rel)
+            {
+                out.push((path, child_rel));
+            }
+        } else if ft.is_file() && glob.is_match(&child_rel) {
+            out.push((path, child_rel));
+        }
+    }
+    Ok(())
+}
+
+/// Every file the patterns match, de-duplicated, in a stable order.
+fn find_files(
+    patterns: &[String],
+    literal: bool,
+    skip_symlinks: bool,
+    cwd: &Path,
+) -> anyhow::Result<Vec<Found>> {
+    let mut out: BTreeMap<PathBuf, Found> = BTreeMap::new();
+    for pattern in patterns {
+        let mut matched = Vec::new();
+        let trimmed = pattern.strip_prefix("./").unwrap_or(pattern);
+        let (root, pat) = match trimmed.strip_prefix('/') {
+            Some(r) => (PathBuf::from("/"), r),
+            None => (cwd.to_path_buf(), trimmed),
+        };
+        let literal_path = if literal {
+            Some(pat.to_string())
+        } else {
+            let g = Glob::new(pat).with_context(|| format!("invalid pattern {pattern:?}"))?;
+            match g.literal_path() {
+                Some(p) => Some(p),
+                None => {
+                    let prefix = g.literal_prefix();
+                    let nseg = if prefix.is_empty() {
+                        0
+                    } else {
+                        prefix.split('/').count()
+                    };
+                    let rest = &pat[after_segments(pat, nseg)..];
+                    let base = lexical(&root.join(&prefix));
+                    let rest_glob =
+                        Glob::new(rest).with_context(|| format!("invalid pattern {pattern:?}"))?;
+                    let mut hits = Vec::new();
+                    walk(&base, "", &rest_glob, skip_symlinks, &mut hits)?;
+                    matched.extend(hits.into_iter().map(|(p, _)| p));
+                    None
+                }
+            }
+        };
+        if let Some(p) = literal_path {
+            let abs = lexical(&root.join(&p));
+            let meta = std::fs::symlink_metadata(&abs);
+            match meta {
+                Err(_) => {}
+                Ok(m) if m.file_type().is_symlink() && skip_symlinks => {
+                    eprintln!("warning: skipping symlink {p}");
+                    continue;
+                }
+                Ok(_) => match std::fs::metadata(&abs) {
+                    Ok(m) if m.is_dir() => {
+                        eprintln!("warning: {p} is a directory; skipping (use {p}/** to upload its files)");
+                        continue;
+                    }
+                    Ok(_) => matched.push(abs),
+                    Err(_) => {}
+                },
+            }
+        }
+        if matched.is_empty() {
+            bail!(
+                "no files match pattern {pattern:?} (relative to {})",
+                cwd.display()
+            );
+        }
+        for abs in matched {
+            let stored = stored_path(&abs, cwd)?;
+            out.entry(abs.clone()).or_insert(Found {
+                abs,
+                stored,
+                glob: pattern.clone(),
+            });
+        }
+    }
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for f in out.values() {
+        if let Some(other) = seen.insert(f.stored.clone(), f.abs.clone()) {
+            bail!(
+                "{} and {} would both be stored as {:?}",
+                other.display(),
+                f.abs.display(),
+                f.stored
+            );
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+fn hash_file(found: Found) -> anyhow::Result<Hashed> {
+    let mut f = std::fs::File::open(&found.abs)
+        .with_context(|| format!("opening {}", found.abs.display()))?;
+    let meta = f.metadata()?;
+    #[cfg(unix)]
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+    #[cfg(not(unix))]
+    let mode = 0o644;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", found.abs.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Hashed {
+        found,
+        size,
+        sha256: hex::encode(h.finalize()),
+        mode,
+    })
+}
+
+enum Transfer {
+    Batch(Vec<Hashed>),
+    Single(Hashed),
+}
+
+/// Runs the command.
+pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
+    let ctx = a.job.context()?;
+    let client = a.server.client()?;
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let mut patterns = Vec::new();
+    for p in &a.patterns {
+        if a.delimiter.is_empty() {
+            patterns.push(p.clone());
+        } else {
+            patterns.extend(
+                p.split(a.delimiter.as_str())
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            );
+        }
+    }
+    if patterns.is_empty() {
+        bail!("no patterns given");
+    }
+    let (literal, skip) = (a.literal, a.skip_symlinks);
+    let cwd2 = cwd.clone();
+    let found =
+        tokio::task::spawn_blocking(move || find_files(&patterns, literal, skip, &cwd2)).await??;
+
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let hashed: Vec<Hashed> = futures_util::stream::iter(found)
+        .map(|f| tokio::task::spawn_blocking(move || hash_file(f)))
+        .buffered(workers)
+        .map(|r| r.context("hashing task failed").and_then(|x| x))
+        .try_collect()
+        .await?;
+
+    let files: Vec<NewFile> = hashed
+        .iter()
+        .map(|h| NewFile {
+            path: h.found.stored.clone(),
+            size: h.size,
+            sha256: h.sha256.clone(),
+            mode: h.mode,
+            content_type: a.content_type.clone(),
+            source_path: h.found.abs.to_str().map(String::from),
+            glob: Some(h.found.glob.clone()),
+        })
+        .collect();
+    let total_bytes: u64 = hashed.iter().map(|h| h.size).sum();
+    let created = client
+        .create_upload(&CreateUpload {
+            context: ctx.clone(),
+            name: a.name.clone(),
+            files,
+        })
+        .await?;
+
+    // One local file per missing digest.
+    let missing: HashSet<&str> = created.missing.iter().map(String::as_str).collect();
+    let mut to_send: Vec<Hashed> = Vec::new();
+    let mut picked = HashSet::new();
+    for h in &hashed {
+        if missing.contains(h.sha256.as_str()) && picked.insert(h.sha256.clone()) {
+            to_send.push(h.clone());
+        }
+    }
+    let bytes_sent: u64 = to_send.iter().map(|h| h.size).sum();
+    let files_sent = to_send.len() as u64;
+    let mut transfers = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for h in to_send {
+        if h.size > SMALL_FILE {
+            transfers.push(Transfer::Single(h));
+            continue;
+        }
+        if !batch.is_empty() && (batch_bytes + h.size > BATCH_BYTES || batch.len() >= BATCH_FILES) {
+            transfers.push(Transfer::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+        batch_bytes += h.size;
+        batch.push(h);
+    }
+    if !batch.is_empty() {
+        transfers.push(Transfer::Batch(batch));
+    }
+
+    let bar = bytes_bar(bytes_sent, "uploading", a.quiet || a.json);
+    let upload_id = created.upload_id.clone();
+    let result: anyhow::Result<()> = futures_util::stream::iter(transfers)
+        .map(|t| {
+            let (client, id, bar) = (client.clone(), upload_id.clone(), bar.clone());
+            async move {
+                match t {
+                    Transfer::Batch(items) => {
+                        let framed = tokio::task::spawn_blocking(
+                            move || -> anyhow::Result<(Vec<u8>, u64)> {
+                                let mut body = Vec::new();
+                                let mut n = 0;
+                                for h in &items {
+                                    let data = std::fs::read(&h.found.abs).with_context(|| {
+                                        format!("reading {}", h.found.abs.display())
+                                    })?;
+                                    if data.len() as u64 != h.size {
+                                        bail!("{} changed while uploading", h.found.abs.display());
+                                    }
+                                    body.extend_from_slice(&hex::decode(&h.sha256)?);
+                                    body.extend_from_slice(&h.size.to_be_bytes());
+                                    body.extend_from_slice(&data);
+                                    n += h.size;
+                                }
+                                Ok((body, n))
+                            },
+                        )
+                        .await??;
+                        client
+                            .put_blob_batch(&id, framed.0)
+                            .await
+                            .context("uploading a batch of small files")?;
+                        bar.inc(framed.1);
+                    }
+                    Transfer::Single(h) => {
+                        let file = tokio::fs::File::open(&h.found.abs)
+                            .await
+                            .with_context(|| format!("opening {}", h.found.abs.display()))?;
+                        let b = bar.clone();
+                        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                            .inspect(move |r| {
+                                if let Ok(chunk) = r {
+                                    b.inc(chunk.len() as u64);
+                                }
+                            });
+                        client
+                            .put_blob(&id, &h.sha256, h.size, stream)
+                            .await
+                            .with_context(|| format!("uploading {}", h.found.stored))?;
+                    }
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ());
+    bar.finish_and_clear();
+    if let Err(e) = result {
+        let _ = client.abort_upload(&upload_id).await;
+        return Err(e);
+    }
+    let finished = client.finish_upload(&upload_id).await?;
+    let summary = Summary {
+        artifact_id: finished.artifact.id.clone(),
+        artifact: finished.artifact.name.clone(),
+        files: hashed.len() as u64,
+        bytes: total_bytes,
+        files_sent,
+        bytes_sent,
+        already_present: created.already_present,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "uploaded {} files ({}) to artifact {:?} of {} run {} job {}; sent {} ({} new blobs), {} deduplicated",
+            summary.files,
+            human(summary.bytes),
+            summary.artifact,
+            ctx.pipeline,
+            ctx.run,
+            ctx.job,
+            human(bytes_sent),
+            files_sent,
+            human(total_bytes - bytes_sent),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative_to(Path::new("/a/b/c"), Path::new("/a")),
+            PathBuf::from("b/c")
+        );
+        assert_eq!(
+            relative_to(Path::new("/x/y"), Path::new("/a/b")),
+            PathBuf::from("../../x/y")
+        );
+        assert_eq!(
+            stored_path(Path::new("/tmp/out/x.txt"), Path::new("/work/job")).unwrap(),
+            "tmp/out/x.txt"
+        );
+        assert_eq!(lexical(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+    }
+
+    #[test]
+    fn segment_split() {
+        assert_eq!(after_segments("logs/app/**/*.txt", 2), 9);
+        assert_eq!(&"a\\/b/c*"[after_segments("a\\/b/c*", 1)..], "c*");
+        assert_eq!(after_segments("*.txt", 0), 0);
+    }
+}
