@@ -388,21 +388,25 @@ fn create_upload_tx(
         )));
     }
 
-    // Files the artifact already has (finished or still uploading).
-    let mut existing: HashMap<String, String> = HashMap::new();
+    // Files the artifact already has. Finished ones are permanent; ones
+    // staged by another unfinished upload (e.g. a crashed or abandoned
+    // attempt of this same command) move to this upload.
+    let mut existing: HashMap<String, (String, String, bool)> = HashMap::new();
     {
         let mut stmt = tx
             .prepare(
-                "SELECT f.path, f.sha256 FROM files f JOIN uploads u ON u.id = f.upload_id
+                "SELECT f.path, f.sha256, f.id, u.state = 'finished' FROM files f JOIN uploads u ON u.id = f.upload_id
                  WHERE f.artifact_id = ?1 AND u.state != 'error'",
             )
             .map_err(backend)?;
         let rows = stmt
-            .query_map([&artifact_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([&artifact_id], |r| {
+                Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+            })
             .map_err(backend)?;
         for row in rows {
-            let (p, s) = row.map_err(backend)?;
-            existing.insert(p, s);
+            let (p, v) = row.map_err(backend)?;
+            existing.insert(p, v);
         }
     }
 
@@ -430,15 +434,19 @@ fn create_upload_tx(
                     f.path
                 )));
             }
-            if let Some(old) = existing.get(&f.path) {
-                if *old == f.sha256 {
+            if let Some((old, file_id, finished)) = existing.get(&f.path) {
+                if !finished {
+                    tx.execute("DELETE FROM files WHERE id = ?1", [file_id])
+                        .map_err(backend)?;
+                } else if *old == f.sha256 {
                     already_present += 1;
                     continue;
-                }
-                return Err(DbError::Conflict(format!(
+                } else {
+                    return Err(DbError::Conflict(format!(
                     "{:?} is already in artifact {artifact_name:?} with different content (sha256 {old}); files of an artifact cannot be replaced",
-                    f.path
-                )));
+                        f.path
+                    )));
+                }
             }
             let content_type = f
                 .content_type

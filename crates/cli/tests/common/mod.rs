@@ -1,0 +1,183 @@
+//! Harness for end-to-end tests: starts the real `satchel` binary on a free
+//! loopback port with a temporary data directory, and runs agent commands
+//! against it the way a CI job would (environment variables, working dir).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_satchel");
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub data: PathBuf,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env_remove("SATCHEL_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting satchel serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "SATCHEL_ADMIN_TOKEN")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(data.join("admin.token"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            });
+        Server {
+            child,
+            url,
+            token,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Stops the server with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    /// An agent command as job `job` (attempt 1) of run `run` in pipeline `p`.
+    pub fn agent(&self, cwd: &Path, p: &str, run: u64, job: &str) -> Agent {
+        Agent {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            cwd: cwd.to_path_buf(),
+            env: vec![
+                ("SATCHEL_PIPELINE".into(), p.into()),
+                ("SATCHEL_RUN".into(), run.to_string()),
+                ("SATCHEL_JOB".into(), job.into()),
+            ],
+        }
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    pub url: String,
+    pub token: String,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub fn env(mut self, k: &str, v: &str) -> Agent {
+        self.env.retain(|(a, _)| a != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(&self.cwd)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SATCHEL_URL", &self.url)
+            .env("SATCHEL_TOKEN", &self.token)
+            .args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running satchel")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "satchel {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "satchel {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+pub fn write(dir: &Path, rel: &str, data: &[u8]) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting for {what}");
+}
