@@ -28,7 +28,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Upload, download and find artifacts from inside a job.
     #[command(subcommand)]
-    Artifact(ArtifactCommand),
+    Artifact(Box<ArtifactCommand>),
 }
 
 #[derive(Subcommand)]
@@ -58,10 +58,12 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Serve(a) => serve::run(a).await,
-            Command::Artifact(ArtifactCommand::Upload(a)) => upload::run(a).await,
-            Command::Artifact(ArtifactCommand::Download(a)) => download::run_download(a).await,
-            Command::Artifact(ArtifactCommand::Search(a)) => download::run_search(a).await,
-            Command::Artifact(ArtifactCommand::Shasum(a)) => download::run_shasum(a).await,
+            Command::Artifact(cmd) => match *cmd {
+                ArtifactCommand::Upload(a) => upload::run(a).await,
+                ArtifactCommand::Download(a) => download::run_download(a).await,
+                ArtifactCommand::Search(a) => download::run_search(a).await,
+                ArtifactCommand::Shasum(a) => download::run_shasum(a).await,
+            },
         }
     });
     match result {

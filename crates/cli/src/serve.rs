@@ -76,7 +76,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let dir = DataDir {
         root: a.data_dir.clone(),
     };
-    let (db, store) = satchel_server::open_embedded(&dir.root)
+    let stores = satchel_server::open_embedded(&dir.root)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("opening data directory {}", dir.root.display()))?;
     let token = admin_token(&dir.admin_token())?;
@@ -88,7 +88,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     satchel_server::serve(
         listener,
-        AppState::new(db, store, &token),
+        AppState::new(stores.db, stores.store, &token),
         shutdown_signal(),
     )
     .await?;

@@ -69,8 +69,16 @@ impl DataDir {
     }
 }
 
+/// The metadata and content stores a server runs on.
+pub struct Stores {
+    /// Metadata.
+    pub db: Arc<dyn MetaStore>,
+    /// Content.
+    pub store: Arc<dyn ContentStore>,
+}
+
 /// Opens the embedded default stores (SQLite + local disk) under `dir`.
-pub fn open_embedded(dir: &Path) -> Result<(Arc<dyn MetaStore>, Arc<dyn ContentStore>), String> {
+pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
     let d = DataDir {
         root: dir.to_path_buf(),
     };
@@ -78,7 +86,10 @@ pub fn open_embedded(dir: &Path) -> Result<(Arc<dyn MetaStore>, Arc<dyn ContentS
     let db = satchel_db::open(&format!("sqlite://{}", d.database().display()))
         .map_err(|e| e.to_string())?;
     let store = satchel_store::LocalStore::open(d.content()).map_err(|e| e.to_string())?;
-    Ok((db, Arc::new(store)))
+    Ok(Stores {
+        db,
+        store: Arc::new(store),
+    })
 }
 
 async fn require_token(
