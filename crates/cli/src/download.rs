@@ -430,3 +430,94 @@ pub async fn run_download(a: DownloadArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_never_leave_the_destination() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("dest");
+        std::fs::create_dir(&root).unwrap();
+        for bad in ["../x", "/etc/passwd", "a/../../x", "a\\..\\x", ""] {
+            assert!(safe_target(&root, bad).is_err(), "{bad:?}");
+        }
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let err = safe_target(&root, "link/x.txt").unwrap_err().to_string();
+        assert!(err.contains("symlinks are not followed"), "{err}");
+        assert_eq!(
+            safe_target(&root, "a/b/c.txt").unwrap(),
+            root.join("a/b/c.txt")
+        );
+        assert!(root.join("a/b").is_dir());
+    }
+
+    #[test]
+    fn corrupted_content_is_never_written() {
+        let d = tempfile::tempdir().unwrap();
+        let f = FileInfo {
+            id: "0".repeat(32),
+            artifact_id: "0".repeat(32),
+            artifact_name: "default".into(),
+            path: "x.txt".into(),
+            size: 5,
+            sha256: hex::encode(Sha256::digest(b"hello")),
+            mode: 0o644,
+            content_type: "text/plain".into(),
+            step: None,
+            producer: satchel_model::api::Producer {
+                pipeline: "p".into(),
+                run: 1,
+                stage: None,
+                job: "j".into(),
+                attempt: 1,
+                superseded: false,
+            },
+            source_path: None,
+            glob: None,
+            uploaded_at: String::new(),
+            uploaded_at_ms: 0,
+        };
+        let err = write_small(d.path(), &f, b"hellp").unwrap_err().to_string();
+        assert!(err.contains("integrity check failed"), "{err}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        write_small(d.path(), &f, b"hello").unwrap();
+        assert_eq!(std::fs::read(d.path().join("x.txt")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn format_templates() {
+        let mut f = FileInfo {
+            id: "i".into(),
+            artifact_id: "a".into(),
+            artifact_name: "n".into(),
+            path: "p".into(),
+            size: 3,
+            sha256: "s".into(),
+            mode: 0,
+            content_type: String::new(),
+            step: None,
+            producer: satchel_model::api::Producer {
+                pipeline: "p".into(),
+                run: 1,
+                stage: None,
+                job: "j".into(),
+                attempt: 2,
+                superseded: false,
+            },
+            source_path: None,
+            glob: None,
+            uploaded_at: "t".into(),
+            uploaded_at_ms: 0,
+        };
+        assert_eq!(
+            format_line("%p %s %T %j %S %a %n %i %c %% %z", &f),
+            "p 3 s j - 2 n i t % %z"
+        );
+        f.step = Some("st".into());
+        assert_eq!(format_line("%S%", &f), "st%");
+    }
+}

@@ -11,6 +11,7 @@
 //! and only after every blob it references is recorded as durable.
 
 mod sqlite;
+pub mod story;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,0 +1,169 @@
+//! One story for every [`MetaStore`] backend, as the content store has its
+//! conformance suite: each database's tests call [`run_all`] on an empty
+//! store so SQLite and (later) PostgreSQL are held to the same rules.
+
+use satchel_model::api::{ArtifactState, CreateUpload, JobContext, NewFile};
+
+use crate::{DbError, MetaStore};
+
+fn ctx(job: &str, attempt: u32) -> JobContext {
+    JobContext {
+        pipeline: "pipe".into(),
+        run: 1,
+        stage: Some("build".into()),
+        job: job.into(),
+        step: Some("step".into()),
+        attempt,
+        branch: Some("main".into()),
+        commit: None,
+    }
+}
+
+fn file(path: &str, sha: char, size: u64) -> NewFile {
+    NewFile {
+        path: path.into(),
+        size,
+        sha256: sha.to_string().repeat(64),
+        mode: 0o644,
+        content_type: None,
+        source_path: None,
+        glob: None,
+    }
+}
+
+fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> CreateUpload {
+    CreateUpload {
+        context: ctx(job, attempt),
+        name: name.map(String::from),
+        files,
+    }
+}
+
+/// Runs the whole story. Panics with the failing step's name.
+pub async fn run_all(db: &dyn MetaStore) {
+    // Staged files are invisible; finishing needs every blob recorded.
+    let plan = db
+        .create_upload(&upload(
+            "a",
+            1,
+            None,
+            vec![file("x/1.txt", 'a', 3), file("x/2.txt", 'b', 4)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(plan.artifact_name, "default");
+    assert_eq!(plan.missing.len(), 2);
+    let run = db.find_run("pipe", 1).await.unwrap();
+    assert_eq!(run.branch.as_deref(), Some("main"));
+    assert!(
+        db.run_files(&run.id).await.unwrap().is_empty(),
+        "staged files leaked"
+    );
+    let err = db.finish_upload(&plan.upload_id).await.unwrap_err();
+    assert!(matches!(err, DbError::Conflict(_)), "{err}");
+    db.record_blobs(&[("a".repeat(64), 3), ("b".repeat(64), 4)])
+        .await
+        .unwrap();
+    let done = db.finish_upload(&plan.upload_id).await.unwrap();
+    assert_eq!((done.files_added, done.bytes_added), (2, 7));
+    assert_eq!(done.artifact.state, ArtifactState::Finished);
+    db.finish_upload(&plan.upload_id)
+        .await
+        .expect("finishing twice is harmless");
+    let files = db.run_files(&run.id).await.unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0].producer.stage.as_deref(), Some("build"));
+    assert_eq!(files[0].content_type, "text/plain");
+
+    // Dedup: known blobs are not missing again; same path + content is a no-op.
+    let again = db
+        .create_upload(&upload(
+            "a",
+            1,
+            None,
+            vec![file("x/1.txt", 'a', 3), file("y.txt", 'b', 4)],
+        ))
+        .await
+        .unwrap();
+    assert!(again.missing.is_empty());
+    assert_eq!(again.already_present, 1);
+    assert_eq!(
+        again.artifact_id, plan.artifact_id,
+        "one default artifact per job attempt"
+    );
+    db.finish_upload(&again.upload_id).await.unwrap();
+    let err = db
+        .create_upload(&upload("a", 1, None, vec![file("x/1.txt", 'c', 3)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::Conflict(_)), "{err}");
+    let err = db
+        .create_upload(&upload(
+            "a",
+            1,
+            None,
+            vec![file("d.txt", 'c', 3), file("d.txt", 'c', 3)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::Invalid(_)), "{err}");
+
+    // Named artifacts: unique in a run, a retry of the owner may publish again.
+    let n = db
+        .create_upload(&upload("a", 1, Some("bundle"), vec![file("b.bin", 'd', 1)]))
+        .await
+        .unwrap();
+    let err = db
+        .create_upload(&upload(
+            "other",
+            1,
+            Some("bundle"),
+            vec![file("b.bin", 'd', 1)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists in run 1"), "{err}");
+    let retry = db
+        .create_upload(&upload("a", 2, Some("bundle"), vec![file("b.bin", 'd', 1)]))
+        .await
+        .unwrap();
+    assert_ne!(retry.artifact_id, n.artifact_id);
+
+    // Abort drops staged files and errors an artifact that never finished.
+    db.abort_upload(&n.upload_id).await.unwrap();
+    assert!(db.finish_upload(&n.upload_id).await.is_err());
+    assert_eq!(
+        db.get_artifact(&n.artifact_id).await.unwrap().state,
+        ArtifactState::Error
+    );
+
+    // Superseded attempts are flagged; artifacts list and delete.
+    let files = db.run_files(&run.id).await.unwrap();
+    assert!(
+        files.iter().all(|f| f.producer.superseded),
+        "attempt 2 exists for job a"
+    );
+    let arts = db.list_artifacts(&run.id).await.unwrap();
+    assert!(arts
+        .iter()
+        .any(|a| a.id == plan.artifact_id && a.file_count == 3));
+    db.delete_artifact(&plan.artifact_id).await.unwrap();
+    assert!(db.run_files(&run.id).await.unwrap().is_empty());
+    assert!(matches!(
+        db.get_artifact(&plan.artifact_id).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        db.find_run("pipe", 2).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        db.list_runs("nope").await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        db.get_files(&["0".repeat(32)]).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert_eq!(db.list_runs("pipe").await.unwrap().len(), 1);
+}
