@@ -22,11 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::context::{ScopeArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-
-const SMALL_FILE: u64 = 1024 * 1024;
-const BATCH_BYTES: u64 = 8 * 1024 * 1024;
-const BATCH_FILES: usize = 2000;
-const CONCURRENCY: usize = 4;
+use crate::transfer::{plan, Work, CONCURRENCY};
 
 /// Options of `satchel artifact download`.
 #[derive(Args, Debug)]
@@ -380,32 +376,14 @@ pub async fn run_download(a: DownloadArgs) -> anyhow::Result<()> {
     let count = files.len() as u64;
     let bar = bytes_bar(total, "downloading", a.quiet || a.json);
 
-    let mut work: Vec<Vec<FileInfo>> = Vec::new();
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0;
-    for f in files {
-        if f.size > SMALL_FILE {
-            work.push(vec![f]);
-            continue;
-        }
-        if !batch.is_empty() && (batch_bytes + f.size > BATCH_BYTES || batch.len() >= BATCH_FILES) {
-            work.push(std::mem::take(&mut batch));
-            batch_bytes = 0;
-        }
-        batch_bytes += f.size;
-        batch.push(f);
-    }
-    if !batch.is_empty() {
-        work.push(batch);
-    }
+    let work = plan(files, |f| f.size);
     futures_util::stream::iter(work)
         .map(|group| {
             let (client, root, bar) = (client.clone(), a.dest.clone(), bar.clone());
             async move {
-                if group.len() == 1 && group[0].size > SMALL_FILE {
-                    fetch_large(&client, &root, &group[0], &bar).await
-                } else {
-                    fetch_batch(&client, &root, group, &bar).await
+                match group {
+                    Work::Single(f) => fetch_large(&client, &root, &f, &bar).await,
+                    Work::Batch(files) => fetch_batch(&client, &root, files, &bar).await,
                 }
             }
         })
@@ -455,50 +433,16 @@ mod tests {
         assert!(root.join("a/b").is_dir());
     }
 
-    #[test]
-    fn corrupted_content_is_never_written() {
-        let d = tempfile::tempdir().unwrap();
-        let f = FileInfo {
+    fn fixture(path: &str, size: u64, sha256: String) -> FileInfo {
+        FileInfo {
             id: "0".repeat(32),
             artifact_id: "0".repeat(32),
-            artifact_name: "default".into(),
-            path: "x.txt".into(),
-            size: 5,
-            sha256: hex::encode(Sha256::digest(b"hello")),
+            artifact_name: "n".into(),
+            path: path.into(),
+            size,
+            sha256,
             mode: 0o644,
             content_type: "text/plain".into(),
-            step: None,
-            producer: satchel_model::api::Producer {
-                pipeline: "p".into(),
-                run: 1,
-                stage: None,
-                job: "j".into(),
-                attempt: 1,
-                superseded: false,
-            },
-            source_path: None,
-            glob: None,
-            uploaded_at: String::new(),
-            uploaded_at_ms: 0,
-        };
-        let err = write_small(d.path(), &f, b"hellp").unwrap_err().to_string();
-        assert!(err.contains("integrity check failed"), "{err}");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
-        write_small(d.path(), &f, b"hello").unwrap();
-        assert_eq!(std::fs::read(d.path().join("x.txt")).unwrap(), b"hello");
-    }
-
-    #[test]
-    fn format_templates() {
-        let mut f = FileInfo {
-            id: "i".into(),
-            artifact_id: "a".into(),
-            artifact_name: "n".into(),
-            path: "p".into(),
-            size: 3,
-            sha256: "s".into(),
-            mode: 0,
-            content_type: String::new(),
             step: None,
             producer: satchel_model::api::Producer {
                 pipeline: "p".into(),
@@ -512,7 +456,24 @@ mod tests {
             glob: None,
             uploaded_at: "t".into(),
             uploaded_at_ms: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn corrupted_content_is_never_written() {
+        let d = tempfile::tempdir().unwrap();
+        let f = fixture("x.txt", 5, hex::encode(Sha256::digest(b"hello")));
+        let err = write_small(d.path(), &f, b"hellp").unwrap_err().to_string();
+        assert!(err.contains("integrity check failed"), "{err}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        write_small(d.path(), &f, b"hello").unwrap();
+        assert_eq!(std::fs::read(d.path().join("x.txt")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn format_templates() {
+        let mut f = fixture("p", 3, "s".into());
+        f.id = "i".into();
         assert_eq!(
             format_line("%p %s %T %j %S %a %n %i %c %% %z", &f),
             "p 3 s j - 2 n i t % %z"

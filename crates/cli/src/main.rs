@@ -8,6 +8,7 @@ mod context;
 mod download;
 mod output;
 mod serve;
+mod transfer;
 mod upload;
 
 use std::process::ExitCode;

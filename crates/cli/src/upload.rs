@@ -17,14 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::context::{JobArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-
-/// Files up to this size travel framed in batches.
-const SMALL_FILE: u64 = 1024 * 1024;
-/// Target size of one batch request.
-const BATCH_BYTES: u64 = 8 * 1024 * 1024;
-const BATCH_FILES: usize = 2000;
-/// Requests in flight.
-const CONCURRENCY: usize = 4;
+use crate::transfer::{plan, Work, CONCURRENCY};
 
 /// Options of `satchel artifact upload`.
 #[derive(Args, Debug)]
@@ -315,11 +308,6 @@ fn hash_file(found: Found) -> anyhow::Result<Hashed> {
     })
 }
 
-enum Transfer {
-    Batch(Vec<Hashed>),
-    Single(Hashed),
-}
-
 /// Runs the command.
 pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let ctx = a.job.context()?;
@@ -388,24 +376,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     }
     let bytes_sent: u64 = to_send.iter().map(|h| h.size).sum();
     let files_sent = to_send.len() as u64;
-    let mut transfers = Vec::new();
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0;
-    for h in to_send {
-        if h.size > SMALL_FILE {
-            transfers.push(Transfer::Single(h));
-            continue;
-        }
-        if !batch.is_empty() && (batch_bytes + h.size > BATCH_BYTES || batch.len() >= BATCH_FILES) {
-            transfers.push(Transfer::Batch(std::mem::take(&mut batch)));
-            batch_bytes = 0;
-        }
-        batch_bytes += h.size;
-        batch.push(h);
-    }
-    if !batch.is_empty() {
-        transfers.push(Transfer::Batch(batch));
-    }
+    let transfers = plan(to_send, |h| h.size);
 
     let bar = bytes_bar(bytes_sent, "uploading", a.quiet || a.json);
     let upload_id = created.upload_id.clone();
@@ -414,7 +385,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
             let (client, id, bar) = (client.clone(), upload_id.clone(), bar.clone());
             async move {
                 match t {
-                    Transfer::Batch(items) => {
+                    Work::Batch(items) => {
                         let framed = tokio::task::spawn_blocking(
                             move || -> anyhow::Result<(Vec<u8>, u64)> {
                                 let mut body = Vec::new();
@@ -441,7 +412,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
                             .context("uploading a batch of small files")?;
                         bar.inc(framed.1);
                     }
-                    Transfer::Single(h) => {
+                    Work::Single(h) => {
                         let file = tokio::fs::File::open(&h.found.abs)
                             .await
                             .with_context(|| format!("opening {}", h.found.abs.display()))?;

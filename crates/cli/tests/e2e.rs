@@ -44,18 +44,9 @@ fn serve_prints_address_and_keeps_a_private_admin_token() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let r = s
-            .http()
-            .get(s.api("/nope"))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/nope").await;
         assert_eq!(r.status(), 404);
-        assert_eq!(
-            r.json::<Value>().await.unwrap()["error"]["code"],
-            "not_found"
-        );
+        assert_eq!(code(r).await, "not_found");
     });
 }
 
@@ -243,12 +234,8 @@ fn literal_query_matching_two_jobs_is_ambiguous() {
 
     rt().block_on(async {
         let r = s
-            .http()
-            .get(s.api("/pipelines/rel/runs/1/search?query=dist/app.tar&purpose=download"))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+            .get("/pipelines/rel/runs/1/search?query=dist/app.tar&purpose=download")
+            .await;
         assert_eq!(r.status(), 400);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "ambiguous_query");
@@ -434,10 +421,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
-        assert_eq!(
-            r.json::<Value>().await.unwrap()["error"]["code"],
-            "invalid_json"
-        );
+        assert_eq!(code(r).await, "invalid_json");
         // Oversized manifest.
         let r = s
             .http()
@@ -449,13 +433,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
             .unwrap();
         assert_eq!(r.status(), 413);
         // Nothing was created.
-        let r = s
-            .http()
-            .get(s.api("/pipelines/p/runs"))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/pipelines/p/runs").await;
         assert_eq!(r.status(), 404);
 
         // Wrong content for an announced hash: rejected, never visible.
@@ -475,10 +453,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
-        assert_eq!(
-            r.json::<Value>().await.unwrap()["error"]["code"],
-            "digest_mismatch"
-        );
+        assert_eq!(code(r).await, "digest_mismatch");
         // Content not in the manifest.
         let other = "ab".repeat(32);
         let r = s
@@ -503,13 +478,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
             .await
             .unwrap()
             .contains("content has not been uploaded for: x.bin"));
-        let r = s
-            .http()
-            .get(s.api("/pipelines/p/runs/1/search?query=**"))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/pipelines/p/runs/1/search?query=**").await;
         assert_eq!(
             r.json::<Value>().await.unwrap()["files"]
                 .as_array()
@@ -519,27 +488,12 @@ fn bad_input_is_rejected_and_changes_nothing() {
         );
         // Unknown ids and malformed globs.
         for path in ["/artifacts/xyz", "/files/../../etc", "/uploads/0123/finish"] {
-            let r = s
-                .http()
-                .get(s.api(path))
-                .bearer_auth(&s.token)
-                .send()
-                .await
-                .unwrap();
+            let r = s.get(path).await;
             assert!(r.status().is_client_error(), "{path}: {}", r.status());
         }
-        let r = s
-            .http()
-            .get(s.api("/pipelines/p/runs/1/search?query=%5Bab"))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/pipelines/p/runs/1/search?query=%5Bab").await;
         assert_eq!(r.status(), 400);
-        assert_eq!(
-            r.json::<Value>().await.unwrap()["error"]["code"],
-            "invalid_glob"
-        );
+        assert_eq!(code(r).await, "invalid_glob");
     });
 }
 
@@ -586,13 +540,7 @@ fn range_requests_delete_and_dedup() {
         let r = get("bytes=5000000-").await.unwrap();
         assert_eq!(r.status(), 416);
         assert_eq!(r.headers()["content-range"], "bytes */3000000");
-        let r = s
-            .http()
-            .get(s.api(&format!("/files/{id}/content")))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get(&format!("/files/{id}/content")).await;
         assert_eq!(r.status(), 200);
         assert_eq!(
             r.headers()["x-checksum-sha256"],
@@ -608,13 +556,7 @@ fn range_requests_delete_and_dedup() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let r = s
-            .http()
-            .get(s.api(&format!("/files/{id}/content")))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get(&format!("/files/{id}/content")).await;
         assert_eq!(r.status(), 404);
     });
     let err = a.fails(&["artifact", "download", "big.bin", "out"]);

@@ -95,6 +95,16 @@ impl Server {
         reqwest::Client::new()
     }
 
+    /// An authenticated GET of an API path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http()
+            .get(self.api(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)
     }
@@ -180,4 +190,10 @@ pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// The `error.code` of an error response.
+pub async fn code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["error"]["code"].as_str().unwrap_or_default().to_string()
 }
