@@ -312,7 +312,8 @@ fn create_upload_tx(
         None => {
             let found: Option<String> = tx
                 .query_row(
-                    "SELECT id FROM artifacts WHERE job_id = ?1 AND is_default = 1",
+                    "SELECT id FROM artifacts WHERE job_id = ?1 AND is_default = 1
+                       AND state NOT IN ('deleted', 'expired')",
                     [&job],
                     |r| r.get(0),
                 )
@@ -337,22 +338,25 @@ fn create_upload_tx(
             // it, which gets its own copy) may add to it.
             let mut stmt = tx
                 .prepare(
-                    "SELECT a.id, j.id, j.key, j.attempt FROM artifacts a JOIN jobs j ON j.id = a.job_id
+                    "SELECT a.id, j.id, j.key, j.attempt, a.state FROM artifacts a JOIN jobs j ON j.id = a.job_id
                      WHERE a.run_id = ?1 AND a.name = ?2 AND a.is_default = 0
-                       AND a.state NOT IN ('deleted', 'error', 'expired')",
+                       AND a.state NOT IN ('deleted', 'expired')",
                 )
                 .map_err(backend)?;
-            let existing: Vec<(String, String, String, i64)> = stmt
+            let existing: Vec<(String, String, String, i64, String)> = stmt
                 .query_map(params![run, name], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .map_err(backend)?
                 .collect::<Result<_, _>>()
                 .map_err(backend)?;
             let mut mine = None;
-            for (aid, jid, jkey, jattempt) in existing {
+            for (aid, jid, jkey, jattempt, state) in existing {
                 if jid == job {
+                    // Ours, possibly after a failed upload: reuse it.
                     mine = Some(aid);
+                } else if state == "error" {
+                    // Another job's upload that never finished holds no name.
                 } else if jkey != ctx.job || jattempt > attempt {
                     return Err(DbError::Conflict(format!(
                         "artifact {name:?} already exists in run {} of pipeline {:?}: it belongs to job {jkey:?} (attempt {jattempt}); artifact names are unique within a run",

@@ -97,7 +97,7 @@ impl From<StoreError> for ApiError {
                 e.to_string(),
             ),
             StoreError::NotFound(_) => ApiError::internal(format!(
-                "stored content is missing: {e} (run `satchel admin fsck`)"
+                "stored content is missing: {e}; the content store lost data the metadata refers to"
             )),
             _ if e.is_client_error() => ApiError::bad_request(e.to_string()),
             _ => ApiError::internal(e.to_string()),

@@ -54,8 +54,11 @@ CREATE TABLE artifacts (
     created_at INTEGER NOT NULL,
     finished_at INTEGER
 );
-CREATE UNIQUE INDEX artifacts_default_per_job ON artifacts (job_id) WHERE is_default = 1;
-CREATE UNIQUE INDEX artifacts_name_per_job ON artifacts (run_id, name, job_id) WHERE is_default = 0;
+-- Deleted and expired artifacts free their name.
+CREATE UNIQUE INDEX artifacts_default_per_job ON artifacts (job_id)
+    WHERE is_default = 1 AND state NOT IN ('deleted', 'expired');
+CREATE UNIQUE INDEX artifacts_name_per_job ON artifacts (run_id, name, job_id)
+    WHERE is_default = 0 AND state NOT IN ('deleted', 'expired');
 CREATE INDEX artifacts_run ON artifacts (run_id, name);
 
 -- One `artifact upload` call: its files become visible together.
