@@ -263,8 +263,14 @@ fn write_small(root: &Path, f: &FileInfo, data: &[u8]) -> anyhow::Result<()> {
     let target = safe_target(root, &f.path)?;
     let tmp = temp_beside(&target);
     let res = (|| -> anyhow::Result<()> {
-        std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-        set_mode(&tmp, f.mode)?;
+        // Mode at creation (the umask applies, as with tar): no extra chmod.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, f.mode & 0o777);
+        opts.open(&tmp)
+            .and_then(|mut file| file.write_all(data))
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &target)
             .with_context(|| format!("renaming into {}", target.display()))?;
         Ok(())

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use sha2::Digest as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::ReaderStream;
 
 use crate::{ByteStream, ContentStore, Digest, Durability, StoreError};
@@ -84,6 +84,11 @@ fn install(tmp: &Path, dest: &Path, sync: bool) -> Result<(), StoreError> {
             .map_err(io_err(format!("syncing {}", parent.display())))?;
     }
     Ok(())
+}
+
+enum Opened {
+    Whole(bytes::Bytes),
+    File(std::fs::File, u64),
 }
 
 struct TempGuard(Option<PathBuf>);
@@ -240,35 +245,51 @@ impl ContentStore for LocalStore {
         range: Option<Range<u64>>,
     ) -> Result<ByteStream, StoreError> {
         let path = self.blob_path(digest);
-        let mut f = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*digest))
+        let d = *digest;
+        // Open, size, and (for small blobs) read in one blocking call: many
+        // small files must not each cost several trips to the blocking pool.
+        let opened = tokio::task::spawn_blocking(move || -> Result<Opened, StoreError> {
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound(d))
+                }
+                Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
+            };
+            let size = f
+                .metadata()
+                .map_err(io_err(format!("reading {}", path.display())))?
+                .len();
+            let range = range.unwrap_or(0..size);
+            if range.start > range.end || range.end > size {
+                return Err(StoreError::BadRange {
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
             }
-            Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
-        };
-        let size = f
-            .metadata()
-            .await
-            .map_err(io_err(format!("reading {}", path.display())))?
-            .len();
-        let range = range.unwrap_or(0..size);
-        if range.start > range.end || range.end > size {
-            return Err(StoreError::BadRange {
-                start: range.start,
-                end: range.end,
-                size,
-            });
-        }
-        if range.start > 0 {
-            f.seek(io::SeekFrom::Start(range.start))
-                .await
-                .map_err(io_err(format!("seeking {}", path.display())))?;
-        }
-        Ok(Box::pin(ReaderStream::with_capacity(
-            f.take(range.end - range.start),
-            BUF,
-        )))
+            if range.start > 0 {
+                std::io::Seek::seek(&mut f, io::SeekFrom::Start(range.start))
+                    .map_err(io_err(format!("seeking {}", path.display())))?;
+            }
+            let len = range.end - range.start;
+            if len <= SMALL {
+                let mut buf = Vec::with_capacity(len as usize);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, len), &mut buf)
+                    .map_err(io_err(format!("reading {}", path.display())))?;
+                return Ok(Opened::Whole(bytes::Bytes::from(buf)));
+            }
+            Ok(Opened::File(f, len))
+        })
+        .await
+        .expect("blob reader panicked")?;
+        Ok(match opened {
+            Opened::Whole(b) => Box::pin(futures_util::stream::once(async move { Ok(b) })),
+            Opened::File(f, len) => Box::pin(ReaderStream::with_capacity(
+                tokio::fs::File::from_std(f).take(len),
+                BUF,
+            )),
+        })
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
