@@ -64,6 +64,26 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Uploads still unfinished this long after they started are failed.
+const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Periodically fails abandoned uploads (killed agents, crashes), so they
+/// end in state `error` instead of `uploading` forever.
+fn spawn_upload_sweeper(db: std::sync::Arc<dyn satchel_db::MetaStore>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            let cutoff = satchel_model::id::now_millis() - STALE_UPLOAD.as_millis() as i64;
+            match db.expire_stale_uploads(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("failed {n} uploads started over 24 hours ago and never finished"),
+                Err(e) => tracing::warn!("sweeping stale uploads: {e}"),
+            }
+        }
+    });
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -84,6 +104,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
+    spawn_upload_sweeper(stores.db.clone());
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     satchel_server::serve(

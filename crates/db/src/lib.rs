@@ -82,6 +82,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn finish_upload(&self, upload_id: &str) -> Result<UploadFinished, DbError>;
     /// Marks an upload failed; its staged files are dropped.
     async fn abort_upload(&self, upload_id: &str) -> Result<(), DbError>;
+    /// Fails every upload started before `cutoff_ms` (milliseconds since the
+    /// epoch) that is still `uploading`, as [`MetaStore::abort_upload`] does;
+    /// returns how many. The server runs this periodically so abandoned
+    /// uploads (a killed agent, a crash) end in state `error`.
+    async fn expire_stale_uploads(&self, cutoff_ms: i64) -> Result<u64, DbError>;
     /// Runs of a pipeline, newest first.
     async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError>;
     /// One run.

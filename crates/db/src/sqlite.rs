@@ -563,6 +563,23 @@ fn finish_upload_tx(
     })
 }
 
+/// Marks an upload `error`, drops its staged files, and errors its artifact
+/// when no other upload of it is alive.
+fn fail_upload(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<(), DbError> {
+    tx.execute("DELETE FROM files WHERE upload_id = ?1", [id])
+        .map_err(backend)?;
+    tx.execute("UPDATE uploads SET state = 'error' WHERE id = ?1", [id])
+        .map_err(backend)?;
+    tx.execute(
+        "UPDATE artifacts SET state = 'error'
+         WHERE id = (SELECT artifact_id FROM uploads WHERE id = ?1) AND state = 'uploading'
+           AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.artifact_id = artifacts.id AND u.state != 'error')",
+        [id],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
 #[async_trait]
 impl MetaStore for SqliteStore {
     async fn create_upload(&self, req: &CreateUpload) -> Result<UploadPlan, DbError> {
@@ -636,7 +653,9 @@ impl MetaStore for SqliteStore {
         let id = upload_id.to_string();
         self.write(move |tx| {
             let state: Option<String> = tx
-                .query_row("SELECT state FROM uploads WHERE id = ?1", [&id], |r| r.get(0))
+                .query_row("SELECT state FROM uploads WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(backend)?;
             match state.as_deref() {
@@ -648,19 +667,28 @@ impl MetaStore for SqliteStore {
                 }
                 _ => {}
             }
-            tx.execute("DELETE FROM files WHERE upload_id = ?1", [&id])
-                .map_err(backend)?;
-            tx.execute("UPDATE uploads SET state = 'error' WHERE id = ?1", [&id])
-                .map_err(backend)?;
-            // An artifact no upload ever finished is an error artifact.
-            tx.execute(
-                "UPDATE artifacts SET state = 'error'
-                 WHERE id = (SELECT artifact_id FROM uploads WHERE id = ?1) AND state = 'uploading'
-                   AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.artifact_id = artifacts.id AND u.state != 'error')",
-                [&id],
-            )
-            .map_err(backend)?;
-            Ok(())
+            fail_upload(tx, &id)
+        })
+        .await
+    }
+
+    async fn expire_stale_uploads(&self, cutoff_ms: i64) -> Result<u64, DbError> {
+        self.write(move |tx| {
+            let ids: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT id FROM uploads WHERE state = 'uploading' AND created_at < ?1")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([cutoff_ms], |r| r.get(0))
+                    .map_err(backend)?
+                    .collect::<Result<_, _>>()
+                    .map_err(backend)?;
+                rows
+            };
+            for id in &ids {
+                fail_upload(tx, id)?;
+            }
+            Ok(ids.len() as u64)
         })
         .await
     }

@@ -137,6 +137,27 @@ pub async fn run_all(db: &dyn MetaStore) {
         ArtifactState::Error
     );
 
+    // Abandoned uploads expire; fresh ones and finished ones are untouched.
+    let stale = db
+        .create_upload(&upload(
+            "c",
+            1,
+            Some("abandoned"),
+            vec![file("s.bin", 'e', 1)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(db.expire_stale_uploads(0).await.unwrap(), 0);
+    let cutoff = satchel_model::id::now_millis() + 1;
+    // `stale` and the still-open retry upload of "bundle".
+    assert_eq!(db.expire_stale_uploads(cutoff).await.unwrap(), 2);
+    assert_eq!(
+        db.get_artifact(&stale.artifact_id).await.unwrap().state,
+        ArtifactState::Error
+    );
+    assert!(db.finish_upload(&stale.upload_id).await.is_err());
+    assert_eq!(db.expire_stale_uploads(cutoff).await.unwrap(), 0);
+
     // Superseded attempts are flagged; artifacts list and delete.
     let files = db.run_files(&run.id).await.unwrap();
     assert!(
