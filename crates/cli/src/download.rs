@@ -117,14 +117,26 @@ fn format_line(t: &str, f: &FileInfo) -> String {
     out
 }
 
-/// `satchel artifact search`.
-pub async fn run_search(a: SearchArgs) -> anyhow::Result<()> {
-    let client = a.server.client()?;
-    let (pipeline, run) = a.scope.run()?;
+/// Connects and runs a query in the scoped run: the client, pipeline, run
+/// number and matching files.
+async fn find(
+    server: &ServerArgs,
+    scope: &ScopeArgs,
+    query: &str,
+    for_download: bool,
+) -> anyhow::Result<(Client, String, u64, Vec<FileInfo>)> {
+    let client = server.client()?;
+    let (pipeline, run) = scope.run()?;
     let files = client
-        .search(&pipeline, run, &a.scope.search(&a.query), false)
+        .search(&pipeline, run, &scope.search(query), for_download)
         .await
         .map_err(explain)?;
+    Ok((client, pipeline, run, files))
+}
+
+/// `satchel artifact search`.
+pub async fn run_search(a: SearchArgs) -> anyhow::Result<()> {
+    let (_, pipeline, run, files) = find(&a.server, &a.scope, &a.query, false).await?;
     if files.is_empty() && !a.allow_empty_results {
         bail!(
             "no files match {:?} in run {run} of pipeline {pipeline:?}",
@@ -159,12 +171,7 @@ pub async fn run_search(a: SearchArgs) -> anyhow::Result<()> {
 /// `satchel artifact shasum`.
 pub async fn run_shasum(a: ShasumArgs) -> anyhow::Result<()> {
     let _ = a.sha256;
-    let client = a.server.client()?;
-    let (pipeline, run) = a.scope.run()?;
-    let files = client
-        .search(&pipeline, run, &a.scope.search(&a.query), false)
-        .await
-        .map_err(explain)?;
+    let (_, pipeline, run, files) = find(&a.server, &a.scope, &a.query, false).await?;
     match files.as_slice() {
         [] => bail!(
             "no file matches {:?} in run {run} of pipeline {pipeline:?}",
@@ -365,12 +372,7 @@ struct DownloadSummary {
 
 /// `satchel artifact download`.
 pub async fn run_download(a: DownloadArgs) -> anyhow::Result<()> {
-    let client = a.server.client()?;
-    let (pipeline, run) = a.scope.run()?;
-    let files = client
-        .search(&pipeline, run, &a.scope.search(&a.query), true)
-        .await
-        .map_err(explain)?;
+    let (client, pipeline, run, files) = find(&a.server, &a.scope, &a.query, true).await?;
     if files.is_empty() {
         bail!(
             "no files match {:?} in run {run} of pipeline {pipeline:?} (files of retried jobs need --include-retried-jobs)",

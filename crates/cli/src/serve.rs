@@ -77,7 +77,9 @@ fn spawn_upload_sweeper(db: std::sync::Arc<dyn satchel_db::MetaStore>) {
             let cutoff = satchel_model::id::now_millis() - STALE_UPLOAD.as_millis() as i64;
             match db.expire_stale_uploads(cutoff).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!("failed {n} uploads started over 24 hours ago and never finished"),
+                Ok(n) => tracing::info!(
+                    "failed {n} uploads started over 24 hours ago and never finished"
+                ),
                 Err(e) => tracing::warn!("sweeping stale uploads: {e}"),
             }
         }
