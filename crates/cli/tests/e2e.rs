@@ -47,6 +47,15 @@ fn serve_prints_address_and_keeps_a_private_admin_token() {
         let r = s.get("/nope").await;
         assert_eq!(r.status(), 404);
         assert_eq!(code(r).await, "not_found");
+        let r = s
+            .http()
+            .put(s.api("/pipelines/p/runs"))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+        assert_eq!(code(r).await, "method_not_allowed");
     });
 }
 

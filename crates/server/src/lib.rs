@@ -121,12 +121,22 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not support that method (see docs/api.md)",
+    )
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> axum::Router {
-    let api = routes::api().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_token,
-    ));
+    let api = routes::api()
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .nest("/api/v1", api)
