@@ -572,6 +572,23 @@ fn range_requests_delete_and_dedup() {
     assert!(err.contains("no files match"), "{err}");
 }
 
+fn api_requests(s: &Server) -> u64 {
+    let text = rt().block_on(async {
+        let r = s
+            .http()
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    });
+    text.lines()
+        .find_map(|l| l.strip_prefix("satchel_api_requests_total "))
+        .expect("request counter in /metrics")
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn many_small_files_round_trip() {
     let d = tmp();
@@ -586,9 +603,13 @@ fn many_small_files_round_trip() {
     }
     let a = s.agent(&w, "p", 1, "j");
     let t = std::time::Instant::now();
+    // Manifest, one or two framed batches, finish: not one request per file.
+    let before = api_requests(&s);
     let v: Value =
         serde_json::from_str(&a.ok(&["artifact", "upload", "--json", "many/**"])).unwrap();
     assert_eq!(v["files"], 3000);
+    let used = api_requests(&s) - before;
+    assert!(used <= 5, "uploading 3000 small files took {used} requests");
     let r = d.path().join("r");
     std::fs::create_dir_all(&r).unwrap();
     let v: Value = serde_json::from_str(
@@ -597,6 +618,10 @@ fn many_small_files_round_trip() {
     )
     .unwrap();
     assert_eq!(v["files"], 3000);
+    assert!(
+        api_requests(&s) - before - used <= 5,
+        "downloading 3000 small files took too many requests"
+    );
     for i in [0, 1234, 2999] {
         let got =
             std::fs::read_to_string(r.join(format!("out/many/{:02}/f{i}.txt", i % 37))).unwrap();

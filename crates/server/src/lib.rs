@@ -30,6 +30,7 @@ pub struct AppState {
     /// Content.
     pub store: Arc<dyn ContentStore>,
     admin_token_hash: [u8; 32],
+    api_requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
@@ -43,6 +44,7 @@ impl AppState {
             db,
             store,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            api_requests: Arc::default(),
         }
     }
 }
@@ -91,11 +93,27 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
     })
 }
 
+/// `GET /metrics`: Prometheus text format. Counts only, no names, so it
+/// needs no token.
+async fn metrics(State(state): State<AppState>) -> String {
+    let n = state
+        .api_requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "# HELP satchel_api_requests_total Requests received under /api/v1.\n\
+         # TYPE satchel_api_requests_total counter\n\
+         satchel_api_requests_total {n}\n"
+    )
+}
+
 async fn require_token(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    state
+        .api_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -139,6 +157,7 @@ pub fn router(state: AppState) -> axum::Router {
         ));
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/metrics", axum::routing::get(metrics))
         .nest("/api/v1", api)
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
