@@ -796,14 +796,26 @@ impl MetaStore for SqliteStore {
     async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError> {
         let ids = ids.to_vec();
         self.read(move |c| {
-            let mut stmt = c
-                .prepare(&format!("{FILE_SELECT} AND f.id = ?1"))
-                .map_err(backend)?;
+            // A few `IN` queries instead of one query per id.
+            let mut found: HashMap<String, FileInfo> = HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let mut stmt = c
+                    .prepare_cached(&format!("{FILE_SELECT} AND f.id IN ({marks})"))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(chunk), file_row)
+                    .map_err(backend)?;
+                for row in rows {
+                    let f = row.map_err(backend)?;
+                    found.insert(f.id.clone(), f);
+                }
+            }
             ids.iter()
                 .map(|id| {
-                    stmt.query_row([id], file_row)
-                        .optional()
-                        .map_err(backend)?
+                    found
+                        .get(id)
+                        .cloned()
                         .ok_or_else(|| DbError::NotFound(format!("file {id} not found")))
                 })
                 .collect()

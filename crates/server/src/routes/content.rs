@@ -166,8 +166,9 @@ pub(super) async fn files_content(
         parts.push((Digest::from_hex(&f.sha256)?, f.size));
     }
     let store = s.store.clone();
+    // Open several files ahead (in order) so small reads overlap.
     let body = futures_util::stream::iter(parts)
-        .then(move |(d, size)| {
+        .map(move |(d, size)| {
             let store = store.clone();
             async move {
                 let header: [u8; FILE_FRAME_HEADER] = size.to_be_bytes();
@@ -184,6 +185,7 @@ pub(super) async fn files_content(
                 }
             }
         })
+        .buffered(16)
         .flatten();
     let mut resp = Response::new(Body::from_stream(body));
     resp.headers_mut().insert(
