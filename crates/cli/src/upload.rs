@@ -337,12 +337,29 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let hashed: Vec<Hashed> = futures_util::stream::iter(found)
-        .map(|f| tokio::task::spawn_blocking(move || hash_file(f)))
+    // Files are hashed in groups so that many small files do not each cost
+    // a trip to the blocking pool; groups stay small enough to share work.
+    let group = (found.len() / (workers * 8)).clamp(1, 256);
+    let mut groups = Vec::new();
+    let mut found = found.into_iter().peekable();
+    while found.peek().is_some() {
+        groups.push(found.by_ref().take(group).collect::<Vec<_>>());
+    }
+    let hashed: Vec<Hashed> = futures_util::stream::iter(groups)
+        .map(|g| {
+            tokio::task::spawn_blocking(move || {
+                g.into_iter()
+                    .map(hash_file)
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+        })
         .buffered(workers)
         .map(|r| r.context("hashing task failed").and_then(|x| x))
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<Vec<Hashed>>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
 
     let files: Vec<NewFile> = hashed
         .iter()
