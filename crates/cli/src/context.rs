@@ -81,6 +81,23 @@ impl JobArgs {
     }
 }
 
+impl JobArgs {
+    /// Where a `$[…]` reference is resolved from: the run, and (when set)
+    /// the asking job and its stage.
+    pub fn run_context(&self) -> anyhow::Result<satchel_model::api::RunContext> {
+        Ok(satchel_model::api::RunContext {
+            pipeline: self
+                .pipeline
+                .clone()
+                .filter(|s| !s.is_empty())
+                .context("no pipeline: pass --pipeline or set SATCHEL_PIPELINE")?,
+            run: self.run.context("no run: pass --run or set SATCHEL_RUN")?,
+            stage: self.stage.clone().filter(|s| !s.is_empty()),
+            job: self.job.clone().filter(|s| !s.is_empty()),
+        })
+    }
+}
+
 /// Which run to look in and how to narrow, for search and download.
 #[derive(Args, Debug, Clone)]
 pub struct ScopeArgs {

@@ -242,7 +242,30 @@ fn temp_beside(target: &Path) -> PathBuf {
     ))
 }
 
-fn check(f: &FileInfo, size: u64, digest: &[u8]) -> anyhow::Result<()> {
+/// What a downloaded file must be.
+pub struct Expected {
+    /// Stored path, also the target under the destination.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+    /// Mode bits.
+    pub mode: u32,
+}
+
+impl From<&FileInfo> for Expected {
+    fn from(f: &FileInfo) -> Expected {
+        Expected {
+            path: f.path.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            mode: f.mode,
+        }
+    }
+}
+
+fn check(f: &Expected, size: u64, digest: &[u8]) -> anyhow::Result<()> {
     let got = hex::encode(digest);
     if size != f.size || got != f.sha256 {
         bail!(
@@ -265,7 +288,7 @@ fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_small(root: &Path, f: &FileInfo, data: &[u8]) -> anyhow::Result<()> {
+fn write_small(root: &Path, f: &Expected, data: &[u8]) -> anyhow::Result<()> {
     check(f, data.len() as u64, &Sha256::digest(data))?;
     let target = safe_target(root, &f.path)?;
     let tmp = temp_beside(&target);
@@ -294,11 +317,23 @@ async fn fetch_large(
     f: &FileInfo,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
+    let stream = client.file_content(&f.id, None).await?;
+    write_stream(root, &Expected::from(f), stream, bar).await
+}
+
+/// Writes `stream` to a temp file beside `f`'s target under `root`,
+/// hashing as it goes, and renames it into place only if size and SHA-256
+/// match.
+pub async fn write_stream(
+    root: &Path,
+    f: &Expected,
+    mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Unpin,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
     let (root2, rel) = (root.to_path_buf(), f.path.clone());
     let target = tokio::task::spawn_blocking(move || safe_target(&root2, &rel)).await??;
     let tmp = temp_beside(&target);
     let res = async {
-        let mut stream = client.file_content(&f.id, None).await?;
         let file = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("creating {}", tmp.display()))?;
@@ -354,13 +389,42 @@ async fn fetch_batch(
             if body.len() < at + len {
                 bail!("batch response ended early in {}", f.path);
             }
-            write_small(&root, f, &body[at..at + len])?;
+            write_small(&root, &Expected::from(f), &body[at..at + len])?;
             at += len;
             bar.inc(len as u64);
         }
         Ok(())
     })
     .await?
+}
+
+/// Downloads `files` under `root` (created if needed): small files many
+/// per request, large ones streamed, several at a time, each verified.
+pub async fn fetch_files(
+    client: &Client,
+    root: &Path,
+    files: Vec<FileInfo>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = bytes_bar(total, "downloading", quiet);
+    let work = plan(files, |f| f.size);
+    futures_util::stream::iter(work)
+        .map(|group| {
+            let (client, root, bar) = (client.clone(), root.to_path_buf(), bar.clone());
+            async move {
+                match group {
+                    Work::Single(f) => fetch_large(&client, &root, &f, &bar).await,
+                    Work::Batch(files) => fetch_batch(&client, &root, files, &bar).await,
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -379,26 +443,9 @@ pub async fn run_download(a: DownloadArgs) -> anyhow::Result<()> {
             a.query
         );
     }
-    std::fs::create_dir_all(&a.dest).with_context(|| format!("creating {}", a.dest.display()))?;
     let total: u64 = files.iter().map(|f| f.size).sum();
     let count = files.len() as u64;
-    let bar = bytes_bar(total, "downloading", a.quiet || a.json);
-
-    let work = plan(files, |f| f.size);
-    futures_util::stream::iter(work)
-        .map(|group| {
-            let (client, root, bar) = (client.clone(), a.dest.clone(), bar.clone());
-            async move {
-                match group {
-                    Work::Single(f) => fetch_large(&client, &root, &f, &bar).await,
-                    Work::Batch(files) => fetch_batch(&client, &root, files, &bar).await,
-                }
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    bar.finish_and_clear();
+    fetch_files(&client, &a.dest, files, a.quiet || a.json).await?;
     let summary = DownloadSummary {
         files: count,
         bytes: total,
@@ -471,6 +518,7 @@ mod tests {
     fn corrupted_content_is_never_written() {
         let d = tempfile::tempdir().unwrap();
         let f = fixture("x.txt", 5, hex::encode(Sha256::digest(b"hello")));
+        let f = Expected::from(&f);
         let err = write_small(d.path(), &f, b"hellp").unwrap_err().to_string();
         assert!(err.contains("integrity check failed"), "{err}");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);

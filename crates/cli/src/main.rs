@@ -1,5 +1,7 @@
 //! The `satchel` binary: `satchel serve` runs the server; `satchel artifact …`
-//! is the agent CLI used inside CI jobs.
+//! is the agent CLI used inside CI jobs; `satchel run` runs a pipeline
+//! locally; `satchel resolve`, `run-state`, `promote` and `package` work
+//! with references, runs and promoted packages.
 //!
 //! Errors print once as `error: …` with their causes (`{:#}`) and exit 1;
 //! usage errors exit 2 (clap); a closed stdout pipe is not an error.
@@ -7,6 +9,9 @@
 mod context;
 mod download;
 mod output;
+mod publish;
+mod refs;
+mod run;
 mod serve;
 mod transfer;
 mod upload;
@@ -30,6 +35,17 @@ enum Command {
     /// Upload, download and find artifacts from inside a job.
     #[command(subcommand)]
     Artifact(Box<ArtifactCommand>),
+    /// Run a pipeline file locally (embedded server unless --server).
+    Run(run::RunArgs),
+    /// Resolve a `$[…]` artifact reference to its value.
+    Resolve(refs::ResolveArgs),
+    /// Record a run's state (passed, failed, canceled) from another CI.
+    RunState(refs::RunStateArgs),
+    /// Promote a finished artifact to an immutable REPO/PACKAGE@VERSION.
+    Promote(refs::PromoteArgs),
+    /// Download and list promoted packages.
+    #[command(subcommand)]
+    Package(refs::PackageCommand),
 }
 
 #[derive(Subcommand)]
@@ -42,6 +58,14 @@ enum ArtifactCommand {
     Search(download::SearchArgs),
     /// Print the SHA-256 of the one file matching QUERY.
     Shasum(download::ShasumArgs),
+    /// Publish a file or directory as a named artifact (once per run).
+    Publish(publish::PublishArgs),
+    /// Publish a container image reference as a named artifact.
+    PublishImage(publish::PublishImageArgs),
+    /// Publish a URL (with optional checksum) as a named artifact.
+    PublishLink(publish::PublishLinkArgs),
+    /// Download named artifacts, each into DEST/<name>/.
+    DownloadArtifact(publish::DownloadArtifactArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,22 +81,42 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Serve(a) => serve::run(a).await,
             Command::Artifact(cmd) => match *cmd {
                 ArtifactCommand::Upload(a) => upload::run(a).await,
                 ArtifactCommand::Download(a) => download::run_download(a).await,
                 ArtifactCommand::Search(a) => download::run_search(a).await,
                 ArtifactCommand::Shasum(a) => download::run_shasum(a).await,
+                ArtifactCommand::Publish(a) => publish::run_publish(a).await,
+                ArtifactCommand::PublishImage(a) => publish::run_publish_image(a).await,
+                ArtifactCommand::PublishLink(a) => publish::run_publish_link(a).await,
+                ArtifactCommand::DownloadArtifact(a) => publish::run_download_artifact(a).await,
             },
-        }
+            Command::Run(a) => return run::run(a).await,
+            Command::Resolve(a) => refs::run_resolve(a).await,
+            Command::RunState(a) => refs::run_run_state(a).await,
+            Command::Promote(a) => refs::run_promote(a).await,
+            Command::Package(cmd) => refs::run_package(cmd).await,
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -20,7 +20,7 @@ pub struct ServeArgs {
 
 /// The admin token: `SATCHEL_ADMIN_TOKEN`, else the saved one, else a new
 /// one saved with mode 0600 and printed once.
-fn admin_token(file: &Path) -> anyhow::Result<String> {
+pub(crate) fn admin_token(file: &Path) -> anyhow::Result<String> {
     if let Ok(t) = std::env::var("SATCHEL_ADMIN_TOKEN") {
         if !t.trim().is_empty() {
             return Ok(t.trim().to_string());
@@ -109,6 +109,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     spawn_upload_sweeper(stores.db.clone());
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
+    let _lock = stores.lock;
     satchel_server::serve(
         listener,
         AppState::new(stores.db, stores.store, &token),

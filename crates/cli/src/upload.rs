@@ -52,11 +52,15 @@ pub struct UploadArgs {
     server: ServerArgs,
 }
 
+/// A local file to upload and the path it is stored under.
 #[derive(Debug, Clone)]
-struct Found {
-    abs: PathBuf,
-    stored: String,
-    glob: String,
+pub struct Found {
+    /// Where it is on disk.
+    pub abs: PathBuf,
+    /// Its normalized path in the artifact.
+    pub stored: String,
+    /// The pattern (or published path) that matched it.
+    pub glob: String,
 }
 
 #[derive(Debug, Clone)]
@@ -67,8 +71,9 @@ struct Hashed {
     mode: u32,
 }
 
+/// What an upload did.
 #[derive(Serialize)]
-struct Summary {
+pub struct Summary {
     artifact_id: String,
     artifact: String,
     files: u64,
@@ -334,6 +339,70 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let found =
         tokio::task::spawn_blocking(move || find_files(&patterns, literal, skip, &cwd2)).await??;
 
+    let how = Sending {
+        name: a.name.clone(),
+        exclusive: false,
+        content_type: a.content_type.clone(),
+        quiet: a.quiet || a.json,
+    };
+    send_and_report(&client, &ctx, how, found, a.json).await
+}
+
+/// [`send`], then a JSON summary on stdout or one line on stderr.
+pub async fn send_and_report(
+    client: &satchel_client::Client,
+    ctx: &satchel_model::api::JobContext,
+    how: Sending,
+    found: Vec<Found>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let summary = send(client, ctx, how, found).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!("{}", summary.describe(ctx));
+    }
+    Ok(())
+}
+
+/// How [`send`] uploads.
+pub struct Sending {
+    /// Artifact name; `None` for the job's default artifact.
+    pub name: Option<String>,
+    /// Publish semantics: the name must be new in the run.
+    pub exclusive: bool,
+    /// Content type for every file.
+    pub content_type: Option<String>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+impl Summary {
+    /// One line for people.
+    pub fn describe(&self, ctx: &satchel_model::api::JobContext) -> String {
+        format!(
+            "uploaded {} files ({}) to artifact {:?} of {} run {} job {}; sent {} ({} new blobs), {} deduplicated",
+            self.files,
+            human(self.bytes),
+            self.artifact,
+            ctx.pipeline,
+            ctx.run,
+            ctx.job,
+            human(self.bytes_sent),
+            self.files_sent,
+            human(self.bytes - self.bytes_sent),
+        )
+    }
+}
+
+/// Hashes `found` in parallel, announces the manifest, sends what the
+/// server lacks and finishes the upload (or aborts it on failure).
+pub async fn send(
+    client: &satchel_client::Client,
+    ctx: &satchel_model::api::JobContext,
+    how: Sending,
+    found: Vec<Found>,
+) -> anyhow::Result<Summary> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -368,7 +437,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
             size: h.size,
             sha256: h.sha256.clone(),
             mode: h.mode,
-            content_type: a.content_type.clone(),
+            content_type: how.content_type.clone(),
             source_path: h.found.abs.to_str().map(String::from),
             glob: Some(h.found.glob.clone()),
         })
@@ -377,8 +446,9 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let created = client
         .create_upload(&CreateUpload {
             context: ctx.clone(),
-            name: a.name.clone(),
+            name: how.name.clone(),
             files,
+            exclusive: how.exclusive,
         })
         .await?;
 
@@ -395,7 +465,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let files_sent = to_send.len() as u64;
     let transfers = plan(to_send, |h| h.size);
 
-    let bar = bytes_bar(bytes_sent, "uploading", a.quiet || a.json);
+    let bar = bytes_bar(bytes_sent, "uploading", how.quiet);
     let upload_id = created.upload_id.clone();
     let result: anyhow::Result<()> = futures_util::stream::iter(transfers)
         .map(|t| {
@@ -468,23 +538,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
         bytes_sent,
         already_present: created.already_present,
     };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        eprintln!(
-            "uploaded {} files ({}) to artifact {:?} of {} run {} job {}; sent {} ({} new blobs), {} deduplicated",
-            summary.files,
-            human(summary.bytes),
-            summary.artifact,
-            ctx.pipeline,
-            ctx.run,
-            ctx.job,
-            human(bytes_sent),
-            files_sent,
-            human(total_bytes - bytes_sent),
-        );
-    }
-    Ok(())
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use reqwest::{Method, StatusCode};
 use satchel_model::api::{
-    Artifact, ArtifactList, ArtifactWithFiles, BlobsStored, CreateUpload, ErrorBody, FetchFiles,
-    FileInfo, FileList, Run, RunList, UploadCreated, UploadFinished,
+    Artifact, ArtifactList, ArtifactWithFiles, BlobsStored, CreateTyped, CreateUpload, ErrorBody,
+    FetchFiles, FileInfo, FileList, NewRun, Package, PackageList, PackageWithFiles, Promote,
+    ResolveRequest, Resolved, Run, RunList, SetRunState, UploadCreated, UploadFinished,
 };
 use serde::de::DeserializeOwned;
 
@@ -116,6 +117,19 @@ impl Client {
                 candidates: None,
             },
         })
+    }
+
+    /// A response body as a stream of chunks with transport errors mapped.
+    fn body_stream(
+        &self,
+        resp: reqwest::Response,
+    ) -> impl Stream<Item = Result<Bytes, ClientError>> + use<> {
+        let url = self.base.clone();
+        resp.bytes_stream()
+            .map_err(move |e| ClientError::Transport {
+                url: url.clone(),
+                source: e,
+            })
     }
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
@@ -282,13 +296,7 @@ impl Client {
             rb = rb.header(reqwest::header::RANGE, format!("bytes={a}-{}", b - 1));
         }
         let resp = self.send(rb).await?;
-        let url = self.base.clone();
-        Ok(resp
-            .bytes_stream()
-            .map_err(move |e| ClientError::Transport {
-                url: url.clone(),
-                source: e,
-            }))
+        Ok(self.body_stream(resp))
     }
 
     /// Streams many files' content framed (big-endian u64 length, bytes), in
@@ -303,12 +311,136 @@ impl Client {
                     .json(&FetchFiles { ids }),
             )
             .await?;
-        let url = self.base.clone();
-        Ok(resp
-            .bytes_stream()
-            .map_err(move |e| ClientError::Transport {
-                url: url.clone(),
-                source: e,
-            }))
+        Ok(self.body_stream(resp))
     }
+
+    /// One run.
+    pub async fn get_run(&self, pipeline: &str, run: u64) -> Result<Run, ClientError> {
+        self.json(self.request(Method::GET, &format!("/pipelines/{pipeline}/runs/{run}")))
+            .await
+    }
+
+    /// Starts the next run of a pipeline.
+    pub async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, ClientError> {
+        self.json(
+            self.request(Method::POST, &format!("/pipelines/{pipeline}/runs"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// Records a run's state.
+    pub async fn set_run_state(
+        &self,
+        pipeline: &str,
+        run: u64,
+        req: &SetRunState,
+    ) -> Result<Run, ClientError> {
+        self.json(
+            self.request(
+                Method::PUT,
+                &format!("/pipelines/{pipeline}/runs/{run}/state"),
+            )
+            .json(req),
+        )
+        .await
+    }
+
+    /// Publishes a typed (image or link) artifact.
+    pub async fn create_typed(&self, req: &CreateTyped) -> Result<Artifact, ClientError> {
+        self.json(self.request(Method::POST, "/artifacts").json(req))
+            .await
+    }
+
+    /// Resolves a `$[…]` reference.
+    pub async fn resolve(&self, req: &ResolveRequest) -> Result<Resolved, ClientError> {
+        self.json(self.request(Method::POST, "/resolve").json(req))
+            .await
+    }
+
+    /// The absolute URL of an API path such as a resolved files artifact's
+    /// `/api/v1/artifacts/ID/archive`.
+    pub fn absolute(&self, api_path: &str) -> String {
+        if api_path.starts_with('/') {
+            format!("{}{api_path}", self.base)
+        } else {
+            api_path.to_string()
+        }
+    }
+
+    /// Promotes an artifact to a package version.
+    pub async fn promote(&self, req: &Promote) -> Result<Package, ClientError> {
+        self.json(self.request(Method::POST, "/packages").json(req))
+            .await
+    }
+
+    /// Package versions of a repository, newest first.
+    pub async fn list_packages(
+        &self,
+        repository: &str,
+        package: Option<&str>,
+    ) -> Result<Vec<Package>, ClientError> {
+        let mut rb = self.request(Method::GET, &format!("/packages/{}", encode(repository)));
+        if let Some(p) = package {
+            rb = rb.query(&[("package", p)]);
+        }
+        let l: PackageList = self.json(rb).await?;
+        Ok(l.packages)
+    }
+
+    /// One package version (`latest` for the newest) with its files.
+    pub async fn get_package(
+        &self,
+        repository: &str,
+        package: &str,
+        version: &str,
+    ) -> Result<PackageWithFiles, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!(
+                "/packages/{}/{}/{}",
+                encode(repository),
+                encode(package),
+                encode(version)
+            ),
+        ))
+        .await
+    }
+
+    /// Streams one file of a package version.
+    pub async fn package_file(
+        &self,
+        repository: &str,
+        package: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + use<>, ClientError> {
+        let path: Vec<String> = path.split('/').map(encode).collect();
+        let resp = self
+            .send(self.request(
+                Method::GET,
+                &format!(
+                    "/packages/{}/{}/{}/files/{}",
+                    encode(repository),
+                    encode(package),
+                    encode(version),
+                    path.join("/")
+                ),
+            ))
+            .await?;
+        Ok(self.body_stream(resp))
+    }
+}
+
+/// Percent-encodes one path segment (RFC 3986 unreserved characters stay).
+pub fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

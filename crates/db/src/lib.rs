@@ -17,7 +17,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use satchel_model::api::{Artifact, CreateUpload, FileInfo, Run, UploadFinished};
+use satchel_model::api::{
+    Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
+    RunRef, SetRunState, UploadFinished,
+};
+use satchel_model::selector::RunSelector;
 
 pub use sqlite::SqliteStore;
 
@@ -63,6 +67,17 @@ pub struct UploadNeeds {
     pub blobs: std::collections::HashMap<String, u64>,
 }
 
+/// A job attempt of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSummary {
+    /// Stage key, when known.
+    pub stage: Option<String>,
+    /// Job key.
+    pub key: String,
+    /// Attempt.
+    pub attempt: u32,
+}
+
 /// The metadata store.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -103,6 +118,44 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError>;
     /// Marks an artifact deleted; its files disappear at once.
     async fn delete_artifact(&self, id: &str) -> Result<Artifact, DbError>;
+    /// Publishes a typed (image or link) artifact, finished at once; the
+    /// name rules of [`MetaStore::create_upload`] with `exclusive` apply.
+    async fn create_typed(&self, req: &CreateTyped) -> Result<Artifact, DbError>;
+    /// Starts the next run of `pipeline`, pinning its sources (each
+    /// selector must match a run, else `NotFound` naming the source).
+    async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, DbError>;
+    /// Records a run's state (creating the run if needed).
+    async fn set_run_state(
+        &self,
+        pipeline: &str,
+        number: u64,
+        req: &SetRunState,
+    ) -> Result<Run, DbError>;
+    /// The run of `pipeline` that `selector` picks.
+    async fn select_run(
+        &self,
+        pipeline: &str,
+        selector: &RunSelector,
+        triggered_from: Option<&RunRef>,
+    ) -> Result<Run, DbError>;
+    /// Every job attempt of a run.
+    async fn list_jobs(&self, run_id: &str) -> Result<Vec<JobSummary>, DbError>;
+    /// Copies a finished artifact into an immutable package version, by
+    /// reference (no content is copied).
+    async fn promote(&self, req: &Promote) -> Result<Package, DbError>;
+    /// One package version; `None` means the newest.
+    async fn get_package(
+        &self,
+        repository: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<PackageWithFiles, DbError>;
+    /// Package versions of a repository (optionally one package), newest first.
+    async fn list_packages(
+        &self,
+        repository: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<Package>, DbError>;
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare

@@ -14,13 +14,19 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use satchel_model::api::{
-    Artifact, ArtifactState, CreateUpload, FileInfo, Producer, Run, UploadFinished,
+    Artifact, ArtifactState, CreateTyped, CreateUpload, FileInfo, ImageInfo, LinkInfo, NewRun,
+    Package, PackageFile, PackageOrigin, PackageWithFiles, PinnedSource, Producer, Run, RunRef,
+    SetRunState, UploadFinished, RUN_STATES,
 };
 use satchel_model::id::{new_id, now_millis, rfc3339_millis};
+use satchel_model::selector::RunSelector;
 
 use crate::{DbError, MetaStore, UploadNeeds, UploadPlan};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_pipelines.sql"),
+];
 const READERS: usize = 4;
 
 /// Metadata in one SQLite file.
@@ -178,7 +184,10 @@ SELECT a.id, a.name, a.is_default, a.kind, a.state, a.created_at,
        (SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
          WHERE f.artifact_id = a.id AND u.state = 'finished'),
        (SELECT COALESCE(SUM(f.size), 0) FROM files f JOIN uploads u ON u.id = f.upload_id
-         WHERE f.artifact_id = a.id AND u.state = 'finished')
+         WHERE f.artifact_id = a.id AND u.state = 'finished'),
+       a.meta,
+       (SELECT group_concat(DISTINCT u.step) FROM uploads u
+         WHERE u.artifact_id = a.id AND u.state = 'finished' AND u.step IS NOT NULL)
 FROM artifacts a
 JOIN jobs j ON j.id = a.job_id
 JOIN runs r ON r.id = j.run_id
@@ -186,11 +195,22 @@ JOIN pipelines p ON p.id = r.pipeline_id";
 
 fn artifact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Artifact> {
     let state: String = r.get(4)?;
+    let kind: String = r.get(3)?;
+    let meta: Option<String> = r.get(14)?;
+    let (image, link) = parse_meta(&kind, meta.as_deref());
+    let steps: Option<String> = r.get(15)?;
+    let mut steps: Vec<String> = steps
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    steps.sort();
     Ok(Artifact {
+        steps,
+        image,
+        link,
         id: r.get(0)?,
         name: r.get(1)?,
         is_default: r.get(2)?,
-        kind: r.get(3)?,
+        kind,
         state: ArtifactState::parse(&state).unwrap_or(ArtifactState::Error),
         created_at: rfc3339_millis(r.get(5)?),
         producer: Producer {
@@ -206,8 +226,33 @@ fn artifact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Artifact> {
     })
 }
 
+/// The typed part of an artifact or package, from its `meta` column.
+fn parse_meta(kind: &str, meta: Option<&str>) -> (Option<ImageInfo>, Option<LinkInfo>) {
+    let Some(meta) = meta else {
+        return (None, None);
+    };
+    match kind {
+        "image" => (serde_json::from_str(meta).ok(), None),
+        "link" => (None, serde_json::from_str(meta).ok()),
+        _ => (None, None),
+    }
+}
+
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+    let sources: Option<String> = r.get(8)?;
+    let triggered_pipeline: Option<String> = r.get(9)?;
+    let triggered_run: Option<i64> = r.get(10)?;
     Ok(Run {
+        finished_at: r.get::<_, Option<i64>>(7)?.map(rfc3339_millis),
+        sources: sources
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        triggered_from: triggered_pipeline
+            .zip(triggered_run)
+            .map(|(pipeline, run)| RunRef {
+                pipeline,
+                run: run as u64,
+            }),
         id: r.get(0)?,
         pipeline: r.get(1)?,
         number: r.get::<_, i64>(2)? as u64,
@@ -219,7 +264,11 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
 }
 
 const RUN_SELECT: &str =
-    "SELECT r.id, p.key, r.number, r.branch, r.commit_sha, r.state, r.created_at
+    "SELECT r.id, p.key, r.number, r.branch, r.commit_sha, r.state, r.created_at, r.finished_at,
+       r.sources,
+       (SELECT p2.key FROM runs r2 JOIN pipelines p2 ON p2.id = r2.pipeline_id
+         WHERE r2.id = r.triggered_from),
+       (SELECT r2.number FROM runs r2 WHERE r2.id = r.triggered_from)
 FROM runs r JOIN pipelines p ON p.id = r.pipeline_id";
 
 fn get_artifact(c: &Connection, id: &str) -> Result<Artifact, DbError> {
@@ -256,11 +305,8 @@ fn ensure(
     Ok(id)
 }
 
-fn create_upload_tx(
-    tx: &rusqlite::Transaction<'_>,
-    req: &CreateUpload,
-) -> Result<UploadPlan, DbError> {
-    let ctx = &req.context;
+/// Finds or creates the default organization, cluster and the pipeline.
+fn ensure_pipeline(tx: &rusqlite::Transaction<'_>, pipeline: &str) -> Result<String, DbError> {
     let org = ensure(
         tx,
         "SELECT id FROM organizations WHERE key = ?1",
@@ -273,13 +319,25 @@ fn create_upload_tx(
         "INSERT INTO clusters (id, organization_id, key, created_at) VALUES (?1, ?2, ?3, ?4)",
         &[&org, &"default"],
     )?;
-    let pipeline = ensure(
+    ensure(
         tx,
         "SELECT id FROM pipelines WHERE cluster_id = ?1 AND key = ?2",
         "INSERT INTO pipelines (id, cluster_id, key, created_at) VALUES (?1, ?2, ?3, ?4)",
-        &[&cluster, &ctx.pipeline],
-    )?;
-    let run_number = ctx.run as i64;
+        &[&cluster, &pipeline],
+    )
+}
+
+/// Finds or creates a run by number, recording branch and commit if it has
+/// none yet.
+fn ensure_run(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    number: u64,
+    branch: Option<&str>,
+    commit: Option<&str>,
+) -> Result<String, DbError> {
+    let pipeline = ensure_pipeline(tx, pipeline)?;
+    let run_number = number as i64;
     let run = ensure(
         tx,
         "SELECT id FROM runs WHERE pipeline_id = ?1 AND number = ?2",
@@ -288,9 +346,24 @@ fn create_upload_tx(
     )?;
     tx.execute(
         "UPDATE runs SET branch = COALESCE(branch, ?2), commit_sha = COALESCE(commit_sha, ?3) WHERE id = ?1",
-        params![run, ctx.branch, ctx.commit],
+        params![run, branch, commit],
     )
     .map_err(backend)?;
+    Ok(run)
+}
+
+/// Finds or creates the run and job attempt of `ctx`: `(run id, job id)`.
+fn ensure_job(
+    tx: &rusqlite::Transaction<'_>,
+    ctx: &satchel_model::api::JobContext,
+) -> Result<(String, String), DbError> {
+    let run = ensure_run(
+        tx,
+        &ctx.pipeline,
+        ctx.run,
+        ctx.branch.as_deref(),
+        ctx.commit.as_deref(),
+    )?;
     let attempt = ctx.attempt as i64;
     let job = ensure(
         tx,
@@ -305,6 +378,73 @@ fn create_upload_tx(
         )
         .map_err(backend)?;
     }
+    Ok((run, job))
+}
+
+/// Checks that job `job` of `ctx` may use artifact name `name` in `run`;
+/// returns the job's own live artifact of that name, if any, with its state.
+///
+/// Names are unique in a run. Another job's artifact of that name is a
+/// conflict (unless its upload failed: a failed upload holds no name), as
+/// is a later attempt's. An earlier attempt of the same job does not block
+/// (the retry gets its own copy). With `exclusive` (publish semantics), the
+/// job's own finished artifact of that name is a conflict too.
+fn claim_name(
+    tx: &rusqlite::Transaction<'_>,
+    run: &str,
+    job: &str,
+    ctx: &satchel_model::api::JobContext,
+    name: &str,
+    exclusive: bool,
+) -> Result<Option<(String, String)>, DbError> {
+    let mut stmt = tx
+        .prepare(
+            "SELECT a.id, j.id, j.key, j.attempt, a.state FROM artifacts a JOIN jobs j ON j.id = a.job_id
+             WHERE a.run_id = ?1 AND a.name = ?2 AND a.is_default = 0
+               AND a.state NOT IN ('deleted', 'expired')",
+        )
+        .map_err(backend)?;
+    let existing: Vec<(String, String, String, i64, String)> = stmt
+        .query_map(params![run, name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    let conflict = |jkey: &str, jattempt: i64| {
+        let stage = ctx
+            .stage
+            .as_deref()
+            .map(|s| format!(" (stage {s:?})"))
+            .unwrap_or_default();
+        DbError::Conflict(format!(
+            "artifact {name:?} already exists in run {} of pipeline {:?}: it was published by job {jkey:?} (attempt {jattempt}); job {:?}{stage} cannot publish it again. Artifact names are unique within a run: choose another name",
+            ctx.run, ctx.pipeline, ctx.job
+        ))
+    };
+    let mut mine = None;
+    for (aid, jid, jkey, jattempt, state) in existing {
+        if jid == job {
+            if exclusive && state == "finished" {
+                return Err(conflict(&jkey, jattempt));
+            }
+            // Ours, possibly after a failed or interrupted upload: reuse it.
+            mine = Some((aid, state));
+        } else if state == "error" {
+            // Another job's upload that never finished holds no name.
+        } else if jkey != ctx.job || jattempt > ctx.attempt as i64 {
+            return Err(conflict(&jkey, jattempt));
+        }
+    }
+    Ok(mine)
+}
+
+fn create_upload_tx(
+    tx: &rusqlite::Transaction<'_>,
+    req: &CreateUpload,
+) -> Result<UploadPlan, DbError> {
+    let ctx = &req.context;
+    let (run, job) = ensure_job(tx, ctx)?;
 
     let now = now_millis();
     let name = req.name.as_deref().filter(|n| *n != "default");
@@ -333,59 +473,32 @@ fn create_upload_tx(
                 }
             }
         }
-        Some(name) => {
-            // Names are unique in a run; only the owning job (or a retry of
-            // it, which gets its own copy) may add to it.
-            let mut stmt = tx
-                .prepare(
-                    "SELECT a.id, j.id, j.key, j.attempt, a.state FROM artifacts a JOIN jobs j ON j.id = a.job_id
-                     WHERE a.run_id = ?1 AND a.name = ?2 AND a.is_default = 0
-                       AND a.state NOT IN ('deleted', 'expired')",
+        Some(name) => match claim_name(tx, &run, &job, ctx, name, req.exclusive)? {
+            Some((id, _)) => id,
+            None => {
+                let id = new_id();
+                tx.execute(
+                    "INSERT INTO artifacts (id, run_id, job_id, name, is_default, state, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 0, 'uploading', ?5)",
+                    params![id, run, job, name, now],
                 )
                 .map_err(backend)?;
-            let existing: Vec<(String, String, String, i64, String)> = stmt
-                .query_map(params![run, name], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .map_err(backend)?
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            let mut mine = None;
-            for (aid, jid, jkey, jattempt, state) in existing {
-                if jid == job {
-                    // Ours, possibly after a failed upload: reuse it.
-                    mine = Some(aid);
-                } else if state == "error" {
-                    // Another job's upload that never finished holds no name.
-                } else if jkey != ctx.job || jattempt > attempt {
-                    return Err(DbError::Conflict(format!(
-                        "artifact {name:?} already exists in run {} of pipeline {:?}: it belongs to job {jkey:?} (attempt {jattempt}); artifact names are unique within a run",
-                        ctx.run, ctx.pipeline
-                    )));
-                }
+                id
             }
-            match mine {
-                Some(id) => id,
-                None => {
-                    let id = new_id();
-                    tx.execute(
-                        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, state, created_at)
-                         VALUES (?1, ?2, ?3, ?4, 0, 'uploading', ?5)",
-                        params![id, run, job, name, now],
-                    )
-                    .map_err(backend)?;
-                    id
-                }
-            }
-        }
+        },
     };
-    let (artifact_name, artifact_state): (String, String) = tx
+    let (artifact_name, artifact_state, kind): (String, String, String) = tx
         .query_row(
-            "SELECT name, state FROM artifacts WHERE id = ?1",
+            "SELECT name, state, kind FROM artifacts WHERE id = ?1",
             [&artifact_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .map_err(backend)?;
+    if kind != "files" {
+        return Err(DbError::Conflict(format!(
+            "artifact {artifact_name:?} is a {kind} artifact; files cannot be added to it"
+        )));
+    }
     if artifact_state == "deleted" || artifact_state == "expired" {
         return Err(DbError::Conflict(format!(
             "artifact {artifact_name:?} was {artifact_state}; it cannot take new files"
@@ -580,6 +693,315 @@ fn fail_upload(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<(), DbError> 
     Ok(())
 }
 
+fn create_typed_tx(tx: &rusqlite::Transaction<'_>, req: &CreateTyped) -> Result<Artifact, DbError> {
+    let ctx = &req.context;
+    let (kind, meta) = match (&req.image, &req.link) {
+        (Some(image), None) => {
+            let info = ImageInfo::parse(image).map_err(DbError::Invalid)?;
+            ("image", serde_json::to_string(&info))
+        }
+        (None, Some(link)) => {
+            let info = link.clone().validated().map_err(DbError::Invalid)?;
+            ("link", serde_json::to_string(&info))
+        }
+        _ => {
+            return Err(DbError::Invalid(
+                "a typed artifact has exactly one of `image` and `link`".into(),
+            ))
+        }
+    };
+    let meta = meta.map_err(|e| DbError::Backend(e.to_string()))?;
+    let (run, job) = ensure_job(tx, ctx)?;
+    if let Some((old, _)) = claim_name(tx, &run, &job, ctx, &req.name, true)? {
+        // This job's own unfinished attempt at the name: replace it.
+        tx.execute(
+            "UPDATE artifacts SET state = 'deleted' WHERE id = ?1",
+            [&old],
+        )
+        .map_err(backend)?;
+    }
+    let now = now_millis();
+    let id = new_id();
+    tx.execute(
+        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, kind, meta, state, created_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, 'finished', ?7, ?7)",
+        params![id, run, job, req.name, kind, meta, now],
+    )
+    .map_err(backend)?;
+    // An empty, finished upload records the producing step.
+    tx.execute(
+        "INSERT INTO uploads (id, artifact_id, step, state, created_at, finished_at)
+         VALUES (?1, ?2, ?3, 'finished', ?4, ?4)",
+        params![new_id(), id, ctx.step, now],
+    )
+    .map_err(backend)?;
+    get_artifact(tx, &id)
+}
+
+fn find_run_conn(c: &Connection, pipeline: &str, number: u64) -> Result<Run, DbError> {
+    c.query_row(
+        &format!("{RUN_SELECT} WHERE p.key = ?1 AND r.number = ?2"),
+        params![pipeline, number as i64],
+        run_row,
+    )
+    .optional()
+    .map_err(backend)?
+    .ok_or_else(|| DbError::NotFound(format!("run {number} of pipeline {pipeline:?} not found")))
+}
+
+/// The newest few runs of a pipeline as `#3 failed, #2 passed`, for messages.
+fn recent_runs(c: &Connection, pipeline: &str) -> Result<String, DbError> {
+    let mut stmt = c
+        .prepare(&format!(
+            "{RUN_SELECT} WHERE p.key = ?1 ORDER BY r.number DESC LIMIT 5"
+        ))
+        .map_err(backend)?;
+    let runs: Vec<Run> = stmt
+        .query_map([pipeline], run_row)
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    Ok(runs
+        .iter()
+        .map(|r| match &r.branch {
+            Some(b) => format!("#{} {} on {b}", r.number, r.state),
+            None => format!("#{} {}", r.number, r.state),
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// The run of `pipeline` that `selector` picks; `triggered_from` is the
+/// asking run's trigger, for [`RunSelector::Triggering`].
+fn select_run_conn(
+    c: &Connection,
+    pipeline: &str,
+    selector: &RunSelector,
+    triggered_from: Option<&RunRef>,
+) -> Result<Run, DbError> {
+    let exists = c
+        .prepare("SELECT 1 FROM pipelines WHERE key = ?1")
+        .and_then(|mut s| s.exists([pipeline]))
+        .map_err(backend)?;
+    if !exists {
+        return Err(DbError::NotFound(format!(
+            "pipeline {pipeline:?} not found: it has no runs yet"
+        )));
+    }
+    let newest = |cond: &str, arg: Option<&str>| -> Result<Option<Run>, DbError> {
+        let sql = format!("{RUN_SELECT} WHERE p.key = ?1 {cond} ORDER BY r.number DESC LIMIT 1");
+        let r = match arg {
+            Some(a) => c.query_row(&sql, params![pipeline, a], run_row),
+            None => c.query_row(&sql, params![pipeline], run_row),
+        };
+        r.optional().map_err(backend)
+    };
+    let found = match selector {
+        RunSelector::Number(n) => return find_run_conn(c, pipeline, *n),
+        RunSelector::Latest => newest("", None)?,
+        RunSelector::LastSuccessful { branch: None } => newest("AND r.state = 'passed'", None)?,
+        RunSelector::LastSuccessful { branch: Some(b) } => {
+            newest("AND r.state = 'passed' AND r.branch = ?2", Some(b))?
+        }
+        RunSelector::LatestFromBranch(b) => newest("AND r.branch = ?2", Some(b))?,
+        RunSelector::Triggering => match triggered_from {
+            Some(t) if t.pipeline == pipeline => return find_run_conn(c, pipeline, t.run),
+            Some(t) => {
+                return Err(DbError::NotFound(format!(
+                    "selector `triggering` on pipeline {pipeline:?}: this run was triggered by run {} of pipeline {:?}, not by {pipeline:?}",
+                    t.run, t.pipeline
+                )))
+            }
+            None => {
+                return Err(DbError::NotFound(format!(
+                    "selector `triggering` on pipeline {pipeline:?}: this run was not triggered by another run (start it with --triggered-by {pipeline}#N)"
+                )))
+            }
+        },
+    };
+    found.ok_or_else(|| {
+        let recent = recent_runs(c, pipeline).unwrap_or_default();
+        DbError::NotFound(format!(
+            "pipeline {pipeline:?} has no run matching `{selector}` ({}); its newest runs: {}",
+            selector.describe(),
+            if recent.is_empty() {
+                "none".to_string()
+            } else {
+                recent
+            }
+        ))
+    })
+}
+
+fn create_run_tx(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    req: &NewRun,
+) -> Result<Run, DbError> {
+    let triggered_from = match &req.triggered_from {
+        Some(t) => Some(find_run_conn(tx, &t.pipeline, t.run).map_err(|_| {
+            DbError::NotFound(format!(
+                "triggering run {} of pipeline {:?} not found",
+                t.run, t.pipeline
+            ))
+        })?),
+        None => None,
+    };
+    let mut sources = std::collections::BTreeMap::new();
+    for (name, spec) in &req.sources {
+        let selector: RunSelector = spec
+            .run
+            .parse()
+            .map_err(|e| DbError::Invalid(format!("source {name:?}: {e}")))?;
+        let run = select_run_conn(tx, &spec.pipeline, &selector, req.triggered_from.as_ref())
+            .map_err(|e| match e {
+                DbError::NotFound(m) => DbError::NotFound(format!("source {name:?}: {m}")),
+                other => other,
+            })?;
+        sources.insert(
+            name.clone(),
+            PinnedSource {
+                pipeline: spec.pipeline.clone(),
+                selector: selector.to_string(),
+                run: run.number,
+            },
+        );
+    }
+    let pipeline_id = ensure_pipeline(tx, pipeline)?;
+    let next: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM runs WHERE pipeline_id = ?1",
+            [&pipeline_id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let sources_json = if sources.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&sources).map_err(|e| DbError::Backend(e.to_string()))?)
+    };
+    tx.execute(
+        "INSERT INTO runs (id, pipeline_id, number, branch, commit_sha, state, created_at, sources, triggered_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
+        params![
+            new_id(),
+            pipeline_id,
+            next,
+            req.branch,
+            req.commit,
+            now_millis(),
+            sources_json,
+            triggered_from.map(|r| r.id)
+        ],
+    )
+    .map_err(backend)?;
+    find_run_conn(tx, pipeline, next as u64)
+}
+
+fn package_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Package)> {
+    let kind: String = r.get(4)?;
+    let meta: Option<String> = r.get(5)?;
+    let origin: String = r.get(6)?;
+    let (image, link) = parse_meta(&kind, meta.as_deref());
+    let origin: PackageOrigin = serde_json::from_str(&origin).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok((
+        r.get(0)?,
+        Package {
+            repository: r.get(1)?,
+            name: r.get(2)?,
+            version: r.get(3)?,
+            kind,
+            image,
+            link,
+            file_count: r.get::<_, i64>(8)? as u64,
+            size: r.get::<_, i64>(9)? as u64,
+            origin,
+            created_at: rfc3339_millis(r.get(7)?),
+        },
+    ))
+}
+
+const PACKAGE_SELECT: &str = "
+SELECT k.id, k.repository, k.name, k.version, k.kind, k.meta, k.origin, k.created_at,
+       (SELECT COUNT(*) FROM package_files f WHERE f.package_id = k.id),
+       (SELECT COALESCE(SUM(f.size), 0) FROM package_files f WHERE f.package_id = k.id)
+FROM packages k";
+
+fn promote_tx(
+    tx: &rusqlite::Transaction<'_>,
+    req: &satchel_model::api::Promote,
+) -> Result<Package, DbError> {
+    let artifact = get_artifact(tx, &req.artifact_id)?;
+    if artifact.state != ArtifactState::Finished {
+        return Err(DbError::Conflict(format!(
+            "artifact {:?} ({}) is {}; only finished artifacts can be promoted",
+            artifact.name,
+            artifact.id,
+            artifact.state.as_str()
+        )));
+    }
+    if let Some((_, existing)) = tx
+        .query_row(
+            &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 AND k.version = ?3"),
+            params![req.repository, req.package, req.version],
+            package_row,
+        )
+        .optional()
+        .map_err(backend)?
+    {
+        let p = &existing.origin.producer;
+        return Err(DbError::Conflict(format!(
+            "{}/{}@{} already exists (promoted from artifact {:?} of run {} of pipeline {:?} at {}); versions are immutable: promote to a new version",
+            req.repository, req.package, req.version, existing.origin.artifact, p.run, p.pipeline, existing.created_at
+        )));
+    }
+    let meta: Option<String> = tx
+        .query_row(
+            "SELECT meta FROM artifacts WHERE id = ?1",
+            [&artifact.id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let origin = PackageOrigin {
+        artifact_id: artifact.id.clone(),
+        artifact: artifact.name.clone(),
+        producer: artifact.producer.clone(),
+    };
+    let id = new_id();
+    tx.execute(
+        "INSERT INTO packages (id, repository, name, version, kind, meta, origin, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            id,
+            req.repository,
+            req.package,
+            req.version,
+            artifact.kind,
+            meta,
+            serde_json::to_string(&origin).map_err(|e| DbError::Backend(e.to_string()))?,
+            now_millis()
+        ],
+    )
+    .map_err(backend)?;
+    tx.execute(
+        "INSERT INTO package_files (package_id, path, size, sha256, mode, content_type)
+         SELECT ?1, f.path, f.size, f.sha256, f.mode, f.content_type
+         FROM files f JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = ?2 AND u.state = 'finished'",
+        params![id, artifact.id],
+    )
+    .map_err(backend)?;
+    tx.query_row(
+        &format!("{PACKAGE_SELECT} WHERE k.id = ?1"),
+        [&id],
+        package_row,
+    )
+    .map(|(_, p)| p)
+    .map_err(backend)
+}
+
 #[async_trait]
 impl MetaStore for SqliteStore {
     async fn create_upload(&self, req: &CreateUpload) -> Result<UploadPlan, DbError> {
@@ -722,17 +1144,7 @@ impl MetaStore for SqliteStore {
 
     async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError> {
         let p = pipeline.to_string();
-        self.read(move |c| {
-            c.query_row(
-                &format!("{RUN_SELECT} WHERE p.key = ?1 AND r.number = ?2"),
-                params![p, number as i64],
-                run_row,
-            )
-            .optional()
-            .map_err(backend)?
-            .ok_or_else(|| DbError::NotFound(format!("run {number} of pipeline {p:?} not found")))
-        })
-        .await
+        self.read(move |c| find_run_conn(c, &p, number)).await
     }
 
     async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
@@ -836,6 +1248,163 @@ impl MetaStore for SqliteStore {
                 state: ArtifactState::Deleted,
                 ..a
             })
+        })
+        .await
+    }
+
+    async fn create_typed(&self, req: &CreateTyped) -> Result<Artifact, DbError> {
+        let req = req.clone();
+        self.write(move |tx| create_typed_tx(tx, &req)).await
+    }
+
+    async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, DbError> {
+        let (p, req) = (pipeline.to_string(), req.clone());
+        self.write(move |tx| create_run_tx(tx, &p, &req)).await
+    }
+
+    async fn set_run_state(
+        &self,
+        pipeline: &str,
+        number: u64,
+        req: &SetRunState,
+    ) -> Result<Run, DbError> {
+        if !RUN_STATES.contains(&req.state.as_str()) {
+            return Err(DbError::Invalid(format!(
+                "unknown run state {:?}: use one of {}",
+                req.state,
+                RUN_STATES.join(", ")
+            )));
+        }
+        let (p, req) = (pipeline.to_string(), req.clone());
+        self.write(move |tx| {
+            let run = ensure_run(tx, &p, number, req.branch.as_deref(), req.commit.as_deref())?;
+            let finished = (req.state != "running").then(now_millis);
+            tx.execute(
+                "UPDATE runs SET state = ?2, finished_at = ?3 WHERE id = ?1",
+                params![run, req.state, finished],
+            )
+            .map_err(backend)?;
+            find_run_conn(tx, &p, number)
+        })
+        .await
+    }
+
+    async fn select_run(
+        &self,
+        pipeline: &str,
+        selector: &RunSelector,
+        triggered_from: Option<&RunRef>,
+    ) -> Result<Run, DbError> {
+        let (p, sel, t) = (
+            pipeline.to_string(),
+            selector.clone(),
+            triggered_from.cloned(),
+        );
+        self.read(move |c| select_run_conn(c, &p, &sel, t.as_ref()))
+            .await
+    }
+
+    async fn list_jobs(&self, run_id: &str) -> Result<Vec<crate::JobSummary>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT stage, key, attempt FROM jobs WHERE run_id = ?1 ORDER BY stage, key, attempt")
+                .map_err(backend)?;
+            let jobs = stmt
+                .query_map([&id], |r| {
+                    Ok(crate::JobSummary {
+                        stage: r.get(0)?,
+                        key: r.get(1)?,
+                        attempt: r.get::<_, i64>(2)? as u32,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn promote(&self, req: &satchel_model::api::Promote) -> Result<Package, DbError> {
+        let req = req.clone();
+        self.write(move |tx| promote_tx(tx, &req)).await
+    }
+
+    async fn get_package(
+        &self,
+        repository: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<PackageWithFiles, DbError> {
+        let (repo, name, version) = (
+            repository.to_string(),
+            name.to_string(),
+            version.map(str::to_string),
+        );
+        self.read(move |c| {
+            let found = match &version {
+                Some(v) => c.query_row(
+                    &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 AND k.version = ?3"),
+                    params![repo, name, v],
+                    package_row,
+                ),
+                None => c.query_row(
+                    &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 ORDER BY k.created_at DESC, k.id DESC LIMIT 1"),
+                    params![repo, name],
+                    package_row,
+                ),
+            }
+            .optional()
+            .map_err(backend)?;
+            let Some((id, package)) = found else {
+                let what = match &version {
+                    Some(v) => format!("{repo}/{name}@{v} not found"),
+                    None => format!("package {repo}/{name} has no versions"),
+                };
+                return Err(DbError::NotFound(what));
+            };
+            let mut stmt = c
+                .prepare("SELECT path, size, sha256, mode, content_type FROM package_files WHERE package_id = ?1 ORDER BY path")
+                .map_err(backend)?;
+            let files = stmt
+                .query_map([&id], |r| {
+                    Ok(PackageFile {
+                        path: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        sha256: r.get(2)?,
+                        mode: r.get::<_, i64>(3)? as u32,
+                        content_type: r.get(4)?,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(PackageWithFiles { package, files })
+        })
+        .await
+    }
+
+    async fn list_packages(
+        &self,
+        repository: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<Package>, DbError> {
+        let (repo, name) = (repository.to_string(), name.map(str::to_string));
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "{PACKAGE_SELECT} WHERE k.repository = ?1 AND (?2 IS NULL OR k.name = ?2)
+                     ORDER BY k.created_at DESC, k.id DESC"
+                ))
+                .map_err(backend)?;
+            let out = stmt
+                .query_map(params![repo, name], package_row)
+                .map_err(backend)?
+                .map(|r| r.map(|(_, p)| p))
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(out)
         })
         .await
     }

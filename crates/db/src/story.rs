@@ -36,6 +36,7 @@ fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> C
         context: ctx(job, attempt),
         name: name.map(String::from),
         files,
+        exclusive: false,
     }
 }
 

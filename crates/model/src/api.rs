@@ -4,6 +4,8 @@
 //! is defined once. `docs/api.md` documents them for people scripting against
 //! the API.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Where a job is: the producer of an upload. Runs, stages, jobs and attempts
@@ -74,6 +76,16 @@ pub struct CreateUpload {
     pub name: Option<String>,
     /// Files of this upload.
     pub files: Vec<NewFile>,
+    /// Publish semantics (Azure `PublishPipelineArtifact`): the named
+    /// artifact must not exist yet in the run; a second publish of the same
+    /// name is a conflict (409) instead of adding files to it. A retry of
+    /// the owning job (a higher attempt) may publish it again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exclusive: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Answer to [`CreateUpload`].
@@ -181,7 +193,7 @@ pub struct Artifact {
     pub name: String,
     /// Whether this is the job's default (unnamed) artifact.
     pub is_default: bool,
-    /// `files` for now; typed kinds come later.
+    /// `files`, `image` or `link`.
     pub kind: String,
     /// Lifecycle state.
     pub state: ArtifactState,
@@ -193,6 +205,187 @@ pub struct Artifact {
     pub size: u64,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// Steps that added to it (uploads that finished), in no order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
+    /// For kind `image`: the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    /// For kind `link`: the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkInfo>,
+}
+
+impl Artifact {
+    /// What a reference to this artifact resolves to: the image reference,
+    /// the link URL, or (for files) the API path of its tar archive, which
+    /// callers prefix with the server URL.
+    pub fn reference_value(&self) -> String {
+        if let Some(i) = &self.image {
+            return i.reference.clone();
+        }
+        if let Some(l) = &self.link {
+            return l.url.clone();
+        }
+        format!("/api/v1/artifacts/{}/archive", self.id)
+    }
+}
+
+/// A container image artifact (Flow's `dockerImage`): metadata only,
+/// nothing is pushed or stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Image name without tag or digest, e.g. `registry.example.com/ns/demo`.
+    pub image: String,
+    /// Tag, e.g. `1.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Digest, e.g. `sha256:…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The full reference as given: `image[:tag][@digest]`.
+    pub reference: String,
+}
+
+impl ImageInfo {
+    /// Parses `NAME[:TAG][@DIGEST]`, e.g.
+    /// `registry.example.com:5000/ns/demo:1.0@sha256:ab…`. A `:` in the
+    /// registry part (a port) is not a tag.
+    pub fn parse(reference: &str) -> Result<ImageInfo, String> {
+        let reference = reference.trim();
+        let bad = |why: &str| {
+            Err(format!(
+                "invalid image reference {reference:?}: {why}; expected NAME[:TAG][@DIGEST], e.g. registry.example.com/ns/app:1.0"
+            ))
+        };
+        if reference.is_empty() {
+            return bad("it is empty");
+        }
+        if reference.len() > 1024 {
+            return bad("it is longer than 1024 bytes");
+        }
+        if reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad("it contains whitespace or control characters");
+        }
+        let (rest, digest) = match reference.split_once('@') {
+            Some((r, d)) => {
+                let Some((algo, hexpart)) = d.split_once(':') else {
+                    return bad("the digest must look like sha256:<hex>");
+                };
+                if algo.is_empty()
+                    || hexpart.len() < 32
+                    || !hexpart.chars().all(|c| c.is_ascii_hexdigit())
+                {
+                    return bad("the digest must look like sha256:<hex>");
+                }
+                (r, Some(d.to_string()))
+            }
+            None => (reference, None),
+        };
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (image, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => {
+                let at = last_slash + i;
+                (&rest[..at], Some(rest[at + 1..].to_string()))
+            }
+            None => (rest, None),
+        };
+        if image.is_empty()
+            || image.starts_with('/')
+            || image.ends_with('/')
+            || image.contains("//")
+        {
+            return bad("the image name is malformed");
+        }
+        if let Some(t) = &tag {
+            let ok = !t.is_empty()
+                && t.len() <= 128
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !ok {
+                return bad("a tag is 1 to 128 letters, digits, '_', '.' or '-'");
+            }
+        }
+        Ok(ImageInfo {
+            image: image.to_string(),
+            tag,
+            digest,
+            reference: reference.to_string(),
+        })
+    }
+}
+
+/// A link artifact (Flow's `flowPublic`): a URL with an optional checksum.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The URL (`http`, `https`, `s3`, `gs`, `az`, `oci`, `ftp` or `file`).
+    pub url: String,
+    /// Lowercase hex SHA-256 of what the URL serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Lowercase hex MD5 of what the URL serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+}
+
+impl LinkInfo {
+    /// Checks the URL scheme and the checksums' shape; lowercases hashes.
+    pub fn validated(mut self) -> Result<LinkInfo, String> {
+        let url = self.url.trim().to_string();
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        const SCHEMES: &[&str] = &["http", "https", "s3", "gs", "az", "oci", "ftp", "file"];
+        match scheme {
+            Some(s) if SCHEMES.contains(&s.as_str()) => {}
+            _ => {
+                return Err(format!(
+                    "invalid link URL {url:?}: it must start with one of {}",
+                    SCHEMES
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        }
+        if url.len() > 4096 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "invalid link URL {url:?}: it must be at most 4096 bytes without whitespace"
+            ));
+        }
+        let hexcheck =
+            |what: &str, v: &Option<String>, len: usize| -> Result<Option<String>, String> {
+                match v {
+                    None => Ok(None),
+                    Some(h) if h.len() == len && h.chars().all(|c| c.is_ascii_hexdigit()) => {
+                        Ok(Some(h.to_ascii_lowercase()))
+                    }
+                    Some(h) => Err(format!("invalid {what} {h:?}: expected {len} hex digits")),
+                }
+            };
+        self.sha256 = hexcheck("sha256", &self.sha256, 64)?;
+        self.md5 = hexcheck("md5", &self.md5, 32)?;
+        self.url = url;
+        Ok(self)
+    }
+}
+
+/// `POST /api/v1/artifacts`: publish a typed (metadata-only) artifact.
+/// Exactly one of `image` and `link` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTyped {
+    /// Producing job.
+    pub context: JobContext,
+    /// Artifact name, unique in the run.
+    pub name: String,
+    /// Image reference `NAME[:TAG][@DIGEST]`, for kind `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The link, for kind `link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkInfo>,
 }
 
 /// A stored file with everything a user may scope or check by.
@@ -273,6 +466,225 @@ pub struct Run {
     pub state: String,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// When the run got a final state, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The run that triggered this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_from: Option<RunRef>,
+    /// Other pipelines' runs this run takes artifacts from, pinned when the
+    /// run started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, PinnedSource>,
+}
+
+/// The states a run can be in.
+pub const RUN_STATES: &[&str] = &["running", "passed", "failed", "canceled"];
+
+/// A run of a pipeline, by number.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRef {
+    /// Pipeline key.
+    pub pipeline: String,
+    /// Run number.
+    pub run: u64,
+}
+
+/// A source as written in a pipeline: a pipeline and a run selector
+/// (`42`, `latest`, `lastSuccessfulBuild`, `latestFromBranch:main`,
+/// `triggering`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// Pipeline key.
+    pub pipeline: String,
+    /// Run selector.
+    pub run: String,
+}
+
+/// A source resolved to one run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinnedSource {
+    /// Pipeline key.
+    pub pipeline: String,
+    /// The selector as written.
+    pub selector: String,
+    /// The run it selected.
+    pub run: u64,
+}
+
+/// `POST /api/v1/pipelines/{pipeline}/runs`: start a new run (the next
+/// number).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NewRun {
+    /// Branch the run builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Commit the run builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Sources to pin, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, SourceSpec>,
+    /// The run that triggered this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_from: Option<RunRef>,
+}
+
+/// `PUT /api/v1/pipelines/{pipeline}/runs/{run}/state`: record a run's
+/// state (creating the run if needed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetRunState {
+    /// One of [`RUN_STATES`].
+    pub state: String,
+    /// Branch, recorded if the run has none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Commit, recorded if the run has none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// Where a reference is resolved from: the run, and the stage and job
+/// (for `jobs.` references, which mean "in my stage").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunContext {
+    /// Pipeline key.
+    pub pipeline: String,
+    /// Run number.
+    pub run: u64,
+    /// Stage of the asking job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The asking job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// `POST /api/v1/resolve`: resolve one `$[…]` reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    /// Where from.
+    pub context: RunContext,
+    /// The expression, with or without `$[` `]`.
+    pub expr: String,
+    /// Extra sources for this resolution (they win over the run's pinned
+    /// sources).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, SourceSpec>,
+}
+
+/// Answer to [`ResolveRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The canonical expression.
+    pub expr: String,
+    /// The value: an image reference, a URL, or for a files artifact the
+    /// API path of its tar archive (`/api/v1/artifacts/ID/archive`).
+    pub value: String,
+    /// The artifact it names.
+    pub artifact: Artifact,
+}
+
+/// `POST /api/v1/packages`: promote a finished artifact to
+/// `repository/name@version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Promote {
+    /// The artifact.
+    pub artifact_id: String,
+    /// Repository key.
+    pub repository: String,
+    /// Package key.
+    pub package: String,
+    /// Version.
+    pub version: String,
+}
+
+/// A promoted, immutable package version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Package {
+    /// Repository key.
+    pub repository: String,
+    /// Package key.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Kind of the artifact it was promoted from.
+    pub kind: String,
+    /// For kind `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    /// For kind `link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkInfo>,
+    /// Number of files.
+    pub file_count: u64,
+    /// Total bytes.
+    pub size: u64,
+    /// The artifact it was promoted from.
+    pub origin: PackageOrigin,
+    /// Promotion time, RFC 3339.
+    pub created_at: String,
+}
+
+/// Where a package came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageOrigin {
+    /// Artifact id.
+    pub artifact_id: String,
+    /// Artifact name.
+    pub artifact: String,
+    /// Producer of the artifact.
+    pub producer: Producer,
+}
+
+/// A file of a package.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackageFile {
+    /// Normalized path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+    /// Mode bits.
+    pub mode: u32,
+    /// Content type.
+    pub content_type: String,
+}
+
+/// A package with its files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageWithFiles {
+    /// The package.
+    pub package: Package,
+    /// Its files.
+    pub files: Vec<PackageFile>,
+}
+
+/// A list of packages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageList {
+    /// Newest first.
+    pub packages: Vec<Package>,
+}
+
+/// Checks a package version: 1 to 128 ASCII letters, digits, `.`, `_`,
+/// `-` and `+`, starting with a letter or digit; `latest` is reserved.
+pub fn validate_version(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+    if !ok {
+        return Err(format!(
+            "invalid version {v:?}: 1 to 128 ASCII letters, digits, '.', '_', '-' or '+', starting with a letter or digit"
+        ));
+    }
+    if v == "latest" {
+        return Err("`latest` is not a version: it names the newest one".into());
+    }
+    Ok(())
 }
 
 /// A list of runs.
@@ -315,3 +727,69 @@ pub const BLOB_FRAME_HEADER: usize = 40;
 /// Length of the header of a frame in a file batch response: the content
 /// length as a big-endian `u64`.
 pub const FILE_FRAME_HEADER: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        let i = ImageInfo::parse("registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0").unwrap();
+        assert_eq!(i.image, "registry.cn-hangzhou.aliyuncs.com/ns/demo");
+        assert_eq!(i.tag.as_deref(), Some("1.0"));
+        assert_eq!(i.digest, None);
+        let d = format!("sha256:{}", "a".repeat(64));
+        let i = ImageInfo::parse(&format!("localhost:5000/app@{d}")).unwrap();
+        assert_eq!(i.image, "localhost:5000/app");
+        assert_eq!(i.tag, None);
+        assert_eq!(i.digest.as_deref(), Some(d.as_str()));
+        let i = ImageInfo::parse(&format!("localhost:5000/app:2@{d}")).unwrap();
+        assert_eq!(i.tag.as_deref(), Some("2"));
+        assert_eq!(i.reference, format!("localhost:5000/app:2@{d}"));
+        for bad in [
+            "",
+            "a b",
+            "app:",
+            "app:t@sha256:zz",
+            "/app",
+            "app@nope",
+            "a//b",
+        ] {
+            assert!(ImageInfo::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn links() {
+        let l = LinkInfo {
+            url: "https://example.com/a.tgz".into(),
+            sha256: None,
+            md5: Some("D41D8CD98F00B204E9800998ECF8427E".into()),
+        }
+        .validated()
+        .unwrap();
+        assert_eq!(l.md5.as_deref(), Some("d41d8cd98f00b204e9800998ecf8427e"));
+        let bad = LinkInfo {
+            url: "javascript:alert(1)".into(),
+            sha256: None,
+            md5: None,
+        };
+        assert!(bad.validated().is_err());
+        let bad = LinkInfo {
+            url: "https://x".into(),
+            sha256: Some("abc".into()),
+            md5: None,
+        };
+        assert!(bad.validated().is_err());
+    }
+
+    #[test]
+    fn versions() {
+        for ok in ["1.0.0", "2024-01-02", "1.0.0+build.5", "v3"] {
+            validate_version(ok).unwrap();
+        }
+        for bad in ["", "latest", "-1", "1 0", "a/b", &"9".repeat(129)] {
+            assert!(validate_version(bad).is_err(), "{bad:?}");
+        }
+    }
+}

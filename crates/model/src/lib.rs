@@ -5,9 +5,12 @@
 //! and query is, and on the rules that pick files for a download.
 
 pub mod api;
+pub mod expr;
 pub mod glob;
 pub mod id;
+pub mod ignore;
 pub mod mime;
 pub mod names;
 pub mod path;
 pub mod query;
+pub mod selector;

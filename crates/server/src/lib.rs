@@ -76,6 +76,9 @@ pub struct Stores {
     pub db: Arc<dyn MetaStore>,
     /// Content.
     pub store: Arc<dyn ContentStore>,
+    /// Held for as long as the stores are in use: one process per data
+    /// directory.
+    pub lock: Option<std::fs::File>,
 }
 
 /// Opens the embedded default stores (SQLite + local disk) under `dir`.
@@ -84,12 +87,32 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
         root: dir.to_path_buf(),
     };
     std::fs::create_dir_all(&d.root).map_err(|e| format!("creating {}: {e}", d.root.display()))?;
+    let lock_path = d.root.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(format!(
+                "data directory {} is in use by another satchel process (serve or run); stop it, or point this command at it with --server/SATCHEL_URL",
+                d.root.display()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("locking {}: {e}", lock_path.display()))
+        }
+    }
     let db = satchel_db::open(&format!("sqlite://{}", d.database().display()))
         .map_err(|e| e.to_string())?;
     let store = satchel_store::LocalStore::open(d.content()).map_err(|e| e.to_string())?;
     Ok(Stores {
         db,
         store: Arc::new(store),
+        lock: Some(lock),
     })
 }
 

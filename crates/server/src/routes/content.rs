@@ -135,6 +135,32 @@ pub(super) async fn file_content(
     Ok(resp)
 }
 
+/// The whole content of one blob as a download named after `path`.
+pub(super) async fn stream_blob(
+    s: &AppState,
+    sha256: &str,
+    size: u64,
+    content_type: &str,
+    path: &str,
+) -> Result<Response, ApiError> {
+    let digest = Digest::from_hex(sha256)?;
+    let stream = s.store.get(&digest, None).await?;
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        "x-checksum-sha256",
+        HeaderValue::from_str(sha256).expect("hex"),
+    );
+    h.insert(header::CONTENT_DISPOSITION, disposition(path));
+    Ok(resp)
+}
+
 pub(super) async fn files_content(
     State(s): State<AppState>,
     Json(req): Json<FetchFiles>,

@@ -1,7 +1,9 @@
 //! Routes of `/api/v1`: runs, artifacts, files and search here; uploads and
 //! content transfer in their own modules.
 
+mod archive;
 mod content;
+mod pipelines;
 mod uploads;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -23,8 +25,32 @@ const MANIFEST_LIMIT: usize = 64 * 1024 * 1024;
 
 pub(crate) fn api() -> Router<AppState> {
     Router::new()
-        .route("/pipelines/{pipeline}/runs", get(list_runs))
+        .route(
+            "/pipelines/{pipeline}/runs",
+            get(list_runs).post(pipelines::create_run),
+        )
         .route("/pipelines/{pipeline}/runs/{run}", get(get_run))
+        .route(
+            "/pipelines/{pipeline}/runs/{run}/state",
+            put(pipelines::set_run_state),
+        )
+        .route("/artifacts", post(pipelines::create_typed))
+        .route("/artifacts/{id}/archive", get(pipelines::artifact_archive))
+        .route("/resolve", post(pipelines::resolve))
+        .route("/packages", post(pipelines::promote))
+        .route("/packages/{repo}", get(pipelines::list_packages))
+        .route(
+            "/packages/{repo}/{name}/{version}",
+            get(pipelines::get_package),
+        )
+        .route(
+            "/packages/{repo}/{name}/{version}/archive",
+            get(pipelines::package_archive),
+        )
+        .route(
+            "/packages/{repo}/{name}/{version}/files/{*path}",
+            get(pipelines::package_file),
+        )
         .route(
             "/pipelines/{pipeline}/runs/{run}/artifacts",
             get(list_artifacts),

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use futures_util::TryStreamExt;
 use satchel_db::UploadNeeds;
 use satchel_model::api::{
-    BlobsStored, CreateUpload, UploadCreated, UploadFinished, BLOB_FRAME_HEADER,
+    BlobsStored, CreateUpload, JobContext, UploadCreated, UploadFinished, BLOB_FRAME_HEADER,
 };
 use satchel_model::{names, path};
 use satchel_store::{Digest, Durability};
@@ -32,10 +32,27 @@ use crate::extract::{Json, Path};
 use crate::AppState;
 
 const MAX_FILES: usize = 100_000;
+
+/// Checks a branch and commit: at most 1024 bytes, no control characters.
+pub(super) fn validate_branch_commit(
+    branch: Option<&str>,
+    commit: Option<&str>,
+) -> Result<(), ApiError> {
+    for (what, v) in [("branch", branch), ("commit", commit)] {
+        if let Some(v) = v {
+            if v.len() > 1024 || v.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "{what} is over 1024 bytes or has control characters"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 const MAX_TEXT: usize = 4096;
 
-fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
-    let c = &req.context;
+/// Checks a job context's keys and numbers.
+pub(super) fn validate_context(c: &JobContext) -> Result<(), ApiError> {
     names::validate_key("pipeline", &c.pipeline)?;
     names::validate_key("job", &c.job)?;
     if let Some(s) = &c.stage {
@@ -50,15 +67,12 @@ fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
     if c.attempt == 0 {
         return Err(ApiError::bad_request("attempts start at 1"));
     }
-    for (what, v) in [("branch", &c.branch), ("commit", &c.commit)] {
-        if let Some(v) = v {
-            if v.len() > 1024 || v.chars().any(char::is_control) {
-                return Err(ApiError::bad_request(format!(
-                    "{what} is over 1024 bytes or has control characters"
-                )));
-            }
-        }
-    }
+    validate_branch_commit(c.branch.as_deref(), c.commit.as_deref())?;
+    Ok(())
+}
+
+fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
+    validate_context(&req.context)?;
     if let Some(n) = &req.name {
         names::validate_artifact_name(n)?;
     }

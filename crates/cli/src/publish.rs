@@ -1,0 +1,490 @@
+//! Named artifacts, Azure Pipelines style: `satchel artifact publish`
+//! (a file or a directory, honouring `.artifactignore`), typed artifacts
+//! (`publish-image`, `publish-link`), and `download-artifact`, which puts
+//! each named artifact in its own folder under the workspace.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use satchel_model::api::{Artifact, ArtifactState, CreateTyped, LinkInfo};
+use satchel_model::glob::Glob;
+use satchel_model::ignore::IgnoreRules;
+use satchel_model::path::clean_relative;
+use serde::Serialize;
+
+use crate::context::{JobArgs, ServerArgs};
+use crate::download::fetch_files;
+use crate::output::human;
+use crate::upload::{send_and_report, Found, Sending};
+
+/// The name of the ignore file read at the root of a published directory.
+pub const IGNORE_FILE: &str = ".artifactignore";
+
+/// Options of `satchel artifact publish`.
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// File or directory to publish. A directory's files keep their paths
+    /// relative to it; a file is stored under its own name.
+    path: PathBuf,
+    /// Artifact name, unique in the run.
+    #[arg(long)]
+    name: String,
+    /// Content type for every file (default: from the extension).
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    job: JobArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Lists the files under `root` that `.artifactignore` does not exclude,
+/// with their paths relative to `root`. Symbolic links to files are
+/// followed; directories are entered once (no link loops).
+fn walk_publish(root: &Path) -> anyhow::Result<Vec<Found>> {
+    let meta =
+        std::fs::metadata(root).with_context(|| format!("cannot publish {}", root.display()))?;
+    let shown = root.display().to_string();
+    if meta.is_file() {
+        let name = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no UTF-8 file name", root.display()))?;
+        let abs = std::path::absolute(root)?;
+        return Ok(vec![Found {
+            abs,
+            stored: clean_relative(name)?,
+            glob: shown,
+        }]);
+    }
+    if !meta.is_dir() {
+        bail!("{} is neither a file nor a directory", root.display());
+    }
+    let rules = match std::fs::read_to_string(root.join(IGNORE_FILE)) {
+        Ok(text) => IgnoreRules::parse(&text)
+            .with_context(|| format!("in {}", root.join(IGNORE_FILE).display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::parse("")?,
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading {}", root.join(IGNORE_FILE).display()))
+        }
+    };
+    let root_abs = std::path::absolute(root)?;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(root_abs.clone(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let canon = std::fs::canonicalize(&dir)?;
+        if !seen.insert(canon) {
+            continue;
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let name = name
+                .to_str()
+                .with_context(|| format!("{} is not valid UTF-8", e.path().display()))?;
+            let child = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if child == IGNORE_FILE {
+                continue;
+            }
+            let m = std::fs::metadata(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            if rules.is_ignored(&child, m.is_dir()) {
+                continue;
+            }
+            if m.is_dir() {
+                stack.push((e.path(), child));
+            } else if m.is_file() {
+                out.push(Found {
+                    abs: e.path(),
+                    stored: clean_relative(&child)?,
+                    glob: shown.clone(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.stored.cmp(&b.stored));
+    Ok(out)
+}
+
+/// `satchel artifact publish`.
+pub async fn run_publish(a: PublishArgs) -> anyhow::Result<()> {
+    let ctx = a.job.context()?;
+    satchel_model::names::validate_artifact_name(&a.name)?;
+    if a.name == "default" {
+        bail!("`default` names a job's default artifact; choose another name");
+    }
+    let client = a.server.client()?;
+    let path = a.path.clone();
+    let found = tokio::task::spawn_blocking(move || walk_publish(&path)).await??;
+    if found.is_empty() {
+        bail!(
+            "nothing to publish: {} has no files{}",
+            a.path.display(),
+            if a.path.join(IGNORE_FILE).exists() {
+                format!(" that {IGNORE_FILE} keeps")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let how = Sending {
+        name: Some(a.name.clone()),
+        exclusive: true,
+        content_type: a.content_type.clone(),
+        quiet: a.quiet || a.json,
+    };
+    send_and_report(&client, &ctx, how, found, a.json).await
+}
+
+/// What every typed publish takes.
+#[derive(Args, Debug)]
+pub struct TypedArgs {
+    /// Artifact name, unique in the run.
+    #[arg(long)]
+    name: String,
+    /// Print the artifact as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    job: JobArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Options of `satchel artifact publish-image`.
+#[derive(Args, Debug)]
+pub struct PublishImageArgs {
+    /// Image reference `NAME[:TAG][@DIGEST]`. Nothing is pushed: the
+    /// artifact records the reference.
+    image: String,
+    #[command(flatten)]
+    typed: TypedArgs,
+}
+
+/// Options of `satchel artifact publish-link`.
+#[derive(Args, Debug)]
+pub struct PublishLinkArgs {
+    /// URL of the artifact (http, https, s3, gs, az, oci, ftp or file).
+    #[arg(value_name = "URL")]
+    link_url: String,
+    /// SHA-256 of what the URL serves.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// MD5 of what the URL serves.
+    #[arg(long)]
+    md5: Option<String>,
+    #[command(flatten)]
+    typed: TypedArgs,
+}
+
+async fn publish_typed(
+    t: TypedArgs,
+    image: Option<String>,
+    link: Option<LinkInfo>,
+) -> anyhow::Result<()> {
+    satchel_model::names::validate_artifact_name(&t.name)?;
+    let req = CreateTyped {
+        context: t.job.context()?,
+        name: t.name,
+        image,
+        link,
+    };
+    let client = t.server.client()?;
+    let a = client.create_typed(&req).await?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+    } else {
+        eprintln!(
+            "published {} artifact {:?} = {} in {} run {} job {}",
+            a.kind,
+            a.name,
+            a.reference_value(),
+            req.context.pipeline,
+            req.context.run,
+            req.context.job
+        );
+    }
+    Ok(())
+}
+
+/// `satchel artifact publish-image`.
+pub async fn run_publish_image(a: PublishImageArgs) -> anyhow::Result<()> {
+    let info = satchel_model::api::ImageInfo::parse(&a.image).map_err(anyhow::Error::msg)?;
+    publish_typed(a.typed, Some(info.reference), None).await
+}
+
+/// `satchel artifact publish-link`.
+pub async fn run_publish_link(a: PublishLinkArgs) -> anyhow::Result<()> {
+    let link = LinkInfo {
+        url: a.link_url,
+        sha256: a.sha256,
+        md5: a.md5,
+    }
+    .validated()
+    .map_err(anyhow::Error::msg)?;
+    publish_typed(a.typed, None, Some(link)).await
+}
+
+/// Options of `satchel artifact download-artifact`.
+#[derive(Args, Debug)]
+pub struct DownloadArtifactArgs {
+    /// Names of the artifacts to download (`default` with --job for a
+    /// job's default artifact).
+    names: Vec<String>,
+    /// Download every named artifact of the run.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// Destination; each artifact goes into DEST/<name>/ (default:
+    /// $SATCHEL_WORKSPACE, else the current directory).
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// Only files matching this glob (Azure `itemPattern`).
+    #[arg(long)]
+    pattern: Option<String>,
+    /// Pipeline key (default: SATCHEL_PIPELINE).
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Run number (default: SATCHEL_RUN).
+    #[arg(long, alias = "build")]
+    run: Option<u64>,
+    /// Only artifacts of jobs with this key.
+    #[arg(long)]
+    job: Option<String>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Serialize)]
+struct Downloaded {
+    name: String,
+    kind: String,
+    files: u64,
+    bytes: u64,
+    destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+/// The artifacts `names` (or all named ones) pick among `artifacts`.
+fn pick(
+    artifacts: &[Artifact],
+    names: &[String],
+    all: bool,
+    run: &str,
+) -> anyhow::Result<Vec<Artifact>> {
+    let live: Vec<&Artifact> = artifacts
+        .iter()
+        .filter(|a| a.state == ArtifactState::Finished && !a.producer.superseded)
+        .collect();
+    if all {
+        return Ok(live
+            .into_iter()
+            .filter(|a| !a.is_default)
+            .cloned()
+            .collect());
+    }
+    if names.is_empty() {
+        bail!("name the artifacts to download, or pass --all");
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let found: Vec<&&Artifact> = live.iter().filter(|a| a.name == *n).collect();
+        match found.len() {
+            0 => {
+                let mut have: Vec<String> = live
+                    .iter()
+                    .filter(|a| !a.is_default)
+                    .map(|a| a.name.clone())
+                    .collect();
+                have.sort();
+                have.dedup();
+                bail!(
+                    "no finished artifact named {n:?} in {run} (its artifacts: {})",
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    }
+                );
+            }
+            1 => out.push((*found[0]).clone()),
+            _ => {
+                let jobs: Vec<String> = found.iter().map(|a| a.producer.job.clone()).collect();
+                bail!(
+                    "{n:?} names the default artifacts of several jobs in {run} ({}): pass --job",
+                    jobs.join(", ")
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The destination root: --dest, else $SATCHEL_WORKSPACE, else `.`.
+pub fn workspace_or(dest: Option<PathBuf>) -> PathBuf {
+    dest.or_else(|| {
+        std::env::var_os("SATCHEL_WORKSPACE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Writes a typed artifact's description as `dir/artifact.json`.
+pub fn write_typed(dir: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("artifact.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `satchel artifact download-artifact`.
+pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()> {
+    let scope = crate::context::ScopeArgs {
+        pipeline: a.pipeline.clone(),
+        run: a.run,
+        job: a.job.clone(),
+        step: None,
+        name: None,
+        include_retried_jobs: false,
+    };
+    let (pipeline, run) = scope.run()?;
+    let glob = a.pattern.as_deref().map(Glob::new).transpose()?;
+    let client = a.server.client()?;
+    let where_ = format!("run {run} of pipeline {pipeline:?}");
+    let artifacts: Vec<Artifact> = client
+        .list_artifacts(&pipeline, run)
+        .await?
+        .into_iter()
+        .filter(|x| a.job.as_deref().is_none_or(|j| x.producer.job == j))
+        .collect();
+    let chosen = pick(&artifacts, &a.names, a.all, &where_)?;
+    if chosen.is_empty() {
+        bail!("{where_} has no finished named artifacts to download");
+    }
+    let root = workspace_or(a.dest.clone());
+    let mut report = Vec::new();
+    for art in chosen {
+        let dir = root.join(&art.name);
+        if art.kind != "files" {
+            write_typed(&dir, &art)?;
+            report.push(Downloaded {
+                name: art.name.clone(),
+                kind: art.kind.clone(),
+                files: 0,
+                bytes: 0,
+                destination: dir.join("artifact.json").display().to_string(),
+                value: Some(art.reference_value()),
+            });
+            continue;
+        }
+        let files: Vec<_> = client
+            .get_artifact(&art.id)
+            .await?
+            .files
+            .into_iter()
+            .filter(|f| glob.as_ref().is_none_or(|g| g.is_match(&f.path)))
+            .collect();
+        let (count, bytes) = (files.len() as u64, files.iter().map(|f| f.size).sum());
+        if files.is_empty() {
+            std::fs::create_dir_all(&dir)?;
+        } else {
+            fetch_files(&client, &dir, files, a.quiet || a.json).await?;
+        }
+        report.push(Downloaded {
+            name: art.name.clone(),
+            kind: art.kind.clone(),
+            files: count,
+            bytes,
+            destination: dir.display().to_string(),
+            value: None,
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report {
+            match &d.value {
+                Some(v) => eprintln!(
+                    "downloaded {} artifact {:?} = {v} to {}",
+                    d.kind, d.name, d.destination
+                ),
+                None => eprintln!(
+                    "downloaded artifact {:?}: {} files ({}) to {}, all sha256-verified",
+                    d.name,
+                    d.files,
+                    human(d.bytes),
+                    d.destination
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(found: &[Found]) -> Vec<&str> {
+        found.iter().map(|f| f.stored.as_str()).collect()
+    }
+
+    #[test]
+    fn publish_walk_honours_artifactignore() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("out/logs")).unwrap();
+        std::fs::create_dir_all(r.join("node_modules/x")).unwrap();
+        for f in [
+            "app.bin",
+            "out/a.txt",
+            "out/logs/1.log",
+            "out/keep.log",
+            "node_modules/x/y.js",
+        ] {
+            std::fs::write(r.join(f), f).unwrap();
+        }
+        std::fs::write(
+            r.join(IGNORE_FILE),
+            "# comment\nnode_modules/\n*.log\n!keep.log\n",
+        )
+        .unwrap();
+        let found = walk_publish(r).unwrap();
+        assert_eq!(names(&found), ["app.bin", "out/a.txt", "out/keep.log"]);
+        let one = walk_publish(&r.join("out/a.txt")).unwrap();
+        assert_eq!(names(&one), ["a.txt"]);
+        assert!(walk_publish(&r.join("missing")).is_err());
+    }
+
+    #[test]
+    fn publish_walk_survives_link_loops() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::fs::write(d.path().join("a/f"), "x").unwrap();
+        std::os::unix::fs::symlink(d.path(), d.path().join("a/loop")).unwrap();
+        let found = walk_publish(d.path()).unwrap();
+        assert!(found.iter().any(|f| f.stored == "a/f"));
+    }
+}

@@ -1,0 +1,209 @@
+//! `satchel run PIPELINE.yml`: the local runner. Without `--server` it
+//! starts the embedded server in-process on `--data-dir`, so nothing else
+//! is needed; with `--server URL --token T` it uses that server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use satchel_client::Client;
+use satchel_model::api::RunRef;
+use satchel_runner::{Outcome, Pipeline, RunnerConfig};
+use satchel_server::AppState;
+
+/// Options of `satchel run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The pipeline file (see docs/pipelines.md).
+    file: PathBuf,
+    /// Use this server instead of the embedded one.
+    #[arg(long, env = "SATCHEL_URL")]
+    server: Option<String>,
+    /// Token for --server.
+    #[arg(long, env = "SATCHEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of the embedded server.
+    #[arg(long, env = "SATCHEL_DATA_DIR", default_value = "./satchel-data")]
+    data_dir: PathBuf,
+    /// Where job directories go (default: DATA_DIR/work, or ./satchel-work
+    /// with --server).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Branch of the run (default: SATCHEL_BRANCH, else the git branch of
+    /// the pipeline file's directory).
+    #[arg(long, env = "SATCHEL_BRANCH")]
+    branch: Option<String>,
+    /// Commit of the run (default: SATCHEL_COMMIT, else git HEAD).
+    #[arg(long, env = "SATCHEL_COMMIT")]
+    commit: Option<String>,
+    /// The run that triggered this one, `PIPELINE#NUMBER`; sources with
+    /// `run: triggering` take it.
+    #[arg(long, value_name = "PIPELINE#N")]
+    triggered_by: Option<String>,
+    /// Only check the pipeline file, run nothing.
+    #[arg(long)]
+    check: bool,
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !s.is_empty() && s != "HEAD").then_some(s)
+}
+
+fn parse_triggered_by(s: &str) -> anyhow::Result<RunRef> {
+    let (p, n) = s
+        .rsplit_once('#')
+        .with_context(|| format!("invalid --triggered-by {s:?}: expected PIPELINE#NUMBER"))?;
+    satchel_model::names::validate_key("pipeline", p)?;
+    let run: u64 = n
+        .parse()
+        .with_context(|| format!("invalid --triggered-by {s:?}: {n:?} is not a run number"))?;
+    Ok(RunRef {
+        pipeline: p.into(),
+        run,
+    })
+}
+
+/// Runs the command; the exit code is 0 if the run passed, 1 if it
+/// failed, 130 if it was canceled.
+pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let pipeline = Pipeline::parse(&text).with_context(|| format!("in {}", a.file.display()))?;
+    if a.check {
+        eprintln!(
+            "{}: pipeline {:?} is valid ({} stages, {} jobs)",
+            a.file.display(),
+            pipeline.name,
+            pipeline.stages.len(),
+            pipeline.stages.iter().map(|s| s.jobs.len()).sum::<usize>()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let triggered_from = a
+        .triggered_by
+        .as_deref()
+        .map(parse_triggered_by)
+        .transpose()?;
+    let source_dir = std::path::absolute(a.file.parent().unwrap_or(std::path::Path::new(".")))?;
+    let source_dir = if source_dir.as_os_str().is_empty() {
+        std::env::current_dir()?
+    } else {
+        source_dir
+    };
+    let branch = a
+        .branch
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&source_dir, &["rev-parse", "--abbrev-ref", "HEAD"]));
+    let commit = a
+        .commit
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&source_dir, &["rev-parse", "HEAD"]));
+
+    // The server: remote, or embedded in this process.
+    let (url, token, work_root, _embedded) = match &a.server {
+        Some(url) => {
+            let Some(token) = a.token.clone() else {
+                bail!("--server needs a token: pass --token or set SATCHEL_TOKEN");
+            };
+            let work = a
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./satchel-work"));
+            (url.trim_end_matches('/').to_string(), token, work, None)
+        }
+        None => {
+            let stores = satchel_server::open_embedded(&a.data_dir)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
+            let dir = satchel_server::DataDir {
+                root: a.data_dir.clone(),
+            };
+            let token = crate::serve::admin_token(&dir.admin_token())?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let state = AppState::new(stores.db, stores.store, &token);
+            let server = tokio::spawn(async move {
+                let _ = satchel_server::serve(listener, state, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            });
+            let work = a
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| a.data_dir.join("work"));
+            (
+                format!("http://{addr}"),
+                token,
+                work,
+                Some((stop_tx, server, stores.lock)),
+            )
+        }
+    };
+    let work_root = std::path::absolute(&work_root)?;
+    let client = Client::new(&url, &token)?;
+    client
+        .health()
+        .await
+        .with_context(|| format!("satchel server at {url} is not answering"))?;
+
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("canceling: stopping every job (Ctrl-C again to quit at once)");
+            let _ = cancel_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let cfg = RunnerConfig {
+        client,
+        url,
+        token,
+        satchel_exe: std::env::current_exe().context("finding the satchel binary")?,
+        work_root,
+        source_dir,
+        branch,
+        commit,
+        triggered_from,
+        cancel: cancel_rx,
+    };
+    let report = satchel_runner::run_pipeline(pipeline, cfg).await?;
+    print!("{}", satchel_runner::summary(&report));
+    if let Some((stop, server, lock)) = _embedded {
+        let _ = stop.send(());
+        let _ = server.await;
+        drop(lock);
+    }
+    Ok(match report.outcome {
+        Outcome::Passed => ExitCode::SUCCESS,
+        Outcome::Canceled => ExitCode::from(130),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggered_by() {
+        let r = parse_triggered_by("pipeline-a#12").unwrap();
+        assert_eq!((r.pipeline.as_str(), r.run), ("pipeline-a", 12));
+        assert!(parse_triggered_by("pipeline-a").is_err());
+        assert!(parse_triggered_by("a#x").is_err());
+    }
+}

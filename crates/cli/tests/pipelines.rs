@@ -1,0 +1,665 @@
+//! End-to-end: `satchel run` on the seeds' scenarios (examples/), named and
+//! typed artifacts, `$[…]` references, sources, run states and promotion,
+//! all with the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// `satchel run` with an embedded server on `data`.
+fn run(data: &Path, file: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .arg(file)
+        .env_remove("SATCHEL_URL")
+        .env_remove("SATCHEL_TOKEN")
+        .env_remove("SATCHEL_BRANCH")
+        .env_remove("SATCHEL_COMMIT")
+        .env_remove("SATCHEL_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running satchel run")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn passes(data: &Path, file: &Path) -> String {
+    let o = run(data, file, &[]);
+    let t = text(&o);
+    assert!(
+        o.status.success(),
+        "satchel run {} failed:\n{t}",
+        file.display()
+    );
+    t
+}
+
+fn fails(data: &Path, file: &Path) -> String {
+    let o = run(data, file, &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "expected failure:\n{t}");
+    t
+}
+
+fn write_pipeline(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// Reads the run's state through the API of a server started on `data`.
+fn run_state(data: &Path, pipeline: &str, run: u64) -> Value {
+    let s = Server::start(data);
+    rt().block_on(async {
+        s.get(&format!("/pipelines/{pipeline}/runs/{run}"))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn azure_fan_in_example() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let out = passes(&data, &example("fan-in.yml"));
+    assert!(out.contains("[CollectAndDeploy/UseAll] From Job1"), "{out}");
+    assert!(out.contains("[CollectAndDeploy/UseAll] From Job2"), "{out}");
+    assert!(
+        out.contains("run #1 of pipeline \"fan-in\": PASSED"),
+        "{out}"
+    );
+    // The summary lists both artifacts with their producers.
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no summary line for {name}:\n{out}"))
+            .to_string()
+    };
+    assert!(line("job1-artifact").contains("ParallelJobs/Job1/publish"));
+    assert!(line("job2-artifact").contains("ParallelJobs/Job2/publish"));
+    // Each job had its own directory; the downloads landed in the
+    // consumer's workspace, one folder per artifact.
+    let ws = data.join("work/fan-in/1/UseAll/workspace");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("job1-artifact/job1.txt")).unwrap(),
+        "From Job1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("job2-artifact/job2.txt")).unwrap(),
+        "From Job2\n"
+    );
+    assert!(!data.join("work/fan-in/1/UseAll/work/job1.txt").exists());
+    // A second run is run 2, and the first is recorded as passed.
+    let out = passes(&data, &example("fan-in.yml"));
+    assert!(out.contains("run #2 of pipeline \"fan-in\""), "{out}");
+    let r = run_state(&data, "fan-in", 1);
+    assert_eq!(r["state"], "passed");
+    assert!(r["finished_at"].is_string());
+}
+
+#[test]
+fn flow_cross_job_image_reference() {
+    let d = tmp();
+    let out = passes(&d.path().join("data"), &example("flow-image.yml"));
+    assert!(
+        out.contains(
+            "[my_stage/deploy_job] deploying image registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0"
+        ),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("my_image"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("image"), "{line}");
+    assert!(
+        line.contains("registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0"),
+        "{line}"
+    );
+}
+
+#[test]
+fn flow_cross_stage_files_reference() {
+    let d = tmp();
+    let out = passes(&d.path().join("data"), &example("flow-files.yml"));
+    let url = out
+        .lines()
+        .find_map(|l| l.split("artifact URL: ").nth(1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/archive"),
+        "{url}"
+    );
+    assert!(
+        out.contains("[deploy_stage/deploy_job] app v1 deployed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[deploy_stage/deploy_job] built by flow-files"),
+        "{out}"
+    );
+}
+
+#[test]
+fn flow_cross_pipeline_reference_takes_the_last_successful_run() {
+    let d = tmp();
+    let data = d.path().join("data");
+    // No run of pipeline A yet: B does not start, and says why.
+    let out = fails(&data, &example("pipeline-b.yml"));
+    assert!(
+        out.contains("source \"pipeline_a\": pipeline \"pipeline-a\" not found"),
+        "{out}"
+    );
+    passes(&data, &example("pipeline-a.yml"));
+    // A later run of A fails after declaring another image: B must still
+    // take run 1, the last successful one.
+    let failing = write_pipeline(
+        d.path(),
+        "a-broken.yml",
+        r#"
+name: pipeline-a
+stages:
+  - key: build_stage
+    jobs:
+      - key: build_job
+        steps:
+          - key: docker_build_push_step
+            image: registry.cn-hangzhou.aliyuncs.com/ns/demo:2.0-broken
+            artifact: my_image
+          - key: tests
+            run: echo "tests failed"; exit 3
+"#,
+    );
+    let out = fails(&data, &failing);
+    assert!(out.contains("ended with exit code 3"), "{out}");
+    let out = passes(&data, &example("pipeline-b.yml"));
+    assert!(
+        out.contains("source pipeline_a: run #1 of pipeline \"pipeline-a\" (lastSuccessfulBuild)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deploying image registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"reference\": \"registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0\""),
+        "{out}"
+    );
+    assert!(!out.contains("2.0-broken"), "{out}");
+    // The first attempt at B never started a run: this is run 1.
+    let r = run_state(&data, "pipeline-b", 1);
+    assert_eq!(r["sources"]["pipeline_a"]["run"], 1);
+    assert_eq!(
+        r["sources"]["pipeline_a"]["selector"],
+        "lastSuccessfulBuild"
+    );
+    let r = run_state(&data, "pipeline-a", 2);
+    assert_eq!(r["state"], "failed");
+}
+
+#[test]
+fn selector_without_a_passed_run_is_a_clear_error() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let a = write_pipeline(
+        d.path(),
+        "a.yml",
+        "name: a\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: exit 1\n",
+    );
+    fails(&data, &a);
+    let b = write_pipeline(
+        d.path(),
+        "b.yml",
+        "name: b\nsources:\n  up: { pipeline: a }\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: 'true'\n",
+    );
+    let out = fails(&data, &b);
+    assert!(
+        out.contains("source \"up\": pipeline \"a\" has no run matching `lastSuccessfulBuild`"),
+        "{out}"
+    );
+    assert!(out.contains("its newest runs: #1 failed"), "{out}");
+}
+
+#[test]
+fn unknown_keys_fail_before_anything_runs() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let bad = write_pipeline(
+        d.path(),
+        "bad.yml",
+        "name: p\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: touch ran\n            artifact_path: [x]\n",
+    );
+    let out = fails(&data, &bad);
+    assert!(out.contains("unknown field `artifact_path`"), "{out}");
+    assert!(out.contains("line 8"), "{out}");
+    assert!(!data.join("work").exists(), "nothing may run");
+    let o = run(&data, &bad, &["--check"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn a_failed_stage_skips_its_dependants_and_the_run_fails() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        r#"
+name: chain
+stages:
+  - key: build
+    jobs:
+      - key: ok
+        steps:
+          - run: echo fine
+      - key: broken
+        steps:
+          - key: compile
+            run: echo "compiler error" >&2; exit 2
+          - key: never
+            run: touch should-not-exist
+  - key: test
+    jobs:
+      - key: unit
+        steps:
+          - run: touch ran
+  - key: report
+    depends_on: []
+    jobs:
+      - key: notify
+        steps:
+          - run: echo independent
+"#,
+    );
+    let out = fails(&data, &p);
+    assert!(out.contains("[build/broken] compiler error"), "{out}");
+    assert!(
+        out.contains("stage test skipped: depends on build failed"),
+        "{out}"
+    );
+    assert!(out.contains("[report/notify] independent"), "{out}");
+    let unit = out
+        .lines()
+        .find(|l| l.starts_with("test ") && l.contains("unit"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(unit.contains("skipped"), "{unit}");
+    assert!(!data
+        .join("work/chain/1/broken/work/should-not-exist")
+        .exists());
+    assert!(!data.join("work/chain/1/unit").exists());
+    assert_eq!(run_state(&data, "chain", 1)["state"], "failed");
+}
+
+#[test]
+fn duplicate_artifact_names_are_a_conflict_naming_the_owner() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        r#"
+name: dup
+stages:
+  - key: build
+    jobs:
+      - key: first
+        steps:
+          - run: echo 1 > a.txt
+          - key: pub
+            publish: a.txt
+            artifact: shared
+      - key: second
+        depends_on: [first]
+        steps:
+          - run: echo 2 > a.txt
+          - key: pub
+            publish: a.txt
+            artifact: shared
+"#,
+    );
+    let out = fails(&data, &p);
+    assert!(
+        out.contains("artifact \"shared\" already exists in run 1 of pipeline \"dup\": it was published by job \"first\""),
+        "{out}"
+    );
+    // Over the API it is a 409.
+    let s = Server::start(&data);
+    let w = tmp();
+    write(w.path(), "x.txt", b"x");
+    let agent = s.agent(w.path(), "dup", 1, "third");
+    let err = agent.fails(&["artifact", "publish", "x.txt", "--name", "shared"]);
+    assert!(err.contains("published by job \"first\""), "{err}");
+    rt().block_on(async {
+        let r = s
+            .http()
+            .post(s.api("/artifacts"))
+            .bearer_auth(&s.token)
+            .json(&serde_json::json!({
+                "context": {"pipeline": "dup", "run": 1, "job": "third"},
+                "name": "shared",
+                "image": "example.com/x:1"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(code(r).await, "conflict");
+    });
+}
+
+#[test]
+fn unresolvable_references_fail_the_step_and_say_what_exists() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        r#"
+name: refs
+stages:
+  - key: build
+    jobs:
+      - key: job1
+        steps:
+          - key: image
+            image: example.com/app:1
+            artifact: app
+  - key: deploy
+    jobs:
+      - key: d1
+        steps:
+          - key: wrong-name
+            run: echo "$[stages.build.job1.image.artifacts.nope]" > used
+      - key: d2
+        steps:
+          - run: echo "$[stages.build.nojob.image.artifacts.app]"
+      - key: d3
+        steps:
+          - run: echo "$[stages.nostage.job1.image.artifacts.app]"
+      - key: d4
+        steps:
+          - run: echo "$[stages.build.job1.nostep.artifacts.app]"
+      - key: d5
+        steps:
+          - run: echo "ok $[stages.build.job1.image.artifacts.app] $[stages.build.job1.image.artifacts.default]"
+"#,
+    );
+    let out = fails(&data, &p);
+    for want in [
+        "step \"image\" of job \"job1\" of stage \"build\" did not publish an artifact named \"nope\" in run 1 of pipeline \"refs\" (it published: app)",
+        "no job \"nojob\" of stage \"build\" has published artifacts in run 1 of pipeline \"refs\" (jobs there: job1)",
+        "stage \"nostage\" has no job with artifacts in run 1 of pipeline \"refs\" (stages with artifacts: build)",
+        "step \"nostep\" of job \"job1\" of stage \"build\" published no artifacts in run 1 of pipeline \"refs\" (steps of that job that did: image)",
+        "[deploy/d5] ok example.com/app:1 example.com/app:1",
+    ] {
+        assert!(out.contains(want), "want {want:?} in:\n{out}");
+    }
+    assert!(!data.join("work/refs/1/d1/work/used").exists());
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_and_stops_its_steps() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let marker = d.path().join("finished");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        &format!(
+            "name: slow\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: echo started; sleep 30; touch {}\n",
+            marker.display()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&p)
+        .env_remove("SATCHEL_URL")
+        .env_remove("SATCHEL_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = String::new();
+        let mut r = stdout;
+        r.read_to_string(&mut all).ok();
+        all
+    });
+    let pid = child.id().to_string();
+    wait_until(
+        || data.join("work/slow/1/j/work").exists(),
+        "the step to start",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    let out = lines.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("CANCELED"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!marker.exists(), "the step's sleep must have been stopped");
+    assert_eq!(run_state(&data, "slow", 1)["state"], "canceled");
+}
+
+#[test]
+fn named_typed_artifacts_promotion_and_a_remote_runner() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let src = d.path().join("src");
+    write(&src, "dist/app.bin", &vec![7u8; 3 * 1024 * 1024]);
+    write(&src, "dist/docs/readme.md", b"# app\n");
+    write(&src, "dist/tmp/scratch.o", b"scratch");
+    write(&src, "dist/build.log", b"log");
+    write(&src, "dist/.artifactignore", b"tmp/\n*.log\n");
+    let long = format!("dist/{}/deep.txt", "d".repeat(120));
+    write(&src, &long, b"deep");
+    let agent = s
+        .agent(&src, "rel", 1, "build")
+        .env("SATCHEL_STAGE", "build")
+        .env("SATCHEL_STEP", "pub");
+    agent.ok(&["artifact", "publish", "dist", "--name", "app"]);
+    agent.ok(&[
+        "artifact",
+        "publish-link",
+        "https://example.com/notes.txt",
+        "--name",
+        "notes",
+        "--md5",
+        "d41d8cd98f00b204e9800998ecf8427e",
+    ]);
+    let err = agent.fails(&["artifact", "publish-image", "bad image", "--name", "img"]);
+    assert!(err.contains("invalid image reference"), "{err}");
+    let err = agent.fails(&["artifact", "publish", "dist", "--name", "app"]);
+    assert!(err.contains("already exists in run 1"), "{err}");
+
+    // download-artifact: one folder per artifact, pattern, ignore rules held.
+    let ws = d.path().join("ws");
+    agent.ok(&[
+        "artifact",
+        "download-artifact",
+        "app",
+        "notes",
+        "--dest",
+        ws.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(ws.join("app/app.bin")).unwrap().len(),
+        3 << 20
+    );
+    assert!(ws.join("app/docs/readme.md").exists());
+    assert!(!ws.join("app/tmp").exists() && !ws.join("app/build.log").exists());
+    assert!(!ws.join("app/.artifactignore").exists());
+    let notes: Value =
+        serde_json::from_slice(&std::fs::read(ws.join("notes/artifact.json")).unwrap()).unwrap();
+    assert_eq!(notes["link"]["url"], "https://example.com/notes.txt");
+    let only = d.path().join("only");
+    agent.ok(&[
+        "artifact",
+        "download-artifact",
+        "--all",
+        "--pattern",
+        "**/*.md",
+        "--dest",
+        only.to_str().unwrap(),
+    ]);
+    assert!(only.join("app/docs/readme.md").exists());
+    assert!(!only.join("app/app.bin").exists());
+    let err = agent.fails(&["artifact", "download-artifact", "missing"]);
+    assert!(err.contains("its artifacts: app, notes"), "{err}");
+
+    // resolve from a shell; the archive URL serves a tar that tar reads.
+    let url = agent.ok(&["resolve", "$[stages.build.build.pub.artifacts.app]"]);
+    let url = url.trim();
+    assert!(url.starts_with(&s.url), "{url}");
+    let tar = rt().block_on(async {
+        s.http()
+            .get(url)
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    std::fs::write(d.path().join("a.tar"), &tar).unwrap();
+    let st = Command::new("tar")
+        .arg("xf")
+        .arg(d.path().join("a.tar"))
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::read(x.join("app.bin")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
+    let deep = long.strip_prefix("dist/").unwrap();
+    assert_eq!(std::fs::read(x.join(deep)).unwrap(), b"deep");
+    let v = agent.ok(&["resolve", "stages.build.build.pub.artifacts.notes"]);
+    assert_eq!(v.trim(), "https://example.com/notes.txt");
+    let err = agent.fails(&["resolve", "$[jobs.build.pub.artifact.app]"]);
+    assert!(err.contains("expected `artifacts`"), "{err}");
+
+    // Promotion: by reference, immutable, independent of the artifact.
+    agent.ok(&["promote", "app", "--to", "releases/app@1.0.0"]);
+    let err = agent.fails(&["promote", "app", "--to", "releases/app@1.0.0"]);
+    assert!(
+        err.contains("already exists") && err.contains("immutable"),
+        "{err}"
+    );
+    agent.ok(&["promote", "notes", "--to", "releases/notes@1"]);
+    let id = rt().block_on(async {
+        let v: Value = s
+            .get("/pipelines/rel/runs/1/artifacts")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let a = v["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "app")
+            .unwrap()
+            .clone();
+        a["id"].as_str().unwrap().to_string()
+    });
+    rt().block_on(async {
+        let r = s
+            .http()
+            .delete(s.api(&format!("/artifacts/{id}")))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    let pkg = d.path().join("pkg");
+    agent.ok(&[
+        "package",
+        "download",
+        "releases/app@latest",
+        pkg.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(pkg.join("app.bin")).unwrap().len(), 3 << 20);
+    assert!(pkg.join(deep).exists());
+    let list = agent.ok(&["package", "list", "releases"]);
+    assert!(
+        list.contains("releases/app@1.0.0") && list.contains("releases/notes@1"),
+        "{list}"
+    );
+    let err = agent.fails(&["package", "download", "releases/app@9.9", "x"]);
+    assert!(err.contains("releases/app@9.9 not found"), "{err}");
+    // The deleted artifact's promotion is refused, as are other runs' names.
+    let err = agent.fails(&["promote", &id, "--to", "releases/app@2.0.0"]);
+    assert!(err.contains("not found"), "{err}");
+
+    // run-state from another CI, then a remote `satchel run` that pins it.
+    agent.ok(&["run-state", "passed"]);
+    let p = write_pipeline(
+        d.path(),
+        "consumer.yml",
+        r#"
+name: consumer
+sources:
+  rel: { pipeline: rel, run: lastSuccessfulBuild }
+stages:
+  - key: s
+    jobs:
+      - key: j
+        steps:
+          - download: rel
+            artifact: notes
+          - run: echo "notes at $[sources.rel.stages.build.build.pub.artifacts.notes]"
+"#,
+    );
+    let o = Command::new(BIN)
+        .args(["run", "--server", &s.url, "--token", &s.token, "--work-dir"])
+        .arg(d.path().join("w"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("[s/j] notes at https://example.com/notes.txt"),
+        "{t}"
+    );
+    assert!(d
+        .path()
+        .join("w/consumer/1/j/workspace/notes/artifact.json")
+        .exists());
+}

@@ -1,0 +1,819 @@
+//! Running a pipeline: stages in order, the jobs of a stage in parallel,
+//! each in its own fresh directory as separate agents would be, the steps
+//! of a job in order.
+//!
+//! Every step is a child process in its own process group: scripts run
+//! with `sh -c`; `publish`, `image`, `link`, `download` and
+//! `artifact_paths` run the `satchel` binary itself, so a step behaves
+//! exactly as the same command typed inside a job. Output is prefixed with
+//! `[stage/job]`. Cancelling (Ctrl-C) stops every child's process group
+//! and records the run as `canceled`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use satchel_client::Client;
+use satchel_model::api::{
+    Artifact, NewRun, ResolveRequest, Run, RunContext, RunRef, SetRunState, SourceSpec,
+};
+use satchel_model::expr;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::watch;
+
+use crate::pipeline::{Action, Job, Pipeline, Step};
+
+/// How to run.
+pub struct RunnerConfig {
+    /// Client of the server (embedded or remote).
+    pub client: Client,
+    /// The server URL steps talk to.
+    pub url: String,
+    /// The token steps use.
+    pub token: String,
+    /// The `satchel` binary that built-in steps run.
+    pub satchel_exe: PathBuf,
+    /// Where job directories are made (`<root>/<pipeline>/<run>/<job>/`).
+    pub work_root: PathBuf,
+    /// The directory holding the pipeline file (`SATCHEL_SOURCE_DIR`).
+    pub source_dir: PathBuf,
+    /// Branch of the run.
+    pub branch: Option<String>,
+    /// Commit of the run.
+    pub commit: Option<String>,
+    /// The run that triggered this one.
+    pub triggered_from: Option<RunRef>,
+    /// Set to `true` to cancel the run.
+    pub cancel: watch::Receiver<bool>,
+}
+
+/// How a job or stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step succeeded.
+    Passed,
+    /// A step failed.
+    Failed,
+    /// Not run: a stage it depends on did not pass.
+    Skipped,
+    /// Stopped by cancellation.
+    Canceled,
+}
+
+impl Outcome {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::Canceled => "canceled",
+        }
+    }
+}
+
+/// A job's result.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// Stage key.
+    pub stage: String,
+    /// Job key.
+    pub job: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Wall time.
+    pub duration: Duration,
+    /// Why it failed, or why it was skipped.
+    pub reason: Option<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The run as recorded on the server at the end.
+    pub run: Run,
+    /// Outcome of the run.
+    pub outcome: Outcome,
+    /// Every job.
+    pub jobs: Vec<JobResult>,
+    /// Every artifact of the run.
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Serialized printing of prefixed lines from many jobs.
+fn say(prefix: &str, line: &str) {
+    use std::io::Write;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = writeln!(out, "[{prefix}] {line}");
+    let _ = out.flush();
+}
+
+struct Shared {
+    cfg: RunnerConfig,
+    pipeline: Pipeline,
+    run: Run,
+}
+
+/// Runs `pipeline`: creates the run (pinning its sources), runs every
+/// stage, records the outcome on the server, and reports.
+pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Result<RunReport> {
+    let sources: BTreeMap<String, SourceSpec> = pipeline
+        .sources
+        .iter()
+        .map(|(k, s)| {
+            (
+                k.clone(),
+                SourceSpec {
+                    pipeline: s.pipeline.clone(),
+                    run: s.run.to_string(),
+                },
+            )
+        })
+        .collect();
+    let run = cfg
+        .client
+        .create_run(
+            &pipeline.name,
+            &NewRun {
+                branch: cfg.branch.clone(),
+                commit: cfg.commit.clone(),
+                sources,
+                triggered_from: cfg.triggered_from.clone(),
+            },
+        )
+        .await
+        .with_context(|| format!("starting a run of pipeline {:?}", pipeline.name))?;
+    say(
+        "satchel",
+        &format!(
+            "run #{} of pipeline {:?} on {}",
+            run.number, run.pipeline, cfg.url
+        ),
+    );
+    for (name, s) in &run.sources {
+        say(
+            "satchel",
+            &format!(
+                "source {name}: run #{} of pipeline {:?} ({})",
+                s.run, s.pipeline, s.selector
+            ),
+        );
+    }
+    let shared = Arc::new(Shared { cfg, pipeline, run });
+    let mut results: Vec<JobResult> = Vec::new();
+    let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
+    for stage in &shared.pipeline.stages {
+        let blocked: Vec<&String> = stage
+            .depends_on
+            .iter()
+            .flatten()
+            .filter(|d| stage_outcome.get(*d) != Some(&Outcome::Passed))
+            .collect();
+        let canceled = *shared.cfg.cancel.borrow();
+        if canceled || !blocked.is_empty() {
+            let (outcome, reason) = if canceled {
+                (Outcome::Canceled, "the run was canceled".to_string())
+            } else {
+                let names: Vec<String> = blocked
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{d} {}",
+                            stage_outcome.get(*d).map_or("not run", |o| o.as_str())
+                        )
+                    })
+                    .collect();
+                (Outcome::Skipped, format!("depends on {}", names.join(", ")))
+            };
+            say(
+                &stage.key,
+                &format!("stage {} {}: {reason}", stage.key, outcome.as_str()),
+            );
+            for job in &stage.jobs {
+                results.push(JobResult {
+                    stage: stage.key.clone(),
+                    job: job.key.clone(),
+                    outcome,
+                    duration: Duration::ZERO,
+                    reason: Some(reason.clone()),
+                });
+            }
+            stage_outcome.insert(stage.key.clone(), outcome);
+            continue;
+        }
+        say(&stage.key, &format!("stage {} started", stage.key));
+        // Each job publishes its outcome; jobs with `depends_on` wait for it.
+        let outcomes: BTreeMap<String, watch::Sender<Option<Outcome>>> = stage
+            .jobs
+            .iter()
+            .map(|j| (j.key.clone(), watch::channel(None).0))
+            .collect();
+        let outcomes = Arc::new(outcomes);
+        let jobs = stage.jobs.iter().map(|job| {
+            let shared = shared.clone();
+            let stage = stage.key.clone();
+            let job = job.clone();
+            let outcomes = outcomes.clone();
+            async move {
+                let mut blocked = Vec::new();
+                for d in &job.depends_on {
+                    let mut rx = outcomes[d].subscribe();
+                    let o = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .map(|o| o.unwrap_or(Outcome::Skipped))
+                        .unwrap_or(Outcome::Skipped);
+                    if o != Outcome::Passed {
+                        blocked.push(format!("{d} {}", o.as_str()));
+                    }
+                }
+                let result = if blocked.is_empty() {
+                    run_job(&shared, &stage, &job).await
+                } else {
+                    let reason = format!("depends on {}", blocked.join(", "));
+                    say(
+                        &format!("{stage}/{}", job.key),
+                        &format!("job skipped: {reason}"),
+                    );
+                    JobResult {
+                        stage: stage.clone(),
+                        job: job.key.clone(),
+                        outcome: Outcome::Skipped,
+                        duration: Duration::ZERO,
+                        reason: Some(reason),
+                    }
+                };
+                outcomes[&job.key].send_replace(Some(result.outcome));
+                result
+            }
+        });
+        let done = futures_util::future::join_all(jobs).await;
+        let outcome = if done.iter().any(|j| j.outcome == Outcome::Canceled) {
+            Outcome::Canceled
+        } else if done.iter().all(|j| j.outcome == Outcome::Passed) {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        };
+        say(
+            &stage.key,
+            &format!("stage {} {}", stage.key, outcome.as_str()),
+        );
+        stage_outcome.insert(stage.key.clone(), outcome);
+        results.extend(done);
+    }
+    let outcome =
+        if stage_outcome.values().any(|o| *o == Outcome::Canceled) || *shared.cfg.cancel.borrow() {
+            Outcome::Canceled
+        } else if stage_outcome.values().all(|o| *o == Outcome::Passed) {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        };
+    let client = &shared.cfg.client;
+    let run = client
+        .set_run_state(
+            &shared.run.pipeline,
+            shared.run.number,
+            &SetRunState {
+                state: outcome.as_str().to_string(),
+                branch: None,
+                commit: None,
+            },
+        )
+        .await
+        .context("recording the run's outcome")?;
+    let artifacts = client
+        .list_artifacts(&shared.run.pipeline, shared.run.number)
+        .await
+        .context("listing the run's artifacts")?;
+    Ok(RunReport {
+        run,
+        outcome,
+        jobs: results,
+        artifacts,
+    })
+}
+
+async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
+    let started = Instant::now();
+    let prefix = format!("{stage}/{}", job.key);
+    let (outcome, reason) = match run_job_steps(shared, stage, job, &prefix).await {
+        Ok(()) => (Outcome::Passed, None),
+        Err(StepError::Canceled) => (Outcome::Canceled, Some("canceled".to_string())),
+        Err(StepError::Failed(why)) => {
+            say(&prefix, &format!("job failed: {why}"));
+            (Outcome::Failed, Some(why))
+        }
+    };
+    if outcome == Outcome::Passed {
+        say(
+            &prefix,
+            &format!("job passed in {}", secs(started.elapsed())),
+        );
+    }
+    JobResult {
+        stage: stage.to_string(),
+        job: job.key.clone(),
+        outcome,
+        duration: started.elapsed(),
+        reason,
+    }
+}
+
+/// A duration as `1.2s`.
+pub fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+enum StepError {
+    Failed(String),
+    Canceled,
+}
+
+impl From<anyhow::Error> for StepError {
+    fn from(e: anyhow::Error) -> StepError {
+        StepError::Failed(format!("{e:#}"))
+    }
+}
+
+async fn run_job_steps(
+    shared: &Shared,
+    stage: &str,
+    job: &Job,
+    prefix: &str,
+) -> Result<(), StepError> {
+    let run = &shared.run;
+    let dir = shared
+        .cfg
+        .work_root
+        .join(&run.pipeline)
+        .join(run.number.to_string())
+        .join(&job.key);
+    let work = dir.join("work");
+    let workspace = dir.join("workspace");
+    for d in [&work, &workspace] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    say(prefix, &format!("job started in {}", work.display()));
+    for step in &job.steps {
+        if *shared.cfg.cancel.borrow() {
+            return Err(StepError::Canceled);
+        }
+        let key = step.key();
+        let step = substitute(shared, stage, &job.key, step)
+            .await
+            .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
+        let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
+        env.extend(job.env.clone());
+        env.extend(step.env.clone());
+        let ctx_env = context_env(shared, stage, &job.key, key, &workspace);
+        env.extend(ctx_env);
+        say(prefix, &format!("▶ {key}: {}", describe(&step)));
+        let started = Instant::now();
+        for argv in commands(shared, &step, &workspace) {
+            let status = spawn(&argv, &work, &env, prefix, shared.cfg.cancel.clone()).await?;
+            if !status {
+                return Err(StepError::Failed(format!("step {key} failed")));
+            }
+        }
+        say(prefix, &format!("✔ {key} ({})", secs(started.elapsed())));
+    }
+    Ok(())
+}
+
+/// The environment every step gets: where it is, and how to reach the
+/// server, so `satchel artifact …` works inside it.
+fn context_env(
+    shared: &Shared,
+    stage: &str,
+    job: &str,
+    step: &str,
+    workspace: &Path,
+) -> Vec<(String, String)> {
+    let run = &shared.run;
+    let cfg = &shared.cfg;
+    let mut v: Vec<(String, String)> = vec![
+        ("SATCHEL_URL".into(), cfg.url.clone()),
+        ("SATCHEL_TOKEN".into(), cfg.token.clone()),
+        ("SATCHEL_PIPELINE".into(), run.pipeline.clone()),
+        ("SATCHEL_RUN".into(), run.number.to_string()),
+        ("SATCHEL_STAGE".into(), stage.into()),
+        ("SATCHEL_JOB".into(), job.into()),
+        ("SATCHEL_STEP".into(), step.into()),
+        ("SATCHEL_ATTEMPT".into(), "1".into()),
+        ("SATCHEL_WORKSPACE".into(), workspace.display().to_string()),
+        (
+            "SATCHEL_SOURCE_DIR".into(),
+            cfg.source_dir.display().to_string(),
+        ),
+        (
+            "SATCHEL_BRANCH".into(),
+            run.branch.clone().unwrap_or_default(),
+        ),
+        (
+            "SATCHEL_COMMIT".into(),
+            run.commit.clone().unwrap_or_default(),
+        ),
+    ];
+    if let Some(dir) = cfg.satchel_exe.parent() {
+        let path = std::env::var("PATH").unwrap_or_default();
+        v.push(("PATH".into(), format!("{}:{path}", dir.display())));
+    }
+    v
+}
+
+fn describe(step: &Step) -> String {
+    let one_line = |s: &str| {
+        let first = s.lines().next().unwrap_or("");
+        if s.lines().count() > 1 {
+            format!("{first} …")
+        } else {
+            first.to_string()
+        }
+    };
+    match step.action() {
+        Action::Run => one_line(step.run.as_deref().unwrap_or("")),
+        Action::Publish => format!(
+            "publish {} as {}",
+            step.publish.as_deref().unwrap_or(""),
+            step.artifact.as_deref().unwrap_or("")
+        ),
+        Action::Image => format!(
+            "image {} as {}",
+            step.image.as_deref().unwrap_or(""),
+            step.artifact.as_deref().unwrap_or("")
+        ),
+        Action::Link => format!(
+            "link {} as {}",
+            step.link.as_deref().unwrap_or(""),
+            step.artifact.as_deref().unwrap_or("")
+        ),
+        Action::Download => format!(
+            "download {} from {}",
+            step.artifact.as_deref().unwrap_or("all artifacts"),
+            step.download.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// Resolves every `$[…]` in the step's fields through the server.
+async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> anyhow::Result<Step> {
+    let at = RunContext {
+        pipeline: shared.run.pipeline.clone(),
+        run: shared.run.number,
+        stage: Some(stage.to_string()),
+        job: Some(job.to_string()),
+    };
+    let mut out = step.clone();
+    for field in [
+        &mut out.run,
+        &mut out.publish,
+        &mut out.image,
+        &mut out.link,
+        &mut out.download,
+        &mut out.artifact,
+    ] {
+        let Some(text) = field.as_ref() else { continue };
+        if !text.contains("$[") {
+            continue;
+        }
+        // Resolve each distinct reference once, then substitute.
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        for f in expr::find(text) {
+            let r = f.parsed.map_err(|e| anyhow::anyhow!("{}: {e}", f.inner))?;
+            let key = r.to_string();
+            if values.contains_key(&key) {
+                continue;
+            }
+            let resolved = shared
+                .cfg
+                .client
+                .resolve(&ResolveRequest {
+                    context: at.clone(),
+                    expr: key.clone(),
+                    sources: BTreeMap::new(),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot resolve: {e}"))?;
+            values.insert(key, shared.cfg.client.absolute(&resolved.value));
+        }
+        let replaced = expr::substitute(text, |r| {
+            values
+                .get(&r.to_string())
+                .cloned()
+                .ok_or_else(|| format!("$[{r}] was not resolved"))
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        *field = Some(replaced);
+    }
+    Ok(out)
+}
+
+/// The processes a step runs, in order.
+fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> {
+    let exe = shared.cfg.satchel_exe.display().to_string();
+    let sat = |args: &[&str]| -> Vec<String> {
+        let mut v = vec![exe.clone()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    let artifact = step.artifact.clone().unwrap_or_default();
+    match step.action() {
+        Action::Run => {
+            let mut out = vec![vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                step.run.clone().unwrap_or_default(),
+            ]];
+            if let Some(paths) = &step.artifact_paths {
+                let mut v = sat(&["artifact", "upload", "--quiet"]);
+                v.extend(paths.iter().cloned());
+                out.push(v);
+            }
+            out
+        }
+        Action::Publish => vec![sat(&[
+            "artifact",
+            "publish",
+            "--quiet",
+            step.publish.as_deref().unwrap_or(""),
+            "--name",
+            &artifact,
+        ])],
+        Action::Image => vec![sat(&[
+            "artifact",
+            "publish-image",
+            step.image.as_deref().unwrap_or(""),
+            "--name",
+            &artifact,
+        ])],
+        Action::Link => {
+            let mut v = sat(&[
+                "artifact",
+                "publish-link",
+                step.link.as_deref().unwrap_or(""),
+                "--name",
+                &artifact,
+            ]);
+            if let Some(h) = &step.sha256 {
+                v.extend(["--sha256".to_string(), h.clone()]);
+            }
+            if let Some(h) = &step.md5 {
+                v.extend(["--md5".to_string(), h.clone()]);
+            }
+            vec![v]
+        }
+        Action::Download => {
+            let mut v = sat(&["artifact", "download-artifact", "--quiet"]);
+            match step.artifact.as_deref() {
+                Some(a) => v.push(a.to_string()),
+                None => v.push("--all".into()),
+            }
+            let from = step.download.as_deref().unwrap_or("current");
+            if let Some(src) = shared.run.sources.get(from) {
+                v.extend([
+                    "--pipeline".to_string(),
+                    src.pipeline.clone(),
+                    "--run".to_string(),
+                    src.run.to_string(),
+                ]);
+            }
+            if let Some(p) = &step.pattern {
+                v.extend(["--pattern".to_string(), p.clone()]);
+            }
+            let dest = step
+                .path
+                .clone()
+                .unwrap_or_else(|| workspace.display().to_string());
+            v.extend(["--dest".to_string(), dest]);
+            vec![v]
+        }
+    }
+}
+
+/// Stops a child's whole process group: SIGTERM, then SIGKILL after a grace.
+#[allow(unsafe_code)]
+fn signal_group(pgid: u32, sig: i32) {
+    if pgid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) with a negative pid signals a process group; it has
+    // no memory effects on this process.
+    unsafe {
+        libc::kill(-(pgid as i32), sig);
+    }
+}
+
+async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
+    let mut r = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                say(&prefix, line.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}
+
+/// Resolves when cancellation is asked for; never if the sender is gone.
+async fn canceled(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs one process with prefixed output; `Ok(true)` if it exited 0.
+async fn spawn(
+    argv: &[String],
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    prefix: &str,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<bool, StepError> {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(cwd)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", argv[0]))?;
+    let pgid = child.id().unwrap_or(0);
+    let out = tokio::spawn(pump(
+        child.stdout.take().expect("piped"),
+        prefix.to_string(),
+    ));
+    let err = tokio::spawn(pump(
+        child.stderr.take().expect("piped"),
+        prefix.to_string(),
+    ));
+    let status = tokio::select! {
+        s = child.wait() => s.context("waiting for the step")?,
+        _ = canceled(&mut cancel) => {
+            signal_group(pgid, libc::SIGTERM);
+            let s = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(s) => s.context("waiting for the step")?,
+                Err(_) => {
+                    signal_group(pgid, libc::SIGKILL);
+                    child.wait().await.context("waiting for the step")?
+                }
+            };
+            // Grandchildren that ignored SIGTERM go too.
+            signal_group(pgid, libc::SIGKILL);
+            let _ = s;
+            let _ = tokio::join!(out, err);
+            return Err(StepError::Canceled);
+        }
+    };
+    let _ = tokio::join!(out, err);
+    if !status.success() {
+        let how = match status.code() {
+            Some(c) => format!("exit code {c}"),
+            None => "a signal".to_string(),
+        };
+        say(prefix, &format!("✘ {} ended with {how}", short(argv)));
+    }
+    Ok(status.success())
+}
+
+fn short(argv: &[String]) -> String {
+    if argv.first().map(String::as_str) == Some("sh") {
+        "script".into()
+    } else {
+        argv.iter()
+            .skip(1)
+            .take(2)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The end-of-run summary: every job's result and every artifact.
+pub fn summary(report: &RunReport) -> String {
+    let mut s = String::new();
+    let run = &report.run;
+    let _ = writeln!(
+        s,
+        "\nrun #{} of pipeline {:?}: {}",
+        run.number,
+        run.pipeline,
+        report.outcome.as_str().to_uppercase()
+    );
+    let mut rows = vec![vec![
+        "STAGE".to_string(),
+        "JOB".into(),
+        "RESULT".into(),
+        "TIME".into(),
+        "NOTE".into(),
+    ]];
+    for j in &report.jobs {
+        rows.push(vec![
+            j.stage.clone(),
+            j.job.clone(),
+            j.outcome.as_str().into(),
+            secs(j.duration),
+            j.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    table(&mut s, &rows);
+    let mut rows = vec![vec![
+        "ARTIFACT".to_string(),
+        "KIND".into(),
+        "FILES".into(),
+        "SIZE".into(),
+        "PRODUCER".into(),
+        "VALUE".into(),
+    ]];
+    for a in &report.artifacts {
+        let name = if a.is_default {
+            format!("default ({})", a.producer.job)
+        } else {
+            a.name.clone()
+        };
+        let producer = format!(
+            "{}/{}/{}",
+            a.producer.stage.as_deref().unwrap_or("-"),
+            a.producer.job,
+            if a.steps.is_empty() {
+                "-".to_string()
+            } else {
+                a.steps.join(",")
+            }
+        );
+        let value = if a.kind == "files" {
+            String::new()
+        } else {
+            a.reference_value()
+        };
+        rows.push(vec![
+            name,
+            a.kind.clone(),
+            a.file_count.to_string(),
+            human(a.size),
+            producer,
+            value,
+        ]);
+    }
+    s.push('\n');
+    if report.artifacts.is_empty() {
+        s.push_str("no artifacts\n");
+    } else {
+        table(&mut s, &rows);
+    }
+    s
+}
+
+use std::fmt::Write as _;
+
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// Bytes for people: `1.5 MiB`.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,235 @@
+//! Whole artifacts and packages as one streamed tar archive
+//! (`GET /artifacts/{id}/archive`), the download URL a `$[…]` reference to
+//! a files artifact resolves to: `curl … | tar x` needs nothing else.
+//!
+//! POSIX ustar, with a PAX extended header for paths over 100 bytes or
+//! files of 8 GiB and more. The length is known before the first byte, so
+//! the response carries `Content-Length`.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use futures_util::StreamExt;
+use satchel_store::{ContentStore, Digest};
+
+use crate::error::ApiError;
+
+const BLOCK: u64 = 512;
+/// Largest size the ustar size field holds (11 octal digits).
+const USTAR_MAX_SIZE: u64 = 0o77777777777;
+
+/// One member of an archive.
+pub(crate) struct Member {
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    pub sha256: String,
+    pub mtime_secs: u64,
+}
+
+fn octal(field: &mut [u8], value: u64) {
+    let digits = field.len() - 1;
+    let s = format!("{value:0digits$o}");
+    field[..digits].copy_from_slice(&s.as_bytes()[s.len() - digits..]);
+    field[digits] = 0;
+}
+
+fn ustar_header(name: &[u8], size: u64, mode: u32, mtime: u64, kind: u8) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    let n = name.len().min(100);
+    h[..n].copy_from_slice(&name[..n]);
+    octal(&mut h[100..108], u64::from(mode & 0o7777));
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], size.min(USTAR_MAX_SIZE));
+    octal(&mut h[136..148], mtime.min(0o77777777777));
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
+}
+
+/// A PAX record `"LEN key=value\n"`, where LEN counts the whole record.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    loop {
+        let candidate = format!("{len}{body}");
+        if candidate.len() == len {
+            return candidate;
+        }
+        len = candidate.len();
+    }
+}
+
+fn padding(size: u64) -> u64 {
+    (BLOCK - size % BLOCK) % BLOCK
+}
+
+/// The header blocks of one member (PAX header first when needed).
+pub(crate) fn member_header(m: &Member) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let mut pax = String::new();
+    if m.path.len() > 100 {
+        pax.push_str(&pax_record("path", &m.path));
+    }
+    if m.size > USTAR_MAX_SIZE {
+        pax.push_str(&pax_record("size", &m.size.to_string()));
+    }
+    if !pax.is_empty() {
+        let name = format!("PaxHeaders/{}", &m.sha256[..16]);
+        out.extend_from_slice(&ustar_header(
+            name.as_bytes(),
+            pax.len() as u64,
+            0o644,
+            m.mtime_secs,
+            b'x',
+        ));
+        out.extend_from_slice(pax.as_bytes());
+        out.resize(out.len() + padding(pax.len() as u64) as usize, 0);
+    }
+    // A long path is cut on a character boundary in the fallback name.
+    let mut cut = m.path.len().min(100);
+    while !m.path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.extend_from_slice(&ustar_header(
+        &m.path.as_bytes()[..cut],
+        m.size,
+        m.mode,
+        m.mtime_secs,
+        b'0',
+    ));
+    out
+}
+
+/// Streams `members` as a tar archive named `filename`.
+pub(crate) fn tar_response(
+    store: std::sync::Arc<dyn ContentStore>,
+    members: Vec<Member>,
+    filename: &str,
+) -> Result<Response, ApiError> {
+    let mut parts = Vec::with_capacity(members.len());
+    let mut total = 2 * BLOCK;
+    for m in members {
+        let digest = Digest::from_hex(&m.sha256)?;
+        let head = member_header(&m);
+        total += head.len() as u64 + m.size + padding(m.size);
+        parts.push((head, digest, m.size));
+    }
+    let body = futures_util::stream::iter(parts)
+        .map(move |(head, digest, size)| {
+            let store = store.clone();
+            async move {
+                let head = futures_util::stream::once(async move {
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(head))
+                });
+                let pad = padding(size) as usize;
+                let tail = futures_util::stream::once(async move {
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; pad]))
+                });
+                match store.get(&digest, None).await {
+                    Ok(s) => head.chain(s).chain(tail).boxed(),
+                    Err(e) => head
+                        .chain(futures_util::stream::once(async move {
+                            Err(std::io::Error::other(e.to_string()))
+                        }))
+                        .boxed(),
+                }
+            }
+        })
+        .buffered(8)
+        .flatten()
+        .chain(futures_util::stream::once(async {
+            Ok(bytes::Bytes::from(vec![0u8; 2 * BLOCK as usize]))
+        }));
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    let safe: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{safe}.tar\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(path: &str, size: u64) -> Member {
+        Member {
+            path: path.into(),
+            size,
+            mode: 0o755,
+            sha256: "ab".repeat(32),
+            mtime_secs: 1_700_000_000,
+        }
+    }
+
+    fn checksum_ok(h: &[u8]) -> bool {
+        let mut copy = h.to_vec();
+        copy[148..156].copy_from_slice(b"        ");
+        let sum: u64 = copy.iter().map(|&b| u64::from(b)).sum();
+        let field = std::str::from_utf8(&h[148..154]).unwrap();
+        u64::from_str_radix(field, 8).unwrap() == sum
+    }
+
+    #[test]
+    fn short_paths_get_one_ustar_block() {
+        let h = member_header(&member("dir/a.txt", 5));
+        assert_eq!(h.len(), 512);
+        assert_eq!(&h[..9], b"dir/a.txt");
+        assert_eq!(&h[257..263], b"ustar\0");
+        assert_eq!(&h[124..136], b"00000000005\0");
+        assert_eq!(&h[100..108], b"0000755\0");
+        assert!(checksum_ok(&h));
+    }
+
+    #[test]
+    fn long_paths_get_a_pax_header() {
+        let long = format!("{}/é.txt", "d".repeat(150));
+        let h = member_header(&member(&long, 1));
+        assert_eq!(h.len(), 512 * 3);
+        assert_eq!(h[156], b'x');
+        let rec = pax_record("path", &long);
+        assert_eq!(&h[512..512 + rec.len()], rec.as_bytes());
+        assert!(checksum_ok(&h[..512]));
+        assert!(checksum_ok(&h[1024..]));
+    }
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for n in [1, 5, 93, 94, 95, 994, 995, 996, 5000] {
+            let r = pax_record("path", &"x".repeat(n));
+            let (len, _) = r.split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), r.len(), "{n}");
+        }
+    }
+
+    #[test]
+    fn huge_sizes_use_pax() {
+        let h = member_header(&member("big", USTAR_MAX_SIZE + 1));
+        assert_eq!(h.len(), 512 * 3);
+        assert!(String::from_utf8_lossy(&h[512..1024]).contains("size=8589934592"));
+    }
+}

@@ -1,0 +1,350 @@
+//! Pipeline semantics: starting runs with pinned sources, recording run
+//! outcomes, typed (image and link) artifacts, `$[…]` reference
+//! resolution, whole-artifact archives, and promotion to packages.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use satchel_model::api::{
+    Artifact, ArtifactState, CreateTyped, NewRun, Package, PackageList, PackageWithFiles, Promote,
+    ResolveRequest, Resolved, Run, SetRunState,
+};
+use satchel_model::expr::Reference;
+use satchel_model::names;
+use satchel_model::selector::RunSelector;
+use serde::Deserialize;
+
+use super::archive::{tar_response, Member};
+use super::check_id;
+use super::uploads::{validate_branch_commit, validate_context};
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::AppState;
+
+fn validate_run_number(run: u64) -> Result<(), ApiError> {
+    if run == 0 || run > i64::MAX as u64 {
+        return Err(ApiError::bad_request("run numbers start at 1"));
+    }
+    Ok(())
+}
+
+pub(super) async fn create_run(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+    Json(req): Json<NewRun>,
+) -> Result<(StatusCode, axum::Json<Run>), ApiError> {
+    names::validate_key("pipeline", &pipeline)?;
+    validate_branch_commit(req.branch.as_deref(), req.commit.as_deref())?;
+    for (name, spec) in &req.sources {
+        names::validate_key("source", name)?;
+        names::validate_key("pipeline", &spec.pipeline)?;
+        spec.run
+            .parse::<RunSelector>()
+            .map_err(|e| ApiError::bad_request(format!("source {name:?}: {e}")))?;
+    }
+    if let Some(t) = &req.triggered_from {
+        names::validate_key("pipeline", &t.pipeline)?;
+        validate_run_number(t.run)?;
+    }
+    let run = s.db.create_run(&pipeline, &req).await?;
+    Ok((StatusCode::CREATED, axum::Json(run)))
+}
+
+pub(super) async fn set_run_state(
+    State(s): State<AppState>,
+    Path((pipeline, run)): Path<(String, u64)>,
+    Json(req): Json<SetRunState>,
+) -> Result<axum::Json<Run>, ApiError> {
+    names::validate_key("pipeline", &pipeline)?;
+    validate_run_number(run)?;
+    validate_branch_commit(req.branch.as_deref(), req.commit.as_deref())?;
+    Ok(axum::Json(s.db.set_run_state(&pipeline, run, &req).await?))
+}
+
+pub(super) async fn create_typed(
+    State(s): State<AppState>,
+    Json(req): Json<CreateTyped>,
+) -> Result<(StatusCode, axum::Json<Artifact>), ApiError> {
+    validate_context(&req.context)?;
+    names::validate_artifact_name(&req.name)?;
+    if req.name == "default" {
+        return Err(ApiError::bad_request(
+            "`default` names a job's default artifact; choose another name",
+        ));
+    }
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.db.create_typed(&req).await?),
+    ))
+}
+
+fn unresolved(message: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "unresolved_reference", message)
+}
+
+fn list_or_none(items: impl IntoIterator<Item = String>) -> String {
+    let mut v: Vec<String> = items.into_iter().collect();
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+pub(super) async fn resolve(
+    State(s): State<AppState>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<axum::Json<Resolved>, ApiError> {
+    let ctx = &req.context;
+    names::validate_key("pipeline", &ctx.pipeline)?;
+    validate_run_number(ctx.run)?;
+    let text = req.expr.trim();
+    let inner = text
+        .strip_prefix("$[")
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let r: Reference = Reference::parse(inner)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_reference", e.to_string()))?;
+    let expr = format!("$[{r}]");
+    let here = s.db.find_run(&ctx.pipeline, ctx.run).await?;
+
+    // The run the reference points into.
+    let run = match &r.source {
+        None => here.clone(),
+        Some(src) => {
+            if let Some(spec) = req.sources.get(src) {
+                let sel: RunSelector = spec
+                    .run
+                    .parse()
+                    .map_err(|e| ApiError::bad_request(format!("source {src:?}: {e}")))?;
+                s.db.select_run(&spec.pipeline, &sel, here.triggered_from.as_ref())
+                    .await
+                    .map_err(|e| unresolved(format!("{expr}: source {src:?}: {e}")))?
+            } else if let Some(pinned) = here.sources.get(src) {
+                s.db.find_run(&pinned.pipeline, pinned.run).await?
+            } else {
+                return Err(unresolved(format!(
+                    "{expr}: source {src:?} is not defined for run {} of pipeline {:?} (its sources: {}); declare it under `sources:` in the pipeline",
+                    here.number,
+                    here.pipeline,
+                    list_or_none(here.sources.keys().cloned())
+                )));
+            }
+        }
+    };
+    let where_run = format!("run {} of pipeline {:?}", run.number, run.pipeline);
+    // `jobs.` references mean the asking job's stage.
+    let stage = match (&r.stage, &r.source) {
+        (Some(st), _) => Some(st.clone()),
+        (None, None) => ctx.stage.clone(),
+        (None, Some(_)) => None,
+    };
+
+    let jobs = s.db.list_jobs(&run.id).await?;
+    let in_stage: Vec<_> = jobs
+        .iter()
+        .filter(|j| stage.is_none() || j.stage == stage)
+        .collect();
+    if let Some(st) = &stage {
+        if in_stage.is_empty() {
+            return Err(unresolved(format!(
+                "{expr}: stage {st:?} has no job with artifacts in {where_run} (stages with artifacts: {})",
+                list_or_none(jobs.iter().filter_map(|j| j.stage.clone()))
+            )));
+        }
+    }
+    let stage_words = stage
+        .as_deref()
+        .map(|s| format!(" of stage {s:?}"))
+        .unwrap_or_default();
+    if !in_stage.iter().any(|j| j.key == r.job) {
+        return Err(unresolved(format!(
+            "{expr}: no job {:?}{stage_words} has published artifacts in {where_run} (jobs there: {})",
+            r.job,
+            list_or_none(in_stage.iter().map(|j| j.key.clone()))
+        )));
+    }
+    let of_job: Vec<Artifact> =
+        s.db.list_artifacts(&run.id)
+            .await?
+            .into_iter()
+            .filter(|a| a.state == ArtifactState::Finished && !a.producer.superseded)
+            .filter(|a| a.producer.job == r.job)
+            .filter(|a| stage.is_none() || a.producer.stage == stage)
+            .collect();
+    let of_step: Vec<&Artifact> = of_job
+        .iter()
+        .filter(|a| a.steps.contains(&r.step))
+        .collect();
+    if of_step.is_empty() {
+        return Err(unresolved(format!(
+            "{expr}: step {:?} of job {:?}{stage_words} published no artifacts in {where_run} (steps of that job that did: {})",
+            r.step,
+            r.job,
+            list_or_none(of_job.iter().flat_map(|a| a.steps.clone()))
+        )));
+    }
+    let names = || list_or_none(of_step.iter().map(|a| a.name.clone()));
+    let found = if r.artifact == "default" {
+        match of_step.iter().find(|a| a.is_default) {
+            Some(a) => Some(*a),
+            None if of_step.len() == 1 => Some(of_step[0]),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "ambiguous_reference",
+                    format!(
+                        "{expr}: step {:?} of job {:?} published several artifacts ({}); name one instead of `default`",
+                        r.step,
+                        r.job,
+                        names()
+                    ),
+                ))
+            }
+        }
+    } else {
+        of_step.iter().find(|a| a.name == r.artifact).copied()
+    };
+    let Some(artifact) = found else {
+        return Err(unresolved(format!(
+            "{expr}: step {:?} of job {:?}{stage_words} did not publish an artifact named {:?} in {where_run} (it published: {})",
+            r.step,
+            r.job,
+            r.artifact,
+            names()
+        )));
+    };
+    Ok(axum::Json(Resolved {
+        expr,
+        value: artifact.reference_value(),
+        artifact: artifact.clone(),
+    }))
+}
+
+fn mtime_secs(rfc3339_ms: i64) -> u64 {
+    (rfc3339_ms.max(0) / 1000) as u64
+}
+
+pub(super) async fn artifact_archive(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("artifact", &id)?;
+    let artifact = s.db.get_artifact(&id).await?;
+    if artifact.kind != "files" {
+        return Err(ApiError::bad_request(format!(
+            "artifact {:?} is an {} artifact without files; its value is {}",
+            artifact.name,
+            artifact.kind,
+            artifact.reference_value()
+        )));
+    }
+    if artifact.state != ArtifactState::Finished {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!(
+                "artifact {:?} is {}; only finished artifacts can be downloaded",
+                artifact.name,
+                artifact.state.as_str()
+            ),
+        ));
+    }
+    let files = s.db.artifact_files(&id).await?;
+    let members = files
+        .into_iter()
+        .map(|f| Member {
+            mtime_secs: mtime_secs(f.uploaded_at_ms),
+            path: f.path,
+            size: f.size,
+            mode: f.mode,
+            sha256: f.sha256,
+        })
+        .collect();
+    tar_response(s.store.clone(), members, &artifact.name)
+}
+
+pub(super) async fn promote(
+    State(s): State<AppState>,
+    Json(req): Json<Promote>,
+) -> Result<(StatusCode, axum::Json<Package>), ApiError> {
+    check_id("artifact", &req.artifact_id)?;
+    names::validate_key("repository", &req.repository)?;
+    names::validate_key("package", &req.package)?;
+    satchel_model::api::validate_version(&req.version).map_err(ApiError::bad_request)?;
+    Ok((StatusCode::CREATED, axum::Json(s.db.promote(&req).await?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct PackageFilter {
+    package: Option<String>,
+}
+
+pub(super) async fn list_packages(
+    State(s): State<AppState>,
+    Path(repo): Path<String>,
+    Query(f): Query<PackageFilter>,
+) -> Result<axum::Json<PackageList>, ApiError> {
+    names::validate_key("repository", &repo)?;
+    Ok(axum::Json(PackageList {
+        packages: s.db.list_packages(&repo, f.package.as_deref()).await?,
+    }))
+}
+
+fn version_arg(v: &str) -> Option<&str> {
+    (v != "latest").then_some(v)
+}
+
+pub(super) async fn get_package(
+    State(s): State<AppState>,
+    Path((repo, name, version)): Path<(String, String, String)>,
+) -> Result<axum::Json<PackageWithFiles>, ApiError> {
+    Ok(axum::Json(
+        s.db.get_package(&repo, &name, version_arg(&version))
+            .await?,
+    ))
+}
+
+pub(super) async fn package_archive(
+    State(s): State<AppState>,
+    Path((repo, name, version)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let p =
+        s.db.get_package(&repo, &name, version_arg(&version))
+            .await?;
+    let now = mtime_secs(satchel_model::id::now_millis());
+    let members = p
+        .files
+        .into_iter()
+        .map(|f| Member {
+            path: f.path,
+            size: f.size,
+            mode: f.mode,
+            sha256: f.sha256,
+            mtime_secs: now,
+        })
+        .collect();
+    tar_response(
+        s.store.clone(),
+        members,
+        &format!("{}-{}", p.package.name, p.package.version),
+    )
+}
+
+pub(super) async fn package_file(
+    State(s): State<AppState>,
+    Path((repo, name, version, path)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let p =
+        s.db.get_package(&repo, &name, version_arg(&version))
+            .await?;
+    let Some(f) = p.files.iter().find(|f| f.path == path) else {
+        return Err(ApiError::not_found(format!(
+            "{repo}/{name}@{} has no file {path:?}",
+            p.package.version
+        )));
+    };
+    super::content::stream_blob(&s, &f.sha256, f.size, &f.content_type, &f.path).await
+}
