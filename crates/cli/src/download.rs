@@ -455,8 +455,8 @@ pub async fn run_download(a: DownloadArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         eprintln!(
-            "downloaded {} files ({}) to {}, all sha256-verified",
-            summary.files,
+            "downloaded {} ({}) to {}, all sha256-verified",
+            crate::output::count(summary.files, "file", "files"),
             human(summary.bytes),
             summary.destination
         );

@@ -45,3 +45,12 @@ pub fn human(n: u64) -> String {
         format!("{v:.1} {}", U[i])
     }
 }
+
+/// `1 file`, `2 files`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}

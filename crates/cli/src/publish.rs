@@ -431,9 +431,9 @@ pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()
                     d.kind, d.name, d.destination
                 ),
                 None => eprintln!(
-                    "downloaded artifact {:?}: {} files ({}) to {}, all sha256-verified",
+                    "downloaded artifact {:?}: {} ({}) to {}, all sha256-verified",
                     d.name,
-                    d.files,
+                    crate::output::count(d.files, "file", "files"),
                     human(d.bytes),
                     d.destination
                 ),

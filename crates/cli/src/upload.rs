@@ -381,15 +381,15 @@ impl Summary {
     /// One line for people.
     pub fn describe(&self, ctx: &satchel_model::api::JobContext) -> String {
         format!(
-            "uploaded {} files ({}) to artifact {:?} of {} run {} job {}; sent {} ({} new blobs), {} deduplicated",
-            self.files,
+            "uploaded {} ({}) to artifact {:?} of {} run {} job {}; sent {} ({}), {} deduplicated",
+            crate::output::count(self.files, "file", "files"),
             human(self.bytes),
             self.artifact,
             ctx.pipeline,
             ctx.run,
             ctx.job,
             human(self.bytes_sent),
-            self.files_sent,
+            crate::output::count(self.files_sent, "new blob", "new blobs"),
             human(self.bytes - self.bytes_sent),
         )
     }

@@ -663,3 +663,186 @@ stages:
         .join("w/consumer/1/j/workspace/notes/artifact.json")
         .exists());
 }
+
+#[test]
+fn showcase_uses_every_kind_of_artifact_and_reference() {
+    let d = tmp();
+    let data = d.path().join("data");
+    passes(&data, &example("pipeline-a.yml"));
+    let out = passes(&data, &example("showcase.yml"));
+    let p = "[deploy/use-all]";
+    for want in [
+        format!("{p} deploying registry.example.com/ns/demo:1.0"),
+        format!("{p} upstream image registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0"),
+        format!("{p} notes at https://example.com/release-notes.txt"),
+        format!("{p} From Job1"),
+        format!("{p} <h1>hi</h1>"),
+        format!("{p} a.css"),
+        format!("{p} artifact.json"),
+    ] {
+        assert!(out.contains(&want), "want {want:?} in:\n{out}");
+    }
+    let url = out
+        .lines()
+        .find_map(|l| l.split("default bag of make: ").nth(1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        url.contains("/api/v1/artifacts/") && url.ends_with("/archive"),
+        "{url}"
+    );
+    // --all skips the job's default artifact and takes every named one.
+    let ws = data.join("work/showcase/1/use-all/workspace");
+    for f in [
+        "job1-artifact/job1.txt",
+        "site/index.html",
+        "site/css/a.css",
+        "my_image/artifact.json",
+        "release-notes/artifact.json",
+    ] {
+        assert!(ws.join(f).is_file(), "{f} missing");
+    }
+    assert!(!ws.join("default").exists());
+    // The pattern kept only the stylesheet.
+    let css = data.join("work/showcase/1/use-all/work/css-only/site");
+    assert!(css.join("css/a.css").is_file());
+    assert!(!css.join("index.html").exists());
+    // The summary names the default artifact by its job.
+    assert!(out.contains("default (job1)"), "{out}");
+}
+
+#[test]
+fn retries_may_republish_and_triggering_selects_the_trigger() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    write(&w, "a.txt", b"attempt 1");
+    let first = s.agent(&w, "up", 1, "build").env("SATCHEL_STEP", "pub");
+    first.ok(&["artifact", "publish", "a.txt", "--name", "out"]);
+    // A retry of the same job (attempt 2) publishes the name again and
+    // supersedes attempt 1.
+    write(&w, "a.txt", b"attempt 2");
+    let retry = first.clone().env("SATCHEL_ATTEMPT", "2");
+    retry.ok(&["artifact", "publish", "a.txt", "--name", "out"]);
+    let ws = d.path().join("ws");
+    retry.ok(&[
+        "artifact",
+        "download-artifact",
+        "out",
+        "--dest",
+        ws.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(ws.join("out/a.txt")).unwrap(), b"attempt 2");
+    // But attempt 1 cannot come back and publish again.
+    let err = first.fails(&["artifact", "publish", "a.txt", "--name", "out"]);
+    assert!(err.contains("(attempt 2)"), "{err}");
+    first.ok(&["run-state", "failed"]);
+
+    // A run of "down" triggered by up#1 takes up#1 with `triggering`, even
+    // though up#1 failed; lastSuccessfulBuild finds nothing.
+    let p = write_pipeline(
+        d.path(),
+        "down.yml",
+        r#"
+name: down
+sources:
+  trig: { pipeline: up, run: triggering }
+stages:
+  - key: s
+    jobs:
+      - key: j
+        steps:
+          - download: trig
+            artifact: out
+          - run: cat "$SATCHEL_WORKSPACE/out/a.txt"
+"#,
+    );
+    let remote = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["run", "--server", &s.url, "--token", &s.token, "--work-dir"])
+            .arg(d.path().join("work"))
+            .args(extra)
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    let o = remote(&[]);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("selector `triggering`") && t.contains("--triggered-by"),
+        "{t}"
+    );
+    let o = remote(&["--triggered-by", "up#1"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("[s/j] attempt 2"), "{t}");
+    rt().block_on(async {
+        let v: Value = s.get("/pipelines/down/runs/1").await.json().await.unwrap();
+        assert_eq!(v["triggered_from"]["pipeline"], "up");
+        assert_eq!(v["triggered_from"]["run"], 1);
+    });
+}
+
+#[test]
+fn pipeline_endpoints_reject_bad_input() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    let agent = s.agent(&w, "p", 1, "j");
+    std::fs::create_dir_all(&w).unwrap();
+    agent.ok(&[
+        "artifact",
+        "publish-image",
+        "example.com/app:1",
+        "--name",
+        "img",
+    ]);
+    rt().block_on(async {
+        let post = |path: &str, body: Value| {
+            let r = s
+                .http()
+                .post(s.api(path))
+                .bearer_auth(&s.token)
+                .json(&body);
+            async move { r.send().await.unwrap() }
+        };
+        let cases = [
+            ("/pipelines/p/runs", serde_json::json!({"sources": {"x": {"pipeline": "p", "run": "bogus"}}}), 400),
+            ("/pipelines/p/runs", serde_json::json!({"sources": {"x": {"pipeline": "nope", "run": "latest"}}}), 404),
+            ("/pipelines/bad%20key/runs", serde_json::json!({}), 400),
+            ("/artifacts", serde_json::json!({"context": {"pipeline": "p", "run": 1, "job": "j"}, "name": "x", "image": "bad image"}), 400),
+            ("/artifacts", serde_json::json!({"context": {"pipeline": "p", "run": 1, "job": "j"}, "name": "x"}), 400),
+            ("/artifacts", serde_json::json!({"context": {"pipeline": "p", "run": 1, "job": "j"}, "name": "x", "link": {"url": "javascript:1"}}), 400),
+            ("/artifacts", serde_json::json!({"context": {"pipeline": "p", "run": 1, "job": "j"}, "name": "a/b", "image": "x:1"}), 400),
+            ("/resolve", serde_json::json!({"context": {"pipeline": "p", "run": 1}, "expr": "jobs.j"}), 400),
+            ("/resolve", serde_json::json!({"context": {"pipeline": "p", "run": 9}, "expr": "jobs.j.s.artifacts.x"}), 404),
+            ("/packages", serde_json::json!({"artifact_id": "0".repeat(32), "repository": "r", "package": "p", "version": "latest"}), 400),
+            ("/packages", serde_json::json!({"artifact_id": "0".repeat(32), "repository": "r", "package": "p", "version": "1"}), 404),
+        ];
+        for (path, body, status) in cases {
+            let r = post(path, body.clone()).await;
+            assert_eq!(r.status().as_u16(), status, "{path} {body}");
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        let r = s
+            .http()
+            .put(s.api("/pipelines/p/runs/1/state"))
+            .bearer_auth(&s.token)
+            .json(&serde_json::json!({"state": "done"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        // An image artifact has no archive.
+        let v: Value = s.get("/pipelines/p/runs/1/artifacts").await.json().await.unwrap();
+        let id = v["artifacts"][0]["id"].as_str().unwrap().to_string();
+        let r = s.get(&format!("/artifacts/{id}/archive")).await;
+        assert_eq!(r.status(), 400);
+        // Nothing was written by the rejected calls.
+        let v: Value = s.get("/pipelines/p/runs").await.json().await.unwrap();
+        assert_eq!(v["runs"].as_array().unwrap().len(), 1);
+        let v: Value = s.get("/pipelines/p/runs/1/artifacts").await.json().await.unwrap();
+        assert_eq!(v["artifacts"].as_array().unwrap().len(), 1);
+    });
+}

@@ -422,6 +422,9 @@ fn claim_name(
             ctx.run, ctx.pipeline, ctx.job
         ))
     };
+    // Another owner is the better message, so the job's own rows go last.
+    let mut existing = existing;
+    existing.sort_by_key(|(_, jid, ..)| jid == job);
     let mut mine = None;
     for (aid, jid, jkey, jattempt, state) in existing {
         if jid == job {

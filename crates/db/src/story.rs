@@ -188,4 +188,139 @@ pub async fn run_all(db: &dyn MetaStore) {
         Err(DbError::NotFound(_))
     ));
     assert_eq!(db.list_runs("pipe").await.unwrap().len(), 1);
+
+    pipelines(db).await;
+}
+
+/// Runs, selectors, typed artifacts and packages.
+async fn pipelines(db: &dyn MetaStore) {
+    use satchel_model::api::{CreateTyped, NewRun, Promote, RunRef, SetRunState, SourceSpec};
+    use satchel_model::selector::RunSelector;
+
+    let state = |s: &str, branch: &str| SetRunState {
+        state: s.into(),
+        branch: Some(branch.into()),
+        commit: None,
+    };
+    // Runs are numbered per pipeline; states and branches select them.
+    let r1 = db.create_run("up", &NewRun::default()).await.unwrap();
+    let r2 = db.create_run("up", &NewRun::default()).await.unwrap();
+    assert_eq!((r1.number, r2.number, r1.state.as_str()), (1, 2, "running"));
+    db.set_run_state("up", 1, &state("passed", "main"))
+        .await
+        .unwrap();
+    db.set_run_state("up", 2, &state("failed", "dev"))
+        .await
+        .unwrap();
+    let r3 = db
+        .set_run_state("up", 3, &state("passed", "dev"))
+        .await
+        .unwrap();
+    assert!(r3.finished_at.is_some(), "set_run_state creates the run");
+    assert!(db
+        .set_run_state("up", 1, &state("done", "main"))
+        .await
+        .is_err());
+    let pick = |s: &str| s.parse::<RunSelector>().unwrap();
+    for (sel, want) in [
+        ("latest", 3),
+        ("2", 2),
+        ("lastSuccessfulBuild", 3),
+        ("lastSuccessfulBuild:main", 1),
+        ("latestFromBranch:dev", 3),
+    ] {
+        let run = db.select_run("up", &pick(sel), None).await.unwrap();
+        assert_eq!(run.number, want, "{sel}");
+    }
+    let none = db
+        .select_run("up", &pick("lastSuccessfulBuild:nope"), None)
+        .await;
+    assert!(matches!(none, Err(DbError::NotFound(m)) if m.contains("#3 passed on dev")));
+    assert!(db
+        .select_run("up", &pick("triggering"), None)
+        .await
+        .is_err());
+    let trig = RunRef {
+        pipeline: "up".into(),
+        run: 2,
+    };
+    let t = db
+        .select_run("up", &pick("triggering"), Some(&trig))
+        .await
+        .unwrap();
+    assert_eq!(t.number, 2);
+
+    // Sources are pinned at creation; an unmatched selector starts nothing.
+    let mut req = NewRun::default();
+    req.sources.insert(
+        "src".into(),
+        SourceSpec {
+            pipeline: "up".into(),
+            run: "lastSuccessfulBuild".into(),
+        },
+    );
+    req.triggered_from = Some(trig);
+    let down = db.create_run("down", &req).await.unwrap();
+    assert_eq!(down.sources["src"].run, 3);
+    assert_eq!(down.triggered_from.as_ref().unwrap().run, 2);
+    req.sources.get_mut("src").unwrap().run = "lastSuccessfulBuild:gone".into();
+    assert!(matches!(
+        db.create_run("down", &req).await,
+        Err(DbError::NotFound(m)) if m.contains("source \"src\"")
+    ));
+    assert_eq!(db.list_runs("down").await.unwrap().len(), 1);
+
+    // Typed artifacts are finished at once and take the name for the run.
+    let mut c = ctx("img", 1);
+    c.pipeline = "down".into();
+    let typed = |name: &str, job: &str| CreateTyped {
+        context: JobContext {
+            job: job.into(),
+            ..c.clone()
+        },
+        name: name.into(),
+        image: Some("example.com/app:1".into()),
+        link: None,
+    };
+    let img = db.create_typed(&typed("app", "img")).await.unwrap();
+    assert_eq!(img.state, ArtifactState::Finished);
+    assert_eq!(img.image.as_ref().unwrap().tag.as_deref(), Some("1"));
+    assert_eq!(img.steps, ["step"]);
+    assert!(matches!(
+        db.create_typed(&typed("app", "other")).await,
+        Err(DbError::Conflict(m)) if m.contains("job \"img\"")
+    ));
+    assert!(matches!(
+        db.create_typed(&typed("app", "img")).await,
+        Err(DbError::Conflict(_))
+    ));
+    let jobs = db.list_jobs(&down.id).await.unwrap();
+    assert!(jobs
+        .iter()
+        .any(|j| j.key == "img" && j.stage.as_deref() == Some("build")));
+
+    // Promotion copies entries; versions are immutable; latest is newest.
+    let promote = |v: &str| Promote {
+        artifact_id: img.id.clone(),
+        repository: "rel".into(),
+        package: "app".into(),
+        version: v.into(),
+    };
+    db.promote(&promote("1.0")).await.unwrap();
+    assert!(matches!(
+        db.promote(&promote("1.0")).await,
+        Err(DbError::Conflict(_))
+    ));
+    db.promote(&promote("1.1")).await.unwrap();
+    let latest = db.get_package("rel", "app", None).await.unwrap();
+    assert_eq!(latest.package.version, "1.1");
+    assert_eq!(latest.package.origin.artifact, "app");
+    db.delete_artifact(&img.id).await.unwrap();
+    let kept = db.get_package("rel", "app", Some("1.0")).await.unwrap();
+    assert_eq!(kept.package.kind, "image");
+    assert_eq!(db.list_packages("rel", None).await.unwrap().len(), 2);
+    assert!(matches!(
+        db.get_package("rel", "app", Some("9")).await,
+        Err(DbError::NotFound(_))
+    ));
 }
