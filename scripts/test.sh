@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property, conformance and end-to-end tests.
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
-# data dirs; no outside service is needed yet. Later backends (PostgreSQL,
-# Garage, Azurite) are installed and started here, never silently skipped.
+# data dirs. What they need from outside is installed here, never silently
+# skipped: Node.js and the real @actions/artifact clients (tests/gha).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+# Node.js (v20 here) for the GitHub Actions protocol test.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing Node.js from Debian packages"
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+# The real clients, pinned by tests/gha/package-lock.json; reused when
+# already installed for this lock file.
+if ! cmp -s tests/gha/package-lock.json tests/gha/node_modules/.package-lock.json 2>/dev/null \
+   && ! [ tests/gha/node_modules/.installed -nt tests/gha/package-lock.json ]; then
+  echo "== installing @actions/artifact clients (npm ci)"
+  (cd tests/gha && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed)
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -1,5 +1,7 @@
-//! Where the CLI is: server, token, and the job it runs in, from flags or
-//! `SATCHEL_*` environment variables (flags win).
+//! Where the CLI is: server, token, and the job it runs in. Each field
+//! comes from its flag, else its `SATCHEL_*` variable, else the CI the job
+//! runs in (Buildkite, GitHub Actions, GitLab CI, Azure Pipelines; see
+//! `satchel_model::ci`). `satchel context` shows what was found and where.
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -45,9 +47,9 @@ pub struct JobArgs {
     /// Step key.
     #[arg(long, env = "SATCHEL_STEP")]
     pub step: Option<String>,
-    /// Attempt of the job (a higher attempt is a retry).
-    #[arg(long, env = "SATCHEL_ATTEMPT", default_value_t = 1)]
-    pub attempt: u32,
+    /// Attempt of the job (a higher attempt is a retry; default 1).
+    #[arg(long, env = "SATCHEL_ATTEMPT")]
+    pub attempt: Option<u32>,
     /// Branch the run builds.
     #[arg(long, env = "SATCHEL_BRANCH")]
     pub branch: Option<String>,
@@ -56,45 +58,123 @@ pub struct JobArgs {
     pub commit: Option<String>,
 }
 
-impl JobArgs {
-    /// The job context, or an error naming what is missing.
-    pub fn context(&self) -> anyhow::Result<JobContext> {
-        let pipeline = self
-            .pipeline
-            .clone()
-            .context("no pipeline: pass --pipeline or set SATCHEL_PIPELINE")?;
-        let run = self.run.context("no run: pass --run or set SATCHEL_RUN")?;
-        let job = self
-            .job
-            .clone()
-            .context("no job: pass --job or set SATCHEL_JOB")?;
-        Ok(JobContext {
-            pipeline,
-            run,
-            stage: self.stage.clone().filter(|s| !s.is_empty()),
-            job,
-            step: self.step.clone().filter(|s| !s.is_empty()),
-            attempt: self.attempt,
-            branch: self.branch.clone().filter(|s| !s.is_empty()),
-            commit: self.commit.clone().filter(|s| !s.is_empty()),
-        })
-    }
+/// The CI detected from this process's environment, once.
+pub fn detected() -> Option<&'static satchel_model::ci::Detected> {
+    static D: std::sync::OnceLock<Option<satchel_model::ci::Detected>> = std::sync::OnceLock::new();
+    D.get_or_init(|| satchel_model::ci::detect(|k| std::env::var(k).ok()))
+        .as_ref()
+}
+
+/// A field from its flag or `SATCHEL_*` variable, else from the CI.
+pub(crate) fn or_ci(given: &Option<String>, field: &str) -> Option<String> {
+    given
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| detected().and_then(|d| d.get(field)).map(str::to_string))
+}
+
+/// A numeric field from its flag or variable, else from the CI.
+pub(crate) fn number_or_ci<T: std::str::FromStr + Copy>(
+    given: Option<T>,
+    field: &str,
+) -> Option<T> {
+    given.or_else(|| {
+        detected()
+            .and_then(|d| d.get(field))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// The message for a field no source provided.
+pub(crate) fn missing(flag: &str, var: &str) -> String {
+    let ci = detected()
+        .map(|d| format!(" ({} was detected but does not provide it)", d.ci))
+        .unwrap_or_default();
+    format!("no {flag}: pass --{flag} or set {var}{ci}")
 }
 
 impl JobArgs {
+    /// Pipeline and run number.
+    pub fn run_ref(&self) -> anyhow::Result<(String, u64)> {
+        let pipeline = or_ci(&self.pipeline, "pipeline")
+            .with_context(|| missing("pipeline", "SATCHEL_PIPELINE"))?;
+        let run = number_or_ci(self.run, "run").with_context(|| missing("run", "SATCHEL_RUN"))?;
+        Ok((pipeline, run))
+    }
+
+    /// The job context, or an error naming what is missing.
+    pub fn context(&self) -> anyhow::Result<JobContext> {
+        let (pipeline, run) = self.run_ref()?;
+        let job = or_ci(&self.job, "job").with_context(|| missing("job", "SATCHEL_JOB"))?;
+        Ok(JobContext {
+            pipeline,
+            run,
+            stage: or_ci(&self.stage, "stage"),
+            job,
+            step: or_ci(&self.step, "step"),
+            attempt: number_or_ci(self.attempt, "attempt").unwrap_or(1),
+            branch: or_ci(&self.branch, "branch"),
+            commit: or_ci(&self.commit, "commit"),
+        })
+    }
+
     /// Where a `$[…]` reference is resolved from: the run, and (when set)
     /// the asking job and its stage.
     pub fn run_context(&self) -> anyhow::Result<satchel_model::api::RunContext> {
+        let (pipeline, run) = self.run_ref()?;
         Ok(satchel_model::api::RunContext {
-            pipeline: self
-                .pipeline
-                .clone()
-                .filter(|s| !s.is_empty())
-                .context("no pipeline: pass --pipeline or set SATCHEL_PIPELINE")?,
-            run: self.run.context("no run: pass --run or set SATCHEL_RUN")?,
-            stage: self.stage.clone().filter(|s| !s.is_empty()),
-            job: self.job.clone().filter(|s| !s.is_empty()),
+            pipeline,
+            run,
+            stage: or_ci(&self.stage, "stage"),
+            job: or_ci(&self.job, "job"),
         })
+    }
+
+    /// Every field with its value and where it came from, for `satchel
+    /// context`.
+    pub fn explain(&self) -> Vec<(&'static str, Option<String>, String)> {
+        let d = detected();
+        let from = |field: &str, given: Option<String>, var: &str| -> (Option<String>, String) {
+            if let Some(v) = given.filter(|s| !s.is_empty()) {
+                let src = if std::env::var(var).ok().as_deref() == Some(v.as_str()) {
+                    var.to_string()
+                } else {
+                    format!("--{field}")
+                };
+                return (Some(v), src);
+            }
+            match d.and_then(|d| d.fields.iter().find(|f| f.name == field)) {
+                Some(f) => (
+                    Some(f.value.clone()),
+                    format!("{} ({})", f.from, d.map_or("", |d| d.ci)),
+                ),
+                None => (None, "not set".into()),
+            }
+        };
+        let mut out = Vec::new();
+        for (field, given, var) in [
+            ("pipeline", self.pipeline.clone(), "SATCHEL_PIPELINE"),
+            ("run", self.run.map(|r| r.to_string()), "SATCHEL_RUN"),
+            ("stage", self.stage.clone(), "SATCHEL_STAGE"),
+            ("job", self.job.clone(), "SATCHEL_JOB"),
+            ("step", self.step.clone(), "SATCHEL_STEP"),
+            (
+                "attempt",
+                self.attempt.map(|a| a.to_string()),
+                "SATCHEL_ATTEMPT",
+            ),
+            ("branch", self.branch.clone(), "SATCHEL_BRANCH"),
+            ("commit", self.commit.clone(), "SATCHEL_COMMIT"),
+        ] {
+            let (v, src) = from(field, given, var);
+            let (v, src) = if field == "attempt" && v.is_none() {
+                (Some("1".to_string()), "default".to_string())
+            } else {
+                (v, src)
+            };
+            out.push((field, v, src));
+        }
+        out
     }
 }
 
@@ -123,24 +203,22 @@ pub struct ScopeArgs {
 }
 
 impl ScopeArgs {
-    /// Pipeline and run, falling back to the job's environment.
+    /// Pipeline and run, falling back to the job's environment
+    /// (`SATCHEL_PIPELINE`, `SATCHEL_RUN`, then the detected CI).
     pub fn run(&self) -> anyhow::Result<(String, u64)> {
-        let pipeline = match &self.pipeline {
-            Some(p) => p.clone(),
-            None => std::env::var("SATCHEL_PIPELINE")
-                .ok()
-                .filter(|s| !s.is_empty())
-                .context("no pipeline: pass --pipeline or set SATCHEL_PIPELINE")?,
-        };
+        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+        let pipeline = self.pipeline.clone().or_else(|| env("SATCHEL_PIPELINE"));
         let run = match self.run {
-            Some(r) => r,
-            None => std::env::var("SATCHEL_RUN")
-                .ok()
-                .filter(|s| !s.is_empty())
-                .context("no run: pass --run (or --build) or set SATCHEL_RUN")?
-                .parse()
-                .context("SATCHEL_RUN is not a run number")?,
+            Some(r) => Some(r),
+            None => match env("SATCHEL_RUN") {
+                Some(r) => Some(r.parse().context("SATCHEL_RUN is not a run number")?),
+                None => None,
+            },
         };
+        let pipeline = or_ci(&pipeline, "pipeline")
+            .with_context(|| missing("pipeline", "SATCHEL_PIPELINE"))?;
+        let run =
+            number_or_ci(run, "run").with_context(|| missing("run (or --build)", "SATCHEL_RUN"))?;
         Ok((pipeline, run))
     }
 
@@ -154,4 +232,37 @@ impl ScopeArgs {
             include_retried_jobs: self.include_retried_jobs,
         }
     }
+}
+
+/// Options of `satchel context`.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// `satchel context`: what the CLI would use, and where each value came
+/// from.
+pub fn run_show(a: ShowArgs) -> anyhow::Result<()> {
+    let rows = a.job.explain();
+    let ci = detected().map(|d| d.ci);
+    if a.json {
+        let fields: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, v, src)| (k.to_string(), serde_json::json!({"value": v, "from": src})))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ci": ci, "fields": fields}))?
+        );
+        return Ok(());
+    }
+    println!("CI: {}", ci.unwrap_or("none detected"));
+    for (k, v, src) in rows {
+        println!("{k:<9} {:<40} {src}", v.unwrap_or_else(|| "-".into()));
+    }
+    Ok(())
 }

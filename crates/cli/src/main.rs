@@ -6,6 +6,7 @@
 //! Errors print once as `error: …` with their causes (`{:#}`) and exit 1;
 //! usage errors exit 2 (clap); a closed stdout pipe is not an error.
 
+mod admin;
 mod context;
 mod download;
 mod output;
@@ -46,6 +47,12 @@ enum Command {
     /// Download and list promoted packages.
     #[command(subcommand)]
     Package(refs::PackageCommand),
+    /// Show the job context the CLI detects (flags, SATCHEL_*, or the CI's
+    /// own variables) and where each value comes from.
+    Context(context::ShowArgs),
+    /// Operator commands (GitHub Actions runtime tokens).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +105,8 @@ fn main() -> ExitCode {
             Command::RunState(a) => refs::run_run_state(a).await,
             Command::Promote(a) => refs::run_promote(a).await,
             Command::Package(cmd) => refs::run_package(cmd).await,
+            Command::Admin(cmd) => admin::run(cmd).await,
+            Command::Context(a) => context::run_show(a),
         };
         done.map(|()| ExitCode::SUCCESS)
     });

@@ -124,11 +124,10 @@ pub async fn run_run_state(a: RunStateArgs) -> anyhow::Result<()> {
             RUN_STATES.join(", ")
         );
     }
-    let pipeline = a
-        .pipeline
-        .filter(|s| !s.is_empty())
-        .context("no pipeline: pass --pipeline or set SATCHEL_PIPELINE")?;
-    let run = a.run.context("no run: pass --run or set SATCHEL_RUN")?;
+    use crate::context::{missing, number_or_ci, or_ci};
+    let pipeline =
+        or_ci(&a.pipeline, "pipeline").with_context(|| missing("pipeline", "SATCHEL_PIPELINE"))?;
+    let run = number_or_ci(a.run, "run").with_context(|| missing("run", "SATCHEL_RUN"))?;
     let client = a.server.client()?;
     let r = client
         .set_run_state(
@@ -136,8 +135,8 @@ pub async fn run_run_state(a: RunStateArgs) -> anyhow::Result<()> {
             run,
             &SetRunState {
                 state: a.state,
-                branch: a.branch.filter(|s| !s.is_empty()),
-                commit: a.commit.filter(|s| !s.is_empty()),
+                branch: or_ci(&a.branch, "branch"),
+                commit: or_ci(&a.commit, "commit"),
             },
         )
         .await?;

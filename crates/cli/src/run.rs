@@ -133,7 +133,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let state = AppState::new(stores.db, stores.store, &token);
+            let state = AppState::new(stores.db, stores.store, &token).with_scratch(dir.scratch());
             let server = tokio::spawn(async move {
                 let _ = satchel_server::serve(listener, state, async {
                     let _ = stop_rx.await;

@@ -112,7 +112,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let _lock = stores.lock;
     satchel_server::serve(
         listener,
-        AppState::new(stores.db, stores.store, &token),
+        AppState::new(stores.db, stores.store, &token).with_scratch(dir.scratch()),
         shutdown_signal(),
     )
     .await?;

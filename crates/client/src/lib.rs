@@ -430,17 +430,30 @@ impl Client {
             .await?;
         Ok(self.body_stream(resp))
     }
+
+    /// Issues a GitHub Actions runtime token for one job (admin only):
+    /// `{token, expires_at, workflow_run_backend_id, workflow_job_run_backend_id}`.
+    pub async fn mint_gha_token(
+        &self,
+        pipeline: &str,
+        run: u64,
+        job: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            self.request(Method::POST, "/gha/tokens")
+                .json(&serde_json::json!({
+                    "pipeline": pipeline,
+                    "run": run,
+                    "job": job,
+                    "ttl_seconds": ttl_seconds,
+                })),
+        )
+        .await
+    }
 }
 
 /// Percent-encodes one path segment (RFC 3986 unreserved characters stay).
 pub fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    satchel_model::path::url_segment(segment)
 }

@@ -5,6 +5,7 @@
 //! and query is, and on the rules that pick files for a download.
 
 pub mod api;
+pub mod ci;
 pub mod expr;
 pub mod glob;
 pub mod id;

@@ -406,6 +406,7 @@ fn context_env(
         ("SATCHEL_JOB".into(), job.into()),
         ("SATCHEL_STEP".into(), step.into()),
         ("SATCHEL_ATTEMPT".into(), "1".into()),
+        ("SATCHEL_RUNNER".into(), "1".into()),
         ("SATCHEL_WORKSPACE".into(), workspace.display().to_string()),
         (
             "SATCHEL_SOURCE_DIR".into(),

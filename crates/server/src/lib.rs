@@ -7,6 +7,7 @@
 
 pub mod error;
 mod extract;
+pub mod gha;
 mod routes;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct AppState {
     pub store: Arc<dyn ContentStore>,
     admin_token_hash: [u8; 32],
     api_requests: Arc<std::sync::atomic::AtomicU64>,
+    /// The GitHub Actions artifact protocol.
+    pub gha: Arc<gha::Gha>,
 }
 
 impl AppState {
@@ -40,12 +43,27 @@ impl AppState {
         store: Arc<dyn ContentStore>,
         admin_token: &str,
     ) -> AppState {
+        let admin_token_hash: [u8; 32] = Sha256::digest(admin_token.as_bytes()).into();
+        let scratch = std::env::temp_dir().join(format!(
+            "satchel-scratch-{}",
+            satchel_model::id::random_hex(8)
+        ));
         AppState {
             db,
             store,
-            admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            admin_token_hash,
             api_requests: Arc::default(),
+            gha: Arc::new(gha::Gha::new(&admin_token_hash, scratch)),
         }
+    }
+
+    /// Uses `dir` for scratch files (blocks of protocol uploads waiting for
+    /// their block list); it is emptied now.
+    pub fn with_scratch(mut self, dir: PathBuf) -> AppState {
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys_secret = self.admin_token_hash;
+        self.gha = Arc::new(gha::Gha::new(&keys_secret, dir));
+        self
     }
 }
 
@@ -67,6 +85,10 @@ impl DataDir {
     /// The admin token file.
     pub fn admin_token(&self) -> PathBuf {
         self.root.join("admin.token")
+    }
+    /// Scratch space (emptied at start-up).
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join("scratch")
     }
 }
 
@@ -182,6 +204,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/metrics", axum::routing::get(metrics))
         .nest("/api/v1", api)
+        .merge(gha::routes())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
         })

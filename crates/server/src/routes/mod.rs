@@ -37,6 +37,7 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/artifacts", post(pipelines::create_typed))
         .route("/artifacts/{id}/archive", get(pipelines::artifact_archive))
         .route("/resolve", post(pipelines::resolve))
+        .route("/gha/tokens", post(crate::gha::mint_token))
         .route("/packages", post(pipelines::promote))
         .route("/packages/{repo}", get(pipelines::list_packages))
         .route(

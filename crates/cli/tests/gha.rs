@@ -1,0 +1,244 @@
+//! End-to-end: the real `@actions/artifact` clients (2.3.x, as
+//! upload-artifact@v4 uses, and 6.x) against the real server, driven by
+//! tests/gha/conformance.mjs; then the same artifacts through the CLI, and
+//! the protocol's refusals (tokens, signatures, ids).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn gha_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/gha")
+}
+
+/// `satchel admin gha-token` output, parsed: (results URL, token).
+fn mint(s: &Server, job: &str, extra: &[&str]) -> (String, String) {
+    let agent = s.agent(Path::new("."), "gh", 1, job);
+    let mut args = vec![
+        "admin",
+        "gha-token",
+        "--pipeline",
+        "gh",
+        "--run",
+        "1",
+        "--job",
+        job,
+    ];
+    args.extend_from_slice(extra);
+    let out = agent.ok(&args);
+    let get = |var: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {var}=")))
+            .unwrap_or_else(|| panic!("no {var} in {out}"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    (get("ACTIONS_RESULTS_URL"), get("ACTIONS_RUNTIME_TOKEN"))
+}
+
+fn node(which: &str, work: &Path, results: &str, token: &str) {
+    let dir = gha_dir();
+    assert!(
+        dir.join("node_modules/artifact-v2").exists() && dir.join("node_modules/artifact-v6").exists(),
+        "the @actions/artifact clients are not installed: run `npm ci` in tests/gha (scripts/test.sh does)"
+    );
+    let out = Command::new("node")
+        .arg(dir.join("conformance.mjs"))
+        .arg(which)
+        .arg(work)
+        .current_dir(&dir)
+        .env("ACTIONS_RESULTS_URL", results)
+        .env("ACTIONS_RUNTIME_TOKEN", token)
+        .env("ACTIONS_ARTIFACT_UPLOAD_CONCURRENCY", "4")
+        .env_remove("GITHUB_SERVER_URL")
+        .env_remove("ACTIONS_RUNTIME_URL")
+        .output()
+        .expect("running node (scripts/test.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "node conformance.mjs {which} failed:\n{text}"
+    );
+    assert!(text.contains("all checks passed"), "{text}");
+}
+
+#[test]
+fn real_actions_artifact_clients_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let (url, token) = mint(&s, "build", &[]);
+    assert_eq!(url, format!("{}/", s.url));
+    node("v2", d.path(), &url, &token);
+    let (_, token6) = mint(&s, "build6", &[]);
+    node("v6", d.path(), &url, &token6);
+
+    // The same artifacts are ordinary Satchel artifacts.
+    let ws = d.path().join("ws");
+    let agent = s.agent(d.path(), "gh", 1, "later");
+    agent.ok(&[
+        "artifact",
+        "download-artifact",
+        "bundle-v2",
+        "report.txt",
+        "--dest",
+        ws.to_str().unwrap(),
+    ]);
+    let zip = std::fs::read(ws.join("bundle-v2/bundle-v2.zip")).unwrap();
+    assert_eq!(&zip[..2], b"PK", "a zip archive");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("report.txt/report.txt")).unwrap(),
+        "raw report\n"
+    );
+    let list = agent.ok(&["artifact", "search", "--json", "**"]);
+    let files: Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["artifact_name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"bundle-v6") && !names.iter().any(|n| n.starts_with("scratch")));
+}
+
+#[test]
+fn protocol_refusals() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let (url, token) = mint(&s, "build", &[]);
+    let twirp = |method: &str, token: &str, body: Value| {
+        let http = s.http();
+        let u = format!("{url}twirp/github.actions.results.api.v1.ArtifactService/{method}");
+        let token = token.to_string();
+        async move {
+            let r = http
+                .post(u)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (status, v)
+        }
+    };
+    let ids = serde_json::json!({
+        "workflow_run_backend_id": "satchel.gh.1",
+        "workflow_job_run_backend_id": "build",
+    });
+    let with = |extra: Value| {
+        let mut v = ids.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    rt().block_on(async {
+        // Tokens: missing, foreign, tampered, another job's ids.
+        let (st, v) = twirp("ListArtifacts", "", ids.clone()).await;
+        assert_eq!((st, v["code"].as_str()), (401, Some("unauthenticated")));
+        let mut bad = token.clone();
+        bad.pop();
+        bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+        let (st, _) = twirp("ListArtifacts", &bad, ids.clone()).await;
+        assert_eq!(st, 401);
+        let other = serde_json::json!({
+            "workflow_run_backend_id": "satchel.gh.1",
+            "workflow_job_run_backend_id": "deploy",
+        });
+        let (st, v) = twirp("ListArtifacts", &token, other).await;
+        assert_eq!((st, v["code"].as_str()), (403, Some("permission_denied")));
+        // Bad input: names, int64s, unknown methods; nothing is created.
+        let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "a/b"}))).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+        let (st, _) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "x", "size": "nope"}))).await;
+        assert_eq!(st, 400);
+        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "x", "size": "1"}))).await;
+        assert_eq!((st, v["code"].as_str()), (404, Some("not_found")));
+        let (st, v) = twirp("Nope", &token, ids.clone()).await;
+        assert_eq!((st, v["code"].as_str()), (404, Some("bad_route")));
+        let (st, v) = twirp("ListArtifacts", &token, ids.clone()).await;
+        assert_eq!(st, 200);
+        assert_eq!(v["artifacts"], serde_json::json!([]));
+
+        // Signed URLs: tampering and wrong hashes are refused.
+        let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "art", "version": 4}))).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["ok"], true);
+        let signed = v["signed_upload_url"].as_str().unwrap().to_string();
+        let http = s.http();
+        let tampered = signed.replace("sig=", "sig=00");
+        let r = http
+            .put(format!("{tampered}&comp=block&blockid=QUFB"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let unsigned = signed.split('?').next().unwrap().to_string();
+        let r = http.put(format!("{unsigned}?comp=block&blockid=QUFB")).body("x").send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        // Blocks out of order, one retried; the list decides the order.
+        for (id, body) in [("QkJC", "world"), ("QUFB", "hello "), ("QkJC", "world!")] {
+            let r = http
+                .put(format!("{signed}&comp=block&blockid={id}"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let r = http
+            .put(format!("{signed}&comp=blocklist"))
+            .body("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest><Latest>Q0ND</Latest></BlockList>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "an unknown block is refused");
+        let r = http
+            .put(format!("{signed}&comp=blocklist"))
+            .body("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": wrong}))).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("digest mismatch"));
+        let right = {
+            use sha2::Digest as _;
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"hello world!")))
+        };
+        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": right}))).await;
+        assert_eq!(st, 200, "{v}");
+        assert!(v["artifact_id"].as_str().unwrap().parse::<i64>().unwrap() > 0);
+        let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "art"}))).await;
+        assert_eq!((st, v["code"].as_str()), (409, Some("already_exists")));
+        let (_, v) = twirp("GetSignedArtifactURL", &token, with(serde_json::json!({"name": "art"}))).await;
+        let dl = v["signed_url"].as_str().unwrap().to_string();
+        let r = http.get(&dl).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/zip");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello world!");
+        let r = http.get(dl.replace("sig=", "sig=1")).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    });
+
+    // An expired token is refused.
+    let (_, short) = mint(&s, "build", &["--ttl", "1"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    rt().block_on(async {
+        let (st, v) = twirp("ListArtifacts", &short, ids.clone()).await;
+        assert_eq!(st, 401);
+        assert!(v["msg"].as_str().unwrap().contains("expired"), "{v}");
+    });
+}

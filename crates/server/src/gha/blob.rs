@@ -1,0 +1,383 @@
+//! The signed blob URLs of the GitHub Actions protocol: the subset of the
+//! Azure Blob block API that the client's Azure SDK uses to upload, and a
+//! plain download.
+//!
+//! - `PUT …?comp=block&blockid=ID`: one block, stored as a scratch file
+//!   named after its id. Blocks arrive concurrently and out of order; a
+//!   retry with the same id replaces the block. Answers 201.
+//! - `PUT …?comp=blocklist` with `<BlockList><Latest>ID</Latest>…`: the
+//!   blob is the listed blocks in list order. It is hashed, stored in the
+//!   content store durably, and recorded; FinalizeArtifact then checks the
+//!   client's size and digest against it. Answers 201.
+//! - `PUT …` without `comp`: the whole blob in one request (Put Blob).
+//! - `GET /gha-blob/d/…`: the file, 200, `application/zip` for archives.
+
+use std::path::{Path as FsPath, PathBuf};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, TryStreamExt};
+use satchel_store::{Digest, Durability};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::{now_secs, TwirpError};
+use crate::AppState;
+
+/// Largest block accepted (Azure allows 4000 MiB; the client sends 8 MiB).
+const MAX_BLOCK: u64 = 256 * 1024 * 1024;
+/// Most blocks in one blob (Azure's limit).
+const MAX_BLOCKS: usize = 50_000;
+
+/// An upload between CreateArtifact and FinalizeArtifact.
+#[derive(Debug)]
+pub struct Session {
+    /// Random id, in the signed URL.
+    pub id: String,
+    /// The stored file's name: `NAME.zip`, or the raw file's name.
+    pub file_name: String,
+    /// Content type of the stored file.
+    pub mime: String,
+    /// Scratch directory of the blocks.
+    dir: PathBuf,
+    /// The committed blob: sha256 (hex) and size.
+    pub assembled: Option<(String, u64)>,
+}
+
+impl Session {
+    /// A new session with its scratch directory.
+    pub fn new(scratch: &FsPath, file_name: String, mime: String) -> std::io::Result<Session> {
+        let id = satchel_model::id::random_hex(16);
+        let dir = scratch.join(&id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Session {
+            id,
+            file_name,
+            mime,
+            dir,
+            assembled: None,
+        })
+    }
+
+    /// Removes the scratch blocks.
+    pub fn discard(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Params {
+    se: Option<u64>,
+    sig: Option<String>,
+    comp: Option<String>,
+    blockid: Option<String>,
+}
+
+fn forbidden(msg: &str) -> TwirpError {
+    TwirpError::new(StatusCode::FORBIDDEN, "permission_denied", msg)
+}
+
+fn check_signature(s: &AppState, what: &str, p: &Params) -> Result<(), TwirpError> {
+    let (Some(se), Some(sig)) = (p.se, p.sig.as_deref()) else {
+        return Err(forbidden("this URL is not signed"));
+    };
+    if se <= now_secs() {
+        return Err(forbidden("this signed URL has expired"));
+    }
+    if !s.gha.keys.check_url(what, se, sig, now_secs()) {
+        return Err(forbidden("the signature of this URL is not valid"));
+    }
+    Ok(())
+}
+
+/// The scratch directory of the live session with this id.
+fn session_dir(s: &AppState, id: &str) -> Result<PathBuf, TwirpError> {
+    let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    sessions
+        .values()
+        .find(|x| x.id == id)
+        .map(|x| x.dir.clone())
+        .ok_or_else(|| {
+            TwirpError::not_found("no upload in progress for this URL (finalized or replaced)")
+        })
+}
+
+/// A block id as a safe file name: hex of its bytes.
+fn block_file(dir: &FsPath, id: &str) -> Result<PathBuf, TwirpError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(TwirpError::invalid("block ids are 1 to 128 characters"));
+    }
+    Ok(dir.join(format!("{}.block", hex::encode(id.as_bytes()))))
+}
+
+/// Streams `body` into `path` (via a temp file and rename), at most `max` bytes.
+async fn write_body(body: Body, path: &FsPath, max: u64) -> Result<u64, TwirpError> {
+    let tmp = path.with_extension(format!("tmp{}", satchel_model::id::random_hex(4)));
+    let res = async {
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| TwirpError::internal(format!("scratch write: {e}")))?;
+        let mut stream = body.into_data_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| TwirpError::invalid(format!("reading the body: {e}")))?;
+            n += chunk.len() as u64;
+            if n > max {
+                return Err(TwirpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_argument",
+                    format!("a block may hold at most {max} bytes"),
+                ));
+            }
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| TwirpError::internal(format!("scratch write: {e}")))?;
+        }
+        f.flush()
+            .await
+            .map_err(|e| TwirpError::internal(format!("scratch write: {e}")))?;
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| TwirpError::internal(format!("scratch rename: {e}")))?;
+        Ok(n)
+    }
+    .await;
+    if res.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    res
+}
+
+/// The block ids of a block list, in order (`Latest`, `Uncommitted` and
+/// `Committed` entries alike).
+pub fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
+    let start = xml
+        .find("<BlockList>")
+        .ok_or("the body is not a <BlockList>")?;
+    let end = xml[start..]
+        .find("</BlockList>")
+        .ok_or("the <BlockList> is not closed")?
+        + start;
+    let mut rest = &xml[start + "<BlockList>".len()..end];
+    let mut ids = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        let Some(open_end) = rest.find('>') else {
+            return Err("a block list entry is not closed".into());
+        };
+        let tag = &rest[1..open_end];
+        if !rest.starts_with('<') || !matches!(tag, "Latest" | "Uncommitted" | "Committed") {
+            return Err(format!(
+                "unexpected {:?} in the block list",
+                &rest[..open_end + 1]
+            ));
+        }
+        let close = format!("</{tag}>");
+        let body_end = rest[open_end + 1..]
+            .find(&close)
+            .ok_or_else(|| format!("<{tag}> is not closed"))?
+            + open_end
+            + 1;
+        let id = rest[open_end + 1..body_end].trim();
+        ids.push(
+            id.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &rest[body_end + close.len()..];
+    }
+    Ok(ids)
+}
+
+fn created() -> Response {
+    let mut r = StatusCode::CREATED.into_response();
+    r.headers_mut().insert(
+        "x-ms-request-server-encrypted",
+        HeaderValue::from_static("true"),
+    );
+    r
+}
+
+pub(super) async fn put(
+    State(s): State<AppState>,
+    Path((session, _file)): Path<(String, String)>,
+    Query(p): Query<Params>,
+    body: Body,
+) -> Result<Response, TwirpError> {
+    check_signature(&s, &format!("u/{session}"), &p)?;
+    let dir = session_dir(&s, &session)?;
+    match p.comp.as_deref() {
+        Some("block") => {
+            let id = p
+                .blockid
+                .as_deref()
+                .ok_or_else(|| TwirpError::invalid("comp=block needs a blockid"))?;
+            let path = block_file(&dir, id)?;
+            write_body(body, &path, MAX_BLOCK).await?;
+            Ok(created())
+        }
+        Some("blocklist") => {
+            let xml = axum::body::to_bytes(body, 16 * 1024 * 1024)
+                .await
+                .map_err(|e| TwirpError::invalid(format!("reading the block list: {e}")))?;
+            let xml = String::from_utf8(xml.to_vec())
+                .map_err(|_| TwirpError::invalid("the block list is not UTF-8"))?;
+            let ids = parse_block_list(&xml).map_err(TwirpError::invalid)?;
+            if ids.len() > MAX_BLOCKS {
+                return Err(TwirpError::invalid(format!(
+                    "a block list may name at most {MAX_BLOCKS} blocks"
+                )));
+            }
+            let mut files = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let f = block_file(&dir, id)?;
+                if !f.exists() {
+                    return Err(TwirpError::invalid(format!(
+                        "the block list names block {id:?}, which was never uploaded"
+                    )));
+                }
+                files.push(f);
+            }
+            commit(&s, &session, files).await?;
+            Ok(created())
+        }
+        None => {
+            let path = dir.join("whole.blob");
+            write_body(body, &path, u64::MAX).await?;
+            commit(&s, &session, vec![path]).await?;
+            Ok(created())
+        }
+        Some(other) => Err(TwirpError::invalid(format!(
+            "comp={other} is not supported (block and blocklist are)"
+        ))),
+    }
+}
+
+/// Hashes the blob made of `files` in order, stores it durably, records it,
+/// and remembers it as the session's content.
+async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), TwirpError> {
+    let to_hash = files.clone();
+    let (digest, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1024 * 1024];
+        for f in &to_hash {
+            let mut file = std::fs::File::open(f)?;
+            loop {
+                let k = std::io::Read::read(&mut file, &mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+        }
+        Ok((Digest(h.finalize().into()), n))
+    })
+    .await
+    .map_err(|e| TwirpError::internal(e.to_string()))?
+    .map_err(|e| TwirpError::internal(format!("reading blocks: {e}")))?;
+    let stream = futures_util::stream::iter(files)
+        .then(|f| async move { tokio::fs::File::open(f).await })
+        .map_ok(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
+        .try_flatten()
+        .boxed();
+    let mut reader = tokio_util::io::StreamReader::new(stream);
+    s.store
+        .put(&digest, size, &mut reader, Durability::Sync)
+        .await?;
+    let hex = digest.to_hex();
+    s.db.record_blobs(&[(hex.clone(), size)]).await?;
+    let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(x) = sessions.values_mut().find(|x| x.id == session) {
+        x.assembled = Some((hex, size));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DownloadParams {
+    se: Option<u64>,
+    sig: Option<String>,
+}
+
+pub(super) async fn download(
+    State(s): State<AppState>,
+    Path((file_id, _file)): Path<(String, String)>,
+    Query(p): Query<DownloadParams>,
+) -> Result<Response, TwirpError> {
+    let params = Params {
+        se: p.se,
+        sig: p.sig,
+        comp: None,
+        blockid: None,
+    };
+    check_signature(&s, &format!("d/{file_id}"), &params)?;
+    if !satchel_model::id::is_id(&file_id) {
+        return Err(TwirpError::not_found("no such file"));
+    }
+    let f =
+        s.db.get_files(std::slice::from_ref(&file_id))
+            .await?
+            .remove(0);
+    let digest = Digest::from_hex(&f.sha256)?;
+    let stream = s.store.get(&digest, None).await?;
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(f.size));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&f.content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    );
+    let name: String = f
+        .path
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_lists_keep_their_order() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?><BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest>
+            <Uncommitted>Q0ND</Uncommitted><Latest>a&amp;b</Latest></BlockList>"#;
+        assert_eq!(
+            parse_block_list(xml).unwrap(),
+            ["QUFB", "QkJC", "Q0ND", "a&b"]
+        );
+        assert_eq!(
+            parse_block_list("<BlockList></BlockList>").unwrap(),
+            Vec::<String>::new()
+        );
+        for bad in [
+            "",
+            "<BlockList><Latest>x</BlockList>",
+            "<BlockList><Evil>x</Evil></BlockList>",
+            "<BlockList>",
+        ] {
+            assert!(parse_block_list(bad).is_err(), "{bad:?}");
+        }
+    }
+}

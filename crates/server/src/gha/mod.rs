@@ -1,0 +1,601 @@
+//! The GitHub Actions artifact protocol v4, as the unmodified
+//! `@actions/artifact` client (upload-artifact@v4+, download-artifact@v4+)
+//! speaks it.
+//!
+//! - Twirp JSON at the origin root:
+//!   `POST /twirp/github.actions.results.api.v1.ArtifactService/{Method}`,
+//!   authenticated by the runtime token ([`token`]), answering Twirp errors
+//!   `{code, msg}`. This protocol's error shape is its own boundary
+//!   ([`TwirpError`]); everything else keeps the API's one error boundary.
+//! - Signed blob URLs ([`blob`]) implementing the Azure Blob block-upload
+//!   subset the client uses, and plain downloads.
+//!
+//! Artifacts uploaded this way are ordinary Satchel artifacts: one file
+//! (`NAME.zip`, or the raw file with `skipArchive`), visible to the CLI,
+//! references and promotion. Their file's `glob` is `gha-zip` or `gha-raw`,
+//! which is how the protocol's listing tells them from other artifacts.
+
+pub mod blob;
+pub mod token;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use satchel_db::DbError;
+use satchel_model::api::{ArtifactState, CreateUpload, FileInfo, JobContext, NewFile};
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+
+use crate::AppState;
+use token::{Identity, Keys};
+
+/// How long a runtime token lives unless asked otherwise.
+pub const DEFAULT_TOKEN_TTL: u64 = 6 * 3600;
+/// How long signed upload URLs live.
+const UPLOAD_URL_TTL: u64 = 6 * 3600;
+/// How long signed download URLs live.
+const DOWNLOAD_URL_TTL: u64 = 3600;
+
+/// State of the protocol: keys, scratch space, uploads in progress.
+pub struct Gha {
+    /// Token and URL keys.
+    pub keys: Keys,
+    /// Where blocks wait for their block list.
+    pub scratch: PathBuf,
+    sessions: Mutex<HashMap<SessionKey, blob::Session>>,
+}
+
+type SessionKey = (String, u64, String, String);
+
+impl Gha {
+    /// Protocol state with keys derived from `secret` and blocks under
+    /// `scratch`.
+    pub fn new(secret: &[u8], scratch: PathBuf) -> Gha {
+        Gha {
+            keys: Keys::new(secret),
+            scratch,
+            sessions: Mutex::default(),
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    (satchel_model::id::now_millis() / 1000) as u64
+}
+
+/// A Twirp error: `{code, msg}` with the status Twirp assigns the code.
+#[derive(Debug)]
+pub struct TwirpError {
+    status: StatusCode,
+    code: &'static str,
+    msg: String,
+}
+
+impl TwirpError {
+    fn new(status: StatusCode, code: &'static str, msg: impl Into<String>) -> TwirpError {
+        TwirpError {
+            status,
+            code,
+            msg: msg.into(),
+        }
+    }
+    fn invalid(msg: impl Into<String>) -> TwirpError {
+        TwirpError::new(StatusCode::BAD_REQUEST, "invalid_argument", msg)
+    }
+    fn not_found(msg: impl Into<String>) -> TwirpError {
+        TwirpError::new(StatusCode::NOT_FOUND, "not_found", msg)
+    }
+    fn internal(msg: impl Into<String>) -> TwirpError {
+        TwirpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)
+    }
+}
+
+impl IntoResponse for TwirpError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!("twirp {}: {}", self.code, self.msg);
+        }
+        (
+            self.status,
+            axum::Json(json!({"code": self.code, "msg": self.msg})),
+        )
+            .into_response()
+    }
+}
+
+impl From<DbError> for TwirpError {
+    fn from(e: DbError) -> TwirpError {
+        match e {
+            DbError::NotFound(m) => TwirpError::not_found(m),
+            DbError::Conflict(m) => TwirpError::new(StatusCode::CONFLICT, "already_exists", m),
+            DbError::Invalid(m) => TwirpError::invalid(m),
+            other => TwirpError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<satchel_store::StoreError> for TwirpError {
+    fn from(e: satchel_store::StoreError) -> TwirpError {
+        if e.is_client_error() {
+            TwirpError::invalid(e.to_string())
+        } else {
+            TwirpError::internal(e.to_string())
+        }
+    }
+}
+
+/// The routes at the origin root: Twirp and the signed blob URLs.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post, put};
+    axum::Router::new()
+        .route(
+            "/twirp/github.actions.results.api.v1.ArtifactService/{method}",
+            post(twirp),
+        )
+        .route(
+            "/gha-blob/u/{session}/{file}",
+            put(blob::put).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/gha-blob/d/{file_id}/{file}", get(blob::download))
+}
+
+/// proto-JSON int64: a string or a number.
+fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        S(String),
+        I(i64),
+    }
+    match Option::<N>::deserialize(d)? {
+        None => Ok(None),
+        Some(N::I(i)) => Ok(Some(i)),
+        Some(N::S(s)) if s.is_empty() => Ok(None),
+        Some(N::S(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an int64"))),
+    }
+}
+
+/// Every request field of the five methods; proto-JSON leaves defaults out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Request {
+    #[serde(alias = "workflowRunBackendId")]
+    workflow_run_backend_id: String,
+    #[serde(alias = "workflowJobRunBackendId")]
+    workflow_job_run_backend_id: String,
+    name: String,
+    #[serde(alias = "mimeType")]
+    mime_type: Option<String>,
+    #[serde(deserialize_with = "int64")]
+    size: Option<i64>,
+    hash: Option<String>,
+    #[serde(alias = "nameFilter")]
+    name_filter: Option<String>,
+    #[serde(alias = "idFilter", deserialize_with = "int64")]
+    id_filter: Option<i64>,
+    version: Option<i64>,
+    #[serde(alias = "expiresAt")]
+    expires_at: Option<String>,
+}
+
+/// The numeric id the protocol uses for an artifact: the time-ordered
+/// prefix of its Satchel id (newer artifacts get higher numbers).
+pub fn database_id(artifact_id: &str) -> i64 {
+    i64::from_str_radix(artifact_id.get(..15).unwrap_or("0"), 16).unwrap_or(0)
+}
+
+/// `scheme://host` of the request, for signed URLs.
+fn origin(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Identity, TwirpError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            TwirpError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "missing `Authorization: Bearer <ACTIONS_RUNTIME_TOKEN>`",
+            )
+        })?;
+    s.gha
+        .keys
+        .verify(token, now_secs())
+        .map_err(|e| TwirpError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+}
+
+async fn twirp(
+    State(s): State<AppState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, TwirpError> {
+    let who = authenticate(&s, &headers)?;
+    let req: Request = serde_json::from_slice(&body)
+        .map_err(|e| TwirpError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+    if req.workflow_run_backend_id != who.run_backend_id()
+        || req.workflow_job_run_backend_id != who.job_backend_id()
+    {
+        return Err(TwirpError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "this token is for run {:?} job {:?}; the request names run {:?} job {:?}",
+                who.run_backend_id(),
+                who.job_backend_id(),
+                req.workflow_run_backend_id,
+                req.workflow_job_run_backend_id
+            ),
+        ));
+    }
+    let answer = match method.as_str() {
+        "CreateArtifact" => create(&s, &who, &req, &origin(&headers)).await?,
+        "FinalizeArtifact" => finalize(&s, &who, &req).await?,
+        "ListArtifacts" => list(&s, &who, &req).await?,
+        "GetSignedArtifactURL" => signed_url(&s, &who, &req, &origin(&headers)).await?,
+        "DeleteArtifact" => delete(&s, &who, &req).await?,
+        other => {
+            return Err(TwirpError::new(
+                StatusCode::NOT_FOUND,
+                "bad_route",
+                format!("no method {other:?} in github.actions.results.api.v1.ArtifactService"),
+            ))
+        }
+    };
+    Ok(axum::Json(answer))
+}
+
+/// The finished, current protocol artifacts (one `gha-*` file each) of
+/// the token's run, oldest first.
+async fn run_artifacts(s: &AppState, who: &Identity) -> Result<Vec<FileInfo>, TwirpError> {
+    let run = match s.db.find_run(&who.pipeline, who.run).await {
+        Ok(r) => r,
+        Err(DbError::NotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut files: Vec<FileInfo> =
+        s.db.run_files(&run.id)
+            .await?
+            .into_iter()
+            .filter(|f| !f.producer.superseded)
+            .filter(|f| f.glob.as_deref().is_some_and(|g| g.starts_with("gha-")))
+            .collect();
+    files.sort_by(|a, b| a.artifact_id.cmp(&b.artifact_id));
+    Ok(files)
+}
+
+fn validate_name(name: &str) -> Result<(), TwirpError> {
+    satchel_model::names::validate_artifact_name(name)
+        .map_err(|e| TwirpError::invalid(e.to_string()))?;
+    if name == "default" {
+        return Err(TwirpError::invalid(
+            "`default` names a job's default artifact in Satchel; choose another name",
+        ));
+    }
+    Ok(())
+}
+
+fn session_key(who: &Identity, name: &str) -> SessionKey {
+    (
+        who.pipeline.clone(),
+        who.run,
+        who.job.clone(),
+        name.to_string(),
+    )
+}
+
+async fn create(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+    origin: &str,
+) -> Result<serde_json::Value, TwirpError> {
+    validate_name(&req.name)?;
+    if let Some(v) = req.version {
+        if v != 4 && v != 7 {
+            return Err(TwirpError::invalid(format!(
+                "artifact version {v} is not supported (4 and 7 are)"
+            )));
+        }
+    }
+    if let Some(f) = run_artifacts(s, who)
+        .await?
+        .iter()
+        .find(|f| f.artifact_name == req.name)
+    {
+        return Err(TwirpError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "an artifact named {:?} already exists in run {} of pipeline {:?} (uploaded by job {:?}); artifact names are unique within a run",
+                req.name, who.run, who.pipeline, f.producer.job
+            ),
+        ));
+    }
+    let mime = req
+        .mime_type
+        .clone()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "application/zip".into());
+    let zip = mime == "application/zip";
+    let file_name = if zip {
+        format!("{}.zip", req.name)
+    } else {
+        req.name.clone()
+    };
+    satchel_model::path::validate(&file_name).map_err(|e| TwirpError::invalid(e.to_string()))?;
+    let session = blob::Session::new(&s.gha.scratch, file_name, mime)
+        .map_err(|e| TwirpError::internal(format!("creating upload scratch space: {e}")))?;
+    let expires = now_secs() + UPLOAD_URL_TTL;
+    let url = format!(
+        "{origin}/gha-blob/u/{}/{}?se={expires}&sig={}",
+        session.id,
+        satchel_model::path::url_segment(&session.file_name),
+        s.gha.keys.sign_url(&format!("u/{}", session.id), expires)
+    );
+    let old = s
+        .gha
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(session_key(who, &req.name), session);
+    if let Some(old) = old {
+        old.discard();
+    }
+    Ok(json!({"ok": true, "signed_upload_url": url}))
+}
+
+async fn finalize(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+) -> Result<serde_json::Value, TwirpError> {
+    validate_name(&req.name)?;
+    let key = session_key(who, &req.name);
+    let (file_name, mime, assembled) = {
+        let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sess) = sessions.get(&key) else {
+            return Err(TwirpError::not_found(format!(
+                "no upload of artifact {:?} is in progress for this job; call CreateArtifact first",
+                req.name
+            )));
+        };
+        (
+            sess.file_name.clone(),
+            sess.mime.clone(),
+            sess.assembled.clone(),
+        )
+    };
+    let Some((sha256, size)) = assembled else {
+        return Err(TwirpError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition",
+            format!(
+                "artifact {:?} has no committed content: upload its blocks and the block list first",
+                req.name
+            ),
+        ));
+    };
+    if let Some(want) = req.size {
+        if want != size as i64 {
+            return Err(TwirpError::invalid(format!(
+                "size mismatch for {:?}: the block list assembled {size} bytes, FinalizeArtifact says {want}",
+                req.name
+            )));
+        }
+    }
+    if let Some(h) = req.hash.as_deref().filter(|h| !h.is_empty()) {
+        let want = h.strip_prefix("sha256:").unwrap_or(h).to_ascii_lowercase();
+        if want != sha256 {
+            return Err(TwirpError::invalid(format!(
+                "digest mismatch for {:?}: the uploaded bytes have sha256:{sha256}, FinalizeArtifact says {h}",
+                req.name
+            )));
+        }
+    }
+    let zip = mime == "application/zip";
+    let plan =
+        s.db.create_upload(&CreateUpload {
+            context: JobContext {
+                pipeline: who.pipeline.clone(),
+                run: who.run,
+                stage: None,
+                job: who.job.clone(),
+                step: None,
+                attempt: 1,
+                branch: None,
+                commit: None,
+            },
+            name: Some(req.name.clone()),
+            files: vec![NewFile {
+                path: file_name,
+                size,
+                sha256,
+                mode: 0o644,
+                content_type: Some(mime),
+                source_path: None,
+                glob: Some(if zip { "gha-zip" } else { "gha-raw" }.into()),
+            }],
+            exclusive: true,
+        })
+        .await?;
+    let done = s.db.finish_upload(&plan.upload_id).await?;
+    if let Some(sess) = s
+        .gha
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key)
+    {
+        sess.discard();
+    }
+    Ok(json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()}))
+}
+
+async fn list(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+) -> Result<serde_json::Value, TwirpError> {
+    let artifacts: Vec<serde_json::Value> = run_artifacts(s, who)
+        .await?
+        .into_iter()
+        .filter(|f| {
+            req.name_filter
+                .as_deref()
+                .is_none_or(|n| n.is_empty() || f.artifact_name == n)
+        })
+        .filter(|f| {
+            req.id_filter
+                .is_none_or(|i| database_id(&f.artifact_id) == i)
+        })
+        .map(|f| {
+            json!({
+                "workflow_run_backend_id": who.run_backend_id(),
+                "workflow_job_run_backend_id": f.producer.job,
+                "database_id": database_id(&f.artifact_id).to_string(),
+                "name": f.artifact_name,
+                "size": f.size.to_string(),
+                "created_at": f.uploaded_at,
+                "digest": format!("sha256:{}", f.sha256),
+            })
+        })
+        .collect();
+    Ok(json!({ "artifacts": artifacts }))
+}
+
+async fn find_named(s: &AppState, who: &Identity, name: &str) -> Result<FileInfo, TwirpError> {
+    run_artifacts(s, who)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|f| f.artifact_name == name)
+        .ok_or_else(|| {
+            TwirpError::not_found(format!(
+                "no artifact named {name:?} in run {} of pipeline {:?}",
+                who.run, who.pipeline
+            ))
+        })
+}
+
+async fn signed_url(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+    origin: &str,
+) -> Result<serde_json::Value, TwirpError> {
+    let f = find_named(s, who, &req.name).await?;
+    let expires = now_secs() + DOWNLOAD_URL_TTL;
+    let url = format!(
+        "{origin}/gha-blob/d/{}/{}?se={expires}&sig={}",
+        f.id,
+        satchel_model::path::url_segment(&f.path),
+        s.gha.keys.sign_url(&format!("d/{}", f.id), expires)
+    );
+    Ok(json!({ "signed_url": url }))
+}
+
+async fn delete(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+) -> Result<serde_json::Value, TwirpError> {
+    let f = find_named(s, who, &req.name).await?;
+    let a = s.db.delete_artifact(&f.artifact_id).await?;
+    debug_assert_eq!(a.state, ArtifactState::Deleted);
+    Ok(json!({"ok": true, "artifact_id": database_id(&f.artifact_id).to_string()}))
+}
+
+/// `POST /api/v1/gha/tokens` (admin): a runtime token for one job.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MintToken {
+    pipeline: String,
+    run: u64,
+    job: String,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+pub(crate) async fn mint_token(
+    State(s): State<AppState>,
+    crate::extract::Json(req): crate::extract::Json<MintToken>,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    satchel_model::names::validate_key("pipeline", &req.pipeline)?;
+    satchel_model::names::validate_key("job", &req.job)?;
+    if req.run == 0 || req.run > i64::MAX as u64 {
+        return Err(crate::error::ApiError::bad_request(
+            "run numbers start at 1",
+        ));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL);
+    if ttl == 0 || ttl > 7 * 24 * 3600 {
+        return Err(crate::error::ApiError::bad_request(
+            "ttl_seconds must be between 1 and 604800 (7 days)",
+        ));
+    }
+    let who = Identity {
+        pipeline: req.pipeline,
+        run: req.run,
+        job: req.job,
+    };
+    let now = now_secs();
+    Ok(axum::Json(json!({
+        "token": s.gha.keys.issue(&who, now, ttl),
+        "expires_at": satchel_model::id::rfc3339_millis(((now + ttl) * 1000) as i64),
+        "workflow_run_backend_id": who.run_backend_id(),
+        "workflow_job_run_backend_id": who.job_backend_id(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_json_requests() {
+        let r: Request = serde_json::from_str(
+            r#"{"workflow_run_backend_id":"a","workflow_job_run_backend_id":"b","name":"n","size":"123","hash":"sha256:ab","version":4}"#,
+        )
+        .unwrap();
+        assert_eq!(r.size, Some(123));
+        assert_eq!(r.hash.as_deref(), Some("sha256:ab"));
+        let r: Request =
+            serde_json::from_str(r#"{"workflowRunBackendId":"a","size":5,"idFilter":"7"}"#)
+                .unwrap();
+        assert_eq!(r.workflow_run_backend_id, "a");
+        assert_eq!((r.size, r.id_filter), (Some(5), Some(7)));
+        let r: Request = serde_json::from_str("{}").unwrap();
+        assert_eq!(r.name, "");
+        assert!(serde_json::from_str::<Request>(r#"{"size":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn database_ids_follow_creation_order() {
+        let a = satchel_model::id::new_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = satchel_model::id::new_id();
+        assert!(database_id(&b) > database_id(&a));
+        assert!(database_id(&a) > 0);
+    }
+}
