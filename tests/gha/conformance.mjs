@@ -60,7 +60,7 @@ assert.ok(fs.readFileSync(path.join(out, 'nested/big.bin')).equals(big), 'big fi
 // A second upload with the same name in the run is refused (409).
 await assert.rejects(
   client.uploadArtifact(name, [files[0]], src),
-  e => { log('duplicate refused:', e.message.split('\n')[0]); return true; },
+  e => { log('duplicate refused:', e.message.split('\n')[0]); return e.message.includes('(409)'); },
   'duplicate name is refused'
 );
 
