@@ -50,7 +50,7 @@ enum Command {
     /// Show the job context the CLI detects (flags, SATCHEL_*, or the CI's
     /// own variables) and where each value comes from.
     Context(context::ShowArgs),
-    /// Operator commands (GitHub Actions runtime tokens).
+    /// Operator commands: gc, fsck, GitHub Actions runtime tokens.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
 }

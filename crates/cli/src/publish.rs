@@ -33,6 +33,10 @@ pub struct PublishArgs {
     /// Content type for every file (default: from the extension).
     #[arg(long)]
     content_type: Option<String>,
+    /// Expire the artifact after this long (e.g. 7d; default: the server's
+    /// retention).
+    #[arg(long, value_parser = crate::upload::parse_expire)]
+    expire_in: Option<u64>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -145,6 +149,7 @@ pub async fn run_publish(a: PublishArgs) -> anyhow::Result<()> {
     let how = Sending {
         name: Some(a.name.clone()),
         exclusive: true,
+        expire_in_secs: a.expire_in,
         content_type: a.content_type.clone(),
         quiet: a.quiet || a.json,
     };
@@ -157,6 +162,10 @@ pub struct TypedArgs {
     /// Artifact name, unique in the run.
     #[arg(long)]
     name: String,
+    /// Expire the artifact after this long (e.g. 7d; default: the server's
+    /// retention).
+    #[arg(long, value_parser = crate::upload::parse_expire)]
+    expire_in: Option<u64>,
     /// Print the artifact as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -203,6 +212,7 @@ async fn publish_typed(
         name: t.name,
         image,
         link,
+        expire_in_secs: t.expire_in,
     };
     let client = t.server.client()?;
     let a = client.create_typed(&req).await?;

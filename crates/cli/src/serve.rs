@@ -16,6 +16,12 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "SATCHEL_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
+    /// Days until artifacts expire when they do not say (0: never).
+    #[arg(long, env = "SATCHEL_RETENTION_DAYS", default_value_t = satchel_server::maintenance::DEFAULT_RETENTION_DAYS)]
+    retention_days: u64,
+    /// Minutes between garbage collection passes (0: only `satchel admin gc`).
+    #[arg(long, env = "SATCHEL_GC_MINUTES", default_value_t = 60)]
+    gc_minutes: u64,
 }
 
 /// The admin token: `SATCHEL_ADMIN_TOKEN`, else the saved one, else a new
@@ -110,12 +116,16 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     let _lock = stores.lock;
-    satchel_server::serve(
-        listener,
-        AppState::new(stores.db, stores.store, &token).with_scratch(dir.scratch()),
-        shutdown_signal(),
-    )
-    .await?;
+    let state = AppState::new(stores.db, stores.store, &token)
+        .with_scratch(dir.scratch())
+        .with_retention_days(a.retention_days);
+    if a.gc_minutes > 0 {
+        satchel_server::maintenance::spawn_periodic_gc(
+            state.clone(),
+            std::time::Duration::from_secs(a.gc_minutes * 60),
+        );
+    }
+    satchel_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -37,6 +37,10 @@ pub struct UploadArgs {
     /// Treat patterns as literal paths, not globs.
     #[arg(long)]
     literal: bool,
+    /// Expire the artifact after this long (e.g. 7d, 12h; default: the
+    /// server's retention, 180 days unless configured).
+    #[arg(long, value_parser = parse_expire)]
+    expire_in: Option<u64>,
     /// Skip symbolic links instead of uploading their targets.
     #[arg(long)]
     skip_symlinks: bool,
@@ -50,6 +54,11 @@ pub struct UploadArgs {
     job: JobArgs,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+/// Parses `--expire-in`.
+pub fn parse_expire(s: &str) -> Result<u64, String> {
+    satchel_model::api::parse_duration(s)
 }
 
 /// A local file to upload and the path it is stored under.
@@ -342,6 +351,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let how = Sending {
         name: a.name.clone(),
         exclusive: false,
+        expire_in_secs: a.expire_in,
         content_type: a.content_type.clone(),
         quiet: a.quiet || a.json,
     };
@@ -371,6 +381,8 @@ pub struct Sending {
     pub name: Option<String>,
     /// Publish semantics: the name must be new in the run.
     pub exclusive: bool,
+    /// Seconds until the artifact expires (default: the server's).
+    pub expire_in_secs: Option<u64>,
     /// Content type for every file.
     pub content_type: Option<String>,
     /// No progress bar.
@@ -449,6 +461,7 @@ pub async fn send(
             name: how.name.clone(),
             files,
             exclusive: how.exclusive,
+            expire_in_secs: how.expire_in_secs,
         })
         .await?;
 

@@ -581,32 +581,8 @@ fn named_typed_artifacts_promotion_and_a_remote_runner() {
         "{err}"
     );
     agent.ok(&["promote", "notes", "--to", "releases/notes@1"]);
-    let id = rt().block_on(async {
-        let v: Value = s
-            .get("/pipelines/rel/runs/1/artifacts")
-            .await
-            .json()
-            .await
-            .unwrap();
-        let a = v["artifacts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == "app")
-            .unwrap()
-            .clone();
-        a["id"].as_str().unwrap().to_string()
-    });
-    rt().block_on(async {
-        let r = s
-            .http()
-            .delete(s.api(&format!("/artifacts/{id}")))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    });
+    let id = s.artifact_id("rel", 1, "app");
+    s.delete_artifact(&id);
     let pkg = d.path().join("pkg");
     agent.ok(&[
         "package",

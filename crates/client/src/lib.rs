@@ -431,6 +431,25 @@ impl Client {
         Ok(self.body_stream(resp))
     }
 
+    /// Runs garbage collection now (admin): expires due artifacts and
+    /// deletes content nothing live references that is older than
+    /// `grace_seconds` (default: the server's, one hour).
+    pub async fn admin_gc(
+        &self,
+        grace_seconds: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            self.request(Method::POST, "/admin/gc")
+                .json(&serde_json::json!({ "grace_seconds": grace_seconds })),
+        )
+        .await
+    }
+
+    /// Checks every referenced blob (admin); reports, never repairs.
+    pub async fn admin_fsck(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(Method::POST, "/admin/fsck")).await
+    }
+
     /// Issues a GitHub Actions runtime token for one job (admin only):
     /// `{token, expires_at, workflow_run_backend_id, workflow_job_run_backend_id}`.
     pub async fn mint_gha_token(

@@ -150,6 +150,23 @@ pub trait MetaStore: Send + Sync + 'static {
         name: &str,
         version: Option<&str>,
     ) -> Result<PackageWithFiles, DbError>;
+    /// Marks finished artifacts whose expiry is before `now_ms` as
+    /// `expired`, except those of the newest passed run of each pipeline
+    /// and branch; returns how many.
+    async fn expire_artifacts(&self, now_ms: i64) -> Result<u64, DbError>;
+    /// Up to `limit` blobs recorded before `cutoff_ms` that nothing live
+    /// references (no file of a live upload of a live artifact, no package).
+    async fn unreferenced_blobs(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, DbError>;
+    /// Deletes the rows of those `digests` that are still unreferenced, in
+    /// one transaction, and returns them: only their content may go.
+    async fn forget_blobs(&self, digests: &[String]) -> Result<Vec<String>, DbError>;
+    /// Every blob that finished artifacts and packages reference, with its
+    /// size, for fsck.
+    async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;
     /// Package versions of a repository (optionally one package), newest first.
     async fn list_packages(
         &self,

@@ -26,6 +26,7 @@ use crate::{DbError, MetaStore, UploadNeeds, UploadPlan};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_pipelines.sql"),
+    include_str!("../migrations/sqlite/0003_retention.sql"),
 ];
 const READERS: usize = 4;
 
@@ -490,6 +491,15 @@ fn create_upload_tx(
             }
         },
     };
+    if let Some(secs) = req.expire_in_secs {
+        // Only while the artifact is being created: later uploads into a
+        // finished artifact do not move its expiry.
+        tx.execute(
+            "UPDATE artifacts SET expires_at = created_at + ?2 WHERE id = ?1 AND state != 'finished'",
+            params![artifact_id, (secs as i64).saturating_mul(1000)],
+        )
+        .map_err(backend)?;
+    }
     let (artifact_name, artifact_state, kind): (String, String, String) = tx
         .query_row(
             "SELECT name, state, kind FROM artifacts WHERE id = ?1",
@@ -726,9 +736,19 @@ fn create_typed_tx(tx: &rusqlite::Transaction<'_>, req: &CreateTyped) -> Result<
     let now = now_millis();
     let id = new_id();
     tx.execute(
-        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, kind, meta, state, created_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, 'finished', ?7, ?7)",
-        params![id, run, job, req.name, kind, meta, now],
+        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, kind, meta, state, created_at, finished_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, 'finished', ?7, ?7, ?8)",
+        params![
+            id,
+            run,
+            job,
+            req.name,
+            kind,
+            meta,
+            now,
+            req.expire_in_secs
+                .map(|s| now.saturating_add((s as i64).saturating_mul(1000)))
+        ],
     )
     .map_err(backend)?;
     // An empty, finished upload records the producing step.
@@ -925,6 +945,16 @@ fn package_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Package)> {
         },
     ))
 }
+
+/// True for a blob row `b` that nothing live references: no file of a
+/// live upload (finished or in flight) of a live artifact, no package file.
+const UNREFERENCED: &str = "
+NOT EXISTS (SELECT 1 FROM files f
+              JOIN uploads u ON u.id = f.upload_id
+              JOIN artifacts a ON a.id = f.artifact_id
+            WHERE f.sha256 = b.sha256 AND u.state != 'error'
+              AND a.state NOT IN ('deleted', 'expired'))
+AND NOT EXISTS (SELECT 1 FROM package_files p WHERE p.sha256 = b.sha256)";
 
 const PACKAGE_SELECT: &str = "
 SELECT k.id, k.repository, k.name, k.version, k.kind, k.meta, k.origin, k.created_at,
@@ -1408,6 +1438,96 @@ impl MetaStore for SqliteStore {
                 .collect::<Result<_, _>>()
                 .map_err(backend)?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn expire_artifacts(&self, now_ms: i64) -> Result<u64, DbError> {
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE artifacts SET state = 'expired'
+                     WHERE state = 'finished' AND expires_at IS NOT NULL AND expires_at < ?1
+                       AND run_id NOT IN (
+                         SELECT r.id FROM runs r
+                         WHERE r.state = 'passed' AND r.number = (
+                           SELECT MAX(r2.number) FROM runs r2
+                           WHERE r2.pipeline_id = r.pipeline_id AND r2.state = 'passed'
+                             AND r2.branch IS r.branch))",
+                    [now_ms],
+                )
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn unreferenced_blobs(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, DbError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT b.sha256, b.size FROM blobs b
+                     WHERE b.created_at < ?1 AND {UNREFERENCED} LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let out = stmt
+                .query_map(params![cutoff_ms, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn forget_blobs(&self, digests: &[String]) -> Result<Vec<String>, DbError> {
+        let digests = digests.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "DELETE FROM blobs AS b WHERE b.sha256 = ?1 AND {UNREFERENCED}"
+                ))
+                .map_err(backend)?;
+            let mut gone = Vec::new();
+            for d in digests {
+                if stmt.execute([&d]).map_err(backend)? > 0 {
+                    gone.push(d);
+                }
+            }
+            Ok(gone)
+        })
+        .await
+    }
+
+    async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT f.sha256, MAX(f.size) FROM files f
+                       JOIN uploads u ON u.id = f.upload_id
+                       JOIN artifacts a ON a.id = f.artifact_id
+                     WHERE u.state = 'finished' AND a.state = 'finished'
+                     GROUP BY f.sha256
+                     UNION
+                     SELECT sha256, MAX(size) FROM package_files GROUP BY sha256",
+                )
+                .map_err(backend)?;
+            let rows: Vec<(String, u64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            let mut seen = HashSet::new();
+            Ok(rows
+                .into_iter()
+                .filter(|(d, _)| seen.insert(d.clone()))
+                .collect())
         })
         .await
     }

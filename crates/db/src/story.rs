@@ -37,6 +37,7 @@ fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> C
         name: name.map(String::from),
         files,
         exclusive: false,
+        expire_in_secs: None,
     }
 }
 
@@ -281,6 +282,7 @@ async fn pipelines(db: &dyn MetaStore) {
         name: name.into(),
         image: Some("example.com/app:1".into()),
         link: None,
+        expire_in_secs: None,
     };
     let img = db.create_typed(&typed("app", "img")).await.unwrap();
     assert_eq!(img.state, ArtifactState::Finished);

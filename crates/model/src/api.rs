@@ -82,6 +82,11 @@ pub struct CreateUpload {
     /// the owning job (a higher attempt) may publish it again.
     #[serde(default, skip_serializing_if = "is_false")]
     pub exclusive: bool,
+    /// Seconds until the artifact expires, counted from its creation
+    /// (default: the server's retention). Applies when this upload creates
+    /// the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_in_secs: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -386,6 +391,35 @@ pub struct CreateTyped {
     /// The link, for kind `link`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkInfo>,
+    /// Seconds until the artifact expires (default: the server's retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_in_secs: Option<u64>,
+}
+
+/// Parses a duration such as `90s`, `15m`, `12h`, `7d`, `2w` (a bare
+/// number is seconds) into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, e.g. 7d, 12h, 30m")
+    })?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: the unit must be s, m, h, d or w"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0 && *v <= 100 * 365 * 86_400)
+        .ok_or_else(|| format!("invalid duration {s:?}: between 1 second and 100 years"))
 }
 
 /// A stored file with everything a user may scope or check by.
@@ -781,6 +815,17 @@ mod tests {
             md5: None,
         };
         assert!(bad.validated().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        for bad in ["", "d", "7x", "0s", "-1d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

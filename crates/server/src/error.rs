@@ -96,6 +96,11 @@ impl From<StoreError> for ApiError {
                 "range_not_satisfiable",
                 e.to_string(),
             ),
+            StoreError::Corrupt { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "integrity_error",
+                e.to_string(),
+            ),
             StoreError::NotFound(_) => ApiError::internal(format!(
                 "stored content is missing: {e}; the content store lost data the metadata refers to"
             )),

@@ -8,6 +8,7 @@
 pub mod error;
 mod extract;
 pub mod gha;
+pub mod maintenance;
 mod routes;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,13 @@ pub struct AppState {
     api_requests: Arc<std::sync::atomic::AtomicU64>,
     /// The GitHub Actions artifact protocol.
     pub gha: Arc<gha::Gha>,
+    /// Writers of blobs hold it shared; garbage collection holds it
+    /// exclusively while it deletes, so a blob re-sent during a sweep is
+    /// never deleted after it was stored (see `maintenance`).
+    pub blob_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Retention of new artifacts that do not ask for one, in seconds
+    /// (`None`: keep forever).
+    pub default_expire_secs: Option<u64>,
 }
 
 impl AppState {
@@ -54,7 +62,15 @@ impl AppState {
             admin_token_hash,
             api_requests: Arc::default(),
             gha: Arc::new(gha::Gha::new(&admin_token_hash, scratch)),
+            blob_gate: Arc::default(),
+            default_expire_secs: Some(maintenance::DEFAULT_RETENTION_DAYS * 86_400),
         }
+    }
+
+    /// Sets the retention of new artifacts in days (0: keep forever).
+    pub fn with_retention_days(mut self, days: u64) -> AppState {
+        self.default_expire_secs = (days > 0).then(|| days.saturating_mul(86_400));
+        self
     }
 
     /// Uses `dir` for scratch files (blocks of protocol uploads waiting for

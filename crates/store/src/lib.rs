@@ -102,6 +102,14 @@ pub enum StoreError {
         /// Blob size.
         size: u64,
     },
+    /// Stored content no longer hashes to its digest (storage corruption).
+    #[error("integrity error: stored content {digest} now hashes to {actual}; it was not served")]
+    Corrupt {
+        /// The blob.
+        digest: Digest,
+        /// What the stored bytes hash to.
+        actual: Digest,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -138,6 +146,69 @@ pub enum Durability {
 
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Wraps a stream of a whole blob so that it hashes the bytes as they
+/// pass and fails, instead of ending cleanly, if they do not hash to
+/// `digest`. The last chunk is held back until the hash is checked: an
+/// HTTP response with a `Content-Length` stops reading once it has that
+/// many bytes, so the verdict must come before the last byte does. Readers
+/// (an HTTP response) then fail rather than deliver bad bytes as good.
+/// Backends use it for every whole-blob read.
+pub fn verified(stream: ByteStream, digest: Digest) -> ByteStream {
+    use futures_util::StreamExt;
+    use sha2::Digest as _;
+    struct State {
+        inner: ByteStream,
+        hasher: sha2::Sha256,
+        held: Option<Bytes>,
+        done: bool,
+    }
+    let state = State {
+        inner: stream,
+        hasher: sha2::Sha256::new(),
+        held: None,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                match st.inner.next().await {
+                    Some(Ok(chunk)) if chunk.is_empty() => continue,
+                    Some(Ok(chunk)) => {
+                        st.hasher.update(&chunk);
+                        match st.held.replace(chunk) {
+                            Some(prev) => return Some((Ok(prev), st)),
+                            None => continue,
+                        }
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    None => {
+                        st.done = true;
+                        let actual = Digest(std::mem::take(&mut st.hasher).finalize().into());
+                        if actual != digest {
+                            let e = StoreError::Corrupt { digest, actual };
+                            return Some((
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    e.to_string(),
+                                )),
+                                st,
+                            ));
+                        }
+                        return st.held.take().map(|last| (Ok(last), st));
+                    }
+                }
+            }
+        },
+    ))
+}
 
 /// Content-addressed blob storage.
 #[async_trait]

@@ -88,7 +88,7 @@ fn install(tmp: &Path, dest: &Path, sync: bool) -> Result<(), StoreError> {
 
 enum Opened {
     Whole(bytes::Bytes),
-    File(std::fs::File, u64),
+    File(std::fs::File, u64, bool),
 }
 
 struct TempGuard(Option<PathBuf>);
@@ -273,22 +273,37 @@ impl ContentStore for LocalStore {
                     .map_err(io_err(format!("seeking {}", path.display())))?;
             }
             let len = range.end - range.start;
+            let whole = len == size;
             if len <= SMALL {
                 let mut buf = Vec::with_capacity(len as usize);
                 std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, len), &mut buf)
                     .map_err(io_err(format!("reading {}", path.display())))?;
+                if whole {
+                    let actual = Digest::of(&buf);
+                    if actual != d {
+                        return Err(StoreError::Corrupt { digest: d, actual });
+                    }
+                }
                 return Ok(Opened::Whole(bytes::Bytes::from(buf)));
             }
-            Ok(Opened::File(f, len))
+            Ok(Opened::File(f, len, whole))
         })
         .await
         .expect("blob reader panicked")?;
         Ok(match opened {
             Opened::Whole(b) => Box::pin(futures_util::stream::once(async move { Ok(b) })),
-            Opened::File(f, len) => Box::pin(ReaderStream::with_capacity(
-                tokio::fs::File::from_std(f).take(len),
-                BUF,
-            )),
+            Opened::File(f, len, whole) => {
+                let s: ByteStream = Box::pin(ReaderStream::with_capacity(
+                    tokio::fs::File::from_std(f).take(len),
+                    BUF,
+                ));
+                // Whole reads are checked as they stream; ranges cannot be.
+                if whole {
+                    crate::verified(s, d)
+                } else {
+                    s
+                }
+            }
         })
     }
 

@@ -66,3 +66,44 @@ fn reopening_clears_stale_temp_files() {
         0
     );
 }
+
+#[tokio::test]
+async fn corrupted_blobs_are_never_served_whole() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    for size in [100usize, 2 * 1024 * 1024] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let d = Digest::of(&body);
+        store
+            .put(&d, size as u64, &mut &body[..], Durability::Sync)
+            .await
+            .unwrap();
+        let hex = d.to_hex();
+        let path = dir.path().join("blobs").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[size - 1] ^= 0x80;
+        std::fs::write(&path, bytes).unwrap();
+        // Whole reads fail, either at once or before the last byte.
+        match store.get(&d, None).await {
+            Err(e) => assert!(e.to_string().contains("integrity error"), "{e}"),
+            Ok(mut s) => {
+                let mut got = 0usize;
+                let mut failed = false;
+                while let Some(c) = s.next().await {
+                    match c {
+                        Ok(c) => got += c.len(),
+                        Err(e) => {
+                            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+                            failed = true;
+                        }
+                    }
+                }
+                assert!(failed && got < size, "{got} of {size} bytes served");
+            }
+        }
+        // Ranged reads cannot be checked and still work.
+        let mut s = store.get(&d, Some(0..10)).await.unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap().len(), 10);
+    }
+}

@@ -108,6 +108,41 @@ impl Server {
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)
     }
+
+    /// The id of the artifact named `name` in a run.
+    pub fn artifact_id(&self, pipeline: &str, run: u64, name: &str) -> String {
+        rt().block_on(async {
+            let v: serde_json::Value = self
+                .get(&format!("/pipelines/{pipeline}/runs/{run}/artifacts"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            v["artifacts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == name)
+                .unwrap_or_else(|| panic!("no artifact {name} in {v}"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    }
+
+    /// Deletes an artifact through the API.
+    pub fn delete_artifact(&self, id: &str) {
+        rt().block_on(async {
+            let r = self
+                .http()
+                .delete(self.api(&format!("/artifacts/{id}")))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        });
+    }
 }
 
 impl Drop for Server {

@@ -290,6 +290,7 @@ async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), 
         .map_ok(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
         .try_flatten()
         .boxed();
+    let _gate = s.blob_gate.read().await;
     let mut reader = tokio_util::io::StreamReader::new(stream);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)

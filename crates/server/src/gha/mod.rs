@@ -438,6 +438,7 @@ async fn finalize(
                 glob: Some(if zip { "gha-zip" } else { "gha-raw" }.into()),
             }],
             exclusive: true,
+            expire_in_secs: s.default_expire_secs,
         })
         .await?;
     let done = s.db.finish_upload(&plan.upload_id).await?;

@@ -38,6 +38,8 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/artifacts/{id}/archive", get(pipelines::artifact_archive))
         .route("/resolve", post(pipelines::resolve))
         .route("/gha/tokens", post(crate::gha::mint_token))
+        .route("/admin/gc", post(crate::maintenance::gc_handler))
+        .route("/admin/fsck", post(crate::maintenance::fsck_handler))
         .route("/packages", post(pipelines::promote))
         .route("/packages/{repo}", get(pipelines::list_packages))
         .route(

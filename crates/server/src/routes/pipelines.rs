@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::archive::{tar_response, Member};
 use super::check_id;
-use super::uploads::{validate_branch_commit, validate_context};
+use super::uploads::{validate_branch_commit, validate_context, validate_expiry};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::AppState;
@@ -63,9 +63,11 @@ pub(super) async fn set_run_state(
 
 pub(super) async fn create_typed(
     State(s): State<AppState>,
-    Json(req): Json<CreateTyped>,
+    Json(mut req): Json<CreateTyped>,
 ) -> Result<(StatusCode, axum::Json<Artifact>), ApiError> {
     validate_context(&req.context)?;
+    validate_expiry(req.expire_in_secs)?;
+    req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
     names::validate_artifact_name(&req.name)?;
     if req.name == "default" {
         return Err(ApiError::bad_request(

@@ -33,6 +33,16 @@ use crate::AppState;
 
 const MAX_FILES: usize = 100_000;
 
+/// Checks an artifact lifetime: 1 second to 100 years.
+pub(super) fn validate_expiry(secs: Option<u64>) -> Result<(), ApiError> {
+    match secs {
+        Some(s) if s == 0 || s > 100 * 365 * 86_400 => Err(ApiError::bad_request(
+            "expire_in_secs must be between 1 second and 100 years",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a branch and commit: at most 1024 bytes, no control characters.
 pub(super) fn validate_branch_commit(
     branch: Option<&str>,
@@ -73,6 +83,7 @@ pub(super) fn validate_context(c: &JobContext) -> Result<(), ApiError> {
 
 fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
     validate_context(&req.context)?;
+    validate_expiry(req.expire_in_secs)?;
     if let Some(n) = &req.name {
         names::validate_artifact_name(n)?;
     }
@@ -128,9 +139,10 @@ fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
 
 pub(super) async fn create(
     State(s): State<AppState>,
-    Json(req): Json<CreateUpload>,
+    Json(mut req): Json<CreateUpload>,
 ) -> Result<(StatusCode, axum::Json<UploadCreated>), ApiError> {
     validate_manifest(&req)?;
+    req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
     let plan = s.db.create_upload(&req).await?;
     Ok((
         StatusCode::CREATED,
@@ -178,6 +190,7 @@ pub(super) async fn put_blob(
     let digest = Digest::from_hex(&hex)?;
     let hex = digest.to_hex();
     let size = expected_size(&needs, &hex)?;
+    let _gate = s.blob_gate.read().await;
     let mut reader = body_reader(body);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)
@@ -206,6 +219,8 @@ pub(super) async fn put_batch(
     body: Body,
 ) -> Result<axum::Json<BlobsStored>, ApiError> {
     let needs = open_upload(&s, &id).await?;
+    // Shared with other writers, exclusive with GC (see `maintenance`).
+    let _gate = s.blob_gate.read().await;
     let mut reader = body_reader(body);
     let mut stored = Vec::new();
     let mut bytes = 0u64;

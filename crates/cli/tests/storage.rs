@@ -1,0 +1,395 @@
+//! End-to-end: retention, garbage collection (also racing 1,000 rounds of
+//! dedup uploads), fsck, and downloads that refuse corrupted content.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn blob_path(data_dir: &Path, data: &[u8]) -> PathBuf {
+    let h = sha(data);
+    data_dir.join("content/blobs").join(&h[..2]).join(h)
+}
+
+#[test]
+fn gc_frees_only_what_nothing_live_references() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    write(&w, "a.txt", b"only in a");
+    write(&w, "b.txt", b"only in b");
+    write(&w, "shared.txt", b"in a and b");
+    write(&w, "kept.txt", b"promoted");
+    let agent = s.agent(&w, "p", 1, "j");
+    agent.ok(&["artifact", "upload", "--name", "a", "a.txt", "shared.txt"]);
+    agent.ok(&["artifact", "upload", "--name", "b", "b.txt", "shared.txt"]);
+    agent.ok(&["artifact", "publish", "kept.txt", "--name", "rel"]);
+    agent.ok(&["promote", "rel", "--to", "r/app@1"]);
+    for f in ["a.txt", "b.txt", "shared.txt", "kept.txt"] {
+        assert!(blob_path(&data, &std::fs::read(w.join(f)).unwrap()).exists());
+    }
+    s.delete_artifact(&s.artifact_id("p", 1, "a"));
+    s.delete_artifact(&s.artifact_id("p", 1, "rel"));
+    // The default grace keeps young content.
+    let out = agent.ok(&["admin", "gc", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["blobs_deleted"], 0);
+    let out = agent.ok(&["admin", "gc", "--grace", "0s", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["blobs_deleted"], 1, "{r}");
+    assert_eq!(r["bytes_freed"], 9);
+    assert!(!blob_path(&data, b"only in a").exists());
+    assert!(blob_path(&data, b"in a and b").exists());
+    assert!(
+        blob_path(&data, b"promoted").exists(),
+        "packages keep content"
+    );
+    let ws = d.path().join("ws");
+    agent.ok(&[
+        "artifact",
+        "download-artifact",
+        "b",
+        "--dest",
+        ws.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(ws.join("b/shared.txt")).unwrap(),
+        b"in a and b"
+    );
+    let pkg = d.path().join("pkg");
+    agent.ok(&["package", "download", "r/app@1", pkg.to_str().unwrap()]);
+    assert_eq!(std::fs::read(pkg.join("kept.txt")).unwrap(), b"promoted");
+    // Re-uploading collected content works: it is missing again, so sent.
+    agent.ok(&["artifact", "upload", "--name", "a2", "a.txt"]);
+    assert!(blob_path(&data, b"only in a").exists());
+    let out = agent.ok(&["admin", "fsck"]);
+    assert!(out.contains("no problems"), "{out}");
+}
+
+#[test]
+fn artifacts_expire_except_the_newest_passed_run() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    write(&w, "one.txt", b"run one");
+    write(&w, "two.txt", b"run two");
+    write(&w, "forever.txt", b"no expiry asked: server default");
+    let one = s.agent(&w, "q", 1, "j");
+    let two = s.agent(&w, "q", 2, "j");
+    one.ok(&[
+        "artifact",
+        "publish",
+        "one.txt",
+        "--name",
+        "out",
+        "--expire-in",
+        "1s",
+    ]);
+    one.ok(&["artifact", "publish", "forever.txt", "--name", "keep"]);
+    two.ok(&[
+        "artifact",
+        "publish",
+        "two.txt",
+        "--name",
+        "out",
+        "--expire-in",
+        "1s",
+    ]);
+    one.ok(&["run-state", "passed"]);
+    two.ok(&["run-state", "passed"]);
+    let err = one.fails(&[
+        "artifact",
+        "publish",
+        "one.txt",
+        "--name",
+        "x",
+        "--expire-in",
+        "soon",
+    ]);
+    assert!(err.contains("invalid duration"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = one.ok(&["admin", "gc", "--grace", "0s", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["expired_artifacts"], 1, "{r}");
+    // Run 1's artifact expired and its content went; run 2 is the newest
+    // passed run of the branch, so it stays.
+    let err = one.fails(&["artifact", "download-artifact", "out", "--dest", "x"]);
+    assert!(err.contains("no finished artifact named \"out\""), "{err}");
+    assert!(!blob_path(&data, b"run one").exists());
+    let ws = d.path().join("ws");
+    two.ok(&[
+        "artifact",
+        "download-artifact",
+        "out",
+        "--dest",
+        ws.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(ws.join("out/two.txt")).unwrap(), b"run two");
+    one.ok(&[
+        "artifact",
+        "download-artifact",
+        "keep",
+        "--dest",
+        ws.to_str().unwrap(),
+    ]);
+    rt().block_on(async {
+        let v: Value = s
+            .get("/pipelines/q/runs/1/artifacts")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let out = v["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "out")
+            .unwrap()
+            .clone();
+        assert_eq!(out["state"], "expired");
+    });
+}
+
+#[test]
+fn fsck_reports_and_downloads_refuse_corruption() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    let small = b"small and precious".to_vec();
+    let large: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let gone = b"will vanish".to_vec();
+    write(&w, "small.txt", &small);
+    write(&w, "large.bin", &large);
+    write(&w, "gone.txt", &gone);
+    let agent = s.agent(&w, "c", 1, "j");
+    agent.ok(&["artifact", "upload", "small.txt", "large.bin", "gone.txt"]);
+    assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+    // Flip one bit in two stored blobs, remove a third.
+    for blob in [&small, &large] {
+        let p = blob_path(&data, blob);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    std::fs::remove_file(blob_path(&data, &gone)).unwrap();
+    let out = agent.run(&["admin", "fsck", "--json"]);
+    assert!(!out.status.success(), "fsck must fail");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut corrupt: Vec<String> = r["corrupt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    corrupt.sort();
+    let mut want = vec![sha(&small), sha(&large)];
+    want.sort();
+    assert_eq!(corrupt, want);
+    assert_eq!(r["missing"], json!([sha(&gone)]));
+    // fsck repaired nothing: the flipped bit is still there.
+    assert_ne!(std::fs::read(blob_path(&data, &small)).unwrap(), small);
+    // Downloads fail instead of delivering the bad bytes.
+    for f in ["small.txt", "large.bin"] {
+        let dest = d.path().join(format!("dl-{f}"));
+        let err = agent.fails(&["artifact", "download", f, dest.to_str().unwrap()]);
+        assert!(!dest.join(f).exists(), "{f} must not be written: {err}");
+    }
+    rt().block_on(async {
+        let v: Value = s
+            .get("/pipelines/c/runs/1/search?query=large.bin")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = v["files"][0]["id"].as_str().unwrap().to_string();
+        let r = s.get(&format!("/files/{id}/content")).await;
+        assert_eq!(r.status(), 200, "headers go out before the end is hashed");
+        let body = r.bytes().await;
+        assert!(
+            body.is_err(),
+            "the body must end in an error, not in bad bytes"
+        );
+        let v: Value = s
+            .get("/pipelines/c/runs/1/search?query=small.txt")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = v["files"][0]["id"].as_str().unwrap().to_string();
+        let r = s.get(&format!("/files/{id}/content")).await;
+        assert_eq!(r.status(), 500);
+        assert_eq!(code(r).await, "integrity_error");
+    });
+}
+
+/// GC runs flat out while 1,000 rounds of uploads reuse the same content
+/// and each round deletes the previous round's artifact (so the shared
+/// content keeps becoming garbage and being re-sent). Every artifact left
+/// must download intact.
+#[test]
+fn gc_racing_dedup_uploads_never_loses_a_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let contents: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("shared content {i}").repeat(100).into_bytes())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, token) = (s.url.clone(), s.token.clone());
+    rt.block_on(async move {
+        let http = reqwest::Client::new();
+        let api = |p: &str| format!("{url}/api/v1{p}");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gc = {
+            let (http, url, token, stop) = (http.clone(), url.clone(), token.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut passes = 0u64;
+                let mut deleted = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r: Value = http
+                        .post(format!("{url}/api/v1/admin/gc"))
+                        .bearer_auth(&token)
+                        .json(&json!({"grace_seconds": 0}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    passes += 1;
+                    deleted += r["blobs_deleted"].as_u64().unwrap();
+                }
+                (passes, deleted)
+            })
+        };
+        let mut kept = Vec::new();
+        let mut previous: Option<String> = None;
+        let mut resent = 0;
+        for round in 1..=1000u64 {
+            let c = &contents[(round % 3) as usize];
+            let files = vec![json!({"path": "data.txt", "size": c.len(), "sha256": sha(c)})];
+            let created: Value = http
+                .post(api("/uploads"))
+                .bearer_auth(&token)
+                .json(&json!({
+                    "context": {"pipeline": "race", "run": round, "job": "j"},
+                    "name": "out",
+                    "files": files,
+                }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let upload = created["upload_id"].as_str().unwrap().to_string();
+            for m in created["missing"].as_array().unwrap() {
+                resent += 1;
+                let r = http
+                    .put(api(&format!(
+                        "/uploads/{upload}/blobs/{}",
+                        m.as_str().unwrap()
+                    )))
+                    .bearer_auth(&token)
+                    .body(c.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    r.status().is_success(),
+                    "round {round}: {}",
+                    r.text().await.unwrap()
+                );
+            }
+            let r = http
+                .post(api(&format!("/uploads/{upload}/finish")))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status().is_success(),
+                "round {round}: {}",
+                r.text().await.unwrap()
+            );
+            let id = created["artifact_id"].as_str().unwrap().to_string();
+            if let Some(p) = previous.take() {
+                let r = http
+                    .delete(api(&format!("/artifacts/{p}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+            }
+            if round % 10 == 0 {
+                kept.push((round, id));
+            } else {
+                previous = Some(id);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (passes, deleted) = gc.await.unwrap();
+        eprintln!("gc passes: {passes}, blobs deleted: {deleted}, blobs re-sent: {resent}");
+        assert!(
+            passes > 10 && deleted > 0 && resent > 3,
+            "the race must really happen"
+        );
+        // Every artifact left downloads intact.
+        for (round, _) in &kept {
+            let v: Value = http
+                .get(api(&format!(
+                    "/pipelines/race/runs/{round}/search?query=data.txt"
+                )))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let f = &v["files"][0];
+            let body = http
+                .get(api(&format!(
+                    "/files/{}/content",
+                    f["id"].as_str().unwrap()
+                )))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(
+                body.as_ref(),
+                contents[(*round % 3) as usize].as_slice(),
+                "round {round}"
+            );
+        }
+        let r: Value = http
+            .post(api("/admin/fsck"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+    });
+}
