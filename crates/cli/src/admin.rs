@@ -19,6 +19,163 @@ pub enum AdminCommand {
     /// Check that every finished artifact's content is present and intact;
     /// report (never repair) what is wrong. Exits 1 if anything is.
     Fsck(FsckArgs),
+    /// Encryption keys: generate a key file, add a key, rotate, status.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `satchel admin keys …`.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Write a new key file (mode 0600) with one key and a naming key.
+    Generate {
+        /// Where to write it; refuses to overwrite.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Append a new key to a key file; after restarting the server with it,
+    /// new content uses the new key and `rotate` moves the old content.
+    Add {
+        /// The key file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Re-encrypt stored content with the active key, in the background.
+    Rotate {
+        /// Wait, showing progress, until it is done.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show the keys, how many objects each encrypts, and rotation progress.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+fn write_new_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn print_keys(v: &serde_json::Value) {
+    if v["encryption"] != true {
+        println!("encryption at rest: off");
+    } else {
+        println!(
+            "encryption at rest: on, active key {}, known keys {}",
+            v["active_key"], v["keys"]
+        );
+    }
+    for u in v["usage"].as_array().into_iter().flatten() {
+        let key = if u[0].is_null() {
+            "unencrypted".to_string()
+        } else {
+            format!("key {}", u[0])
+        };
+        println!("  {key}: {} objects", u[1]);
+    }
+    let r = &v["rotation"];
+    println!(
+        "rotation: {} ({} of {} objects re-encrypted){}",
+        r["state"].as_str().unwrap_or("?"),
+        r["rewritten"],
+        r["objects"],
+        r["error"]
+            .as_str()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+}
+
+async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Generate { out } => {
+            write_new_secret(&out, &satchel_store::Keyring::generate())?;
+            eprintln!(
+                "wrote {}: start the server with --keys-file {} and back the file up; content cannot be read without it",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        KeysCommand::Add { file } => {
+            let ring = satchel_store::Keyring::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let line = ring.next_key_line();
+            let mut text = std::fs::read_to_string(&file)?;
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
+            text.push('\n');
+            let tmp = file.with_extension("new");
+            let _ = std::fs::remove_file(&tmp);
+            write_new_secret(&tmp, &text)?;
+            std::fs::rename(&tmp, &file)?;
+            let id = line.split(':').next().unwrap_or("?");
+            eprintln!(
+                "added key {id} to {}: restart the server, then run `satchel admin keys rotate --wait`; remove an old key's line only once `keys status` shows no objects on it",
+                file.display()
+            );
+            Ok(())
+        }
+        KeysCommand::Rotate { wait, server } => {
+            let client = server.client()?;
+            let mut v = client.admin_rotate_keys().await?;
+            if !wait {
+                println!(
+                    "rotation {}: follow it with `satchel admin keys status`",
+                    v["state"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
+            loop {
+                let s = client.admin_keys().await?;
+                let r = &s["rotation"];
+                eprint!(
+                    "\rrotation {}: {} objects checked, {} re-encrypted   ",
+                    r["state"].as_str().unwrap_or("?"),
+                    r["objects"],
+                    r["rewritten"]
+                );
+                if r["state"] != "running" {
+                    eprintln!();
+                    v = s;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            print_keys(&v);
+            if v["rotation"]["state"] == "done" {
+                Ok(())
+            } else {
+                anyhow::bail!("key rotation did not finish")
+            }
+        }
+        KeysCommand::Status { json, server } => {
+            let v = server.client()?.admin_keys().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_keys(&v);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Options of `satchel admin gc`.
@@ -79,15 +236,17 @@ fn shell_quote(s: &str) -> String {
 /// `satchel admin …`.
 pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
+        AdminCommand::Keys(k) => keys(k).await,
         AdminCommand::Gc(a) => {
             let r = a.server.client()?.admin_gc(a.grace).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "gc: {} artifacts expired, {} blobs deleted, {} freed",
+                    "gc: {} artifacts expired, {} blobs and {} stored objects deleted, {} freed",
                     r["expired_artifacts"],
                     r["blobs_deleted"],
+                    r["objects_deleted"],
                     crate::output::human(r["bytes_freed"].as_u64().unwrap_or(0))
                 );
             }

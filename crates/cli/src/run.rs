@@ -26,6 +26,8 @@ pub struct RunArgs {
     /// Data directory of the embedded server.
     #[arg(long, env = "SATCHEL_DATA_DIR", default_value = "./satchel-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    storage: crate::serve::StorageArgs,
     /// Where job directories go (default: DATA_DIR/work, or ./satchel-work
     /// with --server).
     #[arg(long)]
@@ -123,7 +125,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             (url.trim_end_matches('/').to_string(), token, work, None)
         }
         None => {
-            let stores = satchel_server::open_embedded(&a.data_dir)
+            let stores = satchel_server::open_embedded_with(&a.data_dir, &a.storage.options()?)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
             let dir = satchel_server::DataDir {

@@ -1,4 +1,5 @@
-//! `satchel serve`: the embedded default (SQLite + local disk) on one port.
+//! `satchel serve`: the embedded default (SQLite + local disk) on one port,
+//! or SQLite with content on an object store (`--store`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,67 @@ pub struct ServeArgs {
     /// Minutes between garbage collection passes (0: only `satchel admin gc`).
     #[arg(long, env = "SATCHEL_GC_MINUTES", default_value_t = 60)]
     gc_minutes: u64,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// Where and how content is stored (see docs/storage.md).
+#[derive(Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Content store: `s3://bucket[/prefix]?endpoint=…`, `az://container`,
+    /// `gs://bucket`, `http(s)://host/path` (WebDAV), `file:///dir`.
+    /// Default: `content/` in the data directory.
+    #[arg(long = "store", env = "SATCHEL_STORE")]
+    store_url: Option<String>,
+    /// Compression of stored content: `zstd`, `zstd:<level>` (-7..19) or
+    /// `none`. Skipped per chunk where it does not pay.
+    #[arg(long, env = "SATCHEL_COMPRESSION", default_value = "zstd", value_parser = parse_compression)]
+    compression: satchel_store::Compression,
+    /// Encrypt content at rest with the keys in this file (make one with
+    /// `satchel admin keys generate`).
+    #[arg(long, env = "SATCHEL_KEYS_FILE", conflicts_with = "keys")]
+    keys_file: Option<PathBuf>,
+    /// The key file's contents inline (comma-separated entries), for
+    /// secret stores that hand out environment variables.
+    #[arg(long, env = "SATCHEL_KEYS", hide_env_values = true)]
+    keys: Option<String>,
+}
+
+fn parse_compression(s: &str) -> Result<satchel_store::Compression, String> {
+    match s {
+        "none" | "off" => Ok(satchel_store::Compression::None),
+        "zstd" => Ok(satchel_store::Compression::Zstd(1)),
+        _ => match s.strip_prefix("zstd:").map(str::parse::<i32>) {
+            Some(Ok(l)) if (-7..=19).contains(&l) => Ok(satchel_store::Compression::Zstd(l)),
+            _ => Err(format!(
+                "{s:?}: expected `zstd`, `zstd:<level>` with a level from -7 to 19, or `none`"
+            )),
+        },
+    }
+}
+
+impl StorageArgs {
+    /// The server's storage options.
+    pub fn options(&self) -> anyhow::Result<satchel_server::StorageOptions> {
+        let keys = match (&self.keys_file, &self.keys) {
+            (Some(f), _) => Some(
+                satchel_store::Keyring::load(f)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("loading encryption keys")?,
+            ),
+            (None, Some(text)) => Some(
+                satchel_store::Keyring::parse(text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("parsing SATCHEL_KEYS")?,
+            ),
+            (None, None) => None,
+        };
+        Ok(satchel_server::StorageOptions {
+            store_url: self.store_url.clone(),
+            compression: self.compression,
+            keys,
+        })
+    }
 }
 
 /// The admin token: `SATCHEL_ADMIN_TOKEN`, else the saved one, else a new
@@ -104,7 +166,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let dir = DataDir {
         root: a.data_dir.clone(),
     };
-    let stores = satchel_server::open_embedded(&dir.root)
+    let stores = satchel_server::open_embedded_with(&dir.root, &a.storage.options()?)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("opening data directory {}", dir.root.display()))?;
     let token = admin_token(&dir.admin_token())?;

@@ -445,6 +445,17 @@ impl Client {
         .await
     }
 
+    /// Encryption keys and their use (admin).
+    pub async fn admin_keys(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(Method::GET, "/admin/keys")).await
+    }
+
+    /// Starts re-encrypting stored content with the active key (admin).
+    pub async fn admin_rotate_keys(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(Method::POST, "/admin/keys/rotate"))
+            .await
+    }
+
     /// Checks every referenced blob (admin); reports, never repairs.
     pub async fn admin_fsck(&self) -> Result<serde_json::Value, ClientError> {
         self.json(self.request(Method::POST, "/admin/fsck")).await

@@ -167,6 +167,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Every blob that finished artifacts and packages reference, with its
     /// size, for fsck.
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;
+    /// Every recorded blob's digest, referenced or not: what the content
+    /// store's sweep must keep.
+    async fn recorded_blobs(&self) -> Result<Vec<String>, DbError>;
     /// Package versions of a repository (optionally one package), newest first.
     async fn list_packages(
         &self,

@@ -1505,6 +1505,19 @@ impl MetaStore for SqliteStore {
         .await
     }
 
+    async fn recorded_blobs(&self) -> Result<Vec<String>, DbError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare("SELECT sha256 FROM blobs").map_err(backend)?;
+            let out = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError> {
         self.read(move |c| {
             let mut stmt = c

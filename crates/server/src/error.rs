@@ -96,7 +96,7 @@ impl From<StoreError> for ApiError {
                 "range_not_satisfiable",
                 e.to_string(),
             ),
-            StoreError::Corrupt { .. } => ApiError::new(
+            StoreError::Corrupt { .. } | StoreError::Undecodable(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "integrity_error",
                 e.to_string(),
@@ -104,6 +104,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => ApiError::internal(format!(
                 "stored content is missing: {e}; the content store lost data the metadata refers to"
             )),
+            StoreError::Backend(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "storage_unavailable",
+                e.to_string(),
+            ),
             _ if e.is_client_error() => ApiError::bad_request(e.to_string()),
             _ => ApiError::internal(e.to_string()),
         }

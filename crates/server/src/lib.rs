@@ -39,6 +39,8 @@ pub struct AppState {
     /// exclusively while it deletes, so a blob re-sent during a sweep is
     /// never deleted after it was stored (see `maintenance`).
     pub blob_gate: Arc<tokio::sync::RwLock<()>>,
+    /// The last or running key rotation.
+    pub rotation: Arc<std::sync::Mutex<maintenance::Rotation>>,
     /// Retention of new artifacts that do not ask for one, in seconds
     /// (`None`: keep forever).
     pub default_expire_secs: Option<u64>,
@@ -63,6 +65,10 @@ impl AppState {
             api_requests: Arc::default(),
             gha: Arc::new(gha::Gha::new(&admin_token_hash, scratch)),
             blob_gate: Arc::default(),
+            rotation: Arc::new(std::sync::Mutex::new(maintenance::Rotation {
+                state: "idle".into(),
+                ..maintenance::Rotation::default()
+            })),
             default_expire_secs: Some(maintenance::DEFAULT_RETENTION_DAYS * 86_400),
         }
     }
@@ -119,8 +125,36 @@ pub struct Stores {
     pub lock: Option<std::fs::File>,
 }
 
+/// How content is stored: where, compressed how, encrypted with what.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Content store URL (`s3://…`, `az://…`, …); `None`: the data
+    /// directory's `content/`.
+    pub store_url: Option<String>,
+    /// Compression of new objects.
+    pub compression: satchel_store::Compression,
+    /// Encryption keys; `None`: content is stored unencrypted.
+    pub keys: Option<satchel_store::Keyring>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> StorageOptions {
+        StorageOptions {
+            store_url: None,
+            compression: satchel_store::Compression::Zstd(1),
+            keys: None,
+        }
+    }
+}
+
 /// Opens the embedded default stores (SQLite + local disk) under `dir`.
 pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
+    open_embedded_with(dir, &StorageOptions::default())
+}
+
+/// Opens SQLite under `dir` and the content store `opts` names (by default
+/// also under `dir`).
+pub fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Stores, String> {
     let d = DataDir {
         root: dir.to_path_buf(),
     };
@@ -146,7 +180,20 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
     }
     let db = satchel_db::open(&format!("sqlite://{}", d.database().display()))
         .map_err(|e| e.to_string())?;
-    let store = satchel_store::LocalStore::open(d.content()).map_err(|e| e.to_string())?;
+    let url = opts
+        .store_url
+        .clone()
+        .unwrap_or_else(|| d.content().display().to_string());
+    let store = satchel_store::open(&satchel_store::StoreConfig {
+        url,
+        compression: opts.compression,
+        keys: opts.keys.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "content store: {}",
+        satchel_store::ContentStore::describe(&store)
+    );
     Ok(Stores {
         db,
         store: Arc::new(store),

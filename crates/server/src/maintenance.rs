@@ -17,6 +17,10 @@
 //! content. Writers hold the gate shared from `put` to `record_blobs`, so a
 //! blob re-sent during a sweep cannot be deleted after it was stored.
 //!
+//! After the blob rows, GC sweeps the content store itself
+//! ([`satchel_store::ContentStore::sweep`]): chunks no recorded blob uses and
+//! older than the grace period are deleted, still under the gate.
+//!
 //! **fsck** re-reads every referenced blob through the verifying read path
 //! and reports, never repairs, what is missing, of the wrong size, or
 //! corrupt.
@@ -44,6 +48,9 @@ pub struct GcReport {
     pub expired_artifacts: u64,
     /// Blobs deleted.
     pub blobs_deleted: u64,
+    /// Stored objects (chunks, recipes) the content store's sweep deleted.
+    #[serde(default)]
+    pub objects_deleted: u64,
     /// Bytes freed.
     pub bytes_freed: u64,
 }
@@ -76,11 +83,30 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
             break;
         }
     }
-    if report.blobs_deleted > 0 || report.expired_artifacts > 0 {
+    // Then the content store's sweep: chunks and objects that no recorded
+    // blob uses any more (a deleted blob's chunks, leftovers of failed
+    // writes). Under the gate, so no write that relies on them is running.
+    {
+        let _exclusive = s.blob_gate.write().await;
+        let keep: std::collections::HashSet<Digest> =
+            s.db.recorded_blobs()
+                .await?
+                .iter()
+                .filter_map(|d| Digest::from_hex(d).ok())
+                .collect();
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let swept = s.store.sweep(&keep, cutoff).await?;
+        report.objects_deleted = swept.deleted;
+        report.bytes_freed += swept.bytes_freed;
+    }
+    if report.blobs_deleted > 0 || report.expired_artifacts > 0 || report.objects_deleted > 0 {
         tracing::info!(
-            "gc: {} artifacts expired, {} blobs deleted, {} bytes freed",
+            "gc: {} artifacts expired, {} blobs deleted, {} stored objects deleted, {} bytes freed",
             report.expired_artifacts,
             report.blobs_deleted,
+            report.objects_deleted,
             report.bytes_freed
         );
     }
@@ -115,6 +141,10 @@ pub async fn fsck(s: &AppState) -> Result<FsckReport, ApiError> {
                 r.missing.push(hex);
                 continue;
             }
+            Err(StoreError::Corrupt { .. } | StoreError::Undecodable(_)) => {
+                r.corrupt.push(hex);
+                continue;
+            }
             Err(e) => return Err(e.into()),
             Ok(n) if n != size => {
                 r.wrong_size.push(hex);
@@ -122,9 +152,10 @@ pub async fn fsck(s: &AppState) -> Result<FsckReport, ApiError> {
             }
             Ok(_) => {}
         }
+        // Every chunk is checked as it streams; the whole digest on top.
         let mut stream = match s.store.get(&d, None).await {
-            Ok(st) => st,
-            Err(StoreError::Corrupt { .. }) => {
+            Ok(st) => satchel_store::verified(st, d),
+            Err(StoreError::Corrupt { .. } | StoreError::Undecodable(_)) => {
                 r.corrupt.push(hex);
                 continue;
             }
@@ -147,6 +178,103 @@ pub async fn fsck(s: &AppState) -> Result<FsckReport, ApiError> {
     }
     r.ok = r.missing.is_empty() && r.wrong_size.is_empty() && r.corrupt.is_empty();
     Ok(r)
+}
+
+/// Progress of a key rotation (re-encrypting stored objects).
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+pub struct Rotation {
+    /// `idle`, `running`, `done` or `failed`.
+    pub state: String,
+    /// Objects looked at so far.
+    pub objects: u64,
+    /// Objects re-encrypted with the active key so far.
+    pub rewritten: u64,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `GET /api/v1/admin/keys` answers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct KeysReport {
+    /// Whether content is encrypted at rest.
+    pub encryption: bool,
+    /// The key new objects are encrypted with.
+    pub active_key: Option<u32>,
+    /// Keys the server can decrypt with.
+    pub keys: Vec<u32>,
+    /// Stored objects per key id (`null`: unencrypted).
+    pub usage: Vec<(Option<u32>, u64)>,
+    /// The last or running rotation.
+    pub rotation: Rotation,
+}
+
+pub(crate) async fn keys_handler(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> Result<axum::Json<KeysReport>, ApiError> {
+    let ids = s.store.key_ids();
+    Ok(axum::Json(KeysReport {
+        encryption: ids.is_some(),
+        active_key: ids.as_ref().map(|(a, _)| *a),
+        keys: ids.map(|(_, k)| k).unwrap_or_default(),
+        usage: s.store.key_usage().await?,
+        rotation: s.rotation.lock().expect("rotation lock").clone(),
+    }))
+}
+
+/// Starts re-encrypting, in the background, every object not on the active
+/// key (or stored before encryption was on). Idempotent while one runs.
+pub(crate) async fn rotate_handler(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> Result<(axum::http::StatusCode, axum::Json<Rotation>), ApiError> {
+    if s.store.key_ids().is_none() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "encryption_off",
+            "encryption at rest is not configured: start the server with --keys-file (see docs/storage.md)",
+        ));
+    }
+    {
+        let mut r = s.rotation.lock().expect("rotation lock");
+        if r.state == "running" {
+            return Ok((axum::http::StatusCode::ACCEPTED, axum::Json(r.clone())));
+        }
+        *r = Rotation {
+            state: "running".into(),
+            ..Rotation::default()
+        };
+    }
+    let st = s.clone();
+    tokio::spawn(async move {
+        let progress = |p: &satchel_store::RewriteReport| {
+            let mut r = st.rotation.lock().expect("rotation lock");
+            r.objects = p.objects;
+            r.rewritten = p.rewritten;
+        };
+        // Shared gate: GC cannot sweep an object while it is being replaced.
+        let _shared = st.blob_gate.read().await;
+        let result = st.store.rewrite(&progress).await;
+        let mut r = st.rotation.lock().expect("rotation lock");
+        match result {
+            Ok(done) => {
+                r.state = "done".into();
+                r.objects = done.objects;
+                r.rewritten = done.rewritten;
+                tracing::info!(
+                    "key rotation done: {} of {} objects re-encrypted",
+                    done.rewritten,
+                    done.objects
+                );
+            }
+            Err(e) => {
+                tracing::warn!("key rotation failed: {e}");
+                r.state = "failed".into();
+                r.error = Some(e.to_string());
+            }
+        }
+    });
+    let r = s.rotation.lock().expect("rotation lock").clone();
+    Ok((axum::http::StatusCode::ACCEPTED, axum::Json(r)))
 }
 
 /// Runs [`gc`] every `every` with the default grace, for `satchel serve`.

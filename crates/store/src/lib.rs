@@ -1,10 +1,13 @@
 //! Satchel's content store.
 //!
 //! Content is addressed by the SHA-256 of its bytes ([`Digest`]), so identical
-//! files are stored once. The [`ContentStore`] trait is what the server sees;
-//! [`LocalStore`] keeps blobs on the local filesystem (the embedded default).
-//! Chunking, packing, compression, encryption and object-store backends plug
-//! in behind the same trait later.
+//! files are stored once. The [`ContentStore`] trait is what the server sees.
+//! Its implementation, [`ChunkStore`], splits blobs into content-defined
+//! chunks ([`chunked`]), encodes each as an object ([`codec`]: zstd,
+//! AES-256-GCM) and keeps the objects on an [`ObjectBackend`]: a local
+//! directory ([`DirBackend`], the embedded default) or any `object_store`
+//! store ([`RemoteBackend`]: S3, Azure Blob, GCS, HTTP/WebDAV). [`open`] picks
+//! one by URL.
 //!
 //! Every write verifies size and hash before the blob becomes visible under
 //! its name, and is atomic (temp file + rename). Writers choose whether a
@@ -12,8 +15,11 @@
 //! [`ContentStore::flush`] once for a batch ([`Durability::Deferred`]); the
 //! caller records blobs in the metadata store only after they are durable.
 
+pub mod backend;
+pub mod chunked;
+pub mod codec;
 pub mod conformance;
-mod local;
+pub mod remote;
 
 use std::fmt;
 use std::ops::Range;
@@ -24,7 +30,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::io::AsyncRead;
 
-pub use local::LocalStore;
+pub use backend::{DirBackend, ObjectBackend};
+pub use chunked::{ChunkStore, RewriteReport, SweepReport};
+pub use codec::{Codec, Compression, Keyring};
+pub use remote::RemoteBackend;
 
 /// SHA-256 of a blob.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,6 +119,15 @@ pub enum StoreError {
         /// What the stored bytes hash to.
         actual: Digest,
     },
+    /// A stored object that cannot be decoded (corrupted, or not ours).
+    #[error("integrity error: {0}")]
+    Undecodable(String),
+    /// The store's configuration (URL, keys) is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// A remote object store failed.
+    #[error("object store: {0}")]
+    Backend(String),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -241,6 +259,63 @@ pub trait ContentStore: Send + Sync + 'static {
         range: Option<Range<u64>>,
     ) -> Result<ByteStream, StoreError>;
 
-    /// Removes a blob; removing a missing blob is not an error.
+    /// Removes a blob; removing a missing blob is not an error. Content it
+    /// shared with other blobs stays; what nothing uses any more is freed by
+    /// [`ContentStore::sweep`].
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Deletes stored content older than `cutoff` that no blob in `keep`
+    /// uses. The caller guarantees no write relying on such content runs
+    /// concurrently.
+    async fn sweep(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+        cutoff: std::time::SystemTime,
+    ) -> Result<SweepReport, StoreError>;
+
+    /// Re-encodes everything not written with the current key and settings
+    /// (key rotation), reporting progress after each object.
+    async fn rewrite(
+        &self,
+        progress: &(dyn for<'r> Fn(&'r RewriteReport) + Send + Sync),
+    ) -> Result<RewriteReport, StoreError>;
+
+    /// How many stored objects each key id encrypts (`None`: plain).
+    async fn key_usage(&self) -> Result<Vec<(Option<u32>, u64)>, StoreError>;
+
+    /// Where the content lives, for logs (no secrets).
+    fn describe(&self) -> String;
+
+    /// With encryption on: the active key id and every known key id.
+    fn key_ids(&self) -> Option<(u32, Vec<u32>)>;
+}
+
+/// How to open a content store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `file:///path`, `s3://…`, `az://…`, `gs://…`, `http(s)://…`,
+    /// `memory://`; a plain path means `file://`.
+    pub url: String,
+    /// Compression of new objects.
+    pub compression: Compression,
+    /// Encryption keys; `None` stores content unencrypted.
+    pub keys: Option<Keyring>,
+}
+
+/// Opens the content store a configuration names.
+pub fn open(config: &StoreConfig) -> Result<ChunkStore, StoreError> {
+    let codec = Codec {
+        compression: config.compression,
+        keys: config.keys.clone(),
+    };
+    let url = config.url.as_str();
+    let backend: std::sync::Arc<dyn ObjectBackend> = if let Some(path) = url.strip_prefix("file://")
+    {
+        std::sync::Arc::new(DirBackend::open(path)?)
+    } else if !url.contains("://") {
+        std::sync::Arc::new(DirBackend::open(url)?)
+    } else {
+        std::sync::Arc::new(RemoteBackend::from_url(url)?)
+    };
+    Ok(ChunkStore::new(backend, codec))
 }

@@ -40,6 +40,11 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/gha/tokens", post(crate::gha::mint_token))
         .route("/admin/gc", post(crate::maintenance::gc_handler))
         .route("/admin/fsck", post(crate::maintenance::fsck_handler))
+        .route("/admin/keys", get(crate::maintenance::keys_handler))
+        .route(
+            "/admin/keys/rotate",
+            post(crate::maintenance::rotate_handler),
+        )
         .route("/packages", post(pipelines::promote))
         .route("/packages/{repo}", get(pipelines::list_packages))
         .route(

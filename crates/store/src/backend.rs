@@ -1,0 +1,268 @@
+//! Where encoded objects live: a flat key → bytes namespace.
+//!
+//! Objects are small (a chunk is at most a few MiB encoded), so a backend
+//! moves whole objects as [`Bytes`] and never needs multipart uploads or
+//! streaming bodies; that is what lets every `object_store` backend,
+//! including plain HTTP/WebDAV servers, hold content of any size.
+//!
+//! [`DirBackend`] is the embedded default: files under a directory, written
+//! atomically (temp + rename) and made durable with `fsync`/`syncfs`.
+//! [`crate::remote::RemoteBackend`] covers S3, Azure Blob, GCS and HTTP.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::StoreError;
+
+/// One stored object as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// When it was last written (or touched).
+    pub modified: SystemTime,
+}
+
+/// A flat object namespace. Keys are `/`-separated ASCII paths.
+#[async_trait]
+pub trait ObjectBackend: Send + Sync + 'static {
+    /// Writes an object atomically: readers see the old object, or none, or
+    /// the whole new one. With `sync`, it is durable on return; otherwise
+    /// after the next [`ObjectBackend::flush`].
+    async fn put(&self, key: &str, data: Bytes, sync: bool) -> Result<(), StoreError>;
+
+    /// Reads a whole object; `None` if there is none.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// When the object was last written, if it exists.
+    async fn head(&self, key: &str) -> Result<Option<SystemTime>, StoreError>;
+
+    /// Marks an existing object as recently used (so GC's grace period
+    /// starts again). Returns false if the backend cannot do that cheaply;
+    /// the caller then writes the object again.
+    async fn touch(&self, _key: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Deletes an object; deleting a missing one is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Every object under the directory `dir` (a key prefix ending at a
+    /// `/`, given without it), at any depth.
+    async fn list(&self, dir: &str) -> Result<Vec<Listed>, StoreError>;
+
+    /// Makes every completed unsynced `put` durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// A short description for logs and errors (no secrets).
+    fn describe(&self) -> String;
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Objects as files under a local directory.
+#[derive(Debug, Clone)]
+pub struct DirBackend {
+    root: PathBuf,
+}
+
+impl DirBackend {
+    /// Opens (creating if needed) the directory and removes temp files left
+    /// by a crash.
+    pub fn open(root: impl Into<PathBuf>) -> Result<DirBackend, StoreError> {
+        let root = root.into();
+        for d in ["objects", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
+        }
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(DirBackend { root })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join("objects").join(key)
+    }
+}
+
+fn write_file(tmp: &Path, dest: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
+    let mut f =
+        std::fs::File::create(tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    let res = f
+        .write_all(data)
+        .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+    drop(f);
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(tmp);
+        return Err(io_err(format!("writing {}", tmp.display()))(e));
+    }
+    let parent = dest.parent().expect("object path has a parent");
+    let renamed = std::fs::rename(tmp, dest).or_else(|e| {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(tmp, dest)
+    });
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(tmp);
+        return Err(io_err(format!("renaming into {}", dest.display()))(e));
+    }
+    if sync {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("syncing {}", parent.display())))?;
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<Listed>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let key = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let meta = e.metadata()?;
+        if meta.is_dir() {
+            walk(&e.path(), &key, out)?;
+        } else {
+            out.push(Listed {
+                key,
+                size: meta.len(),
+                modified: meta.modified()?,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectBackend for DirBackend {
+    async fn put(&self, key: &str, data: Bytes, sync: bool) -> Result<(), StoreError> {
+        let dest = self.path(key);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(satchel_model::id::random_hex(16));
+        tokio::task::spawn_blocking(move || write_file(&tmp, &dest, &data, sync))
+            .await
+            .expect("object writer panicked")
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+        })
+        .await
+        .expect("object reader panicked")
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<SystemTime>, StoreError> {
+        match tokio::fs::metadata(self.path(key)).await {
+            Ok(m) => Ok(Some(m.modified().map_err(io_err("reading mtime"))?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("checking {key}"))(e)),
+        }
+    }
+
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            let f = match std::fs::File::options().append(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err(format!("touching {}", path.display()))(e)),
+            };
+            f.set_modified(SystemTime::now())
+                .map_err(io_err(format!("touching {}", path.display())))?;
+            Ok(true)
+        })
+        .await
+        .expect("touch panicked")
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("deleting {key}"))(e)),
+        }
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<Listed>, StoreError> {
+        let start = self.root.join("objects").join(dir);
+        let dir = dir.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&start, &dir, &mut out).map_err(io_err(format!("listing {dir}")))?;
+            Ok(out)
+        })
+        .await
+        .expect("lister panicked")
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sync_filesystem(&root))
+            .await
+            .expect("flush panicked")
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+/// Flushes every dirty page and metadata change of the filesystem that holds
+/// `root`: one call makes a whole batch of deferred writes durable.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn sync_filesystem(root: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(root).map_err(io_err(format!("opening {}", root.display())))?;
+    // SAFETY: `dir` is an open file descriptor for the duration of the call.
+    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io_err(format!("syncing filesystem of {}", root.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Portable fallback: sync the whole system.
+#[cfg(not(target_os = "linux"))]
+#[allow(unsafe_code)]
+fn sync_filesystem(_root: &Path) -> Result<(), StoreError> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    Ok(())
+}

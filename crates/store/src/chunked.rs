@@ -1,0 +1,677 @@
+//! Content as content-defined chunks on any [`ObjectBackend`].
+//!
+//! A blob is split with FastCDC (256 KiB min, 1 MiB average, 4 MiB max).
+//! Each chunk is one object named by its SHA-256 (`c/<2>/<name>`), so equal
+//! chunks of different files are stored once and a file that changed in a few
+//! places shares most of its chunks with the old version. A blob of one chunk
+//! is that chunk (its digest is the blob's); a larger blob also gets a recipe
+//! object (`r/<2>/<name>`) listing its chunks in order. Objects are encoded
+//! by [`Codec`] (zstd where it pays, AES-256-GCM when keys are configured).
+//!
+//! Writes: chunks are hashed, encoded and written by up to four tasks at once
+//! while the next chunk is read, so memory is bounded (a few chunks) whatever
+//! the blob size. The blob's own digest is checked before its recipe is
+//! written; a blob that fails the check is not stored (chunks it left are
+//! unreferenced and collected by [`ChunkStore::sweep_objects`]). Durability: chunks are
+//! written unsynced and made durable with one backend flush before the recipe
+//! is written.
+//!
+//! Reads check every chunk against its digest as it streams; a recipe is
+//! protected by its checksum (or GCM tag), so a flipped bit anywhere fails the
+//! read instead of delivering bad bytes.
+//!
+//! GC: [`ChunkStore::sweep_objects`] deletes chunks that no kept blob and no recipe
+//! references once they are older than a cutoff. A write that finds a chunk
+//! already stored refreshes its age if it is older than `refresh_after`,
+//! so a chunk an upload relies on is never old enough to be swept.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use sha2::Digest as _;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::backend::ObjectBackend;
+use crate::codec::{Codec, Kind};
+use crate::{ByteStream, ContentStore, Digest, Durability, StoreError};
+
+/// Smallest chunk FastCDC cuts (except a blob's last).
+pub const MIN_CHUNK: usize = 256 * 1024;
+/// Average chunk size.
+pub const AVG_CHUNK: usize = 1024 * 1024;
+/// Largest chunk.
+pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+const IN_FLIGHT: usize = 4;
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Objects looked at.
+    pub objects: u64,
+    /// Objects deleted.
+    pub deleted: u64,
+    /// Bytes of storage freed.
+    pub bytes_freed: u64,
+}
+
+/// What a rewrite (key rotation) did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RewriteReport {
+    /// Objects looked at.
+    pub objects: u64,
+    /// Objects re-encoded with the current key and settings.
+    pub rewritten: u64,
+}
+
+/// Blobs as chunks on a backend.
+pub struct ChunkStore {
+    backend: Arc<dyn ObjectBackend>,
+    codec: Arc<Codec>,
+    refresh_after: Duration,
+}
+
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkStore({})", self.backend.describe())
+    }
+}
+
+fn fan(name: &str) -> String {
+    format!("{}/{}", &name[..2], name)
+}
+
+fn parse_recipe(digest: &Digest, payload: &[u8]) -> Result<(u64, Vec<(u32, Digest)>), StoreError> {
+    let bad = || StoreError::Corrupt {
+        digest: *digest,
+        actual: Digest::of(payload),
+    };
+    if payload.len() < 12 || !(payload.len() - 12).is_multiple_of(36) {
+        return Err(bad());
+    }
+    let total = u64::from_le_bytes(payload[..8].try_into().expect("8"));
+    let n = u32::from_le_bytes(payload[8..12].try_into().expect("4")) as usize;
+    if n != (payload.len() - 12) / 36 {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut sum = 0u64;
+    for e in payload[12..].chunks_exact(36) {
+        let len = u32::from_le_bytes(e[..4].try_into().expect("4"));
+        sum += u64::from(len);
+        out.push((len, Digest(e[4..].try_into().expect("32"))));
+    }
+    if sum != total {
+        return Err(bad());
+    }
+    Ok((total, out))
+}
+
+fn encode_recipe(total: u64, chunks: &[(u32, Digest)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + 36 * chunks.len());
+    v.extend_from_slice(&total.to_le_bytes());
+    v.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for (len, d) in chunks {
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(&d.0);
+    }
+    v
+}
+
+enum Top {
+    Chunk(Bytes),
+    Recipe(u64, Vec<(u32, Digest)>),
+}
+
+impl ChunkStore {
+    /// A store on `backend`, encoding with `codec`.
+    pub fn new(backend: Arc<dyn ObjectBackend>, codec: Codec) -> ChunkStore {
+        ChunkStore {
+            backend,
+            codec: Arc::new(codec),
+            refresh_after: Duration::from_secs(15 * 60),
+        }
+    }
+
+    /// Sets how old an existing chunk may be before a write that reuses it
+    /// refreshes its age. GC's grace period must be longer than this.
+    pub fn with_refresh_after(mut self, d: Duration) -> ChunkStore {
+        self.refresh_after = d;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn ObjectBackend> {
+        &self.backend
+    }
+
+    fn chunk_key(&self, d: &Digest) -> String {
+        format!("c/{}", fan(&self.codec.name(d)))
+    }
+
+    fn recipe_key(&self, d: &Digest) -> String {
+        format!("r/{}", fan(&self.codec.name(d)))
+    }
+
+    /// Keys of objects written before encryption was turned on.
+    fn legacy_keys(&self, d: &Digest) -> Option<[String; 2]> {
+        self.codec.keys.as_ref().map(|_| {
+            let hex = d.to_hex();
+            [format!("c/{}", fan(&hex)), format!("r/{}", fan(&hex))]
+        })
+    }
+
+    async fn decode(&self, stored: Bytes) -> Result<(Kind, Vec<u8>), StoreError> {
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || codec.decode(&stored))
+            .await
+            .expect("decoder panicked")
+    }
+
+    /// Reads and checks one chunk.
+    async fn read_chunk(&self, d: Digest) -> Result<Bytes, StoreError> {
+        let mut stored = self.backend.get(&self.chunk_key(&d)).await?;
+        if stored.is_none() {
+            if let Some([c, _]) = self.legacy_keys(&d) {
+                stored = self.backend.get(&c).await?;
+            }
+        }
+        let stored = stored.ok_or(StoreError::NotFound(d))?;
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || {
+            let (kind, data) = codec.decode(&stored)?;
+            let actual = Digest::of(&data);
+            if kind != Kind::Chunk || actual != d {
+                return Err(StoreError::Corrupt { digest: d, actual });
+            }
+            Ok(Bytes::from(data))
+        })
+        .await
+        .expect("decoder panicked")
+    }
+
+    async fn top(&self, d: &Digest) -> Result<Top, StoreError> {
+        match self.read_chunk(*d).await {
+            Ok(b) => return Ok(Top::Chunk(b)),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut stored = self.backend.get(&self.recipe_key(d)).await?;
+        if stored.is_none() {
+            if let Some([_, r]) = self.legacy_keys(d) {
+                stored = self.backend.get(&r).await?;
+            }
+        }
+        let stored = stored.ok_or(StoreError::NotFound(*d))?;
+        let (kind, payload) = self.decode(stored).await?;
+        if kind != Kind::Recipe {
+            return Err(StoreError::Corrupt {
+                digest: *d,
+                actual: Digest::of(&payload),
+            });
+        }
+        let (total, chunks) = parse_recipe(d, &payload)?;
+        Ok(Top::Recipe(total, chunks))
+    }
+
+    /// Stores one chunk unless a fresh copy is there. `known` is its digest
+    /// when the caller already has it.
+    async fn store_chunk(
+        backend: Arc<dyn ObjectBackend>,
+        codec: Arc<Codec>,
+        refresh_after: Duration,
+        data: Bytes,
+        known: Option<Digest>,
+        check_existing: bool,
+        sync: bool,
+    ) -> Result<(u32, Digest), StoreError> {
+        let len = data.len() as u32;
+        let (d, data) = match known {
+            Some(d) => (d, data),
+            None => tokio::task::spawn_blocking(move || (Digest::of(&data), data))
+                .await
+                .expect("hasher panicked"),
+        };
+        let key = format!("c/{}", fan(&codec.name(&d)));
+        if check_existing {
+            if let Some(modified) = backend.head(&key).await? {
+                let age = SystemTime::now()
+                    .duration_since(modified)
+                    .unwrap_or_default();
+                if age < refresh_after || backend.touch(&key).await? {
+                    if sync {
+                        // Whoever wrote it may not have flushed yet.
+                        backend.flush().await?;
+                    }
+                    return Ok((len, d));
+                }
+            }
+        }
+        let encoded = tokio::task::spawn_blocking(move || codec.encode(Kind::Chunk, &data))
+            .await
+            .expect("encoder panicked");
+        backend.put(&key, Bytes::from(encoded), sync).await?;
+        Ok((len, d))
+    }
+
+    /// Deletes objects older than `cutoff` that neither a blob in `keep` nor
+    /// a kept recipe references. The caller makes sure no write that relies
+    /// on such an object is in flight (GC holds the upload gate).
+    pub async fn sweep_objects(
+        &self,
+        keep: &HashSet<Digest>,
+        cutoff: SystemTime,
+    ) -> Result<SweepReport, StoreError> {
+        let keep_names: HashSet<String> = keep
+            .iter()
+            .flat_map(|d| {
+                let mut v = vec![self.codec.name(d)];
+                if self.codec.keys.is_some() {
+                    v.push(d.to_hex());
+                }
+                v
+            })
+            .collect();
+        let base = |key: &str| key.rsplit('/').next().unwrap_or("").to_string();
+        let mut report = SweepReport::default();
+        let mut live: HashSet<String> = HashSet::new();
+        for obj in self.backend.list("r").await? {
+            report.objects += 1;
+            let name = base(&obj.key);
+            if !keep_names.contains(&name) && obj.modified < cutoff {
+                self.backend.delete(&obj.key).await?;
+                report.deleted += 1;
+                report.bytes_freed += obj.size;
+                continue;
+            }
+            let Some(stored) = self.backend.get(&obj.key).await? else {
+                continue;
+            };
+            let (_, payload) = self.decode(stored).await?;
+            // The recipe's own digest is not needed to list its chunks.
+            let (_, chunks) = parse_recipe(&Digest([0; 32]), &payload)?;
+            for (_, d) in chunks {
+                live.insert(self.codec.name(&d));
+                if self.codec.keys.is_some() {
+                    live.insert(d.to_hex());
+                }
+            }
+        }
+        for obj in self.backend.list("c").await? {
+            report.objects += 1;
+            let name = base(&obj.key);
+            if obj.modified < cutoff && !keep_names.contains(&name) && !live.contains(&name) {
+                self.backend.delete(&obj.key).await?;
+                report.deleted += 1;
+                report.bytes_freed += obj.size;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Re-encodes every object not written with the active key (or written
+    /// before encryption was turned on) with the current settings: the work
+    /// behind key rotation. Objects are replaced atomically, one at a time;
+    /// `progress` is told after each object.
+    pub async fn rewrite_objects(
+        &self,
+        progress: &(dyn for<'r> Fn(&'r RewriteReport) + Send + Sync),
+    ) -> Result<RewriteReport, StoreError> {
+        let active = self.codec.keys.as_ref().map(|k| k.active().id);
+        let mut report = RewriteReport::default();
+        for dir in ["c", "r"] {
+            for obj in self.backend.list(dir).await? {
+                report.objects += 1;
+                let Some(stored) = self.backend.get(&obj.key).await? else {
+                    continue;
+                };
+                let header = Codec::peek(&stored)?;
+                let name = obj.key.rsplit('/').next().unwrap_or("").to_string();
+                // A plain-named object under encryption: its name is its digest.
+                let rename = active.is_some() && header.key_id.is_none();
+                if header.key_id == active && !rename {
+                    progress(&report);
+                    continue;
+                }
+                let codec = self.codec.clone();
+                let (kind, payload) = self.decode(stored).await?;
+                let new_key = if rename {
+                    let d = Digest::from_hex(&name)?;
+                    format!("{dir}/{}", fan(&self.codec.name(&d)))
+                } else {
+                    obj.key.clone()
+                };
+                let encoded = tokio::task::spawn_blocking(move || codec.encode(kind, &payload))
+                    .await
+                    .expect("encoder panicked");
+                self.backend
+                    .put(&new_key, Bytes::from(encoded), true)
+                    .await?;
+                if new_key != obj.key {
+                    self.backend.delete(&obj.key).await?;
+                }
+                report.rewritten += 1;
+                progress(&report);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The key ids found in stored objects, with counts (`None`: not
+    /// encrypted). Lets an operator see when an old key is no longer used.
+    pub async fn count_keys(&self) -> Result<Vec<(Option<u32>, u64)>, StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        for dir in ["c", "r"] {
+            for obj in self.backend.list(dir).await? {
+                if let Some(stored) = self.backend.get(&obj.key).await? {
+                    *counts.entry(Codec::peek(&stored)?.key_id).or_insert(0u64) += 1;
+                }
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl ContentStore for ChunkStore {
+    async fn contains(&self, digest: &Digest) -> Result<bool, StoreError> {
+        if self.backend.head(&self.chunk_key(digest)).await?.is_some()
+            || self.backend.head(&self.recipe_key(digest)).await?.is_some()
+        {
+            return Ok(true);
+        }
+        if let Some(keys) = self.legacy_keys(digest) {
+            for k in keys {
+                if self.backend.head(&k).await?.is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn put(
+        &self,
+        digest: &Digest,
+        size: u64,
+        reader: &mut (dyn AsyncRead + Unpin + Send),
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let sync = durability == Durability::Sync;
+        let expected = *digest;
+        // Exactly `size` bytes: the reader may go on with the next blob of a
+        // batch. Fewer is an error; more cannot be told apart.
+        let mut limited = (&mut *reader).take(size);
+        let read_err = |e| StoreError::Io {
+            context: "reading upload body".into(),
+            source: e,
+        };
+
+        // One chunk for sure: hash once, the chunk's digest is the blob's.
+        if size <= MIN_CHUNK as u64 {
+            let mut data = Vec::with_capacity(size as usize);
+            limited.read_to_end(&mut data).await.map_err(read_err)?;
+            if data.len() as u64 != size {
+                return Err(StoreError::SizeMismatch {
+                    digest: expected,
+                    expected: size,
+                    actual: data.len() as u64,
+                });
+            }
+            let data = Bytes::from(data);
+            let check = data.clone();
+            let actual = tokio::task::spawn_blocking(move || Digest::of(&check))
+                .await
+                .expect("hasher panicked");
+            if actual != expected {
+                return Err(StoreError::DigestMismatch { expected, actual });
+            }
+            Self::store_chunk(
+                self.backend.clone(),
+                self.codec.clone(),
+                self.refresh_after,
+                data,
+                Some(expected),
+                false,
+                sync,
+            )
+            .await?;
+            return Ok(());
+        }
+
+        let mut whole = sha2::Sha256::new();
+        let mut buf = BytesMut::with_capacity(2 * MAX_CHUNK);
+        let mut total: u64 = 0;
+        let mut eof = false;
+        let mut chunks: Vec<(u32, Digest)> = Vec::new();
+        let mut inflight = FuturesOrdered::new();
+        let mut first: Option<Bytes> = None;
+        let mut chunk_count = 0usize;
+        loop {
+            while buf.len() < MAX_CHUNK && !eof {
+                if buf.capacity() - buf.len() < 64 * 1024 {
+                    buf.reserve(2 * MAX_CHUNK);
+                }
+                if limited.read_buf(&mut buf).await.map_err(read_err)? == 0 {
+                    eof = true;
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let cut = fastcdc::v2020::FastCDC::new(&buf[..], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+                .next()
+                .map_or(buf.len(), |c| c.length);
+            let piece = buf.split_to(cut).freeze();
+            total += piece.len() as u64;
+            if total > size {
+                return Err(StoreError::SizeMismatch {
+                    digest: expected,
+                    expected: size,
+                    actual: total,
+                });
+            }
+            whole.update(&piece);
+            // The first chunk waits until a second shows up: if it is the only
+            // one, it *is* the blob, and must not be stored before the blob's
+            // size and digest are checked.
+            let to_store = match first.take() {
+                None if chunk_count == 0 => {
+                    first = Some(piece);
+                    chunk_count = 1;
+                    continue;
+                }
+                Some(f) => vec![f, piece],
+                None => vec![piece],
+            };
+            for piece in to_store {
+                chunk_count += 1;
+                inflight.push_back(Self::store_chunk(
+                    self.backend.clone(),
+                    self.codec.clone(),
+                    self.refresh_after,
+                    piece,
+                    None,
+                    true,
+                    false,
+                ));
+                if inflight.len() >= IN_FLIGHT {
+                    chunks.push(inflight.next().await.expect("non-empty")?);
+                }
+            }
+        }
+        while let Some(r) = inflight.next().await {
+            chunks.push(r?);
+        }
+        if total != size {
+            return Err(StoreError::SizeMismatch {
+                digest: expected,
+                expected: size,
+                actual: total,
+            });
+        }
+        let actual = Digest(whole.finalize().into());
+        if actual != expected {
+            return Err(StoreError::DigestMismatch { expected, actual });
+        }
+        if let Some(only) = first {
+            // One chunk: it is the blob, checked above; store it as such.
+            Self::store_chunk(
+                self.backend.clone(),
+                self.codec.clone(),
+                self.refresh_after,
+                only,
+                Some(expected),
+                true,
+                sync,
+            )
+            .await?;
+            return Ok(());
+        }
+        if sync {
+            // Chunks first, then the recipe that makes them reachable.
+            self.backend.flush().await?;
+        }
+        let recipe = encode_recipe(total, &chunks);
+        let codec = self.codec.clone();
+        let encoded = tokio::task::spawn_blocking(move || codec.encode(Kind::Recipe, &recipe))
+            .await
+            .expect("encoder panicked");
+        self.backend
+            .put(&self.recipe_key(digest), Bytes::from(encoded), sync)
+            .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush().await
+    }
+
+    async fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        Ok(match self.top(digest).await? {
+            Top::Chunk(b) => b.len() as u64,
+            Top::Recipe(total, _) => total,
+        })
+    }
+
+    async fn get(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, StoreError> {
+        let top = self.top(digest).await?;
+        let size = match &top {
+            Top::Chunk(b) => b.len() as u64,
+            Top::Recipe(total, _) => *total,
+        };
+        let range = range.unwrap_or(0..size);
+        if range.start > range.end || range.end > size {
+            return Err(StoreError::BadRange {
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        let chunks = match top {
+            Top::Chunk(b) => {
+                let b = b.slice(range.start as usize..range.end as usize);
+                return Ok(Box::pin(futures_util::stream::once(async move { Ok(b) })));
+            }
+            Top::Recipe(_, chunks) => chunks,
+        };
+        // The chunks overlapping the range, with the part of each to keep.
+        let mut parts = Vec::new();
+        let mut at = 0u64;
+        for (len, d) in chunks {
+            let (start, end) = (at, at + u64::from(len));
+            at = end;
+            if end <= range.start || start >= range.end || len == 0 {
+                continue;
+            }
+            let from = range.start.saturating_sub(start) as usize;
+            let to = (range.end.min(end) - start) as usize;
+            parts.push((d, from, to));
+        }
+        let me = ChunkReader {
+            backend: self.backend.clone(),
+            codec: self.codec.clone(),
+        };
+        let s = futures_util::stream::iter(parts)
+            .map(move |(d, from, to)| {
+                let me = me.clone();
+                async move {
+                    me.read(d)
+                        .await
+                        .map(|b| b.slice(from..to))
+                        .map_err(|e| match e {
+                            StoreError::Io { source, .. } => source,
+                            other => std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                other.to_string(),
+                            ),
+                        })
+                }
+            })
+            .buffered(IN_FLIGHT);
+        Ok(Box::pin(s))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.backend.delete(&self.chunk_key(digest)).await?;
+        self.backend.delete(&self.recipe_key(digest)).await?;
+        if let Some(keys) = self.legacy_keys(digest) {
+            for k in keys {
+                self.backend.delete(&k).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep(
+        &self,
+        keep: &HashSet<Digest>,
+        cutoff: SystemTime,
+    ) -> Result<SweepReport, StoreError> {
+        self.sweep_objects(keep, cutoff).await
+    }
+
+    async fn rewrite(
+        &self,
+        progress: &(dyn for<'r> Fn(&'r RewriteReport) + Send + Sync),
+    ) -> Result<RewriteReport, StoreError> {
+        self.rewrite_objects(progress).await
+    }
+
+    async fn key_usage(&self) -> Result<Vec<(Option<u32>, u64)>, StoreError> {
+        self.count_keys().await
+    }
+
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn key_ids(&self) -> Option<(u32, Vec<u32>)> {
+        self.codec.keys.as_ref().map(|k| (k.active().id, k.ids()))
+    }
+}
+
+/// What a streaming read needs, owned so the stream is `'static`.
+#[derive(Clone)]
+struct ChunkReader {
+    backend: Arc<dyn ObjectBackend>,
+    codec: Arc<Codec>,
+}
+
+impl ChunkReader {
+    async fn read(&self, d: Digest) -> Result<Bytes, StoreError> {
+        let store = ChunkStore {
+            backend: self.backend.clone(),
+            codec: self.codec.clone(),
+            refresh_after: Duration::ZERO,
+        };
+        store.read_chunk(d).await
+    }
+}

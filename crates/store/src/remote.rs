@@ -1,0 +1,254 @@
+//! Object-store backends through the `object_store` crate: S3 and
+//! S3-compatible servers (Garage, MinIO, Ceph), Azure Blob (and Azurite),
+//! Google Cloud Storage, and HTTP/WebDAV servers (nginx `dav_methods`,
+//! Artifactory generic repositories). Chosen by URL:
+//!
+//! | URL | store |
+//! |---|---|
+//! | `s3://bucket[/prefix]?endpoint=…&region=…&allow_http=true` | S3 |
+//! | `az://container[/prefix]?use_emulator=true` | Azure Blob |
+//! | `gs://bucket[/prefix]` | Google Cloud Storage |
+//! | `http(s)://host/path` | WebDAV-style HTTP |
+//! | `memory://` | in memory (tests) |
+//!
+//! Query parameters are the `object_store` config keys of that store (an
+//! unknown key is an error, never ignored); credentials come from the
+//! provider's usual environment variables (`AWS_ACCESS_KEY_ID`,
+//! `AZURE_STORAGE_ACCOUNT_KEY`, `GOOGLE_SERVICE_ACCOUNT`, …), so they never
+//! need to be in a URL that ends up in logs.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+
+use crate::backend::{Listed, ObjectBackend};
+use crate::StoreError;
+
+/// An `object_store` store holding Satchel's objects.
+#[derive(Debug, Clone)]
+pub struct RemoteBackend {
+    store: Arc<dyn ObjectStore>,
+    described: String,
+    /// WebDAV servers (nginx) do not list recursively: walk level by level.
+    walk_lists: bool,
+}
+
+fn remote_err(what: &str, e: object_store::Error) -> StoreError {
+    StoreError::Backend(format!("{what}: {e}"))
+}
+
+fn config_err(msg: impl Into<String>) -> StoreError {
+    StoreError::Config(msg.into())
+}
+
+fn apply<B, K: std::str::FromStr>(
+    builder: B,
+    scheme: &str,
+    pairs: &[(String, String)],
+    with: impl Fn(B, K, String) -> B,
+) -> Result<B, StoreError> {
+    let mut b = builder;
+    for (k, v) in pairs {
+        let key: K = k.parse().map_err(|_| {
+            config_err(format!(
+                "unknown {scheme}:// store option {k:?} (see docs/storage.md for the keys)"
+            ))
+        })?;
+        b = with(b, key, v.clone());
+    }
+    Ok(b)
+}
+
+impl RemoteBackend {
+    /// Wraps an existing store (tests, embedding).
+    pub fn new(store: Arc<dyn ObjectStore>, described: impl Into<String>) -> RemoteBackend {
+        RemoteBackend {
+            store,
+            described: described.into(),
+            walk_lists: false,
+        }
+    }
+
+    /// Opens the store a URL names (see the module docs).
+    pub fn from_url(url: &str) -> Result<RemoteBackend, StoreError> {
+        use object_store::aws::AmazonS3Builder;
+        use object_store::azure::MicrosoftAzureBuilder;
+        use object_store::gcp::GoogleCloudStorageBuilder;
+        use object_store::http::HttpBuilder;
+
+        let parsed = url::Url::parse(url)
+            .map_err(|e| config_err(format!("store URL {url:?} does not parse: {e}")))?;
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut bare = parsed.clone();
+        bare.set_query(None);
+        let prefix = bare.path().trim_matches('/').to_string();
+        // What logs may show: no query (could hold secrets), no password.
+        let mut shown = bare.clone();
+        let _ = shown.set_password(None);
+        let described = shown.to_string();
+        let bucket_url = format!("{}://{}", bare.scheme(), bare.host_str().unwrap_or(""));
+        let store: Arc<dyn ObjectStore> = match bare.scheme() {
+            "s3" | "s3a" => {
+                let b = AmazonS3Builder::from_env().with_url(bucket_url);
+                let b = apply(b, "s3", &pairs, |b, k, v| b.with_config(k, v))?;
+                Arc::new(b.build().map_err(|e| remote_err("configuring S3", e))?)
+            }
+            "az" | "azure" | "abfs" => {
+                let b = MicrosoftAzureBuilder::from_env().with_url(bucket_url);
+                let b = apply(b, "az", &pairs, |b, k, v| b.with_config(k, v))?;
+                Arc::new(
+                    b.build()
+                        .map_err(|e| remote_err("configuring Azure Blob", e))?,
+                )
+            }
+            "gs" => {
+                let b = GoogleCloudStorageBuilder::from_env().with_url(bucket_url);
+                let b = apply(b, "gs", &pairs, |b, k, v| b.with_config(k, v))?;
+                Arc::new(
+                    b.build()
+                        .map_err(|e| remote_err("configuring Google Cloud Storage", e))?,
+                )
+            }
+            "http" | "https" => {
+                if !pairs.is_empty() {
+                    return Err(config_err(
+                        "http(s):// stores take no query options; put credentials in the URL's user:password",
+                    ));
+                }
+                let mut base = bare.to_string();
+                if !base.ends_with('/') {
+                    base.push('/');
+                }
+                let store = HttpBuilder::new()
+                    .with_url(base)
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_allow_http(true),
+                    )
+                    .build()
+                    .map_err(|e| remote_err("configuring HTTP store", e))?;
+                return Ok(RemoteBackend {
+                    store: Arc::new(store),
+                    described,
+                    walk_lists: true,
+                });
+            }
+            "memory" => Arc::new(object_store::memory::InMemory::new()),
+            other => {
+                return Err(config_err(format!(
+                    "unsupported store URL scheme {other:?}: use file://, s3://, az://, gs://, http(s):// or memory://"
+                )))
+            }
+        };
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            store
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                store,
+                Path::from(prefix.as_str()),
+            ))
+        };
+        Ok(RemoteBackend {
+            store,
+            described,
+            walk_lists: false,
+        })
+    }
+
+    async fn walk(&self, dir: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        let mut todo = vec![Path::from(dir)];
+        while let Some(p) = todo.pop() {
+            let res = match self.store.list_with_delimiter(Some(&p)).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(remote_err(&format!("listing {p}"), e)),
+            };
+            todo.extend(res.common_prefixes);
+            out.extend(res.objects.into_iter().map(listed));
+        }
+        Ok(out)
+    }
+}
+
+fn listed(m: object_store::ObjectMeta) -> Listed {
+    Listed {
+        key: m.location.to_string(),
+        size: m.size,
+        modified: SystemTime::from(m.last_modified),
+    }
+}
+
+#[async_trait]
+impl ObjectBackend for RemoteBackend {
+    async fn put(&self, key: &str, data: Bytes, _sync: bool) -> Result<(), StoreError> {
+        // Every supported store makes a completed PUT durable and atomic.
+        self.store
+            .put(&Path::from(key), PutPayload::from_bytes(data))
+            .await
+            .map_err(|e| remote_err(&format!("writing {key} to {}", self.described), e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.store.get(&Path::from(key)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| {
+                remote_err(&format!("reading {key} from {}", self.described), e)
+            })?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote_err(
+                &format!("reading {key} from {}", self.described),
+                e,
+            )),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<SystemTime>, StoreError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(m) => Ok(Some(SystemTime::from(m.last_modified))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote_err(
+                &format!("checking {key} in {}", self.described),
+                e,
+            )),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(remote_err(
+                &format!("deleting {key} from {}", self.described),
+                e,
+            )),
+        }
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<Listed>, StoreError> {
+        if self.walk_lists {
+            return self.walk(dir).await;
+        }
+        let p = Path::from(dir);
+        self.store
+            .list(Some(&p))
+            .map_ok(listed)
+            .try_collect()
+            .await
+            .map_err(|e| remote_err(&format!("listing {dir} in {}", self.described), e))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+}
