@@ -10,7 +10,10 @@
 //! than a grace period ago that nothing live references: no file of a live
 //! upload (finished or in flight) of a live artifact, no package file. For
 //! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, deletes
-//! the rows that are *still* unreferenced in one transaction (SQLite
+//! the rows that are *still* unreferenced and still older than the cutoff
+//! (recording a blob again makes it young: a GitHub Actions upload records
+//! its blob when the block list commits, well before FinalizeArtifact
+//! references it) in one transaction (SQLite
 //! serializes this against `create_upload`, which checks `blobs` and inserts
 //! its file rows in one transaction: an upload is either told the content is
 //! missing, or its staged rows keep the blob alive), then deletes their
@@ -63,7 +66,7 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         }
         let digests: Vec<String> = candidates.iter().map(|(d, _)| d.clone()).collect();
         let _exclusive = s.blob_gate.write().await;
-        let gone = s.db.forget_blobs(&digests).await?;
+        let gone = s.db.forget_blobs(&digests, cutoff).await?;
         for d in &gone {
             s.store.delete(&Digest::from_hex(d)?).await?;
             report.blobs_deleted += 1;
