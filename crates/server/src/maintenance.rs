@@ -9,16 +9,18 @@
 //! **GC is mark and sweep, race-free.** Candidates are blobs recorded more
 //! than a grace period ago that nothing live references: no file of a live
 //! upload (finished or in flight) of a live artifact, no package file. For
-//! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, deletes
-//! the rows that are *still* unreferenced and still older than the cutoff
-//! (recording a blob again makes it young: a GitHub Actions upload records
-//! its blob when the block list commits, well before FinalizeArtifact
-//! references it) in one transaction (SQLite
-//! serializes this against `create_upload`, which checks `blobs` and inserts
-//! its file rows in one transaction: an upload is either told the content is
-//! missing, or its staged rows keep the blob alive), then deletes their
-//! content. Writers hold the gate shared from `put` to `record_blobs`, so a
-//! blob re-sent during a sweep cannot be deleted after it was stored.
+//! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, skips
+//! every digest a writer is storing right now, deletes the rows that are
+//! *still* unreferenced and still older than the cutoff (recording a blob
+//! again makes it young: a GitHub Actions upload records its blob when the
+//! block list commits, well before FinalizeArtifact references it) in one
+//! transaction (SQLite serializes this against `create_upload`, which
+//! checks `blobs` and inserts its file rows in one transaction: an upload
+//! is either told the content is missing, or its staged rows keep the blob
+//! alive), then deletes their content. Writers announce a digest before
+//! they store it and until they record it (see [`crate::gate`]), so a blob
+//! re-sent during a sweep cannot be deleted after it was stored, and no
+//! lock is held while a client streams its bytes.
 //!
 //! **fsck** re-reads every referenced blob through the verifying read path
 //! and reports, never repairs, what is missing, of the wrong size, or
@@ -64,8 +66,12 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         if candidates.is_empty() {
             break;
         }
-        let digests: Vec<String> = candidates.iter().map(|(d, _)| d.clone()).collect();
-        let _exclusive = s.blob_gate.write().await;
+        let sweep = s.blob_gate.sweep().await;
+        let digests: Vec<String> = candidates
+            .iter()
+            .map(|(d, _)| d.clone())
+            .filter(|d| !sweep.is_being_written(d))
+            .collect();
         let gone = s.db.forget_blobs(&digests, cutoff).await?;
         for d in &gone {
             s.store.delete(&Digest::from_hex(d)?).await?;

@@ -290,13 +290,15 @@ async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), 
         .map_ok(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
         .try_flatten()
         .boxed();
-    let _gate = s.blob_gate.read().await;
+    let hex = digest.to_hex();
+    let mut writing = s.blob_gate.writer();
+    writing.add(&hex).await;
     let mut reader = tokio_util::io::StreamReader::new(stream);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)
         .await?;
-    let hex = digest.to_hex();
     s.db.record_blobs(&[(hex.clone(), size)]).await?;
+    drop(writing);
     let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(x) = sessions.values_mut().find(|x| x.id == session) {
         x.assembled = Some((hex, size));
