@@ -822,3 +822,53 @@ fn pipeline_endpoints_reject_bad_input() {
         assert_eq!(v["artifacts"].as_array().unwrap().len(), 1);
     });
 }
+
+/// A `$[…]` value in a `run:` script is data, never shell code: a link
+/// URL full of shell syntax comes out byte for byte, bare, in double
+/// quotes and in single quotes, and runs nothing.
+#[test]
+fn reference_values_are_not_shell_code() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let url = r#"https://example.com/a';touch${IFS}pwned1;'$(touch${IFS}pwned2)"q";touch${IFS}pwned3`touch${IFS}pwned4`"#;
+    let r = "$[stages.build.job1.l.artifacts.nasty]";
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        &format!(
+            r#"
+name: inject
+stages:
+  - key: build
+    jobs:
+      - key: job1
+        steps:
+          - key: l
+            link: '{}'
+            artifact: nasty
+  - key: use
+    jobs:
+      - key: u
+        steps:
+          - run: |
+              printf '%s\n' {r} > out1
+              printf '%s\n' "{r}" > out2
+              printf '%s\n' '{r}' > out3
+"#,
+            url.replace('\'', "''")
+        ),
+    );
+    let out = passes(&data, &p);
+    let work = data.join("work/inject/1/u/work");
+    for f in ["out1", "out2", "out3"] {
+        let got = std::fs::read_to_string(work.join(f)).unwrap();
+        assert_eq!(got, format!("{url}\n"), "{f}:\n{out}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["out1", "out2", "out3"], "{out}");
+}

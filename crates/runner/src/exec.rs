@@ -365,7 +365,7 @@ async fn run_job_steps(
             return Err(StepError::Canceled);
         }
         let key = step.key();
-        let step = substitute(shared, stage, &job.key, step)
+        let (step, ref_env) = substitute(shared, stage, &job.key, step)
             .await
             .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
         let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
@@ -373,6 +373,7 @@ async fn run_job_steps(
         env.extend(step.env.clone());
         let ctx_env = context_env(shared, stage, &job.key, key, &workspace);
         env.extend(ctx_env);
+        env.extend(ref_env);
         say(prefix, &format!("▶ {key}: {}", describe(&step)));
         let started = Instant::now();
         for argv in commands(shared, &step, &workspace) {
@@ -462,8 +463,16 @@ fn describe(step: &Step) -> String {
     }
 }
 
-/// Resolves every `$[…]` in the step's fields through the server.
-async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> anyhow::Result<Step> {
+/// Resolves every `$[…]` in the step's fields through the server. Fields
+/// passed as arguments get the values; a `run:` script gets quoted
+/// expansions of `SATCHEL_REF_<n>` variables instead (see [`crate::shell`]),
+/// returned to be exported, so no value is ever parsed by the shell.
+async fn substitute(
+    shared: &Shared,
+    stage: &str,
+    job: &str,
+    step: &Step,
+) -> anyhow::Result<(Step, Vec<(String, String)>)> {
     let at = RunContext {
         pipeline: shared.run.pipeline.clone(),
         run: shared.run.number,
@@ -471,13 +480,14 @@ async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> any
         job: Some(job.to_string()),
     };
     let mut out = step.clone();
-    for field in [
-        &mut out.run,
-        &mut out.publish,
-        &mut out.image,
-        &mut out.link,
-        &mut out.download,
-        &mut out.artifact,
+    let mut env = Vec::new();
+    for (is_script, field) in [
+        (true, &mut out.run),
+        (false, &mut out.publish),
+        (false, &mut out.image),
+        (false, &mut out.link),
+        (false, &mut out.download),
+        (false, &mut out.artifact),
     ] {
         let Some(text) = field.as_ref() else { continue };
         if !text.contains("$[") {
@@ -503,16 +513,23 @@ async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> any
                 .map_err(|e| anyhow::anyhow!("cannot resolve: {e}"))?;
             values.insert(key, shared.cfg.client.absolute(&resolved.value));
         }
-        let replaced = expr::substitute(text, |r| {
-            values
-                .get(&r.to_string())
-                .cloned()
-                .ok_or_else(|| format!("$[{r}] was not resolved"))
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let replaced = if is_script {
+            let (script, vars) = crate::shell::substitute(text, |k| values.get(k).cloned())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            env = vars;
+            script
+        } else {
+            expr::substitute(text, |r| {
+                values
+                    .get(&r.to_string())
+                    .cloned()
+                    .ok_or_else(|| format!("$[{r}] was not resolved"))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        };
         *field = Some(replaced);
     }
-    Ok(out)
+    Ok((out, env))
 }
 
 /// The processes a step runs, in order.
