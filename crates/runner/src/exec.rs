@@ -6,8 +6,10 @@
 //! with `sh -c`; `publish`, `image`, `link`, `download` and
 //! `artifact_paths` run the `satchel` binary itself, so a step behaves
 //! exactly as the same command typed inside a job. Output is prefixed with
-//! `[stage/job]`. Cancelling (Ctrl-C) stops every child's process group
-//! and records the run as `canceled`.
+//! `[stage/job]`. When a step's process exits, its process group is
+//! killed, so background processes it left do not outlive it (nor keep its
+//! output pipes open). Cancelling (Ctrl-C) stops every child's process
+//! group and records the run as `canceled`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -627,6 +629,30 @@ fn signal_group(pgid: u32, sig: i32) {
     }
 }
 
+/// Process groups of the steps running now, so that quitting at once
+/// (a second Ctrl-C) can stop them; `None` once [`kill_all_steps`] ran,
+/// after which no step starts.
+static LIVE_GROUPS: std::sync::Mutex<Option<Vec<u32>>> = std::sync::Mutex::new(Some(Vec::new()));
+
+fn live_groups() -> std::sync::MutexGuard<'static, Option<Vec<u32>>> {
+    LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills (SIGKILL) the process group of every step running now, and keeps
+/// any further step from starting: for quitting at once (a second Ctrl-C)
+/// without leaving jobs running behind.
+pub fn kill_all_steps() {
+    if let Some(groups) = live_groups().take() {
+        for pgid in groups {
+            signal_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// How long a step's output is still read after its process group was
+/// stopped (a process that left the group may hold the pipes open).
+const DRAIN: Duration = Duration::from_secs(2);
+
 async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
     let mut r = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -639,6 +665,20 @@ async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
                 say(&prefix, line.trim_end_matches(['\n', '\r']));
             }
         }
+    }
+}
+
+/// Waits for a stopped step's output to end, at most [`DRAIN`].
+async fn drain(out: tokio::task::JoinHandle<()>, err: tokio::task::JoinHandle<()>) {
+    let (a, b) = (out.abort_handle(), err.abort_handle());
+    if tokio::time::timeout(DRAIN, async {
+        let _ = tokio::join!(out, err);
+    })
+    .await
+    .is_err()
+    {
+        a.abort();
+        b.abort();
     }
 }
 
@@ -671,10 +711,30 @@ async fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", argv[0]))?;
-    let pgid = child.id().unwrap_or(0);
+    let (mut child, pgid) = {
+        let mut groups = live_groups();
+        let Some(groups) = groups.as_mut() else {
+            return Err(StepError::Canceled);
+        };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", argv[0]))?;
+        let pgid = child.id().unwrap_or(0);
+        groups.push(pgid);
+        (child, pgid)
+    };
+    // Whatever happens next, the step's group goes: background processes
+    // (`sleep 1000 &`) do not outlive their step.
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            signal_group(self.0, libc::SIGKILL);
+            if let Some(g) = live_groups().as_mut() {
+                g.retain(|p| *p != self.0);
+            }
+        }
+    }
+    let group = Group(pgid);
     let out = tokio::spawn(pump(
         child.stdout.take().expect("piped"),
         prefix.to_string(),
@@ -695,13 +755,16 @@ async fn spawn(
                 }
             };
             // Grandchildren that ignored SIGTERM go too.
-            signal_group(pgid, libc::SIGKILL);
+            drop(group);
             let _ = s;
-            let _ = tokio::join!(out, err);
+            drain(out, err).await;
             return Err(StepError::Canceled);
         }
     };
-    let _ = tokio::join!(out, err);
+    // The script is done: its background processes go, and so the pipes
+    // they held close.
+    drop(group);
+    drain(out, err).await;
     if !status.success() {
         let how = match status.code() {
             Some(c) => format!("exit code {c}"),
