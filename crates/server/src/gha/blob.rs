@@ -105,12 +105,25 @@ fn session_dir(s: &AppState, id: &str) -> Result<PathBuf, TwirpError> {
         })
 }
 
-/// A block id as a safe file name: hex of its bytes.
+/// Most bytes in a block id, once base64-decoded (Azure's limit).
+const MAX_BLOCK_ID: usize = 64;
+
+/// A block id (base64 of 1 to 64 bytes, as Azure requires) as a safe file
+/// name: hex of its decoded bytes, so at most 128 characters.
 fn block_file(dir: &FsPath, id: &str) -> Result<PathBuf, TwirpError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(TwirpError::invalid("block ids are 1 to 128 characters"));
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let raw = b64
+        .decode(id)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(id))
+        .map_err(|_| TwirpError::invalid("a block id must be base64"))?;
+    if raw.is_empty() || raw.len() > MAX_BLOCK_ID {
+        return Err(TwirpError::invalid(format!(
+            "a block id must be base64 of 1 to {MAX_BLOCK_ID} bytes ({} given)",
+            raw.len()
+        )));
     }
-    Ok(dir.join(format!("{}.block", hex::encode(id.as_bytes()))))
+    Ok(dir.join(format!("{}.block", hex::encode(raw))))
 }
 
 /// Streams `body` into `path` (via a temp file and rename), at most `max` bytes.
@@ -152,39 +165,42 @@ async fn write_body(body: Body, path: &FsPath, max: u64) -> Result<u64, TwirpErr
 }
 
 /// The block ids of a block list, in order (`Latest`, `Uncommitted` and
-/// `Committed` entries alike).
+/// `Committed` entries alike). Every slice is taken at the position of an
+/// ASCII delimiter just found, so no input can make it panic.
 pub fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
-    let start = xml
-        .find("<BlockList>")
-        .ok_or("the body is not a <BlockList>")?;
+    const OPEN: &str = "<BlockList>";
+    let start = xml.find(OPEN).ok_or("the body is not a <BlockList>")? + OPEN.len();
     let end = xml[start..]
         .find("</BlockList>")
         .ok_or("the <BlockList> is not closed")?
         + start;
-    let mut rest = &xml[start + "<BlockList>".len()..end];
+    let mut rest = &xml[start..end];
     let mut ids = Vec::new();
     loop {
         rest = rest.trim_start();
         if rest.is_empty() {
             break;
         }
-        let Some(open_end) = rest.find('>') else {
+        let unexpected = |s: &str| {
+            let shown: String = s.chars().take(40).collect();
+            format!("unexpected {shown:?} in the block list")
+        };
+        let Some(entry) = rest.strip_prefix('<') else {
+            return Err(unexpected(rest));
+        };
+        let Some(open_end) = entry.find('>') else {
             return Err("a block list entry is not closed".into());
         };
-        let tag = &rest[1..open_end];
-        if !rest.starts_with('<') || !matches!(tag, "Latest" | "Uncommitted" | "Committed") {
-            return Err(format!(
-                "unexpected {:?} in the block list",
-                &rest[..open_end + 1]
-            ));
+        let tag = &entry[..open_end];
+        if !matches!(tag, "Latest" | "Uncommitted" | "Committed") {
+            return Err(unexpected(rest));
         }
+        let body = &entry[open_end + 1..];
         let close = format!("</{tag}>");
-        let body_end = rest[open_end + 1..]
+        let body_end = body
             .find(&close)
-            .ok_or_else(|| format!("<{tag}> is not closed"))?
-            + open_end
-            + 1;
-        let id = rest[open_end + 1..body_end].trim();
+            .ok_or_else(|| format!("<{tag}> is not closed"))?;
+        let id = body[..body_end].trim();
         ids.push(
             id.replace("&lt;", "<")
                 .replace("&gt;", ">")
@@ -192,7 +208,7 @@ pub fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
                 .replace("&apos;", "'")
                 .replace("&amp;", "&"),
         );
-        rest = &rest[body_end + close.len()..];
+        rest = &body[body_end + close.len()..];
     }
     Ok(ids)
 }
@@ -379,8 +395,94 @@ mod tests {
             "<BlockList><Latest>x</BlockList>",
             "<BlockList><Evil>x</Evil></BlockList>",
             "<BlockList>",
+            "<BlockList>></BlockList>",
+            "<BlockList>é</BlockList>",
+            "<BlockList>éLatest></BlockList>",
+            "<BlockList><</BlockList>",
+            "<BlockList><Latest></BlockList>",
+            "<BlockList><Latest>x</Latest>></BlockList>",
+            "</BlockList><BlockList>",
+            "<BlockList><é>x</é></BlockList>",
         ] {
             assert!(parse_block_list(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Random strings built from the block list's own pieces, multibyte
+    /// characters and noise: parsing answers, it never panics.
+    #[test]
+    fn garbage_block_lists_never_panic() {
+        const PIECES: &[&str] = &[
+            "<BlockList>",
+            "</BlockList>",
+            "<Latest>",
+            "</Latest>",
+            "<Committed>",
+            "</Uncommitted>",
+            "<",
+            ">",
+            "/",
+            " ",
+            "\n",
+            "é",
+            "日本",
+            "🦀",
+            "QUFB",
+            "&amp;",
+            "&",
+            "x",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 12) as usize;
+            let mut s = String::new();
+            if next() % 2 == 0 {
+                s.push_str("<BlockList>");
+            }
+            for _ in 0..n {
+                s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            if next() % 2 == 0 {
+                s.push_str("</BlockList>");
+            }
+            let _ = parse_block_list(&s);
+        }
+    }
+
+    /// Every block id is either refused with a 400 or can be written: no
+    /// id makes a file name too long (a 500).
+    #[tokio::test]
+    async fn block_ids_are_capped_at_64_decoded_bytes() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-block-test-{}",
+            satchel_model::id::random_hex(8)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let mut ids: Vec<String> = (1..=130).map(|n| "A".repeat(n)).collect();
+        ids.extend((1..=100).map(|n| b64.encode(vec![b'x'; n])));
+        for id in &ids {
+            match block_file(&dir, id) {
+                Ok(path) => {
+                    write_body(Body::from("data"), &path, 16)
+                        .await
+                        .unwrap_or_else(|e| panic!("id of {} chars: {}", id.len(), e.msg));
+                }
+                Err(e) => assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.msg),
+            }
+        }
+        assert!(block_file(&dir, &b64.encode([7u8; 64])).is_ok());
+        let e = block_file(&dir, &b64.encode([7u8; 65])).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(block_file(&dir, "not base64!").is_err());
+        assert!(block_file(&dir, "").is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
