@@ -373,19 +373,26 @@ async fn finalize(
 ) -> Result<serde_json::Value, TwirpError> {
     validate_name(&req.name)?;
     let key = session_key(who, &req.name);
-    let (file_name, mime, assembled) = {
+    let live = {
         let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sess) = sessions.get(&key) else {
-            return Err(TwirpError::not_found(format!(
-                "no upload of artifact {:?} is in progress for this job; call CreateArtifact first",
-                req.name
-            )));
-        };
-        (
-            sess.file_name.clone(),
-            sess.mime.clone(),
-            sess.assembled.clone(),
-        )
+        sessions.get(&key).map(|sess| {
+            (
+                sess.id.clone(),
+                sess.file_name.clone(),
+                sess.mime.clone(),
+                sess.assembled.clone(),
+            )
+        })
+    };
+    let Some((session_id, file_name, mime, assembled)) = live else {
+        // A retry of a finalize that succeeded answers the same.
+        if let Some(done) = already_finalized(s, who, req, None).await? {
+            return Ok(done);
+        }
+        return Err(TwirpError::not_found(format!(
+            "no upload of artifact {:?} is in progress for this job; call CreateArtifact first",
+            req.name
+        )));
     };
     let Some((sha256, size)) = assembled else {
         return Err(TwirpError::new(
@@ -415,7 +422,7 @@ async fn finalize(
         }
     }
     let zip = mime == "application/zip";
-    let plan =
+    let created =
         s.db.create_upload(&CreateUpload {
             context: JobContext {
                 pipeline: who.pipeline.clone(),
@@ -431,7 +438,7 @@ async fn finalize(
             files: vec![NewFile {
                 path: file_name,
                 size,
-                sha256,
+                sha256: sha256.clone(),
                 mode: 0o644,
                 content_type: Some(mime),
                 source_path: None,
@@ -440,18 +447,71 @@ async fn finalize(
             exclusive: true,
             expire_in_secs: s.default_expire_secs,
         })
-        .await?;
-    let done = s.db.finish_upload(&plan.upload_id).await?;
-    if let Some(sess) = s
-        .gha
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key)
-    {
+        .await;
+    let answer = match created {
+        Ok(plan) => {
+            let done = s.db.finish_upload(&plan.upload_id).await?;
+            json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()})
+        }
+        // A concurrent or retried finalize of this very upload won.
+        Err(DbError::Conflict(m)) => already_finalized(s, who, req, Some(&sha256))
+            .await?
+            .ok_or_else(|| TwirpError::from(DbError::Conflict(m)))?,
+        Err(e) => return Err(e.into()),
+    };
+    // Only the session finalized here goes: CreateArtifact may have
+    // started a newer one for the same name meanwhile.
+    let finished = {
+        let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&key) {
+            Some(x) if x.id == session_id => sessions.remove(&key),
+            _ => None,
+        }
+    };
+    if let Some(sess) = finished {
         sess.discard();
     }
-    Ok(json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()}))
+    Ok(answer)
+}
+
+/// The answer of a finalize that already succeeded for this job's
+/// artifact `req.name` (so that a retry gets the same answer), if the
+/// request matches it: same size and digest when given, and `sha256` when
+/// the content is known. `None` if there is no such artifact.
+async fn already_finalized(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+    sha256: Option<&str>,
+) -> Result<Option<serde_json::Value>, TwirpError> {
+    let Some(f) = run_artifacts(s, who)
+        .await?
+        .into_iter()
+        .find(|f| f.artifact_name == req.name && f.producer.job == who.job)
+    else {
+        return Ok(None);
+    };
+    let want_hash = req
+        .hash
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.strip_prefix("sha256:").unwrap_or(h).to_ascii_lowercase());
+    let same = req.size.is_none_or(|n| n == f.size as i64)
+        && want_hash.is_none_or(|h| h == f.sha256)
+        && sha256.is_none_or(|h| h == f.sha256);
+    if !same {
+        return Err(TwirpError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "artifact {:?} was already finalized with other content (sha256:{}, {} bytes)",
+                req.name, f.sha256, f.size
+            ),
+        ));
+    }
+    Ok(Some(
+        json!({"ok": true, "artifact_id": database_id(&f.artifact_id).to_string()}),
+    ))
 }
 
 async fn list(
