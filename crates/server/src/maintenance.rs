@@ -158,13 +158,20 @@ pub async fn fsck(s: &AppState) -> Result<FsckReport, ApiError> {
     Ok(r)
 }
 
-/// Runs [`gc`] every `every` with the default grace, for `satchel serve`.
+/// Runs [`gc`] every `every` with the default grace, and reaps GitHub
+/// Actions uploads idle for a day, for `satchel serve`.
 pub fn spawn_periodic_gc(s: AppState, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
+            let reaped = s
+                .gha
+                .reap_idle(crate::gha::SESSION_IDLE_SECS, crate::gha::now_secs());
+            if reaped > 0 {
+                tracing::info!("reaped {reaped} idle GitHub Actions uploads");
+            }
             if let Err(e) = gc(&s, DEFAULT_GRACE).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }

@@ -8,10 +8,16 @@
 //! - `PUT …?comp=blocklist` with `<BlockList><Latest>ID</Latest>…`: the
 //!   blob is the listed blocks in list order. It is hashed, stored in the
 //!   content store durably, and recorded; FinalizeArtifact then checks the
-//!   client's size and digest against it. Answers 201.
+//!   client's size and digest against it. The scratch blocks are deleted
+//!   then (a retry of the same list answers 201 again). Answers 201.
+//!
+//! A session holds at most [`super::Gha::max_session_bytes`] of blocks
+//! (413 past that), and sessions idle for a day are reaped by the periodic
+//! maintenance task ([`super::Gha::reap_idle`]).
 //! - `PUT …` without `comp`: the whole blob in one request (Put Blob).
 //! - `GET /gha-blob/d/…`: the file, 200, `application/zip` for archives.
 
+use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 
 use axum::body::Body;
@@ -45,6 +51,12 @@ pub struct Session {
     dir: PathBuf,
     /// The committed blob: sha256 (hex) and size.
     pub assembled: Option<(String, u64)>,
+    /// The block ids of the committed block list.
+    committed: Option<Vec<String>>,
+    /// Sizes of the blocks in scratch, by file name.
+    blocks: HashMap<PathBuf, u64>,
+    /// When the session was last used, in seconds since the epoch.
+    pub(super) touched: u64,
 }
 
 impl Session {
@@ -59,7 +71,19 @@ impl Session {
             mime,
             dir,
             assembled: None,
+            committed: None,
+            blocks: HashMap::new(),
+            touched: now_secs(),
         })
+    }
+
+    /// Bytes of the blocks in scratch, except `but`.
+    fn scratch_bytes(&self, but: &FsPath) -> u64 {
+        self.blocks
+            .iter()
+            .filter(|(p, _)| p.as_path() != but)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Removes the scratch blocks.
@@ -93,16 +117,59 @@ fn check_signature(s: &AppState, what: &str, p: &Params) -> Result<(), TwirpErro
     Ok(())
 }
 
-/// The scratch directory of the live session with this id.
-fn session_dir(s: &AppState, id: &str) -> Result<PathBuf, TwirpError> {
-    let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    sessions
-        .values()
-        .find(|x| x.id == id)
-        .map(|x| x.dir.clone())
-        .ok_or_else(|| {
-            TwirpError::not_found("no upload in progress for this URL (finalized or replaced)")
-        })
+/// Runs `f` on the live session with this id, marking it used.
+fn with_session<T>(
+    s: &AppState,
+    id: &str,
+    f: impl FnOnce(&mut Session) -> T,
+) -> Result<T, TwirpError> {
+    let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let x = sessions.values_mut().find(|x| x.id == id).ok_or_else(|| {
+        TwirpError::not_found("no upload in progress for this URL (finalized or replaced)")
+    })?;
+    x.touched = now_secs();
+    Ok(f(x))
+}
+
+fn too_large(max: u64) -> TwirpError {
+    TwirpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_argument",
+        format!("an upload may hold at most {max} bytes"),
+    )
+}
+
+/// Streams a block (or a whole blob) into `path` within the session's
+/// byte allowance and accounts for it.
+async fn write_block(
+    s: &AppState,
+    session: &str,
+    path: &FsPath,
+    body: Body,
+    max: u64,
+) -> Result<(), TwirpError> {
+    let cap = s.gha.max_session_bytes();
+    let allowance = with_session(s, session, |x| cap.saturating_sub(x.scratch_bytes(path)))?;
+    let n = match write_body(body, path, max.min(allowance)).await {
+        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE && allowance < max => {
+            return Err(too_large(cap))
+        }
+        r => r?,
+    };
+    // Concurrent blocks may together pass the cap: the last one loses.
+    let over = with_session(s, session, |x| {
+        x.blocks.insert(path.to_path_buf(), n);
+        let over = x.scratch_bytes(FsPath::new("")) > cap;
+        if over {
+            x.blocks.remove(path);
+        }
+        over
+    })?;
+    if over {
+        let _ = tokio::fs::remove_file(path).await;
+        return Err(too_large(cap));
+    }
+    Ok(())
 }
 
 /// Most bytes in a block id, once base64-decoded (Azure's limit).
@@ -229,7 +296,7 @@ pub(super) async fn put(
     body: Body,
 ) -> Result<Response, TwirpError> {
     check_signature(&s, &format!("u/{session}"), &p)?;
-    let dir = session_dir(&s, &session)?;
+    let dir = with_session(&s, &session, |x| x.dir.clone())?;
     match p.comp.as_deref() {
         Some("block") => {
             let id = p
@@ -237,7 +304,7 @@ pub(super) async fn put(
                 .as_deref()
                 .ok_or_else(|| TwirpError::invalid("comp=block needs a blockid"))?;
             let path = block_file(&dir, id)?;
-            write_body(body, &path, MAX_BLOCK).await?;
+            write_block(&s, &session, &path, body, MAX_BLOCK).await?;
             Ok(created())
         }
         Some("blocklist") => {
@@ -252,6 +319,10 @@ pub(super) async fn put(
                     "a block list may name at most {MAX_BLOCKS} blocks"
                 )));
             }
+            // A retry of the list that was committed (its blocks are gone).
+            if with_session(&s, &session, |x| x.committed.as_ref() == Some(&ids))? {
+                return Ok(created());
+            }
             let mut files = Vec::with_capacity(ids.len());
             for id in &ids {
                 let f = block_file(&dir, id)?;
@@ -262,13 +333,13 @@ pub(super) async fn put(
                 }
                 files.push(f);
             }
-            commit(&s, &session, files).await?;
+            commit(&s, &session, files, Some(ids)).await?;
             Ok(created())
         }
         None => {
             let path = dir.join("whole.blob");
-            write_body(body, &path, u64::MAX).await?;
-            commit(&s, &session, vec![path]).await?;
+            write_block(&s, &session, &path, body, u64::MAX).await?;
+            commit(&s, &session, vec![path], None).await?;
             Ok(created())
         }
         Some(other) => Err(TwirpError::invalid(format!(
@@ -278,8 +349,14 @@ pub(super) async fn put(
 }
 
 /// Hashes the blob made of `files` in order, stores it durably, records it,
-/// and remembers it as the session's content.
-async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), TwirpError> {
+/// remembers it as the session's content (and `ids` as its committed block
+/// list), and deletes the session's scratch blocks.
+async fn commit(
+    s: &AppState,
+    session: &str,
+    files: Vec<PathBuf>,
+    ids: Option<Vec<String>>,
+) -> Result<(), TwirpError> {
     let to_hash = files.clone();
     let (digest, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
         let mut h = Sha256::new();
@@ -315,9 +392,14 @@ async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), 
         .await?;
     s.db.record_blobs(&[(hex.clone(), size)]).await?;
     drop(writing);
-    let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(x) = sessions.values_mut().find(|x| x.id == session) {
+    let scratch = with_session(s, session, |x| {
         x.assembled = Some((hex, size));
+        x.committed = ids;
+        std::mem::take(&mut x.blocks)
+    })?;
+    // Azure drops uncommitted blocks at commit; the content is stored.
+    for path in scratch.keys() {
+        let _ = tokio::fs::remove_file(path).await;
     }
     Ok(())
 }
@@ -484,5 +566,151 @@ mod tests {
         assert!(block_file(&dir, "not base64!").is_err());
         assert!(block_file(&dir, "").is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn state() -> (AppState, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-gha-test-{}",
+            satchel_model::id::random_hex(8)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = std::sync::Arc::new(satchel_db::SqliteStore::open(dir.join("m.db")).unwrap());
+        let store = std::sync::Arc::new(satchel_store::LocalStore::open(dir.join("c")).unwrap());
+        let s = AppState::new(db, store, "t").with_scratch(dir.join("scratch"));
+        (s, dir)
+    }
+
+    fn new_session(s: &AppState, name: &str) -> String {
+        let sess = Session::new(
+            &s.gha.scratch,
+            format!("{name}.zip"),
+            "application/zip".into(),
+        )
+        .unwrap();
+        let id = sess.id.clone();
+        let key = ("p".to_string(), 1, "j".to_string(), name.to_string());
+        s.gha.sessions.lock().unwrap().insert(key, sess);
+        id
+    }
+
+    async fn send(
+        s: &AppState,
+        id: &str,
+        comp: Option<&str>,
+        block: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Result<Response, TwirpError> {
+        let se = now_secs() + 60;
+        let params = Params {
+            se: Some(se),
+            sig: Some(s.gha.keys.sign_url(&format!("u/{id}"), se)),
+            comp: comp.map(String::from),
+            blockid: block.map(String::from),
+        };
+        put(
+            State(s.clone()),
+            Path((id.to_string(), "a.zip".to_string())),
+            Query(params),
+            body.into(),
+        )
+        .await
+    }
+
+    fn scratch_files(s: &AppState, id: &str) -> Vec<String> {
+        std::fs::read_dir(s.gha.scratch.join(id))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    const LIST: &str = "<BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>";
+
+    #[tokio::test]
+    async fn blocks_are_deleted_once_committed() {
+        let (s, dir) = state();
+        let id = new_session(&s, "a");
+        send(&s, &id, Some("block"), Some("QUFB"), "hello ")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("QkJC"), "world")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("Q0ND"), "unused")
+            .await
+            .unwrap();
+        assert_eq!(scratch_files(&s, &id).len(), 3);
+        send(&s, &id, Some("blocklist"), None, LIST).await.unwrap();
+        assert_eq!(scratch_files(&s, &id), Vec::<String>::new());
+        // A retried block list (its answer lost) still succeeds.
+        let r = send(&s, &id, Some("blocklist"), None, LIST).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let sessions = s.gha.sessions.lock().unwrap();
+        let x = sessions.values().next().unwrap();
+        assert_eq!(x.assembled.as_ref().unwrap().1, 11);
+        drop(sessions);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_at_most_its_byte_cap() {
+        let (s, dir) = state();
+        s.gha.set_max_session_bytes(10);
+        let id = new_session(&s, "a");
+        send(&s, &id, Some("block"), Some("QUFB"), "123456")
+            .await
+            .unwrap();
+        let e = send(&s, &id, Some("block"), Some("QkJC"), "123456")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.msg);
+        assert_eq!(scratch_files(&s, &id).len(), 1, "the refused block is gone");
+        // Replacing a block counts its new size only.
+        send(&s, &id, Some("block"), Some("QUFB"), "1234567890")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("QUFB"), "1234")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("QkJC"), "123456")
+            .await
+            .unwrap();
+        let whole = new_session(&s, "b");
+        let e = send(&s, &whole, None, None, "12345678901")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        send(&s, &whole, None, None, "1234567890").await.unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_are_reaped() {
+        let (s, dir) = state();
+        let old = new_session(&s, "old");
+        let fresh = new_session(&s, "fresh");
+        send(&s, &old, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap();
+        let now = now_secs();
+        for x in s.gha.sessions.lock().unwrap().values_mut() {
+            if x.id == old {
+                x.touched = now - super::super::SESSION_IDLE_SECS - 1;
+            }
+        }
+        assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 1);
+        assert!(!s.gha.scratch.join(&old).exists(), "its blocks are gone");
+        assert!(s.gha.scratch.join(&fresh).exists());
+        let e = send(&s, &old, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        send(&s, &fresh, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap();
+        assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 0);
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -40,6 +40,10 @@ pub const DEFAULT_TOKEN_TTL: u64 = 6 * 3600;
 const UPLOAD_URL_TTL: u64 = 6 * 3600;
 /// How long signed download URLs live.
 const DOWNLOAD_URL_TTL: u64 = 3600;
+/// Uploads idle this long are reaped (their URLs expired long before).
+pub const SESSION_IDLE_SECS: u64 = 24 * 3600;
+/// Default of [`Gha::max_session_bytes`]: 32 GiB.
+pub const DEFAULT_MAX_SESSION_BYTES: u64 = 32 << 30;
 
 /// State of the protocol: keys, scratch space, uploads in progress.
 pub struct Gha {
@@ -48,6 +52,7 @@ pub struct Gha {
     /// Where blocks wait for their block list.
     pub scratch: PathBuf,
     sessions: Mutex<HashMap<SessionKey, blob::Session>>,
+    max_session_bytes: std::sync::atomic::AtomicU64,
 }
 
 type SessionKey = (String, u64, String, String);
@@ -60,7 +65,40 @@ impl Gha {
             keys: Keys::new(secret),
             scratch,
             sessions: Mutex::default(),
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES.into(),
         }
+    }
+
+    /// Most bytes of blocks one upload may hold in scratch.
+    pub fn max_session_bytes(&self) -> u64 {
+        self.max_session_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`Gha::max_session_bytes`].
+    pub fn set_max_session_bytes(&self, n: u64) {
+        self.max_session_bytes
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drops the uploads (and their scratch blocks) not used for
+    /// `max_idle_secs` as of `now` (seconds since the epoch); returns how
+    /// many. Their signed URLs expired long before.
+    pub fn reap_idle(&self, max_idle_secs: u64, now: u64) -> usize {
+        let idle: Vec<blob::Session> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<SessionKey> = sessions
+                .iter()
+                .filter(|(_, x)| x.touched.saturating_add(max_idle_secs) < now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| sessions.remove(k)).collect()
+        };
+        let n = idle.len();
+        for x in idle {
+            x.discard();
+        }
+        n
     }
 }
 
