@@ -225,10 +225,32 @@ struct Request {
     expires_at: Option<String>,
 }
 
-/// The numeric id the protocol uses for an artifact: the time-ordered
-/// prefix of its Satchel id (newer artifacts get higher numbers).
+/// Start of the seconds in [`database_id`]: 2025-01-01T00:00:00Z.
+const DATABASE_ID_EPOCH_SECS: u64 = 1_735_689_600;
+/// Random bits in [`database_id`].
+const DATABASE_ID_RANDOM_BITS: u32 = 21;
+
+/// The numeric id the protocol uses for an artifact, from its Satchel id
+/// (48 bits of milliseconds, then 80 random bits): seconds since 2025 (32
+/// bits, good until 2161) then 21 of its random bits, so at most 2^53 - 1.
+/// The wire type is an int64, but `@actions/artifact` turns ids into
+/// JavaScript numbers (`Number(…)`) and sends them back as ID filters, so
+/// only integers up to 2^53 round-trip. Two artifacts of a run share an id
+/// only if created in the same second with the same 21 random bits (it was
+/// the same millisecond and 12 bits). Newer artifacts get higher numbers,
+/// to the second.
 pub fn database_id(artifact_id: &str) -> i64 {
-    i64::from_str_radix(artifact_id.get(..15).unwrap_or("0"), 16).unwrap_or(0)
+    let hex = |r: std::ops::Range<usize>| {
+        artifact_id
+            .get(r)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+    };
+    let secs = (hex(0..12) / 1000)
+        .saturating_sub(DATABASE_ID_EPOCH_SECS)
+        .min(u64::from(u32::MAX));
+    let random = hex(12..18) & ((1 << DATABASE_ID_RANDOM_BITS) - 1);
+    ((secs << DATABASE_ID_RANDOM_BITS) | random).max(1) as i64
 }
 
 /// `scheme://host` of the request, for signed URLs.
@@ -692,9 +714,36 @@ mod tests {
     #[test]
     fn database_ids_follow_creation_order() {
         let a = satchel_model::id::new_id();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let b = satchel_model::id::new_id();
         assert!(database_id(&b) > database_id(&a));
         assert!(database_id(&a) > 0);
+    }
+
+    /// Artifacts made in the same millisecond differ unless 21 random bits
+    /// agree (not 12), and every id survives a trip through a JavaScript
+    /// number (the client does `Number(id)`).
+    #[test]
+    fn database_ids_are_wide_and_javascript_safe() {
+        const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+        let ms = format!("{:012x}", 1_795_350_586_123u64);
+        // Same millisecond; random parts differ past their first 12 bits.
+        let a = format!("{ms}000001{}", "0".repeat(14));
+        let b = format!("{ms}000002{}", "0".repeat(14));
+        let c = format!("{ms}100000{}", "0".repeat(14));
+        assert_ne!(database_id(&a), database_id(&b));
+        assert_ne!(database_id(&a), database_id(&c));
+        let later = format!("{:012x}000{}", 1_795_350_587_000u64, "0".repeat(17));
+        assert!(database_id(&later) > database_id(&c), "ordered by second");
+        for id in [
+            format!("{}{}", "f".repeat(12), "f".repeat(20)),
+            format!("{:012x}{}", 6_000_000_000_000u64, "f".repeat(20)),
+            satchel_model::id::new_id(),
+        ] {
+            let n = database_id(&id);
+            assert!(n > 0 && n <= MAX_SAFE_INTEGER, "{id}: {n}");
+            assert_eq!(n as f64 as i64, n);
+        }
+        assert_eq!(database_id(&"0".repeat(32)), 1);
     }
 }
