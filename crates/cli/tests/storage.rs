@@ -542,3 +542,32 @@ fn a_slow_upload_stalls_neither_gc_nor_other_uploads() {
         }
     });
 }
+
+/// Content GC cannot delete is not forgotten: its row stays, and a later
+/// pass deletes it.
+#[test]
+fn gc_keeps_what_it_could_not_delete() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    write(&w, "a.txt", b"stubborn content");
+    let agent = s.agent(&w, "p", 1, "j");
+    agent.ok(&["artifact", "upload", "--name", "a", "a.txt"]);
+    s.delete_artifact(&s.artifact_id("p", 1, "a"));
+    // A directory where the blob file was: deleting it fails.
+    let blob = blob_path(&data, b"stubborn content");
+    let saved = std::fs::read(&blob).unwrap();
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::create_dir_all(blob.join("in-the-way")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let err = agent.fails(&["admin", "gc", "--grace", "0s", "--json"]);
+    assert!(err.contains("could not be deleted"), "{err}");
+    std::fs::remove_dir_all(&blob).unwrap();
+    std::fs::write(&blob, saved).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let out = agent.ok(&["admin", "gc", "--grace", "0s", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["blobs_deleted"], 1, "the next pass deletes it: {r}");
+    assert!(!blob.exists());
+}

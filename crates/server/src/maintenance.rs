@@ -73,14 +73,37 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
             .filter(|d| !sweep.is_being_written(d))
             .collect();
         let gone = s.db.forget_blobs(&digests, cutoff).await?;
-        for d in &gone {
-            s.store.delete(&Digest::from_hex(d)?).await?;
-            report.blobs_deleted += 1;
-            report.bytes_freed += candidates
+        let size_of = |d: &str| {
+            candidates
                 .iter()
                 .find(|(c, _)| c == d)
-                .map_or(0, |(_, size)| *size);
+                .map_or(0, |(_, size)| *size)
+        };
+        // A blob whose content could not be deleted is recorded again (its
+        // content is still there), so a later pass tries again instead of
+        // the file being forgotten for good.
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for d in &gone {
+            match s.store.delete(&Digest::from_hex(d)?).await {
+                Ok(()) => {
+                    report.blobs_deleted += 1;
+                    report.bytes_freed += size_of(d);
+                }
+                Err(e) => {
+                    failed.push((d.clone(), size_of(d)));
+                    first_error.get_or_insert(e);
+                }
+            }
         }
+        if let Some(e) = first_error {
+            s.db.record_blobs(&failed).await?;
+            return Err(ApiError::internal(format!(
+                "gc: {} blobs could not be deleted and are kept for the next pass: {e}",
+                failed.len()
+            )));
+        }
+        drop(sweep);
         if candidates.len() < BATCH {
             break;
         }
