@@ -1001,3 +1001,28 @@ fn a_second_ctrl_c_quits_without_leaving_steps_behind() {
     assert_eq!(status.code(), Some(130));
     wait_for_no_group(&pgid, "the step must not outlive `satchel run`");
 }
+
+/// A job directory is fresh even when the run number comes again (another
+/// data directory, the same work directory), and a `PATH` set in `env:` is
+/// kept (the `satchel` binary's directory goes first).
+#[test]
+fn job_dirs_are_fresh_and_env_path_is_kept() {
+    let d = tmp();
+    let work = d.path().join("work");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        "name: fresh\nenv:\n  PATH: /custom/bin:/usr/bin:/bin\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: test ! -e leftover && touch leftover && echo \"path=$PATH\"\n",
+    );
+    for data in ["data1", "data2"] {
+        let o = run(
+            &d.path().join(data),
+            &p,
+            &["--work-dir", work.to_str().unwrap()],
+        );
+        let t = text(&o);
+        assert!(o.status.success(), "{data}: a leftover was seen?\n{t}");
+        let line = t.lines().find(|l| l.contains("] path=")).unwrap();
+        assert!(line.contains(":/custom/bin:/usr/bin:/bin"), "{t}");
+    }
+}

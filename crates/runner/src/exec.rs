@@ -358,6 +358,18 @@ async fn run_job_steps(
         .join(&job.key);
     let work = dir.join("work");
     let workspace = dir.join("workspace");
+    // Fresh every time: the same run number comes again with another
+    // server, or a server whose data was reset, and must not see the
+    // files an earlier job left.
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(StepError::Failed(format!(
+                "clearing {}: {e}",
+                dir.display()
+            )))
+        }
+        _ => {}
+    }
     for d in [&work, &workspace] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -373,7 +385,14 @@ async fn run_job_steps(
         let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
         env.extend(job.env.clone());
         env.extend(step.env.clone());
-        let ctx_env = context_env(shared, stage, &job.key, key, &workspace);
+        let ctx_env = context_env(
+            shared,
+            stage,
+            &job.key,
+            key,
+            &workspace,
+            env.get("PATH").cloned(),
+        );
         env.extend(ctx_env);
         env.extend(ref_env);
         say(prefix, &format!("▶ {key}: {}", describe(&step)));
@@ -390,13 +409,16 @@ async fn run_job_steps(
 }
 
 /// The environment every step gets: where it is, and how to reach the
-/// server, so `satchel artifact …` works inside it.
+/// server, so `satchel artifact …` works inside it. `PATH` is the
+/// pipeline's (`user_path`, when its `env:` sets one) or else the
+/// runner's, with the `satchel` binary's directory first.
 fn context_env(
     shared: &Shared,
     stage: &str,
     job: &str,
     step: &str,
     workspace: &Path,
+    user_path: Option<String>,
 ) -> Vec<(String, String)> {
     let run = &shared.run;
     let cfg = &shared.cfg;
@@ -425,7 +447,7 @@ fn context_env(
         ),
     ];
     if let Some(dir) = cfg.satchel_exe.parent() {
-        let path = std::env::var("PATH").unwrap_or_default();
+        let path = user_path.unwrap_or_else(|| std::env::var("PATH").unwrap_or_default());
         v.push(("PATH".into(), format!("{}:{path}", dir.display())));
     }
     v
