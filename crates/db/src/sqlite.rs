@@ -1387,7 +1387,7 @@ impl MetaStore for SqliteStore {
                     package_row,
                 ),
                 None => c.query_row(
-                    &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 ORDER BY k.created_at DESC, k.id DESC LIMIT 1"),
+                    &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 ORDER BY k.created_at DESC, k.rowid DESC LIMIT 1"),
                     params![repo, name],
                     package_row,
                 ),
@@ -1432,7 +1432,7 @@ impl MetaStore for SqliteStore {
             let mut stmt = c
                 .prepare(&format!(
                     "{PACKAGE_SELECT} WHERE k.repository = ?1 AND (?2 IS NULL OR k.name = ?2)
-                     ORDER BY k.created_at DESC, k.id DESC"
+                     ORDER BY k.created_at DESC, k.rowid DESC"
                 ))
                 .map_err(backend)?;
             let out = stmt
