@@ -167,6 +167,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("canceling: stopping every job (Ctrl-C again to quit at once)");
             let _ = cancel_tx.send(true);
             if tokio::signal::ctrl_c().await.is_ok() {
+                // Quitting at once must not leave steps running behind.
+                satchel_runner::exec::kill_all_steps();
                 std::process::exit(130);
             }
         }

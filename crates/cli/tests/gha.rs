@@ -218,9 +218,16 @@ fn protocol_refusals() {
             use sha2::Digest as _;
             format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"hello world!")))
         };
-        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": right}))).await;
+        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": right.clone()}))).await;
         assert_eq!(st, 200, "{v}");
         assert!(v["artifact_id"].as_str().unwrap().parse::<i64>().unwrap() > 0);
+        // A retried finalize (the answer was lost) gets the same answer;
+        // one that claims other content does not.
+        let first = v["artifact_id"].clone();
+        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": right}))).await;
+        assert_eq!((st, &v["artifact_id"]), (200, &first), "{v}");
+        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "13"}))).await;
+        assert_eq!((st, v["code"].as_str()), (409, Some("already_exists")), "{v}");
         let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "art"}))).await;
         assert_eq!((st, v["code"].as_str()), (409, Some("already_exists")));
         let (_, v) = twirp("GetSignedArtifactURL", &token, with(serde_json::json!({"name": "art"}))).await;

@@ -822,3 +822,207 @@ fn pipeline_endpoints_reject_bad_input() {
         assert_eq!(v["artifacts"].as_array().unwrap().len(), 1);
     });
 }
+
+/// A `$[…]` value in a `run:` script is data, never shell code: a link
+/// URL full of shell syntax comes out byte for byte, bare, in double
+/// quotes and in single quotes, and runs nothing.
+#[test]
+fn reference_values_are_not_shell_code() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let url = r#"https://example.com/a';touch${IFS}pwned1;'$(touch${IFS}pwned2)"q";touch${IFS}pwned3`touch${IFS}pwned4`"#;
+    let r = "$[stages.build.job1.l.artifacts.nasty]";
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        &format!(
+            r#"
+name: inject
+stages:
+  - key: build
+    jobs:
+      - key: job1
+        steps:
+          - key: l
+            link: '{}'
+            artifact: nasty
+  - key: use
+    jobs:
+      - key: u
+        steps:
+          - run: |
+              printf '%s\n' {r} > out1
+              printf '%s\n' "{r}" > out2
+              printf '%s\n' '{r}' > out3
+"#,
+            url.replace('\'', "''")
+        ),
+    );
+    let out = passes(&data, &p);
+    let work = data.join("work/inject/1/u/work");
+    for f in ["out1", "out2", "out3"] {
+        let got = std::fs::read_to_string(work.join(f)).unwrap();
+        assert_eq!(got, format!("{url}\n"), "{f}:\n{out}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["out1", "out2", "out3"], "{out}");
+}
+
+/// Processes of process group `pgid` that are alive (not zombies).
+fn live_in_group(pgid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp …; comm may hold spaces.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[2] == pgid && f[0] != "Z" {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+fn wait_for_no_group(pgid: &str, what: &str) {
+    for _ in 0..200 {
+        if live_in_group(pgid).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let left = live_in_group(pgid);
+    Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .ok();
+    panic!("{what}: processes {left:?} of group {pgid} still run");
+}
+
+/// A step that leaves a background process holding its output does not
+/// hang the run: the step's process group goes when its script exits.
+#[test]
+fn a_background_process_does_not_hang_the_run() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        "name: bg\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: echo $$ > pgid; sleep 1000 &\n          - run: echo next step\n",
+    );
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&p)
+        .env_remove("SATCHEL_URL")
+        .env_remove("SATCHEL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = String::new();
+        let mut r = stdout;
+        r.read_to_string(&mut all).ok();
+        all
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().ok();
+            let pgid = std::fs::read_to_string(data.join("work/bg/1/j/work/pgid")).unwrap();
+            Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", pgid.trim())])
+                .status()
+                .ok();
+            panic!("the run hangs on a step's background process");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = lines.join().unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("next step"), "{out}");
+    let pgid = std::fs::read_to_string(data.join("work/bg/1/j/work/pgid")).unwrap();
+    wait_for_no_group(pgid.trim(), "the background sleep must be stopped");
+}
+
+/// A second Ctrl-C quits at once, and kills the steps first, even those
+/// that ignore SIGTERM.
+#[test]
+fn a_second_ctrl_c_quits_without_leaving_steps_behind() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        "name: stubborn\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: trap '' TERM INT; echo $$ > pgid; sleep 1000\n",
+    );
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&p)
+        .env_remove("SATCHEL_URL")
+        .env_remove("SATCHEL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgid_file = data.join("work/stubborn/1/j/work/pgid");
+    wait_until(
+        || std::fs::read_to_string(&pgid_file).is_ok_and(|s| s.ends_with('\n')),
+        "the step to start",
+    );
+    let pgid = std::fs::read_to_string(&pgid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_for_no_group(&pgid, "the step must not outlive `satchel run`");
+}
+
+/// A job directory is fresh even when the run number comes again (another
+/// data directory, the same work directory), and a `PATH` set in `env:` is
+/// kept (the `satchel` binary's directory goes first).
+#[test]
+fn job_dirs_are_fresh_and_env_path_is_kept() {
+    let d = tmp();
+    let work = d.path().join("work");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        "name: fresh\nenv:\n  PATH: /custom/bin:/usr/bin:/bin\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: test ! -e leftover && touch leftover && echo \"path=$PATH\"\n",
+    );
+    for data in ["data1", "data2"] {
+        let o = run(
+            &d.path().join(data),
+            &p,
+            &["--work-dir", work.to_str().unwrap()],
+        );
+        let t = text(&o);
+        assert!(o.status.success(), "{data}: a leftover was seen?\n{t}");
+        let line = t.lines().find(|l| l.contains("] path=")).unwrap();
+        assert!(line.contains(":/custom/bin:/usr/bin:/bin"), "{t}");
+    }
+}

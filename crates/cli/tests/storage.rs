@@ -17,7 +17,7 @@ fn sha(data: &[u8]) -> String {
 /// the recipe of a blob of several chunks (unencrypted layout).
 fn blob_path(data_dir: &Path, data: &[u8]) -> PathBuf {
     let h = sha(data);
-    let chunk = data_dir.join("content/objects/c").join(&h[..2]).join(&h);
+    let chunk = data_dir.join("content/objects/b").join(&h[..2]).join(&h);
     if chunk.exists() {
         return chunk;
     }
@@ -401,4 +401,182 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
             .unwrap();
         assert_eq!(r["ok"], true, "{r}");
     });
+}
+
+/// A client that sends its blob slowly must not hold up GC, nor (through
+/// a GC waiting for the gate) every other upload.
+#[test]
+fn a_slow_upload_stalls_neither_gc_nor_other_uploads() {
+    use std::time::Duration;
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, token) = (s.url.clone(), s.token.clone());
+    rt.block_on(async move {
+        let http = reqwest::Client::new();
+        let api = |p: &str| format!("{url}/api/v1{p}");
+        let create = |run: u64, name: &str, data: &[u8]| {
+            let body = json!({
+                "context": {"pipeline": "slow", "run": run, "job": "j"},
+                "name": name,
+                "files": [{"path": "f.bin", "size": data.len(), "sha256": sha(data)}],
+            });
+            let req = http.post(api("/uploads")).bearer_auth(&token).json(&body);
+            async move {
+                let v: Value = req.send().await.unwrap().json().await.unwrap();
+                v
+            }
+        };
+        let put = |upload: &Value, data: &[u8]| {
+            http.put(api(&format!(
+                "/uploads/{}/blobs/{}",
+                upload["upload_id"].as_str().unwrap(),
+                sha(data)
+            )))
+            .bearer_auth(&token)
+        };
+        let finish = |upload: &Value| {
+            http.post(api(&format!(
+                "/uploads/{}/finish",
+                upload["upload_id"].as_str().unwrap()
+            )))
+            .bearer_auth(&token)
+            .send()
+        };
+        // Garbage for GC to collect, so that it takes the gate.
+        let garbage = b"garbage".repeat(100);
+        let u = create(1, "garbage", &garbage).await;
+        assert!(put(&u, &garbage)
+            .body(garbage.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+        assert!(finish(&u).await.unwrap().status().is_success());
+        let r = http
+            .delete(api(&format!(
+                "/artifacts/{}",
+                u["artifact_id"].as_str().unwrap()
+            )))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+
+        // A slow client: half its body now, the rest when we say so.
+        let slow: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let su = create(2, "slow", &slow).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        tx.send(Ok(slow[..slow.len() / 2].to_vec())).await.unwrap();
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        let slow_put = tokio::spawn(
+            put(&su, &slow)
+                .body(reqwest::Body::wrap_stream(stream))
+                .send(),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let gc = tokio::spawn(
+            http.post(api("/admin/gc"))
+                .bearer_auth(&token)
+                .json(&json!({"grace_seconds": 0}))
+                .send(),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Another upload goes through while the slow one is still sending.
+        let fast = b"fast".repeat(100);
+        let fu = create(3, "fast", &fast).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            put(&fu, &fast).body(fast.clone()).send(),
+        )
+        .await
+        .expect("an upload must not wait for a slow client's upload (and a GC waiting for it)")
+        .unwrap();
+        assert!(r.status().is_success());
+        assert!(finish(&fu).await.unwrap().status().is_success());
+        let report: Value = tokio::time::timeout(Duration::from_secs(10), gc)
+            .await
+            .expect("GC must not wait for a slow client")
+            .unwrap()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["blobs_deleted"], 1, "{report}");
+        assert!(!slow_put.is_finished());
+
+        // The slow upload completes and its content is intact.
+        tx.send(Ok(slow[slow.len() / 2..].to_vec())).await.unwrap();
+        drop(tx);
+        let r = slow_put.await.unwrap().unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        assert!(finish(&su).await.unwrap().status().is_success());
+        for (run, data) in [(2, &slow), (3, &fast)] {
+            let v: Value = http
+                .get(api(&format!(
+                    "/pipelines/slow/runs/{run}/search?query=f.bin"
+                )))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let body = http
+                .get(api(&format!(
+                    "/files/{}/content",
+                    v["files"][0]["id"].as_str().unwrap()
+                )))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(body.as_ref(), data.as_slice(), "run {run}");
+        }
+    });
+}
+
+/// Content GC cannot delete is not forgotten: its row stays, and a later
+/// pass deletes it.
+#[test]
+fn gc_keeps_what_it_could_not_delete() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    write(&w, "a.txt", b"stubborn content");
+    let agent = s.agent(&w, "p", 1, "j");
+    agent.ok(&["artifact", "upload", "--name", "a", "a.txt"]);
+    s.delete_artifact(&s.artifact_id("p", 1, "a"));
+    // A directory where the blob file was: deleting it fails.
+    let blob = blob_path(&data, b"stubborn content");
+    let saved = std::fs::read(&blob).unwrap();
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::create_dir_all(blob.join("in-the-way")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let err = agent.fails(&["admin", "gc", "--grace", "0s", "--json"]);
+    assert!(err.contains("could not be deleted"), "{err}");
+    std::fs::remove_dir_all(&blob).unwrap();
+    std::fs::write(&blob, saved).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let out = agent.ok(&["admin", "gc", "--grace", "0s", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["blobs_deleted"], 1, "the next pass deletes it: {r}");
+    assert!(!blob.exists());
 }

@@ -90,7 +90,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Which of `digests` are durably stored.
     async fn known_blobs(&self, digests: &[String]) -> Result<HashSet<String>, DbError>;
     /// Records blobs as durably stored. Call only after the content store
-    /// made them durable.
+    /// made them durable. Recording a blob again makes it young again (its
+    /// `created_at` becomes now), so content that was just re-sent or
+    /// re-committed gets the full GC grace period.
     async fn record_blobs(&self, blobs: &[(String, u64)]) -> Result<(), DbError>;
     /// Makes an upload's files visible, atomically, once all their content
     /// is recorded; finishing twice is harmless.
@@ -161,9 +163,15 @@ pub trait MetaStore: Send + Sync + 'static {
         cutoff_ms: i64,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, DbError>;
-    /// Deletes the rows of those `digests` that are still unreferenced, in
-    /// one transaction, and returns them: only their content may go.
-    async fn forget_blobs(&self, digests: &[String]) -> Result<Vec<String>, DbError>;
+    /// Deletes the rows of those `digests` that are still unreferenced and
+    /// still recorded before `cutoff_ms` (a blob re-recorded since it was
+    /// listed is young again and stays), in one transaction, and returns
+    /// them: only their content may go.
+    async fn forget_blobs(
+        &self,
+        digests: &[String],
+        cutoff_ms: i64,
+    ) -> Result<Vec<String>, DbError>;
     /// Every blob that finished artifacts and packages reference, with its
     /// size, for fsck.
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;

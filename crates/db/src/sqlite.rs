@@ -1089,10 +1089,14 @@ impl MetaStore for SqliteStore {
         self.write(move |tx| {
             let now = now_millis();
             let mut stmt = tx
-                .prepare("INSERT INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING")
+                .prepare(
+                    "INSERT INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (sha256) DO UPDATE SET created_at = excluded.created_at",
+                )
                 .map_err(backend)?;
             for (d, size) in blobs {
-                stmt.execute(params![d, size as i64, now]).map_err(backend)?;
+                stmt.execute(params![d, size as i64, now])
+                    .map_err(backend)?;
             }
             Ok(())
         })
@@ -1383,7 +1387,7 @@ impl MetaStore for SqliteStore {
                     package_row,
                 ),
                 None => c.query_row(
-                    &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 ORDER BY k.created_at DESC, k.id DESC LIMIT 1"),
+                    &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 ORDER BY k.created_at DESC, k.rowid DESC LIMIT 1"),
                     params![repo, name],
                     package_row,
                 ),
@@ -1428,7 +1432,7 @@ impl MetaStore for SqliteStore {
             let mut stmt = c
                 .prepare(&format!(
                     "{PACKAGE_SELECT} WHERE k.repository = ?1 AND (?2 IS NULL OR k.name = ?2)
-                     ORDER BY k.created_at DESC, k.id DESC"
+                     ORDER BY k.created_at DESC, k.rowid DESC"
                 ))
                 .map_err(backend)?;
             let out = stmt
@@ -1486,17 +1490,22 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn forget_blobs(&self, digests: &[String]) -> Result<Vec<String>, DbError> {
+    async fn forget_blobs(
+        &self,
+        digests: &[String],
+        cutoff_ms: i64,
+    ) -> Result<Vec<String>, DbError> {
         let digests = digests.to_vec();
         self.write(move |tx| {
             let mut stmt = tx
                 .prepare(&format!(
-                    "DELETE FROM blobs AS b WHERE b.sha256 = ?1 AND {UNREFERENCED}"
+                    "DELETE FROM blobs AS b
+                     WHERE b.sha256 = ?1 AND b.created_at < ?2 AND {UNREFERENCED}"
                 ))
                 .map_err(backend)?;
             let mut gone = Vec::new();
             for d in digests {
-                if stmt.execute([&d]).map_err(backend)? > 0 {
+                if stmt.execute(params![&d, cutoff_ms]).map_err(backend)? > 0 {
                     gone.push(d);
                 }
             }

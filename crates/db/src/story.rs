@@ -190,7 +190,50 @@ pub async fn run_all(db: &dyn MetaStore) {
     ));
     assert_eq!(db.list_runs("pipe").await.unwrap().len(), 1);
 
+    gc_grace(db).await;
     pipelines(db).await;
+}
+
+/// Re-recording a blob makes it young again, and forgetting honours the
+/// cutoff even for a blob listed as a candidate before it was re-recorded
+/// (a GitHub Actions upload commits its blob well before it references it).
+async fn gc_grace(db: &dyn MetaStore) {
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(5));
+    let z = "9".repeat(64);
+    db.record_blobs(&[(z.clone(), 9)]).await.unwrap();
+    tick().await;
+    let cutoff = satchel_model::id::now_millis();
+    tick().await;
+    let listed = db.unreferenced_blobs(cutoff, 1000).await.unwrap();
+    assert!(listed.iter().any(|(d, _)| *d == z), "old and unreferenced");
+    // Committed again (re-sent) after GC listed it.
+    db.record_blobs(&[(z.clone(), 9)]).await.unwrap();
+    let listed = db.unreferenced_blobs(cutoff, 1000).await.unwrap();
+    assert!(
+        !listed.iter().any(|(d, _)| *d == z),
+        "re-recording refreshes a blob's age"
+    );
+    assert!(
+        db.forget_blobs(std::slice::from_ref(&z), cutoff)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a blob recorded after the cutoff is not forgotten"
+    );
+    assert!(db
+        .known_blobs(std::slice::from_ref(&z))
+        .await
+        .unwrap()
+        .contains(&z));
+    tick().await;
+    let later = satchel_model::id::now_millis();
+    assert_eq!(
+        db.forget_blobs(std::slice::from_ref(&z), later)
+            .await
+            .unwrap(),
+        vec![z.clone()]
+    );
+    assert!(db.known_blobs(&[z]).await.unwrap().is_empty());
 }
 
 /// Runs, selectors, typed artifacts and packages.

@@ -637,6 +637,13 @@ mod tests {
         assert!(e.why.contains("the limit is"), "{e}");
     }
 
+    #[test]
+    fn an_anchored_name_hides_what_is_inside_it() {
+        let r = rules("/e\n");
+        assert!(r.is_ignored("e/e", false), "inside the ignored root e");
+        assert!(!r.is_ignored("d/e", false));
+    }
+
     /// Normalized relative paths over a small alphabet.
     fn path() -> impl Strategy<Value = String> {
         "[a-c]{1,3}(/[a-c.]{1,3}){0,3}".prop_filter("no . or .. segments", |p| {
@@ -667,7 +674,7 @@ mod tests {
 
         #[test]
         fn an_anchored_name_matches_only_at_the_root(name in "[a-z]{1,8}", dir in "[a-z]{1,3}") {
-            // (`{name}/{name}` is inside the ignored directory `{name}`.)
+            // `NAME/NAME` is inside the ignored root `NAME`, so ignored.
             prop_assume!(dir != name);
             let r = rules(&format!("/{name}\n"));
             prop_assert!(r.is_ignored(&name, false));

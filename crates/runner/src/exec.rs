@@ -6,8 +6,10 @@
 //! with `sh -c`; `publish`, `image`, `link`, `download` and
 //! `artifact_paths` run the `satchel` binary itself, so a step behaves
 //! exactly as the same command typed inside a job. Output is prefixed with
-//! `[stage/job]`. Cancelling (Ctrl-C) stops every child's process group
-//! and records the run as `canceled`.
+//! `[stage/job]`. When a step's process exits, its process group is
+//! killed, so background processes it left do not outlive it (nor keep its
+//! output pipes open). Cancelling (Ctrl-C) stops every child's process
+//! group and records the run as `canceled`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -356,6 +358,18 @@ async fn run_job_steps(
         .join(&job.key);
     let work = dir.join("work");
     let workspace = dir.join("workspace");
+    // Fresh every time: the same run number comes again with another
+    // server, or a server whose data was reset, and must not see the
+    // files an earlier job left.
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(StepError::Failed(format!(
+                "clearing {}: {e}",
+                dir.display()
+            )))
+        }
+        _ => {}
+    }
     for d in [&work, &workspace] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -365,14 +379,22 @@ async fn run_job_steps(
             return Err(StepError::Canceled);
         }
         let key = step.key();
-        let step = substitute(shared, stage, &job.key, step)
+        let (step, ref_env) = substitute(shared, stage, &job.key, step)
             .await
             .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
         let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
         env.extend(job.env.clone());
         env.extend(step.env.clone());
-        let ctx_env = context_env(shared, stage, &job.key, key, &workspace);
+        let ctx_env = context_env(
+            shared,
+            stage,
+            &job.key,
+            key,
+            &workspace,
+            env.get("PATH").cloned(),
+        );
         env.extend(ctx_env);
+        env.extend(ref_env);
         say(prefix, &format!("▶ {key}: {}", describe(&step)));
         let started = Instant::now();
         for argv in commands(shared, &step, &workspace) {
@@ -387,13 +409,16 @@ async fn run_job_steps(
 }
 
 /// The environment every step gets: where it is, and how to reach the
-/// server, so `satchel artifact …` works inside it.
+/// server, so `satchel artifact …` works inside it. `PATH` is the
+/// pipeline's (`user_path`, when its `env:` sets one) or else the
+/// runner's, with the `satchel` binary's directory first.
 fn context_env(
     shared: &Shared,
     stage: &str,
     job: &str,
     step: &str,
     workspace: &Path,
+    user_path: Option<String>,
 ) -> Vec<(String, String)> {
     let run = &shared.run;
     let cfg = &shared.cfg;
@@ -422,7 +447,7 @@ fn context_env(
         ),
     ];
     if let Some(dir) = cfg.satchel_exe.parent() {
-        let path = std::env::var("PATH").unwrap_or_default();
+        let path = user_path.unwrap_or_else(|| std::env::var("PATH").unwrap_or_default());
         v.push(("PATH".into(), format!("{}:{path}", dir.display())));
     }
     v
@@ -462,8 +487,16 @@ fn describe(step: &Step) -> String {
     }
 }
 
-/// Resolves every `$[…]` in the step's fields through the server.
-async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> anyhow::Result<Step> {
+/// Resolves every `$[…]` in the step's fields through the server. Fields
+/// passed as arguments get the values; a `run:` script gets quoted
+/// expansions of `SATCHEL_REF_<n>` variables instead (see [`crate::shell`]),
+/// returned to be exported, so no value is ever parsed by the shell.
+async fn substitute(
+    shared: &Shared,
+    stage: &str,
+    job: &str,
+    step: &Step,
+) -> anyhow::Result<(Step, Vec<(String, String)>)> {
     let at = RunContext {
         pipeline: shared.run.pipeline.clone(),
         run: shared.run.number,
@@ -471,13 +504,14 @@ async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> any
         job: Some(job.to_string()),
     };
     let mut out = step.clone();
-    for field in [
-        &mut out.run,
-        &mut out.publish,
-        &mut out.image,
-        &mut out.link,
-        &mut out.download,
-        &mut out.artifact,
+    let mut env = Vec::new();
+    for (is_script, field) in [
+        (true, &mut out.run),
+        (false, &mut out.publish),
+        (false, &mut out.image),
+        (false, &mut out.link),
+        (false, &mut out.download),
+        (false, &mut out.artifact),
     ] {
         let Some(text) = field.as_ref() else { continue };
         if !text.contains("$[") {
@@ -503,16 +537,23 @@ async fn substitute(shared: &Shared, stage: &str, job: &str, step: &Step) -> any
                 .map_err(|e| anyhow::anyhow!("cannot resolve: {e}"))?;
             values.insert(key, shared.cfg.client.absolute(&resolved.value));
         }
-        let replaced = expr::substitute(text, |r| {
-            values
-                .get(&r.to_string())
-                .cloned()
-                .ok_or_else(|| format!("$[{r}] was not resolved"))
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let replaced = if is_script {
+            let (script, vars) = crate::shell::substitute(text, |k| values.get(k).cloned())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            env = vars;
+            script
+        } else {
+            expr::substitute(text, |r| {
+                values
+                    .get(&r.to_string())
+                    .cloned()
+                    .ok_or_else(|| format!("$[{r}] was not resolved"))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        };
         *field = Some(replaced);
     }
-    Ok(out)
+    Ok((out, env))
 }
 
 /// The processes a step runs, in order.
@@ -610,6 +651,30 @@ fn signal_group(pgid: u32, sig: i32) {
     }
 }
 
+/// Process groups of the steps running now, so that quitting at once
+/// (a second Ctrl-C) can stop them; `None` once [`kill_all_steps`] ran,
+/// after which no step starts.
+static LIVE_GROUPS: std::sync::Mutex<Option<Vec<u32>>> = std::sync::Mutex::new(Some(Vec::new()));
+
+fn live_groups() -> std::sync::MutexGuard<'static, Option<Vec<u32>>> {
+    LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills (SIGKILL) the process group of every step running now, and keeps
+/// any further step from starting: for quitting at once (a second Ctrl-C)
+/// without leaving jobs running behind.
+pub fn kill_all_steps() {
+    if let Some(groups) = live_groups().take() {
+        for pgid in groups {
+            signal_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// How long a step's output is still read after its process group was
+/// stopped (a process that left the group may hold the pipes open).
+const DRAIN: Duration = Duration::from_secs(2);
+
 async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
     let mut r = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -622,6 +687,20 @@ async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
                 say(&prefix, line.trim_end_matches(['\n', '\r']));
             }
         }
+    }
+}
+
+/// Waits for a stopped step's output to end, at most [`DRAIN`].
+async fn drain(out: tokio::task::JoinHandle<()>, err: tokio::task::JoinHandle<()>) {
+    let (a, b) = (out.abort_handle(), err.abort_handle());
+    if tokio::time::timeout(DRAIN, async {
+        let _ = tokio::join!(out, err);
+    })
+    .await
+    .is_err()
+    {
+        a.abort();
+        b.abort();
     }
 }
 
@@ -654,10 +733,30 @@ async fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", argv[0]))?;
-    let pgid = child.id().unwrap_or(0);
+    let (mut child, pgid) = {
+        let mut groups = live_groups();
+        let Some(groups) = groups.as_mut() else {
+            return Err(StepError::Canceled);
+        };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", argv[0]))?;
+        let pgid = child.id().unwrap_or(0);
+        groups.push(pgid);
+        (child, pgid)
+    };
+    // Whatever happens next, the step's group goes: background processes
+    // (`sleep 1000 &`) do not outlive their step.
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            signal_group(self.0, libc::SIGKILL);
+            if let Some(g) = live_groups().as_mut() {
+                g.retain(|p| *p != self.0);
+            }
+        }
+    }
+    let group = Group(pgid);
     let out = tokio::spawn(pump(
         child.stdout.take().expect("piped"),
         prefix.to_string(),
@@ -678,13 +777,16 @@ async fn spawn(
                 }
             };
             // Grandchildren that ignored SIGTERM go too.
-            signal_group(pgid, libc::SIGKILL);
+            drop(group);
             let _ = s;
-            let _ = tokio::join!(out, err);
+            drain(out, err).await;
             return Err(StepError::Canceled);
         }
     };
-    let _ = tokio::join!(out, err);
+    // The script is done: its background processes go, and so the pipes
+    // they held close.
+    drop(group);
+    drain(out, err).await;
     if !status.success() {
         let how = match status.code() {
             Some(c) => format!("exit code {c}"),

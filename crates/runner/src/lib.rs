@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod pipeline;
+pub mod shell;
 
 pub use exec::{run_pipeline, summary, Outcome, RunReport, RunnerConfig};
 pub use pipeline::Pipeline;

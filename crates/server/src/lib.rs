@@ -7,6 +7,7 @@
 
 pub mod error;
 mod extract;
+pub mod gate;
 pub mod gha;
 pub mod maintenance;
 mod routes;
@@ -35,10 +36,11 @@ pub struct AppState {
     api_requests: Arc<std::sync::atomic::AtomicU64>,
     /// The GitHub Actions artifact protocol.
     pub gha: Arc<gha::Gha>,
-    /// Writers of blobs hold it shared; garbage collection holds it
-    /// exclusively while it deletes, so a blob re-sent during a sweep is
-    /// never deleted after it was stored (see `maintenance`).
-    pub blob_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Writers of blobs announce what they store; garbage collection
+    /// skips it, so a blob re-sent during a sweep is never deleted after
+    /// it was stored, and no lock is held while a client sends (see
+    /// [`gate`]).
+    pub blob_gate: Arc<gate::BlobGate>,
     /// The last or running key rotation.
     pub rotation: Arc<std::sync::Mutex<maintenance::Rotation>>,
     /// Retention of new artifacts that do not ask for one, in seconds

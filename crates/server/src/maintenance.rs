@@ -9,13 +9,18 @@
 //! **GC is mark and sweep, race-free.** Candidates are blobs recorded more
 //! than a grace period ago that nothing live references: no file of a live
 //! upload (finished or in flight) of a live artifact, no package file. For
-//! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, deletes
-//! the rows that are *still* unreferenced in one transaction (SQLite
-//! serializes this against `create_upload`, which checks `blobs` and inserts
-//! its file rows in one transaction: an upload is either told the content is
-//! missing, or its staged rows keep the blob alive), then deletes their
-//! content. Writers hold the gate shared from `put` to `record_blobs`, so a
-//! blob re-sent during a sweep cannot be deleted after it was stored.
+//! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, skips
+//! every digest a writer is storing right now, deletes the rows that are
+//! *still* unreferenced and still older than the cutoff (recording a blob
+//! again makes it young: a GitHub Actions upload records its blob when the
+//! block list commits, well before FinalizeArtifact references it) in one
+//! transaction (SQLite serializes this against `create_upload`, which
+//! checks `blobs` and inserts its file rows in one transaction: an upload
+//! is either told the content is missing, or its staged rows keep the blob
+//! alive), then deletes their content. Writers announce a digest before
+//! they store it and until they record it (see [`crate::gate`]), so a blob
+//! re-sent during a sweep cannot be deleted after it was stored, and no
+//! lock is held while a client streams its bytes.
 //!
 //! After the blob rows, GC sweeps the content store itself
 //! ([`satchel_store::ContentStore::sweep`]): chunks no recorded blob uses and
@@ -68,38 +73,73 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         if candidates.is_empty() {
             break;
         }
-        let digests: Vec<String> = candidates.iter().map(|(d, _)| d.clone()).collect();
-        let _exclusive = s.blob_gate.write().await;
-        let gone = s.db.forget_blobs(&digests).await?;
-        for d in &gone {
-            s.store.delete(&Digest::from_hex(d)?).await?;
-            report.blobs_deleted += 1;
-            report.bytes_freed += candidates
+        let sweep = s.blob_gate.sweep().await;
+        let digests: Vec<String> = candidates
+            .iter()
+            .map(|(d, _)| d.clone())
+            .filter(|d| !sweep.is_being_written(d))
+            .collect();
+        let gone = s.db.forget_blobs(&digests, cutoff).await?;
+        let size_of = |d: &str| {
+            candidates
                 .iter()
                 .find(|(c, _)| c == d)
-                .map_or(0, |(_, size)| *size);
+                .map_or(0, |(_, size)| *size)
+        };
+        // A blob whose content could not be deleted is recorded again (its
+        // content is still there), so a later pass tries again instead of
+        // the file being forgotten for good.
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for d in &gone {
+            match s.store.delete(&Digest::from_hex(d)?).await {
+                Ok(()) => {
+                    report.blobs_deleted += 1;
+                    report.bytes_freed += size_of(d);
+                }
+                Err(e) => {
+                    failed.push((d.clone(), size_of(d)));
+                    first_error.get_or_insert(e);
+                }
+            }
         }
+        if let Some(e) = first_error {
+            s.db.record_blobs(&failed).await?;
+            return Err(ApiError::internal(format!(
+                "gc: {} blobs could not be deleted and are kept for the next pass: {e}",
+                failed.len()
+            )));
+        }
+        drop(sweep);
         if candidates.len() < BATCH {
             break;
         }
     }
-    // Then the content store's sweep: chunks and objects that no recorded
-    // blob uses any more (a deleted blob's chunks, leftovers of failed
-    // writes). Under the gate, so no write that relies on them is running.
+    // Then the content store's sweep: stored blobs no row records (left by
+    // failed writes or a crash) and chunks no remaining recipe uses. Under
+    // the gate, keeping every recorded or announced blob: a blob being
+    // written now is kept, and chunks are protected by their age.
     {
-        let _exclusive = s.blob_gate.write().await;
-        let keep: std::collections::HashSet<Digest> =
+        let sweep = s.blob_gate.sweep().await;
+        let mut keep: std::collections::HashSet<Digest> =
             s.db.recorded_blobs()
                 .await?
                 .iter()
                 .filter_map(|d| Digest::from_hex(d).ok())
                 .collect();
+        keep.extend(
+            sweep
+                .announced()
+                .iter()
+                .filter_map(|d| Digest::from_hex(d).ok()),
+        );
         let cutoff = std::time::SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(std::time::UNIX_EPOCH);
         let swept = s.store.sweep(&keep, cutoff).await?;
         report.objects_deleted = swept.deleted;
         report.bytes_freed += swept.bytes_freed;
+        drop(sweep);
     }
     if report.blobs_deleted > 0 || report.expired_artifacts > 0 || report.objects_deleted > 0 {
         tracing::info!(
@@ -251,8 +291,8 @@ pub(crate) async fn rotate_handler(
             r.objects = p.objects;
             r.rewritten = p.rewritten;
         };
-        // Shared gate: GC cannot sweep an object while it is being replaced.
-        let _shared = st.blob_gate.read().await;
+        // Objects are replaced atomically under their names; a sweep that
+        // runs meanwhile only sees them younger.
         let result = st.store.rewrite(&progress).await;
         let mut r = st.rotation.lock().expect("rotation lock");
         match result {
@@ -277,13 +317,20 @@ pub(crate) async fn rotate_handler(
     Ok((axum::http::StatusCode::ACCEPTED, axum::Json(r)))
 }
 
-/// Runs [`gc`] every `every` with the default grace, for `satchel serve`.
+/// Runs [`gc`] every `every` with the default grace, and reaps GitHub
+/// Actions uploads idle for a day, for `satchel serve`.
 pub fn spawn_periodic_gc(s: AppState, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
+            let reaped = s
+                .gha
+                .reap_idle(crate::gha::SESSION_IDLE_SECS, crate::gha::now_secs());
+            if reaped > 0 {
+                tracing::info!("reaped {reaped} idle GitHub Actions uploads");
+            }
             if let Err(e) = gc(&s, DEFAULT_GRACE).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }

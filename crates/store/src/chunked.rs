@@ -1,11 +1,13 @@
 //! Content as content-defined chunks on any [`ObjectBackend`].
 //!
 //! A blob is split with FastCDC (256 KiB min, 1 MiB average, 4 MiB max).
-//! Each chunk is one object named by its SHA-256 (`c/<2>/<name>`), so equal
-//! chunks of different files are stored once and a file that changed in a few
-//! places shares most of its chunks with the old version. A blob of one chunk
-//! is that chunk (its digest is the blob's); a larger blob also gets a recipe
-//! object (`r/<2>/<name>`) listing its chunks in order. Objects are encoded
+//! A blob of one chunk is stored whole as `b/<2>/<name>`. A larger blob is a
+//! recipe `r/<2>/<name>` listing its chunks in order, each chunk an object
+//! `c/<2>/<name>` named by its own SHA-256, so equal chunks of different
+//! files are stored once and a file that changed in a few places shares most
+//! of its chunks with the old version. Blobs (`b/`, `r/`) and chunks (`c/`)
+//! live apart, so deleting a blob never touches a chunk another blob uses:
+//! only the sweep frees chunks, after checking every recipe. Objects are encoded
 //! by [`Codec`] (zstd where it pays, AES-256-GCM when keys are configured).
 //!
 //! Writes: chunks are hashed, encoded and written by up to four tasks at once
@@ -20,10 +22,12 @@
 //! protected by its checksum (or GCM tag), so a flipped bit anywhere fails the
 //! read instead of delivering bad bytes.
 //!
-//! GC: [`ChunkStore::sweep_objects`] deletes chunks that no kept blob and no recipe
-//! references once they are older than a cutoff. A write that finds a chunk
-//! already stored refreshes its age if it is older than `refresh_after`,
-//! so a chunk an upload relies on is never old enough to be swept.
+//! GC: [`ChunkStore::sweep_objects`] deletes blobs not kept, and chunks no
+//! remaining recipe uses. A chunk is only swept once it is older than twice
+//! `refresh_after` (whatever the caller's cutoff), and a write that reuses a
+//! stored chunk refreshes it when it is older than `refresh_after` and checks
+//! again, before writing its recipe, that every reused chunk is still there
+//! and young: a chunk an upload relies on is never old enough to be swept.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -153,15 +157,24 @@ impl ChunkStore {
         format!("c/{}", fan(&self.codec.name(d)))
     }
 
+    fn blob_key(&self, d: &Digest) -> String {
+        format!("b/{}", fan(&self.codec.name(d)))
+    }
+
     fn recipe_key(&self, d: &Digest) -> String {
         format!("r/{}", fan(&self.codec.name(d)))
     }
 
-    /// Keys of objects written before encryption was turned on.
-    fn legacy_keys(&self, d: &Digest) -> Option<[String; 2]> {
+    /// Keys (blob, recipe, chunk) of objects written before encryption
+    /// was turned on.
+    fn legacy_keys(&self, d: &Digest) -> Option<[String; 3]> {
         self.codec.keys.as_ref().map(|_| {
             let hex = d.to_hex();
-            [format!("c/{}", fan(&hex)), format!("r/{}", fan(&hex))]
+            [
+                format!("b/{}", fan(&hex)),
+                format!("r/{}", fan(&hex)),
+                format!("c/{}", fan(&hex)),
+            ]
         })
     }
 
@@ -172,12 +185,24 @@ impl ChunkStore {
             .expect("decoder panicked")
     }
 
-    /// Reads and checks one chunk.
+    /// Reads and checks one chunk of a recipe.
     async fn read_chunk(&self, d: Digest) -> Result<Bytes, StoreError> {
-        let mut stored = self.backend.get(&self.chunk_key(&d)).await?;
+        let legacy = self.legacy_keys(&d).map(|[_, _, c]| c);
+        self.read_content(d, self.chunk_key(&d), legacy).await
+    }
+
+    /// Reads content stored whole under `key` (or `legacy`), checked
+    /// against `d`.
+    async fn read_content(
+        &self,
+        d: Digest,
+        key: String,
+        legacy: Option<String>,
+    ) -> Result<Bytes, StoreError> {
+        let mut stored = self.backend.get(&key).await?;
         if stored.is_none() {
-            if let Some([c, _]) = self.legacy_keys(&d) {
-                stored = self.backend.get(&c).await?;
+            if let Some(k) = legacy {
+                stored = self.backend.get(&k).await?;
             }
         }
         let stored = stored.ok_or(StoreError::NotFound(d))?;
@@ -195,14 +220,15 @@ impl ChunkStore {
     }
 
     async fn top(&self, d: &Digest) -> Result<Top, StoreError> {
-        match self.read_chunk(*d).await {
+        let legacy = self.legacy_keys(d).map(|[b, _, _]| b);
+        match self.read_content(*d, self.blob_key(d), legacy).await {
             Ok(b) => return Ok(Top::Chunk(b)),
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
         let mut stored = self.backend.get(&self.recipe_key(d)).await?;
         if stored.is_none() {
-            if let Some([_, r]) = self.legacy_keys(d) {
+            if let Some([_, r, _]) = self.legacy_keys(d) {
                 stored = self.backend.get(&r).await?;
             }
         }
@@ -220,15 +246,18 @@ impl ChunkStore {
 
     /// Stores one chunk unless a fresh copy is there. `known` is its digest
     /// when the caller already has it.
+    /// Returns its length, its digest, and whether a stored copy was reused.
+    #[allow(clippy::too_many_arguments)]
     async fn store_chunk(
         backend: Arc<dyn ObjectBackend>,
         codec: Arc<Codec>,
         refresh_after: Duration,
+        dir: &'static str,
         data: Bytes,
         known: Option<Digest>,
         check_existing: bool,
         sync: bool,
-    ) -> Result<(u32, Digest), StoreError> {
+    ) -> Result<(u32, Digest, bool), StoreError> {
         let len = data.len() as u32;
         let (d, data) = match known {
             Some(d) => (d, data),
@@ -236,7 +265,7 @@ impl ChunkStore {
                 .await
                 .expect("hasher panicked"),
         };
-        let key = format!("c/{}", fan(&codec.name(&d)));
+        let key = format!("{dir}/{}", fan(&codec.name(&d)));
         if check_existing {
             if let Some(modified) = backend.head(&key).await? {
                 let age = SystemTime::now()
@@ -247,7 +276,7 @@ impl ChunkStore {
                         // Whoever wrote it may not have flushed yet.
                         backend.flush().await?;
                     }
-                    return Ok((len, d));
+                    return Ok((len, d, true));
                 }
             }
         }
@@ -255,22 +284,25 @@ impl ChunkStore {
             .await
             .expect("encoder panicked");
         backend.put(&key, Bytes::from(encoded), sync).await?;
-        Ok((len, d))
+        Ok((len, d, false))
     }
 
-    /// Deletes objects older than `cutoff` that neither a blob in `keep` nor
-    /// a kept recipe references. The caller makes sure no write that relies
-    /// on such an object is in flight (GC holds the upload gate).
+    /// Deletes blobs (whole or recipes) not in `keep` and written before
+    /// `cutoff`, then chunks that no remaining recipe uses and that are
+    /// older than both `cutoff` and twice `refresh_after`. The caller makes
+    /// sure no blob write it does not keep is in flight (GC holds the upload
+    /// gate); chunks are protected by their age.
     pub async fn sweep_objects(
         &self,
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
     ) -> Result<SweepReport, StoreError> {
+        let legacy = self.codec.keys.is_some();
         let keep_names: HashSet<String> = keep
             .iter()
             .flat_map(|d| {
                 let mut v = vec![self.codec.name(d)];
-                if self.codec.keys.is_some() {
+                if legacy {
                     v.push(d.to_hex());
                 }
                 v
@@ -278,11 +310,18 @@ impl ChunkStore {
             .collect();
         let base = |key: &str| key.rsplit('/').next().unwrap_or("").to_string();
         let mut report = SweepReport::default();
+        for obj in self.backend.list("b").await? {
+            report.objects += 1;
+            if obj.modified < cutoff && !keep_names.contains(&base(&obj.key)) {
+                self.backend.delete(&obj.key).await?;
+                report.deleted += 1;
+                report.bytes_freed += obj.size;
+            }
+        }
         let mut live: HashSet<String> = HashSet::new();
         for obj in self.backend.list("r").await? {
             report.objects += 1;
-            let name = base(&obj.key);
-            if !keep_names.contains(&name) && obj.modified < cutoff {
+            if obj.modified < cutoff && !keep_names.contains(&base(&obj.key)) {
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;
                 report.bytes_freed += obj.size;
@@ -296,15 +335,18 @@ impl ChunkStore {
             let (_, chunks) = parse_recipe(&Digest([0; 32]), &payload)?;
             for (_, d) in chunks {
                 live.insert(self.codec.name(&d));
-                if self.codec.keys.is_some() {
+                if legacy {
                     live.insert(d.to_hex());
                 }
             }
         }
+        let floor = SystemTime::now()
+            .checked_sub(2 * self.refresh_after)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let chunk_cutoff = cutoff.min(floor);
         for obj in self.backend.list("c").await? {
             report.objects += 1;
-            let name = base(&obj.key);
-            if obj.modified < cutoff && !keep_names.contains(&name) && !live.contains(&name) {
+            if obj.modified < chunk_cutoff && !live.contains(&base(&obj.key)) {
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;
                 report.bytes_freed += obj.size;
@@ -323,7 +365,7 @@ impl ChunkStore {
     ) -> Result<RewriteReport, StoreError> {
         let active = self.codec.keys.as_ref().map(|k| k.active().id);
         let mut report = RewriteReport::default();
-        for dir in ["c", "r"] {
+        for dir in ["b", "c", "r"] {
             for obj in self.backend.list(dir).await? {
                 report.objects += 1;
                 let Some(stored) = self.backend.get(&obj.key).await? else {
@@ -365,7 +407,7 @@ impl ChunkStore {
     /// encrypted). Lets an operator see when an old key is no longer used.
     pub async fn count_keys(&self) -> Result<Vec<(Option<u32>, u64)>, StoreError> {
         let mut counts = std::collections::BTreeMap::new();
-        for dir in ["c", "r"] {
+        for dir in ["b", "c", "r"] {
             for obj in self.backend.list(dir).await? {
                 if let Some(stored) = self.backend.get(&obj.key).await? {
                     *counts.entry(Codec::peek(&stored)?.key_id).or_insert(0u64) += 1;
@@ -379,13 +421,13 @@ impl ChunkStore {
 #[async_trait]
 impl ContentStore for ChunkStore {
     async fn contains(&self, digest: &Digest) -> Result<bool, StoreError> {
-        if self.backend.head(&self.chunk_key(digest)).await?.is_some()
+        if self.backend.head(&self.blob_key(digest)).await?.is_some()
             || self.backend.head(&self.recipe_key(digest)).await?.is_some()
         {
             return Ok(true);
         }
-        if let Some(keys) = self.legacy_keys(digest) {
-            for k in keys {
+        if let Some([b, r, _]) = self.legacy_keys(digest) {
+            for k in [b, r] {
                 if self.backend.head(&k).await?.is_some() {
                     return Ok(true);
                 }
@@ -434,6 +476,7 @@ impl ContentStore for ChunkStore {
                 self.backend.clone(),
                 self.codec.clone(),
                 self.refresh_after,
+                "b",
                 data,
                 Some(expected),
                 false,
@@ -447,7 +490,7 @@ impl ContentStore for ChunkStore {
         let mut buf = BytesMut::with_capacity(2 * MAX_CHUNK);
         let mut total: u64 = 0;
         let mut eof = false;
-        let mut chunks: Vec<(u32, Digest)> = Vec::new();
+        let mut chunks: Vec<(u32, Digest, bool)> = Vec::new();
         let mut inflight = FuturesOrdered::new();
         let mut first: Option<Bytes> = None;
         let mut chunk_count = 0usize;
@@ -494,6 +537,7 @@ impl ContentStore for ChunkStore {
                     self.backend.clone(),
                     self.codec.clone(),
                     self.refresh_after,
+                    "c",
                     piece,
                     None,
                     true,
@@ -524,14 +568,34 @@ impl ContentStore for ChunkStore {
                 self.backend.clone(),
                 self.codec.clone(),
                 self.refresh_after,
+                "b",
                 only,
                 Some(expected),
-                true,
+                false,
                 sync,
             )
             .await?;
             return Ok(());
         }
+        // Chunks reused from earlier writes must still be there, and young
+        // enough that no sweep can take them before the recipe is written.
+        for (_, d, reused) in &chunks {
+            if !reused {
+                continue;
+            }
+            let key = self.chunk_key(d);
+            let fresh = self.backend.head(&key).await?.is_some_and(|m| {
+                self.refresh_after.is_zero()
+                    || SystemTime::now().duration_since(m).unwrap_or_default()
+                        < self.refresh_after + self.refresh_after / 2
+            });
+            if !fresh {
+                return Err(StoreError::Backend(format!(
+                    "chunk {d} this upload reused was collected or aged meanwhile; retry the upload"
+                )));
+            }
+        }
+        let chunks: Vec<(u32, Digest)> = chunks.into_iter().map(|(l, d, _)| (l, d)).collect();
         if sync {
             // Chunks first, then the recipe that makes them reachable.
             self.backend.flush().await?;
@@ -620,10 +684,10 @@ impl ContentStore for ChunkStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
-        self.backend.delete(&self.chunk_key(digest)).await?;
+        self.backend.delete(&self.blob_key(digest)).await?;
         self.backend.delete(&self.recipe_key(digest)).await?;
-        if let Some(keys) = self.legacy_keys(digest) {
-            for k in keys {
+        if let Some([b, r, _]) = self.legacy_keys(digest) {
+            for k in [b, r] {
                 self.backend.delete(&k).await?;
             }
         }

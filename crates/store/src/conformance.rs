@@ -57,7 +57,7 @@ async fn put(store: &ChunkStore, body: &[u8]) -> Digest {
 
 async fn keys(backend: &dyn ObjectBackend) -> HashSet<String> {
     let mut out = HashSet::new();
-    for dir in ["c", "r"] {
+    for dir in ["b", "c", "r"] {
         for l in backend.list(dir).await.expect("listing") {
             out.insert(l.key);
         }
@@ -303,7 +303,7 @@ async fn corruption_is_refused(store: &ChunkStore) {
         let key = keys(&**store.backend())
             .await
             .difference(&before)
-            .find(|k| k.starts_with("c/"))
+            .find(|k| k.starts_with("c/") || k.starts_with("b/"))
             .cloned()
             .expect("the put wrote a chunk");
         let stored = store.backend().get(&key).await.unwrap().unwrap();
@@ -329,9 +329,11 @@ async fn compression_saves_space(store: &ChunkStore) {
     let before = keys(&**store.backend()).await;
     let d = put(store, &text).await;
     let mut stored = 0u64;
-    for l in store.backend().list("c").await.unwrap() {
-        if !before.contains(&l.key) {
-            stored += l.size;
+    for dir in ["b", "c"] {
+        for l in store.backend().list(dir).await.unwrap() {
+            if !before.contains(&l.key) {
+                stored += l.size;
+            }
         }
     }
     assert!(
@@ -427,7 +429,9 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
 }
 
 async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
-    let store = ChunkStore::new(backend.clone(), Codec::plain());
+    // Chunks are kept for twice the refresh age whatever the cutoff; zero
+    // here so the story can watch them go.
+    let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
     // Clear what earlier checks left, keeping nothing.
     let future = SystemTime::now() + Duration::from_secs(3600);
     store.sweep(&HashSet::new(), future).await.unwrap();
@@ -448,6 +452,14 @@ async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
         .await
         .unwrap();
     assert_eq!(r.deleted, 0);
+    // The default store keeps young chunks even past the cutoff.
+    let cautious = ChunkStore::new(backend.clone(), Codec::plain());
+    let r = cautious.sweep(&HashSet::new(), future).await.unwrap();
+    assert!(keys(&*backend).await.iter().any(|k| k.starts_with("c/")));
+    assert!(r.deleted >= 3, "blobs go, chunks stay: {r:?}");
+    for body in [&a, &b, &small] {
+        put(&store, body).await;
+    }
     // Keep B only: A's own chunks and the small blob go, B stays whole.
     let r = store.sweep(&HashSet::from([db]), future).await.unwrap();
     assert!(r.deleted >= 2 && r.bytes_freed > 0, "{r:?}");

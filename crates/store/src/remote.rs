@@ -36,6 +36,8 @@ pub struct RemoteBackend {
     described: String,
     /// WebDAV servers (nginx) do not list recursively: walk level by level.
     walk_lists: bool,
+    /// The base URL's path, which WebDAV listings include in every name.
+    strip: String,
 }
 
 fn remote_err(what: &str, e: object_store::Error) -> StoreError {
@@ -71,6 +73,7 @@ impl RemoteBackend {
             store,
             described: described.into(),
             walk_lists: false,
+            strip: String::new(),
         }
     }
 
@@ -123,10 +126,7 @@ impl RemoteBackend {
                         "http(s):// stores take no query options; put credentials in the URL's user:password",
                     ));
                 }
-                let mut base = bare.to_string();
-                if !base.ends_with('/') {
-                    base.push('/');
-                }
+                let base = bare.to_string().trim_end_matches('/').to_string();
                 let store = HttpBuilder::new()
                     .with_url(base)
                     .with_client_options(
@@ -138,6 +138,7 @@ impl RemoteBackend {
                     store: Arc::new(store),
                     described,
                     walk_lists: true,
+                    strip: prefix,
                 });
             }
             "memory" => Arc::new(object_store::memory::InMemory::new()),
@@ -159,20 +160,43 @@ impl RemoteBackend {
             store,
             described,
             walk_lists: false,
+            strip: String::new(),
         })
+    }
+
+    /// A listed name relative to the store's base.
+    fn relative(&self, p: &Path) -> String {
+        let p = p.as_ref();
+        if self.strip.is_empty() {
+            return p.to_string();
+        }
+        p.strip_prefix(self.strip.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(p)
+            .to_string()
     }
 
     async fn walk(&self, dir: &str) -> Result<Vec<Listed>, StoreError> {
         let mut out = Vec::new();
-        let mut todo = vec![Path::from(dir)];
-        while let Some(p) = todo.pop() {
+        let mut todo = vec![dir.to_string()];
+        while let Some(d) = todo.pop() {
+            let p = Path::from(d.as_str());
             let res = match self.store.list_with_delimiter(Some(&p)).await {
                 Ok(r) => r,
                 Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(remote_err(&format!("listing {p}"), e)),
+                Err(e) => return Err(remote_err(&format!("listing {d}"), e)),
             };
-            todo.extend(res.common_prefixes);
-            out.extend(res.objects.into_iter().map(listed));
+            for sub in res.common_prefixes {
+                let sub = self.relative(&sub);
+                // A WebDAV listing names the directory itself, too.
+                if sub.len() > d.len() && sub.starts_with(&d) {
+                    todo.push(sub);
+                }
+            }
+            for m in res.objects {
+                let key = self.relative(&m.location);
+                out.push(Listed { key, ..listed(m) });
+            }
         }
         Ok(out)
     }

@@ -8,10 +8,16 @@
 //! - `PUT …?comp=blocklist` with `<BlockList><Latest>ID</Latest>…`: the
 //!   blob is the listed blocks in list order. It is hashed, stored in the
 //!   content store durably, and recorded; FinalizeArtifact then checks the
-//!   client's size and digest against it. Answers 201.
+//!   client's size and digest against it. The scratch blocks are deleted
+//!   then (a retry of the same list answers 201 again). Answers 201.
+//!
+//! A session holds at most [`super::Gha::max_session_bytes`] of blocks
+//! (413 past that), and sessions idle for a day are reaped by the periodic
+//! maintenance task ([`super::Gha::reap_idle`]).
 //! - `PUT …` without `comp`: the whole blob in one request (Put Blob).
 //! - `GET /gha-blob/d/…`: the file, 200, `application/zip` for archives.
 
+use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 
 use axum::body::Body;
@@ -45,6 +51,12 @@ pub struct Session {
     dir: PathBuf,
     /// The committed blob: sha256 (hex) and size.
     pub assembled: Option<(String, u64)>,
+    /// The block ids of the committed block list.
+    committed: Option<Vec<String>>,
+    /// Sizes of the blocks in scratch, by file name.
+    blocks: HashMap<PathBuf, u64>,
+    /// When the session was last used, in seconds since the epoch.
+    pub(super) touched: u64,
 }
 
 impl Session {
@@ -59,7 +71,19 @@ impl Session {
             mime,
             dir,
             assembled: None,
+            committed: None,
+            blocks: HashMap::new(),
+            touched: now_secs(),
         })
+    }
+
+    /// Bytes of the blocks in scratch, except `but`.
+    fn scratch_bytes(&self, but: &FsPath) -> u64 {
+        self.blocks
+            .iter()
+            .filter(|(p, _)| p.as_path() != but)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Removes the scratch blocks.
@@ -93,24 +117,80 @@ fn check_signature(s: &AppState, what: &str, p: &Params) -> Result<(), TwirpErro
     Ok(())
 }
 
-/// The scratch directory of the live session with this id.
-fn session_dir(s: &AppState, id: &str) -> Result<PathBuf, TwirpError> {
-    let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    sessions
-        .values()
-        .find(|x| x.id == id)
-        .map(|x| x.dir.clone())
-        .ok_or_else(|| {
-            TwirpError::not_found("no upload in progress for this URL (finalized or replaced)")
-        })
+/// Runs `f` on the live session with this id, marking it used.
+fn with_session<T>(
+    s: &AppState,
+    id: &str,
+    f: impl FnOnce(&mut Session) -> T,
+) -> Result<T, TwirpError> {
+    let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let x = sessions.values_mut().find(|x| x.id == id).ok_or_else(|| {
+        TwirpError::not_found("no upload in progress for this URL (finalized or replaced)")
+    })?;
+    x.touched = now_secs();
+    Ok(f(x))
 }
 
-/// A block id as a safe file name: hex of its bytes.
-fn block_file(dir: &FsPath, id: &str) -> Result<PathBuf, TwirpError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(TwirpError::invalid("block ids are 1 to 128 characters"));
+fn too_large(max: u64) -> TwirpError {
+    TwirpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_argument",
+        format!("an upload may hold at most {max} bytes"),
+    )
+}
+
+/// Streams a block (or a whole blob) into `path` within the session's
+/// byte allowance and accounts for it.
+async fn write_block(
+    s: &AppState,
+    session: &str,
+    path: &FsPath,
+    body: Body,
+    max: u64,
+) -> Result<(), TwirpError> {
+    let cap = s.gha.max_session_bytes();
+    let allowance = with_session(s, session, |x| cap.saturating_sub(x.scratch_bytes(path)))?;
+    let n = match write_body(body, path, max.min(allowance)).await {
+        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE && allowance < max => {
+            return Err(too_large(cap))
+        }
+        r => r?,
+    };
+    // Concurrent blocks may together pass the cap: the last one loses.
+    let over = with_session(s, session, |x| {
+        x.blocks.insert(path.to_path_buf(), n);
+        let over = x.scratch_bytes(FsPath::new("")) > cap;
+        if over {
+            x.blocks.remove(path);
+        }
+        over
+    })?;
+    if over {
+        let _ = tokio::fs::remove_file(path).await;
+        return Err(too_large(cap));
     }
-    Ok(dir.join(format!("{}.block", hex::encode(id.as_bytes()))))
+    Ok(())
+}
+
+/// Most bytes in a block id, once base64-decoded (Azure's limit).
+const MAX_BLOCK_ID: usize = 64;
+
+/// A block id (base64 of 1 to 64 bytes, as Azure requires) as a safe file
+/// name: hex of its decoded bytes, so at most 128 characters.
+fn block_file(dir: &FsPath, id: &str) -> Result<PathBuf, TwirpError> {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let raw = b64
+        .decode(id)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(id))
+        .map_err(|_| TwirpError::invalid("a block id must be base64"))?;
+    if raw.is_empty() || raw.len() > MAX_BLOCK_ID {
+        return Err(TwirpError::invalid(format!(
+            "a block id must be base64 of 1 to {MAX_BLOCK_ID} bytes ({} given)",
+            raw.len()
+        )));
+    }
+    Ok(dir.join(format!("{}.block", hex::encode(raw))))
 }
 
 /// Streams `body` into `path` (via a temp file and rename), at most `max` bytes.
@@ -152,39 +232,42 @@ async fn write_body(body: Body, path: &FsPath, max: u64) -> Result<u64, TwirpErr
 }
 
 /// The block ids of a block list, in order (`Latest`, `Uncommitted` and
-/// `Committed` entries alike).
+/// `Committed` entries alike). Every slice is taken at the position of an
+/// ASCII delimiter just found, so no input can make it panic.
 pub fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
-    let start = xml
-        .find("<BlockList>")
-        .ok_or("the body is not a <BlockList>")?;
+    const OPEN: &str = "<BlockList>";
+    let start = xml.find(OPEN).ok_or("the body is not a <BlockList>")? + OPEN.len();
     let end = xml[start..]
         .find("</BlockList>")
         .ok_or("the <BlockList> is not closed")?
         + start;
-    let mut rest = &xml[start + "<BlockList>".len()..end];
+    let mut rest = &xml[start..end];
     let mut ids = Vec::new();
     loop {
         rest = rest.trim_start();
         if rest.is_empty() {
             break;
         }
-        let Some(open_end) = rest.find('>') else {
+        let unexpected = |s: &str| {
+            let shown: String = s.chars().take(40).collect();
+            format!("unexpected {shown:?} in the block list")
+        };
+        let Some(entry) = rest.strip_prefix('<') else {
+            return Err(unexpected(rest));
+        };
+        let Some(open_end) = entry.find('>') else {
             return Err("a block list entry is not closed".into());
         };
-        let tag = &rest[1..open_end];
-        if !rest.starts_with('<') || !matches!(tag, "Latest" | "Uncommitted" | "Committed") {
-            return Err(format!(
-                "unexpected {:?} in the block list",
-                &rest[..open_end + 1]
-            ));
+        let tag = &entry[..open_end];
+        if !matches!(tag, "Latest" | "Uncommitted" | "Committed") {
+            return Err(unexpected(rest));
         }
+        let body = &entry[open_end + 1..];
         let close = format!("</{tag}>");
-        let body_end = rest[open_end + 1..]
+        let body_end = body
             .find(&close)
-            .ok_or_else(|| format!("<{tag}> is not closed"))?
-            + open_end
-            + 1;
-        let id = rest[open_end + 1..body_end].trim();
+            .ok_or_else(|| format!("<{tag}> is not closed"))?;
+        let id = body[..body_end].trim();
         ids.push(
             id.replace("&lt;", "<")
                 .replace("&gt;", ">")
@@ -192,7 +275,7 @@ pub fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
                 .replace("&apos;", "'")
                 .replace("&amp;", "&"),
         );
-        rest = &rest[body_end + close.len()..];
+        rest = &body[body_end + close.len()..];
     }
     Ok(ids)
 }
@@ -213,7 +296,7 @@ pub(super) async fn put(
     body: Body,
 ) -> Result<Response, TwirpError> {
     check_signature(&s, &format!("u/{session}"), &p)?;
-    let dir = session_dir(&s, &session)?;
+    let dir = with_session(&s, &session, |x| x.dir.clone())?;
     match p.comp.as_deref() {
         Some("block") => {
             let id = p
@@ -221,7 +304,7 @@ pub(super) async fn put(
                 .as_deref()
                 .ok_or_else(|| TwirpError::invalid("comp=block needs a blockid"))?;
             let path = block_file(&dir, id)?;
-            write_body(body, &path, MAX_BLOCK).await?;
+            write_block(&s, &session, &path, body, MAX_BLOCK).await?;
             Ok(created())
         }
         Some("blocklist") => {
@@ -236,6 +319,10 @@ pub(super) async fn put(
                     "a block list may name at most {MAX_BLOCKS} blocks"
                 )));
             }
+            // A retry of the list that was committed (its blocks are gone).
+            if with_session(&s, &session, |x| x.committed.as_ref() == Some(&ids))? {
+                return Ok(created());
+            }
             let mut files = Vec::with_capacity(ids.len());
             for id in &ids {
                 let f = block_file(&dir, id)?;
@@ -246,13 +333,13 @@ pub(super) async fn put(
                 }
                 files.push(f);
             }
-            commit(&s, &session, files).await?;
+            commit(&s, &session, files, Some(ids)).await?;
             Ok(created())
         }
         None => {
             let path = dir.join("whole.blob");
-            write_body(body, &path, u64::MAX).await?;
-            commit(&s, &session, vec![path]).await?;
+            write_block(&s, &session, &path, body, u64::MAX).await?;
+            commit(&s, &session, vec![path], None).await?;
             Ok(created())
         }
         Some(other) => Err(TwirpError::invalid(format!(
@@ -262,8 +349,14 @@ pub(super) async fn put(
 }
 
 /// Hashes the blob made of `files` in order, stores it durably, records it,
-/// and remembers it as the session's content.
-async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), TwirpError> {
+/// remembers it as the session's content (and `ids` as its committed block
+/// list), and deletes the session's scratch blocks.
+async fn commit(
+    s: &AppState,
+    session: &str,
+    files: Vec<PathBuf>,
+    ids: Option<Vec<String>>,
+) -> Result<(), TwirpError> {
     let to_hash = files.clone();
     let (digest, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
         let mut h = Sha256::new();
@@ -290,16 +383,23 @@ async fn commit(s: &AppState, session: &str, files: Vec<PathBuf>) -> Result<(), 
         .map_ok(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
         .try_flatten()
         .boxed();
-    let _gate = s.blob_gate.read().await;
+    let hex = digest.to_hex();
+    let mut writing = s.blob_gate.writer();
+    writing.add(&hex).await;
     let mut reader = tokio_util::io::StreamReader::new(stream);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)
         .await?;
-    let hex = digest.to_hex();
     s.db.record_blobs(&[(hex.clone(), size)]).await?;
-    let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(x) = sessions.values_mut().find(|x| x.id == session) {
+    drop(writing);
+    let scratch = with_session(s, session, |x| {
         x.assembled = Some((hex, size));
+        x.committed = ids;
+        std::mem::take(&mut x.blocks)
+    })?;
+    // Azure drops uncommitted blocks at commit; the content is stored.
+    for path in scratch.keys() {
+        let _ = tokio::fs::remove_file(path).await;
     }
     Ok(())
 }
@@ -377,8 +477,247 @@ mod tests {
             "<BlockList><Latest>x</BlockList>",
             "<BlockList><Evil>x</Evil></BlockList>",
             "<BlockList>",
+            "<BlockList>></BlockList>",
+            "<BlockList>é</BlockList>",
+            "<BlockList>éLatest></BlockList>",
+            "<BlockList><</BlockList>",
+            "<BlockList><Latest></BlockList>",
+            "<BlockList><Latest>x</Latest>></BlockList>",
+            "</BlockList><BlockList>",
+            "<BlockList><é>x</é></BlockList>",
         ] {
             assert!(parse_block_list(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Random strings built from the block list's own pieces, multibyte
+    /// characters and noise: parsing answers, it never panics.
+    #[test]
+    fn garbage_block_lists_never_panic() {
+        const PIECES: &[&str] = &[
+            "<BlockList>",
+            "</BlockList>",
+            "<Latest>",
+            "</Latest>",
+            "<Committed>",
+            "</Uncommitted>",
+            "<",
+            ">",
+            "/",
+            " ",
+            "\n",
+            "é",
+            "日本",
+            "🦀",
+            "QUFB",
+            "&amp;",
+            "&",
+            "x",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 12) as usize;
+            let mut s = String::new();
+            if next() % 2 == 0 {
+                s.push_str("<BlockList>");
+            }
+            for _ in 0..n {
+                s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            if next() % 2 == 0 {
+                s.push_str("</BlockList>");
+            }
+            let _ = parse_block_list(&s);
+        }
+    }
+
+    /// Every block id is either refused with a 400 or can be written: no
+    /// id makes a file name too long (a 500).
+    #[tokio::test]
+    async fn block_ids_are_capped_at_64_decoded_bytes() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-block-test-{}",
+            satchel_model::id::random_hex(8)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let mut ids: Vec<String> = (1..=130).map(|n| "A".repeat(n)).collect();
+        ids.extend((1..=100).map(|n| b64.encode(vec![b'x'; n])));
+        for id in &ids {
+            match block_file(&dir, id) {
+                Ok(path) => {
+                    write_body(Body::from("data"), &path, 16)
+                        .await
+                        .unwrap_or_else(|e| panic!("id of {} chars: {}", id.len(), e.msg));
+                }
+                Err(e) => assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.msg),
+            }
+        }
+        assert!(block_file(&dir, &b64.encode([7u8; 64])).is_ok());
+        let e = block_file(&dir, &b64.encode([7u8; 65])).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(block_file(&dir, "not base64!").is_err());
+        assert!(block_file(&dir, "").is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn state() -> (AppState, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-gha-test-{}",
+            satchel_model::id::random_hex(8)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = std::sync::Arc::new(satchel_db::SqliteStore::open(dir.join("m.db")).unwrap());
+        let store = std::sync::Arc::new(
+            satchel_store::open(&satchel_store::StoreConfig {
+                url: dir.join("c").display().to_string(),
+                compression: satchel_store::Compression::None,
+                keys: None,
+            })
+            .unwrap(),
+        );
+        let s = AppState::new(db, store, "t").with_scratch(dir.join("scratch"));
+        (s, dir)
+    }
+
+    fn new_session(s: &AppState, name: &str) -> String {
+        let sess = Session::new(
+            &s.gha.scratch,
+            format!("{name}.zip"),
+            "application/zip".into(),
+        )
+        .unwrap();
+        let id = sess.id.clone();
+        let key = ("p".to_string(), 1, "j".to_string(), name.to_string());
+        s.gha.sessions.lock().unwrap().insert(key, sess);
+        id
+    }
+
+    async fn send(
+        s: &AppState,
+        id: &str,
+        comp: Option<&str>,
+        block: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Result<Response, TwirpError> {
+        let se = now_secs() + 60;
+        let params = Params {
+            se: Some(se),
+            sig: Some(s.gha.keys.sign_url(&format!("u/{id}"), se)),
+            comp: comp.map(String::from),
+            blockid: block.map(String::from),
+        };
+        put(
+            State(s.clone()),
+            Path((id.to_string(), "a.zip".to_string())),
+            Query(params),
+            body.into(),
+        )
+        .await
+    }
+
+    fn scratch_files(s: &AppState, id: &str) -> Vec<String> {
+        std::fs::read_dir(s.gha.scratch.join(id))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    const LIST: &str = "<BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>";
+
+    #[tokio::test]
+    async fn blocks_are_deleted_once_committed() {
+        let (s, dir) = state();
+        let id = new_session(&s, "a");
+        send(&s, &id, Some("block"), Some("QUFB"), "hello ")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("QkJC"), "world")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("Q0ND"), "unused")
+            .await
+            .unwrap();
+        assert_eq!(scratch_files(&s, &id).len(), 3);
+        send(&s, &id, Some("blocklist"), None, LIST).await.unwrap();
+        assert_eq!(scratch_files(&s, &id), Vec::<String>::new());
+        // A retried block list (its answer lost) still succeeds.
+        let r = send(&s, &id, Some("blocklist"), None, LIST).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let sessions = s.gha.sessions.lock().unwrap();
+        let x = sessions.values().next().unwrap();
+        assert_eq!(x.assembled.as_ref().unwrap().1, 11);
+        drop(sessions);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_at_most_its_byte_cap() {
+        let (s, dir) = state();
+        s.gha.set_max_session_bytes(10);
+        let id = new_session(&s, "a");
+        send(&s, &id, Some("block"), Some("QUFB"), "123456")
+            .await
+            .unwrap();
+        let e = send(&s, &id, Some("block"), Some("QkJC"), "123456")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.msg);
+        assert_eq!(scratch_files(&s, &id).len(), 1, "the refused block is gone");
+        // Replacing a block counts its new size only.
+        send(&s, &id, Some("block"), Some("QUFB"), "1234567890")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("QUFB"), "1234")
+            .await
+            .unwrap();
+        send(&s, &id, Some("block"), Some("QkJC"), "123456")
+            .await
+            .unwrap();
+        let whole = new_session(&s, "b");
+        let e = send(&s, &whole, None, None, "12345678901")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        send(&s, &whole, None, None, "1234567890").await.unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_are_reaped() {
+        let (s, dir) = state();
+        let old = new_session(&s, "old");
+        let fresh = new_session(&s, "fresh");
+        send(&s, &old, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap();
+        let now = now_secs();
+        for x in s.gha.sessions.lock().unwrap().values_mut() {
+            if x.id == old {
+                x.touched = now - super::super::SESSION_IDLE_SECS - 1;
+            }
+        }
+        assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 1);
+        assert!(!s.gha.scratch.join(&old).exists(), "its blocks are gone");
+        assert!(s.gha.scratch.join(&fresh).exists());
+        let e = send(&s, &old, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        send(&s, &fresh, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap();
+        assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 0);
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -40,6 +40,10 @@ pub const DEFAULT_TOKEN_TTL: u64 = 6 * 3600;
 const UPLOAD_URL_TTL: u64 = 6 * 3600;
 /// How long signed download URLs live.
 const DOWNLOAD_URL_TTL: u64 = 3600;
+/// Uploads idle this long are reaped (their URLs expired long before).
+pub const SESSION_IDLE_SECS: u64 = 24 * 3600;
+/// Default of [`Gha::max_session_bytes`]: 32 GiB.
+pub const DEFAULT_MAX_SESSION_BYTES: u64 = 32 << 30;
 
 /// State of the protocol: keys, scratch space, uploads in progress.
 pub struct Gha {
@@ -48,6 +52,7 @@ pub struct Gha {
     /// Where blocks wait for their block list.
     pub scratch: PathBuf,
     sessions: Mutex<HashMap<SessionKey, blob::Session>>,
+    max_session_bytes: std::sync::atomic::AtomicU64,
 }
 
 type SessionKey = (String, u64, String, String);
@@ -60,7 +65,40 @@ impl Gha {
             keys: Keys::new(secret),
             scratch,
             sessions: Mutex::default(),
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES.into(),
         }
+    }
+
+    /// Most bytes of blocks one upload may hold in scratch.
+    pub fn max_session_bytes(&self) -> u64 {
+        self.max_session_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`Gha::max_session_bytes`].
+    pub fn set_max_session_bytes(&self, n: u64) {
+        self.max_session_bytes
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drops the uploads (and their scratch blocks) not used for
+    /// `max_idle_secs` as of `now` (seconds since the epoch); returns how
+    /// many. Their signed URLs expired long before.
+    pub fn reap_idle(&self, max_idle_secs: u64, now: u64) -> usize {
+        let idle: Vec<blob::Session> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<SessionKey> = sessions
+                .iter()
+                .filter(|(_, x)| x.touched.saturating_add(max_idle_secs) < now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| sessions.remove(k)).collect()
+        };
+        let n = idle.len();
+        for x in idle {
+            x.discard();
+        }
+        n
     }
 }
 
@@ -187,10 +225,32 @@ struct Request {
     expires_at: Option<String>,
 }
 
-/// The numeric id the protocol uses for an artifact: the time-ordered
-/// prefix of its Satchel id (newer artifacts get higher numbers).
+/// Start of the seconds in [`database_id`]: 2025-01-01T00:00:00Z.
+const DATABASE_ID_EPOCH_SECS: u64 = 1_735_689_600;
+/// Random bits in [`database_id`].
+const DATABASE_ID_RANDOM_BITS: u32 = 21;
+
+/// The numeric id the protocol uses for an artifact, from its Satchel id
+/// (48 bits of milliseconds, then 80 random bits): seconds since 2025 (32
+/// bits, good until 2161) then 21 of its random bits, so at most 2^53 - 1.
+/// The wire type is an int64, but `@actions/artifact` turns ids into
+/// JavaScript numbers (`Number(…)`) and sends them back as ID filters, so
+/// only integers up to 2^53 round-trip. Two artifacts of a run share an id
+/// only if created in the same second with the same 21 random bits (it was
+/// the same millisecond and 12 bits). Newer artifacts get higher numbers,
+/// to the second.
 pub fn database_id(artifact_id: &str) -> i64 {
-    i64::from_str_radix(artifact_id.get(..15).unwrap_or("0"), 16).unwrap_or(0)
+    let hex = |r: std::ops::Range<usize>| {
+        artifact_id
+            .get(r)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+    };
+    let secs = (hex(0..12) / 1000)
+        .saturating_sub(DATABASE_ID_EPOCH_SECS)
+        .min(u64::from(u32::MAX));
+    let random = hex(12..18) & ((1 << DATABASE_ID_RANDOM_BITS) - 1);
+    ((secs << DATABASE_ID_RANDOM_BITS) | random).max(1) as i64
 }
 
 /// `scheme://host` of the request, for signed URLs.
@@ -373,19 +433,26 @@ async fn finalize(
 ) -> Result<serde_json::Value, TwirpError> {
     validate_name(&req.name)?;
     let key = session_key(who, &req.name);
-    let (file_name, mime, assembled) = {
+    let live = {
         let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sess) = sessions.get(&key) else {
-            return Err(TwirpError::not_found(format!(
-                "no upload of artifact {:?} is in progress for this job; call CreateArtifact first",
-                req.name
-            )));
-        };
-        (
-            sess.file_name.clone(),
-            sess.mime.clone(),
-            sess.assembled.clone(),
-        )
+        sessions.get(&key).map(|sess| {
+            (
+                sess.id.clone(),
+                sess.file_name.clone(),
+                sess.mime.clone(),
+                sess.assembled.clone(),
+            )
+        })
+    };
+    let Some((session_id, file_name, mime, assembled)) = live else {
+        // A retry of a finalize that succeeded answers the same.
+        if let Some(done) = already_finalized(s, who, req, None).await? {
+            return Ok(done);
+        }
+        return Err(TwirpError::not_found(format!(
+            "no upload of artifact {:?} is in progress for this job; call CreateArtifact first",
+            req.name
+        )));
     };
     let Some((sha256, size)) = assembled else {
         return Err(TwirpError::new(
@@ -415,7 +482,7 @@ async fn finalize(
         }
     }
     let zip = mime == "application/zip";
-    let plan =
+    let created =
         s.db.create_upload(&CreateUpload {
             context: JobContext {
                 pipeline: who.pipeline.clone(),
@@ -431,7 +498,7 @@ async fn finalize(
             files: vec![NewFile {
                 path: file_name,
                 size,
-                sha256,
+                sha256: sha256.clone(),
                 mode: 0o644,
                 content_type: Some(mime),
                 source_path: None,
@@ -440,18 +507,71 @@ async fn finalize(
             exclusive: true,
             expire_in_secs: s.default_expire_secs,
         })
-        .await?;
-    let done = s.db.finish_upload(&plan.upload_id).await?;
-    if let Some(sess) = s
-        .gha
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key)
-    {
+        .await;
+    let answer = match created {
+        Ok(plan) => {
+            let done = s.db.finish_upload(&plan.upload_id).await?;
+            json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()})
+        }
+        // A concurrent or retried finalize of this very upload won.
+        Err(DbError::Conflict(m)) => already_finalized(s, who, req, Some(&sha256))
+            .await?
+            .ok_or_else(|| TwirpError::from(DbError::Conflict(m)))?,
+        Err(e) => return Err(e.into()),
+    };
+    // Only the session finalized here goes: CreateArtifact may have
+    // started a newer one for the same name meanwhile.
+    let finished = {
+        let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&key) {
+            Some(x) if x.id == session_id => sessions.remove(&key),
+            _ => None,
+        }
+    };
+    if let Some(sess) = finished {
         sess.discard();
     }
-    Ok(json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()}))
+    Ok(answer)
+}
+
+/// The answer of a finalize that already succeeded for this job's
+/// artifact `req.name` (so that a retry gets the same answer), if the
+/// request matches it: same size and digest when given, and `sha256` when
+/// the content is known. `None` if there is no such artifact.
+async fn already_finalized(
+    s: &AppState,
+    who: &Identity,
+    req: &Request,
+    sha256: Option<&str>,
+) -> Result<Option<serde_json::Value>, TwirpError> {
+    let Some(f) = run_artifacts(s, who)
+        .await?
+        .into_iter()
+        .find(|f| f.artifact_name == req.name && f.producer.job == who.job)
+    else {
+        return Ok(None);
+    };
+    let want_hash = req
+        .hash
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.strip_prefix("sha256:").unwrap_or(h).to_ascii_lowercase());
+    let same = req.size.is_none_or(|n| n == f.size as i64)
+        && want_hash.is_none_or(|h| h == f.sha256)
+        && sha256.is_none_or(|h| h == f.sha256);
+    if !same {
+        return Err(TwirpError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "artifact {:?} was already finalized with other content (sha256:{}, {} bytes)",
+                req.name, f.sha256, f.size
+            ),
+        ));
+    }
+    Ok(Some(
+        json!({"ok": true, "artifact_id": database_id(&f.artifact_id).to_string()}),
+    ))
 }
 
 async fn list(
@@ -594,9 +714,36 @@ mod tests {
     #[test]
     fn database_ids_follow_creation_order() {
         let a = satchel_model::id::new_id();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let b = satchel_model::id::new_id();
         assert!(database_id(&b) > database_id(&a));
         assert!(database_id(&a) > 0);
+    }
+
+    /// Artifacts made in the same millisecond differ unless 21 random bits
+    /// agree (not 12), and every id survives a trip through a JavaScript
+    /// number (the client does `Number(id)`).
+    #[test]
+    fn database_ids_are_wide_and_javascript_safe() {
+        const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+        let ms = format!("{:012x}", 1_795_350_586_123u64);
+        // Same millisecond; random parts differ past their first 12 bits.
+        let a = format!("{ms}000001{}", "0".repeat(14));
+        let b = format!("{ms}000002{}", "0".repeat(14));
+        let c = format!("{ms}100000{}", "0".repeat(14));
+        assert_ne!(database_id(&a), database_id(&b));
+        assert_ne!(database_id(&a), database_id(&c));
+        let later = format!("{:012x}000{}", 1_795_350_587_000u64, "0".repeat(17));
+        assert!(database_id(&later) > database_id(&c), "ordered by second");
+        for id in [
+            format!("{}{}", "f".repeat(12), "f".repeat(20)),
+            format!("{:012x}{}", 6_000_000_000_000u64, "f".repeat(20)),
+            satchel_model::id::new_id(),
+        ] {
+            let n = database_id(&id);
+            assert!(n > 0 && n <= MAX_SAFE_INTEGER, "{id}: {n}");
+            assert_eq!(n as f64 as i64, n);
+        }
+        assert_eq!(database_id(&"0".repeat(32)), 1);
     }
 }

@@ -38,7 +38,9 @@ fn ustar_header(name: &[u8], size: u64, mode: u32, mtime: u64, kind: u8) -> [u8;
     let mut h = [0u8; 512];
     let n = name.len().min(100);
     h[..n].copy_from_slice(&name[..n]);
-    octal(&mut h[100..108], u64::from(mode & 0o7777));
+    // Permission bits only: a downloaded archive must never carry setuid,
+    // setgid or sticky bits that `tar x` (as root, or with -p) would keep.
+    octal(&mut h[100..108], u64::from(mode & 0o777));
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
     octal(&mut h[124..136], size.min(USTAR_MAX_SIZE));
@@ -203,6 +205,23 @@ mod tests {
         assert_eq!(&h[124..136], b"00000000005\0");
         assert_eq!(&h[100..108], b"0000755\0");
         assert!(checksum_ok(&h));
+    }
+
+    #[test]
+    fn modes_keep_permission_bits_only() {
+        for (mode, want) in [
+            (0o4755, b"0000755\0"),
+            (0o2755, b"0000755\0"),
+            (0o1777, b"0000777\0"),
+            (0o107644, b"0000644\0"),
+            (0o7000, b"0000000\0"),
+        ] {
+            let mut m = member("a", 1);
+            m.mode = mode;
+            let h = member_header(&m);
+            assert_eq!(&h[100..108], want, "{mode:o}");
+            assert!(checksum_ok(&h));
+        }
     }
 
     #[test]

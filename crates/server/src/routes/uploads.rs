@@ -190,7 +190,9 @@ pub(super) async fn put_blob(
     let digest = Digest::from_hex(&hex)?;
     let hex = digest.to_hex();
     let size = expected_size(&needs, &hex)?;
-    let _gate = s.blob_gate.read().await;
+    // Announced to GC until recorded; no lock is held while the body streams.
+    let mut writing = s.blob_gate.writer();
+    writing.add(&hex).await;
     let mut reader = body_reader(body);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)
@@ -204,6 +206,7 @@ pub(super) async fn put_blob(
         ));
     }
     s.db.record_blobs(&[(hex, size)]).await?;
+    drop(writing);
     Ok((
         StatusCode::CREATED,
         axum::Json(BlobsStored {
@@ -219,8 +222,8 @@ pub(super) async fn put_batch(
     body: Body,
 ) -> Result<axum::Json<BlobsStored>, ApiError> {
     let needs = open_upload(&s, &id).await?;
-    // Shared with other writers, exclusive with GC (see `maintenance`).
-    let _gate = s.blob_gate.read().await;
+    // Each blob is announced to GC before it is stored, until recorded.
+    let mut writing = s.blob_gate.writer();
     let mut reader = body_reader(body);
     let mut stored = Vec::new();
     let mut bytes = 0u64;
@@ -256,6 +259,7 @@ pub(super) async fn put_batch(
                 format!("frame for {hex} says {size} bytes; the manifest says {expected}"),
             ));
         }
+        writing.add(&hex).await;
         s.store
             .put(&digest, size, &mut reader, Durability::Deferred)
             .await?;
@@ -264,6 +268,7 @@ pub(super) async fn put_batch(
     }
     s.store.flush().await?;
     s.db.record_blobs(&stored).await?;
+    drop(writing);
     Ok(axum::Json(BlobsStored {
         stored: stored.len() as u64,
         bytes,
