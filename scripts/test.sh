@@ -2,7 +2,9 @@
 # The whole test suite: unit, property, conformance and end-to-end tests.
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
 # data dirs. What they need from outside is installed here, never silently
-# skipped: Node.js and the real @actions/artifact clients (tests/gha).
+# skipped: Node.js and the real @actions/artifact clients (tests/gha), and
+# the storage servers of the backend conformance tests (scripts/services.sh:
+# Garage for S3, Azurite for Azure Blob, nginx for WebDAV).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -19,6 +21,11 @@ if ! cmp -s tests/gha/package-lock.json tests/gha/node_modules/.package-lock.jso
   echo "== installing @actions/artifact clients (npm ci)"
   (cd tests/gha && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed)
 fi
+
+# Storage servers on loopback, reused when already running.
+bash scripts/services.sh
+# shellcheck disable=SC1091
+source "${SATCHEL_SERVICES_DIR:-/tmp/satchel-test-services}/env"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -126,6 +126,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let stores = satchel_server::open_embedded_with(&a.data_dir, &a.storage.options()?)
+                .await
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
             let dir = satchel_server::DataDir {

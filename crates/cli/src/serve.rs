@@ -167,6 +167,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         root: a.data_dir.clone(),
     };
     let stores = satchel_server::open_embedded_with(&dir.root, &a.storage.options()?)
+        .await
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("opening data directory {}", dir.root.display()))?;
     let token = admin_token(&dir.admin_token())?;

@@ -721,4 +721,6 @@ fn kill_9_during_upload_leaves_no_partial_artifact() {
     s.agent(&w, "p", 1, "late")
         .ok(&["artifact", "upload", "huge/*"]);
     assert_eq!(a.ok(&["artifact", "search", "**"]).lines().count(), 3);
+    // And the store is consistent: everything finished reads back intact.
+    assert!(a.ok(&["admin", "fsck"]).contains("no problems"));
 }

@@ -150,13 +150,13 @@ impl Default for StorageOptions {
 }
 
 /// Opens the embedded default stores (SQLite + local disk) under `dir`.
-pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
-    open_embedded_with(dir, &StorageOptions::default())
+pub async fn open_embedded(dir: &Path) -> Result<Stores, String> {
+    open_embedded_with(dir, &StorageOptions::default()).await
 }
 
 /// Opens SQLite under `dir` and the content store `opts` names (by default
 /// also under `dir`).
-pub fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Stores, String> {
+pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Stores, String> {
     let d = DataDir {
         root: dir.to_path_buf(),
     };
@@ -192,6 +192,9 @@ pub fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Stores, S
         keys: opts.keys.clone(),
     })
     .map_err(|e| e.to_string())?;
+    satchel_store::ContentStore::check_settings(&store)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(
         "content store: {}",
         satchel_store::ContentStore::describe(&store)

@@ -403,6 +403,42 @@ impl ChunkStore {
         Ok(report)
     }
 
+    /// Checks the settings this store was written with (recorded in the
+    /// object `satchel-store` on first use) against the current ones:
+    /// refuses to run without keys on an encrypted store, or with a key
+    /// file whose naming key differs, instead of reporting content as
+    /// missing later. Turning encryption on for a plain store is allowed
+    /// (its old content stays readable; `keys rotate` encrypts it).
+    pub async fn check_settings_marker(&self) -> Result<(), StoreError> {
+        const KEY: &str = "satchel-store";
+        let want = self.codec.settings_marker();
+        let have = self
+            .backend
+            .get(KEY)
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+        let where_ = self.backend.describe();
+        match have {
+            Some(h) if h == want => Ok(()),
+            Some(h) if h.contains(" encrypted ") && self.codec.keys.is_none() => {
+                Err(StoreError::Config(format!(
+                    "the content store at {where_} is encrypted: start the server with its key file (--keys-file or SATCHEL_KEYS)"
+                )))
+            }
+            Some(h) if h.contains(" encrypted ") => Err(StoreError::Config(format!(
+                "the key file does not belong to the content store at {where_}: its naming key differs from the one the store was written with"
+            ))),
+            Some(h) if !h.contains(" plain") => Err(StoreError::Config(format!(
+                "{where_} holds an unknown settings marker {h:?}; is it a Satchel content store?"
+            ))),
+            _ => {
+                self.backend
+                    .put(KEY, Bytes::from(format!("{want}\n")), true)
+                    .await
+            }
+        }
+    }
+
     /// The key ids found in stored objects, with counts (`None`: not
     /// encrypted). Lets an operator see when an old key is no longer used.
     pub async fn count_keys(&self) -> Result<Vec<(Option<u32>, u64)>, StoreError> {
@@ -715,6 +751,10 @@ impl ContentStore for ChunkStore {
 
     fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    async fn check_settings(&self) -> Result<(), StoreError> {
+        self.check_settings_marker().await
     }
 
     fn key_ids(&self) -> Option<(u32, Vec<u32>)> {

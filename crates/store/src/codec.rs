@@ -281,6 +281,23 @@ impl Codec {
         }
     }
 
+    /// What the store's settings marker records: `plain`, or `encrypted`
+    /// with a check value of the naming key (not the key itself), so a
+    /// server started without keys, or with another key file, can tell.
+    pub fn settings_marker(&self) -> String {
+        match &self.keys {
+            None => "satchel-store v1 plain".into(),
+            Some(k) => {
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&k.names).expect("key");
+                mac.update(b"satchel naming key check");
+                format!(
+                    "satchel-store v1 encrypted {}",
+                    hex::encode(&mac.finalize().into_bytes()[..8])
+                )
+            }
+        }
+    }
+
     /// Encodes `payload` as an object of `kind`.
     pub fn encode(&self, kind: Kind, payload: &[u8]) -> Vec<u8> {
         let mut inner = Vec::with_capacity(payload.len() + 2 + TRAILER);

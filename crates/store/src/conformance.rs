@@ -88,6 +88,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     compression_saves_space(&zstd).await;
     encryption_hides_content_and_hashes(backend.clone()).await;
     sweep_frees_exactly_the_unused(backend.clone()).await;
+    settings_marker_guards_keys(backend).await;
 }
 
 async fn backend_basics(b: &dyn ObjectBackend) {
@@ -468,4 +469,43 @@ async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
     assert!(!store.contains(&ds).await.unwrap());
     store.sweep(&HashSet::new(), future).await.unwrap();
     assert!(keys(&*backend).await.is_empty());
+}
+
+async fn settings_marker_guards_keys(backend: Arc<dyn ObjectBackend>) {
+    let with = |keys: Option<Keyring>| {
+        ChunkStore::new(
+            backend.clone(),
+            Codec {
+                compression: Compression::None,
+                keys,
+            },
+        )
+    };
+    with(None)
+        .check_settings()
+        .await
+        .expect("first use records");
+    with(None).check_settings().await.expect("same settings");
+    let text = Keyring::generate();
+    let ring = Keyring::parse(&text).unwrap();
+    with(Some(ring.clone()))
+        .check_settings()
+        .await
+        .expect("turning encryption on");
+    let e = with(None).check_settings().await.unwrap_err().to_string();
+    assert!(e.contains("is encrypted"), "{e}");
+    let other = Keyring::parse(&Keyring::generate()).unwrap();
+    let e = with(Some(other))
+        .check_settings()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not belong"), "{e}");
+    // A rotated ring keeps its naming key, so it still fits.
+    let rotated = Keyring::parse(&format!("{text}\n{}", ring.next_key_line())).unwrap();
+    with(Some(rotated))
+        .check_settings()
+        .await
+        .expect("rotated keys fit");
+    backend.delete("satchel-store").await.unwrap();
 }

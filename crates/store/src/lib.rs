@@ -286,6 +286,10 @@ pub trait ContentStore: Send + Sync + 'static {
     /// Where the content lives, for logs (no secrets).
     fn describe(&self) -> String;
 
+    /// Checks (and on first use records) the settings the store is written
+    /// with, so a wrong or missing key file is refused at start.
+    async fn check_settings(&self) -> Result<(), StoreError>;
+
     /// With encryption on: the active key id and every known key id.
     fn key_ids(&self) -> Option<(u32, Vec<u32>)>;
 }

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use satchel_model::api::{FetchFiles, FILE_FRAME_HEADER};
-use satchel_store::Digest;
+use satchel_store::{Digest, StoreError};
 
 use super::check_id;
 use crate::error::ApiError;
@@ -193,25 +193,40 @@ pub(super) async fn files_content(
     }
     let store = s.store.clone();
     // Open several files ahead (in order) so small reads overlap.
-    let body = futures_util::stream::iter(parts)
+    let mut opened = futures_util::stream::iter(parts)
         .map(move |(d, size)| {
             let store = store.clone();
-            async move {
-                let header: [u8; FILE_FRAME_HEADER] = size.to_be_bytes();
-                let head = futures_util::stream::once(async move {
-                    Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&header))
-                });
-                match store.get(&d, None).await {
-                    Ok(s) => head.chain(s).boxed(),
-                    Err(e) => head
-                        .chain(futures_util::stream::once(async move {
-                            Err(std::io::Error::other(e.to_string()))
-                        }))
-                        .boxed(),
+            async move { (d, size, store.get(&d, None).await) }
+        })
+        .buffered(16);
+    // The first file is opened before the response starts, so a store that
+    // cannot serve (a missing key, corruption, an unreachable bucket) gets
+    // a proper error status; later failures can only cut the body short,
+    // and are logged.
+    let first = opened.next().await;
+    if let Some((_, _, Err(e))) = first {
+        return Err(e.into());
+    }
+    let frame =
+        |(d, size, opened): (Digest, u64, Result<satchel_store::ByteStream, StoreError>)| {
+            let header: [u8; FILE_FRAME_HEADER] = size.to_be_bytes();
+            let head = futures_util::stream::once(async move {
+                Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&header))
+            });
+            match opened {
+                Ok(s) => head.chain(s).boxed(),
+                Err(e) => {
+                    tracing::error!("batch download: content {d} cannot be read: {e}");
+                    head.chain(futures_util::stream::once(async move {
+                        Err(std::io::Error::other(e.to_string()))
+                    }))
+                    .boxed()
                 }
             }
-        })
-        .buffered(16)
+        };
+    let body = futures_util::stream::iter(first)
+        .chain(opened)
+        .map(frame)
         .flatten();
     let mut resp = Response::new(Body::from_stream(body));
     resp.headers_mut().insert(
