@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use futures_util::{StreamExt, TryStreamExt};
-use satchel_model::api::{CreateUpload, NewFile};
+use satchel_model::api::{ChunkList, ChunkRef, CreateUpload, NewFile};
 use satchel_model::glob::Glob;
 use satchel_model::path::clean_relative;
 use serde::Serialize;
@@ -293,6 +293,121 @@ fn find_files(
     Ok(out.into_values().collect())
 }
 
+/// Files at least this large go chunk by chunk when the server already
+/// holds some of their content.
+const CHUNKED_MIN: u64 = 8 * 1024 * 1024;
+
+/// Cuts a file into content-defined chunks exactly as the server's store
+/// does (FastCDC, same sizes), with each chunk's SHA-256 and offset.
+fn chunk_file(path: &Path, size: u64) -> anyhow::Result<Vec<(u64, ChunkRef)>> {
+    use satchel_store::chunked::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * MAX_CHUNK);
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    let mut eof = false;
+    loop {
+        while buf.len() < MAX_CHUNK && !eof {
+            let start = buf.len();
+            buf.resize(start + MAX_CHUNK, 0);
+            let n = f
+                .read(&mut buf[start..])
+                .with_context(|| format!("reading {}", path.display()))?;
+            buf.truncate(start + n);
+            eof = n == 0;
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let cut = fastcdc::v2020::FastCDC::new(&buf[..], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+            .next()
+            .map_or(buf.len(), |c| c.length);
+        out.push((
+            offset,
+            ChunkRef {
+                sha256: hex::encode(Sha256::digest(&buf[..cut])),
+                size: cut as u64,
+            },
+        ));
+        offset += cut as u64;
+        buf.drain(..cut);
+    }
+    if offset != size {
+        bail!("{} changed while uploading", path.display());
+    }
+    Ok(out)
+}
+
+/// Sends a large file: only the chunks the server lacks, when it holds
+/// some; else the whole file in one stream. Returns the bytes sent.
+async fn send_large(
+    client: &satchel_client::Client,
+    upload_id: &str,
+    h: &Hashed,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<u64> {
+    if h.size >= CHUNKED_MIN {
+        let (path, size) = (h.found.abs.clone(), h.size);
+        let chunks = tokio::task::spawn_blocking(move || chunk_file(&path, size)).await??;
+        let list = ChunkList {
+            chunks: chunks.iter().map(|(_, c)| c.clone()).collect(),
+        };
+        let missing = client
+            .chunks_missing(upload_id, &h.sha256, &list)
+            .await
+            .with_context(|| format!("asking which chunks of {} to send", h.found.stored))?
+            .missing;
+        if missing.len() < chunks.len() {
+            bar.inc(h.size - missing.iter().map(|&i| chunks[i].1.size).sum::<u64>());
+            let sent = futures_util::stream::iter(missing)
+                .map(|i| {
+                    let (offset, c) = chunks[i].clone();
+                    let path = h.found.abs.clone();
+                    async move {
+                        let data =
+                            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+                                use std::io::{Seek, SeekFrom};
+                                let mut f = std::fs::File::open(&path)?;
+                                f.seek(SeekFrom::Start(offset))?;
+                                let mut data = vec![0u8; c.size as usize];
+                                f.read_exact(&mut data)?;
+                                Ok(data)
+                            })
+                            .await??;
+                        client
+                            .put_chunk(upload_id, &c.sha256, data.into())
+                            .await
+                            .with_context(|| format!("uploading a chunk of {}", h.found.stored))?;
+                        bar.inc(c.size);
+                        anyhow::Ok(c.size)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .try_fold(0u64, |a, n| async move { Ok(a + n) })
+                .await?;
+            client
+                .assemble(upload_id, &h.sha256, &list)
+                .await
+                .with_context(|| format!("assembling {} from its chunks", h.found.stored))?;
+            return Ok(sent);
+        }
+    }
+    let file = tokio::fs::File::open(&h.found.abs)
+        .await
+        .with_context(|| format!("opening {}", h.found.abs.display()))?;
+    let b = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |r| {
+        if let Ok(chunk) = r {
+            b.inc(chunk.len() as u64);
+        }
+    });
+    client
+        .put_blob(upload_id, &h.sha256, h.size, stream)
+        .await
+        .with_context(|| format!("uploading {}", h.found.stored))?;
+    Ok(h.size)
+}
+
 fn hash_file(found: Found) -> anyhow::Result<Hashed> {
     let mut f = std::fs::File::open(&found.abs)
         .with_context(|| format!("opening {}", found.abs.display()))?;
@@ -474,15 +589,19 @@ pub async fn send(
             to_send.push(h.clone());
         }
     }
-    let bytes_sent: u64 = to_send.iter().map(|h| h.size).sum();
+    let bytes_to_send: u64 = to_send.iter().map(|h| h.size).sum();
     let files_sent = to_send.len() as u64;
+    // What actually goes over the wire: large files may send only the
+    // chunks the server lacks.
+    let sent_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let transfers = plan(to_send, |h| h.size);
 
-    let bar = bytes_bar(bytes_sent, "uploading", how.quiet);
+    let bar = bytes_bar(bytes_to_send, "uploading", how.quiet);
     let upload_id = created.upload_id.clone();
     let result: anyhow::Result<()> = futures_util::stream::iter(transfers)
         .map(|t| {
             let (client, id, bar) = (client.clone(), upload_id.clone(), bar.clone());
+            let sent_bytes = sent_bytes.clone();
             async move {
                 match t {
                     Work::Batch(items) => {
@@ -511,22 +630,11 @@ pub async fn send(
                             .await
                             .context("uploading a batch of small files")?;
                         bar.inc(framed.1);
+                        sent_bytes.fetch_add(framed.1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Work::Single(h) => {
-                        let file = tokio::fs::File::open(&h.found.abs)
-                            .await
-                            .with_context(|| format!("opening {}", h.found.abs.display()))?;
-                        let b = bar.clone();
-                        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                            .inspect(move |r| {
-                                if let Ok(chunk) = r {
-                                    b.inc(chunk.len() as u64);
-                                }
-                            });
-                        client
-                            .put_blob(&id, &h.sha256, h.size, stream)
-                            .await
-                            .with_context(|| format!("uploading {}", h.found.stored))?;
+                        let n = send_large(&client, &id, &h, &bar).await?;
+                        sent_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 Ok(())
@@ -548,7 +656,7 @@ pub async fn send(
         files: hashed.len() as u64,
         bytes: total_bytes,
         files_sent,
-        bytes_sent,
+        bytes_sent: sent_bytes.load(std::sync::atomic::Ordering::Relaxed),
         already_present: created.already_present,
     };
     Ok(summary)

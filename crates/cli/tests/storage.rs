@@ -580,3 +580,165 @@ fn gc_keeps_what_it_could_not_delete() {
     assert_eq!(r["blobs_deleted"], 1, "the next pass deletes it: {r}");
     assert!(!blob.exists());
 }
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A large file changed in a few places is sent as the chunks that
+/// changed, not whole; the server assembles and checks it.
+#[test]
+fn a_changed_large_file_sends_only_changed_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    let mut big = noise(32 * 1024 * 1024, 7);
+    write(&w, "big.bin", &big);
+    let first: Value = serde_json::from_str(
+        &s.agent(&w, "p", 1, "j")
+            .ok(&["artifact", "upload", "--json", "big.bin"]),
+    )
+    .unwrap();
+    assert_eq!(first["bytes_sent"], big.len() as u64, "{first}");
+    // Change 1% of it, in four places.
+    for at in [1_000_000usize, 9_000_000, 17_000_000, 30_000_000] {
+        for b in &mut big[at..at + 80_000] {
+            *b = !*b;
+        }
+    }
+    write(&w, "big.bin", &big);
+    let second: Value = serde_json::from_str(
+        &s.agent(&w, "p", 2, "j")
+            .ok(&["artifact", "upload", "--json", "big.bin"]),
+    )
+    .unwrap();
+    let sent = second["bytes_sent"].as_u64().unwrap();
+    eprintln!("1% changed in 4 places: sent {sent} of {} bytes", big.len());
+    assert!(
+        sent > 0 && sent * 100 < big.len() as u64 * 10,
+        "sent {sent} of {} bytes",
+        big.len()
+    );
+    let r = d.path().join("r");
+    std::fs::create_dir_all(&r).unwrap();
+    s.agent(&r, "p", 2, "k")
+        .ok(&["artifact", "download", "big.bin", "."]);
+    assert!(std::fs::read(r.join("big.bin")).unwrap() == big);
+    assert!(s
+        .agent(&r, "p", 2, "k")
+        .ok(&["admin", "fsck"])
+        .contains("no problems"));
+}
+
+/// Chunk uploads and assembly refuse lies: a chunk that does not hash to
+/// its name, chunk lists that do not add up or do not hash to the file.
+#[test]
+fn chunked_uploads_refuse_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let file = noise(1024 * 1024, 9);
+    let (a, b) = file.split_at(600 * 1024);
+    let chunk = |c: &[u8]| json!({"sha256": sha(c), "size": c.len()});
+    rt().block_on(async {
+        let http = s.http();
+        let r = http
+            .post(s.api("/uploads"))
+            .bearer_auth(&s.token)
+            .json(&json!({
+                "context": {"pipeline": "p", "run": 1, "job": "j", "attempt": 1},
+                "files": [{"path": "f.bin", "size": file.len(), "sha256": sha(&file), "mode": 420}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        let id = v["upload_id"].as_str().unwrap().to_string();
+        let f = sha(&file);
+        let post = |path: String, body: Value| {
+            let http = http.clone();
+            let token = s.token.clone();
+            let url = s.api(&path);
+            async move {
+                http.post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        // Sizes that do not add up.
+        let r = post(
+            format!("/uploads/{id}/blobs/{f}/chunks"),
+            json!({"chunks": [chunk(a)]}),
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        // A chunk over the 512 KiB maximum.
+        let r = post(
+            format!("/uploads/{id}/blobs/{f}/chunks"),
+            json!({"chunks": [chunk(&file)]}),
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        // Three chunks under the maximum.
+        let (a1, a2) = a.split_at(300 * 1024);
+        let list = json!({"chunks": [chunk(a1), chunk(a2), chunk(b)]});
+        let r = post(format!("/uploads/{id}/blobs/{f}/chunks"), list.clone()).await;
+        assert_eq!(r.status(), 200);
+        let m: Value = r.json().await.unwrap();
+        assert_eq!(m["missing"], json!([0, 1, 2]));
+        // A chunk whose bytes do not hash to its name.
+        let r = http
+            .put(s.api(&format!("/uploads/{id}/chunks/{}", sha(a1))))
+            .bearer_auth(&s.token)
+            .body(a2.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        // Assembling before the chunks are there fails, and records nothing.
+        let r = post(format!("/uploads/{id}/blobs/{f}/assemble"), list.clone()).await;
+        assert!(
+            r.status().is_server_error() || r.status() == 400,
+            "{}",
+            r.status()
+        );
+        for c in [a1, a2, b] {
+            let r = http
+                .put(s.api(&format!("/uploads/{id}/chunks/{}", sha(c))))
+                .bearer_auth(&s.token)
+                .body(c.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        // Chunks in the wrong order do not hash to the file.
+        let wrong = json!({"chunks": [chunk(a2), chunk(a1), chunk(b)]});
+        let r = post(format!("/uploads/{id}/blobs/{f}/assemble"), wrong).await;
+        assert_eq!(r.status(), 400);
+        assert_eq!(code(r).await, "digest_mismatch");
+        let r = post(format!("/uploads/{id}/finish"), json!({})).await;
+        assert!(!r.status().is_success(), "finished with content missing");
+        let r = post(format!("/uploads/{id}/blobs/{f}/assemble"), list).await;
+        assert_eq!(r.status(), 201);
+        let r = post(format!("/uploads/{id}/finish"), json!({})).await;
+        assert!(r.status().is_success());
+    });
+    let r = d.path().join("r");
+    std::fs::create_dir_all(&r).unwrap();
+    s.agent(&r, "p", 1, "k")
+        .ok(&["artifact", "download", "f.bin", "."]);
+    assert!(std::fs::read(r.join("f.bin")).unwrap() == file);
+}

@@ -203,6 +203,57 @@ impl Client {
         .await
     }
 
+    /// Which chunks of a large missing file the server lacks.
+    pub async fn chunks_missing(
+        &self,
+        upload_id: &str,
+        sha256: &str,
+        list: &satchel_model::api::ChunkList,
+    ) -> Result<satchel_model::api::ChunksMissing, ClientError> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("/uploads/{upload_id}/blobs/{sha256}/chunks"),
+            )
+            .json(list),
+        )
+        .await
+    }
+
+    /// Sends one chunk of a large file.
+    pub async fn put_chunk(
+        &self,
+        upload_id: &str,
+        sha256: &str,
+        data: Bytes,
+    ) -> Result<BlobsStored, ClientError> {
+        self.json(
+            self.request(
+                Method::PUT,
+                &format!("/uploads/{upload_id}/chunks/{sha256}"),
+            )
+            .body(data),
+        )
+        .await
+    }
+
+    /// Asks the server to make a large file out of its stored chunks.
+    pub async fn assemble(
+        &self,
+        upload_id: &str,
+        sha256: &str,
+        list: &satchel_model::api::ChunkList,
+    ) -> Result<BlobsStored, ClientError> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("/uploads/{upload_id}/blobs/{sha256}/assemble"),
+            )
+            .json(list),
+        )
+        .await
+    }
+
     /// Makes an upload's files visible.
     pub async fn finish_upload(&self, upload_id: &str) -> Result<UploadFinished, ClientError> {
         self.json(self.request(Method::POST, &format!("/uploads/{upload_id}/finish")))

@@ -129,6 +129,31 @@ pub struct BlobsStored {
     pub bytes: u64,
 }
 
+/// One content-defined chunk of a large file, as the client cut it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// SHA-256 of the chunk, lowercase hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A large file's chunks, in order: asked about before sending
+/// (`POST /uploads/{id}/blobs/{sha256}/chunks`), then assembled
+/// (`POST /uploads/{id}/blobs/{sha256}/assemble`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkList {
+    /// The chunks; their sizes add up to the file's.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Which of a chunk list's chunks the server lacks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunksMissing {
+    /// Indices into the list, ascending.
+    pub missing: Vec<usize>,
+}
+
 /// Lifecycle of an artifact.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -1,6 +1,6 @@
 //! Content as content-defined chunks on any [`ObjectBackend`].
 //!
-//! A blob is split with FastCDC (256 KiB min, 1 MiB average, 4 MiB max).
+//! A blob is split with FastCDC (32 KiB min, 128 KiB average, 512 KiB max).
 //! A blob of one chunk is stored whole as `b/<2>/<name>`. A larger blob is a
 //! recipe `r/<2>/<name>` listing its chunks in order, each chunk an object
 //! `c/<2>/<name>` named by its own SHA-256, so equal chunks of different
@@ -45,11 +45,13 @@ use crate::codec::{Codec, Kind};
 use crate::{ByteStream, ContentStore, Digest, Durability, StoreError};
 
 /// Smallest chunk FastCDC cuts (except a blob's last).
-pub const MIN_CHUNK: usize = 256 * 1024;
-/// Average chunk size.
-pub const AVG_CHUNK: usize = 1024 * 1024;
+pub const MIN_CHUNK: usize = 32 * 1024;
+/// Average chunk size: small enough that a change costs little to resend
+/// (about the change plus one chunk), large enough that a GiB is ~8,000
+/// objects rather than ~16,000.
+pub const AVG_CHUNK: usize = 128 * 1024;
 /// Largest chunk.
-pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+pub const MAX_CHUNK: usize = 512 * 1024;
 const IN_FLIGHT: usize = 4;
 
 /// What a sweep did.
@@ -285,6 +287,51 @@ impl ChunkStore {
             .expect("encoder panicked");
         backend.put(&key, Bytes::from(encoded), sync).await?;
         Ok((len, d, false))
+    }
+
+    /// Chunks reused from earlier writes must still be there, and young
+    /// enough that no sweep can take them before the recipe is written.
+    async fn check_still_fresh(&self, reused: &[Digest]) -> Result<(), StoreError> {
+        for d in reused {
+            let fresh = self
+                .backend
+                .head(&self.chunk_key(d))
+                .await?
+                .is_some_and(|m| {
+                    self.refresh_after.is_zero()
+                        || SystemTime::now().duration_since(m).unwrap_or_default()
+                            < self.refresh_after + self.refresh_after / 2
+                });
+            if !fresh {
+                return Err(StoreError::Backend(format!(
+                    "chunk {d} this upload reused was collected or aged meanwhile; retry the upload"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a blob's recipe; with `sync`, the chunks are made durable
+    /// first and the recipe on return.
+    async fn write_recipe(
+        &self,
+        digest: &Digest,
+        total: u64,
+        chunks: &[(u32, Digest)],
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        if sync {
+            // Chunks first, then the recipe that makes them reachable.
+            self.backend.flush().await?;
+        }
+        let recipe = encode_recipe(total, chunks);
+        let codec = self.codec.clone();
+        let encoded = tokio::task::spawn_blocking(move || codec.encode(Kind::Recipe, &recipe))
+            .await
+            .expect("encoder panicked");
+        self.backend
+            .put(&self.recipe_key(digest), Bytes::from(encoded), sync)
+            .await
     }
 
     /// Deletes blobs (whole or recipes) not in `keep` and written before
@@ -613,37 +660,14 @@ impl ContentStore for ChunkStore {
             .await?;
             return Ok(());
         }
-        // Chunks reused from earlier writes must still be there, and young
-        // enough that no sweep can take them before the recipe is written.
-        for (_, d, reused) in &chunks {
-            if !reused {
-                continue;
-            }
-            let key = self.chunk_key(d);
-            let fresh = self.backend.head(&key).await?.is_some_and(|m| {
-                self.refresh_after.is_zero()
-                    || SystemTime::now().duration_since(m).unwrap_or_default()
-                        < self.refresh_after + self.refresh_after / 2
-            });
-            if !fresh {
-                return Err(StoreError::Backend(format!(
-                    "chunk {d} this upload reused was collected or aged meanwhile; retry the upload"
-                )));
-            }
-        }
+        let reused: Vec<Digest> = chunks
+            .iter()
+            .filter(|(_, _, reused)| *reused)
+            .map(|(_, d, _)| *d)
+            .collect();
+        self.check_still_fresh(&reused).await?;
         let chunks: Vec<(u32, Digest)> = chunks.into_iter().map(|(l, d, _)| (l, d)).collect();
-        if sync {
-            // Chunks first, then the recipe that makes them reachable.
-            self.backend.flush().await?;
-        }
-        let recipe = encode_recipe(total, &chunks);
-        let codec = self.codec.clone();
-        let encoded = tokio::task::spawn_blocking(move || codec.encode(Kind::Recipe, &recipe))
-            .await
-            .expect("encoder panicked");
-        self.backend
-            .put(&self.recipe_key(digest), Bytes::from(encoded), sync)
-            .await
+        self.write_recipe(digest, total, &chunks, sync).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -755,6 +779,131 @@ impl ContentStore for ChunkStore {
 
     async fn check_settings(&self) -> Result<(), StoreError> {
         self.check_settings_marker().await
+    }
+
+    async fn missing_chunks(&self, chunks: &[Digest]) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<String> = chunks.iter().map(|d| self.chunk_key(d)).collect();
+        let (backend, refresh_after) = (self.backend.clone(), self.refresh_after);
+        let checks = keys.into_iter().map(move |key| {
+            let backend = backend.clone();
+            async move {
+                Ok::<bool, StoreError>(match backend.head(&key).await? {
+                    None => true,
+                    Some(m) => {
+                        let age = SystemTime::now().duration_since(m).unwrap_or_default();
+                        !(age < refresh_after || backend.touch(&key).await?)
+                    }
+                })
+            }
+        });
+        futures_util::stream::iter(checks)
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn put_chunk(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError> {
+        if data.len() > MAX_CHUNK {
+            return Err(StoreError::SizeMismatch {
+                digest: *digest,
+                expected: MAX_CHUNK as u64,
+                actual: data.len() as u64,
+            });
+        }
+        let check = data.clone();
+        let actual = tokio::task::spawn_blocking(move || Digest::of(&check))
+            .await
+            .expect("hasher panicked");
+        if actual != *digest {
+            return Err(StoreError::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        Self::store_chunk(
+            self.backend.clone(),
+            self.codec.clone(),
+            self.refresh_after,
+            "c",
+            data,
+            Some(actual),
+            true,
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn assemble(
+        &self,
+        digest: &Digest,
+        size: u64,
+        chunks: &[(u32, Digest)],
+    ) -> Result<(), StoreError> {
+        let total: u64 = chunks.iter().map(|(l, _)| u64::from(*l)).sum();
+        if total != size {
+            return Err(StoreError::SizeMismatch {
+                digest: *digest,
+                expected: size,
+                actual: total,
+            });
+        }
+        // Every chunk is read back (and checked against its own digest), and
+        // the whole must hash to the blob's digest: a client cannot make a
+        // blob whose name lies about its content.
+        let reader = ChunkReader {
+            backend: self.backend.clone(),
+            codec: self.codec.clone(),
+        };
+        let mut whole = sha2::Sha256::new();
+        let list: Vec<(u32, Digest)> = chunks.to_vec();
+        let r = reader.clone();
+        let mut reads = futures_util::stream::iter(list.into_iter().map(move |(len, d)| {
+            let reader = r.clone();
+            async move {
+                let b = reader.read(d).await?;
+                if b.len() as u64 != u64::from(len) {
+                    return Err(StoreError::SizeMismatch {
+                        digest: d,
+                        expected: u64::from(len),
+                        actual: b.len() as u64,
+                    });
+                }
+                Ok(b)
+            }
+        }))
+        .buffered(IN_FLIGHT);
+        while let Some(b) = reads.next().await {
+            whole.update(&b?);
+        }
+        let actual = Digest(whole.finalize().into());
+        if actual != *digest {
+            return Err(StoreError::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        let all: Vec<Digest> = chunks.iter().map(|(_, d)| *d).collect();
+        self.check_still_fresh(&all).await?;
+        if chunks.len() == 1 {
+            // A one-chunk blob lives whole under b/.
+            let data = reader.read(chunks[0].1).await?;
+            return Self::store_chunk(
+                self.backend.clone(),
+                self.codec.clone(),
+                self.refresh_after,
+                "b",
+                data,
+                Some(*digest),
+                false,
+                true,
+            )
+            .await
+            .map(|_| ());
+        }
+        self.write_recipe(digest, size, chunks, true).await
     }
 
     fn key_ids(&self) -> Option<(u32, Vec<u32>)> {

@@ -286,6 +286,25 @@ pub trait ContentStore: Send + Sync + 'static {
     /// Where the content lives, for logs (no secrets).
     fn describe(&self) -> String;
 
+    /// For each chunk, whether the store lacks it (or holds it too old to be
+    /// relied on; one it can refresh cheaply counts as present).
+    async fn missing_chunks(&self, chunks: &[Digest]) -> Result<Vec<bool>, StoreError>;
+
+    /// Stores one chunk sent on its own, after checking it hashes to
+    /// `digest`. Until a blob's recipe uses it, it is garbage the sweep may
+    /// collect once old.
+    async fn put_chunk(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError>;
+
+    /// Makes blob `digest` of `size` bytes out of stored chunks: checks they
+    /// are all there and young, that together they hash to `digest`, then
+    /// writes the recipe durably.
+    async fn assemble(
+        &self,
+        digest: &Digest,
+        size: u64,
+        chunks: &[(u32, Digest)],
+    ) -> Result<(), StoreError>;
+
     /// Checks (and on first use records) the settings the store is written
     /// with, so a wrong or missing key file is refused at start.
     async fn check_settings(&self) -> Result<(), StoreError>;

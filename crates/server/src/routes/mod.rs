@@ -80,6 +80,18 @@ pub(crate) fn api() -> Router<AppState> {
             "/uploads/{id}/blobs/{sha256}",
             put(uploads::put_blob).layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/uploads/{id}/blobs/{sha256}/chunks",
+            post(uploads::chunks_missing).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+        )
+        .route(
+            "/uploads/{id}/blobs/{sha256}/assemble",
+            post(uploads::assemble).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+        )
+        .route(
+            "/uploads/{id}/chunks/{sha256}",
+            put(uploads::put_chunk).layer(DefaultBodyLimit::max(satchel_store::chunked::MAX_CHUNK)),
+        )
         .route("/uploads/{id}/finish", post(uploads::finish))
         .route("/uploads/{id}/abort", post(uploads::abort))
 }

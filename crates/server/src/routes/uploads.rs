@@ -10,6 +10,13 @@
 //!    hashed as it is written and must be one the manifest announced, with
 //!    the announced size. A batch is made durable with one filesystem sync
 //!    before its blobs are recorded.
+//!    A large missing file can instead go chunk by chunk, so that content
+//!    the server already holds is not sent again: the client lists the
+//!    file's content-defined chunks (`POST /uploads/{id}/blobs/{sha256}/chunks`,
+//!    answered with the ones missing), sends those
+//!    (`PUT /uploads/{id}/chunks/{sha256}`), then asks the server to assemble
+//!    the file (`POST /uploads/{id}/blobs/{sha256}/assemble`), which reads
+//!    the chunks back and checks the whole against the file's SHA-256.
 //! 3. `POST /uploads/{id}/finish` makes all files visible in one transaction,
 //!    and fails if any content is missing.
 
@@ -19,7 +26,8 @@ use axum::http::StatusCode;
 use futures_util::TryStreamExt;
 use satchel_db::UploadNeeds;
 use satchel_model::api::{
-    BlobsStored, CreateUpload, JobContext, UploadCreated, UploadFinished, BLOB_FRAME_HEADER,
+    BlobsStored, ChunkList, ChunksMissing, CreateUpload, JobContext, UploadCreated, UploadFinished,
+    BLOB_FRAME_HEADER,
 };
 use satchel_model::{names, path};
 use satchel_store::{Digest, Durability};
@@ -205,6 +213,104 @@ pub(super) async fn put_blob(
             format!("body for {hex} is longer than the announced {size} bytes"),
         ));
     }
+    s.db.record_blobs(&[(hex, size)]).await?;
+    drop(writing);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(BlobsStored {
+            stored: 1,
+            bytes: size,
+        }),
+    ))
+}
+
+/// Checks a chunk list against the manifest's size for `hex`: sizes add up,
+/// each chunk is 1 byte to the store's maximum, digests are hex.
+fn check_chunk_list(
+    needs: &UploadNeeds,
+    hex: &str,
+    list: &ChunkList,
+) -> Result<(u64, Vec<(u32, Digest)>), ApiError> {
+    let size = expected_size(needs, hex)?;
+    let max = satchel_store::chunked::MAX_CHUNK as u64;
+    if list.chunks.is_empty() || list.chunks.len() as u64 > size / 1024 + 1 {
+        return Err(ApiError::bad_request(format!(
+            "a chunk list for {size} bytes needs between 1 and {} chunks",
+            size / 1024 + 1
+        )));
+    }
+    let mut out = Vec::with_capacity(list.chunks.len());
+    let mut total = 0u64;
+    for c in &list.chunks {
+        if c.size == 0 || c.size > max {
+            return Err(ApiError::bad_request(format!(
+                "chunk {} has {} bytes; chunks hold 1 to {max}",
+                c.sha256, c.size
+            )));
+        }
+        total += c.size;
+        out.push((c.size as u32, Digest::from_hex(&c.sha256)?));
+    }
+    if total != size {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "size_mismatch",
+            format!("the chunks of {hex} add up to {total} bytes; the manifest says {size}"),
+        ));
+    }
+    Ok((size, out))
+}
+
+pub(super) async fn chunks_missing(
+    State(s): State<AppState>,
+    Path((id, hex)): Path<(String, String)>,
+    Json(list): Json<ChunkList>,
+) -> Result<axum::Json<ChunksMissing>, ApiError> {
+    let needs = open_upload(&s, &id).await?;
+    let hex = Digest::from_hex(&hex)?.to_hex();
+    let (_, chunks) = check_chunk_list(&needs, &hex, &list)?;
+    let digests: Vec<Digest> = chunks.iter().map(|(_, d)| *d).collect();
+    let missing = s.store.missing_chunks(&digests).await?;
+    Ok(axum::Json(ChunksMissing {
+        missing: missing
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m)
+            .map(|(i, _)| i)
+            .collect(),
+    }))
+}
+
+pub(super) async fn put_chunk(
+    State(s): State<AppState>,
+    Path((id, hex)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
+    open_upload(&s, &id).await?;
+    let digest = Digest::from_hex(&hex)?;
+    let n = body.len() as u64;
+    s.store.put_chunk(&digest, body).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(BlobsStored {
+            stored: 1,
+            bytes: n,
+        }),
+    ))
+}
+
+pub(super) async fn assemble(
+    State(s): State<AppState>,
+    Path((id, hex)): Path<(String, String)>,
+    Json(list): Json<ChunkList>,
+) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
+    let needs = open_upload(&s, &id).await?;
+    let digest = Digest::from_hex(&hex)?;
+    let hex = digest.to_hex();
+    let (size, chunks) = check_chunk_list(&needs, &hex, &list)?;
+    let mut writing = s.blob_gate.writer();
+    writing.add(&hex).await;
+    s.store.assemble(&digest, size, &chunks).await?;
     s.db.record_blobs(&[(hex, size)]).await?;
     drop(writing);
     Ok((
