@@ -742,3 +742,108 @@ fn chunked_uploads_refuse_bad_input() {
         .ok(&["artifact", "download", "f.bin", "."]);
     assert!(std::fs::read(r.join("f.bin")).unwrap() == file);
 }
+
+/// Objects of each kind the local store holds (`b`, `c`, `p`, `r`).
+fn object_counts(data_dir: &Path) -> std::collections::BTreeMap<String, usize> {
+    fn walk(p: &Path) -> usize {
+        match std::fs::read_dir(p) {
+            Err(_) => 0,
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum(),
+        }
+    }
+    ["b", "c", "p", "r"]
+        .into_iter()
+        .map(|k| {
+            (
+                k.to_string(),
+                walk(&data_dir.join("content/objects").join(k)),
+            )
+        })
+        .collect()
+}
+
+fn api_requests(s: &Server) -> u64 {
+    rt().block_on(async {
+        let text = reqwest::get(format!("{}/metrics", s.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("satchel_api_requests_total "))
+            .expect("request counter")
+            .trim()
+            .parse()
+            .unwrap()
+    })
+}
+
+/// Thousands of small files cost a handful of requests and a handful of
+/// stored objects (packs), read back intact; GC frees the packs once
+/// nothing uses them.
+#[test]
+fn many_small_files_become_a_few_packs() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    let n = 3000u64;
+    for i in 0..n {
+        write(
+            &w,
+            &format!("small/{:02}/f{i:05}.bin", i % 30),
+            &noise(4096, 2 * i + 1),
+        );
+    }
+    // Two tiny files alone in a batch stay objects of their own.
+    write(&w, "few/a.txt", b"alone a");
+    write(&w, "few/b.txt", b"alone b");
+    let agent = s.agent(&w, "p", 1, "j");
+    let before = api_requests(&s);
+    let out = agent.ok(&[
+        "artifact", "upload", "--json", "--name", "small", "small/**",
+    ]);
+    let requests = api_requests(&s) - before;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files_sent"], n, "{v}");
+    let counts = object_counts(&data);
+    println!("{n} files of 4 KiB: {requests} API requests, stored objects {counts:?}");
+    assert!(requests <= 8, "{requests} requests for {n} small files");
+    assert_eq!(counts["b"], 0, "{counts:?}");
+    assert!((1..=3).contains(&counts["p"]), "{counts:?}");
+    agent.ok(&["artifact", "upload", "--name", "few", "few/*"]);
+    assert_eq!(object_counts(&data)["b"], 2);
+    assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+    // A new server process reads the packs it did not write.
+    let mut s = s;
+    s.stop();
+    let s = Server::start(&data);
+    let agent = s.agent(&w, "p", 1, "j");
+    let dest = d.path().join("dl");
+    agent.ok(&["artifact", "download", "small/**", dest.to_str().unwrap()]);
+    for i in (0..n).step_by(7) {
+        let rel = format!("small/{:02}/f{i:05}.bin", i % 30);
+        assert_eq!(
+            std::fs::read(dest.join(&rel)).unwrap(),
+            noise(4096, 2 * i + 1),
+            "{rel}"
+        );
+    }
+    s.delete_artifact(&s.artifact_id("p", 1, "small"));
+    let out = agent.ok(&["admin", "gc", "--grace", "0s", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["blobs_deleted"], n, "{r}");
+    assert_eq!(object_counts(&data)["p"], 0, "dead packs are deleted");
+    assert_eq!(object_counts(&data)["b"], 2, "live blobs stay");
+    assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+}

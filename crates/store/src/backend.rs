@@ -10,6 +10,7 @@
 //! [`crate::remote::RemoteBackend`] covers S3, Azure Blob, GCS and HTTP.
 
 use std::io::{self, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -39,6 +40,21 @@ pub trait ObjectBackend: Send + Sync + 'static {
 
     /// Reads a whole object; `None` if there is none.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Reads bytes `range` of an object; `None` if there is none. A range
+    /// that ends past the object is an error.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, StoreError> {
+        let Some(all) = self.get(key).await? else {
+            return Ok(None);
+        };
+        if range.start > range.end || range.end > all.len() as u64 {
+            return Err(StoreError::Backend(format!(
+                "range {range:?} is outside {key} ({} bytes)",
+                all.len()
+            )));
+        }
+        Ok(Some(all.slice(range.start as usize..range.end as usize)))
+    }
 
     /// When the object was last written, if it exists.
     async fn head(&self, key: &str) -> Result<Option<SystemTime>, StoreError>;
@@ -180,6 +196,27 @@ impl ObjectBackend for DirBackend {
             Ok(b) => Ok(Some(Bytes::from(b))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+        })
+        .await
+        .expect("object reader panicked")
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+            };
+            if range.start > range.end {
+                return Err(StoreError::Backend(format!("empty range {range:?}")));
+            }
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            f.read_exact_at(&mut buf, range.start)
+                .map_err(io_err(format!("reading {range:?} of {}", path.display())))?;
+            Ok(Some(Bytes::from(buf)))
         })
         .await
         .expect("object reader panicked")

@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::backend::ObjectBackend;
 use crate::codec::{Codec, Kind};
+use crate::pack::{self, PackIndex};
 use crate::{ByteStream, ContentStore, Digest, Durability, StoreError};
 
 /// Smallest chunk FastCDC cuts (except a blob's last).
@@ -79,6 +80,7 @@ pub struct ChunkStore {
     backend: Arc<dyn ObjectBackend>,
     codec: Arc<Codec>,
     refresh_after: Duration,
+    packs: Arc<PackIndex>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -128,6 +130,22 @@ fn encode_recipe(total: u64, chunks: &[(u32, Digest)]) -> Vec<u8> {
     v
 }
 
+/// What storing a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// A stored copy was fresh enough (or refreshed).
+    Reused,
+    /// Written.
+    Written,
+    /// Written as is: compression was tried and did not pay.
+    Incompressible,
+}
+
+/// After a chunk of a blob does not compress, this many of the next chunks
+/// (about 2 MiB) are not tried: archives and images stay incompressible,
+/// and trying costs more CPU than writing.
+const SKIP_AFTER_INCOMPRESSIBLE: u32 = 15;
+
 enum Top {
     Chunk(Bytes),
     Recipe(u64, Vec<(u32, Digest)>),
@@ -140,6 +158,7 @@ impl ChunkStore {
             backend,
             codec: Arc::new(codec),
             refresh_after: Duration::from_secs(15 * 60),
+            packs: Arc::default(),
         }
     }
 
@@ -221,7 +240,54 @@ impl ChunkStore {
         .expect("decoder panicked")
     }
 
+    /// Reads blob `d` from the pack holding it, if one does. A pack that
+    /// vanished (swept or rewritten meanwhile) sends the lookup round again.
+    async fn packed(&self, d: &Digest) -> Result<Option<Bytes>, StoreError> {
+        self.packs
+            .ensure_loaded(&*self.backend, &self.codec)
+            .await?;
+        for _ in 0..2 {
+            let Some(loc) = self.packs.lookup(d) else {
+                return Ok(None);
+            };
+            let Some(stored) = self.backend.get_range(&loc.pack, loc.entry.range()).await? else {
+                self.packs.refresh(&*self.backend, &self.codec).await?;
+                continue;
+            };
+            let (codec, d) = (self.codec.clone(), *d);
+            return tokio::task::spawn_blocking(move || {
+                let (kind, data) = codec.decode(&stored)?;
+                let actual = Digest::of(&data);
+                if kind != Kind::Chunk || actual != d {
+                    return Err(StoreError::Corrupt { digest: d, actual });
+                }
+                Ok(Some(Bytes::from(data)))
+            })
+            .await
+            .expect("decoder panicked");
+        }
+        Ok(None)
+    }
+
     async fn top(&self, d: &Digest) -> Result<Top, StoreError> {
+        if let Some(b) = self.packed(d).await? {
+            return Ok(Top::Chunk(b));
+        }
+        match self.unpacked_top(d).await {
+            Err(StoreError::NotFound(_)) => {
+                // Perhaps packed by another process since we last looked.
+                if self.packs.refresh(&*self.backend, &self.codec).await? {
+                    if let Some(b) = self.packed(d).await? {
+                        return Ok(Top::Chunk(b));
+                    }
+                }
+                Err(StoreError::NotFound(*d))
+            }
+            other => other,
+        }
+    }
+
+    async fn unpacked_top(&self, d: &Digest) -> Result<Top, StoreError> {
         let legacy = self.legacy_keys(d).map(|[b, _, _]| b);
         match self.read_content(*d, self.blob_key(d), legacy).await {
             Ok(b) => return Ok(Top::Chunk(b)),
@@ -259,7 +325,8 @@ impl ChunkStore {
         known: Option<Digest>,
         check_existing: bool,
         sync: bool,
-    ) -> Result<(u32, Digest, bool), StoreError> {
+        compress: bool,
+    ) -> Result<(u32, Digest, Reuse), StoreError> {
         let len = data.len() as u32;
         let (d, data) = match known {
             Some(d) => (d, data),
@@ -278,15 +345,24 @@ impl ChunkStore {
                         // Whoever wrote it may not have flushed yet.
                         backend.flush().await?;
                     }
-                    return Ok((len, d, true));
+                    return Ok((len, d, Reuse::Reused));
                 }
             }
         }
-        let encoded = tokio::task::spawn_blocking(move || codec.encode(Kind::Chunk, &data))
-            .await
-            .expect("encoder panicked");
+        let (encoded, compressed) =
+            tokio::task::spawn_blocking(move || codec.encode_with(Kind::Chunk, &data, compress))
+                .await
+                .expect("encoder panicked");
         backend.put(&key, Bytes::from(encoded), sync).await?;
-        Ok((len, d, false))
+        Ok((
+            len,
+            d,
+            if compressed || !compress {
+                Reuse::Written
+            } else {
+                Reuse::Incompressible
+            },
+        ))
     }
 
     /// Chunks reused from earlier writes must still be there, and young
@@ -334,6 +410,127 @@ impl ChunkStore {
             .await
     }
 
+    /// Checks each blob against its digest and writes them all as one pack,
+    /// durably. Any mismatch stores nothing.
+    pub async fn put_packed_blobs(&self, blobs: Vec<(Digest, Bytes)>) -> Result<(), StoreError> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        self.packs
+            .ensure_loaded(&*self.backend, &self.codec)
+            .await?;
+        let codec = self.codec.clone();
+        let (name, bytes, entries) = tokio::task::spawn_blocking(move || {
+            for (expected, data) in &blobs {
+                let actual = Digest::of(data);
+                if actual != *expected {
+                    return Err(StoreError::DigestMismatch {
+                        expected: *expected,
+                        actual,
+                    });
+                }
+            }
+            Ok(pack::encode(&codec, &blobs))
+        })
+        .await
+        .expect("packer panicked")?;
+        let key = format!("p/{}", fan(&name));
+        self.backend.put(&key, Bytes::from(bytes), true).await?;
+        self.packs.add(key.into(), entries);
+        Ok(())
+    }
+
+    /// The blobs of pack `key` that still point at it, read and checked.
+    async fn live_blobs_of(
+        &self,
+        key: &str,
+        entries: &[pack::Entry],
+    ) -> Result<Option<Vec<(Digest, Bytes)>>, StoreError> {
+        let Some(whole) = self.backend.get(key).await? else {
+            return Ok(None);
+        };
+        let codec = self.codec.clone();
+        let entries = entries.to_vec();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                let r = e.range();
+                let stored = whole
+                    .get(r.start as usize..r.end as usize)
+                    .ok_or_else(|| StoreError::Undecodable(format!("pack {key} is truncated")))?;
+                let (kind, data) = codec.decode(stored)?;
+                let actual = Digest::of(&data);
+                if kind != Kind::Chunk || actual != e.digest {
+                    return Err(StoreError::Corrupt {
+                        digest: e.digest,
+                        actual,
+                    });
+                }
+                out.push((e.digest, Bytes::from(data)));
+            }
+            Ok(Some(out))
+        })
+        .await
+        .expect("decoder panicked")
+    }
+
+    /// Writes the still-used blobs of pack `key` into a new pack (with the
+    /// current codec), then deletes `key`. A damaged entry leaves the old
+    /// pack in place and is logged: the sweep never drops a live blob.
+    async fn repack(&self, key: &str, live: &[pack::Entry]) -> Result<bool, StoreError> {
+        let blobs = match self.live_blobs_of(key, live).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(false),
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::Undecodable(_))) => {
+                tracing::error!(pack = %key, error = %e, "pack not rewritten: it holds a damaged blob");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        self.put_packed_blobs(blobs).await?;
+        self.backend.delete(key).await?;
+        self.packs.remove_pack(key);
+        Ok(true)
+    }
+
+    /// The pack part of a sweep: packs older than `cutoff` whose blobs are
+    /// all unkept are deleted; those mostly unkept are rewritten.
+    async fn sweep_packs(
+        &self,
+        keep: &HashSet<Digest>,
+        cutoff: SystemTime,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        self.packs.refresh(&*self.backend, &self.codec).await?;
+        for obj in self.backend.list("p").await? {
+            report.objects += 1;
+            if obj.modified >= cutoff {
+                continue;
+            }
+            let Some(entries) = self.packs.entries(&obj.key) else {
+                continue; // unreadable index: logged, left for an operator
+            };
+            let live: Vec<pack::Entry> = entries
+                .into_iter()
+                .filter(|e| keep.contains(&e.digest) && self.packs.points_at(&e.digest, &obj.key))
+                .collect();
+            if live.is_empty() {
+                self.backend.delete(&obj.key).await?;
+                self.packs.remove_pack(&obj.key);
+                report.deleted += 1;
+                report.bytes_freed += obj.size;
+                continue;
+            }
+            let live_bytes: u64 = live.iter().map(|e| u64::from(e.len)).sum();
+            if live_bytes * 2 < obj.size && self.repack(&obj.key, &live).await? {
+                report.deleted += 1;
+                report.bytes_freed += obj.size.saturating_sub(live_bytes);
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes blobs (whole or recipes) not in `keep` and written before
     /// `cutoff`, then chunks that no remaining recipe uses and that are
     /// older than both `cutoff` and twice `refresh_after`. The caller makes
@@ -365,6 +562,7 @@ impl ChunkStore {
                 report.bytes_freed += obj.size;
             }
         }
+        self.sweep_packs(keep, cutoff, &mut report).await?;
         let mut live: HashSet<String> = HashSet::new();
         for obj in self.backend.list("r").await? {
             report.objects += 1;
@@ -447,6 +645,40 @@ impl ChunkStore {
                 progress(&report);
             }
         }
+        self.packs.refresh(&*self.backend, &self.codec).await?;
+        for obj in self.backend.list("p").await? {
+            report.objects += 1;
+            let Some(index) = pack::read_index_object(&*self.backend, &obj.key, obj.size).await?
+            else {
+                continue;
+            };
+            let (Some(entries), false) = (
+                self.packs.entries(&obj.key),
+                Codec::peek(&index)?.key_id == active,
+            ) else {
+                progress(&report);
+                continue;
+            };
+            let live: Vec<pack::Entry> = entries
+                .into_iter()
+                .filter(|e| self.packs.points_at(&e.digest, &obj.key))
+                .collect();
+            let done = if live.is_empty() {
+                self.backend.delete(&obj.key).await?;
+                self.packs.remove_pack(&obj.key);
+                true
+            } else {
+                self.repack(&obj.key, &live).await?
+            };
+            if !done {
+                return Err(StoreError::Undecodable(format!(
+                    "pack {} could not be re-encrypted (see the server log)",
+                    obj.key
+                )));
+            }
+            report.rewritten += 1;
+            progress(&report);
+        }
         Ok(report)
     }
 
@@ -497,6 +729,12 @@ impl ChunkStore {
                 }
             }
         }
+        for obj in self.backend.list("p").await? {
+            if let Some(index) = pack::read_index_object(&*self.backend, &obj.key, obj.size).await?
+            {
+                *counts.entry(Codec::peek(&index)?.key_id).or_insert(0u64) += 1;
+            }
+        }
         Ok(counts.into_iter().collect())
     }
 }
@@ -504,6 +742,19 @@ impl ChunkStore {
 #[async_trait]
 impl ContentStore for ChunkStore {
     async fn contains(&self, digest: &Digest) -> Result<bool, StoreError> {
+        self.packs
+            .ensure_loaded(&*self.backend, &self.codec)
+            .await?;
+        if let Some(loc) = self.packs.lookup(digest) {
+            if self.backend.head(&loc.pack).await?.is_some() {
+                return Ok(true);
+            }
+            // Swept or rewritten by another process.
+            self.packs.refresh(&*self.backend, &self.codec).await?;
+            if self.packs.lookup(digest).is_some() {
+                return Ok(true);
+            }
+        }
         if self.backend.head(&self.blob_key(digest)).await?.is_some()
             || self.backend.head(&self.recipe_key(digest)).await?.is_some()
         {
@@ -516,7 +767,8 @@ impl ContentStore for ChunkStore {
                 }
             }
         }
-        Ok(false)
+        Ok(self.packs.refresh(&*self.backend, &self.codec).await?
+            && self.packs.lookup(digest).is_some())
     }
 
     async fn put(
@@ -564,6 +816,7 @@ impl ContentStore for ChunkStore {
                 Some(expected),
                 false,
                 sync,
+                true,
             )
             .await?;
             return Ok(());
@@ -573,10 +826,11 @@ impl ContentStore for ChunkStore {
         let mut buf = BytesMut::with_capacity(2 * MAX_CHUNK);
         let mut total: u64 = 0;
         let mut eof = false;
-        let mut chunks: Vec<(u32, Digest, bool)> = Vec::new();
+        let mut chunks: Vec<(u32, Digest, Reuse)> = Vec::new();
         let mut inflight = FuturesOrdered::new();
         let mut first: Option<Bytes> = None;
         let mut chunk_count = 0usize;
+        let mut skip_compression = 0u32;
         loop {
             while buf.len() < MAX_CHUNK && !eof {
                 if buf.capacity() - buf.len() < 64 * 1024 {
@@ -616,6 +870,8 @@ impl ContentStore for ChunkStore {
             };
             for piece in to_store {
                 chunk_count += 1;
+                let compress = skip_compression == 0;
+                skip_compression = skip_compression.saturating_sub(1);
                 inflight.push_back(Self::store_chunk(
                     self.backend.clone(),
                     self.codec.clone(),
@@ -625,9 +881,15 @@ impl ContentStore for ChunkStore {
                     None,
                     true,
                     false,
+                    compress,
                 ));
                 if inflight.len() >= IN_FLIGHT {
-                    chunks.push(inflight.next().await.expect("non-empty")?);
+                    let done = inflight.next().await.expect("non-empty")?;
+                    if done.2 == Reuse::Incompressible {
+                        // Already-compressed data: try again some chunks on.
+                        skip_compression = SKIP_AFTER_INCOMPRESSIBLE;
+                    }
+                    chunks.push(done);
                 }
             }
         }
@@ -656,18 +918,23 @@ impl ContentStore for ChunkStore {
                 Some(expected),
                 false,
                 sync,
+                true,
             )
             .await?;
             return Ok(());
         }
         let reused: Vec<Digest> = chunks
             .iter()
-            .filter(|(_, _, reused)| *reused)
+            .filter(|(_, _, reused)| *reused == Reuse::Reused)
             .map(|(_, d, _)| *d)
             .collect();
         self.check_still_fresh(&reused).await?;
         let chunks: Vec<(u32, Digest)> = chunks.into_iter().map(|(l, d, _)| (l, d)).collect();
         self.write_recipe(digest, total, &chunks, sync).await
+    }
+
+    async fn put_packed(&self, blobs: Vec<(Digest, Bytes)>) -> Result<(), StoreError> {
+        self.put_packed_blobs(blobs).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -744,6 +1011,7 @@ impl ContentStore for ChunkStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.packs.forget(digest);
         self.backend.delete(&self.blob_key(digest)).await?;
         self.backend.delete(&self.recipe_key(digest)).await?;
         if let Some([b, r, _]) = self.legacy_keys(digest) {
@@ -831,6 +1099,7 @@ impl ContentStore for ChunkStore {
             Some(actual),
             true,
             false,
+            true,
         )
         .await
         .map(|_| ())
@@ -899,6 +1168,7 @@ impl ContentStore for ChunkStore {
                 Some(*digest),
                 false,
                 true,
+                true,
             )
             .await
             .map(|_| ());
@@ -924,6 +1194,7 @@ impl ChunkReader {
             backend: self.backend.clone(),
             codec: self.codec.clone(),
             refresh_after: Duration::ZERO,
+            packs: Arc::default(),
         };
         store.read_chunk(d).await
     }

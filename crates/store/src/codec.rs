@@ -11,10 +11,11 @@
 //!   nonce   [u8; 12] (zeros when not encrypted)
 //!   pad     [u8; 3]
 //! body: cipher( inner ) where inner is
-//!   kind    u8     0 = chunk, 1 = recipe
+//!   kind    u8     0 = chunk, 1 = recipe, 2 = pack index
 //!   packing u8     0 = stored as is, 1 = zstd
 //!   payload
-//!   sha256  [u8; 32] of kind..payload, only in recipes when not encrypted
+//!   sha256  [u8; 32] of kind..payload, only in recipes and pack indexes
+//!           when not encrypted
 //! ```
 //!
 //! With encryption the GCM tag authenticates the header (as associated data)
@@ -50,6 +51,8 @@ pub enum Kind {
     Chunk,
     /// The list of chunks of a large blob.
     Recipe,
+    /// The table of contents of a pack of small blobs.
+    PackIndex,
 }
 
 /// One encryption key.
@@ -300,19 +303,27 @@ impl Codec {
 
     /// Encodes `payload` as an object of `kind`.
     pub fn encode(&self, kind: Kind, payload: &[u8]) -> Vec<u8> {
+        self.encode_with(kind, payload, true).0
+    }
+
+    /// Encodes `payload` as an object of `kind`, trying compression only if
+    /// `try_compress`. Also returns whether the payload was compressed.
+    pub fn encode_with(&self, kind: Kind, payload: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
         let mut inner = Vec::with_capacity(payload.len() + 2 + TRAILER);
         inner.push(match kind {
             Kind::Chunk => 0,
             Kind::Recipe => 1,
+            Kind::PackIndex => 2,
         });
         let compressed = match self.compression {
-            Compression::Zstd(level) if payload.len() >= 512 => {
+            Compression::Zstd(level) if try_compress && payload.len() >= 512 => {
                 zstd::bulk::compress(payload, level)
                     .ok()
                     .filter(|c| c.len() + payload.len() / 16 < payload.len())
             }
             _ => None,
         };
+        let was_compressed = compressed.is_some();
         match compressed {
             Some(c) => {
                 inner.push(1);
@@ -329,7 +340,7 @@ impl Codec {
             None => {
                 out.extend_from_slice(&[0; HEADER - 4]);
                 out.extend_from_slice(&inner);
-                if kind == Kind::Recipe {
+                if kind != Kind::Chunk {
                     let sum: [u8; 32] = {
                         use sha2::Digest as _;
                         Sha256::digest(&inner).into()
@@ -358,7 +369,7 @@ impl Codec {
                 out.extend_from_slice(&sealed);
             }
         }
-        out
+        (out, was_compressed)
     }
 
     /// Reads the header of a stored object.
@@ -384,7 +395,7 @@ impl Codec {
     pub fn decode(&self, stored: &[u8]) -> Result<(Kind, Vec<u8>), StoreError> {
         let header = Codec::peek(stored)?;
         let inner: Vec<u8> = match header.key_id {
-            None if stored.get(HEADER) == Some(&1) => {
+            None if matches!(stored.get(HEADER), Some(1 | 2)) => {
                 if stored.len() < HEADER + 2 + TRAILER {
                     return Err(corrupt("object too short"));
                 }
@@ -428,6 +439,7 @@ impl Codec {
         let kind = match inner[0] {
             0 => Kind::Chunk,
             1 => Kind::Recipe,
+            2 => Kind::PackIndex,
             _ => return Err(corrupt("unknown object kind")),
         };
         let payload = match inner[1] {

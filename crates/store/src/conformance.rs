@@ -2,11 +2,12 @@
 //!
 //! Each backend's tests call [`run_all`] with a fresh, empty
 //! [`ObjectBackend`], as `object_store`'s own integration suite does, so every
-//! backend (local directory, memory, S3/Garage, Azure/Azurite, HTTP/WebDAV) is
-//! held to the same behaviour, through the same [`ChunkStore`] the server
-//! uses: verified and atomic writes, chunk dedup, ranges across chunks,
-//! refusing corrupted content, encryption that hides content and hashes, key
-//! rotation, and a sweep that frees exactly what nothing uses.
+//! backend (local directory, memory, S3/Garage, Azure/Azurite, HTTP/WebDAV,
+//! GCS/fake-gcs-server) is held to the same behaviour, through the same
+//! [`ChunkStore`] the server uses: verified and atomic writes, chunk dedup, ranges across chunks,
+//! refusing corrupted content, packs of small blobs, encryption that hides
+//! content and hashes, key rotation, and a sweep that frees exactly what
+//! nothing uses.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ async fn put(store: &ChunkStore, body: &[u8]) -> Digest {
 
 async fn keys(backend: &dyn ObjectBackend) -> HashSet<String> {
     let mut out = HashSet::new();
-    for dir in ["b", "c", "r"] {
+    for dir in ["b", "c", "p", "r"] {
         for l in backend.list(dir).await.expect("listing") {
             out.insert(l.key);
         }
@@ -78,6 +79,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     concurrent_writers_of_one_blob(&plain).await;
     dedup_shares_chunks(&plain).await;
     corruption_is_refused(&plain).await;
+    small_blobs_share_packs(backend.clone()).await;
     let zstd = ChunkStore::new(
         backend.clone(),
         Codec {
@@ -325,6 +327,90 @@ async fn corruption_is_refused(store: &ChunkStore) {
     }
 }
 
+async fn small_blobs_share_packs(backend: Arc<dyn ObjectBackend>) {
+    let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
+    let blobs: Vec<(Digest, Bytes)> = (0..1000u64)
+        .map(|i| {
+            let b = Bytes::from(random_bytes(4096 + (i as usize % 7), 1000 + i));
+            (Digest::of(&b), b)
+        })
+        .collect();
+    let before: HashSet<String> = backend
+        .list("p")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    store.put_packed(blobs.clone()).await.expect("put_packed");
+    let packs = backend.list("p").await.unwrap();
+    assert_eq!(
+        packs.len(),
+        before.len() + 1,
+        "1,000 small blobs, one object"
+    );
+    let key = packs
+        .iter()
+        .map(|l| l.key.clone())
+        .find(|k| !before.contains(k))
+        .expect("the new pack");
+    // A mismatch anywhere in a pack stores nothing of it.
+    let mut wrong = blobs[..3].to_vec();
+    wrong[1].1 = Bytes::from_static(b"not what the digest says");
+    let e = store.put_packed(wrong).await.unwrap_err();
+    assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+    assert_eq!(backend.list("p").await.unwrap().len(), packs.len());
+    // Readable here, and by a process that only has the bucket.
+    let fresh = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
+    for (d, b) in blobs.iter().step_by(97) {
+        assert!(fresh.contains(d).await.unwrap());
+        assert_eq!(fresh.size(d).await.unwrap(), b.len() as u64);
+        assert!(read_all(&fresh, d, None).await.unwrap() == b[..]);
+        assert!(read_all(&store, d, Some(10..20)).await.unwrap() == b[10..20]);
+    }
+    // A flipped bit in one packed blob fails that blob only.
+    let stored = backend.get(&key).await.unwrap().unwrap();
+    let mut bad = stored.to_vec();
+    bad[30] ^= 0x01; // inside the first entry's body
+    backend.put(&key, Bytes::from(bad), true).await.unwrap();
+    let msg = read_all(&fresh, &blobs[0].0, None)
+        .await
+        .expect_err("a damaged packed blob was served")
+        .to_string();
+    assert!(msg.contains("integrity error"), "{msg}");
+    assert!(read_all(&fresh, &blobs[1].0, None).await.unwrap() == blobs[1].1[..]);
+    backend.put(&key, stored, true).await.unwrap();
+    // Sweep: keep a quarter; the pack is rewritten with just those, and a
+    // store that still has the old location finds the new one.
+    let keep: HashSet<Digest> = blobs.iter().step_by(4).map(|(d, _)| *d).collect();
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let r = store.sweep(&keep, future).await.unwrap();
+    assert!(r.deleted >= 1 && r.bytes_freed > 0, "{r:?}");
+    let after = backend.list("p").await.unwrap();
+    assert!(after.iter().all(|l| l.key != key), "old pack still there");
+    for (i, (d, b)) in blobs.iter().enumerate() {
+        if i % 4 == 0 {
+            assert!(
+                read_all(&fresh, d, None).await.unwrap() == b[..],
+                "kept blob {i}"
+            );
+        } else if i % 50 == 1 {
+            assert!(
+                !store.contains(d).await.unwrap(),
+                "swept blob {i} is still there"
+            );
+        }
+    }
+    // Deleted blobs read as missing at once; the sweep then frees the pack.
+    for d in &keep {
+        store.delete(d).await.unwrap();
+    }
+    assert!(!store.contains(&blobs[0].0).await.unwrap());
+    store.sweep(&HashSet::new(), future).await.unwrap();
+    assert!(backend.list("p").await.unwrap().is_empty());
+    assert!(!fresh.contains(&blobs[0].0).await.unwrap());
+}
+
 async fn compression_saves_space(store: &ChunkStore) {
     let text: Vec<u8> = b"INFO build step 17 finished in 0.42s\n".repeat(200_000);
     let before = keys(&**store.backend()).await;
@@ -366,12 +452,24 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     for at in (0..big.len() - 64).step_by(700_000) {
         big[at..at + marker.len()].copy_from_slice(marker);
     }
+    let mut packed = marker.to_vec();
+    packed.extend_from_slice(b" packed with others");
     let mut digests = Vec::new();
     for body in [&small, &big] {
         let d = put(&enc, body).await;
         assert!(read_all(&enc, &d, None).await.unwrap() == *body);
         digests.push(d);
     }
+    let other_small = Bytes::from_static(b"another small file");
+    let d = Digest::of(&packed);
+    enc.put_packed(vec![
+        (d, Bytes::from(packed.clone())),
+        (Digest::of(&other_small), other_small),
+    ])
+    .await
+    .unwrap();
+    assert!(read_all(&enc, &d, None).await.unwrap() == packed);
+    digests.push(d);
     // Nothing stored under an encrypting store shows the marker or a hash.
     let mut checked = 0;
     for key in keys(&*backend).await {
@@ -388,7 +486,7 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
             assert!(!stored.windows(64).any(|w| w == hex.as_bytes()));
         }
     }
-    assert!(checked >= 3, "checked {checked}");
+    assert!(checked >= 4, "checked {checked}");
     // Without the key, nothing is readable; with a rotated ring, all is.
     let other = ChunkStore::new(
         backend.clone(),
@@ -411,7 +509,7 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
         .rewrite(&|r| *seen.lock().unwrap() = r.rewritten)
         .await
         .unwrap();
-    assert!(report.rewritten >= 3, "{report:?}");
+    assert!(report.rewritten >= 4, "{report:?}");
     assert_eq!(*seen.lock().unwrap(), report.rewritten);
     let usage = enc2.key_usage().await.unwrap();
     assert_eq!(
@@ -419,7 +517,7 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
         vec![(Some(2), usage[0].1)],
         "all on key 2: {usage:?}"
     );
-    for (d, body) in digests.iter().zip([&small, &big]) {
+    for (d, body) in digests.iter().zip([&small, &big, &packed]) {
         assert!(read_all(&enc2, d, None).await.unwrap() == **body);
         // The old ring alone can no longer read (the content moved to key 2).
         assert!(read_all(&enc, d, None).await.is_err());
@@ -427,6 +525,14 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     for d in &digests {
         enc2.delete(d).await.unwrap();
     }
+    // Only a store with the key can tell what a pack holds: it sweeps it.
+    enc2.sweep(
+        &HashSet::new(),
+        SystemTime::now() + Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert!(backend.list("p").await.unwrap().is_empty());
 }
 
 async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {

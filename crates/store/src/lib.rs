@@ -19,6 +19,7 @@ pub mod backend;
 pub mod chunked;
 pub mod codec;
 pub mod conformance;
+pub mod pack;
 pub mod remote;
 
 use std::fmt;
@@ -245,6 +246,13 @@ pub trait ContentStore: Send + Sync + 'static {
         reader: &mut (dyn AsyncRead + Unpin + Send),
         durability: Durability,
     ) -> Result<(), StoreError>;
+
+    /// Checks each small blob against its digest and stores them together
+    /// as one pack object, durably on return. Any mismatch stores nothing.
+    /// For many small blobs written at once (an upload batch); blobs of up
+    /// to [`pack::PACK_ENTRY_MAX`] bytes, about [`pack::PACK_TARGET`] bytes
+    /// in all.
+    async fn put_packed(&self, blobs: Vec<(Digest, Bytes)>) -> Result<(), StoreError>;
 
     /// Makes every completed [`Durability::Deferred`] write durable.
     async fn flush(&self) -> Result<(), StoreError>;

@@ -17,6 +17,7 @@
 //! `AZURE_STORAGE_ACCOUNT_KEY`, `GOOGLE_SERVICE_ACCOUNT`, …), so they never
 //! need to be in a URL that ends up in logs.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -229,6 +230,25 @@ impl ObjectBackend for RemoteBackend {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(remote_err(
                 &format!("reading {key} from {}", self.described),
+                e,
+            )),
+        }
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, StoreError> {
+        if range.is_empty() {
+            return Ok(self.head(key).await?.map(|_| Bytes::new()));
+        }
+        match self.store.get_range(&Path::from(key), range.clone()).await {
+            Ok(b) if b.len() as u64 == range.end - range.start => Ok(Some(b)),
+            Ok(b) => Err(StoreError::Backend(format!(
+                "reading {range:?} of {key} from {}: got {} bytes",
+                self.described,
+                b.len()
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote_err(
+                &format!("reading {range:?} of {key} from {}", self.described),
                 e,
             )),
         }

@@ -8,7 +8,8 @@
 //!    small blobs framed in one request (`POST /uploads/{id}/blobs`, each
 //!    frame = 32-byte raw SHA-256, big-endian u64 length, bytes). Every blob is
 //!    hashed as it is written and must be one the manifest announced, with
-//!    the announced size. A batch is made durable with one filesystem sync
+//!    the announced size. Small blobs of a batch are stored together in packs
+//!    (one object per ~8 MiB, not one per file); a batch is made durable
 //!    before its blobs are recorded.
 //!    A large missing file can instead go chunk by chunk, so that content
 //!    the server already holds is not sent again: the client lists the
@@ -23,6 +24,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use satchel_db::UploadNeeds;
 use satchel_model::api::{
@@ -30,6 +32,7 @@ use satchel_model::api::{
     BLOB_FRAME_HEADER,
 };
 use satchel_model::{names, path};
+use satchel_store::pack::{PACK_ENTRY_MAX, PACK_MIN_BLOBS, PACK_TARGET};
 use satchel_store::{Digest, Durability};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
@@ -333,6 +336,9 @@ pub(super) async fn put_batch(
     let mut reader = body_reader(body);
     let mut stored = Vec::new();
     let mut bytes = 0u64;
+    let mut pending = Vec::new();
+    let mut pack_bytes = 0usize;
+    let mut packed = false;
     loop {
         let mut header = [0u8; BLOB_FRAME_HEADER];
         let mut got = 0;
@@ -366,11 +372,37 @@ pub(super) async fn put_batch(
             ));
         }
         writing.add(&hex).await;
-        s.store
-            .put(&digest, size, &mut reader, Durability::Deferred)
-            .await?;
+        if size <= PACK_ENTRY_MAX {
+            // Small blobs go into packs: a handful of objects per batch,
+            // not one per file.
+            let mut data = vec![0u8; size as usize];
+            reader.read_exact(&mut data).await.map_err(|e| {
+                ApiError::bad_request(format!("batch body ends inside the content of {hex}: {e}"))
+            })?;
+            pack_bytes += data.len();
+            pending.push((digest, Bytes::from(data)));
+            if pack_bytes >= PACK_TARGET {
+                s.store.put_packed(std::mem::take(&mut pending)).await?;
+                pack_bytes = 0;
+                packed = true;
+            }
+        } else {
+            s.store
+                .put(&digest, size, &mut reader, Durability::Deferred)
+                .await?;
+        }
         bytes += size;
         stored.push((hex, size));
+    }
+    if packed || pending.len() >= PACK_MIN_BLOBS {
+        s.store.put_packed(pending).await?;
+    } else {
+        for (digest, data) in pending {
+            let size = data.len() as u64;
+            s.store
+                .put(&digest, size, &mut &data[..], Durability::Deferred)
+                .await?;
+        }
     }
     s.store.flush().await?;
     s.db.record_blobs(&stored).await?;

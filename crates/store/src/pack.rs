@@ -1,0 +1,366 @@
+//! Packs: many small blobs in one object.
+//!
+//! A tree of small files (a test report, a `node_modules`) would otherwise be
+//! one object per file: 10,000 PUTs to a bucket, and 10,000 objects to list,
+//! pay for and sweep. Small blobs written together (one upload batch) are
+//! instead written as one pack, `p/<2>/<name>`:
+//!
+//! ```text
+//! entry*   each blob encoded on its own by Codec (kind chunk): compressed
+//!          and encrypted separately, so one is read with a ranged GET
+//! index    Codec-encoded (kind pack index), one row per entry:
+//!          digest [u8; 32], offset u64 LE, length u32 LE
+//! footer   index length u32 LE, magic "SPK1"
+//! ```
+//!
+//! `name` is the SHA-256 of the pack as stored; with encryption that is a
+//! hash of ciphertext, and the index is encrypted like everything else, so
+//! no plaintext digest shows. Every read still checks the blob against its
+//! digest, so a swapped or damaged entry fails instead of serving bad bytes.
+//!
+//! [`PackIndex`] keeps, in memory, where each packed blob is: loaded from
+//! the pack indexes on first use, extended by every pack this process
+//! writes, and read again (packs written or removed by another process)
+//! when a lookup misses. Packs are immutable; the sweep deletes packs whose
+//! blobs are all unreferenced and writes the live part of a mostly dead
+//! pack into a new one.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::backend::ObjectBackend;
+use crate::codec::{Codec, Kind};
+use crate::{Digest, StoreError};
+
+/// A pack is written once its blobs reach this many bytes (and at the end of
+/// a batch): large enough that 10,000 files of 4 KiB make 5 objects, small
+/// enough to hold in memory per batch in flight.
+pub const PACK_TARGET: usize = 8 << 20;
+/// Blobs up to this size, written in a batch, go into packs; larger ones are
+/// chunked on their own.
+pub const PACK_ENTRY_MAX: u64 = 256 * 1024;
+/// A batch with fewer small blobs than this stores them as objects of their
+/// own: a pack of a few blobs saves little, and each blob as an object is
+/// freed by GC at once, where a pack waits until most of it is unused.
+pub const PACK_MIN_BLOBS: usize = 16;
+
+const FOOTER: u64 = 8;
+const MAGIC: &[u8; 4] = b"SPK1";
+const ROW: usize = 44;
+
+/// One blob in a pack: its digest and where its encoded bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub digest: Digest,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Entry {
+    pub fn range(&self) -> Range<u64> {
+        self.offset..self.offset + u64::from(self.len)
+    }
+}
+
+/// Where a packed blob is.
+#[derive(Debug, Clone)]
+pub(crate) struct Loc {
+    pub pack: Arc<str>,
+    pub entry: Entry,
+}
+
+/// Encodes `blobs` as a pack: its name and bytes, and its entries.
+pub(crate) fn encode(codec: &Codec, blobs: &[(Digest, Bytes)]) -> (String, Vec<u8>, Vec<Entry>) {
+    let mut out = Vec::with_capacity(blobs.iter().map(|(_, b)| b.len() + 64).sum::<usize>() + 64);
+    let mut entries = Vec::with_capacity(blobs.len());
+    for (digest, data) in blobs {
+        let enc = codec.encode(Kind::Chunk, data);
+        entries.push(Entry {
+            digest: *digest,
+            offset: out.len() as u64,
+            len: enc.len() as u32,
+        });
+        out.extend_from_slice(&enc);
+    }
+    let mut rows = Vec::with_capacity(4 + ROW * entries.len());
+    rows.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in &entries {
+        rows.extend_from_slice(&e.digest.0);
+        rows.extend_from_slice(&e.offset.to_le_bytes());
+        rows.extend_from_slice(&e.len.to_le_bytes());
+    }
+    let index = codec.encode(Kind::PackIndex, &rows);
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    out.extend_from_slice(MAGIC);
+    let name = Digest::of(&out).to_hex();
+    (name, out, entries)
+}
+
+fn bad(key: &str, what: &str) -> StoreError {
+    StoreError::Undecodable(format!("pack {key}: {what}"))
+}
+
+/// Where the encoded index of pack `key` (of `size` bytes) is.
+async fn index_range(
+    backend: &dyn ObjectBackend,
+    key: &str,
+    size: u64,
+) -> Result<Option<Range<u64>>, StoreError> {
+    if size < FOOTER {
+        return Err(bad(key, "shorter than its footer"));
+    }
+    let Some(footer) = backend.get_range(key, size - FOOTER..size).await? else {
+        return Ok(None);
+    };
+    if &footer[4..] != MAGIC {
+        return Err(bad(key, "bad footer magic"));
+    }
+    let len = u64::from(u32::from_le_bytes(footer[..4].try_into().expect("4")));
+    if len > size - FOOTER {
+        return Err(bad(key, "index longer than the pack"));
+    }
+    Ok(Some(size - FOOTER - len..size - FOOTER))
+}
+
+/// The encoded index object of pack `key`, `None` if the pack is gone.
+pub(crate) async fn read_index_object(
+    backend: &dyn ObjectBackend,
+    key: &str,
+    size: u64,
+) -> Result<Option<Bytes>, StoreError> {
+    let Some(range) = index_range(backend, key, size).await? else {
+        return Ok(None);
+    };
+    backend.get_range(key, range).await
+}
+
+/// Reads and checks the entries of pack `key`; `None` if it is gone.
+pub(crate) async fn read_entries(
+    backend: &dyn ObjectBackend,
+    codec: &Arc<Codec>,
+    key: &str,
+    size: u64,
+) -> Result<Option<Vec<Entry>>, StoreError> {
+    let Some(index) = read_index_object(backend, key, size).await? else {
+        return Ok(None);
+    };
+    let data_end = size - FOOTER - index.len() as u64;
+    let codec = codec.clone();
+    let (kind, rows) = tokio::task::spawn_blocking(move || codec.decode(&index))
+        .await
+        .expect("decoder panicked")?;
+    if kind != Kind::PackIndex || rows.len() < 4 {
+        return Err(bad(key, "index is not a pack index"));
+    }
+    let n = u32::from_le_bytes(rows[..4].try_into().expect("4")) as usize;
+    if rows.len() != 4 + n * ROW {
+        return Err(bad(key, "index has the wrong length"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for r in rows[4..].chunks_exact(ROW) {
+        let e = Entry {
+            digest: Digest(r[..32].try_into().expect("32")),
+            offset: u64::from_le_bytes(r[32..40].try_into().expect("8")),
+            len: u32::from_le_bytes(r[40..44].try_into().expect("4")),
+        };
+        if e.range().end > data_end {
+            return Err(bad(key, "an entry lies outside the pack"));
+        }
+        out.push(e);
+    }
+    Ok(Some(out))
+}
+
+#[derive(Default)]
+struct State {
+    loaded: bool,
+    packs: HashMap<Arc<str>, Vec<Entry>>,
+    map: HashMap<Digest, Loc>,
+}
+
+/// Where every packed blob is, in memory.
+#[derive(Default)]
+pub(crate) struct PackIndex {
+    state: RwLock<State>,
+    /// One refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl PackIndex {
+    /// Where blob `d` is packed, if it is.
+    pub fn lookup(&self, d: &Digest) -> Option<Loc> {
+        self.state.read().expect("pack index").map.get(d).cloned()
+    }
+
+    /// Whether `d`'s current location is in pack `key`.
+    pub fn points_at(&self, d: &Digest, key: &str) -> bool {
+        self.lookup(d).is_some_and(|l| &*l.pack == key)
+    }
+
+    /// Records a pack and its entries (newest location wins).
+    pub fn add(&self, key: Arc<str>, entries: Vec<Entry>) {
+        let mut st = self.state.write().expect("pack index");
+        for e in &entries {
+            st.map.insert(
+                e.digest,
+                Loc {
+                    pack: key.clone(),
+                    entry: *e,
+                },
+            );
+        }
+        st.packs.insert(key, entries);
+    }
+
+    /// Forgets blob `d` (it was deleted; its bytes stay until the sweep).
+    pub fn forget(&self, d: &Digest) {
+        self.state.write().expect("pack index").map.remove(d);
+    }
+
+    /// Forgets pack `key` and every location in it.
+    pub fn remove_pack(&self, key: &str) {
+        let mut st = self.state.write().expect("pack index");
+        if let Some(entries) = st.packs.remove(key) {
+            for e in entries {
+                if st.map.get(&e.digest).is_some_and(|l| &*l.pack == key) {
+                    st.map.remove(&e.digest);
+                }
+            }
+        }
+    }
+
+    /// The entries of pack `key`, if known.
+    pub fn entries(&self, key: &str) -> Option<Vec<Entry>> {
+        self.state
+            .read()
+            .expect("pack index")
+            .packs
+            .get(key)
+            .cloned()
+    }
+
+    /// Loads every pack index on first use.
+    pub async fn ensure_loaded(
+        &self,
+        backend: &dyn ObjectBackend,
+        codec: &Arc<Codec>,
+    ) -> Result<(), StoreError> {
+        if self.state.read().expect("pack index").loaded {
+            return Ok(());
+        }
+        self.refresh(backend, codec).await.map(|_| ())
+    }
+
+    /// Reads the indexes of packs this process does not know yet and drops
+    /// packs that are gone. Returns whether anything changed. A pack whose
+    /// index cannot be read is logged and left out (its blobs read as
+    /// missing, which fsck reports).
+    pub async fn refresh(
+        &self,
+        backend: &dyn ObjectBackend,
+        codec: &Arc<Codec>,
+    ) -> Result<bool, StoreError> {
+        let _one = self.refreshing.lock().await;
+        // Packs known before listing: one added meanwhile is not in the
+        // listing but is not gone either.
+        let before: HashSet<Arc<str>> = self
+            .state
+            .read()
+            .expect("pack index")
+            .packs
+            .keys()
+            .cloned()
+            .collect();
+        let listed = backend.list("p").await?;
+        let mut changed = false;
+        let names: HashSet<&str> = listed.iter().map(|l| l.key.as_str()).collect();
+        for gone in before.iter().filter(|k| !names.contains(&***k)) {
+            self.remove_pack(gone);
+            changed = true;
+        }
+        for l in &listed {
+            if before.contains(l.key.as_str()) {
+                continue;
+            }
+            match read_entries(backend, codec, &l.key, l.size).await {
+                Ok(Some(entries)) => {
+                    self.add(l.key.as_str().into(), entries);
+                    changed = true;
+                }
+                Ok(None) => {}
+                Err(e @ (StoreError::Undecodable(_) | StoreError::Config(_))) => {
+                    tracing::error!(pack = %l.key, error = %e, "unreadable pack index; its blobs read as missing");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.state.write().expect("pack index").loaded = true;
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DirBackend;
+
+    #[tokio::test]
+    async fn a_pack_lists_its_blobs_and_rejects_a_bad_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = DirBackend::open(dir.path()).unwrap();
+        let codec = Arc::new(Codec::plain());
+        let blobs: Vec<(Digest, Bytes)> = (0..3u8)
+            .map(|i| {
+                let b = Bytes::from(vec![i; 100 + i as usize]);
+                (Digest::of(&b), b)
+            })
+            .collect();
+        let (name, bytes, entries) = encode(&codec, &blobs);
+        assert_eq!(name, Digest::of(&bytes).to_hex());
+        let size = bytes.len() as u64;
+        backend
+            .put("p/xx/pack", Bytes::from(bytes.clone()), true)
+            .await
+            .unwrap();
+        let read = read_entries(&backend, &codec, "p/xx/pack", size)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, entries);
+        for (e, (d, b)) in read.iter().zip(&blobs) {
+            let enc = backend.get_range("p/xx/pack", e.range()).await.unwrap();
+            let (_, plain) = codec.decode(&enc.unwrap()).unwrap();
+            assert_eq!(&plain[..], &b[..]);
+            assert_eq!(e.digest, *d);
+        }
+        let mut broken = bytes.clone();
+        let n = broken.len();
+        broken[n - 1] ^= 1;
+        backend
+            .put("p/xx/bad", Bytes::from(broken), true)
+            .await
+            .unwrap();
+        let e = read_entries(&backend, &codec, "p/xx/bad", size)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("footer"), "{e}");
+        // A flipped bit in the index fails its checksum.
+        let mut broken = bytes;
+        broken[n - 20] ^= 1;
+        backend
+            .put("p/xx/bad", Bytes::from(broken), true)
+            .await
+            .unwrap();
+        assert!(read_entries(&backend, &codec, "p/xx/bad", size)
+            .await
+            .is_err());
+        assert!(read_entries(&backend, &codec, "p/xx/none", size)
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
