@@ -78,6 +78,9 @@ struct Hashed {
     size: u64,
     sha256: String,
     mode: u32,
+    /// For a file of [`CHUNKED_MIN`] or more: its chunks (offset, digest,
+    /// size), cut while it was hashed.
+    chunks: Option<std::sync::Arc<Vec<(u64, ChunkRef)>>>,
 }
 
 /// What an upload did.
@@ -297,24 +300,21 @@ fn find_files(
 /// holds some of their content.
 const CHUNKED_MIN: u64 = 8 * 1024 * 1024;
 
-/// Cuts a file into content-defined chunks exactly as the server's store
-/// does (FastCDC, same sizes), with each chunk's SHA-256 and offset.
-fn chunk_file(path: &Path, size: u64) -> anyhow::Result<Vec<(u64, ChunkRef)>> {
+/// Cuts a stream of blocks into content-defined chunks exactly as the
+/// server's store does (FastCDC, same sizes), with each chunk's SHA-256 and
+/// offset. Runs on its own thread while the whole file is hashed.
+fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRef)> {
     use satchel_store::chunked::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut buf: Vec<u8> = Vec::with_capacity(2 * MAX_CHUNK);
+    let mut buf: Vec<u8> = Vec::with_capacity(4 * MAX_CHUNK);
     let mut out = Vec::new();
     let mut offset = 0u64;
     let mut eof = false;
     loop {
         while buf.len() < MAX_CHUNK && !eof {
-            let start = buf.len();
-            buf.resize(start + MAX_CHUNK, 0);
-            let n = f
-                .read(&mut buf[start..])
-                .with_context(|| format!("reading {}", path.display()))?;
-            buf.truncate(start + n);
-            eof = n == 0;
+            match blocks.recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(_) => eof = true,
+            }
         }
         if buf.is_empty() {
             break;
@@ -332,10 +332,7 @@ fn chunk_file(path: &Path, size: u64) -> anyhow::Result<Vec<(u64, ChunkRef)>> {
         offset += cut as u64;
         buf.drain(..cut);
     }
-    if offset != size {
-        bail!("{} changed while uploading", path.display());
-    }
-    Ok(out)
+    out
 }
 
 /// Sends a large file: only the chunks the server lacks, when it holds
@@ -346,9 +343,7 @@ async fn send_large(
     h: &Hashed,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
-    if h.size >= CHUNKED_MIN {
-        let (path, size) = (h.found.abs.clone(), h.size);
-        let chunks = tokio::task::spawn_blocking(move || chunk_file(&path, size)).await??;
+    if let Some(chunks) = &h.chunks {
         let list = ChunkList {
             chunks: chunks.iter().map(|(_, c)| c.clone()).collect(),
         };
@@ -357,6 +352,9 @@ async fn send_large(
             .await
             .with_context(|| format!("asking which chunks of {} to send", h.found.stored))?
             .missing;
+        if missing.iter().any(|&i| i >= chunks.len()) {
+            bail!("the server named a chunk {} does not have", h.found.stored);
+        }
         if missing.len() < chunks.len() {
             bar.inc(h.size - missing.iter().map(|&i| chunks[i].1.size).sum::<u64>());
             let sent = futures_util::stream::iter(missing)
@@ -417,23 +415,52 @@ fn hash_file(found: Found) -> anyhow::Result<Hashed> {
     #[cfg(not(unix))]
     let mode = 0o644;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
     let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", found.abs.display()))?;
-        if n == 0 {
-            break;
+    let mut read = |h: &mut Sha256, each: &mut dyn FnMut(&[u8])| -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", found.abs.display()))?;
+            if n == 0 {
+                return Ok(());
+            }
+            h.update(&buf[..n]);
+            each(&buf[..n]);
+            size += n as u64;
         }
-        h.update(&buf[..n]);
-        size += n as u64;
+    };
+    let mut chunks = None;
+    if meta.len() >= CHUNKED_MIN {
+        // One read: the whole-file hash here, the chunks on a second thread.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let cut = std::thread::scope(|scope| -> anyhow::Result<_> {
+            let chunker = scope.spawn(move || chunk_blocks(rx));
+            read(&mut h, &mut |b| {
+                let _ = tx.send(b.to_vec());
+            })?;
+            drop(tx);
+            Ok(chunker.join().expect("chunker panicked"))
+        })?;
+        chunks = Some(std::sync::Arc::new(cut));
+    } else {
+        read(&mut h, &mut |_| {})?;
+    }
+    if chunks
+        .as_ref()
+        .is_some_and(|c| c.iter().map(|(_, c)| c.size).sum::<u64>() != size)
+    {
+        bail!("{} changed while it was read", found.abs.display());
+    }
+    if size < CHUNKED_MIN {
+        chunks = None;
     }
     Ok(Hashed {
         found,
         size,
         sha256: hex::encode(h.finalize()),
         mode,
+        chunks,
     })
 }
 
