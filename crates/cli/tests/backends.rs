@@ -268,3 +268,8 @@ fn server_on_azure_azurite() {
 fn server_on_webdav_nginx() {
     round_trip_on("SATCHEL_TEST_WEBDAV_URL");
 }
+
+#[test]
+fn server_on_gcs_fake_gcs_server() {
+    round_trip_on("SATCHEL_TEST_GCS_URL");
+}

@@ -1,10 +1,12 @@
 //! The conformance story against every backend.
 //!
-//! Local directory and memory always run. S3, Azure Blob and HTTP/WebDAV run
-//! against real servers whose URLs `scripts/test.sh` exports after starting
-//! them (Garage, Azurite, nginx): `SATCHEL_TEST_S3_URL`,
-//! `SATCHEL_TEST_AZURE_URL`, `SATCHEL_TEST_WEBDAV_URL`. Without them the test
-//! fails under CI (`CI` set) and says so elsewhere, never passing silently.
+//! Local directory and memory always run. S3, Azure Blob, HTTP/WebDAV and
+//! GCS run against servers whose URLs `scripts/test.sh` exports after
+//! starting them (Garage, Azurite, nginx, fake-gcs-server behind
+//! `scripts/gcs-xml-shim.py`): `SATCHEL_TEST_S3_URL`,
+//! `SATCHEL_TEST_AZURE_URL`, `SATCHEL_TEST_WEBDAV_URL`,
+//! `SATCHEL_TEST_GCS_URL`. Without them the test fails under CI (`CI` set)
+//! and says so elsewhere, never passing silently.
 
 use std::sync::Arc;
 
@@ -50,6 +52,15 @@ async fn s3_garage_conforms() {
 #[tokio::test]
 async fn azure_azurite_conforms() {
     if let Some(b) = remote("SATCHEL_TEST_AZURE_URL") {
+        conformance::run_all(b).await;
+    }
+}
+
+/// GCS through object_store's real GCS client, against fake-gcs-server
+/// (whose missing XML object PUT the shim supplies).
+#[tokio::test]
+async fn gcs_fake_gcs_server_conforms() {
+    if let Some(b) = remote("SATCHEL_TEST_GCS_URL") {
         conformance::run_all(b).await;
     }
 }
