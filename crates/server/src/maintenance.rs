@@ -121,15 +121,19 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
     // written now is kept, and chunks are protected by their age.
     {
         let sweep = s.blob_gate.sweep().await;
-        let mut keep: std::collections::HashSet<Digest> =
+        // Announced digests first, recorded ones second: a writer leaves
+        // the announced set (which needs no gate) only after recording its
+        // blob, so reading them the other way round can miss a blob that
+        // was recorded just after the first read and unannounced just
+        // before the second, and delete it (seen in the GC race test).
+        let mut keep: std::collections::HashSet<Digest> = sweep
+            .announced()
+            .iter()
+            .filter_map(|d| Digest::from_hex(d).ok())
+            .collect();
+        keep.extend(
             s.db.recorded_blobs()
                 .await?
-                .iter()
-                .filter_map(|d| Digest::from_hex(d).ok())
-                .collect();
-        keep.extend(
-            sweep
-                .announced()
                 .iter()
                 .filter_map(|d| Digest::from_hex(d).ok()),
         );
