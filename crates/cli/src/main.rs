@@ -75,7 +75,26 @@ enum ArtifactCommand {
     DownloadArtifact(publish::DownloadArtifactArgs),
 }
 
+/// Keeps memory flat under many concurrent transfers. By default glibc
+/// gives each thread that allocates its own arena (up to 8 per core), each
+/// keeping the chunk buffers freed in it; with two arenas, freed buffers
+/// are reused across threads. (Lowering the mmap threshold as well kept
+/// memory lower still, but doubled the server's system time per GiB.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -645,8 +645,8 @@ fn a_changed_large_file_sends_only_changed_chunks() {
 fn chunked_uploads_refuse_bad_input() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(&d.path().join("data"));
-    let file = noise(1024 * 1024, 9);
-    let (a, b) = file.split_at(600 * 1024);
+    let file = noise(512 * 1024, 9);
+    let (a, b) = file.split_at(300 * 1024);
     let chunk = |c: &[u8]| json!({"sha256": sha(c), "size": c.len()});
     rt().block_on(async {
         let http = s.http();
@@ -684,7 +684,7 @@ fn chunked_uploads_refuse_bad_input() {
         )
         .await;
         assert_eq!(r.status(), 400);
-        // A chunk over the 512 KiB maximum.
+        // A chunk over the 256 KiB maximum.
         let r = post(
             format!("/uploads/{id}/blobs/{f}/chunks"),
             json!({"chunks": [chunk(&file)]}),
@@ -692,7 +692,7 @@ fn chunked_uploads_refuse_bad_input() {
         .await;
         assert_eq!(r.status(), 400);
         // Three chunks under the maximum.
-        let (a1, a2) = a.split_at(300 * 1024);
+        let (a1, a2) = a.split_at(150 * 1024);
         let list = json!({"chunks": [chunk(a1), chunk(a2), chunk(b)]});
         let r = post(format!("/uploads/{id}/blobs/{f}/chunks"), list.clone()).await;
         assert_eq!(r.status(), 200);

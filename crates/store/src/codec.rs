@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -309,12 +309,6 @@ impl Codec {
     /// Encodes `payload` as an object of `kind`, trying compression only if
     /// `try_compress`. Also returns whether the payload was compressed.
     pub fn encode_with(&self, kind: Kind, payload: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
-        let mut inner = Vec::with_capacity(payload.len() + 2 + TRAILER);
-        inner.push(match kind {
-            Kind::Chunk => 0,
-            Kind::Recipe => 1,
-            Kind::PackIndex => 2,
-        });
         let compressed = match self.compression {
             Compression::Zstd(level) if try_compress && payload.len() >= 512 => {
                 zstd::bulk::compress(payload, level)
@@ -324,26 +318,25 @@ impl Codec {
             _ => None,
         };
         let was_compressed = compressed.is_some();
-        match compressed {
-            Some(c) => {
-                inner.push(1);
-                inner.extend_from_slice(&c);
-            }
-            None => {
-                inner.push(0);
-                inner.extend_from_slice(payload);
-            }
-        }
-        let mut out = Vec::with_capacity(HEADER + inner.len() + TRAILER);
+        let body = compressed.as_deref().unwrap_or(payload);
+        // One buffer, one copy of the payload: header, then inner (kind,
+        // packing, payload), encrypted in place, then the tag or checksum.
+        let mut out = Vec::with_capacity(HEADER + 2 + body.len() + TRAILER);
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; HEADER - 4]);
+        out.push(match kind {
+            Kind::Chunk => 0,
+            Kind::Recipe => 1,
+            Kind::PackIndex => 2,
+        });
+        out.push(u8::from(was_compressed));
+        out.extend_from_slice(body);
         match &self.keys {
             None => {
-                out.extend_from_slice(&[0; HEADER - 4]);
-                out.extend_from_slice(&inner);
                 if kind != Kind::Chunk {
                     let sum: [u8; 32] = {
                         use sha2::Digest as _;
-                        Sha256::digest(&inner).into()
+                        Sha256::digest(&out[HEADER..]).into()
                     };
                     out.extend_from_slice(&sum);
                 }
@@ -352,21 +345,15 @@ impl Codec {
                 let key = ring.active();
                 let mut nonce = [0u8; 12];
                 getrandom::fill(&mut nonce).expect("OS randomness");
-                out.push(1);
-                out.extend_from_slice(&key.id.to_le_bytes());
-                out.extend_from_slice(&nonce);
-                out.extend_from_slice(&[0; 3]);
-                let sealed = key
+                out[4] = 1;
+                out[5..9].copy_from_slice(&key.id.to_le_bytes());
+                out[9..21].copy_from_slice(&nonce);
+                let (header, inner) = out.split_at_mut(HEADER);
+                let tag = key
                     .cipher
-                    .encrypt(
-                        Nonce::from_slice(&nonce),
-                        Payload {
-                            msg: &inner,
-                            aad: &out[..HEADER],
-                        },
-                    )
+                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), header, inner)
                     .expect("AES-GCM encryption of an in-memory buffer");
-                out.extend_from_slice(&sealed);
+                out.extend_from_slice(&tag);
             }
         }
         (out, was_compressed)
