@@ -228,17 +228,7 @@ impl ChunkStore {
             }
         }
         let stored = stored.ok_or(StoreError::NotFound(d))?;
-        let codec = self.codec.clone();
-        tokio::task::spawn_blocking(move || {
-            let (kind, data) = codec.decode(&stored)?;
-            let actual = Digest::of(&data);
-            if kind != Kind::Chunk || actual != d {
-                return Err(StoreError::Corrupt { digest: d, actual });
-            }
-            Ok(Bytes::from(data))
-        })
-        .await
-        .expect("decoder panicked")
+        decode_content(self.codec.clone(), d, stored).await
     }
 
     /// Reads blob `d` from the pack holding it, if one does. A pack that
@@ -256,16 +246,7 @@ impl ChunkStore {
                 continue;
             };
             let (codec, d) = (self.codec.clone(), *d);
-            return tokio::task::spawn_blocking(move || {
-                let (kind, data) = codec.decode(&stored)?;
-                let actual = Digest::of(&data);
-                if kind != Kind::Chunk || actual != d {
-                    return Err(StoreError::Corrupt { digest: d, actual });
-                }
-                Ok(Some(Bytes::from(data)))
-            })
-            .await
-            .expect("decoder panicked");
+            return decode_content(codec, d, stored).await.map(Some);
         }
         Ok(None)
     }
@@ -1180,6 +1161,29 @@ impl ContentStore for ChunkStore {
     fn key_ids(&self) -> Option<(u32, Vec<u32>)> {
         self.codec.keys.as_ref().map(|k| (k.active().id, k.ids()))
     }
+}
+
+/// Objects up to this size are decoded and hashed on the calling task
+/// (a few microseconds); larger ones on the blocking pool.
+const DECODE_INLINE: usize = 16 * 1024;
+
+/// Decodes stored content and checks it hashes to `d`.
+async fn decode_content(codec: Arc<Codec>, d: Digest, stored: Bytes) -> Result<Bytes, StoreError> {
+    let inline = stored.len() <= DECODE_INLINE;
+    let work = move || {
+        let (kind, data) = codec.decode(&stored)?;
+        let actual = Digest::of(&data);
+        if kind != Kind::Chunk || actual != d {
+            return Err(StoreError::Corrupt { digest: d, actual });
+        }
+        Ok(Bytes::from(data))
+    };
+    if inline {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("decoder panicked")
 }
 
 /// What a streaming read needs, owned so the stream is `'static`.
