@@ -847,3 +847,57 @@ fn many_small_files_become_a_few_packs() {
     assert_eq!(object_counts(&data)["b"], 2, "live blobs stay");
     assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
 }
+
+/// More concurrent batches of small files than the server gathers packs
+/// for at once (`PACK_BUFFERS`): the rest wait their turn, none fails, and
+/// every file comes back intact.
+#[test]
+fn concurrent_small_file_batches_wait_for_pack_buffers() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    let jobs = 12u64;
+    for j in 0..jobs {
+        for i in 0..40u64 {
+            write(
+                &w,
+                &format!("j{j}/f{i}.bin"),
+                &noise(3000, 2 * (j * 100 + i) + 1),
+            );
+        }
+    }
+    std::thread::scope(|scope| {
+        for j in 0..jobs {
+            let agent = s.agent(&w, "p", 1, &format!("job{j}"));
+            scope.spawn(move || {
+                agent.ok(&[
+                    "artifact",
+                    "upload",
+                    "--name",
+                    &format!("a{j}"),
+                    &format!("j{j}/*"),
+                ]);
+            });
+        }
+    });
+    assert_eq!(
+        object_counts(&data)["p"],
+        jobs as usize,
+        "one pack per batch"
+    );
+    let agent = s.agent(&w, "p", 1, "check");
+    let dest = d.path().join("dl");
+    agent.ok(&["artifact", "download", "**", dest.to_str().unwrap()]);
+    for j in 0..jobs {
+        for i in 0..40u64 {
+            let rel = format!("j{j}/f{i}.bin");
+            assert_eq!(
+                std::fs::read(dest.join(&rel)).unwrap(),
+                noise(3000, 2 * (j * 100 + i) + 1),
+                "{rel}"
+            );
+        }
+    }
+    assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+}

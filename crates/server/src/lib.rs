@@ -25,6 +25,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;
 
+/// How many packs of small files may be gathered in memory at once.
+pub const PACK_BUFFERS: usize = 8;
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
@@ -43,6 +46,11 @@ pub struct AppState {
     pub blob_gate: Arc<gate::BlobGate>,
     /// The last or running key rotation.
     pub rotation: Arc<std::sync::Mutex<maintenance::Rotation>>,
+    /// One permit per pack being gathered in memory (up to
+    /// [`satchel_store::pack::PACK_TARGET`] bytes each), so that many
+    /// concurrent batches of small files cannot take unbounded memory:
+    /// [`PACK_BUFFERS`] × 8 MiB at most; further batches wait.
+    pub pack_buffers: Arc<tokio::sync::Semaphore>,
     /// Retention of new artifacts that do not ask for one, in seconds
     /// (`None`: keep forever).
     pub default_expire_secs: Option<u64>,
@@ -67,6 +75,7 @@ impl AppState {
             api_requests: Arc::default(),
             gha: Arc::new(gha::Gha::new(&admin_token_hash, scratch)),
             blob_gate: Arc::default(),
+            pack_buffers: Arc::new(tokio::sync::Semaphore::new(PACK_BUFFERS)),
             rotation: Arc::new(std::sync::Mutex::new(maintenance::Rotation {
                 state: "idle".into(),
                 ..maintenance::Rotation::default()

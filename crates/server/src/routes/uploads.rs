@@ -339,6 +339,7 @@ pub(super) async fn put_batch(
     let mut pending = Vec::new();
     let mut pack_bytes = 0usize;
     let mut packed = false;
+    let mut pack_permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         let mut header = [0u8; BLOB_FRAME_HEADER];
         let mut got = 0;
@@ -374,7 +375,17 @@ pub(super) async fn put_batch(
         writing.add(&hex).await;
         if size <= PACK_ENTRY_MAX {
             // Small blobs go into packs: a handful of objects per batch,
-            // not one per file.
+            // not one per file. Gathering one takes a permit (bounded
+            // memory across requests), released once it is written.
+            if pack_permit.is_none() {
+                pack_permit = Some(
+                    s.pack_buffers
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| ApiError::internal("the server is shutting down"))?,
+                );
+            }
             let mut data = vec![0u8; size as usize];
             reader.read_exact(&mut data).await.map_err(|e| {
                 ApiError::bad_request(format!("batch body ends inside the content of {hex}: {e}"))
@@ -385,6 +396,7 @@ pub(super) async fn put_batch(
                 s.store.put_packed(std::mem::take(&mut pending)).await?;
                 pack_bytes = 0;
                 packed = true;
+                pack_permit = None;
             }
         } else {
             s.store
@@ -404,6 +416,7 @@ pub(super) async fn put_batch(
                 .await?;
         }
     }
+    drop(pack_permit);
     s.store.flush().await?;
     s.db.record_blobs(&stored).await?;
     drop(writing);
