@@ -205,6 +205,11 @@ pub struct FsckArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Then forget the damaged blobs it finds (their records and what is
+    /// stored of them), so that uploading the same files again restores
+    /// every artifact that refers to them. Without it, fsck changes nothing.
+    #[arg(long)]
+    forget_damaged: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -253,7 +258,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Fsck(a) => {
-            let r = a.server.client()?.admin_fsck().await?;
+            let r = a.server.client()?.admin_fsck(a.forget_damaged).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -272,13 +277,21 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+            let forgotten = r["forgotten"].as_array().map_or(0, Vec::len);
+            if !a.json && forgotten > 0 {
+                println!(
+                    "fsck: forgot {forgotten} damaged blobs; upload the same files again (from any job that has them) to restore every artifact that refers to them"
+                );
+            }
             if r["ok"] == true {
                 if !a.json {
                     println!("fsck: no problems");
                 }
                 Ok(())
+            } else if a.forget_damaged {
+                anyhow::bail!("fsck found problems (listed above); {forgotten} damaged blobs forgotten, waiting to be uploaded again")
             } else {
-                anyhow::bail!("fsck found problems (listed above); nothing was repaired")
+                anyhow::bail!("fsck found problems (listed above); nothing was repaired (--forget-damaged lets a re-upload repair them)")
             }
         }
         AdminCommand::GhaToken(a) => {

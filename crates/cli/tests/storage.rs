@@ -1,5 +1,6 @@
 //! End-to-end: retention, garbage collection (also racing 1,000 rounds of
-//! dedup uploads), fsck, and downloads that refuse corrupted content.
+//! dedup uploads), fsck and its repair path, and downloads that refuse
+//! corrupted content.
 
 mod common;
 
@@ -240,6 +241,41 @@ fn fsck_reports_and_downloads_refuse_corruption() {
         assert_eq!(r.status(), 500);
         assert_eq!(code(r).await, "integrity_error");
     });
+    // The repair path: forget what is damaged, then upload the files again.
+    let out = agent.run(&["admin", "fsck", "--forget-damaged", "--json"]);
+    assert!(!out.status.success(), "the problems are still reported");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut forgotten: Vec<String> = r["forgotten"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    forgotten.sort();
+    let mut damaged = vec![sha(&small), sha(&large), sha(&gone)];
+    damaged.sort();
+    assert_eq!(forgotten, damaged);
+    // Until the content comes back, fsck still reports it missing.
+    let err = agent.fails(&["admin", "fsck"]);
+    assert!(err.contains("--forget-damaged"), "{err}");
+    let again = s.agent(&w, "c", 2, "j");
+    let out = again.ok(&[
+        "artifact",
+        "upload",
+        "--json",
+        "small.txt",
+        "large.bin",
+        "gone.txt",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files_sent"], 3, "forgotten content is sent again: {v}");
+    assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+    // Run 1's artifact reads again.
+    let dest = d.path().join("restored");
+    agent.ok(&["artifact", "download", "**", dest.to_str().unwrap()]);
+    assert_eq!(std::fs::read(dest.join("small.txt")).unwrap(), small);
+    assert_eq!(std::fs::read(dest.join("large.bin")).unwrap(), large);
+    assert_eq!(std::fs::read(dest.join("gone.txt")).unwrap(), gone);
 }
 
 /// GC runs flat out while 1,000 rounds of uploads reuse the same content

@@ -508,8 +508,13 @@ impl Client {
     }
 
     /// Checks every referenced blob (admin); reports, never repairs.
-    pub async fn admin_fsck(&self) -> Result<serde_json::Value, ClientError> {
-        self.json(self.request(Method::POST, "/admin/fsck")).await
+    pub async fn admin_fsck(&self, forget_damaged: bool) -> Result<serde_json::Value, ClientError> {
+        let path = if forget_damaged {
+            "/admin/fsck?forget_damaged=true"
+        } else {
+            "/admin/fsck"
+        };
+        self.json(self.request(Method::POST, path)).await
     }
 
     /// Issues a GitHub Actions runtime token for one job (admin only):

@@ -172,6 +172,10 @@ pub trait MetaStore: Send + Sync + 'static {
         digests: &[String],
         cutoff_ms: i64,
     ) -> Result<Vec<String>, DbError>;
+    /// Deletes the rows of `digests` whatever references them, and returns
+    /// how many there were: fsck's repair path, so that an upload of the
+    /// same content is told it is missing and restores it.
+    async fn unrecord_blobs(&self, digests: &[String]) -> Result<u64, DbError>;
     /// Every blob that finished artifacts and packages reference, with its
     /// size, for fsck.
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;

@@ -1514,6 +1514,21 @@ impl MetaStore for SqliteStore {
         .await
     }
 
+    async fn unrecord_blobs(&self, digests: &[String]) -> Result<u64, DbError> {
+        let digests = digests.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare("DELETE FROM blobs WHERE sha256 = ?1")
+                .map_err(backend)?;
+            let mut n = 0u64;
+            for d in digests {
+                n += stmt.execute(params![&d]).map_err(backend)? as u64;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     async fn recorded_blobs(&self) -> Result<Vec<String>, DbError> {
         self.read(move |c| {
             let mut stmt = c.prepare("SELECT sha256 FROM blobs").map_err(backend)?;

@@ -234,6 +234,23 @@ async fn gc_grace(db: &dyn MetaStore) {
         vec![z.clone()]
     );
     assert!(db.known_blobs(&[z]).await.unwrap().is_empty());
+    // fsck's repair path forgets a blob outright (the end-to-end test
+    // covers one that artifacts reference); recording it again restores it.
+    let r = "7".repeat(64);
+    db.record_blobs(&[(r.clone(), 1)]).await.unwrap();
+    assert_eq!(
+        db.unrecord_blobs(&[r.clone(), "8".repeat(64)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(db
+        .known_blobs(std::slice::from_ref(&r))
+        .await
+        .unwrap()
+        .is_empty());
+    db.record_blobs(&[(r.clone(), 1)]).await.unwrap();
+    assert!(!db.known_blobs(&[r]).await.unwrap().is_empty());
 }
 
 /// Runs, selectors, typed artifacts and packages.

@@ -172,10 +172,18 @@ pub struct FsckReport {
     pub corrupt: Vec<String>,
     /// Whether nothing was wrong.
     pub ok: bool,
+    /// With `forget_damaged`: the damaged blobs forgotten (their rows and
+    /// what was stored of them removed), so that the next upload of the
+    /// same content restores them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<String>,
 }
 
-/// Checks every referenced blob: present, right size, right hash.
-pub async fn fsck(s: &AppState) -> Result<FsckReport, ApiError> {
+/// Checks every referenced blob: present, right size, right hash. With
+/// `forget_damaged`, then forgets what it found damaged (see
+/// [`forget_damaged`]); it still reports them, and the files that refer to
+/// them stay unreadable until their content is uploaded again.
+pub async fn fsck(s: &AppState, forget_damaged: bool) -> Result<FsckReport, ApiError> {
     let mut r = FsckReport::default();
     for (hex, size) in s.db.referenced_blobs().await? {
         r.checked += 1;
@@ -221,7 +229,38 @@ pub async fn fsck(s: &AppState) -> Result<FsckReport, ApiError> {
         }
     }
     r.ok = r.missing.is_empty() && r.wrong_size.is_empty() && r.corrupt.is_empty();
+    if forget_damaged {
+        let damaged: Vec<String> = r
+            .missing
+            .iter()
+            .chain(&r.wrong_size)
+            .chain(&r.corrupt)
+            .cloned()
+            .collect();
+        r.forgotten = self::forget_damaged(s, &damaged).await?;
+    }
     Ok(r)
+}
+
+/// fsck's repair path: forgets each damaged blob's row, then removes what
+/// is stored of it (its object and any damaged chunk), so an upload of the
+/// same content is told it is missing and stores it afresh, which makes
+/// every file referring to it readable again. Under the GC gate, skipping
+/// blobs being written right now (a re-upload may be repairing them).
+pub async fn forget_damaged(s: &AppState, damaged: &[String]) -> Result<Vec<String>, ApiError> {
+    let sweep = s.blob_gate.sweep().await;
+    let chosen: Vec<String> = damaged
+        .iter()
+        .filter(|d| !sweep.is_being_written(d))
+        .cloned()
+        .collect();
+    s.db.unrecord_blobs(&chosen).await?;
+    for d in &chosen {
+        let removed = s.store.discard(&Digest::from_hex(d)?).await?;
+        tracing::warn!("fsck: forgot damaged content {d} ({removed} damaged chunks removed); upload it again to restore it");
+    }
+    drop(sweep);
+    Ok(chosen)
 }
 
 /// Progress of a key rotation (re-encrypting stored objects).
@@ -355,8 +394,18 @@ pub(crate) async fn gc_handler(
     Ok(axum::Json(gc(&s, grace).await?))
 }
 
+/// Query of `POST /admin/fsck`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FsckParams {
+    /// Forget damaged blobs so that re-uploads restore them.
+    #[serde(default)]
+    forget_damaged: bool,
+}
+
 pub(crate) async fn fsck_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
+    axum::extract::Query(p): axum::extract::Query<FsckParams>,
 ) -> Result<axum::Json<FsckReport>, ApiError> {
-    Ok(axum::Json(fsck(&s).await?))
+    Ok(axum::Json(fsck(&s, p.forget_damaged).await?))
 }

@@ -1004,6 +1004,25 @@ impl ContentStore for ChunkStore {
         Ok(())
     }
 
+    async fn discard(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        if let Ok(Top::Recipe(_, chunks)) = self.unpacked_top(digest).await {
+            for (_, c) in chunks {
+                if let Err(StoreError::Corrupt { .. } | StoreError::Undecodable(_)) =
+                    self.read_chunk(c).await
+                {
+                    self.backend.delete(&self.chunk_key(&c)).await?;
+                    if let Some([_, _, legacy]) = self.legacy_keys(&c) {
+                        self.backend.delete(&legacy).await?;
+                    }
+                    removed += 1;
+                }
+            }
+        }
+        self.delete(digest).await?;
+        Ok(removed)
+    }
+
     async fn sweep(
         &self,
         keep: &HashSet<Digest>,

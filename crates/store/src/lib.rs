@@ -272,6 +272,13 @@ pub trait ContentStore: Send + Sync + 'static {
     /// [`ContentStore::sweep`].
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
 
+    /// Removes what is stored of blob `digest` so it can be stored afresh:
+    /// its whole object or recipe, its pack entry, and every chunk of it
+    /// that fails its check (a damaged chunk would otherwise be reused by
+    /// the next upload). Healthy chunks stay. Returns the chunks removed.
+    /// fsck's repair path.
+    async fn discard(&self, digest: &Digest) -> Result<u64, StoreError>;
+
     /// Deletes stored content older than `cutoff` that no blob in `keep`
     /// uses. The caller guarantees no write relying on such content runs
     /// concurrently.
