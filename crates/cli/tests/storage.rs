@@ -25,6 +25,18 @@ fn blob_path(data_dir: &Path, data: &[u8]) -> PathBuf {
     data_dir.join("content/objects/r").join(&h[..2]).join(h)
 }
 
+/// A JSON array of strings, sorted.
+fn sorted_strings(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
 #[test]
 fn gc_frees_only_what_nothing_live_references() {
     let d = tempfile::tempdir().unwrap();
@@ -193,13 +205,7 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     let out = agent.run(&["admin", "fsck", "--json"]);
     assert!(!out.status.success(), "fsck must fail");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut corrupt: Vec<String> = r["corrupt"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    corrupt.sort();
+    let corrupt = sorted_strings(&r["corrupt"]);
     let mut want = vec![sha(&small), sha(&large)];
     want.sort();
     assert_eq!(corrupt, want);
@@ -245,13 +251,7 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     let out = agent.run(&["admin", "fsck", "--forget-damaged", "--json"]);
     assert!(!out.status.success(), "the problems are still reported");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut forgotten: Vec<String> = r["forgotten"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    forgotten.sort();
+    let forgotten = sorted_strings(&r["forgotten"]);
     let mut damaged = vec![sha(&small), sha(&large), sha(&gone)];
     damaged.sort();
     assert_eq!(forgotten, damaged);
