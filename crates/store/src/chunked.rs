@@ -252,8 +252,18 @@ impl ChunkStore {
     }
 
     async fn top(&self, d: &Digest) -> Result<Top, StoreError> {
-        if let Some(b) = self.packed(d).await? {
-            return Ok(Top::Chunk(b));
+        match self.packed(d).await {
+            Ok(Some(b)) => return Ok(Top::Chunk(b)),
+            Ok(None) => {}
+            Err(damaged @ (StoreError::Corrupt { .. } | StoreError::Undecodable(_))) => {
+                // A damaged packed copy; another stored copy (re-sent after
+                // fsck --forget-damaged) may be good.
+                return match self.unpacked_top(d).await {
+                    Err(StoreError::NotFound(_)) => Err(damaged),
+                    other => other,
+                };
+            }
+            Err(e) => return Err(e),
         }
         match self.unpacked_top(d).await {
             Err(StoreError::NotFound(_)) => {
@@ -395,8 +405,14 @@ impl ChunkStore {
     /// Checks each blob against its digest and writes them all as one pack,
     /// durably. Any mismatch stores nothing.
     pub async fn put_packed_blobs(&self, blobs: Vec<(Digest, Bytes)>) -> Result<(), StoreError> {
+        self.write_pack(blobs).await.map(|_| ())
+    }
+
+    /// [`ChunkStore::put_packed_blobs`], returning the new pack's key
+    /// (`None` for no blobs).
+    async fn write_pack(&self, blobs: Vec<(Digest, Bytes)>) -> Result<Option<String>, StoreError> {
         if blobs.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.packs
             .ensure_loaded(&*self.backend, &self.codec)
@@ -418,8 +434,8 @@ impl ChunkStore {
         .expect("packer panicked")?;
         let key = format!("p/{}", fan(&name));
         self.backend.put(&key, Bytes::from(bytes), true).await?;
-        self.packs.add(key.into(), entries);
-        Ok(())
+        self.packs.add(key.as_str().into(), entries);
+        Ok(Some(key))
     }
 
     /// The blobs of pack `key` that still point at it, read and checked.
@@ -470,7 +486,11 @@ impl ChunkStore {
             }
             Err(e) => return Err(e),
         };
-        self.put_packed_blobs(blobs).await?;
+        // Unencrypted encoding is deterministic: the same blobs make the
+        // same pack, under the same name. Never delete what was just written.
+        if self.write_pack(blobs).await?.as_deref() == Some(key) {
+            return Ok(false);
+        }
         self.backend.delete(key).await?;
         self.packs.remove_pack(key);
         Ok(true)
@@ -493,6 +513,8 @@ impl ChunkStore {
             let Some(entries) = self.packs.entries(&obj.key) else {
                 continue; // unreadable index: logged, left for an operator
             };
+            let entry_count = entries.len();
+            let entries_bytes: u64 = entries.iter().map(|e| u64::from(e.len)).sum();
             let live: Vec<pack::Entry> = entries
                 .into_iter()
                 .filter(|e| keep.contains(&e.digest) && self.packs.points_at(&e.digest, &obj.key))
@@ -504,8 +526,14 @@ impl ChunkStore {
                 report.bytes_freed += obj.size;
                 continue;
             }
+            // Rewritten when its live blobs are under half of its blobs'
+            // bytes (the index does not count: for tiny blobs it outweighs
+            // them, and a pack with nothing dead is never rewritten).
             let live_bytes: u64 = live.iter().map(|e| u64::from(e.len)).sum();
-            if live_bytes * 2 < obj.size && self.repack(&obj.key, &live).await? {
+            if live.len() < entry_count
+                && live_bytes * 2 < entries_bytes
+                && self.repack(&obj.key, &live).await?
+            {
                 report.deleted += 1;
                 report.bytes_freed += obj.size.saturating_sub(live_bytes);
             }

@@ -167,7 +167,10 @@ pub(crate) async fn read_entries(
             offset: u64::from_le_bytes(r[32..40].try_into().expect("8")),
             len: u32::from_le_bytes(r[40..44].try_into().expect("4")),
         };
-        if e.range().end > data_end {
+        if e.offset
+            .checked_add(u64::from(e.len))
+            .is_none_or(|end| end > data_end)
+        {
             return Err(bad(key, "an entry lies outside the pack"));
         }
         out.push(e);
@@ -275,7 +278,10 @@ impl PackIndex {
             .keys()
             .cloned()
             .collect();
-        let listed = backend.list("p").await?;
+        let mut listed = backend.list("p").await?;
+        // Oldest first, so that of two packs holding the same blob the
+        // newer one (a copy re-sent after the older was damaged) wins.
+        listed.sort_by_key(|l| l.modified);
         let mut changed = false;
         let names: HashSet<&str> = listed.iter().map(|l| l.key.as_str()).collect();
         for gone in before.iter().filter(|k| !names.contains(&***k)) {
