@@ -38,6 +38,10 @@ pub enum DbError {
     /// The request is malformed (400).
     #[error("{0}")]
     Invalid(String),
+    /// A file's announced size is not the size of the content its digest
+    /// names (400 `size_mismatch`).
+    #[error("{0}")]
+    SizeMismatch(String),
     /// The database failed (500).
     #[error("database error: {0}")]
     Backend(String),

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use satchel_model::api::{
-    Artifact, ArtifactState, CreateTyped, CreateUpload, FileInfo, ImageInfo, LinkInfo, NewRun,
-    Package, PackageFile, PackageOrigin, PackageWithFiles, PinnedSource, Producer, Run, RunRef,
-    SetRunState, UploadFinished, RUN_STATES,
+    Artifact, ArtifactState, CreateTyped, CreateUpload, FileInfo, ImageInfo, LinkInfo, NewFile,
+    NewRun, Package, PackageFile, PackageOrigin, PackageWithFiles, PinnedSource, Producer, Run,
+    RunRef, SetRunState, UploadFinished, RUN_STATES,
 };
 use satchel_model::id::{new_id, now_millis, rfc3339_millis};
 use satchel_model::selector::RunSelector;
@@ -547,6 +547,7 @@ fn create_upload_tx(
     )
     .map_err(backend)?;
 
+    check_sizes(tx, &req.files)?;
     let mut seen = HashSet::new();
     let mut wanted = HashSet::new();
     let mut already_present = 0u64;
@@ -621,6 +622,41 @@ fn create_upload_tx(
     })
 }
 
+/// Refuses a manifest whose sizes contradict themselves or the content
+/// already held: one digest is one size. Without this a file could claim
+/// any size for content another pipeline stored, and every reader that
+/// trusts the recorded size (archives, fsck, range requests) would be
+/// misled about bytes the uploader never sent.
+fn check_sizes(tx: &rusqlite::Transaction<'_>, files: &[NewFile]) -> Result<(), DbError> {
+    let mut sizes: HashMap<&str, (&str, u64)> = HashMap::new();
+    for f in files {
+        match sizes.insert(f.sha256.as_str(), (f.path.as_str(), f.size)) {
+            Some((other, size)) if size != f.size => {
+                return Err(DbError::SizeMismatch(format!(
+                    "{:?} and {other:?} have the same sha256 {} but sizes {} and {size}",
+                    f.path, f.sha256, f.size
+                )))
+            }
+            _ => {}
+        }
+    }
+    let mut held = tx
+        .prepare("SELECT size FROM blobs WHERE sha256 = ?1")
+        .map_err(backend)?;
+    for (sha, (path, size)) in sizes {
+        let stored: Option<i64> = held
+            .query_row([sha], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        if let Some(stored) = stored.filter(|&n| n as u64 != size) {
+            return Err(DbError::SizeMismatch(format!(
+                "{path:?} claims {size} bytes, but the content with sha256 {sha} has {stored}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn finish_upload_tx(
     tx: &rusqlite::Transaction<'_>,
     upload_id: &str,
@@ -656,6 +692,22 @@ fn finish_upload_tx(
             .map_err(backend)?;
         rows
     };
+    // Content recorded after this upload was created (by another upload)
+    // is checked against the sizes this one announced.
+    let wrong: Option<(String, i64, i64)> = tx
+        .query_row(
+            "SELECT f.path, f.size, b.size FROM files f JOIN blobs b ON b.sha256 = f.sha256
+             WHERE f.upload_id = ?1 AND b.size != f.size ORDER BY f.path LIMIT 1",
+            [upload_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    if let Some((path, claimed, stored)) = wrong {
+        return Err(DbError::SizeMismatch(format!(
+            "{path:?} claims {claimed} bytes, but its content has {stored}; start a new upload with the right size"
+        )));
+    }
     if !missing.is_empty() {
         let more = if missing.len() > 10 { ", …" } else { "" };
         return Err(DbError::Conflict(format!(

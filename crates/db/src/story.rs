@@ -110,6 +110,33 @@ pub async fn run_all(db: &dyn MetaStore) {
         .unwrap_err();
     assert!(matches!(err, DbError::Invalid(_)), "{err}");
 
+    // One digest is one size: a manifest may not claim another size for
+    // content that is held, nor two sizes for one digest, and content
+    // recorded later is checked again at finish.
+    for files in [
+        vec![file("lie.txt", 'a', 4_000_000)],
+        vec![file("l1.txt", 'g', 3), file("l2.txt", 'g', 5)],
+    ] {
+        let err = db
+            .create_upload(&upload("liar", 1, Some("lie"), files))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
+    }
+    let late = db
+        .create_upload(&upload(
+            "liar",
+            1,
+            Some("late"),
+            vec![file("late.txt", 'h', 10)],
+        ))
+        .await
+        .unwrap();
+    db.record_blobs(&[("h".repeat(64), 9)]).await.unwrap();
+    let err = db.finish_upload(&late.upload_id).await.unwrap_err();
+    assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
+    db.abort_upload(&late.upload_id).await.unwrap();
+
     // Named artifacts: unique in a run, a retry of the owner may publish again.
     let n = db
         .create_upload(&upload("a", 1, Some("bundle"), vec![file("b.bin", 'd', 1)]))

@@ -77,6 +77,7 @@ impl From<DbError> for ApiError {
             DbError::NotFound(m) => ApiError::not_found(m),
             DbError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             DbError::Invalid(m) => ApiError::bad_request(m),
+            DbError::SizeMismatch(m) => ApiError::new(StatusCode::BAD_REQUEST, "size_mismatch", m),
             other => ApiError::internal(other.to_string()),
         }
     }

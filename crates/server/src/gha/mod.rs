@@ -152,7 +152,7 @@ impl From<DbError> for TwirpError {
         match e {
             DbError::NotFound(m) => TwirpError::not_found(m),
             DbError::Conflict(m) => TwirpError::new(StatusCode::CONFLICT, "already_exists", m),
-            DbError::Invalid(m) => TwirpError::invalid(m),
+            DbError::Invalid(m) | DbError::SizeMismatch(m) => TwirpError::invalid(m),
             other => TwirpError::internal(other.to_string()),
         }
     }
