@@ -325,14 +325,9 @@ pub(super) async fn put(
             }
             let mut files = Vec::with_capacity(ids.len());
             for id in &ids {
-                let f = block_file(&dir, id)?;
-                if !f.exists() {
-                    return Err(TwirpError::invalid(format!(
-                        "the block list names block {id:?}, which was never uploaded"
-                    )));
-                }
-                files.push(f);
+                files.push(block_file(&dir, id)?);
             }
+            listed_size(&s, &session, &ids, &files)?;
             commit(&s, &session, files, Some(ids)).await?;
             Ok(created())
         }
@@ -346,6 +341,34 @@ pub(super) async fn put(
             "comp={other} is not supported (block and blocklist are)"
         ))),
     }
+}
+
+/// The size of the blob a block list describes, counting a block as often
+/// as the list names it, refused past the session's byte cap: a list that
+/// names one block many times must not assemble more than the session
+/// could hold as distinct blocks.
+fn listed_size(
+    s: &AppState,
+    session: &str,
+    ids: &[String],
+    files: &[PathBuf],
+) -> Result<u64, TwirpError> {
+    let cap = s.gha.max_session_bytes();
+    with_session(s, session, |x| {
+        let mut total = 0u64;
+        for (id, f) in ids.iter().zip(files) {
+            let Some(&n) = x.blocks.get(f) else {
+                return Err(TwirpError::invalid(format!(
+                    "the block list names block {id:?}, which was never uploaded"
+                )));
+            };
+            total = total
+                .checked_add(n)
+                .filter(|&t| t <= cap)
+                .ok_or_else(|| too_large(cap))?;
+        }
+        Ok(total)
+    })?
 }
 
 /// Hashes the blob made of `files` in order, stores it durably, records it,
@@ -690,6 +713,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         send(&s, &whole, None, None, "1234567890").await.unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Regression: a block list could name one block any number of times
+    /// (up to 50,000), so a session capped at a few bytes assembled an
+    /// unbounded blob. The listed size now counts repeats and is held to
+    /// the session's cap; nothing is stored when it is refused.
+    #[tokio::test]
+    async fn block_list_repeating_a_block_cannot_pass_the_session_cap() {
+        let (s, dir) = state();
+        s.gha.set_max_session_bytes(10);
+        let id = new_session(&s, "a");
+        send(&s, &id, Some("block"), Some("QUFB"), "1234")
+            .await
+            .unwrap();
+        let twice = "<BlockList><Latest>QUFB</Latest><Latest>QUFB</Latest></BlockList>";
+        send(&s, &id, Some("blocklist"), None, twice).await.unwrap();
+        let id = new_session(&s, "b");
+        send(&s, &id, Some("block"), Some("QUFB"), "1234")
+            .await
+            .unwrap();
+        let thrice = "<BlockList><Latest>QUFB</Latest><Latest>QUFB</Latest><Latest>QUFB</Latest></BlockList>";
+        let e = send(&s, &id, Some("blocklist"), None, thrice)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.msg);
+        let sessions = s.gha.sessions.lock().unwrap();
+        let x = sessions.values().find(|x| x.id == id).unwrap();
+        assert!(x.assembled.is_none(), "nothing was committed");
+        drop(sessions);
+        assert_eq!(
+            scratch_files(&s, &id).len(),
+            1,
+            "the block stays for a retry"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
