@@ -23,6 +23,11 @@ pub struct ServeArgs {
     /// Minutes between garbage collection passes (0: only `satchel admin gc`).
     #[arg(long, env = "SATCHEL_GC_MINUTES", default_value_t = 60)]
     gc_minutes: u64,
+    /// Packs of small files gathered in memory at once (8 MiB each);
+    /// further batches wait their turn.
+    #[arg(long, env = "SATCHEL_PACK_BUFFERS", default_value_t = satchel_server::PACK_BUFFERS as u16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pack_buffers: u16,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -181,7 +186,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let _lock = stores.lock;
     let state = AppState::new(stores.db, stores.store, &token)
         .with_scratch(dir.scratch())
-        .with_retention_days(a.retention_days);
+        .with_retention_days(a.retention_days)
+        .with_pack_buffers(usize::from(a.pack_buffers));
     if a.gc_minutes > 0 {
         satchel_server::maintenance::spawn_periodic_gc(
             state.clone(),

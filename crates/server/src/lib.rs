@@ -25,8 +25,22 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;
 
-/// How many packs of small files may be gathered in memory at once.
+/// How many packs of small files may be gathered in memory at once
+/// (default of `satchel serve --pack-buffers`).
 pub const PACK_BUFFERS: usize = 8;
+
+/// How long one batch may keep a pack buffer while it waits for its
+/// client; then what arrived is written out and the buffer is released.
+pub const PACK_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counters and gauges of `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests received under `/api/v1`.
+    pub api_requests: std::sync::atomic::AtomicU64,
+    /// Pack buffers handed to batches so far.
+    pub pack_buffers_taken: std::sync::atomic::AtomicU64,
+}
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -36,7 +50,8 @@ pub struct AppState {
     /// Content.
     pub store: Arc<dyn ContentStore>,
     admin_token_hash: [u8; 32],
-    api_requests: Arc<std::sync::atomic::AtomicU64>,
+    /// What `/metrics` reports.
+    pub counters: Arc<Counters>,
     /// The GitHub Actions artifact protocol.
     pub gha: Arc<gha::Gha>,
     /// Writers of blobs announce what they store; garbage collection
@@ -51,6 +66,8 @@ pub struct AppState {
     /// concurrent batches of small files cannot take unbounded memory:
     /// [`PACK_BUFFERS`] × 8 MiB at most; further batches wait.
     pub pack_buffers: Arc<tokio::sync::Semaphore>,
+    /// How many pack buffers there are.
+    pack_buffer_count: usize,
     /// Retention of new artifacts that do not ask for one, in seconds
     /// (`None`: keep forever).
     pub default_expire_secs: Option<u64>,
@@ -72,10 +89,11 @@ impl AppState {
             db,
             store,
             admin_token_hash,
-            api_requests: Arc::default(),
+            counters: Arc::default(),
             gha: Arc::new(gha::Gha::new(&admin_token_hash, scratch)),
             blob_gate: Arc::default(),
             pack_buffers: Arc::new(tokio::sync::Semaphore::new(PACK_BUFFERS)),
+            pack_buffer_count: PACK_BUFFERS,
             rotation: Arc::new(std::sync::Mutex::new(maintenance::Rotation {
                 state: "idle".into(),
                 ..maintenance::Rotation::default()
@@ -87,6 +105,15 @@ impl AppState {
     /// Sets the retention of new artifacts in days (0: keep forever).
     pub fn with_retention_days(mut self, days: u64) -> AppState {
         self.default_expire_secs = (days > 0).then(|| days.saturating_mul(86_400));
+        self
+    }
+
+    /// Gathers at most `n` (at least 1) packs of small files in memory at
+    /// once.
+    pub fn with_pack_buffers(mut self, n: usize) -> AppState {
+        let n = n.max(1);
+        self.pack_buffers = Arc::new(tokio::sync::Semaphore::new(n));
+        self.pack_buffer_count = n;
         self
     }
 
@@ -218,13 +245,27 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
 /// `GET /metrics`: Prometheus text format. Counts only, no names, so it
 /// needs no token.
 async fn metrics(State(state): State<AppState>) -> String {
-    let n = state
-        .api_requests
-        .load(std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &state.counters;
+    let in_use = state
+        .pack_buffer_count
+        .saturating_sub(state.pack_buffers.available_permits());
     format!(
         "# HELP satchel_api_requests_total Requests received under /api/v1.\n\
          # TYPE satchel_api_requests_total counter\n\
-         satchel_api_requests_total {n}\n"
+         satchel_api_requests_total {}\n\
+         # HELP satchel_pack_buffers_taken_total Pack buffers handed to batches of small files.\n\
+         # TYPE satchel_pack_buffers_taken_total counter\n\
+         satchel_pack_buffers_taken_total {}\n\
+         # HELP satchel_pack_buffers_in_use Pack buffers held now.\n\
+         # TYPE satchel_pack_buffers_in_use gauge\n\
+         satchel_pack_buffers_in_use {in_use}\n\
+         # HELP satchel_pack_buffers Pack buffers in all.\n\
+         # TYPE satchel_pack_buffers gauge\n\
+         satchel_pack_buffers {}\n",
+        c.api_requests.load(Relaxed),
+        c.pack_buffers_taken.load(Relaxed),
+        state.pack_buffer_count,
     )
 }
 
@@ -234,6 +275,7 @@ async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     state
+        .counters
         .api_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let presented = req

@@ -34,13 +34,14 @@ use satchel_model::api::{
 use satchel_model::{names, path};
 use satchel_store::pack::{PACK_ENTRY_MAX, PACK_MIN_BLOBS, PACK_TARGET};
 use satchel_store::{Digest, Durability};
+use std::sync::atomic::Ordering;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
 use super::check_id;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::AppState;
+use crate::{AppState, PACK_HOLD};
 
 const MAX_FILES: usize = 100_000;
 
@@ -325,6 +326,115 @@ pub(super) async fn assemble(
     ))
 }
 
+/// The small blobs of one batch on their way into packs.
+///
+/// Invariant: a pack buffer (a permit of [`AppState::pack_buffers`]) is
+/// held only while blobs wait in `pending`, and never longer than
+/// [`PACK_HOLD`] while the client is being waited for: at that deadline
+/// what has arrived is written out (a smaller pack, or single blobs) and
+/// the buffer goes back. So a slow or stalled client holds at most one
+/// frame of its own memory, never a shared buffer, and other batches go
+/// on.
+struct Packer {
+    pending: Vec<(Digest, Bytes)>,
+    bytes: usize,
+    /// Whether this batch wrote a pack already (its tail then goes into a
+    /// pack too, however small).
+    packed: bool,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the held buffer must be given back.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Packer {
+    fn new() -> Packer {
+        Packer {
+            pending: Vec::new(),
+            bytes: 0,
+            packed: false,
+            permit: None,
+            deadline: None,
+        }
+    }
+
+    /// Adds a received blob, taking a buffer first if none is held.
+    async fn push(&mut self, s: &AppState, digest: Digest, data: Bytes) -> Result<(), ApiError> {
+        if self.permit.is_none() {
+            self.permit = Some(
+                s.pack_buffers
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ApiError::internal("the server is shutting down"))?,
+            );
+            s.counters
+                .pack_buffers_taken
+                .fetch_add(1, Ordering::Relaxed);
+            self.deadline = Some(tokio::time::Instant::now() + PACK_HOLD);
+        }
+        self.bytes += data.len();
+        self.pending.push((digest, data));
+        if self.bytes >= PACK_TARGET {
+            self.write(s).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending (one pack, or single blobs when there are
+    /// too few for a pack) and gives the buffer back.
+    async fn write(&mut self, s: &AppState) -> Result<(), ApiError> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+        } else if self.packed || pending.len() >= PACK_MIN_BLOBS {
+            s.store.put_packed(pending).await?;
+            self.packed = true;
+        } else {
+            for (digest, data) in pending {
+                let size = data.len() as u64;
+                s.store
+                    .put(&digest, size, &mut &data[..], Durability::Deferred)
+                    .await?;
+            }
+        }
+        self.bytes = 0;
+        self.permit = None;
+        self.deadline = None;
+        Ok(())
+    }
+
+    /// Fills `buf` from the client as far as the body goes (returns how
+    /// much), writing out the pending blobs if the hold deadline passes
+    /// first.
+    async fn read(
+        &mut self,
+        s: &AppState,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+        buf: &mut [u8],
+    ) -> Result<usize, ApiError> {
+        let mut got = 0;
+        while got < buf.len() {
+            let read = match self.deadline {
+                Some(at) => tokio::select! {
+                    // `read` is cancel-safe: nothing is lost if the
+                    // deadline wins.
+                    r = reader.read(&mut buf[got..]) => r,
+                    () = tokio::time::sleep_until(at) => {
+                        self.write(s).await?;
+                        continue;
+                    }
+                },
+                None => reader.read(&mut buf[got..]).await,
+            };
+            let n = read.map_err(|e| ApiError::bad_request(format!("reading batch body: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(got)
+    }
+}
+
 pub(super) async fn put_batch(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -336,23 +446,10 @@ pub(super) async fn put_batch(
     let mut reader = body_reader(body);
     let mut stored = Vec::new();
     let mut bytes = 0u64;
-    let mut pending = Vec::new();
-    let mut pack_bytes = 0usize;
-    let mut packed = false;
-    let mut pack_permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut packer = Packer::new();
     loop {
         let mut header = [0u8; BLOB_FRAME_HEADER];
-        let mut got = 0;
-        while got < header.len() {
-            let n = reader
-                .read(&mut header[got..])
-                .await
-                .map_err(|e| ApiError::bad_request(format!("reading batch body: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
+        let got = packer.read(&s, &mut reader, &mut header).await?;
         if got == 0 {
             break;
         }
@@ -375,30 +472,20 @@ pub(super) async fn put_batch(
         writing.add(&hex).await;
         if size <= PACK_ENTRY_MAX {
             // Small blobs go into packs: a handful of objects per batch,
-            // not one per file. Gathering one takes a permit (bounded
-            // memory across requests), released once it is written.
-            if pack_permit.is_none() {
-                pack_permit = Some(
-                    s.pack_buffers
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| ApiError::internal("the server is shutting down"))?,
-                );
-            }
+            // not one per file. The frame is read before a buffer is
+            // taken, so waiting for the client holds none.
             let mut data = vec![0u8; size as usize];
-            reader.read_exact(&mut data).await.map_err(|e| {
-                ApiError::bad_request(format!("batch body ends inside the content of {hex}: {e}"))
-            })?;
-            pack_bytes += data.len();
-            pending.push((digest, Bytes::from(data)));
-            if pack_bytes >= PACK_TARGET {
-                s.store.put_packed(std::mem::take(&mut pending)).await?;
-                pack_bytes = 0;
-                packed = true;
-                pack_permit = None;
+            if packer.read(&s, &mut reader, &mut data).await? < data.len() {
+                return Err(ApiError::bad_request(format!(
+                    "batch body ends inside the content of {hex}"
+                )));
             }
+            packer.push(&s, digest, Bytes::from(data)).await?;
         } else {
+            // Streamed straight from the client: no buffer may wait on it.
+            if packer.permit.is_some() {
+                packer.write(&s).await?;
+            }
             s.store
                 .put(&digest, size, &mut reader, Durability::Deferred)
                 .await?;
@@ -406,17 +493,7 @@ pub(super) async fn put_batch(
         bytes += size;
         stored.push((hex, size));
     }
-    if packed || pending.len() >= PACK_MIN_BLOBS {
-        s.store.put_packed(pending).await?;
-    } else {
-        for (digest, data) in pending {
-            let size = data.len() as u64;
-            s.store
-                .put(&digest, size, &mut &data[..], Durability::Deferred)
-                .await?;
-        }
-    }
-    drop(pack_permit);
+    packer.write(&s).await?;
     s.store.flush().await?;
     s.db.record_blobs(&stored).await?;
     drop(writing);
