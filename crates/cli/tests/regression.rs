@@ -223,3 +223,118 @@ fn stalled_batch_client_does_not_hold_a_pack_buffer() {
         assert_eq!(&std::fs::read(dest.join(format!("s/{i}.bin"))).unwrap(), f);
     }
 }
+
+/// A server that answers every request with `answer(path)` as JSON (200),
+/// or 404: stands in for a hostile or compromised server.
+fn hostile_server(answer: impl Fn(&str) -> Option<String> + Send + 'static) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let (status, body) = match answer(&path) {
+                Some(b) => ("200 OK", b),
+                None => (
+                    "404 Not Found",
+                    r#"{"error":{"code":"not_found","message":"no"}}"#.to_string(),
+                ),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// The agent trusted the artifact names a server returned: a name like
+/// `/tmp/x` made `download-artifact` write outside `--dest` (a path join
+/// with an absolute name replaces the root). The client now checks every
+/// name, path and id it receives as strictly as the server does.
+#[test]
+fn server_supplied_artifact_name_cannot_escape_dest() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = d.path().join("outside");
+    let dest = d.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    for evil in [outside.display().to_string(), "..".to_string()] {
+        let artifact = json!({
+            "id": "0123456789abcdef0123456789abcdef",
+            "name": evil,
+            "is_default": false,
+            "kind": "image",
+            "state": "finished",
+            "producer": {"pipeline": "p", "run": 1, "job": "j", "attempt": 1, "superseded": false},
+            "file_count": 0,
+            "size": 0,
+            "created_at": "2026-12-01T00:00:00Z",
+            "image": {"image": "evil", "reference": "evil:1"},
+        });
+        let list = json!({ "artifacts": [artifact] }).to_string();
+        let url = hostile_server(move |path| path.ends_with("/artifacts").then(|| list.clone()));
+        let out = std::process::Command::new(common::BIN)
+            .env_clear()
+            .env("SATCHEL_URL", &url)
+            .env("SATCHEL_TOKEN", "t")
+            .args([
+                "artifact",
+                "download-artifact",
+                "--pipeline",
+                "p",
+                "--run",
+                "1",
+                "--all",
+                "--dest",
+            ])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted artifact name {evil:?}");
+        assert!(err.contains("invalid artifact name"), "{err}");
+        assert!(!outside.exists(), "wrote outside the destination");
+        assert!(!d.path().join("artifact.json").exists());
+    }
+
+    // Paths and ids are checked too: a search answer with a traversal.
+    let file = json!({
+        "id": "0123456789abcdef0123456789abcdef",
+        "artifact_id": "0123456789abcdef0123456789abcdef",
+        "artifact_name": "default",
+        "path": "../escape.txt",
+        "size": 1,
+        "sha256": "0".repeat(64),
+        "mode": 420,
+        "content_type": "text/plain",
+        "producer": {"pipeline": "p", "run": 1, "job": "j", "attempt": 1, "superseded": false},
+        "uploaded_at": "2026-12-01T00:00:00Z",
+        "uploaded_at_ms": 0,
+    });
+    let list = json!({ "files": [file] }).to_string();
+    let url = hostile_server(move |path| path.contains("/search").then(|| list.clone()));
+    let out = std::process::Command::new(common::BIN)
+        .env_clear()
+        .env("SATCHEL_URL", &url)
+        .env("SATCHEL_TOKEN", "t")
+        .args(["artifact", "search", "--pipeline", "p", "--run", "1", "**"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("invalid file path"), "{err}");
+}

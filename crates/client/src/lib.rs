@@ -287,13 +287,18 @@ impl Client {
                 &format!("/pipelines/{pipeline}/runs/{run}/artifacts"),
             ))
             .await?;
+        l.artifacts.iter().try_for_each(received::artifact)?;
         Ok(l.artifacts)
     }
 
     /// One artifact with its files.
     pub async fn get_artifact(&self, id: &str) -> Result<ArtifactWithFiles, ClientError> {
-        self.json(self.request(Method::GET, &format!("/artifacts/{id}")))
-            .await
+        let a: ArtifactWithFiles = self
+            .json(self.request(Method::GET, &format!("/artifacts/{id}")))
+            .await?;
+        received::artifact(&a.artifact)?;
+        a.files.iter().try_for_each(received::file)?;
+        Ok(a)
     }
 
     /// Deletes an artifact.
@@ -333,6 +338,7 @@ impl Client {
                 .query(&params),
             )
             .await?;
+        l.files.iter().try_for_each(received::file)?;
         Ok(l.files)
     }
 
@@ -446,16 +452,22 @@ impl Client {
         package: &str,
         version: &str,
     ) -> Result<PackageWithFiles, ClientError> {
-        self.json(self.request(
-            Method::GET,
-            &format!(
-                "/packages/{}/{}/{}",
-                encode(repository),
-                encode(package),
-                encode(version)
-            ),
-        ))
-        .await
+        let p: PackageWithFiles = self
+            .json(self.request(
+                Method::GET,
+                &format!(
+                    "/packages/{}/{}/{}",
+                    encode(repository),
+                    encode(package),
+                    encode(version)
+                ),
+            ))
+            .await?;
+        for f in &p.files {
+            received::path(&f.path)?;
+            received::sha256(&f.sha256)?;
+        }
+        Ok(p)
     }
 
     /// Streams one file of a package version.
@@ -542,4 +554,63 @@ impl Client {
 /// Percent-encodes one path segment (RFC 3986 unreserved characters stay).
 pub fn encode(segment: &str) -> String {
     satchel_model::path::url_segment(segment)
+}
+
+/// What a server sends is checked as strictly as the server checks what
+/// it receives, because the CLI turns names and paths into local file
+/// names and ids into URLs: a server (or anything between it and the
+/// agent) answering `/tmp/x` as an artifact name or `../../x` as a path
+/// must not make a job write outside its destination.
+mod received {
+    use satchel_model::api::{Artifact, FileInfo};
+
+    use super::ClientError;
+
+    fn invalid(what: &str, value: &str, why: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol(format!(
+            "the server sent an invalid {what} {value:?}: {why}"
+        ))
+    }
+
+    fn id(value: &str) -> Result<(), ClientError> {
+        if satchel_model::id::is_id(value) {
+            Ok(())
+        } else {
+            Err(invalid("id", value, "ids are 32 lowercase hex digits"))
+        }
+    }
+
+    fn name(value: &str) -> Result<(), ClientError> {
+        satchel_model::names::validate_artifact_name(value)
+            .map_err(|e| invalid("artifact name", value, e))
+    }
+
+    pub(super) fn path(value: &str) -> Result<(), ClientError> {
+        satchel_model::path::validate(value).map_err(|e| invalid("file path", value, e))
+    }
+
+    pub(super) fn sha256(value: &str) -> Result<(), ClientError> {
+        if value.len() == 64
+            && value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            Ok(())
+        } else {
+            Err(invalid("sha256", value, "expected 64 lowercase hex digits"))
+        }
+    }
+
+    pub(super) fn artifact(a: &Artifact) -> Result<(), ClientError> {
+        id(&a.id)?;
+        name(&a.name)
+    }
+
+    pub(super) fn file(f: &FileInfo) -> Result<(), ClientError> {
+        id(&f.id)?;
+        id(&f.artifact_id)?;
+        name(&f.artifact_name)?;
+        path(&f.path)?;
+        sha256(&f.sha256)
+    }
 }
