@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::context::{JobArgs, ServerArgs};
 use crate::download::fetch_files;
 use crate::output::human;
-use crate::upload::{send_and_report, Found, Sending};
+use crate::upload::{ensure_inside, send_and_report, Found, Sending};
 
 /// The name of the ignore file read at the root of a published directory.
 pub const IGNORE_FILE: &str = ".artifactignore";
@@ -37,6 +37,11 @@ pub struct PublishArgs {
     /// retention).
     #[arg(long, value_parser = crate::upload::parse_expire)]
     expire_in: Option<u64>,
+    /// Follow symbolic links even where they lead outside the published
+    /// directory (refused by default, so a planted link cannot carry a
+    /// secret into an artifact).
+    #[arg(long)]
+    allow_links_outside: bool,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -50,9 +55,10 @@ pub struct PublishArgs {
 }
 
 /// Lists the files under `root` that `.artifactignore` does not exclude,
-/// with their paths relative to `root`. Symbolic links to files are
-/// followed; directories are entered once (no link loops).
-fn walk_publish(root: &Path) -> anyhow::Result<Vec<Found>> {
+/// with their paths relative to `root`. Symbolic links to files and
+/// directories are followed where they stay inside `root` (anywhere with
+/// `allow_outside`); directories are entered once (no link loops).
+fn walk_publish(root: &Path, allow_outside: bool) -> anyhow::Result<Vec<Found>> {
     let meta =
         std::fs::metadata(root).with_context(|| format!("cannot publish {}", root.display()))?;
     let shown = root.display().to_string();
@@ -80,6 +86,8 @@ fn walk_publish(root: &Path) -> anyhow::Result<Vec<Found>> {
         }
     };
     let root_abs = std::path::absolute(root)?;
+    let root_real = std::fs::canonicalize(&root_abs)?;
+    let inside = (!allow_outside).then_some(root_real.as_path());
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![(root_abs.clone(), String::new())];
@@ -104,6 +112,9 @@ fn walk_publish(root: &Path) -> anyhow::Result<Vec<Found>> {
             };
             if child == IGNORE_FILE {
                 continue;
+            }
+            if e.file_type()?.is_symlink() {
+                ensure_inside(&e.path(), inside, "--allow-links-outside")?;
             }
             let m = std::fs::metadata(e.path())
                 .with_context(|| format!("reading {}", e.path().display()))?;
@@ -133,8 +144,8 @@ pub async fn run_publish(a: PublishArgs) -> anyhow::Result<()> {
         bail!("`default` names a job's default artifact; choose another name");
     }
     let client = a.server.client()?;
-    let path = a.path.clone();
-    let found = tokio::task::spawn_blocking(move || walk_publish(&path)).await??;
+    let (path, allow) = (a.path.clone(), a.allow_links_outside);
+    let found = tokio::task::spawn_blocking(move || walk_publish(&path, allow)).await??;
     if found.is_empty() {
         bail!(
             "nothing to publish: {} has no files{}",
@@ -481,11 +492,11 @@ mod tests {
             "# comment\nnode_modules/\n*.log\n!keep.log\n",
         )
         .unwrap();
-        let found = walk_publish(r).unwrap();
+        let found = walk_publish(r, false).unwrap();
         assert_eq!(names(&found), ["app.bin", "out/a.txt", "out/keep.log"]);
-        let one = walk_publish(&r.join("out/a.txt")).unwrap();
+        let one = walk_publish(&r.join("out/a.txt"), false).unwrap();
         assert_eq!(names(&one), ["a.txt"]);
-        assert!(walk_publish(&r.join("missing")).is_err());
+        assert!(walk_publish(&r.join("missing"), false).is_err());
     }
 
     #[test]
@@ -494,7 +505,7 @@ mod tests {
         std::fs::create_dir(d.path().join("a")).unwrap();
         std::fs::write(d.path().join("a/f"), "x").unwrap();
         std::os::unix::fs::symlink(d.path(), d.path().join("a/loop")).unwrap();
-        let found = walk_publish(d.path()).unwrap();
+        let found = walk_publish(d.path(), false).unwrap();
         assert!(found.iter().any(|f| f.stored == "a/f"));
     }
 }

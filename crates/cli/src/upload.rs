@@ -44,6 +44,11 @@ pub struct UploadArgs {
     /// Skip symbolic links instead of uploading their targets.
     #[arg(long)]
     skip_symlinks: bool,
+    /// Upload files that symbolic links lead to even outside the working
+    /// directory (refused by default, so a planted link cannot carry a
+    /// secret into an artifact).
+    #[arg(long)]
+    allow_links_outside: bool,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -159,11 +164,40 @@ fn after_segments(pattern: &str, n: usize) -> usize {
     pattern.len()
 }
 
+/// Where symbolic links may lead: `None` anywhere, else inside this
+/// (canonical) directory.
+pub type LinkRoot<'a> = Option<&'a Path>;
+
+/// Refuses `path` if it resolves (through any symbolic link on the way)
+/// to somewhere outside `root`. `flag` is the option that allows it.
+pub fn ensure_inside(path: &Path, root: LinkRoot<'_>, flag: &str) -> anyhow::Result<()> {
+    let Some(root) = root else { return Ok(()) };
+    let real =
+        std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    if !real.starts_with(root) {
+        bail!(
+            "{} is a symbolic link (or lies under one) that leads outside {}, to {}; refusing to upload it (pass {flag} to allow it)",
+            path.display(),
+            root.display(),
+            real.display()
+        );
+    }
+    Ok(())
+}
+
+/// The canonical directory that links found under `base` must stay in:
+/// the working directory when `base` is inside it, else `base` itself.
+/// `None` if it does not exist (then nothing is found under it either).
+fn link_root(base: &Path, cwd: &Path) -> Option<PathBuf> {
+    let root = if base.starts_with(cwd) { cwd } else { base };
+    std::fs::canonicalize(root).ok()
+}
+
 fn walk(
     dir: &Path,
     rel: &str,
     glob: &Glob,
-    skip_symlinks: bool,
+    (skip_symlinks, inside): (bool, LinkRoot<'_>),
     out: &mut Vec<(PathBuf, String)>,
 ) -> anyhow::Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -188,18 +222,19 @@ fn walk(
         let ft = entry.file_type()?;
         let path = entry.path();
         if ft.is_dir() {
-            walk(&path, &child_rel, glob, skip_symlinks, out)?;
+            walk(&path, &child_rel, glob, (skip_symlinks, inside), out)?;
         } else if ft.is_symlink() {
             if skip_symlinks {
                 continue;
             }
-            // Symlinks to files are uploaded as their targets; symlinked
-            // directories are not followed.
+            // Symlinks to files are uploaded as their targets, if those
+            // stay inside; symlinked directories are not followed.
             if std::fs::metadata(&path)
                 .map(|m| m.is_file())
                 .unwrap_or(false)
                 && glob.is_match(&child_rel)
             {
+                ensure_inside(&path, inside, "--allow-links-outside")?;
                 out.push((path, child_rel));
             }
         } else if ft.is_file() && glob.is_match(&child_rel) {
@@ -213,9 +248,10 @@ fn walk(
 fn find_files(
     patterns: &[String],
     literal: bool,
-    skip_symlinks: bool,
+    (skip_symlinks, allow_outside): (bool, bool),
     cwd: &Path,
 ) -> anyhow::Result<Vec<Found>> {
+    const FLAG: &str = "--allow-links-outside";
     let mut out: BTreeMap<PathBuf, Found> = BTreeMap::new();
     for pattern in patterns {
         let mut matched = Vec::new();
@@ -242,7 +278,18 @@ fn find_files(
                     let rest_glob =
                         Glob::new(rest).with_context(|| format!("invalid pattern {pattern:?}"))?;
                     let mut hits = Vec::new();
-                    walk(&base, "", &rest_glob, skip_symlinks, &mut hits)?;
+                    let root = (!allow_outside).then(|| link_root(&base, cwd)).flatten();
+                    if root.is_some() && base.exists() {
+                        // The pattern's own directories may be links too.
+                        ensure_inside(&base, root.as_deref(), FLAG)?;
+                    }
+                    walk(
+                        &base,
+                        "",
+                        &rest_glob,
+                        (skip_symlinks, root.as_deref()),
+                        &mut hits,
+                    )?;
                     matched.extend(hits.into_iter().map(|(p, _)| p));
                     None
                 }
@@ -262,7 +309,13 @@ fn find_files(
                         eprintln!("warning: {p} is a directory; skipping (use {p}/** to upload its files)");
                         continue;
                     }
-                    Ok(_) => matched.push(abs),
+                    Ok(_) => {
+                        if !allow_outside {
+                            let parent = abs.parent().unwrap_or(Path::new("/"));
+                            ensure_inside(&abs, link_root(parent, cwd).as_deref(), FLAG)?;
+                        }
+                        matched.push(abs)
+                    }
                     Err(_) => {}
                 },
             }
@@ -481,7 +534,7 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     if patterns.is_empty() {
         bail!("no patterns given");
     }
-    let (literal, skip) = (a.literal, a.skip_symlinks);
+    let (literal, skip) = (a.literal, (a.skip_symlinks, a.allow_links_outside));
     let cwd2 = cwd.clone();
     let found =
         tokio::task::spawn_blocking(move || find_files(&patterns, literal, skip, &cwd2)).await??;

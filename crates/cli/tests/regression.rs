@@ -338,3 +338,83 @@ fn server_supplied_artifact_name_cannot_escape_dest() {
     assert!(!out.status.success());
     assert!(err.contains("invalid file path"), "{err}");
 }
+
+/// `artifact upload` followed file symlinks that lead outside the working
+/// directory and `artifact publish` followed any link out of the published
+/// directory, so a link planted in build output (by a dependency, say)
+/// carried a secret such as a key into an artifact others can read. Both
+/// now refuse by default, naming the link and `--allow-links-outside`.
+#[test]
+fn symlinks_leading_outside_the_root_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let secret = d.path().join("secret.key");
+    std::fs::write(&secret, "hunter2").unwrap();
+    let w = d.path().join("w");
+    write(&w, "dist/app.txt", b"app");
+    write(&w, "notes.txt", b"notes");
+    std::fs::create_dir_all(w.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(&secret, w.join("dist/key")).unwrap();
+    // Links that stay inside the working directory (fine for upload, but
+    // outside the published directory) and inside `dist` (fine for both).
+    std::os::unix::fs::symlink("../notes.txt", w.join("dist/notes")).unwrap();
+    std::os::unix::fs::symlink("app.txt", w.join("dist/alias")).unwrap();
+    // A linked directory on the way out of the root.
+    std::os::unix::fs::symlink(d.path(), w.join("up")).unwrap();
+    let agent = s.agent(&w, "p", 1, "j");
+
+    for args in [
+        vec!["artifact", "upload", "dist/**"],
+        vec!["artifact", "upload", "dist/key"],
+        vec!["artifact", "upload", "up/secret.key"],
+        vec!["artifact", "upload", "up/*.key"],
+        vec!["artifact", "publish", "dist", "--name", "pub"],
+    ] {
+        let err = agent.fails(&args);
+        assert!(
+            err.contains("leads outside") && err.contains("--allow-links-outside"),
+            "{args:?}: {err}"
+        );
+    }
+    let r = rt().block_on(s.get("/pipelines/p/runs"));
+    assert_eq!(r.status(), 404, "nothing was uploaded");
+
+    // Inside links, and outside ones when asked for.
+    std::fs::remove_file(w.join("dist/key")).unwrap();
+    agent.ok(&["artifact", "upload", "dist/**"]);
+    let err = agent.fails(&["artifact", "publish", "dist", "--name", "inside"]);
+    assert!(
+        err.contains("dist/notes") && err.contains("leads outside"),
+        "{err}"
+    );
+    std::fs::remove_file(w.join("dist/notes")).unwrap();
+    agent.ok(&["artifact", "publish", "dist", "--name", "inside"]);
+    std::os::unix::fs::symlink(&secret, w.join("dist/key")).unwrap();
+    agent.ok(&["artifact", "upload", "--allow-links-outside", "dist/key"]);
+    agent.ok(&[
+        "artifact",
+        "publish",
+        "dist",
+        "--name",
+        "outside",
+        "--allow-links-outside",
+    ]);
+    let found = agent.ok(&["artifact", "search", "--format", "%n %p", "**"]);
+    let mut lines: Vec<&str> = found.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "default dist/alias",
+            "default dist/app.txt",
+            "default dist/key",
+            "default dist/notes",
+            "inside alias",
+            "inside app.txt",
+            "outside alias",
+            "outside app.txt",
+            "outside key",
+        ],
+        "{found}"
+    );
+}
