@@ -14,4 +14,5 @@ pub mod mime;
 pub mod names;
 pub mod path;
 pub mod query;
+pub mod range;
 pub mod selector;

@@ -12,6 +12,8 @@ pub mod gha;
 pub mod maintenance;
 mod routes;
 
+pub use routes::uploads::validate_manifest;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

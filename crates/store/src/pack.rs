@@ -104,6 +104,22 @@ fn bad(key: &str, what: &str) -> StoreError {
     StoreError::Undecodable(format!("pack {key}: {what}"))
 }
 
+/// Where the encoded index of a pack of `size` bytes lies, from its last
+/// [`FOOTER`] bytes.
+fn index_span(key: &str, footer: &[u8], size: u64) -> Result<Range<u64>, StoreError> {
+    if size < FOOTER || footer.len() as u64 != FOOTER {
+        return Err(bad(key, "shorter than its footer"));
+    }
+    if &footer[4..] != MAGIC {
+        return Err(bad(key, "bad footer magic"));
+    }
+    let len = u64::from(u32::from_le_bytes(footer[..4].try_into().expect("4")));
+    if len > size - FOOTER {
+        return Err(bad(key, "index longer than the pack"));
+    }
+    Ok(size - FOOTER - len..size - FOOTER)
+}
+
 /// Where the encoded index of pack `key` (of `size` bytes) is.
 async fn index_range(
     backend: &dyn ObjectBackend,
@@ -116,14 +132,7 @@ async fn index_range(
     let Some(footer) = backend.get_range(key, size - FOOTER..size).await? else {
         return Ok(None);
     };
-    if &footer[4..] != MAGIC {
-        return Err(bad(key, "bad footer magic"));
-    }
-    let len = u64::from(u32::from_le_bytes(footer[..4].try_into().expect("4")));
-    if len > size - FOOTER {
-        return Err(bad(key, "index longer than the pack"));
-    }
-    Ok(Some(size - FOOTER - len..size - FOOTER))
+    index_span(key, &footer, size).map(Some)
 }
 
 /// The encoded index object of pack `key`, `None` if the pack is gone.
@@ -138,26 +147,23 @@ pub(crate) async fn read_index_object(
     backend.get_range(key, range).await
 }
 
-/// Reads and checks the entries of pack `key`; `None` if it is gone.
-pub(crate) async fn read_entries(
-    backend: &dyn ObjectBackend,
-    codec: &Arc<Codec>,
+/// Decodes and checks the encoded `index` of pack `key` (of `size`
+/// bytes): every entry must lie in the data before the index.
+fn decode_entries(
+    codec: &Codec,
     key: &str,
     size: u64,
-) -> Result<Option<Vec<Entry>>, StoreError> {
-    let Some(index) = read_index_object(backend, key, size).await? else {
-        return Ok(None);
-    };
-    let data_end = size - FOOTER - index.len() as u64;
-    let codec = codec.clone();
-    let (kind, rows) = tokio::task::spawn_blocking(move || codec.decode(&index))
-        .await
-        .expect("decoder panicked")?;
+    index: &[u8],
+) -> Result<Vec<Entry>, StoreError> {
+    let data_end = size
+        .checked_sub(FOOTER + index.len() as u64)
+        .ok_or_else(|| bad(key, "index longer than the pack"))?;
+    let (kind, rows) = codec.decode(index)?;
     if kind != Kind::PackIndex || rows.len() < 4 {
         return Err(bad(key, "index is not a pack index"));
     }
     let n = u32::from_le_bytes(rows[..4].try_into().expect("4")) as usize;
-    if rows.len() != 4 + n * ROW {
+    if Some(rows.len()) != n.checked_mul(ROW).and_then(|r| r.checked_add(4)) {
         return Err(bad(key, "index has the wrong length"));
     }
     let mut out = Vec::with_capacity(n);
@@ -175,7 +181,44 @@ pub(crate) async fn read_entries(
         }
         out.push(e);
     }
-    Ok(Some(out))
+    Ok(out)
+}
+
+/// Reads and checks the entries of pack `key`; `None` if it is gone.
+pub(crate) async fn read_entries(
+    backend: &dyn ObjectBackend,
+    codec: &Arc<Codec>,
+    key: &str,
+    size: u64,
+) -> Result<Option<Vec<Entry>>, StoreError> {
+    let Some(index) = read_index_object(backend, key, size).await? else {
+        return Ok(None);
+    };
+    let (codec, key2) = (codec.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || decode_entries(&codec, &key2, size, &index))
+        .await
+        .expect("decoder panicked")
+        .map(Some)
+}
+
+/// The stored bytes of a pack of `blobs`, as the store writes it (its
+/// name is their SHA-256).
+pub fn encode_pack(codec: &Codec, blobs: &[(Digest, Bytes)]) -> Vec<u8> {
+    encode(codec, blobs).1
+}
+
+/// Reads the index of a whole pack held in memory, as [`read_entries`]
+/// reads a stored one, and answers each entry's digest and byte range.
+/// For checks of packs outside a store, and for fuzzing the reader.
+pub fn read_index(codec: &Codec, pack: &[u8]) -> Result<Vec<(Digest, Range<u64>)>, StoreError> {
+    let size = pack.len() as u64;
+    let footer = pack
+        .get(pack.len().saturating_sub(FOOTER as usize)..)
+        .unwrap_or(&[]);
+    let span = index_span("(in memory)", footer, size)?;
+    let index = &pack[span.start as usize..span.end as usize];
+    let entries = decode_entries(codec, "(in memory)", size, index)?;
+    Ok(entries.into_iter().map(|e| (e.digest, e.range())).collect())
 }
 
 #[derive(Default)]

@@ -20,49 +20,17 @@ use crate::AppState;
 const BATCH_FILES: usize = 10_000;
 const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Parses a single `bytes=` range against `size`. `Ok(None)`: serve all
-/// (no header, or several ranges, which RFC 9110 lets us ignore).
+/// The requested range of a file of `size` bytes (see
+/// [`satchel_model::range`]); `Ok(None)`: serve all.
 fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(v) = h else { return Ok(None) };
-    let unsatisfiable = || {
+    satchel_model::range::parse(v.as_bytes(), size).map_err(|e| {
         ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "range_not_satisfiable",
-            format!("range {:?} does not fit a file of {size} bytes", v),
+            e.to_string(),
         )
-    };
-    let s = v.to_str().map_err(|_| unsatisfiable())?;
-    let Some(spec) = s.trim().strip_prefix("bytes=") else {
-        return Err(unsatisfiable());
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
-        if n == 0 {
-            return Err(unsatisfiable());
-        }
-        (size.saturating_sub(n), size)
-    } else {
-        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
-        let end = if b.is_empty() {
-            size
-        } else {
-            let last: u64 = b.parse().map_err(|_| unsatisfiable())?;
-            if last < start {
-                return Err(unsatisfiable());
-            }
-            (last + 1).min(size)
-        };
-        (start, end)
-    };
-    if start >= size {
-        return Err(unsatisfiable());
-    }
-    Ok(Some((start, end)))
+    })
 }
 
 fn disposition(path: &str) -> HeaderValue {

@@ -4,7 +4,7 @@
 mod archive;
 mod content;
 mod pipelines;
-mod uploads;
+pub(crate) mod uploads;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post, put};

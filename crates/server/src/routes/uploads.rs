@@ -93,7 +93,9 @@ pub(super) fn validate_context(c: &JobContext) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
+/// Checks an upload manifest before anything is stored: context, names,
+/// paths, digests, sizes and text fields.
+pub fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
     validate_context(&req.context)?;
     validate_expiry(req.expire_in_secs)?;
     if let Some(n) = &req.name {

@@ -1,0 +1,171 @@
+//! Fuzz targets: one function per parser of untrusted input.
+//!
+//! Each takes arbitrary bytes, feeds them to the real parser and checks
+//! the properties a caller relies on, panicking when one breaks (a crash
+//! for libFuzzer). `fuzz/` wraps each in a libFuzzer binary
+//! (`bash scripts/fuzz.sh` runs them for as long as asked), and
+//! `tests/replay.rs` runs every file of each target's corpus and
+//! regressions on stable as part of the test suite. The list of targets is
+//! [`TARGETS`]; a target added here without a corpus fails the replay.
+
+use satchel_model::{expr, glob, ignore, path, range};
+
+/// A fuzz target: panics when its parser breaks a property.
+pub type Target = fn(&[u8]);
+
+/// Every target by name (the name of its `fuzz/fuzz_targets/NAME.rs` and
+/// of its `fuzz/corpus/NAME` directory).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("glob", glob_target),
+    ("path", path_target),
+    ("expr", expr_target),
+    ("ignore", ignore_target),
+    ("pipeline", pipeline_target),
+    ("manifest", manifest_target),
+    ("range", range_target),
+    ("block_list", block_list_target),
+    ("pack_index", pack_index_target),
+];
+
+/// Splits at the first NUL: two inputs from one.
+fn two(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// Glob patterns against paths; an escaped valid path matches itself.
+pub fn glob_target(data: &[u8]) {
+    let (p, q) = two(data);
+    let (Ok(p), Ok(q)) = (std::str::from_utf8(p), std::str::from_utf8(q)) else {
+        return;
+    };
+    if let Ok(g) = glob::Glob::new(p) {
+        let _ = g.is_match(q);
+        let _ = (g.literal_prefix(), g.literal_path(), g.has_wildcards());
+    }
+    if path::validate(q).is_ok() {
+        if let Ok(g) = glob::Glob::new(&glob::escape(q)) {
+            assert!(g.is_match(q), "escaped {q:?} does not match itself");
+            assert!(!g.has_wildcards(), "escaped {q:?} has wildcards");
+        }
+    }
+}
+
+/// Path normalization: what it accepts is valid and normalizes to itself.
+pub fn path_target(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(n) = path::normalize(s) {
+        assert!(
+            path::validate(&n).is_ok(),
+            "{s:?} normalized to invalid {n:?}"
+        );
+        assert_eq!(
+            path::normalize(&n).as_deref(),
+            Ok(n.as_str()),
+            "not idempotent"
+        );
+    }
+    if let Ok(c) = path::clean_relative(s) {
+        assert!(path::validate(&c).is_ok(), "{s:?} cleaned to invalid {c:?}");
+    }
+    let _ = path::split(s);
+}
+
+/// `$[…]` references: parsing never panics, and escaped text survives
+/// substitution unchanged.
+pub fn expr_target(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = expr::Reference::parse(s);
+    let _ = expr::find(s);
+    let _ = expr::substitute(s, |r| Ok::<_, ()>(format!("{r:?}")));
+    let back = expr::substitute(&expr::escape(s), |_| Err(()));
+    assert_eq!(back.as_deref(), Ok(s), "escape does not round-trip");
+}
+
+/// `.artifactignore` files and the paths they are asked about.
+pub fn ignore_target(data: &[u8]) {
+    let (rules, p) = two(data);
+    let (Ok(rules), Ok(p)) = (std::str::from_utf8(rules), std::str::from_utf8(p)) else {
+        return;
+    };
+    if let Ok(r) = ignore::IgnoreRules::parse(rules) {
+        let _ = r.is_ignored(p, false);
+        let _ = r.is_ignored(p, true);
+    }
+}
+
+/// Pipeline files.
+pub fn pipeline_target(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = satchel_runner::pipeline::Pipeline::parse(s);
+    }
+}
+
+/// Upload manifests as the server receives them: JSON, then validation.
+pub fn manifest_target(data: &[u8]) {
+    if let Ok(m) = serde_json::from_slice::<satchel_model::api::CreateUpload>(data) {
+        if let Err(e) = satchel_server::validate_manifest(&m) {
+            assert!(e.status.is_client_error(), "{}: {}", e.status, e.message);
+        }
+    }
+}
+
+/// `Range` headers: first 8 bytes the file size (LE), the rest the header.
+pub fn range_target(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let size = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    if let Ok(Some((start, end))) = range::parse(&data[8..], size) {
+        assert!(start < end && end <= size, "{start}..{end} of {size}");
+    }
+}
+
+/// The GitHub Actions (Azure) block list XML.
+pub fn block_list_target(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(ids) = satchel_server::gha::blob::parse_block_list(s) {
+            assert!(ids.len() <= s.len(), "more ids than bytes");
+        }
+    }
+}
+
+/// Pack objects as the store reads them back: every entry it accepts lies
+/// inside the pack's data. An input starting with `P` is made into a real
+/// pack first (its bytes after the next 4 split into blobs), then damaged at
+/// the offset those 4 bytes give, so the fuzzer reaches past the footer and
+/// codec checks without seeds.
+pub fn pack_index_target(data: &[u8]) {
+    let codec = satchel_store::Codec::plain();
+    let pack = match data {
+        [b'P', a, b, c, d, rest @ ..] => {
+            let blobs: Vec<_> = rest
+                .chunks(7)
+                .map(|b| {
+                    let b = bytes::Bytes::copy_from_slice(b);
+                    (satchel_store::Digest::of(&b), b)
+                })
+                .collect();
+            let mut pack = satchel_store::pack::encode_pack(&codec, &blobs);
+            let at = u32::from_le_bytes([*a, *b, *c, *d]) as usize;
+            if at / 8 < pack.len() {
+                pack[at / 8] ^= 1 << (at % 8);
+            } else if at.is_multiple_of(2) {
+                pack.truncate(at % (pack.len() + 1));
+            }
+            pack
+        }
+        _ => data.to_vec(),
+    };
+    if let Ok(entries) = satchel_store::pack::read_index(&codec, &pack) {
+        for (_, r) in entries {
+            assert!(r.start <= r.end && r.end <= pack.len() as u64, "{r:?}");
+        }
+    }
+}
