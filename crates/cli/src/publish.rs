@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::context::{JobArgs, ServerArgs};
 use crate::download::fetch_files;
 use crate::output::human;
-use crate::upload::{ensure_inside, send_and_report, Found, Sending};
+use crate::upload::{ensure_inside, link_root, send_and_report, Found, Sending};
 
 /// The name of the ignore file read at the root of a published directory.
 pub const IGNORE_FILE: &str = ".artifactignore";
@@ -61,6 +61,18 @@ pub struct PublishArgs {
 fn walk_publish(root: &Path, allow_outside: bool) -> anyhow::Result<Vec<Found>> {
     let meta =
         std::fs::metadata(root).with_context(|| format!("cannot publish {}", root.display()))?;
+    if !allow_outside {
+        // The root itself may be (or lie under) a link, as upload checks
+        // a pattern's own directories.
+        let abs = std::path::absolute(root)?;
+        let parent = abs.parent().unwrap_or(Path::new("/"));
+        let cwd = std::env::current_dir()?;
+        ensure_inside(
+            &abs,
+            link_root(parent, &cwd).as_deref(),
+            "--allow-links-outside",
+        )?;
+    }
     let shown = root.display().to_string();
     if meta.is_file() {
         let name = root
@@ -113,13 +125,15 @@ fn walk_publish(root: &Path, allow_outside: bool) -> anyhow::Result<Vec<Found>> 
             if child == IGNORE_FILE {
                 continue;
             }
-            if e.file_type()?.is_symlink() {
-                ensure_inside(&e.path(), inside, "--allow-links-outside")?;
-            }
-            let m = std::fs::metadata(e.path())
-                .with_context(|| format!("reading {}", e.path().display()))?;
-            if rules.is_ignored(&child, m.is_dir()) {
+            // Ignored entries are never looked at, links included.
+            let is_link = e.file_type()?.is_symlink();
+            let m = std::fs::metadata(e.path());
+            if rules.is_ignored(&child, m.as_ref().is_ok_and(|m| m.is_dir())) {
                 continue;
+            }
+            let m = m.with_context(|| format!("reading {}", e.path().display()))?;
+            if is_link {
+                ensure_inside(&e.path(), inside, "--allow-links-outside")?;
             }
             if m.is_dir() {
                 stack.push((e.path(), child));

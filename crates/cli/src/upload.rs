@@ -188,7 +188,7 @@ pub fn ensure_inside(path: &Path, root: LinkRoot<'_>, flag: &str) -> anyhow::Res
 /// The canonical directory that links found under `base` must stay in:
 /// the working directory when `base` is inside it, else `base` itself.
 /// `None` if it does not exist (then nothing is found under it either).
-fn link_root(base: &Path, cwd: &Path) -> Option<PathBuf> {
+pub fn link_root(base: &Path, cwd: &Path) -> Option<PathBuf> {
     let root = if base.starts_with(cwd) { cwd } else { base };
     std::fs::canonicalize(root).ok()
 }
@@ -405,8 +405,12 @@ async fn send_large(
             .await
             .with_context(|| format!("asking which chunks of {} to send", h.found.stored))?
             .missing;
-        if missing.iter().any(|&i| i >= chunks.len()) {
-            bail!("the server named a chunk {} does not have", h.found.stored);
+        if missing.iter().any(|&i| i >= chunks.len()) || !missing.is_sorted_by(|a, b| a < b) {
+            bail!(
+                "the server's list of missing chunks of {} is not ascending indices into its {} chunks",
+                h.found.stored,
+                chunks.len()
+            );
         }
         if missing.len() < chunks.len() {
             bar.inc(h.size - missing.iter().map(|&i| chunks[i].1.size).sum::<u64>());

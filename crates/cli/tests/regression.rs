@@ -369,6 +369,8 @@ fn symlinks_leading_outside_the_root_are_refused() {
         vec!["artifact", "upload", "up/secret.key"],
         vec!["artifact", "upload", "up/*.key"],
         vec!["artifact", "publish", "dist", "--name", "pub"],
+        vec!["artifact", "publish", "up", "--name", "pub"],
+        vec!["artifact", "publish", "up/secret.key", "--name", "pub"],
     ] {
         let err = agent.fails(&args);
         assert!(
@@ -388,7 +390,12 @@ fn symlinks_leading_outside_the_root_are_refused() {
         "{err}"
     );
     std::fs::remove_file(w.join("dist/notes")).unwrap();
+    // A link that is ignored is never looked at.
+    std::fs::write(w.join("dist/.artifactignore"), "key\n").unwrap();
+    std::os::unix::fs::symlink(&secret, w.join("dist/key")).unwrap();
     agent.ok(&["artifact", "publish", "dist", "--name", "inside"]);
+    std::fs::remove_file(w.join("dist/.artifactignore")).unwrap();
+    std::fs::remove_file(w.join("dist/key")).unwrap();
     std::os::unix::fs::symlink(&secret, w.join("dist/key")).unwrap();
     agent.ok(&["artifact", "upload", "--allow-links-outside", "dist/key"]);
     agent.ok(&[

@@ -168,8 +168,13 @@ impl Client {
 
     /// Starts an upload.
     pub async fn create_upload(&self, req: &CreateUpload) -> Result<UploadCreated, ClientError> {
-        self.json(self.request(Method::POST, "/uploads").json(req))
-            .await
+        let u: UploadCreated = self
+            .json(self.request(Method::POST, "/uploads").json(req))
+            .await?;
+        received::id(&u.upload_id)?;
+        received::id(&u.artifact_id)?;
+        u.missing.iter().try_for_each(|d| received::sha256(d))?;
+        Ok(u)
     }
 
     /// Sends one blob as a stream.
@@ -272,6 +277,7 @@ impl Client {
         let l: RunList = self
             .json(self.request(Method::GET, &format!("/pipelines/{pipeline}/runs")))
             .await?;
+        l.runs.iter().try_for_each(received::run)?;
         Ok(l.runs)
     }
 
@@ -373,17 +379,23 @@ impl Client {
 
     /// One run.
     pub async fn get_run(&self, pipeline: &str, run: u64) -> Result<Run, ClientError> {
-        self.json(self.request(Method::GET, &format!("/pipelines/{pipeline}/runs/{run}")))
-            .await
+        let r: Run = self
+            .json(self.request(Method::GET, &format!("/pipelines/{pipeline}/runs/{run}")))
+            .await?;
+        received::run(&r)?;
+        Ok(r)
     }
 
     /// Starts the next run of a pipeline.
     pub async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, ClientError> {
-        self.json(
-            self.request(Method::POST, &format!("/pipelines/{pipeline}/runs"))
-                .json(req),
-        )
-        .await
+        let r: Run = self
+            .json(
+                self.request(Method::POST, &format!("/pipelines/{pipeline}/runs"))
+                    .json(req),
+            )
+            .await?;
+        received::run(&r)?;
+        Ok(r)
     }
 
     /// Records a run's state.
@@ -393,14 +405,17 @@ impl Client {
         run: u64,
         req: &SetRunState,
     ) -> Result<Run, ClientError> {
-        self.json(
-            self.request(
-                Method::PUT,
-                &format!("/pipelines/{pipeline}/runs/{run}/state"),
+        let r: Run = self
+            .json(
+                self.request(
+                    Method::PUT,
+                    &format!("/pipelines/{pipeline}/runs/{run}/state"),
+                )
+                .json(req),
             )
-            .json(req),
-        )
-        .await
+            .await?;
+        received::run(&r)?;
+        Ok(r)
     }
 
     /// Publishes a typed (image or link) artifact.
@@ -562,7 +577,7 @@ pub fn encode(segment: &str) -> String {
 /// agent) answering `/tmp/x` as an artifact name or `../../x` as a path
 /// must not make a job write outside its destination.
 mod received {
-    use satchel_model::api::{Artifact, FileInfo};
+    use satchel_model::api::{Artifact, FileInfo, Run};
 
     use super::ClientError;
 
@@ -572,7 +587,7 @@ mod received {
         ))
     }
 
-    fn id(value: &str) -> Result<(), ClientError> {
+    pub(super) fn id(value: &str) -> Result<(), ClientError> {
         if satchel_model::id::is_id(value) {
             Ok(())
         } else {
@@ -599,6 +614,12 @@ mod received {
         } else {
             Err(invalid("sha256", value, "expected 64 lowercase hex digits"))
         }
+    }
+
+    pub(super) fn run(r: &Run) -> Result<(), ClientError> {
+        id(&r.id)?;
+        satchel_model::names::validate_key("pipeline", &r.pipeline)
+            .map_err(|e| invalid("pipeline", &r.pipeline, e))
     }
 
     pub(super) fn artifact(a: &Artifact) -> Result<(), ClientError> {

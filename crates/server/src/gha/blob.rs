@@ -327,14 +327,15 @@ pub(super) async fn put(
             for id in &ids {
                 files.push(block_file(&dir, id)?);
             }
-            listed_size(&s, &session, &ids, &files)?;
-            commit(&s, &session, files, Some(ids)).await?;
+            let size = listed_size(&s, &session, &ids, &files)?;
+            commit(&s, &session, files, Some(ids), size).await?;
             Ok(created())
         }
         None => {
             let path = dir.join("whole.blob");
             write_block(&s, &session, &path, body, u64::MAX).await?;
-            commit(&s, &session, vec![path], None).await?;
+            let cap = s.gha.max_session_bytes();
+            commit(&s, &session, vec![path], None, cap).await?;
             Ok(created())
         }
         Some(other) => Err(TwirpError::invalid(format!(
@@ -379,9 +380,20 @@ async fn commit(
     session: &str,
     files: Vec<PathBuf>,
     ids: Option<Vec<String>>,
+    expected: u64,
 ) -> Result<(), TwirpError> {
     let to_hash = files.clone();
-    let (digest, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+    // A block may be replaced (or the session discarded) while its list
+    // commits: reading stops at the size the list was checked for, so the
+    // work stays bounded, and such a race is the client's to retry (409).
+    let changed = || {
+        TwirpError::new(
+            StatusCode::CONFLICT,
+            "aborted",
+            "the blocks changed while the block list was being committed; commit it again",
+        )
+    };
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Digest, u64)>> {
         let mut h = Sha256::new();
         let mut n = 0u64;
         let mut buf = vec![0u8; 1024 * 1024];
@@ -392,15 +404,23 @@ async fn commit(
                 if k == 0 {
                     break;
                 }
-                h.update(&buf[..k]);
                 n += k as u64;
+                if n > expected {
+                    return Ok(None);
+                }
+                h.update(&buf[..k]);
             }
         }
-        Ok((Digest(h.finalize().into()), n))
+        Ok(Some((Digest(h.finalize().into()), n)))
     })
     .await
-    .map_err(|e| TwirpError::internal(e.to_string()))?
-    .map_err(|e| TwirpError::internal(format!("reading blocks: {e}")))?;
+    .map_err(|e| TwirpError::internal(e.to_string()))?;
+    let (digest, size) = match hashed {
+        Ok(Some(x)) => x,
+        Ok(None) => return Err(changed()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(changed()),
+        Err(e) => return Err(TwirpError::internal(format!("reading blocks: {e}"))),
+    };
     let stream = futures_util::stream::iter(files)
         .then(|f| async move { tokio::fs::File::open(f).await })
         .map_ok(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))

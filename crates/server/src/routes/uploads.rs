@@ -45,6 +45,11 @@ use crate::{AppState, PACK_HOLD};
 
 const MAX_FILES: usize = 100_000;
 
+/// Frames of a batch up to this size are read into memory (one at a time
+/// per request) before they are stored; larger ones stream. The CLI sends
+/// files up to this size in batches.
+const BUFFERED_FRAME_MAX: u64 = 1024 * 1024;
+
 /// Checks an artifact lifetime: 1 second to 100 years.
 pub(super) fn validate_expiry(secs: Option<u64>) -> Result<(), ApiError> {
     match secs {
@@ -340,8 +345,8 @@ pub(super) async fn assemble(
 struct Packer {
     pending: Vec<(Digest, Bytes)>,
     bytes: usize,
-    /// Whether this batch wrote a pack already (its tail then goes into a
-    /// pack too, however small).
+    /// Whether this batch wrote a full pack already (its tail then goes
+    /// into a pack too, however small).
     packed: bool,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// When the held buffer must be given back.
@@ -378,18 +383,19 @@ impl Packer {
         self.pending.push((digest, data));
         if self.bytes >= PACK_TARGET {
             self.write(s).await?;
+            self.packed = true;
         }
         Ok(())
     }
 
     /// Writes what is pending (one pack, or single blobs when there are
-    /// too few for a pack) and gives the buffer back.
+    /// too few for a pack and no full pack was written yet) and gives the
+    /// buffer back.
     async fn write(&mut self, s: &AppState) -> Result<(), ApiError> {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() {
         } else if self.packed || pending.len() >= PACK_MIN_BLOBS {
             s.store.put_packed(pending).await?;
-            self.packed = true;
         } else {
             for (digest, data) in pending {
                 let size = data.len() as u64;
@@ -472,17 +478,24 @@ pub(super) async fn put_batch(
             ));
         }
         writing.add(&hex).await;
-        if size <= PACK_ENTRY_MAX {
-            // Small blobs go into packs: a handful of objects per batch,
-            // not one per file. The frame is read before a buffer is
-            // taken, so waiting for the client holds none.
+        if size <= BUFFERED_FRAME_MAX {
+            // The frame is read before a buffer is taken, so waiting for
+            // the client holds none. Small blobs go into packs: a handful
+            // of objects per batch, not one per file; larger ones are
+            // objects of their own, written as they come.
             let mut data = vec![0u8; size as usize];
             if packer.read(&s, &mut reader, &mut data).await? < data.len() {
                 return Err(ApiError::bad_request(format!(
                     "batch body ends inside the content of {hex}"
                 )));
             }
-            packer.push(&s, digest, Bytes::from(data)).await?;
+            if size <= PACK_ENTRY_MAX {
+                packer.push(&s, digest, Bytes::from(data)).await?;
+            } else {
+                s.store
+                    .put(&digest, size, &mut &data[..], Durability::Deferred)
+                    .await?;
+            }
         } else {
             // Streamed straight from the client: no buffer may wait on it.
             if packer.permit.is_some() {
