@@ -384,10 +384,15 @@ async fn fetch_batch(
                 body[at..at + FILE_FRAME_HEADER]
                     .try_into()
                     .expect("8 bytes"),
-            ) as usize;
+            );
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
             at += FILE_FRAME_HEADER;
-            if body.len() < at + len {
-                bail!("batch response ended early in {}", f.path);
+            if len as u64 != f.size || body.len() - at < len {
+                bail!(
+                    "batch response frame for {} has {len} bytes, {} expected (or ends early)",
+                    f.path,
+                    f.size
+                );
             }
             write_small(&root, &Expected::from(f), &body[at..at + len])?;
             at += len;

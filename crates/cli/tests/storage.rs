@@ -745,11 +745,12 @@ fn chunked_uploads_refuse_bad_input() {
         assert_eq!(r.status(), 400);
         // Assembling before the chunks are there fails, and records nothing.
         let r = post(format!("/uploads/{id}/blobs/{f}/assemble"), list.clone()).await;
-        assert!(
-            r.status().is_server_error() || r.status() == 400,
-            "{}",
-            r.status()
+        assert_eq!(
+            r.status(),
+            409,
+            "chunks never sent are the client's to send"
         );
+        assert_eq!(code(r).await, "chunk_missing");
         for c in [a1, a2, b] {
             let r = http
                 .put(s.api(&format!("/uploads/{id}/chunks/{}", sha(c))))
@@ -881,6 +882,37 @@ fn many_small_files_become_a_few_packs() {
     assert_eq!(r["blobs_deleted"], n, "{r}");
     assert_eq!(object_counts(&data)["p"], 0, "dead packs are deleted");
     assert_eq!(object_counts(&data)["b"], 2, "live blobs stay");
+    assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+}
+
+/// A batch mixing small files with files too large for packs (but still
+/// sent in the batch) keeps the small ones together in one pack: the
+/// larger frames are stored on their own without cutting the pack short.
+#[test]
+fn a_batch_mixing_small_and_medium_files_writes_one_pack() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    for i in 0..40u64 {
+        write(&w, &format!("m/f{i:02}.bin"), &noise(3000, 2 * i + 1));
+        if i % 10 == 5 {
+            write(
+                &w,
+                &format!("m/f{i:02}m.bin"),
+                &noise(400 * 1024, 2 * i + 1001),
+            );
+        }
+    }
+    let agent = s.agent(&w, "mix", 1, "j");
+    agent.ok(&["artifact", "upload", "m/*"]);
+    assert_eq!(object_counts(&data)["p"], 1, "{:?}", object_counts(&data));
+    let dest = d.path().join("dl");
+    agent.ok(&["artifact", "download", "m/*", dest.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(dest.join("m/f25m.bin")).unwrap(),
+        noise(400 * 1024, 2 * 25 + 1001)
+    );
     assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
 }
 

@@ -338,7 +338,8 @@ fn ensure_run(
     commit: Option<&str>,
 ) -> Result<String, DbError> {
     let pipeline = ensure_pipeline(tx, pipeline)?;
-    let run_number = number as i64;
+    let run_number = i64::try_from(number)
+        .map_err(|_| DbError::Invalid(format!("run number {number} is too large")))?;
     let run = ensure(
         tx,
         "SELECT id FROM runs WHERE pipeline_id = ?1 AND number = ?2",
@@ -814,14 +815,17 @@ fn create_typed_tx(tx: &rusqlite::Transaction<'_>, req: &CreateTyped) -> Result<
 }
 
 fn find_run_conn(c: &Connection, pipeline: &str, number: u64) -> Result<Run, DbError> {
+    let not_found =
+        || DbError::NotFound(format!("run {number} of pipeline {pipeline:?} not found"));
+    let n = i64::try_from(number).map_err(|_| not_found())?;
     c.query_row(
         &format!("{RUN_SELECT} WHERE p.key = ?1 AND r.number = ?2"),
-        params![pipeline, number as i64],
+        params![pipeline, n],
         run_row,
     )
     .optional()
     .map_err(backend)?
-    .ok_or_else(|| DbError::NotFound(format!("run {number} of pipeline {pipeline:?} not found")))
+    .ok_or_else(not_found)
 }
 
 /// The newest few runs of a pipeline as `#3 failed, #2 passed`, for messages.
@@ -943,13 +947,22 @@ fn create_run_tx(
         );
     }
     let pipeline_id = ensure_pipeline(tx, pipeline)?;
-    let next: i64 = tx
+    // The `+ 1` in Rust: SQLite would turn an overflow into a float, and
+    // a run numbered i64::MAX (uploads may name any run) must not break
+    // the pipeline's run creation for good.
+    let last: Option<i64> = tx
         .query_row(
-            "SELECT COALESCE(MAX(number), 0) + 1 FROM runs WHERE pipeline_id = ?1",
+            "SELECT MAX(number) FROM runs WHERE pipeline_id = ?1",
             [&pipeline_id],
             |r| r.get(0),
         )
         .map_err(backend)?;
+    let next = last.unwrap_or(0).checked_add(1).ok_or_else(|| {
+        DbError::Conflict(format!(
+            "pipeline {pipeline:?} has a run numbered {}, the largest there can be; no later run can be created",
+            i64::MAX
+        ))
+    })?;
     let sources_json = if sources.is_empty() {
         None
     } else {

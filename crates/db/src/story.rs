@@ -291,6 +291,19 @@ async fn pipelines(db: &dyn MetaStore) {
         commit: None,
     };
     // Runs are numbered per pipeline; states and branches select them.
+    // Regression: a run numbered i64::MAX (an upload may name any run)
+    // made SQLite's MAX(number) + 1 a float, so every later run creation
+    // of that pipeline failed with a database error.
+    let mut big = upload("a", 1, None, vec![file("h.txt", 'a', 3)]);
+    big.context.pipeline = "huge".into();
+    big.context.run = i64::MAX as u64;
+    db.create_upload(&big).await.unwrap();
+    let err = db.create_run("huge", &NewRun::default()).await.unwrap_err();
+    assert!(matches!(err, DbError::Conflict(_)), "{err}");
+    assert!(matches!(
+        db.find_run("huge", u64::MAX).await,
+        Err(DbError::NotFound(_))
+    ));
     let r1 = db.create_run("up", &NewRun::default()).await.unwrap();
     let r2 = db.create_run("up", &NewRun::default()).await.unwrap();
     assert_eq!((r1.number, r2.number, r1.state.as_str()), (1, 2, "running"));

@@ -102,6 +102,9 @@ impl From<StoreError> for ApiError {
                 "integrity_error",
                 e.to_string(),
             ),
+            StoreError::ChunkMissing(_) => {
+                ApiError::new(StatusCode::CONFLICT, "chunk_missing", e.to_string())
+            }
             StoreError::NotFound(_) => ApiError::internal(format!(
                 "stored content is missing: {e}; the content store lost data the metadata refers to"
             )),

@@ -67,7 +67,9 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         expired_artifacts: s.db.expire_artifacts(now).await?,
         ..GcReport::default()
     };
-    let cutoff = now - grace.as_millis() as i64;
+    // A grace beyond the epoch keeps everything (a wrapped cast would
+    // have turned a huge grace into none).
+    let cutoff = i64::try_from(grace.as_millis()).map_or(i64::MIN, |g| now.saturating_sub(g));
     loop {
         let candidates = s.db.unreferenced_blobs(cutoff, BATCH).await?;
         if candidates.is_empty() {
@@ -390,6 +392,12 @@ pub(crate) async fn gc_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
     crate::extract::Json(p): crate::extract::Json<GcParams>,
 ) -> Result<axum::Json<GcReport>, ApiError> {
+    const MAX_GRACE_SECS: u64 = 100 * 365 * 86_400;
+    if p.grace_seconds.is_some_and(|g| g > MAX_GRACE_SECS) {
+        return Err(ApiError::bad_request(
+            "grace_seconds may be at most 100 years",
+        ));
+    }
     let grace = p.grace_seconds.map_or(DEFAULT_GRACE, Duration::from_secs);
     Ok(axum::Json(gc(&s, grace).await?))
 }

@@ -793,10 +793,7 @@ impl ContentStore for ChunkStore {
         // Exactly `size` bytes: the reader may go on with the next blob of a
         // batch. Fewer is an error; more cannot be told apart.
         let mut limited = (&mut *reader).take(size);
-        let read_err = |e| StoreError::Io {
-            context: "reading upload body".into(),
-            source: e,
-        };
+        let read_err = |e: std::io::Error| StoreError::BodyRead(e.to_string());
 
         // One chunk for sure: hash once, the chunk's digest is the blob's.
         if size <= MIN_CHUNK as u64 {
@@ -1161,7 +1158,10 @@ impl ContentStore for ChunkStore {
         let mut reads = futures_util::stream::iter(list.into_iter().map(move |(len, d)| {
             let reader = r.clone();
             async move {
-                let b = reader.read(d).await?;
+                let b = reader.read(d).await.map_err(|e| match e {
+                    StoreError::NotFound(_) => StoreError::ChunkMissing(d),
+                    e => e,
+                })?;
                 if b.len() as u64 != u64::from(len) {
                     return Err(StoreError::SizeMismatch {
                         digest: d,

@@ -102,6 +102,14 @@ pub enum StoreError {
     /// No blob with this digest.
     #[error("content {0} is not in the store")]
     NotFound(Digest),
+    /// A chunk named in a chunk list is not in the store: never sent, or
+    /// collected since the client was told it was there (409: send it and
+    /// assemble again).
+    #[error("chunk {0} is not in the store: send it (PUT …/chunks/{0}) and assemble again")]
+    ChunkMissing(Digest),
+    /// Reading the client's request body failed (cut short, malformed).
+    #[error("reading the request body: {0}")]
+    BodyRead(String),
     /// A byte range outside the blob.
     #[error("range {start}..{end} is outside content of {size} bytes")]
     BadRange {
@@ -150,6 +158,8 @@ impl StoreError {
                 | StoreError::DigestMismatch { .. }
                 | StoreError::SizeMismatch { .. }
                 | StoreError::BadRange { .. }
+                | StoreError::ChunkMissing(_)
+                | StoreError::BodyRead(_)
         )
     }
 }
