@@ -29,7 +29,66 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pack_buffers: u16,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     storage: StorageArgs,
+}
+
+/// What one request, upload or client may use (docs/security.md).
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Largest manifest or chunk list body, in bytes.
+    #[arg(long, env = "SATCHEL_MAX_MANIFEST_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    max_manifest_bytes: u32,
+    /// Most files in one upload request.
+    #[arg(long, env = "SATCHEL_MAX_FILES_PER_UPLOAD", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_files_per_upload: u32,
+    /// Most files in one artifact.
+    #[arg(long, env = "SATCHEL_MAX_FILES_PER_ARTIFACT", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_files_per_artifact: u64,
+    /// Most live artifacts in one run.
+    #[arg(long, env = "SATCHEL_MAX_ARTIFACTS_PER_RUN", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_artifacts_per_run: u64,
+    /// Longest file path in bytes (16 to 1024).
+    #[arg(long, env = "SATCHEL_MAX_PATH_BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u16).range(16..=1024))]
+    max_path_bytes: u16,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, env = "SATCHEL_HEADER_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    header_timeout: u32,
+    /// Seconds a request body may go without a byte arriving.
+    #[arg(long, env = "SATCHEL_BODY_IDLE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    body_idle_timeout: u32,
+    /// Failed authentications per client address and minute before it
+    /// is answered 429.
+    #[arg(long, env = "SATCHEL_MAX_AUTH_FAILURES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_auth_failures: u32,
+}
+
+impl LimitArgs {
+    /// The server's limits.
+    pub fn limits(&self) -> satchel_server::Limits {
+        use std::time::Duration;
+        satchel_server::Limits {
+            manifest_bytes: self.max_manifest_bytes as usize,
+            files_per_upload: self.max_files_per_upload as usize,
+            path_bytes: usize::from(self.max_path_bytes),
+            quotas: satchel_db::Quotas {
+                artifacts_per_run: self.max_artifacts_per_run,
+                files_per_artifact: self.max_files_per_artifact,
+            },
+            header_timeout: Duration::from_secs(u64::from(self.header_timeout)),
+            body_idle_timeout: Duration::from_secs(u64::from(self.body_idle_timeout)),
+            auth_failures_per_minute: self.max_auth_failures,
+        }
+    }
 }
 
 /// Where and how content is stored (see docs/storage.md).
@@ -187,7 +246,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(stores.db, stores.store, &token)
         .with_scratch(dir.scratch())
         .with_retention_days(a.retention_days)
-        .with_pack_buffers(usize::from(a.pack_buffers));
+        .with_pack_buffers(usize::from(a.pack_buffers))
+        .with_limits(a.limits.limits());
     if a.gc_minutes > 0 {
         satchel_server::maintenance::spawn_periodic_gc(
             state.clone(),

@@ -38,6 +38,9 @@ pub enum DbError {
     /// The request is malformed (400).
     #[error("{0}")]
     Invalid(String),
+    /// A quota of [`Quotas`] would be passed (409 `limit_exceeded`).
+    #[error("{0}")]
+    Limit(String),
     /// A file's announced size is not the size of the content its digest
     /// names (400 `size_mismatch`).
     #[error("{0}")]
@@ -60,6 +63,27 @@ pub struct UploadPlan {
     pub missing: Vec<String>,
     /// Manifest entries the artifact already had with identical content.
     pub already_present: u64,
+}
+
+/// How much one run and one artifact may hold (`satchel serve
+/// --max-artifacts-per-run`, `--max-files-per-artifact`). An upload or
+/// typed artifact that would pass a quota is refused whole
+/// ([`DbError::Limit`]) and nothing is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Live (not deleted, expired or failed) artifacts in one run.
+    pub artifacts_per_run: u64,
+    /// Files in one artifact, finished and staged.
+    pub files_per_artifact: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas {
+            artifacts_per_run: 10_000,
+            files_per_artifact: 1_000_000,
+        }
+    }
 }
 
 /// The blobs an upload session may send: digest (hex) and size.
@@ -88,7 +112,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Creates the run, job attempt and artifact on first use, stages the
     /// manifest's files (invisible until [`MetaStore::finish_upload`]) and
     /// says which content is missing.
-    async fn create_upload(&self, req: &CreateUpload) -> Result<UploadPlan, DbError>;
+    async fn create_upload(
+        &self,
+        req: &CreateUpload,
+        quotas: &Quotas,
+    ) -> Result<UploadPlan, DbError>;
     /// The blobs an upload references.
     async fn upload_needs(&self, upload_id: &str) -> Result<UploadNeeds, DbError>;
     /// Which of `digests` are durably stored.
@@ -126,7 +154,7 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_artifact(&self, id: &str) -> Result<Artifact, DbError>;
     /// Publishes a typed (image or link) artifact, finished at once; the
     /// name rules of [`MetaStore::create_upload`] with `exclusive` apply.
-    async fn create_typed(&self, req: &CreateTyped) -> Result<Artifact, DbError>;
+    async fn create_typed(&self, req: &CreateTyped, quotas: &Quotas) -> Result<Artifact, DbError>;
     /// Starts the next run of `pipeline`, pinning its sources (each
     /// selector must match a run, else `NotFound` naming the source).
     async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, DbError>;

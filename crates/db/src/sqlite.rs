@@ -21,7 +21,7 @@ use satchel_model::api::{
 use satchel_model::id::{new_id, now_millis, rfc3339_millis};
 use satchel_model::selector::RunSelector;
 
-use crate::{DbError, MetaStore, UploadNeeds, UploadPlan};
+use crate::{DbError, MetaStore, Quotas, UploadNeeds, UploadPlan};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -444,9 +444,34 @@ fn claim_name(
     Ok(mine)
 }
 
+/// Refuses when `run` holds more live artifacts than the quota allows
+/// (counted inside the transaction that added one).
+fn check_artifacts_per_run(
+    tx: &rusqlite::Transaction<'_>,
+    run: &str,
+    quotas: &Quotas,
+) -> Result<(), DbError> {
+    let n: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM artifacts WHERE run_id = ?1
+               AND state NOT IN ('deleted', 'expired', 'error')",
+            [run],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if n as u64 > quotas.artifacts_per_run {
+        return Err(DbError::Limit(format!(
+            "a run may hold at most {} artifacts (satchel serve --max-artifacts-per-run); this one is full",
+            quotas.artifacts_per_run
+        )));
+    }
+    Ok(())
+}
+
 fn create_upload_tx(
     tx: &rusqlite::Transaction<'_>,
     req: &CreateUpload,
+    quotas: &Quotas,
 ) -> Result<UploadPlan, DbError> {
     let ctx = &req.context;
     let (run, job) = ensure_job(tx, ctx)?;
@@ -601,6 +626,21 @@ fn create_upload_tx(
                 .map_err(backend)?;
             wanted.insert(f.sha256.clone());
         }
+    }
+    check_artifacts_per_run(tx, &run, quotas)?;
+    let files: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
+             WHERE f.artifact_id = ?1 AND u.state != 'error'",
+            [&artifact_id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if files as u64 > quotas.files_per_artifact {
+        return Err(DbError::Limit(format!(
+            "an artifact may hold at most {} files (satchel serve --max-files-per-artifact); {artifact_name:?} would hold {files}",
+            quotas.files_per_artifact
+        )));
     }
     let mut missing = Vec::new();
     {
@@ -759,7 +799,11 @@ fn fail_upload(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<(), DbError> 
     Ok(())
 }
 
-fn create_typed_tx(tx: &rusqlite::Transaction<'_>, req: &CreateTyped) -> Result<Artifact, DbError> {
+fn create_typed_tx(
+    tx: &rusqlite::Transaction<'_>,
+    req: &CreateTyped,
+    quotas: &Quotas,
+) -> Result<Artifact, DbError> {
     let ctx = &req.context;
     let (kind, meta) = match (&req.image, &req.link) {
         (Some(image), None) => {
@@ -804,6 +848,7 @@ fn create_typed_tx(tx: &rusqlite::Transaction<'_>, req: &CreateTyped) -> Result<
         ],
     )
     .map_err(backend)?;
+    check_artifacts_per_run(tx, &run, quotas)?;
     // An empty, finished upload records the producing step.
     tx.execute(
         "INSERT INTO uploads (id, artifact_id, step, state, created_at, finished_at)
@@ -1102,9 +1147,14 @@ fn promote_tx(
 
 #[async_trait]
 impl MetaStore for SqliteStore {
-    async fn create_upload(&self, req: &CreateUpload) -> Result<UploadPlan, DbError> {
-        let req = req.clone();
-        self.write(move |tx| create_upload_tx(tx, &req)).await
+    async fn create_upload(
+        &self,
+        req: &CreateUpload,
+        quotas: &Quotas,
+    ) -> Result<UploadPlan, DbError> {
+        let (req, quotas) = (req.clone(), *quotas);
+        self.write(move |tx| create_upload_tx(tx, &req, &quotas))
+            .await
     }
 
     async fn upload_needs(&self, upload_id: &str) -> Result<UploadNeeds, DbError> {
@@ -1354,9 +1404,10 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn create_typed(&self, req: &CreateTyped) -> Result<Artifact, DbError> {
-        let req = req.clone();
-        self.write(move |tx| create_typed_tx(tx, &req)).await
+    async fn create_typed(&self, req: &CreateTyped, quotas: &Quotas) -> Result<Artifact, DbError> {
+        let (req, quotas) = (req.clone(), *quotas);
+        self.write(move |tx| create_typed_tx(tx, &req, &quotas))
+            .await
     }
 
     async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, DbError> {

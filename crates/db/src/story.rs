@@ -4,7 +4,7 @@
 
 use satchel_model::api::{ArtifactState, CreateUpload, JobContext, NewFile};
 
-use crate::{DbError, MetaStore};
+use crate::{DbError, MetaStore, Quotas};
 
 fn ctx(job: &str, attempt: u32) -> JobContext {
     JobContext {
@@ -31,6 +31,11 @@ fn file(path: &str, sha: char, size: u64) -> NewFile {
     }
 }
 
+/// The default quotas.
+fn q() -> Quotas {
+    Quotas::default()
+}
+
 fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> CreateUpload {
     CreateUpload {
         context: ctx(job, attempt),
@@ -45,12 +50,15 @@ fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> C
 pub async fn run_all(db: &dyn MetaStore) {
     // Staged files are invisible; finishing needs every blob recorded.
     let plan = db
-        .create_upload(&upload(
-            "a",
-            1,
-            None,
-            vec![file("x/1.txt", 'a', 3), file("x/2.txt", 'b', 4)],
-        ))
+        .create_upload(
+            &upload(
+                "a",
+                1,
+                None,
+                vec![file("x/1.txt", 'a', 3), file("x/2.txt", 'b', 4)],
+            ),
+            &q(),
+        )
         .await
         .unwrap();
     assert_eq!(plan.artifact_name, "default");
@@ -79,12 +87,15 @@ pub async fn run_all(db: &dyn MetaStore) {
 
     // Dedup: known blobs are not missing again; same path + content is a no-op.
     let again = db
-        .create_upload(&upload(
-            "a",
-            1,
-            None,
-            vec![file("x/1.txt", 'a', 3), file("y.txt", 'b', 4)],
-        ))
+        .create_upload(
+            &upload(
+                "a",
+                1,
+                None,
+                vec![file("x/1.txt", 'a', 3), file("y.txt", 'b', 4)],
+            ),
+            &q(),
+        )
         .await
         .unwrap();
     assert!(again.missing.is_empty());
@@ -95,17 +106,20 @@ pub async fn run_all(db: &dyn MetaStore) {
     );
     db.finish_upload(&again.upload_id).await.unwrap();
     let err = db
-        .create_upload(&upload("a", 1, None, vec![file("x/1.txt", 'c', 3)]))
+        .create_upload(&upload("a", 1, None, vec![file("x/1.txt", 'c', 3)]), &q())
         .await
         .unwrap_err();
     assert!(matches!(err, DbError::Conflict(_)), "{err}");
     let err = db
-        .create_upload(&upload(
-            "a",
-            1,
-            None,
-            vec![file("d.txt", 'c', 3), file("d.txt", 'c', 3)],
-        ))
+        .create_upload(
+            &upload(
+                "a",
+                1,
+                None,
+                vec![file("d.txt", 'c', 3), file("d.txt", 'c', 3)],
+            ),
+            &q(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, DbError::Invalid(_)), "{err}");
@@ -118,18 +132,16 @@ pub async fn run_all(db: &dyn MetaStore) {
         vec![file("l1.txt", 'g', 3), file("l2.txt", 'g', 5)],
     ] {
         let err = db
-            .create_upload(&upload("liar", 1, Some("lie"), files))
+            .create_upload(&upload("liar", 1, Some("lie"), files), &q())
             .await
             .unwrap_err();
         assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
     }
     let late = db
-        .create_upload(&upload(
-            "liar",
-            1,
-            Some("late"),
-            vec![file("late.txt", 'h', 10)],
-        ))
+        .create_upload(
+            &upload("liar", 1, Some("late"), vec![file("late.txt", 'h', 10)]),
+            &q(),
+        )
         .await
         .unwrap();
     db.record_blobs(&[("h".repeat(64), 9)]).await.unwrap();
@@ -137,23 +149,50 @@ pub async fn run_all(db: &dyn MetaStore) {
     assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
     db.abort_upload(&late.upload_id).await.unwrap();
 
+    // Quotas: a run's artifacts and an artifact's files; refused whole.
+    let tight = Quotas {
+        artifacts_per_run: 1,
+        files_per_artifact: 2,
+    };
+    let mut other_run = upload("q", 1, Some("first"), vec![file("q1", 'a', 3)]);
+    other_run.context.pipeline = "quota".into();
+    let p1 = db.create_upload(&other_run, &tight).await.unwrap();
+    other_run.name = Some("second".into());
+    let err = db.create_upload(&other_run, &tight).await.unwrap_err();
+    assert!(matches!(err, DbError::Limit(_)), "{err}");
+    other_run.name = Some("first".into());
+    other_run.files = vec![file("q2", 'b', 4), file("q3", 'b', 4)];
+    let err = db.create_upload(&other_run, &tight).await.unwrap_err();
+    assert!(matches!(err, DbError::Limit(_)), "{err}");
+    other_run.files.pop();
+    let p2 = db
+        .create_upload(&other_run, &tight)
+        .await
+        .expect("two files fit the quota of two");
+    db.abort_upload(&p1.upload_id).await.unwrap();
+    db.abort_upload(&p2.upload_id).await.unwrap();
+
     // Named artifacts: unique in a run, a retry of the owner may publish again.
     let n = db
-        .create_upload(&upload("a", 1, Some("bundle"), vec![file("b.bin", 'd', 1)]))
+        .create_upload(
+            &upload("a", 1, Some("bundle"), vec![file("b.bin", 'd', 1)]),
+            &q(),
+        )
         .await
         .unwrap();
     let err = db
-        .create_upload(&upload(
-            "other",
-            1,
-            Some("bundle"),
-            vec![file("b.bin", 'd', 1)],
-        ))
+        .create_upload(
+            &upload("other", 1, Some("bundle"), vec![file("b.bin", 'd', 1)]),
+            &q(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already exists in run 1"), "{err}");
     let retry = db
-        .create_upload(&upload("a", 2, Some("bundle"), vec![file("b.bin", 'd', 1)]))
+        .create_upload(
+            &upload("a", 2, Some("bundle"), vec![file("b.bin", 'd', 1)]),
+            &q(),
+        )
         .await
         .unwrap();
     assert_ne!(retry.artifact_id, n.artifact_id);
@@ -168,12 +207,10 @@ pub async fn run_all(db: &dyn MetaStore) {
 
     // Abandoned uploads expire; fresh ones and finished ones are untouched.
     let stale = db
-        .create_upload(&upload(
-            "c",
-            1,
-            Some("abandoned"),
-            vec![file("s.bin", 'e', 1)],
-        ))
+        .create_upload(
+            &upload("c", 1, Some("abandoned"), vec![file("s.bin", 'e', 1)]),
+            &q(),
+        )
         .await
         .unwrap();
     assert_eq!(db.expire_stale_uploads(0).await.unwrap(), 0);
@@ -297,7 +334,7 @@ async fn pipelines(db: &dyn MetaStore) {
     let mut big = upload("a", 1, None, vec![file("h.txt", 'a', 3)]);
     big.context.pipeline = "huge".into();
     big.context.run = i64::MAX as u64;
-    db.create_upload(&big).await.unwrap();
+    db.create_upload(&big, &q()).await.unwrap();
     let err = db.create_run("huge", &NewRun::default()).await.unwrap_err();
     assert!(matches!(err, DbError::Conflict(_)), "{err}");
     assert!(matches!(
@@ -384,16 +421,16 @@ async fn pipelines(db: &dyn MetaStore) {
         link: None,
         expire_in_secs: None,
     };
-    let img = db.create_typed(&typed("app", "img")).await.unwrap();
+    let img = db.create_typed(&typed("app", "img"), &q()).await.unwrap();
     assert_eq!(img.state, ArtifactState::Finished);
     assert_eq!(img.image.as_ref().unwrap().tag.as_deref(), Some("1"));
     assert_eq!(img.steps, ["step"]);
     assert!(matches!(
-        db.create_typed(&typed("app", "other")).await,
+        db.create_typed(&typed("app", "other"), &q()).await,
         Err(DbError::Conflict(m)) if m.contains("job \"img\"")
     ));
     assert!(matches!(
-        db.create_typed(&typed("app", "img")).await,
+        db.create_typed(&typed("app", "img"), &q()).await,
         Err(DbError::Conflict(_))
     ));
     let jobs = db.list_jobs(&down.id).await.unwrap();

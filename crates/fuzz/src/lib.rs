@@ -110,7 +110,7 @@ pub fn pipeline_target(data: &[u8]) {
 /// Upload manifests as the server receives them: JSON, then validation.
 pub fn manifest_target(data: &[u8]) {
     if let Ok(m) = serde_json::from_slice::<satchel_model::api::CreateUpload>(data) {
-        if let Err(e) = satchel_server::validate_manifest(&m) {
+        if let Err(e) = satchel_server::validate_manifest(&m, &satchel_server::Limits::default()) {
             assert!(e.status.is_client_error(), "{}: {}", e.status, e.message);
         }
     }

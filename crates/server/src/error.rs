@@ -26,6 +26,8 @@ pub struct ApiError {
     pub message: String,
     /// Candidates of an ambiguous query.
     pub candidates: Option<Vec<FileInfo>>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             candidates: None,
+            retry_after: None,
         }
     }
 
@@ -67,7 +70,12 @@ impl IntoResponse for ApiError {
                 candidates: self.candidates,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -78,6 +86,7 @@ impl From<DbError> for ApiError {
             DbError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             DbError::Invalid(m) => ApiError::bad_request(m),
             DbError::SizeMismatch(m) => ApiError::new(StatusCode::BAD_REQUEST, "size_mismatch", m),
+            DbError::Limit(m) => ApiError::new(StatusCode::CONFLICT, "limit_exceeded", m),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -144,6 +153,7 @@ impl From<satchel_model::query::Ambiguous> for ApiError {
             code: "ambiguous_query",
             message: e.to_string(),
             candidates: Some(e.candidates),
+            retry_after: None,
         }
     }
 }

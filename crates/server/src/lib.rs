@@ -35,6 +35,83 @@ pub const PACK_BUFFERS: usize = 8;
 /// client; then what arrived is written out and the buffer is released.
 pub const PACK_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What one request, upload or client may use. Each is a
+/// `satchel serve` option; passing one is a clear 4xx (or a closed
+/// connection, for a client that stops sending its headers) and stores
+/// nothing.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest JSON body of manifests and chunk lists.
+    pub manifest_bytes: usize,
+    /// Most files in one upload request.
+    pub files_per_upload: usize,
+    /// Longest file path, in bytes (at most the model's 1024).
+    pub path_bytes: usize,
+    /// Artifacts per run and files per artifact.
+    pub quotas: satchel_db::Quotas,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: std::time::Duration,
+    /// How long a request body may go without a byte arriving.
+    pub body_idle_timeout: std::time::Duration,
+    /// Failed authentications one client address may make per minute
+    /// before it is answered 429 until the minute is over.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            manifest_bytes: 64 * 1024 * 1024,
+            files_per_upload: 100_000,
+            path_bytes: satchel_model::path::MAX_PATH_BYTES,
+            quotas: satchel_db::Quotas::default(),
+            header_timeout: std::time::Duration::from_secs(30),
+            body_idle_timeout: std::time::Duration::from_secs(60),
+            auth_failures_per_minute: 100,
+        }
+    }
+}
+
+/// Failed authentications per client address in the current minute.
+#[derive(Debug, Default)]
+pub struct AuthFailures {
+    by_addr:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl AuthFailures {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Addresses remembered at most; past that, finished windows are
+    /// dropped first, then the table is cleared (memory stays bounded).
+    const MAX_ADDRS: usize = 100_000;
+
+    /// Seconds until `addr` may try again, if it used up `max` failures.
+    fn blocked(&self, addr: std::net::IpAddr, max: u32) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let &(since, n) = map.get(&addr)?;
+        let left = Self::WINDOW.checked_sub(now.duration_since(since))?;
+        (n >= max).then(|| left.as_secs().max(1))
+    }
+
+    /// Counts one failure of `addr`.
+    fn failed(&self, addr: std::net::IpAddr) {
+        let now = std::time::Instant::now();
+        let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::MAX_ADDRS {
+            map.retain(|_, (since, _)| now.duration_since(*since) < Self::WINDOW);
+            if map.len() >= Self::MAX_ADDRS {
+                map.clear();
+            }
+        }
+        let e = map.entry(addr).or_insert((now, 0));
+        if now.duration_since(e.0) >= Self::WINDOW {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+    }
+}
+
 /// Counters and gauges of `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -73,6 +150,10 @@ pub struct AppState {
     /// Retention of new artifacts that do not ask for one, in seconds
     /// (`None`: keep forever).
     pub default_expire_secs: Option<u64>,
+    /// What requests, uploads and clients may use.
+    pub limits: Arc<Limits>,
+    /// Failed authentications per client address.
+    auth_failures: Arc<AuthFailures>,
 }
 
 impl AppState {
@@ -101,7 +182,15 @@ impl AppState {
                 ..maintenance::Rotation::default()
             })),
             default_expire_secs: Some(maintenance::DEFAULT_RETENTION_DAYS * 86_400),
+            limits: Arc::default(),
+            auth_failures: Arc::default(),
         }
+    }
+
+    /// Applies `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> AppState {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Sets the retention of new artifacts in days (0: keep forever).
@@ -280,14 +369,36 @@ async fn require_token(
         .counters
         .api_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let max = state.limits.auth_failures_per_minute;
+    if let Some(wait) = addr.and_then(|a| state.auth_failures.blocked(a, max)) {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!(
+                "{max} failed authentications from this address within a minute; try again in {wait} s"
+            ),
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
     let presented = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let failed = |e: ApiError| {
+        if let Some(a) = addr {
+            state.auth_failures.failed(a);
+        }
+        Err(e)
+    };
     let Some(token) = presented else {
-        return Err(ApiError::new(
+        return failed(ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing `Authorization: Bearer <token>` header (set SATCHEL_TOKEN)",
@@ -296,13 +407,42 @@ async fn require_token(
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     // Comparing hashes: timing reveals nothing useful about the token.
     if hash != state.admin_token_hash {
-        return Err(ApiError::new(
+        return failed(ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the token is not valid for this server",
         ));
     }
     Ok(next.run(req).await)
+}
+
+/// Request bodies that go quiet for longer than the limit end in an error
+/// (which handlers answer as bad input), so a stalled client cannot hold a
+/// handler, a connection or a shared buffer forever.
+async fn idle_bodies(State(state): State<AppState>, req: Request) -> Request {
+    let idle = state.limits.body_idle_timeout;
+    req.map(|body| {
+        let stream =
+            futures_util::stream::unfold(body.into_data_stream(), move |mut s| async move {
+                use futures_util::StreamExt as _;
+                match tokio::time::timeout(idle, s.next()).await {
+                    Ok(Some(Ok(b))) => Some((Ok(b), s)),
+                    Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), s)),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                            "the client sent nothing for {} s (satchel serve --body-idle-timeout)",
+                            idle.as_secs()
+                        ),
+                        )),
+                        s,
+                    )),
+                }
+            });
+        axum::body::Body::from_stream(stream)
+    })
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -315,7 +455,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> axum::Router {
-    let api = routes::api()
+    let api = routes::api(&state.limits)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -329,16 +469,57 @@ pub fn router(state: AppState) -> axum::Router {
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
         })
+        .layer(axum::middleware::map_request_with_state(
+            state.clone(),
+            idle_bodies,
+        ))
         .with_state(state)
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves.
+/// Serves `state` on `listener` until `shutdown` resolves, then lets the
+/// requests in flight finish. Each connection gets
+/// [`Limits::header_timeout`] to send a request's headers (a client that
+/// trickles them is dropped), and its address for the per-address limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_timeout = state.limits.header_timeout;
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                tower_service::Service::call(&mut app.clone(), req.map(axum::body::Body::new))
+            });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {remote}: {e}");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

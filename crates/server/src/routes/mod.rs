@@ -20,10 +20,8 @@ use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::AppState;
 
-/// Manifests of 100,000 files fit comfortably.
-const MANIFEST_LIMIT: usize = 64 * 1024 * 1024;
-
-pub(crate) fn api() -> Router<AppState> {
+pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
+    let manifest = limits.manifest_bytes;
     Router::new()
         .route(
             "/pipelines/{pipeline}/runs",
@@ -70,7 +68,7 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/files/content", post(content::files_content))
         .route(
             "/uploads",
-            post(uploads::create).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+            post(uploads::create).layer(DefaultBodyLimit::max(manifest)),
         )
         .route(
             "/uploads/{id}/blobs",
@@ -82,11 +80,11 @@ pub(crate) fn api() -> Router<AppState> {
         )
         .route(
             "/uploads/{id}/blobs/{sha256}/chunks",
-            post(uploads::chunks_missing).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+            post(uploads::chunks_missing).layer(DefaultBodyLimit::max(manifest)),
         )
         .route(
             "/uploads/{id}/blobs/{sha256}/assemble",
-            post(uploads::assemble).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+            post(uploads::assemble).layer(DefaultBodyLimit::max(manifest)),
         )
         .route(
             "/uploads/{id}/chunks/{sha256}",

@@ -76,7 +76,7 @@ pub(super) async fn create_typed(
     }
     Ok((
         StatusCode::CREATED,
-        axum::Json(s.db.create_typed(&req).await?),
+        axum::Json(s.db.create_typed(&req, &s.limits.quotas).await?),
     ))
 }
 

@@ -43,8 +43,6 @@ use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::{AppState, PACK_HOLD};
 
-const MAX_FILES: usize = 100_000;
-
 /// Frames of a batch up to this size are read into memory (one at a time
 /// per request) before they are stored; larger ones stream. The CLI sends
 /// files up to this size in batches.
@@ -100,7 +98,7 @@ pub(super) fn validate_context(c: &JobContext) -> Result<(), ApiError> {
 
 /// Checks an upload manifest before anything is stored: context, names,
 /// paths, digests, sizes and text fields.
-pub fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
+pub fn validate_manifest(req: &CreateUpload, limits: &crate::Limits) -> Result<(), ApiError> {
     validate_context(&req.context)?;
     validate_expiry(req.expire_in_secs)?;
     if let Some(n) = &req.name {
@@ -109,18 +107,31 @@ pub fn validate_manifest(req: &CreateUpload) -> Result<(), ApiError> {
     if req.files.is_empty() {
         return Err(ApiError::bad_request("an upload needs at least one file"));
     }
-    if req.files.len() > MAX_FILES {
+    if req.files.len() > limits.files_per_upload {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!(
-                "an upload may hold at most {MAX_FILES} files; split it ({} given)",
+                "an upload may hold at most {} files (satchel serve --max-files-per-upload); split it ({} given)",
+                limits.files_per_upload,
                 req.files.len()
             ),
         ));
     }
     for f in &req.files {
         path::validate(&f.path)?;
+        if f.path.len() > limits.path_bytes {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                format!(
+                    "{:?} is {} bytes long; this server takes paths of at most {} bytes (satchel serve --max-path-bytes)",
+                    f.path,
+                    f.path.len(),
+                    limits.path_bytes
+                ),
+            ));
+        }
         Digest::from_hex(&f.sha256).map_err(|_| {
             ApiError::bad_request(format!("{:?}: sha256 must be 64 hex characters", f.path))
         })?;
@@ -160,9 +171,9 @@ pub(super) async fn create(
     State(s): State<AppState>,
     Json(mut req): Json<CreateUpload>,
 ) -> Result<(StatusCode, axum::Json<UploadCreated>), ApiError> {
-    validate_manifest(&req)?;
+    validate_manifest(&req, &s.limits)?;
     req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
-    let plan = s.db.create_upload(&req).await?;
+    let plan = s.db.create_upload(&req, &s.limits.quotas).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(UploadCreated {
