@@ -15,7 +15,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use futures_util::{StreamExt, TryStreamExt};
 use satchel_client::{Client, ClientError};
-use satchel_model::api::{FileInfo, FILE_FRAME_HEADER};
+use satchel_model::api::FileInfo;
+use satchel_model::frames::FileBatch;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -375,29 +376,15 @@ async fn fetch_batch(
     let root = root.to_path_buf();
     let bar = bar.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut at = 0usize;
+        let mut frames = FileBatch::new(&body);
         for f in &files {
-            if body.len() < at + FILE_FRAME_HEADER {
-                bail!("batch response ended early at {}", f.path);
-            }
-            let len = u64::from_be_bytes(
-                body[at..at + FILE_FRAME_HEADER]
-                    .try_into()
-                    .expect("8 bytes"),
-            );
-            let len = usize::try_from(len).unwrap_or(usize::MAX);
-            at += FILE_FRAME_HEADER;
-            if len as u64 != f.size || body.len() - at < len {
-                bail!(
-                    "batch response frame for {} has {len} bytes, {} expected (or ends early)",
-                    f.path,
-                    f.size
-                );
-            }
-            write_small(&root, &Expected::from(f), &body[at..at + len])?;
-            at += len;
-            bar.inc(len as u64);
+            let data = frames
+                .next_frame(f.size)
+                .with_context(|| format!("batch response for {}", f.path))?;
+            write_small(&root, &Expected::from(f), data)?;
+            bar.inc(data.len() as u64);
         }
+        frames.finish().context("batch response")?;
         Ok(())
     })
     .await?

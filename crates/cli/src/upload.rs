@@ -696,9 +696,12 @@ pub async fn send(
                                     if data.len() as u64 != h.size {
                                         bail!("{} changed while uploading", h.found.abs.display());
                                     }
-                                    body.extend_from_slice(&hex::decode(&h.sha256)?);
-                                    body.extend_from_slice(&h.size.to_be_bytes());
-                                    body.extend_from_slice(&data);
+                                    let digest: [u8; 32] = hex::decode(&h.sha256)?
+                                        .try_into()
+                                        .map_err(|_| anyhow::anyhow!("bad digest {}", h.sha256))?;
+                                    satchel_model::frames::push_blob_frame(
+                                        &mut body, &digest, &data,
+                                    );
                                     n += h.size;
                                 }
                                 Ok((body, n))

@@ -8,7 +8,7 @@
 //! regressions on stable as part of the test suite. The list of targets is
 //! [`TARGETS`]; a target added here without a corpus fails the replay.
 
-use satchel_model::{expr, glob, ignore, path, range};
+use satchel_model::{expr, frames, glob, ignore, path, range};
 
 /// A fuzz target: panics when its parser breaks a property.
 pub type Target = fn(&[u8]);
@@ -25,6 +25,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("range", range_target),
     ("block_list", block_list_target),
     ("pack_index", pack_index_target),
+    ("blob_batch", blob_batch_target),
+    ("file_batch", file_batch_target),
 ];
 
 /// Splits at the first NUL: two inputs from one.
@@ -167,5 +169,44 @@ pub fn pack_index_target(data: &[u8]) {
         for (_, r) in entries {
             assert!(r.start <= r.end && r.end <= pack.len() as u64, "{r:?}");
         }
+    }
+}
+
+/// Blob batch bodies (uploads): what splits into frames encodes back to
+/// exactly the same bytes.
+pub fn blob_batch_target(data: &[u8]) {
+    if let Ok(parts) = frames::split_blob_batch(data) {
+        let mut again = Vec::with_capacity(data.len());
+        for (digest, content) in parts {
+            frames::push_blob_frame(&mut again, &digest, content);
+        }
+        assert_eq!(again, data, "re-encoding differs");
+    }
+}
+
+/// File batch bodies (downloads): the first byte says how many files, each
+/// next byte one file's expected size; the rest is the body. Every frame
+/// read has its expected size, and a body read to the end re-encodes to
+/// itself.
+pub fn file_batch_target(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n % 16).min(rest.len());
+    let (sizes, body) = rest.split_at(n);
+    let mut reader = frames::FileBatch::new(body);
+    let mut again = Vec::new();
+    for &size in sizes {
+        match reader.next_frame(u64::from(size)) {
+            Ok(content) => {
+                assert_eq!(content.len(), usize::from(size));
+                again.extend_from_slice(&frames::file_frame_header(u64::from(size)));
+                again.extend_from_slice(content);
+            }
+            Err(_) => return,
+        }
+    }
+    if reader.finish().is_ok() {
+        assert_eq!(again, body, "re-encoding differs");
     }
 }

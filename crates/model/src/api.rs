@@ -779,14 +779,6 @@ pub struct ErrorDetail {
     pub candidates: Option<Vec<FileInfo>>,
 }
 
-/// Length of the header of a frame in a blob batch body: 32 bytes of raw
-/// SHA-256 then the content length as a big-endian `u64`.
-pub const BLOB_FRAME_HEADER: usize = 40;
-
-/// Length of the header of a frame in a file batch response: the content
-/// length as a big-endian `u64`.
-pub const FILE_FRAME_HEADER: usize = 8;
-
 #[cfg(test)]
 mod tests {
     use super::*;

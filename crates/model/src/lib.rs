@@ -7,6 +7,7 @@
 pub mod api;
 pub mod ci;
 pub mod expr;
+pub mod frames;
 pub mod glob;
 pub mod id;
 pub mod ignore;

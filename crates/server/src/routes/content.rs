@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use satchel_model::api::{FetchFiles, FILE_FRAME_HEADER};
+use satchel_model::api::FetchFiles;
+use satchel_model::frames::{file_frame_header, FILE_FRAME_HEADER};
 use satchel_store::{Digest, StoreError};
 
 use super::check_id;
@@ -177,7 +178,7 @@ pub(super) async fn files_content(
     }
     let frame =
         |(d, size, opened): (Digest, u64, Result<satchel_store::ByteStream, StoreError>)| {
-            let header: [u8; FILE_FRAME_HEADER] = size.to_be_bytes();
+            let header = file_frame_header(size);
             let head = futures_util::stream::once(async move {
                 Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&header))
             });

@@ -29,8 +29,8 @@ use futures_util::TryStreamExt;
 use satchel_db::UploadNeeds;
 use satchel_model::api::{
     BlobsStored, ChunkList, ChunksMissing, CreateUpload, JobContext, UploadCreated, UploadFinished,
-    BLOB_FRAME_HEADER,
 };
+use satchel_model::frames::{parse_blob_header, BLOB_FRAME_HEADER};
 use satchel_model::{names, path};
 use satchel_store::pack::{PACK_ENTRY_MAX, PACK_MIN_BLOBS, PACK_TARGET};
 use satchel_store::{Digest, Durability};
@@ -477,8 +477,8 @@ pub(super) async fn put_batch(
                 "batch body ends inside a frame header",
             ));
         }
-        let digest = Digest(header[..32].try_into().expect("32 bytes"));
-        let size = u64::from_be_bytes(header[32..].try_into().expect("8 bytes"));
+        let (digest, size) = parse_blob_header(&header);
+        let digest = Digest(digest);
         let hex = digest.to_hex();
         let expected = expected_size(&needs, &hex)?;
         if size != expected {
