@@ -169,6 +169,13 @@ fn failed_authentications_from_one_address_get_429() {
             404,
             "a valid token works"
         );
+        let bare = s
+            .http()
+            .get(s.api("/pipelines/p/runs"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bare.status(), 401, "no token at all is not a guess");
         for _ in 0..3 {
             assert_eq!(with("wrong").await.unwrap().status(), 401);
         }
@@ -183,8 +190,26 @@ fn failed_authentications_from_one_address_get_429() {
         assert_eq!(code(r).await, "too_many_failures");
         assert_eq!(
             with(&s.token).await.unwrap().status(),
-            429,
-            "the address waits out the minute, whatever it sends"
+            404,
+            "a valid token from the same address (a CI job behind the same NAT) still works"
+        );
+        assert_eq!(with("wrong again").await.unwrap().status(), 429);
+        let metrics = s
+            .http()
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("satchel_auth_failures_total 3\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("satchel_auth_throttled_total 2\n"),
+            "{metrics}"
         );
         let health = s
             .http()

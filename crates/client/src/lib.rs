@@ -73,6 +73,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .pool_max_idle_per_host(16)
+            // Below the server's 30 s header timeout, which also closes
+            // idle keep-alive connections: never reuse one it is closing.
+            .pool_idle_timeout(std::time::Duration::from_secs(15))
             .build()
             .map_err(|e| ClientError::Transport {
                 url: base.into(),

@@ -478,6 +478,9 @@ fn create_upload_tx(
 
     let now = now_millis();
     let name = req.name.as_deref().filter(|n| *n != "default");
+    // Whether this upload adds an artifact to the run (counted against
+    // the run's quota; adding files to one does not).
+    let mut created = false;
     let artifact_id = match name {
         None => {
             let found: Option<String> = tx
@@ -499,6 +502,7 @@ fn create_upload_tx(
                         params![id, run, job, now],
                     )
                     .map_err(backend)?;
+                    created = true;
                     id
                 }
             }
@@ -513,6 +517,7 @@ fn create_upload_tx(
                     params![id, run, job, name, now],
                 )
                 .map_err(backend)?;
+                created = true;
                 id
             }
         },
@@ -627,7 +632,9 @@ fn create_upload_tx(
             wanted.insert(f.sha256.clone());
         }
     }
-    check_artifacts_per_run(tx, &run, quotas)?;
+    if created {
+        check_artifacts_per_run(tx, &run, quotas)?;
+    }
     let files: i64 = tx
         .query_row(
             "SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id

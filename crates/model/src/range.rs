@@ -16,7 +16,7 @@ pub struct Unsatisfiable {
 }
 
 /// Parses a `Range` header value against `size`: `Ok(None)` means serve the
-/// whole file (several ranges), `Ok(Some((start, end)))` a range with
+/// whole file (several ranges, or a unit other than bytes), `Ok(Some((start, end)))` a range with
 /// `start < end <= size`.
 pub fn parse(header: &[u8], size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
     let unsatisfiable = || Unsatisfiable {
@@ -25,7 +25,8 @@ pub fn parse(header: &[u8], size: u64) -> Result<Option<(u64, u64)>, Unsatisfiab
     };
     let s = std::str::from_utf8(header).map_err(|_| unsatisfiable())?;
     let Some(spec) = s.trim().strip_prefix("bytes=") else {
-        return Err(unsatisfiable());
+        // RFC 9110 §14.2: a range unit the server does not know is ignored.
+        return Ok(None);
     };
     if spec.contains(',') {
         return Ok(None);
@@ -78,6 +79,7 @@ mod tests {
         assert_eq!(ok("bytes=-10", 100), Some((90, 100)));
         assert_eq!(ok("bytes=-1000", 100), Some((0, 100)));
         assert_eq!(ok("bytes=0-0,5-6", 100), None);
+        assert_eq!(ok("items=0-1", 100), None, "unknown units are ignored");
         assert_eq!(ok(" bytes=5-500 ", 100), Some((5, 100)));
         // Regression: `last + 1` overflowed (a panic in debug builds, an
         // empty range in release).
@@ -89,7 +91,6 @@ mod tests {
             "bytes=-0",
             "bytes=",
             "bytes=-",
-            "items=0-1",
             "bytes=+1-2",
             "bytes=1-+2",
             "bytes=a-b",
