@@ -425,3 +425,55 @@ fn symlinks_leading_outside_the_root_are_refused() {
         "{found}"
     );
 }
+
+/// A file row recorded with a size its content does not have (an upload
+/// before sizes were checked, see the first test here) made `fsck` report
+/// the *content* as the wrong size, and `fsck --forget-damaged` then
+/// deleted content that other pipelines share and had recorded truthfully.
+/// fsck now checks content against the size verified when it was stored,
+/// and lists lying rows on their own, never repairing content for them.
+#[test]
+fn fsck_never_forgets_shared_content_for_a_lying_file_row() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let w = d.path().join("w");
+    let shared = b"content two pipelines share".repeat(200);
+    write(&w, "shared.txt", &shared);
+    write(&w, "x.txt", &shared);
+    let mut s = Server::start(&data);
+    s.agent(&w, "owner", 1, "build")
+        .ok(&["artifact", "upload", "shared.txt"]);
+    s.agent(&w, "liar", 1, "build")
+        .ok(&["artifact", "upload", "x.txt"]);
+    s.stop();
+    // What an upload before the fix could leave behind.
+    let db = rusqlite::Connection::open(data.join("satchel.db")).unwrap();
+    let n = db
+        .execute(
+            "UPDATE files SET size = size + 1000 WHERE path = 'x.txt'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+
+    let s = Server::start(&data);
+    let owner = s.agent(&w, "owner", 1, "build");
+    let out = owner.run(&["admin", "fsck", "--forget-damaged", "--json"]);
+    assert!(!out.status.success(), "a lying row is a problem to report");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["wrong_size"], json!([]), "{r}");
+    assert!(r.get("forgotten").is_none(), "nothing was forgotten: {r}");
+    let lies = r["mis_sized_files"].as_array().unwrap();
+    assert_eq!(lies.len(), 1, "{r}");
+    assert!(
+        lies[0]
+            .as_str()
+            .unwrap()
+            .contains("x.txt: claims 6400 bytes"),
+        "{r}"
+    );
+    let dest = d.path().join("dl");
+    owner.ok(&["artifact", "download", "shared.txt", dest.to_str().unwrap()]);
+    assert_eq!(std::fs::read(dest.join("shared.txt")).unwrap(), shared);
+}

@@ -86,6 +86,21 @@ impl Default for Quotas {
     }
 }
 
+/// A file row whose size is not its content's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MisSized {
+    /// Where it is: `artifact ID` or `package REPO/NAME@VERSION`.
+    pub owner: String,
+    /// Its path.
+    pub path: String,
+    /// Its content.
+    pub sha256: String,
+    /// The size the row claims.
+    pub claimed: u64,
+    /// The size of the content.
+    pub actual: u64,
+}
+
 /// The blobs an upload session may send: digest (hex) and size.
 #[derive(Debug, Clone)]
 pub struct UploadNeeds {
@@ -209,8 +224,13 @@ pub trait MetaStore: Send + Sync + 'static {
     /// same content is told it is missing and restores it.
     async fn unrecord_blobs(&self, digests: &[String]) -> Result<u64, DbError>;
     /// Every blob that finished artifacts and packages reference, with its
-    /// size, for fsck.
+    /// size as recorded when its content was verified, for fsck.
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;
+    /// Up to `limit` file rows (of artifacts or packages) whose size is
+    /// not the size of their content: left by uploads before sizes were
+    /// checked. fsck reports them; they never make content count as
+    /// damaged.
+    async fn mis_sized_files(&self, limit: usize) -> Result<Vec<MisSized>, DbError>;
     /// Every recorded blob's digest, referenced or not: what the content
     /// store's sweep must keep.
     async fn recorded_blobs(&self) -> Result<Vec<String>, DbError>;

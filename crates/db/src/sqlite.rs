@@ -21,7 +21,7 @@ use satchel_model::api::{
 use satchel_model::id::{new_id, now_millis, rfc3339_millis};
 use satchel_model::selector::RunSelector;
 
-use crate::{DbError, MetaStore, Quotas, UploadNeeds, UploadPlan};
+use crate::{DbError, MetaStore, MisSized, Quotas, UploadNeeds, UploadPlan};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -1665,17 +1665,54 @@ impl MetaStore for SqliteStore {
         .await
     }
 
+    async fn mis_sized_files(&self, limit: usize) -> Result<Vec<MisSized>, DbError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT 'artifact ' || f.artifact_id, f.path, f.sha256, f.size, b.size
+                       FROM files f JOIN blobs b ON b.sha256 = f.sha256
+                      WHERE f.size != b.size
+                     UNION ALL
+                     SELECT 'package ' || p.repository || '/' || p.name || '@' || p.version,
+                            pf.path, pf.sha256, pf.size, b.size
+                       FROM package_files pf JOIN packages p ON p.id = pf.package_id
+                       JOIN blobs b ON b.sha256 = pf.sha256
+                      WHERE pf.size != b.size
+                     LIMIT ?1",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok(MisSized {
+                        owner: r.get(0)?,
+                        path: r.get(1)?,
+                        sha256: r.get(2)?,
+                        claimed: r.get::<_, i64>(3)? as u64,
+                        actual: r.get::<_, i64>(4)? as u64,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError> {
         self.read(move |c| {
             let mut stmt = c
                 .prepare(
-                    "SELECT f.sha256, MAX(f.size) FROM files f
+                    "SELECT f.sha256, COALESCE(MAX(b.size), MAX(f.size)) FROM files f
                        JOIN uploads u ON u.id = f.upload_id
                        JOIN artifacts a ON a.id = f.artifact_id
+                       LEFT JOIN blobs b ON b.sha256 = f.sha256
                      WHERE u.state = 'finished' AND a.state = 'finished'
                      GROUP BY f.sha256
                      UNION
-                     SELECT sha256, MAX(size) FROM package_files GROUP BY sha256",
+                     SELECT pf.sha256, COALESCE(MAX(b.size), MAX(pf.size)) FROM package_files pf
+                       LEFT JOIN blobs b ON b.sha256 = pf.sha256
+                     GROUP BY pf.sha256",
                 )
                 .map_err(backend)?;
             let rows: Vec<(String, u64)> = stmt

@@ -148,6 +148,11 @@ pub async fn run_all(db: &dyn MetaStore) {
     let err = db.finish_upload(&late.upload_id).await.unwrap_err();
     assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
     db.abort_upload(&late.upload_id).await.unwrap();
+    assert_eq!(
+        db.mis_sized_files(10).await.unwrap(),
+        vec![],
+        "no file row can claim a size its content lacks"
+    );
 
     // Quotas: a run's artifacts and an artifact's files; refused whole.
     let tight = Quotas {

@@ -172,6 +172,13 @@ pub struct FsckReport {
     pub wrong_size: Vec<String>,
     /// Blobs whose content no longer hashes to their digest.
     pub corrupt: Vec<String>,
+    /// File rows (up to 1000) that claim a size their content does not
+    /// have, as `OWNER PATH: claims N bytes, its content (SHA256) has M`.
+    /// Left by uploads before sizes were checked; the content itself is
+    /// fine and repair never touches it. Such files cannot be served
+    /// correctly: delete their artifact and upload it again.
+    #[serde(default)]
+    pub mis_sized_files: Vec<String>,
     /// Whether nothing was wrong.
     pub ok: bool,
     /// With `forget_damaged`: the damaged blobs forgotten (their rows and
@@ -230,7 +237,21 @@ pub async fn fsck(s: &AppState, forget_damaged: bool) -> Result<FsckReport, ApiE
             r.corrupt.push(hex);
         }
     }
-    r.ok = r.missing.is_empty() && r.wrong_size.is_empty() && r.corrupt.is_empty();
+    r.mis_sized_files =
+        s.db.mis_sized_files(1000)
+            .await?
+            .into_iter()
+            .map(|m| {
+                format!(
+                    "{} {}: claims {} bytes, its content ({}) has {}",
+                    m.owner, m.path, m.claimed, m.sha256, m.actual
+                )
+            })
+            .collect();
+    r.ok = r.missing.is_empty()
+        && r.wrong_size.is_empty()
+        && r.corrupt.is_empty()
+        && r.mis_sized_files.is_empty();
     if forget_damaged {
         let damaged: Vec<String> = r
             .missing
