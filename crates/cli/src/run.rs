@@ -136,7 +136,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let state = AppState::new(stores.db, stores.store, &token).with_scratch(dir.scratch());
+            let secret = satchel_server::load_signing_secret(&dir.signing_secret())
+                .context("loading the signing secret")?;
+            let state = AppState::new(stores.db, stores.store, &token)
+                .with_scratch(dir.scratch())
+                .with_signing_secret(secret);
             let server = tokio::spawn(async move {
                 let _ = satchel_server::serve(listener, state, async {
                     let _ = stop_rx.await;

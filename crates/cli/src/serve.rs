@@ -153,13 +153,29 @@ impl StorageArgs {
 /// The admin token: `SATCHEL_ADMIN_TOKEN`, else the saved one, else a new
 /// one saved with mode 0600 and printed once.
 pub(crate) fn admin_token(file: &Path) -> anyhow::Result<String> {
+    let min = satchel_server::MIN_ADMIN_TOKEN_CHARS;
     if let Ok(t) = std::env::var("SATCHEL_ADMIN_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
+        let t = t.trim();
+        if !t.is_empty() {
+            anyhow::ensure!(
+                t.chars().count() >= min,
+                "SATCHEL_ADMIN_TOKEN is {} characters long; an admin token needs at least {min} (unset it to have one generated)",
+                t.chars().count()
+            );
+            return Ok(t.to_string());
         }
     }
     match std::fs::read_to_string(file) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(t) if !t.trim().is_empty() => {
+            let t = t.trim();
+            anyhow::ensure!(
+                t.chars().count() >= min,
+                "the admin token in {} is {} characters long; an admin token needs at least {min} (delete the file to have one generated)",
+                file.display(),
+                t.chars().count()
+            );
+            return Ok(t.to_string());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
@@ -243,8 +259,11 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     let _lock = stores.lock;
+    let secret = satchel_server::load_signing_secret(&dir.signing_secret())
+        .context("loading the signing secret")?;
     let state = AppState::new(stores.db, stores.store, &token)
         .with_scratch(dir.scratch())
+        .with_signing_secret(secret)
         .with_retention_days(a.retention_days)
         .with_pack_buffers(usize::from(a.pack_buffers))
         .with_limits(a.limits.limits());

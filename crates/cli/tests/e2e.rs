@@ -62,16 +62,26 @@ fn serve_prints_address_and_keeps_a_private_admin_token() {
 #[test]
 fn admin_token_from_environment() {
     let d = tmp();
+    // Too short a token is refused at start, naming the minimum.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(d.path().join("short"))
+        .env("SATCHEL_ADMIN_TOKEN", "sekrit-token")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 32"), "{err}");
     let s = Server::start_with(
         &d.path().join("data"),
-        &[("SATCHEL_ADMIN_TOKEN", "sekrit-token")],
+        &[("SATCHEL_ADMIN_TOKEN", "sekrit-token-of-at-least-32-chars")],
     );
     assert!(!d.path().join("data/admin.token").exists());
     rt().block_on(async {
         let r = s
             .http()
             .get(s.api("/pipelines/p/runs"))
-            .bearer_auth("sekrit-token")
+            .bearer_auth("sekrit-token-of-at-least-32-chars")
             .send()
             .await
             .unwrap();

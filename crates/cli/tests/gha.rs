@@ -249,3 +249,57 @@ fn protocol_refusals() {
         assert!(v["msg"].as_str().unwrap().contains("expired"), "{v}");
     });
 }
+
+/// Runtime tokens were signed with a key derived from the admin token, so
+/// anyone who learned how could mint them from the admin token alone, and
+/// every server sharing an admin token accepted each other's tokens. The
+/// key now comes from the data directory's own random secret
+/// (`signing.key`, mode 0600): tokens survive a restart of the same server
+/// and mean nothing to another with the same admin token.
+#[test]
+fn runtime_tokens_are_signed_with_the_data_dirs_own_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let admin = [(
+        "SATCHEL_ADMIN_TOKEN",
+        "one-admin-token-for-both-servers-here",
+    )];
+    let list = |s: &Server, url: &str, token: &str| {
+        let u = format!("{url}twirp/github.actions.results.api.v1.ArtifactService/ListArtifacts");
+        let body = serde_json::json!({
+            "workflow_run_backend_id": "satchel.gh.1",
+            "workflow_job_run_backend_id": "build",
+        });
+        rt().block_on(async {
+            s.http()
+                .post(u)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let mut a = Server::start_with(&d.path().join("a"), &admin);
+    let (url, token) = mint(&a, "build", &[]);
+    assert_eq!(list(&a, &url, &token), 200);
+    let mode = std::fs::metadata(d.path().join("a/signing.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    a.stop();
+    let b = Server::start_with(&d.path().join("b"), &admin);
+    let other = format!("{}/", b.url);
+    assert_eq!(list(&b, &other, &token), 401, "another server's token");
+    drop(b);
+    let a = Server::start_with(&d.path().join("a"), &admin);
+    let url = format!("{}/", a.url);
+    assert_eq!(
+        list(&a, &url, &token),
+        200,
+        "the same server after a restart"
+    );
+}

@@ -168,6 +168,9 @@ pub struct AppState {
     /// Content.
     pub store: Arc<dyn ContentStore>,
     admin_token_hash: [u8; 32],
+    /// Signs GitHub Actions runtime tokens and signed URLs; its own random
+    /// secret, never derived from a token.
+    signing_secret: [u8; 32],
     /// What `/metrics` reports.
     pub counters: Arc<Counters>,
     /// The GitHub Actions artifact protocol.
@@ -207,12 +210,17 @@ impl AppState {
             "satchel-scratch-{}",
             satchel_model::id::random_hex(8)
         ));
+        // Until a persistent secret is given (with_signing_secret), one of
+        // this process's own: tokens it signs end with it.
+        let mut signing_secret = [0u8; 32];
+        getrandom::fill(&mut signing_secret).expect("the OS random source");
         AppState {
             db,
             store,
             admin_token_hash,
+            signing_secret,
             counters: Arc::default(),
-            gha: Arc::new(gha::Gha::new(&admin_token_hash, scratch)),
+            gha: Arc::new(gha::Gha::new(&signing_secret, scratch)),
             blob_gate: Arc::default(),
             pack_buffers: Arc::new(tokio::sync::Semaphore::new(PACK_BUFFERS)),
             pack_buffer_count: PACK_BUFFERS,
@@ -251,10 +259,53 @@ impl AppState {
     /// their block list); it is emptied now.
     pub fn with_scratch(mut self, dir: PathBuf) -> AppState {
         let _ = std::fs::remove_dir_all(&dir);
-        let keys_secret = self.admin_token_hash;
-        self.gha = Arc::new(gha::Gha::new(&keys_secret, dir));
+        self.gha = Arc::new(gha::Gha::new(&self.signing_secret, dir));
         self
     }
+
+    /// Signs GitHub Actions runtime tokens and signed URLs with `secret`
+    /// (see [`load_signing_secret`]), so they outlive a restart.
+    pub fn with_signing_secret(mut self, secret: [u8; 32]) -> AppState {
+        self.signing_secret = secret;
+        self.gha = Arc::new(gha::Gha::new(&secret, self.gha.scratch.clone()));
+        self
+    }
+}
+
+/// The shortest admin token the server accepts.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// The secret in `path` that signs runtime tokens and URLs: 64 hex
+/// characters, created (random, mode 0600, synced) on first use.
+pub fn load_signing_secret(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write as _;
+    let bad = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{}: {why}; delete it to make a new one (tokens and URLs it signed stop working)",
+                path.display()
+            ),
+        )
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let raw = hex::decode(text.trim()).map_err(|_| bad("not hex"))?;
+            return raw.try_into().map_err(|_| bad("not 32 bytes of hex"));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(std::io::Error::other)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(format!("{}\n", hex::encode(secret)).as_bytes())?;
+    f.sync_all()?;
+    Ok(secret)
 }
 
 /// Where the embedded default keeps things under a data directory.
@@ -279,6 +330,10 @@ impl DataDir {
     /// Scratch space (emptied at start-up).
     pub fn scratch(&self) -> PathBuf {
         self.root.join("scratch")
+    }
+    /// The secret that signs runtime tokens and URLs.
+    pub fn signing_secret(&self) -> PathBuf {
+        self.root.join("signing.key")
     }
 }
 
