@@ -66,6 +66,28 @@ async fn keys(backend: &dyn ObjectBackend) -> HashSet<String> {
     out
 }
 
+/// The variable that lets a plain `cargo test` skip the remote backends
+/// (S3, Azure, WebDAV, GCS) whose servers `scripts/test.sh` starts.
+pub const SKIP_REMOTE: &str = "SATCHEL_SKIP_REMOTE_TESTS";
+
+/// The base URL of the test server that `var` names (`scripts/services.sh`
+/// exports them), or `None` when [`SKIP_REMOTE`] is `1` and it is unset, in
+/// which case it says so on stderr. Any other missing variable fails the
+/// test: a backend never passes by not running.
+pub fn remote_base(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(base) if !base.is_empty() => Some(base),
+        _ if std::env::var(SKIP_REMOTE).as_deref() == Ok("1") => {
+            eprintln!("SKIPPED: {var} is not set and {SKIP_REMOTE}=1");
+            None
+        }
+        _ => panic!(
+            "{var} is not set: run the suite with scripts/test.sh, which starts the server, \
+             or set {SKIP_REMOTE}=1 to skip the remote backends"
+        ),
+    }
+}
+
 /// Runs every check against `backend`, which must start empty. Panics on the
 /// first failure with a message naming the check.
 pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
