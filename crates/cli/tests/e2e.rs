@@ -612,8 +612,8 @@ fn many_small_files_round_trip() {
         );
     }
     let a = s.agent(&w, "p", 1, "j");
-    let t = std::time::Instant::now();
     // Manifest, one or two framed batches, finish: not one request per file.
+    // (How long it takes is measured in bench/, not asserted here.)
     let before = api_requests(&s);
     let v: Value =
         serde_json::from_str(&a.ok(&["artifact", "upload", "--json", "many/**"])).unwrap();
@@ -637,11 +637,6 @@ fn many_small_files_round_trip() {
             std::fs::read_to_string(r.join(format!("out/many/{:02}/f{i}.txt", i % 37))).unwrap();
         assert_eq!(got, format!("file number {i}"));
     }
-    assert!(
-        t.elapsed().as_secs() < 60,
-        "3000 small files took {:?}",
-        t.elapsed()
-    );
 }
 
 #[test]

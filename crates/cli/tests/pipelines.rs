@@ -431,7 +431,7 @@ fn ctrl_c_cancels_the_run_and_stops_its_steps() {
         d.path(),
         "p.yml",
         &format!(
-            "name: slow\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: echo started; sleep 30; touch {}\n",
+            "name: slow\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: echo $$ > pgid.tmp; mv pgid.tmp pgid; echo started; sleep 30; touch {}\n",
             marker.display()
         ),
     );
@@ -455,17 +455,23 @@ fn ctrl_c_cancels_the_run_and_stops_its_steps() {
         all
     });
     let pid = child.id().to_string();
-    wait_until(
-        || data.join("work/slow/1/j/work").exists(),
-        "the step to start",
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The step's shell is its process group's leader: its pid names the
+    // group, written once the step runs.
+    let pgid_file = data.join("work/slow/1/j/work/pgid");
+    wait_until(|| pgid_file.exists(), "the step to start");
+    let pgid = std::fs::read_to_string(&pgid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!live_in_group(&pgid).is_empty(), "the step runs");
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let status = child.wait().unwrap();
     let out = lines.join().unwrap();
     assert_eq!(status.code(), Some(130), "{out}");
     assert!(out.contains("CANCELED"), "{out}");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Not a timed look at a marker: the step's whole process group (its
+    // shell and the sleep) must be gone.
+    wait_for_no_group(&pgid, "the step's processes must be stopped");
     assert!(!marker.exists(), "the step's sleep must have been stopped");
     assert_eq!(run_state(&data, "slow", 1)["state"], "canceled");
 }
