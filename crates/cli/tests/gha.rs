@@ -145,11 +145,16 @@ fn protocol_refusals() {
         // Tokens: missing, foreign, tampered, another job's ids.
         let (st, v) = twirp("ListArtifacts", "", ids.clone()).await;
         assert_eq!((st, v["code"].as_str()), (401, Some("unauthenticated")));
+        // The first character of the signature carries six whole bits, so
+        // another one is still valid base64url and must fail the signature
+        // check itself (the last one may only change padding bits).
+        let dot = token.rfind('.').unwrap();
         let mut bad = token.clone();
-        bad.pop();
-        bad.push(if token.ends_with('A') { 'B' } else { 'A' });
-        let (st, _) = twirp("ListArtifacts", &bad, ids.clone()).await;
+        let first = &token[dot + 1..dot + 2];
+        bad.replace_range(dot + 1..dot + 2, if first == "A" { "B" } else { "A" });
+        let (st, v) = twirp("ListArtifacts", &bad, ids.clone()).await;
         assert_eq!(st, 401);
+        assert!(v["msg"].as_str().unwrap().contains("signature is not valid"), "{v}");
         let other = serde_json::json!({
             "workflow_run_backend_id": "satchel.gh.1",
             "workflow_job_run_backend_id": "deploy",

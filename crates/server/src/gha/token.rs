@@ -86,8 +86,8 @@ pub enum TokenError {
 }
 
 impl Keys {
-    /// Keys derived from `secret` (the server derives it from its admin
-    /// token, so rotating that token revokes every runtime token).
+    /// Keys derived from `secret` (the data directory's `signing.key`, so
+    /// replacing that file revokes every runtime token and signed URL).
     pub fn new(secret: &[u8]) -> Keys {
         Keys {
             token: derive(secret, "satchel gha runtime token v1"),
