@@ -505,10 +505,21 @@ fn bad_input_is_rejected_and_changes_nothing() {
                 .len(),
             0
         );
-        // Unknown ids and malformed globs.
-        for path in ["/artifacts/xyz", "/files/../../etc", "/uploads/0123/finish"] {
-            let r = s.get(path).await;
-            assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        // Unknown and malformed ids, and traversals, sent as they are (an
+        // HTTP client would normalize `..` away before the server saw it).
+        for (method, path) in [
+            ("GET", "/api/v1/artifacts/xyz"),
+            ("GET", "/api/v1/files/../../etc/passwd"),
+            ("GET", "/api/v1/files/..%2F..%2Fetc%2Fpasswd/content"),
+            ("GET", "/api/v1/files/%2e%2e/content"),
+            ("POST", "/api/v1/uploads/0123/finish"),
+            ("POST", "/api/v1/uploads/..%2F..%2Fx/finish"),
+            ("GET", &format!("/api/v1/artifacts/{}", "0".repeat(32))),
+        ] {
+            let (status, body) = s.raw_request(method, path);
+            assert_eq!(status, 404, "{method} {path}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+            assert_eq!(v["error"]["code"], "not_found", "{method} {path}: {body}");
         }
         let r = s.get("/pipelines/p/runs/1/search?query=%5Bab").await;
         assert_eq!(r.status(), 400);
