@@ -178,6 +178,68 @@ fn artifacts_expire_except_the_newest_passed_run() {
     });
 }
 
+/// Retention keeps the newest *passed* run *of each branch*: run 4 is the
+/// newest run (failed), run 3 the newest passed one (on another branch),
+/// and run 2 the newest passed run of main, so "keep the newest run" or
+/// "keep the newest passed run" would each expire an artifact that must
+/// stay.
+#[test]
+fn expiry_keeps_the_newest_passed_run_of_each_branch() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start(&data);
+    let w = d.path().join("w");
+    let runs = [
+        (1, "main", "passed"),
+        (2, "main", "passed"),
+        (3, "feature", "passed"),
+        (4, "main", "failed"),
+    ];
+    for (run, branch, state) in runs {
+        let content = format!("run {run}");
+        write(&w, &format!("r{run}.txt"), content.as_bytes());
+        let agent = s.agent(&w, "b", run, "j").env("SATCHEL_BRANCH", branch);
+        agent.ok(&[
+            "artifact",
+            "publish",
+            &format!("r{run}.txt"),
+            "--name",
+            "out",
+            "--expire-in",
+            "1s",
+        ]);
+        agent.ok(&["run-state", state]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = s
+        .agent(&w, "b", 1, "j")
+        .ok(&["admin", "gc", "--grace", "0s", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["expired_artifacts"], 2, "{r}");
+    for (run, _, _) in runs {
+        let state = rt().block_on(async {
+            let v: Value = s
+                .get(&format!("/pipelines/b/runs/{run}/artifacts"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            v["artifacts"][0]["state"].as_str().unwrap().to_string()
+        });
+        let kept = matches!(run, 2 | 3);
+        assert_eq!(
+            state,
+            if kept { "finished" } else { "expired" },
+            "run {run}"
+        );
+        assert_eq!(
+            blob_path(&data, format!("run {run}").as_bytes()).exists(),
+            kept,
+            "content of run {run}"
+        );
+    }
+}
+
 #[test]
 fn fsck_reports_and_downloads_refuse_corruption() {
     let d = tempfile::tempdir().unwrap();
