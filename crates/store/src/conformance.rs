@@ -548,6 +548,9 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     }
     let mut packed = marker.to_vec();
     packed.extend_from_slice(b" packed with others");
+    // What was stored before (by the plain stores earlier in the story):
+    // every object written from here on must be encrypted.
+    let before = keys(&*backend).await;
     let mut digests = Vec::new();
     for body in [&small, &big] {
         let d = put(&enc, body).await;
@@ -564,13 +567,30 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     .unwrap();
     assert!(read_all(&enc, &d, None).await.unwrap() == packed);
     digests.push(d);
-    // Nothing stored under an encrypting store shows the marker or a hash.
+    // The big file's chunks, cut as the store cuts them: their hashes must
+    // not show either.
+    let chunk_digests: Vec<Digest> = fastcdc::v2020::FastCDC::new(
+        &big,
+        crate::chunked::MIN_CHUNK,
+        crate::chunked::AVG_CHUNK,
+        crate::chunked::MAX_CHUNK,
+    )
+    .map(|c| Digest::of(&big[c.offset..c.offset + c.length]))
+    .collect();
+    assert!(chunk_digests.len() > 20, "{} chunks", chunk_digests.len());
+    digests.extend(chunk_digests);
+    // Nothing stored under an encrypting store is plain, shows the marker
+    // or a hash of a file or a chunk.
     let mut checked = 0;
     for key in keys(&*backend).await {
-        let stored = backend.get(&key).await.unwrap().unwrap();
-        if Codec::peek(&stored).unwrap().key_id.is_none() {
-            continue; // written by the plain stores earlier in the story
+        if before.contains(&key) {
+            continue;
         }
+        let stored = backend.get(&key).await.unwrap().unwrap();
+        assert!(
+            Codec::peek(&stored).unwrap().key_id.is_some(),
+            "{key} was written in plain by an encrypting store"
+        );
         checked += 1;
         assert!(!stored.windows(marker.len()).any(|w| w == marker));
         for d in &digests {
