@@ -111,6 +111,12 @@ pub struct StorageArgs {
     /// secret stores that hand out environment variables.
     #[arg(long, env = "SATCHEL_KEYS", hide_env_values = true)]
     keys: Option<String>,
+    /// Seconds a stored chunk is trusted before a write that reuses it
+    /// refreshes it; GC never deletes a chunk younger than twice this.
+    /// A tuning knob for tests that make GC race uploads (default 900).
+    #[arg(long, env = "SATCHEL_CHUNK_REFRESH_SECS", hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    chunk_refresh_secs: Option<u32>,
 }
 
 fn parse_compression(s: &str) -> Result<satchel_store::Compression, String> {
@@ -146,6 +152,9 @@ impl StorageArgs {
             store_url: self.store_url.clone(),
             compression: self.compression,
             keys,
+            chunk_refresh: self
+                .chunk_refresh_secs
+                .map(|s| std::time::Duration::from_secs(u64::from(s))),
         })
     }
 }

@@ -340,17 +340,39 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     assert_eq!(std::fs::read(dest.join("gone.txt")).unwrap(), gone);
 }
 
-/// GC runs flat out while 1,000 rounds of uploads reuse the same content
-/// and each round deletes the previous round's artifact (so the shared
-/// content keeps becoming garbage and being re-sent). Every artifact left
-/// must download intact.
+/// GC runs flat out (zero grace, chunks trusted for 1 s) while 1,000
+/// rounds of uploads reuse the same content and each round deletes the
+/// previous round's artifact, so the shared content keeps becoming garbage
+/// and being re-sent: three small contents in turn, and every 7th round a
+/// large file cut into chunks that most rounds' large files share. Every
+/// 10th round is kept, with content of its own (so it pins nothing the
+/// race needs). Deletions and re-sends must go on to the last quarter, and
+/// every artifact kept must download intact.
 #[test]
 fn gc_racing_dedup_uploads_never_loses_a_byte() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let d = tempfile::tempdir().unwrap();
-    let s = Server::start(&d.path().join("data"));
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &[("SATCHEL_CHUNK_REFRESH_SECS", "1")],
+    );
     let contents: Vec<Vec<u8>> = (0..3)
         .map(|i| format!("shared content {i}").repeat(100).into_bytes())
         .collect();
+    let base = noise(700_000, 77);
+    let content_of = |round: u64| -> Vec<u8> {
+        if round.is_multiple_of(20) {
+            noise(700_000, 1000 + round)
+        } else if round.is_multiple_of(10) {
+            format!("kept {round} ").repeat(100).into_bytes()
+        } else if round.is_multiple_of(7) {
+            let mut big = base.clone();
+            big.extend_from_slice(&round.to_be_bytes());
+            big
+        } else {
+            contents[(round % 3) as usize].clone()
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -361,12 +383,14 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
         let http = reqwest::Client::new();
         let api = |p: &str| format!("{url}/api/v1{p}");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleted = std::sync::Arc::new(AtomicU64::new(0));
+        let objects = std::sync::Arc::new(AtomicU64::new(0));
         let gc = {
             let (http, url, token, stop) = (http.clone(), url.clone(), token.clone(), stop.clone());
+            let (deleted, objects) = (deleted.clone(), objects.clone());
             tokio::spawn(async move {
                 let mut passes = 0u64;
-                let mut deleted = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Relaxed) {
                     let r: Value = http
                         .post(format!("{url}/api/v1/admin/gc"))
                         .bearer_auth(&token)
@@ -378,17 +402,23 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
                         .await
                         .unwrap();
                     passes += 1;
-                    deleted += r["blobs_deleted"].as_u64().unwrap();
+                    deleted.fetch_add(r["blobs_deleted"].as_u64().unwrap(), Relaxed);
+                    objects.fetch_add(r["objects_deleted"].as_u64().unwrap(), Relaxed);
                 }
-                (passes, deleted)
+                passes
             })
         };
         let mut kept = Vec::new();
-        let mut previous: Option<String> = None;
-        let mut resent = 0;
+        let mut previous: Option<(u64, String)> = None;
+        let mut resent = 0u64;
+        let mut big_resent = 0u64;
+        let mut at_three_quarters = (0, 0, 0);
         for round in 1..=1000u64 {
-            let c = &contents[(round % 3) as usize];
-            let files = vec![json!({"path": "data.txt", "size": c.len(), "sha256": sha(c)})];
+            if round == 751 {
+                at_three_quarters = (deleted.load(Relaxed), resent, big_resent);
+            }
+            let c = content_of(round);
+            let files = vec![json!({"path": "data.bin", "size": c.len(), "sha256": sha(&c)})];
             let created: Value = http
                 .post(api("/uploads"))
                 .bearer_auth(&token)
@@ -406,6 +436,9 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
             let upload = created["upload_id"].as_str().unwrap().to_string();
             for m in created["missing"].as_array().unwrap() {
                 resent += 1;
+                if c.len() > 100_000 {
+                    big_resent += 1;
+                }
                 let r = http
                     .put(api(&format!(
                         "/uploads/{upload}/blobs/{}",
@@ -434,7 +467,31 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
                 r.text().await.unwrap()
             );
             let id = created["artifact_id"].as_str().unwrap().to_string();
-            if let Some(p) = previous.take() {
+            if let Some((pr, p)) = previous.take() {
+                // After at least one GC pass raced it, the artifact about
+                // to become garbage still reads back whole.
+                let v: Value = http
+                    .get(api(&format!("/artifacts/{p}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let body = http
+                    .get(api(&format!(
+                        "/files/{}/content",
+                        v["files"][0]["id"].as_str().unwrap()
+                    )))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                assert!(body.as_ref() == content_of(pr).as_slice(), "round {pr} lost bytes");
                 let r = http
                     .delete(api(&format!("/artifacts/{p}")))
                     .bearer_auth(&token)
@@ -443,24 +500,29 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
                     .unwrap();
                 assert!(r.status().is_success());
             }
-            if round % 10 == 0 {
+            if round.is_multiple_of(10) {
                 kept.push((round, id));
             } else {
-                previous = Some(id);
+                previous = Some((round, id));
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (passes, deleted) = gc.await.unwrap();
-        eprintln!("gc passes: {passes}, blobs deleted: {deleted}, blobs re-sent: {resent}");
-        assert!(
-            passes > 10 && deleted > 0 && resent > 3,
-            "the race must really happen"
+        stop.store(true, Relaxed);
+        let passes = gc.await.unwrap();
+        let (deleted, objects) = (deleted.load(Relaxed), objects.load(Relaxed));
+        eprintln!(
+            "gc passes: {passes}, blobs deleted: {deleted}, objects deleted: {objects}, blobs re-sent: {resent} ({big_resent} large)"
         );
+        let (d750, r750, b750) = at_three_quarters;
+        assert!(passes > 10, "GC ran {passes} times");
+        assert!(deleted > d750, "GC still deleted shared content in the last quarter");
+        assert!(resent - r750 > 3, "content was still re-sent in the last quarter");
+        assert!(big_resent > b750, "large files were still re-sent in the last quarter");
+        assert!(objects > 0, "GC's sweep deleted stored objects (chunks)");
         // Every artifact left downloads intact.
         for (round, _) in &kept {
             let v: Value = http
                 .get(api(&format!(
-                    "/pipelines/race/runs/{round}/search?query=data.txt"
+                    "/pipelines/race/runs/{round}/search?query=data.bin"
                 )))
                 .bearer_auth(&token)
                 .send()
@@ -482,11 +544,7 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
                 .bytes()
                 .await
                 .unwrap();
-            assert_eq!(
-                body.as_ref(),
-                contents[(*round % 3) as usize].as_slice(),
-                "round {round}"
-            );
+            assert!(body.as_ref() == content_of(*round).as_slice(), "round {round}");
         }
         let r: Value = http
             .post(api("/admin/fsck"))

@@ -358,6 +358,10 @@ pub struct StorageOptions {
     pub compression: satchel_store::Compression,
     /// Encryption keys; `None`: content is stored unencrypted.
     pub keys: Option<satchel_store::Keyring>,
+    /// How long a stored chunk is trusted before a write that reuses it
+    /// refreshes it; GC never deletes a chunk younger than twice this.
+    /// `None`: the store's default (15 minutes).
+    pub chunk_refresh: Option<std::time::Duration>,
 }
 
 impl Default for StorageOptions {
@@ -366,6 +370,7 @@ impl Default for StorageOptions {
             store_url: None,
             compression: satchel_store::Compression::Zstd(1),
             keys: None,
+            chunk_refresh: None,
         }
     }
 }
@@ -407,12 +412,15 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
         .store_url
         .clone()
         .unwrap_or_else(|| d.content().display().to_string());
-    let store = satchel_store::open(&satchel_store::StoreConfig {
+    let mut store = satchel_store::open(&satchel_store::StoreConfig {
         url,
         compression: opts.compression,
         keys: opts.keys.clone(),
     })
     .map_err(|e| e.to_string())?;
+    if let Some(r) = opts.chunk_refresh {
+        store = store.with_refresh_after(r);
+    }
     satchel_store::ContentStore::check_settings(&store)
         .await
         .map_err(|e| e.to_string())?;
