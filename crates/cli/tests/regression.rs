@@ -227,6 +227,11 @@ fn stalled_batch_client_does_not_hold_a_pack_buffer() {
 /// A server that answers every request with `answer(path)` as JSON (200),
 /// or 404: stands in for a hostile or compromised server.
 fn hostile_server(answer: impl Fn(&str) -> Option<String> + Send + 'static) -> String {
+    hostile_bytes_server(move |p| answer(p).map(String::into_bytes))
+}
+
+/// [`hostile_server`] answering raw bytes.
+fn hostile_bytes_server(answer: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -249,14 +254,15 @@ fn hostile_server(answer: impl Fn(&str) -> Option<String> + Send + 'static) -> S
                 Some(b) => ("200 OK", b),
                 None => (
                     "404 Not Found",
-                    r#"{"error":{"code":"not_found","message":"no"}}"#.to_string(),
+                    br#"{"error":{"code":"not_found","message":"no"}}"#.to_vec(),
                 ),
             };
             let _ = write!(
                 conn,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
+            let _ = conn.write_all(&body);
         }
     });
     url
@@ -476,4 +482,60 @@ fn fsck_never_forgets_shared_content_for_a_lying_file_row() {
     let dest = d.path().join("dl");
     owner.ok(&["artifact", "download", "shared.txt", dest.to_str().unwrap()]);
     assert_eq!(std::fs::read(dest.join("shared.txt")).unwrap(), shared);
+}
+
+/// The agent's check of a large file's SHA-256 as it streams to disk had
+/// no test: a server that sends the right number of wrong bytes must get
+/// an integrity error, and nothing may be left at the destination.
+#[test]
+fn a_large_file_with_wrong_bytes_is_refused_and_not_written() {
+    let d = tempfile::tempdir().unwrap();
+    let size = 3 * 1024 * 1024;
+    let file = json!({
+        "id": "0123456789abcdef0123456789abcdef",
+        "artifact_id": "0123456789abcdef0123456789abcdef",
+        "artifact_name": "default",
+        "path": "big.bin",
+        "size": size,
+        "sha256": sha(&vec![1u8; size]),
+        "mode": 420,
+        "content_type": "application/octet-stream",
+        "producer": {"pipeline": "p", "run": 1, "job": "j", "attempt": 1, "superseded": false},
+        "uploaded_at": "2026-12-01T00:00:00Z",
+        "uploaded_at_ms": 0,
+    });
+    let list = json!({ "files": [file] }).to_string();
+    let url = hostile_bytes_server(move |path| {
+        if path.contains("/search") {
+            Some(list.clone().into_bytes())
+        } else if path.ends_with("/content") {
+            Some(vec![2u8; size])
+        } else {
+            None
+        }
+    });
+    let dest = d.path().join("dest");
+    let out = std::process::Command::new(common::BIN)
+        .env_clear()
+        .env("SATCHEL_URL", &url)
+        .env("SATCHEL_TOKEN", "t")
+        .args([
+            "artifact",
+            "download",
+            "--pipeline",
+            "p",
+            "--run",
+            "1",
+            "big.bin",
+        ])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "wrong bytes accepted");
+    assert!(err.contains("integrity check failed for big.bin"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&dest)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -255,9 +255,20 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     let agent = s.agent(&w, "c", 1, "j");
     agent.ok(&["artifact", "upload", "small.txt", "large.bin", "gone.txt"]);
     assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
-    // Flip one bit in two stored blobs, remove a third.
-    for blob in [&small, &large] {
-        let p = blob_path(&data, blob);
+    // Flip one bit in the small blob and in the *last* chunk of the large
+    // one (its recipe and first chunks stay good, so the damage shows only
+    // mid-stream), remove a third.
+    let last_chunk = fastcdc::v2020::FastCDC::new(
+        &large,
+        satchel_store::chunked::MIN_CHUNK,
+        satchel_store::chunked::AVG_CHUNK,
+        satchel_store::chunked::MAX_CHUNK,
+    )
+    .last()
+    .unwrap();
+    let h = sha(&large[last_chunk.offset..]);
+    let chunk_path = data.join("content/objects/c").join(&h[..2]).join(&h);
+    for p in [blob_path(&data, &small), chunk_path] {
         let mut bytes = std::fs::read(&p).unwrap();
         let at = bytes.len() / 2;
         bytes[at] ^= 0x01;
@@ -289,15 +300,26 @@ fn fsck_reports_and_downloads_refuse_corruption() {
             .unwrap();
         let id = v["files"][0]["id"].as_str().unwrap().to_string();
         let r = s.get(&format!("/files/{id}/content")).await;
-        // A damaged first chunk (or recipe) is found before the headers go
-        // out; a later one only as it streams: then the body must end in an
-        // error, not in bad bytes.
-        if r.status() == 200 {
-            assert!(r.bytes().await.is_err(), "bad bytes delivered as good");
-        } else {
-            assert_eq!(r.status(), 500);
-            assert_eq!(code(r).await, "integrity_error");
+        // A damaged later chunk is found only as the body streams, after a
+        // 200: the body must then end in an error, never in bad bytes.
+        assert_eq!(r.status(), 200);
+        let mut body = r.bytes_stream();
+        let mut got = 0usize;
+        let mut failed = false;
+        while let Some(part) = futures_util::StreamExt::next(&mut body).await {
+            match part {
+                Ok(b) => got += b.len(),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
         }
+        assert!(failed, "bad bytes delivered as good ({got} bytes)");
+        assert!(
+            got < large.len(),
+            "the body stopped before the damaged chunk ({got} bytes)"
+        );
         let v: Value = s
             .get("/pipelines/c/runs/1/search?query=small.txt")
             .await

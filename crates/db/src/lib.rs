@@ -226,8 +226,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Every blob that finished artifacts and packages reference, with its
     /// size as recorded when its content was verified, for fsck.
     async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;
-    /// Up to `limit` file rows (of artifacts or packages) whose size is
-    /// not the size of their content: left by uploads before sizes were
+    /// Up to `limit` visible file rows (of finished artifacts, or of
+    /// packages) whose size is not the size of their content: left by uploads before sizes were
     /// checked. fsck reports them; they never make content count as
     /// damaged.
     async fn mis_sized_files(&self, limit: usize) -> Result<Vec<MisSized>, DbError>;

@@ -1671,7 +1671,9 @@ impl MetaStore for SqliteStore {
                 .prepare(
                     "SELECT 'artifact ' || f.artifact_id, f.path, f.sha256, f.size, b.size
                        FROM files f JOIN blobs b ON b.sha256 = f.sha256
-                      WHERE f.size != b.size
+                       JOIN uploads u ON u.id = f.upload_id
+                       JOIN artifacts a ON a.id = f.artifact_id
+                      WHERE f.size != b.size AND u.state = 'finished' AND a.state = 'finished'
                      UNION ALL
                      SELECT 'package ' || p.repository || '/' || p.name || '@' || p.version,
                             pf.path, pf.sha256, pf.size, b.size
