@@ -28,6 +28,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SATCHEL_PACK_BUFFERS", default_value_t = satchel_server::PACK_BUFFERS as u16,
           value_parser = clap::value_parser!(u16).range(1..))]
     pack_buffers: u16,
+    /// Milliseconds a batch may keep a pack buffer while it waits on its
+    /// client (default 2000); for tests that need a buffer held.
+    #[arg(long, env = "SATCHEL_PACK_HOLD_MS", hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=3_600_000))]
+    pack_hold_ms: Option<u32>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -275,6 +280,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .with_signing_secret(secret)
         .with_retention_days(a.retention_days)
         .with_pack_buffers(usize::from(a.pack_buffers))
+        .with_pack_hold(a.pack_hold_ms.map_or(satchel_server::PACK_HOLD, |ms| {
+            std::time::Duration::from_millis(u64::from(ms))
+        }))
         .with_limits(a.limits.limits());
     if a.gc_minutes > 0 {
         satchel_server::maintenance::spawn_periodic_gc(

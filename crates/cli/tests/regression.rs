@@ -92,25 +92,6 @@ fn manifest_size_lie_about_held_content_is_refused() {
     assert_eq!(std::fs::read(dest.join("shared.txt")).unwrap(), held);
 }
 
-/// The `name value` lines of `/metrics`.
-fn metric(s: &Server, name: &str) -> u64 {
-    let text = rt().block_on(async {
-        s.http()
-            .get(format!("{}/metrics", s.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 /// A batch of small files held one of the shared pack buffers for as long
 /// as its client took to send the rest, so a few stalled clients stopped
 /// every other batch upload. With one buffer, a client that stalls in
@@ -118,52 +99,10 @@ fn metric(s: &Server, name: &str) -> u64 {
 /// another job's upload; its own batch still completes when it resumes.
 #[test]
 fn stalled_batch_client_does_not_hold_a_pack_buffer() {
-    use std::io::{Read, Write};
     let d = tempfile::tempdir().unwrap();
     let s = Server::start_with(&d.path().join("data"), &[("SATCHEL_PACK_BUFFERS", "1")]);
-    assert_eq!(metric(&s, "satchel_pack_buffers"), 1);
-    let files: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
-    let plan: Value = rt().block_on(async {
-        let manifest: Vec<Value> = files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| json!({"path": format!("s/{i}.bin"), "size": f.len(), "sha256": sha(f)}))
-            .collect();
-        s.http()
-            .post(s.api("/uploads"))
-            .bearer_auth(&s.token)
-            .json(&json!({"context": {"pipeline": "stall", "run": 1, "job": "slow"}, "files": manifest}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    let mut body = Vec::new();
-    for f in &files {
-        body.extend_from_slice(&Sha256::digest(f));
-        body.extend_from_slice(&(f.len() as u64).to_be_bytes());
-        body.extend_from_slice(f);
-    }
-    // Two whole frames and half of the third, then silence.
-    let cut = 2 * (40 + 1000) + 40 + 500;
-    let addr = s.url.strip_prefix("http://").unwrap();
-    let mut slow = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        slow,
-        "POST /api/v1/uploads/{}/blobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        plan["upload_id"].as_str().unwrap(),
-        s.token,
-        body.len()
-    )
-    .unwrap();
-    slow.write_all(&body[..cut]).unwrap();
-    slow.flush().unwrap();
-    common::wait_until(
-        || metric(&s, "satchel_pack_buffers_taken_total") >= 1,
-        "the stalled batch to take the pack buffer",
-    );
+    assert_eq!(s.metric("satchel_pack_buffers"), 1);
+    let slow = common::StalledBatch::start(&s, "stall");
 
     // Another job's batch of small files gets through meanwhile.
     let w = d.path().join("w");
@@ -180,7 +119,11 @@ fn stalled_batch_client_does_not_hold_a_pack_buffer() {
     for (k, v) in &agent.env {
         cmd.env(k, v);
     }
-    let mut other = cmd.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut other = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(st) = other.try_wait().unwrap() {
@@ -194,18 +137,14 @@ fn stalled_batch_client_does_not_hold_a_pack_buffer() {
     };
     assert!(status.success());
     assert_eq!(
-        metric(&s, "satchel_pack_buffers_in_use"),
+        s.metric("satchel_pack_buffers_in_use"),
         0,
         "the stalled client holds no buffer"
     );
 
     // The stalled client resumes; its batch is whole.
-    slow.write_all(&body[cut..]).unwrap();
-    let mut answer = String::new();
-    slow.read_to_string(&mut answer).ok();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    drop(slow);
-    let upload = plan["upload_id"].as_str().unwrap().to_string();
+    let (upload, files) = (slow.upload_id.clone(), slow.files.clone());
+    slow.resume();
     rt().block_on(async {
         let r = s
             .http()

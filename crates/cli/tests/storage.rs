@@ -1058,14 +1058,22 @@ fn a_batch_mixing_small_and_medium_files_writes_one_pack() {
     assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
 }
 
-/// More concurrent batches of small files than the server gathers packs
-/// for at once (`PACK_BUFFERS`): the rest wait their turn, none fails, and
-/// every file comes back intact.
+/// More batches of small files than the server gathers packs for at once
+/// wait their turn, none fails, and every file comes back intact. The
+/// contention is certain: with one buffer, held by a stalled client (and a
+/// long hold), every batch is seen waiting on `/metrics` before the
+/// buffer is released.
 #[test]
 fn concurrent_small_file_batches_wait_for_pack_buffers() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
-    let s = Server::start(&data);
+    let s = Server::start_with(
+        &data,
+        &[
+            ("SATCHEL_PACK_BUFFERS", "1"),
+            ("SATCHEL_PACK_HOLD_MS", "600000"),
+        ],
+    );
     let w = d.path().join("w");
     let jobs = 12u64;
     for j in 0..jobs {
@@ -1077,6 +1085,7 @@ fn concurrent_small_file_batches_wait_for_pack_buffers() {
             );
         }
     }
+    let slow = StalledBatch::start(&s, "stall");
     std::thread::scope(|scope| {
         for j in 0..jobs {
             let agent = s.agent(&w, "p", 1, &format!("job{j}"));
@@ -1090,10 +1099,17 @@ fn concurrent_small_file_batches_wait_for_pack_buffers() {
                 ]);
             });
         }
+        wait_up_to(
+            120,
+            || s.metric("satchel_pack_buffer_waits_total") >= jobs,
+            "every batch to wait for the one pack buffer",
+        );
+        assert_eq!(s.metric("satchel_pack_buffers_in_use"), 1);
+        slow.resume();
     });
     assert_eq!(
         object_counts(&data)["p"],
-        jobs as usize,
+        jobs as usize + 1,
         "one pack per batch"
     );
     let agent = s.agent(&w, "p", 1, "check");

@@ -154,6 +154,8 @@ pub struct Counters {
     pub api_requests: std::sync::atomic::AtomicU64,
     /// Pack buffers handed to batches so far.
     pub pack_buffers_taken: std::sync::atomic::AtomicU64,
+    /// Batches that had to wait for a pack buffer.
+    pub pack_buffer_waits: std::sync::atomic::AtomicU64,
     /// Requests refused for a wrong token.
     pub auth_failures: std::sync::atomic::AtomicU64,
     /// Requests answered 429 for too many failed authentications.
@@ -189,6 +191,8 @@ pub struct AppState {
     pub pack_buffers: Arc<tokio::sync::Semaphore>,
     /// How many pack buffers there are.
     pack_buffer_count: usize,
+    /// How long a batch may keep a pack buffer while waiting on its client.
+    pub pack_hold: std::time::Duration,
     /// Retention of new artifacts that do not ask for one, in seconds
     /// (`None`: keep forever).
     pub default_expire_secs: Option<u64>,
@@ -224,6 +228,7 @@ impl AppState {
             blob_gate: Arc::default(),
             pack_buffers: Arc::new(tokio::sync::Semaphore::new(PACK_BUFFERS)),
             pack_buffer_count: PACK_BUFFERS,
+            pack_hold: PACK_HOLD,
             rotation: Arc::new(std::sync::Mutex::new(maintenance::Rotation {
                 state: "idle".into(),
                 ..maintenance::Rotation::default()
@@ -252,6 +257,13 @@ impl AppState {
         let n = n.max(1);
         self.pack_buffers = Arc::new(tokio::sync::Semaphore::new(n));
         self.pack_buffer_count = n;
+        self
+    }
+
+    /// Lets a batch keep a pack buffer for `d` while it waits on its
+    /// client (default [`PACK_HOLD`]).
+    pub fn with_pack_hold(mut self, d: std::time::Duration) -> AppState {
+        self.pack_hold = d;
         self
     }
 
@@ -450,6 +462,9 @@ async fn metrics(State(state): State<AppState>) -> String {
          # HELP satchel_pack_buffers_taken_total Pack buffers handed to batches of small files.\n\
          # TYPE satchel_pack_buffers_taken_total counter\n\
          satchel_pack_buffers_taken_total {}\n\
+         # HELP satchel_pack_buffer_waits_total Batches that waited for a pack buffer.\n\
+         # TYPE satchel_pack_buffer_waits_total counter\n\
+         satchel_pack_buffer_waits_total {}\n\
          # HELP satchel_pack_buffers_in_use Pack buffers held now.\n\
          # TYPE satchel_pack_buffers_in_use gauge\n\
          satchel_pack_buffers_in_use {in_use}\n\
@@ -464,6 +479,7 @@ async fn metrics(State(state): State<AppState>) -> String {
          satchel_auth_throttled_total {}\n",
         c.api_requests.load(Relaxed),
         c.pack_buffers_taken.load(Relaxed),
+        c.pack_buffer_waits.load(Relaxed),
         state.pack_buffer_count,
         c.auth_failures.load(Relaxed),
         c.auth_throttled.load(Relaxed),

@@ -133,6 +133,25 @@ impl Server {
         (status, body)
     }
 
+    /// The value of `name` in `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = rt().block_on(async {
+            self.http()
+                .get(format!("{}/metrics", self.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    }
+
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)
     }
@@ -245,8 +264,14 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
-    for _ in 0..400 {
+pub fn wait_until(f: impl FnMut() -> bool, what: &str) {
+    wait_up_to(10, f, what)
+}
+
+/// [`wait_until`] for up to `secs` seconds (for work that starts many
+/// processes on a busy machine).
+pub fn wait_up_to(secs: u64, mut f: impl FnMut() -> bool, what: &str) {
+    for _ in 0..secs * 40 {
         if f() {
             return;
         }
@@ -259,4 +284,81 @@ pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
 pub async fn code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
     v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// A batch upload whose client stops in mid-body after two whole frames,
+/// holding its connection open, once the server has taken a pack buffer
+/// for it (polled on `/metrics`, so the state is certain, not timed).
+pub struct StalledBatch {
+    pub files: Vec<Vec<u8>>,
+    pub upload_id: String,
+    conn: std::net::TcpStream,
+    body: Vec<u8>,
+    sent: usize,
+}
+
+impl StalledBatch {
+    /// Stages `pipeline` run 1 job `slow` with 20 small files and stalls.
+    pub fn start(s: &Server, pipeline: &str) -> StalledBatch {
+        use sha2::Digest as _;
+        use std::io::Write;
+        let files: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let taken = s.metric("satchel_pack_buffers_taken_total");
+        let plan: serde_json::Value = rt().block_on(async {
+            let manifest: Vec<serde_json::Value> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| serde_json::json!({"path": format!("s/{i}.bin"), "size": f.len(), "sha256": hex::encode(sha2::Sha256::digest(f))}))
+                .collect();
+            s.http()
+                .post(s.api("/uploads"))
+                .bearer_auth(&s.token)
+                .json(&serde_json::json!({"context": {"pipeline": pipeline, "run": 1, "job": "slow"}, "files": manifest}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let mut body = Vec::new();
+        for f in &files {
+            body.extend_from_slice(&sha2::Sha256::digest(f));
+            body.extend_from_slice(&(f.len() as u64).to_be_bytes());
+            body.extend_from_slice(f);
+        }
+        let upload_id = plan["upload_id"].as_str().unwrap().to_string();
+        let sent = 2 * (40 + 1000) + 40 + 500;
+        let addr = s.url.strip_prefix("http://").unwrap();
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            conn,
+            "POST /api/v1/uploads/{upload_id}/blobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            s.token,
+            body.len()
+        )
+        .unwrap();
+        conn.write_all(&body[..sent]).unwrap();
+        conn.flush().unwrap();
+        wait_until(
+            || s.metric("satchel_pack_buffers_taken_total") > taken,
+            "the stalled batch to take a pack buffer",
+        );
+        StalledBatch {
+            files,
+            upload_id,
+            conn,
+            body,
+            sent,
+        }
+    }
+
+    /// Sends the rest; the server must answer 200.
+    pub fn resume(mut self) {
+        use std::io::{Read, Write};
+        self.conn.write_all(&self.body[self.sent..]).unwrap();
+        let mut answer = String::new();
+        self.conn.read_to_string(&mut answer).ok();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }

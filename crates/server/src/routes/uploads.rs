@@ -41,7 +41,7 @@ use tokio_util::io::StreamReader;
 use super::check_id;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::{AppState, PACK_HOLD};
+use crate::AppState;
 
 /// Frames of a batch up to this size are read into memory (one at a time
 /// per request) before they are stored; larger ones stream. The CLI sends
@@ -348,7 +348,7 @@ pub(super) async fn assemble(
 ///
 /// Invariant: a pack buffer (a permit of [`AppState::pack_buffers`]) is
 /// held only while blobs wait in `pending`, and never longer than
-/// [`PACK_HOLD`] while the client is being waited for: at that deadline
+/// [`crate::PACK_HOLD`] (or what the server was told) while the client is being waited for: at that deadline
 /// what has arrived is written out (a smaller pack, or single blobs) and
 /// the buffer goes back. So a slow or stalled client holds at most one
 /// frame of its own memory, never a shared buffer, and other batches go
@@ -378,17 +378,22 @@ impl Packer {
     /// Adds a received blob, taking a buffer first if none is held.
     async fn push(&mut self, s: &AppState, digest: Digest, data: Bytes) -> Result<(), ApiError> {
         if self.permit.is_none() {
-            self.permit = Some(
-                s.pack_buffers
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ApiError::internal("the server is shutting down"))?,
-            );
+            let permit = match s.pack_buffers.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    s.counters.pack_buffer_waits.fetch_add(1, Ordering::Relaxed);
+                    s.pack_buffers
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| ApiError::internal("the server is shutting down"))?
+                }
+            };
+            self.permit = Some(permit);
             s.counters
                 .pack_buffers_taken
                 .fetch_add(1, Ordering::Relaxed);
-            self.deadline = Some(tokio::time::Instant::now() + PACK_HOLD);
+            self.deadline = Some(tokio::time::Instant::now() + s.pack_hold);
         }
         self.bytes += data.len();
         self.pending.push((digest, data));
