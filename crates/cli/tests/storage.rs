@@ -662,7 +662,28 @@ fn a_slow_upload_stalls_neither_gc_nor_other_uploads() {
                 .body(reqwest::Body::wrap_stream(stream))
                 .send(),
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Certain, not timed: the server holds the slow blob mid-body.
+        let metrics = format!("{url}/metrics");
+        let mut polls = 0;
+        loop {
+            let text = http
+                .get(&metrics)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("\nsatchel_blobs_being_written 1\n") {
+                break;
+            }
+            polls += 1;
+            assert!(
+                polls < 400,
+                "the slow upload never reached the server: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
 
         let gc = tokio::spawn(
             http.post(api("/admin/gc"))
@@ -670,7 +691,6 @@ fn a_slow_upload_stalls_neither_gc_nor_other_uploads() {
                 .json(&json!({"grace_seconds": 0}))
                 .send(),
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
 
         // Another upload goes through while the slow one is still sending.
         let fast = b"fast".repeat(100);

@@ -51,6 +51,11 @@ impl BlobGate {
         }
     }
 
+    /// How many digests are announced now (for `/metrics`).
+    pub fn announced(&self) -> usize {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Waits for running writers' announcements to settle and excludes
     /// new ones until the returned guard is dropped.
     pub async fn sweep(&self) -> Sweep<'_> {

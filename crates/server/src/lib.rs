@@ -462,6 +462,9 @@ async fn metrics(State(state): State<AppState>) -> String {
          # HELP satchel_pack_buffers_taken_total Pack buffers handed to batches of small files.\n\
          # TYPE satchel_pack_buffers_taken_total counter\n\
          satchel_pack_buffers_taken_total {}\n\
+         # HELP satchel_blobs_being_written Blobs announced to GC by writers now.\n\
+         # TYPE satchel_blobs_being_written gauge\n\
+         satchel_blobs_being_written {}\n\
          # HELP satchel_pack_buffer_waits_total Batches that waited for a pack buffer.\n\
          # TYPE satchel_pack_buffer_waits_total counter\n\
          satchel_pack_buffer_waits_total {}\n\
@@ -479,6 +482,7 @@ async fn metrics(State(state): State<AppState>) -> String {
          satchel_auth_throttled_total {}\n",
         c.api_requests.load(Relaxed),
         c.pack_buffers_taken.load(Relaxed),
+        state.blob_gate.announced(),
         c.pack_buffer_waits.load(Relaxed),
         state.pack_buffer_count,
         c.auth_failures.load(Relaxed),
