@@ -90,6 +90,10 @@ pub fn remote_base(var: &str) -> Option<String> {
 
 /// Runs every check against `backend`, which must start empty. Panics on the
 /// first failure with a message naming the check.
+///
+/// Call it from a multi-threaded runtime
+/// (`#[tokio::test(flavor = "multi_thread")]`): concurrent writers run on
+/// threads of their own.
 pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     backend_basics(&*backend).await;
     let plain = ChunkStore::new(backend.clone(), Codec::plain());
@@ -283,21 +287,38 @@ async fn deferred_then_flush(store: &ChunkStore) {
     }
 }
 
+/// Six writers of one blob at once, each on a thread of its own (so they
+/// run in parallel, not just interleaved on one thread), all succeed and
+/// leave it whole. Needs a multi-threaded runtime (see [`run_all`]).
 async fn concurrent_writers_of_one_blob(store: &ChunkStore) {
-    let body = Arc::new(random_bytes(6 * 1024 * 1024 + 3, 5));
+    let body = random_bytes(6 * 1024 * 1024 + 3, 5);
     let d = Digest::of(&body);
-    let writes = (0..6).map(|_| {
-        let b = body.clone();
-        async move {
-            store
-                .put(&d, b.len() as u64, &mut &b[..], Durability::Sync)
-                .await
-        }
+    let rt = tokio::runtime::Handle::current();
+    let results: Vec<Result<(), StoreError>> = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (rt, body) = (&rt, &body);
+                    scope.spawn(move || {
+                        rt.block_on(store.put(
+                            &d,
+                            body.len() as u64,
+                            &mut &body[..],
+                            Durability::Sync,
+                        ))
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().expect("writer thread"))
+                .collect()
+        })
     });
-    for r in futures_util::future::join_all(writes).await {
+    for r in results {
         r.expect("concurrent put");
     }
-    assert!(read_all(store, &d, None).await.unwrap() == *body);
+    assert!(read_all(store, &d, None).await.unwrap() == body);
 }
 
 async fn dedup_shares_chunks(store: &ChunkStore) {

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use satchel_store::{conformance, DirBackend, ObjectBackend, RemoteBackend};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_directory_conforms() {
     let dir = tempfile::tempdir().unwrap();
     conformance::run_all(Arc::new(DirBackend::open(dir.path()).unwrap())).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_conforms() {
     conformance::run_all(Arc::new(RemoteBackend::from_url("memory://").unwrap())).await;
 }
@@ -36,14 +36,14 @@ fn remote(var: &str) -> Option<Arc<dyn ObjectBackend>> {
     Some(Arc::new(RemoteBackend::from_url(&url).unwrap()))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_garage_conforms() {
     if let Some(b) = remote("SATCHEL_TEST_S3_URL") {
         conformance::run_all(b).await;
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_azurite_conforms() {
     if let Some(b) = remote("SATCHEL_TEST_AZURE_URL") {
         conformance::run_all(b).await;
@@ -52,14 +52,14 @@ async fn azure_azurite_conforms() {
 
 /// GCS through object_store's real GCS client, against fake-gcs-server
 /// (whose missing XML object PUT the shim supplies).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_fake_gcs_server_conforms() {
     if let Some(b) = remote("SATCHEL_TEST_GCS_URL") {
         conformance::run_all(b).await;
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webdav_nginx_conforms() {
     if let Some(b) = remote("SATCHEL_TEST_WEBDAV_URL") {
         conformance::run_all(b).await;
