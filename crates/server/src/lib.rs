@@ -31,9 +31,13 @@ use crate::error::ApiError;
 /// (default of `satchel serve --pack-buffers`).
 pub const PACK_BUFFERS: usize = 8;
 
-/// How long one batch may keep a pack buffer while it waits for its
-/// client; then what arrived is written out and the buffer is released.
+/// How long one batch may keep a pack buffer while its client sends
+/// nothing; then what arrived is written out and the buffer is released.
 pub const PACK_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest one batch keeps a pack buffer however steadily its client
+/// sends (a client trickling a byte a second cannot hold one for long).
+pub const PACK_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one request, upload or client may use. Each is a
 /// `satchel serve` option; passing one is a clear 4xx (or a closed

@@ -360,8 +360,13 @@ struct Packer {
     /// into a pack too, however small).
     packed: bool,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// When the held buffer must be given back.
+    /// When the held buffer must be given back if the client sends
+    /// nothing more: [`AppState::pack_hold`] after its last bytes, and
+    /// never later than `held_until`.
     deadline: Option<tokio::time::Instant>,
+    /// The latest the held buffer is given back, however steadily the
+    /// client sends ([`crate::PACK_HOLD_MAX`] after it was taken).
+    held_until: Option<tokio::time::Instant>,
 }
 
 impl Packer {
@@ -372,6 +377,7 @@ impl Packer {
             packed: false,
             permit: None,
             deadline: None,
+            held_until: None,
         }
     }
 
@@ -393,7 +399,10 @@ impl Packer {
             s.counters
                 .pack_buffers_taken
                 .fetch_add(1, Ordering::Relaxed);
-            self.deadline = Some(tokio::time::Instant::now() + s.pack_hold);
+            let now = tokio::time::Instant::now();
+            let until = now + crate::PACK_HOLD_MAX.max(s.pack_hold);
+            self.held_until = Some(until);
+            self.deadline = Some((now + s.pack_hold).min(until));
         }
         self.bytes += data.len();
         self.pending.push((digest, data));
@@ -423,6 +432,7 @@ impl Packer {
         self.bytes = 0;
         self.permit = None;
         self.deadline = None;
+        self.held_until = None;
         Ok(())
     }
 
@@ -454,6 +464,11 @@ impl Packer {
                 break;
             }
             got += n;
+            // Bytes arrived: a client that keeps sending keeps its buffer
+            // (a busy machine may deliver a pack slowly), up to held_until.
+            if let (Some(_), Some(until)) = (self.deadline, self.held_until) {
+                self.deadline = Some((tokio::time::Instant::now() + s.pack_hold).min(until));
+            }
         }
         Ok(got)
     }
