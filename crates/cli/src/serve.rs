@@ -117,10 +117,11 @@ pub struct StorageArgs {
     #[arg(long, env = "SATCHEL_KEYS", hide_env_values = true)]
     keys: Option<String>,
     /// Seconds a stored chunk is trusted before a write that reuses it
-    /// refreshes it; GC never deletes a chunk younger than twice this.
-    /// A tuning knob for tests that make GC race uploads (default 900).
+    /// refreshes it; GC never deletes a chunk younger than twice this, and
+    /// a write must record a reused chunk within half of it. A knob for
+    /// tests that make GC race uploads (default 900; at least 5).
     #[arg(long, env = "SATCHEL_CHUNK_REFRESH_SECS", hide = true,
-          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+          value_parser = clap::value_parser!(u32).range(5..=86_400))]
     chunk_refresh_secs: Option<u32>,
 }
 

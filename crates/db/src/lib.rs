@@ -224,8 +224,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// same content is told it is missing and restores it.
     async fn unrecord_blobs(&self, digests: &[String]) -> Result<u64, DbError>;
     /// Every blob that finished artifacts and packages reference, with its
-    /// size as recorded when its content was verified, for fsck.
-    async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError>;
+    /// size as recorded when its content was verified (`None` when no row
+    /// records it: then no file row's claim stands in), for fsck.
+    async fn referenced_blobs(&self) -> Result<Vec<(String, Option<u64>)>, DbError>;
     /// Up to `limit` visible file rows (of finished artifacts, or of
     /// packages) whose size is not the size of their content: left by uploads before sizes were
     /// checked. fsck reports them; they never make content count as

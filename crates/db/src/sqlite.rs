@@ -1701,24 +1701,26 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>, DbError> {
+    async fn referenced_blobs(&self) -> Result<Vec<(String, Option<u64>)>, DbError> {
         self.read(move |c| {
             let mut stmt = c
                 .prepare(
-                    "SELECT f.sha256, COALESCE(MAX(b.size), MAX(f.size)) FROM files f
+                    "SELECT f.sha256, MAX(b.size) FROM files f
                        JOIN uploads u ON u.id = f.upload_id
                        JOIN artifacts a ON a.id = f.artifact_id
                        LEFT JOIN blobs b ON b.sha256 = f.sha256
                      WHERE u.state = 'finished' AND a.state = 'finished'
                      GROUP BY f.sha256
                      UNION
-                     SELECT pf.sha256, COALESCE(MAX(b.size), MAX(pf.size)) FROM package_files pf
+                     SELECT pf.sha256, MAX(b.size) FROM package_files pf
                        LEFT JOIN blobs b ON b.sha256 = pf.sha256
                      GROUP BY pf.sha256",
                 )
                 .map_err(backend)?;
-            let rows: Vec<(String, u64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            let rows: Vec<(String, Option<u64>)> = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|n| n as u64)))
+                })
                 .map_err(backend)?
                 .collect::<Result<_, _>>()
                 .map_err(backend)?;

@@ -292,7 +292,8 @@ impl AppState {
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// The secret in `path` that signs runtime tokens and URLs: 64 hex
-/// characters, created (random, mode 0600, synced) on first use.
+/// characters, created (random, mode 0600, synced, atomically) on first
+/// use. The caller holds the data directory's lock.
 pub fn load_signing_secret(path: &Path) -> std::io::Result<[u8; 32]> {
     use std::io::Write as _;
     let bad = |why: &str| {
@@ -312,15 +313,25 @@ pub fn load_signing_secret(path: &Path) -> std::io::Result<[u8; 32]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    // Written whole to a temp file, synced, then renamed into place (the
+    // caller holds the data directory's lock): a crash leaves either no
+    // secret or a whole one, never an empty file that fails every start.
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
+    let mut f = opts.open(&tmp)?;
     f.write_all(format!("{}\n", hex::encode(secret)).as_bytes())?;
     f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(secret)
 }
 

@@ -207,7 +207,7 @@ pub async fn fsck(s: &AppState, forget_damaged: bool) -> Result<FsckReport, ApiE
                 continue;
             }
             Err(e) => return Err(e.into()),
-            Ok(n) if n != size => {
+            Ok(n) if size.is_some_and(|size| n != size) => {
                 r.wrong_size.push(hex);
                 continue;
             }
