@@ -261,6 +261,66 @@ pub async fn run_all(db: &dyn MetaStore) {
 
     gc_grace(db).await;
     pipelines(db).await;
+    needs_blobs_and_expiry(db).await;
+}
+
+/// What an upload may send, what an artifact holds, which blobs are
+/// recorded and referenced, and expiry taking an artifact out of both.
+async fn needs_blobs_and_expiry(db: &dyn MetaStore) {
+    let (one, two) = ("1".repeat(64), "2".repeat(64));
+    let mut up = upload(
+        "x",
+        1,
+        Some("short-lived"),
+        vec![file("e1", '1', 5), file("e2", '2', 6), file("e3", '1', 5)],
+    );
+    up.context.pipeline = "expiring".into();
+    up.expire_in_secs = Some(1);
+    let plan = db.create_upload(&up, &q()).await.unwrap();
+    let needs = db.upload_needs(&plan.upload_id).await.unwrap();
+    assert_eq!(needs.state, "uploading");
+    assert_eq!(needs.blobs.len(), 2, "one entry per digest");
+    assert_eq!((needs.blobs[&one], needs.blobs[&two]), (5, 6));
+    assert!(matches!(
+        db.upload_needs(&"0".repeat(32)).await,
+        Err(DbError::NotFound(_))
+    ));
+    db.record_blobs(&[(one.clone(), 5), (two.clone(), 6)])
+        .await
+        .unwrap();
+    db.finish_upload(&plan.upload_id).await.unwrap();
+    let mut paths: Vec<String> = db
+        .artifact_files(&plan.artifact_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["e1", "e2", "e3"]);
+    let recorded = db.recorded_blobs().await.unwrap();
+    assert!(recorded.contains(&one) && recorded.contains(&two));
+    let referenced = db.referenced_blobs().await.unwrap();
+    assert!(
+        referenced.contains(&(two.clone(), Some(6))),
+        "{referenced:?}"
+    );
+    // Its run never passed, so nothing keeps it once its time is up.
+    let later = satchel_model::id::now_millis() + 10_000;
+    assert!(db.expire_artifacts(later).await.unwrap() >= 1);
+    assert_eq!(
+        db.get_artifact(&plan.artifact_id).await.unwrap().state,
+        ArtifactState::Expired
+    );
+    let referenced = db.referenced_blobs().await.unwrap();
+    assert!(
+        !referenced.iter().any(|(d, _)| *d == two),
+        "an expired artifact references nothing"
+    );
+    assert!(
+        db.recorded_blobs().await.unwrap().contains(&two),
+        "until GC"
+    );
 }
 
 /// Re-recording a blob makes it young again, and forgetting honours the
