@@ -238,7 +238,9 @@ fn round_trip_on(var: &str) {
     // A second run's copy is deduplicated; deleting the first and
     // collecting keeps the second intact.
     let a2 = s.agent(&w, "p", 2, "j");
-    a2.ok(&["artifact", "upload", "big.bin"]);
+    let sent: serde_json::Value =
+        serde_json::from_str(&a2.ok(&["artifact", "upload", "--json", "big.bin"])).unwrap();
+    assert_eq!(sent["bytes_sent"], 0, "the store already holds it: {sent}");
     let id = s.artifact_id("p", 1, "default");
     s.delete_artifact(&id);
     agent.ok(&["admin", "gc", "--grace", "0s"]);
