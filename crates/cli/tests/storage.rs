@@ -25,6 +25,18 @@ fn blob_path(data_dir: &Path, data: &[u8]) -> PathBuf {
     data_dir.join("content/objects/r").join(&h[..2]).join(h)
 }
 
+/// The content of file `id`, read through the API of the server at `url`.
+async fn file_content(http: &reqwest::Client, url: &str, token: &str, id: &str) -> bytes::Bytes {
+    http.get(format!("{url}/api/v1/files/{id}/content"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 /// A JSON array of strings, sorted.
 fn sorted_strings(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = v
@@ -504,18 +516,7 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
                     .json()
                     .await
                     .unwrap();
-                let body = http
-                    .get(api(&format!(
-                        "/files/{}/content",
-                        v["files"][0]["id"].as_str().unwrap()
-                    )))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
+                let body = file_content(&http, &url, &token, v["files"][0]["id"].as_str().unwrap()).await;
                 assert!(body.as_ref() == content_of(pr).as_slice(), "round {pr} lost bytes");
                 let r = http
                     .delete(api(&format!("/artifacts/{p}")))
@@ -557,18 +558,7 @@ fn gc_racing_dedup_uploads_never_loses_a_byte() {
                 .await
                 .unwrap();
             let f = &v["files"][0];
-            let body = http
-                .get(api(&format!(
-                    "/files/{}/content",
-                    f["id"].as_str().unwrap()
-                )))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let body = file_content(&http, &url, &token, f["id"].as_str().unwrap()).await;
             assert!(body.as_ref() == content_of(*round).as_slice(), "round {round}");
         }
         let r: Value = http
@@ -736,18 +726,8 @@ fn a_slow_upload_stalls_neither_gc_nor_other_uploads() {
                 .json()
                 .await
                 .unwrap();
-            let body = http
-                .get(api(&format!(
-                    "/files/{}/content",
-                    v["files"][0]["id"].as_str().unwrap()
-                )))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let body =
+                file_content(&http, &url, &token, v["files"][0]["id"].as_str().unwrap()).await;
             assert_eq!(body.as_ref(), data.as_slice(), "run {run}");
         }
     });
