@@ -6,6 +6,7 @@
 #   nginx WebDAV         Debian nginx + dav-ext module   127.0.0.1:39200
 #   GCS                  fake-gcs-server (PyPI wheel)    127.0.0.1:39300
 #                        behind scripts/gcs-xml-shim.py (the server itself on :39301)
+#   PostgreSQL           Debian postgresql, initdb       127.0.0.1:39400
 # Then writes the environment the tests read to $SERVICES_DIR/env; source it.
 # Safe to run again: whatever already answers is reused.
 set -euo pipefail
@@ -178,6 +179,35 @@ cat > "$GC/service-account.json" <<EOF
  "client_email": "", "private_key": "", "private_key_id": ""}
 EOF
 
+# ----------------------------------------------------------------- PostgreSQL
+# Debian's server, a cluster of our own (initdb) on :39400, password login
+# on loopback only. Tests create a database each (satchel_db::testing).
+P="$SERVICES_DIR/postgres"
+PG_PASSWORD=satchel-test-password   # test-only, like Garage's key
+if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+  log "installing PostgreSQL from Debian packages"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+fi
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+# initdb and the server refuse to run as root.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+mkdir -p "$P"
+[ "$(id -u)" = 0 ] && chown postgres: "$P"
+if ! [ -f "$P/data/PG_VERSION" ]; then
+  log "creating a PostgreSQL cluster (initdb)"
+  printf '%s\n' "$PG_PASSWORD" > "$P/pwfile"
+  [ "$(id -u)" = 0 ] && chown postgres: "$P/pwfile"
+  as_pg "$PG_BIN/initdb" -D "$P/data" -U satchel --pwfile="$P/pwfile" \
+    --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$P/initdb.log"
+  rm -f "$P/pwfile"
+fi
+if ! port_open 39400; then
+  log "starting PostgreSQL"
+  as_pg "$PG_BIN/pg_ctl" -D "$P/data" -l "$P/log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -c port=39400 -c unix_socket_directories=$P -c max_connections=300" start >/dev/null
+  wait_port 39400 "$P/log"
+fi
+
 cat > "$SERVICES_DIR/env" <<EOF
 export AWS_ACCESS_KEY_ID=$GARAGE_KEY_ID
 export AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET
@@ -186,5 +216,6 @@ export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:39100
 export SATCHEL_TEST_AZURE_URL='az://satchel-test?use_emulator=true'
 export SATCHEL_TEST_WEBDAV_URL=http://127.0.0.1:39200/satchel
 export SATCHEL_TEST_GCS_URL='gs://satchel-test?service_account=$GC/service-account.json'
+export SATCHEL_TEST_POSTGRES_URL='postgres://satchel:$PG_PASSWORD@127.0.0.1:39400/postgres'
 EOF
-log "Garage :39000, Azurite :39100, nginx WebDAV :39200, GCS :39300 ready; environment in $SERVICES_DIR/env"
+log "Garage :39000, Azurite :39100, nginx WebDAV :39200, GCS :39300, PostgreSQL :39400 ready; environment in $SERVICES_DIR/env"

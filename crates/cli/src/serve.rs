@@ -99,6 +99,12 @@ impl LimitArgs {
 /// Where and how content is stored (see docs/storage.md).
 #[derive(Args, Debug, Clone)]
 pub struct StorageArgs {
+    /// Metadata database: `postgres://USER:PASSWORD@HOST:PORT/DATABASE`
+    /// (options: `pool_size=N`, default 8; `connect_timeout=SECS`) or
+    /// `sqlite://PATH`. Default: `satchel.db` (SQLite) in the data
+    /// directory. Replicas sharing one PostgreSQL need one content store.
+    #[arg(long = "database", env = "SATCHEL_DATABASE", hide_env_values = true)]
+    database_url: Option<String>,
     /// Content store: `s3://bucket[/prefix]?endpoint=…`, `az://container`,
     /// `gs://bucket`, `http(s)://host/path` (WebDAV), `file:///dir`.
     /// Default: `content/` in the data directory.
@@ -155,6 +161,7 @@ impl StorageArgs {
             (None, None) => None,
         };
         Ok(satchel_server::StorageOptions {
+            database_url: self.database_url.clone(),
             store_url: self.store_url.clone(),
             compression: self.compression,
             keys,

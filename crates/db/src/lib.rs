@@ -1,15 +1,22 @@
 //! Satchel's metadata store.
 //!
 //! [`MetaStore`] is everything the server asks of a database: creating and
-//! finishing uploads, finding runs, artifacts and files. Each database lives
-//! in its own module with its own `migrations/` (SQLite now; PostgreSQL next),
-//! chosen by URL at start-up through [`open`]. Nothing database-specific leaks
-//! out of this crate: callers see the wire types of `satchel_model::api`.
+//! finishing uploads, finding runs, artifacts and files. The rules and the
+//! queries live once, in `rules` (written against the small interface of
+//! [`sql`]); each database is a thin module with its own append-only
+//! `migrations/`: SQLite (the embedded default) and PostgreSQL, chosen by
+//! URL at start-up through [`open`]. Nothing database-specific leaks out of
+//! this crate: callers see the wire types of `satchel_model::api`.
 //!
 //! Visibility rule, enforced here: a file is visible only when its upload and
 //! its artifact are `finished`. An upload becomes finished in one transaction,
 //! and only after every blob it references is recorded as durable.
 
+mod backend;
+pub mod postgres;
+mod rules;
+#[doc(hidden)]
+pub mod sql;
 mod sqlite;
 pub mod story;
 
@@ -23,7 +30,9 @@ use satchel_model::api::{
 };
 use satchel_model::selector::RunSelector;
 
-pub use sqlite::SqliteStore;
+pub use backend::{Backend, Store};
+pub use postgres::PostgresStore;
+pub use sqlite::{SqliteBackend, SqliteStore};
 
 /// Errors of the metadata store. The server maps them to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
@@ -244,14 +253,18 @@ pub trait MetaStore: Send + Sync + 'static {
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare
-/// path) for the embedded default.
-pub fn open(url: &str) -> Result<Arc<dyn MetaStore>, DbError> {
+/// path) for the embedded default, `postgres://USER:PASSWORD@HOST:PORT/DB`
+/// (or `postgresql://`) for PostgreSQL (see [`PostgresStore::connect`]).
+pub async fn open(url: &str) -> Result<Arc<dyn MetaStore>, DbError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(SqliteStore::open(path)?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(url).await?));
+    }
     if url.contains("://") {
         return Err(DbError::Invalid(format!(
-            "unsupported database URL {url:?}: use sqlite://PATH"
+            "unsupported database URL {url:?}: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         )));
     }
     Ok(Arc::new(SqliteStore::open(url)?))

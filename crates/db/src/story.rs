@@ -262,6 +262,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     gc_grace(db).await;
     pipelines(db).await;
     needs_blobs_and_expiry(db).await;
+    races(db).await;
 }
 
 /// What an upload may send, what an artifact holds, which blobs are
@@ -527,4 +528,82 @@ async fn pipelines(db: &dyn MetaStore) {
         db.get_package("rel", "app", Some("9")).await,
         Err(DbError::NotFound(_))
     ));
+}
+
+/// Writers racing for one name in a run, one run number, one default
+/// artifact: the database decides, never a check-then-insert. Each round
+/// starts every writer at once.
+async fn races(db: &dyn MetaStore) {
+    use futures_util::future::join_all;
+    use satchel_model::api::NewRun;
+
+    const WRITERS: usize = 8;
+    let quotas = q();
+    let quotas = &quotas;
+    let new_run = NewRun::default();
+    let new_run = &new_run;
+    for round in 0..10u64 {
+        let pipeline = format!("race-{round}");
+        // The run exists, so the writers do not queue on creating it.
+        let running = satchel_model::api::SetRunState {
+            state: "running".into(),
+            branch: None,
+            commit: None,
+        };
+        db.set_run_state(&pipeline, 7, &running).await.unwrap();
+        let reqs: Vec<CreateUpload> = (0..WRITERS)
+            .map(|i| {
+                let mut u = upload(&format!("job-{i}"), 1, Some("shared"), vec![]);
+                u.context.pipeline = pipeline.clone();
+                u.context.run = 7;
+                // Recording a branch would update (and lock) the run row.
+                u.context.branch = None;
+                u
+            })
+            .collect();
+        let results = join_all(reqs.iter().map(|r| db.create_upload(r, quotas))).await;
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: one job wins the name: {results:?}"
+        );
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, DbError::Conflict(m) if m.contains("already exists")),
+                    "round {round}: the losers get the name conflict, got {e:?}"
+                );
+            }
+        }
+        let runs = db.list_runs(&pipeline).await.unwrap();
+        assert_eq!(runs.len(), 1, "round {round}: one run was created");
+
+        // The default artifact of one job: both uploads land in it.
+        let mut both = upload("solo", 1, None, vec![]);
+        both.context.pipeline = pipeline.clone();
+        both.context.run = 8;
+        let (a, b) = futures_util::join!(
+            db.create_upload(&both, quotas),
+            db.create_upload(&both, quotas)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            a.artifact_id, b.artifact_id,
+            "round {round}: one default artifact"
+        );
+
+        // Run numbers: each new run gets its own.
+        let numbers = join_all((0..WRITERS).map(|_| db.create_run(&pipeline, new_run)))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().number)
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(
+            numbers.len(),
+            WRITERS,
+            "round {round}: distinct run numbers"
+        );
+        assert_eq!(numbers.last(), Some(&(8 + WRITERS as u64)));
+    }
 }

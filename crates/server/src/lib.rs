@@ -378,6 +378,9 @@ pub struct Stores {
 /// How content is stored: where, compressed how, encrypted with what.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
+    /// Metadata database URL (`sqlite://PATH`, `postgres://…`); `None`:
+    /// `satchel.db` (SQLite) in the data directory.
+    pub database_url: Option<String>,
     /// Content store URL (`s3://…`, `az://…`, …); `None`: the data
     /// directory's `content/`.
     pub store_url: Option<String>,
@@ -394,6 +397,7 @@ pub struct StorageOptions {
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
         StorageOptions {
+            database_url: None,
             store_url: None,
             compression: satchel_store::Compression::Zstd(1),
             keys: None,
@@ -407,8 +411,8 @@ pub async fn open_embedded(dir: &Path) -> Result<Stores, String> {
     open_embedded_with(dir, &StorageOptions::default()).await
 }
 
-/// Opens SQLite under `dir` and the content store `opts` names (by default
-/// also under `dir`).
+/// Opens the database and the content store `opts` name (by default SQLite
+/// and local disk, both under `dir`).
 pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Stores, String> {
     let d = DataDir {
         root: dir.to_path_buf(),
@@ -433,8 +437,11 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
             return Err(format!("locking {}: {e}", lock_path.display()))
         }
     }
-    let db = satchel_db::open(&format!("sqlite://{}", d.database().display()))
-        .map_err(|e| e.to_string())?;
+    let db_url = opts
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", d.database().display()));
+    let db = satchel_db::open(&db_url).await.map_err(|e| e.to_string())?;
     let url = opts
         .store_url
         .clone()

@@ -1,0 +1,276 @@
+//! [`MetaStore`] for any database: the trait's methods are the rules of
+//! [`crate::rules`], run on tokio's blocking pool inside a transaction of a
+//! [`Backend`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use satchel_model::api::{
+    Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
+    RunRef, SetRunState, UploadFinished,
+};
+use satchel_model::selector::RunSelector;
+
+use crate::sql::Sql;
+use crate::{rules, DbError, JobSummary, MetaStore, MisSized, Quotas, UploadNeeds, UploadPlan};
+
+/// What a database gives the rules: a connection to read on and a write
+/// transaction. Both are blocking calls, made from tokio's blocking pool.
+pub trait Backend: Send + Sync + 'static {
+    /// Runs `f` on a connection that sees committed data.
+    #[doc(hidden)]
+    fn read<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError>;
+    /// Runs `f` in one write transaction and commits it when `f` succeeds;
+    /// rolls back (nothing written) when it fails. A backend may run `f`
+    /// again after a transient conflict (a deadlock), so `f` must not
+    /// keep state between calls.
+    #[doc(hidden)]
+    fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>)
+        -> Result<T, DbError>;
+}
+
+/// The metadata store on backend `B`.
+pub struct Store<B> {
+    backend: Arc<B>,
+}
+
+impl<B> Clone for Store<B> {
+    fn clone(&self) -> Store<B> {
+        Store {
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+impl<B: Backend> Store<B> {
+    pub(crate) fn new(backend: B) -> Store<B> {
+        Store {
+            backend: Arc::new(backend),
+        }
+    }
+
+    /// The backend, for backend-specific calls.
+    pub(crate) fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    async fn read<T, F>(&self, mut f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
+    {
+        let b = self.backend.clone();
+        tokio::task::spawn_blocking(move || b.read(&mut f))
+            .await
+            .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+    }
+
+    async fn write<T, F>(&self, mut f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
+    {
+        let b = self.backend.clone();
+        tokio::task::spawn_blocking(move || b.write(&mut f))
+            .await
+            .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl<B: Backend> MetaStore for Store<B> {
+    async fn create_upload(
+        &self,
+        req: &CreateUpload,
+        quotas: &Quotas,
+    ) -> Result<UploadPlan, DbError> {
+        let (req, quotas) = (req.clone(), *quotas);
+        self.write(move |c| rules::create_upload(c, &req, &quotas))
+            .await
+    }
+
+    async fn upload_needs(&self, upload_id: &str) -> Result<UploadNeeds, DbError> {
+        let id = upload_id.to_string();
+        self.read(move |c| rules::upload_needs(c, &id)).await
+    }
+
+    async fn known_blobs(&self, digests: &[String]) -> Result<HashSet<String>, DbError> {
+        let digests = digests.to_vec();
+        self.read(move |c| rules::known_blobs(c, &digests)).await
+    }
+
+    async fn record_blobs(&self, blobs: &[(String, u64)]) -> Result<(), DbError> {
+        let blobs = blobs.to_vec();
+        self.write(move |c| rules::record_blobs(c, &blobs)).await
+    }
+
+    async fn finish_upload(&self, upload_id: &str) -> Result<UploadFinished, DbError> {
+        let id = upload_id.to_string();
+        self.write(move |c| rules::finish_upload(c, &id)).await
+    }
+
+    async fn abort_upload(&self, upload_id: &str) -> Result<(), DbError> {
+        let id = upload_id.to_string();
+        self.write(move |c| rules::abort_upload(c, &id)).await
+    }
+
+    async fn expire_stale_uploads(&self, cutoff_ms: i64) -> Result<u64, DbError> {
+        self.write(move |c| rules::expire_stale_uploads(c, cutoff_ms))
+            .await
+    }
+
+    async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError> {
+        let p = pipeline.to_string();
+        self.read(move |c| rules::list_runs(c, &p)).await
+    }
+
+    async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError> {
+        let p = pipeline.to_string();
+        self.read(move |c| rules::find_run(c, &p, number)).await
+    }
+
+    async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| rules::run_files(c, &id)).await
+    }
+
+    async fn list_artifacts(&self, run_id: &str) -> Result<Vec<Artifact>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| rules::list_artifacts(c, &id)).await
+    }
+
+    async fn get_artifact(&self, id: &str) -> Result<Artifact, DbError> {
+        let id = id.to_string();
+        self.read(move |c| rules::get_artifact(c, &id)).await
+    }
+
+    async fn artifact_files(&self, id: &str) -> Result<Vec<FileInfo>, DbError> {
+        let id = id.to_string();
+        self.read(move |c| rules::artifact_files(c, &id)).await
+    }
+
+    async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError> {
+        let ids = ids.to_vec();
+        self.read(move |c| rules::get_files(c, &ids)).await
+    }
+
+    async fn delete_artifact(&self, id: &str) -> Result<Artifact, DbError> {
+        let id = id.to_string();
+        self.write(move |c| rules::delete_artifact(c, &id)).await
+    }
+
+    async fn create_typed(&self, req: &CreateTyped, quotas: &Quotas) -> Result<Artifact, DbError> {
+        let (req, quotas) = (req.clone(), *quotas);
+        self.write(move |c| rules::create_typed(c, &req, &quotas))
+            .await
+    }
+
+    async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, DbError> {
+        let (p, req) = (pipeline.to_string(), req.clone());
+        self.write(move |c| rules::create_run(c, &p, &req)).await
+    }
+
+    async fn set_run_state(
+        &self,
+        pipeline: &str,
+        number: u64,
+        req: &SetRunState,
+    ) -> Result<Run, DbError> {
+        let (p, req) = (pipeline.to_string(), req.clone());
+        self.write(move |c| rules::set_run_state(c, &p, number, &req))
+            .await
+    }
+
+    async fn select_run(
+        &self,
+        pipeline: &str,
+        selector: &RunSelector,
+        triggered_from: Option<&RunRef>,
+    ) -> Result<Run, DbError> {
+        let (p, sel, t) = (
+            pipeline.to_string(),
+            selector.clone(),
+            triggered_from.cloned(),
+        );
+        self.read(move |c| rules::select_run(c, &p, &sel, t.as_ref()))
+            .await
+    }
+
+    async fn list_jobs(&self, run_id: &str) -> Result<Vec<JobSummary>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| rules::list_jobs(c, &id)).await
+    }
+
+    async fn promote(&self, req: &Promote) -> Result<Package, DbError> {
+        let req = req.clone();
+        self.write(move |c| rules::promote(c, &req)).await
+    }
+
+    async fn get_package(
+        &self,
+        repository: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<PackageWithFiles, DbError> {
+        let (repo, name, version) = (
+            repository.to_string(),
+            name.to_string(),
+            version.map(str::to_string),
+        );
+        self.read(move |c| rules::get_package(c, &repo, &name, version.as_deref()))
+            .await
+    }
+
+    async fn list_packages(
+        &self,
+        repository: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<Package>, DbError> {
+        let (repo, name) = (repository.to_string(), name.map(str::to_string));
+        self.read(move |c| rules::list_packages(c, &repo, name.as_deref()))
+            .await
+    }
+
+    async fn expire_artifacts(&self, now_ms: i64) -> Result<u64, DbError> {
+        self.write(move |c| rules::expire_artifacts(c, now_ms))
+            .await
+    }
+
+    async fn unreferenced_blobs(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, DbError> {
+        self.read(move |c| rules::unreferenced_blobs(c, cutoff_ms, limit))
+            .await
+    }
+
+    async fn forget_blobs(
+        &self,
+        digests: &[String],
+        cutoff_ms: i64,
+    ) -> Result<Vec<String>, DbError> {
+        let digests = digests.to_vec();
+        self.write(move |c| rules::forget_blobs(c, &digests, cutoff_ms))
+            .await
+    }
+
+    async fn unrecord_blobs(&self, digests: &[String]) -> Result<u64, DbError> {
+        let digests = digests.to_vec();
+        self.write(move |c| rules::unrecord_blobs(c, &digests))
+            .await
+    }
+
+    async fn referenced_blobs(&self) -> Result<Vec<(String, Option<u64>)>, DbError> {
+        self.read(rules::referenced_blobs).await
+    }
+
+    async fn mis_sized_files(&self, limit: usize) -> Result<Vec<MisSized>, DbError> {
+        self.read(move |c| rules::mis_sized_files(c, limit)).await
+    }
+
+    async fn recorded_blobs(&self) -> Result<Vec<String>, DbError> {
+        self.read(rules::recorded_blobs).await
+    }
+}

@@ -1,0 +1,548 @@
+//! PostgreSQL, for several `satchel serve` replicas on one database.
+//!
+//! A small pool of connections (`?pool_size=N` in the URL, default 8),
+//! used from tokio's blocking pool like SQLite's: each call blocks on the
+//! async client on the runtime that opened the store. Transactions run at
+//! PostgreSQL's default isolation, `READ COMMITTED`; the rules take the row
+//! locks they need ([`Sql::lock`]: `SELECT … FOR NO KEY UPDATE`, which
+//! serializes the lockers but not the foreign key checks of rows that
+//! reference the locked one) and rely on
+//! unique indexes, never on a check-then-insert (see `rules`). A write
+//! transaction that loses a deadlock, or a unique index race, is rolled
+//! back and run again, up to [`WRITE_ATTEMPTS`] times in all. Statements
+//! are prepared once per connection.
+//!
+//! Migrations are append-only (`migrations/postgres`), applied at start
+//! under an advisory lock so replicas starting together apply each once.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::runtime::Handle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use crate::backend::{Backend, Store};
+use crate::sql::{dollar_params, Lock, Row, Sql, Value};
+use crate::DbError;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+/// Key of the advisory lock migrations run under.
+const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;
+/// How often a write transaction runs at most.
+pub const WRITE_ATTEMPTS: usize = 5;
+const DEFAULT_POOL: usize = 8;
+/// How long a call waits for a free connection.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// Metadata in a PostgreSQL database.
+pub type PostgresStore = Store<PostgresBackend>;
+
+/// The connection pool of a [`PostgresStore`].
+pub struct PostgresBackend {
+    config: Config,
+    rt: Handle,
+    max: usize,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+struct Pool {
+    idle: Vec<Slot>,
+    open: usize,
+}
+
+/// One connection and the statements prepared on it.
+struct Slot {
+    client: Client,
+    stmts: HashMap<String, Statement>,
+}
+
+/// Splits satchel's own options off a PostgreSQL URL: `(URL for the
+/// driver, pool size)`.
+fn split_options(url: &str) -> Result<(String, usize), DbError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), DEFAULT_POOL));
+    };
+    let mut pool = DEFAULT_POOL;
+    let mut rest = Vec::new();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("pool_size", v)) => {
+                pool = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        DbError::Invalid(format!(
+                            "pool_size={v:?} in the database URL: use a number from 1 to 1000"
+                        ))
+                    })?;
+            }
+            _ => rest.push(kv),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, pool))
+}
+
+/// `url` with its password replaced, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user_pass = &url[s + 3..at];
+            match user_pass.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn pg_error(e: tokio_postgres::Error) -> DbError {
+    match e.as_db_error() {
+        Some(db) => DbError::Backend(format!(
+            "PostgreSQL: {} ({})",
+            db.message(),
+            db.code().code()
+        )),
+        None => DbError::Backend(format!("PostgreSQL: {e}")),
+    }
+}
+
+/// Whether running the transaction again may succeed.
+fn transient(code: Option<&SqlState>) -> bool {
+    matches!(
+        code,
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+impl Store<PostgresBackend> {
+    /// Connects to the database `url` names (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`,
+    /// libpq's URL options such as `connect_timeout` and `sslmode=disable`
+    /// allowed, plus `pool_size`) and applies migrations. Connections are
+    /// unencrypted: keep the database on a private network.
+    pub async fn connect(url: &str) -> Result<PostgresStore, DbError> {
+        let (driver_url, max) = split_options(url)?;
+        let mut config: Config = driver_url
+            .parse()
+            .map_err(|e| DbError::Invalid(format!("database URL {}: {e}", redacted(url))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let store = Store::new(PostgresBackend {
+            config,
+            rt: Handle::current(),
+            max,
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        });
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.backend().migrate())
+            .await
+            .map_err(|e| DbError::Backend(format!("database task failed: {e}")))??;
+        Ok(store)
+    }
+}
+
+impl PostgresBackend {
+    fn connect_slot(&self) -> Result<Slot, DbError> {
+        let (client, connection) = self
+            .rt
+            .block_on(self.config.connect(NoTls))
+            .map_err(|e| DbError::Backend(format!("connecting to PostgreSQL: {e}")))?;
+        // The connection's socket is driven by a task of its own; its end
+        // shows as a closed client.
+        self.rt.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Slot {
+            client,
+            stmts: HashMap::new(),
+        })
+    }
+
+    fn checkout(&self) -> Result<Checkout<'_>, DbError> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        loop {
+            if let Some(slot) = pool.idle.pop() {
+                if slot.client.is_closed() {
+                    pool.open -= 1;
+                    continue;
+                }
+                return Ok(Checkout {
+                    backend: self,
+                    slot: Some(slot),
+                });
+            }
+            if pool.open < self.max {
+                pool.open += 1;
+                drop(pool);
+                return match self.connect_slot() {
+                    Ok(slot) => Ok(Checkout {
+                        backend: self,
+                        slot: Some(slot),
+                    }),
+                    Err(e) => {
+                        self.pool.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(DbError::Backend(format!(
+                    "no database connection was free for {} s (pool_size={}): raise pool_size in the database URL",
+                    POOL_WAIT.as_secs(),
+                    self.max
+                )));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn migrate(&self) -> Result<(), DbError> {
+        let mut co = self.checkout()?;
+        let slot = co.slot();
+        let rt = &self.rt;
+        let run = |sql: &str| {
+            rt.block_on(slot.client.batch_execute(sql))
+                .map_err(pg_error)
+        };
+        run("BEGIN")?;
+        let result = (|| {
+            rt.block_on(
+                slot.client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]),
+            )
+            .map_err(pg_error)?;
+            run("CREATE TABLE IF NOT EXISTS satchel_schema (version BIGINT NOT NULL)")?;
+            let version: i64 = rt
+                .block_on(
+                    slot.client
+                        .query_opt("SELECT MAX(version) FROM satchel_schema", &[]),
+                )
+                .map_err(pg_error)?
+                .and_then(|r| r.get::<_, Option<i64>>(0))
+                .unwrap_or(0);
+            if version as usize > MIGRATIONS.len() {
+                return Err(DbError::Backend(format!(
+                    "database schema version {version} is newer than this satchel ({}): upgrade satchel",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                run(sql).map_err(|e| DbError::Backend(format!("migration {}: {e}", i + 1)))?;
+                rt.block_on(slot.client.execute(
+                    "INSERT INTO satchel_schema (version) VALUES ($1)",
+                    &[&(i as i64 + 1)],
+                ))
+                .map_err(pg_error)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => run("COMMIT"),
+            Err(e) => {
+                let _ = run("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A connection taken from the pool; back in the pool when dropped (or
+/// closed for good, when it broke).
+struct Checkout<'a> {
+    backend: &'a PostgresBackend,
+    slot: Option<Slot>,
+}
+
+impl Checkout<'_> {
+    fn slot(&mut self) -> &mut Slot {
+        self.slot.as_mut().expect("a checked-out connection")
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let mut pool = self.backend.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.client.is_closed() {
+            pool.open -= 1;
+        } else {
+            pool.idle.push(slot);
+        }
+        drop(pool);
+        self.backend.freed.notify_one();
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn read<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
+        let mut co = self.checkout()?;
+        let mut conn = PgConn {
+            rt: &self.rt,
+            slot: co.slot(),
+            code: None,
+        };
+        f(&mut conn)
+    }
+
+    fn write<T>(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut attempt = 1;
+        loop {
+            let mut co = self.checkout()?;
+            let mut conn = PgConn {
+                rt: &self.rt,
+                slot: co.slot(),
+                code: None,
+            };
+            conn.batch("BEGIN")?;
+            let result = f(&mut conn).and_then(|out| conn.batch("COMMIT").map(|()| out));
+            match result {
+                Ok(out) => return Ok(out),
+                Err(e) => {
+                    let retry = transient(conn.code.as_ref()) && attempt < WRITE_ATTEMPTS;
+                    // A failed COMMIT has ended the transaction already;
+                    // ROLLBACK then only warns.
+                    let _ = conn.batch("ROLLBACK");
+                    if !retry {
+                        return Err(e);
+                    }
+                }
+            }
+            drop(co);
+            std::thread::sleep(Duration::from_millis(5 * attempt as u64));
+            attempt += 1;
+        }
+    }
+}
+
+/// A checked-out connection, inside a transaction for writes.
+struct PgConn<'a> {
+    rt: &'a Handle,
+    slot: &'a mut Slot,
+    /// The SQLSTATE of the last failed statement.
+    code: Option<SqlState>,
+}
+
+impl PgConn<'_> {
+    fn fail(&mut self, e: tokio_postgres::Error) -> DbError {
+        self.code = e.code().cloned();
+        pg_error(e)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        let r = self.rt.block_on(self.slot.client.batch_execute(sql));
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, DbError> {
+        if let Some(s) = self.slot.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let r = self
+            .rt
+            .block_on(self.slot.client.prepare(&dollar_params(sql)));
+        let s = r.map_err(|e| self.fail(e))?;
+        if self.slot.stmts.len() >= 2048 {
+            self.slot.stmts.clear();
+        }
+        self.slot.stmts.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value, DbError> {
+    let bad = |e: tokio_postgres::Error| DbError::Backend(format!("column {i}: {e}"));
+    let ty = row.columns()[i].type_();
+    Ok(match *ty {
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(bad)?
+            .map(|b| Value::Int(b as i64)),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)
+            .map_err(bad)?
+            .map(|n| Value::Int(n.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)
+            .map_err(bad)?
+            .map(|n| Value::Int(n.into())),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(bad)?
+            .map(Value::Int),
+        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => row
+            .try_get::<_, Option<String>>(i)
+            .map_err(bad)?
+            .map(Value::Text),
+        _ => {
+            return Err(DbError::Backend(format!(
+                "column {i}: unexpected type {ty}"
+            )))
+        }
+    }
+    .unwrap_or(Value::Null))
+}
+
+impl Sql for PgConn<'_> {
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        let st = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as _).collect();
+        let r = self.rt.block_on(self.slot.client.query(&st, &params));
+        let found = r.map_err(|e| self.fail(e))?;
+        found
+            .iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| column(row, i))
+                    .collect::<Result<_, _>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
+        let st = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as _).collect();
+        let r = self.rt.block_on(self.slot.client.execute(&st, &params));
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn lock(&mut self, lock: Lock, id: &str) -> Result<(), DbError> {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE id = ?1 FOR NO KEY UPDATE",
+            lock.table()
+        );
+        self.query(&sql, &[Value::Text(id.to_string())]).map(drop)
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(n) => match *ty {
+                Type::INT8 => n.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*n)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*n)?.to_sql(ty, out),
+                Type::BOOL => (*n != 0).to_sql(ty, out),
+                _ => Err(format!("an integer parameter where {ty} is expected").into()),
+            },
+            Value::Text(s) => match *ty {
+                Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR | Type::UNKNOWN => {
+                    s.as_str().to_sql(ty, out)
+                }
+                _ => Err(format!("a text parameter where {ty} is expected").into()),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Test support: a fresh, empty database on the server `base_url` names
+/// (its database part is ignored), so each test has its own. Returns its
+/// URL.
+#[doc(hidden)]
+pub async fn create_test_database(base_url: &str) -> Result<String, DbError> {
+    let name = format!("satchel_t_{}", satchel_model::id::new_id());
+    let (client, connection) = tokio_postgres::connect(base_url, NoTls)
+        .await
+        .map_err(|e| DbError::Backend(format!("connecting to {}: {e}", redacted(base_url))))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(pg_error)?;
+    Ok(with_database(base_url, &name))
+}
+
+/// `url` naming database `name` instead of its own.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[after_scheme..]
+        .find('/')
+        .map(|i| after_scheme + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{name}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn satchel_options_are_split_off() {
+        assert_eq!(
+            split_options("postgres://u:p@h:5/db?pool_size=3&connect_timeout=2").unwrap(),
+            ("postgres://u:p@h:5/db?connect_timeout=2".to_string(), 3)
+        );
+        assert_eq!(
+            split_options("postgres://h/db").unwrap(),
+            ("postgres://h/db".to_string(), DEFAULT_POOL)
+        );
+        assert!(split_options("postgres://h/db?pool_size=0").is_err());
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redacted("postgres://satchel:secret@127.0.0.1:5432/db"),
+            "postgres://satchel:***@127.0.0.1:5432/db"
+        );
+    }
+
+    #[test]
+    fn test_databases_replace_the_database_part() {
+        assert_eq!(
+            with_database("postgres://u:p@h:1/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h:1/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
+    }
+}

@@ -1,0 +1,1412 @@
+//! Every metadata rule and query, once, for both databases.
+//!
+//! Each function runs inside one transaction of a backend ([`crate::sql`]):
+//! writes inside a write transaction, reads on a reader connection. The
+//! rules (artifact naming, the default artifact, staging takeover,
+//! supersession, quotas, sizes, retention) and their error messages live
+//! here and nowhere else.
+//!
+//! Concurrency. SQLite runs one write transaction at a time, so on it the
+//! rules below are serialized. PostgreSQL runs at its default isolation
+//! (`READ COMMITTED`), and there uniqueness comes from the database:
+//! - rows found by key (organization, cluster, pipeline, run, job) are
+//!   inserted with `ON CONFLICT DO NOTHING` against their unique index and
+//!   then read back, so two writers creating one run get the same row;
+//! - name claims and artifact creation in a run hold the run's row lock
+//!   ([`Lock::Run`]), run numbering the pipeline's, finishing and failing an
+//!   upload the upload's, promotion the artifact's;
+//! - an upload that references recorded content, and a finish, touch the
+//!   content's `blobs` row (`created_at` = now). Garbage collection deletes
+//!   a row only while it is old; a concurrent touch either happens first
+//!   (the delete then waits for it and finds the row young) or finds the
+//!   row gone (the content is then reported missing, never assumed).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use satchel_model::api::{
+    Artifact, ArtifactState, CreateTyped, CreateUpload, FileInfo, ImageInfo, JobContext, LinkInfo,
+    NewFile, NewRun, Package, PackageFile, PackageOrigin, PackageWithFiles, PinnedSource, Producer,
+    Promote, Run, RunRef, SetRunState, UploadFinished, RUN_STATES,
+};
+use satchel_model::id::{new_id, now_millis, rfc3339_millis};
+use satchel_model::selector::RunSelector;
+
+use crate::sql::{args, Lock, Row, Sql, Value};
+use crate::{DbError, JobSummary, MisSized, Quotas, UploadNeeds, UploadPlan};
+
+fn to_i64(n: u64, what: &str) -> Result<i64, DbError> {
+    i64::try_from(n).map_err(|_| DbError::Invalid(format!("{what} {n} is too large")))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, DbError> {
+    serde_json::to_string(v).map_err(|e| DbError::Backend(e.to_string()))
+}
+
+/// The producer of a file or artifact: pipeline key, run number, stage,
+/// job key, attempt and superseded, from column `at` on (the `p.key,
+/// r.number, j.stage, j.key, j.attempt, EXISTS (…)` of the selects below).
+fn producer(r: &mut Row, at: usize) -> Result<Producer, DbError> {
+    Ok(Producer {
+        pipeline: r.text(at)?,
+        run: r.uint(at + 1)?,
+        stage: r.opt_text(at + 2)?,
+        job: r.text(at + 3)?,
+        attempt: r.uint(at + 4)? as u32,
+        superseded: r.boolean(at + 5)?,
+    })
+}
+
+/// Columns of a visible-file row, in the order [`file_row`] reads them.
+const FILE_SELECT: &str = "
+SELECT f.id, f.artifact_id, a.name, f.path, f.size, f.sha256, f.mode, f.content_type, u.step,
+       p.key, r.number, j.stage, j.key, j.attempt,
+       EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
+                                       AND j2.attempt > j.attempt),
+       f.source_path, f.glob, u.finished_at
+FROM files f
+JOIN uploads u ON u.id = f.upload_id
+JOIN artifacts a ON a.id = f.artifact_id
+JOIN jobs j ON j.id = a.job_id
+JOIN runs r ON r.id = j.run_id
+JOIN pipelines p ON p.id = r.pipeline_id
+WHERE u.state = 'finished' AND a.state = 'finished'";
+
+fn file_row(mut r: Row) -> Result<FileInfo, DbError> {
+    let at = r.int(17)?;
+    Ok(FileInfo {
+        id: r.text(0)?,
+        artifact_id: r.text(1)?,
+        artifact_name: r.text(2)?,
+        path: r.text(3)?,
+        size: r.uint(4)?,
+        sha256: r.text(5)?,
+        mode: r.uint(6)? as u32,
+        content_type: r.text(7)?,
+        step: r.opt_text(8)?,
+        producer: producer(&mut r, 9)?,
+        source_path: r.opt_text(15)?,
+        glob: r.opt_text(16)?,
+        uploaded_at: rfc3339_millis(at),
+        uploaded_at_ms: at,
+    })
+}
+
+/// Columns of an artifact row with its visible totals.
+const ARTIFACT_SELECT: &str = "
+SELECT a.id, a.name, a.is_default, a.kind, a.state, a.created_at,
+       p.key, r.number, j.stage, j.key, j.attempt,
+       EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
+                                       AND j2.attempt > j.attempt),
+       (SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = a.id AND u.state = 'finished'),
+       (SELECT CAST(COALESCE(SUM(f.size), 0) AS BIGINT) FROM files f
+          JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = a.id AND u.state = 'finished'),
+       a.meta,
+       (SELECT string_agg(s.step, ',') FROM (SELECT DISTINCT u.step AS step FROM uploads u
+         WHERE u.artifact_id = a.id AND u.state = 'finished' AND u.step IS NOT NULL) s)
+FROM artifacts a
+JOIN jobs j ON j.id = a.job_id
+JOIN runs r ON r.id = j.run_id
+JOIN pipelines p ON p.id = r.pipeline_id";
+
+fn artifact_row(mut r: Row) -> Result<Artifact, DbError> {
+    let state = r.text(4)?;
+    let kind = r.text(3)?;
+    let meta = r.opt_text(14)?;
+    let (image, link) = parse_meta(&kind, meta.as_deref());
+    let mut steps: Vec<String> = r
+        .opt_text(15)?
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    steps.sort();
+    Ok(Artifact {
+        steps,
+        image,
+        link,
+        id: r.text(0)?,
+        name: r.text(1)?,
+        is_default: r.boolean(2)?,
+        kind,
+        state: ArtifactState::parse(&state).unwrap_or(ArtifactState::Error),
+        created_at: rfc3339_millis(r.int(5)?),
+        producer: producer(&mut r, 6)?,
+        file_count: r.uint(12)?,
+        size: r.uint(13)?,
+    })
+}
+
+/// The typed part of an artifact or package, from its `meta` column.
+fn parse_meta(kind: &str, meta: Option<&str>) -> (Option<ImageInfo>, Option<LinkInfo>) {
+    let Some(meta) = meta else {
+        return (None, None);
+    };
+    match kind {
+        "image" => (serde_json::from_str(meta).ok(), None),
+        "link" => (None, serde_json::from_str(meta).ok()),
+        _ => (None, None),
+    }
+}
+
+const RUN_SELECT: &str =
+    "SELECT r.id, p.key, r.number, r.branch, r.commit_sha, r.state, r.created_at, r.finished_at,
+       r.sources,
+       (SELECT p2.key FROM runs r2 JOIN pipelines p2 ON p2.id = r2.pipeline_id
+         WHERE r2.id = r.triggered_from),
+       (SELECT r2.number FROM runs r2 WHERE r2.id = r.triggered_from)
+FROM runs r JOIN pipelines p ON p.id = r.pipeline_id";
+
+fn run_row(mut r: Row) -> Result<Run, DbError> {
+    let sources = r.opt_text(8)?;
+    let triggered_pipeline = r.opt_text(9)?;
+    let triggered_run = r.opt_int(10)?;
+    Ok(Run {
+        finished_at: r.opt_int(7)?.map(rfc3339_millis),
+        sources: sources
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        triggered_from: triggered_pipeline
+            .zip(triggered_run)
+            .map(|(pipeline, run)| RunRef {
+                pipeline,
+                run: run as u64,
+            }),
+        id: r.text(0)?,
+        pipeline: r.text(1)?,
+        number: r.uint(2)?,
+        branch: r.opt_text(3)?,
+        commit: r.opt_text(4)?,
+        state: r.text(5)?,
+        created_at: rfc3339_millis(r.int(6)?),
+    })
+}
+
+fn rows<T>(
+    c: &mut dyn Sql,
+    sql: &str,
+    a: &[Value],
+    f: fn(Row) -> Result<T, DbError>,
+) -> Result<Vec<T>, DbError> {
+    c.query(sql, a)?.into_iter().map(f).collect()
+}
+
+pub(crate) fn get_artifact(c: &mut dyn Sql, id: &str) -> Result<Artifact, DbError> {
+    c.query_opt(
+        &format!("{ARTIFACT_SELECT} WHERE a.id = ?1 AND a.state != 'deleted'"),
+        args![id],
+    )?
+    .map(artifact_row)
+    .transpose()?
+    .ok_or_else(|| DbError::NotFound(format!("artifact {id} not found")))
+}
+
+/// Finds or creates a row by its unique key. `select` reads its id with
+/// the key as `?1`, `?2` …; `insert` takes `(id, key…, created_at)` and
+/// ends in `ON CONFLICT DO NOTHING`, so a concurrent creator's row wins
+/// and is read back.
+fn ensure(c: &mut dyn Sql, select: &str, insert: &str, keys: &[Value]) -> Result<String, DbError> {
+    if let Some(mut r) = c.query_opt(select, keys)? {
+        return r.text(0);
+    }
+    let mut all = Vec::with_capacity(keys.len() + 2);
+    all.push(Value::Text(new_id()));
+    all.extend_from_slice(keys);
+    all.push(Value::Int(now_millis()));
+    c.execute(insert, &all)?;
+    c.query_one(select, keys)?.text(0)
+}
+
+/// Finds or creates the default organization, cluster and the pipeline.
+fn ensure_pipeline(c: &mut dyn Sql, pipeline: &str) -> Result<String, DbError> {
+    let org = ensure(
+        c,
+        "SELECT id FROM organizations WHERE key = ?1",
+        "INSERT INTO organizations (id, key, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        args!["default"],
+    )?;
+    let cluster = ensure(
+        c,
+        "SELECT id FROM clusters WHERE organization_id = ?1 AND key = ?2",
+        "INSERT INTO clusters (id, organization_id, key, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
+        args![org, "default"],
+    )?;
+    ensure(
+        c,
+        "SELECT id FROM pipelines WHERE cluster_id = ?1 AND key = ?2",
+        "INSERT INTO pipelines (id, cluster_id, key, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
+        args![cluster, pipeline],
+    )
+}
+
+/// Finds or creates a run by number, recording branch and commit if it has
+/// none yet.
+fn ensure_run(
+    c: &mut dyn Sql,
+    pipeline: &str,
+    number: u64,
+    branch: Option<&str>,
+    commit: Option<&str>,
+) -> Result<String, DbError> {
+    let pipeline = ensure_pipeline(c, pipeline)?;
+    let run_number = to_i64(number, "run number")?;
+    let run = ensure(
+        c,
+        "SELECT id FROM runs WHERE pipeline_id = ?1 AND number = ?2",
+        "INSERT INTO runs (id, pipeline_id, number, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
+        args![pipeline, run_number],
+    )?;
+    if branch.is_some() || commit.is_some() {
+        c.execute(
+            "UPDATE runs SET branch = COALESCE(branch, ?2), commit_sha = COALESCE(commit_sha, ?3)
+             WHERE id = ?1 AND (branch IS NULL OR commit_sha IS NULL)",
+            args![&run, branch, commit],
+        )?;
+    }
+    Ok(run)
+}
+
+/// Finds or creates the run and job attempt of `ctx`: `(run id, job id)`,
+/// holding the run's lock (artifacts are created and named under it).
+fn ensure_job(c: &mut dyn Sql, ctx: &JobContext) -> Result<(String, String), DbError> {
+    let run = ensure_run(
+        c,
+        &ctx.pipeline,
+        ctx.run,
+        ctx.branch.as_deref(),
+        ctx.commit.as_deref(),
+    )?;
+    c.lock(Lock::Run, &run)?;
+    let job = ensure(
+        c,
+        "SELECT id FROM jobs WHERE run_id = ?1 AND key = ?2 AND attempt = ?3",
+        "INSERT INTO jobs (id, run_id, key, attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
+        args![&run, &ctx.job, ctx.attempt as i64],
+    )?;
+    if let Some(stage) = &ctx.stage {
+        c.execute(
+            "UPDATE jobs SET stage = ?2 WHERE id = ?1 AND stage IS NULL",
+            args![&job, stage],
+        )?;
+    }
+    Ok((run, job))
+}
+
+/// Checks that job `job` of `ctx` may use artifact name `name` in `run`;
+/// returns the job's own live artifact of that name, if any, with its state.
+/// The caller holds the run's lock.
+///
+/// Names are unique in a run. Another job's artifact of that name is a
+/// conflict (unless its upload failed: a failed upload holds no name), as
+/// is a later attempt's. An earlier attempt of the same job does not block
+/// (the retry gets its own copy). With `exclusive` (publish semantics), the
+/// job's own finished artifact of that name is a conflict too.
+fn claim_name(
+    c: &mut dyn Sql,
+    run: &str,
+    job: &str,
+    ctx: &JobContext,
+    name: &str,
+    exclusive: bool,
+) -> Result<Option<(String, String)>, DbError> {
+    let mut existing = Vec::new();
+    for mut r in c.query(
+        "SELECT a.id, j.id, j.key, j.attempt, a.state FROM artifacts a JOIN jobs j ON j.id = a.job_id
+         WHERE a.run_id = ?1 AND a.name = ?2 AND a.is_default = 0
+           AND a.state NOT IN ('deleted', 'expired')",
+        args![run, name],
+    )? {
+        existing.push((r.text(0)?, r.text(1)?, r.text(2)?, r.int(3)?, r.text(4)?));
+    }
+    let conflict = |jkey: &str, jattempt: i64| {
+        let stage = ctx
+            .stage
+            .as_deref()
+            .map(|s| format!(" (stage {s:?})"))
+            .unwrap_or_default();
+        DbError::Conflict(format!(
+            "artifact {name:?} already exists in run {} of pipeline {:?}: it was published by job {jkey:?} (attempt {jattempt}); job {:?}{stage} cannot publish it again. Artifact names are unique within a run: choose another name",
+            ctx.run, ctx.pipeline, ctx.job
+        ))
+    };
+    // Another owner is the better message, so the job's own rows go last.
+    existing.sort_by_key(|(_, jid, ..)| jid == job);
+    let mut mine = None;
+    for (aid, jid, jkey, jattempt, state) in existing {
+        if jid == job {
+            if exclusive && state == "finished" {
+                return Err(conflict(&jkey, jattempt));
+            }
+            // Ours, possibly after a failed or interrupted upload: reuse it.
+            mine = Some((aid, state));
+        } else if state == "error" {
+            // Another job's upload that never finished holds no name.
+        } else if jkey != ctx.job || jattempt > ctx.attempt as i64 {
+            return Err(conflict(&jkey, jattempt));
+        }
+    }
+    Ok(mine)
+}
+
+/// Refuses when `run` holds more live artifacts than the quota allows
+/// (counted inside the transaction that added one).
+fn check_artifacts_per_run(c: &mut dyn Sql, run: &str, quotas: &Quotas) -> Result<(), DbError> {
+    let n = c
+        .query_one(
+            "SELECT COUNT(*) FROM artifacts WHERE run_id = ?1
+               AND state NOT IN ('deleted', 'expired', 'error')",
+            args![run],
+        )?
+        .uint(0)?;
+    if n > quotas.artifacts_per_run {
+        return Err(DbError::Limit(format!(
+            "a run may hold at most {} artifacts (satchel serve --max-artifacts-per-run); this one is full",
+            quotas.artifacts_per_run
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn create_upload(
+    c: &mut dyn Sql,
+    req: &CreateUpload,
+    quotas: &Quotas,
+) -> Result<UploadPlan, DbError> {
+    let ctx = &req.context;
+    let (run, job) = ensure_job(c, ctx)?;
+
+    let now = now_millis();
+    let name = req.name.as_deref().filter(|n| *n != "default");
+    // Whether this upload adds an artifact to the run (counted against
+    // the run's quota; adding files to one does not).
+    let mut created = false;
+    let found = match name {
+        None => c
+            .query_opt(
+                "SELECT id FROM artifacts WHERE job_id = ?1 AND is_default = 1
+                   AND state NOT IN ('deleted', 'expired')",
+                args![&job],
+            )?
+            .map(|mut r| r.text(0))
+            .transpose()?,
+        Some(name) => claim_name(c, &run, &job, ctx, name, req.exclusive)?.map(|(id, _)| id),
+    };
+    let artifact_id = match found {
+        Some(id) => id,
+        None => {
+            let id = new_id();
+            c.execute(
+                "INSERT INTO artifacts (id, run_id, job_id, name, is_default, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'uploading', ?6)",
+                args![
+                    &id,
+                    &run,
+                    &job,
+                    name.unwrap_or("default"),
+                    name.is_none() as i64,
+                    now
+                ],
+            )?;
+            created = true;
+            id
+        }
+    };
+    if let Some(secs) = req.expire_in_secs {
+        // Only while the artifact is being created: later uploads into a
+        // finished artifact do not move its expiry.
+        c.execute(
+            "UPDATE artifacts SET expires_at = created_at + ?2 WHERE id = ?1 AND state != 'finished'",
+            args![&artifact_id, (secs as i64).saturating_mul(1000)],
+        )?;
+    }
+    let mut r = c.query_one(
+        "SELECT name, state, kind FROM artifacts WHERE id = ?1",
+        args![&artifact_id],
+    )?;
+    let (artifact_name, artifact_state, kind) = (r.text(0)?, r.text(1)?, r.text(2)?);
+    if kind != "files" {
+        return Err(DbError::Conflict(format!(
+            "artifact {artifact_name:?} is a {kind} artifact; files cannot be added to it"
+        )));
+    }
+    if artifact_state == "deleted" || artifact_state == "expired" {
+        return Err(DbError::Conflict(format!(
+            "artifact {artifact_name:?} was {artifact_state}; it cannot take new files"
+        )));
+    }
+
+    // Files the artifact already has. Finished ones are permanent; ones
+    // staged by another unfinished upload (e.g. a crashed or abandoned
+    // attempt of this same command) move to this upload.
+    let mut existing: HashMap<String, (String, String, bool)> = HashMap::new();
+    for mut r in c.query(
+        "SELECT f.path, f.sha256, f.id, u.state = 'finished' FROM files f
+           JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = ?1 AND u.state != 'error'",
+        args![&artifact_id],
+    )? {
+        existing.insert(r.text(0)?, (r.text(1)?, r.text(2)?, r.boolean(3)?));
+    }
+
+    let upload_id = new_id();
+    c.execute(
+        "INSERT INTO uploads (id, artifact_id, step, state, created_at)
+         VALUES (?1, ?2, ?3, 'uploading', ?4)",
+        args![&upload_id, &artifact_id, &ctx.step, now],
+    )?;
+
+    check_sizes(c, &req.files)?;
+    let mut seen = HashSet::new();
+    let mut wanted = HashSet::new();
+    let mut already_present = 0u64;
+    for f in &req.files {
+        if !seen.insert(f.path.as_str()) {
+            return Err(DbError::Invalid(format!(
+                "the manifest lists {:?} twice",
+                f.path
+            )));
+        }
+        if let Some((old, file_id, finished)) = existing.get(&f.path) {
+            if !finished {
+                c.execute("DELETE FROM files WHERE id = ?1", args![file_id])?;
+            } else if *old == f.sha256 {
+                already_present += 1;
+                continue;
+            } else {
+                return Err(DbError::Conflict(format!(
+                    "{:?} is already in artifact {artifact_name:?} with different content (sha256 {old}); files of an artifact cannot be replaced",
+                    f.path
+                )));
+            }
+        }
+        let content_type = f
+            .content_type
+            .clone()
+            .unwrap_or_else(|| satchel_model::mime::content_type_for(&f.path).to_string());
+        c.execute(
+            "INSERT INTO files (id, artifact_id, upload_id, path, size, sha256, mode, content_type,
+                                source_path, glob, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            args![
+                new_id(),
+                &artifact_id,
+                &upload_id,
+                &f.path,
+                to_i64(f.size, "file size")?,
+                &f.sha256,
+                (f.mode & 0o7777) as i64,
+                content_type,
+                &f.source_path,
+                &f.glob,
+                now
+            ],
+        )?;
+        wanted.insert(f.sha256.as_str());
+    }
+    if created {
+        check_artifacts_per_run(c, &run, quotas)?;
+    }
+    let files = c
+        .query_one(
+            "SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
+             WHERE f.artifact_id = ?1 AND u.state != 'error'",
+            args![&artifact_id],
+        )?
+        .uint(0)?;
+    if files > quotas.files_per_artifact {
+        return Err(DbError::Limit(format!(
+            "an artifact may hold at most {} files (satchel serve --max-files-per-artifact); {artifact_name:?} would hold {files}",
+            quotas.files_per_artifact
+        )));
+    }
+    // Recorded content this upload relies on is made young again (see the
+    // module's concurrency notes); what is not recorded is missing.
+    let mut wanted: Vec<&str> = wanted.into_iter().collect();
+    wanted.sort_unstable();
+    let mut missing = Vec::new();
+    for d in wanted {
+        if c.execute(
+            "UPDATE blobs SET created_at = ?2 WHERE sha256 = ?1",
+            args![d, now],
+        )? == 0
+        {
+            missing.push(d.to_string());
+        }
+    }
+    Ok(UploadPlan {
+        upload_id,
+        artifact_id,
+        artifact_name,
+        missing,
+        already_present,
+    })
+}
+
+/// Refuses a manifest whose sizes contradict themselves or the content
+/// already held: one digest is one size. Without this a file could claim
+/// any size for content another pipeline stored, and every reader that
+/// trusts the recorded size (archives, fsck, range requests) would be
+/// misled about bytes the uploader never sent.
+fn check_sizes(c: &mut dyn Sql, files: &[NewFile]) -> Result<(), DbError> {
+    let mut sizes: HashMap<&str, (&str, u64)> = HashMap::new();
+    for f in files {
+        match sizes.insert(f.sha256.as_str(), (f.path.as_str(), f.size)) {
+            Some((other, size)) if size != f.size => {
+                return Err(DbError::SizeMismatch(format!(
+                    "{:?} and {other:?} have the same sha256 {} but sizes {} and {size}",
+                    f.path, f.sha256, f.size
+                )))
+            }
+            _ => {}
+        }
+    }
+    for (sha, (path, size)) in sizes {
+        let stored = c
+            .query_opt("SELECT size FROM blobs WHERE sha256 = ?1", args![sha])?
+            .map(|mut r| r.uint(0))
+            .transpose()?;
+        if let Some(stored) = stored.filter(|&n| n != size) {
+            return Err(DbError::SizeMismatch(format!(
+                "{path:?} claims {size} bytes, but the content with sha256 {sha} has {stored}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbError> {
+    let state = c
+        .query_opt("SELECT state FROM uploads WHERE id = ?1", args![id])?
+        .ok_or_else(|| DbError::NotFound(format!("upload {id} not found")))?
+        .text(0)?;
+    let mut blobs = HashMap::new();
+    for mut r in c.query(
+        "SELECT DISTINCT sha256, size FROM files WHERE upload_id = ?1",
+        args![id],
+    )? {
+        blobs.insert(r.text(0)?, r.uint(1)?);
+    }
+    Ok(UploadNeeds { state, blobs })
+}
+
+pub(crate) fn known_blobs(c: &mut dyn Sql, digests: &[String]) -> Result<HashSet<String>, DbError> {
+    let mut out = HashSet::new();
+    for d in digests {
+        if c.exists("SELECT 1 FROM blobs WHERE sha256 = ?1", args![d])? {
+            out.insert(d.clone());
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn record_blobs(c: &mut dyn Sql, blobs: &[(String, u64)]) -> Result<(), DbError> {
+    let now = now_millis();
+    let mut sorted: Vec<&(String, u64)> = blobs.iter().collect();
+    sorted.sort_unstable();
+    for (d, size) in sorted {
+        c.execute(
+            "INSERT INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sha256) DO UPDATE SET created_at = excluded.created_at",
+            args![d, to_i64(*size, "blob size")?, now],
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFinished, DbError> {
+    c.lock(Lock::Upload, upload_id)?;
+    let mut r = c
+        .query_opt(
+            "SELECT artifact_id, state FROM uploads WHERE id = ?1",
+            args![upload_id],
+        )?
+        .ok_or_else(|| DbError::NotFound(format!("upload {upload_id} not found")))?;
+    let (artifact_id, state) = (r.text(0)?, r.text(1)?);
+    match state.as_str() {
+        "uploading" | "finished" => {}
+        _ => {
+            return Err(DbError::Conflict(format!(
+                "upload {upload_id} failed earlier and cannot be finished; start a new upload"
+            )))
+        }
+    }
+    let now = now_millis();
+    // Touch first, check after: content collected before the touch is
+    // missing below, content not yet collected is young from here on.
+    c.execute(
+        "UPDATE blobs SET created_at = ?2
+         WHERE sha256 IN (SELECT sha256 FROM files WHERE upload_id = ?1)",
+        args![upload_id, now],
+    )?;
+    let missing: Vec<String> = c
+        .query(
+            "SELECT f.path FROM files f LEFT JOIN blobs b ON b.sha256 = f.sha256
+             WHERE f.upload_id = ?1 AND b.sha256 IS NULL ORDER BY f.path LIMIT 11",
+            args![upload_id],
+        )?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    // Content recorded after this upload was created (by another upload)
+    // is checked against the sizes this one announced.
+    if let Some(mut w) = c.query_opt(
+        "SELECT f.path, f.size, b.size FROM files f JOIN blobs b ON b.sha256 = f.sha256
+         WHERE f.upload_id = ?1 AND b.size != f.size ORDER BY f.path LIMIT 1",
+        args![upload_id],
+    )? {
+        let (path, claimed, stored) = (w.text(0)?, w.int(1)?, w.int(2)?);
+        return Err(DbError::SizeMismatch(format!(
+            "{path:?} claims {claimed} bytes, but its content has {stored}; start a new upload with the right size"
+        )));
+    }
+    if !missing.is_empty() {
+        let more = if missing.len() > 10 { ", …" } else { "" };
+        return Err(DbError::Conflict(format!(
+            "content has not been uploaded for: {}{more}",
+            missing[..missing.len().min(10)].join(", ")
+        )));
+    }
+    c.execute(
+        "UPDATE uploads SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'uploading'",
+        args![upload_id, now],
+    )?;
+    c.execute(
+        "UPDATE artifacts SET state = 'finished', finished_at = COALESCE(finished_at, ?2)
+         WHERE id = ?1 AND state IN ('uploading', 'error')",
+        args![&artifact_id, now],
+    )?;
+    let mut t = c.query_one(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files WHERE upload_id = ?1",
+        args![upload_id],
+    )?;
+    Ok(UploadFinished {
+        files_added: t.uint(0)?,
+        bytes_added: t.uint(1)?,
+        artifact: get_artifact(c, &artifact_id)?,
+    })
+}
+
+/// Marks an upload `error`, drops its staged files, and errors its artifact
+/// when no other upload of it is alive. The caller holds the upload's lock.
+fn fail_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
+    c.execute("DELETE FROM files WHERE upload_id = ?1", args![id])?;
+    c.execute(
+        "UPDATE uploads SET state = 'error' WHERE id = ?1",
+        args![id],
+    )?;
+    c.execute(
+        "UPDATE artifacts SET state = 'error'
+         WHERE id = (SELECT artifact_id FROM uploads WHERE id = ?1) AND state = 'uploading'
+           AND NOT EXISTS (SELECT 1 FROM uploads u
+                            WHERE u.artifact_id = artifacts.id AND u.state != 'error')",
+        args![id],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn abort_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
+    c.lock(Lock::Upload, id)?;
+    let state = c
+        .query_opt("SELECT state FROM uploads WHERE id = ?1", args![id])?
+        .map(|mut r| r.text(0))
+        .transpose()?;
+    match state.as_deref() {
+        None => return Err(DbError::NotFound(format!("upload {id} not found"))),
+        Some("finished") => {
+            return Err(DbError::Conflict(format!(
+                "upload {id} is already finished; delete the artifact instead"
+            )))
+        }
+        _ => {}
+    }
+    fail_upload(c, id)
+}
+
+pub(crate) fn expire_stale_uploads(c: &mut dyn Sql, cutoff_ms: i64) -> Result<u64, DbError> {
+    let ids: Vec<String> = c
+        .query(
+            "SELECT id FROM uploads WHERE state = 'uploading' AND created_at < ?1 ORDER BY id",
+            args![cutoff_ms],
+        )?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for id in &ids {
+        c.lock(Lock::Upload, id)?;
+        // Finished meanwhile by its client: it stays.
+        if c.exists(
+            "SELECT 1 FROM uploads WHERE id = ?1 AND state = 'uploading'",
+            args![id],
+        )? {
+            fail_upload(c, id)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+pub(crate) fn create_typed(
+    c: &mut dyn Sql,
+    req: &CreateTyped,
+    quotas: &Quotas,
+) -> Result<Artifact, DbError> {
+    let ctx = &req.context;
+    let (kind, meta) = match (&req.image, &req.link) {
+        (Some(image), None) => {
+            let info = ImageInfo::parse(image).map_err(DbError::Invalid)?;
+            ("image", json(&info)?)
+        }
+        (None, Some(link)) => {
+            let info = link.clone().validated().map_err(DbError::Invalid)?;
+            ("link", json(&info)?)
+        }
+        _ => {
+            return Err(DbError::Invalid(
+                "a typed artifact has exactly one of `image` and `link`".into(),
+            ))
+        }
+    };
+    let (run, job) = ensure_job(c, ctx)?;
+    if let Some((old, _)) = claim_name(c, &run, &job, ctx, &req.name, true)? {
+        // This job's own unfinished attempt at the name: replace it.
+        c.execute(
+            "UPDATE artifacts SET state = 'deleted' WHERE id = ?1",
+            args![&old],
+        )?;
+    }
+    let now = now_millis();
+    let id = new_id();
+    c.execute(
+        "INSERT INTO artifacts (id, run_id, job_id, name, is_default, kind, meta, state, created_at,
+                                finished_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, 'finished', ?7, ?7, ?8)",
+        args![
+            &id,
+            &run,
+            &job,
+            &req.name,
+            kind,
+            meta,
+            now,
+            req.expire_in_secs
+                .map(|s| now.saturating_add((s as i64).saturating_mul(1000)))
+        ],
+    )?;
+    check_artifacts_per_run(c, &run, quotas)?;
+    // An empty, finished upload records the producing step.
+    c.execute(
+        "INSERT INTO uploads (id, artifact_id, step, state, created_at, finished_at)
+         VALUES (?1, ?2, ?3, 'finished', ?4, ?4)",
+        args![new_id(), &id, &ctx.step, now],
+    )?;
+    get_artifact(c, &id)
+}
+
+pub(crate) fn find_run(c: &mut dyn Sql, pipeline: &str, number: u64) -> Result<Run, DbError> {
+    let not_found =
+        || DbError::NotFound(format!("run {number} of pipeline {pipeline:?} not found"));
+    let n = i64::try_from(number).map_err(|_| not_found())?;
+    c.query_opt(
+        &format!("{RUN_SELECT} WHERE p.key = ?1 AND r.number = ?2"),
+        args![pipeline, n],
+    )?
+    .map(run_row)
+    .transpose()?
+    .ok_or_else(not_found)
+}
+
+/// The newest few runs of a pipeline as `#3 failed, #2 passed`, for messages.
+fn recent_runs(c: &mut dyn Sql, pipeline: &str) -> Result<String, DbError> {
+    let runs = rows(
+        c,
+        &format!("{RUN_SELECT} WHERE p.key = ?1 ORDER BY r.number DESC LIMIT 5"),
+        args![pipeline],
+        run_row,
+    )?;
+    Ok(runs
+        .iter()
+        .map(|r| match &r.branch {
+            Some(b) => format!("#{} {} on {b}", r.number, r.state),
+            None => format!("#{} {}", r.number, r.state),
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+fn pipeline_exists(c: &mut dyn Sql, pipeline: &str) -> Result<bool, DbError> {
+    c.exists("SELECT 1 FROM pipelines WHERE key = ?1", args![pipeline])
+}
+
+/// The run of `pipeline` that `selector` picks; `triggered_from` is the
+/// asking run's trigger, for [`RunSelector::Triggering`].
+pub(crate) fn select_run(
+    c: &mut dyn Sql,
+    pipeline: &str,
+    selector: &RunSelector,
+    triggered_from: Option<&RunRef>,
+) -> Result<Run, DbError> {
+    if !pipeline_exists(c, pipeline)? {
+        return Err(DbError::NotFound(format!(
+            "pipeline {pipeline:?} not found: it has no runs yet"
+        )));
+    }
+    let mut newest = |cond: &str, arg: Option<&str>| -> Result<Option<Run>, DbError> {
+        let sql = format!("{RUN_SELECT} WHERE p.key = ?1 {cond} ORDER BY r.number DESC LIMIT 1");
+        let row = match arg {
+            Some(a) => c.query_opt(&sql, args![pipeline, a])?,
+            None => c.query_opt(&sql, args![pipeline])?,
+        };
+        row.map(run_row).transpose()
+    };
+    let found = match selector {
+        RunSelector::Number(n) => return find_run(c, pipeline, *n),
+        RunSelector::Latest => newest("", None)?,
+        RunSelector::LastSuccessful { branch: None } => newest("AND r.state = 'passed'", None)?,
+        RunSelector::LastSuccessful { branch: Some(b) } => {
+            newest("AND r.state = 'passed' AND r.branch = ?2", Some(b))?
+        }
+        RunSelector::LatestFromBranch(b) => newest("AND r.branch = ?2", Some(b))?,
+        RunSelector::Triggering => match triggered_from {
+            Some(t) if t.pipeline == pipeline => return find_run(c, pipeline, t.run),
+            Some(t) => {
+                return Err(DbError::NotFound(format!(
+                    "selector `triggering` on pipeline {pipeline:?}: this run was triggered by run {} of pipeline {:?}, not by {pipeline:?}",
+                    t.run, t.pipeline
+                )))
+            }
+            None => {
+                return Err(DbError::NotFound(format!(
+                    "selector `triggering` on pipeline {pipeline:?}: this run was not triggered by another run (start it with --triggered-by {pipeline}#N)"
+                )))
+            }
+        },
+    };
+    match found {
+        Some(run) => Ok(run),
+        None => {
+            let recent = recent_runs(c, pipeline).unwrap_or_default();
+            Err(DbError::NotFound(format!(
+                "pipeline {pipeline:?} has no run matching `{selector}` ({}); its newest runs: {}",
+                selector.describe(),
+                if recent.is_empty() {
+                    "none".to_string()
+                } else {
+                    recent
+                }
+            )))
+        }
+    }
+}
+
+pub(crate) fn create_run(c: &mut dyn Sql, pipeline: &str, req: &NewRun) -> Result<Run, DbError> {
+    let triggered_from = match &req.triggered_from {
+        Some(t) => Some(find_run(c, &t.pipeline, t.run).map_err(|_| {
+            DbError::NotFound(format!(
+                "triggering run {} of pipeline {:?} not found",
+                t.run, t.pipeline
+            ))
+        })?),
+        None => None,
+    };
+    let mut sources = BTreeMap::new();
+    for (name, spec) in &req.sources {
+        let selector: RunSelector = spec
+            .run
+            .parse()
+            .map_err(|e| DbError::Invalid(format!("source {name:?}: {e}")))?;
+        let run =
+            select_run(c, &spec.pipeline, &selector, req.triggered_from.as_ref()).map_err(|e| {
+                match e {
+                    DbError::NotFound(m) => DbError::NotFound(format!("source {name:?}: {m}")),
+                    other => other,
+                }
+            })?;
+        sources.insert(
+            name.clone(),
+            PinnedSource {
+                pipeline: spec.pipeline.clone(),
+                selector: selector.to_string(),
+                run: run.number,
+            },
+        );
+    }
+    let pipeline_id = ensure_pipeline(c, pipeline)?;
+    c.lock(Lock::Pipeline, &pipeline_id)?;
+    // The `+ 1` in Rust: SQLite would turn an overflow into a float, and
+    // a run numbered i64::MAX (uploads may name any run) must not break
+    // the pipeline's run creation for good.
+    let last = c
+        .query_one(
+            "SELECT MAX(number) FROM runs WHERE pipeline_id = ?1",
+            args![&pipeline_id],
+        )?
+        .opt_int(0)?;
+    let next = last.unwrap_or(0).checked_add(1).ok_or_else(|| {
+        DbError::Conflict(format!(
+            "pipeline {pipeline:?} has a run numbered {}, the largest there can be; no later run can be created",
+            i64::MAX
+        ))
+    })?;
+    let sources_json = if sources.is_empty() {
+        None
+    } else {
+        Some(json(&sources)?)
+    };
+    c.execute(
+        "INSERT INTO runs (id, pipeline_id, number, branch, commit_sha, state, created_at, sources,
+                           triggered_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
+        args![
+            new_id(),
+            &pipeline_id,
+            next,
+            &req.branch,
+            &req.commit,
+            now_millis(),
+            sources_json,
+            triggered_from.map(|r| r.id)
+        ],
+    )?;
+    find_run(c, pipeline, next as u64)
+}
+
+pub(crate) fn set_run_state(
+    c: &mut dyn Sql,
+    pipeline: &str,
+    number: u64,
+    req: &SetRunState,
+) -> Result<Run, DbError> {
+    if !RUN_STATES.contains(&req.state.as_str()) {
+        return Err(DbError::Invalid(format!(
+            "unknown run state {:?}: use one of {}",
+            req.state,
+            RUN_STATES.join(", ")
+        )));
+    }
+    let run = ensure_run(
+        c,
+        pipeline,
+        number,
+        req.branch.as_deref(),
+        req.commit.as_deref(),
+    )?;
+    let finished = (req.state != "running").then(now_millis);
+    c.execute(
+        "UPDATE runs SET state = ?2, finished_at = ?3 WHERE id = ?1",
+        args![&run, &req.state, finished],
+    )?;
+    find_run(c, pipeline, number)
+}
+
+pub(crate) fn list_runs(c: &mut dyn Sql, pipeline: &str) -> Result<Vec<Run>, DbError> {
+    let runs = rows(
+        c,
+        &format!("{RUN_SELECT} WHERE p.key = ?1 ORDER BY r.number DESC"),
+        args![pipeline],
+        run_row,
+    )?;
+    if runs.is_empty() && !pipeline_exists(c, pipeline)? {
+        return Err(DbError::NotFound(format!(
+            "pipeline {pipeline:?} not found"
+        )));
+    }
+    Ok(runs)
+}
+
+pub(crate) fn run_files(c: &mut dyn Sql, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
+    rows(
+        c,
+        &format!("{FILE_SELECT} AND a.run_id = ?1"),
+        args![run_id],
+        file_row,
+    )
+}
+
+pub(crate) fn list_artifacts(c: &mut dyn Sql, run_id: &str) -> Result<Vec<Artifact>, DbError> {
+    rows(
+        c,
+        &format!(
+            "{ARTIFACT_SELECT} WHERE a.run_id = ?1 AND a.state != 'deleted' ORDER BY a.name, a.created_at, a.id"
+        ),
+        args![run_id],
+        artifact_row,
+    )
+}
+
+pub(crate) fn artifact_files(c: &mut dyn Sql, id: &str) -> Result<Vec<FileInfo>, DbError> {
+    get_artifact(c, id)?;
+    rows(
+        c,
+        &format!("{FILE_SELECT} AND f.artifact_id = ?1 ORDER BY f.path"),
+        args![id],
+        file_row,
+    )
+}
+
+pub(crate) fn get_files(c: &mut dyn Sql, ids: &[String]) -> Result<Vec<FileInfo>, DbError> {
+    // A few `IN` queries instead of one query per id.
+    let mut found: HashMap<String, FileInfo> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let marks = (1..=chunk.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let a: Vec<Value> = chunk.iter().map(Value::from).collect();
+        for f in rows(
+            c,
+            &format!("{FILE_SELECT} AND f.id IN ({marks})"),
+            &a,
+            file_row,
+        )? {
+            found.insert(f.id.clone(), f);
+        }
+    }
+    ids.iter()
+        .map(|id| {
+            found
+                .get(id)
+                .cloned()
+                .ok_or_else(|| DbError::NotFound(format!("file {id} not found")))
+        })
+        .collect()
+}
+
+pub(crate) fn delete_artifact(c: &mut dyn Sql, id: &str) -> Result<Artifact, DbError> {
+    c.lock(Lock::Artifact, id)?;
+    let a = get_artifact(c, id)?;
+    c.execute(
+        "UPDATE artifacts SET state = 'deleted' WHERE id = ?1",
+        args![id],
+    )?;
+    Ok(Artifact {
+        state: ArtifactState::Deleted,
+        ..a
+    })
+}
+
+pub(crate) fn list_jobs(c: &mut dyn Sql, run_id: &str) -> Result<Vec<JobSummary>, DbError> {
+    c.query(
+        // NULL stages first on both databases.
+        "SELECT stage, key, attempt FROM jobs WHERE run_id = ?1
+         ORDER BY stage IS NOT NULL, stage, key, attempt",
+        args![run_id],
+    )?
+    .into_iter()
+    .map(|mut r| {
+        Ok(JobSummary {
+            stage: r.opt_text(0)?,
+            key: r.text(1)?,
+            attempt: r.uint(2)? as u32,
+        })
+    })
+    .collect()
+}
+
+fn package_row(mut r: Row) -> Result<(String, Package), DbError> {
+    let kind = r.text(4)?;
+    let meta = r.opt_text(5)?;
+    let origin = r.text(6)?;
+    let (image, link) = parse_meta(&kind, meta.as_deref());
+    let origin: PackageOrigin = serde_json::from_str(&origin)
+        .map_err(|e| DbError::Backend(format!("a package's origin: {e}")))?;
+    Ok((
+        r.text(0)?,
+        Package {
+            repository: r.text(1)?,
+            name: r.text(2)?,
+            version: r.text(3)?,
+            kind,
+            image,
+            link,
+            file_count: r.uint(8)?,
+            size: r.uint(9)?,
+            origin,
+            created_at: rfc3339_millis(r.int(7)?),
+        },
+    ))
+}
+
+/// True for a blob row `b` that nothing live references: no file of a
+/// live upload (finished or in flight) of a live artifact, no package file.
+const UNREFERENCED: &str = "
+NOT EXISTS (SELECT 1 FROM files f
+              JOIN uploads u ON u.id = f.upload_id
+              JOIN artifacts a ON a.id = f.artifact_id
+            WHERE f.sha256 = b.sha256 AND u.state != 'error'
+              AND a.state NOT IN ('deleted', 'expired'))
+AND NOT EXISTS (SELECT 1 FROM package_files p WHERE p.sha256 = b.sha256)";
+
+/// Packages newest first; `seq` breaks ties within a millisecond.
+const PACKAGE_SELECT: &str = "
+SELECT k.id, k.repository, k.name, k.version, k.kind, k.meta, k.origin, k.created_at,
+       (SELECT COUNT(*) FROM package_files f WHERE f.package_id = k.id),
+       (SELECT CAST(COALESCE(SUM(f.size), 0) AS BIGINT) FROM package_files f
+         WHERE f.package_id = k.id)
+FROM packages k";
+
+pub(crate) fn promote(c: &mut dyn Sql, req: &Promote) -> Result<Package, DbError> {
+    // Held until the package's files are in: a delete waits, so the
+    // content never goes unreferenced in between.
+    c.lock(Lock::Artifact, &req.artifact_id)?;
+    let artifact = get_artifact(c, &req.artifact_id)?;
+    if artifact.state != ArtifactState::Finished {
+        return Err(DbError::Conflict(format!(
+            "artifact {:?} ({}) is {}; only finished artifacts can be promoted",
+            artifact.name,
+            artifact.id,
+            artifact.state.as_str()
+        )));
+    }
+    let existing = c.query_opt(
+        &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 AND k.version = ?3"),
+        args![&req.repository, &req.package, &req.version],
+    )?;
+    if let Some(row) = existing {
+        let (_, existing) = package_row(row)?;
+        let p = &existing.origin.producer;
+        return Err(DbError::Conflict(format!(
+            "{}/{}@{} already exists (promoted from artifact {:?} of run {} of pipeline {:?} at {}); versions are immutable: promote to a new version",
+            req.repository, req.package, req.version, existing.origin.artifact, p.run, p.pipeline, existing.created_at
+        )));
+    }
+    let meta = c
+        .query_one(
+            "SELECT meta FROM artifacts WHERE id = ?1",
+            args![&artifact.id],
+        )?
+        .opt_text(0)?;
+    let origin = PackageOrigin {
+        artifact_id: artifact.id.clone(),
+        artifact: artifact.name.clone(),
+        producer: artifact.producer.clone(),
+    };
+    let id = new_id();
+    // A concurrent promotion to the same version loses on the unique
+    // index: nothing is inserted, and it gets the conflict above.
+    let inserted = c.execute(
+        "INSERT INTO packages (id, repository, name, version, kind, meta, origin, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        args![
+            &id,
+            &req.repository,
+            &req.package,
+            &req.version,
+            &artifact.kind,
+            meta,
+            json(&origin)?,
+            now_millis()
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(DbError::Conflict(format!(
+            "{}/{}@{} was just promoted by another request; versions are immutable: promote to a new version",
+            req.repository, req.package, req.version
+        )));
+    }
+    c.execute(
+        "INSERT INTO package_files (package_id, path, size, sha256, mode, content_type)
+         SELECT CAST(?1 AS TEXT), f.path, f.size, f.sha256, f.mode, f.content_type
+         FROM files f JOIN uploads u ON u.id = f.upload_id
+         WHERE f.artifact_id = ?2 AND u.state = 'finished'",
+        args![&id, &artifact.id],
+    )?;
+    let row = c.query_one(&format!("{PACKAGE_SELECT} WHERE k.id = ?1"), args![&id])?;
+    Ok(package_row(row)?.1)
+}
+
+pub(crate) fn get_package(
+    c: &mut dyn Sql,
+    repo: &str,
+    name: &str,
+    version: Option<&str>,
+) -> Result<PackageWithFiles, DbError> {
+    let found = match version {
+        Some(v) => c.query_opt(
+            &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 AND k.version = ?3"),
+            args![repo, name, v],
+        )?,
+        None => c.query_opt(
+            &format!(
+                "{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2
+                 ORDER BY k.created_at DESC, k.seq DESC LIMIT 1"
+            ),
+            args![repo, name],
+        )?,
+    };
+    let Some(row) = found else {
+        let what = match version {
+            Some(v) => format!("{repo}/{name}@{v} not found"),
+            None => format!("package {repo}/{name} has no versions"),
+        };
+        return Err(DbError::NotFound(what));
+    };
+    let (id, package) = package_row(row)?;
+    let files = c
+        .query(
+            "SELECT path, size, sha256, mode, content_type FROM package_files
+             WHERE package_id = ?1 ORDER BY path",
+            args![&id],
+        )?
+        .into_iter()
+        .map(|mut r| {
+            Ok(PackageFile {
+                path: r.text(0)?,
+                size: r.uint(1)?,
+                sha256: r.text(2)?,
+                mode: r.uint(3)? as u32,
+                content_type: r.text(4)?,
+            })
+        })
+        .collect::<Result<_, DbError>>()?;
+    Ok(PackageWithFiles { package, files })
+}
+
+pub(crate) fn list_packages(
+    c: &mut dyn Sql,
+    repo: &str,
+    name: Option<&str>,
+) -> Result<Vec<Package>, DbError> {
+    let order = "ORDER BY k.created_at DESC, k.seq DESC";
+    let found = match name {
+        Some(n) => c.query(
+            &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 {order}"),
+            args![repo, n],
+        )?,
+        None => c.query(
+            &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 {order}"),
+            args![repo],
+        )?,
+    };
+    found
+        .into_iter()
+        .map(|r| package_row(r).map(|(_, p)| p))
+        .collect()
+}
+
+pub(crate) fn expire_artifacts(c: &mut dyn Sql, now_ms: i64) -> Result<u64, DbError> {
+    c.execute(
+        "UPDATE artifacts SET state = 'expired'
+         WHERE state = 'finished' AND expires_at IS NOT NULL AND expires_at < ?1
+           AND run_id NOT IN (
+             SELECT r.id FROM runs r
+             WHERE r.state = 'passed' AND r.number = (
+               SELECT MAX(r2.number) FROM runs r2
+               WHERE r2.pipeline_id = r.pipeline_id AND r2.state = 'passed'
+                 AND r2.branch IS NOT DISTINCT FROM r.branch))",
+        args![now_ms],
+    )
+}
+
+pub(crate) fn unreferenced_blobs(
+    c: &mut dyn Sql,
+    cutoff_ms: i64,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, DbError> {
+    c.query(
+        &format!(
+            "SELECT b.sha256, b.size FROM blobs b
+             WHERE b.created_at < ?1 AND {UNREFERENCED} ORDER BY b.sha256 LIMIT ?2"
+        ),
+        args![cutoff_ms, limit as i64],
+    )?
+    .into_iter()
+    .map(|mut r| Ok((r.text(0)?, r.uint(1)?)))
+    .collect()
+}
+
+pub(crate) fn forget_blobs(
+    c: &mut dyn Sql,
+    digests: &[String],
+    cutoff_ms: i64,
+) -> Result<Vec<String>, DbError> {
+    let mut sorted: Vec<&String> = digests.iter().collect();
+    sorted.sort_unstable();
+    let mut gone = Vec::new();
+    for d in sorted {
+        let n = c.execute(
+            &format!(
+                "DELETE FROM blobs AS b
+                 WHERE b.sha256 = ?1 AND b.created_at < ?2 AND {UNREFERENCED}"
+            ),
+            args![d, cutoff_ms],
+        )?;
+        if n > 0 {
+            gone.push(d.clone());
+        }
+    }
+    Ok(gone)
+}
+
+pub(crate) fn unrecord_blobs(c: &mut dyn Sql, digests: &[String]) -> Result<u64, DbError> {
+    let mut n = 0u64;
+    for d in digests {
+        n += c.execute("DELETE FROM blobs WHERE sha256 = ?1", args![d])?;
+    }
+    Ok(n)
+}
+
+pub(crate) fn recorded_blobs(c: &mut dyn Sql) -> Result<Vec<String>, DbError> {
+    c.query("SELECT sha256 FROM blobs", &[])?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect()
+}
+
+pub(crate) fn mis_sized_files(c: &mut dyn Sql, limit: usize) -> Result<Vec<MisSized>, DbError> {
+    c.query(
+        "SELECT 'artifact ' || f.artifact_id, f.path, f.sha256, f.size, b.size
+           FROM files f JOIN blobs b ON b.sha256 = f.sha256
+           JOIN uploads u ON u.id = f.upload_id
+           JOIN artifacts a ON a.id = f.artifact_id
+          WHERE f.size != b.size AND u.state = 'finished' AND a.state = 'finished'
+         UNION ALL
+         SELECT 'package ' || p.repository || '/' || p.name || '@' || p.version,
+                pf.path, pf.sha256, pf.size, b.size
+           FROM package_files pf JOIN packages p ON p.id = pf.package_id
+           JOIN blobs b ON b.sha256 = pf.sha256
+          WHERE pf.size != b.size
+         LIMIT ?1",
+        args![limit as i64],
+    )?
+    .into_iter()
+    .map(|mut r| {
+        Ok(MisSized {
+            owner: r.text(0)?,
+            path: r.text(1)?,
+            sha256: r.text(2)?,
+            claimed: r.uint(3)?,
+            actual: r.uint(4)?,
+        })
+    })
+    .collect()
+}
+
+pub(crate) fn referenced_blobs(c: &mut dyn Sql) -> Result<Vec<(String, Option<u64>)>, DbError> {
+    let found = c.query(
+        "SELECT f.sha256, MAX(b.size) FROM files f
+           JOIN uploads u ON u.id = f.upload_id
+           JOIN artifacts a ON a.id = f.artifact_id
+           LEFT JOIN blobs b ON b.sha256 = f.sha256
+         WHERE u.state = 'finished' AND a.state = 'finished'
+         GROUP BY f.sha256
+         UNION
+         SELECT pf.sha256, MAX(b.size) FROM package_files pf
+           LEFT JOIN blobs b ON b.sha256 = pf.sha256
+         GROUP BY pf.sha256",
+        &[],
+    )?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(found.len());
+    for mut r in found {
+        let d = r.text(0)?;
+        let size = r.opt_int(1)?.map(|n| n as u64);
+        if seen.insert(d.clone()) {
+            out.push((d, size));
+        }
+    }
+    Ok(out)
+}
