@@ -3,8 +3,9 @@
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
 # data dirs. What they need from outside is installed here, never silently
 # skipped: Node.js and the real @actions/artifact clients (tests/gha), and
-# the storage servers of the backend conformance tests (scripts/services.sh:
-# Garage for S3, Azurite for Azure Blob, nginx for WebDAV).
+# the servers of the backend conformance tests (scripts/services.sh:
+# Garage for S3, Azurite for Azure Blob, nginx for WebDAV, fake-gcs-server
+# for GCS, PostgreSQL for the metadata store and the replica tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}

@@ -1,0 +1,232 @@
+//! Two `satchel serve` replicas on one PostgreSQL database and one S3
+//! bucket (Garage), both from scripts/services.sh: jobs talking to
+//! different replicas see one service.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+/// Two replicas sharing a fresh database and a fresh bucket prefix, and
+/// one admin token.
+struct Replicas {
+    a: Server,
+    b: Server,
+    dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    fn start() -> Option<Replicas> {
+        let pg = satchel_store::conformance::remote_base("SATCHEL_TEST_POSTGRES_URL")?;
+        let s3 = satchel_store::conformance::remote_base("SATCHEL_TEST_S3_URL")?;
+        let db = rt()
+            .block_on(satchel_db::postgres::create_test_database(&pg))
+            .unwrap();
+        let prefix = format!("replicas-{}", satchel_model::id::random_hex(6));
+        let store = match s3.split_once('?') {
+            Some((u, q)) => format!("{}/{prefix}?{q}", u.trim_end_matches('/')),
+            None => format!("{}/{prefix}", s3.trim_end_matches('/')),
+        };
+        let token = satchel_model::id::random_hex(24);
+        let env = [
+            ("SATCHEL_DATABASE", db.as_str()),
+            ("SATCHEL_STORE", store.as_str()),
+            ("SATCHEL_ADMIN_TOKEN", token.as_str()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::start_with(&dir.path().join("a"), &env);
+        let b = Server::start_with(&dir.path().join("b"), &env);
+        Some(Replicas { a, b, dir })
+    }
+
+    /// A fresh working directory.
+    fn work(&self, name: &str) -> std::path::PathBuf {
+        let w = self.dir.path().join("work").join(name);
+        std::fs::create_dir_all(&w).unwrap();
+        w
+    }
+}
+
+fn read(dir: &Path, rel: &str) -> Vec<u8> {
+    std::fs::read(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The spine scenario with every job on another replica than the one
+/// before: two jobs upload, a third downloads both; the same content is
+/// never sent twice; a literal query matching two jobs is ambiguous; a
+/// retried attempt supersedes the first.
+#[test]
+fn jobs_on_different_replicas_see_one_service() {
+    let Some(r) = Replicas::start() else { return };
+    let (w1, w2, w3) = (r.work("build"), r.work("test"), r.work("deploy"));
+    let big: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write(&w1, "dist/app.bin", &big);
+    write(&w1, "logs/build.log", b"built");
+    write(&w2, "report.json", b"{\"ok\":true}");
+
+    r.a.agent(&w1, "web", 1, "build")
+        .ok(&["artifact", "upload", "dist/**", "logs/*.log"]);
+    r.b.agent(&w2, "web", 1, "test")
+        .ok(&["artifact", "upload", "report.json"]);
+    // Visible through the other replica as soon as the upload returned.
+    let deploy = r.b.agent(&w3, "web", 1, "deploy");
+    let listed = deploy.ok(&["artifact", "search", "**"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    deploy.ok(&["artifact", "download", "**", "out"]);
+    assert!(read(&w3, "out/dist/app.bin") == big);
+    assert_eq!(read(&w3, "out/logs/build.log"), b"built");
+    assert_eq!(read(&w3, "out/report.json"), b"{\"ok\":true}");
+
+    // Content stored through A is not sent again through B.
+    let again: serde_json::Value = serde_json::from_str(
+        &r.b.agent(&w1, "web", 2, "build")
+            .ok(&["artifact", "upload", "--json", "dist/**"]),
+    )
+    .unwrap();
+    assert_eq!(
+        again["bytes_sent"], 0,
+        "deduplicated across replicas: {again}"
+    );
+
+    // Ambiguity, whichever replica the jobs used.
+    for (job, server) in [("linux", &r.a), ("mac", &r.b)] {
+        let w = r.work(job);
+        write(&w, "pkg/app.tar", job.as_bytes());
+        server
+            .agent(&w, "rel", 1, job)
+            .ok(&["artifact", "upload", "pkg/app.tar"]);
+    }
+    let w = r.work("release");
+    let err =
+        r.a.agent(&w, "rel", 1, "release")
+            .fails(&["artifact", "download", "pkg/app.tar", "out"]);
+    assert!(
+        err.contains("multiple files match query `pkg/app.tar`"),
+        "{err}"
+    );
+    r.b.agent(&w, "rel", 1, "release").ok(&[
+        "artifact",
+        "download",
+        "pkg/app.tar",
+        "out",
+        "--job",
+        "mac",
+    ]);
+    assert_eq!(read(&w, "out/pkg/app.tar"), b"mac");
+
+    // A retry through B supersedes the first attempt made through A.
+    let w = r.work("flaky");
+    write(&w, "result.txt", b"attempt one");
+    r.a.agent(&w, "ci", 3, "tests")
+        .ok(&["artifact", "upload", "result.txt"]);
+    write(&w, "result.txt", b"attempt two");
+    r.b.agent(&w, "ci", 3, "tests")
+        .env("SATCHEL_ATTEMPT", "2")
+        .ok(&["artifact", "upload", "result.txt"]);
+    let w = r.work("report");
+    r.a.agent(&w, "ci", 3, "report")
+        .ok(&["artifact", "download", "result.txt", "out"]);
+    assert_eq!(read(&w, "out/result.txt"), b"attempt two");
+
+    // Both replicas agree the store is whole.
+    assert!(r
+        .a
+        .agent(&w, "ci", 3, "x")
+        .ok(&["admin", "fsck"])
+        .contains("no problems"));
+}
+
+/// Two jobs publishing one artifact name at the same moment, one through
+/// each replica: exactly one wins and the other is told why, 50 times.
+#[test]
+fn replicas_racing_for_one_name_have_one_winner() {
+    let Some(r) = Replicas::start() else { return };
+    let w = r.work("race");
+    write(&w, "out/file.txt", b"same bytes");
+    write(&w, "setup.txt", b"setup");
+    for run in 1..=50u64 {
+        // The run exists first: writers creating a run queue on its unique
+        // index, which would hide a missing name lock.
+        r.a.agent(&w, "race", run, "setup")
+            .ok(&["artifact", "upload", "setup.txt"]);
+        let (x, y) = (
+            r.a.agent(&w, "race", run, "left"),
+            r.b.agent(&w, "race", run, "right"),
+        );
+        let publish = ["artifact", "publish", "out", "--name", "shared", "--quiet"];
+        let (ox, oy) = std::thread::scope(|s| {
+            let hx = s.spawn(|| x.run(&publish));
+            let hy = s.spawn(|| y.run(&publish));
+            (hx.join().unwrap(), hy.join().unwrap())
+        });
+        let won = [&ox, &oy].iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "run {run}: one winner ({ox:?}, {oy:?})");
+        let loser = if ox.status.success() { &oy } else { &ox };
+        let err = String::from_utf8_lossy(&loser.stderr);
+        assert!(
+            err.contains("artifact \"shared\" already exists in run"),
+            "run {run}: the loser is told why: {err}"
+        );
+    }
+}
+
+/// Replica A dies (`kill -9`) in the middle of 20 uploads while B keeps
+/// serving; each interrupted upload, retried through B, succeeds, and the
+/// store is whole.
+#[test]
+fn uploads_interrupted_by_a_dead_replica_finish_through_the_other() {
+    let Some(mut r) = Replicas::start() else {
+        return;
+    };
+    let jobs: Vec<(String, std::path::PathBuf, Vec<u8>)> = (0..20u32)
+        .map(|i| {
+            let w = r.work(&format!("job-{i}"));
+            let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+                .map(|k| (k.wrapping_mul(2_654_435_761).wrapping_add(i) >> 11) as u8)
+                .collect();
+            write(&w, "out.bin", &data);
+            (format!("job-{i}"), w, data)
+        })
+        .collect();
+    let agents: Vec<Agent> = jobs
+        .iter()
+        .map(|(job, w, _)| r.a.agent(w, "crash", 1, job))
+        .collect();
+    let results = std::thread::scope(|s| {
+        let uploads: Vec<_> = agents
+            .iter()
+            .map(|a| s.spawn(|| a.run(&["artifact", "upload", "--quiet", "out.bin"])))
+            .collect();
+        // Some content is on its way through A: kill it now.
+        wait_until(
+            || r.a.metric("satchel_blobs_being_written") > 0,
+            "an upload in flight on replica A",
+        );
+        r.a.kill9();
+        uploads
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let failed = results.iter().filter(|o| !o.status.success()).count();
+    assert!(failed > 0, "the kill interrupted some uploads");
+    // B serves throughout, and the retries through it succeed.
+    for (job, w, _) in &jobs {
+        r.b.agent(w, "crash", 1, job)
+            .ok(&["artifact", "upload", "--quiet", "out.bin"]);
+    }
+    for (job, _, data) in &jobs {
+        let out = r.work(&format!("check-{job}"));
+        r.b.agent(&out, "crash", 1, "check")
+            .ok(&["artifact", "download", "out.bin", "got", "--job", job]);
+        assert!(read(&out, "got/out.bin") == *data, "{job}'s bytes");
+    }
+    let w = r.work("fsck");
+    assert!(r
+        .b
+        .agent(&w, "crash", 1, "x")
+        .ok(&["admin", "fsck"])
+        .contains("no problems"));
+}
