@@ -230,3 +230,36 @@ fn uploads_interrupted_by_a_dead_replica_finish_through_the_other() {
         .ok(&["admin", "fsck"])
         .contains("no problems"));
 }
+
+/// `/readyz` answers 200 while the database answers and 503 once it is
+/// gone; `/healthz` stays 200 (the process is up).
+#[test]
+fn readyz_follows_the_database() {
+    let Some(pg) = satchel_store::conformance::remote_base("SATCHEL_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let rt = rt();
+    let db = rt
+        .block_on(satchel_db::postgres::create_test_database(&pg))
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&d.path().join("data"), &[("SATCHEL_DATABASE", &db)]);
+    let status = |path: &str| {
+        rt.block_on(async {
+            let r = s
+                .http()
+                .get(format!("{}{path}", s.url))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    assert_eq!(status("/readyz"), (200, "ready\n".to_string()));
+    rt.block_on(satchel_db::postgres::drop_test_database(&pg, &db))
+        .unwrap();
+    let (code, body) = status("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("metadata database unavailable"), "{body}");
+    assert_eq!(status("/healthz").0, 200);
+}

@@ -493,6 +493,31 @@ pub async fn create_test_database(base_url: &str) -> Result<String, DbError> {
     Ok(with_database(base_url, &name))
 }
 
+/// Test support: drops the database `url` names (made by
+/// [`create_test_database`]), disconnecting whoever uses it.
+#[doc(hidden)]
+pub async fn drop_test_database(base_url: &str, url: &str) -> Result<(), DbError> {
+    let name = url
+        .split_once('?')
+        .map_or(url, |(u, _)| u)
+        .rsplit('/')
+        .next()
+        .filter(|n| {
+            n.starts_with("satchel_t_") && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .ok_or_else(|| DbError::Invalid(format!("{} is not a test database", redacted(url))))?;
+    let (client, connection) = tokio_postgres::connect(base_url, NoTls)
+        .await
+        .map_err(|e| DbError::Backend(format!("connecting to {}: {e}", redacted(base_url))))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .map_err(pg_error)
+}
+
 /// `url` naming database `name` instead of its own.
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {

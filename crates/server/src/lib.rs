@@ -469,6 +469,28 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
     })
 }
 
+/// `GET /readyz`: 200 when the metadata database and the content store
+/// answer (one indexed lookup each), else 503 naming which does not. A load
+/// balancer sends traffic only to ready replicas; `/healthz` says only that
+/// the process is up.
+async fn readyz(State(state): State<AppState>) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let probe = "0".repeat(64);
+    if let Err(e) = state.db.known_blobs(std::slice::from_ref(&probe)).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("metadata database unavailable: {e}\n"),
+        );
+    }
+    if let Err(e) = state.store.contains(&satchel_store::Digest([0; 32])).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("content store unavailable: {e}\n"),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}
+
 /// `GET /metrics`: Prometheus text format. Counts only, no names, so it
 /// needs no token.
 async fn metrics(State(state): State<AppState>) -> String {
@@ -618,6 +640,7 @@ pub fn router(state: AppState) -> axum::Router {
         ));
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
         .nest("/api/v1", api)
         .merge(gha::routes())
