@@ -17,6 +17,11 @@ struct Replicas {
 
 impl Replicas {
     fn start() -> Option<Replicas> {
+        Replicas::start_with(&[])
+    }
+
+    /// As [`Replicas::start`], with more environment for both servers.
+    fn start_with(extra: &[(&str, &str)]) -> Option<Replicas> {
         let pg = satchel_store::conformance::remote_base("SATCHEL_TEST_POSTGRES_URL")?;
         let s3 = satchel_store::conformance::remote_base("SATCHEL_TEST_S3_URL")?;
         let db = rt()
@@ -28,11 +33,12 @@ impl Replicas {
             None => format!("{}/{prefix}", s3.trim_end_matches('/')),
         };
         let token = satchel_model::id::random_hex(24);
-        let env = [
+        let mut env = vec![
             ("SATCHEL_DATABASE", db.as_str()),
             ("SATCHEL_STORE", store.as_str()),
             ("SATCHEL_ADMIN_TOKEN", token.as_str()),
         ];
+        env.extend_from_slice(extra);
         let dir = tempfile::tempdir().unwrap();
         let a = Server::start_with(&dir.path().join("a"), &env);
         let b = Server::start_with(&dir.path().join("b"), &env);
@@ -262,4 +268,15 @@ fn readyz_follows_the_database() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("metadata database unavailable"), "{body}");
     assert_eq!(status("/healthz").0, 200);
+}
+
+/// GC on replica A racing dedup uploads on replica B: the blob-write gate
+/// is in the database, so A skips what B is storing (see
+/// `common::gc_races_dedup_uploads`).
+#[test]
+fn gc_on_one_replica_racing_uploads_on_another_never_loses_a_byte() {
+    let Some(r) = Replicas::start_with(&[("SATCHEL_CHUNK_REFRESH_SECS", "5")]) else {
+        return;
+    };
+    gc_races_dedup_uploads(&r.a, &r.b);
 }

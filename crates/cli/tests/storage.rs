@@ -8,11 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::{json, Value};
-use sha2::Digest as _;
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
-}
 
 /// Where the local store keeps a blob's top object: the chunk itself, or
 /// the recipe of a blob of several chunks (unencrypted layout).
@@ -23,18 +18,6 @@ fn blob_path(data_dir: &Path, data: &[u8]) -> PathBuf {
         return chunk;
     }
     data_dir.join("content/objects/r").join(&h[..2]).join(h)
-}
-
-/// The content of file `id`, read through the API of the server at `url`.
-async fn file_content(http: &reqwest::Client, url: &str, token: &str, id: &str) -> bytes::Bytes {
-    http.get(format!("{url}/api/v1/files/{id}/content"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
 }
 
 /// A JSON array of strings, sorted.
@@ -374,204 +357,14 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     assert_eq!(std::fs::read(dest.join("gone.txt")).unwrap(), gone);
 }
 
-/// GC runs flat out (zero grace, chunks trusted for 5 s) while 1,000
-/// rounds of uploads reuse the same content and each round deletes the
-/// previous round's artifact, so the shared content keeps becoming garbage
-/// and being re-sent: three small contents in turn, and every 7th round a
-/// large file cut into chunks that most rounds' large files share. Every
-/// 10th round is kept, with content of its own (so it pins nothing the
-/// race needs). Deletions and re-sends must go on to the last quarter, and
-/// every artifact kept must download intact.
 #[test]
 fn gc_racing_dedup_uploads_never_loses_a_byte() {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let d = tempfile::tempdir().unwrap();
     let s = Server::start_with(
         &d.path().join("data"),
         &[("SATCHEL_CHUNK_REFRESH_SECS", "5")],
     );
-    let contents: Vec<Vec<u8>> = (0..3)
-        .map(|i| format!("shared content {i}").repeat(100).into_bytes())
-        .collect();
-    let base = noise(700_000, 77);
-    let content_of = |round: u64| -> Vec<u8> {
-        if round.is_multiple_of(20) {
-            noise(700_000, 1000 + round)
-        } else if round.is_multiple_of(10) {
-            format!("kept {round} ").repeat(100).into_bytes()
-        } else if round.is_multiple_of(7) {
-            let mut big = base.clone();
-            big.extend_from_slice(&round.to_be_bytes());
-            big
-        } else {
-            contents[(round % 3) as usize].clone()
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (url, token) = (s.url.clone(), s.token.clone());
-    rt.block_on(async move {
-        let http = reqwest::Client::new();
-        let api = |p: &str| format!("{url}/api/v1{p}");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let deleted = std::sync::Arc::new(AtomicU64::new(0));
-        let objects = std::sync::Arc::new(AtomicU64::new(0));
-        let gc = {
-            let (http, url, token, stop) = (http.clone(), url.clone(), token.clone(), stop.clone());
-            let (deleted, objects) = (deleted.clone(), objects.clone());
-            tokio::spawn(async move {
-                let mut passes = 0u64;
-                while !stop.load(Relaxed) {
-                    let r: Value = http
-                        .post(format!("{url}/api/v1/admin/gc"))
-                        .bearer_auth(&token)
-                        .json(&json!({"grace_seconds": 0}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    passes += 1;
-                    deleted.fetch_add(r["blobs_deleted"].as_u64().unwrap(), Relaxed);
-                    objects.fetch_add(r["objects_deleted"].as_u64().unwrap(), Relaxed);
-                }
-                passes
-            })
-        };
-        let mut kept = Vec::new();
-        let mut previous: Option<(u64, String)> = None;
-        let mut resent = 0u64;
-        let mut big_resent = 0u64;
-        let mut at_three_quarters = (0, 0, 0);
-        for round in 1..=1000u64 {
-            if round == 751 {
-                at_three_quarters = (deleted.load(Relaxed), resent, big_resent);
-            }
-            let c = content_of(round);
-            let files = vec![json!({"path": "data.bin", "size": c.len(), "sha256": sha(&c)})];
-            let created: Value = http
-                .post(api("/uploads"))
-                .bearer_auth(&token)
-                .json(&json!({
-                    "context": {"pipeline": "race", "run": round, "job": "j"},
-                    "name": "out",
-                    "files": files,
-                }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let upload = created["upload_id"].as_str().unwrap().to_string();
-            for m in created["missing"].as_array().unwrap() {
-                // Kept and large contents are new every time; only the
-                // three shared small ones say whether GC took them.
-                if c.len() > 100_000 {
-                    big_resent += 1;
-                } else if !round.is_multiple_of(10) {
-                    resent += 1;
-                }
-                let r = http
-                    .put(api(&format!(
-                        "/uploads/{upload}/blobs/{}",
-                        m.as_str().unwrap()
-                    )))
-                    .bearer_auth(&token)
-                    .body(c.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(
-                    r.status().is_success(),
-                    "round {round}: {}",
-                    r.text().await.unwrap()
-                );
-            }
-            let r = http
-                .post(api(&format!("/uploads/{upload}/finish")))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                r.status().is_success(),
-                "round {round}: {}",
-                r.text().await.unwrap()
-            );
-            let id = created["artifact_id"].as_str().unwrap().to_string();
-            if let Some((pr, p)) = previous.take() {
-                // After at least one GC pass raced it, the artifact about
-                // to become garbage still reads back whole.
-                let v: Value = http
-                    .get(api(&format!("/artifacts/{p}")))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let body = file_content(&http, &url, &token, v["files"][0]["id"].as_str().unwrap()).await;
-                assert!(body.as_ref() == content_of(pr).as_slice(), "round {pr} lost bytes");
-                let r = http
-                    .delete(api(&format!("/artifacts/{p}")))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success());
-            }
-            if round.is_multiple_of(10) {
-                kept.push((round, id));
-            } else {
-                previous = Some((round, id));
-            }
-        }
-        stop.store(true, Relaxed);
-        let passes = gc.await.unwrap();
-        let (deleted, objects) = (deleted.load(Relaxed), objects.load(Relaxed));
-        eprintln!(
-            "gc passes: {passes}, blobs deleted: {deleted}, objects deleted: {objects}, shared blobs re-sent: {resent}, large files sent: {big_resent}"
-        );
-        let (d750, r750, _) = at_three_quarters;
-        assert!(passes > 10, "GC ran {passes} times");
-        assert!(deleted > d750, "GC still deleted shared content in the last quarter");
-        // The small shared contents only come back if GC took them: a
-        // re-send of one proves it became garbage and was collected.
-        assert!(resent - r750 > 3, "content was still re-sent in the last quarter");
-        // Every artifact left downloads intact.
-        for (round, _) in &kept {
-            let v: Value = http
-                .get(api(&format!(
-                    "/pipelines/race/runs/{round}/search?query=data.bin"
-                )))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let f = &v["files"][0];
-            let body = file_content(&http, &url, &token, f["id"].as_str().unwrap()).await;
-            assert!(body.as_ref() == content_of(*round).as_slice(), "round {round}");
-        }
-        let r: Value = http
-            .post(api("/admin/fsck"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r["ok"], true, "{r}");
-    });
+    gc_races_dedup_uploads(&s, &s);
 }
 
 /// A client that sends its blob slowly must not hold up GC, nor (through
@@ -760,18 +553,6 @@ fn gc_keeps_what_it_could_not_delete() {
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["blobs_deleted"], 1, "the next pass deletes it: {r}");
     assert!(!blob.exists());
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A large file changed in a few places is sent as the chunks that

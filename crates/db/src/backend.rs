@@ -13,7 +13,9 @@ use satchel_model::api::{
 use satchel_model::selector::RunSelector;
 
 use crate::sql::Sql;
-use crate::{rules, DbError, JobSummary, MetaStore, MisSized, Quotas, UploadNeeds, UploadPlan};
+use crate::{
+    rules, DbError, JobSummary, MetaStore, MisSized, Quotas, UploadNeeds, UploadPlan, WriteGateHold,
+};
 
 /// What a database gives the rules: a connection to read on and a write
 /// transaction. Both are blocking calls, made from tokio's blocking pool.
@@ -28,6 +30,21 @@ pub trait Backend: Send + Sync + 'static {
     #[doc(hidden)]
     fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>)
         -> Result<T, DbError>;
+    /// [`MetaStore::announce_writes`]; nothing by default (one process).
+    #[doc(hidden)]
+    fn announce_writes(&self, _writer: &str, _digests: &[String]) -> Result<(), DbError> {
+        Ok(())
+    }
+    /// [`MetaStore::end_writes`]; nothing by default.
+    #[doc(hidden)]
+    fn end_writes(&self, _writer: &str) -> Result<(), DbError> {
+        Ok(())
+    }
+    /// [`MetaStore::hold_write_gate`]; `None` by default.
+    #[doc(hidden)]
+    fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
+        Ok(None)
+    }
 }
 
 /// The metadata store on backend `B`.
@@ -62,6 +79,18 @@ impl<B: Backend> Store<B> {
     {
         let b = self.backend.clone();
         tokio::task::spawn_blocking(move || b.read(&mut f))
+            .await
+            .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` on the backend in tokio's blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&B) -> Result<T, DbError> + Send + 'static,
+    {
+        let b = self.backend.clone();
+        tokio::task::spawn_blocking(move || f(&b))
             .await
             .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
     }
@@ -116,8 +145,16 @@ impl<B: Backend> MetaStore for Store<B> {
     }
 
     async fn expire_stale_uploads(&self, cutoff_ms: i64) -> Result<u64, DbError> {
-        self.write(move |c| rules::expire_stale_uploads(c, cutoff_ms))
-            .await
+        let ids = self
+            .read(move |c| rules::stale_uploads(c, cutoff_ms))
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            if self.write(move |c| rules::expire_upload(c, &id)).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError> {
@@ -272,5 +309,19 @@ impl<B: Backend> MetaStore for Store<B> {
 
     async fn recorded_blobs(&self) -> Result<Vec<String>, DbError> {
         self.read(rules::recorded_blobs).await
+    }
+
+    async fn announce_writes(&self, writer: &str, digests: &[String]) -> Result<(), DbError> {
+        let (w, d) = (writer.to_string(), digests.to_vec());
+        self.blocking(move |b| b.announce_writes(&w, &d)).await
+    }
+
+    async fn end_writes(&self, writer: &str) -> Result<(), DbError> {
+        let w = writer.to_string();
+        self.blocking(move |b| b.end_writes(&w)).await
+    }
+
+    async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
+        self.blocking(|b| b.hold_write_gate()).await
     }
 }

@@ -130,6 +130,41 @@ pub struct JobSummary {
     pub attempt: u32,
 }
 
+/// GC's exclusive hold on the blob-write gate of a database that several
+/// processes write (see [`MetaStore::hold_write_gate`]); released when
+/// dropped.
+pub struct WriteGateHold {
+    /// Digests (hex) some process announced it is storing when the hold
+    /// began; no announcement can start while it is held.
+    pub announced: HashSet<String>,
+    /// What holds the gate (a database connection).
+    _holder: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl WriteGateHold {
+    pub(crate) fn new(
+        announced: HashSet<String>,
+        holder: Box<dyn std::any::Any + Send + Sync>,
+    ) -> WriteGateHold {
+        WriteGateHold {
+            announced,
+            _holder: holder,
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteGateHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteGateHold")
+            .field("announced", &self.announced.len())
+            .finish()
+    }
+}
+
+/// How long an announcement protects a blob at most: rows of a process
+/// that died mid-write stop counting (and are removed) after this.
+pub const WRITE_ANNOUNCEMENT_MAX_MS: i64 = 24 * 3600 * 1000;
+
 /// The metadata store.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -244,6 +279,19 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Every recorded blob's digest, referenced or not: what the content
     /// store's sweep must keep.
     async fn recorded_blobs(&self) -> Result<Vec<String>, DbError>;
+    /// Announces to garbage collection in every process sharing this
+    /// database that write `writer` (a fresh id) is storing `digests`
+    /// (hex), until [`MetaStore::end_writes`]; waits while a GC holds the
+    /// gate. Nothing on a database only this process writes (SQLite,
+    /// behind the data directory's lock), where the server's own gate is
+    /// enough.
+    async fn announce_writes(&self, writer: &str, digests: &[String]) -> Result<(), DbError>;
+    /// Ends the announcements of write `writer`.
+    async fn end_writes(&self, writer: &str) -> Result<(), DbError>;
+    /// Takes the gate exclusively for a GC sweep, once announcements in
+    /// flight are in: new ones wait until the hold is dropped. `None` on a
+    /// database only this process writes.
+    async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError>;
     /// Package versions of a repository (optionally one package), newest first.
     async fn list_packages(
         &self,

@@ -27,11 +27,17 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::backend::{Backend, Store};
 use crate::sql::{dollar_params, Lock, Row, Sql, Value};
-use crate::DbError;
+use crate::{DbError, WriteGateHold, WRITE_ANNOUNCEMENT_MAX_MS};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_blob_writes.sql"),
+];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;
+/// Key of the advisory lock of the blob-write gate: announcements take it
+/// shared for their transaction, a GC sweep exclusively for its session.
+const WRITE_GATE: i64 = 0x5a7c_6a7e;
 /// How often a write transaction runs at most.
 pub const WRITE_ATTEMPTS: usize = 5;
 const DEFAULT_POOL: usize = 8;
@@ -59,6 +65,9 @@ struct Pool {
 struct Slot {
     client: Client,
     stmts: HashMap<String, Statement>,
+    /// Inside a transaction not yet committed or rolled back: such a
+    /// connection (left by a panic) is closed, never reused.
+    in_tx: bool,
 }
 
 /// Splits satchel's own options off a PostgreSQL URL: `(URL for the
@@ -173,6 +182,7 @@ impl PostgresBackend {
         Ok(Slot {
             client,
             stmts: HashMap::new(),
+            in_tx: false,
         })
     }
 
@@ -288,7 +298,7 @@ impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         let Some(slot) = self.slot.take() else { return };
         let mut pool = self.backend.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.client.is_closed() {
+        if slot.client.is_closed() || slot.in_tx {
             pool.open -= 1;
         } else {
             pool.idle.push(slot);
@@ -300,13 +310,68 @@ impl Drop for Checkout<'_> {
 
 impl Backend for PostgresBackend {
     fn read<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
-        let mut co = self.checkout()?;
-        let mut conn = PgConn {
-            rt: &self.rt,
-            slot: co.slot(),
-            code: None,
-        };
-        f(&mut conn)
+        let mut retried = false;
+        loop {
+            let mut co = self.checkout()?;
+            let mut conn = PgConn::new(&self.rt, co.slot());
+            let result = f(&mut conn);
+            // A pooled connection the server closed meanwhile (a restart,
+            // an idle timeout): reads change nothing, so once more on a
+            // fresh one.
+            if result.is_err() && co.slot().client.is_closed() && !retried {
+                retried = true;
+                continue;
+            }
+            return result;
+        }
+    }
+
+    fn announce_writes(&self, writer: &str, digests: &[String]) -> Result<(), DbError> {
+        let now = satchel_model::id::now_millis();
+        self.write(&mut |c| {
+            // Waits while a sweep holds the gate; held until commit.
+            c.execute(
+                "SELECT pg_advisory_xact_lock_shared(?1)",
+                &[Value::Int(WRITE_GATE)],
+            )?;
+            for d in digests {
+                c.execute(
+                    "INSERT INTO blob_writes (writer, sha256, started_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    &[writer.into(), d.into(), Value::Int(now)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn end_writes(&self, writer: &str) -> Result<(), DbError> {
+        self.write(&mut |c| {
+            c.execute(
+                "DELETE FROM blob_writes WHERE writer = ?1",
+                &[writer.into()],
+            )
+            .map(drop)
+        })
+    }
+
+    fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
+        // A connection of its own, outside the pool: the session lock is
+        // held as long as it is open, and released by PostgreSQL if this
+        // process dies.
+        let mut slot = self.connect_slot()?;
+        let mut conn = PgConn::new(&self.rt, &mut slot);
+        conn.execute("SELECT pg_advisory_lock(?1)", &[Value::Int(WRITE_GATE)])?;
+        let stale = satchel_model::id::now_millis() - WRITE_ANNOUNCEMENT_MAX_MS;
+        conn.execute(
+            "DELETE FROM blob_writes WHERE started_at < ?1",
+            &[Value::Int(stale)],
+        )?;
+        let mut announced = std::collections::HashSet::new();
+        for mut r in conn.query("SELECT DISTINCT sha256 FROM blob_writes", &[])? {
+            announced.insert(r.text(0)?);
+        }
+        Ok(Some(WriteGateHold::new(announced, Box::new(slot.client))))
     }
 
     fn write<T>(
@@ -314,22 +379,43 @@ impl Backend for PostgresBackend {
         f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         let mut attempt = 1;
+        let mut reconnected = false;
         loop {
             let mut co = self.checkout()?;
-            let mut conn = PgConn {
-                rt: &self.rt,
-                slot: co.slot(),
-                code: None,
-            };
-            conn.batch("BEGIN")?;
-            let result = f(&mut conn).and_then(|out| conn.batch("COMMIT").map(|()| out));
+            let mut conn = PgConn::new(&self.rt, co.slot());
+            if let Err(e) = conn.batch("BEGIN") {
+                // A pooled connection the server closed meanwhile: nothing
+                // ran, so once more on a fresh one.
+                if conn.slot.client.is_closed() && !reconnected {
+                    reconnected = true;
+                    continue;
+                }
+                return Err(e);
+            }
+            conn.slot.in_tx = true;
+            let result = f(&mut conn).and_then(|out| {
+                // PostgreSQL answers COMMIT of a transaction in which a
+                // statement failed with a rollback, not an error: a rule
+                // that went on after a failure must not look committed.
+                if conn.failed {
+                    return Err(DbError::Backend(
+                        "a statement failed inside the transaction; nothing was written".into(),
+                    ));
+                }
+                conn.batch("COMMIT").map(|()| out)
+            });
             match result {
-                Ok(out) => return Ok(out),
+                Ok(out) => {
+                    conn.slot.in_tx = false;
+                    return Ok(out);
+                }
                 Err(e) => {
                     let retry = transient(conn.code.as_ref()) && attempt < WRITE_ATTEMPTS;
                     // A failed COMMIT has ended the transaction already;
                     // ROLLBACK then only warns.
-                    let _ = conn.batch("ROLLBACK");
+                    if conn.batch("ROLLBACK").is_ok() {
+                        conn.slot.in_tx = false;
+                    }
                     if !retry {
                         return Err(e);
                     }
@@ -348,11 +434,23 @@ struct PgConn<'a> {
     slot: &'a mut Slot,
     /// The SQLSTATE of the last failed statement.
     code: Option<SqlState>,
+    /// Whether any statement failed.
+    failed: bool,
 }
 
-impl PgConn<'_> {
+impl<'a> PgConn<'a> {
+    fn new(rt: &'a Handle, slot: &'a mut Slot) -> PgConn<'a> {
+        PgConn {
+            rt,
+            slot,
+            code: None,
+            failed: false,
+        }
+    }
+
     fn fail(&mut self, e: tokio_postgres::Error) -> DbError {
         self.code = e.code().cloned();
+        self.failed = true;
         pg_error(e)
     }
 

@@ -13,8 +13,12 @@
 //!   inserted with `ON CONFLICT DO NOTHING` against their unique index and
 //!   then read back, so two writers creating one run get the same row;
 //! - name claims and artifact creation in a run hold the run's row lock
-//!   ([`Lock::Run`]), run numbering the pipeline's, finishing and failing an
-//!   upload the upload's, promotion the artifact's;
+//!   ([`Lock::Run`]), run numbering the pipeline's; whatever changes an
+//!   artifact's files or state holds the artifact's (staging takeover,
+//!   finishing, failing, deleting, promoting), and finishing or failing an
+//!   upload also the upload's. Locks are taken in one order, run →
+//!   artifact → upload (blobs in digest order), so they cannot deadlock
+//!   one another;
 //! - an upload that references recorded content, and a finish, touch the
 //!   content's `blobs` row (`created_at` = now). Garbage collection deletes
 //!   a row only while it is old; a concurrent touch either happens first
@@ -414,6 +418,15 @@ pub(crate) fn create_upload(
             id
         }
     };
+    // Its files and state are read and changed below: a finish, abort or
+    // delete of it waits (see the module's concurrency notes).
+    c.lock(Lock::Artifact, &artifact_id)?;
+    // Reused after its uploads failed: it is being uploaded again, so it
+    // holds its name again (a failed artifact holds none).
+    c.execute(
+        "UPDATE artifacts SET state = 'uploading' WHERE id = ?1 AND state = 'error'",
+        args![&artifact_id],
+    )?;
     if let Some(secs) = req.expire_in_secs {
         // Only while the artifact is being created: later uploads into a
         // finished artifact do not move its expiry.
@@ -616,8 +629,24 @@ pub(crate) fn record_blobs(c: &mut dyn Sql, blobs: &[(String, u64)]) -> Result<(
     Ok(())
 }
 
-pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFinished, DbError> {
+/// Locks an upload and its artifact, in the lock order (artifact first);
+/// `false` when there is no such upload.
+fn lock_upload(c: &mut dyn Sql, upload_id: &str) -> Result<bool, DbError> {
+    // An upload's artifact never changes, so reading it unlocked is safe.
+    let Some(mut r) = c.query_opt(
+        "SELECT artifact_id FROM uploads WHERE id = ?1",
+        args![upload_id],
+    )?
+    else {
+        return Ok(false);
+    };
+    c.lock(Lock::Artifact, &r.text(0)?)?;
     c.lock(Lock::Upload, upload_id)?;
+    Ok(true)
+}
+
+pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFinished, DbError> {
+    lock_upload(c, upload_id)?;
     let mut r = c
         .query_opt(
             "SELECT artifact_id, state FROM uploads WHERE id = ?1",
@@ -635,12 +664,18 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
     }
     let now = now_millis();
     // Touch first, check after: content collected before the touch is
-    // missing below, content not yet collected is young from here on.
-    c.execute(
-        "UPDATE blobs SET created_at = ?2
-         WHERE sha256 IN (SELECT sha256 FROM files WHERE upload_id = ?1)",
-        args![upload_id, now],
+    // missing below, content not yet collected is young from here on. In
+    // digest order, as every writer of blob rows does.
+    let digests = c.query(
+        "SELECT DISTINCT sha256 FROM files WHERE upload_id = ?1 ORDER BY sha256",
+        args![upload_id],
     )?;
+    for mut d in digests {
+        c.execute(
+            "UPDATE blobs SET created_at = ?2 WHERE sha256 = ?1",
+            args![d.text(0)?, now],
+        )?;
+    }
     let missing: Vec<String> = c
         .query(
             "SELECT f.path FROM files f LEFT JOIN blobs b ON b.sha256 = f.sha256
@@ -690,7 +725,8 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
 }
 
 /// Marks an upload `error`, drops its staged files, and errors its artifact
-/// when no other upload of it is alive. The caller holds the upload's lock.
+/// when no other upload of it is alive. The caller holds the locks of
+/// [`lock_upload`] (the artifact's makes "no other upload is alive" hold).
 fn fail_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
     c.execute("DELETE FROM files WHERE upload_id = ?1", args![id])?;
     c.execute(
@@ -708,7 +744,7 @@ fn fail_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
 }
 
 pub(crate) fn abort_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
-    c.lock(Lock::Upload, id)?;
+    lock_upload(c, id)?;
     let state = c
         .query_opt("SELECT state FROM uploads WHERE id = ?1", args![id])?
         .map(|mut r| r.text(0))
@@ -725,28 +761,29 @@ pub(crate) fn abort_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
     fail_upload(c, id)
 }
 
-pub(crate) fn expire_stale_uploads(c: &mut dyn Sql, cutoff_ms: i64) -> Result<u64, DbError> {
-    let ids: Vec<String> = c
-        .query(
-            "SELECT id FROM uploads WHERE state = 'uploading' AND created_at < ?1 ORDER BY id",
-            args![cutoff_ms],
-        )?
-        .into_iter()
-        .map(|mut r| r.text(0))
-        .collect::<Result<_, _>>()?;
-    let mut n = 0;
-    for id in &ids {
-        c.lock(Lock::Upload, id)?;
-        // Finished meanwhile by its client: it stays.
-        if c.exists(
-            "SELECT 1 FROM uploads WHERE id = ?1 AND state = 'uploading'",
-            args![id],
-        )? {
-            fail_upload(c, id)?;
-            n += 1;
-        }
+/// Uploads started before `cutoff_ms` and still `uploading`.
+pub(crate) fn stale_uploads(c: &mut dyn Sql, cutoff_ms: i64) -> Result<Vec<String>, DbError> {
+    c.query(
+        "SELECT id FROM uploads WHERE state = 'uploading' AND created_at < ?1 ORDER BY id",
+        args![cutoff_ms],
+    )?
+    .into_iter()
+    .map(|mut r| r.text(0))
+    .collect()
+}
+
+/// Fails one stale upload (one transaction each, so a long list holds no
+/// locks for long); `false` when it was finished or failed meanwhile.
+pub(crate) fn expire_upload(c: &mut dyn Sql, id: &str) -> Result<bool, DbError> {
+    lock_upload(c, id)?;
+    if !c.exists(
+        "SELECT 1 FROM uploads WHERE id = ?1 AND state = 'uploading'",
+        args![id],
+    )? {
+        return Ok(false);
     }
-    Ok(n)
+    fail_upload(c, id)?;
+    Ok(true)
 }
 
 pub(crate) fn create_typed(
@@ -1076,7 +1113,12 @@ pub(crate) fn get_files(c: &mut dyn Sql, ids: &[String]) -> Result<Vec<FileInfo>
 }
 
 pub(crate) fn delete_artifact(c: &mut dyn Sql, id: &str) -> Result<Artifact, DbError> {
-    c.lock(Lock::Artifact, id)?;
+    // The run's lock too: an upload claiming the artifact's name in the
+    // run then sees it either live or deleted, never in between.
+    if let Some(mut r) = c.query_opt("SELECT run_id FROM artifacts WHERE id = ?1", args![id])? {
+        c.lock(Lock::Run, &r.text(0)?)?;
+        c.lock(Lock::Artifact, id)?;
+    }
     let a = get_artifact(c, id)?;
     c.execute(
         "UPDATE artifacts SET state = 'deleted' WHERE id = ?1",

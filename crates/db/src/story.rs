@@ -263,6 +263,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     pipelines(db).await;
     needs_blobs_and_expiry(db).await;
     races(db).await;
+    reused_failed_artifact_holds_its_name(db).await;
 }
 
 /// What an upload may send, what an artifact holds, which blobs are
@@ -593,6 +594,25 @@ async fn races(db: &dyn MetaStore) {
             "round {round}: one default artifact"
         );
 
+        // Two uploads of one artifact failing at once: the artifact ends
+        // failed (and so frees its name), whichever aborts first.
+        let mut doomed = upload("twice", 1, Some("doomed"), vec![file("d.txt", 'd', 1)]);
+        doomed.context.pipeline = pipeline.clone();
+        doomed.context.run = 9;
+        let p1 = db.create_upload(&doomed, quotas).await.unwrap();
+        let p2 = db.create_upload(&doomed, quotas).await.unwrap();
+        let (x, y) = futures_util::join!(
+            db.abort_upload(&p1.upload_id),
+            db.abort_upload(&p2.upload_id)
+        );
+        x.unwrap();
+        y.unwrap();
+        assert_eq!(
+            db.get_artifact(&p1.artifact_id).await.unwrap().state,
+            ArtifactState::Error,
+            "round {round}: both uploads failed"
+        );
+
         // Run numbers: each new run gets its own.
         let numbers = join_all((0..WRITERS).map(|_| db.create_run(&pipeline, new_run)))
             .await
@@ -604,6 +624,36 @@ async fn races(db: &dyn MetaStore) {
             WRITERS,
             "round {round}: distinct run numbers"
         );
-        assert_eq!(numbers.last(), Some(&(8 + WRITERS as u64)));
+        assert_eq!(numbers.last(), Some(&(9 + WRITERS as u64)));
+    }
+}
+
+/// A job's artifact whose uploads all failed holds no name; once the job
+/// uploads into it again it holds its name again, so another job cannot
+/// take the name meanwhile (both would otherwise finish one name twice).
+async fn reused_failed_artifact_holds_its_name(db: &dyn MetaStore) {
+    let in_run = |job: &str| {
+        let mut u = upload(job, 1, Some("revived"), vec![file("r.txt", 'e', 5)]);
+        u.context.pipeline = "revive".into();
+        u
+    };
+    let first = db.create_upload(&in_run("owner"), &q()).await.unwrap();
+    db.abort_upload(&first.upload_id).await.unwrap();
+    assert_eq!(
+        db.get_artifact(&first.artifact_id).await.unwrap().state,
+        ArtifactState::Error
+    );
+    let again = db.create_upload(&in_run("owner"), &q()).await.unwrap();
+    assert_eq!(
+        again.artifact_id, first.artifact_id,
+        "the job's own artifact is reused"
+    );
+    assert_eq!(
+        db.get_artifact(&first.artifact_id).await.unwrap().state,
+        ArtifactState::Uploading
+    );
+    match db.create_upload(&in_run("intruder"), &q()).await {
+        Err(DbError::Conflict(m)) => assert!(m.contains("already exists"), "{m}"),
+        other => panic!("another job took the name of an artifact being uploaded: {other:?}"),
     }
 }

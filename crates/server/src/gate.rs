@@ -16,15 +16,34 @@
 //! cutoff, so the announcement may end at any time after that. A slow
 //! upload therefore never holds the gate, and a GC waiting for the gate
 //! never waits for one.
+//!
+//! The gate has two halves. This process's (a read-write lock and a map)
+//! is all there is on a database only this process writes (SQLite). On a
+//! database that several replicas share (PostgreSQL), announcements are
+//! also rows in the database and the sweep also holds the database's gate
+//! ([`MetaStore::announce_writes`], [`MetaStore::hold_write_gate`]), so GC
+//! on any replica skips what writers on every replica are storing.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use satchel_db::{DbError, MetaStore, WriteGateHold};
 
 /// Coordinates blob writers with GC; one per server.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct BlobGate {
     sweep: tokio::sync::RwLock<()>,
     writing: Mutex<HashMap<String, usize>>,
+    /// The database, for its half of the gate.
+    db: Option<Arc<dyn MetaStore>>,
+}
+
+impl std::fmt::Debug for BlobGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobGate")
+            .field("announced", &self.announced())
+            .finish()
+    }
 }
 
 /// Digests a writer is storing; dropping it ends the announcements. Drop
@@ -32,6 +51,8 @@ pub struct BlobGate {
 #[derive(Debug)]
 pub struct Writing<'a> {
     gate: &'a BlobGate,
+    /// This write's id in the database's announcements.
+    id: String,
     digests: Vec<String>,
 }
 
@@ -40,29 +61,48 @@ pub struct Writing<'a> {
 pub struct Sweep<'a> {
     gate: &'a BlobGate,
     _exclusive: tokio::sync::RwLockWriteGuard<'a, ()>,
+    /// The database's half, where replicas share it.
+    shared: Option<WriteGateHold>,
 }
 
 impl BlobGate {
+    /// A gate whose announcements also go to `db` (they do something
+    /// only where other processes share it).
+    pub fn new(db: Arc<dyn MetaStore>) -> BlobGate {
+        BlobGate {
+            db: Some(db),
+            ..BlobGate::default()
+        }
+    }
+
     /// A writer with no digests announced yet.
     pub fn writer(&self) -> Writing<'_> {
         Writing {
             gate: self,
+            id: satchel_model::id::new_id(),
             digests: Vec::new(),
         }
     }
 
-    /// How many digests are announced now (for `/metrics`).
+    /// How many digests this process announced now (for `/metrics`).
     pub fn announced(&self) -> usize {
         self.writing.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Waits for running writers' announcements to settle and excludes
-    /// new ones until the returned guard is dropped.
-    pub async fn sweep(&self) -> Sweep<'_> {
-        Sweep {
+    /// new ones, here and on every replica, until the returned guard is
+    /// dropped.
+    pub async fn sweep(&self) -> Result<Sweep<'_>, DbError> {
+        let exclusive = self.sweep.write().await;
+        let shared = match &self.db {
+            Some(db) => db.hold_write_gate().await?,
+            None => None,
+        };
+        Ok(Sweep {
             gate: self,
-            _exclusive: self.sweep.write().await,
-        }
+            _exclusive: exclusive,
+            shared,
+        })
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -72,16 +112,23 @@ impl BlobGate {
 
 impl Writing<'_> {
     /// Announces that `digest` (hex) is about to be stored. Waits only
-    /// while a GC sweep is deleting.
-    pub async fn add(&mut self, digest: &str) {
+    /// while a GC sweep is deleting (on any replica).
+    pub async fn add(&mut self, digest: &str) -> Result<(), DbError> {
         let _shared = self.gate.sweep.read().await;
+        if let Some(db) = &self.gate.db {
+            db.announce_writes(&self.id, &[digest.to_string()]).await?;
+        }
         *self.gate.map().entry(digest.to_string()).or_default() += 1;
         self.digests.push(digest.to_string());
+        Ok(())
     }
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
+        if self.digests.is_empty() {
+            return;
+        }
         let mut map = self.gate.map();
         for d in self.digests.drain(..) {
             if let Some(n) = map.get_mut(&d) {
@@ -91,19 +138,39 @@ impl Drop for Writing<'_> {
                 }
             }
         }
+        drop(map);
+        // The database's rows go later, which is safe (a blob stays
+        // protected a little longer); rows a crash leaves behind stop
+        // counting after satchel_db::WRITE_ANNOUNCEMENT_MAX_MS.
+        if let (Some(db), Ok(rt)) = (&self.gate.db, tokio::runtime::Handle::try_current()) {
+            let (db, id) = (db.clone(), std::mem::take(&mut self.id));
+            rt.spawn(async move {
+                if let Err(e) = db.end_writes(&id).await {
+                    tracing::warn!("ending blob-write announcements: {e}");
+                }
+            });
+        }
     }
 }
 
 impl Sweep<'_> {
-    /// Every digest (hex) being written right now.
+    /// Every digest (hex) being written right now, by any replica.
     pub fn announced(&self) -> Vec<String> {
-        self.gate.map().keys().cloned().collect()
+        let mut all: Vec<String> = self.gate.map().keys().cloned().collect();
+        if let Some(h) = &self.shared {
+            all.extend(h.announced.iter().cloned());
+        }
+        all
     }
 
     /// Whether a writer is storing `digest` (hex) right now: GC must
     /// neither forget nor delete it.
     pub fn is_being_written(&self, digest: &str) -> bool {
         self.gate.map().contains_key(digest)
+            || self
+                .shared
+                .as_ref()
+                .is_some_and(|h| h.announced.contains(digest))
     }
 }
 
@@ -117,12 +184,13 @@ mod tests {
     async fn a_slow_writer_blocks_neither_gc_nor_other_writers() {
         let gate = BlobGate::default();
         let mut slow = gate.writer();
-        slow.add("aa").await;
+        slow.add("aa").await.unwrap();
         // GC gets the gate while the slow writer is still writing, and
         // sees its digest.
         let sweep = tokio::time::timeout(Duration::from_secs(5), gate.sweep())
             .await
-            .expect("a writer that is streaming must not hold the gate");
+            .expect("a writer that is streaming must not hold the gate")
+            .unwrap();
         assert!(sweep.is_being_written("aa"));
         assert!(!sweep.is_being_written("bb"));
         // New announcements wait for the sweep, and only for it.
@@ -136,16 +204,17 @@ mod tests {
         drop(sweep);
         tokio::time::timeout(Duration::from_secs(5), other.add("bb"))
             .await
-            .expect("announcing after the sweep");
+            .expect("announcing after the sweep")
+            .unwrap();
         let mut twice = gate.writer();
-        twice.add("aa").await;
+        twice.add("aa").await.unwrap();
         drop(slow);
-        let sweep = gate.sweep().await;
+        let sweep = gate.sweep().await.unwrap();
         assert!(sweep.is_being_written("aa"), "counted per writer");
         assert!(sweep.is_being_written("bb"));
         drop(sweep);
         drop((twice, other));
-        let sweep = gate.sweep().await;
+        let sweep = gate.sweep().await.unwrap();
         assert!(!sweep.is_being_written("aa") && !sweep.is_being_written("bb"));
     }
 }

@@ -223,13 +223,13 @@ impl AppState {
         let mut signing_secret = [0u8; 32];
         getrandom::fill(&mut signing_secret).expect("the OS random source");
         AppState {
+            blob_gate: Arc::new(gate::BlobGate::new(db.clone())),
             db,
             store,
             admin_token_hash,
             signing_secret,
             counters: Arc::default(),
             gha: Arc::new(gha::Gha::new(&signing_secret, scratch)),
-            blob_gate: Arc::default(),
             pack_buffers: Arc::new(tokio::sync::Semaphore::new(PACK_BUFFERS)),
             pack_buffer_count: PACK_BUFFERS,
             pack_hold: PACK_HOLD,

@@ -75,7 +75,7 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         if candidates.is_empty() {
             break;
         }
-        let sweep = s.blob_gate.sweep().await;
+        let sweep = s.blob_gate.sweep().await?;
         let digests: Vec<String> = candidates
             .iter()
             .map(|(d, _)| d.clone())
@@ -122,7 +122,7 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
     // the gate, keeping every recorded or announced blob: a blob being
     // written now is kept, and chunks are protected by their age.
     {
-        let sweep = s.blob_gate.sweep().await;
+        let sweep = s.blob_gate.sweep().await?;
         // Announced digests first, recorded ones second: a writer leaves
         // the announced set (which needs no gate) only after recording its
         // blob, so reading them the other way round can miss a blob that
@@ -271,7 +271,7 @@ pub async fn fsck(s: &AppState, forget_damaged: bool) -> Result<FsckReport, ApiE
 /// every file referring to it readable again. Under the GC gate, skipping
 /// blobs being written right now (a re-upload may be repairing them).
 pub async fn forget_damaged(s: &AppState, damaged: &[String]) -> Result<Vec<String>, ApiError> {
-    let sweep = s.blob_gate.sweep().await;
+    let sweep = s.blob_gate.sweep().await?;
     let chosen: Vec<String> = damaged
         .iter()
         .filter(|d| !sweep.is_being_written(d))

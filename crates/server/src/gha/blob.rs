@@ -428,7 +428,7 @@ async fn commit(
         .boxed();
     let hex = digest.to_hex();
     let mut writing = s.blob_gate.writer();
-    writing.add(&hex).await;
+    writing.add(&hex).await?;
     let mut reader = tokio_util::io::StreamReader::new(stream);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)

@@ -222,7 +222,7 @@ pub(super) async fn put_blob(
     let size = expected_size(&needs, &hex)?;
     // Announced to GC until recorded; no lock is held while the body streams.
     let mut writing = s.blob_gate.writer();
-    writing.add(&hex).await;
+    writing.add(&hex).await?;
     let mut reader = body_reader(body);
     s.store
         .put(&digest, size, &mut reader, Durability::Sync)
@@ -331,7 +331,7 @@ pub(super) async fn assemble(
     let hex = digest.to_hex();
     let (size, chunks) = check_chunk_list(&needs, &hex, &list)?;
     let mut writing = s.blob_gate.writer();
-    writing.add(&hex).await;
+    writing.add(&hex).await?;
     s.store.assemble(&digest, size, &chunks).await?;
     s.db.record_blobs(&[(hex, size)]).await?;
     drop(writing);
@@ -508,7 +508,7 @@ pub(super) async fn put_batch(
                 format!("frame for {hex} says {size} bytes; the manifest says {expected}"),
             ));
         }
-        writing.add(&hex).await;
+        writing.add(&hex).await?;
         if size <= BUFFERED_FRAME_MAX {
             // The frame is read before a buffer is taken, so waiting for
             // the client holds none. Small blobs go into packs: a handful
