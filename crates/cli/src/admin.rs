@@ -19,6 +19,10 @@ pub enum AdminCommand {
     /// Check that every finished artifact's content is present and intact;
     /// report (never repair) what is wrong. Exits 1 if anything is.
     Fsck(FsckArgs),
+    /// Move an embedded data directory (SQLite and its content) into an
+    /// empty PostgreSQL database and, with --to-store, another content
+    /// store, for several replicas. Stop the server first.
+    Migrate(crate::migrate::MigrateArgs),
     /// Encryption keys: generate a key file, add a key, rotate, status.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -242,6 +246,7 @@ fn shell_quote(s: &str) -> String {
 pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
         AdminCommand::Keys(k) => keys(k).await,
+        AdminCommand::Migrate(a) => crate::migrate::run(a).await,
         AdminCommand::Gc(a) => {
             let r = a.server.client()?.admin_gc(a.grace).await?;
             if a.json {

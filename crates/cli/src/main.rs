@@ -9,6 +9,7 @@
 mod admin;
 mod context;
 mod download;
+mod migrate;
 mod output;
 mod publish;
 mod refs;

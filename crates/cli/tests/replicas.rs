@@ -280,3 +280,113 @@ fn gc_on_one_replica_racing_uploads_on_another_never_loses_a_byte() {
     };
     gc_races_dedup_uploads(&r.a, &r.b);
 }
+
+/// `satchel admin migrate` moves a populated embedded data directory into
+/// PostgreSQL and a bucket; a server on those serves the same artifacts,
+/// packages and runs, fsck is clean, and a second migration into the same
+/// database is refused.
+#[test]
+fn admin_migrate_moves_an_embedded_data_dir_into_postgres_and_a_bucket() {
+    let Some(pg) = satchel_store::conformance::remote_base("SATCHEL_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(s3) = satchel_store::conformance::remote_base("SATCHEL_TEST_S3_URL") else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let old = d.path().join("old");
+    let w = d.path().join("w");
+    let big = noise(2 * 1024 * 1024 + 5, 9);
+    write(&w, "dist/app.bin", &big);
+    write(&w, "dist/notes.txt", b"notes");
+    for i in 0..30 {
+        write(
+            &w,
+            &format!("small/{i}.txt"),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    let mut s = Server::start(&old);
+    let a = s.agent(&w, "web", 1, "build");
+    a.ok(&["artifact", "upload", "dist/**", "small/**"]);
+    a.ok(&[
+        "artifact", "publish", "dist", "--name", "release", "--quiet",
+    ]);
+    a.ok(&["promote", "release", "--to", "apps/web@1.0"]);
+    a.ok(&["promote", "release", "--to", "apps/web@1.1"]);
+    s.agent(&w, "web", 2, "build")
+        .env("SATCHEL_ATTEMPT", "2")
+        .ok(&["artifact", "upload", "dist/notes.txt"]);
+    let before = a.ok(&["artifact", "search", "**", "--include-retried-jobs"]);
+    let packages = a.ok(&["package", "list", "apps/web"]);
+    s.stop();
+
+    let db = rt()
+        .block_on(satchel_db::postgres::create_test_database(&pg))
+        .unwrap();
+    let prefix = format!("migrate-{}", satchel_model::id::random_hex(6));
+    let store = match s3.split_once('?') {
+        Some((u, q)) => format!("{}/{prefix}?{q}", u.trim_end_matches('/')),
+        None => format!("{}/{prefix}", s3.trim_end_matches('/')),
+    };
+    let migrate = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["admin", "migrate", "--data-dir"])
+            .arg(&old)
+            .args(["--to", &db, "--to-store", &store])
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    let out = migrate(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("files: 35 rows"), "{summary}");
+    assert!(
+        !summary.contains("satchel-test-password"),
+        "no password in output: {summary}"
+    );
+
+    let token = satchel_model::id::random_hex(24);
+    let new = Server::start_with(
+        &d.path().join("new"),
+        &[
+            ("SATCHEL_DATABASE", &db),
+            ("SATCHEL_STORE", &store),
+            ("SATCHEL_ADMIN_TOKEN", &token),
+        ],
+    );
+    let b = new.agent(&w, "web", 1, "deploy");
+    assert_eq!(
+        b.ok(&["artifact", "search", "**", "--include-retried-jobs"]),
+        before,
+        "the same files, producers and times"
+    );
+    let r = d.path().join("r");
+    std::fs::create_dir_all(&r).unwrap();
+    let b = new.agent(&r, "web", 1, "deploy");
+    b.ok(&["artifact", "download", "**", "out"]);
+    assert!(std::fs::read(r.join("out/dist/app.bin")).unwrap() == big);
+    assert_eq!(
+        std::fs::read(r.join("out/small/7.txt")).unwrap(),
+        b"small 7"
+    );
+    assert_eq!(
+        b.ok(&["package", "list", "apps/web"]),
+        packages,
+        "versions, newest first"
+    );
+    b.ok(&["package", "download", "apps/web@latest", "pkg", "--quiet"]);
+    assert!(std::fs::read(r.join("pkg/app.bin")).unwrap() == big);
+    assert!(b.ok(&["admin", "fsck"]).contains("no problems"));
+    // Nothing went to the new data directory's own disk.
+    assert!(!d.path().join("new/content").exists());
+
+    let again = migrate(&[]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("not empty"), "{err}");
+}

@@ -2,7 +2,7 @@
 //! [`crate::rules`], run on tokio's blocking pool inside a transaction of a
 //! [`Backend`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +17,9 @@ use crate::{
     rules, DbError, JobSummary, MetaStore, MisSized, Quotas, UploadNeeds, UploadPlan, WriteGateHold,
 };
 
+/// Tables and their columns.
+pub type ColumnMap = BTreeMap<String, BTreeSet<String>>;
+
 /// What a database gives the rules: a connection to read on and a write
 /// transaction. Both are blocking calls, made from tokio's blocking pool.
 pub trait Backend: Send + Sync + 'static {
@@ -30,6 +33,10 @@ pub trait Backend: Send + Sync + 'static {
     #[doc(hidden)]
     fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>)
         -> Result<T, DbError>;
+    /// Every table and its columns, as the database has them (for
+    /// [`crate::copy`]).
+    #[doc(hidden)]
+    fn columns(&self) -> Result<ColumnMap, DbError>;
     /// [`MetaStore::announce_writes`]; nothing by default (one process).
     #[doc(hidden)]
     fn announce_writes(&self, _writer: &str, _digests: &[String]) -> Result<(), DbError> {
@@ -70,6 +77,11 @@ impl<B: Backend> Store<B> {
     /// The backend, for backend-specific calls.
     pub(crate) fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The backend, shared, for work on tokio's blocking pool.
+    pub(crate) fn shared_backend(&self) -> Arc<B> {
+        self.backend.clone()
     }
 
     async fn read<T, F>(&self, mut f: F) -> Result<T, DbError>

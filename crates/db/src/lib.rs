@@ -13,6 +13,7 @@
 //! and only after every blob it references is recorded as durable.
 
 mod backend;
+pub mod copy;
 pub mod postgres;
 mod rules;
 #[doc(hidden)]

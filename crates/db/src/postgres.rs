@@ -103,7 +103,7 @@ fn split_options(url: &str) -> Result<(String, usize), DbError> {
 }
 
 /// `url` with its password replaced, for messages.
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(s), Some(at)) if at > s => {
             let user_pass = &url[s + 3..at];
@@ -324,6 +324,21 @@ impl Backend for PostgresBackend {
             }
             return result;
         }
+    }
+
+    fn columns(&self) -> Result<crate::backend::ColumnMap, DbError> {
+        self.read(&mut |c| {
+            let mut out = crate::backend::ColumnMap::new();
+            for mut r in c.query(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema()",
+                &[],
+            )? {
+                let table = r.text(0)?;
+                out.entry(table).or_default().insert(r.text(1)?);
+            }
+            Ok(out)
+        })
     }
 
     fn announce_writes(&self, writer: &str, digests: &[String]) -> Result<(), DbError> {

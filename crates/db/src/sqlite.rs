@@ -70,6 +70,28 @@ impl Store<SqliteBackend> {
 }
 
 impl Backend for SqliteBackend {
+    fn columns(&self) -> Result<crate::backend::ColumnMap, DbError> {
+        self.read(&mut |c| {
+            let mut out = crate::backend::ColumnMap::new();
+            let tables = c.query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                &[],
+            )?;
+            for mut t in tables {
+                let table = t.text(0)?;
+                let cols = c.query(
+                    "SELECT name FROM pragma_table_info(?1)",
+                    &[Value::Text(table.clone())],
+                )?;
+                let set = out.entry(table).or_default();
+                for mut col in cols {
+                    set.insert(col.text(0)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn read<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let c = self.readers[i].lock().unwrap_or_else(|p| p.into_inner());
