@@ -20,7 +20,12 @@ pub struct MigrateArgs {
     data_dir: PathBuf,
     /// The new, empty PostgreSQL database:
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
-    #[arg(long = "to", value_name = "DATABASE_URL")]
+    #[arg(
+        long = "to",
+        value_name = "DATABASE_URL",
+        env = "SATCHEL_MIGRATE_TO",
+        hide_env_values = true
+    )]
     to: String,
     /// Copy the content into this store (`s3://…`, `az://…`, `gs://…`, …),
     /// with the data directory's compression and keys. Without it the
@@ -42,7 +47,10 @@ pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
         .as_deref()
         .is_some_and(|u| !u.starts_with("sqlite://"))
     {
-        anyhow::bail!("satchel admin migrate moves an embedded (SQLite) data directory; this one's database is {}", opts.database_url.as_deref().unwrap_or_default());
+        anyhow::bail!(
+            "satchel admin migrate moves an embedded (SQLite) data directory; this one's database is {}",
+            satchel_db::postgres::redacted(opts.database_url.as_deref().unwrap_or_default())
+        );
     }
     // Takes the data directory's lock: refuses while a server uses it.
     let source = satchel_server::open_embedded_with(&a.data_dir, &opts)
@@ -137,7 +145,7 @@ pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
         satchel_db::postgres::redacted(&a.to),
         a.to_store
             .as_deref()
-            .map(|s| format!("--store {s} "))
+            .map(|s| format!("--store {} ", satchel_db::postgres::redacted(s)))
             .unwrap_or_default()
     );
     Ok(())

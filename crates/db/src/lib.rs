@@ -139,18 +139,27 @@ pub struct WriteGateHold {
     /// began; no announcement can start while it is held.
     pub announced: HashSet<String>,
     /// What holds the gate (a database connection).
-    _holder: Box<dyn std::any::Any + Send + Sync>,
+    holder: Box<dyn GateHolder>,
+}
+
+/// What holds a [`WriteGateHold`]: a connection whose session holds the lock.
+#[async_trait]
+pub(crate) trait GateHolder: Send + Sync {
+    /// Fails when the hold is lost (the connection ended).
+    async fn check(&self) -> Result<(), DbError>;
 }
 
 impl WriteGateHold {
-    pub(crate) fn new(
-        announced: HashSet<String>,
-        holder: Box<dyn std::any::Any + Send + Sync>,
-    ) -> WriteGateHold {
-        WriteGateHold {
-            announced,
-            _holder: holder,
-        }
+    pub(crate) fn new(announced: HashSet<String>, holder: Box<dyn GateHolder>) -> WriteGateHold {
+        WriteGateHold { announced, holder }
+    }
+
+    /// Fails when the gate is no longer held: the connection holding it
+    /// ended (a database restart or failover frees the lock), so writers
+    /// elsewhere may be storing what this sweep is about to delete. GC
+    /// checks before each step that deletes and stops when it fails.
+    pub async fn check(&self) -> Result<(), DbError> {
+        self.holder.check().await
     }
 }
 

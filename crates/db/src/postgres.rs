@@ -343,21 +343,52 @@ impl Backend for PostgresBackend {
 
     fn announce_writes(&self, writer: &str, digests: &[String]) -> Result<(), DbError> {
         let now = satchel_model::id::now_millis();
-        self.write(&mut |c| {
-            // Waits while a sweep holds the gate; held until commit.
-            c.execute(
-                "SELECT pg_advisory_xact_lock_shared(?1)",
-                &[Value::Int(WRITE_GATE)],
-            )?;
-            for d in digests {
-                c.execute(
-                    "INSERT INTO blob_writes (writer, sha256, started_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT DO NOTHING",
-                    &[writer.into(), d.into(), Value::Int(now)],
-                )?;
+        loop {
+            let mut co = self.checkout()?;
+            let mut conn = PgConn::new(&self.rt, co.slot());
+            conn.batch("BEGIN")?;
+            conn.slot.in_tx = true;
+            // Queued behind a sweep holding the gate (so a GC running flat
+            // out cannot starve writers), but for a second at most: then
+            // the connection goes back to the pool and the writer queues
+            // again, so a long sweep does not park the whole pool.
+            let locked = conn.batch("SET LOCAL lock_timeout = '1s'").and_then(|()| {
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock_shared(?1)",
+                    &[Value::Int(WRITE_GATE)],
+                )
+            });
+            let result = match locked {
+                Err(_) if conn.code == Some(SqlState::LOCK_NOT_AVAILABLE) => None,
+                Err(e) => Some(Err(e)),
+                Ok(_) => Some((|| {
+                    for d in digests {
+                        conn.execute(
+                            "INSERT INTO blob_writes (writer, sha256, started_at) VALUES (?1, ?2, ?3)
+                             ON CONFLICT DO NOTHING",
+                            &[writer.into(), d.into(), Value::Int(now)],
+                        )?;
+                    }
+                    conn.batch("COMMIT")
+                })()),
+            };
+            match result {
+                Some(Ok(())) => {
+                    conn.slot.in_tx = false;
+                    return Ok(());
+                }
+                other => {
+                    if conn.batch("ROLLBACK").is_ok() {
+                        conn.slot.in_tx = false;
+                    }
+                    if let Some(Err(e)) = other {
+                        return Err(e);
+                    }
+                }
             }
-            Ok(())
-        })
+            drop(co);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn end_writes(&self, writer: &str) -> Result<(), DbError> {
@@ -386,7 +417,10 @@ impl Backend for PostgresBackend {
         for mut r in conn.query("SELECT DISTINCT sha256 FROM blob_writes", &[])? {
             announced.insert(r.text(0)?);
         }
-        Ok(Some(WriteGateHold::new(announced, Box::new(slot.client))))
+        Ok(Some(WriteGateHold::new(
+            announced,
+            Box::new(GateConnection(slot.client)),
+        )))
     }
 
     fn write<T>(
@@ -440,6 +474,25 @@ impl Backend for PostgresBackend {
             std::thread::sleep(Duration::from_millis(5 * attempt as u64));
             attempt += 1;
         }
+    }
+}
+
+/// The connection whose session holds the blob-write gate; dropping it
+/// ends the session, and PostgreSQL releases the lock.
+struct GateConnection(Client);
+
+#[async_trait::async_trait]
+impl crate::GateHolder for GateConnection {
+    async fn check(&self) -> Result<(), DbError> {
+        self.0
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| {
+                DbError::Backend(format!(
+                    "lost the connection holding GC's blob-write gate ({e}); stopping this sweep"
+                ))
+            })
     }
 }
 

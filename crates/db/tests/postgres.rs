@@ -35,3 +35,62 @@ async fn postgres_store_works_on_a_current_thread_runtime() {
     assert!(db.list_runs("none").await.is_err());
     assert!(db.recorded_blobs().await.unwrap().is_empty());
 }
+
+/// The blob-write gate across processes: an announcement waits while a
+/// sweep holds the gate and goes through once it is released; a hold
+/// whose connection is killed says so, and frees the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_gate_excludes_announcements_and_notices_a_lost_hold() {
+    let Some(url) = fresh().await else { return };
+    let a = PostgresStore::connect(&url).await.unwrap();
+    let b = std::sync::Arc::new(PostgresStore::connect(&url).await.unwrap());
+    b.announce_writes("w1", &["aa".repeat(32)]).await.unwrap();
+    let hold = a.hold_write_gate().await.unwrap().expect("a shared gate");
+    assert!(hold.announced.contains(&"aa".repeat(32)));
+    hold.check().await.unwrap();
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.announce_writes("w2", &["bb".repeat(32)]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "announcing waits for the sweep");
+    drop(hold);
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("announcing after the sweep")
+        .unwrap()
+        .unwrap();
+    b.end_writes("w1").await.unwrap();
+    let hold = a.hold_write_gate().await.unwrap().unwrap();
+    assert!(!hold.announced.contains(&"aa".repeat(32)), "ended");
+    assert!(hold.announced.contains(&"bb".repeat(32)));
+
+    // The session holding the gate is killed (a failover, an admin).
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'",
+        )
+        .await
+        .unwrap();
+    let mut lost = false;
+    for _ in 0..50 {
+        if hold.check().await.is_err() {
+            lost = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(lost, "a lost hold is noticed");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        b.announce_writes("w3", &["cc".repeat(32)]),
+    )
+    .await
+    .expect("the gate is free again")
+    .unwrap();
+}

@@ -154,6 +154,15 @@ impl Drop for Writing<'_> {
 }
 
 impl Sweep<'_> {
+    /// Fails when the database's half of the gate is no longer held (see
+    /// [`WriteGateHold::check`]); call it before each step that deletes.
+    pub async fn check(&self) -> Result<(), DbError> {
+        match &self.shared {
+            Some(h) => h.check().await,
+            None => Ok(()),
+        }
+    }
+
     /// Every digest (hex) being written right now, by any replica.
     pub fn announced(&self) -> Vec<String> {
         let mut all: Vec<String> = self.gate.map().keys().cloned().collect();

@@ -81,7 +81,11 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
             .map(|(d, _)| d.clone())
             .filter(|d| !sweep.is_being_written(d))
             .collect();
+        sweep.check().await?;
         let gone = s.db.forget_blobs(&digests, cutoff).await?;
+        // Rows forgotten but content kept, if the gate was lost: garbage
+        // for a later pass, never a loss.
+        sweep.check().await?;
         let size_of = |d: &str| {
             candidates
                 .iter()
@@ -113,7 +117,10 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
             )));
         }
         drop(sweep);
-        if candidates.len() < BATCH {
+        // A batch that freed nothing (every candidate being written, or
+        // re-recorded meanwhile) would come back the same: the next pass
+        // takes it.
+        if candidates.len() < BATCH || gone.is_empty() {
             break;
         }
     }
@@ -142,6 +149,7 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         let cutoff = std::time::SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(std::time::UNIX_EPOCH);
+        sweep.check().await?;
         let swept = s.store.sweep(&keep, cutoff).await?;
         report.objects_deleted = swept.deleted;
         report.bytes_freed += swept.bytes_freed;
@@ -277,7 +285,9 @@ pub async fn forget_damaged(s: &AppState, damaged: &[String]) -> Result<Vec<Stri
         .filter(|d| !sweep.is_being_written(d))
         .cloned()
         .collect();
+    sweep.check().await?;
     s.db.unrecord_blobs(&chosen).await?;
+    sweep.check().await?;
     for d in &chosen {
         let removed = s.store.discard(&Digest::from_hex(d)?).await?;
         tracing::warn!("fsck: forgot damaged content {d} ({removed} damaged chunks removed); upload it again to restore it");

@@ -267,15 +267,38 @@ impl PackIndex {
         self.state.write().expect("pack index").map.remove(d);
     }
 
-    /// Forgets pack `key` and every location in it.
+    /// Forgets pack `key` and every location in it. A blob it held that
+    /// another known pack also holds points there instead: processes that
+    /// learned packs in different orders may each point a blob at another
+    /// copy, and once one of them sweeps its copy away the other copy is
+    /// the blob (without this the blob would read as missing here, and this
+    /// process's sweep would count the remaining copy as dead too).
     pub fn remove_pack(&self, key: &str) {
         let mut st = self.state.write().expect("pack index");
-        if let Some(entries) = st.packs.remove(key) {
-            for e in entries {
-                if st.map.get(&e.digest).is_some_and(|l| &*l.pack == key) {
-                    st.map.remove(&e.digest);
-                }
+        let Some(entries) = st.packs.remove(key) else {
+            return;
+        };
+        let mut lost = HashSet::new();
+        for e in entries {
+            if st.map.get(&e.digest).is_some_and(|l| &*l.pack == key) {
+                st.map.remove(&e.digest);
+                lost.insert(e.digest);
             }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        let mut found = Vec::new();
+        for (pack, entries) in &st.packs {
+            for e in entries.iter().filter(|e| lost.contains(&e.digest)) {
+                found.push(Loc {
+                    pack: pack.clone(),
+                    entry: *e,
+                });
+            }
+        }
+        for loc in found {
+            st.map.entry(loc.entry.digest).or_insert(loc);
         }
     }
 
@@ -356,6 +379,27 @@ impl PackIndex {
 mod tests {
     use super::*;
     use crate::backend::DirBackend;
+
+    #[test]
+    fn a_blob_in_two_packs_survives_removing_the_one_it_pointed_at() {
+        let x = Digest([7; 32]);
+        let e = |offset| Entry {
+            digest: x,
+            offset,
+            len: 3,
+        };
+        let index = PackIndex::default();
+        index.add("p/two".into(), vec![e(10)]);
+        index.add("p/one".into(), vec![e(0)]);
+        assert!(index.points_at(&x, "p/one"), "the last pack learned wins");
+        index.remove_pack("p/one");
+        assert!(
+            index.points_at(&x, "p/two"),
+            "the other copy is the blob now"
+        );
+        index.remove_pack("p/two");
+        assert!(index.lookup(&x).is_none());
+    }
 
     #[tokio::test]
     async fn a_pack_lists_its_blobs_and_rejects_a_bad_footer() {
