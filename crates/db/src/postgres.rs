@@ -607,6 +607,25 @@ impl Sql for PgConn<'_> {
         );
         self.query(&sql, &[Value::Text(id.to_string())]).map(drop)
     }
+
+    fn lock_blobs(&mut self, digests: &[&str]) -> Result<(), DbError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let marks = (1..=digests.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let args: Vec<Value> = digests.iter().map(|d| Value::from(*d)).collect();
+        // Rows are locked as the sort returns them: in digest order.
+        self.query(
+            &format!(
+                "SELECT 1 FROM blobs WHERE sha256 IN ({marks}) ORDER BY sha256 FOR NO KEY UPDATE"
+            ),
+            &args,
+        )
+        .map(drop)
+    }
 }
 
 impl ToSql for Value {

@@ -42,6 +42,54 @@ fn to_i64(n: u64, what: &str) -> Result<i64, DbError> {
     i64::try_from(n).map_err(|_| DbError::Invalid(format!("{what} {n} is too large")))
 }
 
+/// Rows per multi-row statement: well under both databases' parameter
+/// limits (SQLite 32,766, PostgreSQL 65,535) for the widest row (11).
+const BATCH_ROWS: usize = 500;
+
+/// `(?a, ?b, …), (…)`: placeholders for `rows` rows of `width` values,
+/// numbered from `?first`.
+fn value_rows(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (0..width)
+                .map(|c| format!("?{}", first + r * width + c))
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `?first, …` for `n` values.
+fn marks(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Touches the recorded blobs among `digests` (sorted, distinct): their
+/// `created_at` becomes `now`. Returns the ones recorded. One statement
+/// per [`BATCH_ROWS`] digests.
+fn touch_blobs(c: &mut dyn Sql, digests: &[&str], now: i64) -> Result<HashSet<String>, DbError> {
+    let mut found = HashSet::new();
+    for chunk in digests.chunks(BATCH_ROWS) {
+        c.lock_blobs(chunk)?;
+        let mut a = vec![Value::Int(now)];
+        a.extend(chunk.iter().map(|d| Value::from(*d)));
+        for mut r in c.query(
+            &format!(
+                "UPDATE blobs SET created_at = ?1 WHERE sha256 IN ({}) RETURNING sha256",
+                marks(chunk.len(), 2)
+            ),
+            &a,
+        )? {
+            found.insert(r.text(0)?);
+        }
+    }
+    Ok(found)
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<String, DbError> {
     serde_json::to_string(v).map_err(|e| DbError::Backend(e.to_string()))
 }
@@ -475,6 +523,7 @@ pub(crate) fn create_upload(
     let mut seen = HashSet::new();
     let mut wanted = HashSet::new();
     let mut already_present = 0u64;
+    let mut rows: Vec<Value> = Vec::new();
     for f in &req.files {
         if !seen.insert(f.path.as_str()) {
             return Err(DbError::Invalid(format!(
@@ -499,25 +548,32 @@ pub(crate) fn create_upload(
             .content_type
             .clone()
             .unwrap_or_else(|| satchel_model::mime::content_type_for(&f.path).to_string());
-        c.execute(
-            "INSERT INTO files (id, artifact_id, upload_id, path, size, sha256, mode, content_type,
-                                source_path, glob, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            args![
-                new_id(),
-                &artifact_id,
-                &upload_id,
-                &f.path,
-                to_i64(f.size, "file size")?,
-                &f.sha256,
-                (f.mode & 0o7777) as i64,
-                content_type,
-                &f.source_path,
-                &f.glob,
-                now
-            ],
-        )?;
+        rows.extend_from_slice(args![
+            new_id(),
+            &artifact_id,
+            &upload_id,
+            &f.path,
+            to_i64(f.size, "file size")?,
+            &f.sha256,
+            (f.mode & 0o7777) as i64,
+            content_type,
+            &f.source_path,
+            &f.glob,
+            now
+        ]);
         wanted.insert(f.sha256.as_str());
+    }
+    const FILE_COLUMNS: usize = 11;
+    for chunk in rows.chunks(FILE_COLUMNS * BATCH_ROWS) {
+        c.execute(
+            &format!(
+                "INSERT INTO files (id, artifact_id, upload_id, path, size, sha256, mode,
+                                    content_type, source_path, glob, created_at)
+                 VALUES {}",
+                value_rows(chunk.len() / FILE_COLUMNS, FILE_COLUMNS, 1)
+            ),
+            chunk,
+        )?;
     }
     if created {
         check_artifacts_per_run(c, &run, quotas)?;
@@ -539,16 +595,12 @@ pub(crate) fn create_upload(
     // module's concurrency notes); what is not recorded is missing.
     let mut wanted: Vec<&str> = wanted.into_iter().collect();
     wanted.sort_unstable();
-    let mut missing = Vec::new();
-    for d in wanted {
-        if c.execute(
-            "UPDATE blobs SET created_at = ?2 WHERE sha256 = ?1",
-            args![d, now],
-        )? == 0
-        {
-            missing.push(d.to_string());
-        }
-    }
+    let recorded = touch_blobs(c, &wanted, now)?;
+    let missing: Vec<String> = wanted
+        .into_iter()
+        .filter(|d| !recorded.contains(*d))
+        .map(str::to_string)
+        .collect();
     Ok(UploadPlan {
         upload_id,
         artifact_id,
@@ -576,15 +628,26 @@ fn check_sizes(c: &mut dyn Sql, files: &[NewFile]) -> Result<(), DbError> {
             _ => {}
         }
     }
-    for (sha, (path, size)) in sizes {
-        let stored = c
-            .query_opt("SELECT size FROM blobs WHERE sha256 = ?1", args![sha])?
-            .map(|mut r| r.uint(0))
-            .transpose()?;
-        if let Some(stored) = stored.filter(|&n| n != size) {
-            return Err(DbError::SizeMismatch(format!(
-                "{path:?} claims {size} bytes, but the content with sha256 {sha} has {stored}"
-            )));
+    let mut digests: Vec<&str> = sizes.keys().copied().collect();
+    digests.sort_unstable();
+    for chunk in digests.chunks(BATCH_ROWS) {
+        let a: Vec<Value> = chunk.iter().map(|d| Value::from(*d)).collect();
+        for mut r in c.query(
+            &format!(
+                "SELECT sha256, size FROM blobs WHERE sha256 IN ({})",
+                marks(chunk.len(), 1)
+            ),
+            &a,
+        )? {
+            let (sha, stored) = (r.text(0)?, r.uint(1)?);
+            let Some(&(path, size)) = sizes.get(sha.as_str()) else {
+                continue;
+            };
+            if stored != size {
+                return Err(DbError::SizeMismatch(format!(
+                    "{path:?} claims {size} bytes, but the content with sha256 {sha} has {stored}"
+                )));
+            }
         }
     }
     Ok(())
@@ -607,9 +670,16 @@ pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbE
 
 pub(crate) fn known_blobs(c: &mut dyn Sql, digests: &[String]) -> Result<HashSet<String>, DbError> {
     let mut out = HashSet::new();
-    for d in digests {
-        if c.exists("SELECT 1 FROM blobs WHERE sha256 = ?1", args![d])? {
-            out.insert(d.clone());
+    for chunk in digests.chunks(BATCH_ROWS) {
+        let a: Vec<Value> = chunk.iter().map(Value::from).collect();
+        for mut r in c.query(
+            &format!(
+                "SELECT sha256 FROM blobs WHERE sha256 IN ({})",
+                marks(chunk.len(), 1)
+            ),
+            &a,
+        )? {
+            out.insert(r.text(0)?);
         }
     }
     Ok(out)
@@ -617,13 +687,30 @@ pub(crate) fn known_blobs(c: &mut dyn Sql, digests: &[String]) -> Result<HashSet
 
 pub(crate) fn record_blobs(c: &mut dyn Sql, blobs: &[(String, u64)]) -> Result<(), DbError> {
     let now = now_millis();
-    let mut sorted: Vec<&(String, u64)> = blobs.iter().collect();
-    sorted.sort_unstable();
-    for (d, size) in sorted {
+    // Sorted and distinct: one row may not be updated twice by one
+    // statement, and rows are locked in digest order.
+    // Of two sizes given for one digest, the smaller is kept (as when
+    // rows went in one by one, in sorted order).
+    let mut sorted: std::collections::BTreeMap<&str, u64> = BTreeMap::new();
+    for (d, n) in blobs {
+        sorted
+            .entry(d.as_str())
+            .and_modify(|s| *s = (*s).min(*n))
+            .or_insert(*n);
+    }
+    let sorted: Vec<(&str, u64)> = sorted.into_iter().collect();
+    for chunk in sorted.chunks(BATCH_ROWS) {
+        let mut a = Vec::with_capacity(chunk.len() * 3);
+        for (d, size) in chunk {
+            a.extend_from_slice(args![*d, to_i64(*size, "blob size")?, now]);
+        }
         c.execute(
-            "INSERT INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (sha256) DO UPDATE SET created_at = excluded.created_at",
-            args![d, to_i64(*size, "blob size")?, now],
+            &format!(
+                "INSERT INTO blobs (sha256, size, created_at) VALUES {}
+                 ON CONFLICT (sha256) DO UPDATE SET created_at = excluded.created_at",
+                value_rows(chunk.len(), 3, 1)
+            ),
+            &a,
         )?;
     }
     Ok(())
@@ -666,16 +753,16 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
     // Touch first, check after: content collected before the touch is
     // missing below, content not yet collected is young from here on. In
     // digest order, as every writer of blob rows does.
-    let digests = c.query(
-        "SELECT DISTINCT sha256 FROM files WHERE upload_id = ?1 ORDER BY sha256",
-        args![upload_id],
-    )?;
-    for mut d in digests {
-        c.execute(
-            "UPDATE blobs SET created_at = ?2 WHERE sha256 = ?1",
-            args![d.text(0)?, now],
-        )?;
-    }
+    let digests: Vec<String> = c
+        .query(
+            "SELECT DISTINCT sha256 FROM files WHERE upload_id = ?1 ORDER BY sha256",
+            args![upload_id],
+        )?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
+    touch_blobs(c, &digests, now)?;
     let missing: Vec<String> = c
         .query(
             "SELECT f.path FROM files f LEFT JOIN blobs b ON b.sha256 = f.sha256

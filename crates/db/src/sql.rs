@@ -157,6 +157,10 @@ pub trait Sql {
     /// SQLite a write transaction already holds the whole database, so this
     /// is nothing there.
     fn lock(&mut self, lock: Lock, id: &str) -> Result<(), DbError>;
+    /// Locks the `blobs` rows of `digests` (sorted), in digest order, so
+    /// that a multi-row update of them cannot deadlock with another writer
+    /// of blob rows. Nothing on SQLite, as [`Sql::lock`].
+    fn lock_blobs(&mut self, digests: &[&str]) -> Result<(), DbError>;
 }
 
 impl dyn Sql + '_ {

@@ -190,4 +190,8 @@ impl Sql for Conn<'_> {
     fn lock(&mut self, _lock: Lock, _id: &str) -> Result<(), DbError> {
         Ok(())
     }
+
+    fn lock_blobs(&mut self, _digests: &[&str]) -> Result<(), DbError> {
+        Ok(())
+    }
 }

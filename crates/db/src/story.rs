@@ -264,6 +264,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     needs_blobs_and_expiry(db).await;
     races(db).await;
     reused_failed_artifact_holds_its_name(db).await;
+    large_manifest(db).await;
 }
 
 /// What an upload may send, what an artifact holds, which blobs are
@@ -656,4 +657,45 @@ async fn reused_failed_artifact_holds_its_name(db: &dyn MetaStore) {
         Err(DbError::Conflict(m)) => assert!(m.contains("already exists"), "{m}"),
         other => panic!("another job took the name of an artifact being uploaded: {other:?}"),
     }
+}
+
+/// A manifest larger than one multi-row statement (the rules batch rows):
+/// what is missing, recording, finishing and listing all see every file.
+async fn large_manifest(db: &dyn MetaStore) {
+    const N: usize = 1_201;
+    let digest = |i: usize| format!("{:064x}", 0xbeef_0000 + i);
+    let files: Vec<NewFile> = (0..N)
+        .map(|i| NewFile {
+            sha256: digest(i),
+            ..file(&format!("many/{i:04}.txt"), 'x', 7)
+        })
+        .collect();
+    // Every third blob is held already; one size lie far in is refused.
+    let held: Vec<(String, u64)> = (0..N).step_by(3).map(|i| (digest(i), 7)).collect();
+    db.record_blobs(&held).await.unwrap();
+    let mut u = upload("many", 1, Some("many"), files.clone());
+    u.context.pipeline = "large".into();
+    // Held content named once, in the last batch of digests, with a size
+    // that is not its own.
+    db.record_blobs(&[(digest(99_999), 7)]).await.unwrap();
+    let mut lie = u.clone();
+    lie.files[1_199].size = 8;
+    lie.files[1_199].sha256 = digest(99_999);
+    assert!(matches!(
+        db.create_upload(&lie, &q()).await,
+        Err(DbError::SizeMismatch(_))
+    ));
+    let plan = db.create_upload(&u, &q()).await.unwrap();
+    assert_eq!(plan.missing.len(), N - held.len(), "all but the held ones");
+    assert!(!plan.missing.contains(&digest(600)) && plan.missing.contains(&digest(601)));
+    let known = db
+        .known_blobs(&(0..N).map(digest).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(known.len(), held.len());
+    let rest: Vec<(String, u64)> = plan.missing.iter().map(|d| (d.clone(), 7)).collect();
+    db.record_blobs(&rest).await.unwrap();
+    let done = db.finish_upload(&plan.upload_id).await.unwrap();
+    assert_eq!(done.files_added, N as u64);
+    assert_eq!(db.artifact_files(&plan.artifact_id).await.unwrap().len(), N);
 }
