@@ -89,10 +89,7 @@ impl<B: Backend> Store<B> {
         T: Send + 'static,
         F: FnMut(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     {
-        let b = self.backend.clone();
-        tokio::task::spawn_blocking(move || b.read(&mut f))
-            .await
-            .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+        self.blocking(move |b| b.read(&mut f)).await
     }
 
     /// Runs `f` on the backend in tokio's blocking pool.
@@ -112,10 +109,7 @@ impl<B: Backend> Store<B> {
         T: Send + 'static,
         F: FnMut(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     {
-        let b = self.backend.clone();
-        tokio::task::spawn_blocking(move || b.write(&mut f))
-            .await
-            .map_err(|e| DbError::Backend(format!("database task failed: {e}")))?
+        self.blocking(move |b| b.write(&mut f)).await
     }
 }
 

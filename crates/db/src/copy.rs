@@ -196,10 +196,7 @@ fn check_schema(what: &str, found: &BTreeMap<String, BTreeSet<String>>) -> Resul
 fn page_query(t: &Table, after: bool) -> String {
     let cols = t.columns.join(", ");
     let key = t.key.join(", ");
-    let marks = (1..=t.key.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let marks = crate::sql::marks(t.key.len(), 1);
     let key_cols = t
         .key
         .iter()
@@ -275,10 +272,7 @@ fn copy_blocking<A: Backend, B: Backend>(
                 "INSERT INTO {} ({}) VALUES ({})",
                 t.name,
                 t.columns.join(", "),
-                (1..=t.columns.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::sql::marks(t.columns.len(), 1)
             );
             let count = rows.len();
             dst.write(&mut |c| {

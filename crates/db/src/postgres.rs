@@ -612,10 +612,7 @@ impl Sql for PgConn<'_> {
         if digests.is_empty() {
             return Ok(());
         }
-        let marks = (1..=digests.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let marks = crate::sql::marks(digests.len(), 1);
         let args: Vec<Value> = digests.iter().map(|d| Value::from(*d)).collect();
         // Rows are locked as the sort returns them: in digest order.
         self.query(
@@ -659,19 +656,26 @@ impl ToSql for Value {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// Test support: a fresh, empty database on the server `base_url` names
-/// (its database part is ignored), so each test has its own. Returns its
-/// URL.
-#[doc(hidden)]
-pub async fn create_test_database(base_url: &str) -> Result<String, DbError> {
-    let name = format!("satchel_t_{}", satchel_model::id::new_id());
+/// A connection to the server `base_url` names, for creating and dropping
+/// test databases.
+async fn server_client(base_url: &str) -> Result<Client, DbError> {
     let (client, connection) = tokio_postgres::connect(base_url, NoTls)
         .await
         .map_err(|e| DbError::Backend(format!("connecting to {}: {e}", redacted(base_url))))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    client
+    Ok(client)
+}
+
+/// Test support: a fresh, empty database on the server `base_url` names
+/// (its database part is ignored), so each test has its own. Returns its
+/// URL.
+#[doc(hidden)]
+pub async fn create_test_database(base_url: &str) -> Result<String, DbError> {
+    let name = format!("satchel_t_{}", satchel_model::id::new_id());
+    server_client(base_url)
+        .await?
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .map_err(pg_error)?;
@@ -691,13 +695,8 @@ pub async fn drop_test_database(base_url: &str, url: &str) -> Result<(), DbError
             n.starts_with("satchel_t_") && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         })
         .ok_or_else(|| DbError::Invalid(format!("{} is not a test database", redacted(url))))?;
-    let (client, connection) = tokio_postgres::connect(base_url, NoTls)
-        .await
-        .map_err(|e| DbError::Backend(format!("connecting to {}: {e}", redacted(base_url))))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    server_client(base_url)
+        .await?
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await
         .map_err(pg_error)

@@ -35,7 +35,7 @@ use satchel_model::api::{
 use satchel_model::id::{new_id, now_millis, rfc3339_millis};
 use satchel_model::selector::RunSelector;
 
-use crate::sql::{args, Lock, Row, Sql, Value};
+use crate::sql::{args, marks, Lock, Row, Sql, Value};
 use crate::{DbError, JobSummary, MisSized, Quotas, UploadNeeds, UploadPlan};
 
 fn to_i64(n: u64, what: &str) -> Result<i64, DbError> {
@@ -56,14 +56,6 @@ fn value_rows(rows: usize, width: usize, first: usize) -> String {
                 .collect();
             format!("({})", cols.join(", "))
         })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `?first, …` for `n` values.
-fn marks(n: usize, first: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -1174,15 +1166,11 @@ pub(crate) fn artifact_files(c: &mut dyn Sql, id: &str) -> Result<Vec<FileInfo>,
 pub(crate) fn get_files(c: &mut dyn Sql, ids: &[String]) -> Result<Vec<FileInfo>, DbError> {
     // A few `IN` queries instead of one query per id.
     let mut found: HashMap<String, FileInfo> = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let marks = (1..=chunk.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(",");
+    for chunk in ids.chunks(BATCH_ROWS) {
         let a: Vec<Value> = chunk.iter().map(Value::from).collect();
         for f in rows(
             c,
-            &format!("{FILE_SELECT} AND f.id IN ({marks})"),
+            &format!("{FILE_SELECT} AND f.id IN ({})", marks(chunk.len(), 1)),
             &a,
             file_row,
         )? {

@@ -181,6 +181,14 @@ impl dyn Sql + '_ {
     }
 }
 
+/// `?first, …`: placeholders for `n` values.
+pub(crate) fn marks(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `sql` with `?N` parameters written `$N`, for PostgreSQL. The rules'
 /// SQL has no `?` inside string literals.
 pub(crate) fn dollar_params(sql: &str) -> String {
