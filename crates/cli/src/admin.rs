@@ -1,4 +1,5 @@
-//! `satchel admin …`: operator commands. `gha-token` issues a GitHub
+//! `satchel admin …`: operator commands (access control's in
+//! [`crate::access`]). `gha-token` issues a GitHub
 //! Actions runtime token so an unmodified `actions/upload-artifact` /
 //! `download-artifact` (or `@actions/artifact`) in a self-hosted runner
 //! stores its artifacts in Satchel.
@@ -26,6 +27,8 @@ pub enum AdminCommand {
     /// Encryption keys: generate a key file, add a key, rotate, status.
     #[command(subcommand)]
     Keys(KeysCommand),
+    #[command(flatten)]
+    Access(crate::access::AccessCommand),
 }
 
 /// `satchel admin keys …`.
@@ -246,6 +249,7 @@ fn shell_quote(s: &str) -> String {
 pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
         AdminCommand::Keys(k) => keys(k).await,
+        AdminCommand::Access(c) => crate::access::run(c).await,
         AdminCommand::Migrate(a) => crate::migrate::run(a).await,
         AdminCommand::Gc(a) => {
             let r = a.server.client()?.admin_gc(a.grace).await?;

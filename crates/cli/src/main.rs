@@ -6,6 +6,7 @@
 //! Errors print once as `error: …` with their causes (`{:#}`) and exit 1;
 //! usage errors exit 2 (clap); a closed stdout pipe is not an error.
 
+mod access;
 mod admin;
 mod context;
 mod download;
@@ -51,7 +52,8 @@ enum Command {
     /// Show the job context the CLI detects (flags, SATCHEL_*, or the CI's
     /// own variables) and where each value comes from.
     Context(context::ShowArgs),
-    /// Operator commands: gc, fsck, GitHub Actions runtime tokens.
+    /// Operator commands: tokens, clusters, rules, audit, gc, fsck, keys,
+    /// GitHub Actions runtime tokens.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
 }

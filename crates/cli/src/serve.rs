@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// Days until artifacts expire when they do not say (0: never).
     #[arg(long, env = "SATCHEL_RETENTION_DAYS", default_value_t = satchel_server::maintenance::DEFAULT_RETENTION_DAYS)]
     retention_days: u64,
+    /// Days audit entries are kept (0: forever); artifact retention never
+    /// deletes them.
+    #[arg(long, env = "SATCHEL_AUDIT_RETENTION_DAYS", default_value_t = satchel_server::DEFAULT_AUDIT_RETENTION_DAYS)]
+    audit_retention_days: u64,
     /// Minutes between garbage collection passes (0: only `satchel admin gc`).
     #[arg(long, env = "SATCHEL_GC_MINUTES", default_value_t = 60)]
     gc_minutes: u64,
@@ -287,6 +291,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .with_scratch(dir.scratch())
         .with_signing_secret(secret)
         .with_retention_days(a.retention_days)
+        .with_audit_retention_days(a.audit_retention_days)
         .with_pack_buffers(usize::from(a.pack_buffers))
         .with_pack_hold(a.pack_hold_ms.map_or(satchel_server::PACK_HOLD, |ms| {
             std::time::Duration::from_millis(u64::from(ms))

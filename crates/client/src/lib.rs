@@ -567,6 +567,136 @@ impl Client {
         )
         .await
     }
+
+    /// Creates a token; the answer carries its secret, this once.
+    pub async fn create_token(
+        &self,
+        req: &satchel_model::access::NewToken,
+    ) -> Result<satchel_model::access::TokenCreated, ClientError> {
+        self.json(self.request(Method::POST, "/admin/tokens").json(req))
+            .await
+    }
+
+    /// Tokens (never their secrets).
+    pub async fn list_tokens(&self) -> Result<satchel_model::access::TokenList, ClientError> {
+        self.json(self.request(Method::GET, "/admin/tokens")).await
+    }
+
+    /// Revokes a token; it stops working on the next request.
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+    ) -> Result<satchel_model::access::TokenInfo, ClientError> {
+        self.json(self.request(
+            Method::POST,
+            &format!("/admin/tokens/{}/revoke", encode(id)),
+        ))
+        .await
+    }
+
+    /// Creates an organization (bootstrap admin).
+    pub async fn create_org(
+        &self,
+        name: &str,
+    ) -> Result<satchel_model::access::OrgInfo, ClientError> {
+        self.json(
+            self.request(Method::POST, "/admin/orgs")
+                .json(&serde_json::json!({ "name": name })),
+        )
+        .await
+    }
+
+    /// Organizations.
+    pub async fn list_orgs(&self) -> Result<satchel_model::access::OrgList, ClientError> {
+        self.json(self.request(Method::GET, "/admin/orgs")).await
+    }
+
+    /// Creates a cluster.
+    pub async fn create_cluster(
+        &self,
+        name: &str,
+        org: Option<&str>,
+    ) -> Result<satchel_model::access::ClusterInfo, ClientError> {
+        self.json(
+            self.request(Method::POST, "/admin/clusters")
+                .json(&serde_json::json!({ "name": name, "org": org })),
+        )
+        .await
+    }
+
+    /// Clusters.
+    pub async fn list_clusters(&self) -> Result<satchel_model::access::ClusterList, ClientError> {
+        self.json(self.request(Method::GET, "/admin/clusters"))
+            .await
+    }
+
+    /// Creates a pipeline in a cluster.
+    pub async fn create_pipeline(
+        &self,
+        name: &str,
+        org: Option<&str>,
+        cluster: &str,
+    ) -> Result<satchel_model::access::PipelineInfo, ClientError> {
+        self.json(
+            self.request(Method::POST, "/admin/pipelines")
+                .json(&serde_json::json!({ "name": name, "org": org, "cluster": cluster })),
+        )
+        .await
+    }
+
+    /// Moves a pipeline to another cluster.
+    pub async fn move_pipeline(
+        &self,
+        name: &str,
+        org: Option<&str>,
+        cluster: &str,
+    ) -> Result<satchel_model::access::PipelineInfo, ClientError> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("/admin/pipelines/{}/move", encode(name)),
+            )
+            .json(&serde_json::json!({ "org": org, "cluster": cluster })),
+        )
+        .await
+    }
+
+    /// The pipelines this token may read.
+    pub async fn list_pipelines(&self) -> Result<satchel_model::access::PipelineList, ClientError> {
+        self.json(self.request(Method::GET, "/pipelines")).await
+    }
+
+    /// Creates an artifact-read rule.
+    pub async fn create_rule(
+        &self,
+        req: &satchel_model::access::NewRule,
+    ) -> Result<satchel_model::access::RuleInfo, ClientError> {
+        self.json(self.request(Method::POST, "/admin/rules").json(req))
+            .await
+    }
+
+    /// Rules.
+    pub async fn list_rules(&self) -> Result<satchel_model::access::RuleList, ClientError> {
+        self.json(self.request(Method::GET, "/admin/rules")).await
+    }
+
+    /// Deletes a rule.
+    pub async fn delete_rule(
+        &self,
+        id: &str,
+    ) -> Result<satchel_model::access::RuleInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/admin/rules/{}", encode(id))))
+            .await
+    }
+
+    /// One page of the audit log, newest first.
+    pub async fn audit(
+        &self,
+        q: &satchel_model::access::AuditQuery,
+    ) -> Result<satchel_model::access::AuditPage, ClientError> {
+        self.json(self.request(Method::GET, "/admin/audit").query(q))
+            .await
+    }
 }
 
 /// Percent-encodes one path segment (RFC 3986 unreserved characters stay).

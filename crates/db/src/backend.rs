@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use satchel_model::access::{
+    AuditEntry, AuditPage, AuditQuery, ClusterInfo, OrgInfo, PipelineInfo, RuleInfo, TokenInfo,
+};
 use satchel_model::api::{
     Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
     RunRef, SetRunState, UploadFinished,
@@ -14,7 +17,8 @@ use satchel_model::selector::RunSelector;
 
 use crate::sql::Sql;
 use crate::{
-    rules, DbError, JobSummary, MetaStore, MisSized, Quotas, UploadNeeds, UploadPlan, WriteGateHold,
+    access, rules, AccessStore, DbError, JobSummary, MetaStore, MisSized, NewRuleRow, Quotas,
+    TokenRow, UploadNeeds, UploadPlan, WriteGateHold,
 };
 
 /// Tables and their columns.
@@ -329,5 +333,130 @@ impl<B: Backend> MetaStore for Store<B> {
 
     async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
         self.blocking(|b| b.hold_write_gate()).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> AccessStore for Store<B> {
+    async fn create_org(&self, key: &str) -> Result<OrgInfo, DbError> {
+        let k = key.to_string();
+        self.write(move |c| access::create_org(c, &k)).await
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<OrgInfo>, DbError> {
+        self.write(access::list_orgs).await
+    }
+
+    async fn create_cluster(&self, org: &str, key: &str) -> Result<ClusterInfo, DbError> {
+        let (o, k) = (org.to_string(), key.to_string());
+        self.write(move |c| access::create_cluster(c, &o, &k)).await
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<ClusterInfo>, DbError> {
+        self.write(access::list_clusters).await
+    }
+
+    async fn create_pipeline(
+        &self,
+        key: &str,
+        org: &str,
+        cluster: &str,
+    ) -> Result<PipelineInfo, DbError> {
+        let (k, o, cl) = (key.to_string(), org.to_string(), cluster.to_string());
+        self.write(move |c| access::create_pipeline(c, &k, &o, &cl))
+            .await
+    }
+
+    async fn ensure_pipeline_in(
+        &self,
+        key: &str,
+        org: &str,
+        cluster: &str,
+    ) -> Result<PipelineInfo, DbError> {
+        let k = key.to_string();
+        if let Some(p) = self.read(move |c| access::pipeline_home(c, &k)).await? {
+            return Ok(p);
+        }
+        let (k, o, cl) = (key.to_string(), org.to_string(), cluster.to_string());
+        self.write(move |c| access::ensure_pipeline_in(c, &k, &o, &cl).map(|(p, _)| p))
+            .await
+    }
+
+    async fn pipeline_home(&self, key: &str) -> Result<Option<PipelineInfo>, DbError> {
+        let k = key.to_string();
+        self.read(move |c| access::pipeline_home(c, &k)).await
+    }
+
+    async fn list_pipelines(&self, org: Option<&str>) -> Result<Vec<PipelineInfo>, DbError> {
+        let o = org.map(str::to_string);
+        self.read(move |c| access::list_pipelines(c, o.as_deref()))
+            .await
+    }
+
+    async fn move_pipeline(
+        &self,
+        key: &str,
+        org: &str,
+        cluster: &str,
+    ) -> Result<PipelineInfo, DbError> {
+        let (k, o, cl) = (key.to_string(), org.to_string(), cluster.to_string());
+        self.write(move |c| access::move_pipeline(c, &k, &o, &cl))
+            .await
+    }
+
+    async fn create_token(&self, token: &TokenRow) -> Result<TokenInfo, DbError> {
+        let t = token.clone();
+        self.write(move |c| access::create_token(c, &t)).await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, DbError> {
+        let h = hash.to_string();
+        self.read(move |c| access::token_by_hash(c, &h)).await
+    }
+
+    async fn token_by_id(&self, id: &str) -> Result<Option<TokenInfo>, DbError> {
+        let i = id.to_string();
+        self.read(move |c| access::token_by_id(c, &i)).await
+    }
+
+    async fn list_tokens(&self, org: Option<&str>) -> Result<Vec<TokenInfo>, DbError> {
+        let o = org.map(str::to_string);
+        self.read(move |c| access::list_tokens(c, o.as_deref()))
+            .await
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<TokenInfo, DbError> {
+        let i = id.to_string();
+        self.write(move |c| access::revoke_token(c, &i)).await
+    }
+
+    async fn create_rule(&self, rule: &NewRuleRow) -> Result<RuleInfo, DbError> {
+        let r = rule.clone();
+        self.write(move |c| access::create_rule(c, &r)).await
+    }
+
+    async fn list_rules(&self, org: Option<&str>) -> Result<Vec<RuleInfo>, DbError> {
+        let o = org.map(str::to_string);
+        self.read(move |c| access::list_rules(c, o.as_deref()))
+            .await
+    }
+
+    async fn delete_rule(&self, id: &str) -> Result<RuleInfo, DbError> {
+        let i = id.to_string();
+        self.write(move |c| access::delete_rule(c, &i)).await
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), DbError> {
+        let e = entries.to_vec();
+        self.write(move |c| access::append_audit(c, &e)).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, DbError> {
+        let q = query.clone();
+        self.read(move |c| access::list_audit(c, &q)).await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, DbError> {
+        self.write(move |c| access::prune_audit(c, before_ms)).await
     }
 }

@@ -12,6 +12,7 @@
 //! its artifact are `finished`. An upload becomes finished in one transaction,
 //! and only after every blob it references is recorded as durable.
 
+pub mod access;
 mod backend;
 pub mod copy;
 pub mod postgres;
@@ -25,6 +26,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use satchel_model::access::{
+    AuditEntry, AuditPage, AuditQuery, ClusterInfo, OrgInfo, PipelineInfo, RuleInfo, TokenInfo,
+};
 use satchel_model::api::{
     Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
     RunRef, SetRunState, UploadFinished,
@@ -118,6 +122,8 @@ pub struct UploadNeeds {
     pub state: String,
     /// Every digest referenced by the upload's files, with its size.
     pub blobs: std::collections::HashMap<String, u64>,
+    /// Who is uploading: the artifact's pipeline, run, job and attempt.
+    pub producer: satchel_model::api::Producer,
 }
 
 /// A job attempt of a run.
@@ -177,7 +183,7 @@ pub const WRITE_ANNOUNCEMENT_MAX_MS: i64 = 24 * 3600 * 1000;
 
 /// The metadata store.
 #[async_trait]
-pub trait MetaStore: Send + Sync + 'static {
+pub trait MetaStore: AccessStore + Send + Sync + 'static {
     /// Creates the run, job attempt and artifact on first use, stages the
     /// manifest's files (invisible until [`MetaStore::finish_upload`]) and
     /// says which content is missing.
@@ -308,6 +314,96 @@ pub trait MetaStore: Send + Sync + 'static {
         repository: &str,
         name: Option<&str>,
     ) -> Result<Vec<Package>, DbError>;
+}
+
+/// A token to store: its id, the hash of its secret, what it may do.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// Token id.
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// Scopes, home and narrowing.
+    pub spec: satchel_model::access::NewToken,
+    /// Expiry, milliseconds since the epoch.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A rule to store, with its organization resolved and its condition
+/// validated.
+#[derive(Debug, Clone)]
+pub struct NewRuleRow {
+    /// Rule type.
+    pub kind: String,
+    /// Organization key.
+    pub org: String,
+    /// Who reads.
+    pub source: satchel_model::access::RuleEnd,
+    /// Whose artifacts.
+    pub target: satchel_model::access::RuleEnd,
+    /// Condition text.
+    pub condition: Option<String>,
+}
+
+/// Access control's rows (see [`access`]): organizations, clusters, where
+/// pipelines live, tokens, rules and the audit log.
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    /// Creates an organization (409 if it exists).
+    async fn create_org(&self, key: &str) -> Result<OrgInfo, DbError>;
+    /// Organizations by key.
+    async fn list_orgs(&self) -> Result<Vec<OrgInfo>, DbError>;
+    /// Creates a cluster in an organization (409 if it exists).
+    async fn create_cluster(&self, org: &str, key: &str) -> Result<ClusterInfo, DbError>;
+    /// Clusters by organization and key.
+    async fn list_clusters(&self) -> Result<Vec<ClusterInfo>, DbError>;
+    /// Creates a pipeline in a cluster (409 if it exists anywhere).
+    async fn create_pipeline(
+        &self,
+        key: &str,
+        org: &str,
+        cluster: &str,
+    ) -> Result<PipelineInfo, DbError>;
+    /// The pipeline where it lives, or created in `org`/`cluster`.
+    async fn ensure_pipeline_in(
+        &self,
+        key: &str,
+        org: &str,
+        cluster: &str,
+    ) -> Result<PipelineInfo, DbError>;
+    /// Where a pipeline lives, if it exists.
+    async fn pipeline_home(&self, key: &str) -> Result<Option<PipelineInfo>, DbError>;
+    /// Pipelines (of one organization) by key.
+    async fn list_pipelines(&self, org: Option<&str>) -> Result<Vec<PipelineInfo>, DbError>;
+    /// Moves a pipeline to another cluster.
+    async fn move_pipeline(
+        &self,
+        key: &str,
+        org: &str,
+        cluster: &str,
+    ) -> Result<PipelineInfo, DbError>;
+    /// Stores a token.
+    async fn create_token(&self, token: &TokenRow) -> Result<TokenInfo, DbError>;
+    /// The token whose secret hashes to `hash` (hex), live or not.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, DbError>;
+    /// A token by id, live or not.
+    async fn token_by_id(&self, id: &str) -> Result<Option<TokenInfo>, DbError>;
+    /// Tokens (of one organization), oldest first.
+    async fn list_tokens(&self, org: Option<&str>) -> Result<Vec<TokenInfo>, DbError>;
+    /// Revokes a token; it stops working on the next request.
+    async fn revoke_token(&self, id: &str) -> Result<TokenInfo, DbError>;
+    /// Stores a rule.
+    async fn create_rule(&self, rule: &NewRuleRow) -> Result<RuleInfo, DbError>;
+    /// Rules (of one organization), oldest first.
+    async fn list_rules(&self, org: Option<&str>) -> Result<Vec<RuleInfo>, DbError>;
+    /// Deletes a rule.
+    async fn delete_rule(&self, id: &str) -> Result<RuleInfo, DbError>;
+    /// Appends audit entries (an id seen before is skipped).
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), DbError>;
+    /// A page of the audit log, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, DbError>;
+    /// Deletes audit entries older than `before_ms`; how many.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, DbError>;
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare

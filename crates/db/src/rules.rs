@@ -38,17 +38,17 @@ use satchel_model::selector::RunSelector;
 use crate::sql::{args, marks, Lock, Row, Sql, Value};
 use crate::{DbError, JobSummary, MisSized, Quotas, UploadNeeds, UploadPlan};
 
-fn to_i64(n: u64, what: &str) -> Result<i64, DbError> {
+pub(crate) fn to_i64(n: u64, what: &str) -> Result<i64, DbError> {
     i64::try_from(n).map_err(|_| DbError::Invalid(format!("{what} {n} is too large")))
 }
 
 /// Rows per multi-row statement: well under both databases' parameter
 /// limits (SQLite 32,766, PostgreSQL 65,535) for the widest row (11).
-const BATCH_ROWS: usize = 500;
+pub(crate) const BATCH_ROWS: usize = 500;
 
 /// `(?a, ?b, …), (…)`: placeholders for `rows` rows of `width` values,
 /// numbered from `?first`.
-fn value_rows(rows: usize, width: usize, first: usize) -> String {
+pub(crate) fn value_rows(rows: usize, width: usize, first: usize) -> String {
     (0..rows)
         .map(|r| {
             let cols: Vec<String> = (0..width)
@@ -248,7 +248,12 @@ pub(crate) fn get_artifact(c: &mut dyn Sql, id: &str) -> Result<Artifact, DbErro
 /// the key as `?1`, `?2` …; `insert` takes `(id, key…, created_at)` and
 /// ends in `ON CONFLICT DO NOTHING`, so a concurrent creator's row wins
 /// and is read back.
-fn ensure(c: &mut dyn Sql, select: &str, insert: &str, keys: &[Value]) -> Result<String, DbError> {
+pub(crate) fn ensure(
+    c: &mut dyn Sql,
+    select: &str,
+    insert: &str,
+    keys: &[Value],
+) -> Result<String, DbError> {
     if let Some(mut r) = c.query_opt(select, keys)? {
         return r.text(0);
     }
@@ -260,8 +265,14 @@ fn ensure(c: &mut dyn Sql, select: &str, insert: &str, keys: &[Value]) -> Result
     c.query_one(select, keys)?.text(0)
 }
 
-/// Finds or creates the default organization, cluster and the pipeline.
+/// Finds the pipeline by key, wherever it lives, or creates it in the
+/// default organization's default cluster. (The server first puts a
+/// pipeline that a scoped token brings into the token's cluster, see
+/// `crate::access::ensure_pipeline_in`.)
 fn ensure_pipeline(c: &mut dyn Sql, pipeline: &str) -> Result<String, DbError> {
+    if let Some(mut r) = c.query_opt("SELECT id FROM pipelines WHERE key = ?1", args![pipeline])? {
+        return r.text(0);
+    }
     let org = ensure(
         c,
         "SELECT id FROM organizations WHERE key = ?1",
@@ -275,13 +286,13 @@ fn ensure_pipeline(c: &mut dyn Sql, pipeline: &str) -> Result<String, DbError> {
          ON CONFLICT DO NOTHING",
         args![org, "default"],
     )?;
-    ensure(
-        c,
-        "SELECT id FROM pipelines WHERE cluster_id = ?1 AND key = ?2",
+    c.execute(
         "INSERT INTO pipelines (id, cluster_id, key, created_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT DO NOTHING",
-        args![cluster, pipeline],
-    )
+        args![new_id(), cluster, pipeline, now_millis()],
+    )?;
+    c.query_one("SELECT id FROM pipelines WHERE key = ?1", args![pipeline])?
+        .text(0)
 }
 
 /// Finds or creates a run by number, recording branch and commit if it has
@@ -646,10 +657,20 @@ fn check_sizes(c: &mut dyn Sql, files: &[NewFile]) -> Result<(), DbError> {
 }
 
 pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbError> {
-    let state = c
-        .query_opt("SELECT state FROM uploads WHERE id = ?1", args![id])?
-        .ok_or_else(|| DbError::NotFound(format!("upload {id} not found")))?
-        .text(0)?;
+    let mut r = c
+        .query_opt(
+            "SELECT u.state, p.key, r.number, j.stage, j.key, j.attempt, 0
+             FROM uploads u
+             JOIN artifacts a ON a.id = u.artifact_id
+             JOIN jobs j ON j.id = a.job_id
+             JOIN runs r ON r.id = a.run_id
+             JOIN pipelines p ON p.id = r.pipeline_id
+             WHERE u.id = ?1",
+            args![id],
+        )?
+        .ok_or_else(|| DbError::NotFound(format!("upload {id} not found")))?;
+    let state = r.text(0)?;
+    let producer = producer(&mut r, 1)?;
     let mut blobs = HashMap::new();
     for mut r in c.query(
         "SELECT DISTINCT sha256, size FROM files WHERE upload_id = ?1",
@@ -657,7 +678,11 @@ pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbE
     )? {
         blobs.insert(r.text(0)?, r.uint(1)?);
     }
-    Ok(UploadNeeds { state, blobs })
+    Ok(UploadNeeds {
+        state,
+        blobs,
+        producer,
+    })
 }
 
 pub(crate) fn known_blobs(c: &mut dyn Sql, digests: &[String]) -> Result<HashSet<String>, DbError> {

@@ -265,6 +265,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     races(db).await;
     reused_failed_artifact_holds_its_name(db).await;
     large_manifest(db).await;
+    access(db).await;
 }
 
 /// What an upload may send, what an artifact holds, which blobs are
@@ -698,4 +699,277 @@ async fn large_manifest(db: &dyn MetaStore) {
     let done = db.finish_upload(&plan.upload_id).await.unwrap();
     assert_eq!(done.files_added, N as u64);
     assert_eq!(db.artifact_files(&plan.artifact_id).await.unwrap().len(), N);
+}
+
+/// Organizations, clusters, pipelines' homes, tokens, rules and the audit
+/// log: uniqueness, defaults, moves, revocation and paging.
+async fn access(db: &dyn MetaStore) {
+    use satchel_model::access::{AuditEntry, AuditQuery, NewToken, RuleEnd, Scope};
+
+    use crate::{NewRuleRow, TokenRow};
+
+    // The default organization and cluster exist without being made, and
+    // pipelines made by uploads (earlier in the story) live there.
+    let orgs = db.list_orgs().await.unwrap();
+    assert!(orgs.iter().any(|o| o.name == "default"), "{orgs:?}");
+    let home = db
+        .pipeline_home("pipe")
+        .await
+        .unwrap()
+        .expect("pipe exists");
+    assert_eq!(
+        (home.org.as_str(), home.cluster.as_str()),
+        ("default", "default")
+    );
+    assert!(db.pipeline_home("nowhere").await.unwrap().is_none());
+
+    db.create_org("acme").await.unwrap();
+    assert!(matches!(
+        db.create_org("acme").await,
+        Err(DbError::Conflict(_))
+    ));
+    assert!(matches!(
+        db.create_cluster("nope", "x").await,
+        Err(DbError::NotFound(_))
+    ));
+    db.create_cluster("acme", "build").await.unwrap();
+    db.create_cluster("acme", "release").await.unwrap();
+    assert!(matches!(
+        db.create_cluster("acme", "build").await,
+        Err(DbError::Conflict(_))
+    ));
+    let clusters = db.list_clusters().await.unwrap();
+    assert!(clusters
+        .iter()
+        .any(|c| c.org == "acme" && c.name == "release"));
+
+    // A pipeline's key is unique on the server: a second creation anywhere
+    // conflicts; ensure finds it where it is.
+    let p = db.create_pipeline("app", "acme", "build").await.unwrap();
+    assert_eq!(p.cluster, "build");
+    assert!(matches!(
+        db.create_pipeline("app", "default", "default").await,
+        Err(DbError::Conflict(_))
+    ));
+    let p = db
+        .ensure_pipeline_in("app", "default", "default")
+        .await
+        .unwrap();
+    assert_eq!((p.org.as_str(), p.cluster.as_str()), ("acme", "build"));
+    let p = db
+        .ensure_pipeline_in("lib", "acme", "release")
+        .await
+        .unwrap();
+    assert_eq!(p.cluster, "release");
+    // An upload of a pipeline that exists elsewhere keeps it there.
+    let mut u = upload("a", 1, Some("lib-out"), vec![]);
+    u.context.pipeline = "lib".into();
+    db.create_upload(&u, &q()).await.unwrap();
+    assert_eq!(
+        db.pipeline_home("lib").await.unwrap().unwrap().cluster,
+        "release"
+    );
+    let moved = db.move_pipeline("lib", "acme", "build").await.unwrap();
+    assert_eq!(moved.cluster, "build");
+    assert_eq!(
+        db.list_runs("lib").await.unwrap().len(),
+        1,
+        "runs move along"
+    );
+    assert!(matches!(
+        db.move_pipeline("lib", "acme", "nope").await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        db.move_pipeline("ghost", "acme", "build").await,
+        Err(DbError::NotFound(_))
+    ));
+    let of_acme = db.list_pipelines(Some("acme")).await.unwrap();
+    assert_eq!(
+        of_acme.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["app", "lib"]
+    );
+
+    // Tokens: found by hash, listed, revoked; a hash is unique.
+    let row = |id: &str, hash: &str, spec: NewToken| TokenRow {
+        id: id.into(),
+        hash: hash.into(),
+        spec,
+        expires_at_ms: Some(4_000_000_000_000),
+    };
+    let job = NewToken {
+        name: "job".into(),
+        scopes: vec![Scope::Read, Scope::Write],
+        org: Some("acme".into()),
+        cluster: Some("build".into()),
+        pipeline: Some("app".into()),
+        run: Some(3),
+        job: Some("test".into()),
+        attempt: Some(2),
+        expires_in_secs: None,
+    };
+    let t = db
+        .create_token(&row("tok1", &"1".repeat(64), job.clone()))
+        .await
+        .unwrap();
+    assert_eq!(t.scopes, [Scope::Read, Scope::Write]);
+    assert_eq!(
+        (t.run, t.job.as_deref(), t.attempt),
+        (Some(3), Some("test"), Some(2))
+    );
+    assert!(
+        db.create_token(&row("tok2", &"1".repeat(64), job.clone()))
+            .await
+            .is_err(),
+        "a hash is unique"
+    );
+    let mut bad = job.clone();
+    bad.cluster = Some("nope".into());
+    assert!(matches!(
+        db.create_token(&row("tok3", &"3".repeat(64), bad)).await,
+        Err(DbError::NotFound(_))
+    ));
+    let plain = NewToken {
+        scopes: vec![Scope::Read],
+        ..NewToken::default()
+    };
+    let d = db
+        .create_token(&row("tok4", &"4".repeat(64), plain))
+        .await
+        .unwrap();
+    assert_eq!((d.org.as_str(), d.cluster.as_str()), ("default", "default"));
+    let found = db.token_by_hash(&"1".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(found, t);
+    assert!(found.is_live(satchel_model::id::now_millis()));
+    assert!(db.token_by_hash(&"9".repeat(64)).await.unwrap().is_none());
+    assert_eq!(
+        db.list_tokens(Some("acme")).await.unwrap(),
+        std::slice::from_ref(&t)
+    );
+    assert_eq!(db.list_tokens(None).await.unwrap().len(), 2);
+    let r = db.revoke_token("tok1").await.unwrap();
+    assert!(!r.is_live(satchel_model::id::now_millis()));
+    let again = db.revoke_token("tok1").await.unwrap();
+    assert_eq!(again.revoked_at, r.revoked_at, "the first revocation stays");
+    assert!(!db.token_by_id("tok1").await.unwrap().unwrap().is_live(0));
+    assert!(matches!(
+        db.revoke_token("ghost").await,
+        Err(DbError::NotFound(_))
+    ));
+
+    // Rules: either end a pipeline or a cluster of the organization.
+    let rule = db
+        .create_rule(&NewRuleRow {
+            kind: satchel_model::access::ARTIFACTS_READ.into(),
+            org: "acme".into(),
+            source: RuleEnd::Cluster("build".into()),
+            target: RuleEnd::Pipeline("lib".into()),
+            condition: Some("source.build.branch == 'main'".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rule.source, RuleEnd::Cluster("build".into()));
+    assert!(matches!(
+        db.create_rule(&NewRuleRow {
+            kind: satchel_model::access::ARTIFACTS_READ.into(),
+            org: "acme".into(),
+            source: RuleEnd::Cluster("nope".into()),
+            target: RuleEnd::Pipeline("lib".into()),
+            condition: None,
+        })
+        .await,
+        Err(DbError::NotFound(_))
+    ));
+    assert_eq!(
+        db.list_rules(Some("acme")).await.unwrap(),
+        std::slice::from_ref(&rule)
+    );
+    assert!(db.list_rules(Some("default")).await.unwrap().is_empty());
+    assert_eq!(db.delete_rule(&rule.id).await.unwrap(), rule);
+    assert!(matches!(
+        db.delete_rule(&rule.id).await,
+        Err(DbError::NotFound(_))
+    ));
+
+    // The audit log pages newest first by id, filters, and prunes by age.
+    let entry = |i: u32, allowed: bool| AuditEntry {
+        id: format!("{:032x}", 1000 + i),
+        at: satchel_model::id::rfc3339_millis(i64::from(i) * 1000),
+        at_ms: i64::from(i) * 1000,
+        token_id: Some(if i.is_multiple_of(2) { "tok1" } else { "tok4" }.into()),
+        token_name: None,
+        org: Some("acme".into()),
+        action: "GET /api/v1/x".into(),
+        resource: format!("pipeline=app n={i}"),
+        allowed,
+        status: if allowed { 200 } else { 403 },
+        reason: (!allowed).then(|| "no".into()),
+        client: Some("127.0.0.1".into()),
+        user_agent: None,
+    };
+    let entries: Vec<AuditEntry> = (0..1203).map(|i| entry(i, i % 3 != 0)).collect();
+    db.append_audit(&entries).await.unwrap();
+    db.append_audit(&entries[..5]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = db
+            .list_audit(&AuditQuery {
+                cursor: cursor.clone(),
+                limit: Some(500),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.entries.iter().map(|e| e.resource.clone()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let want: Vec<String> = entries.iter().rev().map(|e| e.resource.clone()).collect();
+    assert_eq!(seen, want, "every entry once, newest first, across pages");
+    let denied = db
+        .list_audit(&AuditQuery {
+            denied: true,
+            token: Some("tok1".into()),
+            since_ms: Some(600_000),
+            limit: Some(1000),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(!denied.entries.is_empty());
+    assert!(denied
+        .entries
+        .iter()
+        .all(|e| !e.allowed && e.token_id.as_deref() == Some("tok1") && e.at_ms >= 600_000));
+    assert_eq!(
+        denied.entries.len(),
+        (600..1203).filter(|i| i % 6 == 0).count()
+    );
+    assert_eq!(
+        db.list_audit(&AuditQuery {
+            org: Some("other".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .entries
+        .len(),
+        0
+    );
+    assert_eq!(db.prune_audit(100_000).await.unwrap(), 100);
+    let older = db
+        .list_audit(&AuditQuery {
+            cursor: Some(entries[101].id.clone()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        older.entries,
+        [entries[100].clone()],
+        "only the pruned are gone"
+    );
 }

@@ -4,6 +4,7 @@
 //! client and the CLI agree on one definition of what a valid path, name, glob
 //! and query is, and on the rules that pick files for a download.
 
+pub mod access;
 pub mod api;
 pub mod ci;
 pub mod expr;

@@ -118,6 +118,9 @@ struct Shared {
     cfg: RunnerConfig,
     pipeline: Pipeline,
     run: Run,
+    /// Where the run's pipeline lives, for its jobs' tokens (none: the
+    /// runner's token cannot list it).
+    home: Option<satchel_model::access::PipelineInfo>,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -165,7 +168,16 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             ),
         );
     }
-    let shared = Arc::new(Shared { cfg, pipeline, run });
+    let home = match cfg.client.list_pipelines().await {
+        Ok(l) => l.pipelines.into_iter().find(|p| p.name == run.pipeline),
+        Err(_) => None,
+    };
+    let shared = Arc::new(Shared {
+        cfg,
+        pipeline,
+        run,
+        home,
+    });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
     for stage in &shared.pipeline.stages {
@@ -301,10 +313,78 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
     })
 }
 
+/// What a job's steps authenticate with: a job token of their own when
+/// the runner's token may mint one, else the runner's token.
+struct JobAuth {
+    token: String,
+    client: Client,
+    /// The minted token's id, revoked when the job ends.
+    minted: Option<String>,
+}
+
+/// How long a job token lives at most (it is revoked when its job ends).
+const JOB_TOKEN_SECS: u64 = 24 * 3600;
+
+/// Mints the job token of `job`: it may read what the run's pipeline may,
+/// and upload and delete only as this job of this run.
+async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<JobAuth> {
+    use satchel_model::access::{NewToken, Scope};
+    let cfg = &shared.cfg;
+    let fallback = || -> anyhow::Result<JobAuth> {
+        Ok(JobAuth {
+            token: cfg.token.clone(),
+            client: cfg.client.clone(),
+            minted: None,
+        })
+    };
+    let Some(home) = &shared.home else {
+        return fallback();
+    };
+    let req = NewToken {
+        name: format!(
+            "satchel run {}#{} {}",
+            shared.run.pipeline, shared.run.number, job.key
+        ),
+        scopes: vec![Scope::Read, Scope::Write, Scope::Delete],
+        org: Some(home.org.clone()),
+        cluster: Some(home.cluster.clone()),
+        pipeline: Some(shared.run.pipeline.clone()),
+        run: Some(shared.run.number),
+        job: Some(job.key.clone()),
+        attempt: Some(1),
+        expires_in_secs: Some(JOB_TOKEN_SECS),
+    };
+    match cfg.client.create_token(&req).await {
+        Ok(t) => Ok(JobAuth {
+            client: Client::new(&cfg.url, &t.token)?,
+            token: t.token,
+            minted: Some(t.id),
+        }),
+        Err(satchel_client::ClientError::Api { status: 403, .. }) => {
+            say(
+                prefix,
+                "note: this token may not mint job tokens (that needs the `admin` scope); steps use it as it is",
+            );
+            fallback()
+        }
+        Err(e) => Err(anyhow::anyhow!("minting the job token: {e}")),
+    }
+}
+
 async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
     let started = Instant::now();
     let prefix = format!("{stage}/{}", job.key);
-    let (outcome, reason) = match run_job_steps(shared, stage, job, &prefix).await {
+    let steps = async {
+        let auth = job_auth(shared, job, &prefix).await?;
+        let result = run_job_steps(shared, &auth, stage, job, &prefix).await;
+        if let Some(id) = &auth.minted {
+            if let Err(e) = shared.cfg.client.revoke_token(id).await {
+                say(&prefix, &format!("note: revoking the job token {id}: {e}"));
+            }
+        }
+        result
+    };
+    let (outcome, reason) = match steps.await {
         Ok(()) => (Outcome::Passed, None),
         Err(StepError::Canceled) => (Outcome::Canceled, Some("canceled".to_string())),
         Err(StepError::Failed(why)) => {
@@ -345,6 +425,7 @@ impl From<anyhow::Error> for StepError {
 
 async fn run_job_steps(
     shared: &Shared,
+    auth: &JobAuth,
     stage: &str,
     job: &Job,
     prefix: &str,
@@ -379,7 +460,7 @@ async fn run_job_steps(
             return Err(StepError::Canceled);
         }
         let key = step.key();
-        let (step, ref_env) = substitute(shared, stage, &job.key, step)
+        let (step, ref_env) = substitute(shared, auth, stage, &job.key, step)
             .await
             .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
         let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
@@ -387,6 +468,7 @@ async fn run_job_steps(
         env.extend(step.env.clone());
         let ctx_env = context_env(
             shared,
+            auth,
             stage,
             &job.key,
             key,
@@ -414,6 +496,7 @@ async fn run_job_steps(
 /// runner's, with the `satchel` binary's directory first.
 fn context_env(
     shared: &Shared,
+    auth: &JobAuth,
     stage: &str,
     job: &str,
     step: &str,
@@ -424,7 +507,7 @@ fn context_env(
     let cfg = &shared.cfg;
     let mut v: Vec<(String, String)> = vec![
         ("SATCHEL_URL".into(), cfg.url.clone()),
-        ("SATCHEL_TOKEN".into(), cfg.token.clone()),
+        ("SATCHEL_TOKEN".into(), auth.token.clone()),
         ("SATCHEL_PIPELINE".into(), run.pipeline.clone()),
         ("SATCHEL_RUN".into(), run.number.to_string()),
         ("SATCHEL_STAGE".into(), stage.into()),
@@ -493,6 +576,7 @@ fn describe(step: &Step) -> String {
 /// returned to be exported, so no value is ever parsed by the shell.
 async fn substitute(
     shared: &Shared,
+    auth: &JobAuth,
     stage: &str,
     job: &str,
     step: &Step,
@@ -525,8 +609,8 @@ async fn substitute(
             if values.contains_key(&key) {
                 continue;
             }
-            let resolved = shared
-                .cfg
+            // As the job: its token decides what it may reference.
+            let resolved = auth
                 .client
                 .resolve(&ResolveRequest {
                     context: at.clone(),

@@ -1,10 +1,13 @@
 //! Satchel's HTTP server.
 //!
 //! Owns the REST API under `/api/v1` (documented in `docs/api.md`), bearer
-//! token authentication, and the one error boundary ([`error`]). Metadata
+//! token authentication ([`access`] decides who may do what, [`audit`]
+//! records every request), and the one error boundary ([`error`]). Metadata
 //! goes through `satchel_db::MetaStore`, content through
 //! `satchel_store::ContentStore`; handlers never touch files or SQL.
 
+pub mod access;
+pub mod audit;
 pub mod error;
 mod extract;
 pub mod gate;
@@ -204,6 +207,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Failed authentications per client address.
     auth_failures: Arc<AuthFailures>,
+    /// Where every request is recorded.
+    pub audit: audit::AuditLog,
+    /// How long audit entries are kept, in days (0: forever).
+    pub audit_retention_days: u64,
 }
 
 impl AppState {
@@ -222,6 +229,7 @@ impl AppState {
         // this process's own: tokens it signs end with it.
         let mut signing_secret = [0u8; 32];
         getrandom::fill(&mut signing_secret).expect("the OS random source");
+        let db_for_audit = db.clone();
         AppState {
             blob_gate: Arc::new(gate::BlobGate::new(db.clone())),
             db,
@@ -240,7 +248,58 @@ impl AppState {
             default_expire_secs: Some(maintenance::DEFAULT_RETENTION_DAYS * 86_400),
             limits: Arc::default(),
             auth_failures: Arc::default(),
+            audit: audit::AuditLog::start(db_for_audit),
+            audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
         }
+    }
+
+    /// Keeps audit entries for `days` (0: forever).
+    pub fn with_audit_retention_days(mut self, days: u64) -> AppState {
+        self.audit_retention_days = days;
+        self
+    }
+
+    /// Who presented `secret`: the bootstrap admin, a live stored token,
+    /// or (the inner `Err`) why it is refused.
+    pub async fn authenticate(
+        &self,
+        secret: &str,
+    ) -> Result<Result<access::Principal, access::Refused>, ApiError> {
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        // Comparing hashes: timing reveals nothing useful about the token.
+        if hash == self.admin_token_hash {
+            return Ok(Ok(access::Principal::Admin));
+        }
+        let invalid = || {
+            Ok(Err(access::Refused {
+                why: "the token is not valid for this server".to_string(),
+                token: None,
+            }))
+        };
+        if !secret.starts_with(satchel_model::access::TOKEN_PREFIX) {
+            return invalid();
+        }
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let Some(t) = self.db.token_by_hash(&hex).await? else {
+            return invalid();
+        };
+        if let Some(at) = &t.revoked_at {
+            return Ok(Err(access::Refused {
+                why: format!("token {} was revoked at {at}", t.id),
+                token: Some(t.clone()),
+            }));
+        }
+        if !t.is_live(satchel_model::id::now_millis()) {
+            return Ok(Err(access::Refused {
+                why: format!(
+                    "token {} expired at {}",
+                    t.id,
+                    t.expires_at.as_deref().unwrap_or("?")
+                ),
+                token: Some(t.clone()),
+            }));
+        }
+        Ok(Ok(access::Principal::Token(Box::new(t))))
     }
 
     /// Applies `limits`.
@@ -287,6 +346,9 @@ impl AppState {
         self
     }
 }
+
+/// How long audit entries are kept by default, in days.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 400;
 
 /// The shortest admin token the server accepts.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -536,13 +598,18 @@ async fn metrics(State(state): State<AppState>) -> String {
 
 async fn require_token(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     state
         .counters
         .api_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let note = req
+        .extensions()
+        .get::<audit::AuditNote>()
+        .cloned()
+        .unwrap_or_default();
     let addr = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -555,19 +622,32 @@ async fn require_token(
         .map(str::trim);
     let Some(token) = presented else {
         // Not a guess: no token at all is not counted against the address.
+        note.deny("no token");
         return Err(ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing `Authorization: Bearer <token>` header (set SATCHEL_TOKEN)",
         ));
     };
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    // Comparing hashes: timing reveals nothing useful about the token.
-    if hash == state.admin_token_hash {
-        // A valid token always passes, so guesses from an address shared
-        // with CI jobs (NAT, a proxy) never lock those jobs out.
-        return Ok(next.run(req).await);
-    }
+    let why = match state.authenticate(token).await? {
+        Ok(principal) => {
+            match &principal {
+                access::Principal::Admin => note.token("admin", "bootstrap admin", None),
+                access::Principal::Token(t) => note.token(&t.id, &t.name, Some(&t.org)),
+            }
+            req.extensions_mut().insert(principal);
+            // A valid token always passes, so guesses from an address
+            // shared with CI jobs (NAT, a proxy) never lock those jobs out.
+            return Ok(next.run(req).await);
+        }
+        Err(refused) => {
+            if let Some(t) = &refused.token {
+                note.token(&t.id, &t.name, Some(&t.org));
+            }
+            refused.why
+        }
+    };
+    note.deny(&why);
     use std::sync::atomic::Ordering::Relaxed;
     let max = state.limits.auth_failures_per_minute;
     if let Some(wait) = addr.and_then(|a| state.auth_failures.blocked(a, max)) {
@@ -589,7 +669,7 @@ async fn require_token(
     Err(ApiError::new(
         axum::http::StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "the token is not valid for this server",
+        why,
     ))
 }
 
@@ -637,13 +717,20 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
         ));
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
         .nest("/api/v1", api)
-        .merge(gha::routes())
+        .merge(gha::routes().layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        )))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
         })
@@ -667,6 +754,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = state.limits.header_timeout;
+    let audit = state.audit.clone();
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -718,5 +806,7 @@ pub async fn serve(
             SHUTDOWN_GRACE.as_secs()
         );
     }
+    // What the finished requests did is on record before the process ends.
+    audit.flush().await;
     Ok(())
 }

@@ -327,7 +327,9 @@ pub struct KeysReport {
 
 pub(crate) async fn keys_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
+    caller: crate::access::Caller,
 ) -> Result<axum::Json<KeysReport>, ApiError> {
+    caller.server_admin()?;
     let ids = s.store.key_ids();
     Ok(axum::Json(KeysReport {
         encryption: ids.is_some(),
@@ -342,7 +344,9 @@ pub(crate) async fn keys_handler(
 /// key (or stored before encryption was on). Idempotent while one runs.
 pub(crate) async fn rotate_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
+    caller: crate::access::Caller,
 ) -> Result<(axum::http::StatusCode, axum::Json<Rotation>), ApiError> {
+    caller.server_admin()?;
     if s.store.key_ids().is_none() {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -393,8 +397,27 @@ pub(crate) async fn rotate_handler(
     Ok((axum::http::StatusCode::ACCEPTED, axum::Json(r)))
 }
 
-/// Runs [`gc`] every `every` with the default grace, and reaps GitHub
-/// Actions uploads idle for a day, for `satchel serve`.
+/// Deletes audit entries past their retention
+/// ([`AppState::audit_retention_days`]; artifact retention never does).
+pub async fn prune_audit(s: &AppState) {
+    if s.audit_retention_days == 0 {
+        return;
+    }
+    let keep_ms =
+        i64::try_from(s.audit_retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+    let before = satchel_model::id::now_millis().saturating_sub(keep_ms);
+    match s.db.prune_audit(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "pruned {n} audit entries older than {} days",
+            s.audit_retention_days
+        ),
+        Err(e) => tracing::warn!("pruning the audit log failed: {e}"),
+    }
+}
+
+/// Runs [`gc`] every `every` with the default grace, prunes the audit log,
+/// and reaps GitHub Actions uploads idle for a day, for `satchel serve`.
 pub fn spawn_periodic_gc(s: AppState, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -410,6 +433,7 @@ pub fn spawn_periodic_gc(s: AppState, every: Duration) {
             if let Err(e) = gc(&s, DEFAULT_GRACE).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }
+            prune_audit(&s).await;
         }
     });
 }
@@ -421,8 +445,10 @@ pub(crate) struct GcParams {
 
 pub(crate) async fn gc_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
+    caller: crate::access::Caller,
     crate::extract::Json(p): crate::extract::Json<GcParams>,
 ) -> Result<axum::Json<GcReport>, ApiError> {
+    caller.server_admin()?;
     const MAX_GRACE_SECS: u64 = 100 * 365 * 86_400;
     if p.grace_seconds.is_some_and(|g| g > MAX_GRACE_SECS) {
         return Err(ApiError::bad_request(
@@ -444,7 +470,9 @@ pub(crate) struct FsckParams {
 
 pub(crate) async fn fsck_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
+    caller: crate::access::Caller,
     axum::extract::Query(p): axum::extract::Query<FsckParams>,
 ) -> Result<axum::Json<FsckReport>, ApiError> {
+    caller.server_admin()?;
     Ok(axum::Json(fsck(&s, p.forget_damaged).await?))
 }

@@ -31,6 +31,8 @@ use satchel_model::api::{ArtifactState, CreateUpload, FileInfo, JobContext, NewF
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
+use crate::access::{Acting, Caller, Principal};
+use crate::audit::AuditNote;
 use crate::AppState;
 use token::{Identity, Keys};
 
@@ -161,6 +163,20 @@ impl From<DbError> for TwirpError {
     }
 }
 
+impl From<crate::error::ApiError> for TwirpError {
+    fn from(e: crate::error::ApiError) -> TwirpError {
+        let code = match e.status.as_u16() {
+            401 => "unauthenticated",
+            403 => "permission_denied",
+            404 => "not_found",
+            409 => "already_exists",
+            s if s < 500 => "invalid_argument",
+            _ => "internal",
+        };
+        TwirpError::new(e.status, code, e.message)
+    }
+}
+
 impl From<satchel_store::StoreError> for TwirpError {
     fn from(e: satchel_store::StoreError) -> TwirpError {
         if e.is_client_error() {
@@ -270,31 +286,71 @@ fn origin(headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Identity, TwirpError> {
+/// The runtime token's job, and the caller it acts for: the token that
+/// minted it, checked again now (revoked or expired: refused).
+async fn authenticate(
+    s: &AppState,
+    headers: &HeaderMap,
+    note: AuditNote,
+) -> Result<(Identity, Caller), TwirpError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
+            note.deny("no runtime token");
             TwirpError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "missing `Authorization: Bearer <ACTIONS_RUNTIME_TOKEN>`",
             )
         })?;
-    s.gha
-        .keys
-        .verify(token, now_secs())
-        .map_err(|e| TwirpError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+    let who = s.gha.keys.verify(token, now_secs()).map_err(|e| {
+        note.deny(&e.to_string());
+        TwirpError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+    })?;
+    let principal = match &who.by {
+        None => {
+            note.token("admin", "bootstrap admin", None);
+            Principal::Admin
+        }
+        Some(id) => {
+            let t = s.db.token_by_id(id).await?;
+            match t {
+                Some(t) if t.is_live(satchel_model::id::now_millis()) => {
+                    note.token(&t.id, &t.name, Some(&t.org));
+                    Principal::Token(Box::new(t))
+                }
+                _ => {
+                    let why = format!(
+                        "token {id}, which issued this runtime token, is revoked, expired or gone"
+                    );
+                    note.deny(&why);
+                    return Err(TwirpError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        why,
+                    ));
+                }
+            }
+        }
+    };
+    Ok((who, Caller::new(principal, note)))
 }
 
 async fn twirp(
     State(s): State<AppState>,
     Path(method): Path<String>,
+    note: Option<axum::Extension<AuditNote>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<serde_json::Value>, TwirpError> {
-    let who = authenticate(&s, &headers)?;
+    let note = note.map(|n| n.0).unwrap_or_default();
+    let (who, caller) = authenticate(&s, &headers, note).await?;
+    caller.note(format!(
+        "pipeline={} run={} job={}",
+        who.pipeline, who.run, who.job
+    ));
     let req: Request = serde_json::from_slice(&body)
         .map_err(|e| TwirpError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
     if req.workflow_run_backend_id != who.run_backend_id()
@@ -311,6 +367,15 @@ async fn twirp(
                 req.workflow_job_run_backend_id
             ),
         ));
+    }
+    let acting = Acting {
+        run: Some(who.run),
+        job: Some((who.job.clone(), 1)),
+    };
+    match method.as_str() {
+        "CreateArtifact" | "FinalizeArtifact" => caller.write(&s, &who.pipeline, &acting).await?,
+        "DeleteArtifact" => caller.delete(&s, &who.pipeline, who.run).await?,
+        _ => caller.read(&s, &who.pipeline).await?,
     }
     let answer = match method.as_str() {
         "CreateArtifact" => create(&s, &who, &req, &origin(&headers)).await?,
@@ -666,6 +731,7 @@ pub(crate) struct MintToken {
 
 pub(crate) async fn mint_token(
     State(s): State<AppState>,
+    caller: Caller,
     crate::extract::Json(req): crate::extract::Json<MintToken>,
 ) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
     satchel_model::names::validate_key("pipeline", &req.pipeline)?;
@@ -681,10 +747,18 @@ pub(crate) async fn mint_token(
             "ttl_seconds must be between 1 and 604800 (7 days)",
         ));
     }
+    // The runtime token can do what its job does: upload as attempt 1 of
+    // the job, read and delete in its run; so minting one needs that.
+    let acting = Acting {
+        run: Some(req.run),
+        job: Some((req.job.clone(), 1)),
+    };
+    caller.write(&s, &req.pipeline, &acting).await?;
     let who = Identity {
         pipeline: req.pipeline,
         run: req.run,
         job: req.job,
+        by: caller.token().map(|t| t.id.clone()),
     };
     let now = now_secs();
     Ok(axum::Json(json!({

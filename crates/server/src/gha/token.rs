@@ -23,6 +23,11 @@ pub struct Identity {
     pub run: u64,
     /// Job key.
     pub job: String,
+    /// The stored token that minted it (none: the bootstrap admin). Each
+    /// request checks that token again, so revoking it stops the runtime
+    /// token too, and the runtime token can do only what it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl Identity {
@@ -177,6 +182,7 @@ mod tests {
             pipeline: "web".into(),
             run: 7,
             job: "build".into(),
+            by: None,
         }
     }
 

@@ -13,6 +13,7 @@ use satchel_model::frames::{file_frame_header, FILE_FRAME_HEADER};
 use satchel_store::{Digest, StoreError};
 
 use super::check_id;
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::AppState;
@@ -52,11 +53,14 @@ fn disposition(path: &str) -> HeaderValue {
 
 pub(super) async fn file_content(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_id("file", &id)?;
     let file = s.db.get_files(std::slice::from_ref(&id)).await?.remove(0);
+    caller.note(format!("artifact={} file={id}", file.artifact_id));
+    caller.read(&s, &file.producer.pipeline).await?;
     let digest = Digest::from_hex(&file.sha256)?;
     let range = match parse_range(headers.get(header::RANGE), file.size) {
         Err(mut e) => {
@@ -132,6 +136,7 @@ pub(super) async fn stream_blob(
 
 pub(super) async fn files_content(
     State(s): State<AppState>,
+    caller: Caller,
     Json(req): Json<FetchFiles>,
 ) -> Result<Response, ApiError> {
     if req.ids.len() > BATCH_FILES {
@@ -148,6 +153,19 @@ pub(super) async fn files_content(
         check_id("file", id)?;
     }
     let files = s.db.get_files(&req.ids).await?;
+    // One check per pipeline, one audit resource per artifact.
+    let mut pipelines: Vec<&str> = files.iter().map(|f| f.producer.pipeline.as_str()).collect();
+    pipelines.sort_unstable();
+    pipelines.dedup();
+    let mut artifacts: Vec<&str> = files.iter().map(|f| f.artifact_id.as_str()).collect();
+    artifacts.sort_unstable();
+    artifacts.dedup();
+    for a in artifacts {
+        caller.note(format!("artifact={a}"));
+    }
+    for p in pipelines {
+        caller.read(&s, p).await?;
+    }
     let total: u64 = files.iter().map(|f| f.size).sum();
     if total > BATCH_BYTES {
         return Err(ApiError::new(

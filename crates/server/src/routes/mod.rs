@@ -1,6 +1,7 @@
 //! Routes of `/api/v1`: runs, artifacts, files and search here; uploads and
 //! content transfer in their own modules.
 
+mod admin;
 mod archive;
 mod content;
 mod pipelines;
@@ -16,6 +17,7 @@ use satchel_model::glob::Glob;
 use satchel_model::query::{self, Scope};
 use serde::Deserialize;
 
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::AppState;
@@ -36,6 +38,28 @@ pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
         .route("/artifacts/{id}/archive", get(pipelines::artifact_archive))
         .route("/resolve", post(pipelines::resolve))
         .route("/gha/tokens", post(crate::gha::mint_token))
+        .route("/pipelines", get(admin::list_pipelines))
+        .route(
+            "/admin/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/admin/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/admin/orgs", get(admin::list_orgs).post(admin::create_org))
+        .route(
+            "/admin/clusters",
+            get(admin::list_clusters).post(admin::create_cluster),
+        )
+        .route("/admin/pipelines", post(admin::create_pipeline))
+        .route("/admin/pipelines/{name}/move", post(admin::move_pipeline))
+        .route(
+            "/admin/rules",
+            get(admin::list_rules).post(admin::create_rule),
+        )
+        .route(
+            "/admin/rules/{id}",
+            axum::routing::delete(admin::delete_rule),
+        )
+        .route("/admin/audit", get(admin::audit))
         .route("/admin/gc", post(crate::maintenance::gc_handler))
         .route("/admin/fsck", post(crate::maintenance::fsck_handler))
         .route("/admin/keys", get(crate::maintenance::keys_handler))
@@ -105,8 +129,10 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 
 async fn list_runs(
     State(s): State<AppState>,
+    caller: Caller,
     Path(pipeline): Path<String>,
 ) -> Result<axum::Json<RunList>, ApiError> {
+    caller.read(&s, &pipeline).await?;
     Ok(axum::Json(RunList {
         runs: s.db.list_runs(&pipeline).await?,
     }))
@@ -114,8 +140,10 @@ async fn list_runs(
 
 async fn get_run(
     State(s): State<AppState>,
+    caller: Caller,
     Path((pipeline, run)): Path<(String, u64)>,
 ) -> Result<axum::Json<Run>, ApiError> {
+    caller.read(&s, &pipeline).await?;
     Ok(axum::Json(s.db.find_run(&pipeline, run).await?))
 }
 
@@ -128,9 +156,11 @@ struct ArtifactFilter {
 
 async fn list_artifacts(
     State(s): State<AppState>,
+    caller: Caller,
     Path((pipeline, run)): Path<(String, u64)>,
     Query(f): Query<ArtifactFilter>,
 ) -> Result<axum::Json<ArtifactList>, ApiError> {
+    caller.read(&s, &pipeline).await?;
     let run = s.db.find_run(&pipeline, run).await?;
     let artifacts: Vec<Artifact> =
         s.db.list_artifacts(&run.id)
@@ -156,9 +186,11 @@ struct SearchParams {
 
 async fn search(
     State(s): State<AppState>,
+    caller: Caller,
     Path((pipeline, run)): Path<(String, u64)>,
     Query(p): Query<SearchParams>,
 ) -> Result<axum::Json<FileList>, ApiError> {
+    caller.read(&s, &pipeline).await?;
     let glob = Glob::new(p.query.as_deref().unwrap_or("**"))?;
     let scope = Scope {
         job: p.job,
@@ -182,27 +214,39 @@ async fn search(
 
 async fn get_artifact(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ArtifactWithFiles>, ApiError> {
     check_id("artifact", &id)?;
     let artifact = s.db.get_artifact(&id).await?;
+    caller.note(format!("artifact={id}"));
+    caller.read(&s, &artifact.producer.pipeline).await?;
     let files = s.db.artifact_files(&id).await?;
     Ok(axum::Json(ArtifactWithFiles { artifact, files }))
 }
 
 async fn delete_artifact(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Artifact>, ApiError> {
     check_id("artifact", &id)?;
+    let artifact = s.db.get_artifact(&id).await?;
+    caller.note(format!("artifact={id}"));
+    caller
+        .delete(&s, &artifact.producer.pipeline, artifact.producer.run)
+        .await?;
     Ok(axum::Json(s.db.delete_artifact(&id).await?))
 }
 
 async fn get_file(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<FileInfo>, ApiError> {
     check_id("file", &id)?;
     let mut files = s.db.get_files(std::slice::from_ref(&id)).await?;
+    caller.note(format!("artifact={} file={id}", files[0].artifact_id));
+    caller.read(&s, &files[0].producer.pipeline).await?;
     Ok(axum::Json(files.remove(0)))
 }

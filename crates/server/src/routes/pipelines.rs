@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::archive::{tar_response, Member};
 use super::check_id;
 use super::uploads::{validate_branch_commit, validate_context, validate_expiry};
+use crate::access::{Acting, Caller};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::AppState;
@@ -30,6 +31,7 @@ fn validate_run_number(run: u64) -> Result<(), ApiError> {
 
 pub(super) async fn create_run(
     State(s): State<AppState>,
+    caller: Caller,
     Path(pipeline): Path<String>,
     Json(req): Json<NewRun>,
 ) -> Result<(StatusCode, axum::Json<Run>), ApiError> {
@@ -46,23 +48,35 @@ pub(super) async fn create_run(
         names::validate_key("pipeline", &t.pipeline)?;
         validate_run_number(t.run)?;
     }
+    caller.write(&s, &pipeline, &Acting::default()).await?;
+    // Pinning a source or naming a trigger reads that pipeline's runs.
+    for spec in req.sources.values() {
+        caller.read(&s, &spec.pipeline).await?;
+    }
+    if let Some(t) = &req.triggered_from {
+        caller.read(&s, &t.pipeline).await?;
+    }
     let run = s.db.create_run(&pipeline, &req).await?;
     Ok((StatusCode::CREATED, axum::Json(run)))
 }
 
 pub(super) async fn set_run_state(
     State(s): State<AppState>,
+    caller: Caller,
     Path((pipeline, run)): Path<(String, u64)>,
     Json(req): Json<SetRunState>,
 ) -> Result<axum::Json<Run>, ApiError> {
     names::validate_key("pipeline", &pipeline)?;
     validate_run_number(run)?;
     validate_branch_commit(req.branch.as_deref(), req.commit.as_deref())?;
+    caller.note(format!("run={run}"));
+    caller.write(&s, &pipeline, &Acting::default()).await?;
     Ok(axum::Json(s.db.set_run_state(&pipeline, run, &req).await?))
 }
 
 pub(super) async fn create_typed(
     State(s): State<AppState>,
+    caller: Caller,
     Json(mut req): Json<CreateTyped>,
 ) -> Result<(StatusCode, axum::Json<Artifact>), ApiError> {
     validate_context(&req.context)?;
@@ -74,6 +88,9 @@ pub(super) async fn create_typed(
             "`default` names a job's default artifact; choose another name",
         ));
     }
+    caller
+        .write(&s, &req.context.pipeline, &Acting::of(&req.context))
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(s.db.create_typed(&req, &s.limits.quotas).await?),
@@ -97,11 +114,13 @@ fn list_or_none(items: impl IntoIterator<Item = String>) -> String {
 
 pub(super) async fn resolve(
     State(s): State<AppState>,
+    caller: Caller,
     Json(req): Json<ResolveRequest>,
 ) -> Result<axum::Json<Resolved>, ApiError> {
     let ctx = &req.context;
     names::validate_key("pipeline", &ctx.pipeline)?;
     validate_run_number(ctx.run)?;
+    caller.read(&s, &ctx.pipeline).await?;
     let text = req.expr.trim();
     let inner = text
         .strip_prefix("$[")
@@ -117,6 +136,7 @@ pub(super) async fn resolve(
         None => here.clone(),
         Some(src) => {
             if let Some(spec) = req.sources.get(src) {
+                caller.read(&s, &spec.pipeline).await?;
                 let sel: RunSelector = spec
                     .run
                     .parse()
@@ -136,6 +156,7 @@ pub(super) async fn resolve(
             }
         }
     };
+    caller.read(&s, &run.pipeline).await?;
     let where_run = format!("run {} of pipeline {:?}", run.number, run.pipeline);
     // `jobs.` references mean the asking job's stage.
     let stage = match (&r.stage, &r.source) {
@@ -231,10 +252,13 @@ fn mtime_secs(rfc3339_ms: i64) -> u64 {
 
 pub(super) async fn artifact_archive(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id("artifact", &id)?;
     let artifact = s.db.get_artifact(&id).await?;
+    caller.note(format!("artifact={id}"));
+    caller.read(&s, &artifact.producer.pipeline).await?;
     if artifact.kind != "files" {
         return Err(ApiError::bad_request(format!(
             "artifact {:?} is an {} artifact without files; its value is {}",
@@ -270,12 +294,25 @@ pub(super) async fn artifact_archive(
 
 pub(super) async fn promote(
     State(s): State<AppState>,
+    caller: Caller,
     Json(req): Json<Promote>,
 ) -> Result<(StatusCode, axum::Json<Package>), ApiError> {
     check_id("artifact", &req.artifact_id)?;
     names::validate_key("repository", &req.repository)?;
     names::validate_key("package", &req.package)?;
     satchel_model::api::validate_version(&req.version).map_err(ApiError::bad_request)?;
+    let artifact = s.db.get_artifact(&req.artifact_id).await?;
+    caller.note(format!(
+        "artifact={} package={}/{}@{}",
+        req.artifact_id, req.repository, req.package, req.version
+    ));
+    let acting = Acting {
+        run: Some(artifact.producer.run),
+        job: None,
+    };
+    caller
+        .write(&s, &artifact.producer.pipeline, &acting)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(s.db.promote(&req).await?)))
 }
 
@@ -286,13 +323,47 @@ pub(super) struct PackageFilter {
 
 pub(super) async fn list_packages(
     State(s): State<AppState>,
+    caller: Caller,
     Path(repo): Path<String>,
     Query(f): Query<PackageFilter>,
 ) -> Result<axum::Json<PackageList>, ApiError> {
     names::validate_key("repository", &repo)?;
-    Ok(axum::Json(PackageList {
-        packages: s.db.list_packages(&repo, f.package.as_deref()).await?,
-    }))
+    caller.note(format!("repository={repo}"));
+    // Only packages from pipelines the caller may read are listed.
+    let mut readable = std::collections::HashMap::new();
+    let mut packages = Vec::new();
+    for p in s.db.list_packages(&repo, f.package.as_deref()).await? {
+        let from = p.origin.producer.pipeline.clone();
+        let ok = match readable.get(&from) {
+            Some(ok) => *ok,
+            None => {
+                let ok = caller.can_read(&s, &from).await?;
+                readable.insert(from, ok);
+                ok
+            }
+        };
+        if ok {
+            packages.push(p);
+        }
+    }
+    Ok(axum::Json(PackageList { packages }))
+}
+
+/// A package version the caller may read (that of its origin pipeline).
+async fn readable_package(
+    s: &AppState,
+    caller: &Caller,
+    repo: &str,
+    name: &str,
+    version: &str,
+) -> Result<PackageWithFiles, ApiError> {
+    let p = s.db.get_package(repo, name, version_arg(version)).await?;
+    caller.note(format!(
+        "package={repo}/{name}@{} artifact={}",
+        p.package.version, p.package.origin.artifact_id
+    ));
+    caller.read(s, &p.package.origin.producer.pipeline).await?;
+    Ok(p)
 }
 
 fn version_arg(v: &str) -> Option<&str> {
@@ -301,21 +372,20 @@ fn version_arg(v: &str) -> Option<&str> {
 
 pub(super) async fn get_package(
     State(s): State<AppState>,
+    caller: Caller,
     Path((repo, name, version)): Path<(String, String, String)>,
 ) -> Result<axum::Json<PackageWithFiles>, ApiError> {
     Ok(axum::Json(
-        s.db.get_package(&repo, &name, version_arg(&version))
-            .await?,
+        readable_package(&s, &caller, &repo, &name, &version).await?,
     ))
 }
 
 pub(super) async fn package_archive(
     State(s): State<AppState>,
+    caller: Caller,
     Path((repo, name, version)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let p =
-        s.db.get_package(&repo, &name, version_arg(&version))
-            .await?;
+    let p = readable_package(&s, &caller, &repo, &name, &version).await?;
     let now = mtime_secs(satchel_model::id::now_millis());
     let members = p
         .files
@@ -337,11 +407,10 @@ pub(super) async fn package_archive(
 
 pub(super) async fn package_file(
     State(s): State<AppState>,
+    caller: Caller,
     Path((repo, name, version, path)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let p =
-        s.db.get_package(&repo, &name, version_arg(&version))
-            .await?;
+    let p = readable_package(&s, &caller, &repo, &name, &version).await?;
     let Some(f) = p.files.iter().find(|f| f.path == path) else {
         return Err(ApiError::not_found(format!(
             "{repo}/{name}@{} has no file {path:?}",

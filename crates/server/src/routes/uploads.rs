@@ -39,6 +39,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
 use super::check_id;
+use crate::access::{Acting, Caller};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::AppState;
@@ -169,9 +170,13 @@ pub fn validate_manifest(req: &CreateUpload, limits: &crate::Limits) -> Result<(
 
 pub(super) async fn create(
     State(s): State<AppState>,
+    caller: Caller,
     Json(mut req): Json<CreateUpload>,
 ) -> Result<(StatusCode, axum::Json<UploadCreated>), ApiError> {
     validate_manifest(&req, &s.limits)?;
+    caller
+        .write(&s, &req.context.pipeline, &Acting::of(&req.context))
+        .await?;
     req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
     let plan = s.db.create_upload(&req, &s.limits.quotas).await?;
     Ok((
@@ -186,9 +191,26 @@ pub(super) async fn create(
     ))
 }
 
-async fn open_upload(s: &AppState, id: &str) -> Result<UploadNeeds, ApiError> {
+/// The upload `id`, if the caller may write as its job.
+async fn authorize_upload(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<UploadNeeds, ApiError> {
     check_id("upload", id)?;
     let needs = s.db.upload_needs(id).await?;
+    let p = &needs.producer;
+    caller.note(format!("upload={id}"));
+    let acting = Acting {
+        run: Some(p.run),
+        job: Some((p.job.clone(), p.attempt)),
+    };
+    caller.write(s, &p.pipeline, &acting).await?;
+    Ok(needs)
+}
+
+async fn open_upload(s: &AppState, caller: &Caller, id: &str) -> Result<UploadNeeds, ApiError> {
+    let needs = authorize_upload(s, caller, id).await?;
     if needs.state != "uploading" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -213,10 +235,11 @@ fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
 
 pub(super) async fn put_blob(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, hex)): Path<(String, String)>,
     body: Body,
 ) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
-    let needs = open_upload(&s, &id).await?;
+    let needs = open_upload(&s, &caller, &id).await?;
     let digest = Digest::from_hex(&hex)?;
     let hex = digest.to_hex();
     let size = expected_size(&needs, &hex)?;
@@ -285,10 +308,11 @@ fn check_chunk_list(
 
 pub(super) async fn chunks_missing(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, hex)): Path<(String, String)>,
     Json(list): Json<ChunkList>,
 ) -> Result<axum::Json<ChunksMissing>, ApiError> {
-    let needs = open_upload(&s, &id).await?;
+    let needs = open_upload(&s, &caller, &id).await?;
     let hex = Digest::from_hex(&hex)?.to_hex();
     let (_, chunks) = check_chunk_list(&needs, &hex, &list)?;
     let digests: Vec<Digest> = chunks.iter().map(|(_, d)| *d).collect();
@@ -305,10 +329,11 @@ pub(super) async fn chunks_missing(
 
 pub(super) async fn put_chunk(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, hex)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
-    open_upload(&s, &id).await?;
+    open_upload(&s, &caller, &id).await?;
     let digest = Digest::from_hex(&hex)?;
     let n = body.len() as u64;
     s.store.put_chunk(&digest, body).await?;
@@ -323,10 +348,11 @@ pub(super) async fn put_chunk(
 
 pub(super) async fn assemble(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, hex)): Path<(String, String)>,
     Json(list): Json<ChunkList>,
 ) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
-    let needs = open_upload(&s, &id).await?;
+    let needs = open_upload(&s, &caller, &id).await?;
     let digest = Digest::from_hex(&hex)?;
     let hex = digest.to_hex();
     let (size, chunks) = check_chunk_list(&needs, &hex, &list)?;
@@ -476,10 +502,11 @@ impl Packer {
 
 pub(super) async fn put_batch(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<axum::Json<BlobsStored>, ApiError> {
-    let needs = open_upload(&s, &id).await?;
+    let needs = open_upload(&s, &caller, &id).await?;
     // Each blob is announced to GC before it is stored, until recorded.
     let mut writing = s.blob_gate.writer();
     let mut reader = body_reader(body);
@@ -551,17 +578,19 @@ pub(super) async fn put_batch(
 
 pub(super) async fn finish(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<UploadFinished>, ApiError> {
-    check_id("upload", &id)?;
+    authorize_upload(&s, &caller, &id).await?;
     Ok(axum::Json(s.db.finish_upload(&id).await?))
 }
 
 pub(super) async fn abort(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_id("upload", &id)?;
+    authorize_upload(&s, &caller, &id).await?;
     s.db.abort_upload(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

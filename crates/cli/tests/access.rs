@@ -1,0 +1,848 @@
+//! Access control end to end, against the real binary: the permission
+//! matrix cell by cell (every scope × the token's run, another run of its
+//! pipeline, another pipeline of its cluster, other clusters with a rule,
+//! without one, with a condition that holds or not, another organization
+//! × valid, expired and revoked tokens × read, write, write as another
+//! job, delete), each denial found in the audit log; every read path
+//! behind the same check; tokens and rules through the CLI; job tokens in
+//! `satchel run`.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{rt, Server};
+use serde_json::{json, Value};
+
+const UPLOAD_CONTENT: &[u8] = b"matrix content\n";
+
+struct Api<'a> {
+    s: &'a Server,
+    http: reqwest::Client,
+}
+
+impl Api<'_> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        agent: &str,
+    ) -> (u16, Value) {
+        let mut rb = self
+            .http
+            .request(method, self.s.api(path))
+            .bearer_auth(token)
+            .header("user-agent", agent);
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let (status, v) = self
+            .call(method, path, &self.s.token, Some(&body), "setup")
+            .await;
+        assert!(status < 300, "{path}: {status} {v}");
+        v
+    }
+
+    async fn get_admin(&self, path: &str) -> Value {
+        let (status, v) = self
+            .call(reqwest::Method::GET, path, &self.s.token, None, "setup")
+            .await;
+        assert!(status < 300, "{path}: {status} {v}");
+        v
+    }
+
+    /// Uploads one file as `job` of `pipeline` run `run` with `token`;
+    /// returns the artifact id.
+    async fn upload(&self, token: &str, pipeline: &str, run: u64, job: &str) -> String {
+        let (status, plan) = self
+            .call(
+                reqwest::Method::POST,
+                "/uploads",
+                token,
+                Some(&manifest(pipeline, run, job)),
+                "setup",
+            )
+            .await;
+        assert_eq!(status, 201, "{plan}");
+        let id = plan["upload_id"].as_str().unwrap().to_string();
+        if !plan["missing"].as_array().unwrap().is_empty() {
+            let r = self
+                .http
+                .put(self.s.api(&format!(
+                    "/uploads/{id}/blobs/{}",
+                    common::sha(UPLOAD_CONTENT)
+                )))
+                .bearer_auth(token)
+                .body(UPLOAD_CONTENT)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let (status, done) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/uploads/{id}/finish"),
+                token,
+                None,
+                "setup",
+            )
+            .await;
+        assert_eq!(status, 200, "{done}");
+        done["artifact"]["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn manifest(pipeline: &str, run: u64, job: &str) -> Value {
+    json!({
+        "context": {"pipeline": pipeline, "run": run, "job": job, "stage": "st", "step": "s", "attempt": 1},
+        "files": [{
+            "path": "f.txt",
+            "size": UPLOAD_CONTENT.len(),
+            "sha256": common::sha(UPLOAD_CONTENT),
+            "mode": 420
+        }]
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scope {
+    Read,
+    Write,
+    Delete,
+    Admin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    Valid,
+    Expired,
+    Revoked,
+}
+
+/// What each target pipeline is to a token of pipeline `app` (cluster
+/// `build` of organization `acme`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    /// `app` itself, the token's run.
+    Own,
+    /// `app`, its other run.
+    OwnOtherRun,
+    /// `tool`: same cluster.
+    SameCluster,
+    /// `lib`: cluster `release`, with a rule `app` → `lib`.
+    RuleAllows,
+    /// `vault`: cluster `release`, no rule.
+    NoRule,
+    /// `gated`: cluster `release`, a rule when `source.build.branch == 'main'`.
+    Conditional,
+    /// `alien`: organization `other`.
+    OtherOrg,
+}
+
+impl Target {
+    const ALL: [Target; 7] = [
+        Target::Own,
+        Target::OwnOtherRun,
+        Target::SameCluster,
+        Target::RuleAllows,
+        Target::NoRule,
+        Target::Conditional,
+        Target::OtherOrg,
+    ];
+    fn pipeline(self) -> &'static str {
+        match self {
+            Target::Own | Target::OwnOtherRun => "app",
+            Target::SameCluster => "tool",
+            Target::RuleAllows => "lib",
+            Target::NoRule => "vault",
+            Target::Conditional => "gated",
+            Target::OtherOrg => "alien",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Read,
+    Write,
+    /// An upload as another job (`k`) of the run.
+    WriteAsOtherJob,
+    Delete,
+}
+
+/// The documented model (docs/security.md), stated independently of the
+/// server's code: the expected status of one cell.
+fn expected(scope: Scope, state: State, main_build: bool, target: Target, action: Action) -> u16 {
+    if state != State::Valid {
+        return 401;
+    }
+    if target == Target::OtherOrg {
+        return 403;
+    }
+    if scope == Scope::Admin {
+        return ok(action);
+    }
+    let has = matches!(
+        (scope, action),
+        (Scope::Read, Action::Read)
+            | (Scope::Write, Action::Write | Action::WriteAsOtherJob)
+            | (Scope::Delete, Action::Delete)
+    );
+    if !has {
+        return 403;
+    }
+    let allowed = match action {
+        // Job tokens write and delete only in their own run of their own
+        // pipeline.
+        Action::Write | Action::Delete => target == Target::Own,
+        Action::WriteAsOtherJob => false,
+        Action::Read => match target {
+            Target::Own | Target::OwnOtherRun | Target::SameCluster | Target::RuleAllows => true,
+            Target::NoRule | Target::OtherOrg => false,
+            Target::Conditional => main_build,
+        },
+    };
+    if allowed {
+        ok(action)
+    } else {
+        403
+    }
+}
+
+fn ok(action: Action) -> u16 {
+    match action {
+        Action::Read | Action::Delete => 200,
+        Action::Write | Action::WriteAsOtherJob => 201,
+    }
+}
+
+#[test]
+fn permission_matrix_cell_by_cell_with_every_denial_audited() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_with(data.path(), &[("SATCHEL_MAX_AUTH_FAILURES", "100000")]);
+    rt().block_on(async {
+        let api = Api {
+            s: &s,
+            http: reqwest::Client::new(),
+        };
+        use reqwest::Method;
+        // Two organizations, three clusters, six pipelines.
+        api.admin(Method::POST, "/admin/orgs", json!({"name": "acme"})).await;
+        api.admin(Method::POST, "/admin/orgs", json!({"name": "other"})).await;
+        for (org, c) in [("acme", "build"), ("acme", "release"), ("other", "x")] {
+            api.admin(Method::POST, "/admin/clusters", json!({"name": c, "org": org}))
+                .await;
+        }
+        for (p, org, c) in [
+            ("app", "acme", "build"),
+            ("tool", "acme", "build"),
+            ("lib", "acme", "release"),
+            ("vault", "acme", "release"),
+            ("gated", "acme", "release"),
+            ("alien", "other", "x"),
+        ] {
+            api.admin(
+                Method::POST,
+                "/admin/pipelines",
+                json!({"name": p, "org": org, "cluster": c}),
+            )
+            .await;
+        }
+        let rule = |target: &str, condition: Option<&str>| {
+            json!({"type": "pipeline.artifacts_read.pipeline", "org": "acme",
+                   "source": {"pipeline": "app"}, "target": {"pipeline": target},
+                   "condition": condition})
+        };
+        api.admin(Method::POST, "/admin/rules", rule("lib", None)).await;
+        api.admin(
+            Method::POST,
+            "/admin/rules",
+            rule("gated", Some("source.build.branch == 'main'")),
+        )
+        .await;
+        // Run 1 of app is on main, run 2 on dev; every pipeline has run 1
+        // with a finished artifact.
+        for branch in ["main", "dev"] {
+            api.admin(Method::POST, "/pipelines/app/runs", json!({"branch": branch}))
+                .await;
+        }
+        for t in Target::ALL {
+            api.upload(&s.token, t.pipeline(), 1, "seed").await;
+        }
+        api.upload(&s.token, "app", 2, "seed").await;
+
+        // The tokens: job tokens of app (runs 1 and 2, job `j`) for each
+        // non-admin scope, an admin token narrowed to app; each valid,
+        // expired and revoked.
+        struct Tok {
+            scope: Scope,
+            state: State,
+            main: bool,
+            id: String,
+            secret: String,
+        }
+        let mut toks = Vec::new();
+        for scope in [Scope::Read, Scope::Write, Scope::Delete, Scope::Admin] {
+            for state in [State::Valid, State::Expired, State::Revoked] {
+                for main in [true, false] {
+                    if scope == Scope::Admin && !main {
+                        continue;
+                    }
+                    let name = format!("{scope:?}").to_lowercase();
+                    let mut req = json!({
+                        "name": format!("{name}-{state:?}-{main}"),
+                        "scopes": [name],
+                        "org": "acme", "cluster": "build", "pipeline": "app",
+                    });
+                    if scope != Scope::Admin {
+                        req["run"] = json!(if main { 1 } else { 2 });
+                        req["job"] = json!("j");
+                    }
+                    if state == State::Expired {
+                        req["expires_in_secs"] = json!(1);
+                    }
+                    let t = api.admin(Method::POST, "/admin/tokens", req).await;
+                    let secret = t["token"].as_str().unwrap().to_string();
+                    assert!(secret.starts_with("satchel_") && secret.len() >= 8 + 32);
+                    let id = t["id"].as_str().unwrap().to_string();
+                    if state == State::Revoked {
+                        api.admin(Method::POST, &format!("/admin/tokens/{id}/revoke"), json!({}))
+                            .await;
+                    }
+                    toks.push(Tok {
+                        scope,
+                        state,
+                        main,
+                        id,
+                        secret,
+                    });
+                }
+            }
+        }
+        // Let the expired ones expire.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+
+        let mut denials: BTreeMap<String, (String, u16)> = BTreeMap::new();
+        let mut cells = 0;
+        for (ti, t) in toks.iter().enumerate() {
+            let run = if t.main { 1 } else { 2 };
+            for target in Target::ALL {
+                let p = target.pipeline();
+                // Reads and deletes of the own pipeline act in the token's
+                // run; of the others in run 1.
+                let target_run = match target {
+                    Target::Own => run,
+                    Target::OwnOtherRun => 3 - run,
+                    _ => 1,
+                };
+                for action in [
+                    Action::Read,
+                    Action::Write,
+                    Action::WriteAsOtherJob,
+                    Action::Delete,
+                ] {
+                    let want = expected(t.scope, t.state, t.main, target, action);
+                    let agent = format!("matrix-{ti}-{p}-{action:?}");
+                    let (got, body) = match action {
+                        Action::Read => {
+                            api.call(
+                                Method::GET,
+                                &format!("/pipelines/{p}/runs/{target_run}/search?query=**"),
+                                &t.secret,
+                                None,
+                                &agent,
+                            )
+                            .await
+                        }
+                        Action::Write | Action::WriteAsOtherJob => {
+                            let job = if action == Action::Write { "j" } else { "k" };
+                            api.call(
+                                Method::POST,
+                                "/uploads",
+                                &t.secret,
+                                Some(&manifest(p, target_run, job)),
+                                &agent,
+                            )
+                            .await
+                        }
+                        Action::Delete => {
+                            // A fresh artifact for each cell, so an allowed
+                            // delete never meets a deleted one.
+                            let id = api.upload(&s.token, p, target_run, &format!("d{ti}")).await;
+                            api.call(
+                                Method::DELETE,
+                                &format!("/artifacts/{id}"),
+                                &t.secret,
+                                None,
+                                &agent,
+                            )
+                            .await
+                        }
+                    };
+                    assert_eq!(
+                        got, want,
+                        "token {:?}/{:?}/main={} {action:?} {p}: {body}",
+                        t.scope, t.state, t.main
+                    );
+                    if want == 200 && action == Action::Read {
+                        let files = body["files"].as_array().unwrap();
+                        assert!(!files.is_empty(), "{agent}: a read sees the files");
+                    }
+                    if want == 403 {
+                        let msg = body["error"]["message"].as_str().unwrap_or_default();
+                        if target == Target::NoRule && t.scope == Scope::Read && action == Action::Read {
+                            assert!(
+                                msg.contains("satchel admin rule create pipeline.artifacts_read.pipeline --source app --target vault"),
+                                "the denial names the missing rule: {msg}"
+                            );
+                        }
+                    }
+                    if want >= 400 {
+                        denials.insert(agent, (t.id.clone(), want));
+                    }
+                    cells += 1;
+                }
+            }
+        }
+        assert_eq!(cells, 21 * 7 * 4);
+
+        // Every denial is in the audit log, with its token and status.
+        let mut found: BTreeMap<String, Value> = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = "/admin/audit?denied=true&limit=1000".to_string();
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = api.get_admin(&path).await;
+            for e in page["entries"].as_array().unwrap() {
+                assert_eq!(e["allowed"], false, "{e}");
+                if let Some(ua) = e["user_agent"].as_str() {
+                    found.insert(ua.to_string(), e.clone());
+                }
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        for (agent, (token, status)) in &denials {
+            let e = found
+                .get(agent)
+                .unwrap_or_else(|| panic!("denial {agent} is not in the audit log"));
+            assert_eq!(e["status"], *status, "{e}");
+            assert_eq!(e["token_id"].as_str(), Some(token.as_str()), "{e}");
+            let reason = e["reason"].as_str().unwrap_or_default();
+            if *status == 401 {
+                assert!(reason.contains("revoked") || reason.contains("expired"), "{e}");
+            } else {
+                assert!(
+                    reason.contains("token") || reason.contains("rule"),
+                    "the reason is the decision's: {e}"
+                );
+            }
+            assert!(e["action"].as_str().unwrap().contains("/api/v1/"), "{e}");
+        }
+        // And allowed requests are recorded as allowed (with no secret).
+        let all = api.get_admin("/admin/audit?limit=1000").await;
+        let text = all.to_string();
+        for t in &toks {
+            assert!(!text.contains(&t.secret), "a secret leaked into the audit log");
+        }
+        assert!(all["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["allowed"] == true && e["user_agent"].as_str().is_some_and(|u| u.starts_with("matrix-"))));
+        eprintln!(
+            "permission matrix: {cells} cells, {} denials, all audited",
+            denials.len()
+        );
+    });
+}
+
+/// Every way to read another cluster's artifacts asks the same rule: each
+/// is refused without one and works once a cluster rule allows it. A
+/// GitHub Actions runtime token is bound by the token that minted it, and
+/// stops working when that token is revoked.
+#[test]
+fn every_read_path_asks_the_same_rule() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    rt().block_on(async {
+        use reqwest::Method;
+        let api = Api {
+            s: &s,
+            http: reqwest::Client::new(),
+        };
+        api.admin(Method::POST, "/admin/clusters", json!({"name": "release"}))
+            .await;
+        api.admin(
+            Method::POST,
+            "/admin/pipelines",
+            json!({"name": "lib", "cluster": "release"}),
+        )
+        .await;
+        let lib_artifact = api.upload(&s.token, "lib", 1, "build").await;
+        let lib_file = api.get_admin(&format!("/artifacts/{lib_artifact}")).await["files"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        api.admin(
+            Method::POST,
+            "/packages",
+            json!({"artifact_id": lib_artifact, "repository": "r", "package": "lib", "version": "1.0"}),
+        )
+        .await;
+        // A token of the default cluster that may read and write.
+        let t = api
+            .admin(
+                Method::POST,
+                "/admin/tokens",
+                json!({"name": "reader", "scopes": ["read", "write"]}),
+            )
+            .await;
+        let (token, token_id) = (
+            t["token"].as_str().unwrap().to_string(),
+            t["id"].as_str().unwrap().to_string(),
+        );
+        // Its own pipeline (created in its cluster by its first upload).
+        let own = api.upload(&token, "app", 1, "build").await;
+        let home = api.get_admin("/pipelines").await;
+        assert!(
+            home["pipelines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "app" && p["cluster"] == "default"),
+            "{home}"
+        );
+
+        let get = |path: String| (Method::GET, path, None::<Value>);
+        let post = |path: &str, body: Value| (Method::POST, path.to_string(), Some(body));
+        let reads = vec![
+            get("/pipelines/lib/runs".into()),
+            get("/pipelines/lib/runs/1".into()),
+            get("/pipelines/lib/runs/1/artifacts".into()),
+            get("/pipelines/lib/runs/1/search?query=**".into()),
+            get(format!("/artifacts/{lib_artifact}")),
+            get(format!("/artifacts/{lib_artifact}/archive")),
+            get(format!("/files/{lib_file}")),
+            get(format!("/files/{lib_file}/content")),
+            post("/files/content", json!({"ids": [lib_file]})),
+            post(
+                "/resolve",
+                json!({"context": {"pipeline": "app", "run": 1},
+                       "expr": "$[sources.up.stages.st.build.s.artifacts.default]",
+                       "sources": {"up": {"pipeline": "lib", "run": "latest"}}}),
+            ),
+            post(
+                "/pipelines/app/runs",
+                json!({"sources": {"up": {"pipeline": "lib", "run": "latest"}}}),
+            ),
+            get("/packages/r/lib/1.0".into()),
+            get("/packages/r/lib/1.0/archive".into()),
+            get("/packages/r/lib/1.0/files/f.txt".into()),
+        ];
+        for (m, path, body) in &reads {
+            let (status, v) = api.call(m.clone(), path, &token, body.as_ref(), "reads").await;
+            assert_eq!(status, 403, "{m} {path} without a rule: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--source-cluster default --target lib"),
+                "{path}: {v}"
+            );
+        }
+        // Lists leave out what the token cannot read.
+        let (_, packages) = api.call(Method::GET, "/packages/r", &token, None, "reads").await;
+        assert_eq!(packages["packages"], json!([]), "{packages}");
+        let (_, pipelines) = api.call(Method::GET, "/pipelines", &token, None, "reads").await;
+        let names: Vec<&str> = pipelines["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["app"]);
+
+        // One cluster rule opens every path.
+        api.admin(
+            Method::POST,
+            "/admin/rules",
+            json!({"type": "pipeline.artifacts_read.pipeline",
+                   "source": {"cluster": "default"}, "target": {"cluster": "release"}}),
+        )
+        .await;
+        for (m, path, body) in &reads {
+            let (status, v) = api.call(m.clone(), path, &token, body.as_ref(), "reads").await;
+            assert!(status == 200 || status == 201, "{m} {path} with a rule: {status} {v}");
+        }
+        let (_, packages) = api.call(Method::GET, "/packages/r", &token, None, "reads").await;
+        assert_eq!(packages["packages"].as_array().unwrap().len(), 1);
+        // Reading is not writing: a rule never lets it write there.
+        let (status, _) = api
+            .call(Method::POST, "/uploads", &token, Some(&manifest("lib", 1, "x")), "w")
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = api
+            .call(Method::DELETE, &format!("/artifacts/{own}"), &token, None, "w")
+            .await;
+        assert_eq!(status, 403, "no delete scope");
+        // Server-wide maintenance needs the bootstrap token.
+        let (status, _) = api
+            .call(Method::POST, "/admin/gc", &token, Some(&json!({})), "w")
+            .await;
+        assert_eq!(status, 403);
+
+        // A GitHub Actions runtime token minted with it acts as it does,
+        // and dies with it.
+        let (status, gha) = api
+            .call(
+                Method::POST,
+                "/gha/tokens",
+                &token,
+                Some(&json!({"pipeline": "app", "run": 1, "job": "build"})),
+                "gha",
+            )
+            .await;
+        assert_eq!(status, 200, "{gha}");
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/gha/tokens",
+                &token,
+                Some(&json!({"pipeline": "lib", "run": 1, "job": "build"})),
+                "gha",
+            )
+            .await;
+        assert_eq!(status, 403, "no runtime token for another cluster's pipeline");
+        let runtime = gha["token"].as_str().unwrap();
+        let list = |runtime: String| {
+            let http = api.http.clone();
+            let url = format!(
+                "{}/twirp/github.actions.results.api.v1.ArtifactService/ListArtifacts",
+                s.url
+            );
+            async move {
+                http.post(url)
+                    .bearer_auth(runtime)
+                    .json(&json!({"workflow_run_backend_id": "satchel.app.1",
+                                  "workflow_job_run_backend_id": "build"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(list(runtime.to_string()).await, 200);
+        api.admin(Method::POST, &format!("/admin/tokens/{token_id}/revoke"), json!({}))
+            .await;
+        assert_eq!(list(runtime.to_string()).await, 401, "revoked with its minter");
+        let (status, v) = api.call(Method::GET, "/pipelines", &token, None, "after").await;
+        assert_eq!(status, 401, "revocation takes effect on the next request: {v}");
+    });
+}
+
+/// `satchel admin token|cluster|pipeline|rule|audit` from the command
+/// line: the secret is printed once and never listed; revocation works on
+/// the next request; denials show in `audit --denied`.
+#[test]
+fn tokens_rules_and_audit_from_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let admin = s.agent(work.path(), "app", 1, "j");
+    admin.ok(&["admin", "cluster", "create", "release"]);
+    admin.ok(&["admin", "pipeline", "create", "lib", "--cluster", "release"]);
+    let created: Value = serde_json::from_str(&admin.ok(&[
+        "admin",
+        "token",
+        "create",
+        "--scope",
+        "read,write",
+        "--pipeline",
+        "app",
+        "--name",
+        "ci reader",
+        "--expires-in",
+        "2h",
+        "--json",
+    ]))
+    .unwrap();
+    let (id, secret) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["token"].as_str().unwrap().to_string(),
+    );
+    assert!(secret.starts_with("satchel_"));
+    let listed = admin.ok(&["admin", "token", "list", "--json"]);
+    assert!(listed.contains(&id) && listed.contains("ci reader"));
+    assert!(!listed.contains(&secret), "lists never show a secret");
+    let text = admin.ok(&["admin", "token", "list"]);
+    assert!(text.contains(&id) && text.contains("live"), "{text}");
+
+    // The token works as itself: uploads to its pipeline, is refused
+    // elsewhere with the reason, and cannot administer.
+    common::write(work.path(), "a.txt", b"a\n");
+    admin
+        .clone()
+        .env("SATCHEL_PIPELINE", "lib")
+        .ok(&["artifact", "upload", "a.txt"]);
+    let me = admin.clone().env("SATCHEL_TOKEN", &secret);
+    me.ok(&["artifact", "upload", "a.txt"]);
+    let e = me
+        .clone()
+        .env("SATCHEL_PIPELINE", "lib")
+        .fails(&["artifact", "upload", "a.txt"]);
+    assert!(e.contains("is in cluster \"release\""), "{e}");
+    let e = me.fails(&["admin", "token", "list"]);
+    assert!(e.contains("lacks the `admin` scope"), "{e}");
+    let e = me
+        .clone()
+        .env("SATCHEL_PIPELINE", "lib")
+        .fails(&["artifact", "search", "**"]);
+    assert!(e.contains("--source app --target lib"), "{e}");
+
+    // A rule for it, as Buildkite spells it, lets it read lib.
+    let rule = admin.ok(&[
+        "admin",
+        "rule",
+        "create",
+        "pipeline.artifacts_read.pipeline",
+        "--source",
+        "app",
+        "--target",
+        "lib",
+    ]);
+    let rule_id = rule.trim().to_string();
+    assert!(admin.ok(&["admin", "rule", "list"]).contains(&rule_id));
+    let e = admin.fails(&[
+        "admin",
+        "rule",
+        "create",
+        "pipeline.artifacts_read.pipeline",
+        "--source",
+        "app",
+        "--target",
+        "lib",
+        "--condition",
+        "source.build.branch = main",
+    ]);
+    assert!(e.contains("--condition"), "{e}");
+    me.clone()
+        .env("SATCHEL_PIPELINE", "lib")
+        .ok(&["artifact", "search", "**"]);
+    admin.ok(&["admin", "rule", "delete", &rule_id]);
+
+    admin.ok(&["admin", "token", "revoke", &id]);
+    let e = me.fails(&["artifact", "search", "**"]);
+    assert!(e.contains("revoked"), "{e}");
+    assert!(admin.ok(&["admin", "token", "list"]).contains("revoked"));
+
+    let denied = admin.ok(&["admin", "audit", "--denied", "--json", "--since", "1h"]);
+    let entries: Vec<Value> = denied
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(entries.iter().all(|e| e["allowed"] == false));
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e["token_id"] == id.as_str())
+            .count()
+            >= 4,
+        "{denied}"
+    );
+    let mine = admin.ok(&["admin", "audit", "--token-id", &id, "--limit", "3"]);
+    assert_eq!(mine.lines().count(), 3, "{mine}");
+}
+
+/// `satchel run` gives each job a token of its own: steps upload as their
+/// job and no other, cannot administer, and the token is revoked when the
+/// job ends.
+#[test]
+fn satchel_run_gives_each_job_its_own_token() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let file = work.path().join("pipeline.yml");
+    std::fs::write(
+        &file,
+        r#"name: jobs
+stages:
+  - key: s
+    jobs:
+      - key: a
+        steps:
+          - run: |
+              set -e
+              case "$SATCHEL_TOKEN" in satchel_*) ;; *) echo "not a job token"; exit 1;; esac
+              echo hi > out.txt
+              satchel artifact upload out.txt
+              if SATCHEL_JOB=b satchel artifact upload out.txt 2> other.txt; then echo "uploaded as job b"; exit 1; fi
+              grep -q 'uploads as job "a" attempt 1' other.txt
+              if satchel admin token list 2> admin.txt; then echo "administered"; exit 1; fi
+              grep -q "lacks the .admin. scope" admin.txt
+              echo "$SATCHEL_TOKEN" > "$SATCHEL_SOURCE_DIR/token-a"
+  - key: t
+    jobs:
+      - key: b
+        steps:
+          - run: satchel artifact search '**' --job a
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["run", "--server", &s.url, "--token", &s.token])
+        .arg(&file)
+        .env_remove("SATCHEL_BRANCH")
+        .env_remove("SATCHEL_COMMIT")
+        .arg("--work-dir")
+        .arg(work.path().join("w"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("out.txt"), "job b found a's file: {text}");
+    let job_token = std::fs::read_to_string(work.path().join("token-a")).unwrap();
+    assert_ne!(job_token.trim(), s.token);
+    let agent = s.agent(work.path(), "jobs", 1, "a");
+    let list: Value =
+        serde_json::from_str(&agent.ok(&["admin", "token", "list", "--json"])).unwrap();
+    let jobs: Vec<&Value> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["pipeline"] == "jobs")
+        .collect();
+    assert_eq!(jobs.len(), 2, "{list}");
+    for t in jobs {
+        assert!(
+            t["revoked_at"].is_string(),
+            "revoked when its job ended: {t}"
+        );
+        assert_eq!(t["run"], 1);
+        assert!(t["expires_at"].is_string());
+    }
+    let e = agent
+        .clone()
+        .env("SATCHEL_TOKEN", job_token.trim())
+        .fails(&["artifact", "search", "**"]);
+    assert!(e.contains("revoked"), "{e}");
+}
