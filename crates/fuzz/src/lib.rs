@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pack_index", pack_index_target),
     ("blob_batch", blob_batch_target),
     ("file_batch", file_batch_target),
+    ("condition", condition_target),
 ];
 
 /// Splits at the first NUL: two inputs from one.
@@ -209,4 +210,30 @@ pub fn file_batch_target(data: &[u8]) {
     if reader.finish().is_ok() {
         assert_eq!(again, body, "re-encoding differs");
     }
+}
+
+/// Rule conditions (`source.build.branch == 'main' || …`): parsing never
+/// panics; a parsed condition never holds for a reader whose build is
+/// unknown (a condition is never met by not knowing), and evaluating it
+/// against any build never panics.
+pub fn condition_target(data: &[u8]) {
+    use satchel_model::access::{BuildFacts, Condition, MAX_CONDITION_BYTES};
+    let (text, facts) = two(data);
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let Ok(c) = Condition::parse(text) else {
+        return;
+    };
+    assert!(text.len() <= MAX_CONDITION_BYTES, "an over-long condition parsed");
+    assert!(!c.holds(&BuildFacts::default()), "{text:?} holds for an unknown build");
+    let f = String::from_utf8_lossy(facts);
+    let mut parts = f.split('\n').map(str::to_string);
+    let build = BuildFacts {
+        pipeline: parts.next(),
+        number: parts.next().and_then(|n| n.parse().ok()),
+        branch: parts.next(),
+        commit: parts.next(),
+    };
+    let _ = c.holds(&build);
 }
