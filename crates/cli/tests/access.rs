@@ -52,6 +52,11 @@ impl Api<'_> {
         v
     }
 
+    async fn get_admin_status(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, &self.s.token, None, "setup")
+            .await
+    }
+
     async fn get_admin(&self, path: &str) -> Value {
         let (status, v) = self
             .call(reqwest::Method::GET, path, &self.s.token, None, "setup")
@@ -63,14 +68,22 @@ impl Api<'_> {
     /// Uploads one file as `job` of `pipeline` run `run` with `token`;
     /// returns the artifact id.
     async fn upload(&self, token: &str, pipeline: &str, run: u64, job: &str) -> String {
+        self.upload_named(token, pipeline, run, job, None).await
+    }
+
+    /// The same, into artifact `name` (none: the job's default).
+    async fn upload_named(
+        &self,
+        token: &str,
+        pipeline: &str,
+        run: u64,
+        job: &str,
+        name: Option<&str>,
+    ) -> String {
+        let mut m = manifest(pipeline, run, job);
+        m["name"] = json!(name);
         let (status, plan) = self
-            .call(
-                reqwest::Method::POST,
-                "/uploads",
-                token,
-                Some(&manifest(pipeline, run, job)),
-                "setup",
-            )
+            .call(reqwest::Method::POST, "/uploads", token, Some(&m), "setup")
             .await;
         assert_eq!(status, 201, "{plan}");
         let id = plan["upload_id"].as_str().unwrap().to_string();
@@ -180,9 +193,18 @@ enum Action {
     Delete,
 }
 
+/// What a token is narrowed to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// A job token of app: job `j` of run 1 (on `main`) or 2 (on `dev`).
+    Job { main: bool },
+    /// A token of cluster `build`, not narrowed.
+    Cluster,
+}
+
 /// The documented model (docs/security.md), stated independently of the
 /// server's code: the expected status of one cell.
-fn expected(scope: Scope, state: State, main_build: bool, target: Target, action: Action) -> u16 {
+fn expected(scope: Scope, state: State, kind: Kind, target: Target, action: Action) -> u16 {
     if state != State::Valid {
         return 401;
     }
@@ -201,15 +223,24 @@ fn expected(scope: Scope, state: State, main_build: bool, target: Target, action
     if !has {
         return 403;
     }
-    let allowed = match action {
+    let in_cluster = matches!(
+        target,
+        Target::Own | Target::OwnOtherRun | Target::SameCluster
+    );
+    let allowed = match (kind, action) {
         // Job tokens write and delete only in their own run of their own
-        // pipeline.
-        Action::Write | Action::Delete => target == Target::Own,
-        Action::WriteAsOtherJob => false,
-        Action::Read => match target {
-            Target::Own | Target::OwnOtherRun | Target::SameCluster | Target::RuleAllows => true,
-            Target::NoRule | Target::OtherOrg => false,
-            Target::Conditional => main_build,
+        // pipeline, as their own job.
+        (Kind::Job { .. }, Action::Write | Action::Delete) => target == Target::Own,
+        (Kind::Job { .. }, Action::WriteAsOtherJob) => false,
+        // Cluster tokens anywhere in their cluster, as any job.
+        (Kind::Cluster, Action::Write | Action::WriteAsOtherJob | Action::Delete) => in_cluster,
+        (_, Action::Read) => match target {
+            _ if in_cluster => true,
+            // The rules name app as the reader: a token of app only.
+            Target::RuleAllows => matches!(kind, Kind::Job { .. }),
+            // Its condition looks at the reading build: a job token's.
+            Target::Conditional => kind == Kind::Job { main: true },
+            _ => false,
         },
     };
     if allowed {
@@ -281,30 +312,31 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
         }
         api.upload(&s.token, "app", 2, "seed").await;
 
-        // The tokens: job tokens of app (runs 1 and 2, job `j`) for each
-        // non-admin scope, an admin token narrowed to app; each valid,
-        // expired and revoked.
+        // The tokens: for each non-admin scope, job tokens of app (runs 1
+        // and 2, job `j`) and a token of cluster build; an admin token of
+        // cluster build; each valid, expired and revoked.
         struct Tok {
             scope: Scope,
             state: State,
-            main: bool,
+            kind: Kind,
             id: String,
             secret: String,
         }
         let mut toks = Vec::new();
         for scope in [Scope::Read, Scope::Write, Scope::Delete, Scope::Admin] {
             for state in [State::Valid, State::Expired, State::Revoked] {
-                for main in [true, false] {
-                    if scope == Scope::Admin && !main {
+                for kind in [Kind::Job { main: true }, Kind::Job { main: false }, Kind::Cluster] {
+                    if scope == Scope::Admin && kind != Kind::Cluster {
                         continue;
                     }
                     let name = format!("{scope:?}").to_lowercase();
                     let mut req = json!({
-                        "name": format!("{name}-{state:?}-{main}"),
+                        "name": format!("{name}-{state:?}-{kind:?}"),
                         "scopes": [name],
-                        "org": "acme", "cluster": "build", "pipeline": "app",
+                        "org": "acme", "cluster": "build",
                     });
-                    if scope != Scope::Admin {
+                    if let Kind::Job { main } = kind {
+                        req["pipeline"] = json!("app");
                         req["run"] = json!(if main { 1 } else { 2 });
                         req["job"] = json!("j");
                     }
@@ -322,7 +354,7 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
                     toks.push(Tok {
                         scope,
                         state,
-                        main,
+                        kind,
                         id,
                         secret,
                     });
@@ -332,10 +364,11 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
         // Let the expired ones expire.
         std::thread::sleep(std::time::Duration::from_millis(1100));
 
+        // Keyed by the cell's user agent, unique per cell.
         let mut denials: BTreeMap<String, (String, u16)> = BTreeMap::new();
         let mut cells = 0;
         for (ti, t) in toks.iter().enumerate() {
-            let run = if t.main { 1 } else { 2 };
+            let run = if t.kind == (Kind::Job { main: false }) { 2 } else { 1 };
             for target in Target::ALL {
                 let p = target.pipeline();
                 // Reads and deletes of the own pipeline act in the token's
@@ -351,8 +384,8 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
                     Action::WriteAsOtherJob,
                     Action::Delete,
                 ] {
-                    let want = expected(t.scope, t.state, t.main, target, action);
-                    let agent = format!("matrix-{ti}-{p}-{action:?}");
+                    let want = expected(t.scope, t.state, t.kind, target, action);
+                    let agent = format!("matrix-{ti}-{target:?}-{action:?}");
                     let (got, body) = match action {
                         Action::Read => {
                             api.call(
@@ -376,9 +409,11 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
                             .await
                         }
                         Action::Delete => {
-                            // A fresh artifact for each cell, so an allowed
-                            // delete never meets a deleted one.
-                            let id = api.upload(&s.token, p, target_run, &format!("d{ti}")).await;
+                            // A fresh artifact of job j for each cell, so an
+                            // allowed delete never meets a deleted one.
+                            let id = api
+                                .upload_named(&s.token, p, target_run, "j", Some(&agent))
+                                .await;
                             api.call(
                                 Method::DELETE,
                                 &format!("/artifacts/{id}"),
@@ -391,8 +426,8 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
                     };
                     assert_eq!(
                         got, want,
-                        "token {:?}/{:?}/main={} {action:?} {p}: {body}",
-                        t.scope, t.state, t.main
+                        "token {:?}/{:?}/{:?} {action:?} {p}: {body}",
+                        t.scope, t.state, t.kind
                     );
                     if want == 200 && action == Action::Read {
                         let files = body["files"].as_array().unwrap();
@@ -400,7 +435,11 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
                     }
                     if want == 403 {
                         let msg = body["error"]["message"].as_str().unwrap_or_default();
-                        if target == Target::NoRule && t.scope == Scope::Read && action == Action::Read {
+                        if target == Target::NoRule
+                            && t.scope == Scope::Read
+                            && action == Action::Read
+                            && matches!(t.kind, Kind::Job { .. })
+                        {
                             assert!(
                                 msg.contains("satchel admin rule create pipeline.artifacts_read.pipeline --source app --target vault"),
                                 "the denial names the missing rule: {msg}"
@@ -408,13 +447,13 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
                         }
                     }
                     if want >= 400 {
-                        denials.insert(agent, (t.id.clone(), want));
+                        assert!(denials.insert(agent, (t.id.clone(), want)).is_none());
                     }
                     cells += 1;
                 }
             }
         }
-        assert_eq!(cells, 21 * 7 * 4);
+        assert_eq!(cells, 30 * 7 * 4);
 
         // Every denial is in the audit log, with its token and status.
         let mut found: BTreeMap<String, Value> = BTreeMap::new();
@@ -453,17 +492,34 @@ fn permission_matrix_cell_by_cell_with_every_denial_audited() {
             }
             assert!(e["action"].as_str().unwrap().contains("/api/v1/"), "{e}");
         }
-        // And allowed requests are recorded as allowed (with no secret).
-        let all = api.get_admin("/admin/audit?limit=1000").await;
-        let text = all.to_string();
+        // And allowed requests are recorded as allowed, and no secret is
+        // anywhere in the log.
+        let (mut text, mut allowed, mut cursor) = (String::new(), 0, None::<String>);
+        loop {
+            let mut path = "/admin/audit?limit=1000".to_string();
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = api.get_admin(&path).await;
+            text.push_str(&page["entries"].to_string());
+            allowed += page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    e["allowed"] == true
+                        && e["user_agent"].as_str().is_some_and(|u| u.starts_with("matrix-"))
+                })
+                .count();
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
         for t in &toks {
             assert!(!text.contains(&t.secret), "a secret leaked into the audit log");
         }
-        assert!(all["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["allowed"] == true && e["user_agent"].as_str().is_some_and(|u| u.starts_with("matrix-"))));
+        assert_eq!(allowed, cells - denials.len(), "every allowed cell is recorded");
         eprintln!(
             "permission matrix: {cells} cells, {} denials, all audited",
             denials.len()
@@ -792,7 +848,7 @@ stages:
               echo hi > out.txt
               satchel artifact upload out.txt
               if SATCHEL_JOB=b satchel artifact upload out.txt 2> other.txt; then echo "uploaded as job b"; exit 1; fi
-              grep -q 'uploads as job "a" attempt 1' other.txt
+              grep -q 'acts as job "a" attempt 1 only' other.txt
               if satchel admin token list 2> admin.txt; then echo "administered"; exit 1; fi
               grep -q "lacks the .admin. scope" admin.txt
               echo "$SATCHEL_TOKEN" > "$SATCHEL_SOURCE_DIR/token-a"
@@ -845,4 +901,165 @@ stages:
         .env("SATCHEL_TOKEN", job_token.trim())
         .fails(&["artifact", "search", "**"]);
     assert!(e.contains("revoked"), "{e}");
+}
+
+/// Regressions from review: a job token cannot give its run a branch (and
+/// so meet a rule's condition) nor start a run; an upload id carries no
+/// authority; a package repository stays its organization's; an admin
+/// token is not narrowed; input a client sends never stops the audit log.
+#[test]
+fn job_tokens_cannot_forge_their_build_or_borrow_uploads() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    rt().block_on(async {
+        use reqwest::Method;
+        let api = Api {
+            s: &s,
+            http: reqwest::Client::new(),
+        };
+        api.admin(Method::POST, "/admin/clusters", json!({"name": "release"}))
+            .await;
+        api.admin(
+            Method::POST,
+            "/admin/pipelines",
+            json!({"name": "gated", "cluster": "release"}),
+        )
+        .await;
+        api.upload(&s.token, "gated", 1, "seed").await;
+        api.admin(
+            Method::POST,
+            "/admin/rules",
+            json!({"type": "pipeline.artifacts_read.pipeline", "source": {"pipeline": "app"},
+                   "target": {"pipeline": "gated"}, "condition": "source.build.branch == 'main'"}),
+        )
+        .await;
+        // Run 1 of app has no branch.
+        api.admin(Method::POST, "/pipelines/app/runs", json!({})).await;
+        let job = api
+            .admin(
+                Method::POST,
+                "/admin/tokens",
+                json!({"scopes": ["read", "write"], "pipeline": "app", "run": 1, "job": "j"}),
+            )
+            .await;
+        let job = job["token"].as_str().unwrap().to_string();
+        let mut m = manifest("app", 1, "j");
+        m["context"]["branch"] = json!("main");
+        let (status, v) = api.call(Method::POST, "/uploads", &job, Some(&m), "t").await;
+        assert_eq!(status, 201, "{v}");
+        let run = api.get_admin("/pipelines/app/runs/1").await;
+        assert!(run["branch"].is_null(), "the job gave its run a branch: {run}");
+        let (status, v) = api
+            .call(Method::GET, "/pipelines/gated/runs/1/search?query=**", &job, None, "t")
+            .await;
+        assert_eq!(status, 403, "the condition met by a forged branch: {v}");
+        let early = api
+            .admin(
+                Method::POST,
+                "/admin/tokens",
+                json!({"scopes": ["write"], "pipeline": "app", "run": 9, "job": "j"}),
+            )
+            .await;
+        let early = early["token"].as_str().unwrap().to_string();
+        let (status, v) = api
+            .call(Method::POST, "/uploads", &early, Some(&manifest("app", 9, "j")), "t")
+            .await;
+        assert_eq!(status, 403, "{v}");
+        let (status, _) = api.get_admin_status("/pipelines/app/runs/9").await;
+        assert_eq!(status, 404, "no run was started");
+        assert!(v.to_string().contains("cannot start runs"), "{v}");
+        let forged = json!({"context": {"pipeline": "app", "run": 1, "job": "j", "attempt": 1,
+                                        "branch": "main"},
+                            "name": "img", "image": "example.com/app:1"});
+        let (status, v) = api.call(Method::POST, "/artifacts", &job, Some(&forged), "t").await;
+        assert_eq!(status, 201, "{v}");
+        assert!(api.get_admin("/pipelines/app/runs/1").await["branch"].is_null());
+
+        // Another cluster's token cannot use app's upload id.
+        let (_, plan) = api
+            .call(Method::POST, "/uploads", &job, Some(&manifest("app", 1, "j")), "t")
+            .await;
+        let upload = plan["upload_id"].as_str().unwrap();
+        let other = api
+            .admin(
+                Method::POST,
+                "/admin/tokens",
+                json!({"scopes": ["read", "write", "delete"], "cluster": "release"}),
+            )
+            .await;
+        let other = other["token"].as_str().unwrap().to_string();
+        for (m, path) in [
+            (Method::POST, format!("/uploads/{upload}/finish")),
+            (Method::POST, format!("/uploads/{upload}/abort")),
+            (Method::POST, format!("/uploads/{upload}/blobs")),
+            (
+                Method::PUT,
+                format!("/uploads/{upload}/blobs/{}", common::sha(UPLOAD_CONTENT)),
+            ),
+        ] {
+            let (status, v) = api.call(m.clone(), &path, &other, None, "t").await;
+            assert_eq!(status, 403, "{m} {path}: {v}");
+        }
+
+        // A repository is its organization's.
+        api.admin(Method::POST, "/admin/orgs", json!({"name": "other"})).await;
+        api.admin(Method::POST, "/admin/clusters", json!({"name": "x", "org": "other"}))
+            .await;
+        let app_artifact = api.upload(&s.token, "app", 1, "j").await;
+        api.admin(
+            Method::POST,
+            "/packages",
+            json!({"artifact_id": app_artifact, "repository": "r", "package": "p", "version": "1"}),
+        )
+        .await;
+        let outsider = api
+            .admin(
+                Method::POST,
+                "/admin/tokens",
+                json!({"scopes": ["read", "write"], "org": "other", "cluster": "x"}),
+            )
+            .await;
+        let outsider = outsider["token"].as_str().unwrap().to_string();
+        let theirs = api.upload(&outsider, "theirs", 1, "j").await;
+        let (status, v) = api
+            .call(
+                Method::POST,
+                "/packages",
+                &outsider,
+                Some(&json!({"artifact_id": theirs, "repository": "r", "package": "p", "version": "2"})),
+                "t",
+            )
+            .await;
+        assert_eq!(status, 403, "{v}");
+        let latest = api.get_admin("/packages/r/p/latest").await;
+        assert_eq!(latest["package"]["version"], "1");
+
+        // Admin tokens administer a whole organization; no narrowing.
+        let (status, v) = api
+            .call(
+                Method::POST,
+                "/admin/tokens",
+                &s.token,
+                Some(&json!({"scopes": ["admin"], "pipeline": "app"})),
+                "t",
+            )
+            .await;
+        assert_eq!(status, 400, "{v}");
+
+        // What a client sends (a NUL, an escape) is kept, escaped, and the
+        // log goes on.
+        let (status, _) = api
+            .call(Method::GET, "/pipelines/%00%1b[31m/runs", &job, None, "t")
+            .await;
+        assert!(status < 500, "{status}");
+        let (status, _) = api
+            .call(Method::POST, "/admin/orgs", &job, Some(&json!({"name": "a\u{0}b"})), "t")
+            .await;
+        assert_eq!(status, 403);
+        let page = api.get_admin("/admin/audit?limit=5").await;
+        let text = page.to_string();
+        assert!(text.contains("\\\\u{0}") || text.contains("\\\\u{1b}"), "{text}");
+        let after = api.get_admin("/admin/audit?limit=1").await;
+        assert_eq!(after["entries"][0]["action"], "GET /api/v1/admin/audit");
+    });
 }

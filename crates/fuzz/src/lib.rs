@@ -225,8 +225,14 @@ pub fn condition_target(data: &[u8]) {
     let Ok(c) = Condition::parse(text) else {
         return;
     };
-    assert!(text.len() <= MAX_CONDITION_BYTES, "an over-long condition parsed");
-    assert!(!c.holds(&BuildFacts::default()), "{text:?} holds for an unknown build");
+    assert!(
+        text.len() <= MAX_CONDITION_BYTES,
+        "an over-long condition parsed"
+    );
+    assert!(
+        !c.holds(&BuildFacts::default()),
+        "{text:?} holds for an unknown build"
+    );
     let f = String::from_utf8_lossy(facts);
     let mut parts = f.split('\n').map(str::to_string);
     let build = BuildFacts {

@@ -466,9 +466,11 @@ impl Condition {
 
 impl Comparison {
     fn parse(s: &str) -> Result<Comparison, String> {
-        let (lhs, rest, equal) = if let Some(i) = s.find("==") {
+        // The operator comes before the quoted value (which may hold one).
+        let head = &s[..s.find(['\'', '"']).unwrap_or(s.len())];
+        let (lhs, rest, equal) = if let Some(i) = head.find("==") {
             (&s[..i], &s[i + 2..], true)
-        } else if let Some(i) = s.find("!=") {
+        } else if let Some(i) = head.find("!=") {
             (&s[..i], &s[i + 2..], false)
         } else {
             return Err(format!(
@@ -580,6 +582,9 @@ mod tests {
         assert!(c.holds(&facts(Some("a"))));
         let c = Condition::parse("source.build.branch == 'a||b'").unwrap();
         assert!(c.holds(&facts(Some("a||b"))), "separators inside quotes");
+        let c = Condition::parse("source.build.branch != 'a==b'").unwrap();
+        assert!(!c.holds(&facts(Some("a==b"))), "operators inside quotes");
+        assert!(c.holds(&facts(Some("main"))));
     }
 
     #[test]

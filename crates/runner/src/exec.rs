@@ -118,9 +118,6 @@ struct Shared {
     cfg: RunnerConfig,
     pipeline: Pipeline,
     run: Run,
-    /// Where the run's pipeline lives, for its jobs' tokens (none: the
-    /// runner's token cannot list it).
-    home: Option<satchel_model::access::PipelineInfo>,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -168,16 +165,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             ),
         );
     }
-    let home = match cfg.client.list_pipelines().await {
-        Ok(l) => l.pipelines.into_iter().find(|p| p.name == run.pipeline),
-        Err(_) => None,
-    };
-    let shared = Arc::new(Shared {
-        cfg,
-        pipeline,
-        run,
-        home,
-    });
+    let shared = Arc::new(Shared { cfg, pipeline, run });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
     for stage in &shared.pipeline.stages {
@@ -337,17 +325,15 @@ async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<Jo
             minted: None,
         })
     };
-    let Some(home) = &shared.home else {
-        return fallback();
-    };
+    // The server puts the token where the run's pipeline lives.
     let req = NewToken {
         name: format!(
             "satchel run {}#{} {}",
             shared.run.pipeline, shared.run.number, job.key
         ),
         scopes: vec![Scope::Read, Scope::Write, Scope::Delete],
-        org: Some(home.org.clone()),
-        cluster: Some(home.cluster.clone()),
+        org: None,
+        cluster: None,
         pipeline: Some(shared.run.pipeline.clone()),
         run: Some(shared.run.number),
         job: Some(job.key.clone()),
@@ -355,11 +341,17 @@ async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<Jo
         expires_in_secs: Some(JOB_TOKEN_SECS),
     };
     match cfg.client.create_token(&req).await {
-        Ok(t) => Ok(JobAuth {
-            client: Client::new(&cfg.url, &t.token)?,
-            token: t.token,
-            minted: Some(t.id),
-        }),
+        Ok(t) => match Client::new(&cfg.url, &t.token) {
+            Ok(client) => Ok(JobAuth {
+                client,
+                token: t.token,
+                minted: Some(t.id),
+            }),
+            Err(e) => {
+                let _ = cfg.client.revoke_token(&t.id).await;
+                Err(anyhow::anyhow!("using the job token: {e}"))
+            }
+        },
         Err(satchel_client::ClientError::Api { status: 403, .. }) => {
             say(
                 prefix,

@@ -90,6 +90,15 @@ pub struct Acting {
 }
 
 impl Acting {
+    /// Acting on what `p` produced (deleting or promoting its artifact):
+    /// a job token only on its own job's.
+    pub fn producer(p: &satchel_model::api::Producer) -> Acting {
+        Acting {
+            run: Some(p.run),
+            job: Some((p.job.clone(), p.attempt)),
+        }
+    }
+
     /// Acting as the job of `ctx` (an upload or typed artifact).
     pub fn of(ctx: &satchel_model::api::JobContext) -> Acting {
         Acting {
@@ -165,7 +174,7 @@ pub fn decide(
                 if let Some((j, a)) = &acting.job {
                     if j != job || *a != attempt {
                         return Err(Denied(format!(
-                            "token {id} uploads as job {job:?} attempt {attempt}, not job {j:?} attempt {a}"
+                            "token {id} acts as job {job:?} attempt {attempt} only, not as job {j:?} attempt {a}"
                         )));
                     }
                 }
@@ -287,6 +296,12 @@ impl Caller {
         forbidden(message)
     }
 
+    /// A refusal decided by a handler (a rule of its own), noted as every
+    /// other.
+    pub fn forbid(&self, message: String) -> ApiError {
+        self.deny(message)
+    }
+
     /// The caller's token has `scope` (or is the bootstrap admin).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         match self.token() {
@@ -402,23 +417,46 @@ impl Caller {
                     .await?
             }
         };
-        self.check(s, t, Need::Write, &home, acting).await
+        self.check(s, t, Need::Write, &home, acting).await?;
+        if let (true, Some(run)) = (is_job_token(t), acting.run) {
+            // Runs are started by the runner or the CI, never by a job:
+            // a job token writes only into a run that exists.
+            match s.db.find_run(pipeline, run).await {
+                Ok(_) => {}
+                Err(satchel_db::DbError::NotFound(_)) => {
+                    return Err(self.deny(format!(
+                        "token {} is a job token of run {run} of pipeline {pipeline:?}, which has not been started; a job token cannot start runs",
+                        t.id
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
-    /// May this caller delete from `pipeline` (an artifact of run `run`)?
-    pub async fn delete(&self, s: &AppState, pipeline: &str, run: u64) -> Result<(), ApiError> {
-        let acting = Acting {
-            run: Some(run),
-            job: None,
-        };
-        self.note(resource(pipeline, &acting));
+    /// Whether this is a job token: its run's branch and commit are the
+    /// run's, never what an upload of it says.
+    pub fn is_job_token(&self) -> bool {
+        self.token().is_some_and(is_job_token)
+    }
+
+    /// May this caller delete from `pipeline` an artifact of `acting`'s
+    /// run and job?
+    pub async fn delete(
+        &self,
+        s: &AppState,
+        pipeline: &str,
+        acting: &Acting,
+    ) -> Result<(), ApiError> {
+        self.note(resource(pipeline, acting));
         let Some(t) = self.token() else {
             return Ok(());
         };
         let Some(home) = s.db.pipeline_home(pipeline).await? else {
             return Ok(());
         };
-        self.check(s, t, Need::Delete, &home, &acting).await
+        self.check(s, t, Need::Delete, &home, acting).await
     }
 
     async fn rules_for(
@@ -465,13 +503,15 @@ fn resource(pipeline: &str, acting: &Acting) -> String {
     r
 }
 
+fn is_job_token(t: &TokenInfo) -> bool {
+    t.run.is_some() && t.job.is_some()
+}
+
 /// What a rule's condition sees of a token's build: a job token's run.
+/// Any other token has no build, and no condition holds for it.
 async fn build_facts(s: &AppState, t: &TokenInfo) -> Result<BuildFacts, ApiError> {
-    let (Some(pipeline), Some(run)) = (&t.pipeline, t.run) else {
-        return Ok(BuildFacts {
-            pipeline: t.pipeline.clone(),
-            ..BuildFacts::default()
-        });
+    let (Some(pipeline), Some(run), true) = (&t.pipeline, t.run, is_job_token(t)) else {
+        return Ok(BuildFacts::default());
     };
     let found = match s.db.find_run(pipeline, run).await {
         Ok(r) => Some(r),

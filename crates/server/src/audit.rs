@@ -31,6 +31,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const QUEUE: usize = 10_000;
 /// Entries per write.
 const BATCH: usize = 1000;
+/// The longest a flush waits.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// Failed writes of a batch before its entries are written one by one.
+const TRIES: u32 = 3;
 
 /// What a request did, filled in while it runs.
 #[derive(Debug, Clone, Default)]
@@ -49,17 +53,41 @@ struct Note {
 /// one entry naming the first of them and how many more).
 const MAX_RESOURCES: usize = 20;
 
+/// Longest text kept of one field, in characters.
+const MAX_FIELD_CHARS: usize = 500;
+
+/// `s` as the log keeps it: control characters (NUL included, which
+/// PostgreSQL refuses in text, and terminal escapes) written as `\u{…}`,
+/// and at most [`MAX_FIELD_CHARS`] characters. Notes are taken before a
+/// request's input is validated, so they hold whatever a client sent.
+pub fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_FIELD_CHARS));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_FIELD_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl AuditNote {
     /// Who made the request.
     pub fn token(&self, id: &str, name: &str, org: Option<&str>) {
         let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        n.token_id = Some(id.to_string());
-        n.token_name = Some(name.to_string());
-        n.org = org.map(str::to_string);
+        n.token_id = Some(clean(id));
+        n.token_name = Some(clean(name));
+        n.org = org.map(clean);
     }
 
     /// What it acted on.
     pub fn resource(&self, r: String) {
+        let r = clean(&r);
         let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if !n.resources.contains(&r) {
             n.resources.push(r);
@@ -69,7 +97,7 @@ impl AuditNote {
     /// Why it was refused.
     pub fn deny(&self, reason: &str) {
         let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        n.denied.get_or_insert_with(|| reason.to_string());
+        n.denied.get_or_insert_with(|| clean(reason));
     }
 }
 
@@ -99,11 +127,32 @@ impl AuditLog {
         }
     }
 
-    /// Returns once everything queued before the call is written.
+    /// Queues an entry without waiting (from a destructor): at once if
+    /// there is room, else from a task of its own.
+    fn push_soon(&self, e: AuditEntry) {
+        if let Err(mpsc::error::TrySendError::Full(m)) = self.tx.try_send(Msg::Entry(Box::new(e))) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(m).await;
+            });
+        }
+    }
+
+    /// Returns once everything queued before the call is written, or
+    /// after [`FLUSH_WAIT`] (a database that is down must not hang the
+    /// caller; the entries stay queued and are written when it is back).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
+        let wait = async {
+            if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(FLUSH_WAIT, wait).await.is_err() {
+            tracing::warn!(
+                "the audit log is not written within {} s; entries stay queued",
+                FLUSH_WAIT.as_secs()
+            );
         }
     }
 }
@@ -134,19 +183,113 @@ async fn writer(db: Arc<dyn MetaStore>, mut rx: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(100);
-        while !batch.is_empty() {
-            match db.append_audit(&batch).await {
-                Ok(()) => batch.clear(),
-                Err(e) => {
-                    tracing::error!("writing {} audit entries: {e}; retrying", batch.len());
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        write(&*db, &mut batch).await;
+        for w in waiting.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// Writes `batch` (and empties it). A database that fails is retried with
+/// backoff for as long as it takes; but after [`TRIES`] failures the
+/// entries go one by one, so one entry the database refuses (it should
+/// not happen: fields are [`clean`]) is logged and set aside instead of
+/// holding back every other.
+async fn write(db: &dyn MetaStore, batch: &mut Vec<AuditEntry>) {
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0;
+    while !batch.is_empty() {
+        match db.append_audit(batch).await {
+            Ok(()) => batch.clear(),
+            Err(e) if tries + 1 < TRIES || batch.len() == 1 && tries < TRIES * 4 => {
+                tries += 1;
+                tracing::error!("writing {} audit entries: {e}; retrying", batch.len());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if batch.len() == 1 => {
+                tracing::error!(
+                    "audit entry set aside, the database refuses it ({e}): {:?}",
+                    batch[0]
+                );
+                batch.clear();
+            }
+            Err(_) => {
+                // One by one: the good ones go in, a bad one is set aside.
+                for e in std::mem::take(batch) {
+                    let mut one = vec![e];
+                    Box::pin(write(db, &mut one)).await;
                 }
             }
         }
-        for w in waiting.drain(..) {
-            let _ = w.send(());
+    }
+}
+
+/// One request's entry in the making. Dropped before the answer (the
+/// client went away and its future was dropped), it records the request
+/// as status 499.
+struct Pending {
+    log: AuditLog,
+    note: AuditNote,
+    action: String,
+    client: Option<String>,
+    user_agent: Option<String>,
+    status: Option<u16>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let e = self.entry();
+            self.log.push_soon(e);
+        }
+    }
+}
+
+impl Pending {
+    /// The entry, as of now (the note is taken).
+    fn entry(&mut self) -> AuditEntry {
+        let status = self.status.unwrap_or(499);
+        let n = {
+            let mut n = self.note.0.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *n)
+        };
+        let mut resource = n
+            .resources
+            .iter()
+            .take(MAX_RESOURCES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if n.resources.len() > MAX_RESOURCES {
+            resource.push_str(&format!("; and {} more", n.resources.len() - MAX_RESOURCES));
+        }
+        let now = satchel_model::id::now_millis();
+        // Refused before or by authorization: 401, 403, 429.
+        let allowed = n.denied.is_none() && !matches!(status, 401 | 403 | 429);
+        let reason = n.denied.or_else(|| {
+            if !allowed {
+                Some(format!("HTTP {status}"))
+            } else if self.status.is_none() {
+                Some("the client went away before the answer".into())
+            } else {
+                None
+            }
+        });
+        AuditEntry {
+            id: satchel_model::id::new_id(),
+            at: satchel_model::id::rfc3339_millis(now),
+            at_ms: now,
+            token_id: n.token_id,
+            token_name: n.token_name,
+            org: n.org,
+            action: std::mem::take(&mut self.action),
+            resource,
+            allowed,
+            status,
+            reason,
+            client: self.client.take(),
+            user_agent: self.user_agent.take(),
         }
     }
 }
@@ -159,8 +302,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| req.uri().path().chars().take(200).collect());
-    let action = format!("{} {route}", req.method());
+        .unwrap_or_else(|| req.uri().path().to_string());
     let client = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -169,46 +311,19 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
         .headers()
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(200).collect());
-    let response = next.run(req).await;
-    let status = response.status().as_u16();
-    let n = {
-        let mut n = note.0.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut *n)
+        .map(clean);
+    let mut pending = Pending {
+        log: state.audit.clone(),
+        note,
+        action: clean(&format!("{} {route}", req.method())),
+        client,
+        user_agent,
+        status: None,
     };
-    let mut resource = n
-        .resources
-        .iter()
-        .take(MAX_RESOURCES)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
-    if n.resources.len() > MAX_RESOURCES {
-        resource.push_str(&format!("; and {} more", n.resources.len() - MAX_RESOURCES));
-    }
-    let now = satchel_model::id::now_millis();
-    // Refused before or by authorization: 401, 403, 429.
-    let allowed = n.denied.is_none() && !matches!(status, 401 | 403 | 429);
-    let reason = n
-        .denied
-        .or_else(|| (!allowed).then(|| format!("HTTP {status}")));
-    state
-        .audit
-        .push(AuditEntry {
-            id: satchel_model::id::new_id(),
-            at: satchel_model::id::rfc3339_millis(now),
-            at_ms: now,
-            token_id: n.token_id,
-            token_name: n.token_name,
-            org: n.org,
-            action,
-            resource,
-            allowed,
-            status,
-            reason,
-            client,
-            user_agent,
-        })
-        .await;
+    let response = next.run(req).await;
+    pending.status = Some(response.status().as_u16());
+    // Waits while the queue is full: back-pressure, never a lost entry.
+    let entry = pending.entry();
+    state.audit.push(entry).await;
     response
 }

@@ -293,8 +293,12 @@ pub(super) async fn put(
     State(s): State<AppState>,
     Path((session, _file)): Path<(String, String)>,
     Query(p): Query<Params>,
+    note: Option<axum::Extension<crate::audit::AuditNote>>,
     body: Body,
 ) -> Result<Response, TwirpError> {
+    if let Some(n) = note {
+        n.resource(format!("gha-upload={session}"));
+    }
     check_signature(&s, &format!("u/{session}"), &p)?;
     let dir = with_session(&s, &session, |x| x.dir.clone())?;
     match p.comp.as_deref() {
@@ -457,7 +461,11 @@ pub(super) async fn download(
     State(s): State<AppState>,
     Path((file_id, _file)): Path<(String, String)>,
     Query(p): Query<DownloadParams>,
+    note: Option<axum::Extension<crate::audit::AuditNote>>,
 ) -> Result<Response, TwirpError> {
+    if let Some(n) = note {
+        n.resource(format!("file={file_id}"));
+    }
     let params = Params {
         se: p.se,
         sig: p.sig,
@@ -661,6 +669,7 @@ mod tests {
             State(s.clone()),
             Path((id.to_string(), "a.zip".to_string())),
             Query(params),
+            None,
             body.into(),
         )
         .await

@@ -321,7 +321,10 @@ async fn authenticate(
                     note.token(&t.id, &t.name, Some(&t.org));
                     Principal::Token(Box::new(t))
                 }
-                _ => {
+                other => {
+                    if let Some(t) = other {
+                        note.token(&t.id, &t.name, Some(&t.org));
+                    }
                     let why = format!(
                         "token {id}, which issued this runtime token, is revoked, expired or gone"
                     );
@@ -374,7 +377,7 @@ async fn twirp(
     };
     match method.as_str() {
         "CreateArtifact" | "FinalizeArtifact" => caller.write(&s, &who.pipeline, &acting).await?,
-        "DeleteArtifact" => caller.delete(&s, &who.pipeline, who.run).await?,
+        "DeleteArtifact" => caller.delete(&s, &who.pipeline, &acting).await?,
         _ => caller.read(&s, &who.pipeline).await?,
     }
     let answer = match method.as_str() {

@@ -49,6 +49,14 @@ pub(super) async fn create_token(
     caller: Caller,
     Json(mut req): Json<NewToken>,
 ) -> Result<(StatusCode, axum::Json<TokenCreated>), ApiError> {
+    // A token for an existing pipeline lives where the pipeline does,
+    // unless told otherwise.
+    if let (Some(p), None, None) = (&req.pipeline, &req.org, &req.cluster) {
+        names::validate_key("pipeline", p)?;
+        if let Some(home) = s.db.pipeline_home(p).await? {
+            (req.org, req.cluster) = (Some(home.org), Some(home.cluster));
+        }
+    }
     let (org, _) = org_of(&caller, req.org.as_deref())?;
     req.org = Some(org.clone());
     let cluster = req
@@ -64,6 +72,11 @@ pub(super) async fn create_token(
     }
     req.scopes.sort();
     req.scopes.dedup();
+    if req.scopes.contains(&Scope::Admin) && (req.pipeline.is_some() || req.run.is_some()) {
+        return Err(ApiError::bad_request(
+            "an admin token administers its whole organization; it cannot be narrowed to a pipeline or a job",
+        ));
+    }
     if req.name.chars().count() > MAX_TOKEN_NAME || req.name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
             "a token name has at most {MAX_TOKEN_NAME} characters and no control characters"

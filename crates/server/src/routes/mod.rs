@@ -17,7 +17,7 @@ use satchel_model::glob::Glob;
 use satchel_model::query::{self, Scope};
 use serde::Deserialize;
 
-use crate::access::Caller;
+use crate::access::{Acting, Caller};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::AppState;
@@ -234,7 +234,11 @@ async fn delete_artifact(
     let artifact = s.db.get_artifact(&id).await?;
     caller.note(format!("artifact={id}"));
     caller
-        .delete(&s, &artifact.producer.pipeline, artifact.producer.run)
+        .delete(
+            &s,
+            &artifact.producer.pipeline,
+            &Acting::producer(&artifact.producer),
+        )
         .await?;
     Ok(axum::Json(s.db.delete_artifact(&id).await?))
 }

@@ -91,6 +91,10 @@ pub(super) async fn create_typed(
     caller
         .write(&s, &req.context.pipeline, &Acting::of(&req.context))
         .await?;
+    if caller.is_job_token() {
+        // The run's branch and commit are the runner's to say.
+        (req.context.branch, req.context.commit) = (None, None);
+    }
     Ok((
         StatusCode::CREATED,
         axum::Json(s.db.create_typed(&req, &s.limits.quotas).await?),
@@ -306,13 +310,33 @@ pub(super) async fn promote(
         "artifact={} package={}/{}@{}",
         req.artifact_id, req.repository, req.package, req.version
     ));
-    let acting = Acting {
-        run: Some(artifact.producer.run),
-        job: None,
-    };
     caller
-        .write(&s, &artifact.producer.pipeline, &acting)
+        .write(
+            &s,
+            &artifact.producer.pipeline,
+            &Acting::producer(&artifact.producer),
+        )
         .await?;
+    // A repository belongs to the organization of its first package:
+    // another organization can neither take its names nor move its
+    // `latest`.
+    if let Some(t) = caller.token() {
+        let first =
+            s.db.list_packages(&req.repository, None)
+                .await?
+                .into_iter()
+                .next()
+                .map(|p| p.origin.producer.pipeline);
+        if let Some(first) = first {
+            let home = s.db.pipeline_home(&first).await?;
+            if home.is_some_and(|h| h.org != t.org) {
+                return Err(caller.forbid(format!(
+                    "repository {:?} holds another organization's packages; choose another repository",
+                    req.repository
+                )));
+            }
+        }
+    }
     Ok((StatusCode::CREATED, axum::Json(s.db.promote(&req).await?)))
 }
 

@@ -177,6 +177,11 @@ pub(super) async fn create(
     caller
         .write(&s, &req.context.pipeline, &Acting::of(&req.context))
         .await?;
+    if caller.is_job_token() {
+        // The run's branch and commit are the runner's to say: a job must
+        // not give its run a branch that a rule's condition trusts.
+        (req.context.branch, req.context.commit) = (None, None);
+    }
     req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
     let plan = s.db.create_upload(&req, &s.limits.quotas).await?;
     Ok((
