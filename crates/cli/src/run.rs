@@ -136,8 +136,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let secret = satchel_server::load_signing_secret(&dir.signing_secret())
-                .context("loading the signing secret")?;
+            let secret = satchel_server::signing_secret(&stores, &dir.signing_secret())
+                .await
+                .map_err(anyhow::Error::msg)?;
             let state = AppState::new(stores.db, stores.store, &token)
                 .with_scratch(dir.scratch())
                 .with_signing_secret(secret);

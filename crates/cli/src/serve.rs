@@ -284,9 +284,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     spawn_upload_sweeper(stores.db.clone());
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
+    let secret = satchel_server::signing_secret(&stores, &dir.signing_secret())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let _lock = stores.lock;
-    let secret = satchel_server::load_signing_secret(&dir.signing_secret())
-        .context("loading the signing secret")?;
     let state = AppState::new(stores.db, stores.store, &token)
         .with_scratch(dir.scratch())
         .with_signing_secret(secret)

@@ -390,3 +390,60 @@ fn admin_migrate_moves_an_embedded_data_dir_into_postgres_and_a_bucket() {
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("not empty"), "{err}");
 }
+
+/// Replicas share what makes a token valid: a runtime token minted on one
+/// works on the other (one signing secret in the database), and a token
+/// revoked through one is refused by the other on the next request.
+#[test]
+fn tokens_issued_or_revoked_on_one_replica_hold_on_the_other() {
+    let Some(r) = Replicas::start() else { return };
+    let w = r.work("tokens");
+    write(&w, "a.txt", b"a");
+    r.a.agent(&w, "app", 1, "build")
+        .ok(&["artifact", "upload", "a.txt"]);
+    rt().block_on(async {
+        let http = reqwest::Client::new();
+        let minted: serde_json::Value = http
+            .post(r.a.api("/gha/tokens"))
+            .bearer_auth(&r.a.token)
+            .json(&serde_json::json!({"pipeline": "app", "run": 1, "job": "build"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let runtime = minted["token"].as_str().unwrap();
+        let list = http
+            .post(format!(
+                "{}/twirp/github.actions.results.api.v1.ArtifactService/ListArtifacts",
+                r.b.url
+            ))
+            .bearer_auth(runtime)
+            .json(
+                &serde_json::json!({"workflow_run_backend_id": "satchel.app.1",
+                                      "workflow_job_run_backend_id": "build"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 200, "{}", list.text().await.unwrap());
+    });
+    let created: serde_json::Value = serde_json::from_str(
+        &r.a.agent(&w, "app", 1, "build")
+            .ok(&["admin", "token", "create", "--scope", "read", "--json"]),
+    )
+    .unwrap();
+    let (id, secret) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let on_b =
+        r.b.agent(&w, "app", 1, "build")
+            .env("SATCHEL_TOKEN", secret);
+    on_b.ok(&["artifact", "search", "**"]);
+    r.a.agent(&w, "app", 1, "build")
+        .ok(&["admin", "token", "revoke", id]);
+    let e = on_b.fails(&["artifact", "search", "**"]);
+    assert!(e.contains("revoked"), "{e}");
+}

@@ -540,3 +540,22 @@ pub(crate) fn list_audit(c: &mut dyn Sql, q: &AuditQuery) -> Result<AuditPage, D
 pub(crate) fn prune_audit(c: &mut dyn Sql, before_ms: i64) -> Result<u64, DbError> {
     c.execute("DELETE FROM audit_log WHERE at < ?1", args![before_ms])
 }
+
+/// The shared secret `name`: the one stored, or `candidate`, stored now
+/// (the first writer wins; everyone reads the winner's).
+pub(crate) fn shared_secret(
+    c: &mut dyn Sql,
+    name: &str,
+    candidate: &str,
+) -> Result<String, DbError> {
+    c.execute(
+        "INSERT INTO server_secrets (name, value, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        args![name, candidate, now_millis()],
+    )?;
+    c.query_one(
+        "SELECT value FROM server_secrets WHERE name = ?1",
+        args![name],
+    )?
+    .text(0)
+}

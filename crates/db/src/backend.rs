@@ -459,4 +459,9 @@ impl<B: Backend> AccessStore for Store<B> {
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, DbError> {
         self.write(move |c| access::prune_audit(c, before_ms)).await
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, DbError> {
+        let (n, v) = (name.to_string(), candidate.to_string());
+        self.write(move |c| access::shared_secret(c, &n, &v)).await
+    }
 }

@@ -93,6 +93,11 @@ const TABLES: &[Table] = &[
         key: &["id"],
     },
     Table {
+        name: "server_secrets",
+        columns: &["name", "value", "created_at"],
+        key: &["name"],
+    },
+    Table {
         name: "runs",
         columns: &[
             "id",

@@ -404,6 +404,9 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, DbError>;
     /// Deletes audit entries older than `before_ms`; how many.
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, DbError>;
+    /// The secret `name` every process of this database shares: the one
+    /// stored, or `candidate` if none is yet.
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, DbError>;
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare

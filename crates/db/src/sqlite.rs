@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_retention.sql"),
     include_str!("../migrations/sqlite/0004_package_order.sql"),
     include_str!("../migrations/sqlite/0005_access.sql"),
+    include_str!("../migrations/sqlite/0006_secrets.sql"),
 ];
 const READERS: usize = 4;
 

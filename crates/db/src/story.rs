@@ -972,4 +972,9 @@ async fn access(db: &dyn MetaStore) {
         [entries[100].clone()],
         "only the pruned are gone"
     );
+
+    // A shared secret: the first candidate stays.
+    assert_eq!(db.shared_secret("signing", "aa").await.unwrap(), "aa");
+    assert_eq!(db.shared_secret("signing", "bb").await.unwrap(), "aa");
+    assert_eq!(db.shared_secret("other", "cc").await.unwrap(), "cc");
 }

@@ -435,6 +435,29 @@ pub struct Stores {
     /// Held for as long as the stores are in use: one process per data
     /// directory.
     pub lock: Option<std::fs::File>,
+    /// Whether the database is shared by several processes (PostgreSQL),
+    /// which then share its secrets too ([`signing_secret`]).
+    pub shared_db: bool,
+}
+
+/// The secret that signs runtime tokens and signed URLs: with a shared
+/// database, the one stored there (the first replica makes it), so a token
+/// or URL one replica issued works on every other; else the data
+/// directory's own `file` ([`load_signing_secret`]).
+pub async fn signing_secret(stores: &Stores, file: &Path) -> Result<[u8; 32], String> {
+    if !stores.shared_db {
+        return load_signing_secret(file).map_err(|e| format!("loading the signing secret: {e}"));
+    }
+    let candidate = satchel_model::id::random_hex(32);
+    let text = stores
+        .db
+        .shared_secret("signing", &candidate)
+        .await
+        .map_err(|e| format!("reading the shared signing secret: {e}"))?;
+    let raw = hex::decode(text.trim())
+        .map_err(|_| "the database's signing secret is not hex".to_string())?;
+    raw.try_into()
+        .map_err(|_| "the database's signing secret is not 32 bytes".to_string())
 }
 
 /// How content is stored: where, compressed how, encrypted with what.
@@ -528,6 +551,7 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
         db,
         store: Arc::new(store),
         lock: Some(lock),
+        shared_db: !db_url.starts_with("sqlite://"),
     })
 }
 
