@@ -1063,3 +1063,86 @@ fn job_tokens_cannot_forge_their_build_or_borrow_uploads() {
         assert_eq!(after["entries"][0]["action"], "GET /api/v1/admin/audit");
     });
 }
+
+/// Naming a digest is not owning it: content held only for another
+/// organization must be sent before an upload of it can finish (so a
+/// leaked SHA-256 is no key to another organization's file), while
+/// content the uploader's own organization holds is still deduplicated.
+#[test]
+fn a_digest_is_no_key_to_another_organizations_content() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    rt().block_on(async {
+        use reqwest::Method;
+        let api = Api {
+            s: &s,
+            http: reqwest::Client::new(),
+        };
+        api.admin(Method::POST, "/admin/orgs", json!({"name": "other"})).await;
+        api.admin(Method::POST, "/admin/clusters", json!({"name": "x", "org": "other"}))
+            .await;
+        let token = |org: &str, cluster: &str| {
+            json!({"scopes": ["read", "write"], "org": org, "cluster": cluster})
+        };
+        let ours = api.admin(Method::POST, "/admin/tokens", token("default", "default")).await;
+        let ours = ours["token"].as_str().unwrap().to_string();
+        let theirs = api.admin(Method::POST, "/admin/tokens", token("other", "x")).await;
+        let theirs = theirs["token"].as_str().unwrap().to_string();
+        // Our organization stores the content.
+        api.upload(&ours, "secret", 1, "build").await;
+
+        // Theirs names it without sending it: told it is missing, and
+        // cannot finish until it sends the bytes.
+        let (status, plan) = api
+            .call(Method::POST, "/uploads", &theirs, Some(&manifest("claim", 1, "j")), "t")
+            .await;
+        assert_eq!(status, 201, "{plan}");
+        let digest = common::sha(UPLOAD_CONTENT);
+        assert_eq!(plan["missing"], json!([digest]), "{plan}");
+        let id = plan["upload_id"].as_str().unwrap();
+        let (status, v) = api
+            .call(Method::POST, &format!("/uploads/{id}/finish"), &theirs, None, "t")
+            .await;
+        assert_eq!(status, 409, "{v}");
+        assert!(v.to_string().contains("asked to send"), "{v}");
+        // Wrong bytes prove nothing.
+        let r = api
+            .http
+            .put(s.api(&format!("/uploads/{id}/blobs/{digest}")))
+            .bearer_auth(&theirs)
+            .body(vec![b'x'; UPLOAD_CONTENT.len()])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let (status, _) = api
+            .call(Method::POST, &format!("/uploads/{id}/finish"), &theirs, None, "t")
+            .await;
+        assert_eq!(status, 409);
+        // The right bytes do.
+        let r = api
+            .http
+            .put(s.api(&format!("/uploads/{id}/blobs/{digest}")))
+            .bearer_auth(&theirs)
+            .body(UPLOAD_CONTENT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let (status, v) = api
+            .call(Method::POST, &format!("/uploads/{id}/finish"), &theirs, None, "t")
+            .await;
+        assert_eq!(status, 200, "{v}");
+
+        // Within one organization, held content is not sent again.
+        let (_, plan) = api
+            .call(Method::POST, "/uploads", &ours, Some(&manifest("secret", 2, "j")), "t")
+            .await;
+        assert_eq!(plan["missing"], json!([]), "{plan}");
+        let id = plan["upload_id"].as_str().unwrap();
+        let (status, _) = api
+            .call(Method::POST, &format!("/uploads/{id}/finish"), &ours, None, "t")
+            .await;
+        assert_eq!(status, 200);
+    });
+}

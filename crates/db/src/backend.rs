@@ -119,13 +119,24 @@ impl<B: Backend> Store<B> {
 
 #[async_trait]
 impl<B: Backend> MetaStore for Store<B> {
-    async fn create_upload(
+    async fn create_upload_proving(
         &self,
         req: &CreateUpload,
         quotas: &Quotas,
+        prove_in: Option<&str>,
     ) -> Result<UploadPlan, DbError> {
-        let (req, quotas) = (req.clone(), *quotas);
-        self.write(move |c| rules::create_upload(c, &req, &quotas))
+        let (req, quotas, org) = (req.clone(), *quotas, prove_in.map(str::to_string));
+        self.write(move |c| rules::create_upload(c, &req, &quotas, org.as_deref()))
+            .await
+    }
+
+    async fn record_blobs_for(
+        &self,
+        upload_id: &str,
+        blobs: &[(String, u64)],
+    ) -> Result<(), DbError> {
+        let (id, blobs) = (upload_id.to_string(), blobs.to_vec());
+        self.write(move |c| rules::record_blobs_for(c, &id, &blobs))
             .await
     }
 

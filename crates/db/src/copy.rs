@@ -147,6 +147,11 @@ const TABLES: &[Table] = &[
         key: &["id"],
     },
     Table {
+        name: "upload_owed",
+        columns: &["upload_id", "sha256"],
+        key: &["upload_id", "sha256"],
+    },
+    Table {
         name: "files",
         columns: &[
             "id",

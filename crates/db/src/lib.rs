@@ -191,7 +191,28 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
         &self,
         req: &CreateUpload,
         quotas: &Quotas,
+    ) -> Result<UploadPlan, DbError> {
+        self.create_upload_proving(req, quotas, None).await
+    }
+    /// [`MetaStore::create_upload`] for a caller of organization
+    /// `prove_in` (`None`: a trusted one): content the server holds but no
+    /// finished upload of that organization does is missing too, and owed:
+    /// the upload finishes only once it has sent it
+    /// ([`MetaStore::record_blobs_for`]). So a digest learned somewhere is
+    /// not a key to another organization's content.
+    async fn create_upload_proving(
+        &self,
+        req: &CreateUpload,
+        quotas: &Quotas,
+        prove_in: Option<&str>,
     ) -> Result<UploadPlan, DbError>;
+    /// [`MetaStore::record_blobs`] of content upload `upload_id` sent
+    /// itself, bytes verified: it no longer owes them.
+    async fn record_blobs_for(
+        &self,
+        upload_id: &str,
+        blobs: &[(String, u64)],
+    ) -> Result<(), DbError>;
     /// The blobs an upload references.
     async fn upload_needs(&self, upload_id: &str) -> Result<UploadNeeds, DbError>;
     /// Which of `digests` are durably stored.

@@ -429,6 +429,7 @@ pub(crate) fn create_upload(
     c: &mut dyn Sql,
     req: &CreateUpload,
     quotas: &Quotas,
+    prove_in: Option<&str>,
 ) -> Result<UploadPlan, DbError> {
     let ctx = &req.context;
     let (run, job) = ensure_job(c, ctx)?;
@@ -599,11 +600,41 @@ pub(crate) fn create_upload(
     let mut wanted: Vec<&str> = wanted.into_iter().collect();
     wanted.sort_unstable();
     let recorded = touch_blobs(c, &wanted, now)?;
-    let missing: Vec<String> = wanted
-        .into_iter()
-        .filter(|d| !recorded.contains(*d))
-        .map(str::to_string)
+    let mut missing: Vec<String> = wanted
+        .iter()
+        .filter(|d| !recorded.contains(**d))
+        .map(|d| d.to_string())
         .collect();
+    if let Some(org) = prove_in {
+        // Held content counts as present only if this organization holds
+        // it; the rest must be sent, and is owed until it is.
+        let held: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|d| recorded.contains(*d))
+            .collect();
+        let known = held_by_org(c, org, &held)?;
+        missing.extend(
+            held.into_iter()
+                .filter(|d| !known.contains(*d))
+                .map(str::to_string),
+        );
+        missing.sort_unstable();
+        for chunk in missing.chunks(BATCH_ROWS) {
+            let mut a = Vec::with_capacity(chunk.len() * 2);
+            for d in chunk {
+                a.push(Value::from(&upload_id));
+                a.push(Value::from(d));
+            }
+            c.execute(
+                &format!(
+                    "INSERT INTO upload_owed (upload_id, sha256) VALUES {}",
+                    value_rows(chunk.len(), 2, 1)
+                ),
+                &a,
+            )?;
+        }
+    }
     Ok(UploadPlan {
         upload_id,
         artifact_id,
@@ -611,6 +642,58 @@ pub(crate) fn create_upload(
         missing,
         already_present,
     })
+}
+
+/// The digests among `digests` that a finished upload of organization
+/// `org` holds.
+fn held_by_org(c: &mut dyn Sql, org: &str, digests: &[&str]) -> Result<HashSet<String>, DbError> {
+    let mut out = HashSet::new();
+    for chunk in digests.chunks(BATCH_ROWS) {
+        let mut a = vec![Value::from(org)];
+        a.extend(chunk.iter().map(|d| Value::from(*d)));
+        for mut r in c.query(
+            &format!(
+                "SELECT DISTINCT f.sha256 FROM files f
+                 JOIN uploads u ON u.id = f.upload_id
+                 JOIN artifacts a ON a.id = f.artifact_id
+                 JOIN runs r ON r.id = a.run_id
+                 JOIN pipelines p ON p.id = r.pipeline_id
+                 JOIN clusters cl ON cl.id = p.cluster_id
+                 JOIN organizations o ON o.id = cl.organization_id
+                 WHERE u.state = 'finished' AND o.key = ?1 AND f.sha256 IN ({})",
+                marks(chunk.len(), 2)
+            ),
+            &a,
+        )? {
+            out.insert(r.text(0)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Records blobs that upload `upload_id` sent (their bytes verified), so
+/// it owes them no more.
+pub(crate) fn record_blobs_for(
+    c: &mut dyn Sql,
+    upload_id: &str,
+    blobs: &[(String, u64)],
+) -> Result<(), DbError> {
+    record_blobs(c, blobs)?;
+    let mut digests: Vec<&str> = blobs.iter().map(|(d, _)| d.as_str()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    for chunk in digests.chunks(BATCH_ROWS) {
+        let mut a = vec![Value::from(upload_id)];
+        a.extend(chunk.iter().map(|d| Value::from(*d)));
+        c.execute(
+            &format!(
+                "DELETE FROM upload_owed WHERE upload_id = ?1 AND sha256 IN ({})",
+                marks(chunk.len(), 2)
+            ),
+            &a,
+        )?;
+    }
+    Ok(())
 }
 
 /// Refuses a manifest whose sizes contradict themselves or the content
@@ -808,6 +891,23 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
             missing[..missing.len().min(10)].join(", ")
         )));
     }
+    let owed: Vec<String> = c
+        .query(
+            "SELECT f.path FROM upload_owed o JOIN files f
+               ON f.upload_id = o.upload_id AND f.sha256 = o.sha256
+             WHERE o.upload_id = ?1 ORDER BY f.path LIMIT 11",
+            args![upload_id],
+        )?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    if !owed.is_empty() {
+        let more = if owed.len() > 10 { ", …" } else { "" };
+        return Err(DbError::Conflict(format!(
+            "this upload was asked to send the content of {}{more} and has not: content is shared only with an organization that has sent it",
+            owed[..owed.len().min(10)].join(", ")
+        )));
+    }
     c.execute(
         "UPDATE uploads SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'uploading'",
         args![upload_id, now],
@@ -849,6 +949,7 @@ fn fail_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
 
 pub(crate) fn abort_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
     lock_upload(c, id)?;
+    c.execute("DELETE FROM upload_owed WHERE upload_id = ?1", args![id])?;
     let state = c
         .query_opt("SELECT state FROM uploads WHERE id = ?1", args![id])?
         .map(|mut r| r.text(0))

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_package_order.sql"),
     include_str!("../migrations/sqlite/0005_access.sql"),
     include_str!("../migrations/sqlite/0006_secrets.sql"),
+    include_str!("../migrations/sqlite/0007_upload_owed.sql"),
 ];
 const READERS: usize = 4;
 

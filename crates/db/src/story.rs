@@ -973,6 +973,37 @@ async fn access(db: &dyn MetaStore) {
         "only the pruned are gone"
     );
 
+    // Content held for one organization is owed by another's upload until
+    // that upload sends it; its own organization's uploads dedup it.
+    let a = "a".repeat(64);
+    let mut u = upload("claim", 1, Some("claim"), vec![file("c.txt", 'a', 3)]);
+    u.context.pipeline = "app".into();
+    let plan = db
+        .create_upload_proving(&u, &q(), Some("acme"))
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.missing,
+        std::slice::from_ref(&a),
+        "held, but not by acme"
+    );
+    assert!(matches!(
+        db.finish_upload(&plan.upload_id).await,
+        Err(DbError::Conflict(_))
+    ));
+    db.record_blobs_for(&plan.upload_id, &[(a.clone(), 3)])
+        .await
+        .unwrap();
+    db.finish_upload(&plan.upload_id).await.unwrap();
+    let mut u = upload("own", 1, Some("own"), vec![file("c.txt", 'a', 3)]);
+    u.context.pipeline = "pipe".into();
+    let plan = db
+        .create_upload_proving(&u, &q(), Some("default"))
+        .await
+        .unwrap();
+    assert!(plan.missing.is_empty(), "held by its own organization");
+    db.finish_upload(&plan.upload_id).await.unwrap();
+
     // A shared secret: the first candidate stays.
     assert_eq!(db.shared_secret("signing", "aa").await.unwrap(), "aa");
     assert_eq!(db.shared_secret("signing", "bb").await.unwrap(), "aa");

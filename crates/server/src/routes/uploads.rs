@@ -183,7 +183,12 @@ pub(super) async fn create(
         (req.context.branch, req.context.commit) = (None, None);
     }
     req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
-    let plan = s.db.create_upload(&req, &s.limits.quotas).await?;
+    // A scoped token sends what its organization has not: naming a
+    // digest is no key to other organizations' content.
+    let org = caller.token().map(|t| t.org.clone());
+    let plan =
+        s.db.create_upload_proving(&req, &s.limits.quotas, org.as_deref())
+            .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(UploadCreated {
@@ -263,7 +268,7 @@ pub(super) async fn put_blob(
             format!("body for {hex} is longer than the announced {size} bytes"),
         ));
     }
-    s.db.record_blobs(&[(hex, size)]).await?;
+    s.db.record_blobs_for(&id, &[(hex, size)]).await?;
     drop(writing);
     Ok((
         StatusCode::CREATED,
@@ -364,7 +369,7 @@ pub(super) async fn assemble(
     let mut writing = s.blob_gate.writer();
     writing.add(&hex).await?;
     s.store.assemble(&digest, size, &chunks).await?;
-    s.db.record_blobs(&[(hex, size)]).await?;
+    s.db.record_blobs_for(&id, &[(hex, size)]).await?;
     drop(writing);
     Ok((
         StatusCode::CREATED,
@@ -573,7 +578,7 @@ pub(super) async fn put_batch(
     }
     packer.write(&s).await?;
     s.store.flush().await?;
-    s.db.record_blobs(&stored).await?;
+    s.db.record_blobs_for(&id, &stored).await?;
     drop(writing);
     Ok(axum::Json(BlobsStored {
         stored: stored.len() as u64,
