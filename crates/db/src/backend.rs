@@ -123,11 +123,15 @@ impl<B: Backend> MetaStore for Store<B> {
         &self,
         req: &CreateUpload,
         quotas: &Quotas,
-        prove_in: Option<&str>,
+        prove_in: Option<(&str, &str)>,
     ) -> Result<UploadPlan, DbError> {
-        let (req, quotas, org) = (req.clone(), *quotas, prove_in.map(str::to_string));
-        self.write(move |c| rules::create_upload(c, &req, &quotas, org.as_deref()))
-            .await
+        let (req, quotas) = (req.clone(), *quotas);
+        let home = prove_in.map(|(o, c)| (o.to_string(), c.to_string()));
+        self.write(move |c| {
+            let home = home.as_ref().map(|(o, cl)| (o.as_str(), cl.as_str()));
+            rules::create_upload(c, &req, &quotas, home)
+        })
+        .await
     }
 
     async fn record_blobs_for(

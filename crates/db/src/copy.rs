@@ -190,6 +190,11 @@ const TABLES: &[Table] = &[
         key: &["seq"],
     },
     Table {
+        name: "package_repositories",
+        columns: &["repository", "organization_id", "created_at"],
+        key: &["repository"],
+    },
+    Table {
         name: "package_files",
         columns: &[
             "package_id",

@@ -52,6 +52,10 @@ pub enum DbError {
     /// The request is malformed (400).
     #[error("{0}")]
     Invalid(String),
+    /// A rule of the data refuses the caller (403), e.g. a package
+    /// repository of another organization.
+    #[error("{0}")]
+    Forbidden(String),
     /// A quota of [`Quotas`] would be passed (409 `limit_exceeded`).
     #[error("{0}")]
     Limit(String),
@@ -194,9 +198,10 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
     ) -> Result<UploadPlan, DbError> {
         self.create_upload_proving(req, quotas, None).await
     }
-    /// [`MetaStore::create_upload`] for a caller of organization
-    /// `prove_in` (`None`: a trusted one): content the server holds but no
-    /// finished upload of that organization does is missing too, and owed:
+    /// [`MetaStore::create_upload`] for a caller of cluster `prove_in`
+    /// (organization and cluster keys; `None`: a trusted caller): content
+    /// the server holds but no finished upload of that cluster does is
+    /// missing too, and owed:
     /// the upload finishes only once it has sent it
     /// ([`MetaStore::record_blobs_for`]). So a digest learned somewhere is
     /// not a key to another organization's content.
@@ -204,7 +209,7 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
         &self,
         req: &CreateUpload,
         quotas: &Quotas,
-        prove_in: Option<&str>,
+        prove_in: Option<(&str, &str)>,
     ) -> Result<UploadPlan, DbError>;
     /// [`MetaStore::record_blobs`] of content upload `upload_id` sent
     /// itself, bytes verified: it no longer owes them.

@@ -429,7 +429,7 @@ pub(crate) fn create_upload(
     c: &mut dyn Sql,
     req: &CreateUpload,
     quotas: &Quotas,
-    prove_in: Option<&str>,
+    prove_in: Option<(&str, &str)>,
 ) -> Result<UploadPlan, DbError> {
     let ctx = &req.context;
     let (run, job) = ensure_job(c, ctx)?;
@@ -605,15 +605,15 @@ pub(crate) fn create_upload(
         .filter(|d| !recorded.contains(**d))
         .map(|d| d.to_string())
         .collect();
-    if let Some(org) = prove_in {
-        // Held content counts as present only if this organization holds
-        // it; the rest must be sent, and is owed until it is.
+    if let Some(home) = prove_in {
+        // Held content counts as present only if this cluster holds it;
+        // the rest must be sent, and is owed until it is.
         let held: Vec<&str> = wanted
             .iter()
             .copied()
             .filter(|d| recorded.contains(*d))
             .collect();
-        let known = held_by_org(c, org, &held)?;
+        let known = held_in_cluster(c, home, &held)?;
         missing.extend(
             held.into_iter()
                 .filter(|d| !known.contains(*d))
@@ -644,24 +644,36 @@ pub(crate) fn create_upload(
     })
 }
 
-/// The digests among `digests` that a finished upload of organization
-/// `org` holds.
-fn held_by_org(c: &mut dyn Sql, org: &str, digests: &[&str]) -> Result<HashSet<String>, DbError> {
+/// The digests among `digests` that a finished upload of a pipeline in
+/// cluster `cluster` of organization `org` holds. (Per cluster, not per
+/// organization: what one cluster may not read, another cluster's upload
+/// must not obtain by naming it.) Each digest stops at its first holder.
+fn held_in_cluster(
+    c: &mut dyn Sql,
+    (org, cluster): (&str, &str),
+    digests: &[&str],
+) -> Result<HashSet<String>, DbError> {
     let mut out = HashSet::new();
     for chunk in digests.chunks(BATCH_ROWS) {
-        let mut a = vec![Value::from(org)];
+        let mut a = vec![Value::from(org), Value::from(cluster)];
         a.extend(chunk.iter().map(|d| Value::from(*d)));
+        let values = (0..chunk.len())
+            .map(|i| format!("(CAST(?{} AS TEXT))", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
         for mut r in c.query(
             &format!(
-                "SELECT DISTINCT f.sha256 FROM files f
-                 JOIN uploads u ON u.id = f.upload_id
-                 JOIN artifacts a ON a.id = f.artifact_id
-                 JOIN runs r ON r.id = a.run_id
-                 JOIN pipelines p ON p.id = r.pipeline_id
-                 JOIN clusters cl ON cl.id = p.cluster_id
-                 JOIN organizations o ON o.id = cl.organization_id
-                 WHERE u.state = 'finished' AND o.key = ?1 AND f.sha256 IN ({})",
-                marks(chunk.len(), 2)
+                "WITH wanted(sha) AS (VALUES {values})
+                 SELECT sha FROM wanted WHERE EXISTS (
+                     SELECT 1 FROM files f
+                     JOIN uploads u ON u.id = f.upload_id
+                     JOIN artifacts a ON a.id = f.artifact_id
+                     JOIN runs r ON r.id = a.run_id
+                     JOIN pipelines p ON p.id = r.pipeline_id
+                     JOIN clusters cl ON cl.id = p.cluster_id
+                     JOIN organizations o ON o.id = cl.organization_id
+                     WHERE f.sha256 = wanted.sha AND u.state = 'finished'
+                       AND o.key = ?1 AND cl.key = ?2)"
             ),
             &a,
         )? {
@@ -981,6 +993,7 @@ pub(crate) fn stale_uploads(c: &mut dyn Sql, cutoff_ms: i64) -> Result<Vec<Strin
 /// locks for long); `false` when it was finished or failed meanwhile.
 pub(crate) fn expire_upload(c: &mut dyn Sql, id: &str) -> Result<bool, DbError> {
     lock_upload(c, id)?;
+    c.execute("DELETE FROM upload_owed WHERE upload_id = ?1", args![id])?;
     if !c.exists(
         "SELECT 1 FROM uploads WHERE id = ?1 AND state = 'uploading'",
         args![id],
@@ -1391,6 +1404,58 @@ SELECT k.id, k.repository, k.name, k.version, k.kind, k.meta, k.origin, k.create
          WHERE f.package_id = k.id)
 FROM packages k";
 
+/// The organization (id) of pipeline `key`.
+fn org_of_pipeline(c: &mut dyn Sql, key: &str) -> Result<Option<String>, DbError> {
+    c.query_opt(
+        "SELECT cl.organization_id FROM pipelines p JOIN clusters cl ON cl.id = p.cluster_id
+         WHERE p.key = ?1",
+        args![key],
+    )?
+    .map(|mut r| r.text(0))
+    .transpose()
+}
+
+/// Refuses a promotion of `pipeline`'s artifact into `repository` unless
+/// the repository is (or becomes, being new) its organization's. In the
+/// promotion's transaction: of two organizations promoting into a new
+/// repository at once, one gets it and the other is refused.
+fn claim_repository(c: &mut dyn Sql, repository: &str, pipeline: &str) -> Result<(), DbError> {
+    let Some(org) = org_of_pipeline(c, pipeline)? else {
+        return Err(DbError::NotFound(format!(
+            "pipeline {pipeline:?} not found"
+        )));
+    };
+    // A repository from before owners were kept is its oldest package's.
+    let first_owner = match c.query_opt(
+        "SELECT origin FROM packages WHERE repository = ?1 ORDER BY seq LIMIT 1",
+        args![repository],
+    )? {
+        Some(mut r) => {
+            let origin: PackageOrigin = serde_json::from_str(&r.text(0)?)
+                .map_err(|e| DbError::Backend(format!("package origin: {e}")))?;
+            org_of_pipeline(c, &origin.producer.pipeline)?.unwrap_or_else(|| org.clone())
+        }
+        None => org.clone(),
+    };
+    c.execute(
+        "INSERT INTO package_repositories (repository, organization_id, created_at)
+         VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        args![repository, first_owner, now_millis()],
+    )?;
+    let owner = c
+        .query_one(
+            "SELECT organization_id FROM package_repositories WHERE repository = ?1",
+            args![repository],
+        )?
+        .text(0)?;
+    if owner != org {
+        return Err(DbError::Forbidden(format!(
+            "repository {repository:?} belongs to another organization; choose another repository"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn promote(c: &mut dyn Sql, req: &Promote) -> Result<Package, DbError> {
     // Held until the package's files are in: a delete waits, so the
     // content never goes unreferenced in between.
@@ -1404,6 +1469,7 @@ pub(crate) fn promote(c: &mut dyn Sql, req: &Promote) -> Result<Package, DbError
             artifact.state.as_str()
         )));
     }
+    claim_repository(c, &req.repository, &artifact.producer.pipeline)?;
     let existing = c.query_opt(
         &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 AND k.version = ?3"),
         args![&req.repository, &req.package, &req.version],

@@ -979,7 +979,7 @@ async fn access(db: &dyn MetaStore) {
     let mut u = upload("claim", 1, Some("claim"), vec![file("c.txt", 'a', 3)]);
     u.context.pipeline = "app".into();
     let plan = db
-        .create_upload_proving(&u, &q(), Some("acme"))
+        .create_upload_proving(&u, &q(), Some(("acme", "build")))
         .await
         .unwrap();
     assert_eq!(
@@ -998,11 +998,44 @@ async fn access(db: &dyn MetaStore) {
     let mut u = upload("own", 1, Some("own"), vec![file("c.txt", 'a', 3)]);
     u.context.pipeline = "pipe".into();
     let plan = db
-        .create_upload_proving(&u, &q(), Some("default"))
+        .create_upload_proving(&u, &q(), Some(("default", "default")))
         .await
         .unwrap();
-    assert!(plan.missing.is_empty(), "held by its own organization");
-    db.finish_upload(&plan.upload_id).await.unwrap();
+    assert!(plan.missing.is_empty(), "held by its own cluster");
+    let own = db.finish_upload(&plan.upload_id).await.unwrap();
+    // Another cluster of acme owes it too: held per cluster.
+    let mut u = upload("rel", 1, Some("rel"), vec![file("c.txt", 'a', 3)]);
+    u.context.pipeline = "lib".into();
+    db.move_pipeline("lib", "acme", "release").await.unwrap();
+    let plan = db
+        .create_upload_proving(&u, &q(), Some(("acme", "release")))
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.missing,
+        std::slice::from_ref(&a),
+        "held by build, not release"
+    );
+    db.abort_upload(&plan.upload_id).await.unwrap();
+
+    // A package repository is its first organization's.
+    let claimed = db
+        .list_artifacts(&db.find_run("app", 1).await.unwrap().id)
+        .await
+        .unwrap();
+    let claimed = claimed.iter().find(|x| x.name == "claim").unwrap();
+    let promote = |id: &str, version: &str| satchel_model::api::Promote {
+        artifact_id: id.to_string(),
+        repository: "shared".into(),
+        package: "p".into(),
+        version: version.into(),
+    };
+    db.promote(&promote(&claimed.id, "1")).await.unwrap();
+    assert!(matches!(
+        db.promote(&promote(&own.artifact.id, "2")).await,
+        Err(DbError::Forbidden(_))
+    ));
+    db.promote(&promote(&claimed.id, "3")).await.unwrap();
 
     // A shared secret: the first candidate stays.
     assert_eq!(db.shared_secret("signing", "aa").await.unwrap(), "aa");

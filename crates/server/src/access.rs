@@ -296,12 +296,6 @@ impl Caller {
         forbidden(message)
     }
 
-    /// A refusal decided by a handler (a rule of its own), noted as every
-    /// other.
-    pub fn forbid(&self, message: String) -> ApiError {
-        self.deny(message)
-    }
-
     /// The caller's token has `scope` (or is the bootstrap admin).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         match self.token() {
@@ -400,6 +394,12 @@ impl Caller {
         let home = match s.db.pipeline_home(pipeline).await? {
             Some(h) => h,
             None => {
+                if is_job_token(t) {
+                    return Err(self.deny(format!(
+                        "token {} is a job token; pipeline {pipeline:?} has no runs, and a job token cannot start one",
+                        t.id
+                    )));
+                }
                 // Decided as if it were in the token's cluster; only then
                 // created there (it may turn out to exist elsewhere).
                 let would = PipelineInfo {

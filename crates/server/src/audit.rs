@@ -33,8 +33,6 @@ const QUEUE: usize = 10_000;
 const BATCH: usize = 1000;
 /// The longest a flush waits.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
-/// Failed writes of a batch before its entries are written one by one.
-const TRIES: u32 = 3;
 
 /// What a request did, filled in while it runs.
 #[derive(Debug, Clone, Default)]
@@ -128,7 +126,9 @@ impl AuditLog {
     }
 
     /// Queues an entry without waiting (from a destructor): at once if
-    /// there is room, else from a task of its own.
+    /// there is room, else from a task of its own (one per request dropped
+    /// while the queue is full; they wait for the writer like requests
+    /// do).
     fn push_soon(&self, e: AuditEntry) {
         if let Err(mpsc::error::TrySendError::Full(m)) = self.tx.try_send(Msg::Entry(Box::new(e))) {
             let tx = self.tx.clone();
@@ -190,36 +190,19 @@ async fn writer(db: Arc<dyn MetaStore>, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-/// Writes `batch` (and empties it). A database that fails is retried with
-/// backoff for as long as it takes; but after [`TRIES`] failures the
-/// entries go one by one, so one entry the database refuses (it should
-/// not happen: fields are [`clean`]) is logged and set aside instead of
-/// holding back every other.
+/// Writes `batch` (and empties it), retrying with backoff for as long as
+/// the database fails: entries are never dropped (a database that is down
+/// makes requests wait on the full queue instead). Fields are [`clean`],
+/// so no entry is one the database refuses.
 async fn write(db: &dyn MetaStore, batch: &mut Vec<AuditEntry>) {
     let mut delay = Duration::from_millis(100);
-    let mut tries = 0;
     while !batch.is_empty() {
         match db.append_audit(batch).await {
             Ok(()) => batch.clear(),
-            Err(e) if tries + 1 < TRIES || batch.len() == 1 && tries < TRIES * 4 => {
-                tries += 1;
+            Err(e) => {
                 tracing::error!("writing {} audit entries: {e}; retrying", batch.len());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) if batch.len() == 1 => {
-                tracing::error!(
-                    "audit entry set aside, the database refuses it ({e}): {:?}",
-                    batch[0]
-                );
-                batch.clear();
-            }
-            Err(_) => {
-                // One by one: the good ones go in, a bad one is set aside.
-                for e in std::mem::take(batch) {
-                    let mut one = vec![e];
-                    Box::pin(write(db, &mut one)).await;
-                }
             }
         }
     }
@@ -229,6 +212,9 @@ async fn write(db: &dyn MetaStore, batch: &mut Vec<AuditEntry>) {
 /// client went away and its future was dropped), it records the request
 /// as status 499.
 struct Pending {
+    /// The entry being queued (a request dropped while it waits for room
+    /// in the queue still records it).
+    ready: Option<AuditEntry>,
     log: AuditLog,
     note: AuditNote,
     action: String,
@@ -239,7 +225,9 @@ struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        if let Some(e) = self.ready.take() {
+            self.log.push_soon(e);
+        } else if self.status.is_none() {
             let e = self.entry();
             self.log.push_soon(e);
         }
@@ -313,6 +301,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .map(clean);
     let mut pending = Pending {
+        ready: None,
         log: state.audit.clone(),
         note,
         action: clean(&format!("{} {route}", req.method())),
@@ -323,7 +312,11 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     let response = next.run(req).await;
     pending.status = Some(response.status().as_u16());
     // Waits while the queue is full: back-pressure, never a lost entry.
+    // Dropped while waiting, `pending` queues its copy instead; once the
+    // send is done no await follows, so it is never recorded twice.
     let entry = pending.entry();
+    pending.ready = Some(entry.clone());
     state.audit.push(entry).await;
+    pending.ready = None;
     response
 }

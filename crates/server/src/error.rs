@@ -85,6 +85,7 @@ impl From<DbError> for ApiError {
             DbError::NotFound(m) => ApiError::not_found(m),
             DbError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             DbError::Invalid(m) => ApiError::bad_request(m),
+            DbError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             DbError::SizeMismatch(m) => ApiError::new(StatusCode::BAD_REQUEST, "size_mismatch", m),
             DbError::Limit(m) => ApiError::new(StatusCode::CONFLICT, "limit_exceeded", m),
             other => ApiError::internal(other.to_string()),

@@ -551,7 +551,7 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
         db,
         store: Arc::new(store),
         lock: Some(lock),
-        shared_db: !db_url.starts_with("sqlite://"),
+        shared_db: db_url.starts_with("postgres://") || db_url.starts_with("postgresql://"),
     })
 }
 

@@ -155,6 +155,7 @@ impl From<DbError> for TwirpError {
             DbError::NotFound(m) => TwirpError::not_found(m),
             DbError::Conflict(m) => TwirpError::new(StatusCode::CONFLICT, "already_exists", m),
             DbError::Invalid(m) | DbError::SizeMismatch(m) => TwirpError::invalid(m),
+            DbError::Forbidden(m) => TwirpError::new(StatusCode::FORBIDDEN, "permission_denied", m),
             DbError::Limit(m) => {
                 TwirpError::new(StatusCode::PRECONDITION_FAILED, "failed_precondition", m)
             }
@@ -553,35 +554,33 @@ async fn finalize(
         }
     }
     let zip = mime == "application/zip";
-    let created =
-        s.db.create_upload(
-            &CreateUpload {
-                context: JobContext {
-                    pipeline: who.pipeline.clone(),
-                    run: who.run,
-                    stage: None,
-                    job: who.job.clone(),
-                    step: None,
-                    attempt: 1,
-                    branch: None,
-                    commit: None,
-                },
-                name: Some(req.name.clone()),
-                files: vec![NewFile {
-                    path: file_name,
-                    size,
-                    sha256: sha256.clone(),
-                    mode: 0o644,
-                    content_type: Some(mime),
-                    source_path: None,
-                    glob: Some(if zip { "gha-zip" } else { "gha-raw" }.into()),
-                }],
-                exclusive: true,
-                expire_in_secs: s.default_expire_secs,
-            },
-            &s.limits.quotas,
-        )
-        .await;
+    // The one check every manifest passes, whichever way it arrives.
+    let manifest = CreateUpload {
+        context: JobContext {
+            pipeline: who.pipeline.clone(),
+            run: who.run,
+            stage: None,
+            job: who.job.clone(),
+            step: None,
+            attempt: 1,
+            branch: None,
+            commit: None,
+        },
+        name: Some(req.name.clone()),
+        files: vec![NewFile {
+            path: file_name,
+            size,
+            sha256: sha256.clone(),
+            mode: 0o644,
+            content_type: Some(mime),
+            source_path: None,
+            glob: Some(if zip { "gha-zip" } else { "gha-raw" }.into()),
+        }],
+        exclusive: true,
+        expire_in_secs: s.default_expire_secs,
+    };
+    crate::validate_manifest(&manifest, &s.limits)?;
+    let created = s.db.create_upload(&manifest, &s.limits.quotas).await;
     let answer = match created {
         Ok(plan) => {
             let done = s.db.finish_upload(&plan.upload_id).await?;

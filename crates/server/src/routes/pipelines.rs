@@ -317,26 +317,8 @@ pub(super) async fn promote(
             &Acting::producer(&artifact.producer),
         )
         .await?;
-    // A repository belongs to the organization of its first package:
-    // another organization can neither take its names nor move its
-    // `latest`.
-    if let Some(t) = caller.token() {
-        let first =
-            s.db.list_packages(&req.repository, None)
-                .await?
-                .into_iter()
-                .next()
-                .map(|p| p.origin.producer.pipeline);
-        if let Some(first) = first {
-            let home = s.db.pipeline_home(&first).await?;
-            if home.is_some_and(|h| h.org != t.org) {
-                return Err(caller.forbid(format!(
-                    "repository {:?} holds another organization's packages; choose another repository",
-                    req.repository
-                )));
-            }
-        }
-    }
+    // The repository must be (or become) the artifact's organization's:
+    // `rules::promote` decides, in the promotion's transaction.
     Ok((StatusCode::CREATED, axum::Json(s.db.promote(&req).await?)))
 }
 

@@ -185,9 +185,9 @@ pub(super) async fn create(
     req.expire_in_secs = req.expire_in_secs.or(s.default_expire_secs);
     // A scoped token sends what its organization has not: naming a
     // digest is no key to other organizations' content.
-    let org = caller.token().map(|t| t.org.clone());
+    let home = caller.token().map(|t| (t.org.as_str(), t.cluster.as_str()));
     let plan =
-        s.db.create_upload_proving(&req, &s.limits.quotas, org.as_deref())
+        s.db.create_upload_proving(&req, &s.limits.quotas, home)
             .await?;
     Ok((
         StatusCode::CREATED,
