@@ -1134,6 +1134,43 @@ fn a_digest_is_no_key_to_another_organizations_content() {
             .await;
         assert_eq!(status, 200, "{v}");
 
+        // A large file: no assembling it from chunks another cluster
+        // stored, even knowing every chunk; sending it whole works.
+        let big = common::noise(3 << 20, 7);
+        let big_sha = common::sha(&big);
+        let work = tempfile::tempdir().unwrap();
+        common::write(work.path(), "big.bin", &big);
+        s.agent(work.path(), "secret", 3, "build")
+            .env("SATCHEL_TOKEN", &ours)
+            .ok(&["artifact", "upload", "big.bin"]);
+        use satchel_store::chunked::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+        let chunks: Vec<Value> = fastcdc::v2020::FastCDC::new(&big, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+            .map(|c| json!({"sha256": common::sha(&big[c.offset..c.offset + c.length]), "size": c.length}))
+            .collect();
+        let mut m = manifest("claim", 2, "j");
+        m["files"] = json!([{"path": "big.bin", "size": big.len(), "sha256": big_sha, "mode": 420}]);
+        let (_, plan) = api.call(Method::POST, "/uploads", &theirs, Some(&m), "t").await;
+        assert_eq!(plan["missing"], json!([big_sha]), "{plan}");
+        let id = plan["upload_id"].as_str().unwrap().to_string();
+        let list = json!({"chunks": chunks});
+        let (status, v) = api
+            .call(Method::POST, &format!("/uploads/{id}/blobs/{big_sha}/chunks"), &theirs, Some(&list), "t")
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["missing"].as_array().unwrap().len(), chunks.len(), "every chunk is asked for");
+        let (status, v) = api
+            .call(Method::POST, &format!("/uploads/{id}/blobs/{big_sha}/assemble"), &theirs, Some(&list), "t")
+            .await;
+        assert_eq!(status, 409, "assembled from chunks it never sent: {v}");
+        let (status, _) = api
+            .call(Method::POST, &format!("/uploads/{id}/finish"), &theirs, None, "t")
+            .await;
+        assert_eq!(status, 409);
+        // The CLI, which has the file, sends it whole and finishes.
+        s.agent(work.path(), "claim", 2, "k")
+            .env("SATCHEL_TOKEN", &theirs)
+            .ok(&["artifact", "upload", "big.bin"]);
+
         // Within one organization, held content is not sent again.
         let (_, plan) = api
             .call(Method::POST, "/uploads", &ours, Some(&manifest("secret", 2, "j")), "t")

@@ -607,20 +607,20 @@ pub(crate) fn create_upload(
         .collect();
     if let Some(home) = prove_in {
         // Held content counts as present only if this cluster holds it;
-        // the rest must be sent, and is owed until it is.
+        // the rest must be sent, whole, and is owed until it is. (Content
+        // nobody holds is missing as always: it may reuse stored chunks.)
         let held: Vec<&str> = wanted
             .iter()
             .copied()
             .filter(|d| recorded.contains(*d))
             .collect();
         let known = held_in_cluster(c, home, &held)?;
-        missing.extend(
-            held.into_iter()
-                .filter(|d| !known.contains(*d))
-                .map(str::to_string),
-        );
-        missing.sort_unstable();
-        for chunk in missing.chunks(BATCH_ROWS) {
+        let owed: Vec<String> = held
+            .into_iter()
+            .filter(|d| !known.contains(*d))
+            .map(str::to_string)
+            .collect();
+        for chunk in owed.chunks(BATCH_ROWS) {
             let mut a = Vec::with_capacity(chunk.len() * 2);
             for d in chunk {
                 a.push(Value::from(&upload_id));
@@ -634,6 +634,8 @@ pub(crate) fn create_upload(
                 &a,
             )?;
         }
+        missing.extend(owed);
+        missing.sort_unstable();
     }
     Ok(UploadPlan {
         upload_id,
@@ -773,10 +775,18 @@ pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbE
     )? {
         blobs.insert(r.text(0)?, r.uint(1)?);
     }
+    let mut owed = HashSet::new();
+    for mut r in c.query(
+        "SELECT sha256 FROM upload_owed WHERE upload_id = ?1",
+        args![id],
+    )? {
+        owed.insert(r.text(0)?);
+    }
     Ok(UploadNeeds {
         state,
         blobs,
         producer,
+        owed,
     })
 }
 

@@ -325,6 +325,14 @@ pub(super) async fn chunks_missing(
     let needs = open_upload(&s, &caller, &id).await?;
     let hex = Digest::from_hex(&hex)?.to_hex();
     let (_, chunks) = check_chunk_list(&needs, &hex, &list)?;
+    if needs.owed.contains(&hex) {
+        // Owed content is proven by sending it whole (every chunk
+        // missing makes the client do so), never assembled from chunks
+        // someone else stored.
+        return Ok(axum::Json(ChunksMissing {
+            missing: (0..chunks.len()).collect(),
+        }));
+    }
     let digests: Vec<Digest> = chunks.iter().map(|(_, d)| *d).collect();
     let missing = s.store.missing_chunks(&digests).await?;
     Ok(axum::Json(ChunksMissing {
@@ -366,6 +374,15 @@ pub(super) async fn assemble(
     let digest = Digest::from_hex(&hex)?;
     let hex = digest.to_hex();
     let (size, chunks) = check_chunk_list(&needs, &hex, &list)?;
+    if needs.owed.contains(&hex) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "send_whole",
+            format!(
+                "this upload must send the content of {hex} itself: PUT /uploads/{id}/blobs/{hex} (it is held for others only, and chunks prove nothing)"
+            ),
+        ));
+    }
     let mut writing = s.blob_gate.writer();
     writing.add(&hex).await?;
     s.store.assemble(&digest, size, &chunks).await?;
