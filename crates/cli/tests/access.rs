@@ -1136,7 +1136,8 @@ fn a_digest_is_no_key_to_another_organizations_content() {
 
         // A large file: no assembling it from chunks another cluster
         // stored, even knowing every chunk; sending it whole works.
-        let big = common::noise(3 << 20, 7);
+        // Above the CLI's chunked threshold (8 MiB), so it asks for chunks.
+        let big = common::noise(9 << 20, 7);
         let big_sha = common::sha(&big);
         let work = tempfile::tempdir().unwrap();
         common::write(work.path(), "big.bin", &big);
@@ -1162,6 +1163,7 @@ fn a_digest_is_no_key_to_another_organizations_content() {
             .call(Method::POST, &format!("/uploads/{id}/blobs/{big_sha}/assemble"), &theirs, Some(&list), "t")
             .await;
         assert_eq!(status, 409, "assembled from chunks it never sent: {v}");
+        assert_eq!(v["error"]["code"], "send_whole", "{v}");
         let (status, _) = api
             .call(Method::POST, &format!("/uploads/{id}/finish"), &theirs, None, "t")
             .await;
@@ -1170,6 +1172,59 @@ fn a_digest_is_no_key_to_another_organizations_content() {
         s.agent(work.path(), "claim", 2, "k")
             .env("SATCHEL_TOKEN", &theirs)
             .ok(&["artifact", "upload", "big.bin"]);
+
+        // Small files go in batches; a batch pays what it sends.
+        common::write(work.path(), "small.txt", b"small secret\n");
+        s.agent(work.path(), "secret", 4, "build")
+            .env("SATCHEL_TOKEN", &ours)
+            .ok(&["artifact", "upload", "small.txt"]);
+        let out = s
+            .agent(work.path(), "claim", 3, "k")
+            .env("SATCHEL_TOKEN", &theirs)
+            .run(&["artifact", "upload", "small.txt"]);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("(1 new blob)"), "sent, not deduplicated: {text}");
+
+        // Another cluster of the same organization owes it too.
+        api.admin(Method::POST, "/admin/clusters", json!({"name": "c2"})).await;
+        let c2 = api.admin(Method::POST, "/admin/tokens", token("default", "c2")).await;
+        let c2 = c2["token"].as_str().unwrap().to_string();
+        let (_, plan) = api
+            .call(Method::POST, "/uploads", &c2, Some(&manifest("c2-pipe", 1, "j")), "t")
+            .await;
+        assert_eq!(plan["missing"], json!([digest]), "held by default, not c2: {plan}");
+
+        // Content nobody holds yet is owed too: stored by another cluster
+        // meanwhile, it is still not this upload's.
+        let race = b"not stored yet\n";
+        let mut m = manifest("claim", 5, "j");
+        m["files"] = json!([{"path": "r.txt", "size": race.len(), "sha256": common::sha(race), "mode": 420}]);
+        let (_, plan) = api.call(Method::POST, "/uploads", &theirs, Some(&m), "t").await;
+        let id = plan["upload_id"].as_str().unwrap().to_string();
+        let (_, p2) = api.call(Method::POST, "/uploads", &ours, Some(&{
+            let mut m = manifest("secret", 5, "j");
+            m["files"] = json!([{"path": "r.txt", "size": race.len(), "sha256": common::sha(race), "mode": 420}]);
+            m
+        }), "t").await;
+        let id2 = p2["upload_id"].as_str().unwrap();
+        let r = api
+            .http
+            .put(s.api(&format!("/uploads/{id2}/blobs/{}", common::sha(race))))
+            .bearer_auth(&ours)
+            .body(&race[..])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let (status, _) = api
+            .call(Method::POST, &format!("/uploads/{id2}/finish"), &ours, None, "t")
+            .await;
+        assert_eq!(status, 200);
+        let (status, v) = api
+            .call(Method::POST, &format!("/uploads/{id}/finish"), &theirs, None, "t")
+            .await;
+        assert_eq!(status, 409, "finished on another's bytes: {v}");
 
         // Within one organization, held content is not sent again.
         let (_, plan) = api

@@ -148,7 +148,7 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "upload_owed",
-        columns: &["upload_id", "sha256"],
+        columns: &["upload_id", "sha256", "whole"],
         key: &["upload_id", "sha256"],
     },
     Table {

@@ -128,8 +128,9 @@ pub struct UploadNeeds {
     pub blobs: std::collections::HashMap<String, u64>,
     /// Who is uploading: the artifact's pipeline, run, job and attempt.
     pub producer: satchel_model::api::Producer,
-    /// Digests this upload must send itself, whole, before it finishes
-    /// (see [`MetaStore::create_upload_proving`]).
+    /// Digests this upload must send itself, whole (held for other
+    /// clusters only), before it finishes (see
+    /// [`MetaStore::create_upload_proving`]).
     pub owed: HashSet<String>,
 }
 

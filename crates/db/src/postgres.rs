@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0004_secrets.sql"),
     include_str!("../migrations/postgres/0005_upload_owed.sql"),
     include_str!("../migrations/postgres/0006_package_owners.sql"),
+    include_str!("../migrations/postgres/0007_owed_whole.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;

@@ -606,36 +606,35 @@ pub(crate) fn create_upload(
         .map(|d| d.to_string())
         .collect();
     if let Some(home) = prove_in {
-        // Held content counts as present only if this cluster holds it;
-        // the rest must be sent, whole, and is owed until it is. (Content
-        // nobody holds is missing as always: it may reuse stored chunks.)
+        // Held content counts as present only if this cluster holds it.
+        // Everything missing is owed until this upload sends it (content
+        // nobody holds now may be stored by someone else before this
+        // upload finishes); what is held elsewhere must come whole, never
+        // assembled from stored chunks. New content may reuse chunks.
         let held: Vec<&str> = wanted
             .iter()
             .copied()
             .filter(|d| recorded.contains(*d))
             .collect();
         let known = held_in_cluster(c, home, &held)?;
-        let owed: Vec<String> = held
-            .into_iter()
-            .filter(|d| !known.contains(*d))
-            .map(str::to_string)
-            .collect();
-        for chunk in owed.chunks(BATCH_ROWS) {
-            let mut a = Vec::with_capacity(chunk.len() * 2);
+        let elsewhere: HashSet<&str> = held.into_iter().filter(|d| !known.contains(*d)).collect();
+        missing.extend(elsewhere.iter().map(|d| d.to_string()));
+        missing.sort_unstable();
+        for chunk in missing.chunks(BATCH_ROWS) {
+            let mut a = Vec::with_capacity(chunk.len() * 3);
             for d in chunk {
                 a.push(Value::from(&upload_id));
                 a.push(Value::from(d));
+                a.push(Value::Int(i64::from(elsewhere.contains(d.as_str()))));
             }
             c.execute(
                 &format!(
-                    "INSERT INTO upload_owed (upload_id, sha256) VALUES {}",
-                    value_rows(chunk.len(), 2, 1)
+                    "INSERT INTO upload_owed (upload_id, sha256, whole) VALUES {}",
+                    value_rows(chunk.len(), 3, 1)
                 ),
                 &a,
             )?;
         }
-        missing.extend(owed);
-        missing.sort_unstable();
     }
     Ok(UploadPlan {
         upload_id,
@@ -777,7 +776,7 @@ pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbE
     }
     let mut owed = HashSet::new();
     for mut r in c.query(
-        "SELECT sha256 FROM upload_owed WHERE upload_id = ?1",
+        "SELECT sha256 FROM upload_owed WHERE upload_id = ?1 AND whole = 1",
         args![id],
     )? {
         owed.insert(r.text(0)?);
@@ -926,7 +925,7 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
     if !owed.is_empty() {
         let more = if owed.len() > 10 { ", …" } else { "" };
         return Err(DbError::Conflict(format!(
-            "this upload was asked to send the content of {}{more} and has not: content is shared only with an organization that has sent it",
+            "this upload was asked to send the content of {}{more} and has not: held content is shared only within a cluster that has sent it",
             owed[..owed.len().min(10)].join(", ")
         )));
     }

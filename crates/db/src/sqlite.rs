@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_secrets.sql"),
     include_str!("../migrations/sqlite/0007_upload_owed.sql"),
     include_str!("../migrations/sqlite/0008_package_owners.sql"),
+    include_str!("../migrations/sqlite/0009_owed_whole.sql"),
 ];
 const READERS: usize = 4;
 

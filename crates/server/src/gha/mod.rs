@@ -477,6 +477,15 @@ async fn create(
         req.name.clone()
     };
     satchel_model::path::validate(&file_name).map_err(|e| TwirpError::invalid(e.to_string()))?;
+    // Refused now, not after every byte was sent (finalize checks again).
+    if file_name.len() > s.limits.path_bytes {
+        return Err(TwirpError::invalid(format!(
+            "artifact name {:?} makes a file name of {} bytes; this server takes at most {} (satchel serve --max-path-bytes)",
+            req.name,
+            file_name.len(),
+            s.limits.path_bytes
+        )));
+    }
     let session = blob::Session::new(&s.gha.scratch, file_name, mime)
         .map_err(|e| TwirpError::internal(format!("creating upload scratch space: {e}")))?;
     let expires = now_secs() + UPLOAD_URL_TTL;
@@ -577,9 +586,13 @@ async fn finalize(
             glob: Some(if zip { "gha-zip" } else { "gha-raw" }.into()),
         }],
         exclusive: true,
-        expire_in_secs: s.default_expire_secs,
+        // The server's default retention is applied after the check (it
+        // is not the client's input), as for REST uploads.
+        expire_in_secs: None,
     };
     crate::validate_manifest(&manifest, &s.limits)?;
+    let mut manifest = manifest;
+    manifest.expire_in_secs = s.default_expire_secs;
     let created = s.db.create_upload(&manifest, &s.limits.quotas).await;
     let answer = match created {
         Ok(plan) => {
