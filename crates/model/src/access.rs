@@ -531,7 +531,10 @@ fn split_outside_quotes<'a>(s: &'a str, sep: &str) -> Result<Vec<&'a str>, Strin
             Some(q) if c == q => quote = None,
             Some(_) => {}
             None if c == b'\'' || c == b'"' => quote = Some(c),
-            None if s[i..].starts_with(sep) => {
+            // Bytes, not `&s[i..]`: `i` may be inside a multi-byte
+            // character (a separator is ASCII, so where it matches is a
+            // character boundary).
+            None if bytes[i..].starts_with(sep.as_bytes()) => {
                 parts.push(&s[start..i]);
                 i += sep.len();
                 start = i;
@@ -602,6 +605,9 @@ mod tests {
             assert!(e.contains(says), "{bad:?}: {e}");
         }
         assert!(Condition::parse(&"x".repeat(2000)).is_err());
+        // Found by fuzzing: a multi-byte character before a separator.
+        assert!(Condition::parse("source.pipeline == 'é' && source.pipeline == 'ü'").is_ok());
+        assert!(Condition::parse("é&&ü").is_err());
     }
 
     #[test]
