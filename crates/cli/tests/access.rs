@@ -52,6 +52,14 @@ impl Api<'_> {
         v
     }
 
+    /// Creates a token from `spec` with the bootstrap token; its secret.
+    async fn token(&self, spec: Value) -> String {
+        let t = self
+            .admin(reqwest::Method::POST, "/admin/tokens", spec)
+            .await;
+        t["token"].as_str().unwrap().to_string()
+    }
+
     async fn get_admin_status(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, &self.s.token, None, "setup")
             .await
@@ -935,14 +943,7 @@ fn job_tokens_cannot_forge_their_build_or_borrow_uploads() {
         .await;
         // Run 1 of app has no branch.
         api.admin(Method::POST, "/pipelines/app/runs", json!({})).await;
-        let job = api
-            .admin(
-                Method::POST,
-                "/admin/tokens",
-                json!({"scopes": ["read", "write"], "pipeline": "app", "run": 1, "job": "j"}),
-            )
-            .await;
-        let job = job["token"].as_str().unwrap().to_string();
+        let job = api.token(json!({"scopes": ["read", "write"], "pipeline": "app", "run": 1, "job": "j"})).await;
         let mut m = manifest("app", 1, "j");
         m["context"]["branch"] = json!("main");
         let (status, v) = api.call(Method::POST, "/uploads", &job, Some(&m), "t").await;
@@ -953,14 +954,7 @@ fn job_tokens_cannot_forge_their_build_or_borrow_uploads() {
             .call(Method::GET, "/pipelines/gated/runs/1/search?query=**", &job, None, "t")
             .await;
         assert_eq!(status, 403, "the condition met by a forged branch: {v}");
-        let early = api
-            .admin(
-                Method::POST,
-                "/admin/tokens",
-                json!({"scopes": ["write"], "pipeline": "app", "run": 9, "job": "j"}),
-            )
-            .await;
-        let early = early["token"].as_str().unwrap().to_string();
+        let early = api.token(json!({"scopes": ["write"], "pipeline": "app", "run": 9, "job": "j"})).await;
         let (status, v) = api
             .call(Method::POST, "/uploads", &early, Some(&manifest("app", 9, "j")), "t")
             .await;
@@ -980,14 +974,7 @@ fn job_tokens_cannot_forge_their_build_or_borrow_uploads() {
             .call(Method::POST, "/uploads", &job, Some(&manifest("app", 1, "j")), "t")
             .await;
         let upload = plan["upload_id"].as_str().unwrap();
-        let other = api
-            .admin(
-                Method::POST,
-                "/admin/tokens",
-                json!({"scopes": ["read", "write", "delete"], "cluster": "release"}),
-            )
-            .await;
-        let other = other["token"].as_str().unwrap().to_string();
+        let other = api.token(json!({"scopes": ["read", "write", "delete"], "cluster": "release"})).await;
         for (m, path) in [
             (Method::POST, format!("/uploads/{upload}/finish")),
             (Method::POST, format!("/uploads/{upload}/abort")),
@@ -1012,14 +999,7 @@ fn job_tokens_cannot_forge_their_build_or_borrow_uploads() {
             json!({"artifact_id": app_artifact, "repository": "r", "package": "p", "version": "1"}),
         )
         .await;
-        let outsider = api
-            .admin(
-                Method::POST,
-                "/admin/tokens",
-                json!({"scopes": ["read", "write"], "org": "other", "cluster": "x"}),
-            )
-            .await;
-        let outsider = outsider["token"].as_str().unwrap().to_string();
+        let outsider = api.token(json!({"scopes": ["read", "write"], "org": "other", "cluster": "x"})).await;
         let theirs = api.upload(&outsider, "theirs", 1, "j").await;
         let (status, v) = api
             .call(
@@ -1084,10 +1064,8 @@ fn a_digest_is_no_key_to_another_organizations_content() {
         let token = |org: &str, cluster: &str| {
             json!({"scopes": ["read", "write"], "org": org, "cluster": cluster})
         };
-        let ours = api.admin(Method::POST, "/admin/tokens", token("default", "default")).await;
-        let ours = ours["token"].as_str().unwrap().to_string();
-        let theirs = api.admin(Method::POST, "/admin/tokens", token("other", "x")).await;
-        let theirs = theirs["token"].as_str().unwrap().to_string();
+        let ours = api.token(token("default", "default")).await;
+        let theirs = api.token(token("other", "x")).await;
         // Our organization stores the content.
         api.upload(&ours, "secret", 1, "build").await;
 
@@ -1188,8 +1166,7 @@ fn a_digest_is_no_key_to_another_organizations_content() {
 
         // Another cluster of the same organization owes it too.
         api.admin(Method::POST, "/admin/clusters", json!({"name": "c2"})).await;
-        let c2 = api.admin(Method::POST, "/admin/tokens", token("default", "c2")).await;
-        let c2 = c2["token"].as_str().unwrap().to_string();
+        let c2 = api.token(token("default", "c2")).await;
         let (_, plan) = api
             .call(Method::POST, "/uploads", &c2, Some(&manifest("c2-pipe", 1, "j")), "t")
             .await;

@@ -374,9 +374,9 @@ impl Caller {
         let Some(home) = s.db.pipeline_home(pipeline).await? else {
             return Ok(false);
         };
-        let rules = self.rules_for(s, t, Need::Read, &home).await?;
-        let facts = build_facts(s, t).await?;
-        Ok(decide(t, Need::Read, &home, &Acting::default(), &rules, &facts).is_ok())
+        Ok(verdict(s, t, Need::Read, &home, &Acting::default())
+            .await?
+            .is_ok())
     }
 
     /// May this caller write to `pipeline` acting as `acting`? A pipeline
@@ -459,21 +459,6 @@ impl Caller {
         self.check(s, t, Need::Delete, &home, acting).await
     }
 
-    async fn rules_for(
-        &self,
-        s: &AppState,
-        t: &TokenInfo,
-        need: Need,
-        home: &PipelineInfo,
-    ) -> Result<Vec<RuleInfo>, ApiError> {
-        // Rules matter only for reads across clusters of one organization.
-        if need == Need::Read && home.org == t.org && home.cluster != t.cluster {
-            Ok(s.db.list_rules(Some(&t.org)).await?)
-        } else {
-            Ok(Vec::new())
-        }
-    }
-
     async fn check(
         &self,
         s: &AppState,
@@ -482,14 +467,32 @@ impl Caller {
         home: &PipelineInfo,
         acting: &Acting,
     ) -> Result<(), ApiError> {
-        let rules = self.rules_for(s, t, need, home).await?;
-        let facts = if rules.iter().any(|r| r.condition.is_some()) {
-            build_facts(s, t).await?
-        } else {
-            BuildFacts::default()
-        };
-        decide(t, need, home, acting, &rules, &facts).map_err(|Denied(m)| self.deny(m))
+        verdict(s, t, need, home, acting)
+            .await?
+            .map_err(|Denied(m)| self.deny(m))
     }
+}
+
+/// [`decide`] with what it needs loaded, and only that: the rules for a
+/// read across clusters, the token's build when a rule has a condition.
+async fn verdict(
+    s: &AppState,
+    t: &TokenInfo,
+    need: Need,
+    home: &PipelineInfo,
+    acting: &Acting,
+) -> Result<Result<(), Denied>, ApiError> {
+    let rules = if need == Need::Read && home.org == t.org && home.cluster != t.cluster {
+        s.db.list_rules(Some(&t.org)).await?
+    } else {
+        Vec::new()
+    };
+    let facts = if rules.iter().any(|r| r.condition.is_some()) {
+        build_facts(s, t).await?
+    } else {
+        BuildFacts::default()
+    };
+    Ok(decide(t, need, home, acting, &rules, &facts))
 }
 
 fn resource(pipeline: &str, acting: &Acting) -> String {
