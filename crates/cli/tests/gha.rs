@@ -308,3 +308,116 @@ fn runtime_tokens_are_signed_with_the_data_dirs_own_secret() {
         "the same server after a restart"
     );
 }
+
+/// One Twirp call of the artifact service: (status, JSON answer).
+async fn twirp(url: &str, token: &str, method: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{url}twirp/github.actions.results.api.v1.ArtifactService/{method}"
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// The job's ids plus `extra`, as every Twirp request of job `build` of
+/// run 1 of pipeline `gh` carries them.
+fn ids_with(extra: Value) -> Value {
+    let mut v = serde_json::json!({
+        "workflow_run_backend_id": "satchel.gh.1",
+        "workflow_job_run_backend_id": "build",
+    });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v
+}
+
+/// The client commits its block list, then calls FinalizeArtifact: two
+/// requests, with nothing referencing the committed blob in between but
+/// the upload session. A GC in that gap (an operator's `admin gc --grace
+/// 0`, or any pass once the gap outlasts the grace period) found the blob
+/// unreferenced and deleted it, so the finalize that followed failed and
+/// the upload was lost, its blocks already gone. A committed session now
+/// keeps its blob until it is finalized or reaped.
+#[test]
+fn gc_between_block_list_commit_and_finalize_keeps_the_content() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let (url, token) = mint(&s, "build", &[]);
+    let agent = s.agent(Path::new("."), "gh", 1, "build");
+    // Several chunks, so the chunk path is swept too.
+    let body = noise(3 * 1024 * 1024 + 17, 41);
+    let hash = format!("sha256:{}", sha(&body));
+    let http = s.http();
+    let signed = rt().block_on(async {
+        let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": "late", "version": 4}))).await;
+        assert_eq!(st, 200, "{v}");
+        let signed = v["signed_upload_url"].as_str().unwrap().to_string();
+        for (id, part) in [("QUFB", &body[..1 << 20]), ("QkJC", &body[1 << 20..])] {
+            let r = http
+                .put(format!("{signed}&comp=block&blockid={id}"))
+                .body(part.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let r = http
+            .put(format!("{signed}&comp=blocklist"))
+            .body("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        signed
+    });
+    let gc: Value =
+        serde_json::from_str(&agent.ok(&["admin", "gc", "--grace", "0", "--json"])).unwrap();
+    assert_eq!(gc["blobs_deleted"], 0, "{gc}");
+    rt().block_on(async {
+        let (st, v) = twirp(
+            &url,
+            &token,
+            "FinalizeArtifact",
+            ids_with(
+                serde_json::json!({"name": "late", "size": body.len().to_string(), "hash": hash}),
+            ),
+        )
+        .await;
+        assert_eq!(st, 200, "finalize after a GC: {v}");
+        // The session is gone with the finalize; its URL takes no more.
+        let r = http
+            .put(format!("{signed}&comp=block&blockid=Q0ND"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    });
+    // Referenced now, it survives GC for good.
+    agent.ok(&["admin", "gc", "--grace", "0"]);
+    rt().block_on(async {
+        let (_, v) = twirp(
+            &url,
+            &token,
+            "GetSignedArtifactURL",
+            ids_with(serde_json::json!({"name": "late"})),
+        )
+        .await;
+        let r = http
+            .get(v["signed_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.bytes().await.unwrap().as_ref() == &body[..],
+            "the content came back whole"
+        );
+    });
+}

@@ -47,10 +47,12 @@ impl std::fmt::Debug for BlobGate {
 }
 
 /// Digests a writer is storing; dropping it ends the announcements. Drop
-/// it only after the blobs are recorded (or the write failed).
+/// it only after the blobs are recorded (or the write failed), or keep it
+/// longer where nothing else references a recorded blob yet (a GitHub
+/// Actions upload between its block-list commit and FinalizeArtifact).
 #[derive(Debug)]
-pub struct Writing<'a> {
-    gate: &'a BlobGate,
+pub struct Writing {
+    gate: Arc<BlobGate>,
     /// This write's id in the database's announcements.
     id: String,
     digests: Vec<String>,
@@ -76,9 +78,9 @@ impl BlobGate {
     }
 
     /// A writer with no digests announced yet.
-    pub fn writer(&self) -> Writing<'_> {
+    pub fn writer(self: &Arc<Self>) -> Writing {
         Writing {
-            gate: self,
+            gate: self.clone(),
             id: satchel_model::id::new_id(),
             digests: Vec::new(),
         }
@@ -110,7 +112,7 @@ impl BlobGate {
     }
 }
 
-impl Writing<'_> {
+impl Writing {
     /// Announces that `digest` (hex) is about to be stored. Waits only
     /// while a GC sweep is deleting (on any replica).
     pub async fn add(&mut self, digest: &str) -> Result<(), DbError> {
@@ -124,7 +126,7 @@ impl Writing<'_> {
     }
 }
 
-impl Drop for Writing<'_> {
+impl Drop for Writing {
     fn drop(&mut self) {
         if self.digests.is_empty() {
             return;
@@ -191,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_writer_blocks_neither_gc_nor_other_writers() {
-        let gate = BlobGate::default();
+        let gate = Arc::new(BlobGate::default());
         let mut slow = gate.writer();
         slow.add("aa").await.unwrap();
         // GC gets the gate while the slow writer is still writing, and

@@ -12,8 +12,9 @@
 //! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, skips
 //! every digest a writer is storing right now, deletes the rows that are
 //! *still* unreferenced and still older than the cutoff (recording a blob
-//! again makes it young: a GitHub Actions upload records its blob when the
-//! block list commits, well before FinalizeArtifact references it) in one
+//! again makes it young; a GitHub Actions upload, which records its blob
+//! when the block list commits, before FinalizeArtifact references it,
+//! keeps it announced in between) in one
 //! transaction (SQLite serializes this against `create_upload`, which
 //! checks `blobs` and inserts its file rows in one transaction: an upload
 //! is either told the content is missing, or its staged rows keep the blob

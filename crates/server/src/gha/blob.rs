@@ -8,7 +8,8 @@
 //! - `PUT …?comp=blocklist` with `<BlockList><Latest>ID</Latest>…`: the
 //!   blob is the listed blocks in list order. It is hashed, stored in the
 //!   content store durably, and recorded; FinalizeArtifact then checks the
-//!   client's size and digest against it. The scratch blocks are deleted
+//!   client's size and digest against it. Until then the session keeps the
+//!   blob announced to GC ([`crate::gate`]), since no file references it. The scratch blocks are deleted
 //!   then (a retry of the same list answers 201 again). Answers 201.
 //!
 //! A session holds at most [`super::Gha::max_session_bytes`] of blocks
@@ -53,6 +54,10 @@ pub struct Session {
     pub assembled: Option<(String, u64)>,
     /// The block ids of the committed block list.
     committed: Option<Vec<String>>,
+    /// Keeps GC (on every replica) off the committed blob, which nothing
+    /// else references until FinalizeArtifact records its file; ends when
+    /// the session does (finalized, replaced or reaped).
+    holds: Option<crate::gate::Writing>,
     /// Sizes of the blocks in scratch, by file name.
     blocks: HashMap<PathBuf, u64>,
     /// When the session was last used, in seconds since the epoch.
@@ -72,6 +77,7 @@ impl Session {
             dir,
             assembled: None,
             committed: None,
+            holds: None,
             blocks: HashMap::new(),
             touched: now_secs(),
         })
@@ -438,10 +444,13 @@ async fn commit(
         .put(&digest, size, &mut reader, Durability::Sync)
         .await?;
     s.db.record_blobs(&[(hex.clone(), size)]).await?;
-    drop(writing);
+    // The announcement moves into the session: it must not lapse before
+    // FinalizeArtifact references the blob (if the session is gone, it
+    // ends here and the blob is garbage).
     let scratch = with_session(s, session, |x| {
         x.assembled = Some((hex, size));
         x.committed = ids;
+        x.holds = Some(writing);
         std::mem::take(&mut x.blocks)
     })?;
     // Azure drops uncommitted blocks at commit; the content is stored.
