@@ -2,7 +2,8 @@
 # The whole test suite: unit, property, conformance and end-to-end tests.
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
 # data dirs. What they need from outside is installed here, never silently
-# skipped: Node.js and the real @actions/artifact clients (tests/gha), and
+# skipped: Node.js and the real @actions/artifact clients (tests/gha), strace
+# (the crash-durability test), and
 # the servers of the backend conformance tests (scripts/services.sh:
 # Garage for S3, Azurite for Azure Blob, nginx for WebDAV, fake-gcs-server
 # for GCS, PostgreSQL for the metadata store and the replica tests).
@@ -14,6 +15,12 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "== installing Node.js from Debian packages"
   apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+# strace, for the test that replays the server's file system calls
+# against a crash (crates/cli/tests/durability.rs).
+if ! command -v strace >/dev/null; then
+  echo "== installing strace from Debian packages"
+  apt-get update -qq && apt-get install -y -qq strace
 fi
 # The real clients, pinned by tests/gha/package-lock.json; reused when
 # already installed for this lock file.

@@ -6,12 +6,17 @@
 //! including plain HTTP/WebDAV servers, hold content of any size.
 //!
 //! [`DirBackend`] is the embedded default: files under a directory, written
-//! atomically (temp + rename) and made durable with `fsync`/`syncfs`.
+//! atomically (temp + rename) and made durable with `fsync`/`syncfs`: a
+//! synced write syncs the file, its directory, and the directories above
+//! it whose names are not yet known to be durable (a new fan-out
+//! directory would otherwise vanish in a crash with what it holds).
 //! [`crate::remote::RemoteBackend`] covers S3, Azure Blob, GCS and HTTP.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -89,6 +94,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
 #[derive(Debug, Clone)]
 pub struct DirBackend {
     root: PathBuf,
+    /// Directories whose own name is known to be durable in their parent
+    /// (so a synced write into one needs no more than a sync of it).
+    durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl DirBackend {
@@ -100,12 +108,22 @@ impl DirBackend {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
         }
+        // The store's own directories, durable before anything is stored
+        // in them (a crash must not lose `objects/` with what is in it).
+        sync_dir(&root)?;
+        if let Some(above) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(above)?;
+        }
+        let durable_dirs = Arc::new(Mutex::new(HashSet::from([
+            root.clone(),
+            root.join("objects"),
+        ])));
         if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(DirBackend { root })
+        Ok(DirBackend { root, durable_dirs })
     }
 
     /// The directory.
@@ -118,7 +136,47 @@ impl DirBackend {
     }
 }
 
-fn write_file(tmp: &Path, dest: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("syncing {}", dir.display())))
+}
+
+/// Makes the name of `dir`, and of each directory above it up to `root`,
+/// durable in its parent, unless already known to be: a directory created
+/// for a synced write (a new fan-out directory) is lost in a crash, with
+/// what it holds, until its parent is synced. Another writer may have
+/// created it and not synced its parent yet, so existing is not enough.
+fn sync_names_up_to(
+    dir: &Path,
+    root: &Path,
+    known: &Mutex<HashSet<PathBuf>>,
+) -> Result<(), StoreError> {
+    let mut d = dir;
+    while d != root {
+        if known.lock().unwrap_or_else(|p| p.into_inner()).contains(d) {
+            return Ok(());
+        }
+        let Some(up) = d.parent() else {
+            return Ok(());
+        };
+        sync_dir(up)?;
+        known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.to_path_buf());
+        d = up;
+    }
+    Ok(())
+}
+
+fn write_file(
+    tmp: &Path,
+    dest: &Path,
+    data: &[u8],
+    durable: Option<(&Path, &Mutex<HashSet<PathBuf>>)>,
+) -> Result<(), StoreError> {
+    let sync = durable.is_some();
     let mut f =
         std::fs::File::create(tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let res = f
@@ -141,10 +199,9 @@ fn write_file(tmp: &Path, dest: &Path, data: &[u8], sync: bool) -> Result<(), St
         let _ = std::fs::remove_file(tmp);
         return Err(io_err(format!("renaming into {}", dest.display()))(e));
     }
-    if sync {
-        std::fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("syncing {}", parent.display())))?;
+    if let Some((root, known)) = durable {
+        sync_dir(parent)?;
+        sync_names_up_to(parent, root, known)?;
     }
     Ok(())
 }
@@ -185,9 +242,12 @@ impl ObjectBackend for DirBackend {
             .root
             .join("tmp")
             .join(satchel_model::id::random_hex(16));
-        tokio::task::spawn_blocking(move || write_file(&tmp, &dest, &data, sync))
-            .await
-            .expect("object writer panicked")
+        let (root, known) = (self.root.clone(), self.durable_dirs.clone());
+        tokio::task::spawn_blocking(move || {
+            write_file(&tmp, &dest, &data, sync.then_some((&*root, &*known)))
+        })
+        .await
+        .expect("object writer panicked")
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {

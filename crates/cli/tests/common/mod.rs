@@ -24,7 +24,20 @@ impl Server {
     }
 
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(BIN);
+        Server::start_under(&[], data, env)
+    }
+
+    /// [`Server::start_with`], the server started by `wrapper` (a command
+    /// and its arguments, such as `strace -o LOG`) when not empty.
+    pub fn start_under(wrapper: &[&str], data: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env_remove("SATCHEL_ADMIN_TOKEN")
