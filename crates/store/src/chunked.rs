@@ -175,7 +175,7 @@ impl ChunkStore {
         &self.backend
     }
 
-    fn chunk_key(&self, d: &Digest) -> String {
+    pub(crate) fn chunk_key(&self, d: &Digest) -> String {
         format!("c/{}", fan(&self.codec.name(d)))
     }
 
@@ -183,7 +183,7 @@ impl ChunkStore {
         format!("b/{}", fan(&self.codec.name(d)))
     }
 
-    fn recipe_key(&self, d: &Digest) -> String {
+    pub(crate) fn recipe_key(&self, d: &Digest) -> String {
         format!("r/{}", fan(&self.codec.name(d)))
     }
 

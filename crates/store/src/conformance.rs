@@ -56,6 +56,18 @@ async fn put(store: &ChunkStore, body: &[u8]) -> Digest {
     d
 }
 
+/// The digests of `data`'s chunks, cut as the store cuts them.
+fn chunk_digests(data: &[u8]) -> Vec<Digest> {
+    fastcdc::v2020::FastCDC::new(
+        data,
+        crate::chunked::MIN_CHUNK,
+        crate::chunked::AVG_CHUNK,
+        crate::chunked::MAX_CHUNK,
+    )
+    .map(|c| Digest::of(&data[c.offset..c.offset + c.length]))
+    .collect()
+}
+
 async fn keys(backend: &dyn ObjectBackend) -> HashSet<String> {
     let mut out = HashSet::new();
     for dir in ["b", "c", "p", "r"] {
@@ -116,6 +128,9 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     );
     compression_saves_space(&zstd).await;
     encryption_hides_content_and_hashes(backend.clone()).await;
+    encryption_turned_on_for_a_plain_store(backend.clone()).await;
+    reused_old_chunks_are_refreshed(backend.clone()).await;
+    a_reused_chunk_swept_before_the_recipe_fails_the_write(backend.clone()).await;
     sweep_frees_exactly_the_unused(backend.clone()).await;
     settings_marker_guards_keys(backend).await;
 }
@@ -590,14 +605,7 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     digests.push(d);
     // The big file's chunks, cut as the store cuts them: their hashes must
     // not show either.
-    let chunk_digests: Vec<Digest> = fastcdc::v2020::FastCDC::new(
-        &big,
-        crate::chunked::MIN_CHUNK,
-        crate::chunked::AVG_CHUNK,
-        crate::chunked::MAX_CHUNK,
-    )
-    .map(|c| Digest::of(&big[c.offset..c.offset + c.length]))
-    .collect();
+    let chunk_digests = chunk_digests(&big);
     assert!(chunk_digests.len() > 20, "{} chunks", chunk_digests.len());
     digests.extend(chunk_digests);
     // Nothing stored under an encrypting store is plain, shows the marker
@@ -668,6 +676,235 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     .await
     .unwrap();
     assert!(backend.list("p").await.unwrap().is_empty());
+}
+
+async fn encryption_turned_on_for_a_plain_store(backend: Arc<dyn ObjectBackend>) {
+    // A plain store (what earlier checks left under other keys goes first).
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    ChunkStore::new(backend.clone(), Codec::plain())
+        .with_refresh_after(Duration::ZERO)
+        .sweep(&HashSet::new(), future)
+        .await
+        .unwrap();
+    assert!(keys(&*backend).await.is_empty(), "sweep left objects");
+    // Content stored before encryption: whole, chunked, packed.
+    let plain = ChunkStore::new(backend.clone(), Codec::plain());
+    let small = random_bytes(3000, 30);
+    let big = random_bytes(3 * 1024 * 1024, 31);
+    let tiny: Vec<(Digest, Bytes)> = (0..crate::pack::PACK_MIN_BLOBS as u64)
+        .map(|i| {
+            let b = Bytes::from(random_bytes(200, 300 + i));
+            (Digest::of(&b), b)
+        })
+        .collect();
+    let ds = put(&plain, &small).await;
+    let db = put(&plain, &big).await;
+    plain.put_packed(tiny.clone()).await.unwrap();
+    let mut all: Vec<(Digest, Vec<u8>)> = vec![(ds, small), (db, big)];
+    all.extend(tiny.iter().map(|(d, b)| (*d, b.to_vec())));
+
+    let ring = Keyring::parse(&Keyring::generate()).unwrap();
+    let enc = ChunkStore::new(
+        backend.clone(),
+        Codec {
+            compression: Compression::Zstd(3),
+            keys: Some(ring),
+        },
+    );
+    enc.check_settings()
+        .await
+        .expect("turning encryption on is allowed");
+    async fn readable(store: &ChunkStore, all: &[(Digest, Vec<u8>)], what: &str) {
+        for (d, body) in all {
+            assert!(store.contains(d).await.unwrap(), "{what}: {d} missing");
+            let got = read_all(store, d, None).await;
+            assert!(
+                got.as_deref().ok() == Some(&body[..]),
+                "{what}: {d} does not read back"
+            );
+        }
+    }
+    readable(&enc, &all, "plain content under encryption").await;
+    // A sweep under encryption keeps plain content that is kept.
+    let keep: HashSet<Digest> = all.iter().map(|(d, _)| *d).collect();
+    enc.sweep(&keep, future).await.unwrap();
+    readable(&enc, &all, "after a sweep keeping it").await;
+    // Rotation renames every plain object to its keyed name and encrypts
+    // it; afterwards nothing plain is left, and everything reads.
+    let report = enc.rewrite(&|_| {}).await.unwrap();
+    assert!(report.rewritten >= 4, "{report:?}");
+    for key in keys(&*backend).await {
+        let stored = backend.get(&key).await.unwrap().unwrap();
+        assert!(
+            Codec::peek(&stored).unwrap().key_id.is_some(),
+            "{key} is still plain after the rewrite"
+        );
+        for (d, _) in &all {
+            assert!(!key.contains(&d.to_hex()), "{key} still has its plain name");
+        }
+    }
+    readable(&enc, &all, "after the rewrite").await;
+    assert!(
+        !plain.contains(&db).await.unwrap() && read_all(&plain, &ds, None).await.is_err(),
+        "a store without the keys still reads content that was encrypted"
+    );
+    enc.sweep(&HashSet::new(), future).await.unwrap();
+    backend.delete("satchel-store").await.unwrap();
+}
+
+/// Waits until the backend reports `key` older than `age`.
+async fn wait_until_older(backend: &dyn ObjectBackend, key: &str, age: Duration) {
+    let deadline = SystemTime::now() + age + Duration::from_secs(20);
+    loop {
+        let modified = backend.head(key).await.unwrap().expect("object exists");
+        if SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default()
+            > age
+        {
+            return;
+        }
+        assert!(SystemTime::now() < deadline, "{key} never aged");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
+    // Backends report times to the second, so ages are compared with a
+    // second to spare.
+    let refresh = Duration::from_secs(3);
+    let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(refresh);
+    let a = random_bytes(2 * 1024 * 1024, 40);
+    put(&store, &a).await;
+    let mut b = a.clone();
+    b.extend(random_bytes(100_000, 41));
+    let (in_a, in_b) = (chunk_digests(&a), chunk_digests(&b));
+    let shared: Vec<Digest> = in_a.iter().filter(|d| in_b.contains(d)).copied().collect();
+    let only_a: Vec<Digest> = in_a.iter().filter(|d| !in_b.contains(d)).copied().collect();
+    assert!(
+        shared.len() >= 10 && !only_a.is_empty(),
+        "{} shared",
+        shared.len()
+    );
+    wait_until_older(
+        &*backend,
+        &store.chunk_key(&shared[0]),
+        refresh + Duration::from_secs(1),
+    )
+    .await;
+    // B reuses A's chunks, now older than the refresh age: the write
+    // refreshes them (touch on disk, a rewrite on object stores), so a
+    // sweep sees them young; A's own chunk is left alone.
+    put(&store, &b).await;
+    let age = |m: SystemTime| SystemTime::now().duration_since(m).unwrap_or_default();
+    for d in &shared {
+        let m = backend.head(&store.chunk_key(d)).await.unwrap().unwrap();
+        assert!(
+            age(m) < refresh,
+            "chunk {d} was reused at {:?} old without a refresh",
+            age(m)
+        );
+    }
+    let m = backend
+        .head(&store.chunk_key(&only_a[0]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(age(m) >= refresh, "a chunk B does not use was refreshed");
+    assert!(read_all(&store, &Digest::of(&b), None).await.unwrap() == b);
+}
+
+/// A backend that reports the first `head` of one key: the moment a
+/// write has decided to reuse that stored chunk.
+struct Watch {
+    inner: Arc<dyn ObjectBackend>,
+    key: String,
+    seen: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl ObjectBackend for Watch {
+    async fn put(&self, key: &str, data: Bytes, sync: bool) -> Result<(), StoreError> {
+        self.inner.put(key, data, sync).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<SystemTime>, StoreError> {
+        let r = self.inner.head(key).await;
+        if key == self.key {
+            self.seen.notify_one();
+        }
+        r
+    }
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.touch(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, dir: &str) -> Result<Vec<crate::backend::Listed>, StoreError> {
+        self.inner.list(dir).await
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+async fn a_reused_chunk_swept_before_the_recipe_fails_the_write(backend: Arc<dyn ObjectBackend>) {
+    use tokio::io::AsyncWriteExt;
+    let store = ChunkStore::new(backend.clone(), Codec::plain());
+    let a = random_bytes(2 * 1024 * 1024, 50);
+    put(&store, &a).await;
+    let mut b = a[..1024 * 1024].to_vec();
+    b.extend(random_bytes(1024 * 1024, 51));
+    let first = chunk_digests(&a)[0];
+    let key = store.chunk_key(&first);
+    let watch = Arc::new(Watch {
+        inner: backend.clone(),
+        key: key.clone(),
+        seen: tokio::sync::Notify::new(),
+    });
+    let watched = ChunkStore::new(watch.clone(), Codec::plain());
+    let db = Digest::of(&b);
+    let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
+    // B's first MiB is A's: the write finds A's first chunk stored and
+    // decides to reuse it; then a sweep takes it (as one that listed the
+    // recipes before B's existed would), before B's recipe is written.
+    let writing = watched.put(&db, b.len() as u64, &mut rx, Durability::Sync);
+    let feeding = async {
+        tx.write_all(&b[..1024 * 1024]).await.unwrap();
+        watch.seen.notified().await;
+        backend.delete(&key).await.unwrap();
+        let _ = tx.write_all(&b[1024 * 1024..]).await;
+        drop(tx);
+    };
+    let (written, ()) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(writing, feeding)
+    })
+    .await
+    .expect("the write finished");
+    let e = written.expect_err("a recipe was written over a chunk that is gone");
+    assert!(e.to_string().contains("retry the upload"), "{e}");
+    assert!(!store.contains(&db).await.unwrap());
+    assert!(backend
+        .head(&store.recipe_key(&db))
+        .await
+        .unwrap()
+        .is_none());
+    // The retry stores the chunk again.
+    put(&store, &b).await;
+    assert!(read_all(&store, &db, None).await.unwrap() == b);
 }
 
 async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
