@@ -27,6 +27,19 @@ pub struct ServeArgs {
     /// Minutes between garbage collection passes (0: only `satchel admin gc`).
     #[arg(long, env = "SATCHEL_GC_MINUTES", default_value_t = 60)]
     gc_minutes: u64,
+    /// Seconds between passes instead of `--gc-minutes`; for tests that
+    /// watch the periodic task work.
+    #[arg(long, env = "SATCHEL_GC_EVERY_SECS", hide = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    gc_every_secs: Option<u32>,
+    /// Grace period of the periodic GC in seconds (default 3600).
+    #[arg(long, env = "SATCHEL_GC_GRACE_SECS", hide = true)]
+    gc_grace_secs: Option<u32>,
+    /// Seconds before an idle GitHub Actions upload is dropped (default a
+    /// day).
+    #[arg(long, env = "SATCHEL_GHA_UPLOAD_IDLE_SECS", hide = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    gha_upload_idle_secs: Option<u32>,
     /// Packs of small files gathered in memory at once (8 MiB each);
     /// further batches wait their turn.
     #[arg(long, env = "SATCHEL_PACK_BUFFERS", default_value_t = satchel_server::PACK_BUFFERS as u16,
@@ -298,11 +311,21 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             std::time::Duration::from_millis(u64::from(ms))
         }))
         .with_limits(a.limits.limits());
-    if a.gc_minutes > 0 {
-        satchel_server::maintenance::spawn_periodic_gc(
-            state.clone(),
-            std::time::Duration::from_secs(a.gc_minutes * 60),
-        );
+    let every = match a.gc_every_secs {
+        Some(secs) => u64::from(secs),
+        None => a.gc_minutes.saturating_mul(60),
+    };
+    if every > 0 {
+        let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+        let mut p =
+            satchel_server::maintenance::Periodic::every(std::time::Duration::from_secs(every));
+        if let Some(g) = a.gc_grace_secs {
+            p.grace = secs(g);
+        }
+        if let Some(i) = a.gha_upload_idle_secs {
+            p.upload_idle = secs(i);
+        }
+        satchel_server::maintenance::spawn_periodic_gc(state.clone(), p);
     }
     satchel_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");

@@ -421,3 +421,118 @@ fn gc_between_block_list_commit_and_finalize_keeps_the_content() {
         );
     });
 }
+
+/// The stored object of a small file (one chunk, stored whole, unencrypted).
+fn whole_object(data: &Path, content: &[u8]) -> PathBuf {
+    let h = sha(content);
+    data.join("content/objects/b").join(&h[..2]).join(h)
+}
+
+/// The periodic task of a running server, not a function called by a
+/// test: GC passes every second with no grace keep what is referenced and
+/// free what an artifact deletion left; idle GitHub Actions uploads are
+/// dropped with their scratch blocks, and a committed one's blob is then
+/// garbage too.
+#[test]
+fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start_with(
+        &data,
+        &[
+            ("SATCHEL_GC_EVERY_SECS", "1"),
+            ("SATCHEL_GC_GRACE_SECS", "0"),
+            ("SATCHEL_GHA_UPLOAD_IDLE_SECS", "3"),
+        ],
+    );
+    let work = d.path().join("work");
+    let (kept, dropped) = (
+        b"content that stays".as_slice(),
+        b"content that goes".as_slice(),
+    );
+    write(&work, "keep.txt", kept);
+    write(&work, "drop.txt", dropped);
+    let agent = s.agent(&work, "gh", 1, "build");
+    agent.ok(&["artifact", "upload", "--name", "keep", "keep.txt"]);
+    agent.ok(&["artifact", "upload", "--name", "drop", "drop.txt"]);
+    let passes = s.metric("satchel_gc_passes_total");
+    wait_up_to(
+        30,
+        || s.metric("satchel_gc_passes_total") >= passes + 2,
+        "two GC passes",
+    );
+    assert!(whole_object(&data, kept).exists() && whole_object(&data, dropped).exists());
+    s.delete_artifact(&s.artifact_id("gh", 1, "drop"));
+    wait_up_to(
+        30,
+        || !whole_object(&data, dropped).exists(),
+        "GC to free the deleted artifact's content",
+    );
+    assert!(
+        whole_object(&data, kept).exists(),
+        "GC freed referenced content"
+    );
+    agent.ok(&[
+        "artifact",
+        "download",
+        "keep.txt",
+        "out",
+        "--name",
+        "keep",
+    ]);
+    assert_eq!(std::fs::read(work.join("out/keep.txt")).unwrap(), kept);
+
+    // Two uploads left idle: one with a block and no block list, one
+    // committed and never finalized.
+    let (url, token) = mint(&s, "build", &[]);
+    let committed = b"committed and abandoned";
+    let http = s.http();
+    let idle = rt().block_on(async {
+        let mut signed = Vec::new();
+        for name in ["idle", "abandoned"] {
+            let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": name, "version": 4}))).await;
+            assert_eq!(st, 200, "{v}");
+            let u = v["signed_upload_url"].as_str().unwrap().to_string();
+            let r = http
+                .put(format!("{u}&comp=block&blockid=QUFB"))
+                .body(committed.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            signed.push(u);
+        }
+        let r = http
+            .put(format!("{}&comp=blocklist", signed[1]))
+            .body("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest></BlockList>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        signed.swap_remove(0)
+    });
+    assert_eq!(s.metric("satchel_gha_uploads"), 2);
+    let scratch = data.join("scratch");
+    let blocks = || std::fs::read_dir(&scratch).map_or(0, |d| d.count());
+    assert!(blocks() > 0, "no scratch blocks");
+    wait_up_to(
+        30,
+        || s.metric("satchel_gha_uploads_reaped_total") == 2,
+        "idle uploads reaped",
+    );
+    assert_eq!((s.metric("satchel_gha_uploads"), blocks()), (0, 0));
+    wait_up_to(
+        30,
+        || !whole_object(&data, committed).exists(),
+        "the abandoned upload's blob freed",
+    );
+    rt().block_on(async {
+        let r = http
+            .put(format!("{idle}&comp=block&blockid=QkJC"))
+            .body("late")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "a reaped upload takes no more blocks");
+    });
+}

@@ -167,6 +167,10 @@ pub struct Counters {
     pub auth_failures: std::sync::atomic::AtomicU64,
     /// Requests answered 429 for too many failed authentications.
     pub auth_throttled: std::sync::atomic::AtomicU64,
+    /// GC passes completed (periodic and `admin gc`).
+    pub gc_passes: std::sync::atomic::AtomicU64,
+    /// GitHub Actions uploads dropped for being idle.
+    pub gha_reaped: std::sync::atomic::AtomicU64,
 }
 
 /// Shared state of every handler.
@@ -609,7 +613,16 @@ async fn metrics(State(state): State<AppState>) -> String {
          satchel_auth_failures_total {}\n\
          # HELP satchel_auth_throttled_total Requests answered 429 after too many failed authentications.\n\
          # TYPE satchel_auth_throttled_total counter\n\
-         satchel_auth_throttled_total {}\n",
+         satchel_auth_throttled_total {}\n\
+         # HELP satchel_gc_passes_total Garbage collection passes completed.\n\
+         # TYPE satchel_gc_passes_total counter\n\
+         satchel_gc_passes_total {}\n\
+         # HELP satchel_gha_uploads GitHub Actions uploads in progress on this server.\n\
+         # TYPE satchel_gha_uploads gauge\n\
+         satchel_gha_uploads {}\n\
+         # HELP satchel_gha_uploads_reaped_total GitHub Actions uploads dropped after going idle.\n\
+         # TYPE satchel_gha_uploads_reaped_total counter\n\
+         satchel_gha_uploads_reaped_total {}\n",
         c.api_requests.load(Relaxed),
         c.pack_buffers_taken.load(Relaxed),
         state.blob_gate.announced(),
@@ -617,6 +630,9 @@ async fn metrics(State(state): State<AppState>) -> String {
         state.pack_buffer_count,
         c.auth_failures.load(Relaxed),
         c.auth_throttled.load(Relaxed),
+        c.gc_passes.load(Relaxed),
+        state.gha.uploads(),
+        c.gha_reaped.load(Relaxed),
     )
 }
 

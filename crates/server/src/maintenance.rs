@@ -156,6 +156,9 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         report.bytes_freed += swept.bytes_freed;
         drop(sweep);
     }
+    s.counters
+        .gc_passes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if report.blobs_deleted > 0 || report.expired_artifacts > 0 || report.objects_deleted > 0 {
         tracing::info!(
             "gc: {} artifacts expired, {} blobs deleted, {} stored objects deleted, {} bytes freed",
@@ -417,21 +420,47 @@ pub async fn prune_audit(s: &AppState) {
     }
 }
 
-/// Runs [`gc`] every `every` with the default grace, prunes the audit log,
-/// and reaps GitHub Actions uploads idle for a day, for `satchel serve`.
-pub fn spawn_periodic_gc(s: AppState, every: Duration) {
+/// What the periodic maintenance of `satchel serve` does, and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct Periodic {
+    /// Time between passes.
+    pub every: Duration,
+    /// GC's grace period ([`DEFAULT_GRACE`]).
+    pub grace: Duration,
+    /// GitHub Actions uploads idle this long are dropped
+    /// ([`crate::gha::SESSION_IDLE_SECS`]).
+    pub upload_idle: Duration,
+}
+
+impl Periodic {
+    /// Every `every`, with the default grace and idle time.
+    pub fn every(every: Duration) -> Periodic {
+        Periodic {
+            every,
+            grace: DEFAULT_GRACE,
+            upload_idle: Duration::from_secs(crate::gha::SESSION_IDLE_SECS),
+        }
+    }
+}
+
+/// Runs [`gc`] as `p` says, prunes the audit log, and reaps idle GitHub
+/// Actions uploads, for `satchel serve`.
+pub fn spawn_periodic_gc(s: AppState, p: Periodic) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(p.every);
         tick.tick().await;
         loop {
             tick.tick().await;
             let reaped = s
                 .gha
-                .reap_idle(crate::gha::SESSION_IDLE_SECS, crate::gha::now_secs());
+                .reap_idle(p.upload_idle.as_secs(), crate::gha::now_secs());
             if reaped > 0 {
+                s.counters
+                    .gha_reaped
+                    .fetch_add(reaped as u64, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!("reaped {reaped} idle GitHub Actions uploads");
             }
-            if let Err(e) = gc(&s, DEFAULT_GRACE).await {
+            if let Err(e) = gc(&s, p.grace).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }
             prune_audit(&s).await;

@@ -83,6 +83,14 @@ impl Gha {
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Uploads in progress.
+    pub fn uploads(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Drops the uploads (and their scratch blocks) not used for
     /// `max_idle_secs` as of `now` (seconds since the epoch); returns how
     /// many. Their signed URLs expired long before.
