@@ -472,14 +472,7 @@ fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
         whole_object(&data, kept).exists(),
         "GC freed referenced content"
     );
-    agent.ok(&[
-        "artifact",
-        "download",
-        "keep.txt",
-        "out",
-        "--name",
-        "keep",
-    ]);
+    agent.ok(&["artifact", "download", "keep.txt", "out", "--name", "keep"]);
     assert_eq!(std::fs::read(work.join("out/keep.txt")).unwrap(), kept);
 
     // Two uploads left idle: one with a block and no block list, one

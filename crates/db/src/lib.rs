@@ -37,7 +37,7 @@ use satchel_model::selector::RunSelector;
 
 pub use backend::{Backend, Store};
 pub use postgres::PostgresStore;
-pub use sqlite::{SqliteBackend, SqliteStore};
+pub use sqlite::{SqliteBackend, SqliteStore, MIGRATIONS as SQLITE_MIGRATIONS};
 
 /// Errors of the metadata store. The server maps them to HTTP statuses.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,9 @@ use crate::backend::{Backend, Store};
 use crate::sql::{dollar_params, Lock, Row, Sql, Value};
 use crate::{DbError, WriteGateHold, WRITE_ANNOUNCEMENT_MAX_MS};
 
-const MIGRATIONS: &[&str] = &[
+/// The PostgreSQL schema, one append-only migration per version (version N
+/// is a row of `satchel_schema`).
+pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_blob_writes.sql"),
     include_str!("../migrations/postgres/0003_access.sql"),

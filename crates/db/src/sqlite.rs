@@ -17,7 +17,9 @@ use crate::backend::{Backend, Store};
 use crate::sql::{Lock, Row, Sql, Value};
 use crate::DbError;
 
-const MIGRATIONS: &[&str] = &[
+/// The SQLite schema, one append-only migration per version (version N is
+/// `PRAGMA user_version = N`).
+pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_pipelines.sql"),
     include_str!("../migrations/sqlite/0003_retention.sql"),
