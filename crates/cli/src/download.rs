@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::context::{ScopeArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{plan, Work, CONCURRENCY};
+use crate::transfer::{concurrency, plan, Work};
 
 /// Options of `satchel artifact download`.
 #[derive(Args, Debug)]
@@ -412,7 +412,7 @@ pub async fn fetch_files(
                 }
             }
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(concurrency())
         .try_collect::<Vec<()>>()
         .await?;
     bar.finish_and_clear();

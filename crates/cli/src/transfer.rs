@@ -1,6 +1,6 @@
 //! How uploads and downloads split work: files up to [`SMALL_FILE`] travel
 //! many per request (framed), larger ones one per request, streamed, with
-//! [`CONCURRENCY`] requests in flight either way.
+//! [`concurrency`] requests in flight either way.
 
 /// Files up to this size travel framed in batches.
 pub const SMALL_FILE: u64 = 1024 * 1024;
@@ -8,8 +8,19 @@ pub const SMALL_FILE: u64 = 1024 * 1024;
 pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Most files in one batch request.
 pub const BATCH_FILES: usize = 2000;
-/// Requests in flight.
+/// Requests in flight by default.
 pub const CONCURRENCY: usize = 4;
+
+/// Requests in flight per upload or download: `SATCHEL_CONCURRENCY` (1 to
+/// 64), else [`CONCURRENCY`]. One request at a time makes a transfer's
+/// order of requests fixed (the durability test needs that).
+pub fn concurrency() -> usize {
+    std::env::var("SATCHEL_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(CONCURRENCY)
+}
 
 /// A unit of transfer work.
 pub enum Work<T> {

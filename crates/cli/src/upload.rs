@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::context::{JobArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{plan, Work, CONCURRENCY};
+use crate::transfer::{concurrency, plan, Work};
 
 /// Options of `satchel artifact upload`.
 #[derive(Args, Debug)]
@@ -437,7 +437,7 @@ async fn send_large(
                         anyhow::Ok(c.size)
                     }
                 })
-                .buffer_unordered(CONCURRENCY)
+                .buffer_unordered(concurrency())
                 .try_fold(0u64, |a, n| async move { Ok(a + n) })
                 .await?;
             client
@@ -723,7 +723,7 @@ pub async fn send(
                 Ok(())
             }
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(concurrency())
         .try_collect::<Vec<()>>()
         .await
         .map(|_| ());

@@ -104,15 +104,33 @@ impl DirBackend {
     /// by a crash.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirBackend, StoreError> {
         let root = root.into();
+        // Directories this call creates (the root itself, perhaps some of
+        // its parents) must be durable before anything is stored in them:
+        // a crash must not lose `objects/` with what it holds.
+        let mut created = Vec::new();
+        let mut p = root.join("objects");
+        while !p.exists() {
+            created.push(p.clone());
+            match p.parent() {
+                Some(up) if !up.as_os_str().is_empty() => p = up.to_path_buf(),
+                _ => break,
+            }
+        }
         for d in ["objects", "tmp"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
         }
-        // The store's own directories, durable before anything is stored
-        // in them (a crash must not lose `objects/` with what is in it).
-        sync_dir(&root)?;
-        if let Some(above) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(above)?;
+        for dir in &created {
+            let parent = match dir.parent() {
+                Some(up) if !up.as_os_str().is_empty() => up,
+                _ => Path::new("."),
+            };
+            if parent.starts_with(&root) {
+                sync_dir(parent)?;
+            } else if let Err(e) = sync_dir(parent) {
+                // Above the store: not ours to insist on.
+                tracing::warn!("could not sync {}: {e}", parent.display());
+            }
         }
         let durable_dirs = Arc::new(Mutex::new(HashSet::from([
             root.clone(),
@@ -147,26 +165,29 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// for a synced write (a new fan-out directory) is lost in a crash, with
 /// what it holds, until its parent is synced. Another writer may have
 /// created it and not synced its parent yet, so existing is not enough.
+/// A directory is recorded as known only once every name above it is
+/// durable too, so a writer that stops at a known one stops safely.
 fn sync_names_up_to(
     dir: &Path,
     root: &Path,
     known: &Mutex<HashSet<PathBuf>>,
 ) -> Result<(), StoreError> {
+    let mut chain = Vec::new();
     let mut d = dir;
-    while d != root {
-        if known.lock().unwrap_or_else(|p| p.into_inner()).contains(d) {
-            return Ok(());
-        }
+    while d != root && !known.lock().unwrap_or_else(|p| p.into_inner()).contains(d) {
         let Some(up) = d.parent() else {
-            return Ok(());
+            break;
         };
-        sync_dir(up)?;
-        known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(d.to_path_buf());
+        chain.push(d);
         d = up;
     }
+    for d in &chain {
+        sync_dir(d.parent().expect("a directory below the root has a parent"))?;
+    }
+    known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(chain.iter().map(|d| d.to_path_buf()));
     Ok(())
 }
 
