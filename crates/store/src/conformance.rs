@@ -770,9 +770,9 @@ async fn wait_until_older(backend: &dyn ObjectBackend, key: &str, age: Duration)
 }
 
 async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
-    // Backends report times to the second, so ages are compared with a
-    // second to spare.
-    let refresh = Duration::from_secs(3);
+    // Backends report times to the second (an age reads up to a second
+    // high), so ages are compared with a second to spare each way.
+    let refresh = Duration::from_secs(5);
     let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(refresh);
     let a = random_bytes(2 * 1024 * 1024, 40);
     put(&store, &a).await;
@@ -786,13 +786,16 @@ async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
         "{} shared",
         shared.len()
     );
-    wait_until_older(
-        &*backend,
-        &store.chunk_key(&shared[0]),
-        refresh + Duration::from_secs(1),
-    )
-    .await;
-    // B reuses A's chunks, now older than the refresh age: the write
+    for d in &shared {
+        wait_until_older(
+            &*backend,
+            &store.chunk_key(d),
+            refresh + Duration::from_secs(1),
+        )
+        .await;
+    }
+    // B reuses A's chunks, now all older than the refresh age (by more
+    // than a second, and read as at least six): the write
     // refreshes them (touch on disk, a rewrite on object stores), so a
     // sweep sees them young; A's own chunk is left alone.
     put(&store, &b).await;
