@@ -442,7 +442,7 @@ fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
         &[
             ("SATCHEL_GC_EVERY_SECS", "1"),
             ("SATCHEL_GC_GRACE_SECS", "0"),
-            ("SATCHEL_GHA_UPLOAD_IDLE_SECS", "3"),
+            ("SATCHEL_GHA_UPLOAD_IDLE_SECS", "10"),
         ],
     );
     let work = d.path().join("work");

@@ -596,7 +596,7 @@ async fn metrics(State(state): State<AppState>) -> String {
          # HELP satchel_pack_buffers_taken_total Pack buffers handed to batches of small files.\n\
          # TYPE satchel_pack_buffers_taken_total counter\n\
          satchel_pack_buffers_taken_total {}\n\
-         # HELP satchel_blobs_being_written Blobs announced to GC by writers now.\n\
+         # HELP satchel_blobs_being_written Blobs announced to GC by writers now (and by GitHub Actions uploads awaiting FinalizeArtifact).\n\
          # TYPE satchel_blobs_being_written gauge\n\
          satchel_blobs_being_written {}\n\
          # HELP satchel_pack_buffer_waits_total Batches that waited for a pack buffer.\n\

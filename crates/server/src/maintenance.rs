@@ -448,6 +448,8 @@ impl Periodic {
 pub fn spawn_periodic_gc(s: AppState, p: Periodic) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(p.every);
+        // A pass that overran starts the next one a full period later.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;

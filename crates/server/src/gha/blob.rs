@@ -58,6 +58,8 @@ pub struct Session {
     /// else references until FinalizeArtifact records its file; ends when
     /// the session does (finalized, replaced or reaped).
     holds: Option<crate::gate::Writing>,
+    /// When `holds` began, in seconds since the epoch.
+    held_since: Option<u64>,
     /// Sizes of the blocks in scratch, by file name.
     blocks: HashMap<PathBuf, u64>,
     /// When the session was last used, in seconds since the epoch.
@@ -78,6 +80,7 @@ impl Session {
             assembled: None,
             committed: None,
             holds: None,
+            held_since: None,
             blocks: HashMap::new(),
             touched: now_secs(),
         })
@@ -90,6 +93,12 @@ impl Session {
             .filter(|(p, _)| p.as_path() != but)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// When the announcement that keeps the committed blob from GC began
+    /// (seconds since the epoch), if there is one.
+    pub fn committed_at(&self) -> Option<u64> {
+        self.held_since.filter(|_| self.holds.is_some())
     }
 
     /// Removes the scratch blocks.
@@ -438,6 +447,7 @@ async fn commit(
         .boxed();
     let hex = digest.to_hex();
     let mut writing = s.blob_gate.writer();
+    let started = now_secs();
     writing.add(&hex).await?;
     let mut reader = tokio_util::io::StreamReader::new(stream);
     s.store
@@ -450,6 +460,9 @@ async fn commit(
     let scratch = with_session(s, session, |x| {
         x.assembled = Some((hex, size));
         x.committed = ids;
+        // This commit's own announcement, begun before the blob was stored,
+        // replaces any earlier commit's.
+        x.held_since = Some(started);
         x.holds = Some(writing);
         std::mem::take(&mut x.blocks)
     })?;
@@ -814,6 +827,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 0);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Other replicas stop honouring a blob announcement a day after it
+    /// began, so a committed upload never outlives its own, however
+    /// recently it was used or however long idle ones may live.
+    #[tokio::test]
+    async fn a_committed_upload_goes_before_its_announcement_lapses() {
+        let (s, dir) = state();
+        let id = new_session(&s, "committed");
+        send(&s, &id, Some("block"), Some("QUFB"), "x")
+            .await
+            .unwrap();
+        let list = "<BlockList><Latest>QUFB</Latest></BlockList>";
+        send(&s, &id, Some("blocklist"), None, list).await.unwrap();
+        let now = now_secs();
+        let day = (satchel_db::WRITE_ANNOUNCEMENT_MAX_MS / 1000) as u64;
+        assert_eq!(s.gha.reap_idle(u64::MAX, now), 0, "fresh");
+        assert_eq!(
+            s.gha.reap_idle(u64::MAX, now + day - 7200),
+            0,
+            "well within a day"
+        );
+        assert_eq!(
+            s.gha.reap_idle(u64::MAX, now + day),
+            1,
+            "a day after its commit"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

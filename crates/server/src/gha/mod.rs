@@ -95,11 +95,21 @@ impl Gha {
     /// `max_idle_secs` as of `now` (seconds since the epoch); returns how
     /// many. Their signed URLs expired long before.
     pub fn reap_idle(&self, max_idle_secs: u64, now: u64) -> usize {
+        // A committed upload's blob is kept from GC by an announcement that
+        // other replicas stop honouring after WRITE_ANNOUNCEMENT_MAX_MS: the
+        // session goes before that, however long idle ones may live.
+        let lapse = u64::try_from(satchel_db::WRITE_ANNOUNCEMENT_MAX_MS / 1000)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(3600);
         let idle: Vec<blob::Session> = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<SessionKey> = sessions
                 .iter()
-                .filter(|(_, x)| x.touched.saturating_add(max_idle_secs) < now)
+                .filter(|(_, x)| {
+                    x.touched.saturating_add(max_idle_secs) < now
+                        || x.committed_at()
+                            .is_some_and(|c| c.saturating_add(lapse) < now)
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.iter().filter_map(|k| sessions.remove(k)).collect()
@@ -523,8 +533,11 @@ async fn finalize(
     validate_name(&req.name)?;
     let key = session_key(who, &req.name);
     let live = {
-        let sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.get(&key).map(|sess| {
+        let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get_mut(&key).map(|sess| {
+            // In use: not to be reaped (with the announcement that keeps
+            // its blob from GC) while it is being finalized.
+            sess.touched = now_secs();
             (
                 sess.id.clone(),
                 sess.file_name.clone(),
