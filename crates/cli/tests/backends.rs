@@ -83,16 +83,25 @@ fn encryption_at_rest_hides_content_and_hashes_and_keys_rotate() {
     assert_eq!(std::fs::read(r.join("small.txt")).unwrap(), small);
     assert!(std::fs::read(r.join("big.bin")).unwrap() == big);
 
-    // The raw content store shows neither the marker nor any hash.
-    let hashes = [sha_hex(&small), sha_hex(&big)];
-    let raw_hashes: Vec<Vec<u8>> = [&small[..], &big[..]]
+    // The raw content store shows neither the marker nor any hash, of a
+    // file or of a chunk, and every object in it is encrypted.
+    let chunks = satchel_store::conformance::chunk_digests(&big);
+    assert!(chunks.len() > 20, "{} chunks", chunks.len());
+    let mut hashes = vec![sha_hex(&small), sha_hex(&big)];
+    hashes.extend(chunks.iter().map(|d| d.to_hex()));
+    let mut raw_hashes: Vec<Vec<u8>> = [&small[..], &big[..]]
         .iter()
         .map(|b| sha2::Sha256::digest(b).to_vec())
         .collect();
+    raw_hashes.extend(chunks.iter().map(|d| d.0.to_vec()));
     let content = files(&data.join("content"));
-    assert!(content.len() >= 3, "{content:?}");
+    assert!(content.len() >= chunks.len(), "{content:?}");
     for f in &content {
         let name = f.to_string_lossy();
+        if !name.ends_with("/satchel-store") {
+            let header = satchel_store::Codec::peek(&std::fs::read(f).unwrap()).unwrap();
+            assert!(header.key_id.is_some(), "{name} was stored in plain");
+        }
         for h in &hashes {
             assert!(!name.contains(h.as_str()), "{name} shows a hash");
         }

@@ -57,7 +57,7 @@ async fn put(store: &ChunkStore, body: &[u8]) -> Digest {
 }
 
 /// The digests of `data`'s chunks, cut as the store cuts them.
-fn chunk_digests(data: &[u8]) -> Vec<Digest> {
+pub fn chunk_digests(data: &[u8]) -> Vec<Digest> {
     fastcdc::v2020::FastCDC::new(
         data,
         crate::chunked::MIN_CHUNK,
