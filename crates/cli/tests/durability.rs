@@ -234,9 +234,9 @@ fn every_object_is_durable_before_the_upload_that_uses_it_commits() {
     let mut s = Server::start_under(&wrapper, &data, &[]);
     let work = d.path().join("work");
     // A large file (chunks and a recipe) and enough small ones for a pack,
-    // then the same file changed in one place (most chunks reused) and
-    // one more small one.
-    let mut big = noise(3 * 1024 * 1024 + 5, 3);
+    // then the same file changed in one place (only the chunks around the
+    // change sent, then assembled) and one more small one.
+    let mut big = noise(9 * 1024 * 1024 + 5, 3);
     write(&work, "big.bin", &big);
     for i in 0..2 * satchel_store::pack::PACK_MIN_BLOBS {
         write(
@@ -249,10 +249,18 @@ fn every_object_is_durable_before_the_upload_that_uses_it_commits() {
         .agent(&work, "durable", 1, "build")
         .env("SATCHEL_CONCURRENCY", "1");
     agent.ok(&["artifact", "upload", "--name", "first", "**/*"]);
-    big[2_000_000] ^= 1;
+    big[5_000_000] ^= 1;
     write(&work, "big.bin", &big);
     write(&work, "small/new.txt", b"one more");
-    agent.ok(&["artifact", "upload", "--name", "second", "**/*"]);
+    let second: serde_json::Value = serde_json::from_str(
+        &agent.ok(&["artifact", "upload", "--json", "--name", "second", "**/*"]),
+    )
+    .unwrap();
+    let sent = second["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 1024 * 1024,
+        "the changed file's other chunks are reused, not sent: {second}"
+    );
     // End the server itself (strace would only detach), then strace.
     let killed = Command::new("pkill")
         .args(["-TERM", "-P", &s.child.id().to_string()])
@@ -345,6 +353,10 @@ fn every_object_is_durable_before_the_upload_that_uses_it_commits() {
         checkpoints.push((answer.start, line.to_string()));
     }
     checkpoints.sort();
+    assert!(
+        checkpoints.iter().any(|(_, l)| l.ends_with("/assemble")),
+        "no large file was assembled from chunks: {checkpoints:?}"
+    );
     let finishes = checkpoints
         .iter()
         .filter(|(_, l)| l.ends_with("/finish"))
