@@ -315,18 +315,17 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         Some(secs) => u64::from(secs),
         None => a.gc_minutes.saturating_mul(60),
     };
-    if every > 0 {
-        let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
-        let mut p =
-            satchel_server::maintenance::Periodic::every(std::time::Duration::from_secs(every));
-        if let Some(g) = a.gc_grace_secs {
-            p.grace = secs(g);
-        }
-        if let Some(i) = a.gha_upload_idle_secs {
-            p.upload_idle = secs(i);
-        }
-        satchel_server::maintenance::spawn_periodic_gc(state.clone(), p);
+    let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+    let mut periodic = satchel_server::maintenance::Periodic::every(
+        (every > 0).then(|| std::time::Duration::from_secs(every)),
+    );
+    if let Some(g) = a.gc_grace_secs {
+        periodic.grace = secs(g);
     }
+    if let Some(i) = a.gha_upload_idle_secs {
+        periodic.upload_idle = secs(i);
+    }
+    satchel_server::maintenance::spawn_periodic(state.clone(), periodic);
     satchel_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())

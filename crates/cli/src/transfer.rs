@@ -11,15 +11,25 @@ pub const BATCH_FILES: usize = 2000;
 /// Requests in flight by default.
 pub const CONCURRENCY: usize = 4;
 
-/// Requests in flight per upload or download: `SATCHEL_CONCURRENCY` (1 to
-/// 64), else [`CONCURRENCY`]. One request at a time makes a transfer's
-/// order of requests fixed (the durability test needs that).
+/// Requests in flight per upload or download, and chunk requests per
+/// large file within it: `SATCHEL_CONCURRENCY` (1 to 64), else
+/// [`CONCURRENCY`]. At 1 a transfer sends one request at a time, in a
+/// fixed order (the durability test relies on that). Any other value is
+/// reported once and ignored.
 pub fn concurrency() -> usize {
-    std::env::var("SATCHEL_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| (1..=64).contains(n))
-        .unwrap_or(CONCURRENCY)
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| match std::env::var("SATCHEL_CONCURRENCY") {
+        Err(_) => CONCURRENCY,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
+                eprintln!(
+                    "warning: SATCHEL_CONCURRENCY={v:?} is not a number from 1 to 64; using {CONCURRENCY}"
+                );
+                CONCURRENCY
+            }
+        },
+    })
 }
 
 /// A unit of transfer work.

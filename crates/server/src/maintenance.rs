@@ -423,8 +423,8 @@ pub async fn prune_audit(s: &AppState) {
 /// What the periodic maintenance of `satchel serve` does, and how often.
 #[derive(Debug, Clone, Copy)]
 pub struct Periodic {
-    /// Time between passes.
-    pub every: Duration,
+    /// Time between GC passes; `None`: only `satchel admin gc`.
+    pub every: Option<Duration>,
     /// GC's grace period ([`DEFAULT_GRACE`]).
     pub grace: Duration,
     /// GitHub Actions uploads idle this long are dropped
@@ -433,8 +433,9 @@ pub struct Periodic {
 }
 
 impl Periodic {
-    /// Every `every`, with the default grace and idle time.
-    pub fn every(every: Duration) -> Periodic {
+    /// GC every `every` (`None`: never), with the default grace and idle
+    /// time.
+    pub fn every(every: Option<Duration>) -> Periodic {
         Periodic {
             every,
             grace: DEFAULT_GRACE,
@@ -443,31 +444,52 @@ impl Periodic {
     }
 }
 
-/// Runs [`gc`] as `p` says, prunes the audit log, and reaps idle GitHub
-/// Actions uploads, for `satchel serve`.
-pub fn spawn_periodic_gc(s: AppState, p: Periodic) {
+/// Starts the maintenance tasks of `satchel serve`: GC and audit pruning
+/// as `p` says, and, whether or not GC runs, the reaping of idle GitHub
+/// Actions uploads (every [`crate::gha::REAP_EVERY`] at most, so that a
+/// committed upload goes before its GC announcement lapses).
+pub fn spawn_periodic(s: AppState, p: Periodic) {
+    let reap_every = p
+        .every
+        .map_or(crate::gha::REAP_EVERY, |e| e.min(crate::gha::REAP_EVERY));
+    let reaper = s.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(p.every);
-        // A pass that overran starts the next one a full period later.
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut tick = interval_after(reap_every);
         loop {
             tick.tick().await;
-            let reaped = s
+            let reaped = reaper
                 .gha
                 .reap_idle(p.upload_idle.as_secs(), crate::gha::now_secs());
             if reaped > 0 {
-                s.counters
+                reaper
+                    .counters
                     .gha_reaped
                     .fetch_add(reaped as u64, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!("reaped {reaped} idle GitHub Actions uploads");
             }
+        }
+    });
+    let Some(every) = p.every else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = interval_after(every);
+        loop {
+            tick.tick().await;
             if let Err(e) = gc(&s, p.grace).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }
             prune_audit(&s).await;
         }
     });
+}
+
+/// Ticks every `period`, the first a period from now; a pass that overran
+/// starts the next one a full period later.
+fn interval_after(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 #[derive(Debug, serde::Deserialize)]

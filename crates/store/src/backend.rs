@@ -120,16 +120,26 @@ impl DirBackend {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
         }
-        for dir in &created {
-            let parent = match dir.parent() {
-                Some(up) if !up.as_os_str().is_empty() => up,
-                _ => Path::new("."),
-            };
-            if parent.starts_with(&root) {
-                sync_dir(parent)?;
-            } else if let Err(e) = sync_dir(parent) {
-                // Above the store: not ours to insist on.
-                tracing::warn!("could not sync {}: {e}", parent.display());
+        // The names of what this call created must be durable; the root's
+        // own name is synced too when it already existed (an earlier start
+        // may have died before syncing it), but not insisted on then (its
+        // parent may not be ours to read).
+        let parent_of = |d: &Path| -> PathBuf {
+            match d.parent() {
+                Some(up) if !up.as_os_str().is_empty() => up.to_path_buf(),
+                _ => PathBuf::from("."),
+            }
+        };
+        let mut parents: Vec<PathBuf> = created.iter().map(|d| parent_of(d)).collect();
+        if !parents.contains(&root) {
+            parents.push(root.clone());
+        }
+        for p in &parents {
+            sync_dir(p)?;
+        }
+        if !created.contains(&root) {
+            if let Err(e) = sync_dir(&parent_of(&root)) {
+                tracing::warn!("could not sync the directory above the store: {e}");
             }
         }
         let durable_dirs = Arc::new(Mutex::new(HashSet::from([

@@ -83,6 +83,17 @@ impl Gha {
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Runs `f` on the session `id` under `key`, if it is still there.
+    fn with_live<T>(
+        &self,
+        key: &SessionKey,
+        id: &str,
+        f: impl FnOnce(&mut blob::Session) -> T,
+    ) -> Option<T> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get_mut(key).filter(|x| x.id == id).map(f)
+    }
+
     /// Uploads in progress.
     pub fn uploads(&self) -> usize {
         self.sessions
@@ -98,9 +109,7 @@ impl Gha {
         // A committed upload's blob is kept from GC by an announcement that
         // other replicas stop honouring after WRITE_ANNOUNCEMENT_MAX_MS: the
         // session goes before that, however long idle ones may live.
-        let lapse = u64::try_from(satchel_db::WRITE_ANNOUNCEMENT_MAX_MS / 1000)
-            .unwrap_or(u64::MAX)
-            .saturating_sub(3600);
+        let lapse = announcement_lapse();
         let idle: Vec<blob::Session> = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<SessionKey> = sessions
@@ -121,6 +130,18 @@ impl Gha {
         n
     }
 }
+
+/// Seconds after its commit that a committed upload is dropped: an hour
+/// before other replicas stop honouring the announcement that keeps its
+/// blob from GC ([`satchel_db::WRITE_ANNOUNCEMENT_MAX_MS`]).
+fn announcement_lapse() -> u64 {
+    u64::try_from(satchel_db::WRITE_ANNOUNCEMENT_MAX_MS / 1000)
+        .unwrap_or(u64::MAX)
+        .saturating_sub(3600)
+}
+
+/// How often idle and lapsing uploads are looked for.
+pub const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
@@ -535,18 +556,17 @@ async fn finalize(
     let live = {
         let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.get_mut(&key).map(|sess| {
-            // In use: not to be reaped (with the announcement that keeps
-            // its blob from GC) while it is being finalized.
             sess.touched = now_secs();
             (
                 sess.id.clone(),
                 sess.file_name.clone(),
                 sess.mime.clone(),
                 sess.assembled.clone(),
+                sess.committed_at(),
             )
         })
     };
-    let Some((session_id, file_name, mime, assembled)) = live else {
+    let Some((session_id, file_name, mime, assembled, committed_at)) = live else {
         // A retry of a finalize that succeeded answers the same.
         if let Some(done) = already_finalized(s, who, req, None).await? {
             return Ok(done);
@@ -612,20 +632,49 @@ async fn finalize(
         expire_in_secs: None,
     };
     crate::validate_manifest(&manifest, &s.limits)?;
+    if committed_at.is_some_and(|c| c.saturating_add(announcement_lapse()) < now_secs()) {
+        return Err(TwirpError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition",
+            format!(
+                "the upload of artifact {:?} was committed a day ago and has expired: upload it again",
+                req.name
+            ),
+        ));
+    }
     let mut manifest = manifest;
     manifest.expire_in_secs = s.default_expire_secs;
-    let created = s.db.create_upload(&manifest, &s.limits.quotas).await;
-    let answer = match created {
-        Ok(plan) => {
-            let done = s.db.finish_upload(&plan.upload_id).await?;
-            json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()})
+    // The announcement that keeps the blob from GC stays with this call
+    // until the file row that references it is committed, even if the
+    // session is reaped or replaced meanwhile.
+    let hold = s
+        .gha
+        .with_live(&key, &session_id, blob::Session::take_hold)
+        .flatten();
+    let recorded = async {
+        match s.db.create_upload(&manifest, &s.limits.quotas).await {
+            Ok(plan) => {
+                let done = s.db.finish_upload(&plan.upload_id).await?;
+                Ok(json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()}))
+            }
+            // A concurrent or retried finalize of this very upload won.
+            Err(DbError::Conflict(m)) => already_finalized(s, who, req, Some(&sha256))
+                .await?
+                .ok_or_else(|| TwirpError::from(DbError::Conflict(m))),
+            Err(e) => Err(e.into()),
         }
-        // A concurrent or retried finalize of this very upload won.
-        Err(DbError::Conflict(m)) => already_finalized(s, who, req, Some(&sha256))
-            .await?
-            .ok_or_else(|| TwirpError::from(DbError::Conflict(m)))?,
-        Err(e) => return Err(e.into()),
+    }
+    .await;
+    let answer = match recorded {
+        Ok(answer) => answer,
+        Err(e) => {
+            if let Some(h) = hold {
+                s.gha.with_live(&key, &session_id, |x| x.put_hold(h));
+            }
+            return Err(e);
+        }
     };
+    drop(hold);
     // Only the session finalized here goes: CreateArtifact may have
     // started a newer one for the same name meanwhile.
     let finished = {
