@@ -251,28 +251,6 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Uploads still unfinished this long after they started are failed.
-const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// Periodically fails abandoned uploads (killed agents, crashes), so they
-/// end in state `error` instead of `uploading` forever.
-fn spawn_upload_sweeper(db: std::sync::Arc<dyn satchel_db::MetaStore>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
-        loop {
-            tick.tick().await;
-            let cutoff = satchel_model::id::now_millis() - STALE_UPLOAD.as_millis() as i64;
-            match db.expire_stale_uploads(cutoff).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    "failed {n} uploads started over 24 hours ago and never finished"
-                ),
-                Err(e) => tracing::warn!("sweeping stale uploads: {e}"),
-            }
-        }
-    });
-}
-
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -294,7 +272,6 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    spawn_upload_sweeper(stores.db.clone());
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     let secret = satchel_server::signing_secret(&stores, &dir.signing_secret())
@@ -326,7 +303,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         periodic.upload_idle = secs(i);
     }
     satchel_server::maintenance::spawn_periodic(state.clone(), periodic);
-    satchel_server::serve(listener, state, shutdown_signal()).await?;
+    satchel_server::serve(listener, state.clone(), shutdown_signal()).await?;
+    satchel_server::maintenance::release_leases(&state).await;
     tracing::info!("shut down cleanly");
     Ok(())
 }

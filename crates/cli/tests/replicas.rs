@@ -447,3 +447,39 @@ fn tokens_issued_or_revoked_on_one_replica_hold_on_the_other() {
     let e = on_b.fails(&["artifact", "search", "**"]);
     assert!(e.contains("revoked"), "{e}");
 }
+
+/// Periodic GC (and retention) runs on one replica at a time, under a
+/// lease in the shared database; when that replica dies, another takes
+/// the work over once the lease expires.
+#[test]
+fn periodic_gc_runs_on_one_replica_and_moves_when_it_dies() {
+    let Some(mut r) = Replicas::start_with(&[("SATCHEL_GC_EVERY_SECS", "1")]) else {
+        return;
+    };
+    let passes = |s: &Server| s.metric("satchel_gc_passes_total");
+    wait_up_to(30, || passes(&r.a) + passes(&r.b) >= 4, "four GC passes");
+    let (pa, pb) = (passes(&r.a), passes(&r.b));
+    assert!(
+        pa == 0 || pb == 0,
+        "both replicas ran GC: {pa} and {pb} passes"
+    );
+    let (leader, other) = if pa > 0 {
+        (&mut r.a, &r.b)
+    } else {
+        (&mut r.b, &r.a)
+    };
+    assert_eq!(
+        (
+            leader.metric("satchel_gc_leader"),
+            other.metric("satchel_gc_leader")
+        ),
+        (1, 0)
+    );
+    leader.kill9();
+    wait_up_to(
+        30,
+        || passes(other) > 0,
+        "the other replica to take GC over",
+    );
+    assert_eq!(other.metric("satchel_gc_leader"), 1);
+}

@@ -17,8 +17,8 @@ use satchel_model::selector::RunSelector;
 
 use crate::sql::Sql;
 use crate::{
-    access, rules, AccessStore, DbError, JobSummary, MetaStore, MisSized, NewRuleRow, Quotas,
-    TokenRow, UploadNeeds, UploadPlan, WriteGateHold,
+    access, lease, rules, AccessStore, DbError, JobSummary, MetaStore, MisSized, NewRuleRow,
+    Quotas, TokenRow, UploadNeeds, UploadPlan, WriteGateHold,
 };
 
 /// Tables and their columns.
@@ -348,6 +348,16 @@ impl<B: Backend> MetaStore for Store<B> {
 
     async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
         self.blocking(|b| b.hold_write_gate()).await
+    }
+
+    async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, DbError> {
+        let (n, h) = (name.to_string(), holder.to_string());
+        self.write(move |c| lease::take(c, &n, &h, ttl_ms)).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), DbError> {
+        let (n, h) = (name.to_string(), holder.to_string());
+        self.write(move |c| lease::release(c, &n, &h)).await
     }
 }
 

@@ -211,9 +211,9 @@ const TABLES: &[Table] = &[
 /// Columns that are not data: derived (`packages.seq`), copied in a second
 /// pass (`runs.triggered_from`).
 const SPECIAL: &[(&str, &str)] = &[("packages", "seq"), ("runs", "triggered_from")];
-/// Tables that are not data: bookkeeping of one database or of writes in
-/// flight.
-const NOT_COPIED: &[&str] = &["satchel_schema", "blob_writes"];
+/// Tables that are not data: bookkeeping of one database, of writes in
+/// flight, or of which replica does background work.
+const NOT_COPIED: &[&str] = &["satchel_schema", "blob_writes", "leases"];
 /// Rows per page.
 const PAGE: usize = 2000;
 

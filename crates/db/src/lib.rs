@@ -15,6 +15,7 @@
 pub mod access;
 mod backend;
 pub mod copy;
+mod lease;
 pub mod postgres;
 mod rules;
 #[doc(hidden)]
@@ -344,6 +345,12 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
         repository: &str,
         name: Option<&str>,
     ) -> Result<Vec<Package>, DbError>;
+    /// Takes or renews the lease on background work `name` for `holder`
+    /// (one id per process) for `ttl_ms`, if it is free, expired or
+    /// `holder`'s; whether `holder` holds it now.
+    async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, DbError>;
+    /// Gives up lease `name` if `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), DbError>;
 }
 
 /// A token to store: its id, the hash of its secret, what it may do.

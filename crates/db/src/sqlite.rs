@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_upload_owed.sql"),
     include_str!("../migrations/sqlite/0008_package_owners.sql"),
     include_str!("../migrations/sqlite/0009_owed_whole.sql"),
+    include_str!("../migrations/sqlite/0010_leases.sql"),
 ];
 const READERS: usize = 4;
 

@@ -266,6 +266,38 @@ pub async fn run_all(db: &dyn MetaStore) {
     reused_failed_artifact_holds_its_name(db).await;
     large_manifest(db).await;
     access(db).await;
+    leases(db).await;
+}
+
+/// Leases on background work: one holder at a time, renewed by it,
+/// taken over once expired or released; two racing takers, one winner.
+async fn leases(db: &dyn MetaStore) {
+    assert!(db.take_lease("gc", "a", 60_000).await.unwrap(), "free");
+    assert!(
+        !db.take_lease("gc", "b", 60_000).await.unwrap(),
+        "a holds it"
+    );
+    assert!(db.take_lease("gc", "a", 60_000).await.unwrap(), "a renews");
+    assert!(
+        db.take_lease("sweep", "b", 60_000).await.unwrap(),
+        "another lease"
+    );
+    // Expired (a negative time to live ends it at once): b takes over.
+    assert!(db.take_lease("gc", "a", -1).await.unwrap());
+    assert!(db.take_lease("gc", "b", 60_000).await.unwrap(), "expired");
+    assert!(!db.take_lease("gc", "a", 60_000).await.unwrap(), "b's now");
+    // Releasing is the holder's only.
+    db.release_lease("gc", "a").await.unwrap();
+    assert!(!db.take_lease("gc", "a", 60_000).await.unwrap());
+    db.release_lease("gc", "b").await.unwrap();
+    assert!(db.take_lease("gc", "a", 60_000).await.unwrap(), "released");
+    // Racing for a free lease: exactly one wins.
+    let takers: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let won =
+        futures_util::future::join_all(takers.iter().map(|t| db.take_lease("race", t, 60_000)))
+            .await;
+    let winners = won.into_iter().filter(|w| *w.as_ref().unwrap()).count();
+    assert_eq!(winners, 1, "racing takers");
 }
 
 /// What an upload may send, what an artifact holds, which blobs are

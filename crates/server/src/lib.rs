@@ -171,6 +171,8 @@ pub struct Counters {
     pub gc_passes: std::sync::atomic::AtomicU64,
     /// GitHub Actions uploads dropped for being idle.
     pub gha_reaped: std::sync::atomic::AtomicU64,
+    /// 1 while this replica holds the lease on periodic GC.
+    pub gc_leader: std::sync::atomic::AtomicU64,
 }
 
 /// Shared state of every handler.
@@ -193,6 +195,9 @@ pub struct AppState {
     /// it was stored, and no lock is held while a client sends (see
     /// [`gate`]).
     pub blob_gate: Arc<gate::BlobGate>,
+    /// This process's id among replicas (it holds leases on background
+    /// work under it).
+    pub replica: Arc<str>,
     /// The last or running key rotation.
     pub rotation: Arc<std::sync::Mutex<maintenance::Rotation>>,
     /// One permit per pack being gathered in memory (up to
@@ -236,6 +241,7 @@ impl AppState {
         let db_for_audit = db.clone();
         AppState {
             blob_gate: Arc::new(gate::BlobGate::new(db.clone())),
+            replica: satchel_model::id::new_id().into(),
             db,
             store,
             admin_token_hash,
@@ -617,6 +623,9 @@ async fn metrics(State(state): State<AppState>) -> String {
          # HELP satchel_gc_passes_total Garbage collection passes completed.\n\
          # TYPE satchel_gc_passes_total counter\n\
          satchel_gc_passes_total {}\n\
+         # HELP satchel_gc_leader 1 while this replica holds the lease on periodic GC and retention.\n\
+         # TYPE satchel_gc_leader gauge\n\
+         satchel_gc_leader {}\n\
          # HELP satchel_gha_uploads GitHub Actions uploads in progress on this server.\n\
          # TYPE satchel_gha_uploads gauge\n\
          satchel_gha_uploads {}\n\
@@ -631,6 +640,7 @@ async fn metrics(State(state): State<AppState>) -> String {
         c.auth_failures.load(Relaxed),
         c.auth_throttled.load(Relaxed),
         c.gc_passes.load(Relaxed),
+        c.gc_leader.load(Relaxed),
         state.gha.uploads(),
         c.gha_reaped.load(Relaxed),
     )

@@ -444,10 +444,14 @@ impl Periodic {
     }
 }
 
-/// Starts the maintenance tasks of `satchel serve`: GC and audit pruning
-/// as `p` says, and, whether or not GC runs, the reaping of idle GitHub
-/// Actions uploads (every [`crate::gha::REAP_EVERY`] at most, so that a
-/// committed upload goes before its GC announcement lapses).
+/// Starts the maintenance tasks of `satchel serve`: GC, retention and
+/// audit pruning as `p` says, and, whether or not GC runs, failing
+/// abandoned uploads (every ten minutes) and reaping idle GitHub Actions
+/// uploads (every [`crate::gha::REAP_EVERY`] at most, so that a committed
+/// upload goes before its GC announcement lapses). Where replicas share a
+/// database, GC and the stale-upload sweep run on one replica at a time,
+/// under a lease ([`satchel_db::MetaStore::take_lease`]); reaping is each
+/// replica's own (its uploads live in its memory).
 pub fn spawn_periodic(s: AppState, p: Periodic) {
     let reap_every = p
         .every
@@ -469,6 +473,27 @@ pub fn spawn_periodic(s: AppState, p: Periodic) {
             }
         }
     });
+    let sweeper = s.clone();
+    tokio::spawn(async move {
+        // The first sweep at start-up: a crash is what leaves them.
+        let mut tick = tokio::time::interval(STALE_SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !leads(&sweeper, STALE_SWEEP_LEASE, 3 * STALE_SWEEP_EVERY).await {
+                continue;
+            }
+            let cutoff = satchel_model::id::now_millis()
+                - i64::try_from(STALE_UPLOAD.as_millis()).unwrap_or(i64::MAX);
+            match sweeper.db.expire_stale_uploads(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "failed {n} uploads started over 24 hours ago and never finished"
+                ),
+                Err(e) => tracing::warn!("sweeping stale uploads: {e}"),
+            }
+        }
+    });
     let Some(every) = p.every else {
         return;
     };
@@ -476,12 +501,54 @@ pub fn spawn_periodic(s: AppState, p: Periodic) {
         let mut tick = interval_after(every);
         loop {
             tick.tick().await;
+            // One replica at a time; another takes over three periods after
+            // this one stops renewing.
+            let leader = leads(&s, GC_LEASE, 3 * every).await;
+            s.counters
+                .gc_leader
+                .store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+            if !leader {
+                continue;
+            }
             if let Err(e) = gc(&s, p.grace).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }
             prune_audit(&s).await;
         }
     });
+}
+
+/// The lease on periodic GC, retention and audit pruning.
+const GC_LEASE: &str = "gc";
+/// The lease on failing abandoned uploads.
+const STALE_SWEEP_LEASE: &str = "stale-uploads";
+/// How often abandoned uploads are looked for.
+const STALE_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Uploads still unfinished this long after they started are failed (see
+/// [`satchel_db::MetaStore::expire_stale_uploads`]).
+pub const STALE_UPLOAD: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether this replica holds lease `name` on background work (taking or
+/// renewing it for `ttl`); a database error counts as not holding it.
+async fn leads(s: &AppState, name: &str, ttl: Duration) -> bool {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    match s.db.take_lease(name, &s.replica, ttl_ms).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!("taking the {name} lease: {e}");
+            false
+        }
+    }
+}
+
+/// Gives up this replica's leases (at a clean shutdown), so another
+/// replica takes the work over at its next pass instead of after expiry.
+pub async fn release_leases(s: &AppState) {
+    for name in [GC_LEASE, STALE_SWEEP_LEASE] {
+        if let Err(e) = s.db.release_lease(name, &s.replica).await {
+            tracing::warn!("releasing the {name} lease: {e}");
+        }
+    }
 }
 
 /// Ticks every `period`, the first a period from now; a pass that overran
