@@ -353,11 +353,12 @@ fn find_files(
 /// holds some of their content.
 const CHUNKED_MIN: u64 = 8 * 1024 * 1024;
 
-/// Cuts a stream of blocks into content-defined chunks exactly as the
-/// server's store does (FastCDC, same sizes), with each chunk's SHA-256 and
-/// offset. Runs on its own thread while the whole file is hashed.
+/// Cuts a stream of blocks into content-defined chunks with the store's
+/// own rule ([`satchel_store::chunked::next_cut`]), with each chunk's
+/// SHA-256 and offset. Runs on its own thread while the whole file is
+/// hashed.
 fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRef)> {
-    use satchel_store::chunked::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+    use satchel_store::chunked::{next_cut, MAX_CHUNK};
     let mut buf: Vec<u8> = Vec::with_capacity(4 * MAX_CHUNK);
     let mut out = Vec::new();
     let mut offset = 0u64;
@@ -372,9 +373,7 @@ fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRe
         if buf.is_empty() {
             break;
         }
-        let cut = fastcdc::v2020::FastCDC::new(&buf[..], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-            .next()
-            .map_or(buf.len(), |c| c.length);
+        let cut = next_cut(&buf);
         out.push((
             offset,
             ChunkRef {
@@ -748,6 +747,30 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent must cut a file exactly as the store will, whatever
+    /// sizes its reads come in, or asking which chunks the server lacks
+    /// finds none and dedup silently ends.
+    #[test]
+    fn the_agent_cuts_chunks_as_the_store_does() {
+        let data = satchel_store::conformance::random_bytes(5 * 1024 * 1024 + 77, 5);
+        let want: Vec<(u64, String)> = satchel_store::chunked::cuts(&data)
+            .map(|r| (r.start as u64, hex::encode(Sha256::digest(&data[r]))))
+            .collect();
+        assert!(want.len() > 40, "{} chunks", want.len());
+        for block in [1024 * 1024, 37, 300_000] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for b in data.chunks(block) {
+                tx.send(b.to_vec()).unwrap();
+            }
+            drop(tx);
+            let got: Vec<(u64, String)> = chunk_blocks(rx)
+                .into_iter()
+                .map(|(offset, c)| (offset, c.sha256))
+                .collect();
+            assert_eq!(got, want, "reads of {block} bytes");
+        }
+    }
 
     #[test]
     fn relative_paths() {

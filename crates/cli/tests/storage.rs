@@ -253,15 +253,8 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     // Flip one bit in the small blob and in the *last* chunk of the large
     // one (its recipe and first chunks stay good, so the damage shows only
     // mid-stream), remove a third.
-    let last_chunk = fastcdc::v2020::FastCDC::new(
-        &large,
-        satchel_store::chunked::MIN_CHUNK,
-        satchel_store::chunked::AVG_CHUNK,
-        satchel_store::chunked::MAX_CHUNK,
-    )
-    .last()
-    .unwrap();
-    let h = sha(&large[last_chunk.offset..]);
+    let last_chunk = satchel_store::chunked::cuts(&large).last().unwrap();
+    let h = sha(&large[last_chunk.start..]);
     let chunk_path = data.join("content/objects/c").join(&h[..2]).join(&h);
     for p in [blob_path(&data, &small), chunk_path] {
         let mut bytes = std::fs::read(&p).unwrap();

@@ -56,6 +56,31 @@ pub const AVG_CHUNK: usize = 64 * 1024;
 pub const MAX_CHUNK: usize = 256 * 1024;
 const IN_FLIGHT: usize = 4;
 
+/// Where the next chunk of `window` ends. `window` starts at a chunk
+/// boundary and holds at least [`MAX_CHUNK`] bytes, or all that remain of
+/// the blob. The store's one cutting rule: every writer here, and every
+/// client that must cut as the store does (to ask which chunks it lacks),
+/// calls this, so a change to the rule cannot split them.
+pub fn next_cut(window: &[u8]) -> usize {
+    fastcdc::v2020::FastCDC::new(window, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+        .next()
+        .map_or(window.len(), |c| c.length)
+}
+
+/// The chunks of a whole blob in memory, as ranges, cut by [`next_cut`].
+pub fn cuts(data: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at == data.len() {
+            return None;
+        }
+        let end = at + next_cut(&data[at..data.len().min(at + MAX_CHUNK)]);
+        let r = at..end;
+        at = end;
+        Some(r)
+    })
+}
+
 /// What a sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepReport {
@@ -850,9 +875,7 @@ impl ContentStore for ChunkStore {
             if buf.is_empty() {
                 break;
             }
-            let cut = fastcdc::v2020::FastCDC::new(&buf[..], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-                .next()
-                .map_or(buf.len(), |c| c.length);
+            let cut = next_cut(&buf);
             let piece = buf.split_to(cut).freeze();
             total += piece.len() as u64;
             if total > size {

@@ -58,14 +58,9 @@ async fn put(store: &ChunkStore, body: &[u8]) -> Digest {
 
 /// The digests of `data`'s chunks, cut as the store cuts them.
 pub fn chunk_digests(data: &[u8]) -> Vec<Digest> {
-    fastcdc::v2020::FastCDC::new(
-        data,
-        crate::chunked::MIN_CHUNK,
-        crate::chunked::AVG_CHUNK,
-        crate::chunked::MAX_CHUNK,
-    )
-    .map(|c| Digest::of(&data[c.offset..c.offset + c.length]))
-    .collect()
+    crate::chunked::cuts(data)
+        .map(|r| Digest::of(&data[r]))
+        .collect()
 }
 
 async fn keys(backend: &dyn ObjectBackend) -> HashSet<String> {
