@@ -279,6 +279,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let _lock = stores.lock;
     let state = AppState::new(stores.db, stores.store, &token)
+        .with_shared_db(stores.shared_db)
         .with_scratch(dir.scratch())
         .with_signing_secret(secret)
         .with_retention_days(a.retention_days)

@@ -5,11 +5,9 @@
 //! that inserts the row, or updates it when it is the caller's already or
 //! has expired, so two replicas racing for a free lease cannot both win on
 //! either database (the row's uniqueness and lock decide). The holder
-//! renews it each pass, for longer than a pass takes; a replica that died
-//! simply stops renewing. A lease is an economy, not a lock: the work it
+//! renews it while it works; a replica that died simply stops renewing.
+//! Expiry is by the database's clock, so replicas' clocks need not agree. A lease is an economy, not a lock: the work it
 //! covers is safe to run twice (GC holds the blob-write gate).
-
-use satchel_model::id::now_millis;
 
 use crate::sql::{args, Sql};
 use crate::DbError;
@@ -22,7 +20,8 @@ pub(crate) fn take(
     holder: &str,
     ttl_ms: i64,
 ) -> Result<bool, DbError> {
-    let now = now_millis();
+    // The database's clock: replicas' own clocks may disagree.
+    let now = c.now_ms()?;
     c.execute(
         "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at

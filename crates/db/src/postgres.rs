@@ -585,6 +585,16 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value, DbError> {
 }
 
 impl Sql for PgConn<'_> {
+    fn now_ms(&mut self) -> Result<i64, DbError> {
+        let mut rows = self.query(
+            "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint",
+            &[],
+        )?;
+        rows.pop()
+            .ok_or_else(|| DbError::Backend("the database gave no time".into()))?
+            .int(0)
+    }
+
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
         let st = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as _).collect();

@@ -161,6 +161,12 @@ pub trait Sql {
     /// that a multi-row update of them cannot deadlock with another writer
     /// of blob rows. Nothing on SQLite, as [`Sql::lock`].
     fn lock_blobs(&mut self, digests: &[&str]) -> Result<(), DbError>;
+    /// Milliseconds since the epoch by the database's clock where several
+    /// processes share the database (so that their times compare whatever
+    /// their own clocks say); this process's clock otherwise.
+    fn now_ms(&mut self) -> Result<i64, DbError> {
+        Ok(satchel_model::id::now_millis())
+    }
 }
 
 impl dyn Sql + '_ {

@@ -198,6 +198,9 @@ pub struct AppState {
     /// This process's id among replicas (it holds leases on background
     /// work under it).
     pub replica: Arc<str>,
+    /// Whether other processes share the database (replicas on
+    /// PostgreSQL): only then is background work leased.
+    pub shared_db: bool,
     /// The last or running key rotation.
     pub rotation: Arc<std::sync::Mutex<maintenance::Rotation>>,
     /// One permit per pack being gathered in memory (up to
@@ -242,6 +245,7 @@ impl AppState {
         AppState {
             blob_gate: Arc::new(gate::BlobGate::new(db.clone())),
             replica: satchel_model::id::new_id().into(),
+            shared_db: false,
             db,
             store,
             admin_token_hash,
@@ -330,6 +334,12 @@ impl AppState {
         let n = n.max(1);
         self.pack_buffers = Arc::new(tokio::sync::Semaphore::new(n));
         self.pack_buffer_count = n;
+        self
+    }
+
+    /// Marks the database as shared with other replicas ([`Stores::shared_db`]).
+    pub fn with_shared_db(mut self, shared: bool) -> AppState {
+        self.shared_db = shared;
         self
     }
 

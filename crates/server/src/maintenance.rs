@@ -478,9 +478,14 @@ pub fn spawn_periodic(s: AppState, p: Periodic) {
         // The first sweep at start-up: a crash is what leaves them.
         let mut tick = tokio::time::interval(STALE_SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
         loop {
             tick.tick().await;
-            if !leads(&sweeper, STALE_SWEEP_LEASE, 3 * STALE_SWEEP_EVERY).await {
+            // At start-up whatever the lease says (cheap, and safe to run
+            // on two replicas at once); then only by its holder.
+            if !std::mem::take(&mut first)
+                && !leads(&sweeper, STALE_SWEEP_LEASE, 3 * STALE_SWEEP_EVERY).await
+            {
                 continue;
             }
             let cutoff = satchel_model::id::now_millis()
@@ -510,10 +515,24 @@ pub fn spawn_periodic(s: AppState, p: Periodic) {
             if !leader {
                 continue;
             }
+            // A pass may outlast the lease: it is renewed while it runs.
+            let renewer = s.shared_db.then(|| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut tick = interval_after(every);
+                    loop {
+                        tick.tick().await;
+                        leads(&s, GC_LEASE, 3 * every).await;
+                    }
+                })
+            });
             if let Err(e) = gc(&s, p.grace).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }
             prune_audit(&s).await;
+            if let Some(r) = renewer {
+                r.abort();
+            }
         }
     });
 }
@@ -529,8 +548,13 @@ const STALE_SWEEP_EVERY: Duration = Duration::from_secs(600);
 pub const STALE_UPLOAD: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether this replica holds lease `name` on background work (taking or
-/// renewing it for `ttl`); a database error counts as not holding it.
+/// renewing it for `ttl`); a database error counts as not holding it. A
+/// database no other process shares needs no lease (and one left by this
+/// data directory's previous, crashed process must not hold it up).
 async fn leads(s: &AppState, name: &str, ttl: Duration) -> bool {
+    if !s.shared_db {
+        return true;
+    }
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     match s.db.take_lease(name, &s.replica, ttl_ms).await {
         Ok(held) => held,
@@ -544,6 +568,9 @@ async fn leads(s: &AppState, name: &str, ttl: Duration) -> bool {
 /// Gives up this replica's leases (at a clean shutdown), so another
 /// replica takes the work over at its next pass instead of after expiry.
 pub async fn release_leases(s: &AppState) {
+    if !s.shared_db {
+        return;
+    }
     for name in [GC_LEASE, STALE_SWEEP_LEASE] {
         if let Err(e) = s.db.release_lease(name, &s.replica).await {
             tracing::warn!("releasing the {name} lease: {e}");
@@ -596,4 +623,40 @@ pub(crate) async fn fsck_handler(
 ) -> Result<axum::Json<FsckReport>, ApiError> {
     caller.server_admin()?;
     Ok(axum::Json(fsck(&s, p.forget_damaged).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use satchel_db::MetaStore as _;
+
+    /// A kill -9 leaves the dead process's lease in the database; its data
+    /// directory's next process (the only one a database nobody shares
+    /// can have) must not wait for it to expire before collecting garbage
+    /// and failing the uploads the crash abandoned.
+    #[tokio::test]
+    async fn a_restarted_single_server_is_not_held_up_by_its_predecessors_lease() {
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-lease-test-{}",
+            satchel_model::id::random_hex(8)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = std::sync::Arc::new(satchel_db::SqliteStore::open(dir.join("m.db")).unwrap());
+        let store = std::sync::Arc::new(
+            satchel_store::open(&satchel_store::StoreConfig {
+                url: dir.join("c").display().to_string(),
+                compression: satchel_store::Compression::None,
+                keys: None,
+            })
+            .unwrap(),
+        );
+        // The crashed predecessor's lease, an hour from expiring.
+        assert!(db.take_lease(GC_LEASE, "dead", 3_600_000).await.unwrap());
+        let s = AppState::new(db, store, "t");
+        assert!(leads(&s, GC_LEASE, Duration::from_secs(3)).await);
+        // Where replicas share the database, the lease is honoured.
+        let shared = s.with_shared_db(true);
+        assert!(!leads(&shared, GC_LEASE, Duration::from_secs(3)).await);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
