@@ -132,9 +132,10 @@ pub fn decide(
         )));
     }
     if target.org != t.org {
+        // Nothing about the other organization (not even its name).
         return Err(Denied(format!(
-            "pipeline {:?} belongs to organization {:?}; token {id} is for organization {:?}",
-            target.name, target.org, t.org
+            "pipeline {:?} is not in organization {:?}, which token {id} is for",
+            target.name, t.org
         )));
     }
     if t.scopes.contains(&Scope::Admin) {
@@ -647,6 +648,27 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("only when"), "{e}");
+    }
+
+    /// A denial told a token of one organization the name of the
+    /// organization that owns a pipeline it cannot see.
+    #[test]
+    fn a_denial_never_names_another_organization() {
+        let none = BuildFacts::default();
+        let theirs = home("secret", "globex", "vault");
+        let a = Acting::default();
+        for scopes in [
+            &[Scope::Read][..],
+            &[Scope::Read, Scope::Write, Scope::Delete],
+            &[Scope::Admin],
+        ] {
+            for need in [Need::Read, Need::Write, Need::Delete] {
+                let e = decide(&token(scopes, "build"), need, &theirs, &a, &[], &none)
+                    .unwrap_err()
+                    .0;
+                assert!(!e.contains("globex") && !e.contains("vault"), "{e}");
+            }
+        }
     }
 
     #[test]
