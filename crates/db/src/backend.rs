@@ -359,6 +359,16 @@ impl<B: Backend> MetaStore for Store<B> {
         let (n, h) = (name.to_string(), holder.to_string());
         self.write(move |c| lease::release(c, &n, &h)).await
     }
+
+    async fn set_background_status(&self, name: &str, status: &str) -> Result<(), DbError> {
+        let (n, st) = (name.to_string(), status.to_string());
+        self.write(move |c| lease::set_status(c, &n, &st)).await
+    }
+
+    async fn background_status(&self, name: &str) -> Result<Option<(String, i64)>, DbError> {
+        let n = name.to_string();
+        self.read(move |c| lease::status(c, &n)).await
+    }
 }
 
 #[async_trait]

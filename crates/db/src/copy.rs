@@ -213,7 +213,12 @@ const TABLES: &[Table] = &[
 const SPECIAL: &[(&str, &str)] = &[("packages", "seq"), ("runs", "triggered_from")];
 /// Tables that are not data: bookkeeping of one database, of writes in
 /// flight, or of which replica does background work.
-const NOT_COPIED: &[&str] = &["satchel_schema", "blob_writes", "leases"];
+const NOT_COPIED: &[&str] = &[
+    "satchel_schema",
+    "blob_writes",
+    "leases",
+    "background_status",
+];
 /// Rows per page.
 const PAGE: usize = 2000;
 

@@ -1,5 +1,6 @@
-//! Leases on background work (GC, retention, stale-upload sweeps): one
-//! replica at a time does each, and another takes over when it stops.
+//! Leases on background work (GC, retention, stale-upload sweeps, key
+//! rotation): one replica at a time does each, and another takes over when
+//! it stops; and the status such work reports, for every replica to show.
 //!
 //! A lease is a row (name, holder, expiry). Taking it is one statement
 //! that inserts the row, or updates it when it is the caller's already or
@@ -43,4 +44,28 @@ pub(crate) fn release(c: &mut dyn Sql, name: &str, holder: &str) -> Result<(), D
         args![name, holder],
     )?;
     Ok(())
+}
+
+/// Records what background work `name` reports now (`status`, JSON).
+pub(crate) fn set_status(c: &mut dyn Sql, name: &str, status: &str) -> Result<(), DbError> {
+    let now = c.now_ms()?;
+    c.execute(
+        "INSERT INTO background_status (name, status, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+        args![name, status, now],
+    )?;
+    Ok(())
+}
+
+/// What background work `name` last reported, and how many milliseconds
+/// ago (by the database's clock).
+pub(crate) fn status(c: &mut dyn Sql, name: &str) -> Result<Option<(String, i64)>, DbError> {
+    let now = c.now_ms()?;
+    match c.query_opt(
+        "SELECT status, updated_at FROM background_status WHERE name = ?1",
+        args![name],
+    )? {
+        Some(mut r) => Ok(Some((r.text(0)?, now.saturating_sub(r.int(1)?)))),
+        None => Ok(None),
+    }
 }

@@ -351,6 +351,12 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, DbError>;
     /// Gives up lease `name` if `holder` holds it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), DbError>;
+    /// Records what background work `name` reports now (JSON), for every
+    /// replica to show.
+    async fn set_background_status(&self, name: &str, status: &str) -> Result<(), DbError>;
+    /// What background work `name` last reported, and how many
+    /// milliseconds ago.
+    async fn background_status(&self, name: &str) -> Result<Option<(String, i64)>, DbError>;
 }
 
 /// A token to store: its id, the hash of its secret, what it may do.

@@ -298,6 +298,17 @@ async fn leases(db: &dyn MetaStore) {
             .await;
     let winners = won.into_iter().filter(|w| *w.as_ref().unwrap()).count();
     assert_eq!(winners, 1, "racing takers");
+    // What background work reports, latest first, with its age.
+    assert!(db.background_status("rotation").await.unwrap().is_none());
+    db.set_background_status("rotation", "{\"state\":\"running\"}")
+        .await
+        .unwrap();
+    db.set_background_status("rotation", "{\"state\":\"done\"}")
+        .await
+        .unwrap();
+    let (status, age) = db.background_status("rotation").await.unwrap().unwrap();
+    assert_eq!(status, "{\"state\":\"done\"}");
+    assert!((0..60_000).contains(&age), "{age} ms old");
 }
 
 /// What an upload may send, what an artifact holds, which blobs are

@@ -303,7 +303,8 @@ pub async fn forget_damaged(s: &AppState, damaged: &[String]) -> Result<Vec<Stri
 /// Progress of a key rotation (re-encrypting stored objects).
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct Rotation {
-    /// `idle`, `running`, `done` or `failed`.
+    /// `idle`, `running`, `done`, `failed`, or `interrupted` (the replica
+    /// running it stopped reporting).
     pub state: String,
     /// Objects looked at so far.
     pub objects: u64,
@@ -340,12 +341,140 @@ pub(crate) async fn keys_handler(
         active_key: ids.as_ref().map(|(a, _)| *a),
         keys: ids.map(|(_, k)| k).unwrap_or_default(),
         usage: s.store.key_usage().await?,
-        rotation: s.rotation.lock().expect("rotation lock").clone(),
+        rotation: rotation(&s).await,
     }))
 }
 
-/// Starts re-encrypting, in the background, every object not on the active
-/// key (or stored before encryption was on). Idempotent while one runs.
+/// The lease on key rotation, and the name of the status it reports.
+const ROTATION: &str = "key-rotation";
+/// How often a rotation reports progress and renews its lease, where
+/// replicas share the database.
+const ROTATION_REPORT_EVERY: Duration = Duration::from_secs(2);
+/// A rotation reported as running but silent this long has stopped (its
+/// replica died).
+const ROTATION_SILENT_MS: i64 = 30_000;
+
+/// The last or running key rotation: on a shared database, whichever
+/// replica runs it (as it last reported); else this process's.
+pub async fn rotation(s: &AppState) -> Rotation {
+    let local = s.rotation.lock().expect("rotation lock").clone();
+    if !s.shared_db {
+        return local;
+    }
+    match s.db.background_status(ROTATION).await {
+        Ok(Some((json, age_ms))) => match serde_json::from_str::<Rotation>(&json) {
+            Ok(mut r) => {
+                if r.state == "running" && age_ms > ROTATION_SILENT_MS {
+                    r.state = "interrupted".into();
+                    r.error = Some(
+                        "the replica running it stopped reporting; start the rotation again".into(),
+                    );
+                }
+                r
+            }
+            Err(e) => {
+                tracing::warn!("unreadable key rotation status: {e}");
+                local
+            }
+        },
+        Ok(None) => local,
+        Err(e) => {
+            tracing::warn!("reading the key rotation status: {e}");
+            local
+        }
+    }
+}
+
+/// Tells the other replicas how this process's rotation stands.
+async fn report_rotation(s: &AppState) {
+    if !s.shared_db {
+        return;
+    }
+    let r = s.rotation.lock().expect("rotation lock").clone();
+    let json = serde_json::to_string(&r).expect("a rotation serializes");
+    if let Err(e) = s.db.set_background_status(ROTATION, &json).await {
+        tracing::warn!("reporting the key rotation: {e}");
+    }
+}
+
+/// Starts re-encrypting, in the background, every object not on the
+/// active key (or stored before encryption was on), unless one runs
+/// already, here or (under its lease) on another replica; answers how the
+/// rotation stands.
+pub async fn start_rotation(s: &AppState) -> Rotation {
+    if s.rotation.lock().expect("rotation lock").state == "running" {
+        return rotation(s).await;
+    }
+    let ttl = 5 * ROTATION_REPORT_EVERY;
+    if !leads(s, ROTATION, ttl).await {
+        return rotation(s).await;
+    }
+    {
+        let mut r = s.rotation.lock().expect("rotation lock");
+        if r.state == "running" {
+            return r.clone();
+        }
+        *r = Rotation {
+            state: "running".into(),
+            ..Rotation::default()
+        };
+    }
+    report_rotation(s).await;
+    let st = s.clone();
+    tokio::spawn(async move {
+        let reporter = st.shared_db.then(|| {
+            let s = st.clone();
+            tokio::spawn(async move {
+                let mut tick = interval_after(ROTATION_REPORT_EVERY);
+                loop {
+                    tick.tick().await;
+                    leads(&s, ROTATION, ttl).await;
+                    report_rotation(&s).await;
+                }
+            })
+        });
+        let progress = |p: &satchel_store::RewriteReport| {
+            let mut r = st.rotation.lock().expect("rotation lock");
+            r.objects = p.objects;
+            r.rewritten = p.rewritten;
+        };
+        // Objects are replaced atomically under their names; a sweep that
+        // runs meanwhile only sees them younger.
+        let result = st.store.rewrite(&progress).await;
+        if let Some(r) = reporter {
+            r.abort();
+        }
+        {
+            let mut r = st.rotation.lock().expect("rotation lock");
+            match result {
+                Ok(done) => {
+                    r.state = "done".into();
+                    r.objects = done.objects;
+                    r.rewritten = done.rewritten;
+                    tracing::info!(
+                        "key rotation done: {} of {} objects re-encrypted",
+                        done.rewritten,
+                        done.objects
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("key rotation failed: {e}");
+                    r.state = "failed".into();
+                    r.error = Some(e.to_string());
+                }
+            }
+        }
+        report_rotation(&st).await;
+        if st.shared_db {
+            if let Err(e) = st.db.release_lease(ROTATION, &st.replica).await {
+                tracing::warn!("releasing the key rotation lease: {e}");
+            }
+        }
+    });
+    rotation(s).await
+}
+
+/// `POST /admin/keys/rotate`: [`start_rotation`], 202.
 pub(crate) async fn rotate_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
     caller: crate::access::Caller,
@@ -358,47 +487,10 @@ pub(crate) async fn rotate_handler(
             "encryption at rest is not configured: start the server with --keys-file (see docs/storage.md)",
         ));
     }
-    {
-        let mut r = s.rotation.lock().expect("rotation lock");
-        if r.state == "running" {
-            return Ok((axum::http::StatusCode::ACCEPTED, axum::Json(r.clone())));
-        }
-        *r = Rotation {
-            state: "running".into(),
-            ..Rotation::default()
-        };
-    }
-    let st = s.clone();
-    tokio::spawn(async move {
-        let progress = |p: &satchel_store::RewriteReport| {
-            let mut r = st.rotation.lock().expect("rotation lock");
-            r.objects = p.objects;
-            r.rewritten = p.rewritten;
-        };
-        // Objects are replaced atomically under their names; a sweep that
-        // runs meanwhile only sees them younger.
-        let result = st.store.rewrite(&progress).await;
-        let mut r = st.rotation.lock().expect("rotation lock");
-        match result {
-            Ok(done) => {
-                r.state = "done".into();
-                r.objects = done.objects;
-                r.rewritten = done.rewritten;
-                tracing::info!(
-                    "key rotation done: {} of {} objects re-encrypted",
-                    done.rewritten,
-                    done.objects
-                );
-            }
-            Err(e) => {
-                tracing::warn!("key rotation failed: {e}");
-                r.state = "failed".into();
-                r.error = Some(e.to_string());
-            }
-        }
-    });
-    let r = s.rotation.lock().expect("rotation lock").clone();
-    Ok((axum::http::StatusCode::ACCEPTED, axum::Json(r)))
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        axum::Json(start_rotation(&s).await),
+    ))
 }
 
 /// Deletes audit entries past their retention
@@ -629,6 +721,7 @@ pub(crate) async fn fsck_handler(
 mod tests {
     use super::*;
     use satchel_db::MetaStore as _;
+    use satchel_store::ContentStore as _;
 
     /// A kill -9 leaves the dead process's lease in the database; its data
     /// directory's next process (the only one a database nobody shares
@@ -657,6 +750,89 @@ mod tests {
         // Where replicas share the database, the lease is honoured.
         let shared = s.with_shared_db(true);
         assert!(!leads(&shared, GC_LEASE, Duration::from_secs(3)).await);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Replicas on one database run one key rotation at a time, and each
+    /// shows how the one running anywhere stands: a rotation another
+    /// replica holds the lease on is not started again, and one that ran
+    /// on a replica is reported done by the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_rotation_runs_once_per_database_and_shows_on_every_replica() {
+        let Some(base) = satchel_store::conformance::remote_base("SATCHEL_TEST_POSTGRES_URL")
+        else {
+            return;
+        };
+        let url = satchel_db::postgres::create_test_database(&base)
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-rotation-test-{}",
+            satchel_model::id::random_hex(8)
+        ));
+        let open = |keys: &str| {
+            std::sync::Arc::new(
+                satchel_store::open(&satchel_store::StoreConfig {
+                    url: dir.join("c").display().to_string(),
+                    compression: satchel_store::Compression::None,
+                    keys: Some(satchel_store::Keyring::parse(keys).unwrap()),
+                })
+                .unwrap(),
+            )
+        };
+        // Content on key 1; then both replicas get key 2 as well.
+        let k1 = satchel_store::Keyring::generate();
+        let old = open(&k1);
+        for i in 0..20u64 {
+            let body = satchel_store::conformance::random_bytes(50_000, i);
+            let d = Digest::of(&body);
+            old.put(
+                &d,
+                body.len() as u64,
+                &mut &body[..],
+                satchel_store::Durability::Sync,
+            )
+            .await
+            .unwrap();
+        }
+        let both = format!(
+            "{k1}\n{}",
+            satchel_store::Keyring::parse(&k1).unwrap().next_key_line()
+        );
+        let replica = || async {
+            let db = satchel_db::PostgresStore::connect(&url).await.unwrap();
+            AppState::new(std::sync::Arc::new(db), open(&both), "t").with_shared_db(true)
+        };
+        let (a, b) = (replica().await, replica().await);
+        // A rotation some other replica holds the lease on is not started.
+        assert!(a
+            .db
+            .take_lease(ROTATION, "elsewhere", 60_000)
+            .await
+            .unwrap());
+        a.db.set_background_status(ROTATION, r#"{"state":"running","objects":7,"rewritten":3}"#)
+            .await
+            .unwrap();
+        let r = start_rotation(&b).await;
+        assert_eq!((r.state.as_str(), r.rewritten), ("running", 3), "{r:?}");
+        assert_eq!(
+            b.rotation.lock().unwrap().state,
+            "idle",
+            "started a second one"
+        );
+        // Once free, one replica runs it and the other sees it end.
+        a.db.release_lease(ROTATION, "elsewhere").await.unwrap();
+        assert_eq!(start_rotation(&a).await.state, "running");
+        let mut seen = rotation(&b).await;
+        for _ in 0..600 {
+            if seen.state == "done" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen = rotation(&b).await;
+        }
+        assert!(seen.state == "done" && seen.rewritten >= 20, "{seen:?}");
+        assert_eq!(b.rotation.lock().unwrap().state, "idle");
         std::fs::remove_dir_all(dir).ok();
     }
 }
