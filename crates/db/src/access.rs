@@ -201,9 +201,17 @@ pub(crate) fn create_pipeline(
 ) -> Result<PipelineInfo, DbError> {
     let (p, created) = ensure_pipeline_in(c, key, org, cluster)?;
     if !created {
+        // Where it lives is for its own organization to know only.
+        let place = if p.org == org {
+            format!(
+                ", in cluster {:?} (move it with `satchel admin pipeline move {key} --cluster C`)",
+                p.cluster
+            )
+        } else {
+            " (pipeline keys are unique on the server: choose another)".to_string()
+        };
         return Err(DbError::Conflict(format!(
-            "pipeline {key:?} already exists, in cluster {:?} of organization {:?} (move it with `satchel admin pipeline move {key} --cluster C`)",
-            p.cluster, p.org
+            "pipeline {key:?} already exists{place}"
         )));
     }
     Ok(p)

@@ -336,8 +336,9 @@ impl Caller {
         }
         if let Some(o) = org {
             if o != t.org {
+                // Not naming `o`: it may be another organization's pipeline's.
                 return Err(self.deny(format!(
-                    "token {} administers organization {:?}, not {o:?}",
+                    "token {} administers organization {:?} only",
                     t.id, t.org
                 )));
             }
@@ -669,6 +670,19 @@ mod tests {
                 assert!(!e.contains("globex") && !e.contains("vault"), "{e}");
             }
         }
+    }
+
+    /// `satchel admin pipeline move` of another organization's pipeline
+    /// answered "administers organization acme, not \"globex\"".
+    #[test]
+    fn an_org_admin_denial_never_names_the_other_organization() {
+        let c = Caller {
+            principal: Principal::Token(Box::new(token(&[Scope::Admin], "build"))),
+            note: crate::audit::AuditNote::default(),
+        };
+        let e = c.org_admin(Some("globex")).unwrap_err();
+        assert!(!e.message.contains("globex"), "{}", e.message);
+        assert_eq!(c.org_admin(Some("acme")).unwrap(), Some("acme".into()));
     }
 
     #[test]
