@@ -302,6 +302,7 @@ pub async fn forget_damaged(s: &AppState, damaged: &[String]) -> Result<Vec<Stri
 
 /// Progress of a key rotation (re-encrypting stored objects).
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Rotation {
     /// `idle`, `running`, `done`, `failed`, or `interrupted` (the replica
     /// running it stopped reporting).
@@ -353,6 +354,9 @@ const ROTATION_REPORT_EVERY: Duration = Duration::from_secs(2);
 /// A rotation reported as running but silent this long has stopped (its
 /// replica died).
 const ROTATION_SILENT_MS: i64 = 30_000;
+/// How long a rotation's lease lasts unless renewed: as long as a silent
+/// one is still shown running, so no second one starts before.
+const ROTATION_LEASE_MS: i64 = ROTATION_SILENT_MS;
 
 /// The last or running key rotation: on a shared database, whichever
 /// replica runs it (as it last reported); else this process's.
@@ -400,36 +404,72 @@ async fn report_rotation(s: &AppState) {
 /// Starts re-encrypting, in the background, every object not on the
 /// active key (or stored before encryption was on), unless one runs
 /// already, here or (under its lease) on another replica; answers how the
-/// rotation stands.
-pub async fn start_rotation(s: &AppState) -> Rotation {
+/// rotation stands. On a shared database the rotation holds its lease
+/// under a holder of its own (so a run that just ended cannot release the
+/// next one's), renews it every [`ROTATION_REPORT_EVERY`], and stops if it
+/// ever loses it.
+pub async fn start_rotation(s: &AppState) -> Result<Rotation, ApiError> {
     if s.rotation.lock().expect("rotation lock").state == "running" {
-        return rotation(s).await;
+        return Ok(rotation(s).await);
     }
-    let ttl = 5 * ROTATION_REPORT_EVERY;
-    if !leads(s, ROTATION, ttl).await {
-        return rotation(s).await;
-    }
-    {
-        let mut r = s.rotation.lock().expect("rotation lock");
-        if r.state == "running" {
-            return r.clone();
+    let holder = format!("{}/{}", s.replica, satchel_model::id::new_id());
+    if s.shared_db {
+        match s.db.take_lease(ROTATION, &holder, ROTATION_LEASE_MS).await {
+            Ok(true) => {}
+            // Running on another replica.
+            Ok(false) => return Ok(rotation(s).await),
+            Err(e) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("could not tell whether a key rotation runs elsewhere: {e}"),
+                ))
+            }
         }
-        *r = Rotation {
-            state: "running".into(),
-            ..Rotation::default()
-        };
+    }
+    let started = {
+        let mut r = s.rotation.lock().expect("rotation lock");
+        let free = r.state != "running";
+        if free {
+            *r = Rotation {
+                state: "running".into(),
+                ..Rotation::default()
+            };
+        }
+        free
+    };
+    if !started {
+        // Another request of this process started one meanwhile.
+        if s.shared_db {
+            let _ = s.db.release_lease(ROTATION, &holder).await;
+        }
+        return Ok(rotation(s).await);
     }
     report_rotation(s).await;
     let st = s.clone();
     tokio::spawn(async move {
+        // Stopped, not aborted: an aborted report could still land after
+        // the final one (the database write runs on its own thread).
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (lost, mut lost_it) = tokio::sync::oneshot::channel::<()>();
         let reporter = st.shared_db.then(|| {
-            let s = st.clone();
+            let (s, holder) = (st.clone(), holder.clone());
             tokio::spawn(async move {
                 let mut tick = interval_after(ROTATION_REPORT_EVERY);
                 loop {
-                    tick.tick().await;
-                    leads(&s, ROTATION, ttl).await;
-                    report_rotation(&s).await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = &mut stopped => return,
+                    }
+                    match s.db.take_lease(ROTATION, &holder, ROTATION_LEASE_MS).await {
+                        Ok(true) => report_rotation(&s).await,
+                        Ok(false) => {
+                            let _ = lost.send(());
+                            return;
+                        }
+                        // It may still hold; a later renewal tells.
+                        Err(e) => tracing::warn!("renewing the key rotation lease: {e}"),
+                    }
                 }
             })
         });
@@ -440,10 +480,22 @@ pub async fn start_rotation(s: &AppState) -> Rotation {
         };
         // Objects are replaced atomically under their names; a sweep that
         // runs meanwhile only sees them younger.
-        let result = st.store.rewrite(&progress).await;
+        let result = tokio::select! {
+            r = st.store.rewrite(&progress) => Some(r),
+            Ok(()) = &mut lost_it => None,
+        };
+        drop(stop);
         if let Some(r) = reporter {
-            r.abort();
+            let _ = r.await;
         }
+        let Some(result) = result else {
+            // Another replica holds the lease and reports from now on.
+            tracing::warn!("key rotation stopped: another replica took its lease over");
+            let mut r = st.rotation.lock().expect("rotation lock");
+            r.state = "failed".into();
+            r.error = Some("another replica took the rotation over".into());
+            return;
+        };
         {
             let mut r = st.rotation.lock().expect("rotation lock");
             match result {
@@ -466,12 +518,12 @@ pub async fn start_rotation(s: &AppState) -> Rotation {
         }
         report_rotation(&st).await;
         if st.shared_db {
-            if let Err(e) = st.db.release_lease(ROTATION, &st.replica).await {
+            if let Err(e) = st.db.release_lease(ROTATION, &holder).await {
                 tracing::warn!("releasing the key rotation lease: {e}");
             }
         }
     });
-    rotation(s).await
+    Ok(rotation(s).await)
 }
 
 /// `POST /admin/keys/rotate`: [`start_rotation`], 202.
@@ -489,7 +541,7 @@ pub(crate) async fn rotate_handler(
     }
     Ok((
         axum::http::StatusCode::ACCEPTED,
-        axum::Json(start_rotation(&s).await),
+        axum::Json(start_rotation(&s).await?),
     ))
 }
 
@@ -813,7 +865,7 @@ mod tests {
         a.db.set_background_status(ROTATION, r#"{"state":"running","objects":7,"rewritten":3}"#)
             .await
             .unwrap();
-        let r = start_rotation(&b).await;
+        let r = start_rotation(&b).await.unwrap();
         assert_eq!((r.state.as_str(), r.rewritten), ("running", 3), "{r:?}");
         assert_eq!(
             b.rotation.lock().unwrap().state,
@@ -822,7 +874,11 @@ mod tests {
         );
         // Once free, one replica runs it and the other sees it end.
         a.db.release_lease(ROTATION, "elsewhere").await.unwrap();
-        assert_eq!(start_rotation(&a).await.state, "running");
+        let started = start_rotation(&a).await.unwrap();
+        assert!(
+            ["running", "done"].contains(&started.state.as_str()),
+            "{started:?}"
+        );
         let mut seen = rotation(&b).await;
         for _ in 0..600 {
             if seen.state == "done" {
@@ -832,6 +888,8 @@ mod tests {
             seen = rotation(&b).await;
         }
         assert!(seen.state == "done" && seen.rewritten >= 20, "{seen:?}");
+        // And the lease is free again.
+        assert!(b.db.take_lease(ROTATION, "next", 60_000).await.unwrap());
         assert_eq!(b.rotation.lock().unwrap().state, "idle");
         std::fs::remove_dir_all(dir).ok();
     }
