@@ -113,37 +113,10 @@ fn protocol_refusals() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(&d.path().join("data"));
     let (url, token) = mint(&s, "build", &[]);
-    let twirp = |method: &str, token: &str, body: Value| {
-        let http = s.http();
-        let u = format!("{url}twirp/github.actions.results.api.v1.ArtifactService/{method}");
-        let token = token.to_string();
-        async move {
-            let r = http
-                .post(u)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap();
-            (status, v)
-        }
-    };
-    let ids = serde_json::json!({
-        "workflow_run_backend_id": "satchel.gh.1",
-        "workflow_job_run_backend_id": "build",
-    });
-    let with = |extra: Value| {
-        let mut v = ids.clone();
-        v.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        v
-    };
+    let ids = ids_with(serde_json::json!({}));
     rt().block_on(async {
         // Tokens: missing, foreign, tampered, another job's ids.
-        let (st, v) = twirp("ListArtifacts", "", ids.clone()).await;
+        let (st, v) = twirp(&url, "", "ListArtifacts", ids.clone()).await;
         assert_eq!((st, v["code"].as_str()), (401, Some("unauthenticated")));
         // The first character of the signature carries six whole bits, so
         // another one is still valid base64url and must fail the signature
@@ -152,30 +125,30 @@ fn protocol_refusals() {
         let mut bad = token.clone();
         let first = &token[dot + 1..dot + 2];
         bad.replace_range(dot + 1..dot + 2, if first == "A" { "B" } else { "A" });
-        let (st, v) = twirp("ListArtifacts", &bad, ids.clone()).await;
+        let (st, v) = twirp(&url, &bad, "ListArtifacts", ids.clone()).await;
         assert_eq!(st, 401);
         assert!(v["msg"].as_str().unwrap().contains("signature is not valid"), "{v}");
         let other = serde_json::json!({
             "workflow_run_backend_id": "satchel.gh.1",
             "workflow_job_run_backend_id": "deploy",
         });
-        let (st, v) = twirp("ListArtifacts", &token, other).await;
+        let (st, v) = twirp(&url, &token, "ListArtifacts", other).await;
         assert_eq!((st, v["code"].as_str()), (403, Some("permission_denied")));
         // Bad input: names, int64s, unknown methods; nothing is created.
-        let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "a/b"}))).await;
+        let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": "a/b"}))).await;
         assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
-        let (st, _) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "x", "size": "nope"}))).await;
+        let (st, _) = twirp(&url, &token, "FinalizeArtifact", ids_with(serde_json::json!({"name": "x", "size": "nope"}))).await;
         assert_eq!(st, 400);
-        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "x", "size": "1"}))).await;
+        let (st, v) = twirp(&url, &token, "FinalizeArtifact", ids_with(serde_json::json!({"name": "x", "size": "1"}))).await;
         assert_eq!((st, v["code"].as_str()), (404, Some("not_found")));
-        let (st, v) = twirp("Nope", &token, ids.clone()).await;
+        let (st, v) = twirp(&url, &token, "Nope", ids.clone()).await;
         assert_eq!((st, v["code"].as_str()), (404, Some("bad_route")));
-        let (st, v) = twirp("ListArtifacts", &token, ids.clone()).await;
+        let (st, v) = twirp(&url, &token, "ListArtifacts", ids.clone()).await;
         assert_eq!(st, 200);
         assert_eq!(v["artifacts"], serde_json::json!([]));
 
         // Signed URLs: tampering and wrong hashes are refused.
-        let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "art", "version": 4}))).await;
+        let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": "art", "version": 4}))).await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(v["ok"], true);
         let signed = v["signed_upload_url"].as_str().unwrap().to_string();
@@ -216,26 +189,26 @@ fn protocol_refusals() {
             .unwrap();
         assert_eq!(r.status(), 201);
         let wrong = format!("sha256:{}", "0".repeat(64));
-        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": wrong}))).await;
+        let (st, v) = twirp(&url, &token, "FinalizeArtifact", ids_with(serde_json::json!({"name": "art", "size": "12", "hash": wrong}))).await;
         assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
         assert!(v["msg"].as_str().unwrap().contains("digest mismatch"));
         let right = {
             use sha2::Digest as _;
             format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"hello world!")))
         };
-        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": right.clone()}))).await;
+        let (st, v) = twirp(&url, &token, "FinalizeArtifact", ids_with(serde_json::json!({"name": "art", "size": "12", "hash": right.clone()}))).await;
         assert_eq!(st, 200, "{v}");
         assert!(v["artifact_id"].as_str().unwrap().parse::<i64>().unwrap() > 0);
         // A retried finalize (the answer was lost) gets the same answer;
         // one that claims other content does not.
         let first = v["artifact_id"].clone();
-        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "12", "hash": right}))).await;
+        let (st, v) = twirp(&url, &token, "FinalizeArtifact", ids_with(serde_json::json!({"name": "art", "size": "12", "hash": right}))).await;
         assert_eq!((st, &v["artifact_id"]), (200, &first), "{v}");
-        let (st, v) = twirp("FinalizeArtifact", &token, with(serde_json::json!({"name": "art", "size": "13"}))).await;
+        let (st, v) = twirp(&url, &token, "FinalizeArtifact", ids_with(serde_json::json!({"name": "art", "size": "13"}))).await;
         assert_eq!((st, v["code"].as_str()), (409, Some("already_exists")), "{v}");
-        let (st, v) = twirp("CreateArtifact", &token, with(serde_json::json!({"name": "art"}))).await;
+        let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": "art"}))).await;
         assert_eq!((st, v["code"].as_str()), (409, Some("already_exists")));
-        let (_, v) = twirp("GetSignedArtifactURL", &token, with(serde_json::json!({"name": "art"}))).await;
+        let (_, v) = twirp(&url, &token, "GetSignedArtifactURL", ids_with(serde_json::json!({"name": "art"}))).await;
         let dl = v["signed_url"].as_str().unwrap().to_string();
         let r = http.get(&dl).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -249,7 +222,7 @@ fn protocol_refusals() {
     let (_, short) = mint(&s, "build", &["--ttl", "1"]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     rt().block_on(async {
-        let (st, v) = twirp("ListArtifacts", &short, ids.clone()).await;
+        let (st, v) = twirp(&url, &short, "ListArtifacts", ids.clone()).await;
         assert_eq!(st, 401);
         assert!(v["msg"].as_str().unwrap().contains("expired"), "{v}");
     });

@@ -14,6 +14,8 @@ pub mod gate;
 pub mod gha;
 pub mod maintenance;
 mod routes;
+#[cfg(test)]
+mod testing;
 
 pub use routes::uploads::validate_manifest;
 

@@ -448,30 +448,15 @@ pub async fn start_rotation(s: &AppState) -> Result<Rotation, ApiError> {
     report_rotation(s).await;
     let st = s.clone();
     tokio::spawn(async move {
-        // Stopped, not aborted: an aborted report could still land after
-        // the final one (the database write runs on its own thread).
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (lost, mut lost_it) = tokio::sync::oneshot::channel::<()>();
-        let reporter = st.shared_db.then(|| {
-            let (s, holder) = (st.clone(), holder.clone());
-            tokio::spawn(async move {
-                let mut tick = interval_after(ROTATION_REPORT_EVERY);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = &mut stopped => return,
-                    }
-                    match s.db.take_lease(ROTATION, &holder, ROTATION_LEASE_MS).await {
-                        Ok(true) => report_rotation(&s).await,
-                        Ok(false) => {
-                            let _ = lost.send(());
-                            return;
-                        }
-                        // It may still hold; a later renewal tells.
-                        Err(e) => tracing::warn!("renewing the key rotation lease: {e}"),
-                    }
-                }
-            })
+        let mut keeper = st.shared_db.then(|| {
+            LeaseKeeper::start(
+                &st,
+                ROTATION,
+                holder.clone(),
+                ROTATION_REPORT_EVERY,
+                Duration::from_millis(ROTATION_LEASE_MS as u64),
+                |s| async move { report_rotation(&s).await },
+            )
         });
         let progress = |p: &satchel_store::RewriteReport| {
             let mut r = st.rotation.lock().expect("rotation lock");
@@ -480,13 +465,16 @@ pub async fn start_rotation(s: &AppState) -> Result<Rotation, ApiError> {
         };
         // Objects are replaced atomically under their names; a sweep that
         // runs meanwhile only sees them younger.
-        let result = tokio::select! {
-            r = st.store.rewrite(&progress) => Some(r),
-            Ok(()) = &mut lost_it => None,
+        let rewrite = st.store.rewrite(&progress);
+        let result = match keeper.as_mut() {
+            Some(k) => tokio::select! {
+                r = rewrite => Some(r),
+                Ok(()) = &mut k.lost => None,
+            },
+            None => Some(rewrite.await),
         };
-        drop(stop);
-        if let Some(r) = reporter {
-            let _ = r.await;
+        if let Some(k) = keeper {
+            k.stop().await;
         }
         let Some(result) = result else {
             // Another replica holds the lease and reports from now on.
@@ -660,25 +648,80 @@ pub fn spawn_periodic(s: AppState, p: Periodic) {
                 continue;
             }
             // A pass may outlast the lease: it is renewed while it runs.
-            let renewer = s.shared_db.then(|| {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let mut tick = interval_after(every);
-                    loop {
-                        tick.tick().await;
-                        leads(&s, GC_LEASE, 3 * every).await;
-                    }
-                })
+            let keeper = s.shared_db.then(|| {
+                LeaseKeeper::start(
+                    &s,
+                    GC_LEASE,
+                    s.replica.to_string(),
+                    every,
+                    3 * every,
+                    |_| async {},
+                )
             });
             if let Err(e) = gc(&s, p.grace).await {
                 tracing::warn!("periodic gc failed: {}", e.message);
             }
             prune_audit(&s).await;
-            if let Some(r) = renewer {
-                r.abort();
+            if let Some(k) = keeper {
+                k.stop().await;
             }
         }
     });
+}
+
+/// Renews a lease on background work while the work runs: every `every`,
+/// for `ttl`, calling `after` once it held; `lost` fires if another holder
+/// took it. [`LeaseKeeper::stop`] waits for the task's last database
+/// write, so none lands after what the work does next (an aborted task's
+/// write could: it runs on a thread of its own).
+struct LeaseKeeper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    lost: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl LeaseKeeper {
+    fn start<F, Fut>(
+        s: &AppState,
+        name: &'static str,
+        holder: String,
+        every: Duration,
+        ttl: Duration,
+        after: F,
+    ) -> LeaseKeeper
+    where
+        F: Fn(AppState) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
+        let s = s.clone();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let task = tokio::spawn(async move {
+            let mut tick = interval_after(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stopped => return,
+                }
+                match s.db.take_lease(name, &holder, ttl_ms).await {
+                    Ok(true) => after(s.clone()).await,
+                    Ok(false) => {
+                        let _ = lost_tx.send(());
+                        return;
+                    }
+                    // It may still hold; a later renewal tells.
+                    Err(e) => tracing::warn!("renewing the {name} lease: {e}"),
+                }
+            }
+        });
+        LeaseKeeper { stop, task, lost }
+    }
+
+    async fn stop(self) {
+        drop(self.stop);
+        let _ = self.task.await;
+    }
 }
 
 /// The lease on periodic GC, retention and audit pruning.
@@ -772,7 +815,6 @@ pub(crate) async fn fsck_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use satchel_db::MetaStore as _;
     use satchel_store::ContentStore as _;
 
     /// A kill -9 leaves the dead process's lease in the database; its data
@@ -781,23 +823,10 @@ mod tests {
     /// and failing the uploads the crash abandoned.
     #[tokio::test]
     async fn a_restarted_single_server_is_not_held_up_by_its_predecessors_lease() {
-        let dir = std::env::temp_dir().join(format!(
-            "satchel-lease-test-{}",
-            satchel_model::id::random_hex(8)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = std::sync::Arc::new(satchel_db::SqliteStore::open(dir.join("m.db")).unwrap());
-        let store = std::sync::Arc::new(
-            satchel_store::open(&satchel_store::StoreConfig {
-                url: dir.join("c").display().to_string(),
-                compression: satchel_store::Compression::None,
-                keys: None,
-            })
-            .unwrap(),
-        );
+        let dir = crate::testing::dir("lease");
+        let s = crate::testing::state(&dir);
         // The crashed predecessor's lease, an hour from expiring.
-        assert!(db.take_lease(GC_LEASE, "dead", 3_600_000).await.unwrap());
-        let s = AppState::new(db, store, "t");
+        assert!(s.db.take_lease(GC_LEASE, "dead", 3_600_000).await.unwrap());
         assert!(leads(&s, GC_LEASE, Duration::from_secs(3)).await);
         // Where replicas share the database, the lease is honoured.
         let shared = s.with_shared_db(true);
@@ -818,20 +847,8 @@ mod tests {
         let url = satchel_db::postgres::create_test_database(&base)
             .await
             .unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "satchel-rotation-test-{}",
-            satchel_model::id::random_hex(8)
-        ));
-        let open = |keys: &str| {
-            std::sync::Arc::new(
-                satchel_store::open(&satchel_store::StoreConfig {
-                    url: dir.join("c").display().to_string(),
-                    compression: satchel_store::Compression::None,
-                    keys: Some(satchel_store::Keyring::parse(keys).unwrap()),
-                })
-                .unwrap(),
-            )
-        };
+        let dir = crate::testing::dir("rotation");
+        let open = |keys: &str| crate::testing::store(&dir, Some(keys));
         // Content on key 1; then both replicas get key 2 as well.
         let k1 = satchel_store::Keyring::generate();
         let old = open(&k1);

@@ -658,21 +658,8 @@ mod tests {
     }
 
     fn state() -> (AppState, PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "satchel-gha-test-{}",
-            satchel_model::id::random_hex(8)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = std::sync::Arc::new(satchel_db::SqliteStore::open(dir.join("m.db")).unwrap());
-        let store = std::sync::Arc::new(
-            satchel_store::open(&satchel_store::StoreConfig {
-                url: dir.join("c").display().to_string(),
-                compression: satchel_store::Compression::None,
-                keys: None,
-            })
-            .unwrap(),
-        );
-        let s = AppState::new(db, store, "t").with_scratch(dir.join("scratch"));
+        let dir = crate::testing::dir("gha");
+        let s = crate::testing::state(&dir).with_scratch(dir.join("scratch"));
         (s, dir)
     }
 
