@@ -740,3 +740,123 @@ fn kill_9_during_upload_leaves_no_partial_artifact() {
     // And the store is consistent: everything finished reads back intact.
     assert!(a.ok(&["admin", "fsck"]).contains("no problems"));
 }
+
+/// Every list comes in cursor pages: following `next_cursor` page by page
+/// adds up to the whole list, a search page never splits a path, and the
+/// agent follows the pages itself (1,100 files is more than one default
+/// page of 1,000). A bad limit or cursor is a 400.
+#[test]
+fn lists_come_in_cursor_pages_that_add_up_to_the_whole() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    for i in 0..1_100 {
+        write(
+            &w,
+            &format!("many/{:02}/{i:04}.txt", i % 7),
+            format!("{i}").as_bytes(),
+        );
+    }
+    s.agent(&w, "pages", 1, "a")
+        .ok(&["artifact", "upload", "many/**"]);
+    // The same paths from a second job: two matches per path.
+    s.agent(&w, "pages", 1, "b")
+        .ok(&["artifact", "upload", "many/03/**"]);
+    let listed = s
+        .agent(&w, "pages", 1, "c")
+        .ok(&["artifact", "search", "**"]);
+    let per_dir = (0..1_100).filter(|i| i % 7 == 3).count();
+    assert_eq!(listed.lines().count(), 1_100 + per_dir, "{listed:.300}");
+    s.agent(&w, "pages", 1, "c")
+        .ok(&["artifact", "download", "many/**", "out"]);
+    let got = walkdir(&w.join("out"));
+    assert_eq!(got, 1_100, "every file downloaded");
+    for run in 2..=5 {
+        s.agent(&w, "pages", run, "a")
+            .ok(&["artifact", "upload", "many/00/0000.txt"]);
+    }
+    rt().block_on(async {
+        let all = |path: String| {
+            let s = &s;
+            async move {
+                let mut pages: Vec<Value> = Vec::new();
+                let mut url = path.clone();
+                loop {
+                    let r = s.get(&url).await;
+                    assert_eq!(r.status(), 200, "{url}");
+                    let v: Value = r.json().await.unwrap();
+                    let next = v["next_cursor"].as_str().map(str::to_string);
+                    pages.push(v);
+                    match next {
+                        Some(c) => url = format!("{path}&cursor={c}"),
+                        None => return pages,
+                    }
+                }
+            }
+        };
+        let pages = all("/pipelines/pages/runs/1/search?query=many/**&limit=50".into()).await;
+        let mut paths: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for p in &pages {
+            let files = p["files"].as_array().unwrap();
+            let mine: std::collections::BTreeSet<&str> =
+                files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+            for path in mine {
+                assert!(seen.insert(path.to_string()), "{path} on two pages");
+            }
+            paths.extend(
+                files
+                    .iter()
+                    .map(|f| f["path"].as_str().unwrap().to_string()),
+            );
+        }
+        assert_eq!(paths.len(), 1_100 + per_dir);
+        assert!(paths.windows(2).all(|w| w[0] <= w[1]), "sorted by path");
+        assert!(pages.len() >= 1_100 / 51, "{} pages", pages.len());
+
+        let runs = all("/pipelines/pages/runs?limit=2".into()).await;
+        let numbers: Vec<u64> = runs
+            .iter()
+            .flat_map(|p| p["runs"].as_array().unwrap().clone())
+            .map(|r| r["number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, [5, 4, 3, 2, 1]);
+        assert_eq!(runs.len(), 3);
+
+        let arts = all("/pipelines/pages/runs/1/artifacts?limit=1".into()).await;
+        assert_eq!(arts.len(), 2, "one artifact per page, two jobs");
+        let id = arts[0]["artifacts"][0]["id"].as_str().unwrap().to_string();
+        let files = all(format!("/artifacts/{id}?limit=300")).await;
+        let n: usize = files
+            .iter()
+            .map(|p| p["files"].as_array().unwrap().len())
+            .sum();
+        assert_eq!((files.len(), n), (4, 1_100));
+
+        for bad in [
+            "/pipelines/pages/runs?limit=0",
+            "/pipelines/pages/runs?limit=10001",
+            "/pipelines/pages/runs?cursor=zz",
+            "/pipelines/pages/runs/1/search?query=**&cursor=00",
+            "/pipelines/pages/runs/1/artifacts?cursor=0",
+            &format!("/artifacts/{id}?cursor=xyz"),
+        ] {
+            let r = s.get(bad).await;
+            assert_eq!(r.status(), 400, "{bad}");
+            assert_eq!(code(r).await, "bad_request", "{bad}");
+        }
+    });
+}
+
+fn walkdir(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += walkdir(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}

@@ -275,39 +275,73 @@ impl Client {
             .map(|_| ())
     }
 
-    /// Runs of a pipeline.
-    pub async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, ClientError> {
-        let l: RunList = self
-            .json(self.request(Method::GET, &format!("/pipelines/{pipeline}/runs")))
-            .await?;
-        l.runs.iter().try_for_each(received::run)?;
-        Ok(l.runs)
+    /// Every page of a list at `path` with `params`: `page` reads one
+    /// response into its items and its `next_cursor`.
+    async fn all_pages<L: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+        mut page: impl FnMut(L) -> Result<(Vec<T>, Option<String>), ClientError>,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = params.to_vec();
+            if let Some(c) = cursor.take() {
+                q.push(("cursor", c));
+            }
+            let l: L = self.json(self.request(Method::GET, path).query(&q)).await?;
+            let (items, next) = page(l)?;
+            out.extend(items);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
 
-    /// Artifacts of a run.
+    /// Runs of a pipeline, newest first (every page).
+    pub async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, ClientError> {
+        self.all_pages(&format!("/pipelines/{pipeline}/runs"), &[], |l: RunList| {
+            l.runs.iter().try_for_each(received::run)?;
+            Ok((l.runs, l.next_cursor))
+        })
+        .await
+    }
+
+    /// Artifacts of a run, but those of superseded job attempts (every page).
     pub async fn list_artifacts(
         &self,
         pipeline: &str,
         run: u64,
     ) -> Result<Vec<Artifact>, ClientError> {
-        let l: ArtifactList = self
-            .json(self.request(
-                Method::GET,
-                &format!("/pipelines/{pipeline}/runs/{run}/artifacts"),
-            ))
-            .await?;
-        l.artifacts.iter().try_for_each(received::artifact)?;
-        Ok(l.artifacts)
+        self.all_pages(
+            &format!("/pipelines/{pipeline}/runs/{run}/artifacts"),
+            &[],
+            |l: ArtifactList| {
+                l.artifacts.iter().try_for_each(received::artifact)?;
+                Ok((l.artifacts, l.next_cursor))
+            },
+        )
+        .await
     }
 
-    /// One artifact with its files.
+    /// One artifact with all its files (every page).
     pub async fn get_artifact(&self, id: &str) -> Result<ArtifactWithFiles, ClientError> {
-        let a: ArtifactWithFiles = self
-            .json(self.request(Method::GET, &format!("/artifacts/{id}")))
+        let mut artifact = None;
+        let files = self
+            .all_pages(&format!("/artifacts/{id}"), &[], |a: ArtifactWithFiles| {
+                received::artifact(&a.artifact)?;
+                a.files.iter().try_for_each(received::file)?;
+                artifact = Some(a.artifact);
+                Ok((a.files, a.next_cursor))
+            })
             .await?;
-        received::artifact(&a.artifact)?;
-        a.files.iter().try_for_each(received::file)?;
-        Ok(a)
+        Ok(ArtifactWithFiles {
+            artifact: artifact.expect("at least one page"),
+            files,
+            next_cursor: None,
+        })
     }
 
     /// Deletes an artifact.
@@ -338,17 +372,15 @@ impl Client {
             "purpose",
             if for_download { "download" } else { "list" }.into(),
         ));
-        let l: FileList = self
-            .json(
-                self.request(
-                    Method::GET,
-                    &format!("/pipelines/{pipeline}/runs/{run}/search"),
-                )
-                .query(&params),
-            )
-            .await?;
-        l.files.iter().try_for_each(received::file)?;
-        Ok(l.files)
+        self.all_pages(
+            &format!("/pipelines/{pipeline}/runs/{run}/search"),
+            &params,
+            |l: FileList| {
+                l.files.iter().try_for_each(received::file)?;
+                Ok((l.files, l.next_cursor))
+            },
+        )
+        .await
     }
 
     /// Streams one file's content, optionally a byte range.

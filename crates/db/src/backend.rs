@@ -13,8 +13,11 @@ use satchel_model::api::{
     Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
     RunRef, SetRunState, UploadFinished,
 };
+use satchel_model::glob::Glob;
+use satchel_model::query::Scope;
 use satchel_model::selector::RunSelector;
 
+use crate::listing::{self, ArtifactFilter, Page, PageRequest};
 use crate::sql::Sql;
 use crate::{
     access, lease, rules, AccessStore, DbError, JobSummary, MetaStore, MisSized, NewRuleRow,
@@ -182,9 +185,9 @@ impl<B: Backend> MetaStore for Store<B> {
         Ok(n)
     }
 
-    async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError> {
-        let p = pipeline.to_string();
-        self.read(move |c| rules::list_runs(c, &p)).await
+    async fn list_runs(&self, pipeline: &str, page: &PageRequest) -> Result<Page<Run>, DbError> {
+        let (p, page) = (pipeline.to_string(), page.clone());
+        self.read(move |c| listing::runs(c, &p, &page)).await
     }
 
     async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError> {
@@ -202,6 +205,34 @@ impl<B: Backend> MetaStore for Store<B> {
         self.read(move |c| rules::list_artifacts(c, &id)).await
     }
 
+    async fn artifacts_page(
+        &self,
+        run_id: &str,
+        filter: &ArtifactFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Artifact>, DbError> {
+        let (id, filter, page) = (run_id.to_string(), filter.clone(), page.clone());
+        self.read(move |c| listing::artifacts(c, &id, &filter, &page))
+            .await
+    }
+
+    async fn search_files(
+        &self,
+        run_id: &str,
+        glob: &Glob,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<FileInfo>, DbError> {
+        let (id, glob, scope, page) = (
+            run_id.to_string(),
+            glob.clone(),
+            scope.clone(),
+            page.clone(),
+        );
+        self.read(move |c| listing::search(c, &id, &glob, &scope, &page))
+            .await
+    }
+
     async fn get_artifact(&self, id: &str) -> Result<Artifact, DbError> {
         let id = id.to_string();
         self.read(move |c| rules::get_artifact(c, &id)).await
@@ -210,6 +241,16 @@ impl<B: Backend> MetaStore for Store<B> {
     async fn artifact_files(&self, id: &str) -> Result<Vec<FileInfo>, DbError> {
         let id = id.to_string();
         self.read(move |c| rules::artifact_files(c, &id)).await
+    }
+
+    async fn artifact_files_page(
+        &self,
+        id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<FileInfo>, DbError> {
+        let (id, page) = (id.to_string(), page.clone());
+        self.read(move |c| listing::artifact_files(c, &id, &page))
+            .await
     }
 
     async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError> {

@@ -156,6 +156,7 @@ const TABLES: &[Table] = &[
         columns: &[
             "id",
             "artifact_id",
+            "run_id",
             "upload_id",
             "path",
             "size",

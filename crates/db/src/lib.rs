@@ -16,6 +16,7 @@ pub mod access;
 mod backend;
 pub mod copy;
 mod lease;
+pub mod listing;
 pub mod postgres;
 mod rules;
 #[doc(hidden)]
@@ -34,9 +35,12 @@ use satchel_model::api::{
     Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
     RunRef, SetRunState, UploadFinished,
 };
+use satchel_model::glob::Glob;
+use satchel_model::query::Scope;
 use satchel_model::selector::RunSelector;
 
 pub use backend::{Backend, Store};
+pub use listing::{ArtifactFilter, Page, PageRequest};
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteBackend, SqliteStore, MIGRATIONS as SQLITE_MIGRATIONS};
 
@@ -242,18 +246,42 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
     /// returns how many. The server runs this periodically so abandoned
     /// uploads (a killed agent, a crash) end in state `error`.
     async fn expire_stale_uploads(&self, cutoff_ms: i64) -> Result<u64, DbError>;
-    /// Runs of a pipeline, newest first.
-    async fn list_runs(&self, pipeline: &str) -> Result<Vec<Run>, DbError>;
+    /// Runs of a pipeline, newest first, a page at a time.
+    async fn list_runs(&self, pipeline: &str, page: &PageRequest) -> Result<Page<Run>, DbError>;
     /// One run.
     async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError>;
     /// Every visible file of a run (all attempts; callers filter).
     async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError>;
     /// Artifacts of a run, any state but `deleted`.
     async fn list_artifacts(&self, run_id: &str) -> Result<Vec<Artifact>, DbError>;
+    /// Artifacts of a run that `filter` admits, any state but `deleted`, by
+    /// name then creation, a page at a time.
+    async fn artifacts_page(
+        &self,
+        run_id: &str,
+        filter: &ArtifactFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Artifact>, DbError>;
+    /// Files of a run that `glob` matches within `scope`, by path then
+    /// upload time, a page at a time; every match of one path is on one page
+    /// (see [`listing`]).
+    async fn search_files(
+        &self,
+        run_id: &str,
+        glob: &Glob,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<FileInfo>, DbError>;
     /// One artifact.
     async fn get_artifact(&self, id: &str) -> Result<Artifact, DbError>;
     /// Visible files of an artifact.
     async fn artifact_files(&self, id: &str) -> Result<Vec<FileInfo>, DbError>;
+    /// Visible files of an artifact by path, a page at a time.
+    async fn artifact_files_page(
+        &self,
+        id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<FileInfo>, DbError>;
     /// Visible files by id, in the order asked; unknown ids are an error.
     async fn get_files(&self, ids: &[String]) -> Result<Vec<FileInfo>, DbError>;
     /// Marks an artifact deleted; its files disappear at once.

@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0007_owed_whole.sql"),
     include_str!("../migrations/postgres/0008_leases.sql"),
     include_str!("../migrations/postgres/0009_background_status.sql"),
+    include_str!("../migrations/postgres/0010_files_run.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;

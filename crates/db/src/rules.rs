@@ -43,7 +43,7 @@ pub(crate) fn to_i64(n: u64, what: &str) -> Result<i64, DbError> {
 }
 
 /// Rows per multi-row statement: well under both databases' parameter
-/// limits (SQLite 32,766, PostgreSQL 65,535) for the widest row (11).
+/// limits (SQLite 32,766, PostgreSQL 65,535) for the widest row (12).
 pub(crate) const BATCH_ROWS: usize = 500;
 
 /// `(?a, ?b, …), (…)`: placeholders for `rows` rows of `width` values,
@@ -101,7 +101,7 @@ fn producer(r: &mut Row, at: usize) -> Result<Producer, DbError> {
 }
 
 /// Columns of a visible-file row, in the order [`file_row`] reads them.
-const FILE_SELECT: &str = "
+pub(crate) const FILE_SELECT: &str = "
 SELECT f.id, f.artifact_id, a.name, f.path, f.size, f.sha256, f.mode, f.content_type, u.step,
        p.key, r.number, j.stage, j.key, j.attempt,
        EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
@@ -115,7 +115,7 @@ JOIN runs r ON r.id = j.run_id
 JOIN pipelines p ON p.id = r.pipeline_id
 WHERE u.state = 'finished' AND a.state = 'finished'";
 
-fn file_row(mut r: Row) -> Result<FileInfo, DbError> {
+pub(crate) fn file_row(mut r: Row) -> Result<FileInfo, DbError> {
     let at = r.int(17)?;
     Ok(FileInfo {
         id: r.text(0)?,
@@ -136,7 +136,7 @@ fn file_row(mut r: Row) -> Result<FileInfo, DbError> {
 }
 
 /// Columns of an artifact row with its visible totals.
-const ARTIFACT_SELECT: &str = "
+pub(crate) const ARTIFACT_SELECT: &str = "
 SELECT a.id, a.name, a.is_default, a.kind, a.state, a.created_at,
        p.key, r.number, j.stage, j.key, j.attempt,
        EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
@@ -154,7 +154,7 @@ JOIN jobs j ON j.id = a.job_id
 JOIN runs r ON r.id = j.run_id
 JOIN pipelines p ON p.id = r.pipeline_id";
 
-fn artifact_row(mut r: Row) -> Result<Artifact, DbError> {
+pub(crate) fn artifact_row(mut r: Row) -> Result<Artifact, DbError> {
     let state = r.text(4)?;
     let kind = r.text(3)?;
     let meta = r.opt_text(14)?;
@@ -192,7 +192,7 @@ fn parse_meta(kind: &str, meta: Option<&str>) -> (Option<ImageInfo>, Option<Link
     }
 }
 
-const RUN_SELECT: &str =
+pub(crate) const RUN_SELECT: &str =
     "SELECT r.id, p.key, r.number, r.branch, r.commit_sha, r.state, r.created_at, r.finished_at,
        r.sources,
        (SELECT p2.key FROM runs r2 JOIN pipelines p2 ON p2.id = r2.pipeline_id
@@ -200,7 +200,7 @@ const RUN_SELECT: &str =
        (SELECT r2.number FROM runs r2 WHERE r2.id = r.triggered_from)
 FROM runs r JOIN pipelines p ON p.id = r.pipeline_id";
 
-fn run_row(mut r: Row) -> Result<Run, DbError> {
+pub(crate) fn run_row(mut r: Row) -> Result<Run, DbError> {
     let sources = r.opt_text(8)?;
     let triggered_pipeline = r.opt_text(9)?;
     let triggered_run = r.opt_int(10)?;
@@ -225,7 +225,7 @@ fn run_row(mut r: Row) -> Result<Run, DbError> {
     })
 }
 
-fn rows<T>(
+pub(crate) fn rows<T>(
     c: &mut dyn Sql,
     sql: &str,
     a: &[Value],
@@ -555,6 +555,7 @@ pub(crate) fn create_upload(
         rows.extend_from_slice(args![
             new_id(),
             &artifact_id,
+            &run,
             &upload_id,
             &f.path,
             to_i64(f.size, "file size")?,
@@ -567,11 +568,11 @@ pub(crate) fn create_upload(
         ]);
         wanted.insert(f.sha256.as_str());
     }
-    const FILE_COLUMNS: usize = 11;
+    const FILE_COLUMNS: usize = 12;
     for chunk in rows.chunks(FILE_COLUMNS * BATCH_ROWS) {
         c.execute(
             &format!(
-                "INSERT INTO files (id, artifact_id, upload_id, path, size, sha256, mode,
+                "INSERT INTO files (id, artifact_id, run_id, upload_id, path, size, sha256, mode,
                                     content_type, source_path, glob, created_at)
                  VALUES {}",
                 value_rows(chunk.len() / FILE_COLUMNS, FILE_COLUMNS, 1)
@@ -1101,7 +1102,7 @@ fn recent_runs(c: &mut dyn Sql, pipeline: &str) -> Result<String, DbError> {
         .join(", "))
 }
 
-fn pipeline_exists(c: &mut dyn Sql, pipeline: &str) -> Result<bool, DbError> {
+pub(crate) fn pipeline_exists(c: &mut dyn Sql, pipeline: &str) -> Result<bool, DbError> {
     c.exists("SELECT 1 FROM pipelines WHERE key = ?1", args![pipeline])
 }
 
@@ -1266,25 +1267,10 @@ pub(crate) fn set_run_state(
     find_run(c, pipeline, number)
 }
 
-pub(crate) fn list_runs(c: &mut dyn Sql, pipeline: &str) -> Result<Vec<Run>, DbError> {
-    let runs = rows(
-        c,
-        &format!("{RUN_SELECT} WHERE p.key = ?1 ORDER BY r.number DESC"),
-        args![pipeline],
-        run_row,
-    )?;
-    if runs.is_empty() && !pipeline_exists(c, pipeline)? {
-        return Err(DbError::NotFound(format!(
-            "pipeline {pipeline:?} not found"
-        )));
-    }
-    Ok(runs)
-}
-
 pub(crate) fn run_files(c: &mut dyn Sql, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
     rows(
         c,
-        &format!("{FILE_SELECT} AND a.run_id = ?1"),
+        &format!("{FILE_SELECT} AND f.run_id = ?1"),
         args![run_id],
         file_row,
     )

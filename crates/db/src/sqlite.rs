@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0009_owed_whole.sql"),
     include_str!("../migrations/sqlite/0010_leases.sql"),
     include_str!("../migrations/sqlite/0011_background_status.sql"),
+    include_str!("../migrations/sqlite/0012_files_run.sql"),
 ];
 const READERS: usize = 4;
 

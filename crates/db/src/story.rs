@@ -2,9 +2,9 @@
 //! conformance suite: each database's tests call [`run_all`] on an empty
 //! store so SQLite and (later) PostgreSQL are held to the same rules.
 
-use satchel_model::api::{ArtifactState, CreateUpload, JobContext, NewFile};
+use satchel_model::api::{ArtifactState, CreateUpload, FileInfo, JobContext, NewFile};
 
-use crate::{DbError, MetaStore, Quotas};
+use crate::{DbError, MetaStore, PageRequest, Quotas};
 
 fn ctx(job: &str, attempt: u32) -> JobContext {
     JobContext {
@@ -250,14 +250,21 @@ pub async fn run_all(db: &dyn MetaStore) {
         Err(DbError::NotFound(_))
     ));
     assert!(matches!(
-        db.list_runs("nope").await,
+        db.list_runs("nope", &PageRequest::default()).await,
         Err(DbError::NotFound(_))
     ));
     assert!(matches!(
         db.get_files(&["0".repeat(32)]).await,
         Err(DbError::NotFound(_))
     ));
-    assert_eq!(db.list_runs("pipe").await.unwrap().len(), 1);
+    assert_eq!(
+        db.list_runs("pipe", &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
 
     gc_grace(db).await;
     pipelines(db).await;
@@ -267,6 +274,274 @@ pub async fn run_all(db: &dyn MetaStore) {
     large_manifest(db).await;
     access(db).await;
     leases(db).await;
+    paging(db).await;
+}
+
+/// Every page of `list`, following cursors from the first.
+async fn all_pages<T, F, Fut>(limit: usize, budget: usize, mut list: F) -> Vec<Vec<T>>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<crate::Page<T>, DbError>>,
+{
+    let mut page = PageRequest {
+        cursor: None,
+        limit,
+        scan_budget: budget,
+    };
+    let mut pages = Vec::new();
+    loop {
+        let got = list(page.clone()).await.unwrap();
+        pages.push(got.items);
+        match got.next {
+            Some(next) => page.cursor = Some(next),
+            None => return pages,
+        }
+        assert!(pages.len() < 10_000, "the cursors never end");
+    }
+}
+
+/// Cursor pages of runs, artifacts, an artifact's files and search: page
+/// after page adds up to the whole list in its order, whatever the page
+/// size; search pushed into the database selects exactly what the model's
+/// rules select from the whole run, and never splits a path across pages.
+async fn paging(db: &dyn MetaStore) {
+    use satchel_model::glob::Glob;
+    use satchel_model::query::{self, Scope};
+
+    let in_pages = |job: &str, attempt: u32, step: &str| JobContext {
+        pipeline: "pages".into(),
+        step: Some(step.into()),
+        ..ctx(job, attempt)
+    };
+    let mut n = 0u32;
+    let mut put =
+        async |job: &str, attempt: u32, step: &str, name: Option<&str>, paths: &[&str]| {
+            let files: Vec<NewFile> = paths
+                .iter()
+                .map(|p| {
+                    n += 1;
+                    NewFile {
+                        sha256: format!("{:064x}", 0xface_0000u64 + n as u64),
+                        ..file(p, 'x', n as u64)
+                    }
+                })
+                .collect();
+            let blobs: Vec<(String, u64)> =
+                files.iter().map(|f| (f.sha256.clone(), f.size)).collect();
+            db.record_blobs(&blobs).await.unwrap();
+            let mut u = upload(job, attempt, name, files);
+            u.context = in_pages(job, attempt, step);
+            let plan = db.create_upload(&u, &q()).await.unwrap();
+            db.finish_upload(&plan.upload_id).await.unwrap();
+        };
+    let tree = [
+        "dir/a.txt",
+        "dir/b.log",
+        "dir/sub/a.txt",
+        "dir/sub/deep/c.txt",
+        "dir-x/a.txt",
+        "dir.txt",
+        "dir0/a.txt",
+        "a.txt",
+        "z/y/x.bin",
+        "other/a.txt",
+        "dir/~x",
+        "dir/zé/ü.txt",
+    ];
+    put("build", 1, "compile", None, &tree).await;
+    put("build", 2, "compile", None, &tree).await;
+    put("build", 2, "pack", Some("bundle"), &tree[..6]).await;
+    assert_eq!(tree.len(), 12);
+    put(
+        "test",
+        1,
+        "unit",
+        Some("reports"),
+        &["dir/a.txt", "dir/sub/a.txt", "r/1.xml", "r/2.xml"],
+    )
+    .await;
+    put("test", 1, "lint", Some("reports"), &["r/3.xml", "a.txt"]).await;
+    let run = db.find_run("pages", 1).await.unwrap();
+    let everything = db.run_files(&run.id).await.unwrap();
+    assert_eq!(everything.len(), 36);
+
+    let globs = [
+        "**",
+        "*",
+        "dir/**",
+        "dir/*.txt",
+        "dir/sub/a.txt",
+        "dir",
+        "d*/**",
+        "{dir,r}/**",
+        "**/a.txt",
+        "dir/sub/**",
+        "zzz/**",
+        "dir-x/**",
+        "dir/sub/deep/c.txt",
+        "?.txt",
+        "dir/[ab].*",
+        "r/*.xml",
+    ];
+    let scopes = [
+        Scope::default(),
+        Scope {
+            include_retried: true,
+            ..Scope::default()
+        },
+        Scope {
+            job: Some("build".into()),
+            ..Scope::default()
+        },
+        Scope {
+            job: Some("test".into()),
+            step: Some("unit".into()),
+            ..Scope::default()
+        },
+        Scope {
+            name: Some("reports".into()),
+            ..Scope::default()
+        },
+        Scope {
+            name: Some("default".into()),
+            include_retried: true,
+            ..Scope::default()
+        },
+        Scope {
+            step: Some("compile".into()),
+            include_retried: true,
+            ..Scope::default()
+        },
+    ];
+    for g in globs {
+        let glob = Glob::new(g).unwrap();
+        for scope in &scopes {
+            let want = query::search(&glob, scope, everything.clone());
+            for (limit, budget) in [(1, 0), (2, 0), (3, 0), (7, 0), (1000, 0), (2, 3), (1000, 1)] {
+                let what = format!("{g:?} in {scope:?}, pages of {limit}, budget {budget}");
+                let pages = all_pages(limit, budget, |p| {
+                    let (glob, scope, id) = (glob.clone(), scope.clone(), run.id.clone());
+                    async move { db.search_files(&id, &glob, &scope, &p).await }
+                })
+                .await;
+                let got: Vec<FileInfo> = pages.iter().flatten().cloned().collect();
+                let ids = |v: &[FileInfo]| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+                assert_eq!(ids(&got), ids(&want), "{what}");
+                let mut seen = std::collections::HashSet::new();
+                for page in &pages {
+                    let paths: std::collections::BTreeSet<&str> =
+                        page.iter().map(|f| f.path.as_str()).collect();
+                    for p in paths {
+                        assert!(
+                            seen.insert(p.to_string()),
+                            "{what}: {p:?} split across pages"
+                        );
+                    }
+                }
+                if budget == 0 {
+                    // Without a scan budget a page ends only once it is full.
+                    for page in &pages[..pages.len() - 1] {
+                        assert!(page.len() >= limit, "{what}: a short page before the last");
+                    }
+                }
+                // Download rules page by page are the rules on the whole list.
+                if glob.has_wildcards() {
+                    let latest: Vec<FileInfo> = pages
+                        .iter()
+                        .flat_map(|p| query::select_for_download(&glob, scope, p.clone()).unwrap())
+                        .collect();
+                    let whole =
+                        query::select_for_download(&glob, scope, everything.clone()).unwrap();
+                    assert_eq!(ids(&latest), ids(&whole), "{what}: download selection");
+                }
+            }
+        }
+    }
+    let bad = PageRequest {
+        cursor: Some("not-a-cursor".into()),
+        ..PageRequest::default()
+    };
+    let glob = Glob::new("**").unwrap();
+    assert!(matches!(
+        db.search_files(&run.id, &glob, &Scope::default(), &bad)
+            .await,
+        Err(DbError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.list_runs("pages", &bad).await,
+        Err(DbError::Invalid(_))
+    ));
+
+    // Artifacts: all of them, by job, with and without retried attempts.
+    let all = db.list_artifacts(&run.id).await.unwrap();
+    for filter in [
+        crate::ArtifactFilter::default(),
+        crate::ArtifactFilter {
+            include_retried: true,
+            ..Default::default()
+        },
+        crate::ArtifactFilter {
+            job: Some("build".into()),
+            include_retried: true,
+        },
+        crate::ArtifactFilter {
+            job: Some("test".into()),
+            include_retried: false,
+        },
+    ] {
+        let want: Vec<String> = all
+            .iter()
+            .filter(|a| filter.include_retried || !a.producer.superseded)
+            .filter(|a| filter.job.as_deref().is_none_or(|j| a.producer.job == j))
+            .map(|a| a.id.clone())
+            .collect();
+        assert!(!want.is_empty(), "{filter:?}");
+        for limit in [1, 2, 1000] {
+            let pages = all_pages(limit, 0, |p| {
+                let (id, filter) = (run.id.clone(), filter.clone());
+                async move { db.artifacts_page(&id, &filter, &p).await }
+            })
+            .await;
+            let got: Vec<String> = pages.iter().flatten().map(|a| a.id.clone()).collect();
+            assert_eq!(got, want, "{filter:?}, pages of {limit}");
+        }
+    }
+
+    // An artifact's files.
+    let default = all
+        .iter()
+        .find(|a| a.name == "default" && !a.producer.superseded)
+        .unwrap();
+    let want: Vec<String> = db
+        .artifact_files(&default.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(want.len(), tree.len());
+    for limit in [1, 3, 1000] {
+        let pages = all_pages(limit, 0, |p| {
+            let id = default.id.clone();
+            async move { db.artifact_files_page(&id, &p).await }
+        })
+        .await;
+        let got: Vec<String> = pages.iter().flatten().map(|f| f.path.clone()).collect();
+        assert_eq!(got, want, "files in pages of {limit}");
+    }
+
+    // Runs, newest first, page after page.
+    for number in 2..=7 {
+        db.create_run("pages", &satchel_model::api::NewRun::default())
+            .await
+            .unwrap();
+        assert_eq!(db.find_run("pages", number).await.unwrap().number, number);
+    }
+    for limit in [1, 2, 4, 1000] {
+        let pages = all_pages(limit, 0, |p| async move { db.list_runs("pages", &p).await }).await;
+        let got: Vec<u64> = pages.iter().flatten().map(|r| r.number).collect();
+        assert_eq!(got, vec![7, 6, 5, 4, 3, 2, 1], "runs in pages of {limit}");
+    }
 }
 
 /// Leases on background work: one holder at a time, renewed by it,
@@ -518,7 +793,14 @@ async fn pipelines(db: &dyn MetaStore) {
         db.create_run("down", &req).await,
         Err(DbError::NotFound(m)) if m.contains("source \"src\"")
     ));
-    assert_eq!(db.list_runs("down").await.unwrap().len(), 1);
+    assert_eq!(
+        db.list_runs("down", &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
 
     // Typed artifacts are finished at once and take the name for the run.
     let mut c = ctx("img", 1);
@@ -622,7 +904,11 @@ async fn races(db: &dyn MetaStore) {
                 );
             }
         }
-        let runs = db.list_runs(&pipeline).await.unwrap();
+        let runs = db
+            .list_runs(&pipeline, &PageRequest::default())
+            .await
+            .unwrap()
+            .items;
         assert_eq!(runs.len(), 1, "round {round}: one run was created");
 
         // The default artifact of one job: both uploads land in it.
@@ -821,7 +1107,11 @@ async fn access(db: &dyn MetaStore) {
     let moved = db.move_pipeline("lib", "acme", "build").await.unwrap();
     assert_eq!(moved.cluster, "build");
     assert_eq!(
-        db.list_runs("lib").await.unwrap().len(),
+        db.list_runs("lib", &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
         1,
         "runs move along"
     );

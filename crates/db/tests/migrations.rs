@@ -167,6 +167,15 @@ INSERT INTO artifacts (id, run_id, job_id, name, is_default, kind, state, create
 "),
 ];
 
+/// The schema versions from which a file row names its run (`files.run_id`,
+/// SQLite migration 12, PostgreSQL 10). [`FIXTURES`] are written in the
+/// columns of the version that introduced them; on a schema that has
+/// `run_id` they fill it in as the rules would.
+const SQLITE_FILES_RUN: usize = 12;
+const POSTGRES_FILES_RUN: usize = 10;
+const FILL_FILES_RUN: &str = "UPDATE files SET run_id = \
+    (SELECT a.run_id FROM artifacts a WHERE a.id = files.artifact_id) WHERE run_id IS NULL";
+
 /// What the rows of `feature` must still mean after the upgrade.
 async fn check(db: &dyn MetaStore, feature: &str, at: &str) {
     let ctx = format!("{feature} rows written at {at}");
@@ -308,6 +317,9 @@ async fn every_sqlite_schema_upgrades_with_its_data() {
                 c.execute_batch(rows)
                     .unwrap_or_else(|e| panic!("{feature} rows (from v{from}) at v{n}: {e}"));
             }
+            if n >= SQLITE_FILES_RUN {
+                c.execute_batch(FILL_FILES_RUN).unwrap();
+            }
             c.execute_batch(&format!("PRAGMA user_version = {n}"))
                 .unwrap();
         }
@@ -351,6 +363,9 @@ async fn every_postgres_schema_upgrades_with_its_data() {
                 c.batch_execute(rows)
                     .await
                     .unwrap_or_else(|e| panic!("{feature} rows (from v{from}) at v{n}: {e}"));
+            }
+            if n >= POSTGRES_FILES_RUN {
+                c.batch_execute(FILL_FILES_RUN).await.unwrap();
             }
             drop(c);
             let _ = conn.await;

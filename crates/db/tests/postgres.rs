@@ -1,7 +1,7 @@
 //! The metadata story against a real PostgreSQL (`SATCHEL_TEST_POSTGRES_URL`,
 //! started by scripts/services.sh), each test in a database of its own.
 
-use satchel_db::{story, MetaStore, PostgresStore};
+use satchel_db::{story, MetaStore, PageRequest, PostgresStore};
 
 /// A fresh database's URL, or `None` when remote tests are skipped.
 async fn fresh() -> Option<String> {
@@ -22,7 +22,11 @@ async fn postgres_store_tells_the_story() {
     // Connecting again applies no migration twice and sees the data.
     let db = PostgresStore::connect(&url).await.unwrap();
     assert_eq!(
-        db.list_runs("pipe").await.unwrap().len(),
+        db.list_runs("pipe", &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
         1,
         "survives reconnect"
     );
@@ -32,7 +36,7 @@ async fn postgres_store_tells_the_story() {
 async fn postgres_store_works_on_a_current_thread_runtime() {
     let Some(url) = fresh().await else { return };
     let db = satchel_db::open(&url).await.unwrap();
-    assert!(db.list_runs("none").await.is_err());
+    assert!(db.list_runs("none", &PageRequest::default()).await.is_err());
     assert!(db.recorded_blobs().await.unwrap().is_empty());
 }
 

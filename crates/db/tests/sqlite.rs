@@ -1,6 +1,6 @@
 //! The metadata story against SQLite, including a reopen.
 
-use satchel_db::{story, MetaStore, SqliteStore};
+use satchel_db::{story, MetaStore, PageRequest, SqliteStore};
 
 #[tokio::test]
 async fn sqlite_store_tells_the_story() {
@@ -10,7 +10,11 @@ async fn sqlite_store_tells_the_story() {
     drop(db);
     let db = SqliteStore::open(dir.path().join("m.db")).unwrap();
     assert_eq!(
-        db.list_runs("pipe").await.unwrap().len(),
+        db.list_runs("pipe", &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
         1,
         "survives reopen"
     );

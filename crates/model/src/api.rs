@@ -488,6 +488,9 @@ pub struct FileInfo {
 pub struct FileList {
     /// The files.
     pub files: Vec<FileInfo>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A list of artifacts.
@@ -495,6 +498,9 @@ pub struct FileList {
 pub struct ArtifactList {
     /// The artifacts.
     pub artifacts: Vec<Artifact>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// An artifact with its files.
@@ -504,6 +510,9 @@ pub struct ArtifactWithFiles {
     pub artifact: Artifact,
     /// Its visible files.
     pub files: Vec<FileInfo>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A run of a pipeline.
@@ -751,6 +760,9 @@ pub fn validate_version(v: &str) -> Result<(), String> {
 pub struct RunList {
     /// The runs, newest first.
     pub runs: Vec<Run>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/v1/files/content`: fetch many small files in one response.

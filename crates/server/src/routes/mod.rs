@@ -10,6 +10,8 @@ pub(crate) mod uploads;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post, put};
 use axum::Router;
+use satchel_db::listing::{DEFAULT_PAGE, MAX_PAGE};
+use satchel_db::{ArtifactFilter, PageRequest};
 use satchel_model::api::{
     Artifact, ArtifactList, ArtifactWithFiles, FileInfo, FileList, Run, RunList,
 };
@@ -127,14 +129,44 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `?limit=N&cursor=C` on every list: at most `limit` items (default
+/// 1,000, at most 10,000) after the page that gave out `cursor`.
+#[derive(Deserialize)]
+struct PageParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+impl PageParams {
+    fn request(self) -> Result<PageRequest, ApiError> {
+        let limit = match self.limit {
+            None => DEFAULT_PAGE,
+            Some(n @ 1..=MAX_PAGE) => n,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "limit {n} is out of range: ask for 1 to {MAX_PAGE} items per page"
+                )))
+            }
+        };
+        Ok(PageRequest {
+            cursor: self.cursor,
+            limit,
+            ..PageRequest::default()
+        })
+    }
+}
+
 async fn list_runs(
     State(s): State<AppState>,
     caller: Caller,
     Path(pipeline): Path<String>,
+    Query(page): Query<PageParams>,
 ) -> Result<axum::Json<RunList>, ApiError> {
     caller.read(&s, &pipeline).await?;
+    let page = s.db.list_runs(&pipeline, &page.request()?).await?;
     Ok(axum::Json(RunList {
-        runs: s.db.list_runs(&pipeline).await?,
+        runs: page.items,
+        next_cursor: page.next,
     }))
 }
 
@@ -148,7 +180,7 @@ async fn get_run(
 }
 
 #[derive(Deserialize)]
-struct ArtifactFilter {
+struct ArtifactParams {
     job: Option<String>,
     #[serde(default)]
     include_retried_jobs: bool,
@@ -158,18 +190,21 @@ async fn list_artifacts(
     State(s): State<AppState>,
     caller: Caller,
     Path((pipeline, run)): Path<(String, u64)>,
-    Query(f): Query<ArtifactFilter>,
+    Query(f): Query<ArtifactParams>,
+    Query(page): Query<PageParams>,
 ) -> Result<axum::Json<ArtifactList>, ApiError> {
     caller.read(&s, &pipeline).await?;
+    let page = page.request()?;
     let run = s.db.find_run(&pipeline, run).await?;
-    let artifacts: Vec<Artifact> =
-        s.db.list_artifacts(&run.id)
-            .await?
-            .into_iter()
-            .filter(|a| f.include_retried_jobs || !a.producer.superseded)
-            .filter(|a| f.job.as_deref().is_none_or(|j| a.producer.job == j))
-            .collect();
-    Ok(axum::Json(ArtifactList { artifacts }))
+    let filter = ArtifactFilter {
+        job: f.job,
+        include_retried: f.include_retried_jobs,
+    };
+    let page = s.db.artifacts_page(&run.id, &filter, &page).await?;
+    Ok(axum::Json(ArtifactList {
+        artifacts: page.items,
+        next_cursor: page.next,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -184,13 +219,17 @@ struct SearchParams {
     purpose: Option<String>,
 }
 
+/// One page of a run's files that a query selects. Every match of a path is
+/// on one page, so the download rules hold page by page.
 async fn search(
     State(s): State<AppState>,
     caller: Caller,
     Path((pipeline, run)): Path<(String, u64)>,
     Query(p): Query<SearchParams>,
+    Query(page): Query<PageParams>,
 ) -> Result<axum::Json<FileList>, ApiError> {
     caller.read(&s, &pipeline).await?;
+    let page = page.request()?;
     let glob = Glob::new(p.query.as_deref().unwrap_or("**"))?;
     let scope = Scope {
         job: p.job,
@@ -198,31 +237,45 @@ async fn search(
         name: p.name,
         include_retried: p.include_retried_jobs,
     };
-    let run = s.db.find_run(&pipeline, run).await?;
-    let files = s.db.run_files(&run.id).await?;
-    let files = match p.purpose.as_deref().unwrap_or("list") {
-        "list" => query::search(&glob, &scope, files),
-        "download" => query::select_for_download(&glob, &scope, files)?,
+    let download = match p.purpose.as_deref().unwrap_or("list") {
+        "list" => false,
+        "download" => true,
         other => {
             return Err(ApiError::bad_request(format!(
                 "unknown purpose {other:?}: use `list` or `download`"
             )))
         }
     };
-    Ok(axum::Json(FileList { files }))
+    let run = s.db.find_run(&pipeline, run).await?;
+    let found = s.db.search_files(&run.id, &glob, &scope, &page).await?;
+    let files = if download {
+        query::select_for_download(&glob, &scope, found.items)?
+    } else {
+        found.items
+    };
+    Ok(axum::Json(FileList {
+        files,
+        next_cursor: found.next,
+    }))
 }
 
 async fn get_artifact(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(page): Query<PageParams>,
 ) -> Result<axum::Json<ArtifactWithFiles>, ApiError> {
     check_id("artifact", &id)?;
+    let page = page.request()?;
     let artifact = s.db.get_artifact(&id).await?;
     caller.note(format!("artifact={id}"));
     caller.read(&s, &artifact.producer.pipeline).await?;
-    let files = s.db.artifact_files(&id).await?;
-    Ok(axum::Json(ArtifactWithFiles { artifact, files }))
+    let files = s.db.artifact_files_page(&id, &page).await?;
+    Ok(axum::Json(ArtifactWithFiles {
+        artifact,
+        files: files.items,
+        next_cursor: files.next,
+    }))
 }
 
 async fn delete_artifact(

@@ -1,0 +1,379 @@
+//! Lists page by page: keyset cursors over the indexes that follow the
+//! scoping rules, so a page costs the same on the first and the hundredth
+//! page, on a run with ten files or with a hundred thousand.
+//!
+//! * Runs page newest first through `UNIQUE (pipeline_id, number)`.
+//! * A run's artifacts page in (name, created, id) order through
+//!   `artifacts_run_order`.
+//! * An artifact's files page by path through `UNIQUE (artifact_id, path)`.
+//! * Search walks a run's files in (path, id) order through
+//!   `files_run_path`, starting at the glob's literal directory prefix (or
+//!   at its one path when it has no wildcards), with job, step, artifact
+//!   name and supersession pushed into the query. The glob itself is
+//!   matched here, on the rows the index range yields, by the model's own
+//!   matcher, so there is one glob dialect. A search page never splits a
+//!   path: every match of a path is on one page, so the download rules
+//!   (ambiguity, the latest upload per path) apply page by page exactly as
+//!   to the whole list.
+//!
+//! A cursor is opaque to callers: hex of the keyset fields, and a cursor
+//! that does not decode is a [`DbError::Invalid`].
+
+use satchel_model::api::{Artifact, FileInfo, Run};
+use satchel_model::glob::Glob;
+use satchel_model::query::{self, Scope};
+
+use crate::rules::{
+    artifact_row, file_row, get_artifact, pipeline_exists, rows, run_row, ARTIFACT_SELECT,
+    FILE_SELECT, RUN_SELECT,
+};
+use crate::sql::{Sql, Value};
+use crate::DbError;
+
+/// The most items one page holds, whatever a caller asks for.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Items per page when a caller does not say.
+pub const DEFAULT_PAGE: usize = 1_000;
+
+/// Rows a search page reads before it ends with a cursor however few of
+/// them matched, so that a glob matching little of a large run answers in
+/// bounded time (the caller follows the cursor).
+pub const SEARCH_SCAN_BUDGET: usize = 20_000;
+
+/// Rows one search statement reads.
+const SCAN_ROWS: usize = 1_000;
+
+/// Which page: after `cursor` (from the previous page), at most `limit`
+/// items (0 means [`DEFAULT_PAGE`]; more than [`MAX_PAGE`] means that).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Where the previous page ended; `None` for the first page.
+    pub cursor: Option<String>,
+    /// How many items at most.
+    pub limit: usize,
+    /// For search: rows read before the page ends however few matched
+    /// (0 means [`SEARCH_SCAN_BUDGET`]). Tests set it small.
+    pub scan_budget: usize,
+}
+
+impl PageRequest {
+    /// The first page of `limit` items.
+    pub fn first(limit: usize) -> PageRequest {
+        PageRequest {
+            limit,
+            ..PageRequest::default()
+        }
+    }
+
+    fn limit(&self) -> usize {
+        match self.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// The cursor of the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// Which of a run's artifacts to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArtifactFilter {
+    /// Only artifacts of jobs with this key.
+    pub job: Option<String>,
+    /// Include artifacts of superseded job attempts.
+    pub include_retried: bool,
+}
+
+fn encode(fields: &[&str]) -> String {
+    let joined = fields.join("\0");
+    joined.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode(cursor: &str, fields: usize) -> Result<Vec<String>, DbError> {
+    let bad = || DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"));
+    if !cursor.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let parts: Vec<String> = text.split('\0').map(str::to_string).collect();
+    if parts.len() != fields {
+        return Err(bad());
+    }
+    Ok(parts)
+}
+
+/// Numbered-parameter SQL built clause by clause.
+struct Query {
+    sql: String,
+    args: Vec<Value>,
+}
+
+impl Query {
+    fn new(select: &str) -> Query {
+        Query {
+            sql: select.to_string(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends `clause`, whose `?` marks take `values` in order.
+    fn and(&mut self, clause: &str, values: Vec<Value>) -> &mut Query {
+        let mut out = String::with_capacity(clause.len() + 8);
+        let mut values = values.into_iter();
+        for ch in clause.chars() {
+            if ch == '?' {
+                self.args.push(values.next().expect("a value per mark"));
+                out.push_str(&format!("?{}", self.args.len()));
+            } else {
+                out.push(ch);
+            }
+        }
+        assert!(values.next().is_none(), "a mark per value");
+        self.sql.push(' ');
+        self.sql.push_str(&out);
+        self
+    }
+}
+
+/// Runs of `pipeline`, newest first.
+pub(crate) fn runs(
+    c: &mut dyn Sql,
+    pipeline: &str,
+    page: &PageRequest,
+) -> Result<Page<Run>, DbError> {
+    let limit = page.limit();
+    let mut q = Query::new(RUN_SELECT);
+    q.and("WHERE p.key = ?", vec![pipeline.into()]);
+    if let Some(cursor) = &page.cursor {
+        let number: i64 = decode(cursor, 1)?[0].parse().map_err(|_| {
+            DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"))
+        })?;
+        q.and("AND r.number < ?", vec![number.into()]);
+    }
+    q.and(
+        &format!("ORDER BY r.number DESC LIMIT {}", limit + 1),
+        vec![],
+    );
+    let mut items = rows(c, &q.sql, &q.args, run_row)?;
+    if items.is_empty() && page.cursor.is_none() && !pipeline_exists(c, pipeline)? {
+        return Err(DbError::NotFound(format!(
+            "pipeline {pipeline:?} not found"
+        )));
+    }
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        encode(&[&items[limit - 1].number.to_string()])
+    });
+    Ok(Page { items, next })
+}
+
+/// Artifacts of run `run_id` that `filter` admits, by name, then creation.
+pub(crate) fn artifacts(
+    c: &mut dyn Sql,
+    run_id: &str,
+    filter: &ArtifactFilter,
+    page: &PageRequest,
+) -> Result<Page<Artifact>, DbError> {
+    let limit = page.limit();
+    let mut q = Query::new(ARTIFACT_SELECT);
+    q.and(
+        "WHERE a.run_id = ? AND a.state != 'deleted'",
+        vec![run_id.into()],
+    );
+    if let Some(job) = &filter.job {
+        q.and("AND j.key = ?", vec![job.into()]);
+    }
+    if !filter.include_retried {
+        q.and(
+            "AND NOT EXISTS (SELECT 1 FROM jobs j3 WHERE j3.run_id = j.run_id AND j3.key = j.key AND j3.attempt > j.attempt)",
+            vec![],
+        );
+    }
+    if let Some(cursor) = &page.cursor {
+        let f = decode(cursor, 3)?;
+        let at: i64 = f[1].parse().map_err(|_| {
+            DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"))
+        })?;
+        q.and(
+            "AND (a.name, a.created_at, a.id) > (?, ?, ?)",
+            vec![f[0].clone().into(), at.into(), f[2].clone().into()],
+        );
+    }
+    q.and(
+        &format!("ORDER BY a.name, a.created_at, a.id LIMIT {}", limit + 1),
+        vec![],
+    );
+    let mut items = rows(c, &q.sql, &q.args, artifact_row)?;
+    let mut next = None;
+    if items.len() > limit {
+        items.truncate(limit);
+        let last = &items[limit - 1];
+        // The row's own milliseconds (the item shows them as RFC 3339).
+        let at = c
+            .query_one(
+                "SELECT created_at FROM artifacts WHERE id = ?1",
+                &[last.id.as_str().into()],
+            )?
+            .int(0)?;
+        next = Some(encode(&[&last.name, &at.to_string(), &last.id]));
+    }
+    Ok(Page { items, next })
+}
+
+/// Visible files of artifact `id`, by path.
+pub(crate) fn artifact_files(
+    c: &mut dyn Sql,
+    id: &str,
+    page: &PageRequest,
+) -> Result<Page<FileInfo>, DbError> {
+    get_artifact(c, id)?;
+    let limit = page.limit();
+    let mut q = Query::new(FILE_SELECT);
+    q.and("AND f.artifact_id = ?", vec![id.into()]);
+    if let Some(cursor) = &page.cursor {
+        q.and("AND f.path > ?", vec![decode(cursor, 1)?.remove(0).into()]);
+    }
+    q.and(&format!("ORDER BY f.path LIMIT {}", limit + 1), vec![]);
+    let mut items = rows(c, &q.sql, &q.args, file_row)?;
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        encode(&[&items[limit - 1].path])
+    });
+    Ok(Page { items, next })
+}
+
+/// Files of run `run_id` that `glob` matches within `scope`, sorted by path
+/// then upload time (as [`query::search`] sorts them), every match of a
+/// path on one page.
+pub(crate) fn search(
+    c: &mut dyn Sql,
+    run_id: &str,
+    glob: &Glob,
+    scope: &Scope,
+    page: &PageRequest,
+) -> Result<Page<FileInfo>, DbError> {
+    let limit = page.limit();
+    let budget = match page.scan_budget {
+        0 => SEARCH_SCAN_BUDGET,
+        n => n,
+    };
+    let mut base = Query::new(FILE_SELECT);
+    base.and("AND f.run_id = ?", vec![run_id.into()]);
+    if let Some(path) = glob.literal_path() {
+        base.and("AND f.path = ?", vec![path.into()]);
+    } else {
+        let prefix = glob.literal_prefix();
+        if !prefix.is_empty() {
+            // Every path under `prefix/` sorts in [prefix, prefix + "0"):
+            // '0' is the byte after '/'. The range holds some paths the
+            // glob does not match (`prefix.txt`); the matcher drops them.
+            let end = format!("{prefix}0");
+            base.and(
+                "AND f.path >= ? AND f.path < ?",
+                vec![prefix.into(), end.into()],
+            );
+        }
+    }
+    if let Some(job) = &scope.job {
+        base.and("AND j.key = ?", vec![job.into()]);
+    }
+    if let Some(step) = &scope.step {
+        base.and("AND u.step = ?", vec![step.into()]);
+    }
+    if let Some(name) = &scope.name {
+        base.and("AND a.name = ?", vec![name.into()]);
+    }
+    if !scope.include_retried {
+        base.and(
+            "AND NOT EXISTS (SELECT 1 FROM jobs j3 WHERE j3.run_id = j.run_id AND j3.key = j.key AND j3.attempt > j.attempt)",
+            vec![],
+        );
+    }
+    // Where the scan stands: after a whole path (a cursor), or after a row.
+    let mut after_path = match &page.cursor {
+        Some(cursor) => Some(decode(cursor, 1)?.remove(0)),
+        None => None,
+    };
+    let mut after_row: Option<(String, String)> = None;
+    let mut kept: Vec<FileInfo> = Vec::new();
+    let mut matched = 0usize;
+    let mut scanned = 0usize;
+    // Once set, the page ends where the path changes.
+    let mut last_path: Option<String> = None;
+    loop {
+        let mut q = Query {
+            sql: base.sql.clone(),
+            args: base.args.clone(),
+        };
+        if let Some((path, id)) = &after_row {
+            q.and("AND (f.path, f.id) > (?, ?)", vec![path.into(), id.into()]);
+        } else if let Some(path) = &after_path {
+            q.and("AND f.path > ?", vec![path.into()]);
+        }
+        q.and(&format!("ORDER BY f.path, f.id LIMIT {SCAN_ROWS}"), vec![]);
+        let batch = rows(c, &q.sql, &q.args, file_row)?;
+        let full = batch.len() == SCAN_ROWS;
+        for f in batch {
+            if let Some(last) = &last_path {
+                if f.path != *last {
+                    let next = Some(encode(&[last]));
+                    return Ok(Page {
+                        items: query::search(glob, scope, kept),
+                        next,
+                    });
+                }
+            }
+            scanned += 1;
+            after_row = Some((f.path.clone(), f.id.clone()));
+            after_path = None;
+            let end_here = last_path.is_none();
+            if scope.admits(&f) && glob.is_match(&f.path) {
+                matched += 1;
+                if end_here && matched >= limit {
+                    last_path = Some(f.path.clone());
+                }
+                kept.push(f);
+            } else if end_here && scanned >= budget {
+                last_path = after_row.as_ref().map(|(p, _)| p.clone());
+            }
+        }
+        if !full {
+            return Ok(Page {
+                items: query::search(glob, scope, kept),
+                next: None,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_its_fields() {
+        let c = encode(&["a/b c.txt", "17", "ünï"]);
+        assert!(c.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(decode(&c, 3).unwrap(), ["a/b c.txt", "17", "ünï"]);
+    }
+
+    #[test]
+    fn a_cursor_not_given_out_is_refused() {
+        for bad in ["zz", "abc", "ff", &encode(&["a", "b"])] {
+            let e = decode(bad, 1).unwrap_err();
+            assert!(matches!(e, DbError::Invalid(_)), "{bad}: {e}");
+        }
+    }
+}
