@@ -92,13 +92,21 @@ pub struct ArtifactFilter {
     pub include_retried: bool,
 }
 
+/// Only rows of the latest attempt of their job (`j` is the job).
+const NOT_SUPERSEDED: &str = "AND NOT EXISTS (SELECT 1 FROM jobs j3 WHERE j3.run_id = j.run_id
+    AND j3.key = j.key AND j3.attempt > j.attempt)";
+
+fn bad_cursor(cursor: &str) -> DbError {
+    DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"))
+}
+
 fn encode(fields: &[&str]) -> String {
     let joined = fields.join("\0");
     joined.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode(cursor: &str, fields: usize) -> Result<Vec<String>, DbError> {
-    let bad = || DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"));
+    let bad = || bad_cursor(cursor);
     if !cursor.len().is_multiple_of(2) {
         return Err(bad());
     }
@@ -157,9 +165,9 @@ pub(crate) fn runs(
     let mut q = Query::new(RUN_SELECT);
     q.and("WHERE p.key = ?", vec![pipeline.into()]);
     if let Some(cursor) = &page.cursor {
-        let number: i64 = decode(cursor, 1)?[0].parse().map_err(|_| {
-            DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"))
-        })?;
+        let number: i64 = decode(cursor, 1)?[0]
+            .parse()
+            .map_err(|_| bad_cursor(cursor))?;
         q.and("AND r.number < ?", vec![number.into()]);
     }
     q.and(
@@ -196,16 +204,11 @@ pub(crate) fn artifacts(
         q.and("AND j.key = ?", vec![job.into()]);
     }
     if !filter.include_retried {
-        q.and(
-            "AND NOT EXISTS (SELECT 1 FROM jobs j3 WHERE j3.run_id = j.run_id AND j3.key = j.key AND j3.attempt > j.attempt)",
-            vec![],
-        );
+        q.and(NOT_SUPERSEDED, vec![]);
     }
     if let Some(cursor) = &page.cursor {
         let f = decode(cursor, 3)?;
-        let at: i64 = f[1].parse().map_err(|_| {
-            DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"))
-        })?;
+        let at: i64 = f[1].parse().map_err(|_| bad_cursor(cursor))?;
         q.and(
             "AND (a.name, a.created_at, a.id) > (?, ?, ?)",
             vec![f[0].clone().into(), at.into(), f[2].clone().into()],
@@ -296,10 +299,7 @@ pub(crate) fn search(
         base.and("AND a.name = ?", vec![name.into()]);
     }
     if !scope.include_retried {
-        base.and(
-            "AND NOT EXISTS (SELECT 1 FROM jobs j3 WHERE j3.run_id = j.run_id AND j3.key = j.key AND j3.attempt > j.attempt)",
-            vec![],
-        );
+        base.and(NOT_SUPERSEDED, vec![]);
     }
     // Where the scan stands: after a whole path (a cursor), or after a row.
     let mut after_path = match &page.cursor {
