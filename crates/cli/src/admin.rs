@@ -281,6 +281,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
                     ("wrong size", "wrong_size"),
                     ("corrupt", "corrupt"),
                     ("file with a wrong size", "mis_sized_files"),
+                    ("miscounted artifact", "miscounted_artifacts"),
                 ] {
                     for d in r[key].as_array().into_iter().flatten() {
                         println!("  {what}: {}", d.as_str().unwrap_or_default());

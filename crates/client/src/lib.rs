@@ -285,6 +285,8 @@ impl Client {
     ) -> Result<Vec<T>, ClientError> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
+        // A server that hands out a cursor twice would keep this loop going.
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut q: Vec<(&str, String)> = params.to_vec();
             if let Some(c) = cursor.take() {
@@ -294,6 +296,11 @@ impl Client {
             let (items, next) = page(l)?;
             out.extend(items);
             match next {
+                Some(next) if !seen.insert(next.clone()) => {
+                    return Err(ClientError::Protocol(format!(
+                        "{path} gave the cursor {next:?} twice"
+                    )))
+                }
                 Some(next) => cursor = Some(next),
                 None => return Ok(out),
             }

@@ -10,12 +10,13 @@
 //! glob matching, not HTTP and JSON.
 //!
 //! ```sh
-//! bash scripts/services.sh && source /tmp/satchel-test-services/env
-//! cargo run --release -p satchel-db --example metadata_scale
+//! bash bench/metadata.sh
 //! ```
 //!
 //! `META_FILES` (100000), `META_ARTIFACTS` (1000), `META_RUNS` (10000) and
-//! `META_REPS` (200) size it; `META_BACKENDS=sqlite` skips PostgreSQL.
+//! `META_REPS` (200) size it; `META_BACKENDS=sqlite` skips PostgreSQL;
+//! `META_KEEP=1` keeps the PostgreSQL database (and prints its URL) for
+//! `EXPLAIN ANALYZE`.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,7 @@ fn new_file(path: String, digest: String) -> NewFile {
 async fn publish(db: &dyn MetaStore, req: &CreateUpload) -> Duration {
     let t = Instant::now();
     let plan = db.create_upload(req, &Quotas::default()).await.unwrap();
+    let created = t.elapsed();
     let blobs: Vec<(String, u64)> = req
         .files
         .iter()
@@ -70,7 +72,16 @@ async fn publish(db: &dyn MetaStore, req: &CreateUpload) -> Duration {
         .map(|f| (f.sha256.clone(), f.size))
         .collect();
     db.record_blobs(&blobs).await.unwrap();
+    let recorded = t.elapsed();
     db.finish_upload(&plan.upload_id).await.unwrap();
+    if std::env::var("META_PHASES").as_deref() == Ok("1") {
+        eprintln!(
+            "    {} files: create {created:?}, record {:?}, finish {:?}",
+            req.files.len(),
+            recorded - created,
+            t.elapsed() - recorded
+        );
+    }
     t.elapsed()
 }
 
@@ -402,9 +413,13 @@ async fn main() {
                 let db = satchel_db::PostgresStore::connect(&url).await.unwrap();
                 bench(&db, "postgres", &mut rows).await;
                 drop(db);
-                satchel_db::postgres::drop_test_database(&base, &url)
-                    .await
-                    .unwrap();
+                if std::env::var("META_KEEP").as_deref() == Ok("1") {
+                    eprintln!("kept the PostgreSQL database: {url}");
+                } else {
+                    satchel_db::postgres::drop_test_database(&base, &url)
+                        .await
+                        .unwrap();
+                }
             }
             other => panic!("unknown backend {other:?}: use sqlite or postgres"),
         }

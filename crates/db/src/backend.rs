@@ -373,6 +373,11 @@ impl<B: Backend> MetaStore for Store<B> {
         self.read(move |c| rules::mis_sized_files(c, limit)).await
     }
 
+    async fn recount_artifacts(&self, limit: usize) -> Result<Vec<String>, DbError> {
+        self.write(move |c| rules::recount_artifacts(c, limit))
+            .await
+    }
+
     async fn recorded_blobs(&self) -> Result<Vec<String>, DbError> {
         self.read(rules::recorded_blobs).await
     }

@@ -114,7 +114,15 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "jobs",
-        columns: &["id", "run_id", "stage", "key", "attempt", "created_at"],
+        columns: &[
+            "id",
+            "run_id",
+            "stage",
+            "key",
+            "attempt",
+            "created_at",
+            "superseded",
+        ],
         key: &["id"],
     },
     Table {
@@ -131,6 +139,8 @@ const TABLES: &[Table] = &[
             "finished_at",
             "meta",
             "expires_at",
+            "file_count",
+            "total_size",
         ],
         key: &["id"],
     },
@@ -209,9 +219,14 @@ const TABLES: &[Table] = &[
     },
 ];
 
-/// Columns that are not data: derived (`packages.seq`), copied in a second
-/// pass (`runs.triggered_from`).
-const SPECIAL: &[(&str, &str)] = &[("packages", "seq"), ("runs", "triggered_from")];
+/// Columns that are not data: derived (`packages.seq`, and `files.file_name`,
+/// which the database computes from the path), copied in a second pass
+/// (`runs.triggered_from`).
+const SPECIAL: &[(&str, &str)] = &[
+    ("packages", "seq"),
+    ("runs", "triggered_from"),
+    ("files", "file_name"),
+];
 /// Tables that are not data: bookkeeping of one database, of writes in
 /// flight, or of which replica does background work.
 const NOT_COPIED: &[&str] = &[

@@ -351,6 +351,11 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
     /// checked. fsck reports them; they never make content count as
     /// damaged.
     async fn mis_sized_files(&self, limit: usize) -> Result<Vec<MisSized>, DbError>;
+    /// Sets every artifact's `file_count` and `size` to those of its
+    /// visible files where they differ (they are kept as uploads finish,
+    /// so only a fault or an older replica writing meanwhile can make them
+    /// drift), and describes up to `limit` it corrected: fsck's check.
+    async fn recount_artifacts(&self, limit: usize) -> Result<Vec<String>, DbError>;
     /// Every recorded blob's digest, referenced or not: what the content
     /// store's sweep must keep.
     async fn recorded_blobs(&self) -> Result<Vec<String>, DbError>;

@@ -9,7 +9,9 @@
 //! * Search walks a run's files in (path, id) order through
 //!   `files_run_path`, starting at the glob's literal directory prefix (or
 //!   at its one path when it has no wildcards), with job, step, artifact
-//!   name and supersession pushed into the query. The glob itself is
+//!   name and supersession pushed into the query; a glob whose matches all
+//!   end in one file name (`**/index.html`) walks `files_run_name`, the
+//!   run's files of that name, instead. The glob itself is
 //!   matched here, on the rows the index range yields, by the model's own
 //!   matcher, so there is one glob dialect. A search page never splits a
 //!   path: every match of a path is on one page, so the download rules
@@ -18,6 +20,8 @@
 //!
 //! A cursor is opaque to callers: hex of the keyset fields, and a cursor
 //! that does not decode is a [`DbError::Invalid`].
+
+use std::collections::VecDeque;
 
 use satchel_model::api::{Artifact, FileInfo, Run};
 use satchel_model::glob::Glob;
@@ -41,7 +45,9 @@ pub const DEFAULT_PAGE: usize = 1_000;
 /// bounded time (the caller follows the cursor).
 pub const SEARCH_SCAN_BUDGET: usize = 20_000;
 
-/// Rows one search statement reads.
+/// Rows one search statement reads at most. The first reads just enough
+/// for a page that every row matches (`limit + 1`, the one more showing
+/// where the path changes); each further one reads four times as many.
 const SCAN_ROWS: usize = 1_000;
 
 /// Which page: after `cursor` (from the previous page), at most `limit`
@@ -93,11 +99,21 @@ pub struct ArtifactFilter {
 }
 
 /// Only rows of the latest attempt of their job (`j` is the job).
-const NOT_SUPERSEDED: &str = "AND NOT EXISTS (SELECT 1 FROM jobs j3 WHERE j3.run_id = j.run_id
-    AND j3.key = j.key AND j3.attempt > j.attempt)";
+const NOT_SUPERSEDED: &str = "AND NOT j.superseded";
 
 fn bad_cursor(cursor: &str) -> DbError {
     DbError::Invalid(format!("cursor {cursor:?} is not one this list gave out"))
+}
+
+/// Refuses a filter value holding a NUL byte, which no stored key holds
+/// (and PostgreSQL cannot even compare), the same on every backend.
+fn no_nul<'a>(values: impl IntoIterator<Item = &'a Option<String>>) -> Result<(), DbError> {
+    match values.into_iter().flatten().find(|v| v.contains('\0')) {
+        Some(v) => Err(DbError::Invalid(format!(
+            "{v:?} holds a NUL byte, which no job, step or artifact name holds"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn encode(fields: &[&str]) -> String {
@@ -163,7 +179,12 @@ pub(crate) fn runs(
 ) -> Result<Page<Run>, DbError> {
     let limit = page.limit();
     let mut q = Query::new(RUN_SELECT);
-    q.and("WHERE p.key = ?", vec![pipeline.into()]);
+    // The pipeline's id first, so the planner walks its runs through
+    // `UNIQUE (pipeline_id, number)` rather than all runs.
+    q.and(
+        "WHERE r.pipeline_id = (SELECT id FROM pipelines WHERE key = ?)",
+        vec![pipeline.into()],
+    );
     if let Some(cursor) = &page.cursor {
         let number: i64 = decode(cursor, 1)?[0]
             .parse()
@@ -194,6 +215,7 @@ pub(crate) fn artifacts(
     filter: &ArtifactFilter,
     page: &PageRequest,
 ) -> Result<Page<Artifact>, DbError> {
+    no_nul([&filter.job])?;
     let limit = page.limit();
     let mut q = Query::new(ARTIFACT_SELECT);
     q.and(
@@ -257,6 +279,11 @@ pub(crate) fn artifact_files(
     Ok(Page { items, next })
 }
 
+/// A scope naming an artifact or a job is read artifact by artifact
+/// (through `UNIQUE (artifact_id, path)`, merged in (path, id) order) when
+/// it admits at most this many artifacts; more, and the run is walked.
+const MERGE_ARTIFACTS: usize = 16;
+
 /// Files of run `run_id` that `glob` matches within `scope`, sorted by path
 /// then upload time (as [`query::search`] sorts them), every match of a
 /// path on one page.
@@ -267,15 +294,24 @@ pub(crate) fn search(
     scope: &Scope,
     page: &PageRequest,
 ) -> Result<Page<FileInfo>, DbError> {
+    no_nul([&scope.job, &scope.step, &scope.name])?;
     let limit = page.limit();
     let budget = match page.scan_budget {
         0 => SEARCH_SCAN_BUDGET,
         n => n,
     };
-    let mut base = Query::new(FILE_SELECT);
-    base.and("AND f.run_id = ?", vec![run_id.into()]);
+    // Where the files come from: the run's, or a few artifacts' files.
+    let sources: Vec<(&str, Value)> = match scoped_artifacts(c, run_id, scope)? {
+        Some(ids) => ids
+            .into_iter()
+            .map(|id| ("AND f.artifact_id = ?", id.into()))
+            .collect(),
+        None => vec![("AND f.run_id = ?", run_id.into())],
+    };
+    // The clauses every source's statement adds, with their values.
+    let mut filters: Vec<(&str, Vec<Value>)> = Vec::new();
     if let Some(path) = glob.literal_path() {
-        base.and("AND f.path = ?", vec![path.into()]);
+        filters.push(("AND f.path = ?", vec![path.into()]));
     } else {
         let prefix = glob.literal_prefix();
         if !prefix.is_empty() {
@@ -283,79 +319,168 @@ pub(crate) fn search(
             // '0' is the byte after '/'. The range holds some paths the
             // glob does not match (`prefix.txt`); the matcher drops them.
             let end = format!("{prefix}0");
-            base.and(
+            filters.push((
                 "AND f.path >= ? AND f.path < ?",
                 vec![prefix.into(), end.into()],
-            );
+            ));
+        }
+        if let Some(name) = glob.literal_name() {
+            // `**/index.html`: only files of that name, through
+            // `files_run_name`, still in (path, id) order.
+            filters.push(("AND f.file_name = ?", vec![name.into()]));
         }
     }
     if let Some(job) = &scope.job {
-        base.and("AND j.key = ?", vec![job.into()]);
+        filters.push(("AND j.key = ?", vec![job.into()]));
     }
     if let Some(step) = &scope.step {
-        base.and("AND u.step = ?", vec![step.into()]);
+        filters.push(("AND u.step = ?", vec![step.into()]));
     }
     if let Some(name) = &scope.name {
-        base.and("AND a.name = ?", vec![name.into()]);
+        filters.push(("AND a.name = ?", vec![name.into()]));
     }
     if !scope.include_retried {
-        base.and(NOT_SUPERSEDED, vec![]);
+        filters.push((NOT_SUPERSEDED, vec![]));
     }
-    // Where the scan stands: after a whole path (a cursor), or after a row.
-    let mut after_path = match &page.cursor {
-        Some(cursor) => Some(decode(cursor, 1)?.remove(0)),
-        None => None,
+    // Each source's rows come in statements of growing size, buffered;
+    // the scan takes the least (path, id) of the sources' next rows.
+    let start = match &page.cursor {
+        Some(cursor) => After::Path(decode(cursor, 1)?.remove(0)),
+        None => After::Start,
     };
-    let mut after_row: Option<(String, String)> = None;
+    let mut sources: Vec<Source> = sources
+        .into_iter()
+        .map(|(clause, value)| Source {
+            clause,
+            value,
+            after: start.clone(),
+            rows: VecDeque::new(),
+            done: false,
+            n: (limit + 1).min(SCAN_ROWS),
+        })
+        .collect();
+    let mut next_row = |c: &mut dyn Sql| -> Result<Option<FileInfo>, DbError> {
+        for src in sources.iter_mut().filter(|s| s.rows.is_empty() && !s.done) {
+            let mut q = Query::new(FILE_SELECT);
+            q.and(src.clause, vec![src.value.clone()]);
+            for (clause, values) in &filters {
+                q.and(clause, values.clone());
+            }
+            match &src.after {
+                After::Row(path, id) => {
+                    q.and("AND (f.path, f.id) > (?, ?)", vec![path.into(), id.into()]);
+                }
+                After::Path(path) => {
+                    q.and("AND f.path > ?", vec![path.into()]);
+                }
+                After::Start => {}
+            }
+            q.and(&format!("ORDER BY f.path, f.id LIMIT {}", src.n), vec![]);
+            let batch = rows(c, &q.sql, &q.args, file_row)?;
+            src.done = batch.len() < src.n;
+            src.n = (src.n * 4).min(SCAN_ROWS);
+            if let Some(last) = batch.last() {
+                src.after = After::Row(last.path.clone(), last.id.clone());
+            }
+            src.rows.extend(batch);
+        }
+        let least = sources
+            .iter_mut()
+            .filter(|s| !s.rows.is_empty())
+            .min_by(|a, b| {
+                let (a, b) = (&a.rows[0], &b.rows[0]);
+                (&a.path, &a.id).cmp(&(&b.path, &b.id))
+            });
+        Ok(least.and_then(|s| s.rows.pop_front()))
+    };
     let mut kept: Vec<FileInfo> = Vec::new();
     let mut matched = 0usize;
     let mut scanned = 0usize;
     // Once set, the page ends where the path changes.
     let mut last_path: Option<String> = None;
-    loop {
-        let mut q = Query {
-            sql: base.sql.clone(),
-            args: base.args.clone(),
-        };
-        if let Some((path, id)) = &after_row {
-            q.and("AND (f.path, f.id) > (?, ?)", vec![path.into(), id.into()]);
-        } else if let Some(path) = &after_path {
-            q.and("AND f.path > ?", vec![path.into()]);
-        }
-        q.and(&format!("ORDER BY f.path, f.id LIMIT {SCAN_ROWS}"), vec![]);
-        let batch = rows(c, &q.sql, &q.args, file_row)?;
-        let full = batch.len() == SCAN_ROWS;
-        for f in batch {
-            if let Some(last) = &last_path {
-                if f.path != *last {
-                    let next = Some(encode(&[last]));
-                    return Ok(Page {
-                        items: query::search(glob, scope, kept),
-                        next,
-                    });
-                }
-            }
-            scanned += 1;
-            after_row = Some((f.path.clone(), f.id.clone()));
-            after_path = None;
-            let end_here = last_path.is_none();
-            if scope.admits(&f) && glob.is_match(&f.path) {
-                matched += 1;
-                if end_here && matched >= limit {
-                    last_path = Some(f.path.clone());
-                }
-                kept.push(f);
-            } else if end_here && scanned >= budget {
-                last_path = after_row.as_ref().map(|(p, _)| p.clone());
+    while let Some(f) = next_row(c)? {
+        if let Some(last) = &last_path {
+            if f.path != *last {
+                let next = Some(encode(&[last]));
+                return Ok(Page {
+                    items: query::search(glob, scope, kept),
+                    next,
+                });
             }
         }
-        if !full {
-            return Ok(Page {
-                items: query::search(glob, scope, kept),
-                next: None,
-            });
+        scanned += 1;
+        let end_here = last_path.is_none();
+        if scope.admits(&f) && glob.is_match(&f.path) {
+            matched += 1;
+            if end_here && matched >= limit {
+                last_path = Some(f.path.clone());
+            }
+            kept.push(f);
+        } else if end_here && scanned >= budget {
+            last_path = Some(f.path.clone());
         }
     }
+    Ok(Page {
+        items: query::search(glob, scope, kept),
+        next: None,
+    })
+}
+
+/// One source of a search's rows: its clause and value (`f.run_id = ?` or
+/// `f.artifact_id = ?`), where its reading stands, the rows read and not
+/// yet taken, and how many the next statement reads.
+struct Source {
+    clause: &'static str,
+    value: Value,
+    after: After,
+    rows: VecDeque<FileInfo>,
+    done: bool,
+    n: usize,
+}
+
+/// Where a search scan stands.
+#[derive(Clone)]
+enum After {
+    /// At the start of the run.
+    Start,
+    /// After every row of this path (a cursor).
+    Path(String),
+    /// After this (path, id) row.
+    Row(String, String),
+}
+
+/// The ids of the artifacts a scope naming an artifact or a job admits, when
+/// they are few enough to read one by one ([`MERGE_ARTIFACTS`]); `None` when
+/// the scope names neither, or admits more.
+fn scoped_artifacts(
+    c: &mut dyn Sql,
+    run_id: &str,
+    scope: &Scope,
+) -> Result<Option<Vec<String>>, DbError> {
+    if scope.name.is_none() && scope.job.is_none() {
+        return Ok(None);
+    }
+    let mut q = Query::new("SELECT a.id FROM artifacts a JOIN jobs j ON j.id = a.job_id");
+    q.and(
+        "WHERE a.run_id = ? AND a.state = 'finished'",
+        vec![run_id.into()],
+    );
+    if let Some(name) = &scope.name {
+        q.and("AND a.name = ?", vec![name.into()]);
+    }
+    if let Some(job) = &scope.job {
+        q.and("AND j.key = ?", vec![job.into()]);
+    }
+    if !scope.include_retried {
+        q.and(NOT_SUPERSEDED, vec![]);
+    }
+    q.and(&format!("LIMIT {}", MERGE_ARTIFACTS + 1), vec![]);
+    let ids: Vec<String> = c
+        .query(&q.sql, &q.args)?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    Ok((ids.len() <= MERGE_ARTIFACTS).then_some(ids))
 }
 
 #[cfg(test)]

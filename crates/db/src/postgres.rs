@@ -42,6 +42,9 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0008_leases.sql"),
     include_str!("../migrations/postgres/0009_background_status.sql"),
     include_str!("../migrations/postgres/0010_files_run.sql"),
+    include_str!("../migrations/postgres/0011_files_name.sql"),
+    include_str!("../migrations/postgres/0012_artifact_totals.sql"),
+    include_str!("../migrations/postgres/0013_jobs_superseded.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;
@@ -128,6 +131,11 @@ pub fn redacted(url: &str) -> String {
 
 fn pg_error(e: tokio_postgres::Error) -> DbError {
     match e.as_db_error() {
+        // Text PostgreSQL cannot hold (a NUL byte) can only come from the
+        // caller's input.
+        Some(db) if *db.code() == SqlState::CHARACTER_NOT_IN_REPERTOIRE => {
+            DbError::Invalid("text may not contain a NUL byte".into())
+        }
         Some(db) => DbError::Backend(format!(
             "PostgreSQL: {} ({})",
             db.message(),
@@ -324,11 +332,26 @@ impl Backend for PostgresBackend {
         loop {
             let mut co = self.checkout()?;
             let mut conn = PgConn::new(&self.rt, co.slot());
-            let result = f(&mut conn);
+            // One snapshot for every statement of the read (a search page
+            // reads in several), so a write committed meanwhile is seen
+            // whole or not at all.
+            let result = conn
+                .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .and_then(|()| {
+                    // Until it ends, a connection dropped (a panic) is
+                    // closed, not pooled inside the transaction.
+                    conn.slot.in_tx = true;
+                    let out = f(&mut conn).and_then(|out| conn.batch("COMMIT").map(|()| out));
+                    if out.is_ok() || conn.batch("ROLLBACK").is_ok() {
+                        conn.slot.in_tx = false;
+                    }
+                    out
+                });
+            let closed = conn.slot.client.is_closed();
             // A pooled connection the server closed meanwhile (a restart,
             // an idle timeout): reads change nothing, so once more on a
             // fresh one.
-            if result.is_err() && co.slot().client.is_closed() && !retried {
+            if result.is_err() && closed && !retried {
                 retried = true;
                 continue;
             }

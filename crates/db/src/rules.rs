@@ -104,8 +104,7 @@ fn producer(r: &mut Row, at: usize) -> Result<Producer, DbError> {
 pub(crate) const FILE_SELECT: &str = "
 SELECT f.id, f.artifact_id, a.name, f.path, f.size, f.sha256, f.mode, f.content_type, u.step,
        p.key, r.number, j.stage, j.key, j.attempt,
-       EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
-                                       AND j2.attempt > j.attempt),
+       j.superseded,
        f.source_path, f.glob, u.finished_at
 FROM files f
 JOIN uploads u ON u.id = f.upload_id
@@ -139,14 +138,8 @@ pub(crate) fn file_row(mut r: Row) -> Result<FileInfo, DbError> {
 pub(crate) const ARTIFACT_SELECT: &str = "
 SELECT a.id, a.name, a.is_default, a.kind, a.state, a.created_at,
        p.key, r.number, j.stage, j.key, j.attempt,
-       EXISTS (SELECT 1 FROM jobs j2 WHERE j2.run_id = j.run_id AND j2.key = j.key
-                                       AND j2.attempt > j.attempt),
-       (SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
-         WHERE f.artifact_id = a.id AND u.state = 'finished'),
-       (SELECT CAST(COALESCE(SUM(f.size), 0) AS BIGINT) FROM files f
-          JOIN uploads u ON u.id = f.upload_id
-         WHERE f.artifact_id = a.id AND u.state = 'finished'),
-       a.meta,
+       j.superseded,
+       a.file_count, a.total_size, a.meta,
        (SELECT string_agg(s.step, ',') FROM (SELECT DISTINCT u.step AS step FROM uploads u
          WHERE u.artifact_id = a.id AND u.state = 'finished' AND u.step IS NOT NULL) s)
 FROM artifacts a
@@ -340,6 +333,14 @@ fn ensure_job(c: &mut dyn Sql, ctx: &JobContext) -> Result<(String, String), DbE
         "INSERT INTO jobs (id, run_id, key, attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT DO NOTHING",
         args![&run, &ctx.job, ctx.attempt as i64],
+    )?;
+    // The one owner of supersession: every attempt below the job's latest
+    // is superseded (this one too, when a later attempt came first).
+    c.execute(
+        "UPDATE jobs SET superseded = TRUE
+         WHERE run_id = ?1 AND key = ?2 AND NOT superseded
+           AND attempt < (SELECT MAX(attempt) FROM jobs WHERE run_id = ?1 AND key = ?2)",
+        args![&run, &ctx.job],
     )?;
     if let Some(stage) = &ctx.stage {
         c.execute(
@@ -930,22 +931,32 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
             owed[..owed.len().min(10)].join(", ")
         )));
     }
-    c.execute(
+    let mut t = c.query_one(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files WHERE upload_id = ?1",
+        args![upload_id],
+    )?;
+    let (added, added_bytes) = (t.uint(0)?, t.uint(1)?);
+    let (files, bytes) = (added as i64, added_bytes as i64);
+    let newly = c.execute(
         "UPDATE uploads SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'uploading'",
         args![upload_id, now],
+    )?;
+    // The artifact's totals grow once per upload (a repeated finish adds
+    // nothing); its finished files stay, so they never shrink.
+    let (files, bytes) = if newly == 1 { (files, bytes) } else { (0, 0) };
+    c.execute(
+        "UPDATE artifacts SET file_count = file_count + ?2, total_size = total_size + ?3
+         WHERE id = ?1",
+        args![&artifact_id, files, bytes],
     )?;
     c.execute(
         "UPDATE artifacts SET state = 'finished', finished_at = COALESCE(finished_at, ?2)
          WHERE id = ?1 AND state IN ('uploading', 'error')",
         args![&artifact_id, now],
     )?;
-    let mut t = c.query_one(
-        "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files WHERE upload_id = ?1",
-        args![upload_id],
-    )?;
     Ok(UploadFinished {
-        files_added: t.uint(0)?,
-        bytes_added: t.uint(1)?,
+        files_added: added,
+        bytes_added: added_bytes,
         artifact: get_artifact(c, &artifact_id)?,
     })
 }
@@ -1687,6 +1698,47 @@ pub(crate) fn mis_sized_files(c: &mut dyn Sql, limit: usize) -> Result<Vec<MisSi
         })
     })
     .collect()
+}
+
+pub(crate) fn recount_artifacts(c: &mut dyn Sql, limit: usize) -> Result<Vec<String>, DbError> {
+    let wrong: Vec<(String, String, i64, i64, i64, i64)> = c
+        .query(
+            "SELECT a.id, a.name, a.file_count, a.total_size, t.n, t.size FROM artifacts a
+               JOIN (SELECT a2.id, COUNT(f.id) AS n,
+                            CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS size
+                       FROM artifacts a2
+                       LEFT JOIN uploads u ON u.artifact_id = a2.id AND u.state = 'finished'
+                       LEFT JOIN files f ON f.upload_id = u.id
+                      GROUP BY a2.id) t ON t.id = a.id
+              WHERE a.file_count != t.n OR a.total_size != t.size
+              ORDER BY a.id",
+            &[],
+        )?
+        .into_iter()
+        .map(|mut r| {
+            Ok((
+                r.text(0)?,
+                r.text(1)?,
+                r.int(2)?,
+                r.int(3)?,
+                r.int(4)?,
+                r.int(5)?,
+            ))
+        })
+        .collect::<Result<_, DbError>>()?;
+    let mut out = Vec::new();
+    for (id, name, count, size, n, bytes) in wrong {
+        c.execute(
+            "UPDATE artifacts SET file_count = ?2, total_size = ?3 WHERE id = ?1",
+            args![&id, n, bytes],
+        )?;
+        if out.len() < limit {
+            out.push(format!(
+                "artifact {id} ({name:?}): counted {count} files of {size} bytes, holds {n} of {bytes}; corrected"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn referenced_blobs(c: &mut dyn Sql) -> Result<Vec<(String, Option<u64>)>, DbError> {

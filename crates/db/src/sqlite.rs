@@ -32,6 +32,9 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0010_leases.sql"),
     include_str!("../migrations/sqlite/0011_background_status.sql"),
     include_str!("../migrations/sqlite/0012_files_run.sql"),
+    include_str!("../migrations/sqlite/0013_files_name.sql"),
+    include_str!("../migrations/sqlite/0014_artifact_totals.sql"),
+    include_str!("../migrations/sqlite/0015_jobs_superseded.sql"),
 ];
 const READERS: usize = 4;
 
@@ -90,7 +93,7 @@ impl Backend for SqliteBackend {
             for mut t in tables {
                 let table = t.text(0)?;
                 let cols = c.query(
-                    "SELECT name FROM pragma_table_info(?1)",
+                    "SELECT name FROM pragma_table_xinfo(?1)",
                     &[Value::Text(table.clone())],
                 )?;
                 let set = out.entry(table).or_default();
@@ -104,8 +107,15 @@ impl Backend for SqliteBackend {
 
     fn read<T>(&self, f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, DbError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let c = self.readers[i].lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut Conn(&c))
+        let mut c = self.readers[i].lock().unwrap_or_else(|p| p.into_inner());
+        // One snapshot for every statement of the read (a search page reads
+        // in several), so a write committed meanwhile is seen whole or not.
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(backend)?;
+        let out = f(&mut Conn(&tx))?;
+        tx.commit().map_err(backend)?;
+        Ok(out)
     }
 
     fn write<T>(

@@ -77,9 +77,15 @@ pub async fn run_all(db: &dyn MetaStore) {
     let done = db.finish_upload(&plan.upload_id).await.unwrap();
     assert_eq!((done.files_added, done.bytes_added), (2, 7));
     assert_eq!(done.artifact.state, ArtifactState::Finished);
-    db.finish_upload(&plan.upload_id)
+    let twice = db
+        .finish_upload(&plan.upload_id)
         .await
         .expect("finishing twice is harmless");
+    assert_eq!(
+        (twice.artifact.file_count, twice.artifact.size),
+        (2, 7),
+        "a second finish counted the upload's files again"
+    );
     let files = db.run_files(&run.id).await.unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(files[0].producer.stage.as_deref(), Some("build"));
@@ -152,6 +158,11 @@ pub async fn run_all(db: &dyn MetaStore) {
         db.mis_sized_files(10).await.unwrap(),
         vec![],
         "no file row can claim a size its content lacks"
+    );
+    assert_eq!(
+        db.recount_artifacts(10).await.unwrap(),
+        Vec::<String>::new(),
+        "the rules keep every artifact's totals"
     );
 
     // Quotas: a run's artifacts and an artifact's files; refused whole.
@@ -361,9 +372,30 @@ async fn paging(db: &dyn MetaStore) {
     )
     .await;
     put("test", 1, "lint", Some("reports"), &["r/3.xml", "a.txt"]).await;
+    // More artifacts of one job than search reads one by one: a scope
+    // naming that job walks the run instead, with the same answer.
+    for k in 0..17 {
+        let (name, path) = (format!("w{k:02}"), format!("w/{k:02}/a.txt"));
+        put("wide", 1, "fan", Some(&name), &[path.as_str()]).await;
+    }
     let run = db.find_run("pages", 1).await.unwrap();
     let everything = db.run_files(&run.id).await.unwrap();
-    assert_eq!(everything.len(), 36);
+    assert_eq!(everything.len(), 36 + 17);
+    // An artifact's count and size are those of its files, however many
+    // uploads (`reports` had two) brought them.
+    for a in db.list_artifacts(&run.id).await.unwrap() {
+        let mine: Vec<&FileInfo> = everything
+            .iter()
+            .filter(|f| f.artifact_id == a.id)
+            .collect();
+        let size: u64 = mine.iter().map(|f| f.size).sum();
+        assert_eq!(
+            (a.file_count, a.size),
+            (mine.len() as u64, size),
+            "{}",
+            a.name
+        );
+    }
 
     let globs = [
         "**",
@@ -382,6 +414,8 @@ async fn paging(db: &dyn MetaStore) {
         "?.txt",
         "dir/[ab].*",
         "r/*.xml",
+        "**/sub/a.txt",
+        "w/**/a.txt",
     ];
     let scopes = [
         Scope::default(),
@@ -410,6 +444,15 @@ async fn paging(db: &dyn MetaStore) {
         Scope {
             step: Some("compile".into()),
             include_retried: true,
+            ..Scope::default()
+        },
+        Scope {
+            job: Some("wide".into()),
+            ..Scope::default()
+        },
+        Scope {
+            job: Some("wide".into()),
+            name: Some("w03".into()),
             ..Scope::default()
         },
     ];
@@ -471,6 +514,34 @@ async fn paging(db: &dyn MetaStore) {
         db.list_runs("pages", &bad).await,
         Err(DbError::Invalid(_))
     ));
+    // A NUL byte in a filter is bad input on every backend, not a 500.
+    for scope in [
+        Scope {
+            job: Some("a\0b".into()),
+            ..Scope::default()
+        },
+        Scope {
+            step: Some("\0".into()),
+            ..Scope::default()
+        },
+        Scope {
+            name: Some("x\0".into()),
+            ..Scope::default()
+        },
+    ] {
+        let e = db
+            .search_files(&run.id, &glob, &scope, &PageRequest::first(10))
+            .await;
+        assert!(matches!(e, Err(DbError::Invalid(_))), "{scope:?}: {e:?}");
+    }
+    let nul_job = crate::ArtifactFilter {
+        job: Some("\0".into()),
+        include_retried: false,
+    };
+    let e = db
+        .artifacts_page(&run.id, &nul_job, &PageRequest::first(10))
+        .await;
+    assert!(matches!(e, Err(DbError::Invalid(_))), "{e:?}");
 
     // Artifacts: all of them, by job, with and without retried attempts.
     let all = db.list_artifacts(&run.id).await.unwrap();

@@ -167,14 +167,30 @@ INSERT INTO artifacts (id, run_id, job_id, name, is_default, kind, state, create
 "),
 ];
 
-/// The schema versions from which a file row names its run (`files.run_id`,
-/// SQLite migration 12, PostgreSQL 10). [`FIXTURES`] are written in the
-/// columns of the version that introduced them; on a schema that has
-/// `run_id` they fill it in as the rules would.
-const SQLITE_FILES_RUN: usize = 12;
-const POSTGRES_FILES_RUN: usize = 10;
-const FILL_FILES_RUN: &str = "UPDATE files SET run_id = \
-    (SELECT a.run_id FROM artifacts a WHERE a.id = files.artifact_id) WHERE run_id IS NULL";
+/// Columns the rules keep from other rows, from the schema version that
+/// introduced them (SQLite, PostgreSQL): [`FIXTURES`] are written in the
+/// columns of the version that introduced them, so on a schema that has
+/// such a column they fill it in as the rules would.
+const FILLS: &[(usize, usize, &str)] = &[
+    // `files.run_id`.
+    (
+        12,
+        10,
+        "UPDATE files SET run_id = \
+         (SELECT a.run_id FROM artifacts a WHERE a.id = files.artifact_id) WHERE run_id IS NULL",
+    ),
+    // `artifacts.file_count` and `total_size`.
+    (
+        14,
+        12,
+        "UPDATE artifacts SET
+           file_count = (SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
+                          WHERE f.artifact_id = artifacts.id AND u.state = 'finished'),
+           total_size = (SELECT COALESCE(SUM(f.size), 0) FROM files f
+                          JOIN uploads u ON u.id = f.upload_id
+                          WHERE f.artifact_id = artifacts.id AND u.state = 'finished')",
+    ),
+];
 
 /// What the rows of `feature` must still mean after the upgrade.
 async fn check(db: &dyn MetaStore, feature: &str, at: &str) {
@@ -193,6 +209,14 @@ async fn check(db: &dyn MetaStore, feature: &str, at: &str) {
                 (1, "dist/app.txt", 5),
                 "{ctx}"
             );
+            // Totals kept on the artifact row (migrations 14 / 12) count
+            // the files written before them.
+            let arts = db.list_artifacts(&run.id).await.expect(&ctx);
+            let art = arts
+                .iter()
+                .find(|a| a.id == files[0].artifact_id)
+                .expect(&ctx);
+            assert_eq!((art.file_count, art.size), (1, 5), "{ctx}");
             assert!(
                 db.recorded_blobs()
                     .await
@@ -317,8 +341,8 @@ async fn every_sqlite_schema_upgrades_with_its_data() {
                 c.execute_batch(rows)
                     .unwrap_or_else(|e| panic!("{feature} rows (from v{from}) at v{n}: {e}"));
             }
-            if n >= SQLITE_FILES_RUN {
-                c.execute_batch(FILL_FILES_RUN).unwrap();
+            for (_, _, fill) in FILLS.iter().filter(|f| n >= f.0) {
+                c.execute_batch(fill).unwrap();
             }
             c.execute_batch(&format!("PRAGMA user_version = {n}"))
                 .unwrap();
@@ -364,8 +388,8 @@ async fn every_postgres_schema_upgrades_with_its_data() {
                     .await
                     .unwrap_or_else(|e| panic!("{feature} rows (from v{from}) at v{n}: {e}"));
             }
-            if n >= POSTGRES_FILES_RUN {
-                c.batch_execute(FILL_FILES_RUN).await.unwrap();
+            for (_, _, fill) in FILLS.iter().filter(|f| n >= f.1) {
+                c.batch_execute(fill).await.unwrap();
             }
             drop(c);
             let _ = conn.await;

@@ -288,6 +288,27 @@ impl Glob {
     pub fn literal_path(&self) -> Option<String> {
         self.literal.clone()
     }
+
+    /// The last path segment every match ends in, when the pattern pins it
+    /// down: `**/index.html` and `{a,b}/**/index.html` give `index.html`;
+    /// `*.txt`, `a/**` and `{a,b}` give `None`. Search uses it to read only
+    /// the files of that name.
+    pub fn literal_name(&self) -> Option<String> {
+        let mut names = self.alternatives.iter().map(|alt| match alt.last() {
+            Some(Seg::Toks(toks)) => toks
+                .iter()
+                .map(|t| match t {
+                    Tok::Lit(c) => Some(*c),
+                    _ => None,
+                })
+                .collect::<Option<String>>(),
+            _ => None,
+        });
+        let first = names.next()??;
+        names
+            .all(|n| n.as_deref() == Some(first.as_str()))
+            .then_some(first)
+    }
 }
 
 /// Result of parsing a pattern.
@@ -795,6 +816,27 @@ mod tests {
     }
 
     #[test]
+    fn literal_name_is_the_last_segment_every_match_ends_in() {
+        for (p, name) in [
+            ("**/index.html", Some("index.html")),
+            ("a/*/b\\*.txt", Some("b*.txt")),
+            ("{a,b/c}/**/x", Some("x")),
+            ("a/{x,x}", Some("x")),
+            ("x", Some("x")),
+            ("./d/x", Some("x")),
+            ("a/{x,y}", None),
+            ("*.txt", None),
+            ("a/**", None),
+            ("**", None),
+            ("a/x?", None),
+            ("a/[x]", None),
+            ("{a/x,b}", None),
+        ] {
+            assert_eq!(g(p).literal_name().as_deref(), name, "{p}");
+        }
+    }
+
+    #[test]
     fn equality_debug_display() {
         assert_eq!(g("a/*"), g("a/*"));
         assert_ne!(g("a/*"), g("./a/*"));
@@ -975,6 +1017,17 @@ mod tests {
             prop_assert!(!glob.has_wildcards());
             prop_assert_eq!(glob.literal_path(), Some(pat.clone()));
             prop_assert_eq!(glob.is_match(&q), pat == q);
+        }
+
+        #[test]
+        fn a_match_ends_in_the_literal_name(
+            pat in "[ab*/{},]{1,8}", p in "[ab]{1,2}(/[ab]{1,2}){0,3}",
+        ) {
+            if let Ok(glob) = Glob::new(&pat) {
+                if let (Some(name), true) = (glob.literal_name(), glob.is_match(&p)) {
+                    prop_assert_eq!(p.rsplit('/').next(), Some(name.as_str()), "{}", pat);
+                }
+            }
         }
 
         #[test]
