@@ -137,13 +137,21 @@ async fn populate(db: &dyn MetaStore, files: usize, artifacts: usize, runs: usiz
     eprintln!("  {runs} runs: {:.1} s", t.elapsed().as_secs_f64());
 }
 
-/// p50 and p99 of `reps` calls of `f`, after one warm-up call.
-async fn time<F, Fut>(reps: usize, mut f: F) -> (Duration, Duration)
+/// Statements sent to PostgreSQL so far (0 on SQLite).
+fn statements() -> u64 {
+    satchel_db::postgres::statements_sent()
+}
+
+/// p50 and p99 of `reps` calls of `f`, after one warm-up call, and the
+/// statements one call sent to PostgreSQL.
+async fn time<F, Fut>(reps: usize, mut f: F) -> (Duration, Duration, f64)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = usize>,
 {
+    let sent = statements();
     assert!(f().await > 0, "the query found nothing");
+    let per_call = (statements() - sent) as f64;
     let mut v: Vec<Duration> = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
@@ -151,7 +159,11 @@ where
         v.push(t.elapsed());
     }
     v.sort();
-    (v[v.len() / 2], v[(v.len() * 99).div_ceil(100) - 1])
+    (
+        v[v.len() / 2],
+        v[(v.len() * 99).div_ceil(100) - 1],
+        per_call,
+    )
 }
 
 /// The cursor `depth` pages into a list, by walking; `None` when the list
@@ -174,6 +186,8 @@ struct Row {
     p50: Duration,
     p99: Duration,
     goal: Duration,
+    /// Statements one call sent (PostgreSQL only).
+    statements: f64,
 }
 
 async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
@@ -187,7 +201,7 @@ async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
     populate(db, files, artifacts, runs).await;
     let run = db.find_run("big", 1).await.unwrap();
     let goal = Duration::from_millis(20);
-    let mut push = |query: String, (p50, p99): (Duration, Duration)| {
+    let mut push = |query: String, (p50, p99, statements): (Duration, Duration, f64)| {
         eprintln!("  {query}: p50 {p50:?} p99 {p99:?}");
         rows.push(Row {
             query,
@@ -195,6 +209,7 @@ async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
             p50,
             p99,
             goal,
+            statements,
         })
     };
     let search = |q: &str, scope: Scope, limit: usize| {
@@ -362,6 +377,7 @@ async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
     // A 10,000-file manifest into the populated database, new content
     // each time: median and worst of 5.
     let mut commits: Vec<Duration> = Vec::new();
+    let mut commit_statements = 0.0;
     for round in 0..5u64 {
         let list: Vec<NewFile> = (0..10_000)
             .map(|i| {
@@ -378,7 +394,9 @@ async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
             exclusive: false,
             expire_in_secs: None,
         };
+        let sent = statements();
         commits.push(publish(db, &req).await);
+        commit_statements = (statements() - sent) as f64;
     }
     commits.sort();
     let (p50, worst) = (commits[2], commits[4]);
@@ -389,6 +407,7 @@ async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
         p50,
         p99: worst,
         goal: Duration::from_millis(500),
+        statements: commit_statements,
     });
 }
 
@@ -426,20 +445,25 @@ async fn main() {
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "| query | backend | p50 ms | p99 ms | goal (p99) | |\n| --- | --- | ---: | ---: | ---: | --- |"
+        "| query | backend | p50 ms | p99 ms | goal (p99) | | statements |\n| --- | --- | ---: | ---: | ---: | --- | ---: |"
     );
     let mut met = 0;
     for r in &rows {
         let ok = r.p99 <= r.goal;
         met += usize::from(ok);
         println!(
-            "| {} | {} | {:.2} | {:.2} | ≤ {:.0} ms | {} |",
+            "| {} | {} | {:.2} | {:.2} | ≤ {:.0} ms | {} | {} |",
             r.query,
             r.backend,
             ms(r.p50),
             ms(r.p99),
             ms(r.goal),
-            if ok { "met" } else { "NOT MET" }
+            if ok { "met" } else { "NOT MET" },
+            if r.backend == "postgres" {
+                format!("{}", r.statements)
+            } else {
+                "–".into()
+            }
         );
     }
     println!("{met} of {} goals met", rows.len());

@@ -556,6 +556,7 @@ impl<'a> PgConn<'a> {
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = self.rt.block_on(self.slot.client.batch_execute(sql));
         r.map_err(|e| self.fail(e))
     }
@@ -621,6 +622,7 @@ impl Sql for PgConn<'_> {
     }
 
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let st = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as _).collect();
         let r = self.rt.block_on(self.slot.client.query(&st, &params));
@@ -637,6 +639,7 @@ impl Sql for PgConn<'_> {
     }
 
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
+        STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let st = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as _).collect();
         let r = self.rt.block_on(self.slot.client.execute(&st, &params));
@@ -697,6 +700,17 @@ impl ToSql for Value {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+/// Statements sent to PostgreSQL by this process (each a round trip;
+/// preparing a statement the first time on a connection is not counted).
+static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Benchmark support: statements sent to PostgreSQL so far by this process
+/// (`BEGIN` and `COMMIT` included), for the capacity model's figures.
+#[doc(hidden)]
+pub fn statements_sent() -> u64 {
+    STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A connection to the server `base_url` names, for creating and dropping
