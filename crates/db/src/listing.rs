@@ -304,7 +304,7 @@ pub(crate) fn search(
     let sources: Vec<(&str, Value)> = match scoped_artifacts(c, run_id, scope)? {
         Some(ids) => ids
             .into_iter()
-            .map(|id| ("AND f.artifact_id = ?", id.into()))
+            .map(|id| (ARTIFACT_SOURCE, id.into()))
             .collect(),
         None => vec![("AND f.run_id = ?", run_id.into())],
     };
@@ -351,6 +351,7 @@ pub(crate) fn search(
     let mut sources: Vec<Source> = sources
         .into_iter()
         .map(|(clause, value)| Source {
+            unique_paths: clause == ARTIFACT_SOURCE,
             clause,
             value,
             after: start.clone(),
@@ -367,6 +368,11 @@ pub(crate) fn search(
                 q.and(clause, values.clone());
             }
             match &src.after {
+                // An artifact's paths are unique: its index on (artifact_id,
+                // path) serves `path >` directly.
+                After::Row(path, _) if src.unique_paths => {
+                    q.and("AND f.path > ?", vec![path.into()]);
+                }
                 After::Row(path, id) => {
                     q.and("AND (f.path, f.id) > (?, ?)", vec![path.into(), id.into()]);
                 }
@@ -431,12 +437,17 @@ pub(crate) fn search(
 /// yet taken, and how many the next statement reads.
 struct Source {
     clause: &'static str,
+    /// Whether the source is one artifact, whose paths are unique.
+    unique_paths: bool,
     value: Value,
     after: After,
     rows: VecDeque<FileInfo>,
     done: bool,
     n: usize,
 }
+
+/// The clause of a search source that is one artifact.
+const ARTIFACT_SOURCE: &str = "AND f.artifact_id = ?";
 
 /// Where a search scan stands.
 #[derive(Clone)]

@@ -1700,45 +1700,52 @@ pub(crate) fn mis_sized_files(c: &mut dyn Sql, limit: usize) -> Result<Vec<MisSi
     .collect()
 }
 
-pub(crate) fn recount_artifacts(c: &mut dyn Sql, limit: usize) -> Result<Vec<String>, DbError> {
-    let wrong: Vec<(String, String, i64, i64, i64, i64)> = c
-        .query(
-            "SELECT a.id, a.name, a.file_count, a.total_size, t.n, t.size FROM artifacts a
-               JOIN (SELECT a2.id, COUNT(f.id) AS n,
-                            CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS size
-                       FROM artifacts a2
-                       LEFT JOIN uploads u ON u.artifact_id = a2.id AND u.state = 'finished'
-                       LEFT JOIN files f ON f.upload_id = u.id
-                      GROUP BY a2.id) t ON t.id = a.id
-              WHERE a.file_count != t.n OR a.total_size != t.size
-              ORDER BY a.id",
-            &[],
-        )?
-        .into_iter()
-        .map(|mut r| {
-            Ok((
-                r.text(0)?,
-                r.text(1)?,
-                r.int(2)?,
-                r.int(3)?,
-                r.int(4)?,
-                r.int(5)?,
-            ))
-        })
-        .collect::<Result<_, DbError>>()?;
-    let mut out = Vec::new();
-    for (id, name, count, size, n, bytes) in wrong {
-        c.execute(
-            "UPDATE artifacts SET file_count = ?2, total_size = ?3 WHERE id = ?1",
-            args![&id, n, bytes],
-        )?;
-        if out.len() < limit {
-            out.push(format!(
-                "artifact {id} ({name:?}): counted {count} files of {size} bytes, holds {n} of {bytes}; corrected"
-            ));
-        }
+/// The artifacts whose kept totals differ from their files' (read in one
+/// snapshot, without the write lock): fsck's first step.
+pub(crate) fn miscounted_artifacts(c: &mut dyn Sql) -> Result<Vec<String>, DbError> {
+    c.query(
+        "SELECT a.id FROM artifacts a
+           JOIN (SELECT a2.id, COUNT(f.id) AS n,
+                        CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS size
+                   FROM artifacts a2
+                   LEFT JOIN uploads u ON u.artifact_id = a2.id AND u.state = 'finished'
+                   LEFT JOIN files f ON f.upload_id = u.id
+                  GROUP BY a2.id) t ON t.id = a.id
+          WHERE a.file_count != t.n OR a.total_size != t.size
+          ORDER BY a.id",
+        &[],
+    )?
+    .into_iter()
+    .map(|mut r| r.text(0))
+    .collect()
+}
+
+/// Recounts artifact `id` under its lock (so no finish adds to it
+/// meanwhile) and sets its totals; describes the correction, or `None`
+/// when they were right by then.
+pub(crate) fn recount_artifact(c: &mut dyn Sql, id: &str) -> Result<Option<String>, DbError> {
+    c.lock(Lock::Artifact, id)?;
+    let mut r = c.query_one(
+        "SELECT a.name, a.file_count, a.total_size,
+                (SELECT COUNT(*) FROM files f JOIN uploads u ON u.id = f.upload_id
+                  WHERE f.artifact_id = a.id AND u.state = 'finished'),
+                (SELECT CAST(COALESCE(SUM(f.size), 0) AS BIGINT) FROM files f
+                   JOIN uploads u ON u.id = f.upload_id
+                  WHERE f.artifact_id = a.id AND u.state = 'finished')
+           FROM artifacts a WHERE a.id = ?1",
+        args![id],
+    )?;
+    let (name, count, size, n, bytes) = (r.text(0)?, r.int(1)?, r.int(2)?, r.int(3)?, r.int(4)?);
+    if (count, size) == (n, bytes) {
+        return Ok(None);
     }
-    Ok(out)
+    c.execute(
+        "UPDATE artifacts SET file_count = ?2, total_size = ?3 WHERE id = ?1",
+        args![id, n, bytes],
+    )?;
+    Ok(Some(format!(
+        "artifact {id} ({name:?}): counted {count} files of {size} bytes, holds {n} of {bytes}; corrected"
+    )))
 }
 
 pub(crate) fn referenced_blobs(c: &mut dyn Sql) -> Result<Vec<(String, Option<u64>)>, DbError> {
