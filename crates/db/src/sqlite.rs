@@ -110,12 +110,7 @@ impl Backend for SqliteBackend {
         let mut c = self.readers[i].lock().unwrap_or_else(|p| p.into_inner());
         // One snapshot for every statement of the read (a search page reads
         // in several), so a write committed meanwhile is seen whole or not.
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(backend)?;
-        let out = f(&mut Conn(&tx))?;
-        tx.commit().map_err(backend)?;
-        Ok(out)
+        in_transaction(&mut c, TransactionBehavior::Deferred, f)
     }
 
     fn write<T>(
@@ -123,13 +118,21 @@ impl Backend for SqliteBackend {
         f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let out = f(&mut Conn(&tx))?;
-        tx.commit().map_err(backend)?;
-        Ok(out)
+        in_transaction(&mut c, TransactionBehavior::Immediate, f)
     }
+}
+
+/// Runs `f` in one transaction of `c` that begins as `behavior` says and
+/// commits when `f` succeeds (rolls back, when dropped, when it fails).
+fn in_transaction<T>(
+    c: &mut Connection,
+    behavior: TransactionBehavior,
+    f: &mut dyn FnMut(&mut dyn Sql) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let tx = c.transaction_with_behavior(behavior).map_err(backend)?;
+    let out = f(&mut Conn(&tx))?;
+    tx.commit().map_err(backend)?;
+    Ok(out)
 }
 
 fn migrate(c: &mut Connection) -> Result<(), DbError> {
