@@ -149,14 +149,73 @@ pub(crate) fn tar_response(
         .chain(futures_util::stream::once(async {
             Ok(bytes::Bytes::from(vec![0u8; 2 * BLOCK as usize]))
         }));
-    let mut resp = Response::new(Body::from_stream(body));
+    Ok(archive_body(
+        Body::from_stream(body),
+        "application/x-tar",
+        total,
+        filename,
+        "tar",
+    ))
+}
+
+/// A streamed archive download of `total` bytes, named `name.ext`.
+pub(crate) fn archive_body(
+    body: Body,
+    content_type: &'static str,
+    total: u64,
+    name: &str,
+    ext: &str,
+) -> Response {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-tar"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-    let safe: String = filename
+    h.insert(header::CONTENT_DISPOSITION, attachment(name, ext));
+    resp
+}
+
+/// `?format=tar|zip&path=DIR` on an archive download: the container
+/// (tar by default) and, optionally, one directory of the artifact.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ArchiveParams {
+    format: Option<String>,
+    path: Option<String>,
+}
+
+/// Streams `members` (or those under `params.path`) as the archive format
+/// `params` asks for, named after `name` (and the directory, if any).
+pub(crate) fn archive_response(
+    store: std::sync::Arc<dyn ContentStore>,
+    params: &ArchiveParams,
+    mut members: Vec<Member>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let mut name = name.to_string();
+    if let Some(dir) = params.path.as_deref().filter(|d| !d.is_empty()) {
+        let dir = satchel_model::path::normalize(dir)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let prefix = format!("{dir}/");
+        members.retain(|m| m.path.starts_with(&prefix));
+        if members.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "{name} has no directory {dir:?} (no file path starts with {prefix:?})"
+            )));
+        }
+        name = format!("{name}-{}", dir.replace('/', "-"));
+    }
+    match params.format.as_deref().unwrap_or("tar") {
+        "tar" => tar_response(store, members, &name),
+        "zip" => super::zip::zip_response(store, members, &name),
+        other => Err(ApiError::bad_request(format!(
+            "unknown archive format {other:?}: use `tar` or `zip`"
+        ))),
+    }
+}
+
+/// `Content-Disposition` of a download named `name.ext`, its name cut
+/// to the characters every browser and shell takes as they are.
+fn attachment(name: &str, ext: &str) -> HeaderValue {
+    let safe: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
@@ -166,19 +225,15 @@ pub(crate) fn tar_response(
             }
         })
         .collect();
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&format!("attachment; filename=\"{safe}.tar\""))
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
-    );
-    Ok(resp)
+    HeaderValue::from_str(&format!("attachment; filename=\"{safe}.{ext}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(path: &str, size: u64) -> Member {
+    pub(crate) fn member(path: &str, size: u64) -> Member {
         Member {
             path: path.into(),
             size,

@@ -6,6 +6,7 @@ mod archive;
 mod content;
 mod pipelines;
 pub(crate) mod uploads;
+mod zip;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post, put};

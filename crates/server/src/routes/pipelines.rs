@@ -14,7 +14,7 @@ use satchel_model::names;
 use satchel_model::selector::RunSelector;
 use serde::Deserialize;
 
-use super::archive::{tar_response, Member};
+use super::archive::{archive_response, ArchiveParams, Member};
 use super::check_id;
 use super::uploads::{validate_branch_commit, validate_context, validate_expiry};
 use crate::access::{Acting, Caller};
@@ -258,6 +258,7 @@ pub(super) async fn artifact_archive(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(params): Query<ArchiveParams>,
 ) -> Result<Response, ApiError> {
     check_id("artifact", &id)?;
     let artifact = s.db.get_artifact(&id).await?;
@@ -293,7 +294,7 @@ pub(super) async fn artifact_archive(
             sha256: f.sha256,
         })
         .collect();
-    tar_response(s.store.clone(), members, &artifact.name)
+    archive_response(s.store.clone(), &params, members, &artifact.name)
 }
 
 pub(super) async fn promote(
@@ -390,6 +391,7 @@ pub(super) async fn package_archive(
     State(s): State<AppState>,
     caller: Caller,
     Path((repo, name, version)): Path<(String, String, String)>,
+    Query(params): Query<ArchiveParams>,
 ) -> Result<Response, ApiError> {
     let p = readable_package(&s, &caller, &repo, &name, &version).await?;
     let now = mtime_secs(satchel_model::id::now_millis());
@@ -404,8 +406,9 @@ pub(super) async fn package_archive(
             mtime_secs: now,
         })
         .collect();
-    tar_response(
+    archive_response(
         s.store.clone(),
+        &params,
         members,
         &format!("{}-{}", p.package.name, p.package.version),
     )
