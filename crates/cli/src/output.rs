@@ -32,18 +32,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Human-readable byte count.
 pub fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    satchel_model::units::human_bytes(n)
 }
 
 /// `1 file`, `2 files`.

@@ -197,3 +197,198 @@ fn a_zip_of_a_5_gib_sparse_file_is_zip64_and_streams_in_flat_memory() {
         std::fs::remove_file(&zip).unwrap();
     });
 }
+
+/// A client that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// The `href` of the first link whose text is `text`.
+fn href_of(page: &str, text: &str) -> String {
+    let end = page
+        .find(&format!(">{text}</a>"))
+        .unwrap_or_else(|| panic!("no link {text:?} in {page}"));
+    let start = page[..end].rfind("href=\"").unwrap() + 6;
+    let stop = start + page[start..].find('"').unwrap();
+    page[start..stop].replace("&amp;", "&")
+}
+
+#[test]
+fn the_web_ui_logs_in_browses_and_views_uploaded_html_in_a_sandbox() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let src = d.path().join("src");
+    write(
+        &src,
+        "cov/index.html",
+        b"<html><head><link rel=stylesheet href=\"style.css\"></head><body><a href=\"sub/page.html\">page</a><script>document.title=document.cookie</script></body></html>",
+    );
+    write(&src, "cov/style.css", b"body{color:red}");
+    write(&src, "cov/sub/page.html", b"<p>deeper</p>");
+    write(&src, "cov/<b>bold</b>.txt", b"escaped?");
+    write(&src, "cov/x[1]*.txt", b"glob characters are literal here");
+    let job = s.agent(&src, "web", 1, "test");
+    job.ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+    job.ok(&["run-state", "passed"]);
+    let second = s.agent(&src, "web", 2, "test");
+    second.ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+    second.ok(&["run-state", "failed"]);
+    let first_id = s.artifact_id("web", 1, "coverage");
+    let second_id = s.artifact_id("web", 2, "coverage");
+    let b = browser();
+    let url = |p: &str| format!("{}{p}", s.url);
+
+    rt().block_on(async {
+        // No session: to the login form, and back after.
+        let r = b.get(url("/p/web")).send().await.unwrap();
+        assert_eq!(r.status(), 303);
+        assert_eq!(location(&r), "/login?next=%2Fp%2Fweb");
+        let r = b.get(url("/login")).send().await.unwrap();
+        assert!(r.text().await.unwrap().contains("type=\"password\""));
+
+        // A wrong token: refused, no cookie.
+        let r = b
+            .post(url("/login"))
+            .form(&[("token", "wrong"), ("next", "/p/web")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get("set-cookie").is_none());
+        // A form posted from another site: refused.
+        let r = b
+            .post(url("/login"))
+            .header("origin", "http://evil.example")
+            .form(&[("token", s.token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        // An absolute `next` never leaves the server.
+        let r = b
+            .post(url("/login"))
+            .form(&[("token", s.token.as_str()), ("next", "//evil.example/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert_eq!(location(&r), "/");
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+        assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+        let session = cookie.split(';').next().unwrap().to_string();
+
+        let authed = |u: String| {
+            let b = b.clone();
+            let session = session.clone();
+            async move { b.get(u).header("cookie", session).send().await.unwrap() }
+        };
+        let page = |u: String| {
+            let r = authed(u);
+            async move {
+                let r = r.await;
+                assert_eq!(r.status(), 200, "{}", r.url());
+                r.text().await.unwrap()
+            }
+        };
+
+        // Pipelines → runs → run → artifact → file.
+        let home = page(url("/")).await;
+        let runs = page(url(&href_of(&home, "web"))).await;
+        assert!(
+            runs.contains(">passed<") && runs.contains(">failed<"),
+            "{runs}"
+        );
+        let run = page(url(&href_of(&runs, "#1"))).await;
+        assert!(run.contains(">test<"), "the job is listed: {run}");
+        let artifact = page(url(&href_of(&run, "coverage"))).await;
+        assert!(artifact.contains("Download .zip"), "{artifact}");
+        // A file name is text, never markup.
+        assert!(
+            artifact.contains("&lt;b&gt;bold&lt;/b&gt;.txt"),
+            "{artifact}"
+        );
+        assert!(!artifact.contains("<b>bold"), "{artifact}");
+
+        // The uploaded HTML opens in a sandbox, without the session.
+        let view = href_of(&artifact, "index.html");
+        assert!(view.starts_with(&format!("/view/{first_id}/")), "{view}");
+        let r = b.get(url(&view)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.starts_with("sandbox"), "{csp}");
+        assert!(!csp.contains("allow-same-origin"), "{csp}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert!(r.text().await.unwrap().contains("stylesheet"));
+        // Names with glob characters open as themselves.
+        let odd = href_of(&artifact, "x[1]*.txt");
+        let r = b.get(url(&odd)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "glob characters are literal here");
+        // Its relative links resolve under the same signed prefix.
+        let css = view.replace("index.html", "style.css");
+        let r = b.get(url(&css)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "body{color:red}");
+        let deeper = view.replace("index.html", "sub/page.html");
+        assert_eq!(b.get(url(&deeper)).send().await.unwrap().status(), 200);
+        // A forged or altered signature opens nothing.
+        let mut forged = view.clone();
+        let at = forged.find("/index.html").unwrap() - 1;
+        let last = forged.as_bytes()[at];
+        forged.replace_range(at..=at, if last == b'0' { "1" } else { "0" });
+        assert_eq!(b.get(url(&forged)).send().await.unwrap().status(), 403);
+        let other = view.replace(&first_id, &second_id);
+        assert_eq!(b.get(url(&other)).send().await.unwrap().status(), 403);
+
+        // Permalinks: the last successful build is run 1, the latest run 2.
+        let r = b
+            .get(url(
+                "/p/web/runs/lastSuccessfulBuild/artifacts/coverage/files/index.html",
+            ))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert!(location(&r).starts_with(&format!("/view/{first_id}/")));
+        let r = authed(url("/p/web/runs/latest/artifacts/coverage/zip")).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(
+            location(&r),
+            format!("/api/v1/artifacts/{second_id}/archive?format=zip")
+        );
+        let r = authed(url("/p/web/runs/latest/artifacts/nope")).await;
+        assert_eq!(r.status(), 404);
+        let r = authed(url("/p/web/runs/bogus")).await;
+        assert_eq!(r.status(), 400);
+
+        // Logout clears the cookie.
+        let r = b
+            .post(url("/logout"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert!(r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"));
+    });
+}

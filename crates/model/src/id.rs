@@ -60,8 +60,42 @@ pub fn rfc3339_millis(ms: i64) -> String {
     )
 }
 
+/// Reads back what [`rfc3339_millis`] writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`);
+/// `None` for anything else.
+pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 24
+        || &b[4..5] != b"-"
+        || &b[7..8] != b"-"
+        || &b[10..11] != b"T"
+        || &b[23..] != b"Z"
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant), the inverse of civil_from_days.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -77,6 +111,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_millis_reads_back() {
+        for ms in [0, 951_782_400_123, 1_700_000_000_999, 4_102_444_800_000] {
+            assert_eq!(parse_rfc3339_millis(&rfc3339_millis(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339_millis("2026-13-01T00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_millis("2026-01-01 00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_millis("2026-01-01T00:00:00.+00Z"), None);
+    }
 
     #[test]
     fn ids_are_ordered_and_well_formed() {

@@ -18,3 +18,4 @@ pub mod path;
 pub mod query;
 pub mod range;
 pub mod selector;
+pub mod units;

@@ -947,7 +947,7 @@ pub fn summary(report: &RunReport) -> String {
             name,
             a.kind.clone(),
             a.file_count.to_string(),
-            human(a.size),
+            satchel_model::units::human_bytes(a.size),
             producer,
             value,
         ]);
@@ -978,21 +978,5 @@ fn table(out: &mut String, rows: &[Vec<String>]) {
             }
         }
         let _ = writeln!(out, "{}", line.trim_end());
-    }
-}
-
-/// Bytes for people: `1.5 MiB`.
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

@@ -367,6 +367,22 @@ impl Caller {
             .await
     }
 
+    /// The pipelines this caller may read: every one for the bootstrap
+    /// admin, else those of its organization that [`Caller::can_read`].
+    pub async fn readable_pipelines(&self, s: &AppState) -> Result<Vec<PipelineInfo>, ApiError> {
+        let Some(t) = self.token() else {
+            return Ok(s.db.list_pipelines(None).await?);
+        };
+        self.require(Scope::Read)?;
+        let mut pipelines = Vec::new();
+        for p in s.db.list_pipelines(Some(&t.org)).await? {
+            if self.can_read(s, &p.name).await? {
+                pipelines.push(p);
+            }
+        }
+        Ok(pipelines)
+    }
+
     /// Whether this caller may read `pipeline`, without noting a denial
     /// (for filtering lists).
     pub async fn can_read(&self, s: &AppState, pipeline: &str) -> Result<bool, ApiError> {

@@ -16,6 +16,7 @@ pub mod maintenance;
 mod routes;
 #[cfg(test)]
 mod testing;
+pub mod ui;
 
 pub use routes::uploads::validate_manifest;
 
@@ -789,6 +790,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
         .nest("/api/v1", api)
+        .merge(ui::routes(state.clone()))
         .merge(gha::routes().layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,

@@ -288,18 +288,7 @@ pub(super) async fn list_pipelines(
     State(s): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<PipelineList>, ApiError> {
-    let Some(t) = caller.token() else {
-        return Ok(axum::Json(PipelineList {
-            pipelines: s.db.list_pipelines(None).await?,
-        }));
-    };
-    caller.require(Scope::Read)?;
-    let mut pipelines = Vec::new();
-    for p in s.db.list_pipelines(Some(&t.org)).await? {
-        if caller.can_read(&s, &p.name).await? {
-            pipelines.push(p);
-        }
-    }
+    let pipelines = caller.readable_pipelines(&s).await?;
     Ok(axum::Json(PipelineList { pipelines }))
 }
 

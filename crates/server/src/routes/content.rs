@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use satchel_model::api::FetchFiles;
+use satchel_model::api::{FetchFiles, FileInfo};
 use satchel_model::frames::{file_frame_header, FILE_FRAME_HEADER};
 use satchel_store::{Digest, StoreError};
 
@@ -132,6 +132,22 @@ pub(super) async fn stream_blob(
     );
     h.insert(header::CONTENT_DISPOSITION, disposition(path));
     Ok(resp)
+}
+
+/// One file for viewing in a browser: its own content type, shown in
+/// place (`inline`), under its own name when saved.
+pub(crate) async fn stream_blob_inline(s: &AppState, f: &FileInfo) -> Result<Response, ApiError> {
+    let mut r = stream_blob(s, &f.sha256, f.size, &f.content_type, &f.path).await?;
+    let d = disposition(&f.path);
+    let inline = d
+        .to_str()
+        .unwrap_or("attachment")
+        .replacen("attachment", "inline", 1);
+    r.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&inline).unwrap_or_else(|_| HeaderValue::from_static("inline")),
+    );
+    Ok(r)
 }
 
 pub(super) async fn files_content(

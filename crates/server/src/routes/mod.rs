@@ -4,6 +4,7 @@
 mod admin;
 mod archive;
 mod content;
+pub(crate) use content::stream_blob_inline;
 mod pipelines;
 pub(crate) mod uploads;
 mod zip;

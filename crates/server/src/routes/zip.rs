@@ -193,26 +193,11 @@ fn dos_time_date(secs: u64) -> (u16, u16) {
     let secs = secs.max(DOS_EPOCH);
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = satchel_model::id::civil_from_days(days as i64);
     let y = y.clamp(1980, 2107);
     let time = ((rem / 3600) << 11) | (((rem % 3600) / 60) << 5) | ((rem % 60) / 2);
     let date = (((y - 1980) as u64) << 9) | (u64::from(m) << 5) | u64::from(d);
     (time as u16, date as u16)
-}
-
-/// Year, month, day of `days` since 1970-01-01 (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Where every member goes and how long the whole archive is.

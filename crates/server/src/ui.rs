@@ -1,0 +1,800 @@
+//! The web UI at `/`: plain server-rendered HTML (maud templates compiled
+//! into the binary, no JavaScript), served by the same process as the API
+//! and deciding access the same way ([`Caller`]).
+//!
+//! Pages: pipelines → runs → a run's jobs and artifacts → an artifact's
+//! files, each paged like its `/api/v1` twin. Permalinks take a run
+//! selector where a run number goes (`/p/web/runs/lastSuccessfulBuild/…`,
+//! `/p/web/branches/main/latest/…`), down to an artifact, a file of it, or
+//! its zip.
+//!
+//! **Sessions.** `POST /login` takes a token (any scoped token) and sets it
+//! as an `HttpOnly`, `SameSite=Strict` cookie, `Secure` when the request
+//! came over TLS (`X-Forwarded-Proto: https` from the proxy that ends it);
+//! every page authenticates it again, so a revoked token logs out at once.
+//! Forms that change state (login, logout) are refused unless the browser
+//! says they come from this origin (`Origin`, `Sec-Fetch-Site`).
+//!
+//! **Uploaded files are never served in the UI's origin context.** A file
+//! opens under `/view/{artifact}/{expires}/{signature}/{path}`: a URL
+//! signed for one artifact for [`VIEW_TTL_SECS`], served with
+//! `Content-Security-Policy: sandbox` (scripts allowed, same origin not),
+//! so an HTML report's scripts run in an opaque origin that cannot read the
+//! UI's cookie, DOM or API. Its relative links (CSS, images, other pages)
+//! resolve under the same signed prefix, so they load without a cookie.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup, DOCTYPE};
+use satchel_db::{ArtifactFilter, PageRequest};
+use satchel_model::api::{Artifact, FileInfo, Run};
+use satchel_model::path::url_segment;
+use satchel_model::selector::RunSelector;
+use serde::Deserialize;
+
+use crate::access::{Caller, Principal};
+use crate::error::ApiError;
+use crate::extract::{Path, Query};
+use crate::AppState;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "satchel_session";
+/// How long a signed view URL stays valid, in seconds.
+pub const VIEW_TTL_SECS: u64 = 3600;
+/// Items per UI page.
+const PAGE: usize = 100;
+
+/// The UI's routes: pages behind the session, login and the signed view
+/// outside it.
+pub(crate) fn routes(state: AppState) -> Router<AppState> {
+    let pages = Router::new()
+        .route("/", get(pipelines))
+        .route("/p/{pipeline}", get(runs))
+        .route("/p/{pipeline}/runs/{run}", get(run_page))
+        .route(
+            "/p/{pipeline}/runs/{run}/artifacts/{name}",
+            get(artifact_by_name),
+        )
+        .route(
+            "/p/{pipeline}/runs/{run}/artifacts/{name}/{*rest}",
+            get(artifact_by_name_rest),
+        )
+        .route("/p/{pipeline}/branches/{branch}/latest", get(branch_latest))
+        .route("/artifacts/{id}", get(artifact_page))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), session))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::audit::record,
+        ));
+    Router::new()
+        .merge(pages)
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/view/{artifact}/{expires}/{sig}/{*path}", get(view))
+        .route("/ui.css", get(stylesheet))
+}
+
+/// A page's failure, shown as a page.
+struct UiError(ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> UiError {
+        UiError(e)
+    }
+}
+
+impl From<satchel_db::DbError> for UiError {
+    fn from(e: satchel_db::DbError) -> UiError {
+        UiError(e.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = e.status;
+        if status.is_server_error() {
+            // The API boundary logs it once; so does this one.
+            tracing::error!("ui: {}", e.message);
+        }
+        let title = status.canonical_reason().unwrap_or("Error");
+        let body = layout(
+            title,
+            html! {
+                h1 { (status.as_u16()) " " (title) }
+                p { (e.message) }
+                p { a href="/" { "All pipelines" } }
+            },
+        );
+        (status, body).into_response()
+    }
+}
+
+type Page = Result<Markup, UiError>;
+
+fn layout(title: &str, main: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Satchel" }
+                link rel="stylesheet" href="/ui.css";
+            }
+            body {
+                header {
+                    nav aria-label="Site" {
+                        a href="/" { strong { "Satchel" } }
+                        form method="post" action="/logout" {
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (main) }
+            }
+        }
+    }
+}
+
+const CSS: &str = "\
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fff}\
+header nav{display:flex;justify-content:space-between;align-items:center;padding:.5rem 1rem;background:#24292f}\
+header a,header button{color:#fff;background:none;border:0;font:inherit;cursor:pointer}\
+main{padding:1rem;max-width:72rem;margin:auto}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
+code,.mono{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-all}\
+.superseded{color:#777}.state-passed{color:#1a7f37}.state-failed{color:#cf222e}\
+nav.crumbs ol{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.3rem}\
+nav.crumbs li+li:before{content:'/';padding-right:.3rem;color:#777}\
+a:focus,button:focus,input:focus{outline:2px solid #0969da;outline-offset:2px}\
+@media (max-width:40rem){td.hide,th.hide{display:none}}";
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CSS,
+    )
+}
+
+fn crumbs(items: &[(String, Option<String>)]) -> Markup {
+    html! {
+        nav.crumbs aria-label="Breadcrumb" {
+            ol {
+                li { a href="/" { "Pipelines" } }
+                @for (label, href) in items {
+                    li {
+                        @if let Some(h) = href { a href=(h) { (label) } } @else { span aria-current="page" { (label) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pager(next: Option<&str>, base: &str) -> Markup {
+    html! {
+        @if let Some(c) = next {
+            p { a rel="next" href={ (base) "?cursor=" (url_segment(c)) } { "Next page →" } }
+        }
+    }
+}
+
+// ---- Sessions --------------------------------------------------------------
+
+/// The token in the session cookie, if any.
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Pages need a live session; without one the browser goes to the login
+/// form, and comes back after.
+async fn session(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let back = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let to_login = Redirect::to(&format!("/login?next={}", url_segment(&back))).into_response();
+    let Some(token) = cookie_token(req.headers()) else {
+        return to_login;
+    };
+    match s.authenticate(&token).await {
+        Ok(Ok(principal)) => {
+            if let Some(note) = req.extensions().get::<crate::audit::AuditNote>() {
+                match &principal {
+                    Principal::Admin => note.token("admin", "bootstrap admin", None),
+                    Principal::Token(t) => note.token(&t.id, &t.name, Some(&t.org)),
+                }
+            }
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Ok(Err(_)) => to_login,
+        Err(e) => UiError(e).into_response(),
+    }
+}
+
+/// Whether a state-changing form comes from this origin: the browser's
+/// `Sec-Fetch-Site`, else its `Origin`, must say so.
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            let origin = origin.to_str().unwrap_or("");
+            let host = host.to_str().unwrap_or("");
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        }
+        // Not from a browser form (curl, a script): nothing to forge.
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+fn secure(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+fn cross_site() -> UiError {
+    UiError(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "cross_site",
+        "this form must be sent from Satchel's own pages",
+    ))
+}
+
+/// Where to go after logging in: only a path on this server.
+fn local_target(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        _ => "/".into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Next_ {
+    next: Option<String>,
+}
+
+fn login_page(next: &str, error: Option<&str>) -> Markup {
+    layout(
+        "Log in",
+        html! {
+            h1 { "Log in" }
+            @if let Some(e) = error { p role="alert" { (e) } }
+            form method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label for="token" { "Token" }
+                " "
+                input id="token" name="token" type="password" autocomplete="current-password" required autofocus;
+                " "
+                button type="submit" { "Log in" }
+            }
+            p { "Any Satchel token works; the pages show only what it may read." }
+        },
+    )
+}
+
+async fn login_form(Query(q): Query<Next_>) -> Markup {
+    login_page(&local_target(q.next.as_deref()), None)
+}
+
+async fn login(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !same_origin(&headers) {
+        return cross_site().into_response();
+    }
+    let mut token = None;
+    let mut next = None;
+    for (k, v) in url::form_urlencoded::parse(&body) {
+        match &*k {
+            "token" => token = Some(v.trim().to_string()),
+            "next" => next = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let next = local_target(next.as_deref());
+    let token = token.unwrap_or_default();
+    let refused = match s.authenticate(&token).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(r)) => Some(r.why),
+        Err(e) => return UiError(e).into_response(),
+    };
+    if let Some(why) = refused {
+        return (StatusCode::UNAUTHORIZED, login_page(&next, Some(&why))).into_response();
+    }
+    // A cookie value may not hold every byte; tokens are URL-safe text.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            login_page(&next, Some("that token cannot be kept in a cookie")),
+        )
+            .into_response();
+    }
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
+        if secure(&headers) { "; Secure" } else { "" }
+    );
+    let mut r = Redirect::to(&next).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("checked above"),
+    );
+    r
+}
+
+async fn logout(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return cross_site().into_response();
+    }
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        ))
+        .expect("ascii"),
+    );
+    r
+}
+
+// ---- Pages -----------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Cursor {
+    cursor: Option<String>,
+}
+
+impl Cursor {
+    fn page(self) -> PageRequest {
+        PageRequest {
+            cursor: self.cursor,
+            limit: PAGE,
+            ..PageRequest::default()
+        }
+    }
+}
+
+async fn pipelines(State(s): State<AppState>, caller: Caller) -> Page {
+    let list = caller.readable_pipelines(&s).await?;
+    Ok(layout(
+        "Pipelines",
+        html! {
+            h1 { "Pipelines" }
+            @if list.is_empty() { p { "No pipelines yet, or none this token may read." } }
+            @else {
+                table {
+                    thead { tr { th { "Pipeline" } th { "Organization" } th.hide { "Cluster" } } }
+                    tbody {
+                        @for p in &list {
+                            tr {
+                                td { a href={ "/p/" (url_segment(&p.name)) } { (p.name) } }
+                                td { (p.org) }
+                                td.hide { (p.cluster) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+fn duration(run: &Run) -> String {
+    let (Some(start), Some(end)) = (
+        parse_ms(&run.created_at),
+        run.finished_at.as_deref().and_then(parse_ms),
+    ) else {
+        return String::new();
+    };
+    let secs = (end - start).max(0) / 1000;
+    if secs >= 3600 {
+        format!("{}h {:02}m", secs / 3600, secs % 3600 / 60)
+    } else {
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    }
+}
+
+fn parse_ms(rfc3339: &str) -> Option<i64> {
+    satchel_model::id::parse_rfc3339_millis(rfc3339)
+}
+
+async fn runs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(pipeline): Path<String>,
+    Query(c): Query<Cursor>,
+) -> Page {
+    caller.read(&s, &pipeline).await?;
+    let page = s.db.list_runs(&pipeline, &c.page()).await?;
+    let base = format!("/p/{}", url_segment(&pipeline));
+    Ok(layout(
+        &pipeline,
+        html! {
+            (crumbs(&[(pipeline.clone(), None)]))
+            h1 { (pipeline) }
+            p {
+                "Permalinks: "
+                a href={ (base) "/runs/latest" } { "latest run" } ", "
+                a href={ (base) "/runs/lastSuccessfulBuild" } { "last successful build" }
+            }
+            table {
+                thead { tr { th.num { "Run" } th { "State" } th { "Branch" } th.hide { "Commit" } th.hide { "Started" } th.hide { "Duration" } th.hide { "Triggered from" } } }
+                tbody {
+                    @for r in &page.items {
+                        tr {
+                            td.num { a href={ (base) "/runs/" (r.number) } { "#" (r.number) } }
+                            td class={ "state-" (r.state) } { (r.state) }
+                            td { @if let Some(b) = &r.branch { (b) } }
+                            td.hide.mono { @if let Some(c) = &r.commit { (c.chars().take(12).collect::<String>()) } }
+                            td.hide { (r.created_at) }
+                            td.hide { (duration(r)) }
+                            td.hide { @if let Some(t) = &r.triggered_from {
+                                a href={ "/p/" (url_segment(&t.pipeline)) "/runs/" (t.run) } { (t.pipeline) " #" (t.run) }
+                            } }
+                        }
+                    }
+                }
+            }
+            (pager(page.next.as_deref(), &base))
+        },
+    ))
+}
+
+/// The run a path segment names: a number or a run selector.
+async fn pick_run(s: &AppState, pipeline: &str, run: &str) -> Result<Run, UiError> {
+    let sel: RunSelector = run
+        .parse()
+        .map_err(|e: satchel_model::selector::SelectorError| {
+            ApiError::bad_request(e.to_string())
+        })?;
+    if sel == RunSelector::Triggering {
+        return Err(ApiError::bad_request("`triggering` names a run only inside a run").into());
+    }
+    Ok(s.db.select_run(pipeline, &sel, None).await?)
+}
+
+async fn run_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((pipeline, run)): Path<(String, String)>,
+) -> Page {
+    caller.read(&s, &pipeline).await?;
+    let run = pick_run(&s, &pipeline, &run).await?;
+    let jobs = s.db.list_jobs(&run.id).await?;
+    let artifacts = run_artifacts(&s, &run, true).await?;
+    let base = format!("/p/{}", url_segment(&pipeline));
+    let title = format!("{pipeline} #{}", run.number);
+    Ok(layout(
+        &title,
+        html! {
+            (crumbs(&[(pipeline.clone(), Some(base.clone())), (format!("#{}", run.number), None)]))
+            h1 { (title) }
+            dl {
+                dt { "State" } dd class={ "state-" (run.state) } { (run.state) }
+                @if let Some(b) = &run.branch { dt { "Branch" } dd { a href={ (base) "/branches/" (url_segment(b)) "/latest" } { (b) } } }
+                @if let Some(c) = &run.commit { dt { "Commit" } dd.mono { (c) } }
+                dt { "Started" } dd { (run.created_at) }
+                @if let Some(f) = &run.finished_at { dt { "Finished" } dd { (f) " (" (duration(&run)) ")" } }
+                @if let Some(t) = &run.triggered_from { dt { "Triggered from" } dd {
+                    a href={ "/p/" (url_segment(&t.pipeline)) "/runs/" (t.run) } { (t.pipeline) " #" (t.run) }
+                } }
+            }
+            h2 { "Jobs" }
+            table {
+                thead { tr { th { "Stage" } th { "Job" } th.num { "Attempt" } } }
+                tbody {
+                    @for j in &jobs {
+                        tr {
+                            td { @if let Some(st) = &j.stage { (st) } }
+                            td { (j.key) }
+                            td.num { (j.attempt) }
+                        }
+                    }
+                }
+            }
+            h2 { "Artifacts" }
+            (artifact_table(&artifacts))
+        },
+    ))
+}
+
+fn artifact_table(artifacts: &[Artifact]) -> Markup {
+    html! {
+        @if artifacts.is_empty() { p { "No artifacts." } }
+        @else {
+            table {
+                thead { tr { th { "Name" } th { "Kind" } th.num { "Files" } th.num { "Size" } th { "Producer" } th.hide { "State" } } }
+                tbody {
+                    @for a in artifacts {
+                        tr class=[a.producer.superseded.then_some("superseded")] {
+                            td { a href={ "/artifacts/" (a.id) } { (a.name) } }
+                            td { (a.kind) }
+                            td.num { (a.file_count) }
+                            td.num { (satchel_model::units::human_bytes(a.size)) }
+                            td {
+                                @if let Some(st) = &a.producer.stage { (st) " / " }
+                                (a.producer.job) " (attempt " (a.producer.attempt) ")"
+                                @if a.producer.superseded { " — superseded by a retry" }
+                            }
+                            td.hide { (a.state.as_str()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The signed view URL of `path` in artifact `id`.
+fn view_url(s: &AppState, id: &str, path: &str) -> String {
+    let expires = satchel_model::id::now_millis() as u64 / 1000 + VIEW_TTL_SECS;
+    let sig = s.gha.keys.sign_url(&format!("ui-view\n{id}"), expires);
+    let path: Vec<String> = path.split('/').map(url_segment).collect();
+    format!("/view/{id}/{expires}/{sig}/{}", path.join("/"))
+}
+
+async fn artifact_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(c): Query<Cursor>,
+) -> Page {
+    crate::routes::check_id("artifact", &id)?;
+    let a = s.db.get_artifact(&id).await?;
+    caller.note(format!("artifact={id}"));
+    caller.read(&s, &a.producer.pipeline).await?;
+    let files = s.db.artifact_files_page(&id, &c.page()).await?;
+    let run_href = format!(
+        "/p/{}/runs/{}",
+        url_segment(&a.producer.pipeline),
+        a.producer.run
+    );
+    let api = format!("/api/v1/artifacts/{id}/archive");
+    Ok(layout(
+        &a.name,
+        html! {
+            (crumbs(&[
+                (a.producer.pipeline.clone(), Some(format!("/p/{}", url_segment(&a.producer.pipeline)))),
+                (format!("#{}", a.producer.run), Some(run_href)),
+                (a.name.clone(), None),
+            ]))
+            h1 { (a.name) }
+            dl {
+                dt { "Kind" } dd { (a.kind) }
+                dt { "State" } dd { (a.state.as_str()) }
+                dt { "Files" } dd { (a.file_count) ", " (satchel_model::units::human_bytes(a.size)) }
+                dt { "Producer" } dd { (a.producer.job) " attempt " (a.producer.attempt) @if a.producer.superseded { " (superseded)" } }
+                dt { "Created" } dd { (a.created_at) }
+            }
+            @if a.kind != "files" {
+                p { "Reference: " code id="reference" { (a.reference_value()) } }
+            } @else {
+                p { a href={ (api) "?format=zip" } download { "Download .zip" } " · " a href={ (api) } download { "Download .tar" } }
+                table {
+                    thead { tr { th { "Path" } th.num { "Size" } th.hide { "Type" } th.hide { "Mode" } th.hide { "SHA-256" } } }
+                    tbody {
+                        @for f in &files.items {
+                            (file_row(&s, f))
+                        }
+                    }
+                }
+                (pager(files.next.as_deref(), &format!("/artifacts/{id}")))
+            }
+        },
+    ))
+}
+
+fn file_row(s: &AppState, f: &FileInfo) -> Markup {
+    html! {
+        tr {
+            td.mono { a href=(view_url(s, &f.artifact_id, &f.path)) { (f.path) } }
+            td.num { (satchel_model::units::human_bytes(f.size)) }
+            td.hide { (f.content_type) }
+            td.hide.mono { (format!("{:o}", f.mode & 0o7777)) }
+            td.hide.mono { (f.sha256) }
+        }
+    }
+}
+
+/// Most artifacts one run page lists.
+const RUN_ARTIFACTS: usize = 10_000;
+
+/// A run's artifacts (up to [`RUN_ARTIFACTS`]), with those of superseded
+/// attempts if `include_retried`.
+async fn run_artifacts(
+    s: &AppState,
+    run: &Run,
+    include_retried: bool,
+) -> Result<Vec<Artifact>, UiError> {
+    let filter = ArtifactFilter {
+        job: None,
+        include_retried,
+    };
+    let mut page = PageRequest {
+        limit: 1000,
+        ..PageRequest::default()
+    };
+    let mut all = Vec::new();
+    loop {
+        let p = s.db.artifacts_page(&run.id, &filter, &page).await?;
+        all.extend(p.items);
+        match p.next {
+            Some(c) if all.len() < RUN_ARTIFACTS => page.cursor = Some(c),
+            _ => return Ok(all),
+        }
+    }
+}
+
+/// The artifact named `name` in a run: a finished one of the newest
+/// attempt that has one.
+async fn artifact_named(s: &AppState, run: &Run, name: &str) -> Result<Artifact, UiError> {
+    let found = run_artifacts(s, run, false).await?;
+    if let Some(a) = found.into_iter().find(|a| a.name == name) {
+        return Ok(a);
+    }
+    Err(ApiError::not_found(format!(
+        "{} #{} has no artifact {name:?}",
+        run.pipeline, run.number
+    ))
+    .into())
+}
+
+async fn artifact_by_name(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((pipeline, run, name)): Path<(String, String, String)>,
+) -> Result<Response, UiError> {
+    caller.read(&s, &pipeline).await?;
+    let run = pick_run(&s, &pipeline, &run).await?;
+    let a = artifact_named(&s, &run, &name).await?;
+    Ok(Redirect::to(&format!("/artifacts/{}", a.id)).into_response())
+}
+
+/// `…/artifacts/NAME/files/PATH` (the file, viewed), `…/artifacts/NAME/zip`
+/// or `…/tar` (the archive).
+async fn artifact_by_name_rest(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((pipeline, run, name, rest)): Path<(String, String, String, String)>,
+) -> Result<Response, UiError> {
+    caller.read(&s, &pipeline).await?;
+    let run = pick_run(&s, &pipeline, &run).await?;
+    let a = artifact_named(&s, &run, &name).await?;
+    let to = match rest.as_str() {
+        "zip" => format!("/api/v1/artifacts/{}/archive?format=zip", a.id),
+        "tar" => format!("/api/v1/artifacts/{}/archive", a.id),
+        r => match r.strip_prefix("files/") {
+            Some(path) => view_url(&s, &a.id, path),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "no such page {r:?}: use files/PATH, zip or tar after the artifact name"
+                ))
+                .into())
+            }
+        },
+    };
+    Ok(Redirect::to(&to).into_response())
+}
+
+async fn branch_latest(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((pipeline, branch)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    caller.read(&s, &pipeline).await?;
+    let sel = RunSelector::LatestFromBranch(branch);
+    let run = s.db.select_run(&pipeline, &sel, None).await?;
+    Ok(Redirect::to(&format!(
+        "/p/{}/runs/{}",
+        url_segment(&pipeline),
+        run.number
+    ))
+    .into_response())
+}
+
+// ---- The sandboxed view ----------------------------------------------------
+
+/// The file at `path` in finished artifact `id`, found through the run's
+/// name index (a report's every stylesheet and image is one such lookup),
+/// not by reading the artifact's whole file list.
+async fn file_of(s: &AppState, id: &str, path: &str) -> Result<FileInfo, UiError> {
+    let a = s.db.get_artifact(id).await?;
+    if a.state != satchel_model::api::ArtifactState::Finished {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!("artifact {:?} is {}", a.name, a.state.as_str()),
+        )
+        .into());
+    }
+    let run = s.db.find_run(&a.producer.pipeline, a.producer.run).await?;
+    let glob = satchel_model::glob::Glob::new(&satchel_model::glob::escape(path))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let scope = satchel_model::query::Scope {
+        name: Some(a.name.clone()),
+        include_retried: true,
+        ..Default::default()
+    };
+    let mut page = PageRequest {
+        limit: 1000,
+        ..PageRequest::default()
+    };
+    loop {
+        let found = s.db.search_files(&run.id, &glob, &scope, &page).await?;
+        if let Some(f) = found.items.into_iter().find(|f| f.artifact_id == id) {
+            return Ok(f);
+        }
+        match found.next {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    Err(ApiError::not_found(format!("artifact {:?} has no file {path:?}", a.name)).into())
+}
+
+/// What a viewed file is served with: its own origin-less sandbox.
+const SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
+
+async fn view(
+    State(s): State<AppState>,
+    Path((id, expires, sig, path)): Path<(String, u64, String, String)>,
+) -> Result<Response, UiError> {
+    let now = satchel_model::id::now_millis() as u64 / 1000;
+    if !s
+        .gha
+        .keys
+        .check_url(&format!("ui-view\n{id}"), expires, &sig, now)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "this view link is expired or not valid; open the file again from its artifact page",
+        )
+        .into());
+    }
+    crate::routes::check_id("artifact", &id)?;
+    let path = if path.is_empty() || path.ends_with('/') {
+        format!("{path}index.html")
+    } else {
+        path
+    };
+    let f = file_of(&s, &id, &path).await?;
+    let mut r = crate::routes::stream_blob_inline(&s, &f).await?;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(SANDBOX),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=300"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    Ok(r)
+}
