@@ -3,7 +3,7 @@
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
 # data dirs. What they need from outside is installed here, never silently
 # skipped: Node.js and the real @actions/artifact clients (tests/gha), strace
-# (the crash-durability test), and
+# (the crash-durability test), unzip (the zip archive tests), and
 # the servers of the backend conformance tests (scripts/services.sh:
 # Garage for S3, Azurite for Azure Blob, nginx for WebDAV, fake-gcs-server
 # for GCS, PostgreSQL for the metadata store and the replica tests).
@@ -21,6 +21,12 @@ fi
 if ! command -v strace >/dev/null; then
   echo "== installing strace from Debian packages"
   apt-get update -qq && apt-get install -y -qq strace
+fi
+# unzip, which checks the zip archives the server streams
+# (crates/cli/tests/ui.rs; Python's zipfile checks them too).
+if ! command -v unzip >/dev/null; then
+  echo "== installing unzip from Debian packages"
+  apt-get update -qq && apt-get install -y -qq unzip
 fi
 # The real clients, pinned by tests/gha/package-lock.json; reused when
 # already installed for this lock file.

@@ -392,3 +392,35 @@ fn the_web_ui_logs_in_browses_and_views_uploaded_html_in_a_sandbox() {
             .contains("Max-Age=0"));
     });
 }
+
+#[test]
+fn ui_login_guesses_are_throttled_with_the_apis() {
+    let d = tmp();
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &[("SATCHEL_MAX_AUTH_FAILURES", "3")],
+    );
+    let b = browser();
+    rt().block_on(async {
+        let guess = |t: &'static str| {
+            b.post(format!("{}/login", s.url))
+                .form(&[("token", t)])
+                .send()
+        };
+        for _ in 0..3 {
+            assert_eq!(guess("wrong").await.unwrap().status(), 401);
+        }
+        let r = guess("wrong").await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        // The API counts the same failures.
+        let r = s
+            .http()
+            .get(s.api("/pipelines"))
+            .bearer_auth("also-wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+    });
+}

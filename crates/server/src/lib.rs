@@ -711,29 +711,35 @@ async fn require_token(
         }
     };
     note.deny(&why);
-    use std::sync::atomic::Ordering::Relaxed;
-    let max = state.limits.auth_failures_per_minute;
-    if let Some(wait) = addr.and_then(|a| state.auth_failures.blocked(a, max)) {
-        state.counters.auth_throttled.fetch_add(1, Relaxed);
-        let mut e = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failures",
-            format!(
-                "{max} failed authentications from this address within a minute; try again in {wait} s"
-            ),
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
+    Err(state.auth_refused(addr, why))
+}
+
+impl AppState {
+    /// The answer to a failed authentication from `addr`: 429 once the
+    /// address has failed [`Limits::auth_failures_per_minute`] times in a
+    /// minute, else 401 (and the failure counted). The API's bearer tokens
+    /// and the UI's login form share it, so neither is a way around it.
+    pub(crate) fn auth_refused(&self, addr: Option<std::net::IpAddr>, why: String) -> ApiError {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.limits.auth_failures_per_minute;
+        if let Some(wait) = addr.and_then(|a| self.auth_failures.blocked(a, max)) {
+            self.counters.auth_throttled.fetch_add(1, Relaxed);
+            let mut e = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "{max} failed authentications from this address within a minute; try again in {wait} s"
+                ),
+            );
+            e.retry_after = Some(wait);
+            return e;
+        }
+        self.counters.auth_failures.fetch_add(1, Relaxed);
+        if let Some(a) = addr {
+            self.auth_failures.failed(a);
+        }
+        ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", why)
     }
-    state.counters.auth_failures.fetch_add(1, Relaxed);
-    if let Some(a) = addr {
-        state.auth_failures.failed(a);
-    }
-    Err(ApiError::new(
-        axum::http::StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        why,
-    ))
 }
 
 /// Request bodies that go quiet for longer than the limit end in an error

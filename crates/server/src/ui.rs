@@ -298,10 +298,25 @@ async fn login_form(Query(q): Query<Next_>) -> Markup {
     login_page(&local_target(q.next.as_deref()), None)
 }
 
-async fn login(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// Largest login form accepted.
+const LOGIN_FORM_BYTES: usize = 16 * 1024;
+
+async fn login(State(s): State<AppState>, req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     if !same_origin(&headers) {
         return cross_site().into_response();
     }
+    let Ok(body) = axum::body::to_bytes(body, LOGIN_FORM_BYTES).await else {
+        return UiError(ApiError::bad_request(format!(
+            "the login form is larger than {LOGIN_FORM_BYTES} bytes or was cut off"
+        )))
+        .into_response();
+    };
     let mut token = None;
     let mut next = None;
     for (k, v) in url::form_urlencoded::parse(&body) {
@@ -319,7 +334,14 @@ async fn login(State(s): State<AppState>, headers: HeaderMap, body: axum::body::
         Err(e) => return UiError(e).into_response(),
     };
     if let Some(why) = refused {
-        return (StatusCode::UNAUTHORIZED, login_page(&next, Some(&why))).into_response();
+        // Counted with the API's failures: the form is no way around them.
+        let e = s.auth_refused(peer, why);
+        let mut r = (e.status, login_page(&next, Some(&e.message))).into_response();
+        if let Some(wait) = e.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        }
+        return r;
     }
     // A cookie value may not hold every byte; tokens are URL-safe text.
     if !token
