@@ -371,8 +371,20 @@ fn the_web_ui_logs_in_browses_and_views_uploaded_html_in_a_sandbox() {
         assert_eq!(r.status(), 303);
         assert_eq!(
             location(&r),
-            format!("/api/v1/artifacts/{second_id}/archive?format=zip")
+            format!("/artifacts/{second_id}/archive?format=zip")
         );
+        // The download works with the session alone.
+        let r = authed(url(&location(&r))).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/zip");
+        // A tab in `next` is not a way off the server.
+        let r = b
+            .post(url("/login"))
+            .form(&[("token", s.token.as_str()), ("next", "/\t/evil.example")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(location(&r), "/");
         let r = authed(url("/p/web/runs/latest/artifacts/nope")).await;
         assert_eq!(r.status(), 404);
         let r = authed(url("/p/web/runs/bogus")).await;
@@ -413,6 +425,14 @@ fn ui_login_guesses_are_throttled_with_the_apis() {
         let r = guess("wrong").await.unwrap();
         assert_eq!(r.status(), 429);
         assert!(r.headers().contains_key("retry-after"));
+        // So do guesses sent as a session cookie.
+        let r = b
+            .get(format!("{}/", s.url))
+            .header("cookie", "satchel_session=guess")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
         // The API counts the same failures.
         let r = s
             .http()

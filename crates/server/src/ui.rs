@@ -65,6 +65,12 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/p/{pipeline}/branches/{branch}/latest", get(branch_latest))
         .route("/artifacts/{id}", get(artifact_page))
+        // The API's archive handler, behind the session: a browser sends
+        // a cookie, not a bearer token.
+        .route(
+            "/artifacts/{id}/archive",
+            get(crate::routes::artifact_archive),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), session))
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -225,7 +231,22 @@ async fn session(State(s): State<AppState>, mut req: Request, next: Next) -> Res
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
-        Ok(Err(_)) => to_login,
+        Ok(Err(refused)) => {
+            // A wrong cookie is a guess like a wrong bearer token: counted,
+            // audited, throttled.
+            if let Some(note) = req.extensions().get::<crate::audit::AuditNote>() {
+                note.deny(&refused.why);
+            }
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            let e = s.auth_refused(peer, refused.why);
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                return UiError(e).into_response();
+            }
+            to_login
+        }
         Err(e) => UiError(e).into_response(),
     }
 }
@@ -265,7 +286,15 @@ fn cross_site() -> UiError {
 /// Where to go after logging in: only a path on this server.
 fn local_target(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        // Visible ASCII only: browsers drop tabs and newlines from URLs, so
+        // `/\t/evil` would become `//evil`, another site.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }
@@ -593,7 +622,7 @@ async fn artifact_page(
         url_segment(&a.producer.pipeline),
         a.producer.run
     );
-    let api = format!("/api/v1/artifacts/{id}/archive");
+    let api = format!("/artifacts/{id}/archive");
     Ok(layout(
         &a.name,
         html! {
@@ -705,8 +734,8 @@ async fn artifact_by_name_rest(
     let run = pick_run(&s, &pipeline, &run).await?;
     let a = artifact_named(&s, &run, &name).await?;
     let to = match rest.as_str() {
-        "zip" => format!("/api/v1/artifacts/{}/archive?format=zip", a.id),
-        "tar" => format!("/api/v1/artifacts/{}/archive", a.id),
+        "zip" => format!("/artifacts/{}/archive?format=zip", a.id),
+        "tar" => format!("/artifacts/{}/archive", a.id),
         r => match r.strip_prefix("files/") {
             Some(path) => view_url(&s, &a.id, path),
             None => {

@@ -6,6 +6,7 @@ mod archive;
 mod content;
 pub(crate) use content::stream_blob_inline;
 mod pipelines;
+pub(crate) use pipelines::artifact_archive;
 pub(crate) mod uploads;
 mod zip;
 

@@ -254,7 +254,7 @@ fn mtime_secs(rfc3339_ms: i64) -> u64 {
     (rfc3339_ms.max(0) / 1000) as u64
 }
 
-pub(super) async fn artifact_archive(
+pub(crate) async fn artifact_archive(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

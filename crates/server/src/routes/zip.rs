@@ -2,8 +2,8 @@
 //! (`GET /artifacts/{id}/archive?format=zip`), for people who double-click
 //! a download rather than pipe it into `tar x`.
 //!
-//! The archive is written as it is sent and never held in memory or on
-//! disk: members are stored (no compression, so each file's bytes pass
+//! The archive is written as it is sent, never held in memory or on disk
+//! (only the central directory, about 100 bytes a member, is built whole): members are stored (no compression, so each file's bytes pass
 //! through unchanged and the length is known before the first byte), and
 //! each member's CRC-32 is computed while its bytes stream by and written
 //! after them in a data descriptor (general-purpose flag bit 3), then again
@@ -315,6 +315,18 @@ pub(crate) fn zip_response(
                                 return;
                             }
                         };
+                        if sent + piece.len() as u64 > entry.size {
+                            // More than recorded: never send past the
+                            // promised length (the client would see a
+                            // whole-looking, wrong archive).
+                            let _ = tx
+                                .send(Err(std::io::Error::other(format!(
+                                    "{} is longer in the store than its record",
+                                    String::from_utf8_lossy(&entry.name)
+                                ))))
+                                .await;
+                            return;
+                        }
                         crc.update(&piece);
                         sent += piece.len() as u64;
                         if tx.send(Ok(piece)).await.is_err() {
