@@ -330,6 +330,10 @@ fn the_web_ui_logs_in_browses_and_views_uploaded_html_in_a_sandbox() {
         assert!(csp.starts_with("sandbox"), "{csp}");
         assert!(!csp.contains("allow-same-origin"), "{csp}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(
+            r.headers()["content-disposition"],
+            "inline; filename=\"index.html\""
+        );
         assert!(r.headers()["content-type"]
             .to_str()
             .unwrap()

@@ -75,6 +75,14 @@ pub fn clean(s: &str) -> String {
 }
 
 impl AuditNote {
+    /// Notes who a request was authenticated as.
+    pub fn principal(&self, p: &crate::access::Principal) {
+        match p {
+            crate::access::Principal::Admin => self.token("admin", "bootstrap admin", None),
+            crate::access::Principal::Token(t) => self.token(&t.id, &t.name, Some(&t.org)),
+        }
+    }
+
     /// Who made the request.
     pub fn token(&self, id: &str, name: &str, org: Option<&str>) {
         let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -36,7 +36,7 @@ use satchel_model::path::url_segment;
 use satchel_model::selector::RunSelector;
 use serde::Deserialize;
 
-use crate::access::{Caller, Principal};
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::AppState;
@@ -223,10 +223,7 @@ async fn session(State(s): State<AppState>, mut req: Request, next: Next) -> Res
     match s.authenticate(&token).await {
         Ok(Ok(principal)) => {
             if let Some(note) = req.extensions().get::<crate::audit::AuditNote>() {
-                match &principal {
-                    Principal::Admin => note.token("admin", "bootstrap admin", None),
-                    Principal::Token(t) => note.token(&t.id, &t.name, Some(&t.org)),
-                }
+                note.principal(&principal);
             }
             req.extensions_mut().insert(principal);
             next.run(req).await
@@ -454,8 +451,10 @@ async fn pipelines(State(s): State<AppState>, caller: Caller) -> Page {
 
 fn duration(run: &Run) -> String {
     let (Some(start), Some(end)) = (
-        parse_ms(&run.created_at),
-        run.finished_at.as_deref().and_then(parse_ms),
+        satchel_model::id::parse_rfc3339_millis(&run.created_at),
+        run.finished_at
+            .as_deref()
+            .and_then(satchel_model::id::parse_rfc3339_millis),
     ) else {
         return String::new();
     };
@@ -465,10 +464,6 @@ fn duration(run: &Run) -> String {
     } else {
         format!("{}m {:02}s", secs / 60, secs % 60)
     }
-}
-
-fn parse_ms(rfc3339: &str) -> Option<i64> {
-    satchel_model::id::parse_rfc3339_millis(rfc3339)
 }
 
 async fn runs(

@@ -35,7 +35,9 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>,
     })
 }
 
-fn disposition(path: &str) -> HeaderValue {
+/// `Content-Disposition` naming `path`'s file: `kind` is `attachment`
+/// (save it) or `inline` (show it).
+fn disposition(kind: &'static str, path: &str) -> HeaderValue {
     let name = satchel_model::path::split(path).1;
     let ascii: String = name
         .chars()
@@ -47,8 +49,8 @@ fn disposition(path: &str) -> HeaderValue {
             }
         })
         .collect();
-    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+    HeaderValue::from_str(&format!("{kind}; filename=\"{ascii}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static(kind))
 }
 
 pub(super) async fn file_content(
@@ -97,7 +99,10 @@ pub(super) async fn file_content(
         "x-checksum-sha256",
         HeaderValue::from_str(&file.sha256).expect("hex"),
     );
-    h.insert(header::CONTENT_DISPOSITION, disposition(&file.path));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        disposition("attachment", &file.path),
+    );
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
             header::CONTENT_RANGE,
@@ -130,7 +135,7 @@ pub(super) async fn stream_blob(
         "x-checksum-sha256",
         HeaderValue::from_str(sha256).expect("hex"),
     );
-    h.insert(header::CONTENT_DISPOSITION, disposition(path));
+    h.insert(header::CONTENT_DISPOSITION, disposition("attachment", path));
     Ok(resp)
 }
 
@@ -138,15 +143,8 @@ pub(super) async fn stream_blob(
 /// place (`inline`), under its own name when saved.
 pub(crate) async fn stream_blob_inline(s: &AppState, f: &FileInfo) -> Result<Response, ApiError> {
     let mut r = stream_blob(s, &f.sha256, f.size, &f.content_type, &f.path).await?;
-    let d = disposition(&f.path);
-    let inline = d
-        .to_str()
-        .unwrap_or("attachment")
-        .replacen("attachment", "inline", 1);
-    r.headers_mut().insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&inline).unwrap_or_else(|_| HeaderValue::from_static("inline")),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_DISPOSITION, disposition("inline", &f.path));
     Ok(r)
 }
 
