@@ -204,7 +204,7 @@ impl ChunkStore {
         format!("c/{}", fan(&self.codec.name(d)))
     }
 
-    fn blob_key(&self, d: &Digest) -> String {
+    pub(crate) fn blob_key(&self, d: &Digest) -> String {
         format!("b/{}", fan(&self.codec.name(d)))
     }
 
@@ -293,10 +293,11 @@ impl ChunkStore {
         match self.unpacked_top(d).await {
             Err(StoreError::NotFound(_)) => {
                 // Perhaps packed by another process since we last looked.
-                if self.packs.refresh(&*self.backend, &self.codec).await? {
-                    if let Some(b) = self.packed(d).await? {
-                        return Ok(Top::Chunk(b));
-                    }
+                // Whether this listing changed anything does not matter: a
+                // concurrent one may have learnt the pack since `d` missed.
+                self.packs.refresh(&*self.backend, &self.codec).await?;
+                if let Some(b) = self.packed(d).await? {
+                    return Ok(Top::Chunk(b));
                 }
                 Err(StoreError::NotFound(*d))
             }
@@ -802,8 +803,8 @@ impl ContentStore for ChunkStore {
                 }
             }
         }
-        Ok(self.packs.refresh(&*self.backend, &self.codec).await?
-            && self.packs.lookup(digest).is_some())
+        self.packs.refresh(&*self.backend, &self.codec).await?;
+        Ok(self.packs.lookup(digest).is_some())
     }
 
     async fn put(

@@ -114,6 +114,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     corruption_is_refused(&plain).await;
     small_blobs_share_packs(backend.clone()).await;
     packs_of_tiny_blobs_and_repairs(backend.clone()).await;
+    a_read_that_missed_a_pack_another_read_found_still_finds_it(backend.clone()).await;
     let zstd = ChunkStore::new(
         backend.clone(),
         Codec {
@@ -477,6 +478,52 @@ async fn small_blobs_share_packs(backend: Arc<dyn ObjectBackend>) {
     assert!(!fresh.contains(&blobs[0].0).await.unwrap());
 }
 
+/// Regression: two reads in one process of blobs another process had just
+/// packed both missed; the first to list the packs learnt the new one,
+/// and the second's listing, finding nothing new, made it answer "not in
+/// the store" (seen as a 500 "stored content is missing" on a replica
+/// serving a download of many small files another replica had packed).
+async fn a_read_that_missed_a_pack_another_read_found_still_finds_it(
+    backend: Arc<dyn ObjectBackend>,
+) {
+    let a = ChunkStore::new(backend.clone(), Codec::plain());
+    let blobs: Vec<(Digest, Bytes)> = (0..20u64)
+        .map(|i| {
+            let b = Bytes::from(random_bytes(2000 + i as usize, 8000 + i));
+            (Digest::of(&b), b)
+        })
+        .collect();
+    let (first, second) = (blobs[0].0, blobs[1].0);
+    let mut watch = Watch::new(backend.clone(), a.blob_key(&first));
+    watch.hold_get = true;
+    let watch = Arc::new(watch);
+    let b = Arc::new(ChunkStore::new(watch.clone(), Codec::plain()));
+    // B has loaded where packs are before A packs the blobs.
+    assert!(!b.contains(&Digest::of(b"nothing")).await.unwrap());
+    a.put_packed(blobs.clone()).await.unwrap();
+    // B's read of the first blob misses the pack and is held while it
+    // looks for the blob stored on its own; meanwhile another read finds
+    // the pack.
+    let held = {
+        let b = b.clone();
+        tokio::spawn(async move { read_all(&*b, &first, None).await })
+    };
+    watch.seen.notified().await;
+    assert!(read_all(&*b, &second, None).await.unwrap() == blobs[1].1[..]);
+    watch.release.notify_one();
+    let got = held.await.unwrap().expect("the held read found the pack");
+    assert!(got == blobs[0].1[..]);
+    for (d, _) in &blobs {
+        a.delete(d).await.unwrap();
+    }
+    a.sweep(
+        &HashSet::new(),
+        SystemTime::now() + Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+}
+
 /// A pack of tiny blobs (its index outweighs them) that are all in use
 /// survives the sweep; a damaged packed blob, discarded and stored again,
 /// reads back from a store that only has the bucket, whether the new copy
@@ -812,12 +859,28 @@ async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
     assert!(read_all(&store, &Digest::of(&b), None).await.unwrap() == b);
 }
 
-/// A backend that reports the first `head` of one key: the moment a
-/// write has decided to reuse that stored chunk.
+/// A backend that reports the first `head` of one key (the moment a
+/// write has decided to reuse that stored chunk) and, when asked, holds a
+/// `get` of it until released.
 struct Watch {
     inner: Arc<dyn ObjectBackend>,
     key: String,
     seen: tokio::sync::Notify,
+    /// Whether a `get` of `key` waits for `release`.
+    hold_get: bool,
+    release: tokio::sync::Notify,
+}
+
+impl Watch {
+    fn new(inner: Arc<dyn ObjectBackend>, key: String) -> Watch {
+        Watch {
+            inner,
+            key,
+            seen: tokio::sync::Notify::new(),
+            hold_get: false,
+            release: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -826,7 +889,12 @@ impl ObjectBackend for Watch {
         self.inner.put(key, data, sync).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.inner.get(key).await
+        let r = self.inner.get(key).await;
+        if self.hold_get && key == self.key {
+            self.seen.notify_one();
+            self.release.notified().await;
+        }
+        r
     }
     async fn get_range(
         &self,
@@ -868,11 +936,7 @@ async fn a_reused_chunk_swept_before_the_recipe_fails_the_write(backend: Arc<dyn
     b.extend(random_bytes(1024 * 1024, 51));
     let first = chunk_digests(&a)[0];
     let key = store.chunk_key(&first);
-    let watch = Arc::new(Watch {
-        inner: backend.clone(),
-        key: key.clone(),
-        seen: tokio::sync::Notify::new(),
-    });
+    let watch = Arc::new(Watch::new(backend.clone(), key.clone()));
     let watched = ChunkStore::new(watch.clone(), Codec::plain());
     let db = Digest::of(&b);
     let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
