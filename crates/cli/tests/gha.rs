@@ -15,31 +15,6 @@ fn gha_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/gha")
 }
 
-/// `satchel admin gha-token` output, parsed: (results URL, token).
-fn mint(s: &Server, job: &str, extra: &[&str]) -> (String, String) {
-    let agent = s.agent(Path::new("."), "gh", 1, job);
-    let mut args = vec![
-        "admin",
-        "gha-token",
-        "--pipeline",
-        "gh",
-        "--run",
-        "1",
-        "--job",
-        job,
-    ];
-    args.extend_from_slice(extra);
-    let out = agent.ok(&args);
-    let get = |var: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {var}=")))
-            .unwrap_or_else(|| panic!("no {var} in {out}"))
-            .trim_matches('\'')
-            .to_string()
-    };
-    (get("ACTIONS_RESULTS_URL"), get("ACTIONS_RUNTIME_TOKEN"))
-}
-
 fn node(which: &str, work: &Path, results: &str, token: &str) {
     let dir = gha_dir();
     assert!(
@@ -282,34 +257,6 @@ fn runtime_tokens_are_signed_with_the_data_dirs_own_secret() {
     );
 }
 
-/// One Twirp call of the artifact service: (status, JSON answer).
-async fn twirp(url: &str, token: &str, method: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{url}twirp/github.actions.results.api.v1.ArtifactService/{method}"
-        ))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
-/// The job's ids plus `extra`, as every Twirp request of job `build` of
-/// run 1 of pipeline `gh` carries them.
-fn ids_with(extra: Value) -> Value {
-    let mut v = serde_json::json!({
-        "workflow_run_backend_id": "satchel.gh.1",
-        "workflow_job_run_backend_id": "build",
-    });
-    v.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    v
-}
-
 /// The client commits its block list, then calls FinalizeArtifact: two
 /// requests, with nothing referencing the committed blob in between but
 /// the upload session. A GC in that gap (an operator's `admin gc --grace
@@ -351,7 +298,8 @@ fn gc_between_block_list_commit_and_finalize_keeps_the_content() {
     });
     let gc: Value =
         serde_json::from_str(&agent.ok(&["admin", "gc", "--grace", "0", "--json"])).unwrap();
-    assert_eq!(gc["blobs_deleted"], 0, "{gc}");
+    // Only the blocks go, dropped at the commit: exactly the body's bytes.
+    assert_eq!(gc["bytes_freed"], body.len() as u64, "{gc}");
     rt().block_on(async {
         let (st, v) = twirp(
             &url,
@@ -403,9 +351,9 @@ fn whole_object(data: &Path, content: &[u8]) -> PathBuf {
 
 /// The periodic task of a running server, not a function called by a
 /// test: GC passes every second with no grace keep what is referenced and
-/// free what an artifact deletion left; idle GitHub Actions uploads are
-/// dropped with their scratch blocks, and a committed one's blob is then
-/// garbage too.
+/// free what an artifact deletion left; GitHub Actions uploads in progress
+/// keep their blocks and committed blob, and once reaped for going idle
+/// those are garbage too.
 #[test]
 fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
     let d = tempfile::tempdir().unwrap();
@@ -452,16 +400,17 @@ fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
     // committed and never finalized.
     let (url, token) = mint(&s, "build", &[]);
     let committed = b"committed and abandoned";
+    let idle_block = b"a block never committed";
     let http = s.http();
     let idle = rt().block_on(async {
         let mut signed = Vec::new();
-        for name in ["idle", "abandoned"] {
+        for (name, block) in [("idle", idle_block), ("abandoned", committed)] {
             let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": name, "version": 4}))).await;
             assert_eq!(st, 200, "{v}");
             let u = v["signed_upload_url"].as_str().unwrap().to_string();
             let r = http
                 .put(format!("{u}&comp=block&blockid=QUFB"))
-                .body(committed.to_vec())
+                .body(block.to_vec())
                 .send()
                 .await
                 .unwrap();
@@ -478,20 +427,36 @@ fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
         signed.swap_remove(0)
     });
     assert_eq!(s.metric("satchel_gha_uploads"), 2);
-    let scratch = data.join("scratch");
-    let blocks = || std::fs::read_dir(&scratch).map_or(0, |d| d.count());
-    assert!(blocks() > 0, "no scratch blocks");
+    // The idle upload's block and the abandoned one's committed blob (a
+    // list of one block) outlive GC passes with no grace while the uploads
+    // live: their rows hold them.
+    let passes = s.metric("satchel_gc_passes_total");
+    wait_up_to(
+        30,
+        || s.metric("satchel_gc_passes_total") >= passes + 2,
+        "two GC passes",
+    );
+    assert!(
+        whole_object(&data, idle_block).exists(),
+        "GC took the block of an upload in progress"
+    );
+    assert!(
+        whole_object(&data, committed).exists(),
+        "GC took the committed blob of an upload in progress"
+    );
     wait_up_to(
         30,
         || s.metric("satchel_gha_uploads_reaped_total") == 2,
         "idle uploads reaped",
     );
-    assert_eq!((s.metric("satchel_gha_uploads"), blocks()), (0, 0));
+    assert_eq!(s.metric("satchel_gha_uploads"), 0);
     wait_up_to(
         30,
-        || !whole_object(&data, committed).exists(),
-        "the abandoned upload's blob freed",
+        || !whole_object(&data, committed).exists() && !whole_object(&data, idle_block).exists(),
+        "the reaped uploads' blobs freed",
     );
+    let scratch = std::fs::read_dir(data.join("scratch")).map_or(0, |d| d.count());
+    assert_eq!(scratch, 0, "no scratch file outlives its request");
     rt().block_on(async {
         let r = http
             .put(format!("{idle}&comp=block&blockid=QkJC"))

@@ -483,3 +483,148 @@ fn periodic_gc_runs_on_one_replica_and_moves_when_it_dies() {
     );
     assert_eq!(other.metric("satchel_gc_leader"), 1);
 }
+
+/// A GitHub Actions upload whose requests land on different replicas, as
+/// behind a load balancer without sticky sessions: created through A,
+/// its blocks sent to A and B, its block list committed through B, a GC
+/// with no grace run on B before the finalize through A; then listed and
+/// downloaded through B. Before uploads lived in the database, B answered
+/// 404 to the first block it was sent.
+#[test]
+fn a_github_actions_upload_spread_over_replicas_is_one_upload() {
+    let Some(r) = Replicas::start() else {
+        return;
+    };
+    let (url_a, token) = mint(&r.a, "build", &[]);
+    let url_b = format!("{}/", r.b.url);
+    let on_b = |u: &str| u.replacen(&r.a.url, &r.b.url, 1);
+    let body = noise(3 * 1024 * 1024 + 17, 7);
+    let hash = format!("sha256:{}", sha(&body));
+    let http = r.a.http();
+    rt().block_on(async {
+        let (st, v) = twirp(&url_a, &token, "CreateArtifact", ids_with(serde_json::json!({"name": "spread", "version": 4}))).await;
+        assert_eq!(st, 200, "{v}");
+        let signed = v["signed_upload_url"].as_str().unwrap().to_string();
+        assert!(signed.starts_with(&r.a.url), "{signed}");
+        let parts = [
+            ("QUFB", &body[..1 << 20], signed.clone()),
+            ("QkJC", &body[1 << 20..2 << 20], on_b(&signed)),
+            ("Q0ND", &body[2 << 20..], signed.clone()),
+        ];
+        for (id, part, url) in parts {
+            let r = http
+                .put(format!("{url}&comp=block&blockid={id}"))
+                .body(part.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "block {id} through {url}");
+        }
+        let r = http
+            .put(format!("{}&comp=blocklist", on_b(&signed)))
+            .body("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest><Latest>Q0ND</Latest></BlockList>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "the block list through B");
+    });
+    assert_eq!(r.b.metric("satchel_gha_uploads"), 1, "B sees A's upload");
+    // Only the blocks go, dropped at the commit: exactly the body's bytes
+    // (over more than one pass if A's announcements, ended in the
+    // background, are still in the database at the first).
+    let w = r.work("gc");
+    let mut freed = 0;
+    for _ in 0..50 {
+        let gc =
+            r.b.agent(&w, "gh", 1, "x")
+                .ok(&["admin", "gc", "--grace", "0", "--json"]);
+        let gc: serde_json::Value = serde_json::from_str(&gc).unwrap();
+        freed += gc["bytes_freed"].as_u64().unwrap();
+        if freed >= body.len() as u64 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(freed, body.len() as u64, "GC freed other than the blocks");
+    rt().block_on(async {
+        let (st, v) = twirp(
+            &url_a,
+            &token,
+            "FinalizeArtifact",
+            ids_with(
+                serde_json::json!({"name": "spread", "size": body.len().to_string(), "hash": hash}),
+            ),
+        )
+        .await;
+        assert_eq!(st, 200, "finalize through A: {v}");
+        let (st, v) = twirp(
+            &url_b,
+            &token,
+            "ListArtifacts",
+            ids_with(serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["artifacts"][0]["name"], "spread", "{v}");
+        let (_, v) = twirp(
+            &url_b,
+            &token,
+            "GetSignedArtifactURL",
+            ids_with(serde_json::json!({"name": "spread"})),
+        )
+        .await;
+        let got = http
+            .get(v["signed_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        assert!(
+            got.bytes().await.unwrap().as_ref() == &body[..],
+            "the bytes came back whole"
+        );
+    });
+    assert_eq!(
+        r.a.metric("satchel_gha_uploads"),
+        0,
+        "finalized on every replica"
+    );
+}
+
+/// Small files uploaded through A are packed; B finds that pack through
+/// the database (one lookup and the pack's own index) and serves every
+/// file without listing the bucket's packs again. Before pack locations
+/// were in the database, B listed every pack on its first miss.
+#[test]
+fn packs_written_by_one_replica_are_found_by_the_other_without_listing() {
+    let Some(r) = Replicas::start() else {
+        return;
+    };
+    let (up, down) = (r.work("up"), r.work("down"));
+    // B has loaded where packs are: its first use lists them once.
+    write(&up, "warm.txt", b"warm");
+    r.b.agent(&up, "packs", 1, "warm")
+        .ok(&["artifact", "upload", "warm.txt"]);
+    r.b.agent(&down, "packs", 1, "get")
+        .ok(&["artifact", "download", "warm.txt", "warm"]);
+    let listed = r.b.metric("satchel_store_pack_listings_total");
+    assert!(listed >= 1, "B never loaded its pack index");
+    let files: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| (format!("s/f{i:02}.txt"), noise(4096 + i as usize, 900 + i)))
+        .collect();
+    for (path, data) in &files {
+        write(&up, path, data);
+    }
+    r.a.agent(&up, "packs", 1, "build")
+        .ok(&["artifact", "upload", "s/**"]);
+    r.b.agent(&down, "packs", 1, "get")
+        .ok(&["artifact", "download", "s/**", "got", "--job", "build"]);
+    for (path, data) in &files {
+        assert!(read(&down, &format!("got/{path}")) == *data, "{path}");
+    }
+    assert_eq!(
+        r.b.metric("satchel_store_pack_listings_total"),
+        listed,
+        "B listed every pack to find A's"
+    );
+}

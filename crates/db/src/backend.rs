@@ -20,8 +20,9 @@ use satchel_model::selector::RunSelector;
 use crate::listing::{self, ArtifactFilter, Page, PageRequest};
 use crate::sql::Sql;
 use crate::{
-    access, lease, rules, AccessStore, DbError, JobSummary, MetaStore, MisSized, NewRuleRow,
-    Quotas, TokenRow, UploadNeeds, UploadPlan, WriteGateHold,
+    access, gha, lease, packs, rules, AccessStore, DbError, GhaBlock, GhaCommitted, GhaKey,
+    GhaStore, GhaUpload, JobSummary, MetaStore, MisSized, NewRuleRow, Quotas, TokenRow,
+    UploadNeeds, UploadPlan, WriteGateHold,
 };
 
 /// Tables and their columns.
@@ -404,6 +405,22 @@ impl<B: Backend> MetaStore for Store<B> {
         self.blocking(|b| b.hold_write_gate()).await
     }
 
+    async fn record_pack(&self, key: &str, size: u64, digests: &[String]) -> Result<(), DbError> {
+        let (key, digests) = (key.to_string(), digests.to_vec());
+        self.write(move |c| packs::record(c, &key, size, &digests))
+            .await
+    }
+
+    async fn locate_pack(&self, digest: &str) -> Result<Option<(String, u64)>, DbError> {
+        let d = digest.to_string();
+        self.read(move |c| packs::locate(c, &d)).await
+    }
+
+    async fn forget_pack(&self, key: &str) -> Result<(), DbError> {
+        let key = key.to_string();
+        self.write(move |c| packs::forget(c, &key)).await
+    }
+
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, DbError> {
         let (n, h) = (name.to_string(), holder.to_string());
         self.write(move |c| lease::take(c, &n, &h, ttl_ms)).await
@@ -552,5 +569,60 @@ impl<B: Backend> AccessStore for Store<B> {
     async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, DbError> {
         let (n, v) = (name.to_string(), candidate.to_string());
         self.write(move |c| access::shared_secret(c, &n, &v)).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> GhaStore for Store<B> {
+    async fn gha_start(&self, u: &GhaUpload) -> Result<(), DbError> {
+        let u = u.clone();
+        self.write(move |c| gha::start(c, &u)).await
+    }
+
+    async fn gha_touch(
+        &self,
+        id: &str,
+        except_block: Option<&str>,
+    ) -> Result<Option<(GhaUpload, u64)>, DbError> {
+        let (id, except) = (id.to_string(), except_block.map(String::from));
+        self.write(move |c| gha::touch(c, &id, except.as_deref()))
+            .await
+    }
+
+    async fn gha_find(&self, key: &GhaKey) -> Result<Option<GhaUpload>, DbError> {
+        let key = key.clone();
+        self.write(move |c| gha::find(c, &key)).await
+    }
+
+    async fn gha_put_block(&self, id: &str, block: &GhaBlock, cap: u64) -> Result<bool, DbError> {
+        let (id, b) = (id.to_string(), block.clone());
+        self.write(move |c| gha::put_block(c, &id, &b, cap)).await
+    }
+
+    async fn gha_blocks(
+        &self,
+        id: &str,
+        blocks: &[String],
+    ) -> Result<Vec<Option<GhaBlock>>, DbError> {
+        let (id, blocks) = (id.to_string(), blocks.to_vec());
+        self.read(move |c| gha::blocks(c, &id, &blocks)).await
+    }
+
+    async fn gha_commit(&self, id: &str, done: &GhaCommitted) -> Result<bool, DbError> {
+        let (id, done) = (id.to_string(), done.clone());
+        self.write(move |c| gha::commit(c, &id, &done)).await
+    }
+
+    async fn gha_end(&self, id: &str) -> Result<(), DbError> {
+        let id = id.to_string();
+        self.write(move |c| gha::end(c, &id)).await
+    }
+
+    async fn gha_reap(&self, idle_ms: i64) -> Result<u64, DbError> {
+        self.write(move |c| gha::reap(c, idle_ms)).await
+    }
+
+    async fn gha_count(&self) -> Result<u64, DbError> {
+        self.read(gha::count).await
     }
 }

@@ -228,12 +228,17 @@ const SPECIAL: &[(&str, &str)] = &[
     ("files", "file_name"),
 ];
 /// Tables that are not data: bookkeeping of one database, of writes in
-/// flight, or of which replica does background work.
+/// flight (GitHub Actions uploads not yet finalized among them: their
+/// clients start again), of which replica does background work, or of where
+/// one store keeps packs (a store found without it lists its packs).
 const NOT_COPIED: &[&str] = &[
     "satchel_schema",
     "blob_writes",
     "leases",
     "background_status",
+    "gha_uploads",
+    "gha_blocks",
+    "pack_entries",
 ];
 /// Rows per page.
 const PAGE: usize = 2000;

@@ -15,8 +15,10 @@
 pub mod access;
 mod backend;
 pub mod copy;
+pub mod gha;
 mod lease;
 pub mod listing;
+mod packs;
 pub mod postgres;
 mod rules;
 #[doc(hidden)]
@@ -40,6 +42,7 @@ use satchel_model::query::Scope;
 use satchel_model::selector::RunSelector;
 
 pub use backend::{Backend, Store};
+pub use gha::{GhaBlock, GhaCommitted, GhaKey, GhaUpload};
 pub use listing::{ArtifactFilter, Page, PageRequest};
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteBackend, SqliteStore, MIGRATIONS as SQLITE_MIGRATIONS};
@@ -196,7 +199,7 @@ pub const WRITE_ANNOUNCEMENT_MAX_MS: i64 = 24 * 3600 * 1000;
 
 /// The metadata store.
 #[async_trait]
-pub trait MetaStore: AccessStore + Send + Sync + 'static {
+pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     /// Creates the run, job attempt and artifact on first use, stages the
     /// manifest's files (invisible until [`MetaStore::finish_upload`]) and
     /// says which content is missing.
@@ -378,6 +381,14 @@ pub trait MetaStore: AccessStore + Send + Sync + 'static {
         repository: &str,
         name: Option<&str>,
     ) -> Result<Vec<Package>, DbError>;
+    /// Records that pack `key` of the content store, of `size` bytes, holds
+    /// `digests` (hex): where replicas share the database, so that one
+    /// finds a pack another wrote without listing the bucket.
+    async fn record_pack(&self, key: &str, size: u64, digests: &[String]) -> Result<(), DbError>;
+    /// The pack (key, size) last recorded as holding `digest` (hex).
+    async fn locate_pack(&self, digest: &str) -> Result<Option<(String, u64)>, DbError>;
+    /// Forgets what pack `key` holds (it was deleted).
+    async fn forget_pack(&self, key: &str) -> Result<(), DbError>;
     /// Takes or renews the lease on background work `name` for `holder`
     /// (one id per process) for `ttl_ms`, if it is free, expired or
     /// `holder`'s; whether `holder` holds it now.
@@ -483,6 +494,44 @@ pub trait AccessStore: Send + Sync + 'static {
     /// The secret `name` every process of this database shares: the one
     /// stored, or `candidate` if none is yet.
     async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, DbError>;
+}
+
+/// GitHub Actions uploads in progress ([`gha`]), shared by every replica.
+#[async_trait]
+pub trait GhaStore: Send + Sync + 'static {
+    /// Starts upload `u`, replacing (with its blocks) any upload of the
+    /// same job and artifact name.
+    async fn gha_start(&self, u: &GhaUpload) -> Result<(), DbError>;
+    /// Upload `id`, marked used now, with the bytes held by its blocks
+    /// other than `except_block`; `None` once finalized, replaced or reaped.
+    async fn gha_touch(
+        &self,
+        id: &str,
+        except_block: Option<&str>,
+    ) -> Result<Option<(GhaUpload, u64)>, DbError>;
+    /// The upload of `key`, marked used now.
+    async fn gha_find(&self, key: &GhaKey) -> Result<Option<GhaUpload>, DbError>;
+    /// Records a block of upload `id` (and its blob as durably stored),
+    /// replacing one of the same id, unless the upload's blocks would hold
+    /// more than `cap` bytes (`false`, nothing written). `NotFound` once
+    /// the upload is gone.
+    async fn gha_put_block(&self, id: &str, block: &GhaBlock, cap: u64) -> Result<bool, DbError>;
+    /// Upload `id`'s blocks named by `blocks`, in order (`None`: unknown).
+    async fn gha_blocks(
+        &self,
+        id: &str,
+        blocks: &[String],
+    ) -> Result<Vec<Option<GhaBlock>>, DbError>;
+    /// Records upload `id`'s committed blob (as durably stored) and drops
+    /// its blocks; `false` if the upload is gone.
+    async fn gha_commit(&self, id: &str, done: &GhaCommitted) -> Result<bool, DbError>;
+    /// Ends upload `id` (finalized).
+    async fn gha_end(&self, id: &str) -> Result<(), DbError>;
+    /// Drops the uploads not used for `idle_ms` (by the database's
+    /// clock); how many.
+    async fn gha_reap(&self, idle_ms: i64) -> Result<u64, DbError>;
+    /// How many uploads are in progress.
+    async fn gha_count(&self) -> Result<u64, DbError>;
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare

@@ -18,7 +18,8 @@
 //!   finishing, failing, deleting, promoting), and finishing or failing an
 //!   upload also the upload's. Locks are taken in one order, run →
 //!   artifact → upload (blobs in digest order), so they cannot deadlock
-//!   one another;
+//!   one another; a GitHub Actions upload in progress ([`crate::gha`]) is
+//!   locked before the blob rows it records;
 //! - an upload that references recorded content, and a finish, touch the
 //!   content's `blobs` row (`created_at` = now). Garbage collection deletes
 //!   a row only while it is old; a concurrent touch either happens first
@@ -1393,14 +1394,18 @@ fn package_row(mut r: Row) -> Result<(String, Package), DbError> {
 }
 
 /// True for a blob row `b` that nothing live references: no file of a
-/// live upload (finished or in flight) of a live artifact, no package file.
+/// live upload (finished or in flight) of a live artifact, no package
+/// file, no block or committed blob of a GitHub Actions upload in
+/// progress ([`crate::gha`]).
 const UNREFERENCED: &str = "
 NOT EXISTS (SELECT 1 FROM files f
               JOIN uploads u ON u.id = f.upload_id
               JOIN artifacts a ON a.id = f.artifact_id
             WHERE f.sha256 = b.sha256 AND u.state != 'error'
               AND a.state NOT IN ('deleted', 'expired'))
-AND NOT EXISTS (SELECT 1 FROM package_files p WHERE p.sha256 = b.sha256)";
+AND NOT EXISTS (SELECT 1 FROM package_files p WHERE p.sha256 = b.sha256)
+AND NOT EXISTS (SELECT 1 FROM gha_uploads g WHERE g.sha256 = b.sha256)
+AND NOT EXISTS (SELECT 1 FROM gha_blocks g WHERE g.sha256 = b.sha256)";
 
 /// Packages newest first; `seq` breaks ties within a millisecond.
 const PACKAGE_SELECT: &str = "

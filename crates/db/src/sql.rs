@@ -132,6 +132,8 @@ pub enum Lock {
     Upload,
     /// An artifact: holds its state while it is promoted.
     Artifact,
+    /// A GitHub Actions upload in progress: serializes its blocks' cap.
+    GhaUpload,
 }
 
 impl Lock {
@@ -142,6 +144,7 @@ impl Lock {
             Lock::Run => "runs",
             Lock::Upload => "uploads",
             Lock::Artifact => "artifacts",
+            Lock::GhaUpload => "gha_uploads",
         }
     }
 }

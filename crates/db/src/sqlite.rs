@@ -35,6 +35,8 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0013_files_name.sql"),
     include_str!("../migrations/sqlite/0014_artifact_totals.sql"),
     include_str!("../migrations/sqlite/0015_jobs_superseded.sql"),
+    include_str!("../migrations/sqlite/0016_gha_uploads.sql"),
+    include_str!("../migrations/sqlite/0017_pack_entries.sql"),
 ];
 const READERS: usize = 4;
 

@@ -285,6 +285,8 @@ pub async fn run_all(db: &dyn MetaStore) {
     large_manifest(db).await;
     access(db).await;
     leases(db).await;
+    gha_uploads(db).await;
+    pack_catalog(db).await;
     paging(db).await;
 }
 
@@ -1451,4 +1453,180 @@ async fn access(db: &dyn MetaStore) {
     assert_eq!(db.shared_secret("signing", "aa").await.unwrap(), "aa");
     assert_eq!(db.shared_secret("signing", "bb").await.unwrap(), "aa");
     assert_eq!(db.shared_secret("other", "cc").await.unwrap(), "cc");
+}
+
+/// GitHub Actions uploads in progress: blocks under a byte cap, commits,
+/// replacement, reaping, and the hold their rows keep on their blobs.
+async fn gha_uploads(db: &dyn MetaStore) {
+    use crate::{GhaBlock, GhaCommitted, GhaKey, GhaUpload};
+    let key = |name: &str| GhaKey {
+        pipeline: "gha".into(),
+        run: 1,
+        job: "build".into(),
+        name: name.into(),
+    };
+    let upload = |id: &str, name: &str| GhaUpload {
+        id: id.into(),
+        key: key(name),
+        file_name: format!("{name}.zip"),
+        mime: "application/zip".into(),
+        committed: None,
+    };
+    let block = |b: &str, sha: char, size: u64| GhaBlock {
+        block: b.into(),
+        sha256: sha.to_string().repeat(64),
+        size,
+    };
+    let unreferenced = |cutoff| async move {
+        db.unreferenced_blobs(cutoff, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let before = db.gha_count().await.unwrap();
+    db.gha_start(&upload("g1", "a")).await.unwrap();
+    let (u, held) = db.gha_touch("g1", None).await.unwrap().unwrap();
+    assert_eq!(
+        (u.file_name.as_str(), u.committed.is_none(), held),
+        ("a.zip", true, 0)
+    );
+    assert!(db.gha_touch("nope", None).await.unwrap().is_none());
+    // The cap counts a replaced block at its new size only.
+    assert!(db
+        .gha_put_block("g1", &block("01", 'c', 6), 10)
+        .await
+        .unwrap());
+    assert!(
+        !db.gha_put_block("g1", &block("02", 'd', 6), 10)
+            .await
+            .unwrap(),
+        "over the cap"
+    );
+    assert!(db
+        .gha_put_block("g1", &block("01", 'c', 4), 10)
+        .await
+        .unwrap());
+    assert!(db
+        .gha_put_block("g1", &block("02", 'd', 6), 10)
+        .await
+        .unwrap());
+    assert_eq!(db.gha_touch("g1", Some("01")).await.unwrap().unwrap().1, 6);
+    assert_eq!(db.gha_touch("g1", None).await.unwrap().unwrap().1, 10);
+    let listed = db
+        .gha_blocks("g1", &["02".into(), "09".into(), "02".into(), "01".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            Some(block("02", 'd', 6)),
+            None,
+            Some(block("02", 'd', 6)),
+            Some(block("01", 'c', 4))
+        ]
+    );
+    // Recorded as stored, and held from GC while the upload lives.
+    let (c, d) = ("c".repeat(64), "d".repeat(64));
+    assert_eq!(
+        db.known_blobs(&[c.clone(), d.clone()]).await.unwrap().len(),
+        2
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let later = satchel_model::id::now_millis();
+    let free = unreferenced(later).await;
+    assert!(!free.contains(&c) && !free.contains(&d), "blocks are held");
+    let done = GhaCommitted {
+        list: "l".repeat(64),
+        sha256: "0123456789abcdef".repeat(4),
+        size: 10,
+    };
+    assert!(db.gha_commit("g1", &done).await.unwrap());
+    assert!(!db.gha_commit("nope", &done).await.unwrap());
+    let found = db.gha_find(&key("a")).await.unwrap().unwrap();
+    assert_eq!(found.committed.as_ref(), Some(&done));
+    assert_eq!(
+        db.gha_blocks("g1", &["01".into()]).await.unwrap(),
+        vec![None],
+        "blocks dropped"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let free = unreferenced(satchel_model::id::now_millis()).await;
+    assert!(
+        free.contains(&c) && free.contains(&d),
+        "dropped blocks are garbage"
+    );
+    assert!(!free.contains(&done.sha256), "the committed blob is held");
+    // A new start of the same name replaces the upload and its hold.
+    db.gha_start(&upload("g2", "a")).await.unwrap();
+    assert!(db.gha_touch("g1", None).await.unwrap().is_none());
+    assert!(matches!(
+        db.gha_put_block("g1", &block("01", 'c', 1), 10).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert_eq!(db.gha_find(&key("a")).await.unwrap().unwrap().id, "g2");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(unreferenced(satchel_model::id::now_millis())
+        .await
+        .contains(&done.sha256));
+    // Racing starts of one name leave one upload; racing blocks of one
+    // upload never pass its cap together.
+    let starts: Vec<_> = (0..8)
+        .map(|i| {
+            let u = upload(&format!("r{i}"), "raced");
+            async move { db.gha_start(&u).await }
+        })
+        .collect();
+    for r in futures_util::future::join_all(starts).await {
+        r.unwrap();
+    }
+    assert_eq!(db.gha_count().await.unwrap(), before + 2);
+    let id = db.gha_find(&key("raced")).await.unwrap().unwrap().id;
+    let puts: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (id, b) = (id.clone(), block(&format!("{i:02}"), 'f', 3));
+            async move { db.gha_put_block(&id, &b, 10).await.unwrap() }
+        })
+        .collect();
+    let won = futures_util::future::join_all(puts)
+        .await
+        .iter()
+        .filter(|w| **w)
+        .count();
+    assert_eq!(won, 3, "three blocks of 3 bytes fit under 10");
+    assert_eq!(db.gha_touch(&id, None).await.unwrap().unwrap().1, 9);
+    // Reaping drops only uploads idle for longer than asked.
+    assert_eq!(db.gha_reap(60_000).await.unwrap(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(db.gha_reap(10).await.unwrap(), 2);
+    assert_eq!(db.gha_count().await.unwrap(), before);
+}
+
+/// Where packed blobs are: the newest pack recorded for a blob wins, and
+/// forgetting a pack forgets only what still points at it.
+async fn pack_catalog(db: &dyn MetaStore) {
+    let d = |c: char| c.to_string().repeat(64);
+    assert_eq!(db.locate_pack(&d('a')).await.unwrap(), None);
+    // More than one statement's worth of rows.
+    let many: Vec<String> = (0..1201).map(|i| format!("{i:064x}")).collect();
+    db.record_pack("p/01/old", 100, &many).await.unwrap();
+    db.record_pack("p/01/old", 100, &[d('a'), d('b'), d('a')])
+        .await
+        .unwrap();
+    assert_eq!(
+        db.locate_pack(&many[1200]).await.unwrap(),
+        Some(("p/01/old".to_string(), 100))
+    );
+    // A rewrite moves `a` to a new pack, then deletes the old one.
+    db.record_pack("p/02/new", 50, &[d('a')]).await.unwrap();
+    db.forget_pack("p/01/old").await.unwrap();
+    assert_eq!(
+        db.locate_pack(&d('a')).await.unwrap(),
+        Some(("p/02/new".to_string(), 50))
+    );
+    assert_eq!(db.locate_pack(&d('b')).await.unwrap(), None);
+    assert_eq!(db.locate_pack(&many[0]).await.unwrap(), None);
+    db.forget_pack("p/02/new").await.unwrap();
+    assert_eq!(db.locate_pack(&d('a')).await.unwrap(), None);
 }

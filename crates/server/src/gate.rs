@@ -47,15 +47,16 @@ impl std::fmt::Debug for BlobGate {
 }
 
 /// Digests a writer is storing; dropping it ends the announcements. Drop
-/// it only after the blobs are recorded (or the write failed), or keep it
-/// longer where nothing else references a recorded blob yet (a GitHub
-/// Actions upload between its block-list commit and FinalizeArtifact).
+/// it only once a row references the blobs (or the write failed).
 #[derive(Debug)]
 pub struct Writing {
     gate: Arc<BlobGate>,
     /// This write's id in the database's announcements.
     id: String,
     digests: Vec<String>,
+    /// Whether an announcement was sent to the database (it may have
+    /// landed even if the call never returned: the writer was cancelled).
+    in_db: bool,
 }
 
 /// GC's exclusive hold on the gate.
@@ -83,6 +84,7 @@ impl BlobGate {
             gate: self.clone(),
             id: satchel_model::id::new_id(),
             digests: Vec::new(),
+            in_db: false,
         }
     }
 
@@ -118,6 +120,9 @@ impl Writing {
     pub async fn add(&mut self, digest: &str) -> Result<(), DbError> {
         let _shared = self.gate.sweep.read().await;
         if let Some(db) = &self.gate.db {
+            // Set first: a request cancelled while this call is in flight
+            // must still end what it may have announced.
+            self.in_db = true;
             db.announce_writes(&self.id, &[digest.to_string()]).await?;
         }
         *self.gate.map().entry(digest.to_string()).or_default() += 1;
@@ -128,9 +133,6 @@ impl Writing {
 
 impl Drop for Writing {
     fn drop(&mut self) {
-        if self.digests.is_empty() {
-            return;
-        }
         let mut map = self.gate.map();
         for d in self.digests.drain(..) {
             if let Some(n) = map.get_mut(&d) {
@@ -144,6 +146,9 @@ impl Drop for Writing {
         // The database's rows go later, which is safe (a blob stays
         // protected a little longer); rows a crash leaves behind stop
         // counting after satchel_db::WRITE_ANNOUNCEMENT_MAX_MS.
+        if !self.in_db {
+            return;
+        }
         if let (Some(db), Ok(rt)) = (&self.gate.db, tokio::runtime::Handle::try_current()) {
             let (db, id) = (db.clone(), std::mem::take(&mut self.id));
             rt.spawn(async move {

@@ -13,6 +13,7 @@ mod extract;
 pub mod gate;
 pub mod gha;
 pub mod maintenance;
+pub mod packs;
 mod routes;
 #[cfg(test)]
 mod testing;
@@ -353,8 +354,8 @@ impl AppState {
         self
     }
 
-    /// Uses `dir` for scratch files (blocks of protocol uploads waiting for
-    /// their block list); it is emptied now.
+    /// Uses `dir` for scratch files (a GitHub Actions block while it is
+    /// received and hashed); it is emptied now.
     pub fn with_scratch(mut self, dir: PathBuf) -> AppState {
         let _ = std::fs::remove_dir_all(&dir);
         self.gha = Arc::new(gha::Gha::new(&self.signing_secret, dir));
@@ -563,6 +564,11 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
     if let Some(r) = opts.chunk_refresh {
         store = store.with_refresh_after(r);
     }
+    let shared_db = db_url.starts_with("postgres://") || db_url.starts_with("postgresql://");
+    if shared_db {
+        // Replicas find each other's packs through the database.
+        store = store.with_pack_catalog(Arc::new(packs::DbPackCatalog::new(db.clone())));
+    }
     satchel_store::ContentStore::check_settings(&store)
         .await
         .map_err(|e| e.to_string())?;
@@ -574,7 +580,7 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
         db,
         store: Arc::new(store),
         lock: Some(lock),
-        shared_db: db_url.starts_with("postgres://") || db_url.starts_with("postgresql://"),
+        shared_db,
     })
 }
 
@@ -605,6 +611,8 @@ async fn readyz(State(state): State<AppState>) -> (axum::http::StatusCode, Strin
 async fn metrics(State(state): State<AppState>) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &state.counters;
+    // -1 when the database does not answer: /readyz says which.
+    let gha_uploads = state.db.gha_count().await.map_or(-1, |n| n as i64);
     let in_use = state
         .pack_buffer_count
         .saturating_sub(state.pack_buffers.available_permits());
@@ -615,7 +623,7 @@ async fn metrics(State(state): State<AppState>) -> String {
          # HELP satchel_pack_buffers_taken_total Pack buffers handed to batches of small files.\n\
          # TYPE satchel_pack_buffers_taken_total counter\n\
          satchel_pack_buffers_taken_total {}\n\
-         # HELP satchel_blobs_being_written Blobs announced to GC by writers now (and by GitHub Actions uploads awaiting FinalizeArtifact).\n\
+         # HELP satchel_blobs_being_written Blobs announced to GC by writers on this replica now.\n\
          # TYPE satchel_blobs_being_written gauge\n\
          satchel_blobs_being_written {}\n\
          # HELP satchel_pack_buffer_waits_total Batches that waited for a pack buffer.\n\
@@ -639,12 +647,15 @@ async fn metrics(State(state): State<AppState>) -> String {
          # HELP satchel_gc_leader 1 while this replica holds the lease on periodic GC and retention.\n\
          # TYPE satchel_gc_leader gauge\n\
          satchel_gc_leader {}\n\
-         # HELP satchel_gha_uploads GitHub Actions uploads in progress on this server.\n\
+         # HELP satchel_gha_uploads GitHub Actions uploads in progress (on every replica of the database).\n\
          # TYPE satchel_gha_uploads gauge\n\
          satchel_gha_uploads {}\n\
          # HELP satchel_gha_uploads_reaped_total GitHub Actions uploads dropped after going idle.\n\
          # TYPE satchel_gha_uploads_reaped_total counter\n\
-         satchel_gha_uploads_reaped_total {}\n",
+         satchel_gha_uploads_reaped_total {}\n\
+         # HELP satchel_store_pack_listings_total Times this replica listed every pack of the content store.\n\
+         # TYPE satchel_store_pack_listings_total counter\n\
+         satchel_store_pack_listings_total {}\n",
         c.api_requests.load(Relaxed),
         c.pack_buffers_taken.load(Relaxed),
         state.blob_gate.announced(),
@@ -654,8 +665,9 @@ async fn metrics(State(state): State<AppState>) -> String {
         c.auth_throttled.load(Relaxed),
         c.gc_passes.load(Relaxed),
         c.gc_leader.load(Relaxed),
-        state.gha.uploads(),
+        gha_uploads,
         c.gha_reaped.load(Relaxed),
+        state.store.pack_listings(),
     )
 }
 

@@ -8,13 +8,12 @@
 //!
 //! **GC is mark and sweep, race-free.** Candidates are blobs recorded more
 //! than a grace period ago that nothing live references: no file of a live
-//! upload (finished or in flight) of a live artifact, no package file. For
+//! upload (finished or in flight) of a live artifact, no package file, no
+//! block or committed blob of a GitHub Actions upload in progress. For
 //! each batch, GC takes [`crate::AppState::blob_gate`] exclusively, skips
 //! every digest a writer is storing right now, deletes the rows that are
 //! *still* unreferenced and still older than the cutoff (recording a blob
-//! again makes it young; a GitHub Actions upload, which records its blob
-//! when the block list commits, before FinalizeArtifact references it,
-//! keeps it announced in between) in one
+//! again makes it young) in one
 //! transaction (SQLite serializes this against `create_upload`, which
 //! checks `blobs` and inserts its file rows in one transaction: an upload
 //! is either told the content is missing, or its staged rows keep the blob
@@ -586,11 +585,10 @@ impl Periodic {
 /// Starts the maintenance tasks of `satchel serve`: GC, retention and
 /// audit pruning as `p` says, and, whether or not GC runs, failing
 /// abandoned uploads (every ten minutes) and reaping idle GitHub Actions
-/// uploads (every [`crate::gha::REAP_EVERY`] at most, so that a committed
-/// upload goes before its GC announcement lapses). Where replicas share a
-/// database, GC and the stale-upload sweep run on one replica at a time,
-/// under a lease ([`satchel_db::MetaStore::take_lease`]); reaping is each
-/// replica's own (its uploads live in its memory).
+/// uploads (every [`crate::gha::REAP_EVERY`] at most). Where replicas
+/// share a database, GC and the stale-upload sweep run on one replica at a
+/// time, under a lease ([`satchel_db::MetaStore::take_lease`]); reaping is
+/// one statement that any replica may run at any time.
 pub fn spawn_periodic(s: AppState, p: Periodic) {
     let reap_every = p
         .every
@@ -600,15 +598,16 @@ pub fn spawn_periodic(s: AppState, p: Periodic) {
         let mut tick = interval_after(reap_every);
         loop {
             tick.tick().await;
-            let reaped = reaper
-                .gha
-                .reap_idle(p.upload_idle.as_secs(), crate::gha::now_secs());
-            if reaped > 0 {
-                reaper
-                    .counters
-                    .gha_reaped
-                    .fetch_add(reaped as u64, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!("reaped {reaped} idle GitHub Actions uploads");
+            match crate::gha::reap_idle(&reaper, p.upload_idle).await {
+                Ok(0) => {}
+                Ok(reaped) => {
+                    reaper
+                        .counters
+                        .gha_reaped
+                        .fetch_add(reaped, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("reaped {reaped} idle GitHub Actions uploads");
+                }
+                Err(e) => tracing::warn!("reaping idle GitHub Actions uploads: {e}"),
             }
         }
     });

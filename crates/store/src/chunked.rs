@@ -42,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::backend::ObjectBackend;
 use crate::codec::{Codec, Kind};
-use crate::pack::{self, PackIndex};
+use crate::pack::{self, PackCatalog, PackIndex};
 use crate::{ByteStream, ContentStore, Digest, Durability, StoreError};
 
 /// Smallest chunk FastCDC cuts (except a blob's last).
@@ -107,6 +107,8 @@ pub struct ChunkStore {
     codec: Arc<Codec>,
     refresh_after: Duration,
     packs: Arc<PackIndex>,
+    /// Where packs are recorded for other processes, if they share one.
+    catalog: Option<Arc<dyn PackCatalog>>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -185,7 +187,46 @@ impl ChunkStore {
             codec: Arc::new(codec),
             refresh_after: Duration::from_secs(15 * 60),
             packs: Arc::default(),
+            catalog: None,
         }
+    }
+
+    /// Records the packs this store writes in `catalog`, and finds packs
+    /// other processes wrote there instead of listing every pack on a miss
+    /// (replicas on one database and one bucket).
+    pub fn with_pack_catalog(mut self, catalog: Arc<dyn PackCatalog>) -> ChunkStore {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Finds where blob `d` is packed if another process packed it since
+    /// this one last looked: one catalog lookup and the index of the pack
+    /// it names, where there is a catalog; else every pack is listed.
+    /// Whether `d` is packed now, as far as this process knows.
+    async fn relearn(&self, d: &Digest) -> Result<bool, StoreError> {
+        let Some(catalog) = &self.catalog else {
+            // Whether this listing changed anything does not matter: a
+            // concurrent one may have learnt the pack since `d` missed.
+            self.packs.refresh(&*self.backend, &self.codec).await?;
+            return Ok(self.packs.lookup(d).is_some());
+        };
+        if let Some((key, size)) = catalog.locate(d).await? {
+            self.packs
+                .learn(&*self.backend, &self.codec, &key, size)
+                .await?;
+        }
+        Ok(self.packs.lookup(d).is_some())
+    }
+
+    /// Pack `key` is gone (swept or rewritten by another process): forgets
+    /// it here, and finds where `d` is packed now.
+    async fn pack_gone(&self, key: &str, d: &Digest) -> Result<bool, StoreError> {
+        if self.catalog.is_none() {
+            // Listing drops every pack that is gone.
+            return self.relearn(d).await;
+        }
+        self.packs.remove_pack(key);
+        self.relearn(d).await
     }
 
     /// Sets how old an existing chunk may be before a write that reuses it
@@ -267,7 +308,7 @@ impl ChunkStore {
                 return Ok(None);
             };
             let Some(stored) = self.backend.get_range(&loc.pack, loc.entry.range()).await? else {
-                self.packs.refresh(&*self.backend, &self.codec).await?;
+                self.pack_gone(&loc.pack, d).await?;
                 continue;
             };
             let (codec, d) = (self.codec.clone(), *d);
@@ -293,11 +334,10 @@ impl ChunkStore {
         match self.unpacked_top(d).await {
             Err(StoreError::NotFound(_)) => {
                 // Perhaps packed by another process since we last looked.
-                // Whether this listing changed anything does not matter: a
-                // concurrent one may have learnt the pack since `d` missed.
-                self.packs.refresh(&*self.backend, &self.codec).await?;
-                if let Some(b) = self.packed(d).await? {
-                    return Ok(Top::Chunk(b));
+                if self.relearn(d).await? {
+                    if let Some(b) = self.packed(d).await? {
+                        return Ok(Top::Chunk(b));
+                    }
                 }
                 Err(StoreError::NotFound(*d))
             }
@@ -459,9 +499,27 @@ impl ChunkStore {
         .await
         .expect("packer panicked")?;
         let key = format!("p/{}", fan(&name));
+        let size = bytes.len() as u64;
         self.backend.put(&key, Bytes::from(bytes), true).await?;
+        if let Some(catalog) = &self.catalog {
+            let digests: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
+            catalog.record(&key, size, &digests).await?;
+        }
         self.packs.add(key.as_str().into(), entries);
         Ok(Some(key))
+    }
+
+    /// Deletes pack `key`, here, in the catalog and in the store.
+    async fn delete_pack(&self, key: &str) -> Result<(), StoreError> {
+        // The catalog first: a crash between the two leaves a pack no
+        // catalog names, which the next sweep deletes, never a catalog
+        // entry for a pack that is gone (harmless too, but a lookup).
+        if let Some(catalog) = &self.catalog {
+            catalog.forget(key).await?;
+        }
+        self.backend.delete(key).await?;
+        self.packs.remove_pack(key);
+        Ok(())
     }
 
     /// The blobs of pack `key` that still point at it, read and checked.
@@ -517,8 +575,7 @@ impl ChunkStore {
         if self.write_pack(blobs).await?.as_deref() == Some(key) {
             return Ok(false);
         }
-        self.backend.delete(key).await?;
-        self.packs.remove_pack(key);
+        self.delete_pack(key).await?;
         Ok(true)
     }
 
@@ -546,8 +603,7 @@ impl ChunkStore {
                 .filter(|e| keep.contains(&e.digest) && self.packs.points_at(&e.digest, &obj.key))
                 .collect();
             if live.is_empty() {
-                self.backend.delete(&obj.key).await?;
-                self.packs.remove_pack(&obj.key);
+                self.delete_pack(&obj.key).await?;
                 report.deleted += 1;
                 report.bytes_freed += obj.size;
                 continue;
@@ -786,8 +842,7 @@ impl ContentStore for ChunkStore {
                 return Ok(true);
             }
             // Swept or rewritten by another process.
-            self.packs.refresh(&*self.backend, &self.codec).await?;
-            if self.packs.lookup(digest).is_some() {
+            if self.pack_gone(&loc.pack, digest).await? {
                 return Ok(true);
             }
         }
@@ -803,8 +858,7 @@ impl ContentStore for ChunkStore {
                 }
             }
         }
-        self.packs.refresh(&*self.backend, &self.codec).await?;
-        Ok(self.packs.lookup(digest).is_some())
+        self.relearn(digest).await
     }
 
     async fn put(
@@ -1091,6 +1145,10 @@ impl ContentStore for ChunkStore {
         self.count_keys().await
     }
 
+    fn pack_listings(&self) -> u64 {
+        self.packs.listings()
+    }
+
     fn describe(&self) -> String {
         self.backend.describe()
     }
@@ -1271,6 +1329,7 @@ impl ChunkReader {
             codec: self.codec.clone(),
             refresh_after: Duration::ZERO,
             packs: Arc::default(),
+            catalog: None,
         };
         store.read_chunk(d).await
     }

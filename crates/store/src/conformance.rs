@@ -114,6 +114,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     corruption_is_refused(&plain).await;
     small_blobs_share_packs(backend.clone()).await;
     packs_of_tiny_blobs_and_repairs(backend.clone()).await;
+    packs_another_process_wrote_are_found_through_the_catalog(backend.clone()).await;
     a_read_that_missed_a_pack_another_read_found_still_finds_it(backend.clone()).await;
     let zstd = ChunkStore::new(
         backend.clone(),
@@ -476,6 +477,54 @@ async fn small_blobs_share_packs(backend: Arc<dyn ObjectBackend>) {
     store.sweep(&HashSet::new(), future).await.unwrap();
     assert!(backend.list("p").await.unwrap().is_empty());
     assert!(!fresh.contains(&blobs[0].0).await.unwrap());
+}
+
+/// Two processes sharing a bucket and a pack catalog (replicas on one
+/// database): each finds the packs the other writes, and the new pack of
+/// a rewritten one, with a catalog lookup and that pack's index, never by
+/// listing the store again after its first load.
+async fn packs_another_process_wrote_are_found_through_the_catalog(
+    backend: Arc<dyn ObjectBackend>,
+) {
+    let catalog: Arc<dyn crate::PackCatalog> = Arc::new(crate::MemoryCatalog::default());
+    let a = ChunkStore::new(backend.clone(), Codec::plain()).with_pack_catalog(catalog.clone());
+    let watch = Arc::new(Watch::new(backend.clone(), String::new()));
+    let b = ChunkStore::new(watch.clone(), Codec::plain()).with_pack_catalog(catalog);
+    let never = Digest::of(b"never stored");
+    assert!(!b.contains(&never).await.unwrap());
+    let loaded = watch.lists();
+    assert!(loaded >= 1, "the first use loads every pack");
+    let blobs: Vec<(Digest, Bytes)> = (0..32u64)
+        .map(|i| {
+            let b = Bytes::from(random_bytes(3000 + i as usize, 7000 + i));
+            (Digest::of(&b), b)
+        })
+        .collect();
+    a.put_packed(blobs.clone()).await.unwrap();
+    for (d, data) in blobs.iter().step_by(5) {
+        assert!(b.contains(d).await.unwrap(), "B finds A's pack");
+        assert!(read_all(&b, d, None).await.unwrap() == data[..]);
+    }
+    assert!(!b.contains(&never).await.unwrap());
+    assert_eq!(watch.lists(), loaded, "B listed the store on a miss");
+    // A rewrites the pack around the one blob kept; B still points at the
+    // old pack, finds it gone, and follows the catalog to the new one.
+    let kept = blobs[3].0;
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let keep: HashSet<Digest> = [kept].into();
+    let report = a.sweep(&keep, future).await.unwrap();
+    assert!(report.deleted >= 1, "{report:?}");
+    let listed_by_sweep = watch.lists();
+    assert!(read_all(&b, &kept, None).await.unwrap() == blobs[3].1[..]);
+    assert!(!b.contains(&blobs[4].0).await.unwrap(), "a swept blob");
+    assert_eq!(
+        watch.lists(),
+        listed_by_sweep,
+        "B listed the store after a rewrite"
+    );
+    // Cleaned up for the tests after this one.
+    a.delete(&kept).await.unwrap();
+    a.sweep(&HashSet::new(), future).await.unwrap();
 }
 
 /// Regression: two reads in one process of blobs another process had just
@@ -861,11 +910,12 @@ async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
 
 /// A backend that reports the first `head` of one key (the moment a
 /// write has decided to reuse that stored chunk) and, when asked, holds a
-/// `get` of it until released.
+/// `get` of it until released; and counts listings.
 struct Watch {
     inner: Arc<dyn ObjectBackend>,
     key: String,
     seen: tokio::sync::Notify,
+    lists: std::sync::atomic::AtomicUsize,
     /// Whether a `get` of `key` waits for `release`.
     hold_get: bool,
     release: tokio::sync::Notify,
@@ -877,9 +927,14 @@ impl Watch {
             inner,
             key,
             seen: tokio::sync::Notify::new(),
+            lists: std::sync::atomic::AtomicUsize::new(0),
             hold_get: false,
             release: tokio::sync::Notify::new(),
         }
+    }
+
+    fn lists(&self) -> usize {
+        self.lists.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -917,6 +972,7 @@ impl ObjectBackend for Watch {
         self.inner.delete(key).await
     }
     async fn list(&self, dir: &str) -> Result<Vec<crate::backend::Listed>, StoreError> {
+        self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.list(dir).await
     }
     async fn flush(&self) -> Result<(), StoreError> {

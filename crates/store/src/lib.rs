@@ -34,6 +34,7 @@ use tokio::io::AsyncRead;
 pub use backend::{DirBackend, ObjectBackend};
 pub use chunked::{ChunkStore, RewriteReport, SweepReport};
 pub use codec::{Codec, Compression, Keyring};
+pub use pack::{MemoryCatalog, PackCatalog};
 pub use remote::RemoteBackend;
 
 /// SHA-256 of a blob.
@@ -310,6 +311,12 @@ pub trait ContentStore: Send + Sync + 'static {
 
     /// Where the content lives, for logs (no secrets).
     fn describe(&self) -> String;
+
+    /// How many times this process listed every pack of the store (to load
+    /// where packed blobs are, or to look for one it missed).
+    fn pack_listings(&self) -> u64 {
+        0
+    }
 
     /// For each chunk, whether the store lacks it (or holds it too old to be
     /// relied on; one it can refresh cheaply counts as present).

@@ -20,10 +20,12 @@
 //!
 //! [`PackIndex`] keeps, in memory, where each packed blob is: loaded from
 //! the pack indexes on first use, extended by every pack this process
-//! writes, and read again (packs written or removed by another process)
-//! when a lookup misses. Packs are immutable; the sweep deletes packs whose
-//! blobs are all unreferenced and writes the live part of a mostly dead
-//! pack into a new one.
+//! writes, and learnt again (packs written or removed by another process)
+//! when a lookup misses: from the [`PackCatalog`] where processes share
+//! one (replicas on one database), with one lookup and the index of the
+//! one pack it names; else by listing every pack. Packs are immutable; the
+//! sweep deletes packs whose blobs are all unreferenced and writes the live
+//! part of a mostly dead pack into a new one.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -221,6 +223,54 @@ pub fn read_index(codec: &Codec, pack: &[u8]) -> Result<Vec<(Digest, Range<u64>)
     Ok(entries.into_iter().map(|e| (e.digest, e.range())).collect())
 }
 
+/// Where packed blobs are, recorded for every process that shares a store
+/// (replicas on one database), so that one finds a pack another wrote
+/// without listing every pack of the store. A catalog may lag (a pack
+/// recorded and then deleted, a crash between writing a pack and
+/// recording it): a stale answer costs a lookup, never content, since every
+/// location is checked against the pack's own index.
+#[async_trait::async_trait]
+pub trait PackCatalog: Send + Sync + 'static {
+    /// Records that pack `key`, of `size` bytes, holds `digests` (the newest
+    /// pack recorded for a blob is where it is). Called once the pack is
+    /// durable, before its blobs are reported stored.
+    async fn record(&self, key: &str, size: u64, digests: &[Digest]) -> Result<(), StoreError>;
+    /// The pack (key and size) last recorded as holding `digest`.
+    async fn locate(&self, digest: &Digest) -> Result<Option<(String, u64)>, StoreError>;
+    /// Forgets what pack `key` holds (it was deleted).
+    async fn forget(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// A [`PackCatalog`] in memory: for stores that share one in a process
+/// (tests of what replicas see).
+#[derive(Debug, Default)]
+pub struct MemoryCatalog {
+    map: std::sync::Mutex<HashMap<Digest, (String, u64)>>,
+}
+
+#[async_trait::async_trait]
+impl PackCatalog for MemoryCatalog {
+    async fn record(&self, key: &str, size: u64, digests: &[Digest]) -> Result<(), StoreError> {
+        let mut map = self.map.lock().expect("catalog");
+        for d in digests {
+            map.insert(*d, (key.to_string(), size));
+        }
+        Ok(())
+    }
+
+    async fn locate(&self, digest: &Digest) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self.map.lock().expect("catalog").get(digest).cloned())
+    }
+
+    async fn forget(&self, key: &str) -> Result<(), StoreError> {
+        self.map
+            .lock()
+            .expect("catalog")
+            .retain(|_, (k, _)| k != key);
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct State {
     loaded: bool,
@@ -234,9 +284,16 @@ pub(crate) struct PackIndex {
     state: RwLock<State>,
     /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
+    /// Refreshes (each lists every pack).
+    listings: std::sync::atomic::AtomicU64,
 }
 
 impl PackIndex {
+    /// How many times every pack was listed.
+    pub fn listings(&self) -> u64 {
+        self.listings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Where blob `d` is packed, if it is.
     pub fn lookup(&self, d: &Digest) -> Option<Loc> {
         self.state.read().expect("pack index").map.get(d).cloned()
@@ -312,6 +369,27 @@ impl PackIndex {
             .cloned()
     }
 
+    /// Learns pack `key` (of `size` bytes) from its own index, unless it is
+    /// known already; whether it exists.
+    pub async fn learn(
+        &self,
+        backend: &dyn ObjectBackend,
+        codec: &Arc<Codec>,
+        key: &str,
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        if self.entries(key).is_some() {
+            return Ok(true);
+        }
+        match read_entries(backend, codec, key, size).await? {
+            Some(entries) => {
+                self.add(key.into(), entries);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Loads every pack index on first use.
     pub async fn ensure_loaded(
         &self,
@@ -344,6 +422,8 @@ impl PackIndex {
             .keys()
             .cloned()
             .collect();
+        self.listings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut listed = backend.list("p").await?;
         // Oldest first, so that of two packs holding the same blob the
         // newer one (a copy re-sent after the older was damaged) wins.

@@ -609,3 +609,63 @@ pub fn gc_races_dedup_uploads(gc: &Server, uploads: &Server) {
         assert_eq!(r["ok"], true, "{r}");
     });
 }
+
+// The GitHub Actions artifact protocol, as its tests drive it by hand.
+
+/// `satchel admin gha-token` output, parsed: (results URL, token).
+pub fn mint(s: &Server, job: &str, extra: &[&str]) -> (String, String) {
+    let agent = s.agent(Path::new("."), "gh", 1, job);
+    let mut args = vec![
+        "admin",
+        "gha-token",
+        "--pipeline",
+        "gh",
+        "--run",
+        "1",
+        "--job",
+        job,
+    ];
+    args.extend_from_slice(extra);
+    let out = agent.ok(&args);
+    let get = |var: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {var}=")))
+            .unwrap_or_else(|| panic!("no {var} in {out}"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    (get("ACTIONS_RESULTS_URL"), get("ACTIONS_RUNTIME_TOKEN"))
+}
+
+/// One Twirp call of the artifact service: (status, JSON answer).
+pub async fn twirp(
+    url: &str,
+    token: &str,
+    method: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{url}twirp/github.actions.results.api.v1.ArtifactService/{method}"
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// The job's ids plus `extra`, as every Twirp request of job `build` of
+/// run 1 of pipeline `gh` carries them.
+pub fn ids_with(extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "workflow_run_backend_id": "satchel.gh.1",
+        "workflow_job_run_backend_id": "build",
+    });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v
+}

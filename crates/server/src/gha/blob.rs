@@ -1,32 +1,43 @@
 //! The signed blob URLs of the GitHub Actions protocol: the subset of the
 //! Azure Blob block API that the client's Azure SDK uses to upload, and a
-//! plain download.
+//! plain download. Any replica takes any of these requests: the upload
+//! lives in the database ([`satchel_db::gha`]) and its bytes in the
+//! content store.
 //!
-//! - `PUT …?comp=block&blockid=ID`: one block, stored as a scratch file
-//!   named after its id. Blocks arrive concurrently and out of order; a
+//! - `PUT …?comp=block&blockid=ID`: one block. It is received into a
+//!   scratch file while it is hashed, stored in the content store as a
+//!   blob of its own (once: identical blocks are stored once), and recorded
+//!   under the upload by id. Blocks arrive concurrently and out of order; a
 //!   retry with the same id replaces the block. Answers 201.
 //! - `PUT …?comp=blocklist` with `<BlockList><Latest>ID</Latest>…`: the
-//!   blob is the listed blocks in list order. It is hashed, stored in the
-//!   content store durably, and recorded; FinalizeArtifact then checks the
-//!   client's size and digest against it. Until then the session keeps the
-//!   blob announced to GC ([`crate::gate`]), since no file references it. The scratch blocks are deleted
-//!   then (a retry of the same list answers 201 again). Answers 201.
+//!   blob is the listed blocks in list order. They are read back from the
+//!   store once, hashed and copied into a scratch file, which is then
+//!   stored durably (a list of one block is that block, stored already)
+//!   and recorded as the upload's committed blob; the blocks are dropped
+//!   (Azure drops uncommitted blocks at commit, and a retry of the same
+//!   list answers 201 again, even one that raced the request it retries).
+//!   FinalizeArtifact then checks the client's size and digest against
+//!   it. Answers 201.
+//! - `PUT …` without `comp`: the whole blob in one request (Put Blob),
+//!   committed at once.
 //!
-//! A session holds at most [`super::Gha::max_session_bytes`] of blocks
-//! (413 past that), and sessions idle for a day are reaped by the periodic
-//! maintenance task ([`super::Gha::reap_idle`]).
-//! - `PUT …` without `comp`: the whole blob in one request (Put Blob).
+//! Every stored blob stays announced to GC ([`crate::gate`]) until the
+//! upload's row references it; from then on the row keeps it, until the
+//! upload is finalized, replaced or reaped. An upload holds at most
+//! [`super::Gha::max_session_bytes`] of blocks (413 past that), and uploads
+//! idle for a day are reaped by the periodic maintenance task
+//! ([`super::reap_idle`]).
 //! - `GET /gha-blob/d/…`: the file, 200, `application/zip` for archives.
 
-use std::collections::HashMap;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::{StreamExt, TryStreamExt};
-use satchel_store::{Digest, Durability};
+use futures_util::StreamExt;
+use satchel_db::{GhaBlock, GhaCommitted};
+use satchel_store::{Digest, Durability, StoreError};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -38,90 +49,6 @@ use crate::AppState;
 const MAX_BLOCK: u64 = 256 * 1024 * 1024;
 /// Most blocks in one blob (Azure's limit).
 const MAX_BLOCKS: usize = 50_000;
-
-/// An upload between CreateArtifact and FinalizeArtifact.
-#[derive(Debug)]
-pub struct Session {
-    /// Random id, in the signed URL.
-    pub id: String,
-    /// The stored file's name: `NAME.zip`, or the raw file's name.
-    pub file_name: String,
-    /// Content type of the stored file.
-    pub mime: String,
-    /// Scratch directory of the blocks.
-    dir: PathBuf,
-    /// The committed blob: sha256 (hex) and size.
-    pub assembled: Option<(String, u64)>,
-    /// The block ids of the committed block list.
-    committed: Option<Vec<String>>,
-    /// Keeps GC (on every replica) off the committed blob, which nothing
-    /// else references until FinalizeArtifact records its file; ends when
-    /// the session does (finalized, replaced or reaped).
-    holds: Option<crate::gate::Writing>,
-    /// When `holds` began, in seconds since the epoch.
-    held_since: Option<u64>,
-    /// Sizes of the blocks in scratch, by file name.
-    blocks: HashMap<PathBuf, u64>,
-    /// When the session was last used, in seconds since the epoch.
-    pub(super) touched: u64,
-}
-
-impl Session {
-    /// A new session with its scratch directory.
-    pub fn new(scratch: &FsPath, file_name: String, mime: String) -> std::io::Result<Session> {
-        let id = satchel_model::id::random_hex(16);
-        let dir = scratch.join(&id);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Session {
-            id,
-            file_name,
-            mime,
-            dir,
-            assembled: None,
-            committed: None,
-            holds: None,
-            held_since: None,
-            blocks: HashMap::new(),
-            touched: now_secs(),
-        })
-    }
-
-    /// Bytes of the blocks in scratch, except `but`.
-    fn scratch_bytes(&self, but: &FsPath) -> u64 {
-        self.blocks
-            .iter()
-            .filter(|(p, _)| p.as_path() != but)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// When the announcement that keeps the committed blob from GC began
-    /// (seconds since the epoch), if there is one.
-    pub fn committed_at(&self) -> Option<u64> {
-        self.held_since.filter(|_| self.holds.is_some())
-    }
-
-    /// Takes the announcement (and when it began) out, for a finalize to
-    /// hold until the blob's file row is committed, whatever becomes of
-    /// the session meanwhile.
-    pub(super) fn take_hold(&mut self) -> Option<(crate::gate::Writing, u64)> {
-        Some((self.holds.take()?, self.held_since?))
-    }
-
-    /// Puts back an announcement a failed finalize took, unless another
-    /// commit replaced it meanwhile.
-    pub(super) fn put_hold(&mut self, hold: (crate::gate::Writing, u64)) {
-        if self.holds.is_none() {
-            self.holds = Some(hold.0);
-            self.held_since = Some(hold.1);
-        }
-    }
-
-    /// Removes the scratch blocks.
-    pub fn discard(self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Params {
@@ -148,18 +75,8 @@ fn check_signature(s: &AppState, what: &str, p: &Params) -> Result<(), TwirpErro
     Ok(())
 }
 
-/// Runs `f` on the live session with this id, marking it used.
-fn with_session<T>(
-    s: &AppState,
-    id: &str,
-    f: impl FnOnce(&mut Session) -> T,
-) -> Result<T, TwirpError> {
-    let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    let x = sessions.values_mut().find(|x| x.id == id).ok_or_else(|| {
-        TwirpError::not_found("no upload in progress for this URL (finalized or replaced)")
-    })?;
-    x.touched = now_secs();
-    Ok(f(x))
+fn gone() -> TwirpError {
+    TwirpError::not_found("no upload in progress for this URL (finalized, replaced or reaped)")
 }
 
 fn too_large(max: u64) -> TwirpError {
@@ -170,45 +87,22 @@ fn too_large(max: u64) -> TwirpError {
     )
 }
 
-/// Streams a block (or a whole blob) into `path` within the session's
-/// byte allowance and accounts for it.
-async fn write_block(
-    s: &AppState,
-    session: &str,
-    path: &FsPath,
-    body: Body,
-    max: u64,
-) -> Result<(), TwirpError> {
-    let cap = s.gha.max_session_bytes();
-    let allowance = with_session(s, session, |x| cap.saturating_sub(x.scratch_bytes(path)))?;
-    let n = match write_body(body, path, max.min(allowance)).await {
-        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE && allowance < max => {
-            return Err(too_large(cap))
-        }
-        r => r?,
-    };
-    // Concurrent blocks may together pass the cap: the last one loses.
-    let over = with_session(s, session, |x| {
-        x.blocks.insert(path.to_path_buf(), n);
-        let over = x.scratch_bytes(FsPath::new("")) > cap;
-        if over {
-            x.blocks.remove(path);
-        }
-        over
-    })?;
-    if over {
-        let _ = tokio::fs::remove_file(path).await;
-        return Err(too_large(cap));
-    }
-    Ok(())
+/// A block list's blocks changed (were replaced, and their old content
+/// collected) while it was committed: the client's to retry.
+fn changed() -> TwirpError {
+    TwirpError::new(
+        StatusCode::CONFLICT,
+        "aborted",
+        "the blocks changed while the block list was being committed; commit it again",
+    )
 }
 
 /// Most bytes in a block id, once base64-decoded (Azure's limit).
 const MAX_BLOCK_ID: usize = 64;
 
-/// A block id (base64 of 1 to 64 bytes, as Azure requires) as a safe file
-/// name: hex of its decoded bytes, so at most 128 characters.
-fn block_file(dir: &FsPath, id: &str) -> Result<PathBuf, TwirpError> {
+/// A block id (base64 of 1 to 64 bytes, as Azure requires) as it is
+/// recorded: the hex of its decoded bytes, so at most 128 characters.
+fn block_name(id: &str) -> Result<String, TwirpError> {
     use base64::Engine as _;
     let b64 = &base64::engine::general_purpose::STANDARD;
     let raw = b64
@@ -221,45 +115,94 @@ fn block_file(dir: &FsPath, id: &str) -> Result<PathBuf, TwirpError> {
             raw.len()
         )));
     }
-    Ok(dir.join(format!("{}.block", hex::encode(raw))))
+    Ok(hex::encode(raw))
 }
 
-/// Streams `body` into `path` (via a temp file and rename), at most `max` bytes.
-async fn write_body(body: Body, path: &FsPath, max: u64) -> Result<u64, TwirpError> {
-    let tmp = path.with_extension(format!("tmp{}", satchel_model::id::random_hex(4)));
-    let res = async {
-        let mut f = tokio::fs::File::create(&tmp)
+/// Bytes received into a scratch file (removed when dropped), with their
+/// digest and size.
+struct Received {
+    path: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn scratch_error(e: std::io::Error) -> TwirpError {
+    TwirpError::internal(format!("scratch write: {e}"))
+}
+
+impl Received {
+    /// A new, empty scratch file.
+    async fn create(s: &AppState) -> Result<(Received, tokio::fs::File), TwirpError> {
+        tokio::fs::create_dir_all(&s.gha.scratch)
             .await
-            .map_err(|e| TwirpError::internal(format!("scratch write: {e}")))?;
-        let mut stream = body.into_data_stream();
-        let mut n = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| TwirpError::invalid(format!("reading the body: {e}")))?;
-            n += chunk.len() as u64;
-            if n > max {
-                return Err(TwirpError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_argument",
-                    format!("a block may hold at most {max} bytes"),
-                ));
-            }
-            f.write_all(&chunk)
-                .await
-                .map_err(|e| TwirpError::internal(format!("scratch write: {e}")))?;
+            .map_err(scratch_error)?;
+        let r = Received {
+            path: s
+                .gha
+                .scratch
+                .join(format!("{}.part", satchel_model::id::random_hex(8))),
+            digest: Digest([0; 32]),
+            size: 0,
+        };
+        let f = tokio::fs::File::create(&r.path)
+            .await
+            .map_err(scratch_error)?;
+        Ok((r, f))
+    }
+}
+
+/// Receives `body` into a scratch file, hashing it on the way; more than
+/// `max` bytes is a 413.
+async fn receive(s: &AppState, body: Body, max: u64) -> Result<Received, TwirpError> {
+    let (mut r, mut f) = Received::create(s).await?;
+    let mut h = Sha256::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| TwirpError::invalid(format!("reading the body: {e}")))?;
+        r.size += chunk.len() as u64;
+        if r.size > max {
+            return Err(TwirpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_argument",
+                format!("a block may hold at most {max} bytes"),
+            ));
         }
-        f.flush()
-            .await
-            .map_err(|e| TwirpError::internal(format!("scratch write: {e}")))?;
-        tokio::fs::rename(&tmp, path)
-            .await
-            .map_err(|e| TwirpError::internal(format!("scratch rename: {e}")))?;
-        Ok(n)
+        h.update(&chunk);
+        f.write_all(&chunk).await.map_err(scratch_error)?;
     }
-    .await;
-    if res.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+    // Not synced: the content store makes what it keeps durable.
+    f.flush().await.map_err(scratch_error)?;
+    r.digest = Digest(h.finalize().into());
+    Ok(r)
+}
+
+/// Stores what was received durably, unless the blob is recorded already.
+/// The caller announces its digest first.
+async fn store_received(s: &AppState, r: &Received) -> Result<(), TwirpError> {
+    if !s.db.known_blobs(&[r.digest.to_hex()]).await?.is_empty() {
+        return Ok(());
     }
-    res
+    let mut f = tokio::fs::File::open(&r.path)
+        .await
+        .map_err(|e| TwirpError::internal(format!("scratch read: {e}")))?;
+    match s
+        .store
+        .put(&r.digest, r.size, &mut f, Durability::Sync)
+        .await
+    {
+        // Its input is our own scratch file, hashed as it was written:
+        // failing to read it, or reading other bytes, is the server's fault.
+        Err(e) if e.is_client_error() => {
+            Err(TwirpError::internal(format!("storing from scratch: {e}")))
+        }
+        r => r.map_err(Into::into),
+    }
 }
 
 /// The block ids of a block list, in order (`Latest`, `Uncommitted` and
@@ -322,24 +265,46 @@ fn created() -> Response {
 
 pub(super) async fn put(
     State(s): State<AppState>,
-    Path((session, _file)): Path<(String, String)>,
+    Path((upload, _file)): Path<(String, String)>,
     Query(p): Query<Params>,
     note: Option<axum::Extension<crate::audit::AuditNote>>,
     body: Body,
 ) -> Result<Response, TwirpError> {
     if let Some(n) = note {
-        n.resource(format!("gha-upload={session}"));
+        n.resource(format!("gha-upload={upload}"));
     }
-    check_signature(&s, &format!("u/{session}"), &p)?;
-    let dir = with_session(&s, &session, |x| x.dir.clone())?;
+    check_signature(&s, &format!("u/{upload}"), &p)?;
+    let cap = s.gha.max_session_bytes();
     match p.comp.as_deref() {
         Some("block") => {
             let id = p
                 .blockid
                 .as_deref()
                 .ok_or_else(|| TwirpError::invalid("comp=block needs a blockid"))?;
-            let path = block_file(&dir, id)?;
-            write_block(&s, &session, &path, body, MAX_BLOCK).await?;
+            let block = block_name(id)?;
+            let (_, held) =
+                s.db.gha_touch(&upload, Some(&block))
+                    .await?
+                    .ok_or_else(gone)?;
+            let allowance = cap.saturating_sub(held);
+            let r = match receive(&s, body, MAX_BLOCK.min(allowance)).await {
+                Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE && allowance < MAX_BLOCK => {
+                    return Err(too_large(cap))
+                }
+                r => r?,
+            };
+            let b = GhaBlock {
+                block,
+                sha256: r.digest.to_hex(),
+                size: r.size,
+            };
+            let mut writing = s.blob_gate.writer();
+            writing.add(&b.sha256).await?;
+            store_received(&s, &r).await?;
+            // Concurrent blocks may together pass the cap: the last loses.
+            if !s.db.gha_put_block(&upload, &b, cap).await? {
+                return Err(too_large(cap));
+            }
             Ok(created())
         }
         Some("blocklist") => {
@@ -354,23 +319,58 @@ pub(super) async fn put(
                     "a block list may name at most {MAX_BLOCKS} blocks"
                 )));
             }
+            let names = ids
+                .iter()
+                .map(|id| block_name(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let list = Digest::of(names.join("\n").as_bytes()).to_hex();
+            let same =
+                |u: &satchel_db::GhaUpload| u.committed.as_ref().is_some_and(|c| c.list == list);
+            let (u, _) = s.db.gha_touch(&upload, None).await?.ok_or_else(gone)?;
             // A retry of the list that was committed (its blocks are gone).
-            if with_session(&s, &session, |x| x.committed.as_ref() == Some(&ids))? {
+            if same(&u) {
                 return Ok(created());
             }
-            let mut files = Vec::with_capacity(ids.len());
-            for id in &ids {
-                files.push(block_file(&dir, id)?);
+            let committed = async {
+                let blocks = listed_blocks(&s, &upload, &ids, &names, cap).await?;
+                commit_blocks(&s, &upload, list.clone(), &blocks).await
             }
-            let size = listed_size(&s, &session, &ids, &files)?;
-            commit(&s, &session, files, Some(ids), size).await?;
-            Ok(created())
+            .await;
+            match committed {
+                Ok(()) => Ok(created()),
+                // A retry that raced the request it retries (whose answer
+                // was lost): that one committed this very list meanwhile,
+                // dropping the blocks this one was reading.
+                Err(e) if e.status.is_client_error() => {
+                    match s.db.gha_touch(&upload, None).await? {
+                        Some((u, _)) if same(&u) => Ok(created()),
+                        _ => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         }
         None => {
-            let path = dir.join("whole.blob");
-            write_block(&s, &session, &path, body, u64::MAX).await?;
-            let cap = s.gha.max_session_bytes();
-            commit(&s, &session, vec![path], None, cap).await?;
+            s.db.gha_touch(&upload, None).await?.ok_or_else(gone)?;
+            let r = receive(&s, body, cap).await.map_err(|e| {
+                if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large(cap)
+                } else {
+                    e
+                }
+            })?;
+            let done = GhaCommitted {
+                // No block list ever hashes to this.
+                list: String::new(),
+                sha256: r.digest.to_hex(),
+                size: r.size,
+            };
+            let mut writing = s.blob_gate.writer();
+            writing.add(&done.sha256).await?;
+            store_received(&s, &r).await?;
+            if !s.db.gha_commit(&upload, &done).await? {
+                return Err(gone());
+            }
             Ok(created())
         }
         Some(other) => Err(TwirpError::invalid(format!(
@@ -379,113 +379,122 @@ pub(super) async fn put(
     }
 }
 
-/// The size of the blob a block list describes, counting a block as often
-/// as the list names it, refused past the session's byte cap: a list that
-/// names one block many times must not assemble more than the session
+/// The blocks a block list names, in its order, refused past the upload's
+/// byte cap counting a block as often as the list names it: a list that
+/// names one block many times must not assemble more than the upload
 /// could hold as distinct blocks.
-fn listed_size(
+async fn listed_blocks(
     s: &AppState,
-    session: &str,
+    upload: &str,
     ids: &[String],
-    files: &[PathBuf],
-) -> Result<u64, TwirpError> {
-    let cap = s.gha.max_session_bytes();
-    with_session(s, session, |x| {
-        let mut total = 0u64;
-        for (id, f) in ids.iter().zip(files) {
-            let Some(&n) = x.blocks.get(f) else {
-                return Err(TwirpError::invalid(format!(
-                    "the block list names block {id:?}, which was never uploaded"
-                )));
-            };
-            total = total
-                .checked_add(n)
-                .filter(|&t| t <= cap)
-                .ok_or_else(|| too_large(cap))?;
-        }
-        Ok(total)
-    })?
+    names: &[String],
+    cap: u64,
+) -> Result<Vec<GhaBlock>, TwirpError> {
+    let found = s.db.gha_blocks(upload, names).await?;
+    let mut total = 0u64;
+    let mut blocks = Vec::with_capacity(found.len());
+    for (id, b) in ids.iter().zip(found) {
+        let b = b.ok_or_else(|| {
+            TwirpError::invalid(format!(
+                "the block list names block {id:?}, which was never uploaded"
+            ))
+        })?;
+        total = total
+            .checked_add(b.size)
+            .filter(|&t| t <= cap)
+            .ok_or_else(|| too_large(cap))?;
+        blocks.push(b);
+    }
+    Ok(blocks)
 }
 
-/// Hashes the blob made of `files` in order, stores it durably, records it,
-/// remembers it as the session's content (and `ids` as its committed block
-/// list), and deletes the session's scratch blocks.
-async fn commit(
-    s: &AppState,
-    session: &str,
-    files: Vec<PathBuf>,
-    ids: Option<Vec<String>>,
-    expected: u64,
-) -> Result<(), TwirpError> {
-    let to_hash = files.clone();
-    // A block may be replaced (or the session discarded) while its list
-    // commits: reading stops at the size the list was checked for, so the
-    // work stays bounded, and such a race is the client's to retry (409).
-    let changed = || {
-        TwirpError::new(
-            StatusCode::CONFLICT,
-            "aborted",
-            "the blocks changed while the block list was being committed; commit it again",
-        )
-    };
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Digest, u64)>> {
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 1024 * 1024];
-        for f in &to_hash {
-            let mut file = std::fs::File::open(f)?;
-            loop {
-                let k = std::io::Read::read(&mut file, &mut buf)?;
-                if k == 0 {
-                    break;
-                }
-                n += k as u64;
-                if n > expected {
-                    return Ok(None);
-                }
-                h.update(&buf[..k]);
+/// Reads `blocks` from the content store in order into a scratch file,
+/// hashing them on the way. A block gone meanwhile (replaced, and its old
+/// content collected) is a 409; a store that fails, a 5xx.
+async fn assemble(s: &AppState, blocks: &[GhaBlock]) -> Result<Received, TwirpError> {
+    let (mut r, mut f) = Received::create(s).await?;
+    let mut h = Sha256::new();
+    for b in blocks {
+        let digest = Digest::from_hex(&b.sha256)?;
+        let read = async {
+            let mut stream = s.store.get(&digest, None).await?;
+            let mut n = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| StoreError::Io {
+                    context: format!("reading block content {digest}"),
+                    source: e,
+                })?;
+                n += chunk.len() as u64;
+                h.update(&chunk);
+                f.write_all(&chunk).await.map_err(|e| StoreError::Io {
+                    context: "scratch write".into(),
+                    source: e,
+                })?;
+            }
+            Ok::<u64, StoreError>(n)
+        };
+        match read.await {
+            Ok(n) if n == b.size => r.size += n,
+            Ok(_) => return Err(changed()),
+            Err(e) => {
+                // Still recorded: the store failed. Gone: the race above.
+                let still = s.db.known_blobs(std::slice::from_ref(&b.sha256)).await?;
+                return Err(if still.is_empty() {
+                    changed()
+                } else {
+                    TwirpError::internal(format!("assembling the blob: {e}"))
+                });
             }
         }
-        Ok(Some((Digest(h.finalize().into()), n)))
-    })
-    .await
-    .map_err(|e| TwirpError::internal(e.to_string()))?;
-    let (digest, size) = match hashed {
-        Ok(Some(x)) => x,
-        Ok(None) => return Err(changed()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(changed()),
-        Err(e) => return Err(TwirpError::internal(format!("reading blocks: {e}"))),
-    };
-    let stream = futures_util::stream::iter(files)
-        .then(|f| async move { tokio::fs::File::open(f).await })
-        .map_ok(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
-        .try_flatten()
-        .boxed();
-    let hex = digest.to_hex();
-    let mut writing = s.blob_gate.writer();
-    let started = now_secs();
-    writing.add(&hex).await?;
-    let mut reader = tokio_util::io::StreamReader::new(stream);
-    s.store
-        .put(&digest, size, &mut reader, Durability::Sync)
-        .await?;
-    s.db.record_blobs(&[(hex.clone(), size)]).await?;
-    // The announcement moves into the session: it must not lapse before
-    // FinalizeArtifact references the blob (if the session is gone, it
-    // ends here and the blob is garbage).
-    let scratch = with_session(s, session, |x| {
-        x.assembled = Some((hex, size));
-        x.committed = ids;
-        // This commit's own announcement, begun before the blob was stored,
-        // replaces any earlier commit's.
-        x.held_since = Some(started);
-        x.holds = Some(writing);
-        std::mem::take(&mut x.blocks)
-    })?;
-    // Azure drops uncommitted blocks at commit; the content is stored.
-    for path in scratch.keys() {
-        let _ = tokio::fs::remove_file(path).await;
     }
+    f.flush().await.map_err(scratch_error)?;
+    r.digest = Digest(h.finalize().into());
+    Ok(r)
+}
+
+/// Makes the blob of `blocks` (in order) upload `upload`'s committed
+/// content, stored durably, under block list hash `list`.
+async fn commit_blocks(
+    s: &AppState,
+    upload: &str,
+    list: String,
+    blocks: &[GhaBlock],
+) -> Result<(), TwirpError> {
+    let mut writing = s.blob_gate.writer();
+    let done = match blocks {
+        // One block is the blob, stored already.
+        [one] => {
+            // Unless it was replaced and collected since it was listed.
+            writing.add(&one.sha256).await?;
+            if s.db
+                .known_blobs(std::slice::from_ref(&one.sha256))
+                .await?
+                .is_empty()
+            {
+                return Err(changed());
+            }
+            GhaCommitted {
+                list,
+                sha256: one.sha256.clone(),
+                size: one.size,
+            }
+        }
+        _ => {
+            let r = assemble(s, blocks).await?;
+            let done = GhaCommitted {
+                list,
+                sha256: r.digest.to_hex(),
+                size: r.size,
+            };
+            writing.add(&done.sha256).await?;
+            store_received(s, &r).await?;
+            done
+        }
+    };
+    if !s.db.gha_commit(upload, &done).await? {
+        return Err(gone());
+    }
+    drop(writing);
     Ok(())
 }
 
@@ -626,35 +635,25 @@ mod tests {
         }
     }
 
-    /// Every block id is either refused with a 400 or can be written: no
-    /// id makes a file name too long (a 500).
-    #[tokio::test]
-    async fn block_ids_are_capped_at_64_decoded_bytes() {
+    /// Every block id is either refused with a 400 or recorded under a
+    /// name of at most 128 characters.
+    #[test]
+    fn block_ids_are_capped_at_64_decoded_bytes() {
         use base64::Engine as _;
-        let dir = std::env::temp_dir().join(format!(
-            "satchel-block-test-{}",
-            satchel_model::id::random_hex(8)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
         let b64 = &base64::engine::general_purpose::STANDARD;
         let mut ids: Vec<String> = (1..=130).map(|n| "A".repeat(n)).collect();
         ids.extend((1..=100).map(|n| b64.encode(vec![b'x'; n])));
         for id in &ids {
-            match block_file(&dir, id) {
-                Ok(path) => {
-                    write_body(Body::from("data"), &path, 16)
-                        .await
-                        .unwrap_or_else(|e| panic!("id of {} chars: {}", id.len(), e.msg));
-                }
+            match block_name(id) {
+                Ok(name) => assert!((2..=128).contains(&name.len()), "{id}: {name}"),
                 Err(e) => assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.msg),
             }
         }
-        assert!(block_file(&dir, &b64.encode([7u8; 64])).is_ok());
-        let e = block_file(&dir, &b64.encode([7u8; 65])).unwrap_err();
+        assert_eq!(block_name(&b64.encode([7u8; 64])).unwrap().len(), 128);
+        let e = block_name(&b64.encode([7u8; 65])).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(block_file(&dir, "not base64!").is_err());
-        assert!(block_file(&dir, "").is_err());
-        std::fs::remove_dir_all(&dir).ok();
+        assert!(block_name("not base64!").is_err());
+        assert!(block_name("").is_err());
     }
 
     fn state() -> (AppState, PathBuf) {
@@ -663,17 +662,21 @@ mod tests {
         (s, dir)
     }
 
-    fn new_session(s: &AppState, name: &str) -> String {
-        let sess = Session::new(
-            &s.gha.scratch,
-            format!("{name}.zip"),
-            "application/zip".into(),
-        )
-        .unwrap();
-        let id = sess.id.clone();
-        let key = ("p".to_string(), 1, "j".to_string(), name.to_string());
-        s.gha.sessions.lock().unwrap().insert(key, sess);
-        id
+    async fn new_upload(s: &AppState, name: &str) -> String {
+        let u = satchel_db::GhaUpload {
+            id: satchel_model::id::random_hex(16),
+            key: satchel_db::GhaKey {
+                pipeline: "p".into(),
+                run: 1,
+                job: "j".into(),
+                name: name.into(),
+            },
+            file_name: format!("{name}.zip"),
+            mime: "application/zip".into(),
+            committed: None,
+        };
+        s.db.gha_start(&u).await.unwrap();
+        u.id
     }
 
     async fn send(
@@ -700,22 +703,45 @@ mod tests {
         .await
     }
 
-    fn scratch_files(s: &AppState, id: &str) -> Vec<String> {
-        std::fs::read_dir(s.gha.scratch.join(id))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// How many of upload `id`'s blocks `QUFB`, `QkJC` and `Q0ND` are
+    /// recorded.
+    async fn blocks(s: &AppState, id: &str) -> usize {
+        let names: Vec<String> = ["QUFB", "QkJC", "Q0ND"]
+            .iter()
+            .map(|b| block_name(b).unwrap())
+            .collect();
+        s.db.gha_blocks(id, &names)
+            .await
+            .unwrap()
+            .iter()
+            .flatten()
+            .count()
+    }
+
+    async fn committed(s: &AppState, id: &str) -> Option<satchel_db::GhaCommitted> {
+        s.db.gha_touch(id, None).await.unwrap().unwrap().0.committed
+    }
+
+    /// The content of a stored blob.
+    async fn content(s: &AppState, hex: &str) -> Vec<u8> {
+        let mut st = s
+            .store
+            .get(&Digest::from_hex(hex).unwrap(), None)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = st.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
     }
 
     const LIST: &str = "<BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>";
 
     #[tokio::test]
-    async fn blocks_are_deleted_once_committed() {
+    async fn blocks_are_stored_and_dropped_once_committed() {
         let (s, dir) = state();
-        let id = new_session(&s, "a");
+        let id = new_upload(&s, "a").await;
         send(&s, &id, Some("block"), Some("QUFB"), "hello ")
             .await
             .unwrap();
@@ -725,16 +751,36 @@ mod tests {
         send(&s, &id, Some("block"), Some("Q0ND"), "unused")
             .await
             .unwrap();
-        assert_eq!(scratch_files(&s, &id).len(), 3);
+        assert_eq!(blocks(&s, &id).await, 3);
+        assert_eq!(
+            content(&s, &Digest::of(b"world").to_hex()).await,
+            b"world",
+            "a block is a stored blob"
+        );
         send(&s, &id, Some("blocklist"), None, LIST).await.unwrap();
-        assert_eq!(scratch_files(&s, &id), Vec::<String>::new());
+        assert_eq!(blocks(&s, &id).await, 0);
+        let done = committed(&s, &id).await.unwrap();
+        assert_eq!(done.size, 11);
+        assert_eq!(done.sha256, Digest::of(b"hello world").to_hex());
+        assert_eq!(content(&s, &done.sha256).await, b"hello world");
         // A retried block list (its answer lost) still succeeds.
         let r = send(&s, &id, Some("blocklist"), None, LIST).await.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
-        let sessions = s.gha.sessions.lock().unwrap();
-        let x = sessions.values().next().unwrap();
-        assert_eq!(x.assembled.as_ref().unwrap().1, 11);
-        drop(sessions);
+        assert_eq!(committed(&s, &id).await.as_ref(), Some(&done));
+        // A list of blocks never sent is refused, and changes nothing.
+        let one = "<BlockList><Latest>Q0ND</Latest></BlockList>";
+        let e = send(&s, &id, Some("blocklist"), None, one)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.msg);
+        assert_eq!(committed(&s, &id).await, Some(done));
+        // A whole blob in one request is committed at once.
+        let whole = new_upload(&s, "b").await;
+        send(&s, &whole, None, None, "all at once").await.unwrap();
+        let done = committed(&s, &whole).await.unwrap();
+        assert_eq!(content(&s, &done.sha256).await, b"all at once");
+        let left = std::fs::read_dir(&s.gha.scratch).unwrap().count();
+        assert_eq!(left, 0, "no scratch file outlives its request");
         std::fs::remove_dir_all(dir).ok();
     }
 
@@ -742,7 +788,7 @@ mod tests {
     async fn a_session_holds_at_most_its_byte_cap() {
         let (s, dir) = state();
         s.gha.set_max_session_bytes(10);
-        let id = new_session(&s, "a");
+        let id = new_upload(&s, "a").await;
         send(&s, &id, Some("block"), Some("QUFB"), "123456")
             .await
             .unwrap();
@@ -750,7 +796,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.msg);
-        assert_eq!(scratch_files(&s, &id).len(), 1, "the refused block is gone");
+        assert_eq!(
+            blocks(&s, &id).await,
+            1,
+            "the refused block is not recorded"
+        );
         // Replacing a block counts its new size only.
         send(&s, &id, Some("block"), Some("QUFB"), "1234567890")
             .await
@@ -761,7 +811,7 @@ mod tests {
         send(&s, &id, Some("block"), Some("QkJC"), "123456")
             .await
             .unwrap();
-        let whole = new_session(&s, "b");
+        let whole = new_upload(&s, "b").await;
         let e = send(&s, &whole, None, None, "12345678901")
             .await
             .unwrap_err();
@@ -778,13 +828,17 @@ mod tests {
     async fn block_list_repeating_a_block_cannot_pass_the_session_cap() {
         let (s, dir) = state();
         s.gha.set_max_session_bytes(10);
-        let id = new_session(&s, "a");
+        let id = new_upload(&s, "a").await;
         send(&s, &id, Some("block"), Some("QUFB"), "1234")
             .await
             .unwrap();
         let twice = "<BlockList><Latest>QUFB</Latest><Latest>QUFB</Latest></BlockList>";
         send(&s, &id, Some("blocklist"), None, twice).await.unwrap();
-        let id = new_session(&s, "b");
+        assert_eq!(
+            content(&s, &committed(&s, &id).await.unwrap().sha256).await,
+            b"12341234"
+        );
+        let id = new_upload(&s, "b").await;
         send(&s, &id, Some("block"), Some("QUFB"), "1234")
             .await
             .unwrap();
@@ -793,35 +847,22 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.msg);
-        let sessions = s.gha.sessions.lock().unwrap();
-        let x = sessions.values().find(|x| x.id == id).unwrap();
-        assert!(x.assembled.is_none(), "nothing was committed");
-        drop(sessions);
-        assert_eq!(
-            scratch_files(&s, &id).len(),
-            1,
-            "the block stays for a retry"
-        );
+        assert!(committed(&s, &id).await.is_none(), "nothing was committed");
+        assert_eq!(blocks(&s, &id).await, 1, "the block stays for a retry");
         std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test]
     async fn idle_sessions_are_reaped() {
         let (s, dir) = state();
-        let old = new_session(&s, "old");
-        let fresh = new_session(&s, "fresh");
+        let old = new_upload(&s, "old").await;
         send(&s, &old, Some("block"), Some("QUFB"), "x")
             .await
             .unwrap();
-        let now = now_secs();
-        for x in s.gha.sessions.lock().unwrap().values_mut() {
-            if x.id == old {
-                x.touched = now - super::super::SESSION_IDLE_SECS - 1;
-            }
-        }
-        assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 1);
-        assert!(!s.gha.scratch.join(&old).exists(), "its blocks are gone");
-        assert!(s.gha.scratch.join(&fresh).exists());
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let fresh = new_upload(&s, "fresh").await;
+        let idle = std::time::Duration::from_millis(1000);
+        assert_eq!(super::super::reap_idle(&s, idle).await.unwrap(), 1);
         let e = send(&s, &old, Some("block"), Some("QUFB"), "x")
             .await
             .unwrap_err();
@@ -829,28 +870,7 @@ mod tests {
         send(&s, &fresh, Some("block"), Some("QUFB"), "x")
             .await
             .unwrap();
-        assert_eq!(s.gha.reap_idle(super::super::SESSION_IDLE_SECS, now), 0);
-        std::fs::remove_dir_all(dir).ok();
-    }
-
-    /// Other replicas stop honouring a blob announcement a day after it
-    /// began, so a committed upload never outlives its own, however
-    /// recently it was used or however long idle ones may live.
-    #[tokio::test]
-    async fn a_committed_upload_goes_before_its_announcement_lapses() {
-        let (s, dir) = state();
-        let id = new_session(&s, "committed");
-        send(&s, &id, Some("block"), Some("QUFB"), "x")
-            .await
-            .unwrap();
-        let list = "<BlockList><Latest>QUFB</Latest></BlockList>";
-        send(&s, &id, Some("blocklist"), None, list).await.unwrap();
-        let now = now_secs();
-        // An hour before the announcement's day is up.
-        let lapse = (satchel_db::WRITE_ANNOUNCEMENT_MAX_MS / 1000) as u64 - 3600;
-        assert_eq!(s.gha.reap_idle(u64::MAX, now), 0, "fresh");
-        assert_eq!(s.gha.reap_idle(u64::MAX, now + lapse - 2), 0, "just before");
-        assert_eq!(s.gha.reap_idle(u64::MAX, now + lapse + 1), 1, "just after");
+        assert_eq!(super::super::reap_idle(&s, idle).await.unwrap(), 0);
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -18,15 +18,13 @@
 pub mod blob;
 pub mod token;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use satchel_db::DbError;
+use satchel_db::{DbError, GhaCommitted, GhaKey, GhaUpload};
 use satchel_model::api::{ArtifactState, CreateUpload, FileInfo, JobContext, NewFile};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -47,31 +45,30 @@ pub const SESSION_IDLE_SECS: u64 = 24 * 3600;
 /// Default of [`Gha::max_session_bytes`]: 32 GiB.
 pub const DEFAULT_MAX_SESSION_BYTES: u64 = 32 << 30;
 
-/// State of the protocol: keys, scratch space, uploads in progress.
+/// State of the protocol: keys, and scratch space for blocks on their way
+/// into the content store. Uploads in progress live in the database
+/// ([`satchel_db::gha`]), so any replica takes any of their requests.
 pub struct Gha {
     /// Token and URL keys.
     pub keys: Keys,
-    /// Where blocks wait for their block list.
+    /// Where a block waits, while it is received and hashed, before it is
+    /// stored (one file per request in flight, removed when it ends).
     pub scratch: PathBuf,
-    sessions: Mutex<HashMap<SessionKey, blob::Session>>,
     max_session_bytes: std::sync::atomic::AtomicU64,
 }
 
-type SessionKey = (String, u64, String, String);
-
 impl Gha {
-    /// Protocol state with keys derived from `secret` and blocks under
-    /// `scratch`.
+    /// Protocol state with keys derived from `secret` and block files
+    /// under `scratch`.
     pub fn new(secret: &[u8], scratch: PathBuf) -> Gha {
         Gha {
             keys: Keys::new(secret),
             scratch,
-            sessions: Mutex::default(),
             max_session_bytes: DEFAULT_MAX_SESSION_BYTES.into(),
         }
     }
 
-    /// Most bytes of blocks one upload may hold in scratch.
+    /// Most bytes of blocks one upload may hold.
     pub fn max_session_bytes(&self) -> u64 {
         self.max_session_bytes
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -82,65 +79,17 @@ impl Gha {
         self.max_session_bytes
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
-
-    /// Runs `f` on the session `id` under `key`, if it is still there.
-    fn with_live<T>(
-        &self,
-        key: &SessionKey,
-        id: &str,
-        f: impl FnOnce(&mut blob::Session) -> T,
-    ) -> Option<T> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.get_mut(key).filter(|x| x.id == id).map(f)
-    }
-
-    /// Uploads in progress.
-    pub fn uploads(&self) -> usize {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
-
-    /// Drops the uploads (and their scratch blocks) not used for
-    /// `max_idle_secs` as of `now` (seconds since the epoch); returns how
-    /// many. Their signed URLs expired long before.
-    pub fn reap_idle(&self, max_idle_secs: u64, now: u64) -> usize {
-        // A committed upload's blob is kept from GC by an announcement that
-        // other replicas stop honouring after WRITE_ANNOUNCEMENT_MAX_MS: the
-        // session goes before that, however long idle ones may live.
-        let lapse = announcement_lapse();
-        let idle: Vec<blob::Session> = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<SessionKey> = sessions
-                .iter()
-                .filter(|(_, x)| {
-                    x.touched.saturating_add(max_idle_secs) < now
-                        || x.committed_at()
-                            .is_some_and(|c| c.saturating_add(lapse) < now)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| sessions.remove(k)).collect()
-        };
-        let n = idle.len();
-        for x in idle {
-            x.discard();
-        }
-        n
-    }
 }
 
-/// Seconds after its commit that a committed upload is dropped: an hour
-/// before other replicas stop honouring the announcement that keeps its
-/// blob from GC ([`satchel_db::WRITE_ANNOUNCEMENT_MAX_MS`]).
-fn announcement_lapse() -> u64 {
-    u64::try_from(satchel_db::WRITE_ANNOUNCEMENT_MAX_MS / 1000)
-        .unwrap_or(u64::MAX)
-        .saturating_sub(3600)
+/// Drops the uploads (on every replica) not used for `max_idle`; returns
+/// how many. Their signed URLs expired long before; their blocks and
+/// committed blobs become garbage for GC.
+pub async fn reap_idle(s: &AppState, max_idle: std::time::Duration) -> Result<u64, DbError> {
+    s.db.gha_reap(i64::try_from(max_idle.as_millis()).unwrap_or(i64::MAX))
+        .await
 }
 
-/// How often idle and lapsing uploads are looked for.
+/// How often idle uploads are looked for.
 pub const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Seconds since the epoch.
@@ -467,13 +416,13 @@ fn validate_name(name: &str) -> Result<(), TwirpError> {
     Ok(())
 }
 
-fn session_key(who: &Identity, name: &str) -> SessionKey {
-    (
-        who.pipeline.clone(),
-        who.run,
-        who.job.clone(),
-        name.to_string(),
-    )
+fn upload_key(who: &Identity, name: &str) -> GhaKey {
+    GhaKey {
+        pipeline: who.pipeline.clone(),
+        run: who.run,
+        job: who.job.clone(),
+        name: name.to_string(),
+    }
 }
 
 async fn create(
@@ -525,24 +474,33 @@ async fn create(
             s.limits.path_bytes
         )));
     }
-    let session = blob::Session::new(&s.gha.scratch, file_name, mime)
-        .map_err(|e| TwirpError::internal(format!("creating upload scratch space: {e}")))?;
+    let upload = GhaUpload {
+        id: satchel_model::id::random_hex(16),
+        key: upload_key(who, &req.name),
+        file_name,
+        mime,
+        committed: None,
+    };
+    // Replaces an upload of the same name (its blocks become garbage).
+    match s.db.gha_start(&upload).await {
+        Ok(()) => {}
+        // Lost to other starts of this name, round after round: a retry's.
+        Err(DbError::Conflict(m)) => {
+            return Err(TwirpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                m,
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
     let expires = now_secs() + UPLOAD_URL_TTL;
     let url = format!(
         "{origin}/gha-blob/u/{}/{}?se={expires}&sig={}",
-        session.id,
-        satchel_model::path::url_segment(&session.file_name),
-        s.gha.keys.sign_url(&format!("u/{}", session.id), expires)
+        upload.id,
+        satchel_model::path::url_segment(&upload.file_name),
+        s.gha.keys.sign_url(&format!("u/{}", upload.id), expires)
     );
-    let old = s
-        .gha
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(session_key(who, &req.name), session);
-    if let Some(old) = old {
-        old.discard();
-    }
     Ok(json!({"ok": true, "signed_upload_url": url}))
 }
 
@@ -552,21 +510,7 @@ async fn finalize(
     req: &Request,
 ) -> Result<serde_json::Value, TwirpError> {
     validate_name(&req.name)?;
-    let key = session_key(who, &req.name);
-    let live = {
-        let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.get_mut(&key).map(|sess| {
-            sess.touched = now_secs();
-            (
-                sess.id.clone(),
-                sess.file_name.clone(),
-                sess.mime.clone(),
-                sess.assembled.clone(),
-                sess.committed_at(),
-            )
-        })
-    };
-    let Some((session_id, file_name, mime, assembled, committed_at)) = live else {
+    let Some(upload) = s.db.gha_find(&upload_key(who, &req.name)).await? else {
         // A retry of a finalize that succeeded answers the same.
         if let Some(done) = already_finalized(s, who, req, None).await? {
             return Ok(done);
@@ -576,7 +520,14 @@ async fn finalize(
             req.name
         )));
     };
-    let Some((sha256, size)) = assembled else {
+    let GhaUpload {
+        id: upload_id,
+        file_name,
+        mime,
+        committed,
+        ..
+    } = upload;
+    let Some(GhaCommitted { sha256, size, .. }) = committed else {
         return Err(TwirpError::new(
             StatusCode::PRECONDITION_FAILED,
             "failed_precondition",
@@ -632,60 +583,44 @@ async fn finalize(
         expire_in_secs: None,
     };
     crate::validate_manifest(&manifest, &s.limits)?;
-    if committed_at.is_some_and(|c| c.saturating_add(announcement_lapse()) < now_secs()) {
+    let mut manifest = manifest;
+    manifest.expire_in_secs = s.default_expire_secs;
+    // The upload's row keeps the blob from GC until the file row that
+    // references it is committed; should the upload be replaced or reaped
+    // meanwhile, this announcement keeps it instead.
+    let mut hold = s.blob_gate.writer();
+    hold.add(&sha256).await?;
+    if s.db
+        .known_blobs(std::slice::from_ref(&sha256))
+        .await?
+        .is_empty()
+    {
         return Err(TwirpError::new(
             StatusCode::PRECONDITION_FAILED,
             "failed_precondition",
             format!(
-                "the upload of artifact {:?} was committed a day ago and has expired: upload it again",
+                "the upload of artifact {:?} was replaced or expired while it was finalized: upload it again",
                 req.name
             ),
         ));
     }
-    let mut manifest = manifest;
-    manifest.expire_in_secs = s.default_expire_secs;
-    // The announcement that keeps the blob from GC stays with this call
-    // until the file row that references it is committed, even if the
-    // session is reaped or replaced meanwhile.
-    let hold = s
-        .gha
-        .with_live(&key, &session_id, blob::Session::take_hold)
-        .flatten();
-    let recorded = async {
-        match s.db.create_upload(&manifest, &s.limits.quotas).await {
-            Ok(plan) => {
-                let done = s.db.finish_upload(&plan.upload_id).await?;
-                Ok(json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()}))
-            }
-            // A concurrent or retried finalize of this very upload won.
-            Err(DbError::Conflict(m)) => already_finalized(s, who, req, Some(&sha256))
-                .await?
-                .ok_or_else(|| TwirpError::from(DbError::Conflict(m))),
-            Err(e) => Err(e.into()),
+    let answer = match s.db.create_upload(&manifest, &s.limits.quotas).await {
+        Ok(plan) => {
+            let done = s.db.finish_upload(&plan.upload_id).await?;
+            json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()})
         }
-    }
-    .await;
-    let answer = match recorded {
-        Ok(answer) => answer,
-        Err(e) => {
-            if let Some(h) = hold {
-                s.gha.with_live(&key, &session_id, |x| x.put_hold(h));
-            }
-            return Err(e);
-        }
+        // A concurrent or retried finalize of this very upload won.
+        Err(DbError::Conflict(m)) => already_finalized(s, who, req, Some(&sha256))
+            .await?
+            .ok_or_else(|| TwirpError::from(DbError::Conflict(m)))?,
+        Err(e) => return Err(e.into()),
     };
     drop(hold);
-    // Only the session finalized here goes: CreateArtifact may have
-    // started a newer one for the same name meanwhile.
-    let finished = {
-        let mut sessions = s.gha.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match sessions.get(&key) {
-            Some(x) if x.id == session_id => sessions.remove(&key),
-            _ => None,
-        }
-    };
-    if let Some(sess) = finished {
-        sess.discard();
+    // Only the upload finalized here goes: CreateArtifact may have started
+    // a newer one for the same name meanwhile (it has another id). The
+    // artifact is recorded: should this fail, the reaper ends it later.
+    if let Err(e) = s.db.gha_end(&upload_id).await {
+        tracing::warn!("ending GitHub Actions upload {upload_id}: {e}");
     }
     Ok(answer)
 }

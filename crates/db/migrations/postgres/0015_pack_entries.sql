@@ -1,0 +1,8 @@
+-- SQLite migration 0017: where packed blobs are, for replicas sharing a
+-- bucket (see the SQLite file).
+CREATE TABLE pack_entries (
+    sha256 TEXT COLLATE "C" PRIMARY KEY,
+    pack TEXT COLLATE "C" NOT NULL,
+    pack_size BIGINT NOT NULL
+);
+CREATE INDEX pack_entries_pack ON pack_entries (pack);
