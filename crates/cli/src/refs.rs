@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use satchel_client::Client;
 use satchel_model::api::{
-    Promote, ResolveRequest, Resolved, RunContext, SetRunState, SourceSpec, RUN_STATES,
+    Promote, ResolveRequest, Resolved, RunContext, RunState, SetRunState, SourceSpec,
 };
 use satchel_model::selector::RunSelector;
 
@@ -117,13 +117,7 @@ pub struct RunStateArgs {
 
 /// `satchel run-state`.
 pub async fn run_run_state(a: RunStateArgs) -> anyhow::Result<()> {
-    if !RUN_STATES.contains(&a.state.as_str()) {
-        bail!(
-            "unknown run state {:?}: use one of {}",
-            a.state,
-            RUN_STATES.join(", ")
-        );
-    }
+    let state = RunState::parse(&a.state).map_err(anyhow::Error::msg)?;
     use crate::context::{missing, number_or_ci, or_ci};
     let pipeline =
         or_ci(&a.pipeline, "pipeline").with_context(|| missing("pipeline", "SATCHEL_PIPELINE"))?;
@@ -134,7 +128,7 @@ pub async fn run_run_state(a: RunStateArgs) -> anyhow::Result<()> {
             &pipeline,
             run,
             &SetRunState {
-                state: a.state,
+                state,
                 branch: or_ci(&a.branch, "branch"),
                 commit: or_ci(&a.commit, "commit"),
             },

@@ -130,8 +130,8 @@ pub struct MisSized {
 /// The blobs an upload session may send: digest (hex) and size.
 #[derive(Debug, Clone)]
 pub struct UploadNeeds {
-    /// `uploading`, `finished` or `error`.
-    pub state: String,
+    /// Its state.
+    pub state: satchel_model::api::UploadState,
     /// Every digest referenced by the upload's files, with its size.
     pub blobs: std::collections::HashMap<String, u64>,
     /// Who is uploading: the artifact's pipeline, run, job and attempt.

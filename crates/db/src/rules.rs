@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use satchel_model::api::{
     Artifact, ArtifactState, CreateTyped, CreateUpload, FileInfo, ImageInfo, JobContext, LinkInfo,
     NewFile, NewRun, Package, PackageFile, PackageOrigin, PackageWithFiles, PinnedSource, Producer,
-    Promote, Run, RunRef, SetRunState, UploadFinished, RUN_STATES,
+    Promote, Run, RunRef, RunState, SetRunState, UploadFinished, UploadState,
 };
 use satchel_model::id::{new_id, now_millis, rfc3339_millis};
 use satchel_model::selector::RunSelector;
@@ -149,7 +149,7 @@ JOIN runs r ON r.id = j.run_id
 JOIN pipelines p ON p.id = r.pipeline_id";
 
 pub(crate) fn artifact_row(mut r: Row) -> Result<Artifact, DbError> {
-    let state = r.text(4)?;
+    let state = r.state(4, ArtifactState::parse)?;
     let kind = r.text(3)?;
     let meta = r.opt_text(14)?;
     let (image, link) = parse_meta(&kind, meta.as_deref());
@@ -166,7 +166,7 @@ pub(crate) fn artifact_row(mut r: Row) -> Result<Artifact, DbError> {
         name: r.text(1)?,
         is_default: r.boolean(2)?,
         kind,
-        state: ArtifactState::parse(&state).unwrap_or(ArtifactState::Error),
+        state,
         created_at: rfc3339_millis(r.int(5)?),
         producer: producer(&mut r, 6)?,
         file_count: r.uint(12)?,
@@ -214,7 +214,7 @@ pub(crate) fn run_row(mut r: Row) -> Result<Run, DbError> {
         number: r.uint(2)?,
         branch: r.opt_text(3)?,
         commit: r.opt_text(4)?,
-        state: r.text(5)?,
+        state: r.state(5, |s| RunState::parse(s).ok())?,
         created_at: rfc3339_millis(r.int(6)?),
     })
 }
@@ -368,7 +368,7 @@ fn claim_name(
     ctx: &JobContext,
     name: &str,
     exclusive: bool,
-) -> Result<Option<(String, String)>, DbError> {
+) -> Result<Option<(String, ArtifactState)>, DbError> {
     let mut existing = Vec::new();
     for mut r in c.query(
         "SELECT a.id, j.id, j.key, j.attempt, a.state FROM artifacts a JOIN jobs j ON j.id = a.job_id
@@ -376,7 +376,13 @@ fn claim_name(
            AND a.state NOT IN ('deleted', 'expired')",
         args![run, name],
     )? {
-        existing.push((r.text(0)?, r.text(1)?, r.text(2)?, r.int(3)?, r.text(4)?));
+        existing.push((
+            r.text(0)?,
+            r.text(1)?,
+            r.text(2)?,
+            r.int(3)?,
+            r.state(4, ArtifactState::parse)?,
+        ));
     }
     let conflict = |jkey: &str, jattempt: i64| {
         let stage = ctx
@@ -394,12 +400,12 @@ fn claim_name(
     let mut mine = None;
     for (aid, jid, jkey, jattempt, state) in existing {
         if jid == job {
-            if exclusive && state == "finished" {
+            if exclusive && state == ArtifactState::Finished {
                 return Err(conflict(&jkey, jattempt));
             }
             // Ours, possibly after a failed or interrupted upload: reuse it.
             mine = Some((aid, state));
-        } else if state == "error" {
+        } else if state == ArtifactState::Error {
             // Another job's upload that never finished holds no name.
         } else if jkey != ctx.job || jattempt > ctx.attempt as i64 {
             return Err(conflict(&jkey, jattempt));
@@ -493,13 +499,17 @@ pub(crate) fn create_upload(
         "SELECT name, state, kind FROM artifacts WHERE id = ?1",
         args![&artifact_id],
     )?;
-    let (artifact_name, artifact_state, kind) = (r.text(0)?, r.text(1)?, r.text(2)?);
+    let (artifact_name, artifact_state, kind) =
+        (r.text(0)?, r.state(1, ArtifactState::parse)?, r.text(2)?);
     if kind != "files" {
         return Err(DbError::Conflict(format!(
             "artifact {artifact_name:?} is a {kind} artifact; files cannot be added to it"
         )));
     }
-    if artifact_state == "deleted" || artifact_state == "expired" {
+    if matches!(
+        artifact_state,
+        ArtifactState::Deleted | ArtifactState::Expired
+    ) {
         return Err(DbError::Conflict(format!(
             "artifact {artifact_name:?} was {artifact_state}; it cannot take new files"
         )));
@@ -768,7 +778,7 @@ pub(crate) fn upload_needs(c: &mut dyn Sql, id: &str) -> Result<UploadNeeds, DbE
             args![id],
         )?
         .ok_or_else(|| DbError::NotFound(format!("upload {id} not found")))?;
-    let state = r.text(0)?;
+    let state = r.state(0, UploadState::parse)?;
     let producer = producer(&mut r, 1)?;
     let mut blobs = HashMap::new();
     for mut r in c.query(
@@ -864,14 +874,11 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
             args![upload_id],
         )?
         .ok_or_else(|| DbError::NotFound(format!("upload {upload_id} not found")))?;
-    let (artifact_id, state) = (r.text(0)?, r.text(1)?);
-    match state.as_str() {
-        "uploading" | "finished" => {}
-        _ => {
-            return Err(DbError::Conflict(format!(
-                "upload {upload_id} failed earlier and cannot be finished; start a new upload"
-            )))
-        }
+    let (artifact_id, state) = (r.text(0)?, r.state(1, UploadState::parse)?);
+    if state == UploadState::Error {
+        return Err(DbError::Conflict(format!(
+            "upload {upload_id} failed earlier and cannot be finished; start a new upload"
+        )));
     }
     let now = now_millis();
     // Touch first, check after: content collected before the touch is
@@ -1257,13 +1264,6 @@ pub(crate) fn set_run_state(
     number: u64,
     req: &SetRunState,
 ) -> Result<Run, DbError> {
-    if !RUN_STATES.contains(&req.state.as_str()) {
-        return Err(DbError::Invalid(format!(
-            "unknown run state {:?}: use one of {}",
-            req.state,
-            RUN_STATES.join(", ")
-        )));
-    }
     let run = ensure_run(
         c,
         pipeline,
@@ -1271,10 +1271,10 @@ pub(crate) fn set_run_state(
         req.branch.as_deref(),
         req.commit.as_deref(),
     )?;
-    let finished = (req.state != "running").then(now_millis);
+    let finished = (req.state != RunState::Running).then(now_millis);
     c.execute(
         "UPDATE runs SET state = ?2, finished_at = ?3 WHERE id = ?1",
-        args![&run, &req.state, finished],
+        args![&run, req.state.as_str(), finished],
     )?;
     find_run(c, pipeline, number)
 }

@@ -116,6 +116,17 @@ impl Row {
     }
 
     /// A boolean column (an integer on SQLite, a boolean on PostgreSQL).
+    /// A state column, parsed by `parse`: a value it does not know is the
+    /// database's fault (written by a newer satchel, or by hand).
+    pub(crate) fn state<T>(
+        &mut self,
+        i: usize,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, DbError> {
+        let s = self.text(i)?;
+        parse(&s).ok_or_else(|| DbError::Backend(format!("unknown state {s:?} in column {i}")))
+    }
+
     pub(crate) fn boolean(&mut self, i: usize) -> Result<bool, DbError> {
         Ok(self.int(i)? != 0)
     }

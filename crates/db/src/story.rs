@@ -673,7 +673,7 @@ async fn needs_blobs_and_expiry(db: &dyn MetaStore) {
     up.expire_in_secs = Some(1);
     let plan = db.create_upload(&up, &q()).await.unwrap();
     let needs = db.upload_needs(&plan.upload_id).await.unwrap();
-    assert_eq!(needs.state, "uploading");
+    assert_eq!(needs.state, satchel_model::api::UploadState::Uploading);
     assert_eq!(needs.blobs.len(), 2, "one entry per digest");
     assert_eq!((needs.blobs[&one], needs.blobs[&two]), (5, 6));
     assert!(matches!(
@@ -783,7 +783,7 @@ async fn pipelines(db: &dyn MetaStore) {
     use satchel_model::selector::RunSelector;
 
     let state = |s: &str, branch: &str| SetRunState {
-        state: s.into(),
+        state: satchel_model::api::RunState::parse(s).unwrap(),
         branch: Some(branch.into()),
         commit: None,
     };
@@ -815,10 +815,9 @@ async fn pipelines(db: &dyn MetaStore) {
         .await
         .unwrap();
     assert!(r3.finished_at.is_some(), "set_run_state creates the run");
-    assert!(db
-        .set_run_state("up", 1, &state("done", "main"))
-        .await
-        .is_err());
+    // An unknown state never reaches the database: it is not a RunState.
+    let done: Result<SetRunState, _> = serde_json::from_str(r#"{"state":"done"}"#);
+    assert!(done.is_err());
     let pick = |s: &str| s.parse::<RunSelector>().unwrap();
     for (sel, want) in [
         ("latest", 3),
@@ -947,7 +946,7 @@ async fn races(db: &dyn MetaStore) {
         let pipeline = format!("race-{round}");
         // The run exists, so the writers do not queue on creating it.
         let running = satchel_model::api::SetRunState {
-            state: "running".into(),
+            state: satchel_model::api::RunState::Running,
             branch: None,
             commit: None,
         };

@@ -234,7 +234,7 @@ async fn check(db: &dyn MetaStore, feature: &str, at: &str) {
         }
         "pipelines" => {
             let run = db.find_run("old", 4).await.expect(&ctx);
-            assert_eq!(run.state, "failed", "{ctx}");
+            assert_eq!(run.state.as_str(), "failed", "{ctx}");
             assert_eq!(run.triggered_from.map(|t| t.run), Some(3), "{ctx}");
             let image = db.list_artifacts(&run.id).await.unwrap();
             let image = image.iter().find(|a| a.name == "app-image").expect(&ctx);
@@ -297,7 +297,7 @@ async fn check(db: &dyn MetaStore, feature: &str, at: &str) {
         }
         "owed" => {
             let needs = db.upload_needs("u4").await.expect(&ctx);
-            assert_eq!(needs.state, "uploading", "{ctx}");
+            assert_eq!(needs.state.as_str(), "uploading", "{ctx}");
             assert!(needs.owed.iter().any(|d| d.starts_with("cccc")), "{ctx}");
             assert!(
                 db.finish_upload("u4").await.is_err(),

@@ -195,6 +195,102 @@ impl ArtifactState {
     }
 }
 
+/// Lifecycle of an upload (one manifest's files, until they are visible).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// Taking content.
+    Uploading,
+    /// Its files are visible.
+    Finished,
+    /// Failed, aborted or abandoned: its files were dropped.
+    Error,
+}
+
+impl UploadState {
+    /// The name stored in the database and shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Uploading => "uploading",
+            UploadState::Finished => "finished",
+            UploadState::Error => "error",
+        }
+    }
+
+    /// Parses [`UploadState::as_str`] output.
+    pub fn parse(s: &str) -> Option<UploadState> {
+        Some(match s {
+            "uploading" => UploadState::Uploading,
+            "finished" => UploadState::Finished,
+            "error" => UploadState::Error,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for UploadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle of a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Started, not ended.
+    Running,
+    /// Ended with every job passing.
+    Passed,
+    /// Ended with a job failing.
+    Failed,
+    /// Stopped.
+    Canceled,
+}
+
+impl RunState {
+    /// Every state, in the order they are listed to users.
+    pub const ALL: [RunState; 4] = [
+        RunState::Running,
+        RunState::Passed,
+        RunState::Failed,
+        RunState::Canceled,
+    ];
+
+    /// The name stored in the database and shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Passed => "passed",
+            RunState::Failed => "failed",
+            RunState::Canceled => "canceled",
+        }
+    }
+
+    /// Parses [`RunState::as_str`] output; the error names the states.
+    pub fn parse(s: &str) -> Result<RunState, String> {
+        RunState::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = RunState::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown run state {s:?}: use one of {}", all.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ArtifactState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who produced something: pipeline, run, stage, job, attempt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Producer {
@@ -530,8 +626,8 @@ pub struct Run {
     /// Commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
-    /// `running`, `passed`, `failed` or `canceled`.
-    pub state: String,
+    /// Its state.
+    pub state: RunState,
     /// Creation time, RFC 3339.
     pub created_at: String,
     /// When the run got a final state, RFC 3339.
@@ -545,9 +641,6 @@ pub struct Run {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, PinnedSource>,
 }
-
-/// The states a run can be in.
-pub const RUN_STATES: &[&str] = &["running", "passed", "failed", "canceled"];
 
 /// A run of a pipeline, by number.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -602,8 +695,8 @@ pub struct NewRun {
 /// state (creating the run if needed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetRunState {
-    /// One of [`RUN_STATES`].
-    pub state: String,
+    /// The state to record.
+    pub state: RunState,
     /// Branch, recorded if the run has none yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,

@@ -66,6 +66,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The run state a run with this outcome records.
+    pub fn run_state(self) -> satchel_model::api::RunState {
+        use satchel_model::api::RunState;
+        match self {
+            Outcome::Passed => RunState::Passed,
+            // A run whose stages were all skipped did not pass either.
+            Outcome::Failed | Outcome::Skipped => RunState::Failed,
+            Outcome::Canceled => RunState::Canceled,
+        }
+    }
+
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -282,7 +293,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             &shared.run.pipeline,
             shared.run.number,
             &SetRunState {
-                state: outcome.as_str().to_string(),
+                state: outcome.run_state(),
                 branch: None,
                 commit: None,
             },

@@ -221,7 +221,7 @@ async fn authorize_upload(
 
 async fn open_upload(s: &AppState, caller: &Caller, id: &str) -> Result<UploadNeeds, ApiError> {
     let needs = authorize_upload(s, caller, id).await?;
-    if needs.state != "uploading" {
+    if needs.state != satchel_model::api::UploadState::Uploading {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
