@@ -397,11 +397,21 @@ impl Backend for PostgresBackend {
                 Err(_) if conn.code == Some(SqlState::LOCK_NOT_AVAILABLE) => None,
                 Err(e) => Some(Err(e)),
                 Ok(_) => Some((|| {
-                    for d in digests {
+                    // One statement for up to 500 digests (a pack's worth
+                    // of small files), not a round trip each.
+                    for chunk in digests.chunks(500) {
+                        let rows: Vec<String> = (0..chunk.len())
+                            .map(|i| format!("(?1, ?{}, ?2)", i + 3))
+                            .collect();
+                        let mut args = vec![writer.into(), Value::Int(now)];
+                        args.extend(chunk.iter().map(Value::from));
                         conn.execute(
-                            "INSERT INTO blob_writes (writer, sha256, started_at) VALUES (?1, ?2, ?3)
-                             ON CONFLICT DO NOTHING",
-                            &[writer.into(), d.into(), Value::Int(now)],
+                            &format!(
+                                "INSERT INTO blob_writes (writer, sha256, started_at) VALUES {}
+                                 ON CONFLICT DO NOTHING",
+                                rows.join(", ")
+                            ),
+                            &args,
                         )?;
                     }
                     conn.batch("COMMIT")

@@ -118,15 +118,29 @@ impl Writing {
     /// Announces that `digest` (hex) is about to be stored. Waits only
     /// while a GC sweep is deleting (on any replica).
     pub async fn add(&mut self, digest: &str) -> Result<(), DbError> {
+        self.add_all(&[digest.to_string()]).await
+    }
+
+    /// [`Writing::add`] for many digests at once: one call to the database
+    /// (a pack's worth of small files would otherwise be a transaction
+    /// each).
+    pub async fn add_all(&mut self, digests: &[String]) -> Result<(), DbError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
         let _shared = self.gate.sweep.read().await;
         if let Some(db) = &self.gate.db {
             // Set first: a request cancelled while this call is in flight
             // must still end what it may have announced.
             self.in_db = true;
-            db.announce_writes(&self.id, &[digest.to_string()]).await?;
+            db.announce_writes(&self.id, digests).await?;
         }
-        *self.gate.map().entry(digest.to_string()).or_default() += 1;
-        self.digests.push(digest.to_string());
+        let mut map = self.gate.map();
+        for d in digests {
+            *map.entry(d.clone()).or_default() += 1;
+        }
+        drop(map);
+        self.digests.extend_from_slice(digests);
         Ok(())
     }
 }

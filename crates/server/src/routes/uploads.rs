@@ -407,6 +407,9 @@ pub(super) async fn assemble(
 /// frame of its own memory, never a shared buffer, and other batches go
 /// on.
 struct Packer {
+    /// The batch's announcements to GC: small blobs are announced together
+    /// when they are written, every other blob before it is stored.
+    writing: crate::gate::Writing,
     pending: Vec<(Digest, Bytes)>,
     bytes: usize,
     /// Whether this batch wrote a full pack already (its tail then goes
@@ -423,8 +426,9 @@ struct Packer {
 }
 
 impl Packer {
-    fn new() -> Packer {
+    fn new(writing: crate::gate::Writing) -> Packer {
         Packer {
+            writing,
             pending: Vec::new(),
             bytes: 0,
             packed: false,
@@ -471,6 +475,8 @@ impl Packer {
     /// buffer back.
     async fn write(&mut self, s: &AppState) -> Result<(), ApiError> {
         let pending = std::mem::take(&mut self.pending);
+        let digests: Vec<String> = pending.iter().map(|(d, _)| d.to_hex()).collect();
+        self.writing.add_all(&digests).await?;
         if pending.is_empty() {
         } else if self.packed || pending.len() >= PACK_MIN_BLOBS {
             s.store.put_packed(pending).await?;
@@ -534,12 +540,12 @@ pub(super) async fn put_batch(
     body: Body,
 ) -> Result<axum::Json<BlobsStored>, ApiError> {
     let needs = open_upload(&s, &caller, &id).await?;
-    // Each blob is announced to GC before it is stored, until recorded.
-    let mut writing = s.blob_gate.writer();
+    // Each blob is announced to GC before it is stored, until recorded
+    // (the packer holds the announcements).
     let mut reader = body_reader(body);
     let mut stored = Vec::new();
     let mut bytes = 0u64;
-    let mut packer = Packer::new();
+    let mut packer = Packer::new(s.blob_gate.writer());
     loop {
         let mut header = [0u8; BLOB_FRAME_HEADER];
         let got = packer.read(&s, &mut reader, &mut header).await?;
@@ -562,7 +568,9 @@ pub(super) async fn put_batch(
                 format!("frame for {hex} says {size} bytes; the manifest says {expected}"),
             ));
         }
-        writing.add(&hex).await?;
+        if size > PACK_ENTRY_MAX {
+            packer.writing.add(&hex).await?;
+        }
         if size <= BUFFERED_FRAME_MAX {
             // The frame is read before a buffer is taken, so waiting for
             // the client holds none. Small blobs go into packs: a handful
@@ -596,7 +604,7 @@ pub(super) async fn put_batch(
     packer.write(&s).await?;
     s.store.flush().await?;
     s.db.record_blobs_for(&id, &stored).await?;
-    drop(writing);
+    drop(packer);
     Ok(axum::Json(BlobsStored {
         stored: stored.len() as u64,
         bytes,
