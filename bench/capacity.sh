@@ -49,7 +49,7 @@ server=""
 db="capacity_$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 pg_base=${SATCHEL_TEST_POSTGRES_URL%/*}
 cleanup() {
-  [[ -n $server ]] && kill "$server" 2> /dev/null && wait "$server" 2> /dev/null
+  if [[ -n $server ]]; then { kill "$server" && wait "$server"; } 2> /dev/null || true; fi
   psql -q "$SATCHEL_TEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS $db" > /dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -78,10 +78,15 @@ pg() {
     "SELECT xact_commit + xact_rollback, tup_returned + tup_fetched, tup_inserted + tup_updated + tup_deleted
      FROM pg_stat_database WHERE datname = current_database()"
 }
+# Garage's counters are the whole instance's: run this with nothing else
+# using the test Garage (the test suite, another bench).
 s3() {
-  curl -s http://127.0.0.1:39003/metrics | awk '
+  local m
+  m=$(curl -sf http://127.0.0.1:39003/metrics) || die "Garage's metrics (:39003) do not answer"
+  grep -q '^api_s3_request_counter' <<< "$m" || die "Garage's metrics have no api_s3_request_counter"
+  awk '
     /^api_s3_request_counter/ { split($1, a, "\""); n[a[2]] = $2 }
-    END { printf "%d %d %d %d %d\n", n["PutObject"], n["GetObject"], n["HeadObject"], n["ListObjectsV2"], n["DeleteObject"] }'
+    END { printf "%d %d %d %d %d\n", n["PutObject"], n["GetObject"], n["HeadObject"], n["ListObjectsV2"], n["DeleteObject"] }' <<< "$m"
 }
 rows=()
 # measure LABEL COMMAND...: one row of deltas.

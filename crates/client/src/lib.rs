@@ -494,12 +494,16 @@ impl Client {
         repository: &str,
         package: Option<&str>,
     ) -> Result<Vec<Package>, ClientError> {
-        let mut rb = self.request(Method::GET, &format!("/packages/{}", encode(repository)));
-        if let Some(p) = package {
-            rb = rb.query(&[("package", p)]);
-        }
-        let l: PackageList = self.json(rb).await?;
-        Ok(l.packages)
+        let params: Vec<(&str, String)> = package
+            .map(|p| ("package", p.to_string()))
+            .into_iter()
+            .collect();
+        self.all_pages(
+            &format!("/packages/{}", encode(repository)),
+            &params,
+            |l: PackageList| Ok((l.packages, l.next_cursor)),
+        )
+        .await
     }
 
     /// One package version (`latest` for the newest) with its files.

@@ -330,9 +330,11 @@ impl<B: Backend> MetaStore for Store<B> {
         &self,
         repository: &str,
         name: Option<&str>,
-    ) -> Result<Vec<Package>, DbError> {
+        page: &PageRequest,
+    ) -> Result<Page<Package>, DbError> {
         let (repo, name) = (repository.to_string(), name.map(str::to_string));
-        self.read(move |c| rules::list_packages(c, &repo, name.as_deref()))
+        let page = page.clone();
+        self.read(move |c| listing::packages(c, &repo, name.as_deref(), &page))
             .await
     }
 
@@ -411,9 +413,9 @@ impl<B: Backend> MetaStore for Store<B> {
             .await
     }
 
-    async fn locate_pack(&self, digest: &str) -> Result<Option<(String, u64)>, DbError> {
+    async fn locate_pack(&self, digest: &str) -> Result<Vec<(String, u64)>, DbError> {
         let d = digest.to_string();
-        self.read(move |c| packs::locate(c, &d)).await
+        self.read(move |c| packs::locate(c, &d, 8)).await
     }
 
     async fn forget_pack(&self, key: &str) -> Result<(), DbError> {
@@ -624,5 +626,10 @@ impl<B: Backend> GhaStore for Store<B> {
 
     async fn gha_count(&self) -> Result<u64, DbError> {
         self.read(gha::count).await
+    }
+
+    async fn gha_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
+        let id = run_id.to_string();
+        self.read(move |c| gha::files(c, &id)).await
     }
 }

@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 
-use crate::rules::{record_blobs, BATCH_ROWS};
+use satchel_model::api::FileInfo;
+
+use crate::rules::{file_row, record_blobs, rows, BATCH_ROWS, FILE_SELECT};
 use crate::sql::{args, marks, Lock, Sql, Value};
 use crate::DbError;
 
@@ -290,4 +292,19 @@ pub(crate) fn reap(c: &mut dyn Sql, idle_ms: i64) -> Result<u64, DbError> {
 pub(crate) fn count(c: &mut dyn Sql) -> Result<u64, DbError> {
     c.query_one("SELECT COUNT(*) FROM gha_uploads", args![])?
         .uint(0)
+}
+
+/// The files of run `run_id`'s finished protocol artifacts (one each, its
+/// `glob` `gha-zip` or `gha-raw`) of current job attempts, oldest artifact
+/// first: through their own index, not every file of the run.
+pub(crate) fn files(c: &mut dyn Sql, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
+    rows(
+        c,
+        &format!(
+            "{FILE_SELECT} AND f.run_id = ?1 AND f.glob IN ('gha-zip', 'gha-raw')
+             AND NOT j.superseded ORDER BY f.artifact_id"
+        ),
+        args![run_id],
+        file_row,
+    )
 }

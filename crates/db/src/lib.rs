@@ -375,18 +375,21 @@ pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     /// flight are in: new ones wait until the hold is dropped. `None` on a
     /// database only this process writes.
     async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError>;
-    /// Package versions of a repository (optionally one package), newest first.
+    /// Package versions of a repository (optionally one package), newest
+    /// first, a page at a time.
     async fn list_packages(
         &self,
         repository: &str,
         name: Option<&str>,
-    ) -> Result<Vec<Package>, DbError>;
+        page: &PageRequest,
+    ) -> Result<Page<Package>, DbError>;
     /// Records that pack `key` of the content store, of `size` bytes, holds
     /// `digests` (hex): where replicas share the database, so that one
     /// finds a pack another wrote without listing the bucket.
     async fn record_pack(&self, key: &str, size: u64, digests: &[String]) -> Result<(), DbError>;
-    /// The pack (key, size) last recorded as holding `digest` (hex).
-    async fn locate_pack(&self, digest: &str) -> Result<Option<(String, u64)>, DbError>;
+    /// The packs (key, size) recorded as holding `digest` (hex), newest
+    /// first (a few at most).
+    async fn locate_pack(&self, digest: &str) -> Result<Vec<(String, u64)>, DbError>;
     /// Forgets what pack `key` holds (it was deleted).
     async fn forget_pack(&self, key: &str) -> Result<(), DbError>;
     /// Takes or renews the lease on background work `name` for `holder`
@@ -532,6 +535,9 @@ pub trait GhaStore: Send + Sync + 'static {
     async fn gha_reap(&self, idle_ms: i64) -> Result<u64, DbError>;
     /// How many uploads are in progress.
     async fn gha_count(&self) -> Result<u64, DbError>;
+    /// The files of a run's finished protocol artifacts (one each, `glob`
+    /// `gha-zip` or `gha-raw`) of current job attempts, oldest first.
+    async fn gha_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError>;
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare

@@ -23,13 +23,13 @@
 
 use std::collections::VecDeque;
 
-use satchel_model::api::{Artifact, FileInfo, Run};
+use satchel_model::api::{Artifact, FileInfo, Package, Run};
 use satchel_model::glob::Glob;
 use satchel_model::query::{self, Scope};
 
 use crate::rules::{
-    artifact_row, file_row, get_artifact, pipeline_exists, rows, run_row, ARTIFACT_SELECT,
-    FILE_SELECT, RUN_SELECT,
+    artifact_row, file_row, get_artifact, package_row, pipeline_exists, rows, run_row,
+    ARTIFACT_SELECT, FILE_SELECT, PACKAGE_SELECT, RUN_SELECT,
 };
 use crate::sql::{Sql, Value};
 use crate::DbError;
@@ -206,6 +206,56 @@ pub(crate) fn runs(
         encode(&[&items[limit - 1].number.to_string()])
     });
     Ok(Page { items, next })
+}
+
+/// Package versions of repository `repo` (of package `name` only, if
+/// given), newest first: by creation, then insertion order (`seq`).
+pub(crate) fn packages(
+    c: &mut dyn Sql,
+    repo: &str,
+    name: Option<&str>,
+    page: &PageRequest,
+) -> Result<Page<Package>, DbError> {
+    let name = name.map(str::to_string);
+    no_nul([&name])?;
+    let limit = page.limit();
+    let mut q = Query::new(PACKAGE_SELECT);
+    q.and("WHERE k.repository = ?", vec![repo.into()]);
+    if let Some(n) = &name {
+        q.and("AND k.name = ?", vec![n.into()]);
+    }
+    if let Some(cursor) = &page.cursor {
+        let f = decode(cursor, 2)?;
+        let num = |s: &str| s.parse::<i64>().map_err(|_| bad_cursor(cursor));
+        let (at, seq) = (num(&f[0])?, num(&f[1])?);
+        q.and(
+            "AND (k.created_at < ? OR (k.created_at = ? AND k.seq < ?))",
+            vec![at.into(), at.into(), seq.into()],
+        );
+    }
+    q.and(
+        &format!("ORDER BY k.created_at DESC, k.seq DESC LIMIT {}", limit + 1),
+        vec![],
+    );
+    let mut found = c
+        .query(&q.sql, &q.args)?
+        .into_iter()
+        .map(package_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut next = None;
+    if found.len() > limit {
+        found.truncate(limit);
+        // The row's own milliseconds and order (the item shows RFC 3339).
+        let mut r = c.query_one(
+            "SELECT created_at, seq FROM packages WHERE id = ?1",
+            &[found[limit - 1].0.as_str().into()],
+        )?;
+        next = Some(encode(&[&r.int(0)?.to_string(), &r.int(1)?.to_string()]));
+    }
+    Ok(Page {
+        items: found.into_iter().map(|(_, p)| p).collect(),
+        next,
+    })
 }
 
 /// Artifacts of run `run_id` that `filter` admits, by name, then creation.

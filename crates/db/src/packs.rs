@@ -1,10 +1,10 @@
 //! Where packed blobs are: the rows behind the server's
 //! `satchel_store::PackCatalog` where replicas share a database, so that
 //! one replica finds a pack another wrote with one indexed lookup instead
-//! of listing every pack of the bucket. One row per blob, pointing at the
-//! newest pack recorded as holding it; a stale row costs the store a
-//! lookup, never content (it checks every location against the pack's own
-//! index).
+//! of listing every pack of the bucket. One row per blob and pack that
+//! holds it (a blob sent again may be in several), newest first; a
+//! deleted pack's rows go, and the copies its blobs have elsewhere keep
+//! theirs.
 
 use crate::rules::BATCH_ROWS;
 use crate::sql::{args, Sql, Value};
@@ -17,19 +17,21 @@ pub(crate) fn record(
     size: u64,
     digests: &[String],
 ) -> Result<(), DbError> {
+    let now = c.now_ms()?;
     let mut sorted: Vec<&str> = digests.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     sorted.dedup();
     for chunk in sorted.chunks(BATCH_ROWS) {
-        let mut a = vec![Value::from(key), Value::from(size as i64)];
+        let mut a = vec![Value::from(key), Value::from(size as i64), Value::from(now)];
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(?{}, ?1, ?2)", i + 3))
+            .map(|i| format!("(?{}, ?1, ?2, ?3)", i + 4))
             .collect();
         a.extend(chunk.iter().map(|d| Value::from(*d)));
         c.execute(
             &format!(
-                "INSERT INTO pack_entries (sha256, pack, pack_size) VALUES {}
-                 ON CONFLICT (sha256) DO UPDATE SET pack = excluded.pack, pack_size = excluded.pack_size",
+                "INSERT INTO pack_entries (sha256, pack, pack_size, recorded_at) VALUES {}
+                 ON CONFLICT (sha256, pack) DO UPDATE
+                 SET pack_size = excluded.pack_size, recorded_at = excluded.recorded_at",
                 rows.join(", ")
             ),
             &a,
@@ -38,14 +40,23 @@ pub(crate) fn record(
     Ok(())
 }
 
-/// The pack (key and size) recorded as holding `digest` (hex).
-pub(crate) fn locate(c: &mut dyn Sql, digest: &str) -> Result<Option<(String, u64)>, DbError> {
-    c.query_opt(
-        "SELECT pack, pack_size FROM pack_entries WHERE sha256 = ?1",
+/// The packs (key and size) recorded as holding `digest` (hex), newest
+/// first, at most `limit`.
+pub(crate) fn locate(
+    c: &mut dyn Sql,
+    digest: &str,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, DbError> {
+    c.query(
+        &format!(
+            "SELECT pack, pack_size FROM pack_entries WHERE sha256 = ?1
+             ORDER BY recorded_at DESC, pack LIMIT {limit}"
+        ),
         args![digest],
     )?
+    .into_iter()
     .map(|mut r| Ok((r.text(0)?, r.uint(1)?)))
-    .transpose()
+    .collect()
 }
 
 /// Forgets what pack `key` holds (it was deleted).

@@ -47,6 +47,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0013_jobs_superseded.sql"),
     include_str!("../migrations/postgres/0014_gha_uploads.sql"),
     include_str!("../migrations/postgres/0015_pack_entries.sql"),
+    include_str!("../migrations/postgres/0016_files_gha.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;

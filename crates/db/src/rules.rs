@@ -1369,7 +1369,7 @@ pub(crate) fn list_jobs(c: &mut dyn Sql, run_id: &str) -> Result<Vec<JobSummary>
     .collect()
 }
 
-fn package_row(mut r: Row) -> Result<(String, Package), DbError> {
+pub(crate) fn package_row(mut r: Row) -> Result<(String, Package), DbError> {
     let kind = r.text(4)?;
     let meta = r.opt_text(5)?;
     let origin = r.text(6)?;
@@ -1408,7 +1408,7 @@ AND NOT EXISTS (SELECT 1 FROM gha_uploads g WHERE g.sha256 = b.sha256)
 AND NOT EXISTS (SELECT 1 FROM gha_blocks g WHERE g.sha256 = b.sha256)";
 
 /// Packages newest first; `seq` breaks ties within a millisecond.
-const PACKAGE_SELECT: &str = "
+pub(crate) const PACKAGE_SELECT: &str = "
 SELECT k.id, k.repository, k.name, k.version, k.kind, k.meta, k.origin, k.created_at,
        (SELECT COUNT(*) FROM package_files f WHERE f.package_id = k.id),
        (SELECT CAST(COALESCE(SUM(f.size), 0) AS BIGINT) FROM package_files f
@@ -1583,28 +1583,6 @@ pub(crate) fn get_package(
         })
         .collect::<Result<_, DbError>>()?;
     Ok(PackageWithFiles { package, files })
-}
-
-pub(crate) fn list_packages(
-    c: &mut dyn Sql,
-    repo: &str,
-    name: Option<&str>,
-) -> Result<Vec<Package>, DbError> {
-    let order = "ORDER BY k.created_at DESC, k.seq DESC";
-    let found = match name {
-        Some(n) => c.query(
-            &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 AND k.name = ?2 {order}"),
-            args![repo, n],
-        )?,
-        None => c.query(
-            &format!("{PACKAGE_SELECT} WHERE k.repository = ?1 {order}"),
-            args![repo],
-        )?,
-    };
-    found
-        .into_iter()
-        .map(|r| package_row(r).map(|(_, p)| p))
-        .collect()
 }
 
 pub(crate) fn expire_artifacts(c: &mut dyn Sql, now_ms: i64) -> Result<u64, DbError> {

@@ -115,7 +115,6 @@ impl Row {
         u64::try_from(n).map_err(|_| DbError::Backend(format!("column {i}: negative value {n}")))
     }
 
-    /// A boolean column (an integer on SQLite, a boolean on PostgreSQL).
     /// A state column, parsed by `parse`: a value it does not know is the
     /// database's fault (written by a newer satchel, or by hand).
     pub(crate) fn state<T>(
@@ -127,6 +126,7 @@ impl Row {
         parse(&s).ok_or_else(|| DbError::Backend(format!("unknown state {s:?} in column {i}")))
     }
 
+    /// A boolean column (an integer on SQLite, a boolean on PostgreSQL).
     pub(crate) fn boolean(&mut self, i: usize) -> Result<bool, DbError> {
         Ok(self.int(i)? != 0)
     }

@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0015_jobs_superseded.sql"),
     include_str!("../migrations/sqlite/0016_gha_uploads.sql"),
     include_str!("../migrations/sqlite/0017_pack_entries.sql"),
+    include_str!("../migrations/sqlite/0018_files_gha.sql"),
 ];
 const READERS: usize = 4;
 

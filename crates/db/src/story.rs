@@ -816,8 +816,12 @@ async fn pipelines(db: &dyn MetaStore) {
         .unwrap();
     assert!(r3.finished_at.is_some(), "set_run_state creates the run");
     // An unknown state never reaches the database: it is not a RunState.
-    let done: Result<SetRunState, _> = serde_json::from_str(r#"{"state":"done"}"#);
-    assert!(done.is_err());
+    let done = serde_json::from_str::<SetRunState>(r#"{"state":"done"}"#).unwrap_err();
+    assert!(
+        done.to_string()
+            .contains("unknown run state \"done\": use one of running, passed, failed, canceled"),
+        "{done}"
+    );
     let pick = |s: &str| s.parse::<RunSelector>().unwrap();
     for (sel, want) in [
         ("latest", 3),
@@ -917,13 +921,53 @@ async fn pipelines(db: &dyn MetaStore) {
         Err(DbError::Conflict(_))
     ));
     db.promote(&promote("1.1")).await.unwrap();
+    // Versions page newest first; more versions, some promoted within one
+    // millisecond, so the order within it (insertion) matters too.
+    for v in ["1.0", "1.1", "1.2", "1.3", "1.4", "2.0"] {
+        let to_paged = Promote {
+            repository: "paged".into(),
+            ..promote(v)
+        };
+        db.promote(&to_paged).await.unwrap();
+    }
+    let all = db
+        .list_packages("paged", None, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.next, None);
+    let versions: Vec<&str> = all.items.iter().map(|p| p.version.as_str()).collect();
+    assert_eq!(versions, ["2.0", "1.4", "1.3", "1.2", "1.1", "1.0"]);
+    for limit in [1, 2, 4] {
+        let pages = all_pages(limit, 0, |p| async move {
+            db.list_packages("paged", Some("app"), &p).await
+        })
+        .await;
+        assert!(pages.iter().all(|p| p.len() <= limit));
+        let paged: Vec<&str> = pages.iter().flatten().map(|p| p.version.as_str()).collect();
+        assert_eq!(paged, versions, "pages of {limit}");
+    }
+    let bad = PageRequest {
+        cursor: Some("zz".into()),
+        ..PageRequest::default()
+    };
+    assert!(matches!(
+        db.list_packages("paged", None, &bad).await,
+        Err(DbError::Invalid(_))
+    ));
     let latest = db.get_package("rel", "app", None).await.unwrap();
     assert_eq!(latest.package.version, "1.1");
     assert_eq!(latest.package.origin.artifact, "app");
     db.delete_artifact(&img.id).await.unwrap();
     let kept = db.get_package("rel", "app", Some("1.0")).await.unwrap();
     assert_eq!(kept.package.kind, "image");
-    assert_eq!(db.list_packages("rel", None).await.unwrap().len(), 2);
+    assert_eq!(
+        db.list_packages("rel", None, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
     assert!(matches!(
         db.get_package("rel", "app", Some("9")).await,
         Err(DbError::NotFound(_))
@@ -1595,6 +1639,44 @@ async fn gha_uploads(db: &dyn MetaStore) {
         .count();
     assert_eq!(won, 3, "three blocks of 3 bytes fit under 10");
     assert_eq!(db.gha_touch(&id, None).await.unwrap().unwrap().1, 9);
+    // The protocol's artifacts of a run: files whose glob says so, of the
+    // latest attempt of their job, oldest first.
+    let digest = |n: u64| format!("{:064x}", 0x9a51_0000 + n);
+    let gh = |job: &str, attempt: u32, name: &str, glob: &str, n: u64| {
+        let mut u = self::upload(
+            job,
+            attempt,
+            Some(name),
+            vec![NewFile {
+                glob: Some(glob.into()),
+                sha256: digest(n),
+                ..file(&format!("{name}.zip"), '0', 7)
+            }],
+        );
+        u.context.pipeline = "ghafiles".into();
+        u
+    };
+    db.record_blobs(&[(digest(1), 7), (digest(2), 7), (digest(3), 7)])
+        .await
+        .unwrap();
+    for u in [
+        gh("a", 1, "zip", "gha-zip", 1),
+        gh("b", 1, "old", "gha-raw", 2),
+        gh("b", 2, "raw", "gha-raw", 2),
+        gh("c", 1, "mine", "gha-zip-not", 3),
+    ] {
+        let plan = db.create_upload(&u, &q()).await.unwrap();
+        db.finish_upload(&plan.upload_id).await.unwrap();
+    }
+    let run = db.find_run("ghafiles", 1).await.unwrap();
+    let names: Vec<String> = db
+        .gha_files(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.artifact_name)
+        .collect();
+    assert_eq!(names, ["zip", "raw"]);
     // Reaping drops only uploads idle for longer than asked.
     assert_eq!(db.gha_reap(60_000).await.unwrap(), 0);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -1602,11 +1684,12 @@ async fn gha_uploads(db: &dyn MetaStore) {
     assert_eq!(db.gha_count().await.unwrap(), before);
 }
 
-/// Where packed blobs are: the newest pack recorded for a blob wins, and
-/// forgetting a pack forgets only what still points at it.
+/// Where packed blobs are: every pack recorded for a blob, newest first;
+/// forgetting a pack forgets only its own rows.
 async fn pack_catalog(db: &dyn MetaStore) {
     let d = |c: char| c.to_string().repeat(64);
-    assert_eq!(db.locate_pack(&d('a')).await.unwrap(), None);
+    let at = |k: &str, n: u64| (k.to_string(), n);
+    assert!(db.locate_pack(&d('a')).await.unwrap().is_empty());
     // More than one statement's worth of rows.
     let many: Vec<String> = (0..1201).map(|i| format!("{i:064x}")).collect();
     db.record_pack("p/01/old", 100, &many).await.unwrap();
@@ -1615,17 +1698,19 @@ async fn pack_catalog(db: &dyn MetaStore) {
         .unwrap();
     assert_eq!(
         db.locate_pack(&many[1200]).await.unwrap(),
-        Some(("p/01/old".to_string(), 100))
+        [at("p/01/old", 100)]
     );
-    // A rewrite moves `a` to a new pack, then deletes the old one.
+    // `a` sent again: a second pack holds it too, recorded later.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     db.record_pack("p/02/new", 50, &[d('a')]).await.unwrap();
-    db.forget_pack("p/01/old").await.unwrap();
     assert_eq!(
         db.locate_pack(&d('a')).await.unwrap(),
-        Some(("p/02/new".to_string(), 50))
+        [at("p/02/new", 50), at("p/01/old", 100)]
     );
-    assert_eq!(db.locate_pack(&d('b')).await.unwrap(), None);
-    assert_eq!(db.locate_pack(&many[0]).await.unwrap(), None);
+    db.forget_pack("p/01/old").await.unwrap();
+    assert_eq!(db.locate_pack(&d('a')).await.unwrap(), [at("p/02/new", 50)]);
+    assert!(db.locate_pack(&d('b')).await.unwrap().is_empty());
+    assert!(db.locate_pack(&many[0]).await.unwrap().is_empty());
     db.forget_pack("p/02/new").await.unwrap();
-    assert_eq!(db.locate_pack(&d('a')).await.unwrap(), None);
+    assert!(db.locate_pack(&d('a')).await.unwrap().is_empty());
 }

@@ -7,7 +7,7 @@
 //! key stays unique, tokens can be made for it.
 
 use rusqlite::Connection;
-use satchel_db::{AccessStore, MetaStore, SqliteStore};
+use satchel_db::{AccessStore, MetaStore, PageRequest, SqliteStore};
 
 /// The schema as satchel left it at version 4.
 const V4: &[&str] = &[
@@ -243,7 +243,11 @@ async fn check(db: &dyn MetaStore, feature: &str, at: &str) {
                 Some("registry.example/app:1"),
                 "{ctx}"
             );
-            let packages = db.list_packages("releases", Some("app")).await.expect(&ctx);
+            let packages = db
+                .list_packages("releases", Some("app"), &PageRequest::default())
+                .await
+                .expect(&ctx)
+                .items;
             // Promoted in the same millisecond: the later one is newer.
             let versions: Vec<(&str, u64)> = packages
                 .iter()

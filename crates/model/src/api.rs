@@ -235,7 +235,7 @@ impl std::fmt::Display for UploadState {
 }
 
 /// Lifecycle of a run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     /// Started, not ended.
@@ -276,6 +276,15 @@ impl RunState {
                 let all: Vec<&str> = RunState::ALL.iter().map(|r| r.as_str()).collect();
                 format!("unknown run state {s:?}: use one of {}", all.join(", "))
             })
+    }
+}
+
+/// Decoded through [`RunState::parse`], so a request naming an unknown
+/// state is refused with the message the CLI gives.
+impl<'de> Deserialize<'de> for RunState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RunState, D::Error> {
+        let s = String::deserialize(d)?;
+        RunState::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -827,6 +836,9 @@ pub struct PackageWithFiles {
 pub struct PackageList {
     /// Newest first.
     pub packages: Vec<Package>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Checks a package version: 1 to 128 ASCII letters, digits, `.`, `_`,

@@ -35,7 +35,7 @@ impl PackCatalog for DbPackCatalog {
             .map_err(store_error)
     }
 
-    async fn locate(&self, digest: &Digest) -> Result<Option<(String, u64)>, StoreError> {
+    async fn locate(&self, digest: &Digest) -> Result<Vec<(String, u64)>, StoreError> {
         self.db
             .locate_pack(&digest.to_hex())
             .await

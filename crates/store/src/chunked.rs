@@ -29,7 +29,7 @@
 //! again, before writing its recipe, that every reused chunk is still there
 //! and young: a chunk an upload relies on is never old enough to be swept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -200,19 +200,29 @@ impl ChunkStore {
     }
 
     /// Finds where blob `d` is packed if another process packed it since
-    /// this one last looked: one catalog lookup and the index of the pack
-    /// it names, where there is a catalog; else every pack is listed.
-    /// Whether `d` is packed now, as far as this process knows.
-    async fn relearn(&self, d: &Digest) -> Result<bool, StoreError> {
+    /// this one last looked. Where there is a catalog: a lookup there and
+    /// the index of each pack it names, and, for a `read` the catalog
+    /// cannot place, a listing of every pack at most once per
+    /// [`pack::LIST_AT_MOST_EVERY`]. Else every pack is listed. Whether `d`
+    /// is packed now, as far as this process knows.
+    async fn relearn(&self, d: &Digest, read: bool) -> Result<bool, StoreError> {
         let Some(catalog) = &self.catalog else {
             // Whether this listing changed anything does not matter: a
             // concurrent one may have learnt the pack since `d` missed.
             self.packs.refresh(&*self.backend, &self.codec).await?;
             return Ok(self.packs.lookup(d).is_some());
         };
-        if let Some((key, size)) = catalog.locate(d).await? {
+        for (key, size) in catalog.locate(d).await? {
+            if self.packs.lookup(d).is_some() {
+                break;
+            }
             self.packs
                 .learn(&*self.backend, &self.codec, &key, size)
+                .await?;
+        }
+        if self.packs.lookup(d).is_none() && read {
+            self.packs
+                .refresh_at_most_every(&*self.backend, &self.codec, pack::LIST_AT_MOST_EVERY)
                 .await?;
         }
         Ok(self.packs.lookup(d).is_some())
@@ -220,13 +230,12 @@ impl ChunkStore {
 
     /// Pack `key` is gone (swept or rewritten by another process): forgets
     /// it here, and finds where `d` is packed now.
-    async fn pack_gone(&self, key: &str, d: &Digest) -> Result<bool, StoreError> {
-        if self.catalog.is_none() {
-            // Listing drops every pack that is gone.
-            return self.relearn(d).await;
+    async fn pack_gone(&self, key: &str, d: &Digest, read: bool) -> Result<bool, StoreError> {
+        if self.catalog.is_some() {
+            // (Without one, the listing drops every pack that is gone.)
+            self.packs.remove_pack(key);
         }
-        self.packs.remove_pack(key);
-        self.relearn(d).await
+        self.relearn(d, read).await
     }
 
     /// Sets how old an existing chunk may be before a write that reuses it
@@ -308,7 +317,7 @@ impl ChunkStore {
                 return Ok(None);
             };
             let Some(stored) = self.backend.get_range(&loc.pack, loc.entry.range()).await? else {
-                self.pack_gone(&loc.pack, d).await?;
+                self.pack_gone(&loc.pack, d, true).await?;
                 continue;
             };
             let (codec, d) = (self.codec.clone(), *d);
@@ -334,7 +343,7 @@ impl ChunkStore {
         match self.unpacked_top(d).await {
             Err(StoreError::NotFound(_)) => {
                 // Perhaps packed by another process since we last looked.
-                if self.relearn(d).await? {
+                if self.relearn(d, true).await? {
                     if let Some(b) = self.packed(d).await? {
                         return Ok(Top::Chunk(b));
                     }
@@ -505,20 +514,36 @@ impl ChunkStore {
             let digests: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
             catalog.record(&key, size, &digests).await?;
         }
-        self.packs.add(key.as_str().into(), entries);
+        self.packs.add(key.as_str().into(), size, entries, true);
         Ok(Some(key))
     }
 
-    /// Deletes pack `key`, here, in the catalog and in the store.
+    /// Deletes pack `key`, here, in the catalog and in the store. Its
+    /// blobs that live on in other packs this process knows are recorded
+    /// there first (a copy written by a process without the catalog, or
+    /// whose record a crash cut short, would otherwise be unplaceable).
     async fn delete_pack(&self, key: &str) -> Result<(), StoreError> {
-        // The catalog first: a crash between the two leaves a pack no
-        // catalog names, which the next sweep deletes, never a catalog
-        // entry for a pack that is gone (harmless too, but a lookup).
+        let held = self.packs.entries(key).unwrap_or_default();
+        self.packs.remove_pack(key);
         if let Some(catalog) = &self.catalog {
+            let mut by_pack: HashMap<(Arc<str>, u64), Vec<Digest>> = HashMap::new();
+            for e in held {
+                let Some(loc) = self.packs.lookup(&e.digest) else {
+                    continue;
+                };
+                let Some(size) = self.packs.size(&loc.pack) else {
+                    continue;
+                };
+                by_pack.entry((loc.pack, size)).or_default().push(e.digest);
+            }
+            for ((pack, size), digests) in by_pack {
+                catalog.record(&pack, size, &digests).await?;
+            }
+            // Before the object: a crash between the two leaves a pack no
+            // catalog names, which the next sweep deletes.
             catalog.forget(key).await?;
         }
         self.backend.delete(key).await?;
-        self.packs.remove_pack(key);
         Ok(())
     }
 
@@ -756,8 +781,7 @@ impl ChunkStore {
                 .filter(|e| self.packs.points_at(&e.digest, &obj.key))
                 .collect();
             let done = if live.is_empty() {
-                self.backend.delete(&obj.key).await?;
-                self.packs.remove_pack(&obj.key);
+                self.delete_pack(&obj.key).await?;
                 true
             } else {
                 self.repack(&obj.key, &live).await?
@@ -842,7 +866,7 @@ impl ContentStore for ChunkStore {
                 return Ok(true);
             }
             // Swept or rewritten by another process.
-            if self.pack_gone(&loc.pack, digest).await? {
+            if self.pack_gone(&loc.pack, digest, false).await? {
                 return Ok(true);
             }
         }
@@ -858,7 +882,7 @@ impl ContentStore for ChunkStore {
                 }
             }
         }
-        self.relearn(digest).await
+        self.relearn(digest, false).await
     }
 
     async fn put(

@@ -115,6 +115,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     small_blobs_share_packs(backend.clone()).await;
     packs_of_tiny_blobs_and_repairs(backend.clone()).await;
     packs_another_process_wrote_are_found_through_the_catalog(backend.clone()).await;
+    a_swept_pack_leaves_the_other_copies_of_its_blobs_in_the_catalog(backend.clone()).await;
     a_read_that_missed_a_pack_another_read_found_still_finds_it(backend.clone()).await;
     let zstd = ChunkStore::new(
         backend.clone(),
@@ -524,6 +525,85 @@ async fn packs_another_process_wrote_are_found_through_the_catalog(
     );
     // Cleaned up for the tests after this one.
     a.delete(&kept).await.unwrap();
+    a.sweep(&HashSet::new(), future).await.unwrap();
+}
+
+/// Blobs held by two packs (sent twice, by two processes): sweeping one
+/// pack away must leave the blob placeable through the catalog by a
+/// process that never listed the other, whatever order the packs were
+/// recorded in, and even when the other copy was never recorded (a crash
+/// between writing a pack and recording it, or a writer without the
+/// catalog). Found in review: the catalog kept one row per blob, so
+/// forgetting the swept pack forgot the blob.
+async fn a_swept_pack_leaves_the_other_copies_of_its_blobs_in_the_catalog(
+    backend: Arc<dyn ObjectBackend>,
+) {
+    let catalog: Arc<dyn crate::PackCatalog> = Arc::new(crate::MemoryCatalog::default());
+    let with =
+        || ChunkStore::new(backend.clone(), Codec::plain()).with_pack_catalog(catalog.clone());
+    let (a, b) = (with(), with());
+    let watch = Arc::new(Watch::new(backend.clone(), String::new()));
+    let c = ChunkStore::new(watch.clone(), Codec::plain()).with_pack_catalog(catalog.clone());
+    assert!(!c.contains(&Digest::of(b"nothing")).await.unwrap());
+    let loaded = watch.lists();
+    let set = |seed: u64, shared: &Bytes| -> Vec<(Digest, Bytes)> {
+        let mut v: Vec<(Digest, Bytes)> = (0..16u64)
+            .map(|i| {
+                let b = Bytes::from(random_bytes(1500 + i as usize, seed + i));
+                (Digest::of(&b), b)
+            })
+            .collect();
+        v.push((Digest::of(shared), shared.clone()));
+        v
+    };
+    let future = SystemTime::now() + Duration::from_secs(3600);
+
+    // Two processes pack blob Z; the first pack is recorded last.
+    let z = Bytes::from(random_bytes(1200, 9100));
+    let (one, two) = (set(9200, &z), set(9300, &z));
+    a.put_packed(one.clone()).await.unwrap();
+    b.put_packed(two.clone()).await.unwrap();
+    let zd = Digest::of(&z);
+    let located = catalog.locate(&zd).await.unwrap();
+    assert_eq!(located.len(), 2, "both copies recorded: {located:?}");
+    let (first, first_size) = located[1].clone();
+    catalog.record(&first, first_size, &[zd]).await.unwrap();
+    // A's sweep finds the second pack newer, so the first is all dead.
+    let keep: HashSet<Digest> = two.iter().map(|(d, _)| *d).collect();
+    a.sweep(&keep, future).await.unwrap();
+    assert!(
+        backend.head(&first).await.unwrap().is_none(),
+        "the first pack was swept"
+    );
+    assert!(
+        read_all(&c, &zd, None).await.unwrap() == z[..],
+        "Z through the catalog"
+    );
+
+    // A copy never recorded (written without the catalog), newer than a
+    // recorded one that is then swept.
+    let y = Bytes::from(random_bytes(1300, 9400));
+    let (three, four) = (set(9500, &y), set(9600, &y));
+    a.put_packed(three.clone()).await.unwrap();
+    ChunkStore::new(backend.clone(), Codec::plain())
+        .put_packed(four.clone())
+        .await
+        .unwrap();
+    let yd = Digest::of(&y);
+    let keep: HashSet<Digest> = keep
+        .into_iter()
+        .chain(four.iter().map(|(d, _)| *d))
+        .collect();
+    a.sweep(&keep, future).await.unwrap();
+    assert!(
+        read_all(&c, &yd, None).await.unwrap() == y[..],
+        "Y through the catalog"
+    );
+    assert_eq!(watch.lists(), loaded, "C listed the store to find them");
+    // Cleaned up for the tests after this one.
+    for (d, _) in one.iter().chain(&two).chain(&three).chain(&four) {
+        a.delete(d).await.unwrap();
+    }
     a.sweep(&HashSet::new(), future).await.unwrap();
 }
 

@@ -225,27 +225,33 @@ pub fn read_index(codec: &Codec, pack: &[u8]) -> Result<Vec<(Digest, Range<u64>)
 
 /// Where packed blobs are, recorded for every process that shares a store
 /// (replicas on one database), so that one finds a pack another wrote
-/// without listing every pack of the store. A catalog may lag (a pack
-/// recorded and then deleted, a crash between writing a pack and
-/// recording it): a stale answer costs a lookup, never content, since every
-/// location is checked against the pack's own index.
+/// without listing every pack of the store. It keeps every pack recorded
+/// as holding a blob (one sent again is in several), so deleting one pack
+/// leaves the others. Every location is checked against the pack's own
+/// index; a blob the catalog cannot place (a pack written by a process
+/// without it, or a crash before the record) is found by a listing, at
+/// most one per [`LIST_AT_MOST_EVERY`] on reads.
 #[async_trait::async_trait]
 pub trait PackCatalog: Send + Sync + 'static {
-    /// Records that pack `key`, of `size` bytes, holds `digests` (the newest
-    /// pack recorded for a blob is where it is). Called once the pack is
-    /// durable, before its blobs are reported stored.
+    /// Records that pack `key`, of `size` bytes, holds `digests`. Called
+    /// once the pack is durable, before its blobs are reported stored.
     async fn record(&self, key: &str, size: u64, digests: &[Digest]) -> Result<(), StoreError>;
-    /// The pack (key and size) last recorded as holding `digest`.
-    async fn locate(&self, digest: &Digest) -> Result<Option<(String, u64)>, StoreError>;
+    /// The packs (key and size) recorded as holding `digest`, newest first.
+    async fn locate(&self, digest: &Digest) -> Result<Vec<(String, u64)>, StoreError>;
     /// Forgets what pack `key` holds (it was deleted).
     async fn forget(&self, key: &str) -> Result<(), StoreError>;
 }
+
+/// How often a store with a catalog lists every pack at most, to find a
+/// blob the catalog does not place.
+pub const LIST_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A [`PackCatalog`] in memory: for stores that share one in a process
 /// (tests of what replicas see).
 #[derive(Debug, Default)]
 pub struct MemoryCatalog {
-    map: std::sync::Mutex<HashMap<Digest, (String, u64)>>,
+    /// Each blob's packs, oldest record first.
+    map: std::sync::Mutex<HashMap<Digest, Vec<(String, u64)>>>,
 }
 
 #[async_trait::async_trait]
@@ -253,20 +259,25 @@ impl PackCatalog for MemoryCatalog {
     async fn record(&self, key: &str, size: u64, digests: &[Digest]) -> Result<(), StoreError> {
         let mut map = self.map.lock().expect("catalog");
         for d in digests {
-            map.insert(*d, (key.to_string(), size));
+            let packs = map.entry(*d).or_default();
+            packs.retain(|(k, _)| k != key);
+            packs.push((key.to_string(), size));
         }
         Ok(())
     }
 
-    async fn locate(&self, digest: &Digest) -> Result<Option<(String, u64)>, StoreError> {
-        Ok(self.map.lock().expect("catalog").get(digest).cloned())
+    async fn locate(&self, digest: &Digest) -> Result<Vec<(String, u64)>, StoreError> {
+        let map = self.map.lock().expect("catalog");
+        Ok(map
+            .get(digest)
+            .map(|p| p.iter().rev().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn forget(&self, key: &str) -> Result<(), StoreError> {
-        self.map
-            .lock()
-            .expect("catalog")
-            .retain(|_, (k, _)| k != key);
+        for packs in self.map.lock().expect("catalog").values_mut() {
+            packs.retain(|(k, _)| k != key);
+        }
         Ok(())
     }
 }
@@ -275,6 +286,8 @@ impl PackCatalog for MemoryCatalog {
 struct State {
     loaded: bool,
     packs: HashMap<Arc<str>, Vec<Entry>>,
+    /// Each known pack's size in bytes.
+    sizes: HashMap<Arc<str>, u64>,
     map: HashMap<Digest, Loc>,
 }
 
@@ -286,6 +299,8 @@ pub(crate) struct PackIndex {
     refreshing: tokio::sync::Mutex<()>,
     /// Refreshes (each lists every pack).
     listings: std::sync::atomic::AtomicU64,
+    /// When the last refresh began.
+    listed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl PackIndex {
@@ -304,18 +319,24 @@ impl PackIndex {
         self.lookup(d).is_some_and(|l| &*l.pack == key)
     }
 
-    /// Records a pack and its entries (newest location wins).
-    pub fn add(&self, key: Arc<str>, entries: Vec<Entry>) {
+    /// Records a pack of `size` bytes and its entries; with `newest`, its
+    /// locations win over those known, else they only fill in blobs with
+    /// none (a pack learnt out of order, through the catalog, must not
+    /// point a blob back at an older copy).
+    pub fn add(&self, key: Arc<str>, size: u64, entries: Vec<Entry>, newest: bool) {
         let mut st = self.state.write().expect("pack index");
         for e in &entries {
-            st.map.insert(
-                e.digest,
-                Loc {
-                    pack: key.clone(),
-                    entry: *e,
-                },
-            );
+            let loc = Loc {
+                pack: key.clone(),
+                entry: *e,
+            };
+            if newest {
+                st.map.insert(e.digest, loc);
+            } else {
+                st.map.entry(e.digest).or_insert(loc);
+            }
         }
+        st.sizes.insert(key.clone(), size);
         st.packs.insert(key, entries);
     }
 
@@ -332,6 +353,7 @@ impl PackIndex {
     /// process's sweep would count the remaining copy as dead too).
     pub fn remove_pack(&self, key: &str) {
         let mut st = self.state.write().expect("pack index");
+        st.sizes.remove(key);
         let Some(entries) = st.packs.remove(key) else {
             return;
         };
@@ -359,6 +381,16 @@ impl PackIndex {
         }
     }
 
+    /// The size of known pack `key`.
+    pub fn size(&self, key: &str) -> Option<u64> {
+        self.state
+            .read()
+            .expect("pack index")
+            .sizes
+            .get(key)
+            .copied()
+    }
+
     /// The entries of pack `key`, if known.
     pub fn entries(&self, key: &str) -> Option<Vec<Entry>> {
         self.state
@@ -383,11 +415,31 @@ impl PackIndex {
         }
         match read_entries(backend, codec, key, size).await? {
             Some(entries) => {
-                self.add(key.into(), entries);
+                self.add(key.into(), size, entries, false);
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// [`PackIndex::refresh`], unless one began less than `min_gap` ago;
+    /// whether it listed.
+    pub async fn refresh_at_most_every(
+        &self,
+        backend: &dyn ObjectBackend,
+        codec: &Arc<Codec>,
+        min_gap: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let recent = self
+            .listed_at
+            .lock()
+            .expect("pack index")
+            .is_some_and(|t| t.elapsed() < min_gap);
+        if recent {
+            return Ok(false);
+        }
+        self.refresh(backend, codec).await?;
+        Ok(true)
     }
 
     /// Loads every pack index on first use.
@@ -424,6 +476,7 @@ impl PackIndex {
             .collect();
         self.listings
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.listed_at.lock().expect("pack index") = Some(std::time::Instant::now());
         let mut listed = backend.list("p").await?;
         // Oldest first, so that of two packs holding the same blob the
         // newer one (a copy re-sent after the older was damaged) wins.
@@ -440,7 +493,7 @@ impl PackIndex {
             }
             match read_entries(backend, codec, &l.key, l.size).await {
                 Ok(Some(entries)) => {
-                    self.add(l.key.as_str().into(), entries);
+                    self.add(l.key.as_str().into(), l.size, entries, true);
                     changed = true;
                 }
                 Ok(None) => {}
@@ -469,16 +522,35 @@ mod tests {
             len: 3,
         };
         let index = PackIndex::default();
-        index.add("p/two".into(), vec![e(10)]);
-        index.add("p/one".into(), vec![e(0)]);
+        index.add("p/two".into(), 20, vec![e(10)], true);
+        index.add("p/one".into(), 10, vec![e(0)], true);
         assert!(index.points_at(&x, "p/one"), "the last pack learned wins");
         index.remove_pack("p/one");
         assert!(
             index.points_at(&x, "p/two"),
             "the other copy is the blob now"
         );
+        assert_eq!(index.size("p/two"), Some(20));
         index.remove_pack("p/two");
         assert!(index.lookup(&x).is_none());
+    }
+
+    /// A pack learnt out of order (through the catalog) fills in blobs
+    /// this process cannot place, and never points one back at an older
+    /// copy than the one it knows.
+    #[test]
+    fn a_pack_learnt_late_does_not_win_over_a_newer_copy() {
+        let (x, y) = (Digest([1; 32]), Digest([2; 32]));
+        let e = |digest, offset| Entry {
+            digest,
+            offset,
+            len: 3,
+        };
+        let index = PackIndex::default();
+        index.add("p/new".into(), 10, vec![e(x, 0)], true);
+        index.add("p/old".into(), 20, vec![e(x, 0), e(y, 3)], false);
+        assert!(index.points_at(&x, "p/new"));
+        assert!(index.points_at(&y, "p/old"));
     }
 
     #[tokio::test]

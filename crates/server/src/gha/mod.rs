@@ -394,15 +394,7 @@ async fn run_artifacts(s: &AppState, who: &Identity) -> Result<Vec<FileInfo>, Tw
         Err(DbError::NotFound(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    let mut files: Vec<FileInfo> =
-        s.db.run_files(&run.id)
-            .await?
-            .into_iter()
-            .filter(|f| !f.producer.superseded)
-            .filter(|f| f.glob.as_deref().is_some_and(|g| g.starts_with("gha-")))
-            .collect();
-    files.sort_by(|a, b| a.artifact_id.cmp(&b.artifact_id));
-    Ok(files)
+    Ok(s.db.gha_files(&run.id).await?)
 }
 
 fn validate_name(name: &str) -> Result<(), TwirpError> {

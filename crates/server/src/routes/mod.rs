@@ -135,13 +135,13 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 /// `?limit=N&cursor=C` on every list: at most `limit` items (default
 /// 1,000, at most 10,000) after the page that gave out `cursor`.
 #[derive(Deserialize)]
-struct PageParams {
+pub(super) struct PageParams {
     limit: Option<usize>,
     cursor: Option<String>,
 }
 
 impl PageParams {
-    fn request(self) -> Result<PageRequest, ApiError> {
+    pub(super) fn request(self) -> Result<PageRequest, ApiError> {
         let limit = match self.limit {
             None => DEFAULT_PAGE,
             Some(n @ 1..=MAX_PAGE) => n,

@@ -333,13 +333,18 @@ pub(super) async fn list_packages(
     caller: Caller,
     Path(repo): Path<String>,
     Query(f): Query<PackageFilter>,
+    Query(page): Query<super::PageParams>,
 ) -> Result<axum::Json<PackageList>, ApiError> {
     names::validate_key("repository", &repo)?;
     caller.note(format!("repository={repo}"));
-    // Only packages from pipelines the caller may read are listed.
+    // Only packages from pipelines the caller may read are listed (so a
+    // page may hold fewer than asked, and still give a cursor).
     let mut readable = std::collections::HashMap::new();
     let mut packages = Vec::new();
-    for p in s.db.list_packages(&repo, f.package.as_deref()).await? {
+    let found =
+        s.db.list_packages(&repo, f.package.as_deref(), &page.request()?)
+            .await?;
+    for p in found.items {
         let from = p.origin.producer.pipeline.clone();
         let ok = match readable.get(&from) {
             Some(ok) => *ok,
@@ -353,7 +358,10 @@ pub(super) async fn list_packages(
             packages.push(p);
         }
     }
-    Ok(axum::Json(PackageList { packages }))
+    Ok(axum::Json(PackageList {
+        packages,
+        next_cursor: found.next,
+    }))
 }
 
 /// A package version the caller may read (that of its origin pipeline).
