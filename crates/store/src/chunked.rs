@@ -216,9 +216,18 @@ impl ChunkStore {
             if self.packs.lookup(d).is_some() {
                 break;
             }
-            self.packs
+            match self
+                .packs
                 .learn(&*self.backend, &self.codec, &key, size)
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                // Another copy may be readable.
+                Err(e @ (StoreError::Undecodable(_) | StoreError::Config(_))) => {
+                    tracing::error!(pack = %key, error = %e, "unreadable pack index; trying the blob's other packs");
+                }
+                Err(e) => return Err(e),
+            }
         }
         if self.packs.lookup(d).is_none() && read {
             self.packs
@@ -510,11 +519,17 @@ impl ChunkStore {
         let key = format!("p/{}", fan(&name));
         let size = bytes.len() as u64;
         self.backend.put(&key, Bytes::from(bytes), true).await?;
+        // Its age by the store's clock, as a listing would give it.
+        let age = self
+            .backend
+            .head(&key)
+            .await?
+            .unwrap_or_else(std::time::SystemTime::now);
         if let Some(catalog) = &self.catalog {
             let digests: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
             catalog.record(&key, size, &digests).await?;
         }
-        self.packs.add(key.as_str().into(), size, entries, true);
+        self.packs.add(key.as_str().into(), size, age, entries);
         Ok(Some(key))
     }
 

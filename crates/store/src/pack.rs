@@ -288,6 +288,11 @@ struct State {
     packs: HashMap<Arc<str>, Vec<Entry>>,
     /// Each known pack's size in bytes.
     sizes: HashMap<Arc<str>, u64>,
+    /// When each known pack was written, by the store's clock: of two
+    /// packs holding one blob, the newer is where it is (a copy sent again
+    /// after the older was found damaged), whatever order they were
+    /// learnt in.
+    ages: HashMap<Arc<str>, std::time::SystemTime>,
     map: HashMap<Digest, Loc>,
 }
 
@@ -319,24 +324,27 @@ impl PackIndex {
         self.lookup(d).is_some_and(|l| &*l.pack == key)
     }
 
-    /// Records a pack of `size` bytes and its entries; with `newest`, its
-    /// locations win over those known, else they only fill in blobs with
-    /// none (a pack learnt out of order, through the catalog, must not
-    /// point a blob back at an older copy).
-    pub fn add(&self, key: Arc<str>, size: u64, entries: Vec<Entry>, newest: bool) {
+    /// Records a pack of `size` bytes written at `age` (the store's
+    /// clock) and its entries. Each blob points at the newest pack known
+    /// to hold it (a tie goes to the pack added last).
+    pub fn add(&self, key: Arc<str>, size: u64, age: std::time::SystemTime, entries: Vec<Entry>) {
         let mut st = self.state.write().expect("pack index");
+        let st = &mut *st;
         for e in &entries {
-            let loc = Loc {
-                pack: key.clone(),
-                entry: *e,
+            let older = match st.map.get(&e.digest) {
+                Some(l) => st.ages.get(&l.pack).is_none_or(|a| *a <= age),
+                None => true,
             };
-            if newest {
+            if older {
+                let loc = Loc {
+                    pack: key.clone(),
+                    entry: *e,
+                };
                 st.map.insert(e.digest, loc);
-            } else {
-                st.map.entry(e.digest).or_insert(loc);
             }
         }
         st.sizes.insert(key.clone(), size);
+        st.ages.insert(key.clone(), age);
         st.packs.insert(key, entries);
     }
 
@@ -354,6 +362,7 @@ impl PackIndex {
     pub fn remove_pack(&self, key: &str) {
         let mut st = self.state.write().expect("pack index");
         st.sizes.remove(key);
+        st.ages.remove(key);
         let Some(entries) = st.packs.remove(key) else {
             return;
         };
@@ -376,8 +385,10 @@ impl PackIndex {
                 });
             }
         }
+        // The newest other copy of each.
+        found.sort_by_key(|l| st.ages.get(&l.pack).copied());
         for loc in found {
-            st.map.entry(loc.entry.digest).or_insert(loc);
+            st.map.insert(loc.entry.digest, loc);
         }
     }
 
@@ -413,23 +424,27 @@ impl PackIndex {
         if self.entries(key).is_some() {
             return Ok(true);
         }
+        let Some(age) = backend.head(key).await? else {
+            return Ok(false);
+        };
         match read_entries(backend, codec, key, size).await? {
             Some(entries) => {
-                self.add(key.into(), size, entries, false);
+                self.add(key.into(), size, age, entries);
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
-    /// [`PackIndex::refresh`], unless one began less than `min_gap` ago;
-    /// whether it listed.
+    /// [`PackIndex::refresh`], unless one that began less than `min_gap`
+    /// ago succeeded (one in flight is waited for); whether it listed.
     pub async fn refresh_at_most_every(
         &self,
         backend: &dyn ObjectBackend,
         codec: &Arc<Codec>,
         min_gap: std::time::Duration,
     ) -> Result<bool, StoreError> {
+        let _one = self.refreshing.lock().await;
         let recent = self
             .listed_at
             .lock()
@@ -438,7 +453,7 @@ impl PackIndex {
         if recent {
             return Ok(false);
         }
-        self.refresh(backend, codec).await?;
+        self.refresh_locked(backend, codec).await?;
         Ok(true)
     }
 
@@ -464,6 +479,16 @@ impl PackIndex {
         codec: &Arc<Codec>,
     ) -> Result<bool, StoreError> {
         let _one = self.refreshing.lock().await;
+        self.refresh_locked(backend, codec).await
+    }
+
+    /// [`PackIndex::refresh`], its lock held by the caller.
+    async fn refresh_locked(
+        &self,
+        backend: &dyn ObjectBackend,
+        codec: &Arc<Codec>,
+    ) -> Result<bool, StoreError> {
+        let began = std::time::Instant::now();
         // Packs known before listing: one added meanwhile is not in the
         // listing but is not gone either.
         let before: HashSet<Arc<str>> = self
@@ -476,10 +501,7 @@ impl PackIndex {
             .collect();
         self.listings
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *self.listed_at.lock().expect("pack index") = Some(std::time::Instant::now());
         let mut listed = backend.list("p").await?;
-        // Oldest first, so that of two packs holding the same blob the
-        // newer one (a copy re-sent after the older was damaged) wins.
         listed.sort_by_key(|l| l.modified);
         let mut changed = false;
         let names: HashSet<&str> = listed.iter().map(|l| l.key.as_str()).collect();
@@ -493,7 +515,7 @@ impl PackIndex {
             }
             match read_entries(backend, codec, &l.key, l.size).await {
                 Ok(Some(entries)) => {
-                    self.add(l.key.as_str().into(), l.size, entries, true);
+                    self.add(l.key.as_str().into(), l.size, l.modified, entries);
                     changed = true;
                 }
                 Ok(None) => {}
@@ -504,6 +526,7 @@ impl PackIndex {
             }
         }
         self.state.write().expect("pack index").loaded = true;
+        *self.listed_at.lock().expect("pack index") = Some(began);
         Ok(changed)
     }
 }
@@ -522,9 +545,13 @@ mod tests {
             len: 3,
         };
         let index = PackIndex::default();
-        index.add("p/two".into(), 20, vec![e(10)], true);
-        index.add("p/one".into(), 10, vec![e(0)], true);
-        assert!(index.points_at(&x, "p/one"), "the last pack learned wins");
+        let now = std::time::SystemTime::now();
+        index.add("p/two".into(), 20, now, vec![e(10)]);
+        index.add("p/one".into(), 10, now, vec![e(0)]);
+        assert!(
+            index.points_at(&x, "p/one"),
+            "of equal age, the last learned wins"
+        );
         index.remove_pack("p/one");
         assert!(
             index.points_at(&x, "p/two"),
@@ -535,22 +562,27 @@ mod tests {
         assert!(index.lookup(&x).is_none());
     }
 
-    /// A pack learnt out of order (through the catalog) fills in blobs
-    /// this process cannot place, and never points one back at an older
-    /// copy than the one it knows.
+    /// Whatever order packs are learnt in (a listing, the catalog, a
+    /// write), a blob points at the newest pack that holds it, and at the
+    /// newest remaining one when that pack goes.
     #[test]
-    fn a_pack_learnt_late_does_not_win_over_a_newer_copy() {
+    fn a_blob_points_at_its_newest_pack_whatever_the_order_learnt() {
         let (x, y) = (Digest([1; 32]), Digest([2; 32]));
         let e = |digest, offset| Entry {
             digest,
             offset,
             len: 3,
         };
+        let t = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
         let index = PackIndex::default();
-        index.add("p/new".into(), 10, vec![e(x, 0)], true);
-        index.add("p/old".into(), 20, vec![e(x, 0), e(y, 3)], false);
-        assert!(index.points_at(&x, "p/new"));
+        index.add("p/mid".into(), 10, t(20), vec![e(x, 0)]);
+        index.add("p/old".into(), 20, t(10), vec![e(x, 0), e(y, 3)]);
+        assert!(index.points_at(&x, "p/mid"), "an older pack learnt late");
         assert!(index.points_at(&y, "p/old"));
+        index.add("p/new".into(), 30, t(30), vec![e(x, 0)]);
+        assert!(index.points_at(&x, "p/new"), "a newer pack learnt late");
+        index.remove_pack("p/new");
+        assert!(index.points_at(&x, "p/mid"), "the newest remaining copy");
     }
 
     #[tokio::test]
