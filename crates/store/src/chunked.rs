@@ -562,11 +562,14 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The blobs of pack `key` that still point at it, read and checked.
+    /// The blobs of `entries` of pack `key`, read and checked; `None` when
+    /// the pack is gone. A damaged entry is an error, unless `droppable`
+    /// says another copy is the one readers use: then it is left out.
     async fn live_blobs_of(
         &self,
         key: &str,
         entries: &[pack::Entry],
+        droppable: HashSet<Digest>,
     ) -> Result<Option<Vec<(Digest, Bytes)>>, StoreError> {
         let Some(whole) = self.backend.get(key).await? else {
             return Ok(None);
@@ -581,15 +584,23 @@ impl ChunkStore {
                 let stored = whole
                     .get(r.start as usize..r.end as usize)
                     .ok_or_else(|| StoreError::Undecodable(format!("pack {key} is truncated")))?;
-                let (kind, data) = codec.decode(stored)?;
-                let actual = Digest::of(&data);
-                if kind != Kind::Chunk || actual != e.digest {
-                    return Err(StoreError::Corrupt {
-                        digest: e.digest,
-                        actual,
-                    });
+                let checked = codec.decode(stored).and_then(|(kind, data)| {
+                    let actual = Digest::of(&data);
+                    match kind == Kind::Chunk && actual == e.digest {
+                        true => Ok(data),
+                        false => Err(StoreError::Corrupt {
+                            digest: e.digest,
+                            actual,
+                        }),
+                    }
+                });
+                match checked {
+                    Ok(data) => out.push((e.digest, Bytes::from(data))),
+                    Err(err) if droppable.contains(&e.digest) => {
+                        tracing::warn!(pack = %key, error = %err, "damaged copy left out: readers use another pack's");
+                    }
+                    Err(err) => return Err(err),
                 }
-                out.push((e.digest, Bytes::from(data)));
             }
             Ok(Some(out))
         })
@@ -597,11 +608,22 @@ impl ChunkStore {
         .expect("decoder panicked")
     }
 
-    /// Writes the still-used blobs of pack `key` into a new pack (with the
-    /// current codec), then deletes `key`. A damaged entry leaves the old
-    /// pack in place and is logged: the sweep never drops a live blob.
-    async fn repack(&self, key: &str, live: &[pack::Entry]) -> Result<bool, StoreError> {
-        let blobs = match self.live_blobs_of(key, live).await {
+    /// Writes blobs `live` of pack `key` into a new pack (with the current
+    /// codec), then deletes `key`. A damaged entry (not in `droppable`)
+    /// leaves the old pack in place and is logged: neither the sweep nor a
+    /// rotation ever drops a live blob. `false` when nothing was rewritten
+    /// (also when the pack is gone: another replica rewrote or collected it).
+    async fn repack(
+        &self,
+        key: &str,
+        live: &[pack::Entry],
+        droppable: HashSet<Digest>,
+    ) -> Result<bool, StoreError> {
+        let blobs = match self.live_blobs_of(key, live, droppable).await {
+            Ok(Some(b)) if b.is_empty() => {
+                self.delete_pack(key).await?;
+                return Ok(true);
+            }
             Ok(Some(b)) => b,
             Ok(None) => return Ok(false),
             Err(e @ (StoreError::Corrupt { .. } | StoreError::Undecodable(_))) => {
@@ -654,7 +676,7 @@ impl ChunkStore {
             let live_bytes: u64 = live.iter().map(|e| u64::from(e.len)).sum();
             if live.len() < entry_count
                 && live_bytes * 2 < entries_bytes
-                && self.repack(&obj.key, &live).await?
+                && self.repack(&obj.key, &live, HashSet::new()).await?
             {
                 report.deleted += 1;
                 report.bytes_freed += obj.size.saturating_sub(live_bytes);
@@ -791,17 +813,22 @@ impl ChunkStore {
                 progress(&report);
                 continue;
             };
-            let live: Vec<pack::Entry> = entries
-                .into_iter()
-                .filter(|e| self.packs.points_at(&e.digest, &obj.key))
+            // Every readable entry is carried over, whether or not this
+            // replica's index points at this copy: another replica's GC may
+            // be rewriting the pack an entry points at, and only a GC that
+            // holds the upload gate decides what is dead. A damaged entry
+            // whose readers use another pack's copy is left out.
+            let droppable: HashSet<Digest> = entries
+                .iter()
+                .filter(|e| !self.packs.points_at(&e.digest, &obj.key))
+                .map(|e| e.digest)
                 .collect();
-            let done = if live.is_empty() {
-                self.delete_pack(&obj.key).await?;
-                true
-            } else {
-                self.repack(&obj.key, &live).await?
-            };
-            if !done {
+            if !self.repack(&obj.key, &entries, droppable).await? {
+                if self.backend.head(&obj.key).await?.is_none() {
+                    // Rewritten or collected by another replica meanwhile.
+                    progress(&report);
+                    continue;
+                }
                 return Err(StoreError::Undecodable(format!(
                     "pack {} could not be re-encrypted (see the server log)",
                     obj.key

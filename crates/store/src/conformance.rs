@@ -126,6 +126,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     );
     compression_saves_space(&zstd).await;
     encryption_hides_content_and_hashes(backend.clone()).await;
+    a_rotation_keeps_the_copies_a_concurrent_sweep_may_drop(backend.clone()).await;
     encryption_turned_on_for_a_plain_store(backend.clone()).await;
     reused_old_chunks_are_refreshed(backend.clone()).await;
     a_reused_chunk_swept_before_the_recipe_fails_the_write(backend.clone()).await;
@@ -849,6 +850,92 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
     assert!(backend.list("p").await.unwrap().is_empty());
 }
 
+/// Regression: a key rotation carried over only the entries of a pack
+/// that its own index pointed at. Another replica's sweep, whose index
+/// pointed a shared blob at the other copy (packs of equal age are ordered
+/// by when each replica learnt them), could drop the blob from the pack the
+/// rotation relied on while the rotation dropped it from this one: no copy
+/// was left. Here the rotating store finds the second pack newer, and the
+/// other replica's sweep removes that copy while the rotation holds the
+/// first pack.
+async fn a_rotation_keeps_the_copies_a_concurrent_sweep_may_drop(backend: Arc<dyn ObjectBackend>) {
+    let k1 = Keyring::generate();
+    let ring1 = Keyring::parse(&k1).unwrap();
+    let rotated = Keyring::parse(&format!("{k1}\n{}", ring1.next_key_line())).unwrap();
+    let codec = |keys: Keyring| Codec {
+        compression: Compression::None,
+        keys: Some(keys),
+    };
+    let writer = ChunkStore::new(backend.clone(), codec(ring1.clone()));
+    let before = keys(&*backend).await;
+    let z = Bytes::from(random_bytes(1200, 9700));
+    let zd = Digest::of(&z);
+    let set = |seed: u64, with_z: bool| -> Vec<(Digest, Bytes)> {
+        let mut v: Vec<(Digest, Bytes)> = (0..16u64)
+            .map(|i| {
+                let b = Bytes::from(random_bytes(1500 + i as usize, seed + i));
+                (Digest::of(&b), b)
+            })
+            .collect();
+        if with_z {
+            v.push((zd, z.clone()));
+        }
+        v
+    };
+    let (one, two) = (set(9800, true), set(9900, true));
+    writer.put_packed(one.clone()).await.unwrap();
+    writer.put_packed(two.clone()).await.unwrap();
+    let packs: Vec<String> = backend
+        .list("p")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| !before.contains(k))
+        .collect();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    // The pack listed second is made newer: the rotation reads Z there.
+    let (first, second) = (packs[0].clone(), packs[1].clone());
+    wait_until_older(&*backend, &second, Duration::from_secs(1)).await;
+    let bytes = backend.get(&second).await.unwrap().unwrap();
+    backend.put(&second, bytes, true).await.unwrap();
+
+    let mut watch = Watch::new(backend.clone(), first.clone());
+    watch.hold_get = true;
+    let watch = Arc::new(watch);
+    let rotating = Arc::new(ChunkStore::new(watch.clone(), codec(rotated.clone())));
+    let rotation = {
+        let rotating = rotating.clone();
+        tokio::spawn(async move { rotating.rewrite(&|_| {}).await })
+    };
+    while watch.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        watch.seen.notified().await;
+    }
+    // Meanwhile the other replica's sweep keeps Z in the first pack only:
+    // it rewrites the second without Z.
+    let other = ChunkStore::new(backend.clone(), codec(ring1.clone()));
+    other.put_packed(set(9900, false)).await.unwrap();
+    backend.delete(&second).await.unwrap();
+    watch.release.notify_one();
+    rotation.await.unwrap().expect("the rotation finishes");
+
+    let fresh = ChunkStore::new(backend.clone(), codec(rotated.clone()));
+    assert!(
+        read_all(&fresh, &zd, None).await.unwrap() == z[..],
+        "Z survived the rotation"
+    );
+    for (d, _) in one.iter().chain(&two) {
+        fresh.delete(d).await.unwrap();
+    }
+    fresh
+        .sweep(
+            &HashSet::new(),
+            SystemTime::now() + Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+}
+
 async fn encryption_turned_on_for_a_plain_store(backend: Arc<dyn ObjectBackend>) {
     // A plain store (what earlier checks left under other keys goes first).
     let future = SystemTime::now() + Duration::from_secs(3600);
@@ -998,6 +1085,8 @@ struct Watch {
     lists: std::sync::atomic::AtomicUsize,
     /// Whether a `get` of `key` waits for `release`.
     hold_get: bool,
+    /// How many `get`s of `key` are waiting (or have waited) for `release`.
+    held: std::sync::atomic::AtomicUsize,
     release: tokio::sync::Notify,
 }
 
@@ -1009,6 +1098,7 @@ impl Watch {
             seen: tokio::sync::Notify::new(),
             lists: std::sync::atomic::AtomicUsize::new(0),
             hold_get: false,
+            held: std::sync::atomic::AtomicUsize::new(0),
             release: tokio::sync::Notify::new(),
         }
     }
@@ -1026,6 +1116,7 @@ impl ObjectBackend for Watch {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let r = self.inner.get(key).await;
         if self.hold_get && key == self.key {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.seen.notify_one();
             self.release.notified().await;
         }
