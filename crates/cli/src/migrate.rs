@@ -126,6 +126,12 @@ pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
     })
     .await
     .context("copying metadata")?;
+    // Plans for the first requests come from statistics of the copied rows,
+    // not of the empty tables the copy started with.
+    to_db
+        .refresh_statistics()
+        .await
+        .context("analyzing the copied tables")?;
     println!(
         "migrated {} into {}",
         a.data_dir.display(),

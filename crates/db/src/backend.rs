@@ -60,6 +60,11 @@ pub trait Backend: Send + Sync + 'static {
     fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
         Ok(None)
     }
+    /// [`MetaStore::refresh_statistics`]; nothing by default.
+    #[doc(hidden)]
+    fn refresh_statistics(&self) -> Result<(), DbError> {
+        Ok(())
+    }
 }
 
 /// The metadata store on backend `B`.
@@ -405,6 +410,10 @@ impl<B: Backend> MetaStore for Store<B> {
 
     async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
         self.blocking(|b| b.hold_write_gate()).await
+    }
+
+    async fn refresh_statistics(&self) -> Result<(), DbError> {
+        self.blocking(|b| b.refresh_statistics()).await
     }
 
     async fn record_pack(&self, key: &str, size: u64, digests: &[String]) -> Result<(), DbError> {

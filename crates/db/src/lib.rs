@@ -375,6 +375,14 @@ pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     /// flight are in: new ones wait until the hold is dropped. `None` on a
     /// database only this process writes.
     async fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError>;
+    /// Brings the query planner's statistics up to date after a bulk load
+    /// (a migration): PostgreSQL plans from them, and until autovacuum
+    /// analyzes the new rows (a minute or more later) it can pick plans
+    /// that read whole tables per row; seen as a search running for minutes
+    /// right after 20,000 files were loaded. Nothing on SQLite, whose
+    /// plans use no statistics unless `ANALYZE` ran once (Satchel never
+    /// runs it).
+    async fn refresh_statistics(&self) -> Result<(), DbError>;
     /// Package versions of a repository (optionally one package), newest
     /// first, a page at a time.
     async fn list_packages(

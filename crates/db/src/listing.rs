@@ -28,8 +28,8 @@ use satchel_model::glob::Glob;
 use satchel_model::query::{self, Scope};
 
 use crate::rules::{
-    artifact_row, file_row, get_artifact, package_row, pipeline_exists, rows, run_row,
-    ARTIFACT_SELECT, FILE_SELECT, PACKAGE_SELECT, RUN_SELECT,
+    artifact_row, file_row, fill_producer_run, get_artifact, package_row, pipeline_exists, rows,
+    run_row, ARTIFACT_SELECT, FILE_SELECT, PACKAGE_SELECT, RUN_FILE_SELECT, RUN_SELECT,
 };
 use crate::sql::{Sql, Value};
 use crate::DbError;
@@ -358,8 +358,9 @@ pub(crate) fn search(
             .collect(),
         None => vec![("AND f.run_id = ?", run_id.into())],
     };
-    // The clauses every source's statement adds, with their values.
-    let mut filters: Vec<(&str, Vec<Value>)> = Vec::new();
+    // The clauses every source's statement adds, with their values. The
+    // jobs' run is named too, for PostgreSQL's planner.
+    let mut filters: Vec<(&str, Vec<Value>)> = vec![("AND j.run_id = ?", vec![run_id.into()])];
     if let Some(path) = glob.literal_path() {
         filters.push(("AND f.path = ?", vec![path.into()]));
     } else {
@@ -407,57 +408,90 @@ pub(crate) fn search(
             after: start.clone(),
             rows: VecDeque::new(),
             done: false,
+            path_done: false,
             n: (limit + 1).min(SCAN_ROWS),
         })
         .collect();
-    let mut next_row = |c: &mut dyn Sql| -> Result<Option<FileInfo>, DbError> {
-        for src in sources.iter_mut().filter(|s| s.rows.is_empty() && !s.done) {
-            let mut q = Query::new(FILE_SELECT);
-            q.and(src.clause, vec![src.value.clone()]);
-            for (clause, values) in &filters {
-                q.and(clause, values.clone());
-            }
-            match &src.after {
-                // An artifact's paths are unique: its index on (artifact_id,
-                // path) serves `path >` directly.
-                After::Row(path, _) if src.unique_paths => {
-                    q.and("AND f.path > ?", vec![path.into()]);
+    // Once the page's last path is known (`finishing`), a source reads only
+    // the rest of that path, in statements of the largest size: a path in
+    // every one of 1,000 artifacts is then read in two statements, not in
+    // growing batches that read past it.
+    let mut next_row =
+        |c: &mut dyn Sql, finishing: Option<&str>| -> Result<Option<FileInfo>, DbError> {
+            let wanted =
+                |s: &Source| s.rows.is_empty() && !s.done && !(finishing.is_some() && s.path_done);
+            for src in sources.iter_mut().filter(|s| wanted(s)) {
+                if finishing.is_none() && src.path_done {
+                    // Whether anything follows the finished path: one row.
+                    src.path_done = false;
+                    src.n = 1;
                 }
-                After::Row(path, id) => {
-                    q.and("AND (f.path, f.id) > (?, ?)", vec![path.into(), id.into()]);
+                let mut q = Query::new(RUN_FILE_SELECT);
+                q.and(src.clause, vec![src.value.clone()]);
+                for (clause, values) in &filters {
+                    q.and(clause, values.clone());
                 }
-                After::Path(path) => {
-                    q.and("AND f.path > ?", vec![path.into()]);
+                if let Some(path) = finishing {
+                    q.and("AND f.path = ?", vec![path.into()]);
+                    src.n = SCAN_ROWS;
                 }
-                After::Start => {}
+                match &src.after {
+                    // An artifact's paths are unique: its index on (artifact_id,
+                    // path) serves `path >` directly.
+                    After::Row(path, _) if src.unique_paths => {
+                        q.and("AND f.path > ?", vec![path.into()]);
+                    }
+                    After::Row(path, id) => {
+                        q.and("AND (f.path, f.id) > (?, ?)", vec![path.into(), id.into()]);
+                    }
+                    After::Path(path) => {
+                        q.and("AND f.path > ?", vec![path.into()]);
+                    }
+                    After::Start => {}
+                }
+                q.and(&format!("ORDER BY f.path, f.id LIMIT {}", src.n), vec![]);
+                let batch = rows(c, &q.sql, &q.args, file_row)?;
+                // A short batch of the last path ends that path, not the source.
+                match finishing {
+                    Some(_) => src.path_done = batch.len() < src.n,
+                    None => src.done = batch.len() < src.n,
+                }
+                src.n = (src.n * 4).min(SCAN_ROWS);
+                if let Some(last) = batch.last() {
+                    src.after = After::Row(last.path.clone(), last.id.clone());
+                }
+                src.rows.extend(batch);
             }
-            q.and(&format!("ORDER BY f.path, f.id LIMIT {}", src.n), vec![]);
-            let batch = rows(c, &q.sql, &q.args, file_row)?;
-            src.done = batch.len() < src.n;
-            src.n = (src.n * 4).min(SCAN_ROWS);
-            if let Some(last) = batch.last() {
-                src.after = After::Row(last.path.clone(), last.id.clone());
-            }
-            src.rows.extend(batch);
-        }
-        let least = sources
-            .iter_mut()
-            .filter(|s| !s.rows.is_empty())
-            .min_by(|a, b| {
-                let (a, b) = (&a.rows[0], &b.rows[0]);
-                (&a.path, &a.id).cmp(&(&b.path, &b.id))
-            });
-        Ok(least.and_then(|s| s.rows.pop_front()))
-    };
+            let least = sources
+                .iter_mut()
+                .filter(|s| !s.rows.is_empty())
+                .min_by(|a, b| {
+                    let (a, b) = (&a.rows[0], &b.rows[0]);
+                    (&a.path, &a.id).cmp(&(&b.path, &b.id))
+                });
+            Ok(least.and_then(|s| s.rows.pop_front()))
+        };
     let mut kept: Vec<FileInfo> = Vec::new();
     let mut matched = 0usize;
     let mut scanned = 0usize;
     // Once set, the page ends where the path changes.
     let mut last_path: Option<String> = None;
-    while let Some(f) = next_row(c)? {
+    // Set once every source has read all of the last path: the sources are
+    // then read past it, a row each, to know whether a next page exists.
+    let mut probing = false;
+    loop {
+        let finishing = last_path.as_deref().filter(|_| !probing);
+        let Some(f) = next_row(c, finishing)? else {
+            if finishing.is_some() {
+                probing = true;
+                continue;
+            }
+            break;
+        };
         if let Some(last) = &last_path {
             if f.path != *last {
                 let next = Some(encode(&[last]));
+                fill_producer_run(c, run_id, &mut kept)?;
                 return Ok(Page {
                     items: query::search(glob, scope, kept),
                     next,
@@ -476,6 +510,7 @@ pub(crate) fn search(
             last_path = Some(f.path.clone());
         }
     }
+    fill_producer_run(c, run_id, &mut kept)?;
     Ok(Page {
         items: query::search(glob, scope, kept),
         next: None,
@@ -493,6 +528,8 @@ struct Source {
     after: After,
     rows: VecDeque<FileInfo>,
     done: bool,
+    /// Every row of the page's last path is read (see `finishing`).
+    path_done: bool,
     n: usize,
 }
 

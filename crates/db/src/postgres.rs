@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0014_gha_uploads.sql"),
     include_str!("../migrations/postgres/0015_pack_entries.sql"),
     include_str!("../migrations/postgres/0016_files_gha.sql"),
+    include_str!("../migrations/postgres/0017_files_fks.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;
@@ -447,6 +448,10 @@ impl Backend for PostgresBackend {
         })
     }
 
+    fn refresh_statistics(&self) -> Result<(), DbError> {
+        self.write(&mut |c| c.execute("ANALYZE", &[]).map(drop))
+    }
+
     fn hold_write_gate(&self) -> Result<Option<WriteGateHold>, DbError> {
         // A connection of its own, outside the pool: the session lock is
         // held as long as it is open, and released by PostgreSQL if this
@@ -667,20 +672,23 @@ impl Sql for PgConn<'_> {
         self.query(&sql, &[Value::Text(id.to_string())]).map(drop)
     }
 
-    fn lock_blobs(&mut self, digests: &[&str]) -> Result<(), DbError> {
+    fn lock_blobs(&mut self, digests: &[&str]) -> Result<Option<Vec<(String, i64)>>, DbError> {
         if digests.is_empty() {
-            return Ok(());
+            return Ok(Some(Vec::new()));
         }
         let marks = crate::sql::marks(digests.len(), 1);
         let args: Vec<Value> = digests.iter().map(|d| Value::from(*d)).collect();
         // Rows are locked as the sort returns them: in digest order.
         self.query(
             &format!(
-                "SELECT 1 FROM blobs WHERE sha256 IN ({marks}) ORDER BY sha256 FOR NO KEY UPDATE"
+                "SELECT sha256, size FROM blobs WHERE sha256 IN ({marks}) ORDER BY sha256 FOR NO KEY UPDATE"
             ),
             &args,
-        )
-        .map(drop)
+        )?
+        .into_iter()
+        .map(|mut r| Ok((r.text(0)?, r.int(1)?)))
+        .collect::<Result<_, DbError>>()
+        .map(Some)
     }
 }
 

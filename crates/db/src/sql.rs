@@ -173,8 +173,10 @@ pub trait Sql {
     fn lock(&mut self, lock: Lock, id: &str) -> Result<(), DbError>;
     /// Locks the `blobs` rows of `digests` (sorted), in digest order, so
     /// that a multi-row update of them cannot deadlock with another writer
-    /// of blob rows. Nothing on SQLite, as [`Sql::lock`].
-    fn lock_blobs(&mut self, digests: &[&str]) -> Result<(), DbError>;
+    /// of blob rows, and returns the digests and sizes of the rows it
+    /// locked. Nothing on SQLite, as [`Sql::lock`]: `None`.
+    #[allow(clippy::type_complexity)]
+    fn lock_blobs(&mut self, digests: &[&str]) -> Result<Option<Vec<(String, i64)>>, DbError>;
     /// Milliseconds since the epoch by the database's clock where several
     /// processes share the database (so that their times compare whatever
     /// their own clocks say); this process's clock otherwise.

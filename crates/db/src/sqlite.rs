@@ -217,7 +217,7 @@ impl Sql for Conn<'_> {
         Ok(())
     }
 
-    fn lock_blobs(&mut self, _digests: &[&str]) -> Result<(), DbError> {
-        Ok(())
+    fn lock_blobs(&mut self, _digests: &[&str]) -> Result<Option<Vec<(String, i64)>>, DbError> {
+        Ok(None)
     }
 }

@@ -472,6 +472,8 @@ async fn paging(db: &dyn MetaStore) {
                 let got: Vec<FileInfo> = pages.iter().flatten().cloned().collect();
                 let ids = |v: &[FileInfo]| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
                 assert_eq!(ids(&got), ids(&want), "{what}");
+                // Whole rows, producer included, as the run's file list has them.
+                assert!(got == want, "{what}: rows differ from the run's files");
                 let mut seen = std::collections::HashSet::new();
                 for page in &pages {
                     let paths: std::collections::BTreeSet<&str> =
