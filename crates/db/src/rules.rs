@@ -584,14 +584,17 @@ pub(crate) fn create_upload(
     // Files the artifact already has. Finished ones are permanent; ones
     // staged by another unfinished upload (e.g. a crashed or abandoned
     // attempt of this same command) move to this upload.
-    let mut existing: HashMap<String, (String, String, bool)> = HashMap::new();
+    let mut existing: HashMap<String, (String, String, bool, u64)> = HashMap::new();
     for mut r in c.query(
-        "SELECT f.path, f.sha256, f.id, u.state = 'finished' FROM files f
+        "SELECT f.path, f.sha256, f.id, u.state = 'finished', f.size FROM files f
            JOIN uploads u ON u.id = f.upload_id
          WHERE f.artifact_id = ?1 AND u.state != 'error'",
         args![&artifact_id],
     )? {
-        existing.insert(r.text(0)?, (r.text(1)?, r.text(2)?, r.boolean(3)?));
+        existing.insert(
+            r.text(0)?,
+            (r.text(1)?, r.text(2)?, r.boolean(3)?, r.uint(4)?),
+        );
     }
 
     let upload_id = new_id();
@@ -613,9 +616,14 @@ pub(crate) fn create_upload(
                 f.path
             )));
         }
-        if let Some((old, file_id, finished)) = existing.get(&f.path) {
+        if let Some((old, file_id, finished, stored)) = existing.get(&f.path) {
             if !finished {
                 c.execute("DELETE FROM files WHERE id = ?1", args![file_id])?;
+            } else if *old == f.sha256 && *stored != f.size {
+                return Err(DbError::SizeMismatch(format!(
+                    "{:?} claims {} bytes, but the content with sha256 {old} has {stored}",
+                    f.path, f.size
+                )));
             } else if *old == f.sha256 {
                 already_present += 1;
                 continue;
@@ -658,6 +666,13 @@ pub(crate) fn create_upload(
             chunk,
         )?;
     }
+    // Recorded content this upload relies on is made young again (see the
+    // module's concurrency notes); what is not recorded is missing. A size
+    // that contradicts stored content is refused before any quota.
+    let mut wanted: Vec<&str> = wanted.into_iter().collect();
+    wanted.sort_unstable();
+    let recorded = touch_blobs(c, &wanted, now)?;
+    check_stored_sizes(&sizes, &recorded)?;
     if created {
         check_artifacts_per_run(c, &run, quotas)?;
     }
@@ -674,12 +689,6 @@ pub(crate) fn create_upload(
             quotas.files_per_artifact
         )));
     }
-    // Recorded content this upload relies on is made young again (see the
-    // module's concurrency notes); what is not recorded is missing.
-    let mut wanted: Vec<&str> = wanted.into_iter().collect();
-    wanted.sort_unstable();
-    let recorded = touch_blobs(c, &wanted, now)?;
-    check_stored_sizes(&sizes, &recorded)?;
     let mut missing: Vec<String> = wanted
         .iter()
         .filter(|d| !recorded.contains_key(**d))
@@ -978,6 +987,8 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
             "{path:?} claims {claimed} bytes, but its content has {stored}; start a new upload with the right size"
         )));
     }
+    // Named by a join, which also sees content another upload recorded
+    // since the touch's snapshot (PostgreSQL): that is young, and present.
     if recorded.len() < digests.len() {
         let missing: Vec<String> = c
             .query(
@@ -988,11 +999,13 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
             .into_iter()
             .map(|mut r| r.text(0))
             .collect::<Result<_, _>>()?;
-        let more = if missing.len() > 10 { ", …" } else { "" };
-        return Err(DbError::Conflict(format!(
-            "content has not been uploaded for: {}{more}",
-            missing[..missing.len().min(10)].join(", ")
-        )));
+        if !missing.is_empty() {
+            let more = if missing.len() > 10 { ", …" } else { "" };
+            return Err(DbError::Conflict(format!(
+                "content has not been uploaded for: {}{more}",
+                missing[..missing.len().min(10)].join(", ")
+            )));
+        }
     }
     let owed: Vec<String> = c
         .query(

@@ -143,6 +143,12 @@ pub async fn run_all(db: &dyn MetaStore) {
             .unwrap_err();
         assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
     }
+    // Nor for a file the artifact already holds, sent again.
+    let err = db
+        .create_upload(&upload("a", 1, None, vec![file("y.txt", 'b', 40)]), &q())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::SizeMismatch(_)), "{err}");
     let late = db
         .create_upload(
             &upload("liar", 1, Some("late"), vec![file("late.txt", 'h', 10)]),

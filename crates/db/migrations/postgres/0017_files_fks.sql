@@ -4,9 +4,9 @@
 -- machine). They guard nothing the rules do not already:
 -- - `files.run_id` is a copy of the artifact's run (kept for the run-wide
 --   search indexes), and the artifact references its run;
--- - files are inserted only by the rules (crates/db/src/rules.rs and
---   gha.rs) in the transaction that created or locked their upload and
---   artifact, and by `satchel admin migrate`, which copies parents first;
+-- - files are inserted only by the rules (crates/db/src/rules.rs) in the
+--   transaction that created or locked their upload and artifact, and by
+--   `satchel admin migrate`, which copies parents first;
 -- - no upload, artifact or run row is ever deleted.
 -- SQLite keeps its constraints (dropping one there means rebuilding the
 -- table, and SQLite's commit is well inside its goal).
