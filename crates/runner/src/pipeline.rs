@@ -166,7 +166,7 @@ fn place(parts: &[(&str, usize, &str)]) -> String {
 impl Pipeline {
     /// Parses and validates a pipeline file's text.
     pub fn parse(text: &str) -> anyhow::Result<Pipeline> {
-        let mut p: Pipeline = serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut p: Pipeline = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         p.validate()?;
         Ok(p)
     }
