@@ -291,6 +291,12 @@ pub struct DownloadArtifactArgs {
     /// Only files matching this glob (Azure `itemPattern`).
     #[arg(long)]
     pattern: Option<String>,
+    /// Put every artifact's files straight into DEST, without a directory
+    /// per artifact (GitHub's `merge-multiple`, Azure's download of one
+    /// artifact into a `path`); a later artifact's file replaces an
+    /// earlier one's of the same path.
+    #[arg(long)]
+    merge: bool,
     /// Pipeline key (default: SATCHEL_PIPELINE).
     #[arg(long)]
     pipeline: Option<String>,
@@ -421,7 +427,11 @@ pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()
     let root = workspace_or(a.dest.clone());
     let mut report = Vec::new();
     for art in chosen {
-        let dir = root.join(&art.name);
+        let dir = if a.merge {
+            root.clone()
+        } else {
+            root.join(&art.name)
+        };
         if art.kind != "files" {
             write_typed(&dir, &art)?;
             report.push(Downloaded {

@@ -26,7 +26,7 @@ use satchel_model::expr;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
-use crate::pipeline::{Action, Job, Pipeline, Step};
+use crate::pipeline::{Action, Job, Pipeline, Shell, Step, When};
 
 /// How to run.
 pub struct RunnerConfig {
@@ -179,29 +179,26 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
     let shared = Arc::new(Shared { cfg, pipeline, run });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
+    // Stages and jobs not run because their `when` did not apply: they do
+    // not fail their stage or the run.
+    let mut not_wanted: Vec<String> = Vec::new();
     for stage in &shared.pipeline.stages {
-        let blocked: Vec<&String> = stage
+        let deps: Vec<(String, Outcome)> = stage
             .depends_on
             .iter()
             .flatten()
-            .filter(|d| stage_outcome.get(*d) != Some(&Outcome::Passed))
+            .map(|d| {
+                (
+                    d.clone(),
+                    stage_outcome.get(d).copied().unwrap_or(Outcome::Skipped),
+                )
+            })
             .collect();
         let canceled = *shared.cfg.cancel.borrow();
-        if canceled || !blocked.is_empty() {
-            let (outcome, reason) = if canceled {
-                (Outcome::Canceled, "the run was canceled".to_string())
-            } else {
-                let names: Vec<String> = blocked
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{d} {}",
-                            stage_outcome.get(*d).map_or("not run", |o| o.as_str())
-                        )
-                    })
-                    .collect();
-                (Outcome::Skipped, format!("depends on {}", names.join(", ")))
-            };
+        if let Some((outcome, reason, unwanted)) = gate(stage.when, &deps, canceled) {
+            if unwanted {
+                not_wanted.push(stage.key.clone());
+            }
             say(
                 &stage.key,
                 &format!("stage {} {}: {reason}", stage.key, outcome.as_str()),
@@ -232,7 +229,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             let job = job.clone();
             let outcomes = outcomes.clone();
             async move {
-                let mut blocked = Vec::new();
+                let mut deps = Vec::new();
                 for d in &job.depends_on {
                     let mut rx = outcomes[d].subscribe();
                     let o = rx
@@ -240,38 +237,42 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                         .await
                         .map(|o| o.unwrap_or(Outcome::Skipped))
                         .unwrap_or(Outcome::Skipped);
-                    if o != Outcome::Passed {
-                        blocked.push(format!("{d} {}", o.as_str()));
-                    }
+                    deps.push((d.clone(), o));
                 }
-                let result = if blocked.is_empty() {
-                    run_job(&shared, &stage, &job).await
-                } else {
-                    let reason = format!("depends on {}", blocked.join(", "));
-                    say(
-                        &format!("{stage}/{}", job.key),
-                        &format!("job skipped: {reason}"),
-                    );
-                    JobResult {
-                        stage: stage.clone(),
-                        job: job.key.clone(),
-                        outcome: Outcome::Skipped,
-                        duration: Duration::ZERO,
-                        reason: Some(reason),
+                let canceled = *shared.cfg.cancel.borrow();
+                let (result, unwanted) = match gate(job.when, &deps, canceled) {
+                    None => (run_job(&shared, &stage, &job).await, false),
+                    Some((outcome, reason, unwanted)) => {
+                        say(
+                            &format!("{stage}/{}", job.key),
+                            &format!("job {}: {reason}", outcome.as_str()),
+                        );
+                        let r = JobResult {
+                            stage: stage.clone(),
+                            job: job.key.clone(),
+                            outcome,
+                            duration: Duration::ZERO,
+                            reason: Some(reason),
+                        };
+                        (r, unwanted)
                     }
                 };
                 outcomes[&job.key].send_replace(Some(result.outcome));
-                result
+                (result, unwanted)
             }
         });
-        let done = futures_util::future::join_all(jobs).await;
-        let outcome = if done.iter().any(|j| j.outcome == Outcome::Canceled) {
+        let done: Vec<(JobResult, bool)> = futures_util::future::join_all(jobs).await;
+        let outcome = if done.iter().any(|(j, _)| j.outcome == Outcome::Canceled) {
             Outcome::Canceled
-        } else if done.iter().all(|j| j.outcome == Outcome::Passed) {
+        } else if done
+            .iter()
+            .all(|(j, unwanted)| j.outcome == Outcome::Passed || *unwanted)
+        {
             Outcome::Passed
         } else {
             Outcome::Failed
         };
+        let done: Vec<JobResult> = done.into_iter().map(|(j, _)| j).collect();
         say(
             &stage.key,
             &format!("stage {} {}", stage.key, outcome.as_str()),
@@ -282,7 +283,10 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
     let outcome =
         if stage_outcome.values().any(|o| *o == Outcome::Canceled) || *shared.cfg.cancel.borrow() {
             Outcome::Canceled
-        } else if stage_outcome.values().all(|o| *o == Outcome::Passed) {
+        } else if stage_outcome
+            .iter()
+            .all(|(k, o)| *o == Outcome::Passed || not_wanted.contains(k))
+        {
             Outcome::Passed
         } else {
             Outcome::Failed
@@ -548,6 +552,9 @@ fn describe(step: &Step) -> String {
             first.to_string()
         }
     };
+    if let Some(t) = &step.title {
+        return t.clone();
+    }
     match step.action() {
         Action::Run => one_line(step.run.as_deref().unwrap_or("")),
         Action::Publish => format!(
@@ -654,11 +661,13 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
     let artifact = step.artifact.clone().unwrap_or_default();
     match step.action() {
         Action::Run => {
-            let mut out = vec![vec![
-                "sh".to_string(),
-                "-c".to_string(),
-                step.run.clone().unwrap_or_default(),
-            ]];
+            let shell: &[&str] = match step.shell {
+                None | Some(Shell::Sh) => &["sh", "-c"],
+                Some(Shell::Bash) => &["bash", "--noprofile", "--norc", "-c"],
+            };
+            let mut argv: Vec<String> = shell.iter().map(|s| s.to_string()).collect();
+            argv.push(step.run.clone().unwrap_or_default());
+            let mut out = vec![argv];
             if let Some(paths) = &step.artifact_paths {
                 let mut v = sat(&["artifact", "upload", "--quiet"]);
                 v.extend(paths.iter().cloned());
@@ -670,7 +679,7 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
             "artifact",
             "publish",
             "--quiet",
-            step.publish.as_deref().unwrap_or(""),
+            &in_workspace(step.publish.as_deref().unwrap_or(""), workspace),
             "--name",
             &artifact,
         ])],
@@ -715,9 +724,13 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
             if let Some(p) = &step.pattern {
                 v.extend(["--pattern".to_string(), p.clone()]);
             }
+            if step.merge {
+                v.push("--merge".into());
+            }
             let dest = step
                 .path
-                .clone()
+                .as_deref()
+                .map(|p| in_workspace(p, workspace))
                 .unwrap_or_else(|| workspace.display().to_string());
             v.extend(["--dest".to_string(), dest]);
             vec![v]
@@ -803,6 +816,52 @@ async fn canceled(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// A `publish` or download `path` with a leading `$SATCHEL_WORKSPACE` (or
+/// `${SATCHEL_WORKSPACE}`) made the job's workspace; other paths are
+/// relative to the job's working directory, as given.
+fn in_workspace(path: &str, workspace: &Path) -> String {
+    for var in ["${SATCHEL_WORKSPACE}", "$SATCHEL_WORKSPACE"] {
+        if let Some(rest) = path.strip_prefix(var) {
+            if rest.is_empty() || rest.starts_with('/') {
+                return format!("{}{rest}", workspace.display());
+            }
+        }
+    }
+    path.to_string()
+}
+
+/// Whether a stage or job with `when` runs after `deps` (name and outcome
+/// of each): `None` to run it, else its outcome (skipped or canceled), why,
+/// and whether it was only not wanted (its `when` did not apply), which
+/// fails nothing.
+fn gate(when: When, deps: &[(String, Outcome)], canceled: bool) -> Option<(Outcome, String, bool)> {
+    if canceled {
+        return Some((Outcome::Canceled, "the run was canceled".into(), false));
+    }
+    let list = |keep: &dyn Fn(Outcome) -> bool| -> String {
+        deps.iter()
+            .filter(|(_, o)| keep(*o))
+            .map(|(d, o)| format!("{d} {}", o.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match when {
+        When::Always => None,
+        When::OnSuccess if deps.iter().all(|(_, o)| *o == Outcome::Passed) => None,
+        When::OnSuccess => Some((
+            Outcome::Skipped,
+            format!("depends on {}", list(&|o| o != Outcome::Passed)),
+            false,
+        )),
+        When::OnFailure if deps.iter().any(|(_, o)| *o == Outcome::Failed) => None,
+        When::OnFailure => Some((
+            Outcome::Skipped,
+            "runs only when something it depends on failed, and nothing did".into(),
+            true,
+        )),
+    }
+}
+
 /// Runs one process with prefixed output; `Ok(true)` if it exited 0.
 async fn spawn(
     argv: &[String],
@@ -885,7 +944,7 @@ async fn spawn(
 }
 
 fn short(argv: &[String]) -> String {
-    if argv.first().map(String::as_str) == Some("sh") {
+    if matches!(argv.first().map(String::as_str), Some("sh" | "bash")) {
         "script".into()
     } else {
         argv.iter()

@@ -55,6 +55,9 @@ pub struct Stage {
     /// for none).
     #[serde(default)]
     pub depends_on: Option<Vec<String>>,
+    /// When the stage runs, given the stages it depends on.
+    #[serde(default)]
+    pub when: When,
     /// Jobs.
     pub jobs: Vec<Job>,
 }
@@ -69,6 +72,9 @@ pub struct Job {
     /// the job starts with the stage).
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// When the job runs, given the jobs it depends on.
+    #[serde(default)]
+    pub when: When,
     /// Environment for the job's steps.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -83,8 +89,14 @@ pub struct Job {
 pub struct Step {
     /// Step key, unique in the job (default `step-N`).
     pub key: Option<String>,
-    /// Shell script, run with `sh -c`.
+    /// What the runner shows for the step (default: the script's first
+    /// line, or what the step does).
+    pub title: Option<String>,
+    /// Shell script, run with `sh -c` (or the `shell`).
     pub run: Option<String>,
+    /// For `run`: `sh` (the default) or `bash` (run as `bash --noprofile
+    /// --norc -c`, as Azure's and GitHub's agents run scripts).
+    pub shell: Option<Shell>,
     /// Globs uploaded into the job's default artifact after `run` succeeds.
     pub artifact_paths: Option<Vec<String>>,
     /// File or directory to publish as the named `artifact`.
@@ -106,9 +118,38 @@ pub struct Step {
     pub pattern: Option<String>,
     /// For `download`: destination (default `$SATCHEL_WORKSPACE`).
     pub path: Option<String>,
+    /// For `download`: the files of every artifact straight into `path`,
+    /// without a directory per artifact (a later artifact's file replaces
+    /// an earlier one's of the same path).
+    #[serde(default)]
+    pub merge: bool,
     /// Environment for this step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// The shell of a `run` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shell {
+    /// `sh -c`.
+    Sh,
+    /// `bash --noprofile --norc -c`.
+    Bash,
+}
+
+/// When a stage or job runs, given the outcomes of what it depends on
+/// (Azure's `condition:`, GitLab's `when:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Only when everything it depends on passed (the default).
+    #[default]
+    OnSuccess,
+    /// Whatever happened before, unless the run was canceled.
+    Always,
+    /// Only when something it depends on failed.
+    OnFailure,
 }
 
 /// What a step does.
@@ -169,6 +210,13 @@ impl Pipeline {
         let mut p: Pipeline = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         p.validate()?;
         Ok(p)
+    }
+
+    /// Validates a pipeline built by a translator of another format (see
+    /// [`crate::formats`]), filling in defaults as [`Pipeline::parse`] does.
+    pub fn validated(mut self) -> anyhow::Result<Pipeline> {
+        self.validate()?;
+        Ok(self)
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -342,8 +390,8 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
         }
     };
     only(
-        step.artifact_paths.is_some() && action != Action::Run,
-        "artifact_paths",
+        (step.artifact_paths.is_some() || step.shell.is_some()) && action != Action::Run,
+        "artifact_paths/shell",
         "`run`",
         &mut errors,
     );
@@ -354,8 +402,8 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
         &mut errors,
     );
     only(
-        (step.pattern.is_some() || step.path.is_some()) && action != Action::Download,
-        "pattern/path",
+        (step.pattern.is_some() || step.path.is_some() || step.merge) && action != Action::Download,
+        "pattern/path/merge",
         "`download`",
         &mut errors,
     );
