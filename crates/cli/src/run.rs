@@ -15,8 +15,21 @@ use satchel_server::AppState;
 /// Options of `satchel run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The pipeline file (see docs/pipelines.md).
+    /// The pipeline file: Satchel's own format or Azure Pipelines YAML,
+    /// detected from the file (see docs/pipelines.md).
     file: PathBuf,
+    /// The file's format, instead of detecting it: satchel, azure (and,
+    /// recognised but not run yet, buildkite, flow, github).
+    #[arg(long)]
+    format: Option<satchel_runner::formats::Format>,
+    /// Pipeline key (default: the file's `name:` in Satchel's format, else
+    /// the file name without its extension).
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Report steps that cannot run locally (another task, a cloud-only
+    /// step) as skipped, with their inputs, instead of refusing the file.
+    #[arg(long)]
+    skip_unsupported: bool,
     /// Use this server instead of the embedded one.
     #[arg(long, env = "SATCHEL_URL")]
     server: Option<String>,
@@ -79,11 +92,33 @@ fn parse_triggered_by(s: &str) -> anyhow::Result<RunRef> {
 pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let pipeline = Pipeline::parse(&text).with_context(|| format!("in {}", a.file.display()))?;
+    // The file's directory; a bare file name is in the current one.
+    let parent = a
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let source_dir = std::path::absolute(parent)?;
+    let loaded = satchel_runner::formats::load(
+        &a.file,
+        &text,
+        &satchel_runner::formats::LoadOptions {
+            format: a.format,
+            pipeline: a.pipeline.clone(),
+            skip_unsupported: a.skip_unsupported,
+            source_dir: source_dir.clone(),
+        },
+    )
+    .with_context(|| format!("in {}", a.file.display()))?;
+    let pipeline: Pipeline = loaded.pipeline;
+    for s in &loaded.skipped {
+        eprintln!("satchel: will report, not run: {s}");
+    }
     if a.check {
         eprintln!(
-            "{}: pipeline {:?} is valid ({} stages, {} jobs)",
+            "{}: {} pipeline {:?} is valid ({} stages, {} jobs)",
             a.file.display(),
+            loaded.format.as_str(),
             pipeline.name,
             pipeline.stages.len(),
             pipeline.stages.iter().map(|s| s.jobs.len()).sum::<usize>()
@@ -95,12 +130,6 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(parse_triggered_by)
         .transpose()?;
-    let source_dir = std::path::absolute(a.file.parent().unwrap_or(std::path::Path::new(".")))?;
-    let source_dir = if source_dir.as_os_str().is_empty() {
-        std::env::current_dir()?
-    } else {
-        source_dir
-    };
     let branch = a
         .branch
         .clone()

@@ -122,6 +122,136 @@ fn azure_fan_in_example() {
     assert!(r["finished_at"].is_string());
 }
 
+/// The Azure seed's own YAML, copied verbatim, run by a bare file name from
+/// its directory (which once failed: "cannot make an empty path absolute").
+#[test]
+fn azure_seed_yaml_runs_verbatim_from_a_bare_file_name() {
+    let d = tmp();
+    let data = d.path().join("data");
+    std::fs::copy(
+        example("seeds/azure-fan-in.yml"),
+        d.path().join("azure-fan-in.yml"),
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .current_dir(d.path())
+        .args(["run", "--data-dir", "data", "azure-fan-in.yml"])
+        .env_remove("SATCHEL_URL")
+        .env_remove("SATCHEL_TOKEN")
+        .env_remove("SATCHEL_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    // The seed's last script cats both files from $(Pipeline.Workspace)/<name>/.
+    assert!(out.contains("[CollectAndDeploy/UseAll] From Job1"), "{out}");
+    assert!(out.contains("[CollectAndDeploy/UseAll] From Job2"), "{out}");
+    assert!(
+        out.contains("run #1 of pipeline \"azure-fan-in\": PASSED"),
+        "{out}"
+    );
+    let ws = data.join("work/azure-fan-in/1/UseAll/workspace");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("job2-artifact/job2.txt")).unwrap(),
+        "From Job2\n"
+    );
+}
+
+/// An Azure file with variables, a `resources.pipelines` source, the
+/// shortcuts, a download into an explicit path, `condition: always()` and a
+/// task that cannot run locally.
+#[test]
+fn azure_pipelines_file_with_variables_sources_and_conditions() {
+    let d = tmp();
+    let data = d.path().join("data");
+    passes(&data, &example("seeds/azure-fan-in.yml"));
+    let file = example("azure/azure-pipelines.yml");
+    // Without --skip-unsupported the deploy task refuses the file, before
+    // anything runs.
+    let o = run(&data, &file, &[]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "steps[3]: task AzureWebApp@1 cannot run locally (supported steps: script, bash,"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("run #1"), "nothing ran: {out}");
+    let o = run(&data, &file, &["--skip-unsupported"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("[Build/Compile] ▶ step-1: Build the app"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[Deploy/Fetch] web build 1 by Compile"),
+        "{out}"
+    );
+    assert!(out.contains("[Deploy/Fetch] From Job1"), "{out}");
+    assert!(out.contains("[Deploy/Fetch]   appName=web-prod"), "{out}");
+    let ws = data.join("work/azure-pipelines/1/Fetch/workspace");
+    assert!(
+        out.contains(&format!("[Deploy/Fetch]   package={}/app", ws.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("[Report/Notify] report from stage Report"),
+        "{out}"
+    );
+    // One artifact into an explicit path: its files straight there.
+    assert_eq!(
+        std::fs::read_to_string(ws.join("app/app.txt")).unwrap(),
+        "web build 1 by Compile\n"
+    );
+    assert!(out.contains("web-drop  files  1"), "{out}");
+}
+
+/// `condition: failed()` runs a job only after a failure, `always()`
+/// whatever happened; neither fails a run that otherwise passed.
+#[test]
+fn azure_conditions_run_cleanup_jobs_on_failure_only() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let yaml = |exit: u8| {
+        format!(
+            "jobs:
+  - job: build
+    steps:
+      - script: exit {exit}
+  - job: on_failure
+    dependsOn: build
+    condition: failed()
+    steps:
+      - script: echo cleaning up after $(System.JobName)
+  - job: always
+    dependsOn: [build, on_failure]
+    condition: always()
+    steps:
+      - script: echo always runs
+"
+        )
+    };
+    let ok = write_pipeline(d.path(), "ok.yml", &yaml(0));
+    let out = passes(&data, &ok);
+    assert!(!out.contains("cleaning up"), "{out}");
+    assert!(
+        out.contains("job skipped: runs only when something it depends on failed"),
+        "{out}"
+    );
+    assert!(out.contains("[default/always] always runs"), "{out}");
+    let bad = write_pipeline(d.path(), "bad.yml", &yaml(3));
+    let out = fails(&data, &bad);
+    assert!(
+        out.contains("[default/on_failure] cleaning up after on_failure"),
+        "{out}"
+    );
+    assert!(out.contains("[default/always] always runs"), "{out}");
+    assert!(out.contains("run #1 of pipeline \"bad\": FAILED"), "{out}");
+}
+
 #[test]
 fn flow_cross_job_image_reference() {
     let d = tmp();

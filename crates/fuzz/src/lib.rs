@@ -21,6 +21,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("expr", expr_target),
     ("ignore", ignore_target),
     ("pipeline", pipeline_target),
+    ("azure", azure_target),
     ("manifest", manifest_target),
     ("range", range_target),
     ("block_list", block_list_target),
@@ -108,6 +109,31 @@ pub fn pipeline_target(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = satchel_runner::pipeline::Pipeline::parse(s);
     }
+}
+
+/// Azure Pipelines files, and format detection: translating never
+/// panics, and what translates is a valid pipeline whose every step has
+/// one action (`Pipeline::validated` checks the rest).
+pub fn azure_target(data: &[u8]) {
+    use satchel_runner::formats::{load, Format, LoadOptions};
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = std::path::Path::new("azure-pipelines.yml");
+    for skip_unsupported in [false, true] {
+        let opts = LoadOptions {
+            format: Some(Format::Azure),
+            skip_unsupported,
+            ..LoadOptions::default()
+        };
+        if let Ok(l) = load(path, s, &opts) {
+            assert!(
+                !l.pipeline.stages.is_empty(),
+                "a translated pipeline has a stage"
+            );
+        }
+    }
+    let _ = load(path, s, &LoadOptions::default());
 }
 
 /// Upload manifests as the server receives them: JSON, then validation.

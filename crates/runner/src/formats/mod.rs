@@ -1,0 +1,270 @@
+//! Pipeline files of other CI systems, run as written (`satchel run
+//! azure-pipelines.yml`).
+//!
+//! Each foreign format is a translator into Satchel's own [`Pipeline`],
+//! which the runner executes with the artifact semantics of a real server:
+//! the format's own rules (where a download lands, what a macro means)
+//! live in its translator, the execution in [`crate::exec`]. [`load`]
+//! detects the format from the file (or takes `--format`), parses it with
+//! a panic-free YAML parser (`serde-saphyr`, line and column in errors) and
+//! translates it. A step the runner cannot execute is an error before
+//! anything runs, naming the step and what is supported, unless the caller
+//! asks to skip such steps: each becomes a step that prints what it would
+//! have received (its inputs after substitution).
+//!
+//! Formats: [`azure`] (Azure Pipelines). Buildkite, Alibaba Cloud Flow and
+//! GitHub Actions files are recognised and refused with a clear message
+//! until their translators land.
+
+pub mod azure;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::pipeline::Pipeline;
+
+/// A pipeline file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Satchel's own (`docs/pipelines.md`).
+    Satchel,
+    /// Azure Pipelines YAML.
+    Azure,
+    /// Buildkite pipeline YAML.
+    Buildkite,
+    /// Alibaba Cloud Flow YAML.
+    Flow,
+    /// A GitHub Actions workflow.
+    Github,
+}
+
+impl Format {
+    /// The name `--format` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Satchel => "satchel",
+            Format::Azure => "azure",
+            Format::Buildkite => "buildkite",
+            Format::Flow => "flow",
+            Format::Github => "github",
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Format> {
+        Ok(match s {
+            "satchel" => Format::Satchel,
+            "azure" => Format::Azure,
+            "buildkite" => Format::Buildkite,
+            "flow" => Format::Flow,
+            "github" => Format::Github,
+            _ => bail!("unknown format {s:?}: use azure, buildkite, flow, github or satchel"),
+        })
+    }
+}
+
+/// How to load a pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The format, instead of detecting it.
+    pub format: Option<Format>,
+    /// The pipeline key, instead of the file's own.
+    pub pipeline: Option<String>,
+    /// Report steps the runner cannot execute instead of refusing the file.
+    pub skip_unsupported: bool,
+    /// The directory of the pipeline file (the sources' directory).
+    pub source_dir: PathBuf,
+}
+
+/// A loaded pipeline.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The pipeline to run.
+    pub pipeline: Pipeline,
+    /// The format it was written in.
+    pub format: Format,
+    /// Steps that will only be reported, not run (`--skip-unsupported`),
+    /// each as `place: what`.
+    pub skipped: Vec<String>,
+}
+
+/// Parses YAML text into a tree (for translators), with the parser's line
+/// and column on errors.
+pub fn parse_tree(text: &str) -> anyhow::Result<Value> {
+    serde_saphyr::from_str::<Value>(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Loads the pipeline file `path` (its `text`).
+pub fn load(path: &Path, text: &str, opts: &LoadOptions) -> anyhow::Result<Loaded> {
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect(path, &parse_tree(text)?),
+    };
+    let (mut pipeline, skipped) = match format {
+        Format::Satchel => (Pipeline::parse(text)?, Vec::new()),
+        Format::Azure => {
+            let key = opts.pipeline.clone().unwrap_or_else(|| file_key(path));
+            let t = azure::translate(&parse_tree(text)?, &key, opts)?;
+            (t.pipeline, t.skipped)
+        }
+        other => bail!(
+            "{} looks like a {} pipeline; `satchel run` runs Satchel and Azure Pipelines files so far (pass --format to say otherwise)",
+            path.display(),
+            match other {
+                Format::Buildkite => "Buildkite",
+                Format::Flow => "Alibaba Cloud Flow",
+                _ => "GitHub Actions",
+            }
+        ),
+    };
+    if let Some(key) = &opts.pipeline {
+        satchel_model::names::validate_key("pipeline", key).context("--pipeline")?;
+        pipeline.name.clone_from(key);
+    }
+    Ok(Loaded {
+        pipeline,
+        format,
+        skipped,
+    })
+}
+
+/// A foreign file's pipeline key when the format has no name of its own:
+/// the file name without its extension (`.github/workflows/ci.yml` → `ci`).
+pub fn file_key(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The format of a pipeline file, from its path and its top-level keys.
+pub fn detect(path: &Path, doc: &Value) -> Format {
+    let p = path.to_string_lossy().replace('\\', "/");
+    let has = |k: &str| doc.get(k).is_some();
+    let list_items_have = |list: &str, keys: &[&str]| -> bool {
+        doc.get(list)
+            .and_then(Value::as_array)
+            .is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|i| keys.iter().any(|k| i.get(*k).is_some()))
+            })
+    };
+    if p.contains(".github/workflows/")
+        || (has("on") && doc.get("jobs").is_some_and(Value::is_object))
+    {
+        return Format::Github;
+    }
+    if p.contains(".buildkite/")
+        || list_items_have(
+            "steps",
+            &["command", "commands", "label", "wait", "trigger", "block"],
+        )
+        || doc
+            .get("steps")
+            .and_then(Value::as_array)
+            .is_some_and(|s| s.iter().any(|i| i.as_str() == Some("wait")))
+    {
+        return Format::Buildkite;
+    }
+    if doc.get("stages").is_some_and(Value::is_object)
+        || doc.get("sources").is_some_and(Value::is_array)
+    {
+        return Format::Flow;
+    }
+    if list_items_have("stages", &["key"]) && has("name") {
+        return Format::Satchel;
+    }
+    if list_items_have("stages", &["stage", "template"])
+        || list_items_have("jobs", &["job", "deployment", "template"])
+        || list_items_have(
+            "steps",
+            &[
+                "script", "bash", "task", "publish", "download", "checkout", "pwsh",
+            ],
+        )
+        || has("trigger")
+        || has("pool")
+        || has("resources")
+        || has("variables")
+    {
+        return Format::Azure;
+    }
+    Format::Satchel
+}
+
+/// `text` quoted for a POSIX shell (single quotes).
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect_text(path: &str, text: &str) -> Format {
+        detect(Path::new(path), &parse_tree(text).unwrap())
+    }
+
+    #[test]
+    fn formats_are_detected_from_path_and_keys() {
+        assert_eq!(
+            detect_text("p.yml", "name: x\nstages:\n  - key: a\n    jobs: []\n"),
+            Format::Satchel
+        );
+        assert_eq!(
+            detect_text("azure-pipelines.yml", "steps:\n  - script: echo hi\n"),
+            Format::Azure
+        );
+        assert_eq!(
+            detect_text("p.yml", "stages:\n  - stage: A\n    jobs: []\n"),
+            Format::Azure
+        );
+        assert_eq!(
+            detect_text(".github/workflows/ci.yml", "jobs: {}\n"),
+            Format::Github
+        );
+        assert_eq!(
+            detect_text("p.yml", "on: push\njobs:\n  a:\n    steps: []\n"),
+            Format::Github
+        );
+        assert_eq!(
+            detect_text("p.yml", "steps:\n  - command: make\n  - wait\n"),
+            Format::Buildkite
+        );
+        assert_eq!(
+            detect_text("p.yml", "sources: []\nstages:\n  build:\n    name: b\n"),
+            Format::Flow
+        );
+    }
+
+    #[test]
+    fn formats_not_translated_yet_are_refused_by_name() {
+        let opts = LoadOptions::default();
+        let e = load(
+            Path::new("ci.yml"),
+            "on: push\njobs:\n  a:\n    steps: []\n",
+            &opts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("GitHub Actions"), "{e}");
+    }
+
+    #[test]
+    fn yaml_errors_give_line_and_column() {
+        let e = parse_tree("steps:\n  - script: [unclosed\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") || e.contains(":2:"), "{e}");
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
