@@ -231,12 +231,18 @@ fn azure_conditions_run_cleanup_jobs_on_failure_only() {
     condition: always()
     steps:
       - script: echo always runs
+  - job: after_cleanup
+    dependsOn: on_failure
+    steps:
+      - script: echo after cleanup
 "
         )
     };
     let ok = write_pipeline(d.path(), "ok.yml", &yaml(0));
+    // A job after the skipped cleanup is skipped too, and fails nothing.
     let out = passes(&data, &ok);
     assert!(!out.contains("cleaning up"), "{out}");
+    assert!(!out.contains("after cleanup"), "{out}");
     assert!(
         out.contains("job skipped: runs only when something it depends on failed"),
         "{out}"
@@ -249,6 +255,10 @@ fn azure_conditions_run_cleanup_jobs_on_failure_only() {
         "{out}"
     );
     assert!(out.contains("[default/always] always runs"), "{out}");
+    assert!(
+        out.contains("[default/after_cleanup] after cleanup"),
+        "{out}"
+    );
     assert!(out.contains("run #1 of pipeline \"bad\": FAILED"), "{out}");
 }
 

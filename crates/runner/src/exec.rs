@@ -183,15 +183,14 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
     // not fail their stage or the run.
     let mut not_wanted: Vec<String> = Vec::new();
     for stage in &shared.pipeline.stages {
-        let deps: Vec<(String, Outcome)> = stage
+        let deps: Vec<Dep> = stage
             .depends_on
             .iter()
             .flatten()
-            .map(|d| {
-                (
-                    d.clone(),
-                    stage_outcome.get(d).copied().unwrap_or(Outcome::Skipped),
-                )
+            .map(|d| Dep {
+                key: d.clone(),
+                outcome: stage_outcome.get(d).copied().unwrap_or(Outcome::Skipped),
+                unwanted: not_wanted.contains(d),
             })
             .collect();
         let canceled = *shared.cfg.cancel.borrow();
@@ -217,7 +216,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         }
         say(&stage.key, &format!("stage {} started", stage.key));
         // Each job publishes its outcome; jobs with `depends_on` wait for it.
-        let outcomes: BTreeMap<String, watch::Sender<Option<Outcome>>> = stage
+        let outcomes: BTreeMap<String, watch::Sender<Option<(Outcome, bool)>>> = stage
             .jobs
             .iter()
             .map(|j| (j.key.clone(), watch::channel(None).0))
@@ -232,12 +231,16 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                 let mut deps = Vec::new();
                 for d in &job.depends_on {
                     let mut rx = outcomes[d].subscribe();
-                    let o = rx
+                    let (outcome, unwanted) = rx
                         .wait_for(Option::is_some)
                         .await
-                        .map(|o| o.unwrap_or(Outcome::Skipped))
-                        .unwrap_or(Outcome::Skipped);
-                    deps.push((d.clone(), o));
+                        .map(|o| o.unwrap_or((Outcome::Skipped, false)))
+                        .unwrap_or((Outcome::Skipped, false));
+                    deps.push(Dep {
+                        key: d.clone(),
+                        outcome,
+                        unwanted,
+                    });
                 }
                 let canceled = *shared.cfg.cancel.borrow();
                 let (result, unwanted) = match gate(job.when, &deps, canceled) {
@@ -257,7 +260,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                         (r, unwanted)
                     }
                 };
-                outcomes[&job.key].send_replace(Some(result.outcome));
+                outcomes[&job.key].send_replace(Some((result.outcome, unwanted)));
                 (result, unwanted)
             }
         });
@@ -830,30 +833,44 @@ fn in_workspace(path: &str, workspace: &Path) -> String {
     path.to_string()
 }
 
-/// Whether a stage or job with `when` runs after `deps` (name and outcome
-/// of each): `None` to run it, else its outcome (skipped or canceled), why,
-/// and whether it was only not wanted (its `when` did not apply), which
-/// fails nothing.
-fn gate(when: When, deps: &[(String, Outcome)], canceled: bool) -> Option<(Outcome, String, bool)> {
+/// A stage or job another depends on: how it ended, and whether it was
+/// only not wanted (skipped because its `when` did not apply).
+struct Dep {
+    key: String,
+    outcome: Outcome,
+    unwanted: bool,
+}
+
+/// Whether a stage or job with `when` runs after `deps`: `None` to run
+/// it, else its outcome (skipped or canceled), why, and whether it is only
+/// not wanted, which fails nothing: its `when` did not apply, or what it
+/// waited for was itself not wanted (as Azure skips, without failing the
+/// run, what depends on a skipped stage).
+fn gate(when: When, deps: &[Dep], canceled: bool) -> Option<(Outcome, String, bool)> {
     if canceled {
         return Some((Outcome::Canceled, "the run was canceled".into(), false));
     }
-    let list = |keep: &dyn Fn(Outcome) -> bool| -> String {
+    let list = |keep: &dyn Fn(&Dep) -> bool| -> String {
         deps.iter()
-            .filter(|(_, o)| keep(*o))
-            .map(|(d, o)| format!("{d} {}", o.as_str()))
+            .filter(|d| keep(d))
+            .map(|d| format!("{} {}", d.key, d.outcome.as_str()))
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Something upstream failed: a dependency failed, or was skipped
+    // because something it needed failed.
+    let upstream_failed = deps
+        .iter()
+        .any(|d| d.outcome == Outcome::Failed || (d.outcome == Outcome::Skipped && !d.unwanted));
     match when {
         When::Always => None,
-        When::OnSuccess if deps.iter().all(|(_, o)| *o == Outcome::Passed) => None,
+        When::OnSuccess if deps.iter().all(|d| d.outcome == Outcome::Passed) => None,
         When::OnSuccess => Some((
             Outcome::Skipped,
-            format!("depends on {}", list(&|o| o != Outcome::Passed)),
-            false,
+            format!("depends on {}", list(&|d| d.outcome != Outcome::Passed)),
+            !upstream_failed && deps.iter().all(|d| d.outcome != Outcome::Canceled),
         )),
-        When::OnFailure if deps.iter().any(|(_, o)| *o == Outcome::Failed) => None,
+        When::OnFailure if upstream_failed => None,
         When::OnFailure => Some((
             Outcome::Skipped,
             "runs only when something it depends on failed, and nothing did".into(),

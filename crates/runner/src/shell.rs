@@ -97,11 +97,7 @@ pub fn substitute(
                 v
             }
         };
-        expansions.push(match q {
-            Quoting::None | Quoting::Comment => format!("\"${{{var}}}\""),
-            Quoting::Double => format!("${{{var}}}"),
-            Quoting::Single => format!("'\"${{{var}}}\"'"),
-        });
+        expansions.push(expansion(q, &var));
     }
     let mut it = expansions.into_iter();
     let out = expr::substitute(script, |_| {
@@ -110,6 +106,27 @@ pub fn substitute(
     })
     .map_err(|e| e.to_string())?;
     Ok((out, env))
+}
+
+/// `${var}` quoted for where it stands, so that it is exactly the
+/// variable's value, as one word.
+fn expansion(q: Quoting, var: &str) -> String {
+    match q {
+        Quoting::None | Quoting::Comment => format!("\"${{{var}}}\""),
+        Quoting::Double => format!("${{{var}}}"),
+        Quoting::Single => format!("'\"${{{var}}}\"'"),
+    }
+}
+
+/// The expansion of environment variable `var` written right after
+/// `prefix` (a script's text so far), quoted for the quoting in force
+/// there: what a translator writes for a value known only when the job
+/// runs, where the original CI would have put the value itself.
+pub fn expansion_after(prefix: &str, var: &str) -> String {
+    let probe = format!("{prefix}X");
+    let probe_at = std::iter::once(prefix.len()..prefix.len() + 1).collect::<Vec<_>>();
+    let q = quoting_at(&probe, &probe_at);
+    expansion(q.first().copied().unwrap_or(Quoting::None), var)
 }
 
 #[cfg(test)]

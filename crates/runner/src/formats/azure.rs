@@ -34,6 +34,8 @@ use anyhow::bail;
 use satchel_model::selector::RunSelector;
 use serde_json::{Map, Value};
 
+use satchel_model::expr::escape;
+
 use super::{shell_quote, LoadOptions};
 use crate::pipeline::{Job, Pipeline, Shell, Source, Stage, Step, When};
 
@@ -140,19 +142,49 @@ enum Piece {
     Runtime(&'static str, Option<String>, String),
 }
 
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Text(t) => t.len(),
+            Piece::Runtime(env, _, _) => env.len(),
+        }
+    }
+}
+
+/// The most bytes one text may expand to (variables that each use the
+/// next many times would otherwise grow without bound).
+const MAX_EXPANDED: usize = 1 << 20;
+
 /// Text after macro substitution.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Expanded(Vec<Piece>);
 
 impl Expanded {
-    /// For a script: runtime variables as `${NAME}`, as Azure's textual
-    /// substitution would have put their values there.
+    /// For a script: runtime variables as expansions of `$NAME`, quoted
+    /// for where they stand, where Azure's textual substitution would have
+    /// put their values.
     fn script(&self) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Runtime(env, _, _) => {
+                    let e = crate::shell::expansion_after(&out, env);
+                    out.push_str(&e);
+                }
+            }
+        }
+        out
+    }
+
+    /// The value when it is plain text (no variable known only when the
+    /// job runs, not even a directory).
+    fn plain(&self) -> Option<String> {
         self.0
             .iter()
             .map(|p| match p {
-                Piece::Text(t) => t.clone(),
-                Piece::Runtime(env, _, _) => format!("${{{env}}}"),
+                Piece::Text(t) => Some(t.as_str()),
+                Piece::Runtime(..) => None,
             })
             .collect()
     }
@@ -551,9 +583,14 @@ impl Tr<'_> {
                     Vec::new()
                 }
             };
+            let renamed = |k: &str| match job_stages.get(k).copied().unwrap_or(0) {
+                n if n > 1 => format!("{key}-{k}"),
+                _ => k.to_string(),
+            };
             for job in &mut jobs {
-                if job_stages.get(&job.key).copied().unwrap_or(0) > 1 {
-                    job.key = format!("{key}-{}", job.key);
+                job.key = renamed(&job.key);
+                for d in &mut job.depends_on {
+                    *d = renamed(d);
                 }
             }
             stages.push(Stage {
@@ -674,10 +711,10 @@ impl Tr<'_> {
         let mut env = BTreeMap::new();
         for (name, _) in vars.values() {
             match self.expand(&vars, &format!("$({name})"), 0) {
+                // Values known only when the job runs are exported by each
+                // script instead (see `script_step`).
                 Ok(x) => {
-                    // Runtime pieces cannot be in a variable's environment
-                    // value; the preamble exports those itself.
-                    if let Ok(v) = x.value() {
+                    if let Some(v) = x.plain() {
                         env.insert(env_name(name), v);
                     }
                 }
@@ -739,6 +776,11 @@ impl Tr<'_> {
                 continue;
             }
             let lower = name.to_lowercase();
+            if out.iter().map(Piece::len).sum::<usize>() > MAX_EXPANDED {
+                return Err(format!(
+                    "variables expand to more than {MAX_EXPANDED} bytes, at {name:?}"
+                ));
+            }
             if let Some((_, value)) = vars.get(&lower) {
                 for piece in self.expand(vars, value, depth + 1)?.0 {
                     match piece {
@@ -778,7 +820,7 @@ impl Tr<'_> {
                     );
                     return None;
                 }
-                Some(satchel_model::expr::escape(&v))
+                Some(v)
             }
             Err(e) => {
                 self.error(place, e);
@@ -858,11 +900,7 @@ impl Tr<'_> {
                 Some(a) => self.input(&format!("{place}.artifact"), vars, &a)?,
                 None => job.to_string(),
             };
-            Step {
-                publish: Some(path),
-                artifact: Some(artifact),
-                ..Step::default()
-            }
+            publish_step(path, artifact)
         } else if let Some(from) = m.get("download") {
             self.check_keys(
                 place,
@@ -895,7 +933,7 @@ impl Tr<'_> {
             let pattern = self.patterns(place, vars, m.get("patterns"))?;
             Step {
                 download: Some(source),
-                artifact,
+                artifact: artifact.map(|a| escape(&a)),
                 pattern,
                 ..Step::default()
             }
@@ -979,6 +1017,16 @@ impl Tr<'_> {
             }
         };
         let mut script = String::from(PREAMBLE);
+        // Variables whose values are known only when the job runs (they use
+        // $(Build.BuildId), a directory, …): exported here, after the
+        // preamble has set what they use.
+        for (name, _) in vars.values() {
+            if let Ok(x) = self.expand(vars, &format!("$({name})"), 0) {
+                if x.plain().is_none() {
+                    script.push_str(&format!("export {}={}\n", env_name(name), x.word()));
+                }
+            }
+        }
         let mut env = BTreeMap::new();
         if let Some(e) = m.get("env") {
             let Some(e) = e.as_object() else {
@@ -986,12 +1034,23 @@ impl Tr<'_> {
                 return None;
             };
             for (k, v) in e {
+                let good = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !good {
+                    self.error(
+                        &format!("{place}.env"),
+                        format!("{k:?} is not an environment variable name (letters, digits and _, not starting with a digit)"),
+                    );
+                    continue;
+                }
                 match self.expand(vars, &scalar(v).unwrap_or_default(), 0) {
-                    Ok(x) if x.value().is_ok() => {
-                        env.insert(k.clone(), x.value().unwrap_or_default());
-                    }
-                    // Known only when the job runs: set by the script.
-                    Ok(x) => script.push_str(&format!("export {k}={}\n", x.word())),
+                    Ok(x) => match x.plain() {
+                        Some(v) => {
+                            env.insert(k.clone(), v);
+                        }
+                        // Known only when the job runs: set by the script.
+                        None => script.push_str(&format!("export {k}={}\n", x.word())),
+                    },
                     Err(e) => self.error(place, e),
                 }
             }
@@ -1002,7 +1061,10 @@ impl Tr<'_> {
                 Err(e) => self.error(place, e),
             }
         }
-        script.push_str(&satchel_model::expr::escape(&body));
+        script.push_str(&body);
+        // The runner substitutes `$[…]` in scripts; Azure text means it
+        // literally.
+        let script = escape(&script);
         let first = text
             .lines()
             .find(|l| !l.trim().is_empty())
@@ -1068,17 +1130,14 @@ impl Tr<'_> {
                 );
             }
         }
+        // Azure's default: the whole $(Pipeline.Workspace).
         let path = self
             .task_input(place, inputs, &["targetPath", "path"], vars)?
-            .unwrap_or_else(|| ".".into());
+            .unwrap_or_else(|| WORKSPACE.into());
         let artifact = self
             .task_input(place, inputs, &["artifact", "artifactName"], vars)?
             .unwrap_or_else(|| job.to_string());
-        Some(Step {
-            publish: Some(path),
-            artifact: Some(artifact),
-            ..Step::default()
-        })
+        Some(publish_step(path, artifact))
     }
 
     fn download_task(
@@ -1141,7 +1200,7 @@ impl Tr<'_> {
         let merge = artifact.is_some() && path.is_some();
         Some(Step {
             download: Some(from),
-            artifact,
+            artifact: artifact.map(|a| escape(&a)),
             pattern,
             path,
             merge,
@@ -1297,6 +1356,16 @@ impl Tr<'_> {
     }
 }
 
+/// A `publish` step; its fields are ones the runner substitutes `$[…]` in,
+/// so a literal `$[` from the Azure file is escaped.
+fn publish_step(path: String, artifact: String) -> Step {
+    Step {
+        publish: Some(escape(&path)),
+        artifact: Some(escape(&artifact)),
+        ..Step::default()
+    }
+}
+
 /// The environment variable Azure sets for variable `name`.
 fn env_name(name: &str) -> String {
     name.chars()
@@ -1311,7 +1380,12 @@ fn env_name(name: &str) -> String {
 /// dependencies, file order kept where free; an error names an unknown
 /// dependency or the items of a cycle.
 fn order(what: &str, items: &[(String, Vec<String>)]) -> Result<Vec<usize>, String> {
-    let keys: HashSet<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+    let mut keys: HashSet<&str> = HashSet::new();
+    for (k, _) in items {
+        if !keys.insert(k.as_str()) {
+            return Err(format!("{what} name {k:?} is used twice"));
+        }
+    }
     for (k, deps) in items {
         for d in deps {
             if !keys.contains(d.as_str()) {
@@ -1406,7 +1480,7 @@ mod tests {
         );
         let cat = use_all.steps[2].run.as_deref().unwrap();
         assert!(
-            cat.contains("cat ${PIPELINE_WORKSPACE}/job1-artifact/job1.txt"),
+            cat.contains("cat \"${PIPELINE_WORKSPACE}\"/job1-artifact/job1.txt"),
             "{cat}"
         );
     }
@@ -1591,14 +1665,75 @@ steps:
         let p = tr(r#"
 stages:
   - stage: A
-    jobs: [{ job: build, steps: [{ script: echo }] }]
+    jobs:
+      - { job: build, steps: [{ script: echo }] }
+      - { job: test, dependsOn: build, steps: [{ script: echo }] }
   - stage: B
     jobs: [{ job: build, steps: [{ script: echo }] }]
 "#)
         .unwrap()
         .pipeline;
         assert_eq!(p.stages[0].jobs[0].key, "A-build");
+        assert_eq!(p.stages[0].jobs[1].depends_on, ["A-build"]);
         assert_eq!(p.stages[1].jobs[0].key, "B-build");
+        let e = err("jobs:\n  - { job: a, steps: [{ script: echo }] }\n  - { job: a, steps: [{ script: echo }] }\n");
+        assert!(e.contains("job name \"a\" is used twice"), "{e}");
+    }
+
+    #[test]
+    fn runtime_values_are_exported_by_scripts_and_quoted_where_they_stand() {
+        let p = tr(r#"
+variables:
+  out: $(Pipeline.Workspace)/out
+  tag: build-$(Build.BuildId)
+  plain: x
+steps:
+  - script: cat '$(Pipeline.Workspace)/a b.txt' "$(out)"
+    workingDirectory: d$[x]
+    env:
+      DEST: $(Build.ArtifactStagingDirectory)
+      MODE: fast
+  - task: PublishPipelineArtifact@1
+    inputs:
+      artifact: all
+"#)
+        .unwrap()
+        .pipeline;
+        let job = &p.stages[0].jobs[0];
+        assert_eq!(job.env.get("PLAIN").map(String::as_str), Some("x"));
+        assert!(
+            !job.env.contains_key("OUT"),
+            "not known before the job runs"
+        );
+        let s = &job.steps[0];
+        let script = s.run.as_deref().unwrap();
+        assert!(
+            script.contains("export OUT=\"${PIPELINE_WORKSPACE}\"'/out'\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("export TAG='build-'\"${BUILD_BUILDID}\"\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("export DEST=\"${BUILD_ARTIFACTSTAGINGDIRECTORY}\"\n"),
+            "{script}"
+        );
+        assert_eq!(s.env.get("MODE").map(String::as_str), Some("fast"));
+        assert!(
+            script.contains("cd -- 'd$$[x]' || exit 1\n"),
+            "escaped for the runner: {script}"
+        );
+        assert!(
+            script.ends_with(
+                r#"cat ''"${PIPELINE_WORKSPACE}"'/a b.txt' "${PIPELINE_WORKSPACE}/out""#
+            ),
+            "{script}"
+        );
+        assert_eq!(
+            job.steps[1].publish.as_deref(),
+            Some("${SATCHEL_WORKSPACE}")
+        );
     }
 
     #[test]
