@@ -201,6 +201,31 @@ if ! [ -f "$P/data/PG_VERSION" ]; then
     --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$P/initdb.log"
   rm -f "$P/pwfile"
 fi
+# TLS: a test CA and a server certificate for 127.0.0.1 and localhost, so
+# tests connect with sslmode=verify-full too. A running server reloads.
+if ! [ -f "$P/server.crt" ]; then
+  command -v openssl >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  }
+  log "creating PostgreSQL's test TLS certificates"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=satchel test CA" \
+    -keyout "$P/ca.key" -out "$P/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$P/server.key" -out "$P/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > "$P/server.ext"
+  openssl x509 -req -in "$P/server.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$P/server.ext" -out "$P/server.crt" 2>/dev/null
+  chmod 600 "$P/server.key"
+  [ "$(id -u)" = 0 ] && chown postgres: "$P/server.key" "$P/server.crt"
+fi
+if ! grep -q '^ssl = on' "$P/data/postgresql.conf"; then
+  printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$P/server.crt" "$P/server.key" \
+    >> "$P/data/postgresql.conf"
+  if port_open 39400; then
+    log "enabling TLS in the running PostgreSQL"
+    as_pg "$PG_BIN/pg_ctl" -D "$P/data" reload >/dev/null
+  fi
+fi
 if ! port_open 39400; then
   log "starting PostgreSQL"
   as_pg "$PG_BIN/pg_ctl" -D "$P/data" -l "$P/log" -w -t 60 \
@@ -217,5 +242,6 @@ export SATCHEL_TEST_AZURE_URL='az://satchel-test?use_emulator=true'
 export SATCHEL_TEST_WEBDAV_URL=http://127.0.0.1:39200/satchel
 export SATCHEL_TEST_GCS_URL='gs://satchel-test?service_account=$GC/service-account.json'
 export SATCHEL_TEST_POSTGRES_URL='postgres://satchel:$PG_PASSWORD@127.0.0.1:39400/postgres'
+export SATCHEL_TEST_POSTGRES_CA='$P/ca.crt'
 EOF
 log "Garage :39000, Azurite :39100, nginx WebDAV :39200, GCS :39300, PostgreSQL :39400 ready; environment in $SERVICES_DIR/env"

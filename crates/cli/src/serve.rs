@@ -117,7 +117,8 @@ impl LimitArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StorageArgs {
     /// Metadata database: `postgres://USER:PASSWORD@HOST:PORT/DATABASE`
-    /// (options: `pool_size=N`, default 8; `connect_timeout=SECS`) or
+    /// (options: `pool_size=N`, default 8; `connect_timeout=SECS`;
+    /// `sslmode=verify-full` with `sslrootcert=CA.pem` for TLS) or
     /// `sqlite://PATH`. Default: `satchel.db` (SQLite) in the data
     /// directory. Replicas sharing one PostgreSQL need one content store.
     #[arg(long = "database", env = "SATCHEL_DATABASE", hide_env_values = true)]

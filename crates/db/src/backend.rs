@@ -65,6 +65,11 @@ pub trait Backend: Send + Sync + 'static {
     fn refresh_statistics(&self) -> Result<(), DbError> {
         Ok(())
     }
+    /// [`MetaStore::connection_encrypted`]; `false` by default (a file).
+    #[doc(hidden)]
+    fn connection_encrypted(&self) -> Result<bool, DbError> {
+        Ok(false)
+    }
 }
 
 /// The metadata store on backend `B`.
@@ -414,6 +419,10 @@ impl<B: Backend> MetaStore for Store<B> {
 
     async fn refresh_statistics(&self) -> Result<(), DbError> {
         self.blocking(|b| b.refresh_statistics()).await
+    }
+
+    async fn connection_encrypted(&self) -> Result<bool, DbError> {
+        self.blocking(|b| b.connection_encrypted()).await
     }
 
     async fn record_pack(&self, key: &str, size: u64, digests: &[String]) -> Result<(), DbError> {

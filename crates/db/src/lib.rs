@@ -383,6 +383,9 @@ pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     /// plans use no statistics unless `ANALYZE` ran once (Satchel never
     /// runs it).
     async fn refresh_statistics(&self) -> Result<(), DbError>;
+    /// Whether the connections to the database are encrypted (TLS to
+    /// PostgreSQL); `false` for a file.
+    async fn connection_encrypted(&self) -> Result<bool, DbError>;
     /// Package versions of a repository (optionally one package), newest
     /// first, a page at a time.
     async fn list_packages(

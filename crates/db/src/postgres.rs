@@ -67,6 +67,8 @@ pub type PostgresStore = Store<PostgresBackend>;
 /// The connection pool of a [`PostgresStore`].
 pub struct PostgresBackend {
     config: Config,
+    /// TLS for every connection, when the URL asks for it.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     rt: Handle,
     max: usize,
     pool: Mutex<Pool>,
@@ -89,16 +91,42 @@ struct Slot {
 
 /// Splits satchel's own options off a PostgreSQL URL: `(URL for the
 /// driver, pool size)`.
-fn split_options(url: &str) -> Result<(String, usize), DbError> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), DEFAULT_POOL));
+/// The options of a database URL Satchel reads itself.
+#[derive(Debug)]
+struct UrlOptions {
+    /// Connections in the pool.
+    pool: usize,
+    /// Encrypt and verify (`sslmode=require`, `verify-ca`, `verify-full`).
+    tls: bool,
+    /// A PEM file of the certificates that may sign the server's
+    /// (`sslrootcert`); the system's roots otherwise.
+    root_cert: Option<String>,
+}
+
+fn split_options(url: &str) -> Result<(String, UrlOptions), DbError> {
+    let mut opts = UrlOptions {
+        pool: DEFAULT_POOL,
+        tls: false,
+        root_cert: None,
     };
-    let mut pool = DEFAULT_POOL;
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), opts));
+    };
     let mut rest = Vec::new();
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         match kv.split_once('=') {
+            Some(("sslmode", v)) => match v {
+                "disable" | "prefer" | "allow" => {}
+                "require" | "verify-ca" | "verify-full" => opts.tls = true,
+                _ => {
+                    return Err(DbError::Invalid(format!(
+                        "sslmode={v:?} in the database URL: use disable, require, verify-ca or verify-full"
+                    )))
+                }
+            },
+            Some(("sslrootcert", v)) => opts.root_cert = Some(percent_decode(v)),
             Some(("pool_size", v)) => {
-                pool = v
+                opts.pool = v
                     .parse()
                     .ok()
                     .filter(|n| (1..=1000).contains(n))
@@ -116,7 +144,84 @@ fn split_options(url: &str) -> Result<(String, usize), DbError> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok((url, pool))
+    if opts.root_cert.is_some() && !opts.tls {
+        return Err(DbError::Invalid(
+            "sslrootcert in the database URL needs sslmode=verify-full (or require, verify-ca)"
+                .into(),
+        ));
+    }
+    Ok((url, opts))
+}
+
+/// `%XX` escapes in a URL option's value decoded (a path with spaces).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// TLS that verifies the server's certificate against `root_cert` (a PEM
+/// file) or the system's roots, and the server's name: libpq's
+/// `verify-full`, for every mode that encrypts (an unverified connection
+/// is open to whoever sits between the replica and the database).
+fn tls_connector(
+    root_cert: Option<&str>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, DbError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| DbError::Invalid(format!("sslrootcert {path:?}: {e}")))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| DbError::Invalid(format!("sslrootcert {path:?}: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(DbError::Invalid(format!(
+                    "sslrootcert {path:?} holds no PEM certificate"
+                )));
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(DbError::Invalid(
+                    "sslmode asks for TLS, but this system has no root certificates: give sslrootcert=PATH".into(),
+                ));
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DbError::Backend(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// `url` with its password replaced, for messages.
@@ -161,19 +266,31 @@ fn transient(code: Option<&SqlState>) -> bool {
 
 impl Store<PostgresBackend> {
     /// Connects to the database `url` names (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`,
-    /// libpq's URL options such as `connect_timeout` and `sslmode=disable`
-    /// allowed, plus `pool_size`) and applies migrations. Connections are
-    /// unencrypted: keep the database on a private network.
+    /// libpq's URL options such as `connect_timeout` allowed, plus
+    /// `pool_size`) and applies migrations. `sslmode=require`, `verify-ca`
+    /// or `verify-full` encrypts every connection and verifies the server's
+    /// certificate and name against `sslrootcert=PATH` (PEM) or the
+    /// system's roots; without it (or with `disable`, `prefer`) connections
+    /// are unencrypted.
     pub async fn connect(url: &str) -> Result<PostgresStore, DbError> {
-        let (driver_url, max) = split_options(url)?;
+        let (driver_url, opts) = split_options(url)?;
         let mut config: Config = driver_url
             .parse()
             .map_err(|e| DbError::Invalid(format!("database URL {}: {e}", redacted(url))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        let tls = if opts.tls {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(tls_connector(opts.root_cert.as_deref())?)
+        } else {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            None
+        };
+        let max = opts.pool;
         let store = Store::new(PostgresBackend {
             config,
+            tls,
             rt: Handle::current(),
             max,
             pool: Mutex::new(Pool {
@@ -192,15 +309,37 @@ impl Store<PostgresBackend> {
 
 impl PostgresBackend {
     fn connect_slot(&self) -> Result<Slot, DbError> {
-        let (client, connection) = self
-            .rt
-            .block_on(self.config.connect(NoTls))
-            .map_err(|e| DbError::Backend(format!("connecting to PostgreSQL: {e}")))?;
+        let failed = |e: tokio_postgres::Error| {
+            // The TLS error (an unknown issuer, a wrong name) is the source.
+            let why = std::error::Error::source(&e)
+                .map(|s| format!("{e}: {s}"))
+                .unwrap_or_else(|| e.to_string());
+            DbError::Backend(format!("connecting to PostgreSQL: {why}"))
+        };
         // The connection's socket is driven by a task of its own; its end
         // shows as a closed client.
-        self.rt.spawn(async move {
-            let _ = connection.await;
-        });
+        let client = match &self.tls {
+            None => {
+                let (client, connection) = self
+                    .rt
+                    .block_on(self.config.connect(NoTls))
+                    .map_err(failed)?;
+                self.rt.spawn(async move {
+                    let _ = connection.await;
+                });
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = self
+                    .rt
+                    .block_on(self.config.connect(tls.clone()))
+                    .map_err(failed)?;
+                self.rt.spawn(async move {
+                    let _ = connection.await;
+                });
+                client
+            }
+        };
         Ok(Slot {
             client,
             stmts: HashMap::new(),
@@ -445,6 +584,16 @@ impl Backend for PostgresBackend {
                 &[writer.into()],
             )
             .map(drop)
+        })
+    }
+
+    fn connection_encrypted(&self) -> Result<bool, DbError> {
+        self.read(&mut |c| {
+            c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .boolean(0)
         })
     }
 
@@ -805,15 +954,27 @@ mod tests {
 
     #[test]
     fn satchel_options_are_split_off() {
+        let (url, o) =
+            split_options("postgres://u:p@h:5/db?pool_size=3&connect_timeout=2").unwrap();
         assert_eq!(
-            split_options("postgres://u:p@h:5/db?pool_size=3&connect_timeout=2").unwrap(),
-            ("postgres://u:p@h:5/db?connect_timeout=2".to_string(), 3)
+            (url.as_str(), o.pool, o.tls),
+            ("postgres://u:p@h:5/db?connect_timeout=2", 3, false)
         );
-        assert_eq!(
-            split_options("postgres://h/db").unwrap(),
-            ("postgres://h/db".to_string(), DEFAULT_POOL)
-        );
+        let (url, o) = split_options("postgres://h/db").unwrap();
+        assert_eq!((url.as_str(), o.pool), ("postgres://h/db", DEFAULT_POOL));
         assert!(split_options("postgres://h/db?pool_size=0").is_err());
+        let (url, o) =
+            split_options("postgres://h/db?sslmode=verify-full&sslrootcert=/etc/a%20b/ca.pem")
+                .unwrap();
+        assert_eq!(url, "postgres://h/db");
+        assert!(o.tls);
+        assert_eq!(o.root_cert.as_deref(), Some("/etc/a b/ca.pem"));
+        let (_, o) = split_options("postgres://h/db?sslmode=disable").unwrap();
+        assert!(!o.tls);
+        for bad in ["sslmode=maybe", "sslrootcert=/ca.pem"] {
+            let e = split_options(&format!("postgres://h/db?{bad}")).unwrap_err();
+            assert!(matches!(e, DbError::Invalid(_)), "{bad}: {e}");
+        }
     }
 
     #[test]

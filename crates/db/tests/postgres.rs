@@ -98,3 +98,40 @@ async fn the_write_gate_excludes_announcements_and_notices_a_lost_hold() {
     .expect("the gate is free again")
     .unwrap();
 }
+
+/// `sslmode=verify-full` with the test CA encrypts every connection;
+/// without a root that signed the server's certificate (the system's roots
+/// here) the connection is refused, never made unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_are_encrypted_and_the_server_verified() {
+    let Some(url) = fresh().await else { return };
+    let ca = std::env::var("SATCHEL_TEST_POSTGRES_CA")
+        .expect("SATCHEL_TEST_POSTGRES_CA (written by scripts/services.sh) names the test CA");
+    let plain = PostgresStore::connect(&url).await.unwrap();
+    assert!(!plain.connection_encrypted().await.unwrap());
+    drop(plain);
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let db = PostgresStore::connect(&format!("{url}?sslmode={mode}&sslrootcert={ca}"))
+            .await
+            .unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        assert!(db.connection_encrypted().await.unwrap(), "sslmode={mode}");
+        assert!(db.recorded_blobs().await.unwrap().is_empty());
+    }
+    let e = match PostgresStore::connect(&format!("{url}?sslmode=require")).await {
+        Ok(_) => panic!("connected without a root that signed the server's certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("certificate") || e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    let e = match PostgresStore::connect(&format!(
+        "{url}?sslmode=require&sslrootcert=/nonexistent.pem"
+    ))
+    .await
+    {
+        Ok(_) => panic!("a missing root file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("/nonexistent.pem"), "{e}");
+}
