@@ -17,8 +17,9 @@ pub enum AdminCommand {
     GhaToken(GhaTokenArgs),
     /// Expire due artifacts and delete content nothing live references.
     Gc(GcArgs),
-    /// Check that every finished artifact's content is present and intact;
-    /// report (never repair) what is wrong. Exits 1 if anything is.
+    /// Check that every finished artifact's content is present and intact,
+    /// and report (never repair) what is wrong, exiting 1 if anything is
+    /// wrong.
     Fsck(FsckArgs),
     /// Move an embedded data directory (SQLite and its content) into an
     /// empty PostgreSQL database and, with --to-store, another content

@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// step) as skipped, with their inputs, instead of refusing the file.
     #[arg(long)]
     skip_unsupported: bool,
+    /// Run at most N jobs at once (default: every job a stage can start).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Use this server instead of the embedded one.
     #[arg(long, env = "SATCHEL_URL")]
     server: Option<String>,
@@ -219,6 +222,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         commit,
         triggered_from,
         cancel: cancel_rx,
+        max_jobs: a.jobs.map(usize::from),
     };
     let report = satchel_runner::run_pipeline(pipeline, cfg).await?;
     print!("{}", satchel_runner::summary(&report));

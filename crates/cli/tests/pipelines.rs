@@ -262,6 +262,94 @@ fn azure_conditions_run_cleanup_jobs_on_failure_only() {
     assert!(out.contains("run #1 of pipeline \"bad\": FAILED"), "{out}");
 }
 
+/// `--jobs 2` never runs more than two jobs at once: four jobs each hold a
+/// marker for a second and count the markers.
+#[test]
+fn jobs_cap_how_many_jobs_run_at_once() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let markers = d.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let job = |k: &str| {
+        format!(
+            "      - key: {k}
+        steps:
+          - run: |
+              touch \"$MARKERS/$SATCHEL_JOB\"
+              sleep 1
+              n=$(ls \"$MARKERS\" | wc -l)
+              echo \"$SATCHEL_JOB saw $n running\"
+              rm \"$MARKERS/$SATCHEL_JOB\"
+              [ \"$n\" -le 2 ]
+"
+        )
+    };
+    let yaml = format!(
+        "name: capped
+env: {{ MARKERS: {} }}
+stages:
+  - key: all
+    jobs:
+{}{}{}{}",
+        markers.display(),
+        job("a"),
+        job("b"),
+        job("c"),
+        job("d")
+    );
+    let file = write_pipeline(d.path(), "capped.yml", &yaml);
+    let o = run(&data, &file, &["--jobs", "2"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("saw 2 running"), "two ran together: {out}");
+    let o = run(&data, &file, &["--jobs", "0"]);
+    assert!(!o.status.success(), "--jobs 0 is refused");
+}
+
+/// A failed run ends with what failed and the last 20 lines its failed
+/// step printed.
+#[test]
+fn a_failed_run_summarises_the_failed_steps_last_lines() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let file = write_pipeline(
+        d.path(),
+        "noisy.yml",
+        "name: noisy
+stages:
+  - key: build
+    jobs:
+      - key: compile
+        steps:
+          - run: echo fine
+          - key: make
+            run: |
+              for i in $(seq 1 30); do echo \"line $i\"; done
+              exit 2
+",
+    );
+    let out = fails(&data, &file);
+    let summary = &out[out.find("run #1 of pipeline").expect("a summary")..];
+    assert!(
+        summary.contains("✘ build/compile: step make failed"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("its last 20 lines of output:"),
+        "{summary}"
+    );
+    assert!(summary.contains("  | line 30\n"), "{summary}");
+    assert!(summary.contains("  | line 11\n"), "{summary}");
+    assert!(
+        !summary.contains("  | line 10\n"),
+        "only the last 20: {summary}"
+    );
+    assert!(
+        !summary.contains("| fine"),
+        "the failed step's lines only: {summary}"
+    );
+}
+
 #[test]
 fn flow_cross_job_image_reference() {
     let d = tmp();

@@ -50,7 +50,16 @@ pub struct RunnerConfig {
     pub triggered_from: Option<RunRef>,
     /// Set to `true` to cancel the run.
     pub cancel: watch::Receiver<bool>,
+    /// At most this many jobs run at once (`None`: every job a stage can
+    /// start).
+    pub max_jobs: Option<usize>,
 }
+
+/// Lines of a failed step's output the summary repeats.
+pub const TAIL_LINES: usize = 20;
+
+/// The last [`TAIL_LINES`] lines a step printed.
+type Tail = Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
 
 /// How a job or stage ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +110,8 @@ pub struct JobResult {
     pub duration: Duration,
     /// Why it failed, or why it was skipped.
     pub reason: Option<String>,
+    /// The failed step's last lines of output (at most [`TAIL_LINES`]).
+    pub tail: Vec<String>,
 }
 
 /// What a run did.
@@ -129,6 +140,8 @@ struct Shared {
     cfg: RunnerConfig,
     pipeline: Pipeline,
     run: Run,
+    /// Permits for running jobs (`--jobs`).
+    slots: tokio::sync::Semaphore,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -176,7 +189,17 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             ),
         );
     }
-    let shared = Arc::new(Shared { cfg, pipeline, run });
+    let slots = tokio::sync::Semaphore::new(
+        cfg.max_jobs
+            .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    );
+    let shared = Arc::new(Shared {
+        cfg,
+        pipeline,
+        run,
+        slots,
+    });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
     // Stages and jobs not run because their `when` did not apply: they do
@@ -209,6 +232,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                     outcome,
                     duration: Duration::ZERO,
                     reason: Some(reason.clone()),
+                    tail: Vec::new(),
                 });
             }
             stage_outcome.insert(stage.key.clone(), outcome);
@@ -256,6 +280,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                             outcome,
                             duration: Duration::ZERO,
                             reason: Some(reason),
+                            tail: Vec::new(),
                         };
                         (r, unwanted)
                     }
@@ -382,11 +407,14 @@ async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<Jo
 }
 
 async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
+    // A slot first (`--jobs`); it is never closed.
+    let _slot = shared.slots.acquire().await.ok();
     let started = Instant::now();
     let prefix = format!("{stage}/{}", job.key);
+    let tail: Tail = Arc::default();
     let steps = async {
         let auth = job_auth(shared, job, &prefix).await?;
-        let result = run_job_steps(shared, &auth, stage, job, &prefix).await;
+        let result = run_job_steps(shared, &auth, stage, job, &prefix, &tail).await;
         if let Some(id) = &auth.minted {
             if let Err(e) = shared.cfg.client.revoke_token(id).await {
                 say(&prefix, &format!("note: revoking the job token {id}: {e}"));
@@ -408,12 +436,20 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
             &format!("job passed in {}", secs(started.elapsed())),
         );
     }
+    let tail = match outcome {
+        Outcome::Failed => tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     JobResult {
         stage: stage.to_string(),
         job: job.key.clone(),
         outcome,
         duration: started.elapsed(),
         reason,
+        tail,
     }
 }
 
@@ -439,6 +475,7 @@ async fn run_job_steps(
     stage: &str,
     job: &Job,
     prefix: &str,
+    tail: &Tail,
 ) -> Result<(), StepError> {
     let run = &shared.run;
     let dir = shared
@@ -490,7 +527,10 @@ async fn run_job_steps(
         say(prefix, &format!("▶ {key}: {}", describe(&step)));
         let started = Instant::now();
         for argv in commands(shared, &step, &workspace) {
-            let status = spawn(&argv, &work, &env, prefix, shared.cfg.cancel.clone()).await?;
+            if let Ok(mut t) = tail.lock() {
+                t.clear();
+            }
+            let status = spawn(&argv, &work, &env, prefix, tail, shared.cfg.cancel.clone()).await?;
             if !status {
                 return Err(StepError::Failed(format!("step {key} failed")));
             }
@@ -778,7 +818,7 @@ pub fn kill_all_steps() {
 /// stopped (a process that left the group may hold the pipes open).
 const DRAIN: Duration = Duration::from_secs(2);
 
-async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
+async fn pump(reader: impl AsyncRead + Unpin, prefix: String, tail: Tail) {
     let mut r = BufReader::new(reader);
     let mut buf = Vec::new();
     loop {
@@ -787,7 +827,14 @@ async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let line = String::from_utf8_lossy(&buf);
-                say(&prefix, line.trim_end_matches(['\n', '\r']));
+                let line = line.trim_end_matches(['\n', '\r']);
+                say(&prefix, line);
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line.to_string());
+                }
             }
         }
     }
@@ -885,6 +932,7 @@ async fn spawn(
     cwd: &Path,
     env: &BTreeMap<String, String>,
     prefix: &str,
+    tail: &Tail,
     mut cancel: watch::Receiver<bool>,
 ) -> Result<bool, StepError> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -923,10 +971,12 @@ async fn spawn(
     let out = tokio::spawn(pump(
         child.stdout.take().expect("piped"),
         prefix.to_string(),
+        tail.clone(),
     ));
     let err = tokio::spawn(pump(
         child.stderr.take().expect("piped"),
         prefix.to_string(),
+        tail.clone(),
     ));
     let status = tokio::select! {
         s = child.wait() => s.context("waiting for the step")?,
@@ -1044,6 +1094,22 @@ pub fn summary(report: &RunReport) -> String {
         s.push_str("no artifacts\n");
     } else {
         table(&mut s, &rows);
+    }
+    // What failed, with the last lines its failed step printed.
+    for j in report.jobs.iter().filter(|j| j.outcome == Outcome::Failed) {
+        let _ = writeln!(
+            s,
+            "\n✘ {}/{}: {}",
+            j.stage,
+            j.job,
+            j.reason.as_deref().unwrap_or("failed")
+        );
+        if !j.tail.is_empty() {
+            let _ = writeln!(s, "  its last {} lines of output:", j.tail.len());
+            for line in &j.tail {
+                let _ = writeln!(s, "  | {line}");
+            }
+        }
     }
     s
 }
