@@ -409,6 +409,76 @@ fn the_web_ui_logs_in_browses_and_views_uploaded_html_in_a_sandbox() {
     });
 }
 
+/// Regression: a permalink took the first artifact of its name in the run,
+/// which after an expiry (or a failed upload) is the old one, not the
+/// finished artifact that took the name again.
+#[test]
+fn a_permalink_takes_the_newest_finished_artifact_of_its_name() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let src = d.path().join("src");
+    write(&src, "cov/index.html", b"<p>old</p>");
+    let first = s.agent(&src, "exp", 1, "a");
+    first.ok(&[
+        "artifact",
+        "publish",
+        "cov",
+        "--name",
+        "coverage",
+        "--expire-in",
+        "1s",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    first.ok(&["admin", "gc", "--grace", "0s"]);
+    write(&src, "cov/index.html", b"<p>new</p>");
+    let second = s.agent(&src, "exp", 1, "b");
+    second.ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+    let listed: serde_json::Value = rt().block_on(async {
+        s.get("/pipelines/exp/runs/1/artifacts")
+            .await
+            .json()
+            .await
+            .unwrap()
+    });
+    let of_name: Vec<(&str, &str)> = listed["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "coverage")
+        .map(|a| (a["state"].as_str().unwrap(), a["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(of_name.len(), 2, "{listed}");
+    assert_eq!(
+        of_name[0].0, "expired",
+        "the old one is listed first: {listed}"
+    );
+    let new_id = of_name[1].1;
+    let b = browser();
+    rt().block_on(async {
+        let r = b
+            .post(format!("{}/login", s.url))
+            .form(&[("token", s.token.as_str()), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        let session = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let r = b
+            .get(format!("{}/p/exp/runs/1/artifacts/coverage", s.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert_eq!(location(&r), format!("/artifacts/{new_id}"));
+    });
+}
+
 #[test]
 fn ui_login_guesses_are_throttled_with_the_apis() {
     let d = tmp();

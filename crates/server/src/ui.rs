@@ -696,8 +696,21 @@ async fn run_artifacts(
 /// The artifact named `name` in a run: a finished one of the newest
 /// attempt that has one.
 async fn artifact_named(s: &AppState, run: &Run, name: &str) -> Result<Artifact, UiError> {
-    let found = run_artifacts(s, run, false).await?;
-    if let Some(a) = found.into_iter().find(|a| a.name == name) {
+    // A name is held again after its artifact expired or failed, so a run
+    // may list several of one name (oldest first): the newest finished one
+    // is the permalink's, else the newest, whose page says what became of it.
+    let found: Vec<Artifact> = run_artifacts(s, run, false)
+        .await?
+        .into_iter()
+        .filter(|a| a.name == name)
+        .collect();
+    let finished = found
+        .iter()
+        .rposition(|a| a.state == satchel_model::api::ArtifactState::Finished);
+    if let Some(a) = finished
+        .or(found.len().checked_sub(1))
+        .map(|i| found[i].clone())
+    {
         return Ok(a);
     }
     Err(ApiError::not_found(format!(
