@@ -479,6 +479,71 @@ fn a_permalink_takes_the_newest_finished_artifact_of_its_name() {
     });
 }
 
+/// A view link works only while the token of the session that opened it
+/// does: revoking the token ends its links at once, not an hour later.
+#[test]
+fn a_view_link_ends_with_the_token_that_opened_it() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let src = d.path().join("src");
+    write(&src, "cov/index.html", b"<p>report</p>");
+    let admin = s.agent(&src, "rep", 1, "test");
+    admin.ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+    let created: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["admin", "token", "create", "--scope", "read", "--json"]))
+            .unwrap();
+    let (id, secret) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["token"].as_str().unwrap().to_string(),
+    );
+    let b = browser();
+    let view = rt().block_on(async {
+        let r = b
+            .post(format!("{}/login", s.url))
+            .form(&[("token", secret.as_str()), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        let session = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let r = b
+            .get(format!(
+                "{}/p/rep/runs/1/artifacts/coverage/files/index.html",
+                s.url
+            ))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let view = location(&r);
+        assert!(
+            view.contains(&format!("/{id}/")),
+            "bound to the token: {view}"
+        );
+        let r = b.get(format!("{}{view}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "<p>report</p>");
+        view
+    });
+    admin.ok(&["admin", "token", "revoke", &id]);
+    rt().block_on(async {
+        let r = b.get(format!("{}{view}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("has ended"), "{body}");
+        // Another holder's id in the link breaks its signature.
+        let other = view.replace(&format!("/{id}/"), "/admin/");
+        let r = b.get(format!("{}{other}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    });
+}
+
 #[test]
 fn ui_login_guesses_are_throttled_with_the_apis() {
     let d = tmp();

@@ -16,8 +16,11 @@
 //! says they come from this origin (`Origin`, `Sec-Fetch-Site`).
 //!
 //! **Uploaded files are never served in the UI's origin context.** A file
-//! opens under `/view/{artifact}/{expires}/{signature}/{path}`: a URL
-//! signed for one artifact for [`VIEW_TTL_SECS`], served with
+//! opens under `/view/{artifact}/{holder}/{expires}/{signature}/{path}`: a
+//! URL signed for one artifact and the token of the session that opened it
+//! (`holder`) for [`VIEW_TTL_SECS`]; each request checks that the token
+//! is still live and may still read the artifact's pipeline, so revoking
+//! it ends its links too. It is served with
 //! `Content-Security-Policy: sandbox` (scripts allowed, same origin not),
 //! so an HTML report's scripts run in an opaque origin that cannot read the
 //! UI's cookie, DOM or API. Its relative links (CSS, images, other pages)
@@ -80,7 +83,10 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(pages)
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
-        .route("/view/{artifact}/{expires}/{sig}/{*path}", get(view))
+        .route(
+            "/view/{artifact}/{holder}/{expires}/{sig}/{*path}",
+            get(view),
+        )
         .route("/ui.css", get(stylesheet))
 }
 
@@ -593,12 +599,28 @@ fn artifact_table(artifacts: &[Artifact]) -> Markup {
     }
 }
 
-/// The signed view URL of `path` in artifact `id`.
-fn view_url(s: &AppState, id: &str, path: &str) -> String {
+/// Who a view link acts for: the session's token id, or `admin` for the
+/// bootstrap admin token (which only a restart with another one ends).
+fn view_holder(caller: &Caller) -> String {
+    caller
+        .token()
+        .map(|t| t.id.clone())
+        .unwrap_or_else(|| VIEW_ADMIN.to_string())
+}
+
+/// The holder of view links opened with the bootstrap admin token.
+const VIEW_ADMIN: &str = "admin";
+
+/// The signed view URL of `path` in artifact `id`, for `caller`.
+fn view_url(s: &AppState, caller: &Caller, id: &str, path: &str) -> String {
+    let holder = view_holder(caller);
     let expires = satchel_model::id::now_millis() as u64 / 1000 + VIEW_TTL_SECS;
-    let sig = s.gha.keys.sign_url(&format!("ui-view\n{id}"), expires);
+    let sig = s
+        .gha
+        .keys
+        .sign_url(&format!("ui-view\n{id}\n{holder}"), expires);
     let path: Vec<String> = path.split('/').map(url_segment).collect();
-    format!("/view/{id}/{expires}/{sig}/{}", path.join("/"))
+    format!("/view/{id}/{holder}/{expires}/{sig}/{}", path.join("/"))
 }
 
 async fn artifact_page(
@@ -642,7 +664,7 @@ async fn artifact_page(
                     thead { tr { th { "Path" } th.num { "Size" } th.hide { "Type" } th.hide { "Mode" } th.hide { "SHA-256" } } }
                     tbody {
                         @for f in &files.items {
-                            (file_row(&s, f))
+                            (file_row(&s, &caller, f))
                         }
                     }
                 }
@@ -652,10 +674,10 @@ async fn artifact_page(
     ))
 }
 
-fn file_row(s: &AppState, f: &FileInfo) -> Markup {
+fn file_row(s: &AppState, caller: &Caller, f: &FileInfo) -> Markup {
     html! {
         tr {
-            td.mono { a href=(view_url(s, &f.artifact_id, &f.path)) { (f.path) } }
+            td.mono { a href=(view_url(s, caller, &f.artifact_id, &f.path)) { (f.path) } }
             td.num { (satchel_model::units::human_bytes(f.size)) }
             td.hide { (f.content_type) }
             td.hide.mono { (format!("{:o}", f.mode & 0o7777)) }
@@ -745,7 +767,7 @@ async fn artifact_by_name_rest(
         "zip" => format!("/artifacts/{}/archive?format=zip", a.id),
         "tar" => format!("/artifacts/{}/archive", a.id),
         r => match r.strip_prefix("files/") {
-            Some(path) => view_url(&s, &a.id, path),
+            Some(path) => view_url(&s, &caller, &a.id, path),
             None => {
                 return Err(ApiError::not_found(format!(
                     "no such page {r:?}: use files/PATH, zip or tar after the artifact name"
@@ -818,13 +840,13 @@ const SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-moda
 
 async fn view(
     State(s): State<AppState>,
-    Path((id, expires, sig, path)): Path<(String, u64, String, String)>,
+    Path((id, holder, expires, sig, path)): Path<(String, String, u64, String, String)>,
 ) -> Result<Response, UiError> {
     let now = satchel_model::id::now_millis() as u64 / 1000;
     if !s
         .gha
         .keys
-        .check_url(&format!("ui-view\n{id}"), expires, &sig, now)
+        .check_url(&format!("ui-view\n{id}\n{holder}"), expires, &sig, now)
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -834,6 +856,26 @@ async fn view(
         .into());
     }
     crate::routes::check_id("artifact", &id)?;
+    // The token that opened the link must still be live and allowed.
+    if holder != VIEW_ADMIN {
+        let ended = || {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "session_ended",
+                "the session that opened this view link has ended (its token was revoked or expired); log in and open the file again",
+            )
+        };
+        let token = s.db.token_by_id(&holder).await?.ok_or_else(ended)?;
+        if !token.is_live(satchel_model::id::now_millis()) {
+            return Err(ended().into());
+        }
+        let pipeline = s.db.get_artifact(&id).await?.producer.pipeline;
+        let caller = Caller::new(
+            crate::access::Principal::Token(Box::new(token)),
+            Default::default(),
+        );
+        caller.read(&s, &pipeline).await?;
+    }
     let path = if path.is_empty() || path.ends_with('/') {
         format!("{path}index.html")
     } else {
