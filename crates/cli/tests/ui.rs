@@ -206,6 +206,24 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
+/// Logs in with `token`; the session cookie (`name=value`).
+async fn login(b: &reqwest::Client, s: &Server, token: &str) -> String {
+    let r = b
+        .post(format!("{}/login", s.url))
+        .form(&[("token", token), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "login refused");
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 fn location(r: &reqwest::Response) -> String {
     r.headers()["location"].to_str().unwrap().to_string()
 }
@@ -455,19 +473,7 @@ fn a_permalink_takes_the_newest_finished_artifact_of_its_name() {
     let new_id = of_name[1].1;
     let b = browser();
     rt().block_on(async {
-        let r = b
-            .post(format!("{}/login", s.url))
-            .form(&[("token", s.token.as_str()), ("next", "/")])
-            .send()
-            .await
-            .unwrap();
-        let session = r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let session = login(&b, &s, s.token.as_str()).await;
         let r = b
             .get(format!("{}/p/exp/runs/1/artifacts/coverage", s.url))
             .header("cookie", &session)
@@ -498,19 +504,7 @@ fn a_view_link_ends_with_the_token_that_opened_it() {
     );
     let b = browser();
     let view = rt().block_on(async {
-        let r = b
-            .post(format!("{}/login", s.url))
-            .form(&[("token", secret.as_str()), ("next", "/")])
-            .send()
-            .await
-            .unwrap();
-        let session = r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let session = login(&b, &s, secret.as_str()).await;
         let r = b
             .get(format!(
                 "{}/p/rep/runs/1/artifacts/coverage/files/index.html",
