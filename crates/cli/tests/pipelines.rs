@@ -329,7 +329,9 @@ stages:
 ",
     );
     let out = fails(&data, &file);
-    let summary = &out[out.find("run #1 of pipeline").expect("a summary")..];
+    let summary = &out[out
+        .find("run #1 of pipeline \"noisy\": FAILED")
+        .expect("a summary")..];
     assert!(
         summary.contains("✘ build/compile: step make failed"),
         "{summary}"
@@ -348,6 +350,28 @@ stages:
         !summary.contains("| fine"),
         "the failed step's lines only: {summary}"
     );
+    // A step that fails before it runs (a reference that does not resolve)
+    // shows none of the previous step's lines.
+    let file = write_pipeline(
+        d.path(),
+        "unresolved.yml",
+        "name: unresolved
+stages:
+  - key: build
+    jobs:
+      - key: compile
+        steps:
+          - run: echo earlier output
+          - key: use
+            run: echo $[jobs.nope.nope.artifacts.nope]
+",
+    );
+    let out = fails(&data, &file);
+    let summary = &out[out
+        .find("run #1 of pipeline \"unresolved\": FAILED")
+        .expect("a summary")..];
+    assert!(summary.contains("✘ build/compile: step use"), "{summary}");
+    assert!(!summary.contains("earlier output"), "{summary}");
 }
 
 #[test]

@@ -224,6 +224,23 @@ async fn login(b: &reqwest::Client, s: &Server, token: &str) -> String {
         .to_string()
 }
 
+/// Logs in with `token` and follows run 1 of `rep`'s permalink to
+/// `coverage/files/index.html`: the signed view link it leads to.
+async fn coverage_view_link(b: &reqwest::Client, s: &Server, token: &str) -> String {
+    let session = login(b, s, token).await;
+    let r = b
+        .get(format!(
+            "{}/p/rep/runs/1/artifacts/coverage/files/index.html",
+            s.url
+        ))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    location(&r)
+}
+
 fn location(r: &reqwest::Response) -> String {
     r.headers()["location"].to_str().unwrap().to_string()
 }
@@ -485,6 +502,51 @@ fn a_permalink_takes_the_newest_finished_artifact_of_its_name() {
     });
 }
 
+/// A view link opened with the bootstrap admin token ends when the server
+/// restarts with another one (the signing key survives restarts).
+#[test]
+fn a_view_link_of_the_admin_token_ends_when_the_token_changes() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let mut s = Server::start_with(
+        &data,
+        &[(
+            "SATCHEL_ADMIN_TOKEN",
+            "first-admin-token-0123456789abcdef0123456789abcdef",
+        )],
+    );
+    let src = d.path().join("src");
+    write(&src, "cov/index.html", b"<p>report</p>");
+    s.agent(&src, "rep", 1, "test")
+        .ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+    let b = browser();
+    let view = rt().block_on(async {
+        let view = coverage_view_link(&b, &s, &s.token).await;
+        assert!(view.contains("/admin/"), "{view}");
+        assert_eq!(
+            b.get(format!("{}{view}", s.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        view
+    });
+    s.stop();
+    let s = Server::start_with(
+        &data,
+        &[(
+            "SATCHEL_ADMIN_TOKEN",
+            "second-admin-token-0123456789abcdef0123456789abcdef",
+        )],
+    );
+    rt().block_on(async {
+        let r = b.get(format!("{}{view}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    });
+}
+
 /// A view link works only while the token of the session that opened it
 /// does: revoking the token ends its links at once, not an hour later.
 #[test]
@@ -504,18 +566,7 @@ fn a_view_link_ends_with_the_token_that_opened_it() {
     );
     let b = browser();
     let view = rt().block_on(async {
-        let session = login(&b, &s, secret.as_str()).await;
-        let r = b
-            .get(format!(
-                "{}/p/rep/runs/1/artifacts/coverage/files/index.html",
-                s.url
-            ))
-            .header("cookie", &session)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 303);
-        let view = location(&r);
+        let view = coverage_view_link(&b, &s, secret.as_str()).await;
         assert!(
             view.contains(&format!("/{id}/")),
             "bound to the token: {view}"

@@ -58,6 +58,9 @@ pub struct RunnerConfig {
 /// Lines of a failed step's output the summary repeats.
 pub const TAIL_LINES: usize = 20;
 
+/// Characters of each such line the summary keeps.
+const TAIL_LINE_CHARS: usize = 400;
+
 /// The last [`TAIL_LINES`] lines a step printed.
 type Tail = Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
 
@@ -503,6 +506,11 @@ async fn run_job_steps(
     }
     say(prefix, &format!("job started in {}", work.display()));
     for step in &job.steps {
+        // The tail is this step's output only, whichever of its commands
+        // (or its references) fails.
+        if let Ok(mut t) = tail.lock() {
+            t.clear();
+        }
         if *shared.cfg.cancel.borrow() {
             return Err(StepError::Canceled);
         }
@@ -527,9 +535,6 @@ async fn run_job_steps(
         say(prefix, &format!("▶ {key}: {}", describe(&step)));
         let started = Instant::now();
         for argv in commands(shared, &step, &workspace) {
-            if let Ok(mut t) = tail.lock() {
-                t.clear();
-            }
             let status = spawn(&argv, &work, &env, prefix, tail, shared.cfg.cancel.clone()).await?;
             if !status {
                 return Err(StepError::Failed(format!("step {key} failed")));
@@ -833,7 +838,9 @@ async fn pump(reader: impl AsyncRead + Unpin, prefix: String, tail: Tail) {
                     if t.len() == TAIL_LINES {
                         t.pop_front();
                     }
-                    t.push_back(line.to_string());
+                    // A progress bar redrawn with `\r` is one long line.
+                    let cut: String = line.chars().take(TAIL_LINE_CHARS).collect();
+                    t.push_back(cut);
                 }
             }
         }

@@ -600,12 +600,27 @@ fn artifact_table(artifacts: &[Artifact]) -> Markup {
 }
 
 /// Who a view link acts for: the session's token id, or `admin` for the
-/// bootstrap admin token (which only a restart with another one ends).
+/// bootstrap admin token.
 fn view_holder(caller: &Caller) -> String {
     caller
         .token()
         .map(|t| t.id.clone())
         .unwrap_or_else(|| VIEW_ADMIN.to_string())
+}
+
+/// What a view link's signature covers: the artifact, the holder and, for
+/// the bootstrap admin, a fingerprint of its token, so that restarting
+/// with another admin token ends the old one's links.
+fn view_payload(s: &AppState, id: &str, holder: &str) -> String {
+    if holder == VIEW_ADMIN {
+        let fp: String = s.admin_token_hash[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("ui-view\n{id}\n{holder}\n{fp}")
+    } else {
+        format!("ui-view\n{id}\n{holder}")
+    }
 }
 
 /// The holder of view links opened with the bootstrap admin token.
@@ -615,10 +630,7 @@ const VIEW_ADMIN: &str = "admin";
 fn view_url(s: &AppState, caller: &Caller, id: &str, path: &str) -> String {
     let holder = view_holder(caller);
     let expires = satchel_model::id::now_millis() as u64 / 1000 + VIEW_TTL_SECS;
-    let sig = s
-        .gha
-        .keys
-        .sign_url(&format!("ui-view\n{id}\n{holder}"), expires);
+    let sig = s.gha.keys.sign_url(&view_payload(s, id, &holder), expires);
     let path: Vec<String> = path.split('/').map(url_segment).collect();
     format!("/view/{id}/{holder}/{expires}/{sig}/{}", path.join("/"))
 }
@@ -840,14 +852,16 @@ const SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-moda
 
 async fn view(
     State(s): State<AppState>,
-    Path((id, holder, expires, sig, path)): Path<(String, String, u64, String, String)>,
+    Path((id, holder, expires, sig, path)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, UiError> {
     let now = satchel_model::id::now_millis() as u64 / 1000;
-    if !s
-        .gha
-        .keys
-        .check_url(&format!("ui-view\n{id}\n{holder}"), expires, &sig, now)
-    {
+    // A link of another shape (from before holders) is just not valid.
+    let signed = expires.parse::<u64>().is_ok_and(|expires| {
+        s.gha
+            .keys
+            .check_url(&view_payload(&s, &id, &holder), expires, &sig, now)
+    });
+    if !signed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bad_signature",
