@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0015_pack_entries.sql"),
     include_str!("../migrations/postgres/0016_files_gha.sql"),
     include_str!("../migrations/postgres/0017_files_fks.sql"),
+    include_str!("../migrations/postgres/0018_packages_order.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;

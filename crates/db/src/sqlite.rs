@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0016_gha_uploads.sql"),
     include_str!("../migrations/sqlite/0017_pack_entries.sql"),
     include_str!("../migrations/sqlite/0018_files_gha.sql"),
+    include_str!("../migrations/sqlite/0019_packages_order.sql"),
 ];
 const READERS: usize = 4;
 
