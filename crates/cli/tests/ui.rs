@@ -499,6 +499,23 @@ fn a_permalink_takes_the_newest_finished_artifact_of_its_name() {
             .unwrap();
         assert_eq!(r.status(), 303);
         assert_eq!(location(&r), format!("/artifacts/{new_id}"));
+        // Default artifacts of two jobs: ambiguous, and said so.
+        for job in ["x", "y"] {
+            s.agent(&src, "exp", 1, job)
+                .ok(&["artifact", "upload", "cov/index.html"]);
+        }
+        let r = b
+            .get(format!("{}/p/exp/runs/1/artifacts/default", s.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("default artifacts of 2 jobs (x, y)"),
+            "{body}"
+        );
     });
 }
 

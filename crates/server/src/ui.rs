@@ -738,6 +738,29 @@ async fn artifact_named(s: &AppState, run: &Run, name: &str) -> Result<Artifact,
         .into_iter()
         .filter(|a| a.name == name)
         .collect();
+    // Every job may have a default artifact: several finished ones of
+    // different jobs are ambiguous, as the API's download says.
+    let mut jobs: Vec<&str> = found
+        .iter()
+        .filter(|a| a.is_default && a.state == satchel_model::api::ArtifactState::Finished)
+        .map(|a| a.producer.job.as_str())
+        .collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    if jobs.len() > 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            format!(
+                "{} #{} has default artifacts of {} jobs ({}); open one from the run's page",
+                run.pipeline,
+                run.number,
+                jobs.len(),
+                jobs.join(", ")
+            ),
+        )
+        .into());
+    }
     let finished = found
         .iter()
         .rposition(|a| a.state == satchel_model::api::ArtifactState::Finished);
