@@ -125,7 +125,10 @@ fn split_options(url: &str) -> Result<(String, UrlOptions), DbError> {
                     )))
                 }
             },
-            Some(("sslrootcert", v)) => opts.root_cert = Some(percent_decode(v)),
+            Some(("sslrootcert", v)) => {
+                // A path with `%20` for a space, as in any URL.
+                opts.root_cert = Some(percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned());
+            }
             Some(("pool_size", v)) => {
                 opts.pool = v
                     .parse()
@@ -152,31 +155,6 @@ fn split_options(url: &str) -> Result<(String, UrlOptions), DbError> {
         ));
     }
     Ok((url, opts))
-}
-
-/// `%XX` escapes in a URL option's value decoded (a path with spaces).
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// TLS that verifies the server's certificate against `root_cert` (a PEM

@@ -926,6 +926,25 @@ pub(crate) fn record_blobs(c: &mut dyn Sql, blobs: &[(String, u64)]) -> Result<(
     Ok(())
 }
 
+/// The paths `sql` (ending in `LIMIT 11`, parameter `?1` = `upload_id`)
+/// returns, as an error message lists them: the first ten, then `, …`;
+/// `None` when there are none.
+fn first_paths(c: &mut dyn Sql, sql: &str, upload_id: &str) -> Result<Option<String>, DbError> {
+    let paths: Vec<String> = c
+        .query(sql, args![upload_id])?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let more = if paths.len() > 10 { ", …" } else { "" };
+    Ok(Some(format!(
+        "{}{more}",
+        paths[..paths.len().min(10)].join(", ")
+    )))
+}
+
 /// Locks an upload and its artifact, in the lock order (artifact first);
 /// `false` when there is no such upload.
 fn lock_upload(c: &mut dyn Sql, upload_id: &str) -> Result<bool, DbError> {
@@ -990,38 +1009,26 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
     // Named by a join, which also sees content another upload recorded
     // since the touch's snapshot (PostgreSQL): that is young, and present.
     if recorded.len() < digests.len() {
-        let missing: Vec<String> = c
-            .query(
-                "SELECT f.path FROM files f LEFT JOIN blobs b ON b.sha256 = f.sha256
-                 WHERE f.upload_id = ?1 AND b.sha256 IS NULL ORDER BY f.path LIMIT 11",
-                args![upload_id],
-            )?
-            .into_iter()
-            .map(|mut r| r.text(0))
-            .collect::<Result<_, _>>()?;
-        if !missing.is_empty() {
-            let more = if missing.len() > 10 { ", …" } else { "" };
+        if let Some(paths) = first_paths(
+            c,
+            "SELECT f.path FROM files f LEFT JOIN blobs b ON b.sha256 = f.sha256
+             WHERE f.upload_id = ?1 AND b.sha256 IS NULL ORDER BY f.path LIMIT 11",
+            upload_id,
+        )? {
             return Err(DbError::Conflict(format!(
-                "content has not been uploaded for: {}{more}",
-                missing[..missing.len().min(10)].join(", ")
+                "content has not been uploaded for: {paths}"
             )));
         }
     }
-    let owed: Vec<String> = c
-        .query(
-            "SELECT f.path FROM upload_owed o JOIN files f
-               ON f.upload_id = o.upload_id AND f.sha256 = o.sha256
-             WHERE o.upload_id = ?1 ORDER BY f.path LIMIT 11",
-            args![upload_id],
-        )?
-        .into_iter()
-        .map(|mut r| r.text(0))
-        .collect::<Result<_, _>>()?;
-    if !owed.is_empty() {
-        let more = if owed.len() > 10 { ", …" } else { "" };
+    if let Some(paths) = first_paths(
+        c,
+        "SELECT f.path FROM upload_owed o JOIN files f
+           ON f.upload_id = o.upload_id AND f.sha256 = o.sha256
+         WHERE o.upload_id = ?1 ORDER BY f.path LIMIT 11",
+        upload_id,
+    )? {
         return Err(DbError::Conflict(format!(
-            "this upload was asked to send the content of {}{more} and has not: held content is shared only within a cluster that has sent it",
-            owed[..owed.len().min(10)].join(", ")
+            "this upload was asked to send the content of {paths} and has not: held content is shared only within a cluster that has sent it"
         )));
     }
     let mut t = c.query_one(

@@ -835,8 +835,7 @@ async fn branch_latest(
 /// The file at `path` in finished artifact `id`, found through the run's
 /// name index (a report's every stylesheet and image is one such lookup),
 /// not by reading the artifact's whole file list.
-async fn file_of(s: &AppState, id: &str, path: &str) -> Result<FileInfo, UiError> {
-    let a = s.db.get_artifact(id).await?;
+async fn file_of(s: &AppState, a: &Artifact, path: &str) -> Result<FileInfo, UiError> {
     if a.state != satchel_model::api::ArtifactState::Finished {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -859,7 +858,7 @@ async fn file_of(s: &AppState, id: &str, path: &str) -> Result<FileInfo, UiError
     };
     loop {
         let found = s.db.search_files(&run.id, &glob, &scope, &page).await?;
-        if let Some(f) = found.items.into_iter().find(|f| f.artifact_id == id) {
+        if let Some(f) = found.items.into_iter().find(|f| f.artifact_id == a.id) {
             return Ok(f);
         }
         match found.next {
@@ -893,6 +892,7 @@ async fn view(
         .into());
     }
     crate::routes::check_id("artifact", &id)?;
+    let a = s.db.get_artifact(&id).await?;
     // The token that opened the link must still be live and allowed.
     if holder != VIEW_ADMIN {
         let ended = || {
@@ -906,19 +906,18 @@ async fn view(
         if !token.is_live(satchel_model::id::now_millis()) {
             return Err(ended().into());
         }
-        let pipeline = s.db.get_artifact(&id).await?.producer.pipeline;
         let caller = Caller::new(
             crate::access::Principal::Token(Box::new(token)),
             Default::default(),
         );
-        caller.read(&s, &pipeline).await?;
+        caller.read(&s, &a.producer.pipeline).await?;
     }
     let path = if path.is_empty() || path.ends_with('/') {
         format!("{path}index.html")
     } else {
         path
     };
-    let f = file_of(&s, &id, &path).await?;
+    let f = file_of(&s, &a, &path).await?;
     let mut r = crate::routes::stream_blob_inline(&s, &f).await?;
     let h = r.headers_mut();
     h.insert(

@@ -101,15 +101,21 @@ pub fn parse_tree(text: &str) -> anyhow::Result<Value> {
 
 /// Loads the pipeline file `path` (its `text`).
 pub fn load(path: &Path, text: &str, opts: &LoadOptions) -> anyhow::Result<Loaded> {
+    // The tree detection reads is the one a translator takes.
+    let mut tree = None;
     let format = match opts.format {
         Some(f) => f,
-        None => detect(path, &parse_tree(text)?),
+        None => detect(path, tree.insert(parse_tree(text)?)),
     };
     let (mut pipeline, skipped) = match format {
         Format::Satchel => (Pipeline::parse(text)?, Vec::new()),
         Format::Azure => {
             let key = opts.pipeline.clone().unwrap_or_else(|| file_key(path));
-            let t = azure::translate(&parse_tree(text)?, &key, opts)?;
+            let tree = match tree {
+                Some(t) => t,
+                None => parse_tree(text)?,
+            };
+            let t = azure::translate(&tree, &key, opts)?;
             (t.pipeline, t.skipped)
         }
         other => bail!(
