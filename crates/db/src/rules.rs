@@ -21,10 +21,12 @@
 //!   one another; a GitHub Actions upload in progress ([`crate::gha`]) is
 //!   locked before the blob rows it records;
 //! - an upload that references recorded content, and a finish, touch the
-//!   content's `blobs` row (`created_at` = now). Garbage collection deletes
-//!   a row only while it is old; a concurrent touch either happens first
-//!   (the delete then waits for it and finds the row young) or finds the
-//!   row gone (the content is then reported missing, never assumed).
+//!   content's `blobs` row (`created_at` = now) under its row lock.
+//!   Garbage collection locks the row before the statement that deletes
+//!   it while old and unreferenced. A concurrent touch either comes first
+//!   (the delete's statement then starts after that upload committed, and
+//!   sees its files) or finds the row gone (the content is then reported
+//!   missing, never assumed).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -1713,8 +1715,20 @@ pub(crate) fn forget_blobs(
     digests: &[String],
     cutoff_ms: i64,
 ) -> Result<Vec<String>, DbError> {
-    let mut sorted: Vec<&String> = digests.iter().collect();
+    let mut sorted: Vec<&str> = digests.iter().map(String::as_str).collect();
     sorted.sort_unstable();
+    sorted.dedup();
+    // Each row is locked before the statement that deletes it. Where
+    // writers run concurrently (PostgreSQL), a DELETE's NOT EXISTS reads
+    // the snapshot its statement started with: had it waited there for an
+    // upload that touched the row, it would not see the files that upload
+    // committed and would delete a blob they reference (the touch's time
+    // is that upload's start, which may be before the cutoff). Waiting in
+    // the lock instead, the DELETE starts after that upload committed and
+    // sees its files.
+    for chunk in sorted.chunks(BATCH_ROWS) {
+        c.lock_blobs(chunk)?;
+    }
     let mut gone = Vec::new();
     for d in sorted {
         let n = c.execute(
@@ -1725,7 +1739,7 @@ pub(crate) fn forget_blobs(
             args![d, cutoff_ms],
         )?;
         if n > 0 {
-            gone.push(d.clone());
+            gone.push(d.to_string());
         }
     }
     Ok(gone)

@@ -6,7 +6,8 @@ use satchel_model::api::{ArtifactState, CreateUpload, FileInfo, JobContext, NewF
 
 use crate::{DbError, MetaStore, PageRequest, Quotas};
 
-fn ctx(job: &str, attempt: u32) -> JobContext {
+/// Job `job`'s attempt in run 1 of pipeline `pipe`.
+pub fn ctx(job: &str, attempt: u32) -> JobContext {
     JobContext {
         pipeline: "pipe".into(),
         run: 1,
@@ -19,7 +20,8 @@ fn ctx(job: &str, attempt: u32) -> JobContext {
     }
 }
 
-fn file(path: &str, sha: char, size: u64) -> NewFile {
+/// A file whose sha256 is `sha` 64 times.
+pub fn file(path: &str, sha: char, size: u64) -> NewFile {
     NewFile {
         path: path.into(),
         size,
@@ -36,7 +38,9 @@ fn q() -> Quotas {
     Quotas::default()
 }
 
-fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> CreateUpload {
+/// An upload of `files` into artifact `name` (the default one if `None`)
+/// of [`ctx`]`(job, attempt)`.
+pub fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) -> CreateUpload {
     CreateUpload {
         context: ctx(job, attempt),
         name: name.map(String::from),

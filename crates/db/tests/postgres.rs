@@ -1,7 +1,7 @@
 //! The metadata story against a real PostgreSQL (`SATCHEL_TEST_POSTGRES_URL`,
 //! started by scripts/services.sh), each test in a database of its own.
 
-use satchel_db::{story, MetaStore, PageRequest, PostgresStore};
+use satchel_db::{story, MetaStore, PageRequest, PostgresStore, Quotas};
 
 /// A fresh database's URL, or `None` when remote tests are skipped.
 async fn fresh() -> Option<String> {
@@ -97,6 +97,89 @@ async fn the_write_gate_excludes_announcements_and_notices_a_lost_hold() {
     .await
     .expect("the gate is free again")
     .unwrap();
+}
+
+/// GC's delete of an old, unreferenced blob row queued behind an upload
+/// that references the blob (a dedup: its create touches the row and adds
+/// files): once the upload commits, the delete must see those files and
+/// keep the row. Before the fix the delete's statement read the files as
+/// they were before it waited, and removed the blob (seen as a 409
+/// "content has not been uploaded" at finish in the replica GC race test).
+/// A trigger holds the create inside its transaction right after its
+/// touch until the delete is waiting, so the interleaving is certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_racing_a_dedup_upload_keeps_the_blob_it_references() {
+    let Some(url) = fresh().await else { return };
+    let db = std::sync::Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let blob = "7".repeat(64);
+    db.record_blobs(&[(blob.clone(), 7)]).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE FUNCTION hold_touch() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_advisory_xact_lock_shared(7007); RETURN NULL; END $$;
+             CREATE TRIGGER hold_touch AFTER UPDATE ON blobs
+               FOR EACH STATEMENT EXECUTE FUNCTION hold_touch();
+             SELECT pg_advisory_lock(7007);",
+        )
+        .await
+        .unwrap();
+    // Backends of this database waiting for `event` (a lock's kind).
+    let waiting = |event: &'static str| {
+        let admin = &admin;
+        async move {
+            for _ in 0..1000 {
+                let row = admin
+                    .query_one(
+                        "SELECT COUNT(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event = $1",
+                        &[&event],
+                    )
+                    .await
+                    .unwrap();
+                if row.get::<_, i64>(0) > 0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("nothing came to wait for {event}");
+        }
+    };
+
+    let create = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let files = vec![story::file("data.bin", '7', 7)];
+            db.create_upload(&story::upload("j", 1, Some("a"), files), &Quotas::default())
+                .await
+        })
+    };
+    waiting("advisory").await;
+    // A cutoff after the upload's start, as a pass with no grace reads it
+    // while the upload is being created.
+    let cutoff = satchel_model::id::now_millis() + 60_000;
+    let forget = {
+        let (db, blob) = (db.clone(), blob.clone());
+        tokio::spawn(async move { db.forget_blobs(&[blob], cutoff).await })
+    };
+    waiting("transactionid").await;
+    admin
+        .batch_execute("SELECT pg_advisory_unlock(7007)")
+        .await
+        .unwrap();
+    let plan = create.await.unwrap().unwrap();
+    assert!(plan.missing.is_empty(), "the content was recorded");
+    let gone = forget.await.unwrap().unwrap();
+    assert!(
+        gone.is_empty(),
+        "GC forgot {gone:?}, which an upload references"
+    );
+    db.finish_upload(&plan.upload_id)
+        .await
+        .expect("the upload finishes with the content it was told is present");
 }
 
 /// `sslmode=verify-full` with the test CA encrypts every connection;
