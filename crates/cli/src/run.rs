@@ -59,6 +59,14 @@ pub struct RunArgs {
     /// `run: triggering` take it.
     #[arg(long, value_name = "PIPELINE#N")]
     triggered_by: Option<String>,
+    /// Add uncommitted changes and untracked (not ignored) files to the
+    /// checkout each job starts with (default: the git HEAD only).
+    #[arg(long, conflicts_with = "no_checkout")]
+    include_dirty: bool,
+    /// Start every job in an empty directory instead of a checkout of the
+    /// pipeline file's repository (or directory).
+    #[arg(long)]
+    no_checkout: bool,
     /// Only check the pipeline file, run nothing.
     #[arg(long)]
     check: bool,
@@ -193,6 +201,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let work_root = std::path::absolute(&work_root)?;
+    // Never part of a checkout, even where they lie inside the source.
+    let mut exclude = vec![work_root.clone()];
+    if a.server.is_none() {
+        exclude.push(std::path::absolute(&a.data_dir)?);
+    }
     let client = Client::new(&url, &token)?;
     client
         .health()
@@ -217,12 +230,17 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         token,
         satchel_exe: std::env::current_exe().context("finding the satchel binary")?,
         work_root,
-        source_dir,
+        source_dir: source_dir.clone(),
         branch,
         commit,
         triggered_from,
         cancel: cancel_rx,
         max_jobs: a.jobs.map(usize::from),
+        checkout: (!a.no_checkout).then(|| satchel_runner::checkout::Source {
+            dir: source_dir.clone(),
+            include_dirty: a.include_dirty,
+            exclude,
+        }),
     };
     let report = satchel_runner::run_pipeline(pipeline, cfg).await?;
     print!("{}", satchel_runner::summary(&report));

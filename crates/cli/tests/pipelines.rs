@@ -14,10 +14,24 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// `examples/NAME`, in a copy of the examples directory outside git made
+/// once per test process: each run checks out that small directory, not
+/// the whole Satchel repository.
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
+    static COPY: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = COPY.get_or_init(|| {
+        let d = tmp();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let st = Command::new("cp")
+            .arg("-R")
+            .arg(format!("{}/.", src.display()))
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying the examples");
+        d
+    });
+    dir.path().join(name)
 }
 
 /// `satchel run` with an embedded server on `data`.
@@ -1128,7 +1142,8 @@ stages:
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["out1", "out2", "out3"], "{out}");
+    // The checkout (the pipeline file) and the outputs; no `pwned*`.
+    assert_eq!(names, ["out1", "out2", "out3", "p.yml"], "{out}");
 }
 
 /// Processes of process group `pgid` that are alive (not zombies).
@@ -1263,6 +1278,110 @@ fn a_second_ctrl_c_quits_without_leaving_steps_behind() {
 /// A job directory is fresh even when the run number comes again (another
 /// data directory, the same work directory), and a `PATH` set in `env:` is
 /// kept (the `satchel` binary's directory goes first).
+/// Runs `script` in `dir` with a fixed git identity.
+fn sh(dir: &Path, script: &str) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{script}");
+}
+
+/// Jobs start with the repository checked out at HEAD, each in its own
+/// copy: one job damaging its copy changes neither another job's nor the
+/// user's tree; `checkout: false` starts empty; `--include-dirty` adds
+/// the uncommitted change.
+#[test]
+fn jobs_start_with_their_own_checkout_of_the_repository() {
+    let d = tmp();
+    let repo = d.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    sh(
+        &repo,
+        "git init -q . && mkdir -p ci src && echo committed > src/app.txt \
+         && printf 'data/\nwork/\n' > .gitignore && git add -A && git commit -qm first \
+         && echo uncommitted > src/app.txt",
+    );
+    let p = write_pipeline(
+        &repo.join("ci"),
+        "p.yml",
+        r#"name: co
+stages:
+  - key: one
+    jobs:
+      - key: wrecker
+        steps:
+          - run: |
+              echo "app=$(cat src/app.txt) head=$(git rev-parse --short HEAD)"
+              echo more >> src/app.txt
+              rm -rf ci .git
+      - key: empty
+        checkout: false
+        steps:
+          - run: echo "entries=$(ls -A | wc -l)"
+  - key: two
+    jobs:
+      - key: after
+        steps:
+          - run: echo "app2=$(cat src/app.txt) status=$(git status --porcelain | wc -l)"
+"#,
+    );
+    sh(
+        &repo,
+        "git add ci && git commit -qm pipeline && echo uncommitted > src/app.txt",
+    );
+    let head = String::from_utf8(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(&repo)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let data = repo.join("data");
+    let work = repo.join("work");
+    let args = ["--work-dir", work.to_str().unwrap()];
+    let o = run(&data, &p, &args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("uncommitted changes left out"), "{t}");
+    assert!(
+        t.contains(&format!("[one/wrecker] app=committed head={}", head.trim())),
+        "{t}"
+    );
+    assert!(t.contains("[one/empty] entries=0"), "{t}");
+    assert!(t.contains("[two/after] app2=committed status=0"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("src/app.txt")).unwrap(),
+        "uncommitted\n",
+        "the user's tree is untouched"
+    );
+    assert!(repo.join(".git").is_dir() && repo.join("ci/p.yml").is_file());
+    assert!(
+        !repo.join("work/.sources").exists()
+            || std::fs::read_dir(repo.join("work/.sources"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "the run's snapshot is removed at its end"
+    );
+
+    let mut dirty = args.to_vec();
+    dirty.push("--include-dirty");
+    let o = run(&data, &p, &dirty);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("[one/wrecker] app=uncommitted"), "{t}");
+    assert!(t.contains("(with uncommitted changes)"), "{t}");
+}
+
 #[test]
 fn job_dirs_are_fresh_and_env_path_is_kept() {
     let d = tmp();

@@ -53,6 +53,8 @@ pub struct RunnerConfig {
     /// At most this many jobs run at once (`None`: every job a stage can
     /// start).
     pub max_jobs: Option<usize>,
+    /// Where jobs' checkouts come from (`None`: every job starts empty).
+    pub checkout: Option<crate::checkout::Source>,
 }
 
 /// Lines of a failed step's output the summary repeats.
@@ -145,11 +147,43 @@ struct Shared {
     run: Run,
     /// Permits for running jobs (`--jobs`).
     slots: tokio::sync::Semaphore,
+    /// The run's copy of the source, for jobs that check it out.
+    snapshot: Option<crate::checkout::Snapshot>,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
 /// stage, records the outcome on the server, and reports.
 pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Result<RunReport> {
+    // The source first: a checkout that cannot be made starts no run.
+    let wants_checkout = pipeline
+        .stages
+        .iter()
+        .flat_map(|s| &s.jobs)
+        .any(|j| j.checkout);
+    let snapshot = match (&cfg.checkout, wants_checkout) {
+        (Some(src), true) => {
+            let src = src.clone();
+            let dest = cfg.work_root.join(".sources").join(format!(
+                "{}-{}-{}",
+                pipeline.name,
+                std::process::id(),
+                satchel_model::id::new_id()
+            ));
+            let started = Instant::now();
+            let snap = tokio::task::spawn_blocking(move || crate::checkout::snapshot(&src, &dest))
+                .await
+                .context("checking out the source")?
+                .context(
+                    "checking out the source (--no-checkout runs jobs in empty directories)",
+                )?;
+            say(
+                "satchel",
+                &format!("source: {} ({})", snap.describe, secs(started.elapsed())),
+            );
+            Some(snap)
+        }
+        _ => None,
+    };
     let sources: BTreeMap<String, SourceSpec> = pipeline
         .sources
         .iter()
@@ -202,6 +236,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         pipeline,
         run,
         slots,
+        snapshot,
     });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -505,6 +540,24 @@ async fn run_job_steps(
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     say(prefix, &format!("job started in {}", work.display()));
+    if let Some(snap) = shared.snapshot.as_ref().filter(|_| job.checkout) {
+        let (from, to) = (snap.root.clone(), work.clone());
+        let started = Instant::now();
+        let copied =
+            tokio::task::spawn_blocking(move || crate::checkout::copy_tree(&from, &to, &[]))
+                .await
+                .map_err(|e| StepError::Failed(format!("checking out: {e}")))?
+                .map_err(|e| StepError::Failed(format!("checking out: {e:#}")))?;
+        say(
+            prefix,
+            &format!(
+                "checked out {} files ({} bytes) in {}",
+                copied.files,
+                copied.bytes,
+                secs(started.elapsed())
+            ),
+        );
+    }
     for step in &job.steps {
         // The tail is this step's output only, whichever of its commands
         // (or its references) fails.

@@ -5,9 +5,11 @@
 //! files (Azure Pipelines so far) into that model.
 //! [`exec`] runs a parsed pipeline against a Satchel server (the embedded
 //! one or a remote one): stages in order, jobs of a stage in parallel, each
-//! job in a fresh directory, with the artifact semantics of a real server
-//! because every artifact operation goes through it.
+//! job in a fresh directory holding its own copy of the source
+//! ([`checkout`]), with the artifact semantics of a real server because
+//! every artifact operation goes through it.
 
+pub mod checkout;
 pub mod exec;
 pub mod formats;
 pub mod pipeline;

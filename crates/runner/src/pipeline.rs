@@ -78,8 +78,16 @@ pub struct Job {
     /// Environment for the job's steps.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Whether the job starts with the source checked out (the default),
+    /// or in an empty directory (`checkout: false`).
+    #[serde(default = "yes")]
+    pub checkout: bool,
     /// Steps.
     pub steps: Vec<Step>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A step. Exactly one of `run`, `publish`, `image`, `link` and

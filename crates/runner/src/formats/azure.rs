@@ -17,7 +17,8 @@
 //!   `$(Pipeline.Workspace)` is the job's workspace and
 //!   `$(Build.SourcesDirectory)` its working directory.
 //! - Steps `script`, `bash` (run with bash, as the agent does),
-//!   `checkout` (the job already has its directory), `publish` /
+//!   `checkout: self` (every job starts with the source checked out;
+//!   `checkout: none` starts it empty), `publish` /
 //!   `download` shortcuts, `PublishPipelineArtifact@1` and
 //!   `DownloadPipelineArtifact@2` (current run, or `source: specific` /
 //!   `resources.pipelines` of another pipeline on the same server).
@@ -235,6 +236,8 @@ struct Tr<'a> {
     sources: BTreeMap<String, Source>,
     /// Source name of each (pipeline, selector) a `specific` download uses.
     specific: HashMap<(String, String), String>,
+    /// Whether the job being translated has a `checkout: none` step.
+    no_checkout: bool,
 }
 
 /// Translates an Azure Pipelines file (parsed into `doc`) with pipeline
@@ -248,6 +251,7 @@ pub fn translate(doc: &Value, key: &str, opts: &LoadOptions) -> anyhow::Result<T
         key: key.to_string(),
         errors: Vec::new(),
         skipped: Vec::new(),
+        no_checkout: false,
         sources: BTreeMap::new(),
         specific: HashMap::new(),
     };
@@ -722,6 +726,7 @@ impl Tr<'_> {
             }
         }
         let mut out = Vec::new();
+        self.no_checkout = false;
         match steps.as_array() {
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
@@ -745,6 +750,7 @@ impl Tr<'_> {
             depends_on: Vec::new(),
             when: When::OnSuccess,
             env,
+            checkout: !self.no_checkout,
             steps: out,
         }
     }
@@ -881,7 +887,11 @@ impl Tr<'_> {
                 IGNORED_STEP,
             );
             match m.get("checkout").and_then(Value::as_str) {
-                Some("self") | Some("none") => return None,
+                Some("self") => return None,
+                Some("none") => {
+                    self.no_checkout = true;
+                    return None;
+                }
                 _ => return self.unsupported(place, "checkout of another repository", m, vars),
             }
         } else if let Some(path) = m.get("publish") {
@@ -1483,6 +1493,21 @@ mod tests {
             cat.contains("cat \"${PIPELINE_WORKSPACE}\"/job1-artifact/job1.txt"),
             "{cat}"
         );
+    }
+
+    #[test]
+    fn checkout_none_starts_the_job_empty() {
+        let p = tr("jobs:\n  - job: a\n    steps:\n      - checkout: none\n      - script: ls\n  - job: b\n    steps:\n      - checkout: self\n      - script: ls\n")
+            .unwrap()
+            .pipeline;
+        let jobs = &p.stages[0].jobs;
+        assert_eq!(
+            jobs.iter()
+                .map(|j| (j.key.as_str(), j.checkout))
+                .collect::<Vec<_>>(),
+            [("a", false), ("b", true)]
+        );
+        assert_eq!(jobs[0].steps.len(), 1, "checkout is not a step of its own");
     }
 
     #[test]
