@@ -37,6 +37,7 @@ use serde_json::{Map, Value};
 
 use satchel_model::expr::escape;
 
+use super::expanded::{Expanded, Piece, MAX_EXPANDED};
 use super::{shell_quote, LoadOptions};
 use crate::pipeline::{Job, Pipeline, Shell, Source, Stage, Step, When};
 
@@ -131,96 +132,6 @@ fn runtime_variable(lower: &str) -> Option<(&'static str, Option<String>)> {
         "build.sourceversion" => ("BUILD_SOURCEVERSION", None),
         _ => return None,
     })
-}
-
-/// A piece of text after macro substitution.
-#[derive(Debug, Clone, PartialEq)]
-enum Piece {
-    /// Text as written (or a variable's value).
-    Text(String),
-    /// A predefined variable known only when the job runs: its
-    /// environment variable, and its value in a path input, if any.
-    Runtime(&'static str, Option<String>, String),
-}
-
-impl Piece {
-    fn len(&self) -> usize {
-        match self {
-            Piece::Text(t) => t.len(),
-            Piece::Runtime(env, _, _) => env.len(),
-        }
-    }
-}
-
-/// The most bytes one text may expand to (variables that each use the
-/// next many times would otherwise grow without bound).
-const MAX_EXPANDED: usize = 1 << 20;
-
-/// Text after macro substitution.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Expanded(Vec<Piece>);
-
-impl Expanded {
-    /// For a script: runtime variables as expansions of `$NAME`, quoted
-    /// for where they stand, where Azure's textual substitution would have
-    /// put their values.
-    fn script(&self) -> String {
-        let mut out = String::new();
-        for p in &self.0 {
-            match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Runtime(env, _, _) => {
-                    let e = crate::shell::expansion_after(&out, env);
-                    out.push_str(&e);
-                }
-            }
-        }
-        out
-    }
-
-    /// The value when it is plain text (no variable known only when the
-    /// job runs, not even a directory).
-    fn plain(&self) -> Option<String> {
-        self.0
-            .iter()
-            .map(|p| match p {
-                Piece::Text(t) => Some(t.as_str()),
-                Piece::Runtime(..) => None,
-            })
-            .collect()
-    }
-
-    /// As one shell word: text quoted, runtime variables expanded.
-    fn word(&self) -> String {
-        if self.0.is_empty() {
-            return "''".into();
-        }
-        self.0
-            .iter()
-            .map(|p| match p {
-                Piece::Text(t) => shell_quote(t),
-                Piece::Runtime(env, _, _) => format!("\"${{{env}}}\""),
-            })
-            .collect()
-    }
-
-    /// As a task input's value, known now: a runtime variable only where
-    /// it is a directory of the job.
-    fn value(&self) -> Result<String, String> {
-        let mut out = String::new();
-        for p in &self.0 {
-            match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Runtime(_, Some(v), _) => out.push_str(v),
-                Piece::Runtime(_, None, name) => {
-                    return Err(format!(
-                        "$({name}) is known only when the job runs; task inputs can use it only in scripts so far"
-                    ))
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// Variables in scope, by lowercase name (Azure's names are not case
@@ -762,27 +673,22 @@ impl Tr<'_> {
                 "variables refer to each other in a loop, at {text:?}"
             ));
         }
-        let mut out: Vec<Piece> = Vec::new();
-        let push = |out: &mut Vec<Piece>, t: &str| match out.last_mut() {
-            _ if t.is_empty() => {}
-            Some(Piece::Text(last)) => last.push_str(t),
-            _ => out.push(Piece::Text(t.to_string())),
-        };
+        let mut out = Expanded::default();
         let mut rest = text;
         while let Some(at) = rest.find("$(") {
-            push(&mut out, &rest[..at]);
+            out.push_text(&rest[..at]);
             let after = &rest[at + 2..];
             let name_len = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
                 .unwrap_or(after.len());
             let name = &after[..name_len];
             if name.is_empty() || !after[name_len..].starts_with(')') {
-                push(&mut out, "$(");
+                out.push_text("$(");
                 rest = after;
                 continue;
             }
             let lower = name.to_lowercase();
-            if out.iter().map(Piece::len).sum::<usize>() > MAX_EXPANDED {
+            if out.0.iter().map(Piece::len).sum::<usize>() > MAX_EXPANDED {
                 return Err(format!(
                     "variables expand to more than {MAX_EXPANDED} bytes, at {name:?}"
                 ));
@@ -790,21 +696,25 @@ impl Tr<'_> {
             if let Some((_, value)) = vars.get(&lower) {
                 for piece in self.expand(vars, value, depth + 1)?.0 {
                     match piece {
-                        Piece::Text(t) => push(&mut out, &t),
-                        runtime => out.push(runtime),
+                        Piece::Text(t) => out.push_text(&t),
+                        runtime => out.0.push(runtime),
                     }
                 }
             } else if let Some((env, value)) = runtime_variable(&lower) {
-                out.push(Piece::Runtime(env, value, name.to_string()));
+                out.0.push(Piece::Runtime {
+                    env: env.to_string(),
+                    path: value,
+                    written: format!("$({name})"),
+                });
             } else {
                 // Azure leaves an unknown macro as written (in a script it
                 // may be a command substitution); inputs refuse it below.
-                push(&mut out, &format!("$({name})"));
+                out.push_text(&format!("$({name})"));
             }
             rest = &after[name_len + 1..];
         }
-        push(&mut out, rest);
-        Ok(Expanded(out))
+        out.push_text(rest);
+        Ok(out)
     }
 
     /// A task input or shortcut value, known now.

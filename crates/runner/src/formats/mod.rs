@@ -17,6 +17,7 @@
 //! until their translators land.
 
 pub mod azure;
+mod expanded;
 
 use std::path::{Path, PathBuf};
 
