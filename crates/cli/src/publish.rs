@@ -284,6 +284,10 @@ pub struct DownloadArtifactArgs {
     /// Download every named artifact of the run.
     #[arg(long, conflicts_with = "names")]
     all: bool,
+    /// Download every named artifact whose name matches this glob
+    /// (GitHub's download-artifact `pattern`).
+    #[arg(long, conflicts_with_all = ["names", "all"])]
+    name_pattern: Option<String>,
     /// Destination; each artifact goes into DEST/<name>/ (default:
     /// $SATCHEL_WORKSPACE, else the current directory).
     #[arg(long)]
@@ -331,13 +335,42 @@ struct Downloaded {
 fn pick(
     artifacts: &[Artifact],
     names: &[String],
-    all: bool,
+    (all, name_glob): (bool, Option<&Glob>),
     run: &str,
 ) -> anyhow::Result<Vec<Artifact>> {
     let live: Vec<&Artifact> = artifacts
         .iter()
         .filter(|a| a.state == ArtifactState::Finished && !a.producer.superseded)
         .collect();
+    let named = || {
+        let mut have: Vec<String> = live
+            .iter()
+            .filter(|a| !a.is_default)
+            .map(|a| a.name.clone())
+            .collect();
+        have.sort();
+        have.dedup();
+        if have.is_empty() {
+            "none".into()
+        } else {
+            have.join(", ")
+        }
+    };
+    if let Some(g) = name_glob {
+        let out: Vec<Artifact> = live
+            .iter()
+            .filter(|a| !a.is_default && g.is_match(&a.name))
+            .map(|a| (*a).clone())
+            .collect();
+        if out.is_empty() {
+            bail!(
+                "no finished artifact of {run} has a name matching {:?} (its artifacts: {})",
+                g.as_str(),
+                named()
+            );
+        }
+        return Ok(out);
+    }
     if all {
         return Ok(live
             .into_iter()
@@ -353,20 +386,9 @@ fn pick(
         let found: Vec<&&Artifact> = live.iter().filter(|a| a.name == *n).collect();
         match found.len() {
             0 => {
-                let mut have: Vec<String> = live
-                    .iter()
-                    .filter(|a| !a.is_default)
-                    .map(|a| a.name.clone())
-                    .collect();
-                have.sort();
-                have.dedup();
                 bail!(
                     "no finished artifact named {n:?} in {run} (its artifacts: {})",
-                    if have.is_empty() {
-                        "none".into()
-                    } else {
-                        have.join(", ")
-                    }
+                    named()
                 );
             }
             1 => out.push((*found[0]).clone()),
@@ -420,7 +442,13 @@ pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()
         .into_iter()
         .filter(|x| a.job.as_deref().is_none_or(|j| x.producer.job == j))
         .collect();
-    let chosen = pick(&artifacts, &a.names, a.all, &where_)?;
+    let name_glob = a
+        .name_pattern
+        .as_deref()
+        .map(Glob::new)
+        .transpose()
+        .context("--name-pattern")?;
+    let chosen = pick(&artifacts, &a.names, (a.all, name_glob.as_ref()), &where_)?;
     if chosen.is_empty() {
         bail!("{where_} has no finished named artifacts to download");
     }

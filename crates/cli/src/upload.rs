@@ -22,12 +22,17 @@ use crate::transfer::{concurrency, plan, Work};
 /// Options of `satchel artifact upload`.
 #[derive(Args, Debug)]
 pub struct UploadArgs {
-    /// Glob patterns (`*`, `**`, `?`, `{a,b}`, `[abc]`), also split on the delimiter.
+    /// Glob patterns (`*`, `**`, `?`, `{a,b}`, `[abc]`), also split on the
+    /// delimiter. A pattern starting with `!` excludes the files it matches.
     #[arg(required = true)]
     patterns: Vec<String>,
     /// Artifact name (default: the job's default artifact).
     #[arg(long)]
     name: Option<String>,
+    /// The artifact must be new: fail if the run already has one of this
+    /// name, even from this job (GitHub's artifacts are immutable).
+    #[arg(long, requires = "name")]
+    exclusive: bool,
     /// Content type for every file (default: from the extension).
     #[arg(long)]
     content_type: Option<String>,
@@ -44,6 +49,21 @@ pub struct UploadArgs {
     /// Skip symbolic links instead of uploading their targets.
     #[arg(long)]
     skip_symlinks: bool,
+    /// Skip hidden files and directories (names starting with `.`).
+    #[arg(long)]
+    skip_hidden: bool,
+    /// Store paths relative to the deepest directory the patterns share
+    /// (a glob's directory before its first wildcard, a directory itself,
+    /// a file's parent), and upload a directory's files when a pattern
+    /// names one: GitHub's upload-artifact `path`. Default: paths relative
+    /// to the working directory, and every pattern must match a file.
+    #[arg(long)]
+    common_root: bool,
+    /// What to do when the patterns match no file at all: error, warn or
+    /// ignore (both exit 0 without uploading). Given, a single pattern
+    /// may match nothing (GitHub's `if-no-files-found`).
+    #[arg(long, value_parser = ["error", "warn", "ignore"])]
+    if_no_files_found: Option<String>,
     /// Upload files that symbolic links lead to even outside the working
     /// directory (refused by default, so a planted link cannot carry a
     /// secret into an artifact).
@@ -193,11 +213,29 @@ pub fn link_root(base: &Path, cwd: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(root).ok()
 }
 
+/// How [`find_files`] looks for files.
+#[derive(Debug, Clone, Copy, Default)]
+struct Finding {
+    /// Patterns are literal paths.
+    literal: bool,
+    skip_symlinks: bool,
+    allow_outside: bool,
+    skip_hidden: bool,
+    /// `--common-root`.
+    common_root: bool,
+    /// A pattern may match nothing (`--if-no-files-found` given).
+    misses_ok: bool,
+}
+
+fn hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
 fn walk(
     dir: &Path,
     rel: &str,
     glob: &Glob,
-    (skip_symlinks, inside): (bool, LinkRoot<'_>),
+    (skip_symlinks, inside, skip_hidden): (bool, LinkRoot<'_>, bool),
     out: &mut Vec<(PathBuf, String)>,
 ) -> anyhow::Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -214,6 +252,9 @@ fn walk(
             );
             continue;
         };
+        if skip_hidden && hidden(&name) {
+            continue;
+        }
         let child_rel = if rel.is_empty() {
             name
         } else {
@@ -222,7 +263,13 @@ fn walk(
         let ft = entry.file_type()?;
         let path = entry.path();
         if ft.is_dir() {
-            walk(&path, &child_rel, glob, (skip_symlinks, inside), out)?;
+            walk(
+                &path,
+                &child_rel,
+                glob,
+                (skip_symlinks, inside, skip_hidden),
+                out,
+            )?;
         } else if ft.is_symlink() {
             if skip_symlinks {
                 continue;
@@ -244,23 +291,33 @@ fn walk(
     Ok(())
 }
 
-/// Every file the patterns match, de-duplicated, in a stable order.
-fn find_files(
-    patterns: &[String],
-    literal: bool,
-    (skip_symlinks, allow_outside): (bool, bool),
-    cwd: &Path,
-) -> anyhow::Result<Vec<Found>> {
+/// Every file the patterns match, de-duplicated, in a stable order,
+/// without those a `!` pattern matches.
+fn find_files(patterns: &[String], how: Finding, cwd: &Path) -> anyhow::Result<Vec<Found>> {
     const FLAG: &str = "--allow-links-outside";
+    let allow_outside = how.allow_outside;
     let mut out: BTreeMap<PathBuf, Found> = BTreeMap::new();
+    // Each pattern's directory, for --common-root.
+    let mut roots: Vec<PathBuf> = Vec::new();
+    let mut excludes: Vec<(PathBuf, Glob)> = Vec::new();
     for pattern in patterns {
+        if let Some(ex) = pattern.strip_prefix('!').filter(|_| !how.literal) {
+            let ex = ex.strip_prefix("./").unwrap_or(ex);
+            let (root, pat) = match ex.strip_prefix('/') {
+                Some(r) => (PathBuf::from("/"), r),
+                None => (cwd.to_path_buf(), ex),
+            };
+            let g = Glob::new(pat).with_context(|| format!("invalid pattern {pattern:?}"))?;
+            excludes.push((root, g));
+            continue;
+        }
         let mut matched = Vec::new();
         let trimmed = pattern.strip_prefix("./").unwrap_or(pattern);
         let (root, pat) = match trimmed.strip_prefix('/') {
             Some(r) => (PathBuf::from("/"), r),
             None => (cwd.to_path_buf(), trimmed),
         };
-        let literal_path = if literal {
+        let literal_path = if how.literal {
             Some(pat.to_string())
         } else {
             let g = Glob::new(pat).with_context(|| format!("invalid pattern {pattern:?}"))?;
@@ -287,24 +344,45 @@ fn find_files(
                         &base,
                         "",
                         &rest_glob,
-                        (skip_symlinks, root.as_deref()),
+                        (how.skip_symlinks, root.as_deref(), how.skip_hidden),
                         &mut hits,
                     )?;
                     matched.extend(hits.into_iter().map(|(p, _)| p));
+                    roots.push(base);
                     None
                 }
             }
         };
         if let Some(p) = literal_path {
             let abs = lexical(&root.join(&p));
+            // Named, it counts for the common root even when missing, as
+            // in GitHub's upload-artifact.
+            roots.push(abs.clone());
             let meta = std::fs::symlink_metadata(&abs);
+            let is_hidden = abs.file_name().and_then(|n| n.to_str()).is_some_and(hidden);
             match meta {
                 Err(_) => {}
-                Ok(m) if m.file_type().is_symlink() && skip_symlinks => {
+                Ok(_) if how.skip_hidden && is_hidden => continue,
+                Ok(m) if m.file_type().is_symlink() && how.skip_symlinks => {
                     eprintln!("warning: skipping symlink {p}");
                     continue;
                 }
                 Ok(_) => match std::fs::metadata(&abs) {
+                    Ok(m) if m.is_dir() && how.common_root => {
+                        let inside = (!allow_outside).then(|| link_root(&abs, cwd)).flatten();
+                        if inside.is_some() {
+                            ensure_inside(&abs, inside.as_deref(), FLAG)?;
+                        }
+                        let mut hits = Vec::new();
+                        walk(
+                            &abs,
+                            "",
+                            &Glob::new("**")?,
+                            (how.skip_symlinks, inside.as_deref(), how.skip_hidden),
+                            &mut hits,
+                        )?;
+                        matched.extend(hits.into_iter().map(|(p, _)| p));
+                    }
                     Ok(m) if m.is_dir() => {
                         eprintln!("warning: {p} is a directory; skipping (use {p}/** to upload its files)");
                         continue;
@@ -320,20 +398,49 @@ fn find_files(
                 },
             }
         }
-        if matched.is_empty() {
+        if matched.is_empty() && !how.misses_ok {
             bail!(
                 "no files match pattern {pattern:?} (relative to {})",
                 cwd.display()
             );
         }
         for abs in matched {
-            let stored = stored_path(&abs, cwd)?;
             out.entry(abs.clone()).or_insert(Found {
                 abs,
-                stored,
+                stored: String::new(),
                 glob: pattern.clone(),
             });
         }
+    }
+    out.retain(|abs, _| {
+        !excludes.iter().any(|(root, g)| {
+            abs.strip_prefix(root)
+                .ok()
+                .and_then(Path::to_str)
+                .is_some_and(|rel| g.is_match(rel))
+        })
+    });
+    // Stored paths: relative to the working directory, or to the deepest
+    // directory every pattern's lies in (a file's own: its parent).
+    let base = match roots.split_first() {
+        Some((first, rest)) if how.common_root => {
+            let common: PathBuf = rest.iter().fold(first.clone(), |acc, r| {
+                acc.components()
+                    .zip(r.components())
+                    .take_while(|(a, b)| a == b)
+                    .map(|(a, _)| a.as_os_str())
+                    .collect()
+            });
+            if common.is_dir() {
+                common
+            } else {
+                common.parent().unwrap_or(Path::new("/")).to_path_buf()
+            }
+        }
+        _ => cwd.to_path_buf(),
+    };
+    for f in out.values_mut() {
+        f.stored = stored_path(&f.abs, &base)?;
     }
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for f in out.values() {
@@ -537,14 +644,31 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     if patterns.is_empty() {
         bail!("no patterns given");
     }
-    let (literal, skip) = (a.literal, (a.skip_symlinks, a.allow_links_outside));
+    let how = Finding {
+        literal: a.literal,
+        skip_symlinks: a.skip_symlinks,
+        allow_outside: a.allow_links_outside,
+        skip_hidden: a.skip_hidden,
+        common_root: a.common_root,
+        misses_ok: a.if_no_files_found.is_some(),
+    };
     let cwd2 = cwd.clone();
-    let found =
-        tokio::task::spawn_blocking(move || find_files(&patterns, literal, skip, &cwd2)).await??;
+    let found = tokio::task::spawn_blocking(move || find_files(&patterns, how, &cwd2)).await??;
+    if found.is_empty() {
+        let what = format!("no files match {}", a.patterns.join(" "));
+        match a.if_no_files_found.as_deref() {
+            Some("ignore") => return Ok(()),
+            Some("warn") => {
+                eprintln!("warning: {what}; nothing uploaded");
+                return Ok(());
+            }
+            _ => bail!("{what}"),
+        }
+    }
 
     let how = Sending {
         name: a.name.clone(),
-        exclusive: false,
+        exclusive: a.exclusive,
         expire_in_secs: a.expire_in,
         content_type: a.content_type.clone(),
         quiet: a.quiet || a.json,
@@ -787,6 +911,80 @@ mod tests {
             "tmp/out/x.txt"
         );
         assert_eq!(lexical(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+    }
+
+    /// `--common-root`, `!` exclusions, `--skip-hidden` and tolerated
+    /// misses: GitHub's upload-artifact `path` rules.
+    #[test]
+    fn common_root_exclusions_and_hidden_files() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for f in [
+            "dist/a.js",
+            "dist/sub/b.js",
+            "dist/.hidden",
+            "README.md",
+            "logs/x.log",
+        ] {
+            std::fs::create_dir_all(r.join(f).parent().unwrap()).unwrap();
+            std::fs::write(r.join(f), f).unwrap();
+        }
+        let find = |pats: &[&str], how: Finding| -> anyhow::Result<Vec<String>> {
+            let pats: Vec<String> = pats.iter().map(|p| p.to_string()).collect();
+            let mut got: Vec<String> = find_files(&pats, how, r)?
+                .into_iter()
+                .map(|f| f.stored)
+                .collect();
+            got.sort();
+            Ok(got)
+        };
+        let gh = Finding {
+            common_root: true,
+            misses_ok: true,
+            ..Finding::default()
+        };
+        assert_eq!(
+            find(&["dist/"], gh).unwrap(),
+            [".hidden", "a.js", "sub/b.js"],
+            "a directory's files, relative to it"
+        );
+        let no_hidden = Finding {
+            skip_hidden: true,
+            ..gh
+        };
+        assert_eq!(find(&["dist"], no_hidden).unwrap(), ["a.js", "sub/b.js"]);
+        assert_eq!(
+            find(&["dist/**/*.js", "README.md"], gh).unwrap(),
+            ["README.md", "dist/a.js", "dist/sub/b.js"],
+            "the patterns' common directory"
+        );
+        assert_eq!(
+            find(&["logs/x.log"], gh).unwrap(),
+            ["x.log"],
+            "a file alone"
+        );
+        assert_eq!(
+            find(&["dist/", "!dist/sub/**"], gh).unwrap(),
+            [".hidden", "a.js"]
+        );
+        assert_eq!(
+            find(&["nope/*", "README.md"], gh).unwrap(),
+            ["README.md"],
+            "a pattern may match nothing"
+        );
+        // Without the options: relative to the working directory, and
+        // every pattern must match.
+        let plain = Finding::default();
+        assert_eq!(find(&["dist/*.js"], plain).unwrap(), ["dist/a.js"]);
+        assert_eq!(
+            find(&["**/*.js", "!dist/sub/*"], plain).unwrap(),
+            ["dist/a.js"]
+        );
+        assert!(find(&["nope/*", "README.md"], plain).is_err());
+        assert!(
+            find(&["dist"], plain).unwrap().is_empty(),
+            "a directory alone is skipped with a warning"
+        );
     }
 
     #[test]

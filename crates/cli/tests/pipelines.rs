@@ -1382,6 +1382,55 @@ stages:
     assert!(t.contains("(with uncommitted changes)"), "{t}");
 }
 
+/// After a step fails, only steps with `when: always` or `on_failure`
+/// run; the job still fails, and the summary repeats the failed step's
+/// lines, not those of the steps after it.
+#[test]
+fn steps_after_a_failure_run_only_when_they_ask_to() {
+    let d = tmp();
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        r#"name: steps-when
+stages:
+  - key: s
+    jobs:
+      - key: j
+        checkout: false
+        steps:
+          - run: echo first-ran
+          - key: broken
+            run: echo broken-output; exit 3
+          - run: echo not-this-one
+          - run: echo cleanup-ran
+            when: always
+          - run: echo on-failure-ran
+            when: on_failure
+      - key: fine
+        checkout: false
+        steps:
+          - run: echo fine-ran
+          - run: echo not-on-success
+            when: on_failure
+          - run: echo always-on-success
+            when: always
+"#,
+    );
+    let t = fails(&d.path().join("data"), &p);
+    for want in [
+        "[s/j] first-ran",
+        "[s/j] cleanup-ran",
+        "[s/j] on-failure-ran",
+        "[s/fine] always-on-success",
+    ] {
+        assert!(t.contains(want), "{want}:\n{t}");
+    }
+    assert!(!t.contains("] not-this-one") && !t.contains("] not-on-success"), "{t}");
+    let summary = &t[t.rfind("step broken failed").expect("the failure in the summary")..];
+    assert!(summary.contains("broken-output"), "{t}");
+    assert!(!summary.contains("cleanup-ran"), "the failed step's tail: {t}");
+}
+
 #[test]
 fn job_dirs_are_fresh_and_env_path_is_kept() {
     let d = tmp();

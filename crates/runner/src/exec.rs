@@ -558,43 +558,85 @@ async fn run_job_steps(
             ),
         );
     }
+    // The first failure; later steps run only if their `when` asks to.
+    let mut failed: Option<StepError> = None;
+    // After a failure, later steps' output goes here: the summary keeps
+    // the failed step's lines.
+    let after: Tail = Arc::default();
     for step in &job.steps {
+        if *shared.cfg.cancel.borrow() {
+            return Err(StepError::Canceled);
+        }
+        let wanted = match step.when {
+            When::OnSuccess => failed.is_none(),
+            When::OnFailure => failed.is_some(),
+            When::Always => true,
+        };
+        if !wanted {
+            continue;
+        }
+        let tail = if failed.is_some() { &after } else { tail };
         // The tail is this step's output only, whichever of its commands
         // (or its references) fails.
         if let Ok(mut t) = tail.lock() {
             t.clear();
         }
-        if *shared.cfg.cancel.borrow() {
-            return Err(StepError::Canceled);
-        }
-        let key = step.key();
-        let (step, ref_env) = substitute(shared, auth, stage, &job.key, step)
-            .await
-            .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
-        let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
-        env.extend(job.env.clone());
-        env.extend(step.env.clone());
-        let ctx_env = context_env(
+        match run_step(
             shared,
             auth,
-            stage,
-            &job.key,
-            key,
-            &workspace,
-            env.get("PATH").cloned(),
-        );
-        env.extend(ctx_env);
-        env.extend(ref_env);
-        say(prefix, &format!("▶ {key}: {}", describe(&step)));
-        let started = Instant::now();
-        for argv in commands(shared, &step, &workspace) {
-            let status = spawn(&argv, &work, &env, prefix, tail, shared.cfg.cancel.clone()).await?;
-            if !status {
-                return Err(StepError::Failed(format!("step {key} failed")));
+            (stage, job),
+            step,
+            (&work, &workspace),
+            (prefix, tail),
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(StepError::Canceled) => return Err(StepError::Canceled),
+            Err(e) => {
+                failed.get_or_insert(e);
             }
         }
-        say(prefix, &format!("✔ {key} ({})", secs(started.elapsed())));
     }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Runs one step of `job` in `work`.
+async fn run_step(
+    shared: &Shared,
+    auth: &JobAuth,
+    (stage, job): (&str, &Job),
+    step: &Step,
+    (work, workspace): (&Path, &Path),
+    (prefix, tail): (&str, &Tail),
+) -> Result<(), StepError> {
+    let key = step.key();
+    let (step, ref_env) = substitute(shared, auth, stage, &job.key, step)
+        .await
+        .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
+    let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
+    env.extend(job.env.clone());
+    env.extend(step.env.clone());
+    let ctx_env = context_env(
+        shared,
+        auth,
+        stage,
+        &job.key,
+        key,
+        workspace,
+        env.get("PATH").cloned(),
+    );
+    env.extend(ctx_env);
+    env.extend(ref_env);
+    say(prefix, &format!("▶ {key}: {}", describe(&step)));
+    let started = Instant::now();
+    for argv in commands(shared, &step, workspace) {
+        let status = spawn(&argv, work, &env, prefix, tail, shared.cfg.cancel.clone()).await?;
+        if !status {
+            return Err(StepError::Failed(format!("step {key} failed")));
+        }
+    }
+    say(prefix, &format!("✔ {key} ({})", secs(started.elapsed())));
     Ok(())
 }
 

@@ -134,6 +134,12 @@ pub struct Step {
     /// Environment for this step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// When the step runs, given the job's earlier steps: by default only
+    /// while they all passed; `always` also after one failed (to upload
+    /// logs), `on_failure` only then. A job with a failed step fails
+    /// whatever its later steps do.
+    #[serde(default)]
+    pub when: When,
 }
 
 /// The shell of a `run` step.

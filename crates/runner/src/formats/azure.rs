@@ -29,7 +29,7 @@
 //!   deployment jobs, matrix strategies) is refused before anything runs,
 //!   or with `--skip-unsupported` reported as skipped with its inputs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::bail;
 use satchel_model::selector::RunSelector;
@@ -38,16 +38,8 @@ use serde_json::{Map, Value};
 use satchel_model::expr::escape;
 
 use super::expanded::{Expanded, Piece, MAX_EXPANDED};
-use super::{shell_quote, LoadOptions};
+use super::{check_keys, names, order, scalar, shell_quote, LoadOptions, Translated};
 use crate::pipeline::{Job, Pipeline, Shell, Source, Stage, Step, When};
-
-/// A translated file.
-pub struct Translated {
-    /// The pipeline.
-    pub pipeline: Pipeline,
-    /// Steps only reported, each as `place: what`.
-    pub skipped: Vec<String>,
-}
 
 /// Steps this translator runs, as error messages list them.
 const SUPPORTED_STEPS: &str = "script, bash, checkout, publish, download, task: PublishPipelineArtifact@1, task: DownloadPipelineArtifact@2";
@@ -179,27 +171,6 @@ pub fn translate(doc: &Value, key: &str, opts: &LoadOptions) -> anyhow::Result<T
     })
 }
 
-/// A scalar as text (`true`, `3`, `x`); `None` for a list or a map.
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Null => Some(String::new()),
-        _ => None,
-    }
-}
-
-/// A string or a list of strings (`dependsOn: A` or `dependsOn: [A, B]`).
-fn names(v: &Value) -> Option<Vec<String>> {
-    match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(items) => items.iter().map(|i| i.as_str().map(String::from)).collect(),
-        Value::Null => Some(Vec::new()),
-        _ => None,
-    }
-}
-
 impl Tr<'_> {
     fn error(&mut self, place: &str, what: impl std::fmt::Display) {
         self.errors.push(format!("{place}: {what}"));
@@ -213,17 +184,7 @@ impl Tr<'_> {
         known: &[&str],
         ignored: &[&str],
     ) {
-        for k in map.keys() {
-            if !known.contains(&k.as_str()) && !ignored.contains(&k.as_str()) {
-                self.error(
-                    place,
-                    format!(
-                        "`{k}` is not supported here (supported: {})",
-                        known.join(", ")
-                    ),
-                );
-            }
-        }
+        check_keys(&mut self.errors, place, map, (known, ignored));
     }
 
     fn pipeline(&mut self, top: &Map<String, Value>) -> Pipeline {
@@ -520,7 +481,7 @@ impl Tr<'_> {
             .iter()
             .map(|s| (s.key.clone(), s.depends_on.clone().unwrap_or_default()))
             .collect();
-        match order("stage", &deps) {
+        match order("stage", "dependsOn", &deps) {
             Ok(o) => {
                 let mut slots: Vec<Option<Stage>> = stages.into_iter().map(Some).collect();
                 o.into_iter().filter_map(|i| slots[i].take()).collect()
@@ -596,7 +557,7 @@ impl Tr<'_> {
             .iter()
             .map(|j| (j.key.clone(), j.depends_on.clone()))
             .collect();
-        match order("job", &deps) {
+        match order("job", "dependsOn", &deps) {
             Ok(o) => {
                 let mut slots: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
                 o.into_iter().filter_map(|i| slots[i].take()).collect()
@@ -1294,54 +1255,6 @@ fn env_name(name: &str) -> String {
             c => c.to_ascii_uppercase(),
         })
         .collect()
-}
-
-/// `items` (key and dependencies) in an order where each comes after its
-/// dependencies, file order kept where free; an error names an unknown
-/// dependency or the items of a cycle.
-fn order(what: &str, items: &[(String, Vec<String>)]) -> Result<Vec<usize>, String> {
-    let mut keys: HashSet<&str> = HashSet::new();
-    for (k, _) in items {
-        if !keys.insert(k.as_str()) {
-            return Err(format!("{what} name {k:?} is used twice"));
-        }
-    }
-    for (k, deps) in items {
-        for d in deps {
-            if !keys.contains(d.as_str()) {
-                return Err(format!(
-                    "{what} {k} depends on {d:?}, which is not a {what} here"
-                ));
-            }
-        }
-    }
-    let mut done: Vec<usize> = Vec::new();
-    let mut placed: HashSet<&str> = HashSet::new();
-    while done.len() < items.len() {
-        let next = items.iter().enumerate().find(|(i, (k, deps))| {
-            !done.contains(i)
-                && !placed.contains(k.as_str())
-                && deps.iter().all(|d| placed.contains(d.as_str()))
-        });
-        match next {
-            Some((i, (k, _))) => {
-                done.push(i);
-                placed.insert(k);
-            }
-            None => {
-                let rest: Vec<&str> = items
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .filter(|k| !placed.contains(k))
-                    .collect();
-                return Err(format!(
-                    "a cycle in dependsOn among the {what}s {}",
-                    rest.join(", ")
-                ));
-            }
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 pub mod azure;
 mod expanded;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -66,6 +67,105 @@ impl std::str::FromStr for Format {
             "github" => Format::Github,
             _ => bail!("unknown format {s:?}: use azure, buildkite, flow, github or satchel"),
         })
+    }
+}
+
+/// A translated file.
+pub struct Translated {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Steps only reported, each as `place: what`.
+    pub skipped: Vec<String>,
+}
+
+/// A scalar as text (`true`, `3`, `x`); `None` for a list or a map.
+pub(crate) fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// A string or a list of strings (`dependsOn: A` or `dependsOn: [A, B]`).
+pub(crate) fn names(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(items) => items.iter().map(|i| i.as_str().map(String::from)).collect(),
+        Value::Null => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// `items` (key and dependencies) in an order where each comes after its
+/// dependencies, file order kept where free; an error names an unknown
+/// dependency or the items of a cycle (`depends` is the key naming them).
+pub(crate) fn order(
+    what: &str,
+    depends: &str,
+    items: &[(String, Vec<String>)],
+) -> Result<Vec<usize>, String> {
+    let mut keys: HashSet<&str> = HashSet::new();
+    for (k, _) in items {
+        if !keys.insert(k.as_str()) {
+            return Err(format!("{what} name {k:?} is used twice"));
+        }
+    }
+    for (k, deps) in items {
+        for d in deps {
+            if !keys.contains(d.as_str()) {
+                return Err(format!(
+                    "{what} {k} depends on {d:?}, which is not a {what} here"
+                ));
+            }
+        }
+    }
+    let mut done: Vec<usize> = Vec::new();
+    let mut placed: HashSet<&str> = HashSet::new();
+    while done.len() < items.len() {
+        let next = items.iter().enumerate().find(|(i, (k, deps))| {
+            !done.contains(i)
+                && !placed.contains(k.as_str())
+                && deps.iter().all(|d| placed.contains(d.as_str()))
+        });
+        match next {
+            Some((i, (k, _))) => {
+                done.push(i);
+                placed.insert(k);
+            }
+            None => {
+                let rest: Vec<&str> = items
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .filter(|k| !placed.contains(k))
+                    .collect();
+                return Err(format!(
+                    "a cycle in {depends} among the {what}s {}",
+                    rest.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Adds an error for each key of `map` that neither `known` nor `ignored`
+/// lists.
+pub(crate) fn check_keys(
+    errors: &mut Vec<String>,
+    place: &str,
+    map: &serde_json::Map<String, Value>,
+    (known, ignored): (&[&str], &[&str]),
+) {
+    for k in map.keys() {
+        if !known.contains(&k.as_str()) && !ignored.contains(&k.as_str()) {
+            errors.push(format!(
+                "{place}: `{k}` is not supported here (supported: {})",
+                known.join(", ")
+            ));
+        }
     }
 }
 
