@@ -15,11 +15,12 @@ use satchel_server::AppState;
 /// Options of `satchel run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The pipeline file: Satchel's own format or Azure Pipelines YAML,
-    /// detected from the file (see docs/pipelines.md).
+    /// The pipeline file: Satchel's own format, Azure Pipelines YAML or a
+    /// GitHub Actions workflow, detected from the file (see
+    /// docs/pipelines.md).
     file: PathBuf,
-    /// The file's format, instead of detecting it: satchel, azure (and,
-    /// recognised but not run yet, buildkite, flow, github).
+    /// The file's format, instead of detecting it: satchel, azure, github
+    /// (and, recognised but not run yet, buildkite, flow).
     #[arg(long)]
     format: Option<satchel_runner::formats::Format>,
     /// Pipeline key (default: the file's `name:` in Satchel's format, else

@@ -1278,6 +1278,53 @@ fn a_second_ctrl_c_quits_without_leaving_steps_behind() {
 /// A job directory is fresh even when the run number comes again (another
 /// data directory, the same work directory), and a `PATH` set in `env:` is
 /// kept (the `satchel` binary's directory goes first).
+/// A GitHub Actions workflow as written: a 2×2 matrix uploads four
+/// artifacts (`!` leaves the `.map` files out, paths relative to `dist/`),
+/// a job that needs every leg downloads them by `pattern` with
+/// `merge-multiple`, and an `if: always()` job downloads one by name.
+#[test]
+fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let out = passes(&data, &example("github/ci.yml"));
+    for want in [
+        "[workflow/package] downloaded: linux-amd64.txt linux-arm64.txt windows-amd64.txt windows-arm64.txt",
+        "[workflow/package] satchel-demo for linux/amd64, run 1",
+        "[workflow/report] bundle holds linux-amd64.txt linux-arm64.txt",
+        "[workflow/report] report done for CI",
+        "run #1 of pipeline \"ci\": PASSED",
+    ] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
+    let work = data.join("work/ci/1");
+    let all = work.join("package/work/all");
+    let mut got: Vec<String> = std::fs::read_dir(&all)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "linux-amd64.txt",
+            "linux-arm64.txt",
+            "windows-amd64.txt",
+            "windows-arm64.txt"
+        ],
+        "four legs' files merged, no .map"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("report/work/bundle/linux-arm64.txt")).unwrap(),
+        "satchel-demo for linux/arm64, run 1\n"
+    );
+    // A second run: artifact names are per run, and the run number moves.
+    let again = passes(&data, &example("github/ci.yml"));
+    assert!(
+        again.contains("satchel-demo for linux/amd64, run 2"),
+        "{again}"
+    );
+}
+
 /// Runs `script` in `dir` with a fixed git identity.
 fn sh(dir: &Path, script: &str) {
     let st = Command::new("sh")
@@ -1425,10 +1472,18 @@ stages:
     ] {
         assert!(t.contains(want), "{want}:\n{t}");
     }
-    assert!(!t.contains("] not-this-one") && !t.contains("] not-on-success"), "{t}");
-    let summary = &t[t.rfind("step broken failed").expect("the failure in the summary")..];
+    assert!(
+        !t.contains("] not-this-one") && !t.contains("] not-on-success"),
+        "{t}"
+    );
+    let summary = &t[t
+        .rfind("step broken failed")
+        .expect("the failure in the summary")..];
     assert!(summary.contains("broken-output"), "{t}");
-    assert!(!summary.contains("cleanup-ran"), "the failed step's tail: {t}");
+    assert!(
+        !summary.contains("cleanup-ran"),
+        "the failed step's tail: {t}"
+    );
 }
 
 #[test]

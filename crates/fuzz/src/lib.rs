@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ignore", ignore_target),
     ("pipeline", pipeline_target),
     ("azure", azure_target),
+    ("github", github_target),
     ("manifest", manifest_target),
     ("range", range_target),
     ("block_list", block_list_target),
@@ -111,18 +112,33 @@ pub fn pipeline_target(data: &[u8]) {
     }
 }
 
-/// Azure Pipelines files, and format detection: translating never
-/// panics, and what translates is a valid pipeline whose every step has
-/// one action (`Pipeline::validated` checks the rest).
+/// Azure Pipelines files, and format detection: see [`translator`].
 pub fn azure_target(data: &[u8]) {
-    use satchel_runner::formats::{load, Format, LoadOptions};
+    translator(
+        data,
+        satchel_runner::formats::Format::Azure,
+        "azure-pipelines.yml",
+    );
+}
+
+/// GitHub Actions workflows, and format detection: see [`translator`].
+pub fn github_target(data: &[u8]) {
+    translator(data, satchel_runner::formats::Format::Github, "ci.yml");
+}
+
+/// A foreign format's translator: translating never panics, and what
+/// translates is a valid pipeline whose every step has one action
+/// (`Pipeline::validated` checks the rest). Detection runs on the same
+/// text.
+fn translator(data: &[u8], format: satchel_runner::formats::Format, file: &str) {
+    use satchel_runner::formats::{load, LoadOptions};
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    let path = std::path::Path::new("azure-pipelines.yml");
+    let path = std::path::Path::new(file);
     for skip_unsupported in [false, true] {
         let opts = LoadOptions {
-            format: Some(Format::Azure),
+            format: Some(format),
             skip_unsupported,
             ..LoadOptions::default()
         };

@@ -12,12 +12,13 @@
 //! asks to skip such steps: each becomes a step that prints what it would
 //! have received (its inputs after substitution).
 //!
-//! Formats: [`azure`] (Azure Pipelines). Buildkite, Alibaba Cloud Flow and
-//! GitHub Actions files are recognised and refused with a clear message
-//! until their translators land.
+//! Formats: [`azure`] (Azure Pipelines), [`github`] (GitHub Actions).
+//! Buildkite and Alibaba Cloud Flow files are recognised and refused with
+//! a clear message until their translators land.
 
 pub mod azure;
 mod expanded;
+pub mod github;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -210,22 +211,24 @@ pub fn load(path: &Path, text: &str, opts: &LoadOptions) -> anyhow::Result<Loade
     };
     let (mut pipeline, skipped) = match format {
         Format::Satchel => (Pipeline::parse(text)?, Vec::new()),
-        Format::Azure => {
+        Format::Azure | Format::Github => {
             let key = opts.pipeline.clone().unwrap_or_else(|| file_key(path));
             let tree = match tree {
                 Some(t) => t,
                 None => parse_tree(text)?,
             };
-            let t = azure::translate(&tree, &key, opts)?;
+            let t = match format {
+                Format::Azure => azure::translate(&tree, &key, opts)?,
+                _ => github::translate(&tree, &key, opts)?,
+            };
             (t.pipeline, t.skipped)
         }
         other => bail!(
-            "{} looks like a {} pipeline; `satchel run` runs Satchel and Azure Pipelines files so far (pass --format to say otherwise)",
+            "{} looks like a {} pipeline; `satchel run` runs Satchel, Azure Pipelines and GitHub Actions files so far (pass --format to say otherwise)",
             path.display(),
             match other {
                 Format::Buildkite => "Buildkite",
-                Format::Flow => "Alibaba Cloud Flow",
-                _ => "GitHub Actions",
+                _ => "Alibaba Cloud Flow",
             }
         ),
     };
@@ -353,13 +356,13 @@ mod tests {
     fn formats_not_translated_yet_are_refused_by_name() {
         let opts = LoadOptions::default();
         let e = load(
-            Path::new("ci.yml"),
-            "on: push\njobs:\n  a:\n    steps: []\n",
+            Path::new("pipeline.yml"),
+            "steps:\n  - command: make\n  - wait\n",
             &opts,
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("GitHub Actions"), "{e}");
+        assert!(e.contains("looks like a Buildkite pipeline"), "{e}");
     }
 
     #[test]
