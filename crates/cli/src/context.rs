@@ -56,6 +56,10 @@ pub struct JobArgs {
     /// Commit the run builds.
     #[arg(long, env = "SATCHEL_COMMIT")]
     pub commit: Option<String>,
+    /// The CI's own id of the build (Buildkite's build UUID,
+    /// GITHUB_RUN_ID, …), recorded on the run so `--build ID` finds it.
+    #[arg(long, env = "SATCHEL_BUILD_ID")]
+    pub build_id: Option<String>,
 }
 
 /// The CI detected from this process's environment, once.
@@ -115,6 +119,7 @@ impl JobArgs {
             attempt: number_or_ci(self.attempt, "attempt").unwrap_or(1),
             branch: or_ci(&self.branch, "branch"),
             commit: or_ci(&self.commit, "commit"),
+            build: or_ci(&self.build_id, "build"),
         })
     }
 
@@ -165,6 +170,7 @@ impl JobArgs {
             ),
             ("branch", self.branch.clone(), "SATCHEL_BRANCH"),
             ("commit", self.commit.clone(), "SATCHEL_COMMIT"),
+            ("build", self.build_id.clone(), "SATCHEL_BUILD_ID"),
         ] {
             let (v, src) = from(field, given, var);
             let (v, src) = if field == "attempt" && v.is_none() {
@@ -185,8 +191,12 @@ pub struct ScopeArgs {
     #[arg(long)]
     pub pipeline: Option<String>,
     /// Run number (default: SATCHEL_RUN, the current run).
-    #[arg(long, alias = "build")]
+    #[arg(long)]
     pub run: Option<u64>,
+    /// The run by its number, or by the CI's build id (Buildkite's build
+    /// UUID, GITHUB_RUN_ID, …) in any pipeline this token may read.
+    #[arg(long, value_name = "NUMBER|ID", conflicts_with = "run")]
+    pub build: Option<String>,
     /// Only files uploaded by jobs with this key.
     #[arg(long)]
     pub job: Option<String>,
@@ -203,12 +213,30 @@ pub struct ScopeArgs {
 }
 
 impl ScopeArgs {
+    /// Pipeline and run: a `--build` id names both (asking the server),
+    /// else see [`ScopeArgs::run`].
+    pub async fn resolve(&self, client: &Client) -> anyhow::Result<(String, u64)> {
+        match self.build.as_deref() {
+            Some(b) if !b.is_empty() && !b.bytes().all(|c| c.is_ascii_digit()) => {
+                run_of_build(client, b, self.pipeline.as_deref()).await
+            }
+            _ => self.run(),
+        }
+    }
+
     /// Pipeline and run, falling back to the job's environment
     /// (`SATCHEL_PIPELINE`, `SATCHEL_RUN`, then the detected CI).
     pub fn run(&self) -> anyhow::Result<(String, u64)> {
         let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
         let pipeline = self.pipeline.clone().or_else(|| env("SATCHEL_PIPELINE"));
-        let run = match self.run {
+        let number = match self.build.as_deref().filter(|b| !b.is_empty()) {
+            Some(b) => Some(
+                b.parse::<u64>()
+                    .with_context(|| format!("--build {b:?} is not a run number"))?,
+            ),
+            None => self.run,
+        };
+        let run = match number {
             Some(r) => Some(r),
             None => match env("SATCHEL_RUN") {
                 Some(r) => Some(r.parse().context("SATCHEL_RUN is not a run number")?),
@@ -230,6 +258,42 @@ impl ScopeArgs {
             step: self.step.clone(),
             name: self.name.clone(),
             include_retried_jobs: self.include_retried_jobs,
+        }
+    }
+}
+
+/// The one run whose CI build id is `build`, in `pipeline` if given (the
+/// build of a triggering run is in another pipeline, so the job's own
+/// pipeline does not narrow it).
+pub async fn run_of_build(
+    client: &Client,
+    build: &str,
+    pipeline: Option<&str>,
+) -> anyhow::Result<(String, u64)> {
+    satchel_model::names::validate_key("build id", build)?;
+    let runs: Vec<_> = client
+        .runs_of_build(build)
+        .await?
+        .into_iter()
+        .filter(|r| pipeline.is_none_or(|p| r.pipeline == p))
+        .collect();
+    match runs.as_slice() {
+        [one] => Ok((one.pipeline.clone(), one.number)),
+        [] => bail!(
+            "no run has build id {build:?}{} (or this token may not read it)",
+            pipeline
+                .map(|p| format!(" in pipeline {p:?}"))
+                .unwrap_or_default()
+        ),
+        many => {
+            let list: Vec<String> = many
+                .iter()
+                .map(|r| format!("{}#{}", r.pipeline, r.number))
+                .collect();
+            bail!(
+                "build id {build:?} names runs of several pipelines ({}): pass --pipeline",
+                list.join(", ")
+            )
         }
     }
 }

@@ -127,7 +127,7 @@ async fn find(
     for_download: bool,
 ) -> anyhow::Result<(Client, String, u64, Vec<FileInfo>)> {
     let client = server.client()?;
-    let (pipeline, run) = scope.run()?;
+    let (pipeline, run) = scope.resolve(&client).await?;
     let files = client
         .search(&pipeline, run, &scope.search(query), for_download)
         .await

@@ -305,8 +305,12 @@ pub struct DownloadArtifactArgs {
     #[arg(long)]
     pipeline: Option<String>,
     /// Run number (default: SATCHEL_RUN).
-    #[arg(long, alias = "build")]
+    #[arg(long)]
     run: Option<u64>,
+    /// The run by its number, or by the CI's build id in any pipeline
+    /// this token may read.
+    #[arg(long, value_name = "NUMBER|ID", conflicts_with = "run")]
+    build: Option<String>,
     /// Only artifacts of jobs with this key.
     #[arg(long)]
     job: Option<String>,
@@ -427,14 +431,15 @@ pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()
     let scope = crate::context::ScopeArgs {
         pipeline: a.pipeline.clone(),
         run: a.run,
+        build: a.build.clone(),
         job: a.job.clone(),
         step: None,
         name: None,
         include_retried_jobs: false,
     };
-    let (pipeline, run) = scope.run()?;
     let glob = a.pattern.as_deref().map(Glob::new).transpose()?;
     let client = a.server.client()?;
+    let (pipeline, run) = scope.resolve(&client).await?;
     let where_ = format!("run {run} of pipeline {pipeline:?}");
     let artifacts: Vec<Artifact> = client
         .list_artifacts(&pipeline, run)

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// pipeline file's repository (or directory).
     #[arg(long)]
     no_checkout: bool,
+    /// The build id to record for the run, which `--build ID` and
+    /// `BUILDKITE_BUILD_ID` name (default: a new UUID).
+    #[arg(long, value_name = "ID")]
+    build_id: Option<String>,
     /// Only check the pipeline file, run nothing.
     #[arg(long)]
     check: bool,
@@ -237,6 +241,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         triggered_from,
         cancel: cancel_rx,
         max_jobs: a.jobs.map(usize::from),
+        build_id: a
+            .build_id
+            .clone()
+            .map(|b| satchel_model::names::validate_key("build id", &b).map(|()| b))
+            .transpose()
+            .context("--build-id")?,
         checkout: (!a.no_checkout).then(|| satchel_runner::checkout::Source {
             dir: source_dir.clone(),
             include_dirty: a.include_dirty,

@@ -1325,6 +1325,54 @@ fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
     );
 }
 
+/// `--build ID` finds a run by the CI's build id in another pipeline (the
+/// id `satchel run --build-id` recorded); an id two pipelines share needs
+/// `--pipeline`, and an unknown one says so.
+#[test]
+fn build_ids_name_runs_across_pipelines() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let up = write_pipeline(
+        d.path(),
+        "up.yml",
+        "name: upstream\nstages:\n  - key: s\n    jobs:\n      - key: a\n        checkout: false\n        steps:\n          - run: mkdir -p out && echo pic > out/a.jpg && echo \"build=$SATCHEL_BUILD_ID\"\n            artifact_paths: [\"out/*.jpg\"]\n",
+    );
+    let o = run(&data, &up, &["--build-id", "bk-0190-aaaa"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("[s/a] build=bk-0190-aaaa"), "{}", text(&o));
+    let down = write_pipeline(
+        d.path(),
+        "down.yml",
+        "name: downstream\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact download 'out/*.jpg' got --build bk-0190-aaaa && cat got/out/a.jpg\n",
+    );
+    let t = passes(&data, &down);
+    assert!(t.contains("[s/b] pic"), "{t}");
+    // The runner's own runs get a new UUID each.
+    let runs = run_state(&data, "downstream", 1);
+    let id = runs["build_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    // Another pipeline's run with the same id: ambiguous without --pipeline.
+    let other = write_pipeline(
+        d.path(),
+        "other.yml",
+        "name: other\nstages:\n  - key: s\n    jobs:\n      - key: c\n        checkout: false\n        steps:\n          - run: 'true'\n",
+    );
+    let o = run(&data, &other, &["--build-id", "bk-0190-aaaa"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = fails(&data, &down);
+    assert!(
+        t.contains("names runs of several pipelines (other#1, upstream#1): pass --pipeline"),
+        "{t}"
+    );
+    let unknown = write_pipeline(
+        d.path(),
+        "unknown.yml",
+        "name: unknown\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '*' --build no-such-build\n",
+    );
+    let t = fails(&data, &unknown);
+    assert!(t.contains("no run has build id \"no-such-build\""), "{t}");
+}
+
 /// Runs `script` in `dir` with a fixed git identity.
 fn sh(dir: &Path, script: &str) {
     let st = Command::new("sh")

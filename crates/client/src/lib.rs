@@ -428,6 +428,16 @@ impl Client {
         Ok(r)
     }
 
+    /// The runs, in pipelines this token may read, whose CI build id is
+    /// `build` (a Buildkite build UUID, `GITHUB_RUN_ID`, …).
+    pub async fn runs_of_build(&self, build: &str) -> Result<Vec<Run>, ClientError> {
+        let l: RunList = self
+            .json(self.request(Method::GET, &format!("/builds/{build}")))
+            .await?;
+        l.runs.iter().try_for_each(received::run)?;
+        Ok(l.runs)
+    }
+
     /// Starts the next run of a pipeline.
     pub async fn create_run(&self, pipeline: &str, req: &NewRun) -> Result<Run, ClientError> {
         let r: Run = self

@@ -45,6 +45,7 @@ fn ctx(pipeline: &str, run: u64, job: &str) -> JobContext {
         attempt: 1,
         branch: Some("main".into()),
         commit: None,
+        build: None,
     }
 }
 

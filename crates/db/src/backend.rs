@@ -206,6 +206,11 @@ impl<B: Backend> MetaStore for Store<B> {
         self.read(move |c| rules::find_run(c, &p, number)).await
     }
 
+    async fn runs_by_build(&self, build_id: &str) -> Result<Vec<Run>, DbError> {
+        let b = build_id.to_string();
+        self.read(move |c| rules::runs_by_build(c, &b)).await
+    }
+
     async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
         let id = run_id.to_string();
         self.read(move |c| rules::run_files(c, &id)).await

@@ -109,6 +109,7 @@ const TABLES: &[Table] = &[
             "created_at",
             "sources",
             "finished_at",
+            "build_id",
         ],
         key: &["id"],
     },

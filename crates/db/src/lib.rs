@@ -253,6 +253,8 @@ pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     async fn list_runs(&self, pipeline: &str, page: &PageRequest) -> Result<Page<Run>, DbError>;
     /// One run.
     async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError>;
+    /// The runs, in any pipeline, whose CI build id is `build_id`.
+    async fn runs_by_build(&self, build_id: &str) -> Result<Vec<Run>, DbError>;
     /// Every visible file of a run (all attempts; callers filter).
     async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError>;
     /// Artifacts of a run, any state but `deleted`.

@@ -259,7 +259,8 @@ pub(crate) const RUN_SELECT: &str =
        r.sources,
        (SELECT p2.key FROM runs r2 JOIN pipelines p2 ON p2.id = r2.pipeline_id
          WHERE r2.id = r.triggered_from),
-       (SELECT r2.number FROM runs r2 WHERE r2.id = r.triggered_from)
+       (SELECT r2.number FROM runs r2 WHERE r2.id = r.triggered_from),
+       r.build_id
 FROM runs r JOIN pipelines p ON p.id = r.pipeline_id";
 
 pub(crate) fn run_row(mut r: Row) -> Result<Run, DbError> {
@@ -277,6 +278,7 @@ pub(crate) fn run_row(mut r: Row) -> Result<Run, DbError> {
                 pipeline,
                 run: run as u64,
             }),
+        build_id: r.opt_text(11)?,
         id: r.text(0)?,
         pipeline: r.text(1)?,
         number: r.uint(2)?,
@@ -357,14 +359,14 @@ fn ensure_pipeline(c: &mut dyn Sql, pipeline: &str) -> Result<String, DbError> {
         .text(0)
 }
 
-/// Finds or creates a run by number, recording branch and commit if it has
-/// none yet.
+/// Finds or creates a run by number, recording branch, commit and the CI's
+/// build id where it has none yet.
 fn ensure_run(
     c: &mut dyn Sql,
     pipeline: &str,
     number: u64,
-    branch: Option<&str>,
-    commit: Option<&str>,
+    (branch, commit): (Option<&str>, Option<&str>),
+    build: Option<&str>,
 ) -> Result<String, DbError> {
     let pipeline = ensure_pipeline(c, pipeline)?;
     let run_number = to_i64(number, "run number")?;
@@ -382,6 +384,12 @@ fn ensure_run(
             args![&run, branch, commit],
         )?;
     }
+    if let Some(build) = build {
+        c.execute(
+            "UPDATE runs SET build_id = ?2 WHERE id = ?1 AND build_id IS NULL",
+            args![&run, build],
+        )?;
+    }
     Ok(run)
 }
 
@@ -392,8 +400,8 @@ fn ensure_job(c: &mut dyn Sql, ctx: &JobContext) -> Result<(String, String), DbE
         c,
         &ctx.pipeline,
         ctx.run,
-        ctx.branch.as_deref(),
-        ctx.commit.as_deref(),
+        (ctx.branch.as_deref(), ctx.commit.as_deref()),
+        ctx.build.as_deref(),
     )?;
     c.lock(Lock::Run, &run)?;
     let job = ensure(
@@ -1184,6 +1192,17 @@ pub(crate) fn create_typed(
     get_artifact(c, &id)
 }
 
+/// The runs whose CI build id is `build_id`, in any pipeline (at most
+/// 100; ids from one CI do not repeat, ids of two CIs rarely meet).
+pub(crate) fn runs_by_build(c: &mut dyn Sql, build_id: &str) -> Result<Vec<Run>, DbError> {
+    rows(
+        c,
+        &format!("{RUN_SELECT} WHERE r.build_id = ?1 ORDER BY p.key, r.number LIMIT 100"),
+        args![build_id],
+        run_row,
+    )
+}
+
 pub(crate) fn find_run(c: &mut dyn Sql, pipeline: &str, number: u64) -> Result<Run, DbError> {
     let not_found =
         || DbError::NotFound(format!("run {number} of pipeline {pipeline:?} not found"));
@@ -1336,8 +1355,8 @@ pub(crate) fn create_run(c: &mut dyn Sql, pipeline: &str, req: &NewRun) -> Resul
     };
     c.execute(
         "INSERT INTO runs (id, pipeline_id, number, branch, commit_sha, state, created_at, sources,
-                           triggered_from)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
+                           triggered_from, build_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
         args![
             new_id(),
             &pipeline_id,
@@ -1346,7 +1365,8 @@ pub(crate) fn create_run(c: &mut dyn Sql, pipeline: &str, req: &NewRun) -> Resul
             &req.commit,
             now_millis(),
             sources_json,
-            triggered_from.map(|r| r.id)
+            triggered_from.map(|r| r.id),
+            &req.build_id
         ],
     )?;
     find_run(c, pipeline, next as u64)
@@ -1362,8 +1382,8 @@ pub(crate) fn set_run_state(
         c,
         pipeline,
         number,
-        req.branch.as_deref(),
-        req.commit.as_deref(),
+        (req.branch.as_deref(), req.commit.as_deref()),
+        None,
     )?;
     let finished = (req.state != RunState::Running).then(now_millis);
     c.execute(

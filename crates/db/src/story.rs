@@ -17,6 +17,7 @@ pub fn ctx(job: &str, attempt: u32) -> JobContext {
         attempt,
         branch: Some("main".into()),
         commit: None,
+        build: None,
     }
 }
 
@@ -298,6 +299,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     gha_uploads(db).await;
     pack_catalog(db).await;
     paging(db).await;
+    build_ids(db).await;
 }
 
 /// Every page of `list`, following cursors from the first.
@@ -1725,4 +1727,71 @@ async fn pack_catalog(db: &dyn MetaStore) {
     assert!(db.locate_pack(&many[0]).await.unwrap().is_empty());
     db.forget_pack("p/02/new").await.unwrap();
     assert!(db.locate_pack(&d('a')).await.unwrap().is_empty());
+}
+
+/// A run's CI build id: set when the run is created, or by the first
+/// upload that names one; found in any pipeline.
+async fn build_ids(db: &dyn MetaStore) {
+    let run = db
+        .create_run(
+            "builds-a",
+            &satchel_model::api::NewRun {
+                build_id: Some("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let found = db
+        .runs_by_build("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|r| (r.pipeline.as_str(), r.number))
+            .collect::<Vec<_>>(),
+        [("builds-a", run.number)]
+    );
+    assert_eq!(
+        found[0].build_id.as_deref(),
+        Some("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+    );
+    // An upload names the build of a run it creates; a later one with
+    // another id does not move it.
+    for build in ["gh-77", "gh-78"] {
+        let mut req = upload("j", 1, Some("built"), vec![file("b.txt", 'b', 4)]);
+        req.context.pipeline = "builds-b".into();
+        req.context.build = Some(build.into());
+        let plan = db.create_upload(&req, &q()).await.unwrap();
+        db.abort_upload(&plan.upload_id).await.unwrap();
+    }
+    let found = db.runs_by_build("gh-77").await.unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|r| (r.pipeline.as_str(), r.number))
+            .collect::<Vec<_>>(),
+        [("builds-b", 1)]
+    );
+    assert!(db.runs_by_build("gh-78").await.unwrap().is_empty());
+    // The same id from two CIs: both runs.
+    db.create_run(
+        "builds-c",
+        &satchel_model::api::NewRun {
+            build_id: Some("gh-77".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.runs_by_build("gh-77").await.unwrap().len(), 2);
+    assert_eq!(
+        db.find_run("builds-b", 1)
+            .await
+            .unwrap()
+            .build_id
+            .as_deref(),
+        Some("gh-77")
+    );
 }

@@ -33,6 +33,10 @@ pub struct JobContext {
     /// Commit the run builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The CI's own id of the build (Buildkite's build UUID,
+    /// `GITHUB_RUN_ID`, …), recorded on the run if it has none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 fn one() -> u32 {
@@ -645,6 +649,9 @@ pub struct Run {
     /// The run that triggered this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_from: Option<RunRef>,
+    /// The CI's own id of the build (see [`JobContext::build`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
     /// Other pipelines' runs this run takes artifacts from, pinned when the
     /// run started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -698,6 +705,9 @@ pub struct NewRun {
     /// The run that triggered this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_from: Option<RunRef>,
+    /// The CI's own id of the build (see [`JobContext::build`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
 }
 
 /// `PUT /api/v1/pipelines/{pipeline}/runs/{run}/state`: record a run's

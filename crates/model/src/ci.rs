@@ -8,8 +8,8 @@
 /// One detected value and the variable(s) it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
-    /// `pipeline`, `run`, `stage`, `job`, `step`, `attempt`, `branch` or
-    /// `commit`.
+    /// `pipeline`, `run`, `stage`, `job`, `step`, `attempt`, `branch`,
+    /// `commit` or `build` (the CI's own id of the build).
     pub name: &'static str,
     /// The value, already a valid key where the field is a key.
     pub value: String,
@@ -130,6 +130,7 @@ pub fn detect<F: Fn(&str) -> Option<String>>(get: F) -> Option<Detected> {
         b.number("attempt", "BUILDKITE_RETRY_COUNT", 1);
         b.text("branch", &["BUILDKITE_BRANCH"]);
         b.text("commit", &["BUILDKITE_COMMIT"]);
+        b.key("build", &["BUILDKITE_BUILD_ID"]);
         "Buildkite"
     } else if is("GITHUB_ACTIONS", "true") {
         // Run numbers count per workflow, so the pipeline is the workflow.
@@ -150,6 +151,7 @@ pub fn detect<F: Fn(&str) -> Option<String>>(get: F) -> Option<Detected> {
         b.number("attempt", "GITHUB_RUN_ATTEMPT", 0);
         b.text("branch", &["GITHUB_HEAD_REF", "GITHUB_REF_NAME"]);
         b.text("commit", &["GITHUB_SHA"]);
+        b.key("build", &["GITHUB_RUN_ID"]);
         "GitHub Actions"
     } else if is("GITLAB_CI", "true") {
         b.key("pipeline", &["CI_PROJECT_PATH"]);
@@ -158,6 +160,7 @@ pub fn detect<F: Fn(&str) -> Option<String>>(get: F) -> Option<Detected> {
         b.key("job", &["CI_JOB_NAME"]);
         b.text("branch", &["CI_COMMIT_REF_NAME"]);
         b.text("commit", &["CI_COMMIT_SHA"]);
+        b.key("build", &["CI_PIPELINE_ID"]);
         "GitLab CI"
     } else if is("TF_BUILD", "true") {
         b.key("pipeline", &["BUILD_DEFINITIONNAME"]);
@@ -168,6 +171,7 @@ pub fn detect<F: Fn(&str) -> Option<String>>(get: F) -> Option<Detected> {
         b.number("attempt", "SYSTEM_JOBATTEMPT", 0);
         b.text("branch", &["BUILD_SOURCEBRANCHNAME"]);
         b.text("commit", &["BUILD_SOURCEVERSION"]);
+        b.key("build", &["BUILD_BUILDID"]);
         "Azure Pipelines"
     } else {
         return None;
@@ -196,6 +200,31 @@ mod tests {
             .iter()
             .map(|f| (f.name, f.value.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn each_ci_names_its_build_id() {
+        for (vars, want) in [
+            (
+                vec![
+                    ("BUILDKITE", "true"),
+                    ("BUILDKITE_BUILD_ID", "0190f3c2-aaaa-7bbb-8ccc-123456789abc"),
+                ],
+                "0190f3c2-aaaa-7bbb-8ccc-123456789abc",
+            ),
+            (
+                vec![("GITHUB_ACTIONS", "true"), ("GITHUB_RUN_ID", "9876543210")],
+                "9876543210",
+            ),
+            (
+                vec![("GITLAB_CI", "true"), ("CI_PIPELINE_ID", "555")],
+                "555",
+            ),
+            (vec![("TF_BUILD", "True"), ("BUILD_BUILDID", "77")], "77"),
+        ] {
+            let d = detect(env(&vars)).unwrap();
+            assert_eq!(d.get("build"), Some(want), "{}", d.ci);
+        }
     }
 
     #[test]
@@ -292,7 +321,8 @@ mod tests {
                 ("job", "Job1"),
                 ("attempt", "1"),
                 ("branch", "main"),
-                ("commit", "f00d")
+                ("commit", "f00d"),
+                ("build", "1234")
             ]
         );
     }

@@ -22,6 +22,26 @@ pub fn new_id() -> String {
     s
 }
 
+/// A new UUID (version 7: milliseconds, then random bits), as CI systems
+/// name builds (`0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b`).
+pub fn new_uuid() -> String {
+    let ms = now_millis() as u64 & 0xffff_ffff_ffff;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    getrandom::fill(&mut b[6..]).expect("the operating system's random source failed");
+    b[6] = 0x70 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Whether `s` looks like an id made by [`new_id`] (length and alphabet only).
 pub fn is_id(s: &str) -> bool {
     s.len() == ID_LEN
@@ -111,6 +131,24 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_have_the_version_7_layout() {
+        let u = new_uuid();
+        let parts: Vec<&str> = u.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{u}"
+        );
+        assert!(parts[2].starts_with('7'), "{u}");
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{u}"
+        );
+        assert_ne!(u, new_uuid());
+        assert!(crate::names::validate_key("build id", &u).is_ok());
+    }
 
     #[test]
     fn rfc3339_millis_reads_back() {

@@ -55,6 +55,9 @@ pub struct RunnerConfig {
     pub max_jobs: Option<usize>,
     /// Where jobs' checkouts come from (`None`: every job starts empty).
     pub checkout: Option<crate::checkout::Source>,
+    /// The build id to record for the run (`None`: a new UUID, as a CI
+    /// names its builds).
+    pub build_id: Option<String>,
 }
 
 /// Lines of a failed step's output the summary repeats.
@@ -149,6 +152,8 @@ struct Shared {
     slots: tokio::sync::Semaphore,
     /// The run's copy of the source, for jobs that check it out.
     snapshot: Option<crate::checkout::Snapshot>,
+    /// The build id of the run that triggered this one.
+    triggered_from_build: Option<String>,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -206,6 +211,11 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                 commit: cfg.commit.clone(),
                 sources,
                 triggered_from: cfg.triggered_from.clone(),
+                build_id: Some(
+                    cfg.build_id
+                        .clone()
+                        .unwrap_or_else(satchel_model::id::new_uuid),
+                ),
             },
         )
         .await
@@ -231,12 +241,25 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
     );
+    let triggered_from_build = match &run.triggered_from {
+        Some(t) => {
+            cfg.client
+                .get_run(&t.pipeline, t.run)
+                .await
+                .with_context(|| {
+                    format!("reading the triggering run {} of {:?}", t.run, t.pipeline)
+                })?
+                .build_id
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         cfg,
         pipeline,
         run,
         slots,
         snapshot,
+        triggered_from_build,
     });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -677,6 +700,14 @@ fn context_env(
         (
             "SATCHEL_COMMIT".into(),
             run.commit.clone().unwrap_or_default(),
+        ),
+        (
+            "SATCHEL_BUILD_ID".into(),
+            run.build_id.clone().unwrap_or_default(),
+        ),
+        (
+            "SATCHEL_TRIGGERED_FROM_BUILD_ID".into(),
+            shared.triggered_from_build.clone().unwrap_or_default(),
         ),
     ];
     if let Some(dir) = cfg.satchel_exe.parent() {

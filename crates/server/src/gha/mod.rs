@@ -558,6 +558,7 @@ async fn finalize(
             attempt: 1,
             branch: None,
             commit: None,
+            build: None,
         },
         name: Some(req.name.clone()),
         files: vec![NewFile {

@@ -35,6 +35,7 @@ pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
             get(list_runs).post(pipelines::create_run),
         )
         .route("/pipelines/{pipeline}/runs/{run}", get(get_run))
+        .route("/builds/{build}", get(runs_of_build))
         .route(
             "/pipelines/{pipeline}/runs/{run}/state",
             put(pipelines::set_run_state),
@@ -180,6 +181,28 @@ async fn get_run(
 ) -> Result<axum::Json<Run>, ApiError> {
     caller.read(&s, &pipeline).await?;
     Ok(axum::Json(s.db.find_run(&pipeline, run).await?))
+}
+
+/// `GET /api/v1/builds/{build}`: the runs, in pipelines the caller may
+/// read, whose CI build id is `build` (Buildkite's `--build UUID`).
+async fn runs_of_build(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(build): Path<String>,
+) -> Result<axum::Json<RunList>, ApiError> {
+    satchel_model::names::validate_key("build id", &build)?;
+    let mut runs = Vec::new();
+    for run in s.db.runs_by_build(&build).await? {
+        // Runs of pipelines the caller may not read are left out, as if
+        // they did not exist.
+        if caller.read(&s, &run.pipeline).await.is_ok() {
+            runs.push(run);
+        }
+    }
+    Ok(axum::Json(RunList {
+        runs,
+        next_cursor: None,
+    }))
 }
 
 #[derive(Deserialize)]

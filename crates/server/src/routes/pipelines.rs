@@ -37,6 +37,9 @@ pub(super) async fn create_run(
 ) -> Result<(StatusCode, axum::Json<Run>), ApiError> {
     names::validate_key("pipeline", &pipeline)?;
     validate_branch_commit(req.branch.as_deref(), req.commit.as_deref())?;
+    if let Some(b) = &req.build_id {
+        names::validate_key("build id", b)?;
+    }
     for (name, spec) in &req.sources {
         names::validate_key("source", name)?;
         names::validate_key("pipeline", &spec.pipeline)?;

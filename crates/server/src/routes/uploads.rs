@@ -87,6 +87,9 @@ pub(super) fn validate_context(c: &JobContext) -> Result<(), ApiError> {
     if let Some(s) = &c.step {
         names::validate_key("step", s)?;
     }
+    if let Some(b) = &c.build {
+        names::validate_key("build id", b)?;
+    }
     if c.run == 0 || c.run > i64::MAX as u64 {
         return Err(ApiError::bad_request("run numbers start at 1"));
     }
