@@ -1,13 +1,16 @@
 //! The `satchel` binary: `satchel serve` runs the server; `satchel artifact …`
 //! is the agent CLI used inside CI jobs; `satchel run` runs a pipeline
 //! locally; `satchel resolve`, `run-state`, `promote` and `package` work
-//! with references, runs and promoted packages.
+//! with references, runs and promoted packages. Started as
+//! `buildkite-agent`, it takes that agent's artifact commands
+//! ([`buildkite`]).
 //!
 //! Errors print once as `error: …` with their causes (`{:#}`) and exit 1;
 //! usage errors exit 2 (clap); a closed stdout pipe is not an error.
 
 mod access;
 mod admin;
+mod buildkite;
 mod context;
 mod download;
 mod migrate;
@@ -98,7 +101,17 @@ fn tune_allocator() {}
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = if buildkite::invoked_as_agent() {
+        match buildkite::translate(std::env::args_os()) {
+            Ok(args) => Cli::parse_from(args),
+            Err(e) => {
+                eprintln!("{}: error: {e:#}", buildkite::AGENT);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Cli::parse()
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,12 +15,12 @@ use satchel_server::AppState;
 /// Options of `satchel run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The pipeline file: Satchel's own format, Azure Pipelines YAML or a
-    /// GitHub Actions workflow, detected from the file (see
-    /// docs/pipelines.md).
+    /// The pipeline file: Satchel's own format, Azure Pipelines YAML, a
+    /// GitHub Actions workflow or a Buildkite pipeline, detected from the
+    /// file (see docs/pipelines.md).
     file: PathBuf,
-    /// The file's format, instead of detecting it: satchel, azure, github
-    /// (and, recognised but not run yet, buildkite, flow).
+    /// The file's format, instead of detecting it: satchel, azure, github,
+    /// buildkite (and, recognised but not run yet, flow).
     #[arg(long)]
     format: Option<satchel_runner::formats::Format>,
     /// Pipeline key (default: the file's `name:` in Satchel's format, else

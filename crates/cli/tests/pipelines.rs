@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 use serde_json::Value;
+use sha2::Digest as _;
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -1339,7 +1340,11 @@ fn build_ids_name_runs_across_pipelines() {
     );
     let o = run(&data, &up, &["--build-id", "bk-0190-aaaa"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("[s/a] build=bk-0190-aaaa"), "{}", text(&o));
+    assert!(
+        text(&o).contains("[s/a] build=bk-0190-aaaa"),
+        "{}",
+        text(&o)
+    );
     let down = write_pipeline(
         d.path(),
         "down.yml",
@@ -1371,6 +1376,43 @@ fn build_ids_name_runs_across_pipelines() {
     );
     let t = fails(&data, &unknown);
     assert!(t.contains("no run has build id \"no-such-build\""), "{t}");
+}
+
+/// A Buildkite pipeline as written, through the `buildkite-agent` stand-in:
+/// the artifact documentation's commands verbatim (one file, `'logs/**'`
+/// to a directory, `--step`), `artifact_paths`, `parallelism: 3`, a
+/// `retry.automatic` job whose first attempt fails (its file hidden unless
+/// `--include-retried-jobs`), and a `trigger` step whose pipeline
+/// downloads from the triggering build by `--build
+/// $BUILDKITE_TRIGGERED_FROM_BUILD_ID`.
+#[test]
+fn buildkite_pipeline_with_the_agents_own_commands_and_a_trigger() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let out = passes(&data, &example("buildkite/app.yml"));
+    for want in [
+        "[stage-2/fetch] tarball: satchel-demo build 1",
+        "[stage-2/fetch] log: all green",
+        "[stage-2/fetch] zip: zip of satchel-demo",
+        "[stage-2/fetch] shards: shard 0 of 3 shard 1 of 3 shard 2 of 3",
+        "[stage-2/fetch] attempts seen: attempt-1.txt \n",
+        "[stage-2/fetch] with retried jobs: attempt-0.txt attempt-1.txt",
+        "attempt 1 failed",
+        "run #1 of pipeline \"deploy\": PASSED",
+        "./dog.jpg ./photos/cat.jpg",
+    ] {
+        assert!(out.contains(want), "{want:?}:\n{out}");
+    }
+    let zip_sha = format!("{:x}", sha2::Sha256::digest(b"zip of satchel-demo\n"));
+    assert!(out.contains(&format!("zip sha256: {zip_sha}")), "{out}");
+    let app = run_state(&data, "app", 1);
+    let deploy = run_state(&data, "deploy", 1);
+    assert_eq!(deploy["triggered_from"]["pipeline"], "app", "{deploy}");
+    let build = app["build_id"].as_str().unwrap();
+    assert!(
+        out.contains(&format!("images from build {build}: ")),
+        "the triggering build's id: {out}"
+    );
 }
 
 /// Runs `script` in `dir` with a fixed git identity.

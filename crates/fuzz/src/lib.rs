@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pipeline", pipeline_target),
     ("azure", azure_target),
     ("github", github_target),
+    ("buildkite", buildkite_target),
     ("manifest", manifest_target),
     ("range", range_target),
     ("block_list", block_list_target),
@@ -124,6 +125,15 @@ pub fn azure_target(data: &[u8]) {
 /// GitHub Actions workflows, and format detection: see [`translator`].
 pub fn github_target(data: &[u8]) {
     translator(data, satchel_runner::formats::Format::Github, "ci.yml");
+}
+
+/// Buildkite pipelines, and format detection: see [`translator`].
+pub fn buildkite_target(data: &[u8]) {
+    translator(
+        data,
+        satchel_runner::formats::Format::Buildkite,
+        "pipeline.yml",
+    );
 }
 
 /// A foreign format's translator: translating never panics, and what

@@ -154,6 +154,9 @@ struct Shared {
     snapshot: Option<crate::checkout::Snapshot>,
     /// The build id of the run that triggered this one.
     triggered_from_build: Option<String>,
+    /// The directory holding the `buildkite-agent` stand-in, first on
+    /// every step's `PATH`.
+    shims: Option<PathBuf>,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -253,6 +256,16 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         }
         None => None,
     };
+    let shims = match install_shims(&cfg) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            say(
+                "satchel",
+                &format!("note: steps get no buildkite-agent on their PATH: {e:#}"),
+            );
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         cfg,
         pipeline,
@@ -260,6 +273,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         slots,
         snapshot,
         triggered_from_build,
+        shims,
     });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -412,6 +426,8 @@ struct JobAuth {
     client: Client,
     /// The minted token's id, revoked when the job ends.
     minted: Option<String>,
+    /// The job's attempt (1, then one more per retry).
+    attempt: u32,
 }
 
 /// How long a job token lives at most (it is revoked when its job ends).
@@ -419,7 +435,12 @@ const JOB_TOKEN_SECS: u64 = 24 * 3600;
 
 /// Mints the job token of `job`: it may read what the run's pipeline may,
 /// and upload and delete only as this job of this run.
-async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<JobAuth> {
+async fn job_auth(
+    shared: &Shared,
+    job: &Job,
+    attempt: u32,
+    prefix: &str,
+) -> anyhow::Result<JobAuth> {
     use satchel_model::access::{NewToken, Scope};
     let cfg = &shared.cfg;
     let fallback = || -> anyhow::Result<JobAuth> {
@@ -427,6 +448,7 @@ async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<Jo
             token: cfg.token.clone(),
             client: cfg.client.clone(),
             minted: None,
+            attempt,
         })
     };
     // The server puts the token where the run's pipeline lives.
@@ -441,7 +463,7 @@ async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<Jo
         pipeline: Some(shared.run.pipeline.clone()),
         run: Some(shared.run.number),
         job: Some(job.key.clone()),
-        attempt: Some(1),
+        attempt: Some(attempt),
         expires_in_secs: Some(JOB_TOKEN_SECS),
     };
     match cfg.client.create_token(&req).await {
@@ -450,6 +472,7 @@ async fn job_auth(shared: &Shared, job: &Job, prefix: &str) -> anyhow::Result<Jo
                 client,
                 token: t.token,
                 minted: Some(t.id),
+                attempt,
             }),
             Err(e) => {
                 let _ = cfg.client.revoke_token(&t.id).await;
@@ -473,17 +496,35 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
     let started = Instant::now();
     let prefix = format!("{stage}/{}", job.key);
     let tail: Tail = Arc::default();
-    let steps = async {
-        let auth = job_auth(shared, job, &prefix).await?;
-        let result = run_job_steps(shared, &auth, stage, job, &prefix, &tail).await;
-        if let Some(id) = &auth.minted {
-            if let Err(e) = shared.cfg.client.revoke_token(id).await {
-                say(&prefix, &format!("note: revoking the job token {id}: {e}"));
+    let attempt = |attempt: u32| {
+        let (prefix, tail) = (&prefix, &tail);
+        async move {
+            let auth = job_auth(shared, job, attempt, prefix).await?;
+            let result = run_job_steps(shared, &auth, stage, job, prefix, tail).await;
+            if let Some(id) = &auth.minted {
+                if let Err(e) = shared.cfg.client.revoke_token(id).await {
+                    say(prefix, &format!("note: revoking the job token {id}: {e}"));
+                }
             }
+            result
         }
-        result
     };
-    let (outcome, reason) = match steps.await {
+    // A failed attempt is retried while `retries` allow: a new attempt of
+    // the job, in a fresh directory, whose artifacts supersede the last.
+    let mut n = 1;
+    let result = loop {
+        match attempt(n).await {
+            Err(StepError::Failed(why)) if n <= job.retries => {
+                say(
+                    &prefix,
+                    &format!("attempt {n} failed ({why}); retrying as attempt {}", n + 1),
+                );
+                n += 1;
+            }
+            other => break other,
+        }
+    };
+    let (outcome, reason) = match result {
         Ok(()) => (Outcome::Passed, None),
         Err(StepError::Canceled) => (Outcome::Canceled, Some("canceled".to_string())),
         Err(StepError::Failed(why)) => {
@@ -512,6 +553,28 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
         reason,
         tail,
     }
+}
+
+/// Makes `WORK/.bin/buildkite-agent`, a link to the `satchel` binary,
+/// which answers to that name as Buildkite's agent does for its
+/// `artifact` commands; returns the directory.
+fn install_shims(cfg: &RunnerConfig) -> anyhow::Result<PathBuf> {
+    let dir = cfg.work_root.join(".bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let link = dir.join("buildkite-agent");
+    if std::fs::read_link(&link).ok().as_deref() == Some(cfg.satchel_exe.as_path()) {
+        return Ok(dir);
+    }
+    // Made beside it and renamed over it: runs sharing a work directory
+    // never see a missing or half-made link.
+    let tmp = dir.join(format!(
+        ".buildkite-agent.{}",
+        satchel_model::id::random_hex(6)
+    ));
+    std::os::unix::fs::symlink(&cfg.satchel_exe, &tmp)
+        .with_context(|| format!("linking {}", tmp.display()))?;
+    std::fs::rename(&tmp, &link).with_context(|| format!("placing {}", link.display()))?;
+    Ok(dir)
 }
 
 /// A duration as `1.2s`.
@@ -651,6 +714,14 @@ async fn run_step(
     );
     env.extend(ctx_env);
     env.extend(ref_env);
+    if step.action() == Action::Trigger {
+        // The triggered run starts with the runner's own token (a job
+        // token may not create runs of another pipeline), passed in the
+        // environment rather than on a command line; it is a run of its
+        // own, not a step of this one.
+        env.insert("SATCHEL_TOKEN".into(), shared.cfg.token.clone());
+        env.remove("SATCHEL_RUNNER");
+    }
     say(prefix, &format!("▶ {key}: {}", describe(&step)));
     let started = Instant::now();
     for argv in commands(shared, &step, workspace) {
@@ -686,7 +757,7 @@ fn context_env(
         ("SATCHEL_STAGE".into(), stage.into()),
         ("SATCHEL_JOB".into(), job.into()),
         ("SATCHEL_STEP".into(), step.into()),
-        ("SATCHEL_ATTEMPT".into(), "1".into()),
+        ("SATCHEL_ATTEMPT".into(), auth.attempt.to_string()),
         ("SATCHEL_RUNNER".into(), "1".into()),
         ("SATCHEL_WORKSPACE".into(), workspace.display().to_string()),
         (
@@ -712,7 +783,12 @@ fn context_env(
     ];
     if let Some(dir) = cfg.satchel_exe.parent() {
         let path = user_path.unwrap_or_else(|| std::env::var("PATH").unwrap_or_default());
-        v.push(("PATH".into(), format!("{}:{path}", dir.display())));
+        let shims = shared
+            .shims
+            .as_ref()
+            .map(|d| format!("{}:", d.display()))
+            .unwrap_or_default();
+        v.push(("PATH".into(), format!("{shims}{}:{path}", dir.display())));
     }
     v
 }
@@ -751,6 +827,7 @@ fn describe(step: &Step) -> String {
             step.artifact.as_deref().unwrap_or("all artifacts"),
             step.download.as_deref().unwrap_or("")
         ),
+        Action::Trigger => format!("trigger {}", step.trigger.as_deref().unwrap_or("")),
     }
 }
 
@@ -907,6 +984,24 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
                 .map(|p| in_workspace(p, workspace))
                 .unwrap_or_else(|| workspace.display().to_string());
             v.extend(["--dest".to_string(), dest]);
+            vec![v]
+        }
+        Action::Trigger => {
+            let cfg = &shared.cfg;
+            let file = cfg.source_dir.join(step.trigger.as_deref().unwrap_or(""));
+            let mut v = sat(&[
+                "run",
+                "--server",
+                &cfg.url,
+                "--triggered-by",
+                &format!("{}#{}", shared.run.pipeline, shared.run.number),
+                "--work-dir",
+                &cfg.work_root.display().to_string(),
+            ]);
+            if let Some(p) = &step.pipeline {
+                v.extend(["--pipeline".to_string(), p.clone()]);
+            }
+            v.push(file.display().to_string());
             vec![v]
         }
     }

@@ -82,6 +82,10 @@ pub struct Job {
     /// or in an empty directory (`checkout: false`).
     #[serde(default = "yes")]
     pub checkout: bool,
+    /// How many times a failed job runs again, each time as a new attempt
+    /// whose artifacts supersede the last one's (default 0).
+    #[serde(default)]
+    pub retries: u32,
     /// Steps.
     pub steps: Vec<Step>,
 }
@@ -131,6 +135,13 @@ pub struct Step {
     /// an earlier one's of the same path).
     #[serde(default)]
     pub merge: bool,
+    /// Another pipeline file (relative to this one's directory) to run as
+    /// a run triggered by this one, on the same server; the step waits for
+    /// it and fails if it does not pass.
+    pub trigger: Option<String>,
+    /// For `trigger`: the triggered run's pipeline key (default: the
+    /// file's own).
+    pub pipeline: Option<String>,
     /// Environment for this step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -179,6 +190,8 @@ pub enum Action {
     Link,
     /// Download artifacts.
     Download,
+    /// Run another pipeline file.
+    Trigger,
 }
 
 impl Step {
@@ -192,6 +205,8 @@ impl Step {
             Action::Image
         } else if self.link.is_some() {
             Action::Link
+        } else if self.trigger.is_some() {
+            Action::Trigger
         } else {
             Action::Download
         }
@@ -377,6 +392,7 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
         ("image", step.image.is_some()),
         ("link", step.link.is_some()),
         ("download", step.download.is_some()),
+        ("trigger", step.trigger.is_some()),
     ]
     .into_iter()
     .filter(|(_, set)| *set)
@@ -384,14 +400,16 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
     .collect();
     match actions.len() {
         0 => {
-            errors
-                .push("a step needs one of `run`, `publish`, `image`, `link` or `download`".into());
+            errors.push(
+                "a step needs one of `run`, `publish`, `image`, `link`, `download` or `trigger`"
+                    .into(),
+            );
             return errors;
         }
         1 => {}
         _ => {
             errors.push(format!(
-                "a step has exactly one of `run`, `publish`, `image`, `link`, `download`; this one has {}",
+                "a step has exactly one of `run`, `publish`, `image`, `link`, `download`, `trigger`; this one has {}",
                 actions.join(" and ")
             ));
             return errors;
@@ -419,6 +437,12 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
         (step.pattern.is_some() || step.path.is_some() || step.merge) && action != Action::Download,
         "pattern/path/merge",
         "`download`",
+        &mut errors,
+    );
+    only(
+        step.pipeline.is_some() && action != Action::Trigger,
+        "pipeline",
+        "`trigger`",
         &mut errors,
     );
     match action {
@@ -451,6 +475,13 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
             if let Some(p) = &step.pattern {
                 if let Err(e) = satchel_model::glob::Glob::new(p) {
                     errors.push(format!("pattern: {e}"));
+                }
+            }
+        }
+        Action::Trigger => {
+            if let Some(p) = &step.pipeline {
+                if let Err(e) = validate_key("pipeline", p) {
+                    errors.push(format!("pipeline: {e}"));
                 }
             }
         }

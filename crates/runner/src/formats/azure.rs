@@ -38,7 +38,10 @@ use serde_json::{Map, Value};
 use satchel_model::expr::escape;
 
 use super::expanded::{Expanded, Piece, MAX_EXPANDED};
-use super::{check_keys, names, order, scalar, shell_quote, LoadOptions, Translated};
+use super::{
+    check_keys, names, order, order_jobs, scalar, script_title, shell_quote, LoadOptions,
+    Translated,
+};
 use crate::pipeline::{Job, Pipeline, Shell, Source, Stage, Step, When};
 
 /// Steps this translator runs, as error messages list them.
@@ -553,15 +556,8 @@ impl Tr<'_> {
             job.when = self.condition(&at, m.get("condition"));
             jobs.push(job);
         }
-        let deps: Vec<(String, Vec<String>)> = jobs
-            .iter()
-            .map(|j| (j.key.clone(), j.depends_on.clone()))
-            .collect();
-        match order("job", "dependsOn", &deps) {
-            Ok(o) => {
-                let mut slots: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
-                o.into_iter().filter_map(|i| slots[i].take()).collect()
-            }
+        match order_jobs("job", "dependsOn", jobs) {
+            Ok(jobs) => jobs,
             Err(e) => {
                 self.error(place, e);
                 Vec::new()
@@ -623,6 +619,7 @@ impl Tr<'_> {
             when: When::OnSuccess,
             env,
             checkout: !self.no_checkout,
+            retries: 0,
             steps: out,
         }
     }
@@ -946,21 +943,12 @@ impl Tr<'_> {
         // The runner substitutes `$[…]` in scripts; Azure text means it
         // literally.
         let script = escape(&script);
-        let first = text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
-        let more = if text.trim().lines().count() > 1 {
-            " …"
-        } else {
-            ""
-        };
+
         Some(Step {
             run: Some(script),
             shell: Some(Shell::Bash),
             env,
-            title: Some(format!("{first}{more}")),
+            title: Some(script_title(&text)),
             ..Step::default()
         })
     }

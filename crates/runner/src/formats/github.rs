@@ -33,7 +33,7 @@ use satchel_model::expr::escape;
 use serde_json::{Map, Value};
 
 use super::expanded::{Expanded, Piece};
-use super::{check_keys, names, order, scalar, shell_quote, LoadOptions, Translated};
+use super::{check_keys, names, order, scalar, script_title, shell_quote, LoadOptions, Translated};
 use crate::pipeline::{Job, Pipeline, Shell, Stage, Step, When};
 
 /// Steps this translator runs, as error messages list them.
@@ -505,6 +505,7 @@ impl Tr<'_> {
                 when,
                 env: env.clone(),
                 checkout: true,
+                retries: 0,
                 steps: translated,
             });
         }
@@ -583,19 +584,10 @@ impl Tr<'_> {
                     return None;
                 }
             };
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
-            let more = if text.trim().lines().count() > 1 {
-                " …"
-            } else {
-                ""
-            };
+
             (
                 (shell, self.script(&ctx, dir.as_ref(), set, &body)),
-                title.clone().unwrap_or_else(|| format!("{first}{more}")),
+                title.clone().unwrap_or_else(|| script_title(&text)),
             )
         } else if let Some(uses) = m.get("uses").and_then(Value::as_str) {
             let mut known = common.to_vec();

@@ -12,11 +12,12 @@
 //! asks to skip such steps: each becomes a step that prints what it would
 //! have received (its inputs after substitution).
 //!
-//! Formats: [`azure`] (Azure Pipelines), [`github`] (GitHub Actions).
-//! Buildkite and Alibaba Cloud Flow files are recognised and refused with
-//! a clear message until their translators land.
+//! Formats: [`azure`] (Azure Pipelines), [`github`] (GitHub Actions),
+//! [`buildkite`]. Alibaba Cloud Flow files are recognised and refused with
+//! a clear message until their translator lands.
 
 pub mod azure;
+pub mod buildkite;
 mod expanded;
 pub mod github;
 
@@ -72,6 +73,7 @@ impl std::str::FromStr for Format {
 }
 
 /// A translated file.
+#[derive(Debug)]
 pub struct Translated {
     /// The pipeline.
     pub pipeline: Pipeline,
@@ -152,6 +154,37 @@ pub(crate) fn order(
     Ok(done)
 }
 
+/// `jobs` ordered so each comes after those its `depends_on` names (see
+/// [`order`]).
+pub(crate) fn order_jobs(
+    what: &str,
+    depends: &str,
+    jobs: Vec<crate::pipeline::Job>,
+) -> Result<Vec<crate::pipeline::Job>, String> {
+    let deps: Vec<(String, Vec<String>)> = jobs
+        .iter()
+        .map(|j| (j.key.clone(), j.depends_on.clone()))
+        .collect();
+    let o = order(what, depends, &deps)?;
+    let mut slots: Vec<Option<crate::pipeline::Job>> = jobs.into_iter().map(Some).collect();
+    Ok(o.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// A script's title: its first non-empty line, and ` …` when more follow.
+pub(crate) fn script_title(text: &str) -> String {
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let more = if text.trim().lines().count() > 1 {
+        " …"
+    } else {
+        ""
+    };
+    format!("{first}{more}")
+}
+
 /// Adds an error for each key of `map` that neither `known` nor `ignored`
 /// lists.
 pub(crate) fn check_keys(
@@ -211,7 +244,7 @@ pub fn load(path: &Path, text: &str, opts: &LoadOptions) -> anyhow::Result<Loade
     };
     let (mut pipeline, skipped) = match format {
         Format::Satchel => (Pipeline::parse(text)?, Vec::new()),
-        Format::Azure | Format::Github => {
+        Format::Azure | Format::Github | Format::Buildkite => {
             let key = opts.pipeline.clone().unwrap_or_else(|| file_key(path));
             let tree = match tree {
                 Some(t) => t,
@@ -219,17 +252,14 @@ pub fn load(path: &Path, text: &str, opts: &LoadOptions) -> anyhow::Result<Loade
             };
             let t = match format {
                 Format::Azure => azure::translate(&tree, &key, opts)?,
-                _ => github::translate(&tree, &key, opts)?,
+                Format::Github => github::translate(&tree, &key, opts)?,
+                _ => buildkite::translate(&tree, &key, opts)?,
             };
             (t.pipeline, t.skipped)
         }
-        other => bail!(
-            "{} looks like a {} pipeline; `satchel run` runs Satchel, Azure Pipelines and GitHub Actions files so far (pass --format to say otherwise)",
-            path.display(),
-            match other {
-                Format::Buildkite => "Buildkite",
-                _ => "Alibaba Cloud Flow",
-            }
+        Format::Flow => bail!(
+            "{} looks like an Alibaba Cloud Flow pipeline; `satchel run` runs Satchel, Azure Pipelines, GitHub Actions and Buildkite files so far (pass --format to say otherwise)",
+            path.display()
         ),
     };
     if let Some(key) = &opts.pipeline {
@@ -269,7 +299,16 @@ pub fn detect(path: &Path, doc: &Value) -> Format {
     {
         return Format::Github;
     }
+    let bare_steps = doc.as_array().is_some_and(|items| {
+        items.iter().any(|i| {
+            i.as_str() == Some("wait")
+                || ["command", "commands", "trigger", "wait"]
+                    .iter()
+                    .any(|k| i.get(*k).is_some())
+        })
+    });
     if p.contains(".buildkite/")
+        || bare_steps
         || list_items_have(
             "steps",
             &["command", "commands", "label", "wait", "trigger", "block"],
@@ -357,12 +396,15 @@ mod tests {
         let opts = LoadOptions::default();
         let e = load(
             Path::new("pipeline.yml"),
-            "steps:\n  - command: make\n  - wait\n",
+            "sources: []\nstages:\n  build:\n    name: b\n",
             &opts,
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("looks like a Buildkite pipeline"), "{e}");
+        assert!(
+            e.contains("looks like an Alibaba Cloud Flow pipeline"),
+            "{e}"
+        );
     }
 
     #[test]
