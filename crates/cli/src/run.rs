@@ -16,11 +16,11 @@ use satchel_server::AppState;
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The pipeline file: Satchel's own format, Azure Pipelines YAML, a
-    /// GitHub Actions workflow or a Buildkite pipeline, detected from the
-    /// file (see docs/pipelines.md).
+    /// GitHub Actions workflow, a Buildkite or an Alibaba Cloud Flow
+    /// pipeline, detected from the file (see docs/pipelines.md).
     file: PathBuf,
     /// The file's format, instead of detecting it: satchel, azure, github,
-    /// buildkite (and, recognised but not run yet, flow).
+    /// buildkite or flow.
     #[arg(long)]
     format: Option<satchel_runner::formats::Format>,
     /// Pipeline key (default: the file's `name:` in Satchel's format, else
@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// step) as skipped, with their inputs, instead of refusing the file.
     #[arg(long)]
     skip_unsupported: bool,
+    /// Build and push the images that Flow's DockerBuildPush steps name,
+    /// where a docker client is present (default: declare them only).
+    #[arg(long)]
+    push: bool,
     /// Run at most N jobs at once (default: every job a stage can start).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -122,6 +126,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             format: a.format,
             pipeline: a.pipeline.clone(),
             skip_unsupported: a.skip_unsupported,
+            push: a.push,
             source_dir: source_dir.clone(),
         },
     )

@@ -1415,6 +1415,99 @@ fn buildkite_pipeline_with_the_agents_own_commands_and_a_trigger() {
     );
 }
 
+/// The Flow document's YAML, verbatim (examples/seeds/flow-*.yml), with
+/// `--skip-unsupported` for its cloud-only steps: the cross-job image
+/// reference reaches the deploy step's inputs, the cross-stage files
+/// artifact (named with `${PIPELINE_ID}`) reaches the VM deploy as its
+/// URL, and pipeline B takes pipeline A's image through a `flowPipeline`
+/// source, once A has a passed run. The build's `mvn` is a stand-in on
+/// `PATH` that writes `target/`.
+#[test]
+fn flow_seed_yaml_runs_verbatim() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        bin.join("mvn"),
+        "#!/bin/sh\necho \"mvn $*\"\nmkdir -p target && echo jar > target/app.jar\n",
+    )
+    .unwrap();
+    sh(&bin, "chmod +x mvn");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let flow = |file: &str, extra: &[&str]| -> String {
+        let o = Command::new(BIN)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--skip-unsupported")
+            .args(extra)
+            .arg(example(&format!("seeds/{file}")))
+            .env("PATH", &path)
+            .env_remove("SATCHEL_URL")
+            .env_remove("SATCHEL_TOKEN")
+            .env_remove("SATCHEL_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert!(o.status.success(), "{file}:\n{t}");
+        t
+    };
+    let image = "registry.cn-hangzhou.aliyuncs.com/ns/demo:1.0";
+    let t = flow("flow-cross-job-image.yml", &[]);
+    assert!(
+        t.contains(&format!(
+            "[my_stage/deploy_job]   variables[0].value={image}"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains("skipped step DockerLogin (not run locally)"),
+        "{t}"
+    );
+
+    let t = flow("flow-cross-stage-files.yml", &[]);
+    assert!(
+        t.contains("[build_stage/build_job] mvn -B clean package"),
+        "{t}"
+    );
+    let line = t
+        .lines()
+        .find(|l| l.contains("[deploy_stage/deploy_job]   artifact="))
+        .unwrap_or_else(|| panic!("the deploy's artifact input:\n{t}"));
+    let url = line.split("artifact=").nth(1).unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/archive"),
+        "{url}"
+    );
+    assert!(
+        t.contains("Artifacts_flow-cross-stage-files  files  1"),
+        "the artifact named with ${{PIPELINE_ID}}, holding target/: {t}"
+    );
+
+    // B before A has run: its source cannot be pinned.
+    let o = run(
+        &data,
+        &example("seeds/flow-pipeline-b.yml"),
+        &["--skip-unsupported"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("n86bmctmphs84icj"), "{}", text(&o));
+    flow("flow-pipeline-a.yml", &["--pipeline", "n86bmctmphs84icj"]);
+    let t = flow("flow-pipeline-b.yml", &[]);
+    assert!(
+        t.contains("source pipeline_a: run #1 of pipeline \"n86bmctmphs84icj\""),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "[kubectl_apply_stage/deploy_job]   variables[0].value={image}"
+        )),
+        "{t}"
+    );
+}
+
 /// Runs `script` in `dir` with a fixed git identity.
 fn sh(dir: &Path, script: &str) {
     let st = Command::new("sh")

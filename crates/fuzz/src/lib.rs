@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("azure", azure_target),
     ("github", github_target),
     ("buildkite", buildkite_target),
+    ("flow", flow_target),
     ("manifest", manifest_target),
     ("range", range_target),
     ("block_list", block_list_target),
@@ -134,6 +135,11 @@ pub fn buildkite_target(data: &[u8]) {
         satchel_runner::formats::Format::Buildkite,
         "pipeline.yml",
     );
+}
+
+/// Alibaba Cloud Flow pipelines, and format detection: see [`translator`].
+pub fn flow_target(data: &[u8]) {
+    translator(data, satchel_runner::formats::Format::Flow, "flow.yml");
 }
 
 /// A foreign format's translator: translating never panics, and what

@@ -162,16 +162,7 @@ pub fn translate(doc: &Value, key: &str, opts: &LoadOptions) -> anyhow::Result<T
         specific: HashMap::new(),
     };
     let pipeline = tr.pipeline(top);
-    if !tr.errors.is_empty() {
-        bail!(
-            "this Azure Pipelines file cannot run here:\n  {}",
-            tr.errors.join("\n  ")
-        );
-    }
-    Ok(Translated {
-        pipeline: pipeline.validated()?,
-        skipped: tr.skipped,
-    })
+    Translated::finish("this Azure Pipelines file", pipeline, tr.errors, tr.skipped)
 }
 
 impl Tr<'_> {

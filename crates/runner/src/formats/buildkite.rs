@@ -95,22 +95,13 @@ pub fn translate(doc: &Value, key: &str, opts: &LoadOptions) -> anyhow::Result<T
     }
     tr.steps("steps", &steps, None);
     let stages = tr.finish();
-    if !tr.errors.is_empty() {
-        bail!(
-            "this Buildkite pipeline cannot run here:\n  {}",
-            tr.errors.join("\n  ")
-        );
-    }
     let pipeline = Pipeline {
         name: key.to_string(),
         env: pipeline_env,
         sources: BTreeMap::new(),
         stages,
     };
-    Ok(Translated {
-        pipeline: pipeline.validated()?,
-        skipped: tr.skipped,
-    })
+    Translated::finish("this Buildkite pipeline", pipeline, tr.errors, tr.skipped)
 }
 
 /// A stage being built: the jobs between two `wait`s.

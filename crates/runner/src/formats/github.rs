@@ -92,16 +92,12 @@ pub fn translate(doc: &Value, key: &str, opts: &LoadOptions) -> anyhow::Result<T
             .to_string(),
     };
     let pipeline = tr.pipeline(top, key);
-    if !tr.errors.is_empty() {
-        bail!(
-            "this GitHub Actions workflow cannot run here:\n  {}",
-            tr.errors.join("\n  ")
-        );
-    }
-    Ok(Translated {
-        pipeline: pipeline.validated()?,
-        skipped: tr.skipped,
-    })
+    Translated::finish(
+        "this GitHub Actions workflow",
+        pipeline,
+        tr.errors,
+        tr.skipped,
+    )
 }
 
 struct Tr<'a> {

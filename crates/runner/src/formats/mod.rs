@@ -13,12 +13,12 @@
 //! have received (its inputs after substitution).
 //!
 //! Formats: [`azure`] (Azure Pipelines), [`github`] (GitHub Actions),
-//! [`buildkite`]. Alibaba Cloud Flow files are recognised and refused with
-//! a clear message until their translator lands.
+//! [`buildkite`] and [`flow`] (Alibaba Cloud Flow).
 
 pub mod azure;
 pub mod buildkite;
 mod expanded;
+pub mod flow;
 pub mod github;
 
 use std::collections::HashSet;
@@ -79,6 +79,25 @@ pub struct Translated {
     pub pipeline: Pipeline,
     /// Steps only reported, each as `place: what`.
     pub skipped: Vec<String>,
+}
+
+impl Translated {
+    /// The translation of a `what` file (`this Flow pipeline`), or every
+    /// problem found in it at once.
+    pub(crate) fn finish(
+        what: &str,
+        pipeline: Pipeline,
+        errors: Vec<String>,
+        skipped: Vec<String>,
+    ) -> anyhow::Result<Translated> {
+        if !errors.is_empty() {
+            bail!("{what} cannot run here:\n  {}", errors.join("\n  "));
+        }
+        Ok(Translated {
+            pipeline: pipeline.validated()?,
+            skipped,
+        })
+    }
 }
 
 /// A scalar as text (`true`, `3`, `x`); `None` for a list or a map.
@@ -212,6 +231,9 @@ pub struct LoadOptions {
     pub pipeline: Option<String>,
     /// Report steps the runner cannot execute instead of refusing the file.
     pub skip_unsupported: bool,
+    /// Build and push images (Flow's `DockerBuildPush`) where a docker
+    /// client is present, instead of only declaring them.
+    pub push: bool,
     /// The directory of the pipeline file (the sources' directory).
     pub source_dir: PathBuf,
 }
@@ -257,10 +279,11 @@ pub fn load(path: &Path, text: &str, opts: &LoadOptions) -> anyhow::Result<Loade
             };
             (t.pipeline, t.skipped)
         }
-        Format::Flow => bail!(
-            "{} looks like an Alibaba Cloud Flow pipeline; `satchel run` runs Satchel, Azure Pipelines, GitHub Actions and Buildkite files so far (pass --format to say otherwise)",
-            path.display()
-        ),
+        Format::Flow => {
+            let key = opts.pipeline.clone().unwrap_or_else(|| file_key(path));
+            let t = flow::translate(text, &key, opts)?;
+            (t.pipeline, t.skipped)
+        }
     };
     if let Some(key) = &opts.pipeline {
         satchel_model::names::validate_key("pipeline", key).context("--pipeline")?;
@@ -388,22 +411,6 @@ mod tests {
         assert_eq!(
             detect_text("p.yml", "sources: []\nstages:\n  build:\n    name: b\n"),
             Format::Flow
-        );
-    }
-
-    #[test]
-    fn formats_not_translated_yet_are_refused_by_name() {
-        let opts = LoadOptions::default();
-        let e = load(
-            Path::new("pipeline.yml"),
-            "sources: []\nstages:\n  build:\n    name: b\n",
-            &opts,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("looks like an Alibaba Cloud Flow pipeline"),
-            "{e}"
         );
     }
 
