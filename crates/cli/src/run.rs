@@ -76,6 +76,20 @@ pub struct RunArgs {
     /// `BUILDKITE_BUILD_ID` name (default: a new UUID).
     #[arg(long, value_name = "ID")]
     build_id: Option<String>,
+    /// Run part of the pipeline again inside run N (`latest`: the newest)
+    /// instead of starting a new run: the jobs --only and --from choose
+    /// (default: all) run as new attempts whose artifacts supersede the
+    /// earlier ones; the others are not run, and their artifacts stay.
+    #[arg(long, value_name = "N|latest")]
+    reuse_run: Option<String>,
+    /// With --reuse-run (default: the newest run): only this job
+    /// (repeatable).
+    #[arg(long, value_name = "JOB")]
+    only: Vec<String>,
+    /// With --reuse-run (default: the newest run): this stage and every
+    /// stage after it.
+    #[arg(long, value_name = "STAGE")]
+    from: Option<String>,
     /// Only check the pipeline file, run nothing.
     #[arg(long)]
     check: bool,
@@ -246,6 +260,24 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         triggered_from,
         cancel: cancel_rx,
         max_jobs: a.jobs.map(usize::from),
+        partial: if a.reuse_run.is_some() || !a.only.is_empty() || a.from.is_some() {
+            let run = match a.reuse_run.as_deref() {
+                None | Some("latest") => None,
+                Some(n) => Some(
+                    n.parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("--reuse-run {n:?}: a run number or `latest`"))?,
+                ),
+            };
+            Some(satchel_runner::exec::Partial {
+                run,
+                only: a.only.clone(),
+                from: a.from.clone(),
+            })
+        } else {
+            None
+        },
         build_id: a
             .build_id
             .clone()

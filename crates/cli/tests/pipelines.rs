@@ -1508,6 +1508,70 @@ fn flow_seed_yaml_runs_verbatim() {
     );
 }
 
+/// `--reuse-run N --only JOB` runs one job again inside run N, against
+/// the artifacts the others left there (reported as reused); `--from
+/// STAGE` runs that stage on, and what it publishes supersedes the
+/// earlier attempt's. No new run is made.
+#[test]
+fn part_of_a_run_runs_again_against_its_artifacts() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        r#"name: partial
+stages:
+  - key: build
+    jobs:
+      - key: make
+        checkout: false
+        steps:
+          - run: echo "made by attempt $SATCHEL_ATTEMPT" > x.txt
+          - publish: x.txt
+            artifact: x
+  - key: deploy
+    jobs:
+      - key: ship
+        checkout: false
+        steps:
+          - download: current
+            artifact: x
+          - run: echo "shipping $(cat "$SATCHEL_WORKSPACE/x/x.txt") as attempt $SATCHEL_ATTEMPT"
+"#,
+    );
+    let t = passes(&data, &p);
+    assert!(
+        t.contains("[deploy/ship] shipping made by attempt 1 as attempt 1"),
+        "{t}"
+    );
+    let o = run(&data, &p, &["--reuse-run", "1", "--only", "ship"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("[deploy/ship] shipping made by attempt 1 as attempt 2"),
+        "{t}"
+    );
+    assert!(t.contains("make  reused  0.0s  not run again"), "{t}");
+    let o = run(&data, &p, &["--from", "build"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("[deploy/ship] shipping made by attempt 2 as attempt 2"),
+        "{t}"
+    );
+    assert!(t.contains("run #1 of pipeline \"partial\": PASSED"), "{t}");
+    assert!(
+        run_state(&data, "partial", 2).get("number").is_none(),
+        "no second run"
+    );
+    let o = run(&data, &p, &["--reuse-run", "1", "--only", "nope"]);
+    assert!(
+        text(&o).contains("--only \"nope\": the pipeline has no such job (jobs: make, ship)"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Runs `script` in `dir` with a fixed git identity.
 fn sh(dir: &Path, script: &str) {
     let st = Command::new("sh")

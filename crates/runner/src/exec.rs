@@ -58,6 +58,61 @@ pub struct RunnerConfig {
     /// The build id to record for the run (`None`: a new UUID, as a CI
     /// names its builds).
     pub build_id: Option<String>,
+    /// Run part of the pipeline again inside an earlier run instead of
+    /// starting a new one.
+    pub partial: Option<Partial>,
+}
+
+/// A partial run (`--reuse-run`, `--only`, `--from`): the chosen jobs run
+/// again as new attempts of an earlier run, against the artifacts the
+/// others left there.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    /// The run (default: the pipeline's newest).
+    pub run: Option<u64>,
+    /// Only these jobs (default: every job).
+    pub only: Vec<String>,
+    /// Only this stage and the stages after it.
+    pub from: Option<String>,
+}
+
+impl Partial {
+    /// Refuses job and stage keys `pipeline` does not have.
+    fn check(&self, pipeline: &Pipeline) -> anyhow::Result<()> {
+        let jobs: Vec<&str> = pipeline
+            .stages
+            .iter()
+            .flat_map(|s| s.jobs.iter().map(|j| j.key.as_str()))
+            .collect();
+        for j in &self.only {
+            if !jobs.contains(&j.as_str()) {
+                anyhow::bail!(
+                    "--only {j:?}: the pipeline has no such job (jobs: {})",
+                    jobs.join(", ")
+                );
+            }
+        }
+        if let Some(f) = &self.from {
+            if !pipeline.stages.iter().any(|s| &s.key == f) {
+                let stages: Vec<&str> = pipeline.stages.iter().map(|s| s.key.as_str()).collect();
+                anyhow::bail!(
+                    "--from {f:?}: the pipeline has no such stage (stages: {})",
+                    stages.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether job `job` of the `index`-th stage runs.
+    fn runs(&self, pipeline: &Pipeline, index: usize, job: &str) -> bool {
+        let from = self
+            .from
+            .as_ref()
+            .and_then(|f| pipeline.stages.iter().position(|s| &s.key == f))
+            .unwrap_or(0);
+        index >= from && (self.only.is_empty() || self.only.iter().any(|o| o == job))
+    }
 }
 
 /// Lines of a failed step's output the summary repeats.
@@ -80,14 +135,22 @@ pub enum Outcome {
     Skipped,
     /// Stopped by cancellation.
     Canceled,
+    /// Not run again: a partial run (`--only`, `--from`) keeps what an
+    /// earlier run of the same run number left, as if it passed.
+    Reused,
 }
 
 impl Outcome {
+    /// Whether what depends on it may go on.
+    pub fn passed(self) -> bool {
+        matches!(self, Outcome::Passed | Outcome::Reused)
+    }
+
     /// The run state a run with this outcome records.
     pub fn run_state(self) -> satchel_model::api::RunState {
         use satchel_model::api::RunState;
         match self {
-            Outcome::Passed => RunState::Passed,
+            Outcome::Passed | Outcome::Reused => RunState::Passed,
             // A run whose stages were all skipped did not pass either.
             Outcome::Failed | Outcome::Skipped => RunState::Failed,
             Outcome::Canceled => RunState::Canceled,
@@ -101,6 +164,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Skipped => "skipped",
             Outcome::Canceled => "canceled",
+            Outcome::Reused => "reused",
         }
     }
 }
@@ -157,6 +221,8 @@ struct Shared {
     /// The directory holding the `buildkite-agent` stand-in, first on
     /// every step's `PATH`.
     shims: Option<PathBuf>,
+    /// Each job's first attempt when it is not 1 (a partial run).
+    first_attempts: BTreeMap<String, u32>,
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -205,31 +271,87 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             )
         })
         .collect();
-    let run = cfg
-        .client
-        .create_run(
-            &pipeline.name,
-            &NewRun {
-                branch: cfg.branch.clone(),
-                commit: cfg.commit.clone(),
-                sources,
-                triggered_from: cfg.triggered_from.clone(),
-                build_id: Some(
-                    cfg.build_id
-                        .clone()
-                        .unwrap_or_else(satchel_model::id::new_uuid),
+    let run = match &cfg.partial {
+        Some(partial) => {
+            partial.check(&pipeline)?;
+            let run = match partial.run {
+                Some(n) => cfg
+                    .client
+                    .get_run(&pipeline.name, n)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "--reuse-run {n}: no run {n} of pipeline {:?} to run again in",
+                            pipeline.name
+                        )
+                    })?,
+                None => cfg
+                    .client
+                    .list_runs(&pipeline.name)
+                    .await
+                    .ok()
+                    .and_then(|runs| runs.into_iter().next())
+                    .with_context(|| {
+                        format!(
+                            "pipeline {:?} has no run to reuse yet: run it whole first",
+                            pipeline.name
+                        )
+                    })?,
+            };
+            say(
+                "satchel",
+                &format!(
+                    "running part of run #{} of pipeline {:?} again on {}; the jobs left out keep its artifacts",
+                    run.number, run.pipeline, cfg.url
                 ),
-            },
-        )
-        .await
-        .with_context(|| format!("starting a run of pipeline {:?}", pipeline.name))?;
-    say(
-        "satchel",
-        &format!(
-            "run #{} of pipeline {:?} on {}",
-            run.number, run.pipeline, cfg.url
-        ),
-    );
+            );
+            run
+        }
+        None => {
+            let run = cfg
+                .client
+                .create_run(
+                    &pipeline.name,
+                    &NewRun {
+                        branch: cfg.branch.clone(),
+                        commit: cfg.commit.clone(),
+                        sources,
+                        triggered_from: cfg.triggered_from.clone(),
+                        build_id: Some(
+                            cfg.build_id
+                                .clone()
+                                .unwrap_or_else(satchel_model::id::new_uuid),
+                        ),
+                    },
+                )
+                .await
+                .with_context(|| format!("starting a run of pipeline {:?}", pipeline.name))?;
+            say(
+                "satchel",
+                &format!(
+                    "run #{} of pipeline {:?} on {}",
+                    run.number, run.pipeline, cfg.url
+                ),
+            );
+            run
+        }
+    };
+    // The attempt each job starts at: 1 in a new run; one past the
+    // newest attempt with artifacts when running part of a run again, so
+    // what it publishes supersedes what the earlier attempt did (see
+    // `run_job` for jobs without artifacts).
+    let mut first_attempts: BTreeMap<String, u32> = BTreeMap::new();
+    if cfg.partial.is_some() {
+        for a in cfg
+            .client
+            .list_artifacts(&run.pipeline, run.number)
+            .await
+            .context("listing the run's artifacts")?
+        {
+            let n = first_attempts.entry(a.producer.job.clone()).or_insert(2);
+            *n = (*n).max(a.producer.attempt + 1);
+        }
+    }
     for (name, s) in &run.sources {
         say(
             "satchel",
@@ -274,13 +396,14 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         snapshot,
         triggered_from_build,
         shims,
+        first_attempts,
     });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
     // Stages and jobs not run because their `when` did not apply: they do
     // not fail their stage or the run.
     let mut not_wanted: Vec<String> = Vec::new();
-    for stage in &shared.pipeline.stages {
+    for (index, stage) in shared.pipeline.stages.iter().enumerate() {
         let deps: Vec<Dep> = stage
             .depends_on
             .iter()
@@ -327,6 +450,26 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             let job = job.clone();
             let outcomes = outcomes.clone();
             async move {
+                let left_out = shared
+                    .cfg
+                    .partial
+                    .as_ref()
+                    .is_some_and(|p| !p.runs(&shared.pipeline, index, &job.key));
+                if left_out {
+                    let r = JobResult {
+                        stage: stage.clone(),
+                        job: job.key.clone(),
+                        outcome: Outcome::Reused,
+                        duration: Duration::ZERO,
+                        reason: Some(format!(
+                            "not run again; run #{} has its artifacts",
+                            shared.run.number
+                        )),
+                        tail: Vec::new(),
+                    };
+                    outcomes[&job.key].send_replace(Some((r.outcome, false)));
+                    return (r, false);
+                }
                 let mut deps = Vec::new();
                 for d in &job.depends_on {
                     let mut rx = outcomes[d].subscribe();
@@ -369,7 +512,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             Outcome::Canceled
         } else if done
             .iter()
-            .all(|(j, unwanted)| j.outcome == Outcome::Passed || *unwanted)
+            .all(|(j, unwanted)| j.outcome.passed() || *unwanted)
         {
             Outcome::Passed
         } else {
@@ -388,7 +531,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             Outcome::Canceled
         } else if stage_outcome
             .iter()
-            .all(|(k, o)| *o == Outcome::Passed || not_wanted.contains(k))
+            .all(|(k, o)| o.passed() || not_wanted.contains(k))
         {
             Outcome::Passed
         } else {
@@ -511,10 +654,18 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
     };
     // A failed attempt is retried while `retries` allow: a new attempt of
     // the job, in a fresh directory, whose artifacts supersede the last.
-    let mut n = 1;
+    // A job that published nothing left no attempt number behind: it runs
+    // again as attempt 2.
+    let again = if shared.cfg.partial.is_some() { 2 } else { 1 };
+    let first = shared
+        .first_attempts
+        .get(&job.key)
+        .copied()
+        .unwrap_or(again);
+    let mut n = first;
     let result = loop {
         match attempt(n).await {
-            Err(StepError::Failed(why)) if n <= job.retries => {
+            Err(StepError::Failed(why)) if n - first < job.retries => {
                 say(
                     &prefix,
                     &format!("attempt {n} failed ({why}); retrying as attempt {}", n + 1),
@@ -1139,10 +1290,10 @@ fn gate(when: When, deps: &[Dep], canceled: bool) -> Option<(Outcome, String, bo
         .any(|d| d.outcome == Outcome::Failed || (d.outcome == Outcome::Skipped && !d.unwanted));
     match when {
         When::Always => None,
-        When::OnSuccess if deps.iter().all(|d| d.outcome == Outcome::Passed) => None,
+        When::OnSuccess if deps.iter().all(|d| d.outcome.passed()) => None,
         When::OnSuccess => Some((
             Outcome::Skipped,
-            format!("depends on {}", list(&|d| d.outcome != Outcome::Passed)),
+            format!("depends on {}", list(&|d| !d.outcome.passed())),
             !upstream_failed && deps.iter().all(|d| d.outcome != Outcome::Canceled),
         )),
         When::OnFailure if upstream_failed => None,
