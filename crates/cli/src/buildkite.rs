@@ -162,12 +162,17 @@ enum ArtifactCommand {
     },
 }
 
+/// Most `*` a query may hold: each doubles the alternatives its glob
+/// expands to, which the glob dialect caps at 1024.
+const MAX_STARS: usize = 10;
+
 /// A Buildkite query as a Satchel glob: each `*` (not part of `**`) may
 /// also span `/`.
-pub fn spanning(query: &str) -> String {
+pub fn spanning(query: &str) -> anyhow::Result<String> {
     let mut out = String::with_capacity(query.len() * 2);
     let mut chars = query.chars().peekable();
     let mut class = false;
+    let mut stars = 0;
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
@@ -179,6 +184,13 @@ pub fn spanning(query: &str) -> String {
             '[' if !class => {
                 class = true;
                 out.push(c);
+                // `[!…]`, `[^…]`, and a `]` first in a class is literal.
+                if let Some(n) = chars.next_if(|n| *n == '!' || *n == '^') {
+                    out.push(n);
+                }
+                if let Some(n) = chars.next_if(|n| *n == ']') {
+                    out.push(n);
+                }
             }
             ']' if class => {
                 class = false;
@@ -191,13 +203,17 @@ pub fn spanning(query: &str) -> String {
                         chars.next();
                     }
                 } else {
+                    stars += 1;
                     out.push_str("{*,*/**/*}");
                 }
             }
             c => out.push(c),
         }
     }
-    out
+    if stars > MAX_STARS {
+        bail!("the query {query:?} has {stars} `*`; at most {MAX_STARS} can span `/` (use `**` for some)");
+    }
+    Ok(out)
 }
 
 fn scope_args(out: &mut Vec<String>, scope: Where) {
@@ -256,7 +272,7 @@ pub fn translate(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Vec
         } => {
             out.push("download".into());
             scope_args(&mut out, scope);
-            out.extend(["--".into(), spanning(&query), destination]);
+            out.extend(["--".into(), spanning(&query)?, destination]);
         }
         ArtifactCommand::Search {
             query,
@@ -282,12 +298,12 @@ pub fn translate(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Vec
                 out.push("--allow-empty-results".into());
             }
             let format = format.strip_suffix('\n').unwrap_or(&format).to_string();
-            out.extend(["--format".into(), format, "--".into(), spanning(&query)]);
+            out.extend(["--format".into(), format, "--".into(), spanning(&query)?]);
         }
         ArtifactCommand::Shasum { query, scope, .. } => {
             out.push("shasum".into());
             scope_args(&mut out, scope);
-            out.extend(["--".into(), spanning(&query)]);
+            out.extend(["--".into(), spanning(&query)?]);
         }
     }
     Ok(out.into_iter().map(OsString::from).collect())
@@ -309,15 +325,19 @@ mod tests {
 
     #[test]
     fn a_star_spans_slashes_as_on_buildkite() {
-        let g = satchel_model::glob::Glob::new(&spanning("*.jpg")).unwrap();
+        let g = satchel_model::glob::Glob::new(&spanning("*.jpg").unwrap()).unwrap();
         assert!(g.is_match("a.jpg") && g.is_match("img/x/a.jpg"));
         assert!(!g.is_match("a.png"));
-        let g = satchel_model::glob::Glob::new(&spanning("logs/**")).unwrap();
+        let g = satchel_model::glob::Glob::new(&spanning("logs/**").unwrap()).unwrap();
         assert!(g.is_match("logs/a/b.txt"));
-        let g = satchel_model::glob::Glob::new(&spanning("pkg/*.tar.gz")).unwrap();
+        let g = satchel_model::glob::Glob::new(&spanning("pkg/*.tar.gz").unwrap()).unwrap();
         assert!(g.is_match("pkg/linux/app.tar.gz") && !g.is_match("other/app.tar.gz"));
-        let g = satchel_model::glob::Glob::new(&spanning("a\\*b[*]")).unwrap();
+        let g = satchel_model::glob::Glob::new(&spanning("a\\*b[*]").unwrap()).unwrap();
         assert!(g.is_match("a*b*") && !g.is_match("a/x/b*"));
+        let g = satchel_model::glob::Glob::new(&spanning("[]x]*").unwrap()).unwrap();
+        assert!(g.is_match("]/deep") && g.is_match("x"));
+        assert!(spanning(&"a*".repeat(10)).is_ok());
+        assert!(spanning(&"a*".repeat(11)).is_err());
     }
 
     #[test]

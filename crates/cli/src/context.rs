@@ -214,14 +214,23 @@ pub struct ScopeArgs {
 
 impl ScopeArgs {
     /// Pipeline and run: a `--build` id names both (asking the server),
-    /// else see [`ScopeArgs::run`].
+    /// else see [`ScopeArgs::run`]. A number given to `--build` is a run
+    /// number of the current pipeline when that run exists, else a build
+    /// id (`GITHUB_RUN_ID`, `BUILD_BUILDID` are numbers too).
     pub async fn resolve(&self, client: &Client) -> anyhow::Result<(String, u64)> {
-        match self.build.as_deref() {
-            Some(b) if !b.is_empty() && !b.bytes().all(|c| c.is_ascii_digit()) => {
-                run_of_build(client, b, self.pipeline.as_deref()).await
+        let Some(b) = self.build.as_deref().filter(|b| !b.is_empty()) else {
+            return self.run();
+        };
+        if b.bytes().all(|c| c.is_ascii_digit()) {
+            if let Ok((pipeline, n)) = self.run() {
+                match client.get_run(&pipeline, n).await {
+                    Ok(_) => return Ok((pipeline, n)),
+                    Err(satchel_client::ClientError::Api { status: 404, .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
-            _ => self.run(),
         }
+        run_of_build(client, b, self.pipeline.as_deref()).await
     }
 
     /// Pipeline and run, falling back to the job's environment
@@ -271,12 +280,7 @@ pub async fn run_of_build(
     pipeline: Option<&str>,
 ) -> anyhow::Result<(String, u64)> {
     satchel_model::names::validate_key("build id", build)?;
-    let runs: Vec<_> = client
-        .runs_of_build(build)
-        .await?
-        .into_iter()
-        .filter(|r| pipeline.is_none_or(|p| r.pipeline == p))
-        .collect();
+    let runs = client.runs_of_build(build, pipeline).await?;
     match runs.as_slice() {
         [one] => Ok((one.pipeline.clone(), one.number)),
         [] => bail!(

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// pipeline file's repository (or directory).
     #[arg(long)]
     no_checkout: bool,
+    /// Never copy this directory into a checkout (a triggering run's own
+    /// work and data directories).
+    #[arg(long, hide = true, value_name = "DIR")]
+    exclude_from_checkout: Vec<PathBuf>,
     /// The build id to record for the run, which `--build ID` and
     /// `BUILDKITE_BUILD_ID` name (default: a new UUID).
     #[arg(long, value_name = "ID")]
@@ -229,6 +233,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut exclude = vec![work_root.clone()];
     if a.server.is_none() {
         exclude.push(std::path::absolute(&a.data_dir)?);
+    }
+    for x in &a.exclude_from_checkout {
+        exclude.push(std::path::absolute(x)?);
     }
     let client = Client::new(&url, &token)?;
     client

@@ -231,11 +231,14 @@ fn hidden(name: &str) -> bool {
     name.starts_with('.')
 }
 
+/// Files under `dir` whose path below the walk's start (`rel` so far)
+/// `glob` matches. With `whole_dirs`, a directory the glob matches
+/// brings every file under it (GitHub's upload-artifact).
 fn walk(
     dir: &Path,
     rel: &str,
     glob: &Glob,
-    (skip_symlinks, inside, skip_hidden): (bool, LinkRoot<'_>, bool),
+    (skip_symlinks, inside, skip_hidden, whole_dirs): (bool, LinkRoot<'_>, bool, bool),
     out: &mut Vec<(PathBuf, String)>,
 ) -> anyhow::Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -263,11 +266,16 @@ fn walk(
         let ft = entry.file_type()?;
         let path = entry.path();
         if ft.is_dir() {
+            let glob = if whole_dirs && glob.is_match(&child_rel) {
+                &Glob::new("**")?
+            } else {
+                glob
+            };
             walk(
                 &path,
                 &child_rel,
                 glob,
-                (skip_symlinks, inside, skip_hidden),
+                (skip_symlinks, inside, skip_hidden, whole_dirs),
                 out,
             )?;
         } else if ft.is_symlink() {
@@ -344,7 +352,12 @@ fn find_files(patterns: &[String], how: Finding, cwd: &Path) -> anyhow::Result<V
                         &base,
                         "",
                         &rest_glob,
-                        (how.skip_symlinks, root.as_deref(), how.skip_hidden),
+                        (
+                            how.skip_symlinks,
+                            root.as_deref(),
+                            how.skip_hidden,
+                            how.common_root,
+                        ),
                         &mut hits,
                     )?;
                     matched.extend(hits.into_iter().map(|(p, _)| p));
@@ -378,7 +391,7 @@ fn find_files(patterns: &[String], how: Finding, cwd: &Path) -> anyhow::Result<V
                             &abs,
                             "",
                             &Glob::new("**")?,
-                            (how.skip_symlinks, inside.as_deref(), how.skip_hidden),
+                            (how.skip_symlinks, inside.as_deref(), how.skip_hidden, false),
                             &mut hits,
                         )?;
                         matched.extend(hits.into_iter().map(|(p, _)| p));
@@ -412,12 +425,18 @@ fn find_files(patterns: &[String], how: Finding, cwd: &Path) -> anyhow::Result<V
             });
         }
     }
+    // An exclusion that matches a directory excludes what is under it.
     out.retain(|abs, _| {
         !excludes.iter().any(|(root, g)| {
             abs.strip_prefix(root)
                 .ok()
                 .and_then(Path::to_str)
-                .is_some_and(|rel| g.is_match(rel))
+                .is_some_and(|rel| {
+                    rel.match_indices('/')
+                        .map(|(i, _)| &rel[..i])
+                        .chain(std::iter::once(rel))
+                        .any(|prefix| g.is_match(prefix))
+                })
         })
     });
     // Stored paths: relative to the working directory, or to the deepest
@@ -966,6 +985,16 @@ mod tests {
         assert_eq!(
             find(&["dist/", "!dist/sub/**"], gh).unwrap(),
             [".hidden", "a.js"]
+        );
+        assert_eq!(
+            find(&["dist/", "!dist/sub"], gh).unwrap(),
+            [".hidden", "a.js"],
+            "excluding a directory excludes its files"
+        );
+        assert_eq!(
+            find(&["dist/*"], gh).unwrap(),
+            [".hidden", "a.js", "sub/b.js"],
+            "a directory a glob matches brings its files"
         );
         assert_eq!(
             find(&["nope/*", "README.md"], gh).unwrap(),

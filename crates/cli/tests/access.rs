@@ -632,6 +632,23 @@ fn every_read_path_asks_the_same_rule() {
         // Lists leave out what the token cannot read.
         let (_, packages) = api.call(Method::GET, "/packages/r", &token, None, "reads").await;
         assert_eq!(packages["packages"], json!([]), "{packages}");
+        // A run of another pipeline of that cluster, named by a build id.
+        api.admin(
+            Method::POST,
+            "/admin/pipelines",
+            json!({"name": "lib-nightly", "cluster": "release"}),
+        )
+        .await;
+        api.admin(
+            Method::POST,
+            "/pipelines/lib-nightly/runs",
+            json!({"build_id": "lib-build"}),
+        )
+        .await;
+        let (status, builds) = api
+            .call(Method::GET, "/builds/lib-build", &token, None, "reads")
+            .await;
+        assert_eq!((status, &builds["runs"]), (200, &json!([])), "{builds}");
         let (_, pipelines) = api.call(Method::GET, "/pipelines", &token, None, "reads").await;
         let names: Vec<&str> = pipelines["pipelines"]
             .as_array()
@@ -655,6 +672,10 @@ fn every_read_path_asks_the_same_rule() {
         }
         let (_, packages) = api.call(Method::GET, "/packages/r", &token, None, "reads").await;
         assert_eq!(packages["packages"].as_array().unwrap().len(), 1);
+        let (_, builds) = api
+            .call(Method::GET, "/builds/lib-build", &token, None, "reads")
+            .await;
+        assert_eq!(builds["runs"][0]["pipeline"], "lib-nightly", "{builds}");
         // Reading is not writing: a rule never lets it write there.
         let (status, _) = api
             .call(Method::POST, "/uploads", &token, Some(&manifest("lib", 1, "x")), "w")

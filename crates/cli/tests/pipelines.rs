@@ -1376,6 +1376,17 @@ fn build_ids_name_runs_across_pipelines() {
     );
     let t = fails(&data, &unknown);
     assert!(t.contains("no run has build id \"no-such-build\""), "{t}");
+    // A numeric build id (GITHUB_RUN_ID, BUILD_BUILDID) that is no run
+    // number of the asking pipeline is looked up as a build id.
+    let o = run(&data, &up, &["--build-id", "987654321"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let numeric = write_pipeline(
+        d.path(),
+        "numeric.yml",
+        "name: numeric\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '**' --build 987654321 --format 'found %p in %j'\n",
+    );
+    let t = passes(&data, &numeric);
+    assert!(t.contains("[s/b] found out/a.jpg in a"), "{t}");
 }
 
 /// A Buildkite pipeline as written, through the `buildkite-agent` stand-in:
@@ -1678,7 +1689,8 @@ stages:
 
 /// After a step fails, only steps with `when: always` or `on_failure`
 /// run; the job still fails, and the summary repeats the failed step's
-/// lines, not those of the steps after it.
+/// lines, not those of the steps after it. A step with `allow_failure`
+/// fails nothing.
 #[test]
 fn steps_after_a_failure_run_only_when_they_ask_to() {
     let d = tmp();
@@ -1704,6 +1716,9 @@ stages:
         checkout: false
         steps:
           - run: echo fine-ran
+          - key: flaky
+            run: exit 4
+            allow_failure: true
           - run: echo not-on-success
             when: on_failure
           - run: echo always-on-success
@@ -1722,6 +1737,14 @@ stages:
     assert!(
         !t.contains("] not-this-one") && !t.contains("] not-on-success"),
         "{t}"
+    );
+    assert!(
+        t.contains("[s/fine] ✘ step flaky failed; its failure is allowed"),
+        "{t}"
+    );
+    assert!(
+        t.contains("fine  passed"),
+        "an allowed failure fails no job: {t}"
     );
     let summary = &t[t
         .rfind("step broken failed")

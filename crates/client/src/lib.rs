@@ -430,10 +430,16 @@ impl Client {
 
     /// The runs, in pipelines this token may read, whose CI build id is
     /// `build` (a Buildkite build UUID, `GITHUB_RUN_ID`, …).
-    pub async fn runs_of_build(&self, build: &str) -> Result<Vec<Run>, ClientError> {
-        let l: RunList = self
-            .json(self.request(Method::GET, &format!("/builds/{build}")))
-            .await?;
+    pub async fn runs_of_build(
+        &self,
+        build: &str,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<Run>, ClientError> {
+        let mut req = self.request(Method::GET, &format!("/builds/{build}"));
+        if let Some(p) = pipeline {
+            req = req.query(&[("pipeline", p)]);
+        }
+        let l: RunList = self.json(req).await?;
         l.runs.iter().try_for_each(received::run)?;
         Ok(l.runs)
     }

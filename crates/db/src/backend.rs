@@ -206,9 +206,14 @@ impl<B: Backend> MetaStore for Store<B> {
         self.read(move |c| rules::find_run(c, &p, number)).await
     }
 
-    async fn runs_by_build(&self, build_id: &str) -> Result<Vec<Run>, DbError> {
-        let b = build_id.to_string();
-        self.read(move |c| rules::runs_by_build(c, &b)).await
+    async fn runs_by_build(
+        &self,
+        build_id: &str,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<Run>, DbError> {
+        let (b, p) = (build_id.to_string(), pipeline.map(String::from));
+        self.read(move |c| rules::runs_by_build(c, &b, p.as_deref()))
+            .await
     }
 
     async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {

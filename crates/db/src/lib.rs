@@ -142,6 +142,10 @@ pub struct UploadNeeds {
     pub owed: HashSet<String>,
 }
 
+/// The most runs one build id may name in an answer (ids from one CI do
+/// not repeat; ids of two CIs rarely meet).
+pub const BUILD_RUNS_MAX: usize = 100;
+
 /// A job attempt of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSummary {
@@ -253,8 +257,13 @@ pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     async fn list_runs(&self, pipeline: &str, page: &PageRequest) -> Result<Page<Run>, DbError>;
     /// One run.
     async fn find_run(&self, pipeline: &str, number: u64) -> Result<Run, DbError>;
-    /// The runs, in any pipeline, whose CI build id is `build_id`.
-    async fn runs_by_build(&self, build_id: &str) -> Result<Vec<Run>, DbError>;
+    /// The runs whose CI build id is `build_id`, in `pipeline` or any; at
+    /// most [`BUILD_RUNS_MAX`] + 1, so a caller can tell there are more.
+    async fn runs_by_build(
+        &self,
+        build_id: &str,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<Run>, DbError>;
     /// Every visible file of a run (all attempts; callers filter).
     async fn run_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError>;
     /// Artifacts of a run, any state but `deleted`.

@@ -1192,13 +1192,20 @@ pub(crate) fn create_typed(
     get_artifact(c, &id)
 }
 
-/// The runs whose CI build id is `build_id`, in any pipeline (at most
-/// 100; ids from one CI do not repeat, ids of two CIs rarely meet).
-pub(crate) fn runs_by_build(c: &mut dyn Sql, build_id: &str) -> Result<Vec<Run>, DbError> {
+/// The runs whose CI build id is `build_id`, in `pipeline` or any, at
+/// most [`crate::BUILD_RUNS_MAX`] + 1.
+pub(crate) fn runs_by_build(
+    c: &mut dyn Sql,
+    build_id: &str,
+    pipeline: Option<&str>,
+) -> Result<Vec<Run>, DbError> {
     rows(
         c,
-        &format!("{RUN_SELECT} WHERE r.build_id = ?1 ORDER BY p.key, r.number LIMIT 100"),
-        args![build_id],
+        &format!(
+            "{RUN_SELECT} WHERE r.build_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR p.key = ?2)
+             ORDER BY p.key, r.number LIMIT ?3"
+        ),
+        args![build_id, pipeline, (crate::BUILD_RUNS_MAX + 1) as i64],
         run_row,
     )
 }

@@ -1743,7 +1743,7 @@ async fn build_ids(db: &dyn MetaStore) {
         .await
         .unwrap();
     let found = db
-        .runs_by_build("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        .runs_by_build("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", None)
         .await
         .unwrap();
     assert_eq!(
@@ -1766,7 +1766,7 @@ async fn build_ids(db: &dyn MetaStore) {
         let plan = db.create_upload(&req, &q()).await.unwrap();
         db.abort_upload(&plan.upload_id).await.unwrap();
     }
-    let found = db.runs_by_build("gh-77").await.unwrap();
+    let found = db.runs_by_build("gh-77", None).await.unwrap();
     assert_eq!(
         found
             .iter()
@@ -1774,7 +1774,7 @@ async fn build_ids(db: &dyn MetaStore) {
             .collect::<Vec<_>>(),
         [("builds-b", 1)]
     );
-    assert!(db.runs_by_build("gh-78").await.unwrap().is_empty());
+    assert!(db.runs_by_build("gh-78", None).await.unwrap().is_empty());
     // The same id from two CIs: both runs.
     db.create_run(
         "builds-c",
@@ -1785,7 +1785,15 @@ async fn build_ids(db: &dyn MetaStore) {
     )
     .await
     .unwrap();
-    assert_eq!(db.runs_by_build("gh-77").await.unwrap().len(), 2);
+    assert_eq!(db.runs_by_build("gh-77", None).await.unwrap().len(), 2);
+    let only_c = db.runs_by_build("gh-77", Some("builds-c")).await.unwrap();
+    assert_eq!(
+        only_c
+            .iter()
+            .map(|r| r.pipeline.as_str())
+            .collect::<Vec<_>>(),
+        ["builds-c"]
+    );
     assert_eq!(
         db.find_run("builds-b", 1)
             .await

@@ -96,10 +96,13 @@ fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<Vec<u8
     Ok(out.stdout)
 }
 
+/// Git's one-line answer, without its line end (a path may end in
+/// spaces).
 fn git_text(dir: &Path, args: &[&str]) -> Option<String> {
     let out = git(dir, args, None).ok()?;
-    let s = String::from_utf8(out).ok()?.trim().to_string();
-    (!s.is_empty()).then_some(s)
+    let s = String::from_utf8(out).ok()?;
+    let s = s.strip_suffix('\n').unwrap_or(&s).to_string();
+    (!s.trim().is_empty()).then_some(s)
 }
 
 /// Makes the run's copy of `src` in `dest` (which must not exist).
@@ -126,11 +129,30 @@ pub fn snapshot(src: &Source, dest: &Path) -> anyhow::Result<Snapshot> {
         (Some(top), Some(head)) => {
             let top_s = top.to_string_lossy().into_owned();
             let dest_s = dest.to_string_lossy().into_owned();
-            // A local clone: its objects are hard links to the user's
-            // (git never rewrites an object file), its work tree is new.
+            // A clone of its own (no hard links into the user's objects: a
+            // job running as root could write through one), and one that
+            // cannot push: `origin` still fetches from the user's
+            // repository, but a `git push` from a job goes nowhere.
             git(
                 &top,
-                &["clone", "--quiet", "--no-checkout", "--", &top_s, &dest_s],
+                &[
+                    "clone",
+                    "--quiet",
+                    "--no-checkout",
+                    "--no-hardlinks",
+                    "--",
+                    &top_s,
+                    &dest_s,
+                ],
+                None,
+            )?;
+            git(
+                dest,
+                &[
+                    "config",
+                    "remote.origin.pushurl",
+                    "satchel-run:push-disabled",
+                ],
                 None,
             )?;
             git(
@@ -150,7 +172,17 @@ pub fn snapshot(src: &Source, dest: &Path) -> anyhow::Result<Snapshot> {
                 if add_dirty(&top, dest, &exclude)? {
                     state = "with uncommitted changes";
                 }
-            } else if git_text(&top, &["status", "--porcelain", "--untracked-files=no"]).is_some() {
+            } else if git_text(
+                &top,
+                &[
+                    "--no-optional-locks",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                ],
+            )
+            .is_some()
+            {
                 state = "uncommitted changes left out; --include-dirty adds them";
             }
             snap.describe = format!(
@@ -369,6 +401,18 @@ mod tests {
             git_text(r, &["rev-parse", "HEAD"]),
             git_text(d.path(), &["rev-parse", "HEAD"])
         );
+        // A job cannot push into the user's repository.
+        let heads = git_text(d.path(), &["show-ref"]);
+        let push = Command::new("git")
+            .args(["push", "origin", "HEAD:refs/heads/from-a-job"])
+            .current_dir(r)
+            .output()
+            .unwrap();
+        assert!(
+            !push.status.success(),
+            "a push from the checkout went through"
+        );
+        assert_eq!(git_text(d.path(), &["show-ref"]), heads);
         let root = s.root.clone();
         drop(s);
         assert!(!root.exists(), "a snapshot is removed with the run");

@@ -830,6 +830,12 @@ async fn run_job_steps(
         {
             Ok(()) => {}
             Err(StepError::Canceled) => return Err(StepError::Canceled),
+            Err(StepError::Failed(why)) if step.allow_failure => {
+                say(
+                    prefix,
+                    &format!("✘ {why}; its failure is allowed, the job goes on"),
+                );
+            }
             Err(e) => {
                 failed.get_or_insert(e);
             }
@@ -866,12 +872,11 @@ async fn run_step(
     env.extend(ctx_env);
     env.extend(ref_env);
     if step.action() == Action::Trigger {
-        // The triggered run starts with the runner's own token (a job
-        // token may not create runs of another pipeline), passed in the
-        // environment rather than on a command line; it is a run of its
-        // own, not a step of this one.
-        env.insert("SATCHEL_TOKEN".into(), shared.cfg.token.clone());
-        env.remove("SATCHEL_RUNNER");
+        // The triggered run is a run of its own, not a step of this one:
+        // none of this job's environment, and the runner's own token (a
+        // job token may not create runs of another pipeline), passed in
+        // the environment rather than on a command line.
+        env = BTreeMap::from([("SATCHEL_TOKEN".to_string(), shared.cfg.token.clone())]);
     }
     say(prefix, &format!("▶ {key}: {}", describe(&step)));
     let started = Instant::now();
@@ -1151,6 +1156,27 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
             ]);
             if let Some(p) = &step.pipeline {
                 v.extend(["--pipeline".to_string(), p.clone()]);
+            }
+            // The triggered run checks out as this one does, and never
+            // copies the directories this one keeps out.
+            match &cfg.checkout {
+                None => v.push("--no-checkout".into()),
+                Some(src) => {
+                    if src.include_dirty {
+                        v.push("--include-dirty".into());
+                    }
+                    for x in &src.exclude {
+                        v.extend(["--exclude-from-checkout".into(), x.display().to_string()]);
+                    }
+                }
+            }
+            for (flag, value) in [
+                ("--branch", &shared.run.branch),
+                ("--commit", &shared.run.commit),
+            ] {
+                if let Some(value) = value {
+                    v.extend([flag.to_string(), value.clone()]);
+                }
             }
             v.push(file.display().to_string());
             vec![v]

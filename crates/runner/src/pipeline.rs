@@ -145,6 +145,11 @@ pub struct Step {
     /// Environment for this step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A failure of this step is reported, and fails neither the job nor
+    /// the steps after it (GitHub's `continue-on-error`, Buildkite's
+    /// `soft_fail`).
+    #[serde(default)]
+    pub allow_failure: bool,
     /// When the step runs, given the job's earlier steps: by default only
     /// while they all passed; `always` also after one failed (to upload
     /// logs), `on_failure` only then. A job with a failed step fails

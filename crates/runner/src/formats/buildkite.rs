@@ -156,14 +156,8 @@ impl Tr<'_> {
 
     /// A new job key from `want`, unique in the pipeline.
     fn job_key(&mut self, want: &str) -> String {
-        let base = satchel_model::ci::sanitize_key(want).unwrap_or_else(|| "step".into());
-        let mut key = base.clone();
-        let mut n = 2;
-        while !self.taken.insert(key.clone()) {
-            key = format!("{base}-{n}");
-            n += 1;
-        }
-        key
+        let base = super::key_of(want).unwrap_or_else(|| "step".into());
+        super::unique_key(base, &mut self.taken)
     }
 
     fn steps(&mut self, place: &str, steps: &[Value], group: Option<&str>) {
@@ -250,7 +244,6 @@ impl Tr<'_> {
             "plugins",
             "if",
             "branches",
-            "soft_fail",
             "matrix",
             "concurrency",
             "concurrency_group",
@@ -273,8 +266,7 @@ impl Tr<'_> {
             .unwrap_or_else(|| format!("step-{}", self.count));
         // The step key every job of this step uploads as (`--step` finds
         // them all).
-        let base = satchel_model::ci::sanitize_key(&want)
-            .unwrap_or_else(|| format!("step-{}", self.count));
+        let base = super::key_of(&want).unwrap_or_else(|| format!("step-{}", self.count));
         let depends: Vec<String> = match m.get("depends_on") {
             None => Vec::new(),
             Some(v) => match names(v) {
@@ -330,6 +322,10 @@ impl Tr<'_> {
                         title: label.clone().or_else(|| Some(format!("trigger {slug}"))),
                         trigger: Some(escape(&file)),
                         pipeline: Some(slug),
+                        // Buildkite does not wait for an async trigger, so
+                        // its failure is not this build's: the runner
+                        // still waits (the run must end), and lets it fail.
+                        allow_failure: m.get("async").and_then(Value::as_bool) == Some(true),
                         ..Step::default()
                     }],
                     1,
@@ -352,6 +348,7 @@ impl Tr<'_> {
                 "retry",
                 "skip",
                 "skip_checkout",
+                "soft_fail",
             ];
             known.extend(IGNORED_STEP);
             check_keys(&mut self.errors, place, m, (&known, &[]));
@@ -379,8 +376,20 @@ impl Tr<'_> {
                 }
             };
 
+            let soft = match m.get("soft_fail") {
+                None | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(_) => {
+                    self.error(
+                        place,
+                        "`soft_fail` for some exit statuses is not supported yet (`soft_fail: true` is)",
+                    );
+                    false
+                }
+            };
             let mut steps = vec![Step {
                 key: Some(base.clone()),
+                allow_failure: soft,
                 title: Some(label.clone().unwrap_or_else(|| script_title(&text))),
                 run: Some(escape(&format!("{PREAMBLE}set -e\n{text}\n"))),
                 shell: Some(Shell::Bash),
@@ -599,9 +608,12 @@ impl Tr<'_> {
             match order_jobs("step", "depends_on", jobs) {
                 Ok(jobs) => {
                     let n = out.len() + 1;
+                    // A `wait` waits for every step before it, not only
+                    // for those since the last `wait`.
+                    let before: Vec<String> = out.iter().map(|s: &Stage| s.key.clone()).collect();
                     out.push(Stage {
                         key: format!("stage-{n}"),
-                        depends_on: None,
+                        depends_on: Some(before),
                         when: if b.always {
                             When::Always
                         } else {
@@ -687,6 +699,20 @@ steps:
             .as_deref()
             .unwrap()
             .ends_with("./t1\n./t2\n"));
+    }
+
+    /// A plain `wait` after a `continue_on_failure` one still needs every
+    /// step before it to have passed; dotted labels become keys.
+    #[test]
+    fn a_wait_waits_for_everything_before_it() {
+        let p = tr("steps:\n  - command: build\n  - wait: ~\n    continue_on_failure: true\n  - command: cleanup\n  - wait\n  - label: Node 18.x\n    command: deploy\n")
+            .unwrap()
+            .pipeline;
+        assert_eq!(
+            p.stages[2].depends_on.as_deref(),
+            Some(&["stage-1".to_string(), "stage-2".to_string()][..])
+        );
+        assert_eq!(p.stages[2].jobs[0].key, "Node-18_x");
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn text_of(v: &Value) -> String {
 fn key_part(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
                 c
             } else {
                 '_'
@@ -469,10 +469,10 @@ impl Tr<'_> {
             } else {
                 id.to_string()
             };
-            if key.len() > 100 || !taken.insert(key.clone()) {
+            if key.len() > 100 {
                 key = format!("{id}-{}", n + 1);
-                taken.insert(key.clone());
             }
+            let key = super::unique_key(key, &mut taken);
             let mut ctx = Ctx {
                 job: id.to_string(),
                 matrix: leg,
@@ -525,11 +525,20 @@ impl Tr<'_> {
                 }
             },
         };
-        if m.get("continue-on-error")
-            .is_some_and(|v| *v != Value::Bool(false))
-        {
-            self.error(place, "`continue-on-error` is not supported yet");
-        }
+        let allow_failure = match m.get("continue-on-error") {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(v) => {
+                self.error(
+                    place,
+                    format!(
+                        "`continue-on-error: {}` is not supported (true or false)",
+                        text_of(v)
+                    ),
+                );
+                false
+            }
+        };
         let common = [
             "name",
             "id",
@@ -638,6 +647,7 @@ impl Tr<'_> {
             run: Some(escape(&script)),
             shell: Some(shell),
             when,
+            allow_failure,
             ..Step::default()
         })
     }
@@ -1083,6 +1093,15 @@ env:
             .as_deref()
             .unwrap()
             .contains("export GREETING='hi'\n"));
+    }
+
+    #[test]
+    fn matrix_values_with_dots_or_clashes_make_valid_unique_keys() {
+        let p = tr("on: push\njobs:\n  t:\n    strategy: { matrix: { v: ['3.11', 'a b', 'a_b'] } }\n    steps: [{ run: x }]\n")
+            .unwrap()
+            .pipeline;
+        let keys: Vec<&str> = p.stages[0].jobs.iter().map(|j| j.key.as_str()).collect();
+        assert_eq!(keys, ["t-3_11", "t-a_b", "t-a_b-2"]);
     }
 
     #[test]

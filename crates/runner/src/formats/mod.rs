@@ -189,6 +189,25 @@ pub(crate) fn order_jobs(
     Ok(o.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
+/// `text` made a job or step key: what a key may not hold, and `.`
+/// (references split on it), becomes `-` (see
+/// [`satchel_model::ci::sanitize_key`]); `None` if nothing is left.
+pub(crate) fn key_of(text: &str) -> Option<String> {
+    satchel_model::ci::sanitize_key(&text.replace('.', "_"))
+}
+
+/// A key from `want` that `taken` does not hold yet (`want-2`, …),
+/// recorded there.
+pub(crate) fn unique_key(want: String, taken: &mut std::collections::HashSet<String>) -> String {
+    let mut key = want.clone();
+    let mut n = 2;
+    while !taken.insert(key.clone()) {
+        key = format!("{want}-{n}");
+        n += 1;
+    }
+    key
+}
+
 /// A script's title: its first non-empty line, and ` …` when more follow.
 pub(crate) fn script_title(text: &str) -> String {
     let first = text

@@ -183,19 +183,37 @@ async fn get_run(
     Ok(axum::Json(s.db.find_run(&pipeline, run).await?))
 }
 
-/// `GET /api/v1/builds/{build}`: the runs, in pipelines the caller may
-/// read, whose CI build id is `build` (Buildkite's `--build UUID`).
+#[derive(Deserialize)]
+struct BuildParams {
+    /// Only runs of this pipeline.
+    pipeline: Option<String>,
+}
+
+/// `GET /api/v1/builds/{build}[?pipeline=P]`: the runs, in pipelines the
+/// caller may read, whose CI build id is `build` (Buildkite's `--build
+/// UUID`).
 async fn runs_of_build(
     State(s): State<AppState>,
     caller: Caller,
     Path(build): Path<String>,
+    Query(q): Query<BuildParams>,
 ) -> Result<axum::Json<RunList>, ApiError> {
     satchel_model::names::validate_key("build id", &build)?;
+    if let Some(p) = &q.pipeline {
+        satchel_model::names::validate_key("pipeline", p)?;
+    }
+    let found = s.db.runs_by_build(&build, q.pipeline.as_deref()).await?;
+    if found.len() > satchel_db::BUILD_RUNS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "build id {build:?} names more than {} runs; name the pipeline (?pipeline=)",
+            satchel_db::BUILD_RUNS_MAX
+        )));
+    }
     let mut runs = Vec::new();
-    for run in s.db.runs_by_build(&build).await? {
+    for run in found {
         // Runs of pipelines the caller may not read are left out, as if
-        // they did not exist.
-        if caller.read(&s, &run.pipeline).await.is_ok() {
+        // they did not exist (and nothing is noted: this is a filter).
+        if caller.can_read(&s, &run.pipeline).await? {
             runs.push(run);
         }
     }
