@@ -1279,8 +1279,9 @@ fn a_second_ctrl_c_quits_without_leaving_steps_behind() {
 /// A job directory is fresh even when the run number comes again (another
 /// data directory, the same work directory), and a `PATH` set in `env:` is
 /// kept (the `satchel` binary's directory goes first).
-/// A GitHub Actions workflow as written: a 2×2 matrix uploads four
-/// artifacts (`!` leaves the `.map` files out, paths relative to `dist/`),
+/// A GitHub Actions workflow as written: a job output (from a step's
+/// `GITHUB_OUTPUT`, with `GITHUB_ENV` for the next step) reaches the jobs
+/// that need it, a 2×2 matrix uploads four artifacts (`!` leaves the `.map` files out, paths relative to `dist/`),
 /// a job that needs every leg downloads them by `pattern` with
 /// `merge-multiple`, and an `if: always()` job downloads one by name.
 #[test]
@@ -1290,7 +1291,8 @@ fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
     let out = passes(&data, &example("github/ci.yml"));
     for want in [
         "[workflow/package] downloaded: linux-amd64.txt linux-arm64.txt windows-amd64.txt windows-arm64.txt",
-        "[workflow/package] satchel-demo for linux/amd64, run 1",
+        "[workflow/version] channel stable, tag v1.1",
+        "[workflow/package] satchel-demo v1.1 for linux/amd64",
         "[workflow/report] bundle holds linux-amd64.txt linux-arm64.txt",
         "[workflow/report] report done for CI",
         "run #1 of pipeline \"ci\": PASSED",
@@ -1316,12 +1318,12 @@ fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
     );
     assert_eq!(
         std::fs::read_to_string(work.join("report/work/bundle/linux-arm64.txt")).unwrap(),
-        "satchel-demo for linux/arm64, run 1\n"
+        "satchel-demo v1.1 for linux/arm64\n"
     );
     // A second run: artifact names are per run, and the run number moves.
     let again = passes(&data, &example("github/ci.yml"));
     assert!(
-        again.contains("satchel-demo for linux/amd64, run 2"),
+        again.contains("satchel-demo v1.2 for linux/amd64"),
         "{again}"
     );
 }

@@ -223,6 +223,74 @@ struct Shared {
     shims: Option<PathBuf>,
     /// Each job's first attempt when it is not 1 (a partial run).
     first_attempts: BTreeMap<String, u32>,
+    /// The outputs of the jobs that ended, as the variables later jobs
+    /// read them from ([`crate::outputs::job_var`]).
+    job_outputs: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+/// What a job's steps handed on so far ([`crate::outputs`]): variables
+/// (step outputs, environment) and `PATH` entries, newest first.
+#[derive(Debug, Default)]
+struct Handed {
+    vars: BTreeMap<String, String>,
+    path: Vec<String>,
+}
+
+/// The files one step writes what it hands on to.
+struct StepFiles {
+    output: PathBuf,
+    env: PathBuf,
+    path: PathBuf,
+}
+
+impl StepFiles {
+    /// Empty files for the `n`-th step in `dir`.
+    fn new(dir: &Path, n: usize) -> std::io::Result<StepFiles> {
+        let f = StepFiles {
+            output: dir.join(format!("{n}.output")),
+            env: dir.join(format!("{n}.env")),
+            path: dir.join(format!("{n}.path")),
+        };
+        for p in [&f.output, &f.env, &f.path] {
+            std::fs::write(p, b"")?;
+        }
+        Ok(f)
+    }
+
+    /// Reads what the step wrote into `handed` (outputs under `step`).
+    fn take(&self, step: &str, handed: &mut Handed) -> Result<(), String> {
+        let read = |p: &Path, what: &str| -> Result<String, String> {
+            let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            if len > crate::outputs::MAX_BYTES {
+                return Err(format!(
+                    "the step wrote {len} bytes to ${what}; at most {} are read",
+                    crate::outputs::MAX_BYTES
+                ));
+            }
+            std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| format!("reading ${what}: {e}"))
+        };
+        let outputs = crate::outputs::parse(&read(&self.output, "SATCHEL_OUTPUT")?)
+            .map_err(|e| format!("$SATCHEL_OUTPUT (GITHUB_OUTPUT): {e}"))?;
+        let env = crate::outputs::parse(&read(&self.env, "SATCHEL_ENV")?)
+            .map_err(|e| format!("$SATCHEL_ENV (GITHUB_ENV): {e}"))?;
+        for (name, value) in outputs {
+            handed
+                .vars
+                .insert(crate::outputs::step_var(step, &name), value);
+        }
+        for (name, value) in env {
+            handed.vars.insert(name, value);
+        }
+        for line in read(&self.path, "SATCHEL_PATH")?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            handed.path.insert(0, line.trim().to_string());
+        }
+        Ok(())
+    }
 }
 
 /// Runs `pipeline`: creates the run (pinning its sources), runs every
@@ -397,6 +465,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         triggered_from_build,
         shims,
         first_attempts,
+        job_outputs: std::sync::Mutex::new(BTreeMap::new()),
     });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -642,14 +711,19 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
     let attempt = |attempt: u32| {
         let (prefix, tail) = (&prefix, &tail);
         async move {
-            let auth = job_auth(shared, job, attempt, prefix).await?;
-            let result = run_job_steps(shared, &auth, stage, job, prefix, tail).await;
+            let mut handed = Handed::default();
+            let auth = match job_auth(shared, job, attempt, prefix).await {
+                Ok(a) => a,
+                Err(e) => return (Err(e.into()), handed),
+            };
+            let result =
+                run_job_steps(shared, &auth, stage, job, (prefix, tail), &mut handed).await;
             if let Some(id) = &auth.minted {
                 if let Err(e) = shared.cfg.client.revoke_token(id).await {
                     say(prefix, &format!("note: revoking the job token {id}: {e}"));
                 }
             }
-            result
+            (result, handed)
         }
     };
     // A failed attempt is retried while `retries` allow: a new attempt of
@@ -663,9 +737,9 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
         .copied()
         .unwrap_or(again);
     let mut n = first;
-    let result = loop {
+    let (result, handed) = loop {
         match attempt(n).await {
-            Err(StepError::Failed(why)) if n - first < job.retries => {
+            (Err(StepError::Failed(why)), _) if n - first < job.retries => {
                 say(
                     &prefix,
                     &format!("attempt {n} failed ({why}); retrying as attempt {}", n + 1),
@@ -675,6 +749,22 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
             other => break other,
         }
     };
+    // The job's outputs, from what its last attempt's steps handed on,
+    // for the jobs after it.
+    if !job.outputs.is_empty() {
+        let mut vars = shared.pipeline.env.clone();
+        vars.extend(job.env.clone());
+        vars.extend(handed.vars);
+        let name = job.outputs_as.as_deref().unwrap_or(&job.key);
+        if let Ok(mut all) = shared.job_outputs.lock() {
+            for (k, template) in &job.outputs {
+                all.insert(
+                    crate::outputs::job_var(name, k),
+                    crate::outputs::expand(template, &vars),
+                );
+            }
+        }
+    }
     let (outcome, reason) = match result {
         Ok(()) => (Outcome::Passed, None),
         Err(StepError::Canceled) => (Outcome::Canceled, Some("canceled".to_string())),
@@ -749,8 +839,8 @@ async fn run_job_steps(
     auth: &JobAuth,
     stage: &str,
     job: &Job,
-    prefix: &str,
-    tail: &Tail,
+    (prefix, tail): (&str, &Tail),
+    handed: &mut Handed,
 ) -> Result<(), StepError> {
     let run = &shared.run;
     let dir = shared
@@ -761,6 +851,9 @@ async fn run_job_steps(
         .join(&job.key);
     let work = dir.join("work");
     let workspace = dir.join("workspace");
+    // Where steps write what they hand on (not in the workspace, where
+    // downloads land and uploads look).
+    let files = dir.join("files");
     // Fresh every time: the same run number comes again with another
     // server, or a server whose data was reset, and must not see the
     // files an earlier job left.
@@ -773,7 +866,7 @@ async fn run_job_steps(
         }
         _ => {}
     }
-    for d in [&work, &workspace] {
+    for d in [&work, &workspace, &files] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     say(prefix, &format!("job started in {}", work.display()));
@@ -800,7 +893,7 @@ async fn run_job_steps(
     // After a failure, later steps' output goes here: the summary keeps
     // the failed step's lines.
     let after: Tail = Arc::default();
-    for step in &job.steps {
+    for (n, step) in job.steps.iter().enumerate() {
         if *shared.cfg.cancel.borrow() {
             return Err(StepError::Canceled);
         }
@@ -818,16 +911,26 @@ async fn run_job_steps(
         if let Ok(mut t) = tail.lock() {
             t.clear();
         }
-        match run_step(
+        let step_files = StepFiles::new(&files, n + 1)
+            .with_context(|| format!("creating the step's files in {}", files.display()))?;
+        let ran = run_step(
             shared,
             auth,
             (stage, job),
             step,
             (&work, &workspace),
+            (&step_files, &*handed),
             (prefix, tail),
         )
-        .await
-        {
+        .await;
+        // What the step handed on counts whether it passed or not, as on
+        // GitHub; a file it wrote wrongly fails a step that passed.
+        let taken = step_files.take(step.key(), handed);
+        let ran = match (ran, taken) {
+            (Ok(()), Err(e)) => Err(StepError::Failed(format!("step {}: {e}", step.key()))),
+            (ran, _) => ran,
+        };
+        match ran {
             Ok(()) => {}
             Err(StepError::Canceled) => return Err(StepError::Canceled),
             Err(StepError::Failed(why)) if step.allow_failure => {
@@ -851,6 +954,7 @@ async fn run_step(
     (stage, job): (&str, &Job),
     step: &Step,
     (work, workspace): (&Path, &Path),
+    (files, handed): (&StepFiles, &Handed),
     (prefix, tail): (&str, &Tail),
 ) -> Result<(), StepError> {
     let key = step.key();
@@ -858,8 +962,12 @@ async fn run_step(
         .await
         .map_err(|e| StepError::Failed(format!("step {key}: {e:#}")))?;
     let mut env: BTreeMap<String, String> = shared.pipeline.env.clone();
+    if let Ok(outputs) = shared.job_outputs.lock() {
+        env.extend(outputs.clone());
+    }
     env.extend(job.env.clone());
     env.extend(step.env.clone());
+    env.extend(handed.vars.clone());
     let ctx_env = context_env(
         shared,
         auth,
@@ -871,6 +979,17 @@ async fn run_step(
     );
     env.extend(ctx_env);
     env.extend(ref_env);
+    for (var, file) in [
+        ("SATCHEL_OUTPUT", &files.output),
+        ("SATCHEL_ENV", &files.env),
+        ("SATCHEL_PATH", &files.path),
+    ] {
+        env.insert(var.into(), file.display().to_string());
+    }
+    if !handed.path.is_empty() {
+        let path = env.get("PATH").cloned().unwrap_or_default();
+        env.insert("PATH".into(), format!("{}:{path}", handed.path.join(":")));
+    }
     if step.action() == Action::Trigger {
         // The triggered run is a run of its own, not a step of this one:
         // none of this job's environment, and the runner's own token (a

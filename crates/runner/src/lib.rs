@@ -12,6 +12,7 @@
 pub mod checkout;
 pub mod exec;
 pub mod formats;
+pub mod outputs;
 pub mod pipeline;
 pub mod shell;
 

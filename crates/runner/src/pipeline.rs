@@ -86,6 +86,16 @@ pub struct Job {
     /// whose artifacts supersede the last one's (default 0).
     #[serde(default)]
     pub retries: u32,
+    /// Outputs for the jobs after it, by name: text in which `${NAME}` is
+    /// a variable its steps handed on (`${SATCHEL_STEP_<step>__<output>}`,
+    /// see `docs/pipelines.md`); later jobs read each as
+    /// `$SATCHEL_JOB_<job>__<name>`.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// Publish the outputs under this job key instead of its own (the
+    /// legs of a GitHub matrix publish under the matrix job's id).
+    #[serde(default)]
+    pub outputs_as: Option<String>,
     /// Steps.
     pub steps: Vec<Step>,
 }

@@ -611,6 +611,8 @@ impl Tr<'_> {
             env,
             checkout: !self.no_checkout,
             retries: 0,
+            outputs: BTreeMap::new(),
+            outputs_as: None,
             steps: out,
         }
     }

@@ -474,6 +474,8 @@ impl Tr<'_> {
                     .get("skip_checkout")
                     .is_some_and(|v| *v == Value::Bool(true)),
                 retries,
+                outputs: BTreeMap::new(),
+                outputs_as: None,
                 steps: steps.clone(),
             };
             keys.push(key);

@@ -319,6 +319,8 @@ impl Tr<'_> {
             env: BTreeMap::new(),
             checkout: true,
             retries: 0,
+            outputs: BTreeMap::new(),
+            outputs_as: None,
             steps,
         })
     }

@@ -52,6 +52,7 @@ const PREAMBLE: &str = r#"export GITHUB_ACTIONS=true CI=true RUNNER_OS=Linux RUN
 export GITHUB_WORKSPACE="$PWD" RUNNER_TEMP="$SATCHEL_WORKSPACE/_temp"
 export GITHUB_RUN_NUMBER="$SATCHEL_RUN" GITHUB_RUN_ID="$SATCHEL_RUN" GITHUB_RUN_ATTEMPT="$SATCHEL_ATTEMPT"
 export GITHUB_SHA="${SATCHEL_COMMIT:-}" GITHUB_REF_NAME="${SATCHEL_BRANCH:-}" GITHUB_REF="refs/heads/${SATCHEL_BRANCH:-}" GITHUB_REF_TYPE=branch
+export GITHUB_OUTPUT="$SATCHEL_OUTPUT" GITHUB_ENV="$SATCHEL_ENV" GITHUB_PATH="$SATCHEL_PATH" GITHUB_STEP_SUMMARY="$SATCHEL_WORKSPACE/_temp/step-summary.md"
 mkdir -p "$RUNNER_TEMP"
 "#;
 
@@ -117,6 +118,8 @@ struct Ctx {
     matrix: BTreeMap<String, Value>,
     /// `env` of the workflow, job and step so far.
     env: BTreeMap<String, Expanded>,
+    /// The jobs this job needs (whose outputs it may read).
+    needs: Vec<String>,
 }
 
 /// The defaults of `run` steps (`defaults.run`).
@@ -360,6 +363,33 @@ impl Tr<'_> {
         d
     }
 
+    /// A job's `outputs:` as templates the runner expands when the job
+    /// ends (`${SATCHEL_STEP_<step>__<name>}` for a step's output).
+    fn outputs(&mut self, place: &str, v: Option<&Value>, ctx: &Ctx) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(v) = v else { return out };
+        let Some(map) = v.as_object() else {
+            self.error(place, "`outputs` is a mapping of names to values");
+            return out;
+        };
+        for (k, v) in map {
+            match self.expand(&text_of(v), ctx) {
+                Ok(x) => {
+                    let template: String =
+                        x.0.iter()
+                            .map(|p| match p {
+                                Piece::Text(t) => t.clone(),
+                                Piece::Runtime { env, .. } => format!("${{{env}}}"),
+                            })
+                            .collect();
+                    out.insert(k.clone(), template);
+                }
+                Err(e) => self.error(place, e),
+            }
+        }
+        out
+    }
+
     /// Adds an `env:` mapping to `ctx` (its values substituted first).
     fn env_into(&mut self, ctx: &mut Ctx, place: &str, v: Option<&Value>) {
         let Some(v) = v else { return };
@@ -397,16 +427,12 @@ impl Tr<'_> {
         self.check_keys(
             place,
             job,
-            &["needs", "if", "env", "steps", "strategy", "defaults"],
+            &[
+                "needs", "if", "env", "steps", "strategy", "defaults", "outputs",
+            ],
             IGNORED_JOB,
         );
-        for k in [
-            "uses",
-            "container",
-            "services",
-            "outputs",
-            "continue-on-error",
-        ] {
+        for k in ["uses", "container", "services", "continue-on-error"] {
             if job.contains_key(k) && !(k == "continue-on-error" && job[k] == Value::Bool(false)) {
                 self.error(place, format!("`{k}` is not supported yet"));
             }
@@ -477,6 +503,7 @@ impl Tr<'_> {
                 job: id.to_string(),
                 matrix: leg,
                 env: outer.env.clone(),
+                needs: job.get("needs").and_then(names).unwrap_or_default(),
             };
             self.env_into(&mut ctx, &format!("{place}.env"), job.get("env"));
             let mut env = BTreeMap::new();
@@ -495,6 +522,7 @@ impl Tr<'_> {
                     ..Step::default()
                 });
             }
+            let outputs = self.outputs(&format!("{place}.outputs"), job.get("outputs"), &ctx);
             out.push(Job {
                 key,
                 depends_on: depends_on.clone(),
@@ -502,6 +530,10 @@ impl Tr<'_> {
                 env: env.clone(),
                 checkout: true,
                 retries: 0,
+                outputs,
+                // Every leg publishes as the matrix job: `needs.<id>`
+                // reads the last leg to end, as on GitHub.
+                outputs_as: several.then(|| id.to_string()),
                 steps: translated,
             });
         }
@@ -942,13 +974,29 @@ impl Tr<'_> {
                     ))
                 }
             },
+            ["steps", s, "outputs", n] => {
+                out.0.push(runtime(&crate::outputs::step_var(s, n)));
+            }
+            ["needs", j, "outputs", n] => {
+                if !ctx.needs.iter().any(|x| x == j) {
+                    return Err(format!(
+                        "${{{{ {expr} }}}}: {j:?} is not one of this job's needs ({})",
+                        if ctx.needs.is_empty() {
+                            "it needs none".to_string()
+                        } else {
+                            ctx.needs.join(", ")
+                        }
+                    ));
+                }
+                out.0.push(runtime(&crate::outputs::job_var(j, n)));
+            }
             ["runner", "os"] => out.push_text("Linux"),
             ["runner", "arch"] => out.push_text("X64"),
             ["runner", "temp"] => out.0.push(runtime("RUNNER_TEMP")),
             ["secrets", k] if env_name_ok(k) => out.0.push(runtime(k)),
             _ => {
                 return Err(format!(
-                    "${{{{ {expr} }}}} is not supported (supported: matrix.*, env.*, github.*, runner.os/arch/temp, secrets.*, and literals)"
+                    "${{{{ {expr} }}}} is not supported (supported: matrix.*, env.*, github.*, runner.os/arch/temp, secrets.*, steps.*.outputs.*, needs.*.outputs.*, and literals)"
                 ))
             }
         }
@@ -1152,6 +1200,11 @@ jobs:
         assert!(e.contains("a cycle in needs among the jobs a, b"), "{e}");
         let e = err("on: push\njobs:\n  a:\n    needs: nope\n    steps: [{run: x}]\n");
         assert!(e.contains("depends on \"nope\""), "{e}");
+        let e = err("on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ needs.b.outputs.x }}\n  b:\n    steps: [{run: x}]\n");
+        assert!(
+            e.contains("\"b\" is not one of this job's needs (it needs none)"),
+            "{e}"
+        );
         let e = err("on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ matrix.os }}\n");
         assert!(e.contains("this job has no matrix"), "{e}");
         let e = err("on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ hashFiles('x') }}\n");
