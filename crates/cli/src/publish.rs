@@ -292,9 +292,10 @@ pub struct DownloadArtifactArgs {
     /// $SATCHEL_WORKSPACE, else the current directory).
     #[arg(long)]
     dest: Option<PathBuf>,
-    /// Only files matching this glob (Azure `itemPattern`).
+    /// Only files matching this glob (Azure `itemPattern`); repeat it for
+    /// several, and `!GLOB` leaves out what it matches.
     #[arg(long)]
-    pattern: Option<String>,
+    pattern: Vec<String>,
     /// Put every artifact's files straight into DEST, without a directory
     /// per artifact (GitHub's `merge-multiple`, Azure's download of one
     /// artifact into a `path`); a later artifact's file replaces an
@@ -408,6 +409,38 @@ fn pick(
     Ok(out)
 }
 
+/// Globs that choose files: any of the plain ones (all when there are
+/// none), and none of the `!` ones.
+struct Patterns {
+    include: Vec<Glob>,
+    exclude: Vec<Glob>,
+}
+
+impl Patterns {
+    fn new(patterns: &[String]) -> anyhow::Result<Patterns> {
+        let mut p = Patterns {
+            include: Vec::new(),
+            exclude: Vec::new(),
+        };
+        for text in patterns.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            match text.strip_prefix('!') {
+                Some(x) => p
+                    .exclude
+                    .push(Glob::new(x).with_context(|| format!("--pattern {text:?}"))?),
+                None => p
+                    .include
+                    .push(Glob::new(text).with_context(|| format!("--pattern {text:?}"))?),
+            }
+        }
+        Ok(p)
+    }
+
+    fn admit(&self, path: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|g| g.is_match(path)))
+            && !self.exclude.iter().any(|g| g.is_match(path))
+    }
+}
+
 /// The destination root: --dest, else $SATCHEL_WORKSPACE, else `.`.
 pub fn workspace_or(dest: Option<PathBuf>) -> PathBuf {
     dest.or_else(|| {
@@ -437,7 +470,7 @@ pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()
         name: None,
         include_retried_jobs: false,
     };
-    let glob = a.pattern.as_deref().map(Glob::new).transpose()?;
+    let wanted = Patterns::new(&a.pattern)?;
     let client = a.server.client()?;
     let (pipeline, run) = scope.resolve(&client).await?;
     let where_ = format!("run {run} of pipeline {pipeline:?}");
@@ -482,7 +515,7 @@ pub async fn run_download_artifact(a: DownloadArtifactArgs) -> anyhow::Result<()
             .await?
             .files
             .into_iter()
-            .filter(|f| glob.as_ref().is_none_or(|g| g.is_match(&f.path)))
+            .filter(|f| wanted.admit(&f.path))
             .collect();
         let (count, bytes) = (files.len() as u64, files.iter().map(|f| f.size).sum());
         if files.is_empty() {
@@ -554,6 +587,16 @@ mod tests {
         let one = walk_publish(&r.join("out/a.txt"), false).unwrap();
         assert_eq!(names(&one), ["a.txt"]);
         assert!(walk_publish(&r.join("missing"), false).is_err());
+    }
+
+    #[test]
+    fn patterns_include_any_and_exclude_every() {
+        let p = Patterns::new(&["**/*.so".into(), "docs/**".into(), "!**/test_*".into()]).unwrap();
+        assert!(p.admit("lib/a.so") && p.admit("docs/x.md"));
+        assert!(!p.admit("lib/test_a.so") && !p.admit("src/a.c"));
+        let all = Patterns::new(&["!*.tmp".into()]).unwrap();
+        assert!(all.admit("a/b.txt") && !all.admit("x.tmp"));
+        assert!(Patterns::new(&[]).unwrap().admit("anything"));
     }
 
     #[test]

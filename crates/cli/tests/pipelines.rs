@@ -221,7 +221,11 @@ fn azure_pipelines_file_with_variables_sources_and_conditions() {
         std::fs::read_to_string(ws.join("app/app.txt")).unwrap(),
         "web build 1 by Compile\n"
     );
-    assert!(out.contains("web-drop  files  1"), "{out}");
+    assert!(out.contains("web-drop  files  2"), "{out}");
+    assert!(
+        !ws.join("app/app.debug").exists(),
+        "`patterns` left out what its `!` line matches"
+    );
 }
 
 /// `condition: failed()` runs a job only after a failure, `always()`

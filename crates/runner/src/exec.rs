@@ -1247,8 +1247,11 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
                     src.run.to_string(),
                 ]);
             }
-            if let Some(p) = &step.pattern {
-                v.extend(["--pattern".to_string(), p.clone()]);
+            // One glob per line; `!` lines exclude.
+            for p in step.pattern.iter().flat_map(|p| p.lines()) {
+                if !p.trim().is_empty() {
+                    v.extend(["--pattern".to_string(), p.trim().to_string()]);
+                }
             }
             if step.merge {
                 v.push("--merge".into());

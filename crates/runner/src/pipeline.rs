@@ -136,7 +136,8 @@ pub struct Step {
     pub artifact: Option<String>,
     /// `current` (this run) or a source name.
     pub download: Option<String>,
-    /// For `download`: only files matching this glob.
+    /// For `download`: only files matching this glob; several on lines of
+    /// their own, and a `!GLOB` line leaves out what it matches.
     pub pattern: Option<String>,
     /// For `download`: destination (default `$SATCHEL_WORKSPACE`).
     pub path: Option<String>,
@@ -487,9 +488,13 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
                     }
                 ));
             }
-            if let Some(p) = &step.pattern {
-                if let Err(e) = satchel_model::glob::Glob::new(p) {
-                    errors.push(format!("pattern: {e}"));
+            for line in step.pattern.iter().flat_map(|p| p.lines()) {
+                let glob = line.trim();
+                let glob = glob.strip_prefix('!').unwrap_or(glob);
+                if !glob.is_empty() {
+                    if let Err(e) = satchel_model::glob::Glob::new(glob) {
+                        errors.push(format!("pattern: {e}"));
+                    }
                 }
             }
         }

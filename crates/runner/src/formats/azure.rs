@@ -1153,7 +1153,8 @@ impl Tr<'_> {
         }
     }
 
-    /// `patterns`: one glob (`**` for everything) on paths in an artifact.
+    /// `patterns`: globs on paths in an artifact, one per line, `!` lines
+    /// excluding (`**` alone: everything).
     fn patterns(&mut self, place: &str, vars: &Vars, v: Option<&Value>) -> Option<Option<String>> {
         let Some(v) = v else { return Some(None) };
         let text = self.input(
@@ -1168,13 +1169,15 @@ impl Tr<'_> {
             .collect();
         match lines.as_slice() {
             [] | ["**"] => Some(None),
-            [one] if !one.starts_with('!') => Some(Some(one.to_string())),
             _ => {
-                self.error(
-                    &format!("{place}.patterns"),
-                    "several patterns and `!` exclusions are not supported yet; give one glob",
-                );
-                None
+                for l in &lines {
+                    let glob = l.strip_prefix('!').unwrap_or(l);
+                    if let Err(e) = satchel_model::glob::Glob::new(glob) {
+                        self.error(&format!("{place}.patterns"), format!("{l:?}: {e}"));
+                        return None;
+                    }
+                }
+                Some(Some(lines.join("\n")))
             }
         }
     }
