@@ -215,22 +215,43 @@ pub struct ScopeArgs {
 impl ScopeArgs {
     /// Pipeline and run: a `--build` id names both (asking the server),
     /// else see [`ScopeArgs::run`]. A number given to `--build` is a run
-    /// number of the current pipeline when that run exists, else a build
-    /// id (`GITHUB_RUN_ID`, `BUILD_BUILDID` are numbers too).
+    /// number of the current pipeline or a build id (`GITHUB_RUN_ID`,
+    /// `BUILD_BUILDID` are numbers too): whichever exists; both is an
+    /// error that says how to choose.
     pub async fn resolve(&self, client: &Client) -> anyhow::Result<(String, u64)> {
         let Some(b) = self.build.as_deref().filter(|b| !b.is_empty()) else {
             return self.run();
         };
-        if b.bytes().all(|c| c.is_ascii_digit()) {
-            if let Ok((pipeline, n)) = self.run() {
-                match client.get_run(&pipeline, n).await {
-                    Ok(_) => return Ok((pipeline, n)),
-                    Err(satchel_client::ClientError::Api { status: 404, .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+        if !b.bytes().all(|c| c.is_ascii_digit()) {
+            return run_of_build(client, b, self.pipeline.as_deref()).await;
+        }
+        let as_run = match self.run() {
+            Ok((pipeline, n)) => match client.get_run(&pipeline, n).await {
+                Ok(_) => Some((pipeline, n)),
+                Err(satchel_client::ClientError::Api { status: 404, .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            Err(_) => None,
+        };
+        let mut as_build = client.runs_of_build(b, self.pipeline.as_deref()).await?;
+        // Azure's run number is its build id: the same run twice is one.
+        if let Some((p, n)) = &as_run {
+            as_build.retain(|r| !(r.pipeline == *p && r.number == *n));
+        }
+        match (as_run, as_build.as_slice()) {
+            (Some(r), []) => Ok(r),
+            (None, _) => run_of_build(client, b, self.pipeline.as_deref()).await,
+            (Some((p, n)), builds) => {
+                let list: Vec<String> = builds
+                    .iter()
+                    .map(|r| format!("{}#{}", r.pipeline, r.number))
+                    .collect();
+                bail!(
+                    "--build {b} is both run {n} of pipeline {p:?} and the build id of {}: pass --run {n} for the run number, or --pipeline to pick the build",
+                    list.join(", ")
+                )
             }
         }
-        run_of_build(client, b, self.pipeline.as_deref()).await
     }
 
     /// Pipeline and run, falling back to the job's environment

@@ -285,6 +285,19 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         },
+        trigger_args: {
+            let mut v = Vec::new();
+            if a.skip_unsupported {
+                v.push("--skip-unsupported".to_string());
+            }
+            if a.push {
+                v.push("--push".to_string());
+            }
+            if let Some(n) = a.jobs {
+                v.extend(["--jobs".to_string(), n.to_string()]);
+            }
+            v
+        },
         build_id: a
             .build_id
             .clone()

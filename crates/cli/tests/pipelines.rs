@@ -1393,6 +1393,19 @@ fn build_ids_name_runs_across_pipelines() {
     );
     let t = passes(&data, &numeric);
     assert!(t.contains("[s/b] found out/a.jpg in a"), "{t}");
+    // A number that is both a run of the asking pipeline and a build id.
+    let o = run(&data, &up, &["--build-id", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let both = write_pipeline(
+        d.path(),
+        "both.yml",
+        "name: both\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '**' --build 1\n",
+    );
+    let t = fails(&data, &both);
+    assert!(
+        t.contains("--build 1 is both run 1 of pipeline \"both\" and the build id of upstream#3"),
+        "{t}"
+    );
 }
 
 /// A Buildkite pipeline as written, through the `buildkite-agent` stand-in:

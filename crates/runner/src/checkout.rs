@@ -129,17 +129,18 @@ pub fn snapshot(src: &Source, dest: &Path) -> anyhow::Result<Snapshot> {
         (Some(top), Some(head)) => {
             let top_s = top.to_string_lossy().into_owned();
             let dest_s = dest.to_string_lossy().into_owned();
-            // A clone of its own (no hard links into the user's objects: a
-            // job running as root could write through one), and one that
-            // cannot push: `origin` still fetches from the user's
-            // repository, but a `git push` from a job goes nowhere.
+            // A clone that borrows the user's objects through an alternate
+            // (read only: git never writes to one, and no file is shared
+            // that a job could write through) and cannot push: `origin`
+            // still fetches from the user's repository, but a `git push`
+            // from a job goes nowhere.
             git(
                 &top,
                 &[
                     "clone",
                     "--quiet",
                     "--no-checkout",
-                    "--no-hardlinks",
+                    "--shared",
                     "--",
                     &top_s,
                     &dest_s,
@@ -151,7 +152,7 @@ pub fn snapshot(src: &Source, dest: &Path) -> anyhow::Result<Snapshot> {
                 &[
                     "config",
                     "remote.origin.pushurl",
-                    "satchel-run:push-disabled",
+                    "/dev/null/satchel-run-does-not-push",
                 ],
                 None,
             )?;

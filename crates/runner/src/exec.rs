@@ -61,6 +61,9 @@ pub struct RunnerConfig {
     /// Run part of the pipeline again inside an earlier run instead of
     /// starting a new one.
     pub partial: Option<Partial>,
+    /// Options a run started by a `trigger` step takes as this one did
+    /// (`--skip-unsupported`, `--push`, `--jobs N`).
+    pub trigger_args: Vec<String>,
 }
 
 /// A partial run (`--reuse-run`, `--only`, `--from`): the chosen jobs run
@@ -260,28 +263,50 @@ impl StepFiles {
     /// Reads what the step wrote into `handed` (outputs under `step`).
     fn take(&self, step: &str, handed: &mut Handed) -> Result<(), String> {
         let read = |p: &Path, what: &str| -> Result<String, String> {
-            let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            if len > crate::outputs::MAX_BYTES {
+            use std::io::Read as _;
+            // A regular file only (a step may have replaced it with a
+            // FIFO or a link to /dev/zero), read up to the limit.
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_file() => {}
+                Ok(_) => return Err(format!("${what} is no longer a regular file")),
+                Err(_) => return Ok(String::new()),
+            }
+            let mut buf = Vec::new();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(crate::outputs::MAX_BYTES + 1).read_to_end(&mut buf))
+                .map_err(|e| format!("reading ${what}: {e}"))?;
+            if buf.len() as u64 > crate::outputs::MAX_BYTES {
                 return Err(format!(
-                    "the step wrote {len} bytes to ${what}; at most {} are read",
+                    "the step wrote more than {} bytes to ${what}",
                     crate::outputs::MAX_BYTES
                 ));
             }
-            std::fs::read(p)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| format!("reading ${what}: {e}"))
+            Ok(String::from_utf8_lossy(&buf).into_owned())
         };
         let outputs = crate::outputs::parse(&read(&self.output, "SATCHEL_OUTPUT")?)
             .map_err(|e| format!("$SATCHEL_OUTPUT (GITHUB_OUTPUT): {e}"))?;
         let env = crate::outputs::parse(&read(&self.env, "SATCHEL_ENV")?)
             .map_err(|e| format!("$SATCHEL_ENV (GITHUB_ENV): {e}"))?;
+        // Every value becomes an environment variable of the later steps:
+        // the kernel refuses to start a process with one over 128 KiB, or
+        // with too many bytes in all.
+        let mut add = |var: String, value: String| -> Result<(), String> {
+            crate::outputs::check_value(&var, &value)?;
+            handed.vars.insert(var, value);
+            let total: usize = handed.vars.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if total > crate::outputs::MAX_TOTAL {
+                return Err(format!(
+                    "the job's steps handed on {total} bytes of values; at most {} fit in the environment of the steps after them",
+                    crate::outputs::MAX_TOTAL
+                ));
+            }
+            Ok(())
+        };
         for (name, value) in outputs {
-            handed
-                .vars
-                .insert(crate::outputs::step_var(step, &name), value);
+            add(crate::outputs::step_var(step, &name), value)?;
         }
         for (name, value) in env {
-            handed.vars.insert(name, value);
+            add(name, value)?;
         }
         for line in read(&self.path, "SATCHEL_PATH")?
             .lines()
@@ -357,8 +382,9 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                     .client
                     .list_runs(&pipeline.name)
                     .await
-                    .ok()
-                    .and_then(|runs| runs.into_iter().next())
+                    .with_context(|| format!("listing the runs of pipeline {:?}", pipeline.name))?
+                    .into_iter()
+                    .next()
                     .with_context(|| {
                         format!(
                             "pipeline {:?} has no run to reuse yet: run it whole first",
@@ -373,6 +399,17 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                     run.number, run.pipeline, cfg.url
                 ),
             );
+            if let (Some(was), Some(now)) = (&run.commit, &cfg.commit) {
+                if was != now {
+                    say(
+                        "satchel",
+                        &format!(
+                            "note: run #{} built commit {was}; the jobs run now check out {now}",
+                            run.number
+                        ),
+                    );
+                }
+            }
             run
         }
         None => {
@@ -607,12 +644,29 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             Outcome::Failed
         };
     let client = &shared.cfg.client;
+    // A partial run that passed vouches only for the jobs it ran: a run
+    // that had not passed before stays failed while it reuses jobs.
+    let mut state = outcome.run_state();
+    let reused = results.iter().any(|j| j.outcome == Outcome::Reused);
+    if reused
+        && state == satchel_model::api::RunState::Passed
+        && shared.run.state != satchel_model::api::RunState::Passed
+    {
+        state = satchel_model::api::RunState::Failed;
+        say(
+            "satchel",
+            &format!(
+                "run #{} stays failed: it was {} before, and the jobs it reuses did not run again (leave out --only and --from to run them too)",
+                shared.run.number, shared.run.state.as_str()
+            ),
+        );
+    }
     let run = client
         .set_run_state(
             &shared.run.pipeline,
             shared.run.number,
             &SetRunState {
-                state: outcome.run_state(),
+                state,
                 branch: None,
                 commit: None,
             },
@@ -752,16 +806,34 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
     // The job's outputs, from what its last attempt's steps handed on,
     // for the jobs after it.
     if !job.outputs.is_empty() {
+        let run = &shared.run;
         let mut vars = shared.pipeline.env.clone();
+        if let Ok(all) = shared.job_outputs.lock() {
+            vars.extend(all.clone());
+        }
         vars.extend(job.env.clone());
+        for (k, v) in [
+            ("SATCHEL_PIPELINE", Some(run.pipeline.clone())),
+            ("SATCHEL_RUN", Some(run.number.to_string())),
+            ("SATCHEL_ATTEMPT", Some(n.to_string())),
+            ("SATCHEL_BRANCH", run.branch.clone()),
+            ("SATCHEL_COMMIT", run.commit.clone()),
+            ("SATCHEL_BUILD_ID", run.build_id.clone()),
+        ] {
+            vars.insert(k.into(), v.unwrap_or_default());
+        }
         vars.extend(handed.vars);
         let name = job.outputs_as.as_deref().unwrap_or(&job.key);
         if let Ok(mut all) = shared.job_outputs.lock() {
             for (k, template) in &job.outputs {
-                all.insert(
-                    crate::outputs::job_var(name, k),
-                    crate::outputs::expand(template, &vars),
-                );
+                let var = crate::outputs::job_var(name, k);
+                let value = crate::outputs::expand(template, &vars);
+                // Legs of one matrix job share its outputs: a leg that
+                // leaves one empty does not blank another leg's value.
+                if value.is_empty() && all.contains_key(&var) {
+                    continue;
+                }
+                all.insert(var, value);
             }
         }
     }
@@ -1279,6 +1351,7 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
             if let Some(p) = &step.pipeline {
                 v.extend(["--pipeline".to_string(), p.clone()]);
             }
+            v.extend(cfg.trigger_args.iter().cloned());
             // The triggered run checks out as this one does, and never
             // copies the directories this one keeps out.
             match &cfg.checkout {

@@ -11,8 +11,33 @@
 
 use std::collections::BTreeMap;
 
-/// The most bytes one step may hand on through its files.
+/// The most bytes of one file a step hands things on through.
 pub const MAX_BYTES: u64 = 1 << 20;
+
+/// The most bytes of one value handed on: each becomes an environment
+/// variable of later steps, and Linux refuses one over 128 KiB.
+pub const MAX_VALUE: usize = 64 << 10;
+
+/// The most bytes of names and values a job's steps hand on in all (the
+/// environment of a process, with its arguments, holds about 2 MiB).
+pub const MAX_TOTAL: usize = 512 << 10;
+
+/// Refuses a value no environment can carry: over [`MAX_VALUE`], or with
+/// a NUL byte.
+pub fn check_value(var: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!(
+            "{var} is {} bytes; a value handed on is at most {MAX_VALUE} bytes (put bigger ones in a file)",
+            value.len()
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!(
+            "{var} holds a NUL byte, which no environment variable can"
+        ));
+    }
+    Ok(())
+}
 
 /// The `(name, value)` pairs of a command file's `text`, in order.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
@@ -164,6 +189,15 @@ mod tests {
             job_var("build", "image-tag"),
             "SATCHEL_JOB_build__image_2Dtag"
         );
+    }
+
+    #[test]
+    fn values_no_environment_can_carry_are_refused() {
+        assert!(check_value("V", &"x".repeat(MAX_VALUE)).is_ok());
+        assert!(check_value("V", &"x".repeat(MAX_VALUE + 1))
+            .unwrap_err()
+            .contains("at most"));
+        assert!(check_value("V", "a\0b").unwrap_err().contains("NUL"));
     }
 
     #[test]

@@ -181,12 +181,13 @@ fn leaves(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// The job keys a text references as `$[jobs.<job>.…]`.
-fn referenced_jobs(text: &str) -> Vec<String> {
+/// The job keys of stage `stage` a text references (`$[jobs.<job>.…]`,
+/// or `$[stages.<stage>.<job>.…]` naming that stage).
+fn referenced_jobs(text: &str, stage: &str) -> Vec<String> {
     satchel_model::expr::find(text)
         .into_iter()
         .filter_map(|f| f.parsed.ok())
-        .filter(|r| r.source.is_none() && r.stage.is_none())
+        .filter(|r| r.source.is_none() && r.stage.as_deref().is_none_or(|s| s == stage))
         .map(|r| r.job)
         .collect()
 }
@@ -210,6 +211,29 @@ impl Tr<'_> {
             &doc.rest,
             &["name", "variables", "triggers"],
         );
+        // Top-level `variables`: the jobs' environment (`${NAME}` in
+        // inputs and scripts).
+        let mut env = BTreeMap::new();
+        if let Some(v) = doc.rest.get("variables") {
+            match v.as_object() {
+                Some(m) => {
+                    for (k, v) in m {
+                        let ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                        match (ok, scalar(v)) {
+                            (true, Some(v)) => {
+                                env.insert(k.clone(), v);
+                            }
+                            _ => self.error(
+                                "variables",
+                                format!("{k:?}: a variable has a name of letters, digits and _, and a plain value"),
+                            ),
+                        }
+                    }
+                }
+                None => self.error("variables", "`variables` is a mapping of names to values"),
+            }
+        }
         let mut sources = BTreeMap::new();
         for (id, s) in doc.sources.map(|s| s.0).unwrap_or_default() {
             let place = format!("sources.{id}");
@@ -246,7 +270,7 @@ impl Tr<'_> {
             let mut jobs = Vec::new();
             for (jid, job) in stage.jobs.0 {
                 let at = format!("{place}.jobs.{jid}");
-                if let Some(j) = self.job(&at, &jid, job, &ids) {
+                if let Some(j) = self.job(&at, (&sid, &jid), job, &ids) {
                     jobs.push(j);
                 }
             }
@@ -262,13 +286,19 @@ impl Tr<'_> {
         }
         Pipeline {
             name: key.to_string(),
-            env: BTreeMap::new(),
+            env,
             sources,
             stages,
         }
     }
 
-    fn job(&mut self, place: &str, id: &str, job: FlowJob, stage_jobs: &[String]) -> Option<Job> {
+    fn job(
+        &mut self,
+        place: &str,
+        (stage, id): (&str, &str),
+        job: FlowJob,
+        stage_jobs: &[String],
+    ) -> Option<Job> {
         self.rest(place, &job.rest, IGNORED);
         let mut depends: Vec<String> = match &job.needs {
             None => Vec::new(),
@@ -303,7 +333,7 @@ impl Tr<'_> {
         }
         // A job waits for the jobs of its stage whose artifacts it uses.
         for t in &texts {
-            for j in referenced_jobs(t) {
+            for j in referenced_jobs(t, stage) {
                 if j != id && stage_jobs.contains(&j) && !depends.contains(&j) {
                     depends.push(j);
                 }
@@ -532,6 +562,19 @@ stages:
             run.contains("'  variables[0].value=$[sources.a.stages.b.j.s.artifacts.my_image]'"),
             "the reference is left for the runner to resolve: {run}"
         );
+    }
+
+    #[test]
+    fn pipeline_variables_and_stage_form_references() {
+        let p = tr(
+            "variables:\n  TAG: '1.2'\nstages:\n  s:\n    jobs:\n      use:\n        steps:\n          u: { step: Command, with: { run: 'echo $[stages.s.make.m.artifacts.x]' } }\n      make:\n        steps:\n          m: { step: Command, with: { run: 'echo ${TAG}' } }\n",
+            false,
+        )
+        .unwrap()
+        .pipeline;
+        assert_eq!(p.env.get("TAG").map(String::as_str), Some("1.2"));
+        assert_eq!(p.stages[0].jobs[1].key, "use");
+        assert_eq!(p.stages[0].jobs[1].depends_on, ["make"]);
     }
 
     #[test]

@@ -375,13 +375,32 @@ impl Tr<'_> {
         for (k, v) in map {
             match self.expand(&text_of(v), ctx) {
                 Ok(x) => {
-                    let template: String =
-                        x.0.iter()
-                            .map(|p| match p {
-                                Piece::Text(t) => t.clone(),
-                                Piece::Runtime { env, .. } => format!("${{{env}}}"),
-                            })
-                            .collect();
+                    let mut template = String::new();
+                    for p in &x.0 {
+                        match p {
+                            Piece::Text(t) => template.push_str(t),
+                            Piece::Runtime { env, written, .. } => {
+                                // When the job ends only the runner's own
+                                // variables are known, not the ones a
+                                // script's preamble exports.
+                                let var = match env.as_str() {
+                                    "GITHUB_RUN_NUMBER" | "GITHUB_RUN_ID" => "SATCHEL_RUN",
+                                    "GITHUB_RUN_ATTEMPT" => "SATCHEL_ATTEMPT",
+                                    "GITHUB_SHA" => "SATCHEL_COMMIT",
+                                    "GITHUB_REF_NAME" => "SATCHEL_BRANCH",
+                                    e if e.starts_with("GITHUB_") || e.starts_with("RUNNER_") => {
+                                        self.error(
+                                            &format!("{place}.{k}"),
+                                            format!("{written} is not known when a job's outputs are set"),
+                                        );
+                                        continue;
+                                    }
+                                    other => other,
+                                };
+                                template.push_str(&format!("${{{var}}}"));
+                            }
+                        }
+                    }
                     out.insert(k.clone(), template);
                 }
                 Err(e) => self.error(place, e),
