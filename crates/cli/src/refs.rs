@@ -149,7 +149,9 @@ fn parse_coordinates(s: &str, allow_latest: bool) -> anyhow::Result<(String, Str
     let (name, version) = rest.split_once('@').with_context(usage)?;
     satchel_model::names::validate_key("repository", repo)?;
     satchel_model::names::validate_key("package", name)?;
-    if !(allow_latest && version == "latest") {
+    // Reading, `latest` or a requirement (`^1.4`) picks a version.
+    let picks = version == "latest" || satchel_model::version::is_requirement(version);
+    if !(allow_latest && picks) {
         satchel_model::api::validate_version(version).map_err(anyhow::Error::msg)?;
     }
     Ok((repo.into(), name.into(), version.into()))
@@ -247,7 +249,7 @@ pub async fn run_promote(a: PromoteArgs) -> anyhow::Result<()> {
 /// `satchel package …`.
 #[derive(Subcommand, Debug)]
 pub enum PackageCommand {
-    /// Download REPO/PACKAGE@VERSION (or @latest) into DEST.
+    /// Download REPO/PACKAGE@VERSION (or @latest, or @^1.4) into DEST.
     Download(PackageDownloadArgs),
     /// List versions in a repository: REPO or REPO/PACKAGE.
     List(PackageListArgs),
@@ -256,7 +258,9 @@ pub enum PackageCommand {
 /// Options of `satchel package download`.
 #[derive(Args, Debug)]
 pub struct PackageDownloadArgs {
-    /// `REPO/PACKAGE@VERSION` or `REPO/PACKAGE@latest`.
+    /// `REPO/PACKAGE@VERSION`, `REPO/PACKAGE@latest`, or a version
+    /// requirement such as `REPO/PACKAGE@^1.4` (the highest version that
+    /// meets it).
     package: String,
     /// Destination directory.
     dest: PathBuf,

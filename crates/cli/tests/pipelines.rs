@@ -1602,6 +1602,95 @@ stages:
     );
 }
 
+/// A source may name a promoted package by version, exactly or as a
+/// requirement (`^1.4` picks the highest 1.x at least 1.4), in Satchel's
+/// format and in Flow's: `$[sources.<id>.artifacts.<name>]` is its
+/// archive's URL, and `download: <id>` fetches its files.
+#[test]
+fn package_sources_pick_a_promoted_version() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let release = |version: &str| {
+        let p = write_pipeline(
+            d.path(),
+            "rel.yml",
+            &format!(
+                "name: rel\nstages:\n  - key: s\n    jobs:\n      - key: build\n        checkout: false\n        steps:\n          - run: echo {version} > version.txt\n          - publish: version.txt\n            artifact: app\n          - run: satchel promote app --to releases/app@{version}\n"
+            ),
+        );
+        passes(&data, &p);
+    };
+    for v in ["1.3.0", "1.4.0", "1.4.2", "2.0.0"] {
+        release(v);
+    }
+    let p = write_pipeline(
+        d.path(),
+        "prod.yml",
+        r#"name: prod
+sources:
+  prod: { package: releases/app, version: "^1.4" }
+stages:
+  - key: s
+    jobs:
+      - key: deploy
+        checkout: false
+        steps:
+          - download: prod
+          - run: |
+              echo "deploying $(cat "$SATCHEL_WORKSPACE/app/version.txt")"
+              echo "from $[sources.prod.artifacts.app]"
+"#,
+    );
+    let t = passes(&data, &p);
+    assert!(
+        t.contains("source prod: package releases/app@1.4.2 (^1.4)"),
+        "{t}"
+    );
+    assert!(t.contains("[s/deploy] deploying 1.4.2"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("[s/deploy] from http://127.0.0.1:")
+                && l.ends_with("/api/v1/packages/releases/app/1.4.2/archive")),
+        "{t}"
+    );
+    let flow = write_pipeline(
+        d.path(),
+        "flow.yml",
+        r#"sources:
+  release:
+    type: packages
+    repository: releases
+    package: app
+    version: "~1.3"
+stages:
+  deploy_stage:
+    jobs:
+      deploy_job:
+        steps:
+          show:
+            step: Command
+            with:
+              run: echo "package at $[sources.release.artifacts.default]"
+"#,
+    );
+    let t = passes(&data, &flow);
+    assert!(
+        t.contains("source release: package releases/app@1.3.0 (~1.3)"),
+        "{t}"
+    );
+    let none = write_pipeline(
+        d.path(),
+        "none.yml",
+        "name: none\nsources:\n  p: { package: releases/app, version: \"^3\" }\nstages:\n  - key: s\n    jobs:\n      - key: j\n        steps:\n          - run: 'true'\n",
+    );
+    let o = run(&data, &none, &[]);
+    assert!(
+        text(&o).contains("no version of package releases/app meets \"^3\" (it has"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Runs `script` in `dir` with a fixed git identity.
 fn sh(dir: &Path, script: &str) {
     let st = Command::new("sh")

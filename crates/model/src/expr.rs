@@ -5,6 +5,8 @@
 //! - `$[stages.<stage>.<job>.<step>.artifacts.<name>]`: same run
 //! - `$[sources.<source>.stages.<stage>.<job>.<step>.artifacts.<name>]`:
 //!   another pipeline's run
+//! - `$[sources.<source>.artifacts.<name>]`: a package source (a promoted
+//!   `REPO/PACKAGE` picked by version), which the runner resolves
 //!
 //! Source, stage, job and step segments are keys (see
 //! [`crate::names::validate_key`]) without `.`, since a segment is everything
@@ -28,6 +30,8 @@ pub const JOBS_SHAPE: &str = "jobs.<job>.<step>.artifacts.<name>";
 pub const STAGES_SHAPE: &str = "stages.<stage>.<job>.<step>.artifacts.<name>";
 /// The shape of a reference into another pipeline's run, as shown in messages.
 pub const SOURCES_SHAPE: &str = "sources.<source>.stages.<stage>.<job>.<step>.artifacts.<name>";
+/// The shape of a reference to a package source, as shown in messages.
+pub const PACKAGE_SHAPE: &str = "sources.<source>.artifacts.<name>";
 
 /// All three shapes, as shown in messages.
 const ALL_SHAPES: &str = "jobs.<job>.<step>.artifacts.<name>, stages.<stage>.<job>.<step>.artifacts.<name> or sources.<source>.stages.<stage>.<job>.<step>.artifacts.<name>";
@@ -46,10 +50,10 @@ const PREVIEW_CHARS: usize = 40;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reference {
     /// Source name, for references into another pipeline's run
-    /// (`sources.` form).
+    /// (`sources.` form) or a package source.
     pub source: Option<String>,
-    /// Stage key; `None` means the asking job's stage (`jobs.` form).
-    /// Always `Some` when `source` is.
+    /// Stage key; `None` means the asking job's stage (`jobs.` form), or,
+    /// with `source`, a package source (`job` and `step` are then empty).
     pub stage: Option<String>,
     /// Job key.
     pub job: String,
@@ -180,6 +184,31 @@ fn next_part(rest: Option<&str>) -> Option<(&str, Option<&str>)> {
     })
 }
 
+/// Checks an artifact name (everything after `.artifacts.`).
+fn check_name<'a>(
+    name: Option<&'a str>,
+    expr: &str,
+    shape: &'static str,
+) -> Result<&'a str, ExprError> {
+    let name = match name {
+        Some(n) if !n.is_empty() => n,
+        _ => {
+            return Err(ExprError::MissingName {
+                expr: expr.into(),
+                shape,
+            })
+        }
+    };
+    if let Some(ch) = name.chars().find(|&c| c == ']' || c.is_control()) {
+        return Err(ExprError::InvalidNameChar {
+            name: name.into(),
+            ch,
+            expr: expr.into(),
+        });
+    }
+    Ok(name)
+}
+
 /// Checks a key part, explaining problems in terms of references.
 fn check_key(
     what: &'static str,
@@ -214,6 +243,12 @@ fn check_key(
 }
 
 impl Reference {
+    /// Whether it names a package source's artifact
+    /// (`sources.<source>.artifacts.<name>`).
+    pub fn is_package(&self) -> bool {
+        self.source.is_some() && self.stage.is_none()
+    }
+
     /// Parses the text between `$[` and `]`. Whitespace around it is
     /// ignored.
     pub fn parse(inner: &str) -> Result<Reference, ExprError> {
@@ -225,6 +260,22 @@ impl Reference {
             Some((root, rest)) => (root, Some(rest)),
             None => (expr, None),
         };
+        // `sources.<source>.artifacts.<name>`: a package source.
+        if root == "sources" {
+            if let Some((source, Some(tail))) = next_part(rest) {
+                if let Some(("artifacts", name)) = next_part(Some(tail)) {
+                    check_key("source", source, expr, PACKAGE_SHAPE)?;
+                    let name = check_name(name, expr, PACKAGE_SHAPE)?;
+                    return Ok(Reference {
+                        source: Some(source.to_string()),
+                        stage: None,
+                        job: String::new(),
+                        step: String::new(),
+                        artifact: name.to_string(),
+                    });
+                }
+            }
+        }
         let (shape, parts): (&'static str, &[Part]) = match root {
             "jobs" => (JOBS_SHAPE, &[Part::Key("job"), Part::Key("step")]),
             "stages" => (
@@ -291,22 +342,7 @@ impl Reference {
                 shape,
             });
         }
-        let name = match name {
-            Some(n) if !n.is_empty() => n,
-            _ => {
-                return Err(ExprError::MissingName {
-                    expr: expr.into(),
-                    shape,
-                })
-            }
-        };
-        if let Some(ch) = name.chars().find(|&c| c == ']' || c.is_control()) {
-            return Err(ExprError::InvalidNameChar {
-                name: name.into(),
-                ch,
-                expr: expr.into(),
-            });
-        }
+        let name = check_name(name, expr, shape)?;
         let (source, stage, job, step) = match keys.as_slice() {
             [job, step] => (None, None, *job, *step),
             [stage, job, step] => (None, Some(*stage), *job, *step),
@@ -325,6 +361,9 @@ impl Reference {
 
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(s), None) = (&self.source, &self.stage) {
+            return write!(f, "sources.{s}.artifacts.{}", self.artifact);
+        }
         if let Some(s) = &self.source {
             write!(f, "sources.{s}.")?;
         }
@@ -477,6 +516,20 @@ mod tests {
 
     fn id(r: &Reference) -> Result<String, String> {
         Ok(format!("<{r}>"))
+    }
+
+    #[test]
+    fn package_sources_have_a_short_form() {
+        let r = Reference::parse("sources.prod.artifacts.app bundle").unwrap();
+        assert!(r.is_package());
+        assert_eq!(r.source.as_deref(), Some("prod"));
+        assert_eq!(r.artifact, "app bundle");
+        assert_eq!(r.to_string(), "sources.prod.artifacts.app bundle");
+        assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+        let full = Reference::parse("sources.up.stages.s.j.st.artifacts.x").unwrap();
+        assert!(!full.is_package());
+        assert!(Reference::parse("sources.prod.artifacts.").is_err());
+        assert!(Reference::parse("sources.bad key.artifacts.x").is_err());
     }
 
     #[test]

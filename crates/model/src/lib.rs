@@ -19,3 +19,4 @@ pub mod query;
 pub mod range;
 pub mod selector;
 pub mod units;
+pub mod version;

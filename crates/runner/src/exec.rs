@@ -229,6 +229,8 @@ struct Shared {
     /// The outputs of the jobs that ended, as the variables later jobs
     /// read them from ([`crate::outputs::job_var`]).
     job_outputs: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The package each package source picked, by source name.
+    packages: BTreeMap<String, satchel_model::api::Package>,
 }
 
 /// What a job's steps handed on so far ([`crate::outputs`]): variables
@@ -351,9 +353,28 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         }
         _ => None,
     };
+    // Package sources: the version each picks, before anything runs.
+    let mut packages: BTreeMap<String, satchel_model::api::Package> = BTreeMap::new();
+    for (name, s) in &pipeline.sources {
+        let Some(coords) = &s.package else { continue };
+        let (repo, pkg) = coords.split_once('/').unwrap_or((coords, ""));
+        let want = s.version.as_deref().unwrap_or("latest");
+        let p = cfg
+            .client
+            .get_package(repo, pkg, want)
+            .await
+            .with_context(|| format!("source {name}: package {coords}@{want}"))?
+            .package;
+        say(
+            "satchel",
+            &format!("source {name}: package {coords}@{} ({want})", p.version),
+        );
+        packages.insert(name.clone(), p);
+    }
     let sources: BTreeMap<String, SourceSpec> = pipeline
         .sources
         .iter()
+        .filter(|(_, s)| s.package.is_none())
         .map(|(k, s)| {
             (
                 k.clone(),
@@ -503,6 +524,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
         shims,
         first_attempts,
         job_outputs: std::sync::Mutex::new(BTreeMap::new()),
+        packages,
     });
     let mut results: Vec<JobResult> = Vec::new();
     let mut stage_outcome: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -1217,6 +1239,10 @@ async fn substitute(
             if values.contains_key(&key) {
                 continue;
             }
+            if r.is_package() {
+                values.insert(key, package_value(shared, &r)?);
+                continue;
+            }
             // As the job: its token decides what it may reference.
             let resolved = auth
                 .client
@@ -1246,6 +1272,48 @@ async fn substitute(
         *field = Some(replaced);
     }
     Ok((out, env))
+}
+
+/// The value of `$[sources.<source>.artifacts.<name>]`: the package that
+/// source picked (its archive's URL, its image, its link).
+fn package_value(shared: &Shared, r: &satchel_model::expr::Reference) -> anyhow::Result<String> {
+    let src = r.source.as_deref().unwrap_or("");
+    let Some(p) = shared.packages.get(src) else {
+        anyhow::bail!(
+            "$[{r}]: {src:?} is not a package source of this pipeline (package sources: {})",
+            if shared.packages.is_empty() {
+                "none".to_string()
+            } else {
+                shared
+                    .packages
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    };
+    if r.artifact != p.name && r.artifact != "default" {
+        anyhow::bail!(
+            "$[{r}]: source {src} is package {}/{}@{}, whose artifact is {:?} (or `default`)",
+            p.repository,
+            p.name,
+            p.version,
+            p.name
+        );
+    }
+    Ok(if let Some(i) = &p.image {
+        i.reference.clone()
+    } else if let Some(l) = &p.link {
+        l.url.clone()
+    } else {
+        shared.cfg.client.absolute(&format!(
+            "/api/v1/packages/{}/{}/{}/archive",
+            satchel_model::path::url_segment(&p.repository),
+            satchel_model::path::url_segment(&p.name),
+            satchel_model::path::url_segment(&p.version)
+        ))
+    })
 }
 
 /// The processes a step runs, in order.
@@ -1303,6 +1371,31 @@ fn commands(shared: &Shared, step: &Step, workspace: &Path) -> Vec<Vec<String>> 
                 v.extend(["--md5".to_string(), h.clone()]);
             }
             vec![v]
+        }
+        Action::Download
+            if shared
+                .packages
+                .contains_key(step.download.as_deref().unwrap_or("")) =>
+        {
+            // A package source: its files into DEST/<package>/.
+            let p = &shared.packages[step.download.as_deref().unwrap_or("")];
+            let dest = step
+                .path
+                .as_deref()
+                .map(|p| in_workspace(p, workspace))
+                .unwrap_or_else(|| workspace.display().to_string());
+            let dir = if step.merge {
+                dest
+            } else {
+                format!("{dest}/{}", p.name)
+            };
+            vec![sat(&[
+                "package",
+                "download",
+                "--quiet",
+                &format!("{}/{}@{}", p.repository, p.name, p.version),
+                &dir,
+            ])]
         }
         Action::Download => {
             let mut v = sat(&["artifact", "download-artifact", "--quiet"]);

@@ -30,15 +30,23 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
 }
 
-/// Another pipeline's run.
+/// Another pipeline's run, or a promoted package (`package:`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
-    /// Pipeline key.
+    /// Pipeline key (empty for a package source).
+    #[serde(default)]
     pub pipeline: String,
     /// Which run (default `lastSuccessfulBuild`).
     #[serde(default = "last_successful")]
     pub run: RunSelector,
+    /// A promoted package, `REPO/PACKAGE`, instead of a pipeline's run.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// For `package`: `1.4.2`, `latest` (the default) or a requirement
+    /// such as `^1.4` (the highest version that meets it).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 fn last_successful() -> RunSelector {
@@ -278,8 +286,34 @@ impl Pipeline {
                     "sources.{name}: a source name cannot contain '.' (references split on it)"
                 ));
             }
-            if let Err(e) = validate_key("pipeline", &src.pipeline) {
-                errors.push(format!("sources.{name}.pipeline: {e}"));
+            match &src.package {
+                None => {
+                    if let Err(e) = validate_key("pipeline", &src.pipeline) {
+                        errors.push(format!("sources.{name}.pipeline: {e}"));
+                    }
+                }
+                Some(p) => {
+                    if !src.pipeline.is_empty() {
+                        errors.push(format!(
+                            "sources.{name}: a source names a `pipeline` or a `package`, not both"
+                        ));
+                    }
+                    let ok = p.split_once('/').is_some_and(|(r, n)| {
+                        validate_key("repository", r).is_ok() && validate_key("package", n).is_ok()
+                    });
+                    if !ok {
+                        errors.push(format!("sources.{name}.package: {p:?} is not REPO/PACKAGE"));
+                    }
+                    let v = src.version.as_deref().unwrap_or("latest");
+                    if v != "latest"
+                        && satchel_model::api::validate_version(v).is_err()
+                        && !satchel_model::version::is_requirement(v)
+                    {
+                        errors.push(format!(
+                            "sources.{name}.version: {v:?} is neither a version, `latest`, nor a requirement such as ^1.4"
+                        ));
+                    }
+                }
             }
         }
         if self.stages.is_empty() {
@@ -486,6 +520,11 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
                     } else {
                         sources.keys().cloned().collect::<Vec<_>>().join(", ")
                     }
+                ));
+            }
+            if sources.get(d).is_some_and(|s| s.package.is_some()) && step.pattern.is_some() {
+                errors.push(format!(
+                    "download: {d:?} is a package source, which downloads whole (no `pattern`)"
                 ));
             }
             for line in step.pattern.iter().flat_map(|p| p.lines()) {

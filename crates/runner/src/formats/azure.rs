@@ -371,6 +371,8 @@ impl Tr<'_> {
             Source {
                 pipeline: pipeline.to_string(),
                 run,
+                package: None,
+                version: None,
             },
         );
     }

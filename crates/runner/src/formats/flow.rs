@@ -241,8 +241,29 @@ impl Tr<'_> {
                 // `my_repo: ……` and the like: a repository, the checkout.
                 continue;
             };
-            if m.get("type").and_then(Value::as_str) != Some("flowPipeline") {
-                continue;
+            match m.get("type").and_then(Value::as_str) {
+                Some("flowPipeline") => {}
+                // An artifact repository: a promoted package by version.
+                Some("packages") => {
+                    let (Some(repo), Some(package)) = (
+                        m.get("repository").and_then(scalar),
+                        m.get("package").and_then(scalar),
+                    ) else {
+                        self.error(&place, "a packages source names `repository` and `package`");
+                        continue;
+                    };
+                    sources.insert(
+                        id.clone(),
+                        Source {
+                            pipeline: String::new(),
+                            run: RunSelector::Latest,
+                            package: Some(format!("{repo}/{package}")),
+                            version: m.get("version").and_then(scalar),
+                        },
+                    );
+                    continue;
+                }
+                _ => continue,
             }
             let Some(pipeline) = m.get("flowPipeline").and_then(scalar) else {
                 self.error(
@@ -257,7 +278,15 @@ impl Tr<'_> {
                 .unwrap_or_else(|| "lastSuccessfulBuild".into());
             match build.parse::<RunSelector>() {
                 Ok(run) => {
-                    sources.insert(id.clone(), Source { pipeline, run });
+                    sources.insert(
+                        id.clone(),
+                        Source {
+                            pipeline,
+                            run,
+                            package: None,
+                            version: None,
+                        },
+                    );
                 }
                 Err(e) => self.error(&format!("{place}.build"), e),
             }

@@ -5,6 +5,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use satchel_db::listing::MAX_PAGE;
+use satchel_db::{DbError, PageRequest};
 use satchel_model::api::{
     Artifact, ArtifactState, CreateTyped, NewRun, Package, PackageList, PackageWithFiles, Promote,
     ResolveRequest, Resolved, Run, SetRunState,
@@ -136,6 +138,13 @@ pub(super) async fn resolve(
     let r: Reference = Reference::parse(inner)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_reference", e.to_string()))?;
     let expr = format!("$[{r}]");
+    if r.is_package() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_reference",
+            format!("{expr} names a package source's artifact: `satchel run` resolves those from the package it picked; a run's artifact is {}", satchel_model::expr::SOURCES_SHAPE),
+        ));
+    }
     let here = s.db.find_run(&ctx.pipeline, ctx.run).await?;
 
     // The run the reference points into.
@@ -375,7 +384,39 @@ async fn readable_package(
     name: &str,
     version: &str,
 ) -> Result<PackageWithFiles, ApiError> {
-    let p = s.db.get_package(repo, name, version_arg(version)).await?;
+    let p = match s.db.get_package(repo, name, version_arg(version)).await {
+        // Not a version of it: a requirement (`^1.4`) picks one.
+        Err(DbError::NotFound(_)) if satchel_model::version::is_requirement(version) => {
+            let mut versions = Vec::new();
+            let mut page = PageRequest {
+                limit: MAX_PAGE,
+                ..PageRequest::default()
+            };
+            loop {
+                let got = s.db.list_packages(repo, Some(name), &page).await?;
+                versions.extend(got.items.into_iter().map(|p| p.version));
+                match got.next {
+                    Some(c) => page.cursor = Some(c),
+                    None => break,
+                }
+            }
+            let picked = satchel_model::version::pick(version, versions.iter().map(String::as_str))
+                .map_err(ApiError::bad_request)?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no version of package {repo}/{name} meets {version:?} (it has {})",
+                        if versions.is_empty() {
+                            "none".to_string()
+                        } else {
+                            versions.join(", ")
+                        }
+                    ))
+                })?
+                .to_string();
+            s.db.get_package(repo, name, Some(&picked)).await?
+        }
+        other => other?,
+    };
     caller.note(format!(
         "package={repo}/{name}@{} artifact={}",
         p.package.version, p.package.origin.artifact_id
