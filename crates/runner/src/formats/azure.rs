@@ -6,7 +6,7 @@
 //!   stage `default`) or without jobs (one job `Job`); `dependsOn` (a
 //!   stage depends on the previous one unless it says otherwise) and
 //!   `condition: succeeded() | always() | failed() | succeededOrFailed()`
-//!   on stages and jobs.
+//!   on stages, jobs and steps; `continueOnError` on steps.
 //! - `variables` (map or list form, at pipeline, stage and job level) and
 //!   `$(name)` macros, substituted as Azure does: in scripts an unknown
 //!   name is left alone (it may be a shell command substitution); in task
@@ -854,17 +854,10 @@ impl Tr<'_> {
             .unwrap_or_else(|| "this step".into());
             return self.unsupported(place, &what, m, vars);
         };
-        if m.get("continueOnError").and_then(Value::as_bool) == Some(true) {
-            self.error(place, "`continueOnError: true` is not supported yet");
-        }
-        if let Some(c) = m.get("condition") {
-            if self.condition(place, Some(c)) != When::OnSuccess {
-                self.error(
-                    place,
-                    "a step's condition other than succeeded() is not supported yet",
-                );
-            }
-        }
+        // A step whose failure does not fail the job, and one that runs
+        // (or not) after an earlier step of the job failed.
+        step.allow_failure = m.get("continueOnError").and_then(Value::as_bool) == Some(true);
+        step.when = self.condition(place, m.get("condition"));
         if let Some(k) = key {
             step.key = Some(k);
         }
@@ -1301,6 +1294,19 @@ mod tests {
         assert!(
             cat.contains("cat \"${PIPELINE_WORKSPACE}\"/job1-artifact/job1.txt"),
             "{cat}"
+        );
+    }
+
+    #[test]
+    fn step_conditions_and_continue_on_error() {
+        let p = tr("steps:\n  - script: make\n    continueOnError: true\n  - script: upload logs\n    condition: always()\n  - script: alert\n    condition: failed()\n")
+            .unwrap()
+            .pipeline;
+        let steps = &p.stages[0].jobs[0].steps;
+        assert!(steps[0].allow_failure);
+        assert_eq!(
+            (steps[1].when, steps[2].when),
+            (When::Always, When::OnFailure)
         );
     }
 
