@@ -194,7 +194,8 @@ pub struct ScopeArgs {
     #[arg(long)]
     pub run: Option<u64>,
     /// The run by its number, or by the CI's build id (Buildkite's build
-    /// UUID, GITHUB_RUN_ID, …) in any pipeline this token may read.
+    /// UUID, GITHUB_RUN_ID, …) in any pipeline this token may read;
+    /// `id:N` is always a build id.
     #[arg(long, value_name = "NUMBER|ID", conflicts_with = "run")]
     pub build: Option<String>,
     /// Only files uploaded by jobs with this key.
@@ -222,6 +223,10 @@ impl ScopeArgs {
         let Some(b) = self.build.as_deref().filter(|b| !b.is_empty()) else {
             return self.run();
         };
+        // `id:N` is a build id whatever it looks like.
+        if let Some(id) = b.strip_prefix("id:") {
+            return run_of_build(client, id, self.pipeline.as_deref()).await;
+        }
         if !b.bytes().all(|c| c.is_ascii_digit()) {
             return run_of_build(client, b, self.pipeline.as_deref()).await;
         }
@@ -233,7 +238,12 @@ impl ScopeArgs {
             },
             Err(_) => None,
         };
-        let mut as_build = client.runs_of_build(b, self.pipeline.as_deref()).await?;
+        let mut as_build = match client.runs_of_build(b, self.pipeline.as_deref()).await {
+            Ok(runs) => runs,
+            // The run number still answers when the build lookup cannot.
+            Err(_) if as_run.is_some() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         // Azure's run number is its build id: the same run twice is one.
         if let Some((p, n)) = &as_run {
             as_build.retain(|r| !(r.pipeline == *p && r.number == *n));
@@ -247,7 +257,7 @@ impl ScopeArgs {
                     .map(|r| format!("{}#{}", r.pipeline, r.number))
                     .collect();
                 bail!(
-                    "--build {b} is both run {n} of pipeline {p:?} and the build id of {}: pass --run {n} for the run number, or --pipeline to pick the build",
+                    "--build {b} is both run {n} of pipeline {p:?} and the build id of {}: pass --run {n} for the run number, or --build id:{b} for the build",
                     list.join(", ")
                 )
             }

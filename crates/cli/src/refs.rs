@@ -131,6 +131,7 @@ pub async fn run_run_state(a: RunStateArgs) -> anyhow::Result<()> {
                 state,
                 branch: or_ci(&a.branch, "branch"),
                 commit: or_ci(&a.commit, "commit"),
+                failed_jobs: None,
             },
         )
         .await?;

@@ -1403,9 +1403,16 @@ fn build_ids_name_runs_across_pipelines() {
     );
     let t = fails(&data, &both);
     assert!(
-        t.contains("--build 1 is both run 1 of pipeline \"both\" and the build id of upstream#3"),
+        t.contains("--build 1 is both run 1 of pipeline \"both\" and the build id of upstream#3: pass --run 1 for the run number, or --build id:1 for the build"),
         "{t}"
     );
+    let chosen = write_pipeline(
+        d.path(),
+        "chosen.yml",
+        "name: chosen\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '**' --build id:1 --format 'found %p'\n",
+    );
+    let t = passes(&data, &chosen);
+    assert!(t.contains("[s/b] found out/a.jpg"), "{t}");
 }
 
 /// A Buildkite pipeline as written, through the `buildkite-agent` stand-in:
@@ -1689,6 +1696,49 @@ stages:
         "{}",
         text(&o)
     );
+}
+
+/// A partial run passes the run again only when every job it reuses had
+/// passed: the run records which jobs did not.
+#[test]
+fn a_partial_run_passes_the_run_only_when_what_it_reuses_passed() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let (make_ok, ship_ok) = (d.path().join("make-ok"), d.path().join("ship-ok"));
+    let p = write_pipeline(
+        d.path(),
+        "p.yml",
+        &format!(
+            "name: heal\nstages:\n  - key: s\n    jobs:\n      - key: make\n        checkout: false\n        steps:\n          - run: test -e {}\n      - key: ship\n        checkout: false\n        steps:\n          - run: test -e {}\n",
+            make_ok.display(),
+            ship_ok.display()
+        ),
+    );
+    let state = || run_state(&data, "heal", 1);
+    std::fs::write(&make_ok, "").unwrap();
+    fails(&data, &p);
+    assert_eq!(state()["failed_jobs"], serde_json::json!(["ship"]));
+    // The failed job, run again and passing: the run passes.
+    std::fs::write(&ship_ok, "").unwrap();
+    let t = text(&run(&data, &p, &["--reuse-run", "1", "--only", "ship"]));
+    assert_eq!(state()["state"], "passed", "{t}");
+    // Failing again, then passing again: it heals both ways.
+    std::fs::remove_file(&ship_ok).unwrap();
+    run(&data, &p, &["--reuse-run", "1", "--only", "ship"]);
+    assert_eq!(state()["state"], "failed");
+    std::fs::write(&ship_ok, "").unwrap();
+    run(&data, &p, &["--reuse-run", "1", "--only", "ship"]);
+    assert_eq!(state()["state"], "passed");
+    // A job that failed and is reused keeps the run failed.
+    std::fs::remove_file(&make_ok).unwrap();
+    run(&data, &p, &["--reuse-run", "1", "--only", "make"]);
+    std::fs::write(&make_ok, "").unwrap();
+    let t = text(&run(&data, &p, &["--reuse-run", "1", "--only", "ship"]));
+    assert!(
+        t.contains("run #1 stays failed: make did not pass and was not run again"),
+        "{t}"
+    );
+    assert_eq!(state()["state"], "failed");
 }
 
 /// Runs `script` in `dir` with a fixed git identity.

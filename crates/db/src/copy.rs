@@ -110,6 +110,7 @@ const TABLES: &[Table] = &[
             "sources",
             "finished_at",
             "build_id",
+            "failed_jobs",
         ],
         key: &["id"],
     },

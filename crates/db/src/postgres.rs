@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0017_files_fks.sql"),
     include_str!("../migrations/postgres/0018_packages_order.sql"),
     include_str!("../migrations/postgres/0019_runs_build_id.sql"),
+    include_str!("../migrations/postgres/0020_runs_failed_jobs.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;

@@ -260,7 +260,7 @@ pub(crate) const RUN_SELECT: &str =
        (SELECT p2.key FROM runs r2 JOIN pipelines p2 ON p2.id = r2.pipeline_id
          WHERE r2.id = r.triggered_from),
        (SELECT r2.number FROM runs r2 WHERE r2.id = r.triggered_from),
-       r.build_id
+       r.build_id, r.failed_jobs
 FROM runs r JOIN pipelines p ON p.id = r.pipeline_id";
 
 pub(crate) fn run_row(mut r: Row) -> Result<Run, DbError> {
@@ -279,6 +279,7 @@ pub(crate) fn run_row(mut r: Row) -> Result<Run, DbError> {
                 run: run as u64,
             }),
         build_id: r.opt_text(11)?,
+        failed_jobs: r.opt_text(12)?.and_then(|j| serde_json::from_str(&j).ok()),
         id: r.text(0)?,
         pipeline: r.text(1)?,
         number: r.uint(2)?,
@@ -1397,6 +1398,12 @@ pub(crate) fn set_run_state(
         "UPDATE runs SET state = ?2, finished_at = ?3 WHERE id = ?1",
         args![&run, req.state.as_str(), finished],
     )?;
+    if let Some(jobs) = &req.failed_jobs {
+        c.execute(
+            "UPDATE runs SET failed_jobs = ?2 WHERE id = ?1",
+            args![&run, json(jobs)?],
+        )?;
+    }
     find_run(c, pipeline, number)
 }
 

@@ -800,6 +800,7 @@ async fn pipelines(db: &dyn MetaStore) {
         state: satchel_model::api::RunState::parse(s).unwrap(),
         branch: Some(branch.into()),
         commit: None,
+        failed_jobs: None,
     };
     // Runs are numbered per pipeline; states and branches select them.
     // Regression: a run numbered i64::MAX (an upload may name any run)
@@ -1007,6 +1008,7 @@ async fn races(db: &dyn MetaStore) {
             state: satchel_model::api::RunState::Running,
             branch: None,
             commit: None,
+            failed_jobs: None,
         };
         db.set_run_state(&pipeline, 7, &running).await.unwrap();
         let reqs: Vec<CreateUpload> = (0..WRITERS)
@@ -1801,5 +1803,27 @@ async fn build_ids(db: &dyn MetaStore) {
             .build_id
             .as_deref(),
         Some("gh-77")
+    );
+    // The jobs a runner found failed are kept with the state, until the
+    // next state it records says otherwise.
+    let failed = |jobs: Option<Vec<&str>>| satchel_model::api::SetRunState {
+        state: satchel_model::api::RunState::Failed,
+        branch: None,
+        commit: None,
+        failed_jobs: jobs.map(|j| j.into_iter().map(String::from).collect()),
+    };
+    let r = db
+        .set_run_state("builds-b", 1, &failed(Some(vec!["deploy"])))
+        .await
+        .unwrap();
+    assert_eq!(r.failed_jobs, Some(vec!["deploy".to_string()]));
+    let r = db
+        .set_run_state("builds-b", 1, &failed(None))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.failed_jobs,
+        Some(vec!["deploy".to_string()]),
+        "None leaves it"
     );
 }

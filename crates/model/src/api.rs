@@ -652,6 +652,10 @@ pub struct Run {
     /// The CI's own id of the build (see [`JobContext::build`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
+    /// The jobs that did not pass, as the runner that ran it recorded
+    /// them (`None`: not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_jobs: Option<Vec<String>>,
     /// Other pipelines' runs this run takes artifacts from, pinned when the
     /// run started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -722,6 +726,9 @@ pub struct SetRunState {
     /// Commit, recorded if the run has none yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The jobs that did not pass (job keys), recorded with the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_jobs: Option<Vec<String>>,
 }
 
 /// Where a reference is resolved from: the run, and the stage and job

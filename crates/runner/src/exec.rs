@@ -187,6 +187,8 @@ pub struct JobResult {
     pub reason: Option<String>,
     /// The failed step's last lines of output (at most [`TAIL_LINES`]).
     pub tail: Vec<String>,
+    /// Skipped because its `when` did not apply: it fails nothing.
+    pub unwanted: bool,
 }
 
 /// What a run did.
@@ -266,16 +268,26 @@ impl StepFiles {
     fn take(&self, step: &str, handed: &mut Handed) -> Result<(), String> {
         let read = |p: &Path, what: &str| -> Result<String, String> {
             use std::io::Read as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
             // A regular file only (a step may have replaced it with a
-            // FIFO or a link to /dev/zero), read up to the limit.
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.file_type().is_file() => {}
-                Ok(_) => return Err(format!("${what} is no longer a regular file")),
-                Err(_) => return Ok(String::new()),
+            // FIFO or a link to /dev/zero): opened without following a
+            // link or waiting for a writer, checked on the open handle,
+            // read up to the limit.
+            let f = match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(p)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+                Err(e) => return Err(format!("${what} cannot be read as a regular file ({e})")),
+            };
+            if !f.metadata().is_ok_and(|m| m.file_type().is_file()) {
+                return Err(format!("${what} is no longer a regular file"));
             }
             let mut buf = Vec::new();
-            std::fs::File::open(p)
-                .and_then(|f| f.take(crate::outputs::MAX_BYTES + 1).read_to_end(&mut buf))
+            f.take(crate::outputs::MAX_BYTES + 1)
+                .read_to_end(&mut buf)
                 .map_err(|e| format!("reading ${what}: {e}"))?;
             if buf.len() as u64 > crate::outputs::MAX_BYTES {
                 return Err(format!(
@@ -420,6 +432,20 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                     run.number, run.pipeline, cfg.url
                 ),
             );
+            // Running again until it ends, whatever it was.
+            cfg.client
+                .set_run_state(
+                    &run.pipeline,
+                    run.number,
+                    &SetRunState {
+                        state: satchel_model::api::RunState::Running,
+                        branch: None,
+                        commit: None,
+                        failed_jobs: None,
+                    },
+                )
+                .await
+                .context("recording the run as running again")?;
             if let (Some(was), Some(now)) = (&run.commit, &cfg.commit) {
                 if was != now {
                     say(
@@ -559,6 +585,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                     duration: Duration::ZERO,
                     reason: Some(reason.clone()),
                     tail: Vec::new(),
+                    unwanted,
                 });
             }
             stage_outcome.insert(stage.key.clone(), outcome);
@@ -594,6 +621,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                             shared.run.number
                         )),
                         tail: Vec::new(),
+                        unwanted: false,
                     };
                     outcomes[&job.key].send_replace(Some((r.outcome, false)));
                     return (r, false);
@@ -627,6 +655,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                             duration: Duration::ZERO,
                             reason: Some(reason),
                             tail: Vec::new(),
+                            unwanted,
                         };
                         (r, unwanted)
                     }
@@ -666,22 +695,54 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
             Outcome::Failed
         };
     let client = &shared.cfg.client;
-    // A partial run that passed vouches only for the jobs it ran: a run
-    // that had not passed before stays failed while it reuses jobs.
+    // The jobs that did not pass, recorded with the state. A job not run
+    // again (a partial run) keeps what the run knew of it, so a partial
+    // run passes the run only when no job it reuses had failed; where the
+    // run knows nothing of its jobs (it was recorded another way) and had
+    // not passed, it stays failed.
+    let known = shared.run.failed_jobs.clone();
+    let mut failed_jobs: Vec<String> = Vec::new();
+    for j in &results {
+        let failed = match j.outcome {
+            Outcome::Reused => known.as_ref().is_some_and(|k| k.contains(&j.job)),
+            o => !o.passed() && !j.unwanted,
+        };
+        if failed {
+            failed_jobs.push(j.job.clone());
+        }
+    }
     let mut state = outcome.run_state();
-    let reused = results.iter().any(|j| j.outcome == Outcome::Reused);
-    if reused
-        && state == satchel_model::api::RunState::Passed
-        && shared.run.state != satchel_model::api::RunState::Passed
-    {
-        state = satchel_model::api::RunState::Failed;
-        say(
-            "satchel",
-            &format!(
-                "run #{} stays failed: it was {} before, and the jobs it reuses did not run again (leave out --only and --from to run them too)",
-                shared.run.number, shared.run.state.as_str()
-            ),
-        );
+    if state == satchel_model::api::RunState::Passed {
+        let reused = results.iter().any(|j| j.outcome == Outcome::Reused);
+        let still: Vec<&str> = results
+            .iter()
+            .filter(|j| j.outcome == Outcome::Reused && failed_jobs.contains(&j.job))
+            .map(|j| j.job.as_str())
+            .collect();
+        if !still.is_empty() {
+            state = satchel_model::api::RunState::Failed;
+            say(
+                "satchel",
+                &format!(
+                    "run #{} stays failed: {} did not pass and was not run again",
+                    shared.run.number,
+                    still.join(", ")
+                ),
+            );
+        } else if reused
+            && known.is_none()
+            && shared.run.state != satchel_model::api::RunState::Passed
+        {
+            state = satchel_model::api::RunState::Failed;
+            say(
+                "satchel",
+                &format!(
+                    "run #{} stays {}: whether the jobs it reuses passed is not recorded (leave out --only and --from to run them too)",
+                    shared.run.number,
+                    satchel_model::api::RunState::Failed.as_str()
+                ),
+            );
+        }
     }
     let run = client
         .set_run_state(
@@ -691,6 +752,7 @@ pub async fn run_pipeline(pipeline: Pipeline, cfg: RunnerConfig) -> anyhow::Resu
                 state,
                 branch: None,
                 commit: None,
+                failed_jobs: Some(failed_jobs),
             },
         )
         .await
@@ -887,6 +949,7 @@ async fn run_job(shared: &Shared, stage: &str, job: &Job) -> JobResult {
         duration: started.elapsed(),
         reason,
         tail,
+        unwanted: false,
     }
 }
 

@@ -291,6 +291,11 @@ impl Pipeline {
                     if let Err(e) = validate_key("pipeline", &src.pipeline) {
                         errors.push(format!("sources.{name}.pipeline: {e}"));
                     }
+                    if src.version.is_some() {
+                        errors.push(format!(
+                            "sources.{name}.version: only a package source has a version (a pipeline source has `run`)"
+                        ));
+                    }
                 }
                 Some(p) => {
                     if !src.pipeline.is_empty() {
@@ -553,10 +558,18 @@ fn check_step(step: &Step, sources: &BTreeMap<String, Source>) -> Vec<String> {
                 Err(e) => errors.push(format!("{field}: {}: {e}", found.inner)),
                 Ok(r) => {
                     if let Some(src) = &r.source {
-                        if !sources.contains_key(src) {
-                            errors.push(format!(
+                        match sources.get(src) {
+                            None => errors.push(format!(
                                 "{field}: $[{r}] names source {src:?}, which is not under `sources:`"
-                            ));
+                            )),
+                            Some(s) if s.package.is_some() && !r.is_package() => errors.push(format!(
+                                "{field}: $[{r}]: source {src:?} is a package; write $[sources.{src}.artifacts.<name>]"
+                            )),
+                            Some(s) if s.package.is_none() && r.is_package() => errors.push(format!(
+                                "{field}: $[{r}]: source {src:?} is a pipeline's run; write $[{}]",
+                                satchel_model::expr::SOURCES_SHAPE.replace("<source>", src)
+                            )),
+                            Some(_) => {}
                         }
                     }
                 }

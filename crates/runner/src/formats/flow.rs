@@ -220,6 +220,15 @@ impl Tr<'_> {
                     for (k, v) in m {
                         let ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                        if v.as_f64().is_some() && v.as_i64().is_none() && v.as_u64().is_none() {
+                            self.error(
+                                "variables",
+                                format!(
+                                    "{k}: write {v} in quotes (YAML reads 1.10 as the number 1.1)"
+                                ),
+                            );
+                            continue;
+                        }
                         match (ok, scalar(v)) {
                             (true, Some(v)) => {
                                 env.insert(k.clone(), v);
@@ -252,13 +261,24 @@ impl Tr<'_> {
                         self.error(&place, "a packages source names `repository` and `package`");
                         continue;
                     };
+                    let version = match m.get("version") {
+                        Some(Value::String(v)) => Some(v.clone()),
+                        None | Some(Value::Null) => None,
+                        Some(other) => {
+                            self.error(
+                                &format!("{place}.version"),
+                                format!("write the version {other} in quotes (YAML reads 1.10 as the number 1.1)"),
+                            );
+                            continue;
+                        }
+                    };
                     sources.insert(
                         id.clone(),
                         Source {
                             pipeline: String::new(),
                             run: RunSelector::Latest,
                             package: Some(format!("{repo}/{package}")),
-                            version: m.get("version").and_then(scalar),
+                            version,
                         },
                     );
                     continue;

@@ -387,14 +387,31 @@ async fn readable_package(
     let p = match s.db.get_package(repo, name, version_arg(version)).await {
         // Not a version of it: a requirement (`^1.4`) picks one.
         Err(DbError::NotFound(_)) if satchel_model::version::is_requirement(version) => {
+            // Only versions this caller may read take part (and show in
+            // the answer): a requirement never lands on, or lists, one
+            // promoted from a pipeline it may not read.
             let mut versions = Vec::new();
+            let mut readable: std::collections::HashMap<String, bool> = Default::default();
             let mut page = PageRequest {
                 limit: MAX_PAGE,
                 ..PageRequest::default()
             };
             loop {
                 let got = s.db.list_packages(repo, Some(name), &page).await?;
-                versions.extend(got.items.into_iter().map(|p| p.version));
+                for p in got.items {
+                    let origin = p.origin.producer.pipeline.clone();
+                    let ok = match readable.get(&origin) {
+                        Some(ok) => *ok,
+                        None => {
+                            let ok = caller.can_read(s, &origin).await?;
+                            readable.insert(origin, ok);
+                            ok
+                        }
+                    };
+                    if ok {
+                        versions.push(p.version);
+                    }
+                }
                 match got.next {
                     Some(c) => page.cursor = Some(c),
                     None => break,
@@ -403,12 +420,22 @@ async fn readable_package(
             let picked = satchel_model::version::pick(version, versions.iter().map(String::as_str))
                 .map_err(ApiError::bad_request)?
                 .ok_or_else(|| {
+                    const SHOWN: usize = 20;
+                    let mut shown = versions
+                        .iter()
+                        .take(SHOWN)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    if versions.len() > SHOWN {
+                        shown.push_str(", …");
+                    }
                     ApiError::not_found(format!(
                         "no version of package {repo}/{name} meets {version:?} (it has {})",
                         if versions.is_empty() {
-                            "none".to_string()
+                            "none you may read".to_string()
                         } else {
-                            versions.join(", ")
+                            shown
                         }
                     ))
                 })?
