@@ -1354,7 +1354,11 @@ fn build_ids_name_runs_across_pipelines() {
     let down = write_pipeline(
         d.path(),
         "down.yml",
-        "name: downstream\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact download 'out/*.jpg' got --build bk-0190-aaaa && cat got/out/a.jpg\n",
+        &one_step(
+            "downstream",
+            "b",
+            "satchel artifact download 'out/*.jpg' got --build bk-0190-aaaa && cat got/out/a.jpg",
+        ),
     );
     let t = passes(&data, &down);
     assert!(t.contains("[s/b] pic"), "{t}");
@@ -1363,11 +1367,7 @@ fn build_ids_name_runs_across_pipelines() {
     let id = runs["build_id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 36, "{id}");
     // Another pipeline's run with the same id: ambiguous without --pipeline.
-    let other = write_pipeline(
-        d.path(),
-        "other.yml",
-        "name: other\nstages:\n  - key: s\n    jobs:\n      - key: c\n        checkout: false\n        steps:\n          - run: 'true'\n",
-    );
+    let other = write_pipeline(d.path(), "other.yml", &one_step("other", "c", "'true'"));
     let o = run(&data, &other, &["--build-id", "bk-0190-aaaa"]);
     assert!(o.status.success(), "{}", text(&o));
     let t = fails(&data, &down);
@@ -1378,7 +1378,11 @@ fn build_ids_name_runs_across_pipelines() {
     let unknown = write_pipeline(
         d.path(),
         "unknown.yml",
-        "name: unknown\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '*' --build no-such-build\n",
+        &one_step(
+            "unknown",
+            "b",
+            "satchel artifact search '*' --build no-such-build",
+        ),
     );
     let t = fails(&data, &unknown);
     assert!(t.contains("no run has build id \"no-such-build\""), "{t}");
@@ -1389,7 +1393,11 @@ fn build_ids_name_runs_across_pipelines() {
     let numeric = write_pipeline(
         d.path(),
         "numeric.yml",
-        "name: numeric\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '**' --build 987654321 --format 'found %p in %j'\n",
+        &one_step(
+            "numeric",
+            "b",
+            "satchel artifact search '**' --build 987654321 --format 'found %p in %j'",
+        ),
     );
     let t = passes(&data, &numeric);
     assert!(t.contains("[s/b] found out/a.jpg in a"), "{t}");
@@ -1399,7 +1407,7 @@ fn build_ids_name_runs_across_pipelines() {
     let both = write_pipeline(
         d.path(),
         "both.yml",
-        "name: both\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '**' --build 1\n",
+        &one_step("both", "b", "satchel artifact search '**' --build 1"),
     );
     let t = fails(&data, &both);
     assert!(
@@ -1409,7 +1417,11 @@ fn build_ids_name_runs_across_pipelines() {
     let chosen = write_pipeline(
         d.path(),
         "chosen.yml",
-        "name: chosen\nstages:\n  - key: s\n    jobs:\n      - key: b\n        checkout: false\n        steps:\n          - run: satchel artifact search '**' --build id:1 --format 'found %p'\n",
+        &one_step(
+            "chosen",
+            "b",
+            "satchel artifact search '**' --build id:1 --format 'found %p'",
+        ),
     );
     let t = passes(&data, &chosen);
     assert!(t.contains("[s/b] found out/a.jpg"), "{t}");
@@ -1739,6 +1751,14 @@ fn a_partial_run_passes_the_run_only_when_what_it_reuses_passed() {
         "{t}"
     );
     assert_eq!(state()["state"], "failed");
+}
+
+/// A pipeline `name` of one stage `s` with one job `job` (no checkout)
+/// whose one step runs `script`.
+fn one_step(name: &str, job: &str, script: &str) -> String {
+    format!(
+        "name: {name}\nstages:\n  - key: s\n    jobs:\n      - key: {job}\n        checkout: false\n        steps:\n          - run: {script}\n"
+    )
 }
 
 /// Runs `script` in `dir` with a fixed git identity.

@@ -263,6 +263,10 @@ fn add_dirty(top: &Path, dest: &Path, exclude: &[PathBuf]) -> anyhow::Result<boo
 /// Whether `path` is one of `exclude` or inside one (compared as
 /// canonical paths, as [`snapshot`] makes them).
 fn is_excluded(path: &Path, exclude: &[PathBuf]) -> bool {
+    // Every job's copy excludes nothing: no resolving per directory.
+    if exclude.is_empty() {
+        return false;
+    }
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     exclude.iter().any(|e| canon.starts_with(e))
 }
