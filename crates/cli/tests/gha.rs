@@ -104,10 +104,17 @@ fn protocol_refusals() {
         assert_eq!(st, 401);
         assert!(v["msg"].as_str().unwrap().contains("signature is not valid"), "{v}");
         let other = serde_json::json!({
-            "workflow_run_backend_id": "satchel.gh.1",
-            "workflow_job_run_backend_id": "deploy",
+            "workflow_run_backend_id": "satchel.gh.2",
+            "workflow_job_run_backend_id": "build",
         });
         let (st, v) = twirp(&url, &token, "ListArtifacts", other).await;
+        assert_eq!((st, v["code"].as_str()), (403, Some("permission_denied")));
+        let deploy = serde_json::json!({
+            "workflow_run_backend_id": "satchel.gh.1",
+            "workflow_job_run_backend_id": "deploy",
+            "name": "x",
+        });
+        let (st, v) = twirp(&url, &token, "CreateArtifact", deploy).await;
         assert_eq!((st, v["code"].as_str()), (403, Some("permission_denied")));
         // Bad input: names, int64s, unknown methods; nothing is created.
         let (st, v) = twirp(&url, &token, "CreateArtifact", ids_with(serde_json::json!({"name": "a/b"}))).await;
@@ -200,6 +207,106 @@ fn protocol_refusals() {
         let (st, v) = twirp(&url, &short, "ListArtifacts", ids.clone()).await;
         assert_eq!(st, 401);
         assert!(v["msg"].as_str().unwrap().contains("expired"), "{v}");
+    });
+}
+
+/// download-artifact in a job other than the uploader's was refused with
+/// 403: the client names, in GetSignedArtifactURL (and DeleteArtifact),
+/// the job ListArtifacts reported as the artifact's producer, and the
+/// server wanted the token's own job there. Uploads must still be the
+/// token's own job's.
+#[test]
+fn another_job_of_the_run_downloads_and_deletes_an_artifact() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let (url, build) = mint(&s, "build", &[]);
+    let (_, reader) = mint(&s, "reader", &[]);
+    let as_job = |job: &str, extra: serde_json::Value| {
+        let mut v = ids_with(extra);
+        v["workflow_job_run_backend_id"] = job.into();
+        v
+    };
+    rt().block_on(async {
+        let (st, v) = twirp(
+            &url,
+            &build,
+            "CreateArtifact",
+            ids_with(serde_json::json!({"name": "out"})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let r = s
+            .http()
+            .put(v["signed_upload_url"].as_str().unwrap())
+            .header("x-ms-blob-type", "BlockBlob")
+            .body("built")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let (st, v) = twirp(
+            &url,
+            &build,
+            "FinalizeArtifact",
+            ids_with(serde_json::json!({"name": "out"})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        // What download-artifact does in job `reader`.
+        let (st, v) = twirp(
+            &url,
+            &reader,
+            "ListArtifacts",
+            as_job("reader", serde_json::json!({"name_filter": "out"})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let producer = v["artifacts"][0]["workflow_job_run_backend_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(producer, "build");
+        let (st, v) = twirp(
+            &url,
+            &reader,
+            "GetSignedArtifactURL",
+            as_job(&producer, serde_json::json!({"name": "out"})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let got = s
+            .http()
+            .get(v["signed_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.bytes().await.unwrap().as_ref(), b"built");
+        // Uploading as another job stays refused; so does another run.
+        let (st, v) = twirp(
+            &url,
+            &reader,
+            "CreateArtifact",
+            as_job("build", serde_json::json!({"name": "x"})),
+        )
+        .await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (403, Some("permission_denied")),
+            "{v}"
+        );
+        let mut other_run = as_job("build", serde_json::json!({"name": "out"}));
+        other_run["workflow_run_backend_id"] = "satchel.gh.2".into();
+        let (st, _) = twirp(&url, &reader, "GetSignedArtifactURL", other_run).await;
+        assert_eq!(st, 403);
+        // A cleanup job deletes it, naming its producer as the client does.
+        let (st, v) = twirp(
+            &url,
+            &reader,
+            "DeleteArtifact",
+            as_job(&producer, serde_json::json!({"name": "out"})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
     });
 }
 

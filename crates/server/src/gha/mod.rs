@@ -345,8 +345,12 @@ async fn twirp(
     ));
     let req: Request = serde_json::from_slice(&body)
         .map_err(|e| TwirpError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+    // Reads and deletes name the job that produced the artifact (the
+    // client copies it from ListArtifacts), which may be another job of
+    // the run; an upload is always the token's own job's.
+    let own_job = matches!(method.as_str(), "CreateArtifact" | "FinalizeArtifact");
     if req.workflow_run_backend_id != who.run_backend_id()
-        || req.workflow_job_run_backend_id != who.job_backend_id()
+        || (own_job && req.workflow_job_run_backend_id != who.job_backend_id())
     {
         return Err(TwirpError::new(
             StatusCode::FORBIDDEN,
