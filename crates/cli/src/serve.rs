@@ -40,6 +40,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SATCHEL_GHA_UPLOAD_IDLE_SECS", hide = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     gha_upload_idle_secs: Option<u32>,
+    /// Milliseconds a GitHub Actions DeleteArtifact waits for its job's
+    /// upload of the same name before it takes effect for other readers
+    /// (default 30000); for tests.
+    #[arg(long, env = "SATCHEL_GHA_DELETE_WAIT_MS", hide = true,
+          value_parser = clap::value_parser!(u32).range(0..=3_600_000))]
+    gha_delete_wait_ms: Option<u32>,
     /// Packs of small files gathered in memory at once (8 MiB each);
     /// further batches wait their turn.
     #[arg(long, env = "SATCHEL_PACK_BUFFERS", default_value_t = satchel_server::PACK_BUFFERS as u16,
@@ -303,6 +309,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(i) = a.gha_upload_idle_secs {
         periodic.upload_idle = secs(i);
+    }
+    if let Some(ms) = a.gha_delete_wait_ms {
+        state.gha.set_delete_wait_ms(i64::from(ms));
     }
     satchel_server::maintenance::spawn_periodic(state.clone(), periodic);
     satchel_server::serve(listener, state.clone(), shutdown_signal()).await?;

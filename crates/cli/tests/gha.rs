@@ -21,34 +21,41 @@ fn node(which: &str, work: &Path, results: &str, token: &str) {
         dir.join("node_modules/artifact-v2").exists() && dir.join("node_modules/artifact-v6").exists(),
         "the @actions/artifact clients are not installed: run `npm ci` in tests/gha (scripts/test.sh does)"
     );
-    let out = Command::new("node")
-        .arg(dir.join("conformance.mjs"))
-        .arg(which)
-        .arg(work)
-        .current_dir(&dir)
+    let child = spawn_node(which, work, "round-trip", results, token);
+    finished(child, &format!("node conformance.mjs {which}"));
+}
+
+/// `node conformance.mjs WHICH WORK MODE` as the job `token` is for.
+fn spawn_node(
+    which: &str,
+    work: &Path,
+    mode: &str,
+    results: &str,
+    token: &str,
+) -> std::process::Child {
+    Command::new("node")
+        .arg(gha_dir().join("conformance.mjs"))
+        .args([which, work.to_str().unwrap(), mode])
+        .current_dir(gha_dir())
         .env("ACTIONS_RESULTS_URL", results)
         .env("ACTIONS_RUNTIME_TOKEN", token)
         .env("ACTIONS_ARTIFACT_UPLOAD_CONCURRENCY", "4")
         .env_remove("GITHUB_SERVER_URL")
         .env_remove("ACTIONS_RUNTIME_URL")
-        .output()
-        .expect("running node (scripts/test.sh installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "node conformance.mjs {which} failed:\n{text}"
-    );
-    assert!(text.contains("all checks passed"), "{text}");
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running node (scripts/test.sh installs it)")
 }
 
 #[test]
 fn real_actions_artifact_clients_round_trip() {
     let d = tempfile::tempdir().unwrap();
-    let s = Server::start(&d.path().join("data"));
+    // DeleteArtifact's wait outlasts the test however slow the machine.
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &[("SATCHEL_GHA_DELETE_WAIT_MS", "3600000")],
+    );
     let (url, token) = mint(&s, "build", &[]);
     assert_eq!(url, format!("{}/", s.url));
     node("v2", d.path(), &url, &token);
@@ -80,7 +87,298 @@ fn real_actions_artifact_clients_round_trip() {
         .iter()
         .map(|f| f["artifact_name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"bundle-v6") && !names.iter().any(|n| n.starts_with("scratch")));
+    assert!(names.contains(&"bundle-v6"));
+    // The scratch artifacts' DeleteArtifact is pending: gone for the job
+    // that deleted them, live for everyone else until the wait runs out
+    // (`overwrite_swaps_in_place_for_readers_in_other_jobs` goes further).
+    assert!(names.contains(&"scratch-v2") && names.contains(&"scratch-v6"));
+}
+
+/// [`spawn_node`] with a token minted for job `job`.
+fn node_mode(s: &Server, which: &str, work: &Path, mode: &str, job: &str) -> std::process::Child {
+    let (url, token) = mint(s, job, &[]);
+    spawn_node(which, work, mode, &url, &token)
+}
+
+fn finished(child: std::process::Child, what: &str) -> String {
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    assert!(text.contains("all checks passed"), "{what}: {text}");
+    text
+}
+
+/// Users of GitHub's service report that a FinalizeArtifact that failed
+/// reserves the name, so the step's retry gets 409, and that a finalize
+/// whose answer was lost fails on retry. The real clients, through a
+/// proxy that breaks one finalize each way, retry and succeed.
+#[test]
+fn real_clients_retry_a_finalize_that_failed_or_lost_its_answer() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    for which in ["v2", "v6"] {
+        let c = node_mode(&s, which, d.path(), "retries", &format!("retry-{which}"));
+        finished(c, &format!("{which} retries"));
+    }
+}
+
+/// `overwrite: true` while another job downloads the artifact in a loop
+/// (the real clients, both ways round): every download is one version
+/// whole with a matching digest, none finds nothing, and the reader sees
+/// every version. The writer waits for the reader to see each version
+/// before the next, so every swap happens during the reader's loop.
+#[test]
+fn real_clients_overwrite_while_another_job_downloads() {
+    if !gha_dir().join("node_modules/artifact-v6").exists() {
+        panic!("the @actions/artifact clients are not installed: run `npm ci` in tests/gha (scripts/test.sh does)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    for (writer, reader) in [("v2", "v6"), ("v6", "v2")] {
+        let work = d.path().join(format!("{writer}-{reader}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let r = node_mode(
+            &s,
+            reader,
+            &work,
+            "overwrite-reader",
+            &format!("reader-{reader}"),
+        );
+        let w = node_mode(
+            &s,
+            writer,
+            &work,
+            "overwrite-writer",
+            &format!("writer-{writer}"),
+        );
+        // The writer's failure is often the reader's: show both.
+        let w = w.wait_with_output().unwrap();
+        if !w.status.success() {
+            let r = r.wait_with_output().unwrap();
+            panic!(
+                "writer {writer} failed:\n{}{}\nreader {reader}:\n{}{}",
+                String::from_utf8_lossy(&w.stdout),
+                String::from_utf8_lossy(&w.stderr),
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        let text = finished(r, &format!("reader {reader}"));
+        assert!(text.contains("downloads per version"), "{text}");
+    }
+}
+
+/// The Twirp-level contract behind `overwrite: true`, step by step: a
+/// delete is pending for other jobs until its job's upload of the name
+/// swaps the new artifact in; a reader that listed the old artifact just
+/// before the swap still gets the old artifact's URL and bytes; another
+/// job that uploads a name whose delete no upload follows takes it at once
+/// (the wait for a delete's own upload is the DB story's).
+#[test]
+fn overwrite_swaps_in_place_for_readers_in_other_jobs() {
+    let d = tempfile::tempdir().unwrap();
+    // An hour: only a swap, or another job's upload, carries a delete out.
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &[("SATCHEL_GHA_DELETE_WAIT_MS", "3600000")],
+    );
+    let (url, w) = mint(&s, "writer", &[]);
+    let (_, r) = mint(&s, "reader", &[]);
+    let (_, late) = mint(&s, "late", &[]);
+    let (w, r, late): (&'static str, &'static str, &'static str) =
+        (w.leak(), r.leak(), late.leak());
+    let ids = |job: &str, extra: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "workflow_run_backend_id": "satchel.gh.1",
+            "workflow_job_run_backend_id": job,
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let http = s.http();
+    rt().block_on(async {
+        let call = |token: &str, job: &str, method: &str, extra: serde_json::Value| {
+            let (url, token, body) = (url.clone(), token.to_string(), ids(job, extra));
+            let method = method.to_string();
+            async move { twirp(&url, &token, &method, body).await }
+        };
+        // Create and send one whole blob; finalize separately.
+        let start = |(token, job): (&'static str, &'static str), body: &'static [u8]| {
+            let (call, http) = (&call, &http);
+            async move {
+                let name = "site";
+                let (st, v) = call(
+                    token,
+                    job,
+                    "CreateArtifact",
+                    serde_json::json!({"name": name, "version": 4}),
+                )
+                .await;
+                assert_eq!(st, 200, "{v}");
+                let r = http
+                    .put(v["signed_upload_url"].as_str().unwrap())
+                    .header("x-ms-blob-type", "BlockBlob")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        };
+        let finalize = |(token, job): (&'static str, &'static str)| {
+            let call = &call;
+            async move {
+                let (st, v) = call(
+                    token,
+                    job,
+                    "FinalizeArtifact",
+                    serde_json::json!({"name": "site"}),
+                )
+                .await;
+                assert_eq!(st, 200, "{v}");
+                v["artifact_id"].as_str().unwrap().to_string()
+            }
+        };
+        let listed = |token: &'static str, job: &'static str, filter: serde_json::Value| {
+            let call = &call;
+            async move {
+                let (st, v) = call(token, job, "ListArtifacts", filter).await;
+                assert_eq!(st, 200, "{v}");
+                v["artifacts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["database_id"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        let fetch = |token: &'static str, job: &'static str| {
+            let (call, http) = (&call, &http);
+            async move {
+                let (st, v) = call(
+                    token,
+                    job,
+                    "GetSignedArtifactURL",
+                    serde_json::json!({"name": "site"}),
+                )
+                .await;
+                if st != 200 {
+                    return None;
+                }
+                let r = http
+                    .get(v["signed_url"].as_str().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                Some(r.bytes().await.unwrap().to_vec())
+            }
+        };
+        let writer = (w, "writer");
+        start(writer, b"old site").await;
+        let old = finalize(writer).await;
+        // The reader picks the old one (as download-artifact lists first).
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({"name_filter": "site"})).await,
+            vec![old.clone()]
+        );
+        // overwrite: the writer deletes, then creates.
+        let (st, v) = call(
+            w,
+            "writer",
+            "DeleteArtifact",
+            serde_json::json!({"name": "site"}),
+        )
+        .await;
+        assert_eq!(
+            (st, v["artifact_id"].as_str()),
+            (200, Some(old.as_str())),
+            "{v}"
+        );
+        assert!(
+            listed(w, "writer", serde_json::json!({})).await.is_empty(),
+            "gone for the writer"
+        );
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({"name_filter": "site"})).await,
+            vec![old.clone()],
+            "pending: live for the reader"
+        );
+        start(writer, b"new site").await;
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({"name_filter": "site"})).await,
+            vec![old.clone()],
+            "still live while the new one uploads"
+        );
+        let new = finalize(writer).await;
+        assert_ne!(new, old);
+        // Swapped: the reader's next URL is still for what it listed.
+        assert_eq!(fetch(r, "reader").await.unwrap(), b"old site");
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({"id_filter": old})).await,
+            vec![old.clone()],
+            "replaced moments ago"
+        );
+        assert_eq!(fetch(r, "reader").await.unwrap(), b"old site");
+        // A new listing by name moves it on to the new one.
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({"name_filter": "site"})).await,
+            vec![new.clone()]
+        );
+        assert_eq!(fetch(r, "reader").await.unwrap(), b"new site");
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({})).await,
+            vec![new.clone()]
+        );
+        assert_eq!(
+            listed(w, "writer", serde_json::json!({})).await,
+            vec![new.clone()]
+        );
+        // A plain delete, then another job uploads the name: it takes the
+        // name at once (the delete is carried out), and readers move on.
+        let (st, _) = call(
+            w,
+            "writer",
+            "DeleteArtifact",
+            serde_json::json!({"name": "site"}),
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({})).await,
+            vec![new.clone()],
+            "pending"
+        );
+        start((late, "late"), b"late site").await;
+        let third = finalize((late, "late")).await;
+        assert_eq!(
+            listed(r, "reader", serde_json::json!({"name_filter": "site"})).await,
+            vec![third]
+        );
+        assert_eq!(fetch(r, "reader").await.unwrap(), b"late site");
+    });
+    // The REST API agrees: one artifact of that name, the late job's.
+    let agent = s.agent(d.path(), "gh", 1, "later");
+    let found: Value =
+        serde_json::from_str(&agent.ok(&["artifact", "search", "--json", "**"])).unwrap();
+    let producers: Vec<(&str, &str)> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["artifact_name"].as_str().unwrap(),
+                f["producer"]["job"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(producers, [("site", "late")]);
 }
 
 #[test]

@@ -21,8 +21,8 @@ use crate::listing::{self, ArtifactFilter, Page, PageRequest};
 use crate::sql::Sql;
 use crate::{
     access, gha, lease, packs, rules, AccessStore, DbError, GhaBlock, GhaCommitted, GhaKey,
-    GhaStore, GhaUpload, JobSummary, MetaStore, MisSized, NewRuleRow, Quotas, TokenRow,
-    UploadNeeds, UploadPlan, WriteGateHold,
+    GhaSnapshot, GhaStore, GhaUpload, GhaView, GhaViewKind, JobSummary, MetaStore, MisSized,
+    NewRuleRow, Quotas, TokenRow, UploadNeeds, UploadPlan, WriteGateHold,
 };
 
 /// Tables and their columns.
@@ -659,5 +659,61 @@ impl<B: Backend> GhaStore for Store<B> {
     async fn gha_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError> {
         let id = run_id.to_string();
         self.read(move |c| gha::files(c, &id)).await
+    }
+
+    async fn gha_snapshot(
+        &self,
+        run_id: &str,
+        pipeline: &str,
+        run: u64,
+    ) -> Result<GhaSnapshot, DbError> {
+        let (id, p) = (run_id.to_string(), pipeline.to_string());
+        self.read(move |c| gha::snapshot(c, &id, &p, run)).await
+    }
+
+    async fn gha_file(&self, id: &str) -> Result<Option<FileInfo>, DbError> {
+        let id = id.to_string();
+        self.read(move |c| gha::file(c, &id)).await
+    }
+
+    async fn gha_record_view(
+        &self,
+        key: &GhaKey,
+        kind: GhaViewKind,
+        artifact_id: &str,
+    ) -> Result<(), DbError> {
+        let (key, id) = (key.clone(), artifact_id.to_string());
+        self.write(move |c| gha::record_view(c, &key, kind, &id))
+            .await
+    }
+
+    async fn gha_views(&self, pipeline: &str, run: u64) -> Result<Vec<GhaView>, DbError> {
+        let p = pipeline.to_string();
+        self.read(move |c| gha::views(c, &p, run)).await
+    }
+
+    async fn gha_publish(
+        &self,
+        key: &GhaKey,
+        req: &CreateUpload,
+        quotas: &Quotas,
+    ) -> Result<UploadFinished, DbError> {
+        let (key, req, quotas) = (key.clone(), req.clone(), *quotas);
+        self.write(move |c| gha::publish(c, &key, &req, &quotas))
+            .await
+    }
+
+    async fn gha_settle_views(
+        &self,
+        run: Option<(&str, u64, Option<&str>)>,
+        wait_ms: i64,
+        keep_ms: i64,
+    ) -> Result<u64, DbError> {
+        let run = run.map(|(p, n, a)| (p.to_string(), n, a.map(String::from)));
+        self.write(move |c| {
+            let scope = run.as_ref().map(|(p, n, a)| (p.as_str(), *n, a.as_deref()));
+            gha::settle_views(c, scope, wait_ms, keep_ms)
+        })
+        .await
     }
 }

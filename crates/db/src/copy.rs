@@ -240,6 +240,7 @@ const NOT_COPIED: &[&str] = &[
     "background_status",
     "gha_uploads",
     "gha_blocks",
+    "gha_views",
     "pack_entries",
 ];
 /// Rows per page.

@@ -16,7 +16,12 @@ use std::collections::HashMap;
 
 use satchel_model::api::FileInfo;
 
-use crate::rules::{file_row, record_blobs, rows, BATCH_ROWS, FILE_SELECT};
+use satchel_model::api::CreateUpload;
+
+use crate::rules::{
+    create_upload, delete_artifact, file_row, finish_upload, record_blobs, rows,
+    ANY_ARTIFACT_FILE_SELECT, BATCH_ROWS, FILE_SELECT,
+};
 use crate::sql::{args, marks, Lock, Sql, Value};
 use crate::DbError;
 
@@ -58,6 +63,59 @@ pub struct GhaCommitted {
     pub sha256: String,
     /// Its size.
     pub size: u64,
+}
+
+/// What a job's protocol call did to, or saw of, an artifact by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GhaViewKind {
+    /// A DeleteArtifact: the artifact is hidden from that job at once, and
+    /// deleted when the job finalizes another of that name (a swap) or, with
+    /// no upload of that name in progress, when the wait runs out.
+    Delete,
+    /// The artifact the job's last filtered ListArtifacts returned for that
+    /// name, which its GetSignedArtifactURL serves.
+    Read,
+}
+
+impl GhaViewKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            GhaViewKind::Delete => "delete",
+            GhaViewKind::Read => "read",
+        }
+    }
+}
+
+/// A recorded [`GhaViewKind`], with its age by the database's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GhaView {
+    /// The job whose call it was.
+    pub job: String,
+    /// Artifact name.
+    pub name: String,
+    /// What the call did.
+    pub kind: GhaViewKind,
+    /// The artifact.
+    pub artifact_id: String,
+    /// Milliseconds since it was recorded.
+    pub age_ms: i64,
+    /// Milliseconds since a delete was carried out; `None` while pending
+    /// (and for reads).
+    pub done_ms: Option<i64>,
+    /// A pending delete whose job has an upload of the name in progress
+    /// (it waits for that upload, however long).
+    pub waiting: bool,
+}
+
+/// A run's protocol artifacts and views, read in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct GhaSnapshot {
+    /// Files of the finished protocol artifacts, oldest first.
+    pub live: Vec<FileInfo>,
+    /// Files of artifacts a view's delete (carried out) still holds.
+    pub replaced: Vec<FileInfo>,
+    /// Every view of the run, oldest first.
+    pub views: Vec<GhaView>,
 }
 
 /// One stored block.
@@ -307,4 +365,260 @@ pub(crate) fn files(c: &mut dyn Sql, run_id: &str) -> Result<Vec<FileInfo>, DbEr
         args![run_id],
         file_row,
     )
+}
+
+/// Records that job `key.job`'s call did `kind` to artifact `artifact_id`
+/// of name `key.name`: a read replaces the job's earlier read of that name;
+/// a delete already recorded keeps its time.
+pub(crate) fn record_view(
+    c: &mut dyn Sql,
+    key: &GhaKey,
+    kind: GhaViewKind,
+    artifact_id: &str,
+) -> Result<(), DbError> {
+    // Only a live artifact, or (for a read) one whose delete was carried
+    // out moments ago and still holds it, under the artifact's lock: a
+    // delete and a GC pass cannot come between the check and the insert.
+    c.lock(Lock::Artifact, artifact_id)?;
+    let state = c
+        .query_opt(
+            "SELECT state FROM artifacts WHERE id = ?1",
+            args![artifact_id],
+        )?
+        .map(|mut r| r.text(0))
+        .transpose()?;
+    let held = kind == GhaViewKind::Read
+        && state.as_deref() == Some("deleted")
+        && c.query_opt(
+            "SELECT 1 FROM gha_views WHERE artifact_id = ?1 AND kind = 'delete'
+               AND done_at IS NOT NULL",
+            args![artifact_id],
+        )?
+        .is_some();
+    if state.as_deref() != Some("finished") && !held {
+        return Err(DbError::NotFound(format!(
+            "artifact {:?} was deleted meanwhile",
+            key.name
+        )));
+    }
+    let now = c.now_ms()?;
+    let k = (&key.pipeline, key.run as i64, &key.job, &key.name);
+    if kind == GhaViewKind::Read {
+        c.execute(
+            "DELETE FROM gha_views WHERE pipeline = ?1 AND run = ?2 AND job = ?3 AND name = ?4
+               AND kind = 'read' AND artifact_id != ?5",
+            args![k.0, k.1, k.2, k.3, artifact_id],
+        )?;
+    }
+    c.execute(
+        &format!(
+            "INSERT INTO gha_views (pipeline, run, job, name, kind, artifact_id, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (pipeline, run, job, name, kind, artifact_id) DO {}",
+            if kind == GhaViewKind::Read {
+                "UPDATE SET at = excluded.at"
+            } else {
+                "NOTHING"
+            }
+        ),
+        args![k.0, k.1, k.2, k.3, kind.as_str(), artifact_id, now],
+    )?;
+    Ok(())
+}
+
+/// Every view recorded in run `run` of `pipeline`.
+pub(crate) fn views(c: &mut dyn Sql, pipeline: &str, run: u64) -> Result<Vec<GhaView>, DbError> {
+    let now = c.now_ms()?;
+    c.query(
+        "SELECT v.job, v.name, v.kind, v.artifact_id, ?3 - v.at, ?3 - v.done_at,
+                EXISTS (SELECT 1 FROM gha_uploads u WHERE u.pipeline = v.pipeline
+                          AND u.run = v.run AND u.job = v.job AND u.name = v.name)
+         FROM gha_views v WHERE v.pipeline = ?1 AND v.run = ?2 ORDER BY v.at",
+        args![pipeline, run as i64, now],
+    )?
+    .into_iter()
+    .map(|mut r| {
+        Ok(GhaView {
+            job: r.text(0)?,
+            name: r.text(1)?,
+            kind: if r.text(2)? == "delete" {
+                GhaViewKind::Delete
+            } else {
+                GhaViewKind::Read
+            },
+            artifact_id: r.text(3)?,
+            age_ms: r.int(4)?,
+            done_ms: r.opt_int(5)?,
+            waiting: r.boolean(6)?,
+        })
+    })
+    .collect()
+}
+
+/// Deleted artifacts a view's delete still holds: only those the protocol
+/// deleted itself (one deleted otherwise, by the REST API, say, is gone).
+const HELD: &str = "a.state = 'deleted' AND EXISTS (SELECT 1 FROM gha_views v
+    WHERE v.artifact_id = a.id AND v.kind = 'delete' AND v.done_at IS NOT NULL)";
+
+/// Run `run` of `pipeline` (id `run_id`) as [`GhaSnapshot`].
+pub(crate) fn snapshot(
+    c: &mut dyn Sql,
+    run_id: &str,
+    pipeline: &str,
+    run: u64,
+) -> Result<GhaSnapshot, DbError> {
+    let views = views(c, pipeline, run)?;
+    let live = files(c, run_id)?;
+    let replaced = if views.iter().any(|v| v.done_ms.is_some()) {
+        rows(
+            c,
+            &format!(
+                "{ANY_ARTIFACT_FILE_SELECT} AND {HELD} AND f.run_id = ?1
+                 AND f.glob IN ('gha-zip', 'gha-raw') ORDER BY f.artifact_id"
+            ),
+            args![run_id],
+            file_row,
+        )?
+    } else {
+        Vec::new()
+    };
+    Ok(GhaSnapshot {
+        live,
+        replaced,
+        views,
+    })
+}
+
+/// Protocol file `id`: of a finished artifact, or of one a view's delete
+/// still holds.
+pub(crate) fn file(c: &mut dyn Sql, id: &str) -> Result<Option<FileInfo>, DbError> {
+    Ok(rows(
+        c,
+        &format!(
+            "{ANY_ARTIFACT_FILE_SELECT} AND f.id = ?1 AND f.glob IN ('gha-zip', 'gha-raw')
+             AND (a.state = 'finished' OR ({HELD}))"
+        ),
+        args![id],
+        file_row,
+    )?
+    .pop())
+}
+
+/// Deletes artifact `id` if it is live (not deleted or expired otherwise
+/// meanwhile); whether it did.
+fn delete_live(c: &mut dyn Sql, id: &str) -> Result<bool, DbError> {
+    let live = c
+        .query_opt("SELECT state FROM artifacts WHERE id = ?1", args![id])?
+        .map(|mut r| r.text(0))
+        .transpose()?
+        .is_some_and(|s| s != "deleted" && s != "expired");
+    if live {
+        delete_artifact(c, id)?;
+    }
+    Ok(live)
+}
+
+/// Marks the delete view of `artifact` (by `k`'s job and name) carried
+/// out if this delete carried it out; else (deleted otherwise) drops it,
+/// so it holds nothing.
+fn settle_one(
+    c: &mut dyn Sql,
+    k: (&str, i64, &str, &str),
+    artifact: &str,
+    deleted: bool,
+    now: i64,
+) -> Result<u64, DbError> {
+    const ROW: &str = "pipeline = ?1 AND run = ?2 AND job = ?3 AND name = ?4
+        AND kind = 'delete' AND artifact_id = ?5 AND done_at IS NULL";
+    if deleted {
+        c.execute(
+            &format!("UPDATE gha_views SET done_at = ?6 WHERE {ROW}"),
+            args![k.0, k.1, k.2, k.3, artifact, now],
+        )
+    } else {
+        c.execute(
+            &format!("DELETE FROM gha_views WHERE {ROW}"),
+            args![k.0, k.1, k.2, k.3, artifact],
+        )
+    }
+}
+
+/// Publishes `req` (one protocol file whose content is stored) for job
+/// `key.job`, and in the same transaction deletes the artifacts of that
+/// name the job's pending deletes name: readers see the old artifact or
+/// the new one, never neither.
+pub(crate) fn publish(
+    c: &mut dyn Sql,
+    key: &GhaKey,
+    req: &CreateUpload,
+    quotas: &crate::Quotas,
+) -> Result<crate::UploadFinished, DbError> {
+    let k = (&key.pipeline, key.run as i64, &key.job, &key.name);
+    let pending: Vec<String> = c
+        .query(
+            "SELECT artifact_id FROM gha_views WHERE pipeline = ?1 AND run = ?2 AND job = ?3
+               AND name = ?4 AND kind = 'delete' AND done_at IS NULL ORDER BY artifact_id",
+            args![k.0, k.1, k.2, k.3],
+        )?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    let mut deleted = Vec::with_capacity(pending.len());
+    for id in &pending {
+        deleted.push(delete_live(c, id)?);
+    }
+    let plan = create_upload(c, req, quotas, None)?;
+    let done = finish_upload(c, &plan.upload_id)?;
+    let now = c.now_ms()?;
+    for (id, was) in pending.iter().zip(deleted) {
+        settle_one(c, (k.0, k.1, k.2, k.3), id, was, now)?;
+    }
+    Ok(done)
+}
+
+/// Carries out the pending deletes recorded more than `wait_ms` ago whose
+/// job has no upload of that name in progress (in run `run` of pipeline
+/// `pipeline` only, and of that name only, when given), then drops the views older than
+/// `keep_ms` (reads by their time, deletes by when they were carried out).
+/// Returns how many deletes it carried out.
+pub(crate) fn settle_views(
+    c: &mut dyn Sql,
+    run: Option<(&str, u64, Option<&str>)>,
+    wait_ms: i64,
+    keep_ms: i64,
+) -> Result<u64, DbError> {
+    let now = c.now_ms()?;
+    // Pipeline keys and artifact names are never empty: '' means every
+    // run, every name.
+    let (pipeline, number, name) = run.map_or((String::new(), 0, String::new()), |(p, n, a)| {
+        (p.to_string(), n as i64, a.unwrap_or("").to_string())
+    });
+    let due: Vec<(String, i64, String, String, String)> = c
+        .query(
+            "SELECT v.pipeline, v.run, v.job, v.name, v.artifact_id FROM gha_views v
+             WHERE v.kind = 'delete' AND v.done_at IS NULL AND v.at < ?1
+               AND (?2 = '' OR (v.pipeline = ?2 AND v.run = ?3))
+               AND (?4 = '' OR v.name = ?4)
+               AND NOT EXISTS (SELECT 1 FROM gha_uploads u WHERE u.pipeline = v.pipeline
+                                 AND u.run = v.run AND u.job = v.job AND u.name = v.name)
+             ORDER BY v.pipeline, v.run, v.artifact_id",
+            args![now.saturating_sub(wait_ms), &pipeline, number, &name],
+        )?
+        .into_iter()
+        .map(|mut r| Ok((r.text(0)?, r.int(1)?, r.text(2)?, r.text(3)?, r.text(4)?)))
+        .collect::<Result<_, DbError>>()?;
+    let mut carried = 0;
+    for (p, n, job, name, artifact) in &due {
+        let deleted = delete_live(c, artifact)?;
+        let n = settle_one(c, (p, *n, job, name), artifact, deleted, now)?;
+        if deleted {
+            carried += n;
+        }
+    }
+    let old = now.saturating_sub(keep_ms);
+    c.execute(
+        "DELETE FROM gha_views WHERE (kind = 'read' AND at < ?1) OR done_at < ?1",
+        args![old],
+    )?;
+    Ok(carried)
 }

@@ -42,7 +42,7 @@ use satchel_model::query::Scope;
 use satchel_model::selector::RunSelector;
 
 pub use backend::{Backend, Store};
-pub use gha::{GhaBlock, GhaCommitted, GhaKey, GhaUpload};
+pub use gha::{GhaBlock, GhaCommitted, GhaKey, GhaSnapshot, GhaUpload, GhaView, GhaViewKind};
 pub use listing::{ArtifactFilter, Page, PageRequest};
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteBackend, SqliteStore, MIGRATIONS as SQLITE_MIGRATIONS};
@@ -560,6 +560,47 @@ pub trait GhaStore: Send + Sync + 'static {
     /// The files of a run's finished protocol artifacts (one each, `glob`
     /// `gha-zip` or `gha-raw`) of current job attempts, oldest first.
     async fn gha_files(&self, run_id: &str) -> Result<Vec<FileInfo>, DbError>;
+    /// Run `run` of `pipeline` (id `run_id`): its protocol artifacts, the
+    /// ones a carried-out delete still holds, and its views, read in one
+    /// transaction.
+    async fn gha_snapshot(
+        &self,
+        run_id: &str,
+        pipeline: &str,
+        run: u64,
+    ) -> Result<GhaSnapshot, DbError>;
+    /// Protocol file `id`, of a finished artifact or of one a carried-out
+    /// delete still holds.
+    async fn gha_file(&self, id: &str) -> Result<Option<FileInfo>, DbError>;
+    /// Records what job `key.job`'s call did to artifact `artifact_id`
+    /// named `key.name` (see [`GhaViewKind`]).
+    async fn gha_record_view(
+        &self,
+        key: &GhaKey,
+        kind: GhaViewKind,
+        artifact_id: &str,
+    ) -> Result<(), DbError>;
+    /// The views recorded in run `run` of `pipeline`, oldest first.
+    async fn gha_views(&self, pipeline: &str, run: u64) -> Result<Vec<GhaView>, DbError>;
+    /// Publishes `req` (one protocol file whose content is stored) for job
+    /// `key.job` and deletes, in the same transaction, the artifacts named
+    /// `key.name` that the job's pending deletes name: a swap.
+    async fn gha_publish(
+        &self,
+        key: &GhaKey,
+        req: &CreateUpload,
+        quotas: &Quotas,
+    ) -> Result<UploadFinished, DbError>;
+    /// Carries out the pending deletes older than `wait_ms` whose job has
+    /// no upload of that name in progress (of one run, and of one artifact
+    /// name, when given), then drops views older than `keep_ms`; how many
+    /// deletes it carried out.
+    async fn gha_settle_views(
+        &self,
+        run: Option<(&str, u64, Option<&str>)>,
+        wait_ms: i64,
+        keep_ms: i64,
+    ) -> Result<u64, DbError>;
 }
 
 /// Opens the metadata store named by `url`: `sqlite://PATH` (or a bare

@@ -124,9 +124,17 @@ fn producer(r: &mut Row, at: usize) -> Result<Producer, DbError> {
 
 /// The select of visible-file rows, in the column order [`file_row`]
 /// reads; `$producer` is the pipeline key and run number columns, `$joins`
-/// the joins they need.
+/// the joins they need, `$where` which rows (by default finished uploads
+/// of finished artifacts).
 macro_rules! file_select {
     ($producer:literal, $joins:literal) => {
+        file_select!(
+            $producer,
+            $joins,
+            "u.state = 'finished' AND a.state = 'finished'"
+        )
+    };
+    ($producer:literal, $joins:literal, $where:literal) => {
         concat!(
             "
 SELECT f.id, f.artifact_id, a.name, f.path, f.size, f.sha256, f.mode, f.content_type, u.step,
@@ -141,10 +149,20 @@ JOIN artifacts a ON a.id = f.artifact_id
 JOIN jobs j ON j.id = a.job_id",
             $joins,
             "
-WHERE u.state = 'finished' AND a.state = 'finished'"
+WHERE ",
+            $where
         )
     };
 }
+
+/// [`FILE_SELECT`] of finished uploads whatever their artifact's state.
+pub(crate) const ANY_ARTIFACT_FILE_SELECT: &str = file_select!(
+    "p.key, r.number",
+    "
+JOIN runs r ON r.id = j.run_id
+JOIN pipelines p ON p.id = r.pipeline_id",
+    "u.state = 'finished'"
+);
 
 /// Columns of a visible-file row, in the order [`file_row`] reads them.
 pub(crate) const FILE_SELECT: &str = file_select!(
@@ -1533,7 +1551,9 @@ NOT EXISTS (SELECT 1 FROM files f
               AND a.state NOT IN ('deleted', 'expired'))
 AND NOT EXISTS (SELECT 1 FROM package_files p WHERE p.sha256 = b.sha256)
 AND NOT EXISTS (SELECT 1 FROM gha_uploads g WHERE g.sha256 = b.sha256)
-AND NOT EXISTS (SELECT 1 FROM gha_blocks g WHERE g.sha256 = b.sha256)";
+AND NOT EXISTS (SELECT 1 FROM gha_blocks g WHERE g.sha256 = b.sha256)
+AND NOT EXISTS (SELECT 1 FROM gha_views v JOIN files f ON f.artifact_id = v.artifact_id
+                WHERE f.sha256 = b.sha256)";
 
 /// Packages newest first; `seq` breaks ties within a millisecond.
 pub(crate) const PACKAGE_SELECT: &str = "

@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0019_packages_order.sql"),
     include_str!("../migrations/sqlite/0020_runs_build_id.sql"),
     include_str!("../migrations/sqlite/0021_runs_failed_jobs.sql"),
+    include_str!("../migrations/sqlite/0022_gha_views.sql"),
 ];
 const READERS: usize = 4;
 

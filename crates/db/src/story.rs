@@ -297,6 +297,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     access(db).await;
     leases(db).await;
     gha_uploads(db).await;
+    gha_views(db).await;
     pack_catalog(db).await;
     paging(db).await;
     build_ids(db).await;
@@ -1698,6 +1699,171 @@ async fn gha_uploads(db: &dyn MetaStore) {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     assert_eq!(db.gha_reap(10).await.unwrap(), 2);
     assert_eq!(db.gha_count().await.unwrap(), before);
+}
+
+/// A DeleteArtifact is pending until the same job publishes the name (a
+/// swap in one transaction) or, with no upload in progress, until the wait
+/// runs out; views hold their artifacts' content from GC until dropped.
+async fn gha_views(db: &dyn MetaStore) {
+    use crate::{GhaKey, GhaUpload, GhaViewKind};
+    let digest = |n: u64| format!("{:064x}", 0x71e3_0000 + n);
+    let key = |job: &str, name: &str| GhaKey {
+        pipeline: "ghaviews".into(),
+        run: 1,
+        job: job.into(),
+        name: name.into(),
+    };
+    let manifest = |job: &str, name: &str, n: u64| {
+        let mut u = upload(
+            job,
+            1,
+            Some(name),
+            vec![NewFile {
+                glob: Some("gha-zip".into()),
+                sha256: digest(n),
+                ..file(&format!("{name}.zip"), '0', 9)
+            }],
+        );
+        u.context.pipeline = "ghaviews".into();
+        u.exclusive = true;
+        u
+    };
+    let live = |run: String| async move {
+        db.gha_files(&run)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.artifact_name, f.sha256))
+            .collect::<Vec<_>>()
+    };
+    let unreferenced = || async {
+        db.unreferenced_blobs(satchel_model::id::now_millis() + 1, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    db.record_blobs(&[(digest(1), 9), (digest(2), 9), (digest(3), 9)])
+        .await
+        .unwrap();
+    let old = db
+        .gha_publish(&key("w", "site"), &manifest("w", "site", 1), &q())
+        .await
+        .unwrap()
+        .artifact;
+    let run = db.find_run("ghaviews", 1).await.unwrap().id;
+    // Without a pending delete the name is taken, and nothing changes.
+    assert!(matches!(
+        db.gha_publish(&key("w", "site"), &manifest("w", "site", 2), &q())
+            .await,
+        Err(DbError::Conflict(_))
+    ));
+    // A reader pins it; its writer deletes it: still live for everyone.
+    db.gha_record_view(&key("r", "site"), GhaViewKind::Read, &old.id)
+        .await
+        .unwrap();
+    db.gha_record_view(&key("w", "site"), GhaViewKind::Delete, &old.id)
+        .await
+        .unwrap();
+    let views = db.gha_views("ghaviews", 1).await.unwrap();
+    assert_eq!(views.len(), 2);
+    assert!(views
+        .iter()
+        .all(|v| v.artifact_id == old.id && v.done_ms.is_none()));
+    assert_eq!(live(run.clone()).await, [("site".into(), digest(1))]);
+    // Not due yet: a long wait leaves it live.
+    assert_eq!(db.gha_settle_views(None, 60_000, 600_000).await.unwrap(), 0);
+    // The writer's upload of the name swaps the new artifact in.
+    let new = db
+        .gha_publish(&key("w", "site"), &manifest("w", "site", 2), &q())
+        .await
+        .unwrap()
+        .artifact;
+    assert_eq!(live(run.clone()).await, [("site".into(), digest(2))]);
+    let views = db.gha_views("ghaviews", 1).await.unwrap();
+    let del = views
+        .iter()
+        .find(|v| v.kind == GhaViewKind::Delete)
+        .unwrap();
+    assert!(del.done_ms.is_some(), "carried out by the swap");
+    // The replaced file stays readable by id (its views hold it), and so
+    // does its content, which GC keeps.
+    let replaced = db.gha_snapshot(&run, "ghaviews", 1).await.unwrap().replaced;
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0].artifact_id, old.id);
+    let f = db.gha_file(&replaced[0].id).await.unwrap().unwrap();
+    assert_eq!(f.sha256, digest(1));
+    assert!(!unreferenced().await.contains(&digest(1)), "held by views");
+    // A delete without an upload in progress is carried out once due; with
+    // one in progress it waits.
+    let third = db
+        .gha_publish(&key("x", "other"), &manifest("x", "other", 3), &q())
+        .await
+        .unwrap()
+        .artifact;
+    db.gha_record_view(&key("w", "site"), GhaViewKind::Delete, &new.id)
+        .await
+        .unwrap();
+    db.gha_record_view(&key("x", "other"), GhaViewKind::Delete, &third.id)
+        .await
+        .unwrap();
+    db.gha_start(&GhaUpload {
+        id: "ghaviews-upload".into(),
+        key: key("w", "site"),
+        file_name: "site.zip".into(),
+        mime: "application/zip".into(),
+        committed: None,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        db.gha_settle_views(Some(("ghaviews", 1, None)), 0, 600_000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(live(run.clone()).await, [("site".into(), digest(2))]);
+    db.gha_end("ghaviews-upload").await.unwrap();
+    assert_eq!(db.gha_settle_views(None, 0, 600_000).await.unwrap(), 1);
+    assert!(live(run.clone()).await.is_empty());
+    // Old views are dropped, and with them the hold on content.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    db.gha_settle_views(None, 0, 0).await.unwrap();
+    assert!(db.gha_views("ghaviews", 1).await.unwrap().is_empty());
+    assert!(db
+        .gha_snapshot(&run, "ghaviews", 1)
+        .await
+        .unwrap()
+        .replaced
+        .is_empty());
+    assert!(db.gha_file(&f.id).await.unwrap().is_none());
+    let free = unreferenced().await;
+    assert!(free.contains(&digest(1)) && free.contains(&digest(2)));
+    // An artifact deleted otherwise (the REST API) is never held or served
+    // through a view: no view of it can be recorded, and a pending delete
+    // of it is dropped rather than carried out.
+    let gone = db
+        .gha_publish(&key("w", "gone"), &manifest("w", "gone", 1), &q())
+        .await
+        .unwrap()
+        .artifact;
+    db.gha_record_view(&key("w", "gone"), GhaViewKind::Delete, &gone.id)
+        .await
+        .unwrap();
+    db.delete_artifact(&gone.id).await.unwrap();
+    for kind in [GhaViewKind::Read, GhaViewKind::Delete] {
+        assert!(matches!(
+            db.gha_record_view(&key("r", "gone"), kind, &gone.id).await,
+            Err(DbError::NotFound(_))
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(db.gha_settle_views(None, 0, 600_000).await.unwrap(), 0);
+    assert!(db.gha_views("ghaviews", 1).await.unwrap().is_empty());
+    let snap = db.gha_snapshot(&run, "ghaviews", 1).await.unwrap();
+    assert!(snap.live.is_empty() && snap.replaced.is_empty());
 }
 
 /// Where packed blobs are: every pack recorded for a blob, newest first;

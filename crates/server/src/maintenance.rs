@@ -585,10 +585,12 @@ impl Periodic {
 /// Starts the maintenance tasks of `satchel serve`: GC, retention and
 /// audit pruning as `p` says, and, whether or not GC runs, failing
 /// abandoned uploads (every ten minutes) and reaping idle GitHub Actions
-/// uploads (every [`crate::gha::REAP_EVERY`] at most). Where replicas
-/// share a database, GC and the stale-upload sweep run on one replica at a
-/// time, under a lease ([`satchel_db::MetaStore::take_lease`]); reaping is
-/// one statement that any replica may run at any time.
+/// uploads and carrying out their due deletes (every
+/// [`crate::gha::REAP_EVERY`] at most). Where replicas share a database,
+/// GC and the stale-upload sweep run on one replica at a time, under a
+/// lease ([`satchel_db::MetaStore::take_lease`]); reaping is a short
+/// transaction that any replica may run at any time (deletes are carried
+/// out in run order, so two replicas doing so wait, not deadlock).
 pub fn spawn_periodic(s: AppState, p: Periodic) {
     let reap_every = p
         .every

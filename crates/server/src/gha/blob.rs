@@ -523,10 +523,11 @@ pub(super) async fn download(
     if !satchel_model::id::is_id(&file_id) {
         return Err(TwirpError::not_found("no such file"));
     }
+    // Also a replaced artifact's file, while a reader may still fetch it.
     let f =
-        s.db.get_files(std::slice::from_ref(&file_id))
+        s.db.gha_file(&file_id)
             .await?
-            .remove(0);
+            .ok_or_else(|| TwirpError::not_found("no such file"))?;
     let digest = Digest::from_hex(&f.sha256)?;
     let stream = s.store.get(&digest, None).await?;
     let mut resp = Response::new(Body::from_stream(stream));

@@ -17,6 +17,7 @@
 
 pub mod blob;
 pub mod token;
+pub mod view;
 
 use std::path::PathBuf;
 
@@ -24,8 +25,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use satchel_db::{DbError, GhaCommitted, GhaKey, GhaUpload};
-use satchel_model::api::{ArtifactState, CreateUpload, FileInfo, JobContext, NewFile};
+use satchel_db::{DbError, GhaCommitted, GhaKey, GhaUpload, GhaViewKind};
+use satchel_model::api::{CreateUpload, FileInfo, JobContext, NewFile};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
@@ -33,6 +34,7 @@ use crate::access::{Acting, Caller, Principal};
 use crate::audit::AuditNote;
 use crate::AppState;
 use token::{Identity, Keys};
+use view::RunView;
 
 /// How long a runtime token lives unless asked otherwise.
 pub const DEFAULT_TOKEN_TTL: u64 = 6 * 3600;
@@ -55,6 +57,7 @@ pub struct Gha {
     /// stored (one file per request in flight, removed when it ends).
     pub scratch: PathBuf,
     max_session_bytes: std::sync::atomic::AtomicU64,
+    delete_wait_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Gha {
@@ -65,7 +68,21 @@ impl Gha {
             keys: Keys::new(secret),
             scratch,
             max_session_bytes: DEFAULT_MAX_SESSION_BYTES.into(),
+            delete_wait_ms: view::DELETE_WAIT_MS.into(),
         }
+    }
+
+    /// How long a DeleteArtifact waits for its job's upload of the name
+    /// before it is carried out for every reader ([`view`]).
+    pub fn delete_wait_ms(&self) -> i64 {
+        self.delete_wait_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`Gha::delete_wait_ms`].
+    pub fn set_delete_wait_ms(&self, ms: i64) {
+        self.delete_wait_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Most bytes of blocks one upload may hold.
@@ -84,13 +101,19 @@ impl Gha {
 /// Drops the uploads (on every replica) not used for `max_idle`; returns
 /// how many. Their signed URLs expired long before; their blocks and
 /// committed blobs become garbage for GC.
+/// Carries out the pending deletes that are due, and drops old views
+/// ([`view`]), on the way.
 pub async fn reap_idle(s: &AppState, max_idle: std::time::Duration) -> Result<u64, DbError> {
-    s.db.gha_reap(i64::try_from(max_idle.as_millis()).unwrap_or(i64::MAX))
-        .await
+    let reaped =
+        s.db.gha_reap(i64::try_from(max_idle.as_millis()).unwrap_or(i64::MAX))
+            .await?;
+    s.db.gha_settle_views(None, s.gha.delete_wait_ms(), view::VIEW_KEEP_MS)
+        .await?;
+    Ok(reaped)
 }
 
 /// How often idle uploads are looked for.
-pub const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+pub const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
@@ -390,17 +413,6 @@ async fn twirp(
     Ok(axum::Json(answer))
 }
 
-/// The finished, current protocol artifacts (one `gha-*` file each) of
-/// the token's run, oldest first.
-async fn run_artifacts(s: &AppState, who: &Identity) -> Result<Vec<FileInfo>, TwirpError> {
-    let run = match s.db.find_run(&who.pipeline, who.run).await {
-        Ok(r) => r,
-        Err(DbError::NotFound(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(s.db.gha_files(&run.id).await?)
-}
-
 fn validate_name(name: &str) -> Result<(), TwirpError> {
     satchel_model::names::validate_artifact_name(name)
         .map_err(|e| TwirpError::invalid(e.to_string()))?;
@@ -435,11 +447,17 @@ async fn create(
             )));
         }
     }
-    if let Some(f) = run_artifacts(s, who)
-        .await?
-        .iter()
-        .find(|f| f.artifact_name == req.name)
-    {
+    // Not one this job deleted: `overwrite: true` deletes, then creates.
+    // Another job's delete of the name, with no upload of it following,
+    // is carried out now: this job takes the name.
+    let mut run = RunView::load(s, who).await?;
+    if run.named(who, &req.name).is_some() && run.others_pending(who, &req.name) {
+        let scope = (who.pipeline.as_str(), who.run, Some(req.name.as_str()));
+        s.db.gha_settle_views(Some(scope), 0, view::VIEW_KEEP_MS)
+            .await?;
+        run = RunView::load(s, who).await?;
+    }
+    if let Some(f) = run.named(who, &req.name) {
         return Err(TwirpError::new(
             StatusCode::CONFLICT,
             "already_exists",
@@ -601,9 +619,10 @@ async fn finalize(
             ),
         ));
     }
-    let answer = match s.db.create_upload(&manifest, &s.limits.quotas).await {
-        Ok(plan) => {
-            let done = s.db.finish_upload(&plan.upload_id).await?;
+    // Replaces, in the same transaction, what this job deleted of the name.
+    let key = upload_key(who, &req.name);
+    let answer = match s.db.gha_publish(&key, &manifest, &s.limits.quotas).await {
+        Ok(done) => {
             json!({"ok": true, "artifact_id": database_id(&done.artifact.id).to_string()})
         }
         // A concurrent or retried finalize of this very upload won.
@@ -632,9 +651,9 @@ async fn already_finalized(
     req: &Request,
     sha256: Option<&str>,
 ) -> Result<Option<serde_json::Value>, TwirpError> {
-    let Some(f) = run_artifacts(s, who)
-        .await?
-        .into_iter()
+    let run = RunView::load(s, who).await?;
+    let Some(f) = run
+        .visible(who)
         .find(|f| f.artifact_name == req.name && f.producer.job == who.job)
     else {
         return Ok(None);
@@ -667,18 +686,24 @@ async fn list(
     who: &Identity,
     req: &Request,
 ) -> Result<serde_json::Value, TwirpError> {
-    let artifacts: Vec<serde_json::Value> = run_artifacts(s, who)
-        .await?
+    let run = RunView::load(s, who).await?;
+    let name = req.name_filter.as_deref().filter(|n| !n.is_empty());
+    let found: Vec<&FileInfo> = match (name, req.id_filter) {
+        (None, None) => run.visible(who).collect(),
+        (Some(n), None) => run.named(who, n).into_iter().collect(),
+        (n, Some(id)) => run
+            .by_id(who, id)
+            .filter(|f| n.is_none_or(|n| f.artifact_name == n))
+            .into_iter()
+            .collect(),
+    };
+    // A filtered listing is how a download picks its artifact: its URL,
+    // asked for by name next, is for this one (see `view`).
+    if let ([f], true) = (found.as_slice(), name.is_some() || req.id_filter.is_some()) {
+        view::record(s, who, GhaViewKind::Read, f).await?;
+    }
+    let artifacts: Vec<serde_json::Value> = found
         .into_iter()
-        .filter(|f| {
-            req.name_filter
-                .as_deref()
-                .is_none_or(|n| n.is_empty() || f.artifact_name == n)
-        })
-        .filter(|f| {
-            req.id_filter
-                .is_none_or(|i| database_id(&f.artifact_id) == i)
-        })
         .map(|f| {
             json!({
                 "workflow_run_backend_id": who.run_backend_id(),
@@ -694,18 +719,11 @@ async fn list(
     Ok(json!({ "artifacts": artifacts }))
 }
 
-async fn find_named(s: &AppState, who: &Identity, name: &str) -> Result<FileInfo, TwirpError> {
-    run_artifacts(s, who)
-        .await?
-        .into_iter()
-        .rev()
-        .find(|f| f.artifact_name == name)
-        .ok_or_else(|| {
-            TwirpError::not_found(format!(
-                "no artifact named {name:?} in run {} of pipeline {:?}",
-                who.run, who.pipeline
-            ))
-        })
+fn no_artifact(who: &Identity, name: &str) -> TwirpError {
+    TwirpError::not_found(format!(
+        "no artifact named {name:?} in run {} of pipeline {:?}",
+        who.run, who.pipeline
+    ))
 }
 
 async fn signed_url(
@@ -714,7 +732,10 @@ async fn signed_url(
     req: &Request,
     origin: &str,
 ) -> Result<serde_json::Value, TwirpError> {
-    let f = find_named(s, who, &req.name).await?;
+    let run = RunView::load(s, who).await?;
+    let f = run
+        .for_url(who, &req.name)
+        .ok_or_else(|| no_artifact(who, &req.name))?;
     let expires = now_secs() + DOWNLOAD_URL_TTL;
     let url = format!(
         "{origin}/gha-blob/d/{}/{}?se={expires}&sig={}",
@@ -730,9 +751,13 @@ async fn delete(
     who: &Identity,
     req: &Request,
 ) -> Result<serde_json::Value, TwirpError> {
-    let f = find_named(s, who, &req.name).await?;
-    let a = s.db.delete_artifact(&f.artifact_id).await?;
-    debug_assert_eq!(a.state, ArtifactState::Deleted);
+    // Gone for this job now; for others once it is replaced or the wait
+    // runs out (see `view`).
+    let run = RunView::load(s, who).await?;
+    let f = run
+        .named(who, &req.name)
+        .ok_or_else(|| no_artifact(who, &req.name))?;
+    view::record(s, who, GhaViewKind::Delete, f).await?;
     Ok(json!({"ok": true, "artifact_id": database_id(&f.artifact_id).to_string()}))
 }
 
