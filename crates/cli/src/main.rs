@@ -13,6 +13,7 @@ mod admin;
 mod buildkite;
 mod context;
 mod download;
+mod merge;
 mod migrate;
 mod output;
 mod publish;
@@ -79,6 +80,8 @@ enum ArtifactCommand {
     PublishLink(publish::PublishLinkArgs),
     /// Download named artifacts, each into DEST/<name>/.
     DownloadArtifact(publish::DownloadArtifactArgs),
+    /// Merge artifacts of the run into one, by reference (no content moves).
+    Merge(merge::MergeArgs),
 }
 
 /// Keeps memory flat under many concurrent transfers. By default glibc
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
                 ArtifactCommand::PublishImage(a) => publish::run_publish_image(a).await,
                 ArtifactCommand::PublishLink(a) => publish::run_publish_link(a).await,
                 ArtifactCommand::DownloadArtifact(a) => publish::run_download_artifact(a).await,
+                ArtifactCommand::Merge(a) => merge::run(a).await,
             },
             Command::Run(a) => return run::run(a).await,
             Command::Resolve(a) => refs::run_resolve(a).await,

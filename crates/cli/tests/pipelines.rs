@@ -1287,7 +1287,9 @@ fn a_second_ctrl_c_quits_without_leaving_steps_behind() {
 /// `GITHUB_OUTPUT`, with `GITHUB_ENV` for the next step) reaches the jobs
 /// that need it, a 2×2 matrix uploads four artifacts (`!` leaves the `.map` files out, paths relative to `dist/`),
 /// a job that needs every leg downloads them by `pattern` with
-/// `merge-multiple`, and an `if: always()` job downloads one by name.
+/// `merge-multiple` and merges them into one artifact with
+/// `upload-artifact/merge` (deleting the four), and an `if: always()` job
+/// downloads two by name.
 #[test]
 fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
     let d = tmp();
@@ -1299,10 +1301,40 @@ fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
         "[workflow/package] satchel-demo v1.1 for linux/amd64",
         "[workflow/report] bundle holds linux-amd64.txt linux-arm64.txt",
         "[workflow/report] report done for CI",
+        "[workflow/report] merged holds ./bin-linux-amd64/linux-amd64.txt ./bin-linux-arm64/linux-arm64.txt ./bin-windows-amd64/windows-amd64.txt ./bin-windows-arm64/windows-arm64.txt",
+        "into \"all-platforms\": 4 files, 140 B, by reference (no content sent)\n",
+        "warning: kept merged artifact \"bin-linux-amd64\": token",
         "run #1 of pipeline \"ci\": PASSED",
     ] {
         assert!(out.contains(want), "{want}:\n{out}");
     }
+    // `delete-merged`: each job's token deletes only its own job's
+    // artifacts, so the four stay (with a warning each).
+    let left = {
+        let s = Server::start(&data);
+        s.agent(d.path(), "ci", 1, "check")
+            .ok(&["artifact", "search", "--json", "**"])
+    };
+    let names: std::collections::BTreeSet<String> =
+        serde_json::from_str::<serde_json::Value>(&left)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["artifact_name"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        [
+            "all-platforms",
+            "bin-linux-amd64",
+            "bin-linux-arm64",
+            "bin-windows-amd64",
+            "bin-windows-arm64",
+            "linux-bundle"
+        ],
+        "{left}"
+    );
     let work = data.join("work/ci/1");
     let all = work.join("package/work/all");
     let mut got: Vec<String> = std::fs::read_dir(&all)
@@ -1330,6 +1362,34 @@ fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
         again.contains("satchel-demo v1.2 for linux/amd64"),
         "{again}"
     );
+}
+
+/// `satchel artifact merge` (upload-artifact/merge): a later artifact's
+/// file wins at a shared path, hidden files stay out unless asked, the
+/// job's own merged artifacts are deleted with `--delete-merged`, and a
+/// pattern that matches nothing is an error.
+#[test]
+fn merge_combines_artifacts_by_reference() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let script = "mkdir -p a b && echo 1 > a/x && echo a > a/only-a && echo 2 > b/x && echo h > b/.hidden \
+        && satchel artifact publish a --name part-a && satchel artifact publish b --name part-b \
+        && satchel artifact merge --name whole --pattern 'part-*' --delete-merged \
+        && satchel artifact download-artifact whole --dest got && echo \"x says $(cat got/whole/x)\" \
+        && echo \"whole holds $(ls -A got/whole | tr '\\n' ' ')\" \
+        && ! satchel artifact download-artifact part-a --dest no && echo parts gone \
+        && ! satchel artifact merge --name none --pattern 'nope-*'";
+    let p = write_pipeline(d.path(), "merge.yml", &one_step("merging", "m", script));
+    let out = passes(&data, &p);
+    for want in [
+        "merged 2 artifacts (part-a, part-b) into \"whole\": 2 files, 4 B, by reference (no content sent); deleted part-a, part-b",
+        "x says 2",
+        "whole holds only-a x ",
+        "parts gone",
+        "no artifact of run 1 of pipeline \"merging\" matches \"nope-*\"",
+    ] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
 }
 
 /// `--build ID` finds a run by the CI's build id in another pipeline (the

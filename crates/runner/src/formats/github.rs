@@ -16,7 +16,9 @@
 //!   run natively against the Satchel server with their inputs' rules
 //!   (`path` lines with `!` exclusions relative to their common directory,
 //!   `if-no-files-found`, `retention-days`, `include-hidden-files`; `name`,
-//!   `pattern`, `merge-multiple`, `path`).
+//!   `pattern`, `merge-multiple`, `path`); `actions/upload-artifact/merge`
+//!   v4 and later as `satchel artifact merge`, by reference (no content
+//!   moves).
 //! - `${{ … }}` with `matrix.*`, `env.*`, `github.*` (run number and id,
 //!   sha, ref, workspace, job, workflow), `runner.*`, `secrets.*` (from
 //!   the environment of `satchel run`) and literals, substituted as text
@@ -37,7 +39,7 @@ use super::{check_keys, names, order, scalar, script_title, shell_quote, LoadOpt
 use crate::pipeline::{Job, Pipeline, Shell, Stage, Step, When};
 
 /// Steps this translator runs, as error messages list them.
-const SUPPORTED_STEPS: &str = "run, uses: actions/checkout, actions/upload-artifact@v4 (or later), actions/download-artifact@v4 (or later)";
+const SUPPORTED_STEPS: &str = "run, uses: actions/checkout, actions/upload-artifact@v4 (or later), actions/upload-artifact/merge@v4 (or later), actions/download-artifact@v4 (or later)";
 
 /// The stage every job of a workflow goes in (jobs order themselves by
 /// `needs`).
@@ -680,6 +682,7 @@ impl Tr<'_> {
                 }
                 "actions/upload-artifact" if v4 => self.upload(place, &with, &ctx)?,
                 "actions/download-artifact" if v4 => self.download(place, &with, &ctx)?,
+                "actions/upload-artifact/merge" if v4 => self.merge(place, &with, &ctx)?,
                 _ => return self.unsupported(place, &format!("uses: {uses}"), &with, &ctx),
             };
             let body = format!("{}\n", words.join(" "));
@@ -800,18 +803,7 @@ impl Tr<'_> {
         if !flag(with.get("include-hidden-files")) {
             words.push("--skip-hidden".into());
         }
-        if let Some(days) = with.get("retention-days").map(text_of) {
-            match days.trim().parse::<u32>() {
-                Ok(d) if d >= 1 => words.extend(["--expire-in".into(), format!("{d}d")]),
-                _ => {
-                    self.error(
-                        &format!("{place}.with.retention-days"),
-                        format!("{days:?} is not a number of days (1 or more)"),
-                    );
-                    return None;
-                }
-            }
-        }
+        words.extend(self.retention(place, with)?);
         words.push("--".into());
         // One path per line, as the action reads them.
         let lines = split_lines(&path);
@@ -820,6 +812,63 @@ impl Tr<'_> {
             return None;
         }
         words.extend(lines.iter().map(Expanded::word));
+        Some(words)
+    }
+
+    /// The `retention-days` input as `--expire-in` words (none when absent).
+    fn retention(&mut self, place: &str, with: &Map<String, Value>) -> Option<Vec<String>> {
+        let Some(days) = with.get("retention-days").map(text_of) else {
+            return Some(Vec::new());
+        };
+        match days.trim().parse::<u32>() {
+            Ok(d) if d >= 1 => Some(vec!["--expire-in".into(), format!("{d}d")]),
+            _ => {
+                self.error(
+                    &format!("{place}.with.retention-days"),
+                    format!("{days:?} is not a number of days (1 or more)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `actions/upload-artifact/merge` as an `artifact merge` command.
+    fn merge(&mut self, place: &str, with: &Map<String, Value>, ctx: &Ctx) -> Option<Vec<String>> {
+        self.check_keys(
+            &format!("{place}.with"),
+            with,
+            &[
+                "name",
+                "pattern",
+                "separate-directories",
+                "delete-merged",
+                "retention-days",
+                "include-hidden-files",
+                "compression-level",
+            ],
+            &[],
+        );
+        let flag = |v: Option<&Value>| v.map(text_of).is_some_and(|t| t.trim() == "true");
+        let mut words: Vec<String> = ["satchel", "artifact", "merge"]
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect();
+        for (input, option) in [("name", "--name"), ("pattern", "--pattern")] {
+            if let Some(v) = self.input(place, with, input, ctx)? {
+                words.push(option.into());
+                words.push(v.word());
+            }
+        }
+        for (input, option) in [
+            ("separate-directories", "--separate-directories"),
+            ("delete-merged", "--delete-merged"),
+            ("include-hidden-files", "--include-hidden"),
+        ] {
+            if flag(with.get(input)) {
+                words.push(option.into());
+            }
+        }
+        words.extend(self.retention(place, with)?);
         Some(words)
     }
 
