@@ -151,6 +151,7 @@ pub async fn run(a: MergeArgs) -> anyhow::Result<()> {
         name: Some(a.name.clone()),
         files,
         exclusive: true,
+        replace: false,
         expire_in_secs: a.expire_in,
     };
     let created = client.create_upload(&req).await?;

@@ -174,6 +174,7 @@ pub async fn run_publish(a: PublishArgs) -> anyhow::Result<()> {
     let how = Sending {
         name: Some(a.name.clone()),
         exclusive: true,
+        replace: false,
         expire_in_secs: a.expire_in,
         content_type: a.content_type.clone(),
         quiet: a.quiet || a.json,

@@ -33,6 +33,13 @@ pub struct UploadArgs {
     /// name, even from this job (GitHub's artifacts are immutable).
     #[arg(long, requires = "name")]
     exclusive: bool,
+    /// Replace the run's artifact of this name, whichever job uploaded it
+    /// (GitHub's `overwrite: true`): the new one is swapped in when it is
+    /// complete, so a reader gets the old one or the new one, never
+    /// neither. Implies `--exclusive`; the token must be allowed to delete
+    /// the artifact it replaces.
+    #[arg(long, requires = "name")]
+    replace: bool,
     /// Content type for every file (default: from the extension).
     #[arg(long)]
     content_type: Option<String>,
@@ -687,7 +694,8 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
 
     let how = Sending {
         name: a.name.clone(),
-        exclusive: a.exclusive,
+        exclusive: a.exclusive || a.replace,
+        replace: a.replace,
         expire_in_secs: a.expire_in,
         content_type: a.content_type.clone(),
         quiet: a.quiet || a.json,
@@ -718,6 +726,8 @@ pub struct Sending {
     pub name: Option<String>,
     /// Publish semantics: the name must be new in the run.
     pub exclusive: bool,
+    /// Replace the run's artifact of the name when done (`--replace`).
+    pub replace: bool,
     /// Seconds until the artifact expires (default: the server's).
     pub expire_in_secs: Option<u64>,
     /// Content type for every file.
@@ -798,6 +808,7 @@ pub async fn send(
             name: how.name.clone(),
             files,
             exclusive: how.exclusive,
+            replace: how.replace,
             expire_in_secs: how.expire_in_secs,
         })
         .await?;

@@ -1364,6 +1364,48 @@ fn github_workflow_matrix_artifacts_by_pattern_and_merge() {
     );
 }
 
+/// upload-artifact's `overwrite: true` replaces the run's artifact of the
+/// name (swapped in whole, see the DB story's `replacing_swaps_on_finish`);
+/// without it a second upload of the name is refused; and a job's token
+/// may not replace another job's artifact.
+#[test]
+fn github_overwrite_replaces_an_artifact() {
+    let d = tmp();
+    let data = d.path().join("data");
+    let flow = |overwrite: bool, other_job: bool| {
+        let second = if other_job {
+            "  c:\n    needs: a\n    steps:\n"
+        } else {
+            ""
+        };
+        format!(
+            "on: push\njobs:\n  a:\n    steps:\n      - run: echo v1 > report.txt\n      - uses: actions/upload-artifact@v4\n        with: {{ name: report, path: report.txt }}\n{second}      - run: echo v2 > report.txt\n      - uses: actions/upload-artifact@v4\n        with: {{ name: report, path: report.txt, overwrite: {overwrite} }}\n  b:\n    needs: [a{}]\n    steps:\n      - uses: actions/download-artifact@v4\n        with: {{ name: report, path: got }}\n      - run: echo \"report says $(cat got/report.txt)\"\n",
+            if other_job { ", c" } else { "" }
+        )
+    };
+    let ok = passes(
+        &data,
+        &write_pipeline(d.path(), "overwrite.yml", &flow(true, false)),
+    );
+    assert!(ok.contains("[workflow/b] report says v2"), "{ok}");
+    let t = fails(
+        &data,
+        &write_pipeline(d.path(), "twice.yml", &flow(false, false)),
+    );
+    assert!(
+        t.contains("already exists in run 1 of pipeline \"twice\""),
+        "{t}"
+    );
+    let t = fails(
+        &data,
+        &write_pipeline(d.path(), "other.yml", &flow(true, true)),
+    );
+    assert!(
+        t.contains("acts as job \"c\" attempt 1 only, not as job \"a\""),
+        "{t}"
+    );
+}
+
 /// `satchel artifact merge` (upload-artifact/merge): a later artifact's
 /// file wins at a shared path, hidden files stay out unless asked, the
 /// job's own merged artifacts are deleted with `--delete-merged`, and a

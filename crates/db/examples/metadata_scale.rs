@@ -116,6 +116,7 @@ async fn populate(db: &dyn MetaStore, files: usize, artifacts: usize, runs: usiz
             name: Some(name),
             files: list,
             exclusive: false,
+            replace: false,
             expire_in_secs: None,
         };
         publish(db, &req).await;
@@ -399,6 +400,7 @@ async fn bench(db: &dyn MetaStore, backend: &'static str, rows: &mut Vec<Row>) {
             name: Some("manifest".into()),
             files: list,
             exclusive: false,
+            replace: false,
             expire_in_secs: None,
         };
         let sent = statements();

@@ -164,6 +164,11 @@ const TABLES: &[Table] = &[
         key: &["upload_id", "sha256"],
     },
     Table {
+        name: "upload_replaces",
+        columns: &["upload_id", "artifact_id"],
+        key: &["upload_id", "artifact_id"],
+    },
+    Table {
         name: "files",
         columns: &[
             "id",

@@ -89,6 +89,9 @@ pub struct UploadPlan {
     pub missing: Vec<String>,
     /// Manifest entries the artifact already had with identical content.
     pub already_present: u64,
+    /// With `replace`: the artifacts finishing will delete (the caller must
+    /// be allowed to, else abort the upload).
+    pub replaces: Vec<String>,
 }
 
 /// How much one run and one artifact may hold (`satchel serve

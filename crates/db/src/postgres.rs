@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0019_runs_build_id.sql"),
     include_str!("../migrations/postgres/0020_runs_failed_jobs.sql"),
     include_str!("../migrations/postgres/0021_gha_views.sql"),
+    include_str!("../migrations/postgres/0022_upload_replaces.sql"),
 ];
 /// Key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x5a7c_4e1d;

@@ -455,7 +455,9 @@ fn ensure_job(c: &mut dyn Sql, ctx: &JobContext) -> Result<(String, String), DbE
 /// conflict (unless its upload failed: a failed upload holds no name), as
 /// is a later attempt's. An earlier attempt of the same job does not block
 /// (the retry gets its own copy). With `exclusive` (publish semantics), the
-/// job's own finished artifact of that name is a conflict too.
+/// job's own finished artifact of that name is a conflict too. With
+/// `replace`, no finished artifact is a conflict, nor reused: the upload
+/// gets a new artifact, which replaces them when it finishes.
 fn claim_name(
     c: &mut dyn Sql,
     run: &str,
@@ -463,6 +465,7 @@ fn claim_name(
     ctx: &JobContext,
     name: &str,
     exclusive: bool,
+    replace: bool,
 ) -> Result<Option<(String, ArtifactState)>, DbError> {
     let mut existing = Vec::new();
     for mut r in c.query(
@@ -493,7 +496,17 @@ fn claim_name(
     // Another owner is the better message, so the job's own rows go last.
     existing.sort_by_key(|(_, jid, ..)| jid == job);
     let mut mine = None;
+    let own = existing.iter().filter(|(_, jid, ..)| jid == job).count();
     for (aid, jid, jkey, jattempt, state) in existing {
+        if replace && state == ArtifactState::Finished {
+            continue;
+        }
+        if jid == job && own > 1 && !replace {
+            // Its finished artifact and a replacement still uploading.
+            return Err(DbError::Conflict(format!(
+                "artifact {name:?} of job {jkey:?} is being replaced (`--replace`) right now; try again when that upload ends"
+            )));
+        }
         if jid == job {
             if exclusive && state == ArtifactState::Finished {
                 return Err(conflict(&jkey, jattempt));
@@ -551,7 +564,9 @@ pub(crate) fn create_upload(
             )?
             .map(|mut r| r.text(0))
             .transpose()?,
-        Some(name) => claim_name(c, &run, &job, ctx, name, req.exclusive)?.map(|(id, _)| id),
+        Some(name) => {
+            claim_name(c, &run, &job, ctx, name, req.exclusive, req.replace)?.map(|(id, _)| id)
+        }
     };
     let artifact_id = match found {
         Some(id) => id,
@@ -632,6 +647,27 @@ pub(crate) fn create_upload(
          VALUES (?1, ?2, ?3, 'uploading', ?4)",
         args![&upload_id, &artifact_id, &ctx.step, now],
     )?;
+    // What finishing will replace, chosen under the run's lock: the run's
+    // finished artifacts of the name, but not another attempt's of this
+    // job (a retry gets its own copy, as without `replace`).
+    let mut replaces = Vec::new();
+    if req.replace {
+        for mut r in c.query(
+            "SELECT a.id FROM artifacts a JOIN jobs j ON j.id = a.job_id
+             WHERE a.run_id = ?1 AND a.name = ?2 AND a.is_default = 0 AND a.state = 'finished'
+               AND a.id != ?3 AND (j.id = ?4 OR j.key != ?5)
+             ORDER BY a.id",
+            args![&run, &artifact_name, &artifact_id, &job, &ctx.job],
+        )? {
+            replaces.push(r.text(0)?);
+        }
+        for id in &replaces {
+            c.execute(
+                "INSERT INTO upload_replaces (upload_id, artifact_id) VALUES (?1, ?2)",
+                args![&upload_id, id],
+            )?;
+        }
+    }
 
     let sizes = check_sizes(&req.files)?;
     let mut seen = HashSet::new();
@@ -760,6 +796,7 @@ pub(crate) fn create_upload(
         artifact_name,
         missing,
         already_present,
+        replaces,
     })
 }
 
@@ -974,6 +1011,36 @@ fn first_paths(c: &mut dyn Sql, sql: &str, upload_id: &str) -> Result<Option<Str
     )))
 }
 
+/// For a replacing upload still uploading: locks its run, then the
+/// artifacts it replaces (chosen at create, in id order), and returns them.
+fn lock_replaced(c: &mut dyn Sql, upload_id: &str) -> Result<Vec<String>, DbError> {
+    // An upload's artifact, and an artifact's run, never change.
+    let ids: Vec<String> = c
+        .query(
+            "SELECT r.artifact_id FROM upload_replaces r JOIN uploads u ON u.id = r.upload_id
+             WHERE r.upload_id = ?1 AND u.state = 'uploading' ORDER BY r.artifact_id",
+            args![upload_id],
+        )?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let run = c
+        .query_one(
+            "SELECT a.run_id FROM uploads u JOIN artifacts a ON a.id = u.artifact_id
+             WHERE u.id = ?1",
+            args![upload_id],
+        )?
+        .text(0)?;
+    c.lock(Lock::Run, &run)?;
+    for id in &ids {
+        c.lock(Lock::Artifact, id)?;
+    }
+    Ok(ids)
+}
+
 /// Locks an upload and its artifact, in the lock order (artifact first);
 /// `false` when there is no such upload.
 fn lock_upload(c: &mut dyn Sql, upload_id: &str) -> Result<bool, DbError> {
@@ -991,6 +1058,10 @@ fn lock_upload(c: &mut dyn Sql, upload_id: &str) -> Result<bool, DbError> {
 }
 
 pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFinished, DbError> {
+    // A replacing upload deletes its run's other artifacts of the name as
+    // it finishes: their run and rows are locked first, in the order every
+    // writer takes (run, then artifacts in id order, then the upload).
+    let replaced = lock_replaced(c, upload_id)?;
     lock_upload(c, upload_id)?;
     let mut r = c
         .query_opt(
@@ -1003,6 +1074,20 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
         return Err(DbError::Conflict(format!(
             "upload {upload_id} failed earlier and cannot be finished; start a new upload"
         )));
+    }
+    if !replaced.is_empty() {
+        // Replacing with an artifact deleted meanwhile would leave neither.
+        let own = c
+            .query_one(
+                "SELECT state FROM artifacts WHERE id = ?1",
+                args![&artifact_id],
+            )?
+            .text(0)?;
+        if own == "deleted" || own == "expired" {
+            return Err(DbError::Conflict(format!(
+                "the artifact upload {upload_id} fills was {own} meanwhile; nothing was replaced"
+            )));
+        }
     }
     let now = now_millis();
     // Touch first, check after: content collected before the touch is
@@ -1078,6 +1163,21 @@ pub(crate) fn finish_upload(c: &mut dyn Sql, upload_id: &str) -> Result<UploadFi
          WHERE id = ?1",
         args![&artifact_id, files, bytes],
     )?;
+    // The swap: the artifacts it replaces go in the same transaction,
+    // before this one is finished (a job's own name is unique among its
+    // finished artifacts).
+    if newly == 1 && !replaced.is_empty() {
+        for id in &replaced {
+            c.execute(
+                "UPDATE artifacts SET state = 'deleted' WHERE id = ?1 AND state = 'finished'",
+                args![id],
+            )?;
+        }
+        c.execute(
+            "DELETE FROM upload_replaces WHERE upload_id = ?1",
+            args![upload_id],
+        )?;
+    }
     c.execute(
         "UPDATE artifacts SET state = 'finished', finished_at = COALESCE(finished_at, ?2)
          WHERE id = ?1 AND state IN ('uploading', 'error')",
@@ -1104,6 +1204,21 @@ fn fail_upload(c: &mut dyn Sql, id: &str) -> Result<(), DbError> {
          WHERE id = (SELECT artifact_id FROM uploads WHERE id = ?1) AND state = 'uploading'
            AND NOT EXISTS (SELECT 1 FROM uploads u
                             WHERE u.artifact_id = artifacts.id AND u.state != 'error')",
+        args![id],
+    )?;
+    // A failed replacement of the job's own artifact (still live) goes
+    // rather than holding the name beside it.
+    c.execute(
+        "UPDATE artifacts SET state = 'deleted'
+         WHERE id = (SELECT artifact_id FROM uploads WHERE id = ?1) AND state = 'error'
+           AND EXISTS (SELECT 1 FROM artifacts o WHERE o.run_id = artifacts.run_id
+                         AND o.name = artifacts.name AND o.job_id = artifacts.job_id
+                         AND o.id != artifacts.id AND o.is_default = 0
+                         AND o.state = 'finished')",
+        args![id],
+    )?;
+    c.execute(
+        "DELETE FROM upload_replaces WHERE upload_id = ?1",
         args![id],
     )?;
     Ok(())
@@ -1176,7 +1291,7 @@ pub(crate) fn create_typed(
         }
     };
     let (run, job) = ensure_job(c, ctx)?;
-    if let Some((old, _)) = claim_name(c, &run, &job, ctx, &req.name, true)? {
+    if let Some((old, _)) = claim_name(c, &run, &job, ctx, &req.name, true, false)? {
         // This job's own unfinished attempt at the name: replace it.
         c.execute(
             "UPDATE artifacts SET state = 'deleted' WHERE id = ?1",

@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0020_runs_build_id.sql"),
     include_str!("../migrations/sqlite/0021_runs_failed_jobs.sql"),
     include_str!("../migrations/sqlite/0022_gha_views.sql"),
+    include_str!("../migrations/sqlite/0023_upload_replaces.sql"),
 ];
 const READERS: usize = 4;
 

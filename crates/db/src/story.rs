@@ -47,6 +47,7 @@ pub fn upload(job: &str, attempt: u32, name: Option<&str>, files: Vec<NewFile>) 
         name: name.map(String::from),
         files,
         exclusive: false,
+        replace: false,
         expire_in_secs: None,
     }
 }
@@ -293,6 +294,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     needs_blobs_and_expiry(db).await;
     races(db).await;
     reused_failed_artifact_holds_its_name(db).await;
+    replacing_swaps_on_finish(db).await;
     large_manifest(db).await;
     access(db).await;
     leases(db).await;
@@ -1120,6 +1122,148 @@ async fn reused_failed_artifact_holds_its_name(db: &dyn MetaStore) {
         Err(DbError::Conflict(m)) => assert!(m.contains("already exists"), "{m}"),
         other => panic!("another job took the name of an artifact being uploaded: {other:?}"),
     }
+}
+
+/// `replace` (GitHub's `overwrite: true`): the replacing artifact is new,
+/// the old one stays live until it finishes, and finishing deletes the old
+/// one in the same transaction; an aborted replacement leaves it; another
+/// job's artifact still uploading stays a conflict.
+async fn replacing_swaps_on_finish(db: &dyn MetaStore) {
+    let digest = |sha: char| format!("{:0>64}", format!("5e9{sha}"));
+    let attempt = |job: &str, n: u32, sha: char, replace: bool| {
+        let f = NewFile {
+            sha256: digest(sha),
+            ..file("r.txt", sha, 3)
+        };
+        let mut u = upload(job, n, Some("report"), vec![f]);
+        u.context.pipeline = "replacing".into();
+        u.exclusive = true;
+        u.replace = replace;
+        u
+    };
+    let in_run = |job: &str, sha: char, replace: bool| attempt(job, 1, sha, replace);
+    let live = |run: String| async move {
+        db.list_artifacts(&run)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.state == ArtifactState::Finished)
+            .map(|a| (a.producer.job, a.id))
+            .collect::<Vec<_>>()
+    };
+    db.record_blobs(&[(digest('1'), 3), (digest('2'), 3), (digest('3'), 3)])
+        .await
+        .unwrap();
+    let first = db
+        .create_upload(&in_run("a", '1', false), &q())
+        .await
+        .unwrap();
+    db.finish_upload(&first.upload_id).await.unwrap();
+    let run = db.find_run("replacing", 1).await.unwrap().id;
+    assert!(matches!(
+        db.create_upload(&in_run("a", '2', false), &q()).await,
+        Err(DbError::Conflict(_))
+    ));
+    // Replaced by its own job: a new artifact, the old one live meanwhile.
+    let second = db
+        .create_upload(&in_run("a", '2', true), &q())
+        .await
+        .unwrap();
+    assert_ne!(second.artifact_id, first.artifact_id);
+    assert_eq!(second.replaces, vec![first.artifact_id.clone()]);
+    assert_eq!(
+        live(run.clone()).await,
+        [("a".into(), first.artifact_id.clone())]
+    );
+    // While it uploads, another job cannot take the name, nor can the job
+    // add files to the artifact being replaced.
+    assert!(matches!(
+        db.create_upload(&in_run("b", '3', true), &q()).await,
+        Err(DbError::Conflict(_))
+    ));
+    let mut plain = in_run("a", '3', false);
+    plain.exclusive = false;
+    plain.files[0].path = "more.txt".into();
+    match db.create_upload(&plain, &q()).await {
+        Err(DbError::Conflict(m)) => assert!(m.contains("is being replaced"), "{m}"),
+        other => panic!("added to an artifact being replaced: {other:?}"),
+    }
+    db.finish_upload(&second.upload_id).await.unwrap();
+    assert_eq!(
+        live(run.clone()).await,
+        [("a".into(), second.artifact_id.clone())]
+    );
+    assert_eq!(
+        db.get_artifact(&first.artifact_id)
+            .await
+            .map(|a| a.state)
+            .ok(),
+        None,
+        "the replaced artifact is deleted"
+    );
+    // Finishing again changes nothing; an aborted replacement leaves the
+    // artifact it would have replaced.
+    db.finish_upload(&second.upload_id).await.unwrap();
+    assert_eq!(
+        live(run.clone()).await,
+        [("a".into(), second.artifact_id.clone())]
+    );
+    let third = db
+        .create_upload(&in_run("b", '3', true), &q())
+        .await
+        .unwrap();
+    db.abort_upload(&third.upload_id).await.unwrap();
+    assert_eq!(
+        live(run.clone()).await,
+        [("a".into(), second.artifact_id.clone())]
+    );
+    // An aborted replacement by the job itself frees the name beside its
+    // artifact: plain uploads add to that artifact again.
+    let own = db
+        .create_upload(&in_run("a", '3', true), &q())
+        .await
+        .unwrap();
+    db.abort_upload(&own.upload_id).await.unwrap();
+    let added = db.create_upload(&plain, &q()).await.unwrap();
+    assert_eq!(added.artifact_id, second.artifact_id);
+    db.abort_upload(&added.upload_id).await.unwrap();
+    // A replacement whose own artifact was deleted meanwhile replaces
+    // nothing: the old one stays.
+    let gone = db
+        .create_upload(&in_run("a", '3', true), &q())
+        .await
+        .unwrap();
+    db.delete_artifact(&gone.artifact_id).await.unwrap();
+    assert!(matches!(
+        db.finish_upload(&gone.upload_id).await,
+        Err(DbError::Conflict(_))
+    ));
+    assert_eq!(
+        live(run.clone()).await,
+        [("a".into(), second.artifact_id.clone())]
+    );
+    // Another job replaces it.
+    let fourth = db
+        .create_upload(&in_run("b", '3', true), &q())
+        .await
+        .unwrap();
+    db.finish_upload(&fourth.upload_id).await.unwrap();
+    assert_eq!(
+        live(run.clone()).await,
+        [("b".into(), fourth.artifact_id.clone())]
+    );
+    // A retry of that job gets its own copy, as without `replace`: the
+    // earlier attempt's artifact is not replaced (it is superseded).
+    let retry = db
+        .create_upload(&attempt("b", 2, '1', true), &q())
+        .await
+        .unwrap();
+    assert!(retry.replaces.is_empty(), "{:?}", retry.replaces);
+    db.finish_upload(&retry.upload_id).await.unwrap();
+    assert_eq!(
+        db.get_artifact(&fourth.artifact_id).await.unwrap().state,
+        ArtifactState::Finished
+    );
 }
 
 /// A manifest larger than one multi-row statement (the rules batch rows):

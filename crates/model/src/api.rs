@@ -86,6 +86,13 @@ pub struct CreateUpload {
     /// the owning job (a higher attempt) may publish it again.
     #[serde(default, skip_serializing_if = "is_false")]
     pub exclusive: bool,
+    /// Replace semantics (GitHub's `overwrite: true`; needs a name and
+    /// `exclusive`): a new artifact of the name is created even if the run
+    /// holds a finished one, and finishing it deletes the others in the
+    /// same transaction, so readers see the old one or the new one, never
+    /// neither. The caller must be allowed to delete those it replaces.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replace: bool,
     /// Seconds until the artifact expires, counted from its creation
     /// (default: the server's retention). Applies when this upload creates
     /// the artifact.

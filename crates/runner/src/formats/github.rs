@@ -15,7 +15,8 @@
 //!   `actions/upload-artifact` / `actions/download-artifact` v4 and later,
 //!   run natively against the Satchel server with their inputs' rules
 //!   (`path` lines with `!` exclusions relative to their common directory,
-//!   `if-no-files-found`, `retention-days`, `include-hidden-files`; `name`,
+//!   `if-no-files-found`, `retention-days`, `include-hidden-files`,
+//!   `overwrite` as an atomic replace; `name`,
 //!   `pattern`, `merge-multiple`, `path`); `actions/upload-artifact/merge`
 //!   v4 and later as `satchel artifact merge`, by reference (no content
 //!   moves).
@@ -758,13 +759,6 @@ impl Tr<'_> {
             &[],
         );
         let flag = |v: Option<&Value>| v.map(text_of).is_some_and(|t| t.trim() == "true");
-        if flag(with.get("overwrite")) {
-            self.error(
-                place,
-                "`overwrite: true` is not supported yet (an artifact of a run is written once)",
-            );
-            return None;
-        }
         let name = self
             .input(place, with, "name", ctx)?
             .unwrap_or_else(|| Expanded(vec![Piece::Text("artifact".into())]));
@@ -800,6 +794,10 @@ impl Tr<'_> {
         words.push(shell_quote(&mode));
         words.push("--name".into());
         words.push(name.word());
+        // Swapped in whole once uploaded: readers never see the name gone.
+        if flag(with.get("overwrite")) {
+            words.push("--replace".into());
+        }
         if !flag(with.get("include-hidden-files")) {
             words.push("--skip-hidden".into());
         }

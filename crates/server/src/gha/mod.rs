@@ -593,6 +593,7 @@ async fn finalize(
             glob: Some(if zip { "gha-zip" } else { "gha-raw" }.into()),
         }],
         exclusive: true,
+        replace: false,
         // The server's default retention is applied after the check (it
         // is not the client's input), as for REST uploads.
         expire_in_secs: None,

@@ -108,6 +108,11 @@ pub fn validate_manifest(req: &CreateUpload, limits: &crate::Limits) -> Result<(
     if let Some(n) = &req.name {
         names::validate_artifact_name(n)?;
     }
+    if req.replace && (req.name.as_deref().is_none_or(|n| n == "default") || !req.exclusive) {
+        return Err(ApiError::bad_request(
+            "`replace` needs an artifact name and `exclusive` (it swaps a named artifact of the run)",
+        ));
+    }
     if req.files.is_empty() {
         return Err(ApiError::bad_request("an upload needs at least one file"));
     }
@@ -192,6 +197,25 @@ pub(super) async fn create(
     let plan =
         s.db.create_upload_proving(&req, &s.limits.quotas, home)
             .await?;
+    // Replacing deletes: the caller must be allowed to delete each artifact
+    // finishing would replace (chosen by the create, under the run's lock),
+    // else the upload is given up before anything is sent.
+    for id in &plan.replaces {
+        let allowed = match s.db.get_artifact(id).await {
+            Ok(a) => {
+                caller
+                    .delete(&s, &a.producer.pipeline, &Acting::producer(&a.producer))
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = allowed {
+            if let Err(abort) = s.db.abort_upload(&plan.upload_id).await {
+                tracing::warn!("giving up upload {}: {abort}", plan.upload_id);
+            }
+            return Err(e);
+        }
+    }
     Ok((
         StatusCode::CREATED,
         axum::Json(UploadCreated {
