@@ -12,6 +12,7 @@ mod access;
 mod admin;
 mod buildkite;
 mod context;
+mod diff;
 mod download;
 mod merge;
 mod migrate;
@@ -46,6 +47,9 @@ enum Command {
     Run(run::RunArgs),
     /// Resolve a `$[…]` artifact reference to its value.
     Resolve(refs::ResolveArgs),
+    /// Compare two runs' artifacts from metadata: files added, removed and
+    /// changed, with sizes.
+    Diff(diff::DiffArgs),
     /// Record a run's state (passed, failed, canceled) from another CI.
     RunState(refs::RunStateArgs),
     /// Promote a finished artifact to an immutable REPO/PACKAGE@VERSION.
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let done = match cli.command {
             Command::Serve(a) => serve::run(a).await,
+            Command::Diff(a) => diff::run(a).await,
             Command::Artifact(cmd) => match *cmd {
                 ArtifactCommand::Upload(a) => upload::run(a).await,
                 ArtifactCommand::Download(a) => download::run_download(a).await,

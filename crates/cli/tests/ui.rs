@@ -645,3 +645,142 @@ fn ui_login_guesses_are_throttled_with_the_apis() {
         assert_eq!(r.status(), 429);
     });
 }
+
+/// Two runs compared from metadata, the same through the CLI (`satchel
+/// diff`, text and JSON), the API and the UI's page: per artifact, files
+/// added, removed and changed with size deltas; bad references are 4xx.
+#[test]
+fn two_runs_compare_in_the_cli_the_api_and_the_ui() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    for (run, files) in [
+        (
+            1,
+            &[
+                ("app/a.txt", "one"),
+                ("app/gone.txt", "x"),
+                ("app/same.txt", "s"),
+                ("app/q.sql", "-- old\n"),
+            ][..],
+        ),
+        (
+            2,
+            &[
+                ("app/a.txt", "one more"),
+                ("app/new.txt", "n"),
+                ("app/same.txt", "s"),
+                ("app/q.sql", "-- new\n"),
+            ][..],
+        ),
+    ] {
+        let src = d.path().join(format!("src{run}"));
+        for (path, body) in files {
+            write(&src, path, body.as_bytes());
+        }
+        let agent = s.agent(&src, "cmp", run, "build");
+        agent.ok(&["artifact", "publish", "app", "--name", "app"]);
+        if run == 2 {
+            agent.ok(&["artifact", "publish", "app/new.txt", "--name", "extra"]);
+        }
+    }
+    let agent = s.agent(d.path(), "cmp", 2, "check");
+    let text = agent.ok(&["diff", "cmp#1", "cmp#latest"]);
+    for want in [
+        "cmp#1 → cmp#2\n",
+        "  app (changed): 1 added, 1 removed, 2 changed, 1 unchanged; 12 B → 17 B (+5 B)\n",
+        "    ~ a.txt  3 B → 8 B (+5 B)\n",
+        "    - gone.txt  1 B\n",
+        "    + new.txt  1 B\n",
+        "  extra (added): 1 added, 0 removed, 0 changed, 0 unchanged; 0 B → 1 B (+1 B)\n",
+        "    ~ q.sql  7 B → 7 B (±0 B)\n",
+        "total: 2 added, 1 removed, 2 changed, 1 unchanged; 12 B → 18 B (+6 B)\n",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("same.txt"),
+        "unchanged files are only counted"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["diff", "cmp#2", "cmp#1", "--artifact", "app", "--json"]))
+            .unwrap();
+    assert_eq!(json["from"], "cmp#2");
+    assert_eq!(json["artifacts"].as_array().unwrap().len(), 1);
+    assert_eq!(json["totals"]["added"], 1, "{json}");
+    assert_eq!(json["artifacts"][0]["files"][0]["path"], "a.txt");
+    assert_eq!(json["artifacts"][0]["files"][0]["change"], "changed");
+    let sql = &json["artifacts"][0]["files"][3];
+    assert_eq!(sql["path"], "q.sql");
+    // Run 1's text against run 2's (the JSON compared 2 with 1).
+    let sql_diff = format!(
+        "/diff/file?from={}&to={}",
+        sql["to_file"].as_str().unwrap(),
+        sql["from_file"].as_str().unwrap()
+    );
+    let e = agent.fails(&["diff", "cmp#1", "cmp#2", "--artifact", "nope"]);
+    assert!(
+        e.contains("neither cmp#1 nor cmp#2 has an artifact \"nope\""),
+        "{e}"
+    );
+    let e = agent.fails(&["diff", "cmp-1", "cmp#2"]);
+    assert!(e.contains("is not PIPELINE#RUN"), "{e}");
+    let e = agent.fails(&["diff", "cmp#1", "cmp#9"]);
+    assert!(e.contains("run 9 of pipeline \"cmp\" not found"), "{e}");
+    // The UI's page, reached from the run page's form.
+    let b = browser();
+    rt().block_on(async {
+        let session = login(&b, &s, &s.token).await;
+        let get = |path: String| {
+            let (b, session, s) = (&b, &session, &s);
+            async move {
+                let r = b
+                    .get(format!("{}{path}", s.url))
+                    .header("cookie", session)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let (_, run) = get("/p/cmp/runs/2".into()).await;
+        assert!(run.contains("action=\"/diff\""), "{run}");
+        // What changed since the run before: this run is the newer side.
+        assert!(
+            run.contains("name=\"from\" required value=\"cmp#1\""),
+            "{run}"
+        );
+        assert!(run.contains("name=\"to\" value=\"cmp#2\""), "{run}");
+        let (status, page) = get("/diff?from=cmp%231&to=cmp%232".into()).await;
+        assert_eq!(status, 200);
+        for want in ["cmp#1 → cmp#2", "gone.txt", "new.txt", "+5 B", "extra"] {
+            assert!(page.contains(want), "{want} in {page}");
+        }
+        // A changed text file's lines, as a unified diff.
+        let (_, lines) = get(href_of(&page, "diff")).await;
+        for want in [
+            "<span class=\"del\">-one</span>",
+            "<span class=\"add\">+one more</span>",
+            "cmp#1 app/a.txt",
+        ] {
+            assert!(lines.contains(want), "{want} in {lines}");
+        }
+        // A line that starts with `--` is still a removed or added line.
+        let (_, lines) = get(sql_diff).await;
+        assert!(
+            lines.contains("<span class=\"del\">--- old</span>"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("<span class=\"add\">+-- new</span>"),
+            "{lines}"
+        );
+        assert_eq!(get("/diff/file?from=nope&to=nope".into()).await.0, 400);
+        assert_eq!(get("/diff?from=cmp&to=cmp%232".into()).await.0, 400);
+        assert_eq!(
+            get("/diff?from=cmp%231&to=cmp%232&artifact=nope".into())
+                .await
+                .0,
+            404
+        );
+    });
+}

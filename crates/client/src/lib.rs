@@ -428,6 +428,23 @@ impl Client {
         Ok(r)
     }
 
+    /// Runs `from` and `to` (each `PIPELINE#RUN`) compared from metadata;
+    /// `artifact` compares one artifact.
+    pub async fn diff(
+        &self,
+        from: &str,
+        to: &str,
+        artifact: Option<&str>,
+    ) -> Result<satchel_model::diff::RunDiff, ClientError> {
+        let mut req = self
+            .request(Method::GET, "/diff")
+            .query(&[("from", from), ("to", to)]);
+        if let Some(a) = artifact {
+            req = req.query(&[("artifact", a)]);
+        }
+        self.json(req).await
+    }
+
     /// The runs, in pipelines this token may read, whose CI build id is
     /// `build` (a Buildkite build UUID, `GITHUB_RUN_ID`, …).
     pub async fn runs_of_build(

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod ci;
+pub mod diff;
 pub mod expr;
 pub mod frames;
 pub mod glob;

@@ -17,9 +17,26 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A signed size change: `+1.2 KiB`, `-300 B`, `±0 B`.
+pub fn human_delta(d: i128) -> String {
+    let n = human_bytes(u64::try_from(d.unsigned_abs()).unwrap_or(u64::MAX));
+    match d.signum() {
+        1 => format!("+{n}"),
+        -1 => format!("-{n}"),
+        _ => "±0 B".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deltas_carry_their_sign() {
+        assert_eq!(human_delta(2048), "+2.0 KiB");
+        assert_eq!(human_delta(-300), "-300 B");
+        assert_eq!(human_delta(0), "±0 B");
+    }
 
     #[test]
     fn bytes_read_as_binary_units() {

@@ -68,6 +68,8 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/p/{pipeline}/branches/{branch}/latest", get(branch_latest))
         .route("/artifacts/{id}", get(artifact_page))
+        .route("/diff", get(diff_page))
+        .route("/diff/file", get(file_diff_page))
         // The API's archive handler, behind the session: a browser sends
         // a cookie, not a bearer token.
         .route(
@@ -165,6 +167,8 @@ code,.mono{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-al
 nav.crumbs ol{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.3rem}\
 nav.crumbs li+li:before{content:'/';padding-right:.3rem;color:#777}\
 a:focus,button:focus,input:focus{outline:2px solid #0969da;outline-offset:2px}\
+.change-added{color:#1a7f37}.change-removed{color:#cf222e}.change-changed{color:#9a6700}\
+pre.diff{overflow-x:auto;font-size:.85em}pre.diff .add{background:#dafbe1}pre.diff .del{background:#ffebe9}pre.diff .hunk{color:#0969da}\
 @media (max-width:40rem){td.hide,th.hide{display:none}}";
 
 async fn stylesheet() -> impl IntoResponse {
@@ -568,6 +572,194 @@ async fn run_page(
             }
             h2 { "Artifacts" }
             (artifact_table(&artifacts))
+            h2 { "Compare" }
+            form method="get" action="/diff" {
+                label { "What changed since run " input name="from" required
+                    value={ (pipeline) "#" (run.number.saturating_sub(1).max(1)) }; }
+                input type="hidden" name="to" value={ (pipeline) "#" (run.number) };
+                " "
+                button type="submit" { "Compare" }
+            }
+        },
+    ))
+}
+
+/// Largest file the run diff compares line by line.
+const TEXT_DIFF_MAX: u64 = 1 << 20;
+/// Most lines of a file diff shown.
+const DIFF_LINES_MAX: usize = 20_000;
+
+/// `old` and `new` as unified diff lines with their class (`hunk`, `del`,
+/// `add`, `ctx`), three lines of context, at most [`DIFF_LINES_MAX`]
+/// (then `true`); the line diff gives up refining after 2 s.
+fn unified_lines(old: &str, new: &str) -> (Vec<(&'static str, String)>, bool) {
+    use similar::ChangeTag;
+    let diff = similar::TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(2))
+        .diff_lines(old, new);
+    let mut lines = Vec::new();
+    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+        lines.push(("hunk", hunk.header().to_string()));
+        for change in hunk.iter_changes() {
+            if lines.len() >= DIFF_LINES_MAX {
+                return (lines, true);
+            }
+            let (class, sign) = match change.tag() {
+                ChangeTag::Delete => ("del", '-'),
+                ChangeTag::Insert => ("add", '+'),
+                ChangeTag::Equal => ("ctx", ' '),
+            };
+            let text = change.value().trim_end_matches(['\n', '\r']);
+            lines.push((class, format!("{sign}{text}")));
+        }
+    }
+    (lines, false)
+}
+
+/// A file's content (at most [`TEXT_DIFF_MAX`] bytes) as text, if it is
+/// UTF-8.
+async fn small_text(s: &AppState, f: &FileInfo) -> Result<Option<String>, UiError> {
+    use futures_util::StreamExt;
+    if f.size > TEXT_DIFF_MAX {
+        return Ok(None);
+    }
+    let digest = satchel_store::Digest::from_hex(&f.sha256).map_err(ApiError::from)?;
+    let mut stream = s.store.get(&digest, None).await.map_err(ApiError::from)?;
+    let mut buf = Vec::with_capacity(f.size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::internal(format!("reading {}: {e}", f.path)))?;
+        buf.extend_from_slice(&chunk);
+        if buf.len() as u64 > TEXT_DIFF_MAX {
+            return Ok(None);
+        }
+    }
+    Ok(String::from_utf8(buf).ok())
+}
+
+#[derive(Deserialize)]
+struct FileDiffQuery {
+    from: String,
+    to: String,
+}
+
+/// Two versions of a text file as a unified diff (each at most 1 MiB).
+async fn file_diff_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<FileDiffQuery>,
+) -> Page {
+    for id in [&q.from, &q.to] {
+        if !satchel_model::id::is_id(id) {
+            return Err(ApiError::bad_request(format!("{id:?} is not a file id")).into());
+        }
+    }
+    let files = s.db.get_files(&[q.from.clone(), q.to.clone()]).await?;
+    for f in &files {
+        caller.read(&s, &f.producer.pipeline).await?;
+    }
+    let (a, b) = (&files[0], &files[1]);
+    let label = |f: &FileInfo| {
+        format!(
+            "{}#{} {}/{}",
+            f.producer.pipeline, f.producer.run, f.artifact_name, f.path
+        )
+    };
+    let (la, lb) = (label(a), label(b));
+    let body = match (small_text(&s, a).await?, small_text(&s, b).await?) {
+        (Some(x), Some(y)) => {
+            // Off the async workers: a line diff of 1 MiB texts takes time.
+            let (lines, cut) = tokio::task::spawn_blocking(move || unified_lines(&x, &y))
+                .await
+                .map_err(|e| ApiError::internal(format!("comparing texts: {e}")))?;
+            html! {
+                @if lines.is_empty() { p { "The two files have the same text." } }
+                @else {
+                    pre.diff {
+                        @for (class, line) in &lines { span class=(class) { (line) } "\n" }
+                    }
+                    @if cut { p { "Only the first " (DIFF_LINES_MAX) " lines of the diff are shown." } }
+                }
+            }
+        }
+        _ => html! {
+            p { "Only text files (UTF-8) of at most 1 MiB are compared line by line; download both to compare these." }
+        },
+    };
+    Ok(layout(
+        &format!("{} → {}", a.path, b.path),
+        html! {
+            h1 { (la) " → " (lb) }
+            (body)
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: String,
+    to: String,
+    #[serde(default)]
+    artifact: Option<String>,
+}
+
+/// Two runs compared from metadata (the API's `/api/v1/diff`).
+async fn diff_page(State(s): State<AppState>, caller: Caller, Query(q): Query<DiffQuery>) -> Page {
+    use satchel_model::diff::Change;
+    let d =
+        crate::routes::diff::run_diff(&s, &caller, &q.from, &q.to, q.artifact.as_deref()).await?;
+    let size = |n: Option<u64>| n.map(satchel_model::units::human_bytes).unwrap_or_default();
+    let delta = satchel_model::units::human_delta;
+    let word = |c: Change| match c {
+        Change::Added => "added",
+        Change::Removed => "removed",
+        Change::Changed => "changed",
+        Change::Unchanged => "unchanged",
+    };
+    let title = format!("{} → {}", d.from, d.to);
+    let t = &d.totals;
+    Ok(layout(
+        &title,
+        html! {
+            h1 { (title) }
+            p {
+                (t.added) " added, " (t.removed) " removed, " (t.changed) " changed, "
+                (t.unchanged) " unchanged; "
+                (satchel_model::units::human_bytes(t.from_size)) " → "
+                (satchel_model::units::human_bytes(t.to_size)) " (" (delta(t.size_delta())) ")"
+            }
+            @if d.artifacts.is_empty() { p { "Neither run has artifacts to compare." } }
+            @if d.truncated { p { "Only the first " (satchel_model::diff::MAX_LISTED) " changed files are listed; the counts include them all." } }
+            @for a in &d.artifacts {
+                h2 { (a.name) " " small class={ "change-" (word(a.change)) } { (word(a.change)) } }
+                p {
+                    (a.totals.added) " added, " (a.totals.removed) " removed, "
+                    (a.totals.changed) " changed, " (a.totals.unchanged) " unchanged; "
+                    (delta(a.totals.size_delta()))
+                }
+                @if !a.files.is_empty() {
+                    table {
+                        thead { tr { th { "" } th { "Path" } th.num { "Before" } th.num { "After" } th.num { "Δ" } th { "" } } }
+                        tbody {
+                            @for f in &a.files {
+                                tr class={ "change-" (word(f.change)) } {
+                                    td { (match f.change { Change::Added => "+", Change::Removed => "−", _ => "~" }) }
+                                    td.mono { (f.path) }
+                                    td.num { (size(f.from_size)) }
+                                    td.num { (size(f.to_size)) }
+                                    td.num { (delta(i128::from(f.to_size.unwrap_or(0)) - i128::from(f.from_size.unwrap_or(0)))) }
+                                    td {
+                                        @if let (Change::Changed, Some(x), Some(y)) = (f.change, &f.from_file, &f.to_file) {
+                                            @if f.from_sha256 != f.to_sha256 && f.from_size.unwrap_or(0).max(f.to_size.unwrap_or(0)) <= TEXT_DIFF_MAX {
+                                                a href={ "/diff/file?from=" (x) "&to=" (y) } { "diff" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         },
     ))
 }

@@ -5,6 +5,7 @@ mod admin;
 mod archive;
 mod content;
 pub(crate) use content::stream_blob_inline;
+pub(crate) mod diff;
 mod pipelines;
 pub(crate) use pipelines::artifact_archive;
 pub(crate) mod uploads;
@@ -36,6 +37,7 @@ pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
         )
         .route("/pipelines/{pipeline}/runs/{run}", get(get_run))
         .route("/builds/{build}", get(runs_of_build))
+        .route("/diff", get(diff::diff))
         .route(
             "/pipelines/{pipeline}/runs/{run}/state",
             put(pipelines::set_run_state),
