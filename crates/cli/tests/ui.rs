@@ -140,6 +140,37 @@ fn an_artifact_downloads_as_a_zip_that_unzip_and_python_open() {
             .unwrap()
             .contains("app-docs.tar"));
 
+        // Compressed with zstd as it streams: no length known in advance.
+        let r = s
+            .get(&format!("/artifacts/{id}/archive?format=tar.zst"))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/zstd");
+        assert!(r.headers().get("content-length").is_none());
+        assert!(r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("app.tar.zst"));
+        let packed = r.bytes().await.unwrap();
+        let tar = zstd::stream::decode_all(&packed[..]).unwrap();
+        assert_eq!(&packed[..4], [0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+        let tar_file = d.path().join("app.tar");
+        std::fs::write(&tar_file, &tar).unwrap();
+        let t = d.path().join("t");
+        std::fs::create_dir_all(&t).unwrap();
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(&tar_file)
+            .arg("-C")
+            .arg(&t)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(std::fs::read(t.join("app.bin")).unwrap(), noise(300_000, 1));
+        assert_eq!(
+            std::fs::read(t.join("docs/caf\u{e9}.txt")).unwrap(),
+            b"accents survive"
+        );
         let r = s.get(&format!("/artifacts/{id}/archive?format=rar")).await;
         assert_eq!(r.status(), 400);
         let r = s.get(&format!("/artifacts/{id}/archive?path=nope")).await;

@@ -863,7 +863,11 @@ async fn artifact_page(
             @if a.kind != "files" {
                 p { "Reference: " code id="reference" { (a.reference_value()) } }
             } @else {
-                p { a href={ (api) "?format=zip" } download { "Download .zip" } " · " a href={ (api) } download { "Download .tar" } }
+                p {
+                    a href={ (api) "?format=zip" } download { "Download .zip" } " · "
+                    a href={ (api) } download { "Download .tar" } " · "
+                    a href={ (api) "?format=tar.zst" } download { "Download .tar.zst" }
+                }
                 table {
                     thead { tr { th { "Path" } th.num { "Size" } th.hide { "Type" } th.hide { "Mode" } th.hide { "SHA-256" } } }
                     tbody {
@@ -993,14 +997,13 @@ async fn artifact_by_name_rest(
     let to = match rest.as_str() {
         "zip" => format!("/artifacts/{}/archive?format=zip", a.id),
         "tar" => format!("/artifacts/{}/archive", a.id),
+        "tar.zst" => format!("/artifacts/{}/archive?format=tar.zst", a.id),
         r => match r.strip_prefix("files/") {
             Some(path) => view_url(&s, &caller, &a.id, path),
-            None => {
-                return Err(ApiError::not_found(format!(
-                    "no such page {r:?}: use files/PATH, zip or tar after the artifact name"
-                ))
-                .into())
-            }
+            None => return Err(ApiError::not_found(format!(
+                "no such page {r:?}: use files/PATH, zip, tar or tar.zst after the artifact name"
+            ))
+            .into()),
         },
     };
     Ok(Redirect::to(&to).into_response())

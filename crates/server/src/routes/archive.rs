@@ -4,7 +4,8 @@
 //!
 //! POSIX ustar, with a PAX extended header for paths over 100 bytes or
 //! files of 8 GiB and more. The length is known before the first byte, so
-//! the response carries `Content-Length`.
+//! the response carries `Content-Length`. `?format=tar.zst` compresses the
+//! same stream with zstd as it passes (chunked, no length known).
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
@@ -109,12 +110,93 @@ pub(crate) fn member_header(m: &Member) -> Vec<u8> {
     out
 }
 
+/// A tar stream's bytes.
+type ByteStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
+
 /// Streams `members` as a tar archive named `filename`.
 pub(crate) fn tar_response(
     store: std::sync::Arc<dyn ContentStore>,
     members: Vec<Member>,
     filename: &str,
 ) -> Result<Response, ApiError> {
+    let (body, total) = tar_stream(store, members)?;
+    Ok(archive_body(
+        Body::from_stream(body),
+        "application/x-tar",
+        total,
+        filename,
+        "tar",
+    ))
+}
+
+/// Streams `members` as a tar archive compressed with zstd, named
+/// `filename.tar.zst`; its length is not known in advance.
+fn tar_zst_response(
+    store: std::sync::Arc<dyn ContentStore>,
+    members: Vec<Member>,
+    filename: &str,
+) -> Result<Response, ApiError> {
+    let (body, _) = tar_stream(store, members)?;
+    let mut resp = Response::new(Body::from_stream(zstd_stream(body)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zstd"),
+    );
+    h.insert(header::CONTENT_DISPOSITION, attachment(filename, "tar.zst"));
+    Ok(resp)
+}
+
+/// `input` compressed with zstd (level 3) as it passes: one frame, output
+/// in pieces of at most 128 KiB per input chunk, nothing buffered whole.
+fn zstd_stream(input: ByteStream) -> ByteStream {
+    use zstd::stream::raw::{Encoder, Operation, OutBuffer};
+    const OUT: usize = 128 * 1024;
+    let start = (input, Some(Encoder::new(3)));
+    futures_util::stream::unfold(start, |(mut input, state)| async move {
+        let mut enc = match state? {
+            Ok(enc) => enc,
+            Err(e) => return Some((Err(e), (input, None))),
+        };
+        let mut buf = vec![0u8; OUT];
+        let mut out = Vec::new();
+        match input.next().await {
+            Some(Ok(chunk)) => {
+                let mut at = 0;
+                while at < chunk.len() {
+                    match enc.run_on_buffers(&chunk[at..], &mut buf) {
+                        Ok(st) => {
+                            at += st.bytes_read;
+                            out.extend_from_slice(&buf[..st.bytes_written]);
+                        }
+                        Err(e) => return Some((Err(e), (input, None))),
+                    }
+                }
+                Some((Ok(bytes::Bytes::from(out)), (input, Some(Ok(enc)))))
+            }
+            Some(Err(e)) => Some((Err(e), (input, None))),
+            None => loop {
+                let mut ob = OutBuffer::around(&mut buf[..]);
+                let left = match enc.finish(&mut ob, true) {
+                    Ok(left) => left,
+                    Err(e) => return Some((Err(e), (input, None))),
+                };
+                let n = ob.pos();
+                out.extend_from_slice(&buf[..n]);
+                if left == 0 {
+                    return Some((Ok(bytes::Bytes::from(out)), (input, None)));
+                }
+            },
+        }
+    })
+    .boxed()
+}
+
+/// The tar stream of `members` and its length.
+fn tar_stream(
+    store: std::sync::Arc<dyn ContentStore>,
+    members: Vec<Member>,
+) -> Result<(ByteStream, u64), ApiError> {
     let mut parts = Vec::with_capacity(members.len());
     let mut total = 2 * BLOCK;
     for m in members {
@@ -149,13 +231,7 @@ pub(crate) fn tar_response(
         .chain(futures_util::stream::once(async {
             Ok(bytes::Bytes::from(vec![0u8; 2 * BLOCK as usize]))
         }));
-    Ok(archive_body(
-        Body::from_stream(body),
-        "application/x-tar",
-        total,
-        filename,
-        "tar",
-    ))
+    Ok((body.boxed(), total))
 }
 
 /// A streamed archive download of `total` bytes, named `name.ext`.
@@ -174,7 +250,7 @@ pub(crate) fn archive_body(
     resp
 }
 
-/// `?format=tar|zip&path=DIR` on an archive download: the container
+/// `?format=tar|tar.zst|zip&path=DIR` on an archive download: the container
 /// (tar by default) and, optionally, one directory of the artifact.
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct ArchiveParams {
@@ -205,9 +281,10 @@ pub(crate) fn archive_response(
     }
     match params.format.as_deref().unwrap_or("tar") {
         "tar" => tar_response(store, members, &name),
+        "tar.zst" => tar_zst_response(store, members, &name),
         "zip" => super::zip::zip_response(store, members, &name),
         other => Err(ApiError::bad_request(format!(
-            "unknown archive format {other:?}: use `tar` or `zip`"
+            "unknown archive format {other:?}: use `tar`, `tar.zst` or `zip`"
         ))),
     }
 }
