@@ -600,6 +600,7 @@ fn every_read_path_asks_the_same_rule() {
             get("/pipelines/lib/runs/1/artifacts".into()),
             get("/pipelines/lib/runs/1/search?query=**".into()),
             get("/diff?from=app%231&to=lib%231".into()),
+            get("/pipelines/lib/runs/1/archive".into()),
             get(format!("/artifacts/{lib_artifact}")),
             get(format!("/artifacts/{lib_artifact}/archive")),
             get(format!("/files/{lib_file}")),

@@ -757,6 +757,19 @@ fn two_runs_compare_in_the_cli_the_api_and_the_ui() {
     assert!(e.contains("is not PIPELINE#RUN"), "{e}");
     let e = agent.fails(&["diff", "cmp#1", "cmp#9"]);
     assert!(e.contains("run 9 of pipeline \"cmp\" not found"), "{e}");
+    // The whole run as one archive, each artifact in a folder of its name.
+    rt().block_on(async {
+        let zip = d.path().join("run2.zip");
+        let (status, _) =
+            download(&s, &s.api("/pipelines/cmp/runs/2/archive?format=zip"), &zip).await;
+        assert_eq!(status, 200);
+        let listing = python_zip_listing(&zip);
+        for want in ["app/a.txt 8 ", "app/q.sql 7 ", "extra/new.txt 1 "] {
+            assert!(listing.contains(want), "{want} in {listing}");
+        }
+        assert_eq!(listing.lines().count(), 5, "{listing}");
+        assert_eq!(s.get("/pipelines/cmp/runs/9/archive").await.status(), 404);
+    });
     // The UI's page, reached from the run page's form.
     let b = browser();
     rt().block_on(async {
@@ -775,6 +788,14 @@ fn two_runs_compare_in_the_cli_the_api_and_the_ui() {
         };
         let (_, run) = get("/p/cmp/runs/2".into()).await;
         assert!(run.contains("action=\"/diff\""), "{run}");
+        assert!(
+            run.contains("href=\"/p/cmp/runs/2/archive?format=zip\""),
+            "{run}"
+        );
+        assert_eq!(
+            get("/p/cmp/runs/2/archive?format=tar.zst".into()).await.0,
+            200
+        );
         // What changed since the run before: this run is the newer side.
         assert!(
             run.contains("name=\"from\" required value=\"cmp#1\""),

@@ -156,6 +156,18 @@ fn shared_names(runs: [&[FileInfo]; 2]) -> std::collections::BTreeSet<&str> {
     shared
 }
 
+/// The current-attempt files of one run, each with the name its artifact
+/// goes by in comparisons and whole-run archives (`JOB:default`, `NAME`,
+/// or `NAME@JOB` where several jobs hold the name).
+pub fn keyed_files(files: &[FileInfo]) -> Vec<(String, &FileInfo)> {
+    let shared = shared_names([files, &[]]);
+    files
+        .iter()
+        .filter(|f| !f.producer.superseded)
+        .map(|f| (artifact_key(f, &shared), f))
+        .collect()
+}
+
 /// The files of each artifact (by [`artifact_key`]) of current attempts,
 /// by path; `only` keeps one artifact.
 fn by_artifact<'a>(
@@ -396,6 +408,32 @@ mod tests {
             [
                 ("app@linux", Change::Unchanged),
                 ("app@mac", Change::Changed)
+            ]
+        );
+    }
+
+    #[test]
+    fn keyed_files_name_each_artifact_once() {
+        let mut old = f("app", "linux", "y", 'o', 1);
+        old.producer.superseded = true;
+        let files = vec![
+            f("app", "linux", "x", 'a', 1),
+            f("app", "mac", "x", 'b', 1),
+            f("default", "test", "log", 'l', 1),
+            f("docs", "build", "i", 'i', 1),
+            old,
+        ];
+        let keys: Vec<(String, &str)> = keyed_files(&files)
+            .into_iter()
+            .map(|(k, f)| (k, f.path.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("app@linux".into(), "x"),
+                ("app@mac".into(), "x"),
+                ("test:default".into(), "log"),
+                ("docs".into(), "i"),
             ]
         );
     }

@@ -76,6 +76,10 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             "/artifacts/{id}/archive",
             get(crate::routes::artifact_archive),
         )
+        .route(
+            "/p/{pipeline}/runs/{run}/archive",
+            get(crate::routes::run_archive),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), session))
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -572,6 +576,15 @@ async fn run_page(
             }
             h2 { "Artifacts" }
             (artifact_table(&artifacts))
+            @if artifacts.iter().any(|a| a.kind == "files" && a.state == satchel_model::api::ArtifactState::Finished) {
+                @let all = format!("{base}/runs/{}/archive", run.number);
+                p {
+                    "All artifacts, each in a folder of its name: "
+                    a href={ (all) "?format=zip" } download { ".zip" } " · "
+                    a href={ (all) } download { ".tar" } " · "
+                    a href={ (all) "?format=tar.zst" } download { ".tar.zst" }
+                }
+            }
             h2 { "Compare" }
             form method="get" action="/diff" {
                 label { "What changed since run " input name="from" required
@@ -1000,10 +1013,12 @@ async fn artifact_by_name_rest(
         "tar.zst" => format!("/artifacts/{}/archive?format=tar.zst", a.id),
         r => match r.strip_prefix("files/") {
             Some(path) => view_url(&s, &caller, &a.id, path),
-            None => return Err(ApiError::not_found(format!(
+            None => {
+                return Err(ApiError::not_found(format!(
                 "no such page {r:?}: use files/PATH, zip, tar or tar.zst after the artifact name"
             ))
-            .into()),
+                .into())
+            }
         },
     };
     Ok(Redirect::to(&to).into_response())

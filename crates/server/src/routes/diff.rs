@@ -44,8 +44,35 @@ fn parse_run_ref(which: &str, text: &str) -> Result<(String, RunSelector), ApiEr
     Ok((pipeline.to_string(), sel))
 }
 
-/// Most files a compared run may hold: both runs' metadata is read whole.
-pub const MAX_COMPARED_FILES: u64 = 200_000;
+/// Most files a run may hold to be compared or archived whole: its file
+/// metadata is read into memory at once.
+pub const MAX_WHOLE_RUN_FILES: u64 = 200_000;
+
+/// Every visible file of `run` of `pipeline`, unless it holds more than
+/// [`MAX_WHOLE_RUN_FILES`] (413).
+pub(crate) async fn whole_run_files(
+    s: &AppState,
+    pipeline: &str,
+    run: &satchel_model::api::Run,
+) -> Result<Vec<satchel_model::api::FileInfo>, ApiError> {
+    let held: u64 =
+        s.db.list_artifacts(&run.id)
+            .await?
+            .iter()
+            .map(|a| a.file_count)
+            .sum();
+    if held > MAX_WHOLE_RUN_FILES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{pipeline}#{} holds {held} files; runs of more than {MAX_WHOLE_RUN_FILES} files are not compared or archived whole (take its artifacts one by one)",
+                run.number
+            ),
+        ));
+    }
+    Ok(s.db.run_files(&run.id).await?)
+}
 
 /// Runs `from` and `to` (each `PIPELINE#RUN`) compared, as `caller` may
 /// read them; `artifact` compares one artifact.
@@ -61,30 +88,10 @@ pub(crate) async fn run_diff(
     for (pipeline, _) in &refs {
         caller.read(s, pipeline).await?;
     }
-    let mut runs = Vec::with_capacity(2);
+    let mut sides = Vec::with_capacity(2);
     for (pipeline, sel) in &refs {
         let run = s.db.select_run(pipeline, sel, None).await?;
-        let held: u64 =
-            s.db.list_artifacts(&run.id)
-                .await?
-                .iter()
-                .map(|a| a.file_count)
-                .sum();
-        if held > MAX_COMPARED_FILES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "{pipeline}#{} holds {held} files; runs of more than {MAX_COMPARED_FILES} files are not compared",
-                    run.number
-                ),
-            ));
-        }
-        runs.push((pipeline.clone(), run));
-    }
-    let mut sides = Vec::with_capacity(2);
-    for (pipeline, run) in runs {
-        let files = s.db.run_files(&run.id).await?;
+        let files = whole_run_files(s, pipeline, &run).await?;
         sides.push((format!("{pipeline}#{}", run.number), files));
     }
     let (to, from) = (sides.pop(), sides.pop());

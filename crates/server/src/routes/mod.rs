@@ -7,7 +7,7 @@ mod content;
 pub(crate) use content::stream_blob_inline;
 pub(crate) mod diff;
 mod pipelines;
-pub(crate) use pipelines::artifact_archive;
+pub(crate) use pipelines::{artifact_archive, run_archive};
 pub(crate) mod uploads;
 mod zip;
 
@@ -44,6 +44,10 @@ pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
         )
         .route("/artifacts", post(pipelines::create_typed))
         .route("/artifacts/{id}/archive", get(pipelines::artifact_archive))
+        .route(
+            "/pipelines/{pipeline}/runs/{run}/archive",
+            get(pipelines::run_archive),
+        )
         .route("/resolve", post(pipelines::resolve))
         .route("/gha/tokens", post(crate::gha::mint_token))
         .route("/pipelines", get(admin::list_pipelines))

@@ -266,6 +266,42 @@ fn mtime_secs(rfc3339_ms: i64) -> u64 {
     (rfc3339_ms.max(0) / 1000) as u64
 }
 
+/// `GET /pipelines/{pipeline}/runs/{run}/archive[?format=&path=]`: every
+/// current artifact's files of the run as one archive, each under its
+/// artifact's name (as `satchel_model::diff::keyed_files` names them).
+pub(crate) async fn run_archive(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((pipeline, run)): Path<(String, u64)>,
+    Query(params): Query<ArchiveParams>,
+) -> Result<Response, ApiError> {
+    caller.read(&s, &pipeline).await?;
+    let run = s.db.find_run(&pipeline, run).await?;
+    let files = super::diff::whole_run_files(&s, &pipeline, &run).await?;
+    let members: Vec<Member> = satchel_model::diff::keyed_files(&files)
+        .into_iter()
+        .map(|(dir, f)| Member {
+            mtime_secs: mtime_secs(f.uploaded_at_ms),
+            path: format!("{dir}/{}", f.path),
+            size: f.size,
+            mode: f.mode,
+            sha256: f.sha256.clone(),
+        })
+        .collect();
+    if members.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "run {} of pipeline {pipeline:?} has no files",
+            run.number
+        )));
+    }
+    archive_response(
+        s.store.clone(),
+        &params,
+        members,
+        &format!("{pipeline}-{}", run.number),
+    )
+}
+
 pub(crate) async fn artifact_archive(
     State(s): State<AppState>,
     caller: Caller,
