@@ -18,8 +18,8 @@ pub struct DiffArgs {
     from: String,
     /// The second run, `PIPELINE#RUN`.
     to: String,
-    /// Compare one artifact (`JOB:default` for a job's default artifact,
-    /// `NAME@JOB` for a name several jobs hold).
+    /// Compare one artifact (`default:JOB` for a job's default artifact,
+    /// `NAME:JOB` for a name several jobs hold).
     #[arg(long)]
     artifact: Option<String>,
     /// Print the comparison as JSON.

@@ -770,6 +770,19 @@ fn two_runs_compare_in_the_cli_the_api_and_the_ui() {
         assert_eq!(listing.lines().count(), 5, "{listing}");
         assert_eq!(s.get("/pipelines/cmp/runs/9/archive").await.status(), 404);
     });
+    // A default artifact's folder is Windows-safe (no `:`).
+    let src3 = d.path().join("src3");
+    write(&src3, "log.txt", b"log");
+    s.agent(&src3, "cmp", 3, "test")
+        .ok(&["artifact", "upload", "log.txt"]);
+    rt().block_on(async {
+        let zip = d.path().join("run3.zip");
+        let (status, _) =
+            download(&s, &s.api("/pipelines/cmp/runs/3/archive?format=zip"), &zip).await;
+        assert_eq!(status, 200);
+        let listing = python_zip_listing(&zip);
+        assert!(listing.contains("default@test/log.txt 3 "), "{listing}");
+    });
     // The UI's page, reached from the run page's form.
     let b = browser();
     rt().block_on(async {

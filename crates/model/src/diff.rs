@@ -4,8 +4,9 @@
 //! mode), with sizes and totals. No content is read.
 //!
 //! Artifacts are matched by name; a job's default artifact (every job may
-//! have one) by `JOB:default`, and a name that several jobs of either run
-//! hold by `NAME@JOB`. Superseded attempts are left out: a retried job's
+//! have one) by `default:JOB`, and a name that several jobs of either run
+//! hold by `NAME:JOB`. `:` is in no artifact name or job key, and `default`
+//! is no explicit artifact name, so no two artifacts share a key. Superseded attempts are left out: a retried job's
 //! artifacts are its latest attempt's. At most [`MAX_LISTED`] changed files
 //! are listed (the totals count them all).
 
@@ -101,7 +102,8 @@ impl Totals {
 /// One artifact's differences.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactChange {
-    /// Its name (`JOB:default` for a job's default artifact).
+    /// Its name (`default:JOB` for a job's default artifact, `NAME:JOB`
+    /// for a name several jobs hold).
     pub name: String,
     /// Added, removed, changed or unchanged as a whole.
     pub change: Change,
@@ -130,9 +132,9 @@ pub struct RunDiff {
 /// The name an artifact is matched by, given the names several jobs hold.
 fn artifact_key(f: &FileInfo, shared: &std::collections::BTreeSet<&str>) -> String {
     if f.artifact_name == "default" {
-        format!("{}:default", f.producer.job)
+        format!("default:{}", f.producer.job)
     } else if shared.contains(f.artifact_name.as_str()) {
-        format!("{}@{}", f.artifact_name, f.producer.job)
+        format!("{}:{}", f.artifact_name, f.producer.job)
     } else {
         f.artifact_name.clone()
     }
@@ -157,8 +159,8 @@ fn shared_names(runs: [&[FileInfo]; 2]) -> std::collections::BTreeSet<&str> {
 }
 
 /// The current-attempt files of one run, each with the name its artifact
-/// goes by in comparisons and whole-run archives (`JOB:default`, `NAME`,
-/// or `NAME@JOB` where several jobs hold the name).
+/// goes by in comparisons (`default:JOB`, `NAME`, or `NAME:JOB` where
+/// several jobs hold the name).
 pub fn keyed_files(files: &[FileInfo]) -> Vec<(String, &FileInfo)> {
     let shared = shared_names([files, &[]]);
     files
@@ -166,6 +168,26 @@ pub fn keyed_files(files: &[FileInfo]) -> Vec<(String, &FileInfo)> {
         .filter(|f| !f.producer.superseded)
         .map(|f| (artifact_key(f, &shared), f))
         .collect()
+}
+
+/// The folder each artifact key gets in a whole-run archive: the key with
+/// `:` (not allowed in Windows file names) as `@`, then `~2` added (again,
+/// if need be) where a key before it, in key order, took that folder; so
+/// no two artifacts share a folder.
+pub fn archive_folders<'a>(keys: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, String> {
+    let mut keys: Vec<&str> = keys.into_iter().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut taken = std::collections::BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let mut folder = key.replace(':', "@");
+        while !taken.insert(folder.clone()) {
+            folder.push_str("~2");
+        }
+        out.insert(key.to_string(), folder);
+    }
+    out
 }
 
 /// The files of each artifact (by [`artifact_key`]) of current attempts,
@@ -350,9 +372,9 @@ mod tests {
             summary,
             [
                 ("app", Change::Changed, 1, 1, 2, 0),
+                ("default:test", Change::Unchanged, 0, 0, 0, 1),
                 ("fresh", Change::Added, 1, 0, 0, 0),
                 ("old", Change::Removed, 0, 1, 0, 0),
-                ("test:default", Change::Unchanged, 0, 0, 0, 1),
             ]
         );
         let app = &d.artifacts[0];
@@ -406,8 +428,8 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("app@linux", Change::Unchanged),
-                ("app@mac", Change::Changed)
+                ("app:linux", Change::Unchanged),
+                ("app:mac", Change::Changed)
             ]
         );
     }
@@ -430,10 +452,31 @@ mod tests {
         assert_eq!(
             keys,
             [
-                ("app@linux".into(), "x"),
-                ("app@mac".into(), "x"),
-                ("test:default".into(), "log"),
+                ("app:linux".into(), "x"),
+                ("app:mac".into(), "x"),
+                ("default:test".into(), "log"),
                 ("docs".into(), "i"),
+            ]
+        );
+    }
+
+    #[test]
+    fn archive_folders_are_unique_and_windows_safe() {
+        // An artifact may be named `app@linux` outright.
+        let folders =
+            archive_folders(["app:linux", "app@linux", "app@linux~2", "default:t", "docs"]);
+        let got: Vec<(&str, &str)> = folders
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("app:linux", "app@linux"),
+                ("app@linux", "app@linux~2"),
+                ("app@linux~2", "app@linux~2~2"),
+                ("default:t", "default@t"),
+                ("docs", "docs"),
             ]
         );
     }

@@ -10,7 +10,7 @@
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use satchel_store::{ContentStore, Digest};
 
 use crate::error::ApiError;
@@ -147,46 +147,61 @@ fn tar_zst_response(
     Ok(resp)
 }
 
-/// `input` compressed with zstd (level 3) as it passes: one frame, output
-/// in pieces of at most 128 KiB per input chunk, nothing buffered whole.
+/// `input` compressed with zstd (level 3) as it passes: one frame, each
+/// chunk compressed on the blocking pool (the encoder moves there and
+/// back), nothing buffered whole.
 fn zstd_stream(input: ByteStream) -> ByteStream {
     use zstd::stream::raw::{Encoder, Operation, OutBuffer};
     const OUT: usize = 128 * 1024;
-    let start = (input, Some(Encoder::new(3)));
-    futures_util::stream::unfold(start, |(mut input, state)| async move {
-        let mut enc = match state? {
-            Ok(enc) => enc,
-            Err(e) => return Some((Err(e), (input, None))),
-        };
-        let mut buf = vec![0u8; OUT];
+    /// Compresses `chunk` (or, with `None`, ends the frame) into new bytes.
+    fn step(
+        mut enc: Encoder<'static>,
+        mut buf: Vec<u8>,
+        chunk: Option<bytes::Bytes>,
+    ) -> std::io::Result<(Encoder<'static>, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        match input.next().await {
-            Some(Ok(chunk)) => {
+        match chunk {
+            Some(chunk) => {
                 let mut at = 0;
                 while at < chunk.len() {
-                    match enc.run_on_buffers(&chunk[at..], &mut buf) {
-                        Ok(st) => {
-                            at += st.bytes_read;
-                            out.extend_from_slice(&buf[..st.bytes_written]);
-                        }
-                        Err(e) => return Some((Err(e), (input, None))),
-                    }
+                    let st = enc.run_on_buffers(&chunk[at..], &mut buf)?;
+                    at += st.bytes_read;
+                    out.extend_from_slice(&buf[..st.bytes_written]);
                 }
-                Some((Ok(bytes::Bytes::from(out)), (input, Some(Ok(enc)))))
             }
-            Some(Err(e)) => Some((Err(e), (input, None))),
             None => loop {
                 let mut ob = OutBuffer::around(&mut buf[..]);
-                let left = match enc.finish(&mut ob, true) {
-                    Ok(left) => left,
-                    Err(e) => return Some((Err(e), (input, None))),
-                };
+                let left = enc.finish(&mut ob, true)?;
                 let n = ob.pos();
                 out.extend_from_slice(&buf[..n]);
                 if left == 0 {
-                    return Some((Ok(bytes::Bytes::from(out)), (input, None)));
+                    break;
                 }
             },
+        }
+        Ok((enc, buf, out))
+    }
+    let start = Encoder::new(3).map(|enc| (enc, vec![0u8; OUT]));
+    futures_util::stream::unfold((input, Some(start)), |(mut input, state)| async move {
+        let (enc, buf) = match state? {
+            Ok(s) => s,
+            Err(e) => return Some((Err(e), (input, None))),
+        };
+        let chunk = match input.next().await {
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(e)) => return Some((Err(e), (input, None))),
+            None => None,
+        };
+        let last = chunk.is_none();
+        let done = tokio::task::spawn_blocking(move || step(enc, buf, chunk))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match done {
+            Ok((enc, buf, out)) => {
+                let next = (!last).then_some(Ok((enc, buf)));
+                Some((Ok(bytes::Bytes::from(out)), (input, next)))
+            }
+            Err(e) => Some((Err(e), (input, None))),
         }
     })
     .boxed()
@@ -213,11 +228,27 @@ fn tar_stream(
                     Ok::<_, std::io::Error>(bytes::Bytes::from(head))
                 });
                 let pad = padding(size) as usize;
+                // Content of another length than the header says would
+                // misalign every member after it: the stream fails instead
+                // (tar's Content-Length catches it too, tar.zst has none).
+                let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let counted = seen.clone();
                 let tail = futures_util::stream::once(async move {
+                    let got = seen.load(std::sync::atomic::Ordering::Relaxed);
+                    if got != size {
+                        return Err(std::io::Error::other(format!(
+                            "content {digest} has {got} bytes where {size} were recorded"
+                        )));
+                    }
                     Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; pad]))
                 });
                 match store.get(&digest, None).await {
-                    Ok(s) => head.chain(s).chain(tail).boxed(),
+                    Ok(s) => head
+                        .chain(s.inspect_ok(move |b| {
+                            counted.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }))
+                        .chain(tail)
+                        .boxed(),
                     Err(e) => head
                         .chain(futures_util::stream::once(async move {
                             Err(std::io::Error::other(e.to_string()))

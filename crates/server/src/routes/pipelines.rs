@@ -267,8 +267,8 @@ fn mtime_secs(rfc3339_ms: i64) -> u64 {
 }
 
 /// `GET /pipelines/{pipeline}/runs/{run}/archive[?format=&path=]`: every
-/// current artifact's files of the run as one archive, each under its
-/// artifact's name (as `satchel_model::diff::keyed_files` names them).
+/// current artifact's files of the run as one archive, each under a folder
+/// of its own (`satchel_model::diff::archive_folders`).
 pub(crate) async fn run_archive(
     State(s): State<AppState>,
     caller: Caller,
@@ -278,11 +278,13 @@ pub(crate) async fn run_archive(
     caller.read(&s, &pipeline).await?;
     let run = s.db.find_run(&pipeline, run).await?;
     let files = super::diff::whole_run_files(&s, &pipeline, &run).await?;
-    let members: Vec<Member> = satchel_model::diff::keyed_files(&files)
+    let keyed = satchel_model::diff::keyed_files(&files);
+    let folders = satchel_model::diff::archive_folders(keyed.iter().map(|(k, _)| k.as_str()));
+    let members: Vec<Member> = keyed
         .into_iter()
-        .map(|(dir, f)| Member {
+        .map(|(key, f)| Member {
             mtime_secs: mtime_secs(f.uploaded_at_ms),
-            path: format!("{dir}/{}", f.path),
+            path: format!("{}/{}", folders[&key], f.path),
             size: f.size,
             mode: f.mode,
             sha256: f.sha256.clone(),
