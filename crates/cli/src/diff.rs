@@ -68,12 +68,7 @@ fn file_line(f: &FileChange) -> String {
 pub fn render(d: &RunDiff) -> String {
     let mut out = format!("{} → {}\n", d.from, d.to);
     for a in &d.artifacts {
-        let what = match a.change {
-            Change::Added => "added",
-            Change::Removed => "removed",
-            Change::Changed => "changed",
-            Change::Unchanged => "unchanged",
-        };
+        let what = a.change.as_str();
         out.push_str(&format!("  {} ({what}): {}\n", a.name, counts(&a.totals)));
         for f in &a.files {
             out.push_str(&file_line(f));

@@ -33,6 +33,18 @@ pub enum Change {
     Unchanged,
 }
 
+impl Change {
+    /// Its word, as the JSON spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+            Change::Unchanged => "unchanged",
+        }
+    }
+}
+
 /// One file that differs (unchanged files are only counted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChange {

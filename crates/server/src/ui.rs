@@ -722,12 +722,7 @@ async fn diff_page(State(s): State<AppState>, caller: Caller, Query(q): Query<Di
         crate::routes::diff::run_diff(&s, &caller, &q.from, &q.to, q.artifact.as_deref()).await?;
     let size = |n: Option<u64>| n.map(satchel_model::units::human_bytes).unwrap_or_default();
     let delta = satchel_model::units::human_delta;
-    let word = |c: Change| match c {
-        Change::Added => "added",
-        Change::Removed => "removed",
-        Change::Changed => "changed",
-        Change::Unchanged => "unchanged",
-    };
+    let word = Change::as_str;
     let title = format!("{} → {}", d.from, d.to);
     let t = &d.totals;
     Ok(layout(
