@@ -2,7 +2,8 @@
 # The whole test suite: unit, property, conformance and end-to-end tests.
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
 # data dirs. What they need from outside is installed here, never silently
-# skipped: Node.js and the real @actions/artifact clients (tests/gha), strace
+# skipped: Node.js and the real @actions/artifact clients (tests/gha),
+# Chromium and playwright-core (tests/browser), strace
 # (the crash-durability test), unzip (the zip archive tests), and
 # the servers of the backend conformance tests (scripts/services.sh:
 # Garage for S3, Azurite for Azure Blob, nginx for WebDAV, fake-gcs-server
@@ -28,12 +29,26 @@ if ! command -v unzip >/dev/null; then
   echo "== installing unzip from Debian packages"
   apt-get update -qq && apt-get install -y -qq unzip
 fi
+# Debian's Chromium, which the browser tests drive headless
+# (crates/cli/tests/browser.rs).
+if ! [ -x /usr/bin/chromium ]; then
+  echo "== installing chromium from Debian packages"
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
 # The real clients, pinned by tests/gha/package-lock.json; reused when
 # already installed for this lock file.
 if ! cmp -s tests/gha/package-lock.json tests/gha/node_modules/.package-lock.json 2>/dev/null \
    && ! [ tests/gha/node_modules/.installed -nt tests/gha/package-lock.json ]; then
   echo "== installing @actions/artifact clients (npm ci)"
   (cd tests/gha && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed)
+fi
+
+# playwright-core, pinned by tests/browser/package-lock.json (it drives the
+# system's /usr/bin/chromium; no browser is downloaded).
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.package-lock.json 2>/dev/null \
+   && ! [ tests/browser/node_modules/.installed -nt tests/browser/package-lock.json ]; then
+  echo "== installing playwright-core (npm ci)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed)
 fi
 
 # Storage servers on loopback, reused when already running.

@@ -407,9 +407,12 @@ fn the_web_ui_logs_in_browses_and_views_uploaded_html_in_a_sandbox() {
         assert!(r.text().await.unwrap().contains("stylesheet"));
         // Names with glob characters open as themselves.
         let odd = href_of(&artifact, "x[1]*.txt");
-        let r = b.get(url(&odd)).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "glob characters are literal here");
+        assert!(odd.contains("/lines/"), "text opens by lines: {odd}");
+        let lines = page(url(&odd)).await;
+        assert!(
+            lines.contains("<pre>glob characters are literal here</pre>"),
+            "{lines}"
+        );
         // Its relative links resolve under the same signed prefix.
         let css = view.replace("index.html", "style.css");
         let r = b.get(url(&css)).send().await.unwrap();
@@ -634,6 +637,41 @@ fn a_view_link_ends_with_the_token_that_opened_it() {
         let other = view.replace(&format!("/{id}/"), "/admin/");
         let r = b.get(format!("{}{other}", s.url)).send().await.unwrap();
         assert_eq!(r.status(), 403);
+
+        // Every view is in the audit log as its holder's read.
+        let log: serde_json::Value = s.get("/admin/audit?limit=1000").await.json().await.unwrap();
+        let views: Vec<&serde_json::Value> = log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"].as_str().unwrap().starts_with("GET /view/"))
+            .collect();
+        let read = views
+            .iter()
+            .find(|e| e["status"] == 200)
+            .unwrap_or_else(|| panic!("the view is not in the audit log: {log}"));
+        assert_eq!(read["token_id"].as_str(), Some(id.as_str()), "{read}");
+        assert_eq!(read["allowed"], true, "{read}");
+        let resource = read["resource"].as_str().unwrap();
+        assert!(
+            resource.contains("artifact=") && resource.contains("path=index.html"),
+            "{read}"
+        );
+        let ended = views
+            .iter()
+            .find(|e| e["status"] == 403 && e["token_id"].as_str() == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("the refused view is not in the audit log: {log}"));
+        assert_eq!(ended["allowed"], false, "{ended}");
+        assert!(
+            ended["reason"].as_str().unwrap().contains("revoked"),
+            "{ended}"
+        );
+        assert!(
+            views
+                .iter()
+                .any(|e| e["status"] == 403 && e["token_id"].is_null()),
+            "the forged link, refused before any token: {log}"
+        );
     });
 }
 
@@ -847,5 +885,117 @@ fn two_runs_compare_in_the_cli_the_api_and_the_ui() {
                 .0,
             404
         );
+    });
+}
+
+/// The line view: pages of lines with anchors, CRLF and a last line
+/// without a newline, a cut long line, a start beyond the end; and a token
+/// of another pipeline sees none of it.
+#[test]
+fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let src = d.path().join("src");
+    let mut log: String = (1..=1500).map(|i| format!("line {i}\r\n")).collect();
+    log.push_str(&"x".repeat(1_100_000));
+    log.push_str("\nlast <b>line</b> without a newline");
+    write(&src, "out/run.log", log.as_bytes());
+    write(&src, "out/data.bin", &[0, 1, 2]);
+    let admin = s.agent(&src, "lines", 1, "test");
+    admin.ok(&["artifact", "publish", "out", "--name", "logs"]);
+    let id = s.artifact_id("lines", 1, "logs");
+    // Reads reach the token's cluster; another cluster's token, no rule.
+    admin.ok(&["admin", "cluster", "create", "release"]);
+    let other: serde_json::Value = serde_json::from_str(&admin.ok(&[
+        "admin",
+        "token",
+        "create",
+        "--scope",
+        "read",
+        "--cluster",
+        "release",
+        "--json",
+    ]))
+    .unwrap();
+    let b = browser();
+    rt().block_on(async {
+        let session = login(&b, &s, &s.token).await;
+        let page = |q: &str| {
+            let (b, session) = (b.clone(), session.clone());
+            let u = format!("{}/artifacts/{id}/lines/run.log{q}", s.url);
+            async move {
+                let r = b.get(u).header("cookie", session).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.text().await.unwrap()
+            }
+        };
+        let first = page("").await;
+        assert!(first.contains("Lines 1–1000"), "{first}");
+        assert!(first.contains("<tr id=\"L1000\">"), "{first}");
+        assert!(!first.contains("id=\"L1001\""), "one page only");
+        assert!(first.contains("<pre>line 7</pre>"), "CR dropped: {first}");
+        assert!(first.contains("?start=1001\">next"), "{first}");
+        // The second page stops at the byte cap: the long line is cut.
+        let second = page("?start=1001").await;
+        assert!(second.contains("<tr id=\"L1501\">"), "the long line");
+        assert!(second.contains("(line cut)"), "cut at the page's bytes");
+        assert!(second.contains("?start=1502\">next"), "more after it");
+        // The last line has no newline; the page after it is the end.
+        let last = page("?start=1502").await;
+        assert!(
+            last.contains("<pre>last &lt;b&gt;line&lt;/b&gt; without a newline</pre>"),
+            "{last}"
+        );
+        assert!(!last.contains("next →"), "{last}");
+        let beyond = page("?start=9999").await;
+        assert!(
+            beyond.contains("The file has 1502 lines; there is no line 9999."),
+            "{beyond}"
+        );
+        // The artifact page links text to the line view, other files raw.
+        let r = b
+            .get(format!("{}/artifacts/{id}", s.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        let listing = r.text().await.unwrap();
+        assert!(listing.contains(&format!("href=\"/artifacts/{id}/lines/run.log\"")));
+        assert!(!listing.contains("/lines/data.bin"), "{listing}");
+        let r = b
+            .get(format!("{}/artifacts/{id}/lines/nope.txt", s.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+
+        // A token of another cluster: no page of this pipeline.
+        let theirs = login(&b, &s, other["token"].as_str().unwrap()).await;
+        for path in [
+            format!("/artifacts/{id}"),
+            format!("/artifacts/{id}/lines/run.log"),
+            "/p/lines".to_string(),
+            "/p/lines/runs/1".to_string(),
+            format!("/artifacts/{id}/archive?format=zip"),
+        ] {
+            let r = b
+                .get(format!("{}{path}", s.url))
+                .header("cookie", &theirs)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{path}");
+        }
+        let home = b
+            .get(format!("{}/", s.url))
+            .header("cookie", &theirs)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!home.contains("/p/lines"), "not listed: {home}");
     });
 }

@@ -3,7 +3,8 @@
 //! and deciding access the same way ([`Caller`]).
 //!
 //! Pages: pipelines → runs → a run's jobs and artifacts → an artifact's
-//! files, each paged like its `/api/v1` twin. Permalinks take a run
+//! files, each paged like its `/api/v1` twin; a text file by lines
+//! (`/artifacts/ID/lines/PATH`, streamed, one page held). Permalinks take a run
 //! selector where a run number goes (`/p/web/runs/lastSuccessfulBuild/…`,
 //! `/p/web/branches/main/latest/…`), down to an artifact, a file of it, or
 //! its zip.
@@ -68,6 +69,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/p/{pipeline}/branches/{branch}/latest", get(branch_latest))
         .route("/artifacts/{id}", get(artifact_page))
+        .route("/artifacts/{id}/lines/{*path}", get(lines_page))
         .route("/diff", get(diff_page))
         .route("/diff/file", get(file_diff_page))
         // The API's archive handler, behind the session: a browser sends
@@ -82,16 +84,21 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         )
         .layer(axum::middleware::from_fn_with_state(state.clone(), session))
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             crate::audit::record,
         ));
     Router::new()
         .merge(pages)
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        // Every view (a report's each stylesheet and image too) is in the
+        // audit log, as the holder's read.
         .route(
             "/view/{artifact}/{holder}/{expires}/{sig}/{*path}",
-            get(view),
+            get(view).layer(axum::middleware::from_fn_with_state(
+                state,
+                crate::audit::record,
+            )),
         )
         .route("/ui.css", get(stylesheet))
 }
@@ -164,6 +171,7 @@ body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fff}
 header nav{display:flex;justify-content:space-between;align-items:center;padding:.5rem 1rem;background:#24292f}\
 header a,header button{color:#fff;background:none;border:0;font:inherit;cursor:pointer}\
 main{padding:1rem;max-width:72rem;margin:auto}\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dd{margin:0}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
 code,.mono{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-all}\
@@ -172,6 +180,8 @@ nav.crumbs ol{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.3rem}\
 nav.crumbs li+li:before{content:'/';padding-right:.3rem;color:#777}\
 a:focus,button:focus,input:focus{outline:2px solid #0969da;outline-offset:2px}\
 .change-added{color:#1a7f37}.change-removed{color:#cf222e}.change-changed{color:#9a6700}\
+table.lines{width:auto}table.lines td{border:0;padding:0 .5rem}table.lines td.ln{text-align:right;user-select:none;width:1%}table.lines td.ln a{color:#777;text-decoration:none}\
+table.lines pre{margin:0;white-space:pre-wrap;word-break:break-all}table.lines tr:target{background:#fff8c5}.cut,a.raw{color:#777;font-size:.85em}\
 pre.diff{overflow-x:auto;font-size:.85em}pre.diff .add{background:#dafbe1}pre.diff .del{background:#ffebe9}pre.diff .hunk{color:#0969da}\
 @media (max-width:40rem){td.hide,th.hide{display:none}}";
 
@@ -891,9 +901,17 @@ async fn artifact_page(
 }
 
 fn file_row(s: &AppState, caller: &Caller, f: &FileInfo) -> Markup {
+    let raw = view_url(s, caller, &f.artifact_id, &f.path);
     html! {
         tr {
-            td.mono { a href=(view_url(s, caller, &f.artifact_id, &f.path)) { (f.path) } }
+            td.mono {
+                @if is_text(&f.content_type) {
+                    a href=(lines_url(&f.artifact_id, &f.path)) { (f.path) }
+                    " " a.raw href=(raw) aria-label={ "raw " (f.path) } { "raw" }
+                } @else {
+                    a href=(raw) { (f.path) }
+                }
+            }
             td.num { (satchel_model::units::human_bytes(f.size)) }
             td.hide { (f.content_type) }
             td.hide.mono { (format!("{:o}", f.mode & 0o7777)) }
@@ -1035,6 +1053,197 @@ async fn branch_latest(
     .into_response())
 }
 
+// ---- Text, line by line -----------------------------------------------------
+
+/// Lines one text page shows.
+const TEXT_LINES: u64 = 1000;
+/// Bytes one text page shows at most: a page of very long lines stops
+/// early, and a longer line is cut.
+const TEXT_BYTES: usize = 1 << 20;
+
+/// Whether a content type is text the line view shows (HTML is not: it
+/// opens as a page, in the sandbox).
+fn is_text(content_type: &str) -> bool {
+    let t = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (t.starts_with("text/") && t != "text/html")
+        || matches!(
+            t.as_str(),
+            "application/json"
+                | "application/x-ndjson"
+                | "application/xml"
+                | "application/yaml"
+                | "application/toml"
+                | "application/javascript"
+                | "application/x-sh"
+                | "application/sql"
+        )
+}
+
+/// The line view of `path` in artifact `id`.
+fn lines_url(id: &str, path: &str) -> String {
+    let path: Vec<String> = path.split('/').map(url_segment).collect();
+    format!("/artifacts/{id}/lines/{}", path.join("/"))
+}
+
+/// One page of a text file: its lines from `start` on.
+struct TextPage {
+    /// The lines, each with whether it was cut at [`TEXT_BYTES`].
+    lines: Vec<(String, bool)>,
+    /// Whether the file goes on after them.
+    more: bool,
+    /// Lines seen before `start` (all of them when the file ends first).
+    skipped: u64,
+}
+
+/// Up to [`TEXT_LINES`] lines (and [`TEXT_BYTES`]) of a file from line
+/// `start` (1-based), streamed from the store: lines before `start` are
+/// counted, never kept, so memory stays within one page whatever the
+/// file's size.
+async fn text_page(s: &AppState, f: &FileInfo, start: u64) -> Result<TextPage, UiError> {
+    use futures_util::StreamExt;
+    let digest = satchel_store::Digest::from_hex(&f.sha256).map_err(ApiError::from)?;
+    let mut stream = s.store.get(&digest, None).await.map_err(ApiError::from)?;
+    let mut page = TextPage {
+        lines: Vec::new(),
+        more: false,
+        skipped: 0,
+    };
+    // The line being read (numbered `line`), kept only from `start` on.
+    let mut line = 1u64;
+    let mut cur: Vec<u8> = Vec::new();
+    let mut cut = false;
+    // Whether part of a line was read since the last newline.
+    let mut partial = false;
+    let mut used = 0usize;
+    let full =
+        |page: &TextPage, used: usize| page.lines.len() as u64 >= TEXT_LINES || used >= TEXT_BYTES;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::internal(format!("reading {}: {e}", f.path)))?;
+        let mut rest: &[u8] = &chunk;
+        while !rest.is_empty() {
+            if full(&page, used) {
+                page.more = true;
+                return Ok(page);
+            }
+            let (segment, ends) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = &rest[segment.len() + usize::from(ends)..];
+            partial = !ends;
+            if line >= start {
+                let room = TEXT_BYTES.saturating_sub(used + cur.len());
+                let take = segment.len().min(room);
+                cur.extend_from_slice(&segment[..take]);
+                cut |= take < segment.len();
+            }
+            if ends {
+                if line >= start {
+                    used += cur.len() + 1;
+                    let text = String::from_utf8_lossy(&cur)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    page.lines.push((text, cut));
+                    cur.clear();
+                    cut = false;
+                } else {
+                    page.skipped += 1;
+                }
+                line += 1;
+            }
+        }
+    }
+    // A last line without a newline.
+    if partial && line >= start {
+        page.lines
+            .push((String::from_utf8_lossy(&cur).into_owned(), cut));
+    } else if partial {
+        page.skipped += 1;
+    }
+    Ok(page)
+}
+
+#[derive(Deserialize)]
+struct LinesQuery {
+    #[serde(default)]
+    start: Option<u64>,
+}
+
+/// A text file as numbered lines, [`TEXT_LINES`] a page; each line has an
+/// anchor (`#L42`) and a link to itself.
+async fn lines_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+    Query(q): Query<LinesQuery>,
+) -> Page {
+    crate::routes::check_id("artifact", &id)?;
+    let a = s.db.get_artifact(&id).await?;
+    caller.note(format!("artifact={id}"));
+    caller.read(&s, &a.producer.pipeline).await?;
+    let f = file_of(&s, &a, &path).await?;
+    let start = q.start.unwrap_or(1).max(1);
+    let page = text_page(&s, &f, start).await?;
+    let here = lines_url(&id, &f.path);
+    let shown = page.lines.len() as u64;
+    let run_href = format!(
+        "/p/{}/runs/{}",
+        url_segment(&a.producer.pipeline),
+        a.producer.run
+    );
+    Ok(layout(
+        &f.path,
+        html! {
+            (crumbs(&[
+                (a.producer.pipeline.clone(), Some(format!("/p/{}", url_segment(&a.producer.pipeline)))),
+                (format!("#{}", a.producer.run), Some(run_href)),
+                (a.name.clone(), Some(format!("/artifacts/{id}"))),
+                (f.path.clone(), None),
+            ]))
+            h1 { code { (f.path) } }
+            p {
+                (satchel_model::units::human_bytes(f.size)) ", " (f.content_type) " · "
+                a href=(view_url(&s, &caller, &id, &f.path)) { "raw" }
+            }
+            @if shown == 0 {
+                p { "The file has " (page.skipped) " lines; there is no line " (start) ". "
+                    a href=(here) { "Go to the first line" } }
+            } @else {
+                nav aria-label="Lines" {
+                    p {
+                        "Lines " (start) "–" (start + shown - 1)
+                        @if start > 1 { " · " a rel="prev" href={ (here) "?start=" (start.saturating_sub(TEXT_LINES).max(1)) } { "← previous" } }
+                        @if page.more { " · " a rel="next" href={ (here) "?start=" (start + shown) } { "next →" } }
+                    }
+                }
+                table.lines {
+                    tbody {
+                        @for (i, (text, cut)) in page.lines.iter().enumerate() {
+                            @let n = start + i as u64;
+                            tr id={ "L" (n) } {
+                                td.ln { a href={ (here) "?start=" (start) "#L" (n) } { (n) } }
+                                td { pre { (text) @if *cut { span.cut { " … (line cut)" } } } }
+                            }
+                        }
+                    }
+                }
+                @if page.more {
+                    p { a rel="next" href={ (here) "?start=" (start + shown) } { "Next lines →" } }
+                }
+            }
+            form method="get" action=(here) {
+                label { "Go to line " input type="number" name="start" min="1" value=(start); }
+                " " button type="submit" { "Go" }
+            }
+        },
+    ))
+}
+
 // ---- The sandboxed view ----------------------------------------------------
 
 /// The file at `path` in finished artifact `id`, found through the run's
@@ -1079,8 +1288,10 @@ const SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-moda
 
 async fn view(
     State(s): State<AppState>,
+    note: Option<axum::Extension<crate::audit::AuditNote>>,
     Path((id, holder, expires, sig, path)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, UiError> {
+    let note = note.map(|n| n.0).unwrap_or_default();
     let now = satchel_model::id::now_millis() as u64 / 1000;
     // A link of another shape (from before holders) is just not valid.
     let signed = expires.parse::<u64>().is_ok_and(|expires| {
@@ -1089,6 +1300,7 @@ async fn view(
             .check_url(&view_payload(&s, &id, &holder), expires, &sig, now)
     });
     if !signed {
+        note.deny("view link expired or not valid");
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bad_signature",
@@ -1097,9 +1309,12 @@ async fn view(
         .into());
     }
     crate::routes::check_id("artifact", &id)?;
+    note.resource(format!("artifact={id}"));
     let a = s.db.get_artifact(&id).await?;
     // The token that opened the link must still be live and allowed.
-    if holder != VIEW_ADMIN {
+    if holder == VIEW_ADMIN {
+        note.principal(&crate::access::Principal::Admin);
+    } else {
         let ended = || {
             ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -1107,14 +1322,17 @@ async fn view(
                 "the session that opened this view link has ended (its token was revoked or expired); log in and open the file again",
             )
         };
-        let token = s.db.token_by_id(&holder).await?.ok_or_else(ended)?;
+        let Some(token) = s.db.token_by_id(&holder).await? else {
+            note.deny("the view link's token is gone");
+            return Err(ended().into());
+        };
+        note.token(&token.id, &token.name, Some(&token.org));
         if !token.is_live(satchel_model::id::now_millis()) {
+            note.deny("the view link's token was revoked or expired");
             return Err(ended().into());
         }
-        let caller = Caller::new(
-            crate::access::Principal::Token(Box::new(token)),
-            Default::default(),
-        );
+        let principal = crate::access::Principal::Token(Box::new(token));
+        let caller = Caller::new(principal, note.clone());
         caller.read(&s, &a.producer.pipeline).await?;
     }
     let path = if path.is_empty() || path.ends_with('/') {
@@ -1122,6 +1340,7 @@ async fn view(
     } else {
         path
     };
+    note.resource(format!("path={path}"));
     let f = file_of(&s, &a, &path).await?;
     let mut r = crate::routes::stream_blob_inline(&s, &f).await?;
     let h = r.headers_mut();
