@@ -860,3 +860,165 @@ fn walkdir(dir: &std::path::Path) -> usize {
     }
     n
 }
+
+/// `/metrics`: requests by route and status with latency histograms,
+/// bytes in and out, deduplicated bytes, storage figures and GC; the same
+/// storage figures per pipeline in the API and the UI.
+#[test]
+fn metrics_count_routes_bytes_dedup_storage_and_gc() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let src = d.path().join("src");
+    write(&src, "out/a.bin", &noise(100 * 1024, 1));
+    write(&src, "out/b.bin", &noise(50 * 1024, 2));
+    for run in [1, 2] {
+        s.agent(&src, "metered", run, "build")
+            .ok(&["artifact", "upload", "out/*", "--name", "bins"]);
+    }
+    let dl = d.path().join("dl");
+    std::fs::create_dir_all(&dl).unwrap();
+    s.agent(&dl, "metered", 2, "test").ok(&[
+        "artifact",
+        "download",
+        "out/a.bin",
+        ".",
+        "--job",
+        "build",
+    ]);
+    let text = |s: &Server| {
+        rt().block_on(async {
+            s.http()
+                .get(format!("{}/metrics", s.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    rt().block_on(async {
+        assert_eq!(s.get("/no/such/thing").await.status(), 404);
+    });
+    let m = text(&s);
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"satchel_http_requests_total{method="POST",route="/api/v1/uploads",status="201"}"#),
+        2
+    );
+    assert!(
+        m.contains(r#"satchel_http_requests_total{method="GET",route="unmatched",status="404"} 1"#),
+        "a path no route took is counted as unmatched, not by its path: {m}"
+    );
+    assert!(
+        !m.contains("/no/such/thing"),
+        "no path asked for is a label"
+    );
+    // The histogram's +Inf bucket and count agree, buckets never fall.
+    let route = r#"method="POST",route="/api/v1/uploads""#;
+    let count = value(&format!(
+        "satchel_http_request_duration_seconds_count{{{route}}}"
+    ));
+    assert_eq!(count, 2);
+    assert_eq!(
+        value(&format!(
+            "satchel_http_request_duration_seconds_bucket{{{route},le=\"+Inf\"}}"
+        )),
+        count
+    );
+    let buckets: Vec<u64> = m
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "satchel_http_request_duration_seconds_bucket{{{route},"
+            ))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 13);
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    // The first upload sent 150 KiB; the second sent nothing of it.
+    let kib150 = 150 * 1024;
+    assert!(value("satchel_http_received_bytes_total") >= kib150);
+    assert_eq!(value("satchel_dedup_bytes_total"), kib150);
+    assert!(value("satchel_http_sent_bytes_total") >= 100 * 1024);
+    assert_eq!(value(r#"satchel_artifacts{state="finished"}"#), 2);
+    assert_eq!(value("satchel_logical_bytes"), 2 * kib150);
+    assert_eq!(value("satchel_content_bytes"), kib150);
+    assert!(!m.contains("satchel_store_stored_bytes"), "no sweep yet");
+
+    // The API's figures, per pipeline.
+    let report: serde_json::Value =
+        rt().block_on(async { s.get("/storage").await.json().await.unwrap() });
+    let p = &report["pipelines"][0];
+    assert_eq!(p["pipeline"], "metered");
+    assert_eq!(p["logical_bytes"], 2 * kib150);
+    assert_eq!(p["content_bytes"], kib150);
+    assert_eq!(p["artifacts"]["finished"], 2);
+    // And the UI's pipelines page.
+    let home = rt().block_on(async {
+        let b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = b
+            .post(format!("{}/login", s.url))
+            .form(&[("token", s.token.as_str()), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        b.get(format!("{}/", s.url))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for want in ["<td class=\"num\">300.0 KiB</td>", "150.0 KiB", "2.00×"] {
+        assert!(home.contains(want), "{want} in {home}");
+    }
+    // A made-up method is one series, whatever its name.
+    let (status, _) = s.raw_request("BREW", "/api/v1/pipelines");
+    assert_eq!(status, 405);
+
+    // Deleted and collected: figures follow the GC pass at once.
+    for run in [1, 2] {
+        s.delete_artifact(&s.artifact_id("metered", run, "bins"));
+    }
+    s.agent(d.path(), "metered", 3, "gc")
+        .ok(&["admin", "gc", "--grace", "0s"]);
+    let m = text(&s);
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("satchel_gc_passes_total"), 1);
+    assert!(
+        m.contains(r#"satchel_http_requests_total{method="other",route="/api/v1/pipelines",status="405"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains("BREW"));
+    assert!(value("satchel_gc_freed_bytes_total") >= kib150, "{m}");
+    assert_eq!(value(r#"satchel_artifacts{state="deleted"}"#), 2);
+    assert_eq!(value("satchel_logical_bytes"), 0);
+    assert_eq!(value("satchel_content_bytes"), 0);
+    assert!(value("satchel_store_stored_bytes") < kib150, "{m}");
+}

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use satchel_model::access::{
-    AuditEntry, AuditPage, AuditQuery, ClusterInfo, OrgInfo, PipelineInfo, RuleInfo, TokenInfo,
+    AuditEntry, AuditPage, AuditQuery, ClusterInfo, OrgInfo, PipelineInfo, PipelineStorage,
+    RuleInfo, TokenInfo,
 };
 use satchel_model::api::{
     Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
@@ -521,6 +522,10 @@ impl<B: Backend> AccessStore for Store<B> {
     async fn pipeline_home(&self, key: &str) -> Result<Option<PipelineInfo>, DbError> {
         let k = key.to_string();
         self.read(move |c| access::pipeline_home(c, &k)).await
+    }
+
+    async fn storage_stats(&self) -> Result<(Vec<PipelineStorage>, u64), DbError> {
+        self.read(crate::stats::storage).await
     }
 
     async fn list_pipelines(&self, org: Option<&str>) -> Result<Vec<PipelineInfo>, DbError> {

@@ -24,6 +24,7 @@ mod rules;
 #[doc(hidden)]
 pub mod sql;
 mod sqlite;
+mod stats;
 pub mod story;
 
 use std::collections::HashSet;
@@ -31,7 +32,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use satchel_model::access::{
-    AuditEntry, AuditPage, AuditQuery, ClusterInfo, OrgInfo, PipelineInfo, RuleInfo, TokenInfo,
+    AuditEntry, AuditPage, AuditQuery, ClusterInfo, OrgInfo, PipelineInfo, PipelineStorage,
+    RuleInfo, TokenInfo,
 };
 use satchel_model::api::{
     Artifact, CreateTyped, CreateUpload, FileInfo, NewRun, Package, PackageWithFiles, Promote, Run,
@@ -490,6 +492,10 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn pipeline_home(&self, key: &str) -> Result<Option<PipelineInfo>, DbError>;
     /// Pipelines (of one organization) by key.
     async fn list_pipelines(&self, org: Option<&str>) -> Result<Vec<PipelineInfo>, DbError>;
+    /// Every pipeline's storage figures, by key, and the bytes of the
+    /// distinct contents known to be stored: aggregates over whole tables,
+    /// for callers to cache.
+    async fn storage_stats(&self) -> Result<(Vec<PipelineStorage>, u64), DbError>;
     /// Moves a pipeline to another cluster.
     async fn move_pipeline(
         &self,

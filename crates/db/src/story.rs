@@ -292,6 +292,7 @@ pub async fn run_all(db: &dyn MetaStore) {
     gc_grace(db).await;
     pipelines(db).await;
     needs_blobs_and_expiry(db).await;
+    storage_figures(db).await;
     races(db).await;
     reused_failed_artifact_holds_its_name(db).await;
     replacing_swaps_on_finish(db).await;
@@ -733,6 +734,56 @@ async fn needs_blobs_and_expiry(db: &dyn MetaStore) {
         db.recorded_blobs().await.unwrap().contains(&two),
         "until GC"
     );
+}
+
+/// Storage figures: artifacts by state, logical bytes of finished
+/// artifacts, and their distinct contents, per pipeline.
+async fn storage_figures(db: &dyn MetaStore) {
+    let (c, d) = ("5".repeat(64), "6".repeat(64));
+    let mut up = upload(
+        "x",
+        1,
+        Some("one"),
+        vec![file("e1", '5', 5), file("e2", '6', 6), file("e3", '5', 5)],
+    );
+    up.context.pipeline = "figures".into();
+    let first = db.create_upload(&up, &q()).await.unwrap();
+    db.record_blobs(&[(c.clone(), 5), (d.clone(), 6)])
+        .await
+        .unwrap();
+    db.finish_upload(&first.upload_id).await.unwrap();
+    // Another artifact of the same content, and one still uploading.
+    let mut again = upload("y", 1, Some("two"), vec![file("copy", '5', 5)]);
+    again.context.pipeline = "figures".into();
+    let second = db.create_upload(&again, &q()).await.unwrap();
+    db.finish_upload(&second.upload_id).await.unwrap();
+    let mut open = upload("z", 1, Some("three"), vec![file("big", '8', 100)]);
+    open.context.pipeline = "figures".into();
+    db.create_upload(&open, &q()).await.unwrap();
+
+    let (all, stored) = db.storage_stats().await.unwrap();
+    let p = all.iter().find(|p| p.pipeline == "figures").unwrap();
+    assert_eq!(p.artifacts.get("finished"), Some(&2), "{p:?}");
+    assert_eq!(p.artifacts.get("uploading"), Some(&1), "{p:?}");
+    assert_eq!(p.logical_bytes, 21, "finished files only: {p:?}");
+    assert_eq!(p.content_bytes, 11, "each content once: {p:?}");
+    assert!((p.dedup_ratio() - 21.0 / 11.0).abs() < 1e-9);
+    assert!(stored >= 11, "{stored}");
+    let mut names: Vec<&str> = all.iter().map(|p| p.pipeline.as_str()).collect();
+    let sorted = {
+        let mut n = names.clone();
+        n.sort_unstable();
+        n
+    };
+    assert_eq!(names, sorted, "by key");
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "each pipeline once");
+    // A deleted artifact no longer counts.
+    db.delete_artifact(&second.artifact_id).await.unwrap();
+    let (all, _) = db.storage_stats().await.unwrap();
+    let p = all.iter().find(|p| p.pipeline == "figures").unwrap();
+    assert_eq!((p.logical_bytes, p.content_bytes), (16, 11), "{p:?}");
+    assert_eq!(p.artifacts.get("deleted"), Some(&1), "{p:?}");
 }
 
 /// Re-recording a blob makes it young again, and forgetting honours the

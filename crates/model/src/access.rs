@@ -637,3 +637,48 @@ mod tests {
         assert!(t.is_live(999) && !t.is_live(1000));
     }
 }
+
+/// What one pipeline's artifacts hold, from metadata (`GET
+/// /api/v1/storage`, the UI's pipelines page).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStorage {
+    /// Pipeline key.
+    pub pipeline: String,
+    /// Artifacts by state (`finished`, `uploading`, `deleted`, …).
+    pub artifacts: std::collections::BTreeMap<String, u64>,
+    /// Bytes of the files of its finished artifacts, as downloaded.
+    pub logical_bytes: u64,
+    /// Bytes of the distinct contents of those files: what it would take
+    /// to store them with whole-file deduplication within the pipeline.
+    pub content_bytes: u64,
+}
+
+impl PipelineStorage {
+    /// `logical_bytes / content_bytes` (1 when there is nothing).
+    pub fn dedup_ratio(&self) -> f64 {
+        if self.content_bytes == 0 {
+            1.0
+        } else {
+            self.logical_bytes as f64 / self.content_bytes as f64
+        }
+    }
+}
+
+/// `GET /api/v1/storage`: storage figures of the pipelines the caller may
+/// read, and of the whole server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StorageReport {
+    /// Per pipeline, by name.
+    pub pipelines: Vec<PipelineStorage>,
+    /// Bytes of the distinct contents the server knows to be stored (every
+    /// pipeline's, each once), before chunk deduplication and compression.
+    pub content_bytes: u64,
+    /// What the content store held after the last garbage collection pass
+    /// of this process (after chunk deduplication, compression and
+    /// encryption), if one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
+    /// When these figures were computed, RFC 3339 (they are cached for a
+    /// minute).
+    pub computed_at: String,
+}

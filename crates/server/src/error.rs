@@ -95,6 +95,9 @@ impl From<DbError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if !e.is_client_error() {
+            crate::metrics::STORAGE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match &e {
             StoreError::DigestMismatch { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "digest_mismatch", e.to_string())

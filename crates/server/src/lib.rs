@@ -13,6 +13,7 @@ mod extract;
 pub mod gate;
 pub mod gha;
 pub mod maintenance;
+pub mod metrics;
 pub mod packs;
 mod routes;
 #[cfg(test)]
@@ -192,6 +193,8 @@ pub struct AppState {
     signing_secret: [u8; 32],
     /// What `/metrics` reports.
     pub counters: Arc<Counters>,
+    /// Requests by route, bytes, storage figures (see [`metrics`]).
+    pub metrics: Arc<metrics::Metrics>,
     /// The GitHub Actions artifact protocol.
     pub gha: Arc<gha::Gha>,
     /// Writers of blobs announce what they store; garbage collection
@@ -255,6 +258,7 @@ impl AppState {
             admin_token_hash,
             signing_secret,
             counters: Arc::default(),
+            metrics: Arc::default(),
             gha: Arc::new(gha::Gha::new(&signing_secret, scratch)),
             pack_buffers: Arc::new(tokio::sync::Semaphore::new(PACK_BUFFERS)),
             pack_buffer_count: PACK_BUFFERS,
@@ -606,9 +610,24 @@ async fn readyz(State(state): State<AppState>) -> (axum::http::StatusCode, Strin
     (StatusCode::OK, "ready\n".to_string())
 }
 
-/// `GET /metrics`: Prometheus text format. Counts only, no names, so it
-/// needs no token.
+/// `GET /metrics`: Prometheus text format. Counts only, no names (no
+/// pipeline, token or path, only route patterns), so it needs no token.
 async fn metrics(State(state): State<AppState>) -> String {
+    let storage = match state.metrics.storage(&state).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            // /readyz says why; the other series still report.
+            tracing::warn!("metrics: storage figures: {}", e.message);
+            None
+        }
+    };
+    let mut out = plain_counters(&state).await;
+    state.metrics.render(&mut out, storage.as_deref());
+    out
+}
+
+/// The counters of [`Counters`] and a few gauges, in Prometheus text.
+async fn plain_counters(state: &AppState) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &state.counters;
     // -1 when the database does not answer: /readyz says which.
@@ -756,12 +775,19 @@ impl AppState {
 /// handler, a connection or a shared buffer forever.
 async fn idle_bodies(State(state): State<AppState>, req: Request) -> Request {
     let idle = state.limits.body_idle_timeout;
+    let metrics = state.metrics.clone();
     req.map(|body| {
-        let stream =
-            futures_util::stream::unfold(body.into_data_stream(), move |mut s| async move {
+        let stream = futures_util::stream::unfold(body.into_data_stream(), move |mut s| {
+            let metrics = metrics.clone();
+            async move {
                 use futures_util::StreamExt as _;
                 match tokio::time::timeout(idle, s.next()).await {
-                    Ok(Some(Ok(b))) => Some((Ok(b), s)),
+                    Ok(Some(Ok(b))) => {
+                        metrics
+                            .bytes_in
+                            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        Some((Ok(b), s))
+                    }
                     Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), s)),
                     Ok(None) => None,
                     Err(_) => Some((
@@ -775,9 +801,19 @@ async fn idle_bodies(State(state): State<AppState>, req: Request) -> Request {
                         s,
                     )),
                 }
-            });
+            }
+        });
         axum::body::Body::from_stream(stream)
     })
+}
+
+/// What no route takes: counted as `unmatched` (never by its path, which
+/// the client chose).
+async fn no_route(State(state): State<AppState>, method: axum::http::Method) -> ApiError {
+    state
+        .metrics
+        .observe(method.as_str(), "unmatched", 404, std::time::Duration::ZERO);
+    ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -799,20 +835,35 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
         ));
-    axum::Router::new()
+    let probes = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ));
+    axum::Router::new()
+        .merge(probes)
         .nest("/api/v1", api)
         .merge(ui::routes(state.clone()))
-        .merge(gha::routes().layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            audit::record,
-        )))
-        .fallback(|| async {
-            ApiError::not_found("no such endpoint; the API lives under /api/v1 (see docs/api.md)")
-        })
+        .merge(
+            gha::routes()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    audit::record,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    metrics::track,
+                )),
+        )
+        .fallback(no_route)
         .layer(axum::middleware::map_request_with_state(
             state.clone(),
             idle_bodies,

@@ -153,11 +153,16 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         let swept = s.store.sweep(&keep, cutoff).await?;
         report.objects_deleted = swept.deleted;
         report.bytes_freed += swept.bytes_freed;
+        s.metrics.swept(swept.bytes_listed, swept.bytes_freed);
         drop(sweep);
     }
     s.counters
         .gc_passes
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.metrics
+        .gc_bytes_freed
+        .fetch_add(report.bytes_freed, std::sync::atomic::Ordering::Relaxed);
+    s.metrics.forget_storage().await;
     if report.blobs_deleted > 0 || report.expired_artifacts > 0 || report.objects_deleted > 0 {
         tracing::info!(
             "gc: {} artifacts expired, {} blobs deleted, {} stored objects deleted, {} bytes freed",

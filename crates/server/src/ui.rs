@@ -96,11 +96,15 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route(
             "/view/{artifact}/{holder}/{expires}/{sig}/{*path}",
             get(view).layer(axum::middleware::from_fn_with_state(
-                state,
+                state.clone(),
                 crate::audit::record,
             )),
         )
         .route("/ui.css", get(stylesheet))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::metrics::track,
+        ))
 }
 
 /// A page's failure, shown as a page.
@@ -175,7 +179,7 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dd{margin:0
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
 code,.mono{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-all}\
-.superseded{color:#777}.state-passed{color:#1a7f37}.state-failed{color:#cf222e}\
+.superseded{color:#777}p.note{color:#555;font-size:.9em}.state-passed{color:#1a7f37}.state-failed{color:#cf222e}\
 nav.crumbs ol{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.3rem}\
 nav.crumbs li+li:before{content:'/';padding-right:.3rem;color:#777}\
 a:focus,button:focus,input:focus{outline:2px solid #0969da;outline-offset:2px}\
@@ -449,7 +453,14 @@ impl Cursor {
 }
 
 async fn pipelines(State(s): State<AppState>, caller: Caller) -> Page {
+    use satchel_model::units::human_bytes;
     let list = caller.readable_pipelines(&s).await?;
+    let storage = crate::routes::storage_report(&s, &list).await?;
+    let figures: std::collections::HashMap<&str, &satchel_model::access::PipelineStorage> = storage
+        .pipelines
+        .iter()
+        .map(|p| (p.pipeline.as_str(), p))
+        .collect();
     Ok(layout(
         "Pipelines",
         html! {
@@ -457,16 +468,34 @@ async fn pipelines(State(s): State<AppState>, caller: Caller) -> Page {
             @if list.is_empty() { p { "No pipelines yet, or none this token may read." } }
             @else {
                 table {
-                    thead { tr { th { "Pipeline" } th { "Organization" } th.hide { "Cluster" } } }
+                    thead { tr {
+                        th { "Pipeline" } th.hide { "Organization" } th.hide { "Cluster" }
+                        th.num { "Artifacts" } th.num { "Size" }
+                        th.num.hide title="Distinct contents: each file content once" { "Content" }
+                        th.num.hide { "Dedup" }
+                    } }
                     tbody {
                         @for p in &list {
+                            @let f = figures.get(p.name.as_str()).copied().cloned().unwrap_or_default();
                             tr {
                                 td { a href={ "/p/" (url_segment(&p.name)) } { (p.name) } }
-                                td { (p.org) }
+                                td.hide { (p.org) }
                                 td.hide { (p.cluster) }
+                                td.num { (f.artifacts.get("finished").copied().unwrap_or(0)) }
+                                td.num { (human_bytes(f.logical_bytes)) }
+                                td.num.hide { (human_bytes(f.content_bytes)) }
+                                td.num.hide { (format!("{:.2}×", f.dedup_ratio())) }
                             }
                         }
                     }
+                }
+                p.note {
+                    "Size: the files of finished artifacts, as downloaded. Content: each distinct file content once. "
+                    "Server-wide, " (human_bytes(storage.content_bytes)) " of distinct content"
+                    @if let Some(stored) = storage.stored_bytes {
+                        ", stored in " (human_bytes(stored)) " after chunk deduplication and compression (as of the last garbage collection pass)"
+                    }
+                    ". Figures as of " (storage.computed_at) ", refreshed at most once a minute."
                 }
             }
         },

@@ -90,6 +90,9 @@ pub struct SweepReport {
     pub deleted: u64,
     /// Bytes of storage freed.
     pub bytes_freed: u64,
+    /// Bytes of the objects looked at (before anything was freed): with
+    /// `bytes_freed`, what the store holds after the pass.
+    pub bytes_listed: u64,
 }
 
 /// What a rewrite (key rotation) did.
@@ -652,6 +655,7 @@ impl ChunkStore {
         self.packs.refresh(&*self.backend, &self.codec).await?;
         for obj in self.backend.list("p").await? {
             report.objects += 1;
+            report.bytes_listed += obj.size;
             if obj.modified >= cutoff {
                 continue;
             }
@@ -710,6 +714,7 @@ impl ChunkStore {
         let mut report = SweepReport::default();
         for obj in self.backend.list("b").await? {
             report.objects += 1;
+            report.bytes_listed += obj.size;
             if obj.modified < cutoff && !keep_names.contains(&base(&obj.key)) {
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;
@@ -720,6 +725,7 @@ impl ChunkStore {
         let mut live: HashSet<String> = HashSet::new();
         for obj in self.backend.list("r").await? {
             report.objects += 1;
+            report.bytes_listed += obj.size;
             if obj.modified < cutoff && !keep_names.contains(&base(&obj.key)) {
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;
@@ -745,6 +751,7 @@ impl ChunkStore {
         let chunk_cutoff = cutoff.min(floor);
         for obj in self.backend.list("c").await? {
             report.objects += 1;
+            report.bytes_listed += obj.size;
             if obj.modified < chunk_cutoff && !live.contains(&base(&obj.key)) {
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;

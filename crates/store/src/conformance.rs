@@ -454,8 +454,22 @@ async fn small_blobs_share_packs(backend: Arc<dyn ObjectBackend>) {
     // store that still has the old location finds the new one.
     let keep: HashSet<Digest> = blobs.iter().step_by(4).map(|(d, _)| *d).collect();
     let future = SystemTime::now() + Duration::from_secs(3600);
+    let mut before = 0;
+    for dir in ["b", "r", "c", "p"] {
+        before += backend
+            .list(dir)
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.size)
+            .sum::<u64>();
+    }
     let r = store.sweep(&keep, future).await.unwrap();
     assert!(r.deleted >= 1 && r.bytes_freed > 0, "{r:?}");
+    assert!(
+        r.bytes_listed >= r.bytes_freed && r.bytes_listed == before,
+        "the sweep counts what it looked at: {r:?}, {before} bytes stored"
+    );
     let after = backend.list("p").await.unwrap();
     assert!(after.iter().all(|l| l.key != key), "old pack still there");
     for (i, (d, b)) in blobs.iter().enumerate() {

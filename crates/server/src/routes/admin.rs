@@ -292,6 +292,38 @@ pub(super) async fn list_pipelines(
     Ok(axum::Json(PipelineList { pipelines }))
 }
 
+/// The storage figures of the pipelines `caller` may read (`pipelines`,
+/// its readable pipelines, by name), and the server's totals.
+pub(crate) async fn storage_report(
+    s: &AppState,
+    pipelines: &[satchel_model::access::PipelineInfo],
+) -> Result<satchel_model::access::StorageReport, ApiError> {
+    let f = s.metrics.storage(s).await?;
+    let readable: std::collections::HashSet<&str> =
+        pipelines.iter().map(|p| p.name.as_str()).collect();
+    Ok(satchel_model::access::StorageReport {
+        pipelines: f
+            .pipelines
+            .iter()
+            .filter(|p| readable.contains(p.pipeline.as_str()))
+            .cloned()
+            .collect(),
+        content_bytes: f.content_bytes,
+        stored_bytes: s.metrics.stored_bytes(),
+        computed_at: f.computed_at.clone(),
+    })
+}
+
+/// `GET /api/v1/storage`: per readable pipeline, artifacts by state,
+/// logical and distinct bytes; the server's distinct and stored bytes.
+pub(super) async fn storage(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<satchel_model::access::StorageReport>, ApiError> {
+    let pipelines = caller.readable_pipelines(&s).await?;
+    Ok(axum::Json(storage_report(&s, &pipelines).await?))
+}
+
 pub(super) async fn create_rule(
     State(s): State<AppState>,
     caller: Caller,

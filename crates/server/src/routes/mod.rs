@@ -4,6 +4,7 @@
 mod admin;
 mod archive;
 mod content;
+pub(crate) use admin::storage_report;
 pub(crate) use content::stream_blob_inline;
 pub(crate) mod diff;
 mod pipelines;
@@ -51,6 +52,7 @@ pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
         .route("/resolve", post(pipelines::resolve))
         .route("/gha/tokens", post(crate::gha::mint_token))
         .route("/pipelines", get(admin::list_pipelines))
+        .route("/storage", get(admin::storage))
         .route(
             "/admin/tokens",
             get(admin::list_tokens).post(admin::create_token),

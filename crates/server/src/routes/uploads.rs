@@ -216,6 +216,19 @@ pub(super) async fn create(
             return Err(e);
         }
     }
+    // What the client need not send: each content the server holds, once.
+    let missing: std::collections::HashSet<&str> =
+        plan.missing.iter().map(String::as_str).collect();
+    let mut counted = std::collections::HashSet::new();
+    let held: u64 = req
+        .files
+        .iter()
+        .filter(|f| !missing.contains(f.sha256.as_str()) && counted.insert(f.sha256.as_str()))
+        .map(|f| f.size)
+        .sum();
+    s.metrics
+        .dedup_bytes
+        .fetch_add(held, std::sync::atomic::Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
         axum::Json(UploadCreated {
@@ -362,6 +375,15 @@ pub(super) async fn chunks_missing(
     }
     let digests: Vec<Digest> = chunks.iter().map(|(_, d)| *d).collect();
     let missing = s.store.missing_chunks(&digests).await?;
+    let held: u64 = chunks
+        .iter()
+        .zip(&missing)
+        .filter(|(_, m)| !**m)
+        .map(|((len, _), _)| u64::from(*len))
+        .sum();
+    s.metrics
+        .dedup_bytes
+        .fetch_add(held, std::sync::atomic::Ordering::Relaxed);
     Ok(axum::Json(ChunksMissing {
         missing: missing
             .iter()
