@@ -594,20 +594,7 @@ fn range_requests_delete_and_dedup() {
 }
 
 fn api_requests(s: &Server) -> u64 {
-    let text = rt().block_on(async {
-        let r = s
-            .http()
-            .get(format!("{}/metrics", s.url))
-            .send()
-            .await
-            .unwrap();
-        r.text().await.unwrap()
-    });
-    text.lines()
-        .find_map(|l| l.strip_prefix("satchel_api_requests_total "))
-        .expect("request counter in /metrics")
-        .parse()
-        .unwrap()
+    s.metric("satchel_api_requests_total")
 }
 
 #[test]
@@ -885,29 +872,11 @@ fn metrics_count_routes_bytes_dedup_storage_and_gc() {
         "--job",
         "build",
     ]);
-    let text = |s: &Server| {
-        rt().block_on(async {
-            s.http()
-                .get(format!("{}/metrics", s.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
-    };
     rt().block_on(async {
         assert_eq!(s.get("/no/such/thing").await.status(), 404);
     });
-    let m = text(&s);
-    let value = |name: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {m}"))
-            .parse()
-            .unwrap()
-    };
+    let m = s.metrics_text();
+    let value = |name: &str| metric_in(&m, name);
     assert_eq!(
         value(r#"satchel_http_requests_total{method="POST",route="/api/v1/uploads",status="201"}"#),
         2
@@ -1002,14 +971,8 @@ fn metrics_count_routes_bytes_dedup_storage_and_gc() {
     }
     s.agent(d.path(), "metered", 3, "gc")
         .ok(&["admin", "gc", "--grace", "0s"]);
-    let m = text(&s);
-    let value = |name: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {m}"))
-            .parse()
-            .unwrap()
-    };
+    let m = s.metrics_text();
+    let value = |name: &str| metric_in(&m, name);
     assert_eq!(value("satchel_gc_passes_total"), 1);
     assert!(
         m.contains(r#"satchel_http_requests_total{method="other",route="/api/v1/pipelines",status="405"} 1"#),

@@ -148,7 +148,12 @@ impl Server {
 
     /// The value of `name` in `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
-        let text = rt().block_on(async {
+        metric_in(&self.metrics_text(), name)
+    }
+
+    /// `/metrics`, whole.
+    pub fn metrics_text(&self) -> String {
+        rt().block_on(async {
             self.http()
                 .get(format!("{}/metrics", self.url))
                 .send()
@@ -157,12 +162,7 @@ impl Server {
                 .text()
                 .await
                 .unwrap()
-        });
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .parse()
-            .unwrap()
+        })
     }
 
     pub fn api(&self, path: &str) -> String {
@@ -268,6 +268,16 @@ pub fn write(dir: &Path, rel: &str, data: &[u8]) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, data).unwrap();
+}
+
+/// The value of series `name` (with its labels, if any) in Prometheus
+/// text.
+pub fn metric_in(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
