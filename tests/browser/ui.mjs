@@ -66,6 +66,38 @@ try {
   assert.equal(cookie.httpOnly, true);
   assert.equal(cookie.sameSite, 'Strict');
 
+  step('the run page finds files by glob and scope');
+  await page.goto(`${base}/p/web/runs/1`);
+  await page.fill('input[name=query]', '**/*.css');
+  await page.fill('input[name=name]', 'coverage');
+  await Promise.all([page.waitForURL(/\/search\?/), page.getByRole('button', { name: 'Search' }).click()]);
+  const found = await page.locator('main table tbody tr').allInnerTexts();
+  assert.equal(found.length, 1, `one match: ${found}`);
+  assert.match(found[0], /style\.css/);
+  await shot('search');
+  await page.fill('input[name=query]', 'nothing/**');
+  await Promise.all([page.waitForURL(/nothing/), page.getByRole('button', { name: 'Search' }).click()]);
+  assert.match(await page.locator('main').innerText(), /No files match/);
+
+  step('an image artifact shows its reference with a copy button');
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  await page.goto(`${base}/p/web/runs/1/artifacts/image`);
+  const reference = await page.locator('#reference').innerText();
+  assert.match(reference, /^registry\.example\/web:1\.0@sha256:/);
+  await page.getByRole('button', { name: 'Copy' }).click();
+  await page.getByRole('button', { name: 'Copied' }).waitFor();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), reference);
+
+  step('packages by repository, with their versions');
+  await Promise.all([page.waitForURL(`${base}/packages`), link('Packages').click()]);
+  const repos = await page.locator('main table tbody tr').allInnerTexts();
+  assert.deepEqual(repos.map((r) => r.split('\t')[0]), ['images', 'reports']);
+  await Promise.all([page.waitForURL(`${base}/packages/reports`), link('reports').click()]);
+  const versions = await page.locator('main').innerText();
+  assert.match(versions, /coverage\s+1\.0\.0/);
+  assert.match(versions, /web #1/);
+  await shot('packages');
+
   step('pipelines → runs → run → artifact');
   await page.goto(`${base}/`);
   assert.equal(await h1(), 'Pipelines');

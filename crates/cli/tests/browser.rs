@@ -71,6 +71,17 @@ fn the_web_ui_works_in_headless_chromium() {
         write(&src, "cov/build.log", log.as_bytes());
         let job = s.agent(&src, "web", run, "test");
         job.ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+        if run == 1 {
+            job.ok(&[
+                "artifact",
+                "publish-image",
+                "registry.example/web:1.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "--name",
+                "image",
+            ]);
+            job.ok(&["promote", "coverage", "--to", "reports/coverage@1.0.0"]);
+            job.ok(&["promote", "image", "--to", "images/web@1.0.0"]);
+        }
         job.ok(&["run-state", state]);
     }
     let shots = match std::env::var_os("SATCHEL_SCREENSHOTS") {
@@ -98,6 +109,8 @@ fn the_web_ui_works_in_headless_chromium() {
     assert!(log.contains("all browser checks passed"), "{log}");
     eprintln!("{log}");
     for page in [
+        "search",
+        "packages",
         "login",
         "pipelines",
         "runs",

@@ -715,6 +715,38 @@ fn ui_login_guesses_are_throttled_with_the_apis() {
     });
 }
 
+/// A forged view link is a guess like a wrong token: counted with them,
+/// throttled with them, so forging links cannot fill the audit log at
+/// will.
+#[test]
+fn forged_view_links_count_as_failed_authentications() {
+    let d = tmp();
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &[("SATCHEL_MAX_AUTH_FAILURES", "3")],
+    );
+    let b = browser();
+    rt().block_on(async {
+        let forged = format!(
+            "{}/view/{}/admin/99999999999/{}/index.html",
+            s.url,
+            "0".repeat(32),
+            "ab".repeat(32)
+        );
+        for _ in 0..3 {
+            assert_eq!(b.get(&forged).send().await.unwrap().status(), 403);
+        }
+        assert_eq!(b.get(&forged).send().await.unwrap().status(), 429);
+        let r = b
+            .post(format!("{}/login", s.url))
+            .form(&[("token", "a-guess")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "the same address, the same count");
+    });
+}
+
 /// Two runs compared from metadata, the same through the CLI (`satchel
 /// diff`, text and JSON), the API and the UI's page: per artifact, files
 /// added, removed and changed with size deltas; bad references are 4xx.
@@ -903,6 +935,7 @@ fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
     write(&src, "out/data.bin", &[0, 1, 2]);
     let admin = s.agent(&src, "lines", 1, "test");
     admin.ok(&["artifact", "publish", "out", "--name", "logs"]);
+    admin.ok(&["promote", "logs", "--to", "rel/logs@1.0.0"]);
     let id = s.artifact_id("lines", 1, "logs");
     // Reads reach the token's cluster; another cluster's token, no rule.
     admin.ok(&["admin", "cluster", "create", "release"]);
@@ -935,11 +968,16 @@ fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
         assert!(!first.contains("id=\"L1001\""), "one page only");
         assert!(first.contains("<pre>line 7</pre>"), "CR dropped: {first}");
         assert!(first.contains("?start=1001\">next"), "{first}");
-        // The second page stops at the byte cap: the long line is cut.
+        // A line that does not fit what is left of a page starts the next
+        // page; a line longer than a page is cut there.
         let second = page("?start=1001").await;
-        assert!(second.contains("<tr id=\"L1501\">"), "the long line");
-        assert!(second.contains("(line cut)"), "cut at the page's bytes");
-        assert!(second.contains("?start=1502\">next"), "more after it");
+        assert!(second.contains("<tr id=\"L1500\">"), "{second}");
+        assert!(!second.contains("id=\"L1501\""), "the long line waits");
+        assert!(second.contains("?start=1501\">next"), "{second}");
+        let long = page("?start=1501").await;
+        assert!(long.contains("<tr id=\"L1501\">"), "the long line");
+        assert!(long.contains("(line cut)"), "cut at a page's bytes");
+        assert!(long.contains("?start=1502\">next"), "more after it");
         // The last line has no newline; the page after it is the end.
         let last = page("?start=1502").await;
         assert!(
@@ -975,6 +1013,7 @@ fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
         for path in [
             format!("/artifacts/{id}"),
             format!("/artifacts/{id}/lines/run.log"),
+            "/p/lines/runs/1/search?query=**".to_string(),
             "/p/lines".to_string(),
             "/p/lines/runs/1".to_string(),
             format!("/artifacts/{id}/archive?format=zip"),
@@ -997,5 +1036,46 @@ fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
             .await
             .unwrap();
         assert!(!home.contains("/p/lines"), "not listed: {home}");
+        // Its organization's repository is listed, but not the version
+        // promoted from a pipeline it may not read.
+        let get = |path: &str, cookie: &str| {
+            let r = b
+                .get(format!("{}{path}", s.url))
+                .header("cookie", cookie.to_string())
+                .send();
+            async move { r.await.unwrap().text().await.unwrap() }
+        };
+        assert!(get("/packages", &theirs)
+            .await
+            .contains("href=\"/packages/rel\""));
+        let versions = get("/packages/rel", &theirs).await;
+        assert!(
+            versions.contains("No versions here that this token may read."),
+            "{versions}"
+        );
+        let versions = get("/packages/rel", &session).await;
+        assert!(
+            versions.contains("<td class=\"mono\">1.0.0</td>"),
+            "{versions}"
+        );
+        // The search page, with the CLI's scope.
+        let found = get(
+            "/p/lines/runs/latest/search?query=**/*.log&name=logs&job=",
+            &session,
+        )
+        .await;
+        assert!(
+            found.contains(">run.log</a>") && !found.contains("data.bin"),
+            "{found}"
+        );
+        let none = get("/p/lines/runs/1/search?query=**&job=other", &session).await;
+        assert!(none.contains("No files match."), "{none}");
+        let bad = b
+            .get(format!("{}/p/lines/runs/1/search?query=a[", s.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400, "a bad glob is the client's");
     });
 }

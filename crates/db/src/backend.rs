@@ -347,6 +347,12 @@ impl<B: Backend> MetaStore for Store<B> {
             .await
     }
 
+    async fn package_repositories(&self, org: Option<&str>) -> Result<Vec<(String, u64)>, DbError> {
+        let org = org.map(str::to_string);
+        self.read(move |c| listing::package_repositories(c, org.as_deref()))
+            .await
+    }
+
     async fn list_packages(
         &self,
         repository: &str,

@@ -402,6 +402,9 @@ pub trait MetaStore: AccessStore + GhaStore + Send + Sync + 'static {
     /// Whether the connections to the database are encrypted (TLS to
     /// PostgreSQL); `false` for a file.
     async fn connection_encrypted(&self) -> Result<bool, DbError>;
+    /// The package repositories of an organization (every one when
+    /// `None`), by key, with how many versions each holds.
+    async fn package_repositories(&self, org: Option<&str>) -> Result<Vec<(String, u64)>, DbError>;
     /// Package versions of a repository (optionally one package), newest
     /// first, a page at a time.
     async fn list_packages(

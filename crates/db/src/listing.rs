@@ -208,6 +208,28 @@ pub(crate) fn runs(
     Ok(Page { items, next })
 }
 
+/// The package repositories of organization `org` (every one when
+/// `None`), by key, each with how many package versions it holds.
+pub(crate) fn package_repositories(
+    c: &mut dyn Sql,
+    org: Option<&str>,
+) -> Result<Vec<(String, u64)>, DbError> {
+    let select = "SELECT r.repository, COUNT(p.id) FROM package_repositories r
+                  JOIN organizations o ON o.id = r.organization_id
+                  LEFT JOIN packages p ON p.repository = r.repository";
+    let group = "GROUP BY r.repository ORDER BY r.repository";
+    let rows = match org {
+        Some(o) => c.query(
+            &format!("{select} WHERE o.key = ?1 {group}"),
+            &[Value::from(o)],
+        )?,
+        None => c.query(&format!("{select} {group}"), &[])?,
+    };
+    rows.into_iter()
+        .map(|mut row| Ok((row.text(0)?, row.uint(1)?)))
+        .collect()
+}
+
 /// Package versions of repository `repo` (of package `name` only, if
 /// given), newest first: by creation, then insertion order (`seq`).
 pub(crate) fn packages(

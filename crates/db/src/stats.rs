@@ -45,6 +45,7 @@ pub(crate) fn storage(c: &mut dyn Sql) -> Result<(Vec<PipelineStorage>, u64), Db
         "SELECT k, CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM (
              SELECT DISTINCT p.key AS k, f.sha256, f.size
              FROM files f JOIN artifacts a ON a.id = f.artifact_id
+             JOIN uploads u ON u.id = f.upload_id AND u.state = 'finished'
              JOIN runs r ON r.id = a.run_id
              JOIN pipelines p ON p.id = r.pipeline_id
              WHERE a.state = 'finished'

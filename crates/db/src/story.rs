@@ -760,6 +760,12 @@ async fn storage_figures(db: &dyn MetaStore) {
     let mut open = upload("z", 1, Some("three"), vec![file("big", '8', 100)]);
     open.context.pipeline = "figures".into();
     db.create_upload(&open, &q()).await.unwrap();
+    // An upload still open into a finished artifact: its file is not
+    // published, so it counts nowhere.
+    let mut more = upload("x", 1, Some("one"), vec![file("later", '9', 9)]);
+    more.context.pipeline = "figures".into();
+    let more = db.create_upload(&more, &q()).await.unwrap();
+    assert_eq!(more.artifact_id, first.artifact_id);
 
     let (all, stored) = db.storage_stats().await.unwrap();
     let p = all.iter().find(|p| p.pipeline == "figures").unwrap();
@@ -1015,6 +1021,22 @@ async fn pipelines(db: &dyn MetaStore) {
         let paged: Vec<&str> = pages.iter().flatten().map(|p| p.version.as_str()).collect();
         assert_eq!(paged, versions, "pages of {limit}");
     }
+    // Repositories by key with their version counts, per organization.
+    let repos = db.package_repositories(Some("default")).await.unwrap();
+    for want in [("paged".to_string(), 6), ("rel".to_string(), 2)] {
+        assert!(repos.contains(&want), "{want:?} in {repos:?}");
+    }
+    let mut keys: Vec<&str> = repos.iter().map(|(r, _)| r.as_str()).collect();
+    let listed = keys.clone();
+    keys.sort_unstable();
+    assert_eq!(listed, keys, "by key");
+    let every = db.package_repositories(None).await.unwrap();
+    assert!(repos.iter().all(|r| every.contains(r)), "{every:?}");
+    assert!(db
+        .package_repositories(Some("no-such-org"))
+        .await
+        .unwrap()
+        .is_empty());
     let bad = PageRequest {
         cursor: Some("zz".into()),
         ..PageRequest::default()

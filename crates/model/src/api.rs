@@ -996,3 +996,21 @@ mod tests {
         }
     }
 }
+
+/// A package repository and how many versions it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryInfo {
+    /// Repository key.
+    pub repository: String,
+    /// Package versions in it (of every pipeline; a listing shows only
+    /// those of pipelines the caller may read).
+    pub versions: u64,
+}
+
+/// `GET /api/v1/packages`: the package repositories of the caller's
+/// organization, by key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepositoryList {
+    /// By key.
+    pub repositories: Vec<RepositoryInfo>,
+}

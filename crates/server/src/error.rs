@@ -96,7 +96,7 @@ impl From<DbError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if !e.is_client_error() {
-            crate::metrics::STORAGE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::storage_error();
         }
         match &e {
             StoreError::DigestMismatch { .. } => {

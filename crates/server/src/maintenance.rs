@@ -102,6 +102,9 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
                 Ok(()) => {
                     report.blobs_deleted += 1;
                     report.bytes_freed += size_of(d);
+                    s.metrics
+                        .gc_content_deleted
+                        .fetch_add(size_of(d), std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) => {
                     failed.push((d.clone(), size_of(d)));
@@ -154,15 +157,15 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         report.objects_deleted = swept.deleted;
         report.bytes_freed += swept.bytes_freed;
         s.metrics.swept(swept.bytes_listed, swept.bytes_freed);
+        s.metrics
+            .gc_bytes_freed
+            .fetch_add(swept.bytes_freed, std::sync::atomic::Ordering::Relaxed);
         drop(sweep);
     }
     s.counters
         .gc_passes
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    s.metrics
-        .gc_bytes_freed
-        .fetch_add(report.bytes_freed, std::sync::atomic::Ordering::Relaxed);
-    s.metrics.forget_storage().await;
+    s.metrics.forget_storage();
     if report.blobs_deleted > 0 || report.expired_artifacts > 0 || report.objects_deleted > 0 {
         tracing::info!(
             "gc: {} artifacts expired, {} blobs deleted, {} stored objects deleted, {} bytes freed",

@@ -28,9 +28,16 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// Content store operations that failed through no fault of the client,
-/// in this process: counted where a store error becomes an HTTP error
-/// ([`crate::error`]), the one place every handler's failures pass.
-pub static STORAGE_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// in this process: counted where a store error becomes an answer (the
+/// API's [`crate::error::ApiError`], the protocol's Twirp error). A
+/// failure in the middle of a streamed download ends the stream and is
+/// logged, not counted.
+static STORAGE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one content store failure that is the server's.
+pub fn storage_error() {
+    STORAGE_ERRORS.fetch_add(1, Relaxed);
+}
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -63,12 +70,33 @@ pub struct Metrics {
     /// Bytes of files and chunks an upload did not send because the server
     /// already held them.
     pub dedup_bytes: AtomicU64,
-    /// Storage bytes freed by garbage collection.
+    /// Storage bytes the content store's sweep freed (packs, chunks and
+    /// orphaned objects).
     pub gc_bytes_freed: AtomicU64,
+    /// Bytes of the distinct contents garbage collection deleted (each
+    /// content's size, whatever it took in storage).
+    pub gc_content_deleted: AtomicU64,
     /// Bytes the content store held after this process's last sweep, plus
     /// one (0: no sweep yet).
     stored_after_sweep: AtomicU64,
-    storage: tokio::sync::Mutex<Option<(Instant, Arc<StorageFigures>)>>,
+    storage: Mutex<StorageSlot>,
+    /// Told when a computation of the storage figures ends.
+    storage_done: tokio::sync::Notify,
+}
+
+/// The storage figures and their one computation.
+#[derive(Debug, Default)]
+struct StorageSlot {
+    figures: Option<Arc<StorageFigures>>,
+    /// When the figures, or the failure, were taken.
+    at: Option<Instant>,
+    /// Why the last computation failed, if it did.
+    failed: Option<String>,
+    /// Whether a computation is running (there is never more than one).
+    computing: bool,
+    /// Bumped by [`Metrics::forget_storage`]: a computation started
+    /// before is not kept.
+    generation: u64,
 }
 
 /// Storage figures from metadata, as of `computed_at`.
@@ -110,9 +138,14 @@ impl Metrics {
             .store(listed.saturating_sub(freed) + 1, Relaxed);
     }
 
-    /// Drops the cached storage figures (after a GC pass changed them).
-    pub async fn forget_storage(&self) {
-        *self.storage.lock().await = None;
+    /// Drops the cached storage figures (after a GC pass changed them):
+    /// the next caller waits for new ones.
+    pub fn forget_storage(&self) {
+        let mut slot = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        slot.figures = None;
+        slot.at = None;
+        slot.failed = None;
+        slot.generation += 1;
     }
 
     /// What the content store held after this process's last sweep.
@@ -120,23 +153,36 @@ impl Metrics {
         self.stored_after_sweep.load(Relaxed).checked_sub(1)
     }
 
-    /// The storage figures, computed again when older than
-    /// [`STORAGE_TTL`] (one computation at a time; others wait for it).
+    /// The storage figures. Older than [`STORAGE_TTL`], they are computed
+    /// again in a task of their own, one at a time whoever asks, and
+    /// meanwhile the old ones are served; a caller waits only when there
+    /// are none. A failure is kept for [`STORAGE_TTL`] too, so a slow or
+    /// failing database is not asked again by every request, and a
+    /// caller that gives up (a client gone) cancels nothing.
     pub async fn storage(&self, s: &AppState) -> Result<Arc<StorageFigures>, ApiError> {
-        let mut cached = self.storage.lock().await;
-        if let Some((at, f)) = cached.as_ref() {
-            if at.elapsed() < STORAGE_TTL {
-                return Ok(f.clone());
+        loop {
+            let done = self.storage_done.notified();
+            tokio::pin!(done);
+            {
+                let mut slot = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+                let fresh = slot.at.is_some_and(|at| at.elapsed() < STORAGE_TTL);
+                if !fresh && !slot.computing {
+                    slot.computing = true;
+                    tokio::spawn(compute_storage(s.clone(), slot.generation));
+                }
+                if let Some(f) = &slot.figures {
+                    return Ok(f.clone());
+                }
+                if let (true, Some(why)) = (fresh, &slot.failed) {
+                    return Err(ApiError::internal(format!(
+                        "computing storage figures: {why}"
+                    )));
+                }
+                // Registered before the lock is let go: no end is missed.
+                done.as_mut().enable();
             }
+            done.await;
         }
-        let (pipelines, content_bytes) = s.db.storage_stats().await?;
-        let f = Arc::new(StorageFigures {
-            pipelines,
-            content_bytes,
-            computed_at: satchel_model::id::rfc3339_millis(satchel_model::id::now_millis()),
-        });
-        *cached = Some((Instant::now(), f.clone()));
-        Ok(f)
     }
 
     /// The HTTP and storage series in Prometheus text format.
@@ -214,8 +260,15 @@ impl Metrics {
         );
         counter(
             out,
-            "satchel_gc_freed_bytes_total",
-            "Storage bytes freed by garbage collection.",
+            "satchel_gc_deleted_content_bytes_total",
+            "Bytes of the distinct contents garbage collection deleted (each content's size).",
+            "counter",
+            self.gc_content_deleted.load(Relaxed),
+        );
+        counter(
+            out,
+            "satchel_gc_swept_bytes_total",
+            "Storage bytes the content store's sweep freed (packs, chunks, orphaned objects; a whole stored blob is deleted before the sweep and not in it).",
             "counter",
             self.gc_bytes_freed.load(Relaxed),
         );
@@ -268,6 +321,37 @@ impl Metrics {
             f.content_bytes,
         );
     }
+}
+
+/// Computes the storage figures and keeps them (unless forgotten since
+/// `generation`), then wakes whoever waits.
+async fn compute_storage(s: AppState, generation: u64) {
+    let result = s.db.storage_stats().await;
+    let m = &s.metrics;
+    {
+        let mut slot = m.storage.lock().unwrap_or_else(|p| p.into_inner());
+        slot.computing = false;
+        if slot.generation == generation {
+            slot.at = Some(Instant::now());
+            match result {
+                Ok((pipelines, content_bytes)) => {
+                    slot.failed = None;
+                    slot.figures = Some(Arc::new(StorageFigures {
+                        pipelines,
+                        content_bytes,
+                        computed_at: satchel_model::id::rfc3339_millis(
+                            satchel_model::id::now_millis(),
+                        ),
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!("computing storage figures: {e}");
+                    slot.failed = Some(e.to_string());
+                }
+            }
+        }
+    }
+    m.storage_done.notify_waiters();
 }
 
 /// A label value with `\`, `"` and newlines escaped.

@@ -1,5 +1,6 @@
 //! The web UI at `/`: plain server-rendered HTML (maud templates compiled
-//! into the binary, no JavaScript), served by the same process as the API
+//! into the binary; one small script, `/ui.js`, only for copy buttons,
+//! which stay hidden without it), served by the same process as the API
 //! and deciding access the same way ([`Caller`]).
 //!
 //! Pages: pipelines → runs → a run's jobs and artifacts → an artifact's
@@ -68,6 +69,9 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             get(artifact_by_name_rest),
         )
         .route("/p/{pipeline}/branches/{branch}/latest", get(branch_latest))
+        .route("/p/{pipeline}/runs/{run}/search", get(search_page))
+        .route("/packages", get(repositories_page))
+        .route("/packages/{repo}", get(packages_page))
         .route("/artifacts/{id}", get(artifact_page))
         .route("/artifacts/{id}/lines/{*path}", get(lines_page))
         .route("/diff", get(diff_page))
@@ -101,6 +105,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             )),
         )
         .route("/ui.css", get(stylesheet))
+        .route("/ui.js", get(script))
         .layer(axum::middleware::from_fn_with_state(
             state,
             crate::metrics::track,
@@ -158,12 +163,17 @@ fn layout(title: &str, main: Markup) -> Markup {
             body {
                 header {
                     nav aria-label="Site" {
-                        a href="/" { strong { "Satchel" } }
+                        span.site {
+                            a href="/" { strong { "Satchel" } }
+                            a href="/" { "Pipelines" }
+                            a href="/packages" { "Packages" }
+                        }
                         form method="post" action="/logout" {
                             button type="submit" { "Log out" }
                         }
                     }
                 }
+                script src="/ui.js" defer {}
                 main { (main) }
             }
         }
@@ -173,7 +183,8 @@ fn layout(title: &str, main: Markup) -> Markup {
 const CSS: &str = "\
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fff}\
 header nav{display:flex;justify-content:space-between;align-items:center;padding:.5rem 1rem;background:#24292f}\
-header a,header button{color:#fff;background:none;border:0;font:inherit;cursor:pointer}\
+header a,header button{color:#fff;background:none;border:0;font:inherit;cursor:pointer}header .site{display:flex;gap:1rem;flex-wrap:wrap}\
+form.search{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end}form.search input[name=query]{min-width:16rem}\
 main{padding:1rem;max-width:72rem;margin:auto}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dd{margin:0}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
@@ -188,6 +199,24 @@ table.lines{width:auto}table.lines td{border:0;padding:0 .5rem}table.lines td.ln
 table.lines pre{margin:0;white-space:pre-wrap;word-break:break-all}table.lines tr:target{background:#fff8c5}.cut,a.raw{color:#777;font-size:.85em}\
 pre.diff{overflow-x:auto;font-size:.85em}pre.diff .add{background:#dafbe1}pre.diff .del{background:#ffebe9}pre.diff .hunk{color:#0969da}\
 @media (max-width:40rem){td.hide,th.hide{display:none}}";
+
+/// The UI's only script: copy buttons (hidden until it runs, so the page
+/// works without it).
+const SCRIPT: &str = "\
+document.querySelectorAll('button[data-copy]').forEach(function(b){\
+b.hidden=false;b.addEventListener('click',function(){\
+var t=document.getElementById(b.dataset.copy).textContent;\
+navigator.clipboard.writeText(t).then(function(){b.textContent='Copied';},function(){b.textContent='Copy failed';});});});";
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SCRIPT,
+    )
+}
 
 async fn stylesheet() -> impl IntoResponse {
     (
@@ -455,10 +484,18 @@ impl Cursor {
 async fn pipelines(State(s): State<AppState>, caller: Caller) -> Page {
     use satchel_model::units::human_bytes;
     let list = caller.readable_pipelines(&s).await?;
-    let storage = crate::routes::storage_report(&s, &list).await?;
+    // Without figures (the database slow or failing to compute them) the
+    // page still lists the pipelines.
+    let storage = match crate::routes::storage_report(&s, &list).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("ui: storage figures: {}", e.message);
+            None
+        }
+    };
     let figures: std::collections::HashMap<&str, &satchel_model::access::PipelineStorage> = storage
-        .pipelines
         .iter()
+        .flat_map(|r| &r.pipelines)
         .map(|p| (p.pipeline.as_str(), p))
         .collect();
     Ok(layout(
@@ -476,26 +513,34 @@ async fn pipelines(State(s): State<AppState>, caller: Caller) -> Page {
                     } }
                     tbody {
                         @for p in &list {
-                            @let f = figures.get(p.name.as_str()).copied().cloned().unwrap_or_default();
+                            @let f = figures.get(p.name.as_str()).copied();
                             tr {
                                 td { a href={ "/p/" (url_segment(&p.name)) } { (p.name) } }
                                 td.hide { (p.org) }
                                 td.hide { (p.cluster) }
-                                td.num { (f.artifacts.get("finished").copied().unwrap_or(0)) }
-                                td.num { (human_bytes(f.logical_bytes)) }
-                                td.num.hide { (human_bytes(f.content_bytes)) }
-                                td.num.hide { (format!("{:.2}×", f.dedup_ratio())) }
+                                @if let Some(f) = f {
+                                    td.num { (f.artifacts.get("finished").copied().unwrap_or(0)) }
+                                    td.num { (human_bytes(f.logical_bytes)) }
+                                    td.num.hide { (human_bytes(f.content_bytes)) }
+                                    td.num.hide { (format!("{:.2}×", f.dedup_ratio())) }
+                                } @else {
+                                    td.num { "—" } td.num { "—" } td.num.hide { "—" } td.num.hide { "—" }
+                                }
                             }
                         }
                     }
                 }
                 p.note {
                     "Size: the files of finished artifacts, as downloaded. Content: each distinct file content once. "
-                    "Server-wide, " (human_bytes(storage.content_bytes)) " of distinct content"
-                    @if let Some(stored) = storage.stored_bytes {
-                        ", stored in " (human_bytes(stored)) " after chunk deduplication and compression (as of the last garbage collection pass)"
+                    @if let Some(storage) = &storage {
+                        "Server-wide, " (human_bytes(storage.content_bytes)) " of distinct content"
+                        @if let Some(stored) = storage.stored_bytes {
+                            ", stored in " (human_bytes(stored)) " after chunk deduplication and compression (as of the last garbage collection pass)"
+                        }
+                        ". Figures as of " (storage.computed_at) ", refreshed at most once a minute (— for a pipeline newer than them)."
+                    } @else {
+                        "The storage figures cannot be computed now (see the server's log)."
                     }
-                    ". Figures as of " (storage.computed_at) ", refreshed at most once a minute."
                 }
             }
         },
@@ -624,6 +669,8 @@ async fn run_page(
                     a href={ (all) "?format=tar.zst" } download { ".tar.zst" }
                 }
             }
+            h2 { "Find files" }
+            (search_form(&pipeline, run.number, &crate::routes::SearchParams::default()))
             h2 { "Compare" }
             form method="get" action="/diff" {
                 label { "What changed since run " input name="from" required
@@ -908,7 +955,8 @@ async fn artifact_page(
                 dt { "Created" } dd { (a.created_at) }
             }
             @if a.kind != "files" {
-                p { "Reference: " code id="reference" { (a.reference_value()) } }
+                p { "Reference: " code id="reference" { (a.reference_value()) } " "
+                    button type="button" data-copy="reference" hidden { "Copy" } }
             } @else {
                 p {
                     a href={ (api) "?format=zip" } download { "Download .zip" } " · "
@@ -929,16 +977,23 @@ async fn artifact_page(
     ))
 }
 
+/// Where a file's link goes: its lines when it is text, else the file in
+/// its sandbox.
+fn file_href(s: &AppState, caller: &Caller, f: &FileInfo) -> String {
+    if is_text(&f.content_type) {
+        lines_url(&f.artifact_id, &f.path)
+    } else {
+        view_url(s, caller, &f.artifact_id, &f.path)
+    }
+}
+
 fn file_row(s: &AppState, caller: &Caller, f: &FileInfo) -> Markup {
-    let raw = view_url(s, caller, &f.artifact_id, &f.path);
     html! {
         tr {
             td.mono {
+                a href=(file_href(s, caller, f)) { (f.path) }
                 @if is_text(&f.content_type) {
-                    a href=(lines_url(&f.artifact_id, &f.path)) { (f.path) }
-                    " " a.raw href=(raw) aria-label={ "raw " (f.path) } { "raw" }
-                } @else {
-                    a href=(raw) { (f.path) }
+                    " " a.raw href=(view_url(s, caller, &f.artifact_id, &f.path)) aria-label={ "raw " (f.path) } { "raw" }
                 }
             }
             td.num { (satchel_model::units::human_bytes(f.size)) }
@@ -1082,6 +1137,175 @@ async fn branch_latest(
     .into_response())
 }
 
+// ---- Search ------------------------------------------------------------------
+
+/// The search form of a run: a path glob and the CLI's scope options.
+fn search_form(pipeline: &str, run: u64, p: &crate::routes::SearchParams) -> Markup {
+    let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    html! {
+        form.search method="get" role="search" action={ "/p/" (url_segment(pipeline)) "/runs/" (run) "/search" } {
+            label { "Path glob " input type="search" name="query" placeholder="**/*.xml" value=(v(&p.query)); }
+            label { "Job " input name="job" size="10" value=(v(&p.job)); }
+            label { "Step " input name="step" size="10" value=(v(&p.step)); }
+            label { "Artifact " input name="name" size="10" value=(v(&p.name)); }
+            label { input type="checkbox" name="include_retried_jobs" value="true" checked[p.include_retried_jobs]; " retried jobs too" }
+            button type="submit" { "Search" }
+        }
+    }
+}
+
+/// A run's files that a glob and scope select, as `satchel artifact
+/// search` finds them (the API's `…/search`), 100 a page.
+async fn search_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((pipeline, run)): Path<(String, String)>,
+    Query(p): Query<crate::routes::SearchParams>,
+    Query(c): Query<Cursor>,
+) -> Page {
+    caller.read(&s, &pipeline).await?;
+    let run = pick_run(&s, &pipeline, &run).await?;
+    let (glob, scope) = p.glob_and_scope()?;
+    let found = s.db.search_files(&run.id, &glob, &scope, &c.page()).await?;
+    let base = format!("/p/{}", url_segment(&pipeline));
+    let title = format!("{pipeline} #{}: {}", run.number, glob.as_str());
+    let mut next_base = format!("{base}/runs/{}/search?", run.number);
+    for (k, v) in [
+        ("query", &p.query),
+        ("job", &p.job),
+        ("step", &p.step),
+        ("name", &p.name),
+    ] {
+        if let Some(v) = v {
+            next_base.push_str(&format!("{k}={}&", url_segment(v)));
+        }
+    }
+    if p.include_retried_jobs {
+        next_base.push_str("include_retried_jobs=true&");
+    }
+    Ok(layout(
+        &title,
+        html! {
+            (crumbs(&[
+                (pipeline.clone(), Some(base.clone())),
+                (format!("#{}", run.number), Some(format!("{base}/runs/{}", run.number))),
+                ("Search".into(), None),
+            ]))
+            h1 { "Files of " (pipeline) " #" (run.number) }
+            (search_form(&pipeline, run.number, &p))
+            @if found.items.is_empty() { p { "No files match." } }
+            @else {
+                table {
+                    thead { tr { th { "Path" } th { "Artifact" } th.hide { "Job" } th.num { "Size" } } }
+                    tbody {
+                        @for f in &found.items {
+                            tr class=[f.producer.superseded.then_some("superseded")] {
+                                td.mono { a href=(file_href(&s, &caller, f)) { (f.path) } }
+                                td { a href={ "/artifacts/" (f.artifact_id) } { (f.artifact_name) } }
+                                td.hide { (f.producer.job) " (attempt " (f.producer.attempt) ")" @if f.producer.superseded { " — superseded" } }
+                                td.num { (satchel_model::units::human_bytes(f.size)) }
+                            }
+                        }
+                    }
+                }
+                @if let Some(c) = &found.next {
+                    p { a rel="next" href={ (next_base) "cursor=" (url_segment(c)) } { "Next page →" } }
+                }
+            }
+        },
+    ))
+}
+
+// ---- Packages ----------------------------------------------------------------
+
+/// The package repositories of the session's organization.
+async fn repositories_page(State(s): State<AppState>, caller: Caller) -> Page {
+    let list = crate::routes::repositories(&s, &caller).await?;
+    Ok(layout(
+        "Packages",
+        html! {
+            h1 { "Packages" }
+            @if list.repositories.is_empty() { p { "No package repositories yet. " code { "satchel artifact promote" } " creates one." } }
+            @else {
+                table {
+                    thead { tr { th { "Repository" } th.num { "Versions" } } }
+                    tbody {
+                        @for r in &list.repositories {
+                            tr {
+                                td { a href={ "/packages/" (url_segment(&r.repository)) } { (r.repository) } }
+                                td.num { (r.versions) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// A repository's package versions, newest first, 100 a page (only those
+/// promoted from pipelines the session may read).
+async fn packages_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(repo): Path<String>,
+    Query(f): Query<crate::routes::PackageFilter>,
+    Query(c): Query<Cursor>,
+) -> Page {
+    let package = f.package.filter(|p| !p.trim().is_empty());
+    let list =
+        crate::routes::readable_packages(&s, &caller, &repo, package.as_deref(), &c.page()).await?;
+    let here = format!("/packages/{}", url_segment(&repo));
+    Ok(layout(
+        &repo,
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { ol {
+                li { a href="/packages" { "Packages" } }
+                li { span aria-current="page" { (repo) } }
+            } }
+            h1 { (repo) }
+            form.search method="get" action=(here) {
+                label { "Package " input name="package" value=(package.clone().unwrap_or_default()); }
+                button type="submit" { "Filter" }
+            }
+            @if list.packages.is_empty() { p { "No versions here that this token may read." } }
+            @else {
+                table {
+                    thead { tr {
+                        th { "Package" } th { "Version" } th.hide { "Kind" } th.num { "Files" } th.num { "Size" }
+                        th { "From" } th.hide { "Promoted" }
+                    } }
+                    tbody {
+                        @for p in &list.packages {
+                            tr {
+                                td { (p.name) }
+                                td.mono { (p.version) }
+                                td.hide { (p.kind) }
+                                td.num { (p.file_count) }
+                                td.num { (satchel_model::units::human_bytes(p.size)) }
+                                td {
+                                    a href={ "/p/" (url_segment(&p.origin.producer.pipeline)) "/runs/" (p.origin.producer.run) } {
+                                        (p.origin.producer.pipeline) " #" (p.origin.producer.run)
+                                    }
+                                    " · "
+                                    a href={ "/artifacts/" (p.origin.artifact_id) } { (p.origin.artifact) }
+                                    @if let Some(i) = &p.image { " · " code { (i.reference) } }
+                                    @if let Some(l) = &p.link { " · " code { (l.url) } }
+                                }
+                                td.hide { (p.created_at) }
+                            }
+                        }
+                    }
+                }
+                @if let Some(c) = &list.next_cursor {
+                    @let more = match &package { Some(p) => format!("{here}?package={}&", url_segment(p)), None => format!("{here}?") };
+                    p { a rel="next" href={ (more) "cursor=" (url_segment(c)) } { "Next page →" } }
+                }
+            }
+        },
+    ))
+}
+
 // ---- Text, line by line -----------------------------------------------------
 
 /// Lines one text page shows.
@@ -1166,7 +1390,13 @@ async fn text_page(s: &AppState, f: &FileInfo, start: u64) -> Result<TextPage, U
             rest = &rest[segment.len() + usize::from(ends)..];
             partial = !ends;
             if line >= start {
-                let room = TEXT_BYTES.saturating_sub(used + cur.len());
+                // A line that does not fit what is left of the page starts
+                // the next page, whole; only a page's first line is cut.
+                if !page.lines.is_empty() && used + cur.len() + segment.len() > TEXT_BYTES {
+                    page.more = true;
+                    return Ok(page);
+                }
+                let room = TEXT_BYTES.saturating_sub(cur.len());
                 let take = segment.len().min(room);
                 cur.extend_from_slice(&segment[..take]);
                 cut |= take < segment.len();
@@ -1197,6 +1427,14 @@ async fn text_page(s: &AppState, f: &FileInfo, start: u64) -> Result<TextPage, U
     Ok(page)
 }
 
+/// Line views reading at once, in this process.
+const LINE_VIEWS: usize = 4;
+
+fn line_views() -> &'static tokio::sync::Semaphore {
+    static VIEWS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    VIEWS.get_or_init(|| tokio::sync::Semaphore::new(LINE_VIEWS))
+}
+
 #[derive(Deserialize)]
 struct LinesQuery {
     #[serde(default)]
@@ -1215,8 +1453,15 @@ async fn lines_page(
     let a = s.db.get_artifact(&id).await?;
     caller.note(format!("artifact={id}"));
     caller.read(&s, &a.producer.pipeline).await?;
+    caller.note(format!("path={path}"));
     let f = file_of(&s, &a, &path).await?;
     let start = q.start.unwrap_or(1).max(1);
+    // Reaching line `start` reads the file up to it: a few at a time, so
+    // readers paging through huge logs cannot take every worker.
+    let _turn = line_views()
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("line views: {e}")))?;
     let page = text_page(&s, &f, start).await?;
     let here = lines_url(&id, &f.path);
     let shown = page.lines.len() as u64;
@@ -1318,6 +1563,7 @@ const SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-moda
 async fn view(
     State(s): State<AppState>,
     note: Option<axum::Extension<crate::audit::AuditNote>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Path((id, holder, expires, sig, path)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, UiError> {
     let note = note.map(|n| n.0).unwrap_or_default();
@@ -1329,7 +1575,23 @@ async fn view(
             .check_url(&view_payload(&s, &id, &holder), expires, &sig, now)
     });
     if !signed {
-        note.deny("view link expired or not valid");
+        // A forged link is a guess like a wrong token: counted against the
+        // address, and refused with 429 after too many. A genuine link
+        // that merely expired (an old tab) is not.
+        let genuine = expires.parse::<u64>().is_ok_and(|expires| {
+            s.gha
+                .keys
+                .check_url(&view_payload(&s, &id, &holder), expires, &sig, 0)
+        });
+        if genuine {
+            note.deny("view link expired");
+        } else {
+            note.deny("view link not valid");
+            let refused = s.auth_refused(peer.map(|p| p.0 .0.ip()), "view link not valid".into());
+            if refused.status == StatusCode::TOO_MANY_REQUESTS {
+                return Err(refused.into());
+            }
+        }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bad_signature",

@@ -194,6 +194,7 @@ impl From<satchel_store::StoreError> for TwirpError {
         if e.is_client_error() {
             TwirpError::invalid(e.to_string())
         } else {
+            crate::metrics::storage_error();
             TwirpError::internal(e.to_string())
         }
     }

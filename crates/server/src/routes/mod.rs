@@ -8,7 +8,9 @@ pub(crate) use admin::storage_report;
 pub(crate) use content::stream_blob_inline;
 pub(crate) mod diff;
 mod pipelines;
-pub(crate) use pipelines::{artifact_archive, run_archive};
+pub(crate) use pipelines::{
+    artifact_archive, readable_packages, repositories, run_archive, PackageFilter,
+};
 pub(crate) mod uploads;
 mod zip;
 
@@ -82,6 +84,7 @@ pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
             post(crate::maintenance::rotate_handler),
         )
         .route("/packages", post(pipelines::promote))
+        .route("/packages", get(pipelines::list_repositories))
         .route("/packages/{repo}", get(pipelines::list_packages))
         .route(
             "/packages/{repo}/{name}/{version}",
@@ -259,16 +262,36 @@ async fn list_artifacts(
     }))
 }
 
-#[derive(Deserialize)]
-struct SearchParams {
-    query: Option<String>,
-    job: Option<String>,
-    step: Option<String>,
-    name: Option<String>,
+/// A search's query and scope, as the CLI's `--job`, `--step`, `--name`
+/// and `--include-retried-jobs` give them.
+#[derive(Deserialize, Default)]
+pub(crate) struct SearchParams {
+    pub(crate) query: Option<String>,
+    pub(crate) job: Option<String>,
+    pub(crate) step: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    include_retried_jobs: bool,
+    pub(crate) include_retried_jobs: bool,
     /// `list` (every match, the default) or `download` (ambiguity rules).
     purpose: Option<String>,
+}
+
+impl SearchParams {
+    /// The glob (`**` when none or blank) and the scope; blank fields (as
+    /// a form sends them) are no filter.
+    pub(crate) fn glob_and_scope(&self) -> Result<(Glob, Scope), ApiError> {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let query = given(&self.query).unwrap_or_else(|| "**".into());
+        Ok((
+            Glob::new(&query)?,
+            Scope {
+                job: given(&self.job),
+                step: given(&self.step),
+                name: given(&self.name),
+                include_retried: self.include_retried_jobs,
+            },
+        ))
+    }
 }
 
 /// One page of a run's files that a query selects. Every match of a path is
@@ -282,13 +305,7 @@ async fn search(
 ) -> Result<axum::Json<FileList>, ApiError> {
     caller.read(&s, &pipeline).await?;
     let page = page.request()?;
-    let glob = Glob::new(p.query.as_deref().unwrap_or("**"))?;
-    let scope = Scope {
-        job: p.job,
-        step: p.step,
-        name: p.name,
-        include_retried: p.include_retried_jobs,
-    };
+    let (glob, scope) = p.glob_and_scope()?;
     let download = match p.purpose.as_deref().unwrap_or("list") {
         "list" => false,
         "download" => true,

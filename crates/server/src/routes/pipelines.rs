@@ -374,8 +374,43 @@ pub(super) async fn promote(
 }
 
 #[derive(Deserialize)]
-pub(super) struct PackageFilter {
-    package: Option<String>,
+pub(crate) struct PackageFilter {
+    pub(crate) package: Option<String>,
+}
+
+/// `GET /api/v1/packages`: the repositories of the caller's organization
+/// (every one for the bootstrap admin).
+pub(super) async fn list_repositories(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<satchel_model::api::RepositoryList>, ApiError> {
+    Ok(axum::Json(repositories(&s, &caller).await?))
+}
+
+/// The package repositories `caller` may list: those of its organization.
+pub(crate) async fn repositories(
+    s: &AppState,
+    caller: &Caller,
+) -> Result<satchel_model::api::RepositoryList, ApiError> {
+    let org = match caller.token() {
+        Some(t) => {
+            caller.require(satchel_model::access::Scope::Read)?;
+            Some(t.org.as_str())
+        }
+        None => None,
+    };
+    let repositories =
+        s.db.package_repositories(org)
+            .await?
+            .into_iter()
+            .map(
+                |(repository, versions)| satchel_model::api::RepositoryInfo {
+                    repository,
+                    versions,
+                },
+            )
+            .collect();
+    Ok(satchel_model::api::RepositoryList { repositories })
 }
 
 pub(super) async fn list_packages(
@@ -385,21 +420,32 @@ pub(super) async fn list_packages(
     Query(f): Query<PackageFilter>,
     Query(page): Query<super::PageParams>,
 ) -> Result<axum::Json<PackageList>, ApiError> {
-    names::validate_key("repository", &repo)?;
+    Ok(axum::Json(
+        readable_packages(&s, &caller, &repo, f.package.as_deref(), &page.request()?).await?,
+    ))
+}
+
+/// A page of repository `repo`'s versions (of `package` only, if given),
+/// newest first, keeping those of pipelines `caller` may read (so a page
+/// may hold fewer than asked, and still give a cursor).
+pub(crate) async fn readable_packages(
+    s: &AppState,
+    caller: &Caller,
+    repo: &str,
+    package: Option<&str>,
+    page: &satchel_db::PageRequest,
+) -> Result<PackageList, ApiError> {
+    names::validate_key("repository", repo)?;
     caller.note(format!("repository={repo}"));
-    // Only packages from pipelines the caller may read are listed (so a
-    // page may hold fewer than asked, and still give a cursor).
     let mut readable = std::collections::HashMap::new();
     let mut packages = Vec::new();
-    let found =
-        s.db.list_packages(&repo, f.package.as_deref(), &page.request()?)
-            .await?;
+    let found = s.db.list_packages(repo, package, page).await?;
     for p in found.items {
         let from = p.origin.producer.pipeline.clone();
         let ok = match readable.get(&from) {
             Some(ok) => *ok,
             None => {
-                let ok = caller.can_read(&s, &from).await?;
+                let ok = caller.can_read(s, &from).await?;
                 readable.insert(from, ok);
                 ok
             }
@@ -408,10 +454,10 @@ pub(super) async fn list_packages(
             packages.push(p);
         }
     }
-    Ok(axum::Json(PackageList {
+    Ok(PackageList {
         packages,
         next_cursor: found.next,
-    }))
+    })
 }
 
 /// A package version the caller may read (that of its origin pipeline).
