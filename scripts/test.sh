@@ -3,7 +3,8 @@
 # End-to-end tests start the real `satchel` binary on 127.0.0.1:0 with temp
 # data dirs. What they need from outside is installed here, never silently
 # skipped: Node.js and the real @actions/artifact clients (tests/gha),
-# Chromium and playwright-core (tests/browser), strace
+# Chromium and playwright-core (tests/browser), schemathesis (the API
+# against its OpenAPI description), strace
 # (the crash-durability test), unzip (the zip archive tests), and
 # the servers of the backend conformance tests (scripts/services.sh:
 # Garage for S3, Azurite for Azure Blob, nginx for WebDAV, fake-gcs-server
@@ -50,6 +51,20 @@ if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.package-
   echo "== installing playwright-core (npm ci)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed)
 fi
+
+# schemathesis (PyPI), pinned, in its own virtualenv; it checks the API
+# against its OpenAPI description (crates/cli/tests/openapi.rs).
+SCHEMATHESIS_VERSION=4.32.5
+ST_VENV="${HOME}/.cache/satchel-schemathesis"
+if ! "$ST_VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  echo "== installing schemathesis $SCHEMATHESIS_VERSION (pip, in $ST_VENV)"
+  rm -rf "$ST_VENV"
+  python3 -m venv "$ST_VENV" || {
+    apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$ST_VENV"
+  }
+  "$ST_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export SATCHEL_SCHEMATHESIS="$ST_VENV/bin/st"
 
 # Storage servers on loopback, reused when already running.
 bash scripts/services.sh

@@ -20,7 +20,19 @@ pub const TOKEN_PREFIX: &str = "satchel_";
 pub const ARTIFACTS_READ: &str = "pipeline.artifacts_read.pipeline";
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Search, list and download.
@@ -91,7 +103,7 @@ impl fmt::Display for Scope {
 }
 
 /// `POST /api/v1/admin/tokens`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// What the token is for, shown in lists and the audit log.
     #[serde(default)]
@@ -122,7 +134,7 @@ pub struct NewToken {
 }
 
 /// A token as lists show it: never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Token id.
     pub id: String,
@@ -172,7 +184,7 @@ impl TokenInfo {
 }
 
 /// The answer to a token creation: the secret, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     /// Token id (for `revoke`).
     pub id: String,
@@ -183,14 +195,14 @@ pub struct TokenCreated {
 }
 
 /// `GET /api/v1/admin/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenList {
     /// Tokens, oldest first.
     pub tokens: Vec<TokenInfo>,
 }
 
 /// An organization.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgInfo {
     /// Key.
     pub name: String,
@@ -199,7 +211,7 @@ pub struct OrgInfo {
 }
 
 /// A cluster of an organization.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterInfo {
     /// Organization key.
     pub org: String,
@@ -210,7 +222,7 @@ pub struct ClusterInfo {
 }
 
 /// A pipeline and where it lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineInfo {
     /// Key (unique on the server).
     pub name: String,
@@ -224,7 +236,7 @@ pub struct PipelineInfo {
 
 /// `POST /api/v1/admin/orgs`, `…/clusters`, `…/pipelines`, and a
 /// pipeline's move: names and the home they go to.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewPlace {
     /// Key of the new thing (or the pipeline moved).
     pub name: String,
@@ -237,28 +249,28 @@ pub struct NewPlace {
 }
 
 /// `GET /api/v1/admin/orgs`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgList {
     /// Organizations by name.
     pub orgs: Vec<OrgInfo>,
 }
 
 /// `GET /api/v1/admin/clusters`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterList {
     /// Clusters by organization and name.
     pub clusters: Vec<ClusterInfo>,
 }
 
 /// `GET /api/v1/pipelines`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineList {
     /// Pipelines by name.
     pub pipelines: Vec<PipelineInfo>,
 }
 
 /// One end of a rule: a pipeline, or every pipeline of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleEnd {
     /// A pipeline key.
@@ -277,7 +289,7 @@ impl fmt::Display for RuleEnd {
 }
 
 /// `POST /api/v1/admin/rules`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewRule {
     /// [`ARTIFACTS_READ`].
     #[serde(rename = "type")]
@@ -295,7 +307,7 @@ pub struct NewRule {
 }
 
 /// A rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuleInfo {
     /// Rule id.
     pub id: String,
@@ -316,14 +328,14 @@ pub struct RuleInfo {
 }
 
 /// `GET /api/v1/admin/rules`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuleList {
     /// Rules, oldest first.
     pub rules: Vec<RuleInfo>,
 }
 
 /// One recorded API request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Entry id; time-ordered, the cursor of pages.
     pub id: String,
@@ -361,7 +373,8 @@ pub struct AuditEntry {
 }
 
 /// `GET /api/v1/admin/audit` filters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Entries at or after this time (milliseconds).
     #[serde(default)]
@@ -385,7 +398,7 @@ pub struct AuditQuery {
 }
 
 /// A page of the audit log, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditPage {
     /// Entries, newest first.
     pub entries: Vec<AuditEntry>,
@@ -640,7 +653,7 @@ mod tests {
 
 /// What one pipeline's artifacts hold, from metadata (`GET
 /// /api/v1/storage`, the UI's pipelines page).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineStorage {
     /// Pipeline key.
     pub pipeline: String,
@@ -666,7 +679,7 @@ impl PipelineStorage {
 
 /// `GET /api/v1/storage`: storage figures of the pipelines the caller may
 /// read, and of the whole server.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StorageReport {
     /// Per pipeline, by name.
     pub pipelines: Vec<PipelineStorage>,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a job is: the producer of an upload. Runs, stages, jobs and attempts
 /// named here are created on first use.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct JobContext {
     /// Pipeline key.
     pub pipeline: String,
@@ -44,7 +44,7 @@ fn one() -> u32 {
 }
 
 /// One file announced in an upload manifest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NewFile {
     /// Normalized relative path (see `satchel_model::path`).
     pub path: String,
@@ -71,7 +71,7 @@ fn default_mode() -> u32 {
 }
 
 /// `POST /api/v1/uploads`: start adding files to an artifact.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateUpload {
     /// Producing job.
     pub context: JobContext,
@@ -105,7 +105,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Answer to [`CreateUpload`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UploadCreated {
     /// Id of the upload session.
     pub upload_id: String,
@@ -121,7 +121,7 @@ pub struct UploadCreated {
 }
 
 /// Answer to finishing an upload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UploadFinished {
     /// The artifact, now finished and visible.
     pub artifact: Artifact,
@@ -132,7 +132,7 @@ pub struct UploadFinished {
 }
 
 /// Answer to a blob batch upload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobsStored {
     /// Number of blobs stored by the request.
     pub stored: u64,
@@ -141,7 +141,7 @@ pub struct BlobsStored {
 }
 
 /// One content-defined chunk of a large file, as the client cut it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ChunkRef {
     /// SHA-256 of the chunk, lowercase hex.
     pub sha256: String,
@@ -152,21 +152,21 @@ pub struct ChunkRef {
 /// A large file's chunks, in order: asked about before sending
 /// (`POST /uploads/{id}/blobs/{sha256}/chunks`), then assembled
 /// (`POST /uploads/{id}/blobs/{sha256}/assemble`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkList {
     /// The chunks; their sizes add up to the file's.
     pub chunks: Vec<ChunkRef>,
 }
 
 /// Which of a chunk list's chunks the server lacks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunksMissing {
     /// Indices into the list, ascending.
     pub missing: Vec<usize>,
 }
 
 /// Lifecycle of an artifact.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ArtifactState {
     /// Created, no upload finished yet: invisible to downloads.
@@ -207,7 +207,7 @@ impl ArtifactState {
 }
 
 /// Lifecycle of an upload (one manifest's files, until they are visible).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UploadState {
     /// Taking content.
@@ -246,7 +246,7 @@ impl std::fmt::Display for UploadState {
 }
 
 /// Lifecycle of a run.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     /// Started, not ended.
@@ -312,7 +312,7 @@ impl std::fmt::Display for ArtifactState {
 }
 
 /// Who produced something: pipeline, run, stage, job, attempt.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Producer {
     /// Pipeline key.
     pub pipeline: String,
@@ -330,7 +330,7 @@ pub struct Producer {
 }
 
 /// An artifact: a named bag of files in a run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Artifact {
     /// Id.
     pub id: String,
@@ -379,7 +379,7 @@ impl Artifact {
 
 /// A container image artifact (Flow's `dockerImage`): metadata only,
 /// nothing is pushed or stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ImageInfo {
     /// Image name without tag or digest, e.g. `registry.example.com/ns/demo`.
     pub image: String,
@@ -465,7 +465,7 @@ impl ImageInfo {
 }
 
 /// A link artifact (Flow's `flowPublic`): a URL with an optional checksum.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LinkInfo {
     /// The URL (`http`, `https`, `s3`, `gs`, `az`, `oci`, `ftp` or `file`).
     pub url: String,
@@ -520,7 +520,7 @@ impl LinkInfo {
 
 /// `POST /api/v1/artifacts`: publish a typed (metadata-only) artifact.
 /// Exactly one of `image` and `link` is set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateTyped {
     /// Producing job.
     pub context: JobContext,
@@ -564,7 +564,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 /// A stored file with everything a user may scope or check by.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FileInfo {
     /// File id.
     pub id: String,
@@ -600,7 +600,7 @@ pub struct FileInfo {
 }
 
 /// A list of files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     /// The files.
     pub files: Vec<FileInfo>,
@@ -610,7 +610,7 @@ pub struct FileList {
 }
 
 /// A list of artifacts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactList {
     /// The artifacts.
     pub artifacts: Vec<Artifact>,
@@ -620,7 +620,7 @@ pub struct ArtifactList {
 }
 
 /// An artifact with its files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactWithFiles {
     /// The artifact.
     pub artifact: Artifact,
@@ -632,7 +632,7 @@ pub struct ArtifactWithFiles {
 }
 
 /// A run of a pipeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Run {
     /// Run id.
     pub id: String,
@@ -670,7 +670,7 @@ pub struct Run {
 }
 
 /// A run of a pipeline, by number.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RunRef {
     /// Pipeline key.
     pub pipeline: String,
@@ -681,7 +681,7 @@ pub struct RunRef {
 /// A source as written in a pipeline: a pipeline and a run selector
 /// (`42`, `latest`, `lastSuccessfulBuild`, `latestFromBranch:main`,
 /// `triggering`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SourceSpec {
     /// Pipeline key.
     pub pipeline: String,
@@ -690,7 +690,7 @@ pub struct SourceSpec {
 }
 
 /// A source resolved to one run.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PinnedSource {
     /// Pipeline key.
     pub pipeline: String,
@@ -702,7 +702,7 @@ pub struct PinnedSource {
 
 /// `POST /api/v1/pipelines/{pipeline}/runs`: start a new run (the next
 /// number).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewRun {
     /// Branch the run builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -723,7 +723,7 @@ pub struct NewRun {
 
 /// `PUT /api/v1/pipelines/{pipeline}/runs/{run}/state`: record a run's
 /// state (creating the run if needed).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetRunState {
     /// The state to record.
     pub state: RunState,
@@ -740,7 +740,7 @@ pub struct SetRunState {
 
 /// Where a reference is resolved from: the run, and the stage and job
 /// (for `jobs.` references, which mean "in my stage").
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RunContext {
     /// Pipeline key.
     pub pipeline: String,
@@ -755,7 +755,7 @@ pub struct RunContext {
 }
 
 /// `POST /api/v1/resolve`: resolve one `$[…]` reference.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResolveRequest {
     /// Where from.
     pub context: RunContext,
@@ -768,7 +768,7 @@ pub struct ResolveRequest {
 }
 
 /// Answer to [`ResolveRequest`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resolved {
     /// The canonical expression.
     pub expr: String,
@@ -781,7 +781,7 @@ pub struct Resolved {
 
 /// `POST /api/v1/packages`: promote a finished artifact to
 /// `repository/name@version`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Promote {
     /// The artifact.
     pub artifact_id: String,
@@ -794,7 +794,7 @@ pub struct Promote {
 }
 
 /// A promoted, immutable package version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Package {
     /// Repository key.
     pub repository: String,
@@ -821,7 +821,7 @@ pub struct Package {
 }
 
 /// Where a package came from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackageOrigin {
     /// Artifact id.
     pub artifact_id: String,
@@ -832,7 +832,7 @@ pub struct PackageOrigin {
 }
 
 /// A file of a package.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PackageFile {
     /// Normalized path.
     pub path: String,
@@ -847,7 +847,7 @@ pub struct PackageFile {
 }
 
 /// A package with its files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackageWithFiles {
     /// The package.
     pub package: Package,
@@ -856,7 +856,7 @@ pub struct PackageWithFiles {
 }
 
 /// A list of packages.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackageList {
     /// Newest first.
     pub packages: Vec<Package>,
@@ -885,7 +885,7 @@ pub fn validate_version(v: &str) -> Result<(), String> {
 }
 
 /// A list of runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunList {
     /// The runs, newest first.
     pub runs: Vec<Run>,
@@ -895,21 +895,21 @@ pub struct RunList {
 }
 
 /// `POST /api/v1/files/content`: fetch many small files in one response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FetchFiles {
     /// File ids; the response carries them in this order.
     pub ids: Vec<String>,
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `ambiguous_query`.
     pub code: String,
@@ -998,7 +998,7 @@ mod tests {
 }
 
 /// A package repository and how many versions it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepositoryInfo {
     /// Repository key.
     pub repository: String,
@@ -1009,7 +1009,7 @@ pub struct RepositoryInfo {
 
 /// `GET /api/v1/packages`: the package repositories of the caller's
 /// organization, by key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepositoryList {
     /// By key.
     pub repositories: Vec<RepositoryInfo>,

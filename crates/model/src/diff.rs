@@ -20,7 +20,7 @@ use crate::api::FileInfo;
 pub const MAX_LISTED: usize = 10_000;
 
 /// What became of a file or an artifact between the two runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
     /// Only in the second run.
@@ -46,7 +46,7 @@ impl Change {
 }
 
 /// One file that differs (unchanged files are only counted).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileChange {
     /// Its path in the artifact.
     pub path: String,
@@ -79,7 +79,7 @@ pub struct FileChange {
 }
 
 /// Counts and sizes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Totals {
     /// Files only in the second run.
     pub added: u64,
@@ -112,7 +112,7 @@ impl Totals {
 }
 
 /// One artifact's differences.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactChange {
     /// Its name (`default:JOB` for a job's default artifact, `NAME:JOB`
     /// for a name several jobs hold).
@@ -126,7 +126,7 @@ pub struct ArtifactChange {
 }
 
 /// Two runs compared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunDiff {
     /// The first run, `PIPELINE#NUMBER`.
     pub from: String,

@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON body. Invalid UTF-8, bad JSON, unknown shapes: 400; over the body
-/// limit: 413.
+/// A JSON body: an object, as every body of the API is. Invalid UTF-8,
+/// bad JSON, another shape (serde would take an array for a struct): 400;
+/// over the body limit: 413.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
@@ -30,6 +31,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                     ApiError::bad_request(format!("cannot read request body: {}", e.body_text()))
                 }
             })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the JSON body must be an object (`{…}`)",
+            ));
+        }
         serde_json::from_slice(&bytes).map(Json).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

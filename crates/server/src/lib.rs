@@ -14,6 +14,7 @@ pub mod gate;
 pub mod gha;
 pub mod maintenance;
 pub mod metrics;
+pub mod openapi;
 pub mod packs;
 mod routes;
 #[cfg(test)]
@@ -826,7 +827,8 @@ async fn method_not_allowed() -> ApiError {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> axum::Router {
-    let api = routes::api(&state.limits)
+    let (api, _) = routes::api(&state.limits).split_for_parts();
+    let api = api
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -844,6 +846,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
+        .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

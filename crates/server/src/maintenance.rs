@@ -47,7 +47,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 const BATCH: usize = 500;
 
 /// What a GC pass did.
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct GcReport {
     /// Artifacts moved to `expired` by this pass.
     pub expired_artifacts: u64,
@@ -179,7 +179,7 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
 }
 
 /// What fsck found.
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FsckReport {
     /// Blobs checked.
     pub checked: u64,
@@ -315,7 +315,7 @@ pub async fn forget_damaged(s: &AppState, damaged: &[String]) -> Result<Vec<Stri
 }
 
 /// Progress of a key rotation (re-encrypting stored objects).
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Rotation {
     /// `idle`, `running`, `done`, `failed`, or `interrupted` (the replica
@@ -331,7 +331,7 @@ pub struct Rotation {
 }
 
 /// What `GET /api/v1/admin/keys` answers.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct KeysReport {
     /// Whether content is encrypted at rest.
     pub encryption: bool,
@@ -345,6 +345,13 @@ pub struct KeysReport {
     pub rotation: Rotation,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/keys",
+    tag = "maintenance",
+    summary = "Encryption keys and what each encrypts",
+    responses((status = 200, description = "Keys and the last rotation", body = KeysReport), crate::openapi::Errors)
+)]
 pub(crate) async fn keys_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
     caller: crate::access::Caller,
@@ -529,6 +536,13 @@ pub async fn start_rotation(s: &AppState) -> Result<Rotation, ApiError> {
 }
 
 /// `POST /admin/keys/rotate`: [`start_rotation`], 202.
+#[utoipa::path(
+    post,
+    path = "/admin/keys/rotate",
+    tag = "maintenance",
+    summary = "Start re-encrypting the store with the active key",
+    responses((status = 202, description = "The rotation, started", body = Rotation), crate::openapi::Errors)
+)]
 pub(crate) async fn rotate_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
     caller: crate::access::Caller,
@@ -789,11 +803,19 @@ fn interval_after(period: Duration) -> tokio::time::Interval {
     tick
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub(crate) struct GcParams {
     grace_seconds: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/gc",
+    tag = "maintenance",
+    summary = "Expire due artifacts and delete unreferenced content",
+    request_body = GcParams,
+    responses((status = 200, description = "What the pass did", body = GcReport), crate::openapi::Errors)
+)]
 pub(crate) async fn gc_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
     caller: crate::access::Caller,
@@ -811,18 +833,27 @@ pub(crate) async fn gc_handler(
 }
 
 /// Query of `POST /admin/fsck`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct FsckParams {
     /// Forget damaged blobs so that re-uploads restore them.
     #[serde(default)]
     forget_damaged: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/fsck",
+    tag = "maintenance",
+    summary = "Check every finished artifact's content",
+    params(FsckParams),
+    responses((status = 200, description = "What is wrong, if anything", body = FsckReport), crate::openapi::Errors)
+)]
 pub(crate) async fn fsck_handler(
     axum::extract::State(s): axum::extract::State<AppState>,
     caller: crate::access::Caller,
-    axum::extract::Query(p): axum::extract::Query<FsckParams>,
+    crate::extract::Query(p): crate::extract::Query<FsckParams>,
 ) -> Result<axum::Json<FsckReport>, ApiError> {
     caller.server_admin()?;
     Ok(axum::Json(fsck(&s, p.forget_damaged).await?))

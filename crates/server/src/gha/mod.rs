@@ -764,7 +764,7 @@ async fn delete(
 }
 
 /// `POST /api/v1/gha/tokens` (admin): a runtime token for one job.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct MintToken {
     pipeline: String,
     run: u64,
@@ -773,6 +773,14 @@ pub(crate) struct MintToken {
     ttl_seconds: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/gha/tokens",
+    tag = "artifacts",
+    summary = "Mint a GitHub Actions runtime token for one job",
+    request_body = MintToken,
+    responses((status = 200, description = "The token and the job's backend ids", body = serde_json::Value), crate::openapi::Errors)
+)]
 pub(crate) async fn mint_token(
     State(s): State<AppState>,
     caller: Caller,

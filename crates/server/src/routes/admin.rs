@@ -44,6 +44,14 @@ fn new_secret() -> String {
     format!("{TOKEN_PREFIX}{hex}")
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/tokens",
+    tag = "admin",
+    summary = "Create a token (its secret is shown once)",
+    request_body = NewToken,
+    responses((status = 201, description = "The token and its secret", body = TokenCreated), crate::openapi::Errors)
+)]
 pub(super) async fn create_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -149,6 +157,13 @@ pub(super) async fn create_token(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/tokens",
+    tag = "admin",
+    summary = "List tokens (never their secrets)",
+    responses((status = 200, description = "The tokens", body = TokenList), crate::openapi::Errors)
+)]
 pub(super) async fn list_tokens(
     State(s): State<AppState>,
     caller: Caller,
@@ -159,6 +174,14 @@ pub(super) async fn list_tokens(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/tokens/{id}/revoke",
+    tag = "admin",
+    summary = "Revoke a token",
+    params(("id" = String, Path, description = "Token id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The token, revoked", body = TokenInfo), crate::openapi::Errors)
+)]
 pub(super) async fn revoke_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -175,6 +198,14 @@ pub(super) async fn revoke_token(
     Ok(axum::Json(s.db.revoke_token(&t.id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/orgs",
+    tag = "admin",
+    summary = "Create an organization",
+    request_body = NewPlace,
+    responses((status = 201, description = "The organization", body = OrgInfo), crate::openapi::Errors)
+)]
 pub(super) async fn create_org(
     State(s): State<AppState>,
     caller: Caller,
@@ -189,6 +220,13 @@ pub(super) async fn create_org(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/orgs",
+    tag = "admin",
+    summary = "List organizations",
+    responses((status = 200, description = "The organizations", body = OrgList), crate::openapi::Errors)
+)]
 pub(super) async fn list_orgs(
     State(s): State<AppState>,
     caller: Caller,
@@ -203,6 +241,14 @@ pub(super) async fn list_orgs(
     Ok(axum::Json(OrgList { orgs }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/clusters",
+    tag = "admin",
+    summary = "Create a cluster",
+    request_body = NewPlace,
+    responses((status = 201, description = "The cluster", body = ClusterInfo), crate::openapi::Errors)
+)]
 pub(super) async fn create_cluster(
     State(s): State<AppState>,
     caller: Caller,
@@ -217,6 +263,13 @@ pub(super) async fn create_cluster(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/clusters",
+    tag = "admin",
+    summary = "List clusters",
+    responses((status = 200, description = "The clusters", body = ClusterList), crate::openapi::Errors)
+)]
 pub(super) async fn list_clusters(
     State(s): State<AppState>,
     caller: Caller,
@@ -244,6 +297,14 @@ fn place(
     Ok((org, cluster.to_string()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/pipelines",
+    tag = "admin",
+    summary = "Create a pipeline in a cluster",
+    request_body = NewPlace,
+    responses((status = 201, description = "The pipeline", body = PipelineInfo), crate::openapi::Errors)
+)]
 pub(super) async fn create_pipeline(
     State(s): State<AppState>,
     caller: Caller,
@@ -258,13 +319,22 @@ pub(super) async fn create_pipeline(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct MoveTo {
     #[serde(default)]
     org: Option<String>,
     cluster: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/pipelines/{name}/move",
+    tag = "admin",
+    summary = "Move a pipeline to another cluster",
+    params(("name" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")),
+    request_body = MoveTo,
+    responses((status = 200, description = "The pipeline where it now lives", body = PipelineInfo), crate::openapi::Errors)
+)]
 pub(super) async fn move_pipeline(
     State(s): State<AppState>,
     caller: Caller,
@@ -284,6 +354,13 @@ pub(super) async fn move_pipeline(
 }
 
 /// `GET /api/v1/pipelines`: the pipelines the caller may read.
+#[utoipa::path(
+    get,
+    path = "/pipelines",
+    tag = "runs",
+    summary = "The pipelines the token may read",
+    responses((status = 200, description = "Pipelines by key", body = PipelineList), crate::openapi::Errors)
+)]
 pub(super) async fn list_pipelines(
     State(s): State<AppState>,
     caller: Caller,
@@ -316,6 +393,13 @@ pub(crate) async fn storage_report(
 
 /// `GET /api/v1/storage`: per readable pipeline, artifacts by state,
 /// logical and distinct bytes; the server's distinct and stored bytes.
+#[utoipa::path(
+    get,
+    path = "/storage",
+    tag = "runs",
+    summary = "Storage figures of the pipelines the token may read",
+    responses((status = 200, description = "Per pipeline and server-wide", body = satchel_model::access::StorageReport), crate::openapi::Errors)
+)]
 pub(super) async fn storage(
     State(s): State<AppState>,
     caller: Caller,
@@ -324,6 +408,14 @@ pub(super) async fn storage(
     Ok(axum::Json(storage_report(&s, &pipelines).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/rules",
+    tag = "admin",
+    summary = "Create a rule letting pipelines read another cluster's artifacts",
+    request_body = NewRule,
+    responses((status = 201, description = "The rule", body = RuleInfo), crate::openapi::Errors)
+)]
 pub(super) async fn create_rule(
     State(s): State<AppState>,
     caller: Caller,
@@ -367,6 +459,13 @@ pub(super) async fn create_rule(
     Ok((StatusCode::CREATED, axum::Json(rule)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/rules",
+    tag = "admin",
+    summary = "List rules",
+    responses((status = 200, description = "The rules", body = RuleList), crate::openapi::Errors)
+)]
 pub(super) async fn list_rules(
     State(s): State<AppState>,
     caller: Caller,
@@ -377,6 +476,14 @@ pub(super) async fn list_rules(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/rules/{id}",
+    tag = "admin",
+    summary = "Delete a rule",
+    params(("id" = String, Path, description = "Rule id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The rule, deleted", body = RuleInfo), crate::openapi::Errors)
+)]
 pub(super) async fn delete_rule(
     State(s): State<AppState>,
     caller: Caller,
@@ -397,6 +504,14 @@ pub(super) async fn delete_rule(
 }
 
 /// `GET /api/v1/admin/audit`: newest first, `cursor` pages older.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "admin",
+    summary = "The audit log, newest first",
+    params(AuditQuery),
+    responses((status = 200, description = "A page of entries", body = AuditPage), crate::openapi::Errors)
+)]
 pub(super) async fn audit(
     State(s): State<AppState>,
     caller: Caller,

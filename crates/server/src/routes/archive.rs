@@ -283,7 +283,8 @@ pub(crate) fn archive_body(
 
 /// `?format=tar|tar.zst|zip&path=DIR` on an archive download: the container
 /// (tar by default) and, optionally, one directory of the artifact.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ArchiveParams {
     format: Option<String>,
     path: Option<String>,

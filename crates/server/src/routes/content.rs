@@ -53,6 +53,14 @@ fn disposition(kind: &'static str, path: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static(kind))
 }
 
+#[utoipa::path(
+    get,
+    path = "/files/{id}/content",
+    tag = "files",
+    summary = "One file's bytes (a `Range` header is honoured)",
+    params(("id" = String, Path, description = "File id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::Errors)
+)]
 pub(super) async fn file_content(
     State(s): State<AppState>,
     caller: Caller,
@@ -148,6 +156,14 @@ pub(crate) async fn stream_blob_inline(s: &AppState, f: &FileInfo) -> Result<Res
     Ok(r)
 }
 
+#[utoipa::path(
+    post,
+    path = "/files/content",
+    tag = "files",
+    summary = "Many files' bytes in one framed stream",
+    request_body = satchel_model::api::FetchFiles,
+    responses((status = 200, description = "The files, framed (see docs/api.md)", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::Errors)
+)]
 pub(super) async fn files_content(
     State(s): State<AppState>,
     caller: Caller,

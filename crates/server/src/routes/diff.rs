@@ -15,7 +15,8 @@ use crate::error::ApiError;
 use crate::extract::Query;
 use crate::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DiffParams {
     from: String,
     to: String,
@@ -109,6 +110,14 @@ pub(crate) async fn run_diff(
     Ok(d)
 }
 
+#[utoipa::path(
+    get,
+    path = "/diff",
+    tag = "runs",
+    summary = "Compare two runs from metadata",
+    params(DiffParams),
+    responses((status = 200, description = "Files added, removed and changed per artifact", body = satchel_model::diff::RunDiff), crate::openapi::Errors)
+)]
 pub(crate) async fn diff(
     State(s): State<AppState>,
     caller: Caller,

@@ -2,7 +2,7 @@
 //! content transfer in their own modules.
 
 mod admin;
-mod archive;
+pub(crate) mod archive;
 mod content;
 pub(crate) use admin::storage_report;
 pub(crate) use content::stream_blob_inline;
@@ -15,8 +15,7 @@ pub(crate) mod uploads;
 mod zip;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::routing::get;
 use satchel_db::listing::{DEFAULT_PAGE, MAX_PAGE};
 use satchel_db::{ArtifactFilter, PageRequest};
 use satchel_model::api::{
@@ -25,114 +24,85 @@ use satchel_model::api::{
 use satchel_model::glob::Glob;
 use satchel_model::query::{self, Scope};
 use serde::Deserialize;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::access::{Acting, Caller};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::AppState;
 
-pub(crate) fn api(limits: &crate::Limits) -> Router<AppState> {
+/// The REST API under `/api/v1`: every handler registered through its own
+/// `#[utoipa::path]` (so the route and its description in
+/// [`crate::openapi`] are one), with the body limits of its route.
+pub(crate) fn api(limits: &crate::Limits) -> OpenApiRouter<AppState> {
     let manifest = limits.manifest_bytes;
-    Router::new()
-        .route(
-            "/pipelines/{pipeline}/runs",
-            get(list_runs).post(pipelines::create_run),
-        )
-        .route("/pipelines/{pipeline}/runs/{run}", get(get_run))
-        .route("/builds/{build}", get(runs_of_build))
-        .route("/diff", get(diff::diff))
-        .route(
-            "/pipelines/{pipeline}/runs/{run}/state",
-            put(pipelines::set_run_state),
-        )
-        .route("/artifacts", post(pipelines::create_typed))
-        .route("/artifacts/{id}/archive", get(pipelines::artifact_archive))
-        .route(
-            "/pipelines/{pipeline}/runs/{run}/archive",
-            get(pipelines::run_archive),
-        )
-        .route("/resolve", post(pipelines::resolve))
-        .route("/gha/tokens", post(crate::gha::mint_token))
-        .route("/pipelines", get(admin::list_pipelines))
-        .route("/storage", get(admin::storage))
-        .route(
-            "/admin/tokens",
-            get(admin::list_tokens).post(admin::create_token),
-        )
-        .route("/admin/tokens/{id}/revoke", post(admin::revoke_token))
-        .route("/admin/orgs", get(admin::list_orgs).post(admin::create_org))
-        .route(
-            "/admin/clusters",
-            get(admin::list_clusters).post(admin::create_cluster),
-        )
-        .route("/admin/pipelines", post(admin::create_pipeline))
-        .route("/admin/pipelines/{name}/move", post(admin::move_pipeline))
-        .route(
-            "/admin/rules",
-            get(admin::list_rules).post(admin::create_rule),
-        )
-        .route(
-            "/admin/rules/{id}",
-            axum::routing::delete(admin::delete_rule),
-        )
-        .route("/admin/audit", get(admin::audit))
-        .route("/admin/gc", post(crate::maintenance::gc_handler))
-        .route("/admin/fsck", post(crate::maintenance::fsck_handler))
-        .route("/admin/keys", get(crate::maintenance::keys_handler))
-        .route(
-            "/admin/keys/rotate",
-            post(crate::maintenance::rotate_handler),
-        )
-        .route("/packages", post(pipelines::promote))
-        .route("/packages", get(pipelines::list_repositories))
-        .route("/packages/{repo}", get(pipelines::list_packages))
-        .route(
-            "/packages/{repo}/{name}/{version}",
-            get(pipelines::get_package),
-        )
-        .route(
-            "/packages/{repo}/{name}/{version}/archive",
-            get(pipelines::package_archive),
-        )
+    let wildcard_file = {
+        // axum's `{*path}` is OpenAPI's `{path}`: registered by hand, its
+        // description from the same annotation.
+        use utoipa::Path as _;
+        type Op = pipelines::__path_package_file;
+        let mut paths = utoipa::openapi::path::Paths::new();
+        paths.add_path_operation(Op::path(), Op::methods(), Op::operation());
+        paths
+    };
+    let mut router = OpenApiRouter::new()
+        .routes(routes!(list_runs, pipelines::create_run))
+        .routes(routes!(get_run))
+        .routes(routes!(runs_of_build))
+        .routes(routes!(diff::diff))
+        .routes(routes!(pipelines::set_run_state))
+        .routes(routes!(pipelines::create_typed))
+        .routes(routes!(pipelines::artifact_archive))
+        .routes(routes!(pipelines::run_archive))
+        .routes(routes!(pipelines::resolve))
+        .routes(routes!(crate::gha::mint_token))
+        .routes(routes!(admin::list_pipelines))
+        .routes(routes!(admin::storage))
+        .routes(routes!(admin::list_tokens, admin::create_token))
+        .routes(routes!(admin::revoke_token))
+        .routes(routes!(admin::list_orgs, admin::create_org))
+        .routes(routes!(admin::list_clusters, admin::create_cluster))
+        .routes(routes!(admin::create_pipeline))
+        .routes(routes!(admin::move_pipeline))
+        .routes(routes!(admin::list_rules, admin::create_rule))
+        .routes(routes!(admin::delete_rule))
+        .routes(routes!(admin::audit))
+        .routes(routes!(crate::maintenance::gc_handler))
+        .routes(routes!(crate::maintenance::fsck_handler))
+        .routes(routes!(crate::maintenance::keys_handler))
+        .routes(routes!(crate::maintenance::rotate_handler))
+        .routes(routes!(pipelines::promote, pipelines::list_repositories))
+        .routes(routes!(pipelines::list_packages))
+        .routes(routes!(pipelines::get_package))
+        .routes(routes!(pipelines::package_archive))
         .route(
             "/packages/{repo}/{name}/{version}/files/{*path}",
             get(pipelines::package_file),
         )
-        .route(
-            "/pipelines/{pipeline}/runs/{run}/artifacts",
-            get(list_artifacts),
+        .routes(routes!(list_artifacts))
+        .routes(routes!(search))
+        .routes(routes!(get_artifact, delete_artifact))
+        .routes(routes!(get_file))
+        .routes(routes!(content::file_content))
+        .routes(routes!(content::files_content))
+        .routes(routes!(uploads::create).layer(DefaultBodyLimit::max(manifest)))
+        .routes(routes!(uploads::put_batch).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(uploads::put_blob).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(uploads::chunks_missing).layer(DefaultBodyLimit::max(manifest)))
+        .routes(routes!(uploads::assemble).layer(DefaultBodyLimit::max(manifest)))
+        .routes(
+            routes!(uploads::put_chunk)
+                .layer(DefaultBodyLimit::max(satchel_store::chunked::MAX_CHUNK)),
         )
-        .route("/pipelines/{pipeline}/runs/{run}/search", get(search))
-        .route("/artifacts/{id}", get(get_artifact).delete(delete_artifact))
-        .route("/files/{id}", get(get_file))
-        .route("/files/{id}/content", get(content::file_content))
-        .route("/files/content", post(content::files_content))
-        .route(
-            "/uploads",
-            post(uploads::create).layer(DefaultBodyLimit::max(manifest)),
-        )
-        .route(
-            "/uploads/{id}/blobs",
-            post(uploads::put_batch).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/uploads/{id}/blobs/{sha256}",
-            put(uploads::put_blob).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/uploads/{id}/blobs/{sha256}/chunks",
-            post(uploads::chunks_missing).layer(DefaultBodyLimit::max(manifest)),
-        )
-        .route(
-            "/uploads/{id}/blobs/{sha256}/assemble",
-            post(uploads::assemble).layer(DefaultBodyLimit::max(manifest)),
-        )
-        .route(
-            "/uploads/{id}/chunks/{sha256}",
-            put(uploads::put_chunk).layer(DefaultBodyLimit::max(satchel_store::chunked::MAX_CHUNK)),
-        )
-        .route("/uploads/{id}/finish", post(uploads::finish))
-        .route("/uploads/{id}/abort", post(uploads::abort))
+        .routes(routes!(uploads::finish))
+        .routes(routes!(uploads::abort));
+    router
+        .get_openapi_mut()
+        .paths
+        .paths
+        .extend(wildcard_file.paths);
+    router
 }
 
 /// Rejects ids that cannot exist before they reach the database.
@@ -146,9 +116,13 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 
 /// `?limit=N&cursor=C` on every list: at most `limit` items (default
 /// 1,000, at most 10,000) after the page that gave out `cursor`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageParams {
+    /// Items per page (default 1,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
+    /// Where the page starts: the previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -171,6 +145,14 @@ impl PageParams {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/pipelines/{pipeline}/runs",
+    tag = "runs",
+    summary = "List a pipeline's runs, newest first",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), PageParams),
+    responses((status = 200, description = "A page of runs", body = RunList), crate::openapi::Errors)
+)]
 async fn list_runs(
     State(s): State<AppState>,
     caller: Caller,
@@ -185,6 +167,14 @@ async fn list_runs(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/pipelines/{pipeline}/runs/{run}",
+    tag = "runs",
+    summary = "Get one run",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number")),
+    responses((status = 200, description = "The run", body = Run), crate::openapi::Errors)
+)]
 async fn get_run(
     State(s): State<AppState>,
     caller: Caller,
@@ -194,7 +184,8 @@ async fn get_run(
     Ok(axum::Json(s.db.find_run(&pipeline, run).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BuildParams {
     /// Only runs of this pipeline.
     pipeline: Option<String>,
@@ -203,6 +194,14 @@ struct BuildParams {
 /// `GET /api/v1/builds/{build}[?pipeline=P]`: the runs, in pipelines the
 /// caller may read, whose CI build id is `build` (Buildkite's `--build
 /// UUID`).
+#[utoipa::path(
+    get,
+    path = "/builds/{build}",
+    tag = "runs",
+    summary = "The runs whose CI build id is `build`",
+    params(("build" = String, Path, description = "The CI's build id (Buildkite's build UUID, GITHUB_RUN_ID, …)"), BuildParams),
+    responses((status = 200, description = "The runs, in pipelines the token may read", body = RunList), crate::openapi::Errors)
+)]
 async fn runs_of_build(
     State(s): State<AppState>,
     caller: Caller,
@@ -234,13 +233,22 @@ async fn runs_of_build(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ArtifactParams {
     job: Option<String>,
     #[serde(default)]
     include_retried_jobs: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/pipelines/{pipeline}/runs/{run}/artifacts",
+    tag = "artifacts",
+    summary = "List a run's artifacts",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number"), ArtifactParams, PageParams),
+    responses((status = 200, description = "A page of artifacts", body = ArtifactList), crate::openapi::Errors)
+)]
 async fn list_artifacts(
     State(s): State<AppState>,
     caller: Caller,
@@ -264,7 +272,8 @@ async fn list_artifacts(
 
 /// A search's query and scope, as the CLI's `--job`, `--step`, `--name`
 /// and `--include-retried-jobs` give them.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SearchParams {
     pub(crate) query: Option<String>,
     pub(crate) job: Option<String>,
@@ -296,6 +305,14 @@ impl SearchParams {
 
 /// One page of a run's files that a query selects. Every match of a path is
 /// on one page, so the download rules hold page by page.
+#[utoipa::path(
+    get,
+    path = "/pipelines/{pipeline}/runs/{run}/search",
+    tag = "files",
+    summary = "Find files in a run by glob and scope",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number"), SearchParams, PageParams),
+    responses((status = 200, description = "A page of matching files", body = FileList), crate::openapi::Errors)
+)]
 async fn search(
     State(s): State<AppState>,
     caller: Caller,
@@ -328,6 +345,14 @@ async fn search(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/artifacts/{id}",
+    tag = "artifacts",
+    summary = "Get an artifact and a page of its files",
+    params(("id" = String, Path, description = "Artifact id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), PageParams),
+    responses((status = 200, description = "The artifact", body = ArtifactWithFiles), crate::openapi::Errors)
+)]
 async fn get_artifact(
     State(s): State<AppState>,
     caller: Caller,
@@ -347,6 +372,14 @@ async fn get_artifact(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/artifacts/{id}",
+    tag = "artifacts",
+    summary = "Delete an artifact (its content is freed by GC)",
+    params(("id" = String, Path, description = "Artifact id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The artifact, deleted", body = Artifact), crate::openapi::Errors)
+)]
 async fn delete_artifact(
     State(s): State<AppState>,
     caller: Caller,
@@ -365,6 +398,14 @@ async fn delete_artifact(
     Ok(axum::Json(s.db.delete_artifact(&id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/files/{id}",
+    tag = "files",
+    summary = "Get one file's metadata",
+    params(("id" = String, Path, description = "File id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The file", body = FileInfo), crate::openapi::Errors)
+)]
 async fn get_file(
     State(s): State<AppState>,
     caller: Caller,

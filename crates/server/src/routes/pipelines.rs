@@ -31,6 +31,15 @@ fn validate_run_number(run: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/pipelines/{pipeline}/runs",
+    tag = "runs",
+    summary = "Start the next run of a pipeline, pinning its sources",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")),
+    request_body = satchel_model::api::NewRun,
+    responses((status = 201, description = "The run", body = Run), crate::openapi::Errors)
+)]
 pub(super) async fn create_run(
     State(s): State<AppState>,
     caller: Caller,
@@ -65,6 +74,15 @@ pub(super) async fn create_run(
     Ok((StatusCode::CREATED, axum::Json(run)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/pipelines/{pipeline}/runs/{run}/state",
+    tag = "runs",
+    summary = "Record a run's state",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number")),
+    request_body = satchel_model::api::SetRunState,
+    responses((status = 200, description = "The run", body = Run), crate::openapi::Errors)
+)]
 pub(super) async fn set_run_state(
     State(s): State<AppState>,
     caller: Caller,
@@ -79,6 +97,14 @@ pub(super) async fn set_run_state(
     Ok(axum::Json(s.db.set_run_state(&pipeline, run, &req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/artifacts",
+    tag = "artifacts",
+    summary = "Publish a typed artifact (an image or a link)",
+    request_body = satchel_model::api::CreateTyped,
+    responses((status = 201, description = "The artifact", body = Artifact), crate::openapi::Errors)
+)]
 pub(super) async fn create_typed(
     State(s): State<AppState>,
     caller: Caller,
@@ -121,6 +147,14 @@ fn list_or_none(items: impl IntoIterator<Item = String>) -> String {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/resolve",
+    tag = "artifacts",
+    summary = "Resolve a `$[…]` artifact reference",
+    request_body = satchel_model::api::ResolveRequest,
+    responses((status = 200, description = "Its value", body = satchel_model::api::Resolved), crate::openapi::Errors)
+)]
 pub(super) async fn resolve(
     State(s): State<AppState>,
     caller: Caller,
@@ -269,6 +303,14 @@ fn mtime_secs(rfc3339_ms: i64) -> u64 {
 /// `GET /pipelines/{pipeline}/runs/{run}/archive[?format=&path=]`: every
 /// current artifact's files of the run as one archive, each under a folder
 /// of its own (`satchel_model::diff::archive_folders`).
+#[utoipa::path(
+    get,
+    path = "/pipelines/{pipeline}/runs/{run}/archive",
+    tag = "artifacts",
+    summary = "Every current artifact of a run as one archive, streamed",
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number"), crate::routes::archive::ArchiveParams),
+    responses((status = 200, description = "The archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/zip"), (Vec<u8> = "application/zstd"))), crate::openapi::Errors)
+)]
 pub(crate) async fn run_archive(
     State(s): State<AppState>,
     caller: Caller,
@@ -304,6 +346,14 @@ pub(crate) async fn run_archive(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/artifacts/{id}/archive",
+    tag = "artifacts",
+    summary = "An artifact (or a directory of it) as one archive, streamed",
+    params(("id" = String, Path, description = "Artifact id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), crate::routes::archive::ArchiveParams),
+    responses((status = 200, description = "The archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/zip"), (Vec<u8> = "application/zstd"))), crate::openapi::Errors)
+)]
 pub(crate) async fn artifact_archive(
     State(s): State<AppState>,
     caller: Caller,
@@ -347,6 +397,14 @@ pub(crate) async fn artifact_archive(
     archive_response(s.store.clone(), &params, members, &artifact.name)
 }
 
+#[utoipa::path(
+    post,
+    path = "/packages",
+    tag = "packages",
+    summary = "Promote a finished artifact to REPO/PACKAGE@VERSION",
+    request_body = satchel_model::api::Promote,
+    responses((status = 201, description = "The package version", body = Package), crate::openapi::Errors)
+)]
 pub(super) async fn promote(
     State(s): State<AppState>,
     caller: Caller,
@@ -373,13 +431,21 @@ pub(super) async fn promote(
     Ok((StatusCode::CREATED, axum::Json(s.db.promote(&req).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PackageFilter {
     pub(crate) package: Option<String>,
 }
 
 /// `GET /api/v1/packages`: the repositories of the caller's organization
 /// (every one for the bootstrap admin).
+#[utoipa::path(
+    get,
+    path = "/packages",
+    tag = "packages",
+    summary = "The package repositories of the token's organization",
+    responses((status = 200, description = "Repositories by key", body = satchel_model::api::RepositoryList), crate::openapi::Errors)
+)]
 pub(super) async fn list_repositories(
     State(s): State<AppState>,
     caller: Caller,
@@ -413,6 +479,14 @@ pub(crate) async fn repositories(
     Ok(satchel_model::api::RepositoryList { repositories })
 }
 
+#[utoipa::path(
+    get,
+    path = "/packages/{repo}",
+    tag = "packages",
+    summary = "List a repository's package versions, newest first",
+    params(("repo" = String, Path, description = "Package repository key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), PackageFilter, super::PageParams),
+    responses((status = 200, description = "A page of versions", body = PackageList), crate::openapi::Errors)
+)]
 pub(super) async fn list_packages(
     State(s): State<AppState>,
     caller: Caller,
@@ -540,6 +614,14 @@ fn version_arg(v: &str) -> Option<&str> {
     (v != "latest").then_some(v)
 }
 
+#[utoipa::path(
+    get,
+    path = "/packages/{repo}/{name}/{version}",
+    tag = "packages",
+    summary = "Get a package version and its files",
+    params(("repo" = String, Path, description = "Package repository key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("name" = String, Path, description = "Package key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("version" = String, Path, description = "Version, `latest`, or a semver range such as `^1.4`")),
+    responses((status = 200, description = "The version", body = PackageWithFiles), crate::openapi::Errors)
+)]
 pub(super) async fn get_package(
     State(s): State<AppState>,
     caller: Caller,
@@ -550,6 +632,14 @@ pub(super) async fn get_package(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/packages/{repo}/{name}/{version}/archive",
+    tag = "packages",
+    summary = "A package version as one archive, streamed",
+    params(("repo" = String, Path, description = "Package repository key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("name" = String, Path, description = "Package key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("version" = String, Path, description = "Version, `latest`, or a semver range such as `^1.4`"), crate::routes::archive::ArchiveParams),
+    responses((status = 200, description = "The archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/zip"), (Vec<u8> = "application/zstd"))), crate::openapi::Errors)
+)]
 pub(super) async fn package_archive(
     State(s): State<AppState>,
     caller: Caller,
@@ -577,6 +667,14 @@ pub(super) async fn package_archive(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/packages/{repo}/{name}/{version}/files/{path}",
+    tag = "packages",
+    summary = "One file of a package version",
+    params(("repo" = String, Path, description = "Package repository key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("name" = String, Path, description = "Package key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("version" = String, Path, description = "Version, `latest`, or a semver range such as `^1.4`"), ("path" = String, Path, description = "The file's path in the package")),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::Errors)
+)]
 pub(super) async fn package_file(
     State(s): State<AppState>,
     caller: Caller,

@@ -176,6 +176,14 @@ pub fn validate_manifest(req: &CreateUpload, limits: &crate::Limits) -> Result<(
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads",
+    tag = "uploads",
+    summary = "Announce a manifest; the answer lists the content still missing",
+    request_body = CreateUpload,
+    responses((status = 201, description = "The upload and what to send", body = UploadCreated), crate::openapi::Errors)
+)]
 pub(super) async fn create(
     State(s): State<AppState>,
     caller: Caller,
@@ -283,6 +291,15 @@ fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
     StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
 }
 
+#[utoipa::path(
+    put,
+    path = "/uploads/{id}/blobs/{sha256}",
+    tag = "uploads",
+    summary = "Send one missing file's bytes",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the whole file, 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Stored", body = BlobsStored), crate::openapi::Errors)
+)]
 pub(super) async fn put_blob(
     State(s): State<AppState>,
     caller: Caller,
@@ -356,6 +373,15 @@ fn check_chunk_list(
     Ok((size, out))
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/blobs/{sha256}/chunks",
+    tag = "uploads",
+    summary = "Which chunks of a large file the server lacks",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the whole file, 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$")),
+    request_body = ChunkList,
+    responses((status = 200, description = "The indexes of the missing chunks", body = ChunksMissing), crate::openapi::Errors)
+)]
 pub(super) async fn chunks_missing(
     State(s): State<AppState>,
     caller: Caller,
@@ -394,6 +420,15 @@ pub(super) async fn chunks_missing(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/uploads/{id}/chunks/{sha256}",
+    tag = "uploads",
+    summary = "Send one chunk",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the chunk")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Stored", body = BlobsStored), crate::openapi::Errors)
+)]
 pub(super) async fn put_chunk(
     State(s): State<AppState>,
     caller: Caller,
@@ -413,6 +448,15 @@ pub(super) async fn put_chunk(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/blobs/{sha256}/assemble",
+    tag = "uploads",
+    summary = "Assemble a file from its chunks",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the whole file, 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$")),
+    request_body = ChunkList,
+    responses((status = 201, description = "Stored", body = BlobsStored), crate::openapi::Errors)
+)]
 pub(super) async fn assemble(
     State(s): State<AppState>,
     caller: Caller,
@@ -582,6 +626,15 @@ impl Packer {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/blobs",
+    tag = "uploads",
+    summary = "Send many missing files in one framed body",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Stored", body = BlobsStored), crate::openapi::Errors)
+)]
 pub(super) async fn put_batch(
     State(s): State<AppState>,
     caller: Caller,
@@ -660,6 +713,14 @@ pub(super) async fn put_batch(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/finish",
+    tag = "uploads",
+    summary = "Finish an upload: its files become visible together",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The artifact", body = UploadFinished), crate::openapi::Errors)
+)]
 pub(super) async fn finish(
     State(s): State<AppState>,
     caller: Caller,
@@ -669,6 +730,14 @@ pub(super) async fn finish(
     Ok(axum::Json(s.db.finish_upload(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/abort",
+    tag = "uploads",
+    summary = "Give an upload up",
+    params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 204, description = "Given up"), crate::openapi::Errors)
+)]
 pub(super) async fn abort(
     State(s): State<AppState>,
     caller: Caller,
