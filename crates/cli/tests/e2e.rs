@@ -971,6 +971,15 @@ fn metrics_count_routes_bytes_dedup_storage_and_gc() {
     }
     s.agent(d.path(), "metered", 3, "gc")
         .ok(&["admin", "gc", "--grace", "0s"]);
+    // The pass marks the figures out of date; new ones follow at once, the
+    // old served meanwhile.
+    wait_until(
+        || {
+            s.metrics_text()
+                .contains("satchel_artifacts{state=\"deleted\"} 2\n")
+        },
+        "storage figures after the GC pass",
+    );
     let m = s.metrics_text();
     let value = |name: &str| metric_in(&m, name);
     assert_eq!(value("satchel_gc_passes_total"), 1);

@@ -872,3 +872,242 @@ fn a_running_server_collects_garbage_and_reaps_idle_uploads_on_its_own() {
         assert_eq!(r.status(), 404, "a reaped upload takes no more blocks");
     });
 }
+
+/// Builds a zip at `path` with Python's zipfile: deflated and stored
+/// members, a directory entry, and one member written with zip64 records.
+fn python_zip(path: &Path, damaged: bool) {
+    let script = r#"
+import sys, zipfile, random
+path, damaged = sys.argv[1], sys.argv[2] == "1"
+random.seed(7)
+big = bytes(random.getrandbits(8) for _ in range(300_000))
+log = "".join(f"step {i} of 3000\n" for i in range(1, 3001))
+with zipfile.ZipFile(path, "w") as z:
+    z.writestr(zipfile.ZipInfo("report/"), b"")
+    z.writestr("report/index.html", '<link rel="stylesheet" href="style.css"><h1>Coverage</h1>', zipfile.ZIP_DEFLATED)
+    z.writestr("report/style.css", "h1{color:#c00}", zipfile.ZIP_STORED)
+    z.writestr("logs/build.log", log, zipfile.ZIP_DEFLATED)
+    z.writestr("big.bin", big, zipfile.ZIP_DEFLATED)
+    with z.open("z64.txt", "w", force_zip64=True) as f:
+        f.write(b"zip64 member\n")
+open(path + ".big", "wb").write(big)
+if damaged:
+    data = bytearray(open(path, "rb").read())
+    at = data.find(b"logs/build.log") + len("logs/build.log") + 40
+    data[at] ^= 0xFF
+    # A stored member, same length: only its CRC-32 can tell.
+    at = data.find(b"h1{color:#c00}") + 3
+    data[at] ^= 0x20
+    open(path, "wb").write(bytes(data))
+"#;
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .arg(if damaged { "1" } else { "0" })
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Uploads `bytes` through the protocol as artifact `name` of job `build`.
+async fn protocol_upload(s: &Server, url: &str, token: &str, name: &str, bytes: Vec<u8>) {
+    let (st, v) = twirp(
+        url,
+        token,
+        "CreateArtifact",
+        ids_with(serde_json::json!({"name": name})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let r = s
+        .http()
+        .put(v["signed_upload_url"].as_str().unwrap())
+        .header("x-ms-blob-type", "BlockBlob")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (st, v) = twirp(
+        url,
+        token,
+        "FinalizeArtifact",
+        ids_with(serde_json::json!({"name": name})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+}
+
+/// An artifact that arrived as one zip (upload-artifact's way) is browsed
+/// and viewed file by file in the UI, read from the zip in place: deflated,
+/// stored and zip64 members, an HTML report whose relative stylesheet
+/// loads, a log by lines; a damaged member fails its CRC instead of being
+/// served as good, and a file that is no zip says so.
+#[test]
+fn a_protocol_zip_is_browsed_file_by_file() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let (url, token) = mint(&s, "build", &[]);
+    let good = d.path().join("good.zip");
+    python_zip(&good, false);
+    let bad = d.path().join("bad.zip");
+    python_zip(&bad, true);
+    let big = std::fs::read(d.path().join("good.zip.big")).unwrap();
+    rt().block_on(async {
+        protocol_upload(&s, &url, &token, "cov", std::fs::read(&good).unwrap()).await;
+        protocol_upload(&s, &url, &token, "damaged", std::fs::read(&bad).unwrap()).await;
+        protocol_upload(&s, &url, &token, "nozip", b"not a zip at all".to_vec()).await;
+    });
+    let id = s.artifact_id("gh", 1, "cov");
+    let damaged = s.artifact_id("gh", 1, "damaged");
+    let nozip = s.artifact_id("gh", 1, "nozip");
+    let b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    rt().block_on(async {
+        let session = ui_login(&s, &s.token).await;
+        let get = |path: String| {
+            let r = b
+                .get(format!("{}{path}", s.url))
+                .header("cookie", &session)
+                .send();
+            async move { r.await.unwrap() }
+        };
+        let page = get(format!("/artifacts/{id}")).await.text().await.unwrap();
+        assert!(page.contains("<h2>In <code>cov.zip</code></h2>"), "{page}");
+        for member in [
+            "report/index.html",
+            "report/style.css",
+            "logs/build.log",
+            "big.bin",
+            "z64.txt",
+        ] {
+            assert!(
+                page.contains(&format!(">{member}</a>")),
+                "{member} listed: {page}"
+            );
+        }
+        assert!(!page.contains(">report/</a>"), "directories are not files");
+        // The report, in its sandbox, and its stylesheet by relative path.
+        let start = page.find("/view/").unwrap();
+        let view = &page[start..start + page[start..].find('"').unwrap()];
+        let prefix = &view[..view.rfind('/').unwrap() + 1];
+        let r = get(format!("{prefix}report/index.html")).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("sandbox"));
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert!(r.text().await.unwrap().contains("<h1>Coverage</h1>"));
+        let r = get(format!("{prefix}report/style.css")).await;
+        assert_eq!(r.headers()["content-type"], "text/css");
+        assert_eq!(r.text().await.unwrap(), "h1{color:#c00}");
+        let r = get(format!("{prefix}big.bin")).await;
+        assert_eq!(
+            r.headers()["content-length"],
+            big.len().to_string().as_str()
+        );
+        assert!(
+            r.bytes().await.unwrap() == big,
+            "a deflated member, byte for byte"
+        );
+        let r = get(format!("{prefix}z64.txt")).await;
+        assert_eq!(r.text().await.unwrap(), "zip64 member\n");
+        let r = get(format!("{prefix}nope.txt")).await;
+        assert_eq!(r.status(), 404);
+        // The log by lines, read through the inflater.
+        let lines = get(format!("/artifacts/{id}/lines/logs/build.log?start=2001"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(lines.contains("<pre>step 2001 of 3000</pre>"), "{lines}");
+        assert!(lines.contains("<tr id=\"L3000\">"), "{lines}");
+        // A damaged member: refused by its lines page (read to its end,
+        // where the CRC is checked), cut short as a view. The stored one
+        // has its length: its CRC-32 alone tells.
+        let r = get(format!("/artifacts/{damaged}/lines/report/style.css")).await;
+        assert_eq!(r.status(), 422);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("CRC-32"), "{text}");
+        let r = get(format!(
+            "/artifacts/{damaged}/lines/logs/build.log?start=9999"
+        ))
+        .await;
+        assert_eq!(r.status(), 422);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("zip member"), "{text}");
+        let dpage = get(format!("/artifacts/{damaged}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        let start = dpage.find("/view/").unwrap();
+        let dview = &dpage[start..start + dpage[start..].find('"').unwrap()];
+        let dprefix = &dview[..dview.rfind('/').unwrap() + 1];
+        for member in ["logs/build.log", "report/style.css"] {
+            // Cut short: before the answer's head, or in its body.
+            let whole = match b
+                .get(format!("{}{dprefix}{member}", s.url))
+                .header("cookie", &session)
+                .send()
+                .await
+            {
+                Ok(r) => r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            assert!(!whole, "damaged {member} was served whole");
+        }
+        // The API twin lists the members, directories too.
+        let file = s
+            .get(&format!("/artifacts/{id}"))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["files"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let listed: Value = s
+            .get(&format!("/files/{file}/members"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let names: Vec<&str> = listed["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "report/",
+                "report/index.html",
+                "report/style.css",
+                "logs/build.log",
+                "big.bin",
+                "z64.txt"
+            ]
+        );
+        assert_eq!(listed["members"][4]["size"], big.len());
+        assert_eq!(listed["members"][4]["method"], 8);
+        // Not a zip: the page says so and still shows the file.
+        let npage = get(format!("/artifacts/{nozip}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            npage.contains("Its files cannot be listed: not a zip file"),
+            "{npage}"
+        );
+        assert!(npage.contains(">nozip.zip</a>"), "{npage}");
+    });
+}

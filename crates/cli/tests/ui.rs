@@ -238,21 +238,8 @@ fn browser() -> reqwest::Client {
 }
 
 /// Logs in with `token`; the session cookie (`name=value`).
-async fn login(b: &reqwest::Client, s: &Server, token: &str) -> String {
-    let r = b
-        .post(format!("{}/login", s.url))
-        .form(&[("token", token), ("next", "/")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303, "login refused");
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
+async fn login(_b: &reqwest::Client, s: &Server, token: &str) -> String {
+    ui_login(s, token).await
 }
 
 /// Logs in with `token` and follows run 1 of `rep`'s permalink to
@@ -1048,6 +1035,24 @@ fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
         assert!(get("/packages", &theirs)
             .await
             .contains("href=\"/packages/rel\""));
+        // A version count would tell of versions it may not read: none.
+        let r = reqwest::Client::new()
+            .get(s.api("/packages"))
+            .bearer_auth(other["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let listed: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(listed["repositories"][0]["repository"], "rel");
+        assert!(
+            listed["repositories"][0].get("versions").is_none(),
+            "{listed}"
+        );
+        let listed: serde_json::Value = s.get("/packages").await.json().await.unwrap();
+        assert_eq!(
+            listed["repositories"][0]["versions"], 1,
+            "the admin sees the count"
+        );
         let versions = get("/packages/rel", &theirs).await;
         assert!(
             versions.contains("No versions here that this token may read."),
@@ -1077,5 +1082,92 @@ fn text_opens_by_lines_and_only_for_tokens_that_may_read_it() {
             .await
             .unwrap();
         assert_eq!(bad.status(), 400, "a bad glob is the client's");
+    });
+}
+
+/// The permalinks' API twins: wherever the API takes a run, a selector
+/// works too, and an artifact is reached by its name in the run, down to
+/// a file or an archive, resolved exactly as the UI's permalinks are.
+#[test]
+fn permalinks_have_api_twins_with_the_same_selectors() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    for (run, state, branch) in [
+        (1, "passed", "main"),
+        (2, "failed", "main"),
+        (3, "passed", "dev"),
+    ] {
+        let src = d.path().join(format!("src{run}"));
+        write(&src, "cov/index.html", format!("run {run}").as_bytes());
+        let job = s
+            .agent(&src, "web", run, "test")
+            .env("SATCHEL_BRANCH", branch);
+        job.ok(&["artifact", "publish", "cov", "--name", "coverage"]);
+        job.ok(&["run-state", state]);
+    }
+    let ids: Vec<String> = (1..=3)
+        .map(|r| s.artifact_id("web", r, "coverage"))
+        .collect();
+    rt().block_on(async {
+        let json = |path: &'static str| {
+            let r = s.get(path);
+            async move {
+                let r = r.await;
+                assert_eq!(r.status(), 200, "{}", r.url());
+                r.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+        assert_eq!(json("/pipelines/web/runs/latest").await["number"], 3);
+        assert_eq!(
+            json("/pipelines/web/runs/lastSuccessfulBuild").await["number"],
+            3
+        );
+        assert_eq!(
+            json("/pipelines/web/runs/lastSuccessfulBuild:main").await["number"],
+            1
+        );
+        assert_eq!(
+            json("/pipelines/web/runs/latestFromBranch:main").await["number"],
+            2
+        );
+        assert_eq!(json("/pipelines/web/runs/2").await["number"], 2);
+        let a = json("/pipelines/web/runs/lastSuccessfulBuild:main/artifacts/coverage").await;
+        assert_eq!(a["artifact"]["id"], ids[0]);
+        assert_eq!(a["files"][0]["path"], "index.html");
+        let listed = json("/pipelines/web/runs/latestFromBranch:main/artifacts").await;
+        assert_eq!(listed["artifacts"][0]["id"], ids[1]);
+        let found = json("/pipelines/web/runs/latest/search?query=*.html").await;
+        assert_eq!(found["files"][0]["artifact_id"], ids[2]);
+        let r = s
+            .get("/pipelines/web/runs/lastSuccessfulBuild:main/artifacts/coverage/files/index.html")
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "run 1");
+        let r = s
+            .get("/pipelines/web/runs/latest/artifacts/coverage/archive?format=zip")
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/zip");
+        let r = s.get("/pipelines/web/runs/latest/archive?format=tar").await;
+        assert_eq!(r.status(), 200);
+        // Clear refusals.
+        assert_eq!(s.get("/pipelines/web/runs/bogus").await.status(), 400);
+        assert_eq!(s.get("/pipelines/web/runs/triggering").await.status(), 400);
+        assert_eq!(
+            s.get("/pipelines/web/runs/latest/artifacts/nope")
+                .await
+                .status(),
+            404
+        );
+        let r = s
+            .get("/pipelines/web/runs/latest/artifacts/coverage/files/nope.txt")
+            .await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(
+            s.get("/pipelines/web/runs/lastSuccessfulBuild:nobranch")
+                .await
+                .status(),
+            404
+        );
     });
 }

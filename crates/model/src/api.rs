@@ -1002,9 +1002,12 @@ mod tests {
 pub struct RepositoryInfo {
     /// Repository key.
     pub repository: String,
-    /// Package versions in it (of every pipeline; a listing shows only
-    /// those of pipelines the caller may read).
-    pub versions: u64,
+    /// Package versions in it, of every pipeline: given to the bootstrap
+    /// admin and `admin` tokens only (a listing shows others just the
+    /// versions of pipelines they may read, and this count would tell
+    /// them of the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<u64>,
 }
 
 /// `GET /api/v1/packages`: the package repositories of the caller's
@@ -1013,4 +1016,26 @@ pub struct RepositoryInfo {
 pub struct RepositoryList {
     /// By key.
     pub repositories: Vec<RepositoryInfo>,
+}
+
+/// One member of a zip file, from its central directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ZipMember {
+    /// Its path in the zip (a directory's ends with `/`).
+    pub name: String,
+    /// Bytes once read.
+    pub size: u64,
+    /// Bytes as stored in the zip.
+    pub compressed: u64,
+    /// Compression method (0 stored, 8 deflated; others cannot be viewed).
+    pub method: u16,
+    /// Whether it is encrypted (it cannot be viewed).
+    pub encrypted: bool,
+}
+
+/// `GET /api/v1/files/{id}/members`: what a zip file holds.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ZipMembers {
+    /// In the order of its central directory.
+    pub members: Vec<ZipMember>,
 }

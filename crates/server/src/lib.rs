@@ -20,6 +20,7 @@ mod routes;
 #[cfg(test)]
 mod testing;
 pub mod ui;
+pub mod unzip;
 
 pub use routes::uploads::validate_manifest;
 
@@ -847,6 +848,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
         .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

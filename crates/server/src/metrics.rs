@@ -46,6 +46,8 @@ const BUCKETS: [f64; 12] = [
 
 /// How long storage figures are reused.
 pub const STORAGE_TTL: Duration = Duration::from_secs(60);
+/// How long a caller waits for the first figures before giving up (503).
+const STORAGE_WAIT: Duration = Duration::from_secs(20);
 
 /// Requests of one method and route.
 #[derive(Debug, Default)]
@@ -138,11 +140,11 @@ impl Metrics {
             .store(listed.saturating_sub(freed) + 1, Relaxed);
     }
 
-    /// Drops the cached storage figures (after a GC pass changed them):
-    /// the next caller waits for new ones.
+    /// Marks the storage figures out of date (a GC pass changed them): the
+    /// next caller starts new ones and, like everyone until they are
+    /// ready, is served the old.
     pub fn forget_storage(&self) {
         let mut slot = self.storage.lock().unwrap_or_else(|p| p.into_inner());
-        slot.figures = None;
         slot.at = None;
         slot.failed = None;
         slot.generation += 1;
@@ -181,7 +183,13 @@ impl Metrics {
                 // Registered before the lock is let go: no end is missed.
                 done.as_mut().enable();
             }
-            done.await;
+            if tokio::time::timeout(STORAGE_WAIT, done).await.is_err() {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the storage figures are still being computed; ask again shortly",
+                ));
+            }
         }
     }
 
@@ -326,11 +334,24 @@ impl Metrics {
 /// Computes the storage figures and keeps them (unless forgotten since
 /// `generation`), then wakes whoever waits.
 async fn compute_storage(s: AppState, generation: u64) {
+    /// Ends the computation however the task ends (done, cancelled,
+    /// panicked), so a later caller can start another, and wakes waiters.
+    struct Done(Arc<Metrics>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0
+                .storage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .computing = false;
+            self.0.storage_done.notify_waiters();
+        }
+    }
+    let _done = Done(s.metrics.clone());
     let result = s.db.storage_stats().await;
     let m = &s.metrics;
     {
         let mut slot = m.storage.lock().unwrap_or_else(|p| p.into_inner());
-        slot.computing = false;
         if slot.generation == generation {
             slot.at = Some(Instant::now());
             match result {
@@ -351,7 +372,6 @@ async fn compute_storage(s: AppState, generation: u64) {
             }
         }
     }
-    m.storage_done.notify_waiters();
 }
 
 /// A label value with `\`, `"` and newlines escaped.

@@ -19,6 +19,22 @@ use utoipa::openapi::{ContentBuilder, ResponseBuilder, Server};
 /// limits (413) and the store (502, 503) apply to each.
 pub(crate) struct Errors;
 
+/// Raw bytes in a body (a file, an archive, a framed stream): a binary
+/// string to OpenAPI, where `Vec<u8>` would read as a JSON array.
+pub(crate) struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
 /// The error answers, by status: each described once under
 /// `components.responses` and referred to by every operation.
 const ERRORS: [(&str, &str); 14] = [
@@ -62,14 +78,19 @@ impl utoipa::IntoResponses for Errors {
 /// The description of the API, from the routes' own annotations.
 pub fn spec() -> utoipa::openapi::OpenApi {
     let (_, mut api) = crate::routes::api(&crate::Limits::default()).split_for_parts();
-    api.info.title = "Satchel".into();
-    api.info.version = env!("CARGO_PKG_VERSION").into();
-    api.info.description = Some(
-        "Satchel's REST API: runs, artifacts, files, uploads, packages and administration. \
-         Every operation takes `Authorization: Bearer TOKEN`; errors are \
-         `{\"error\": {\"code\", \"message\"}}`. See docs/api.md."
-            .into(),
-    );
+    // Our own info whole: the router's default carries its crate's.
+    api.info = utoipa::openapi::InfoBuilder::new()
+        .title("Satchel")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Satchel's REST API: runs, artifacts, files, uploads, packages and administration. \
+             Every operation takes `Authorization: Bearer TOKEN`; errors are \
+             `{\"error\": {\"code\", \"message\"}}`. See docs/api.md.",
+        ))
+        .license(Some(utoipa::openapi::License::new(env!(
+            "CARGO_PKG_LICENSE"
+        ))))
+        .build();
     api.servers = Some(vec![Server::new("/api/v1")]);
     let components = api.components.get_or_insert_with(Default::default);
     // The error body every operation answers with (see [`Errors`]).

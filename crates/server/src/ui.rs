@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
-use satchel_db::{ArtifactFilter, PageRequest};
+use satchel_db::PageRequest;
 use satchel_model::api::{Artifact, FileInfo, Run};
 use satchel_model::path::url_segment;
 use satchel_model::selector::RunSelector;
@@ -200,10 +200,10 @@ table.lines pre{margin:0;white-space:pre-wrap;word-break:break-all}table.lines t
 pre.diff{overflow-x:auto;font-size:.85em}pre.diff .add{background:#dafbe1}pre.diff .del{background:#ffebe9}pre.diff .hunk{color:#0969da}\
 @media (max-width:40rem){td.hide,th.hide{display:none}}";
 
-/// The UI's only script: copy buttons (hidden until it runs, so the page
-/// works without it).
+/// The UI's only script: copy buttons (hidden until it runs, and where
+/// the browser offers no clipboard, as on plain HTTP off localhost).
 const SCRIPT: &str = "\
-document.querySelectorAll('button[data-copy]').forEach(function(b){\
+if(navigator.clipboard)document.querySelectorAll('button[data-copy]').forEach(function(b){\
 b.hidden=false;b.addEventListener('click',function(){\
 var t=document.getElementById(b.dataset.copy).textContent;\
 navigator.clipboard.writeText(t).then(function(){b.textContent='Copied';},function(){b.textContent='Copy failed';});});});";
@@ -607,27 +607,15 @@ async fn runs(
 }
 
 /// The run a path segment names: a number or a run selector.
-async fn pick_run(s: &AppState, pipeline: &str, run: &str) -> Result<Run, UiError> {
-    let sel: RunSelector = run
-        .parse()
-        .map_err(|e: satchel_model::selector::SelectorError| {
-            ApiError::bad_request(e.to_string())
-        })?;
-    if sel == RunSelector::Triggering {
-        return Err(ApiError::bad_request("`triggering` names a run only inside a run").into());
-    }
-    Ok(s.db.select_run(pipeline, &sel, None).await?)
-}
-
 async fn run_page(
     State(s): State<AppState>,
     caller: Caller,
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Page {
     caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
+    let run = crate::routes::pick_run(&s, &pipeline, &run).await?;
     let jobs = s.db.list_jobs(&run.id).await?;
-    let artifacts = run_artifacts(&s, &run, true).await?;
+    let artifacts = crate::routes::run_artifacts(&s, &run, true).await?;
     let base = format!("/p/{}", url_segment(&pipeline));
     let title = format!("{pipeline} #{}", run.number);
     Ok(layout(
@@ -921,17 +909,32 @@ fn view_url(s: &AppState, caller: &Caller, id: &str, path: &str) -> String {
     format!("/view/{id}/{holder}/{expires}/{sig}/{}", path.join("/"))
 }
 
+#[derive(Deserialize)]
+struct MembersAt {
+    /// The first member of a protocol zip listed.
+    #[serde(default)]
+    members: usize,
+}
+
 async fn artifact_page(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(c): Query<Cursor>,
+    Query(m): Query<MembersAt>,
 ) -> Page {
     crate::routes::check_id("artifact", &id)?;
     let a = s.db.get_artifact(&id).await?;
     caller.note(format!("artifact={id}"));
     caller.read(&s, &a.producer.pipeline).await?;
     let files = s.db.artifact_files_page(&id, &c.page()).await?;
+    // An artifact that arrived as one zip lists what is in it too; a zip
+    // that cannot be read says why, and the page still shows the rest.
+    let zip = protocol_zip(&s, &a).await?;
+    let members = match &zip {
+        Some(z) => Some(zip_members(&s, z).await),
+        None => None,
+    };
     let run_href = format!(
         "/p/{}/runs/{}",
         url_segment(&a.producer.pipeline),
@@ -972,6 +975,40 @@ async fn artifact_page(
                     }
                 }
                 (pager(files.next.as_deref(), &format!("/artifacts/{id}")))
+                @if let (Some(z), Some(listed)) = (&zip, &members) {
+                    h2 { "In " code { (z.path) } }
+                    p { "This artifact arrived as one zip through the GitHub Actions protocol; its files open in place, read from the zip." }
+                    @match listed {
+                        Ok(all) => {
+                            @let shown: Vec<&crate::unzip::Member> = all.iter().skip(m.members).take(PAGE).collect();
+                            table {
+                                thead { tr { th { "Path" } th.num { "Size" } th.num.hide { "In the zip" } th.hide { "Type" } } }
+                                tbody {
+                                    @for member in &shown {
+                                        @let ct = satchel_model::mime::content_type_for(&member.name);
+                                        tr {
+                                            td.mono {
+                                                @if is_text(ct) {
+                                                    a href=(lines_url(&a.id, &member.name)) { (member.name) }
+                                                    " " a.raw href=(view_url(&s, &caller, &a.id, &member.name)) aria-label={ "raw " (member.name) } { "raw" }
+                                                } @else {
+                                                    a href=(view_url(&s, &caller, &a.id, &member.name)) { (member.name) }
+                                                }
+                                            }
+                                            td.num { (satchel_model::units::human_bytes(member.size)) }
+                                            td.num.hide { (satchel_model::units::human_bytes(member.compressed)) }
+                                            td.hide { (ct) }
+                                        }
+                                    }
+                                }
+                            }
+                            @if m.members + PAGE < all.len() {
+                                p { a rel="next" href={ "/artifacts/" (a.id) "?members=" (m.members + PAGE) } { "Next files of the zip →" } }
+                            }
+                        }
+                        Err(e) => { p { "Its files cannot be listed: " (e.0.message) } }
+                    }
+                }
             }
         },
     ))
@@ -1004,93 +1041,14 @@ fn file_row(s: &AppState, caller: &Caller, f: &FileInfo) -> Markup {
     }
 }
 
-/// Most artifacts one run page lists.
-const RUN_ARTIFACTS: usize = 10_000;
-
-/// A run's artifacts (up to [`RUN_ARTIFACTS`]), with those of superseded
-/// attempts if `include_retried`.
-async fn run_artifacts(
-    s: &AppState,
-    run: &Run,
-    include_retried: bool,
-) -> Result<Vec<Artifact>, UiError> {
-    let filter = ArtifactFilter {
-        job: None,
-        include_retried,
-    };
-    let mut page = PageRequest {
-        limit: 1000,
-        ..PageRequest::default()
-    };
-    let mut all = Vec::new();
-    loop {
-        let p = s.db.artifacts_page(&run.id, &filter, &page).await?;
-        all.extend(p.items);
-        match p.next {
-            Some(c) if all.len() < RUN_ARTIFACTS => page.cursor = Some(c),
-            _ => return Ok(all),
-        }
-    }
-}
-
-/// The artifact named `name` in a run: a finished one of the newest
-/// attempt that has one.
-async fn artifact_named(s: &AppState, run: &Run, name: &str) -> Result<Artifact, UiError> {
-    // A name is held again after its artifact expired or failed, so a run
-    // may list several of one name (oldest first): the newest finished one
-    // is the permalink's, else the newest, whose page says what became of it.
-    let found: Vec<Artifact> = run_artifacts(s, run, false)
-        .await?
-        .into_iter()
-        .filter(|a| a.name == name)
-        .collect();
-    // Every job may have a default artifact: several finished ones of
-    // different jobs are ambiguous, as the API's download says.
-    let mut jobs: Vec<&str> = found
-        .iter()
-        .filter(|a| a.is_default && a.state == satchel_model::api::ArtifactState::Finished)
-        .map(|a| a.producer.job.as_str())
-        .collect();
-    jobs.sort_unstable();
-    jobs.dedup();
-    if jobs.len() > 1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "ambiguous",
-            format!(
-                "{} #{} has default artifacts of {} jobs ({}); open one from the run's page",
-                run.pipeline,
-                run.number,
-                jobs.len(),
-                jobs.join(", ")
-            ),
-        )
-        .into());
-    }
-    let finished = found
-        .iter()
-        .rposition(|a| a.state == satchel_model::api::ArtifactState::Finished);
-    if let Some(a) = finished
-        .or(found.len().checked_sub(1))
-        .map(|i| found[i].clone())
-    {
-        return Ok(a);
-    }
-    Err(ApiError::not_found(format!(
-        "{} #{} has no artifact {name:?}",
-        run.pipeline, run.number
-    ))
-    .into())
-}
-
 async fn artifact_by_name(
     State(s): State<AppState>,
     caller: Caller,
     Path((pipeline, run, name)): Path<(String, String, String)>,
 ) -> Result<Response, UiError> {
     caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
-    let a = artifact_named(&s, &run, &name).await?;
+    let run = crate::routes::pick_run(&s, &pipeline, &run).await?;
+    let a = crate::routes::artifact_named(&s, &run, &name).await?;
     Ok(Redirect::to(&format!("/artifacts/{}", a.id)).into_response())
 }
 
@@ -1102,8 +1060,8 @@ async fn artifact_by_name_rest(
     Path((pipeline, run, name, rest)): Path<(String, String, String, String)>,
 ) -> Result<Response, UiError> {
     caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
-    let a = artifact_named(&s, &run, &name).await?;
+    let run = crate::routes::pick_run(&s, &pipeline, &run).await?;
+    let a = crate::routes::artifact_named(&s, &run, &name).await?;
     let to = match rest.as_str() {
         "zip" => format!("/artifacts/{}/archive?format=zip", a.id),
         "tar" => format!("/artifacts/{}/archive", a.id),
@@ -1163,8 +1121,9 @@ async fn search_page(
     Query(p): Query<crate::routes::SearchParams>,
     Query(c): Query<Cursor>,
 ) -> Page {
+    let p = p.without_blanks();
     caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
+    let run = crate::routes::pick_run(&s, &pipeline, &run).await?;
     let (glob, scope) = p.glob_and_scope()?;
     let found = s.db.search_files(&run.id, &glob, &scope, &c.page()).await?;
     let base = format!("/p/{}", url_segment(&pipeline));
@@ -1233,7 +1192,7 @@ async fn repositories_page(State(s): State<AppState>, caller: Caller) -> Page {
                         @for r in &list.repositories {
                             tr {
                                 td { a href={ "/packages/" (url_segment(&r.repository)) } { (r.repository) } }
-                                td.num { (r.versions) }
+                                td.num { @if let Some(n) = r.versions { (n) } @else { "—" } }
                             }
                         }
                     }
@@ -1357,10 +1316,12 @@ struct TextPage {
 /// `start` (1-based), streamed from the store: lines before `start` are
 /// counted, never kept, so memory stays within one page whatever the
 /// file's size.
-async fn text_page(s: &AppState, f: &FileInfo, start: u64) -> Result<TextPage, UiError> {
+async fn text_page(
+    mut stream: satchel_store::ByteStream,
+    path: &str,
+    start: u64,
+) -> Result<TextPage, UiError> {
     use futures_util::StreamExt;
-    let digest = satchel_store::Digest::from_hex(&f.sha256).map_err(ApiError::from)?;
-    let mut stream = s.store.get(&digest, None).await.map_err(ApiError::from)?;
     let mut page = TextPage {
         lines: Vec::new(),
         more: false,
@@ -1376,7 +1337,14 @@ async fn text_page(s: &AppState, f: &FileInfo, start: u64) -> Result<TextPage, U
     let full =
         |page: &TextPage, used: usize| page.lines.len() as u64 >= TEXT_LINES || used >= TEXT_BYTES;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::internal(format!("reading {}: {e}", f.path)))?;
+        let chunk = chunk.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                // A damaged member of an uploaded zip: the upload's fault.
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_zip", e.to_string())
+            } else {
+                ApiError::internal(format!("reading {path}: {e}"))
+            }
+        })?;
         let mut rest: &[u8] = &chunk;
         while !rest.is_empty() {
             if full(&page, used) {
@@ -1454,7 +1422,7 @@ async fn lines_page(
     caller.note(format!("artifact={id}"));
     caller.read(&s, &a.producer.pipeline).await?;
     caller.note(format!("path={path}"));
-    let f = file_of(&s, &a, &path).await?;
+    let f = content_of(&s, &a, &path).await?;
     let start = q.start.unwrap_or(1).max(1);
     // Reaching line `start` reads the file up to it: a few at a time, so
     // readers paging through huge logs cannot take every worker.
@@ -1462,8 +1430,8 @@ async fn lines_page(
         .acquire()
         .await
         .map_err(|e| ApiError::internal(format!("line views: {e}")))?;
-    let page = text_page(&s, &f, start).await?;
-    let here = lines_url(&id, &f.path);
+    let page = text_page(f.stream(&s).await?, f.path(), start).await?;
+    let here = lines_url(&id, f.path());
     let shown = page.lines.len() as u64;
     let run_href = format!(
         "/p/{}/runs/{}",
@@ -1471,18 +1439,18 @@ async fn lines_page(
         a.producer.run
     );
     Ok(layout(
-        &f.path,
+        f.path(),
         html! {
             (crumbs(&[
                 (a.producer.pipeline.clone(), Some(format!("/p/{}", url_segment(&a.producer.pipeline)))),
                 (format!("#{}", a.producer.run), Some(run_href)),
                 (a.name.clone(), Some(format!("/artifacts/{id}"))),
-                (f.path.clone(), None),
+                (f.path().to_string(), None),
             ]))
-            h1 { code { (f.path) } }
+            h1 { code { (f.path()) } }
             p {
-                (satchel_model::units::human_bytes(f.size)) ", " (f.content_type) " · "
-                a href=(view_url(&s, &caller, &id, &f.path)) { "raw" }
+                (satchel_model::units::human_bytes(f.size())) ", " (f.content_type()) " · "
+                a href=(view_url(&s, &caller, &id, f.path())) { "raw" }
             }
             @if shown == 0 {
                 p { "The file has " (page.skipped) " lines; there is no line " (start) ". "
@@ -1524,37 +1492,104 @@ async fn lines_page(
 /// name index (a report's every stylesheet and image is one such lookup),
 /// not by reading the artifact's whole file list.
 async fn file_of(s: &AppState, a: &Artifact, path: &str) -> Result<FileInfo, UiError> {
-    if a.state != satchel_model::api::ArtifactState::Finished {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_finished",
-            format!("artifact {:?} is {}", a.name, a.state.as_str()),
-        )
-        .into());
+    Ok(crate::routes::file_in(s, a, path).await?)
+}
+
+/// What a path of an artifact names: one of its files, or, for an artifact
+/// that arrived as one zip through the GitHub Actions protocol, a member
+/// of that zip, read in place ([`crate::unzip`]).
+enum Content {
+    File(FileInfo),
+    Member {
+        zip: FileInfo,
+        member: crate::unzip::Member,
+    },
+}
+
+impl Content {
+    fn path(&self) -> &str {
+        match self {
+            Content::File(f) => &f.path,
+            Content::Member { member, .. } => &member.name,
+        }
     }
-    let run = s.db.find_run(&a.producer.pipeline, a.producer.run).await?;
-    let glob = satchel_model::glob::Glob::new(&satchel_model::glob::escape(path))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let scope = satchel_model::query::Scope {
-        name: Some(a.name.clone()),
-        include_retried: true,
-        ..Default::default()
-    };
-    let mut page = PageRequest {
-        limit: 1000,
+
+    fn size(&self) -> u64 {
+        match self {
+            Content::File(f) => f.size,
+            Content::Member { member, .. } => member.size,
+        }
+    }
+
+    fn content_type(&self) -> String {
+        match self {
+            Content::File(f) => f.content_type.clone(),
+            Content::Member { member, .. } => {
+                satchel_model::mime::content_type_for(&member.name).to_string()
+            }
+        }
+    }
+
+    /// Its bytes, streamed.
+    async fn stream(&self, s: &AppState) -> Result<satchel_store::ByteStream, ApiError> {
+        match self {
+            Content::File(f) => {
+                let digest = satchel_store::Digest::from_hex(&f.sha256)?;
+                Ok(s.store.get(&digest, None).await?)
+            }
+            Content::Member { zip, member } => {
+                let digest = satchel_store::Digest::from_hex(&zip.sha256)?;
+                crate::unzip::open(s.store.clone(), &digest, zip.size, member).await
+            }
+        }
+    }
+}
+
+/// The zip an artifact arrived as through the GitHub Actions protocol (its
+/// one file, `glob` `gha-zip`), if it did.
+async fn protocol_zip(s: &AppState, a: &Artifact) -> Result<Option<FileInfo>, UiError> {
+    if a.file_count != 1 || a.state != satchel_model::api::ArtifactState::Finished {
+        return Ok(None);
+    }
+    let page = PageRequest {
+        limit: 1,
         ..PageRequest::default()
     };
-    loop {
-        let found = s.db.search_files(&run.id, &glob, &scope, &page).await?;
-        if let Some(f) = found.items.into_iter().find(|f| f.artifact_id == a.id) {
-            return Ok(f);
+    let files = s.db.artifact_files_page(&a.id, &page).await?;
+    Ok(files
+        .items
+        .into_iter()
+        .find(|f| f.glob.as_deref() == Some("gha-zip")))
+}
+
+/// The members of a protocol zip, directories left out.
+async fn zip_members(s: &AppState, zip: &FileInfo) -> Result<Vec<crate::unzip::Member>, UiError> {
+    let digest = satchel_store::Digest::from_hex(&zip.sha256).map_err(ApiError::from)?;
+    let mut members = crate::unzip::members(&*s.store, &digest, zip.size).await?;
+    members.retain(|m| !m.is_dir());
+    Ok(members)
+}
+
+/// The file at `path` in artifact `a`, or the member at `path` of the zip
+/// the artifact arrived as.
+async fn content_of(s: &AppState, a: &Artifact, path: &str) -> Result<Content, UiError> {
+    match file_of(s, a, path).await {
+        Ok(f) => Ok(Content::File(f)),
+        Err(e) if e.0.status == StatusCode::NOT_FOUND => {
+            let Some(zip) = protocol_zip(s, a).await? else {
+                return Err(e);
+            };
+            match zip_members(s, &zip)
+                .await?
+                .into_iter()
+                .find(|m| m.name == path)
+            {
+                Some(member) => Ok(Content::Member { zip, member }),
+                None => Err(e),
+            }
         }
-        match found.next {
-            Some(c) => page.cursor = Some(c),
-            None => break,
-        }
+        Err(e) => Err(e),
     }
-    Err(ApiError::not_found(format!("artifact {:?} has no file {path:?}", a.name)).into())
 }
 
 /// What a viewed file is served with: its own origin-less sandbox.
@@ -1632,8 +1667,24 @@ async fn view(
         path
     };
     note.resource(format!("path={path}"));
-    let f = file_of(&s, &a, &path).await?;
-    let mut r = crate::routes::stream_blob_inline(&s, &f).await?;
+    let mut r = match content_of(&s, &a, &path).await? {
+        Content::File(f) => crate::routes::stream_blob_inline(&s, &f).await?,
+        member => {
+            let mut r = Response::new(axum::body::Body::from_stream(member.stream(&s).await?));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(member.size()));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&member.content_type())
+                    .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+            );
+            h.insert(
+                header::CONTENT_DISPOSITION,
+                crate::routes::disposition("inline", member.path()),
+            );
+            r
+        }
+    };
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -270,6 +270,27 @@ pub fn write(dir: &Path, rel: &str, data: &[u8]) {
     std::fs::write(p, data).unwrap();
 }
 
+/// Logs in to the web UI with `token`: the session cookie (`name=value`).
+pub async fn ui_login(s: &Server, token: &str) -> String {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/login", s.url))
+        .form(&[("token", token), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "login refused");
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// The value of series `name` (with its labels, if any) in Prometheus
 /// text.
 pub fn metric_in(text: &str, name: &str) -> u64 {

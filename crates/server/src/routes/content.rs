@@ -37,7 +37,7 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>,
 
 /// `Content-Disposition` naming `path`'s file: `kind` is `attachment`
 /// (save it) or `inline` (show it).
-fn disposition(kind: &'static str, path: &str) -> HeaderValue {
+pub(crate) fn disposition(kind: &'static str, path: &str) -> HeaderValue {
     let name = satchel_model::path::split(path).1;
     let ascii: String = name
         .chars()
@@ -59,7 +59,7 @@ fn disposition(kind: &'static str, path: &str) -> HeaderValue {
     tag = "files",
     summary = "One file's bytes (a `Range` header is honoured)",
     params(("id" = String, Path, description = "File id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
-    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::Errors)
+    responses((status = 200, description = "The file's bytes", content_type = "*/*", body = inline(crate::openapi::Binary)), (status = 206, description = "The range asked for", content_type = "*/*", body = inline(crate::openapi::Binary)), crate::openapi::Errors)
 )]
 pub(super) async fn file_content(
     State(s): State<AppState>,
@@ -162,7 +162,7 @@ pub(crate) async fn stream_blob_inline(s: &AppState, f: &FileInfo) -> Result<Res
     tag = "files",
     summary = "Many files' bytes in one framed stream",
     request_body = satchel_model::api::FetchFiles,
-    responses((status = 200, description = "The files, framed (see docs/api.md)", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::Errors)
+    responses((status = 200, description = "The files, framed (see docs/api.md)", content_type = "application/octet-stream", body = inline(crate::openapi::Binary)), crate::openapi::Errors)
 )]
 pub(super) async fn files_content(
     State(s): State<AppState>,

@@ -5,8 +5,10 @@ mod admin;
 pub(crate) mod archive;
 mod content;
 pub(crate) use admin::storage_report;
-pub(crate) use content::stream_blob_inline;
+pub(crate) use content::{disposition, stream_blob_inline};
 pub(crate) mod diff;
+mod permalink;
+pub(crate) use permalink::{artifact_named, file_in, pick_run, run_artifacts};
 mod pipelines;
 pub(crate) use pipelines::{
     artifact_archive, readable_packages, repositories, run_archive, PackageFilter,
@@ -37,13 +39,28 @@ use crate::AppState;
 /// [`crate::openapi`] are one), with the body limits of its route.
 pub(crate) fn api(limits: &crate::Limits) -> OpenApiRouter<AppState> {
     let manifest = limits.manifest_bytes;
-    let wildcard_file = {
-        // axum's `{*path}` is OpenAPI's `{path}`: registered by hand, its
-        // description from the same annotation.
+    let wildcard_files = {
+        // axum's `{*path}` is OpenAPI's `{path}`: registered by hand, their
+        // descriptions from the same annotations.
         use utoipa::Path as _;
-        type Op = pipelines::__path_package_file;
+        type Package = pipelines::__path_package_file;
+        type Named = permalink::__path_artifact_by_name_file;
+        // `routes!` adds an operation's tag; by hand, so does this.
+        let tagged = |mut op: utoipa::openapi::path::Operation, tag: &str| {
+            op.tags = Some(vec![tag.to_string()]);
+            op
+        };
         let mut paths = utoipa::openapi::path::Paths::new();
-        paths.add_path_operation(Op::path(), Op::methods(), Op::operation());
+        paths.add_path_operation(
+            Package::path(),
+            Package::methods(),
+            tagged(Package::operation(), "packages"),
+        );
+        paths.add_path_operation(
+            Named::path(),
+            Named::methods(),
+            tagged(Named::operation(), "artifacts"),
+        );
         paths
     };
     let mut router = OpenApiRouter::new()
@@ -81,9 +98,16 @@ pub(crate) fn api(limits: &crate::Limits) -> OpenApiRouter<AppState> {
             get(pipelines::package_file),
         )
         .routes(routes!(list_artifacts))
+        .routes(routes!(permalink::artifact_by_name))
+        .routes(routes!(permalink::artifact_by_name_archive))
+        .route(
+            "/pipelines/{pipeline}/runs/{run}/artifacts/{name}/files/{*path}",
+            get(permalink::artifact_by_name_file),
+        )
         .routes(routes!(search))
         .routes(routes!(get_artifact, delete_artifact))
         .routes(routes!(get_file))
+        .routes(routes!(zip_members))
         .routes(routes!(content::file_content))
         .routes(routes!(content::files_content))
         .routes(routes!(uploads::create).layer(DefaultBodyLimit::max(manifest)))
@@ -101,7 +125,7 @@ pub(crate) fn api(limits: &crate::Limits) -> OpenApiRouter<AppState> {
         .get_openapi_mut()
         .paths
         .paths
-        .extend(wildcard_file.paths);
+        .extend(wildcard_files.paths);
     router
 }
 
@@ -172,16 +196,16 @@ async fn list_runs(
     path = "/pipelines/{pipeline}/runs/{run}",
     tag = "runs",
     summary = "Get one run",
-    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number")),
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = String, Path, description = "Run number or selector: `latest`, `lastSuccessfulBuild[:BRANCH]`, `latestFromBranch:BRANCH`")),
     responses((status = 200, description = "The run", body = Run), crate::openapi::Errors)
 )]
 async fn get_run(
     State(s): State<AppState>,
     caller: Caller,
-    Path((pipeline, run)): Path<(String, u64)>,
+    Path((pipeline, run)): Path<(String, String)>,
 ) -> Result<axum::Json<Run>, ApiError> {
     caller.read(&s, &pipeline).await?;
-    Ok(axum::Json(s.db.find_run(&pipeline, run).await?))
+    Ok(axum::Json(pick_run(&s, &pipeline, &run).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -246,19 +270,19 @@ struct ArtifactParams {
     path = "/pipelines/{pipeline}/runs/{run}/artifacts",
     tag = "artifacts",
     summary = "List a run's artifacts",
-    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number"), ArtifactParams, PageParams),
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = String, Path, description = "Run number or selector: `latest`, `lastSuccessfulBuild[:BRANCH]`, `latestFromBranch:BRANCH`"), ArtifactParams, PageParams),
     responses((status = 200, description = "A page of artifacts", body = ArtifactList), crate::openapi::Errors)
 )]
 async fn list_artifacts(
     State(s): State<AppState>,
     caller: Caller,
-    Path((pipeline, run)): Path<(String, u64)>,
+    Path((pipeline, run)): Path<(String, String)>,
     Query(f): Query<ArtifactParams>,
     Query(page): Query<PageParams>,
 ) -> Result<axum::Json<ArtifactList>, ApiError> {
     caller.read(&s, &pipeline).await?;
     let page = page.request()?;
-    let run = s.db.find_run(&pipeline, run).await?;
+    let run = pick_run(&s, &pipeline, &run).await?;
     let filter = ArtifactFilter {
         job: f.job,
         include_retried: f.include_retried_jobs,
@@ -289,17 +313,29 @@ impl SearchParams {
     /// The glob (`**` when none or blank) and the scope; blank fields (as
     /// a form sends them) are no filter.
     pub(crate) fn glob_and_scope(&self) -> Result<(Glob, Scope), ApiError> {
-        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
-        let query = given(&self.query).unwrap_or_else(|| "**".into());
         Ok((
-            Glob::new(&query)?,
+            Glob::new(self.query.as_deref().unwrap_or("**"))?,
             Scope {
-                job: given(&self.job),
-                step: given(&self.step),
-                name: given(&self.name),
+                job: self.job.clone(),
+                step: self.step.clone(),
+                name: self.name.clone(),
                 include_retried: self.include_retried_jobs,
             },
         ))
+    }
+
+    /// Blank fields (as a form sends them) dropped: no filter. Only the
+    /// UI's form means that; to the API a blank glob is an error and a
+    /// blank job matches nothing, as a script's empty variable should.
+    pub(crate) fn without_blanks(self) -> SearchParams {
+        let given = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        SearchParams {
+            query: given(self.query),
+            job: given(self.job),
+            step: given(self.step),
+            name: given(self.name),
+            ..self
+        }
     }
 }
 
@@ -310,13 +346,13 @@ impl SearchParams {
     path = "/pipelines/{pipeline}/runs/{run}/search",
     tag = "files",
     summary = "Find files in a run by glob and scope",
-    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number"), SearchParams, PageParams),
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = String, Path, description = "Run number or selector: `latest`, `lastSuccessfulBuild[:BRANCH]`, `latestFromBranch:BRANCH`"), SearchParams, PageParams),
     responses((status = 200, description = "A page of matching files", body = FileList), crate::openapi::Errors)
 )]
 async fn search(
     State(s): State<AppState>,
     caller: Caller,
-    Path((pipeline, run)): Path<(String, u64)>,
+    Path((pipeline, run)): Path<(String, String)>,
     Query(p): Query<SearchParams>,
     Query(page): Query<PageParams>,
 ) -> Result<axum::Json<FileList>, ApiError> {
@@ -332,7 +368,7 @@ async fn search(
             )))
         }
     };
-    let run = s.db.find_run(&pipeline, run).await?;
+    let run = pick_run(&s, &pipeline, &run).await?;
     let found = s.db.search_files(&run.id, &glob, &scope, &page).await?;
     let files = if download {
         query::select_for_download(&glob, &scope, found.items)?
@@ -396,6 +432,39 @@ async fn delete_artifact(
         )
         .await?;
     Ok(axum::Json(s.db.delete_artifact(&id).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/files/{id}/members",
+    tag = "files",
+    summary = "What a zip file holds, read from its central directory (nothing is extracted)",
+    params(("id" = String, Path, description = "File id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "Its members", body = satchel_model::api::ZipMembers), crate::openapi::Errors)
+)]
+async fn zip_members(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<satchel_model::api::ZipMembers>, ApiError> {
+    check_id("file", &id)?;
+    let f = s.db.get_files(std::slice::from_ref(&id)).await?.remove(0);
+    caller.note(format!("artifact={} file={id}", f.artifact_id));
+    caller.read(&s, &f.producer.pipeline).await?;
+    let digest = satchel_store::Digest::from_hex(&f.sha256)?;
+    let members = crate::unzip::members(&*s.store, &digest, f.size).await?;
+    Ok(axum::Json(satchel_model::api::ZipMembers {
+        members: members
+            .into_iter()
+            .map(|m| satchel_model::api::ZipMember {
+                name: m.name,
+                size: m.size,
+                compressed: m.compressed,
+                method: m.method,
+                encrypted: m.encrypted,
+            })
+            .collect(),
+    }))
 }
 
 #[utoipa::path(

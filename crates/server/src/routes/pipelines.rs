@@ -308,17 +308,17 @@ fn mtime_secs(rfc3339_ms: i64) -> u64 {
     path = "/pipelines/{pipeline}/runs/{run}/archive",
     tag = "artifacts",
     summary = "Every current artifact of a run as one archive, streamed",
-    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = u64, Path, description = "Run number"), crate::routes::archive::ArchiveParams),
-    responses((status = 200, description = "The archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/zip"), (Vec<u8> = "application/zstd"))), crate::openapi::Errors)
+    params(("pipeline" = String, Path, description = "Pipeline key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("run" = String, Path, description = "Run number or selector: `latest`, `lastSuccessfulBuild[:BRANCH]`, `latestFromBranch:BRANCH`"), crate::routes::archive::ArchiveParams),
+    responses((status = 200, description = "The archive", content((inline(crate::openapi::Binary) = "application/x-tar"), (inline(crate::openapi::Binary) = "application/zip"), (inline(crate::openapi::Binary) = "application/zstd"))), crate::openapi::Errors)
 )]
 pub(crate) async fn run_archive(
     State(s): State<AppState>,
     caller: Caller,
-    Path((pipeline, run)): Path<(String, u64)>,
+    Path((pipeline, run)): Path<(String, String)>,
     Query(params): Query<ArchiveParams>,
 ) -> Result<Response, ApiError> {
     caller.read(&s, &pipeline).await?;
-    let run = s.db.find_run(&pipeline, run).await?;
+    let run = super::pick_run(&s, &pipeline, &run).await?;
     let files = super::diff::whole_run_files(&s, &pipeline, &run).await?;
     let keyed = satchel_model::diff::keyed_files(&files);
     let folders = satchel_model::diff::archive_folders(keyed.iter().map(|(k, _)| k.as_str()));
@@ -352,7 +352,7 @@ pub(crate) async fn run_archive(
     tag = "artifacts",
     summary = "An artifact (or a directory of it) as one archive, streamed",
     params(("id" = String, Path, description = "Artifact id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), crate::routes::archive::ArchiveParams),
-    responses((status = 200, description = "The archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/zip"), (Vec<u8> = "application/zstd"))), crate::openapi::Errors)
+    responses((status = 200, description = "The archive", content((inline(crate::openapi::Binary) = "application/x-tar"), (inline(crate::openapi::Binary) = "application/zip"), (inline(crate::openapi::Binary) = "application/zstd"))), crate::openapi::Errors)
 )]
 pub(crate) async fn artifact_archive(
     State(s): State<AppState>,
@@ -362,8 +362,20 @@ pub(crate) async fn artifact_archive(
 ) -> Result<Response, ApiError> {
     check_id("artifact", &id)?;
     let artifact = s.db.get_artifact(&id).await?;
-    caller.note(format!("artifact={id}"));
     caller.read(&s, &artifact.producer.pipeline).await?;
+    archive_of(&s, &caller, artifact, &params).await
+}
+
+/// Finished files artifact `artifact` (which the caller may read) as the
+/// archive `params` asks for.
+pub(super) async fn archive_of(
+    s: &AppState,
+    caller: &Caller,
+    artifact: Artifact,
+    params: &ArchiveParams,
+) -> Result<Response, ApiError> {
+    let id = artifact.id.clone();
+    caller.note(format!("artifact={id}"));
     if artifact.kind != "files" {
         return Err(ApiError::bad_request(format!(
             "artifact {:?} is an {} artifact without files; its value is {}",
@@ -394,7 +406,7 @@ pub(crate) async fn artifact_archive(
             sha256: f.sha256,
         })
         .collect();
-    archive_response(s.store.clone(), &params, members, &artifact.name)
+    archive_response(s.store.clone(), params, members, &artifact.name)
 }
 
 #[utoipa::path(
@@ -465,6 +477,9 @@ pub(crate) async fn repositories(
         }
         None => None,
     };
+    let counted = caller
+        .token()
+        .is_none_or(|t| t.scopes.contains(&satchel_model::access::Scope::Admin));
     let repositories =
         s.db.package_repositories(org)
             .await?
@@ -472,7 +487,7 @@ pub(crate) async fn repositories(
             .map(
                 |(repository, versions)| satchel_model::api::RepositoryInfo {
                     repository,
-                    versions,
+                    versions: counted.then_some(versions),
                 },
             )
             .collect();
@@ -638,7 +653,7 @@ pub(super) async fn get_package(
     tag = "packages",
     summary = "A package version as one archive, streamed",
     params(("repo" = String, Path, description = "Package repository key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("name" = String, Path, description = "Package key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("version" = String, Path, description = "Version, `latest`, or a semver range such as `^1.4`"), crate::routes::archive::ArchiveParams),
-    responses((status = 200, description = "The archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/zip"), (Vec<u8> = "application/zstd"))), crate::openapi::Errors)
+    responses((status = 200, description = "The archive", content((inline(crate::openapi::Binary) = "application/x-tar"), (inline(crate::openapi::Binary) = "application/zip"), (inline(crate::openapi::Binary) = "application/zstd"))), crate::openapi::Errors)
 )]
 pub(super) async fn package_archive(
     State(s): State<AppState>,
@@ -673,7 +688,7 @@ pub(super) async fn package_archive(
     tag = "packages",
     summary = "One file of a package version",
     params(("repo" = String, Path, description = "Package repository key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("name" = String, Path, description = "Package key", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), ("version" = String, Path, description = "Version, `latest`, or a semver range such as `^1.4`"), ("path" = String, Path, description = "The file's path in the package")),
-    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::Errors)
+    responses((status = 200, description = "The file's bytes", content_type = "*/*", body = inline(crate::openapi::Binary)), crate::openapi::Errors)
 )]
 pub(super) async fn package_file(
     State(s): State<AppState>,

@@ -297,7 +297,7 @@ fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
     tag = "uploads",
     summary = "Send one missing file's bytes",
     params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the whole file, 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
     responses((status = 201, description = "Stored", body = BlobsStored), crate::openapi::Errors)
 )]
 pub(super) async fn put_blob(
@@ -426,7 +426,7 @@ pub(super) async fn chunks_missing(
     tag = "uploads",
     summary = "Send one chunk",
     params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the chunk")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
     responses((status = 201, description = "Stored", body = BlobsStored), crate::openapi::Errors)
 )]
 pub(super) async fn put_chunk(
@@ -632,7 +632,7 @@ impl Packer {
     tag = "uploads",
     summary = "Send many missing files in one framed body",
     params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
     responses((status = 200, description = "Stored", body = BlobsStored), crate::openapi::Errors)
 )]
 pub(super) async fn put_batch(
