@@ -890,6 +890,7 @@ with zipfile.ZipFile(path, "w") as z:
     z.writestr("big.bin", big, zipfile.ZIP_DEFLATED)
     with z.open("z64.txt", "w", force_zip64=True) as f:
         f.write(b"zip64 member\n")
+    z.writestr("a/../dots.html", "<p>dots</p>")
 open(path + ".big", "wb").write(big)
 if damaged:
     data = bytearray(open(path, "rb").read())
@@ -1020,6 +1021,14 @@ fn a_protocol_zip_is_browsed_file_by_file() {
         assert_eq!(r.text().await.unwrap(), "zip64 member\n");
         let r = get(format!("{prefix}nope.txt")).await;
         assert_eq!(r.status(), 404);
+        // A `..` in a member's name: no URL can name it (every parser
+        // folds `..` and `%2E%2E` away), so it is listed without a link
+        // rather than linked to another path.
+        assert!(
+            page.contains("a/../dots.html <span class=\"cut\">(a . or .."),
+            "{page}"
+        );
+        assert!(!page.contains("dots.html\""), "no link to it: {page}");
         // The log by lines, read through the inflater.
         let lines = get(format!("/artifacts/{id}/lines/logs/build.log?start=2001"))
             .await
@@ -1093,7 +1102,8 @@ fn a_protocol_zip_is_browsed_file_by_file() {
                 "report/style.css",
                 "logs/build.log",
                 "big.bin",
-                "z64.txt"
+                "z64.txt",
+                "a/../dots.html"
             ]
         );
         assert_eq!(listed["members"][4]["size"], big.len());

@@ -162,6 +162,7 @@ impl Metrics {
     /// failing database is not asked again by every request, and a
     /// caller that gives up (a client gone) cancels nothing.
     pub async fn storage(&self, s: &AppState) -> Result<Arc<StorageFigures>, ApiError> {
+        let deadline = tokio::time::Instant::now() + STORAGE_WAIT;
         loop {
             let done = self.storage_done.notified();
             tokio::pin!(done);
@@ -183,7 +184,7 @@ impl Metrics {
                 // Registered before the lock is let go: no end is missed.
                 done.as_mut().enable();
             }
-            if tokio::time::timeout(STORAGE_WAIT, done).await.is_err() {
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
                 return Err(ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "not_ready",
@@ -352,21 +353,26 @@ async fn compute_storage(s: AppState, generation: u64) {
     let m = &s.metrics;
     {
         let mut slot = m.storage.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.generation == generation {
-            slot.at = Some(Instant::now());
-            match result {
-                Ok((pipelines, content_bytes)) => {
-                    slot.failed = None;
-                    slot.figures = Some(Arc::new(StorageFigures {
-                        pipelines,
-                        content_bytes,
-                        computed_at: satchel_model::id::rfc3339_millis(
-                            satchel_model::id::now_millis(),
-                        ),
-                    }));
+        // Figures begun before a GC pass are still newer than the ones
+        // served: kept, but left out of date, so the next caller starts
+        // fresh ones.
+        let current = slot.generation == generation;
+        match result {
+            Ok((pipelines, content_bytes)) => {
+                if current {
+                    slot.at = Some(Instant::now());
                 }
-                Err(e) => {
-                    tracing::warn!("computing storage figures: {e}");
+                slot.failed = None;
+                slot.figures = Some(Arc::new(StorageFigures {
+                    pipelines,
+                    content_bytes,
+                    computed_at: satchel_model::id::rfc3339_millis(satchel_model::id::now_millis()),
+                }));
+            }
+            Err(e) => {
+                tracing::warn!("computing storage figures: {e}");
+                if current {
+                    slot.at = Some(Instant::now());
                     slot.failed = Some(e.to_string());
                 }
             }

@@ -905,8 +905,10 @@ fn view_url(s: &AppState, caller: &Caller, id: &str, path: &str) -> String {
     let holder = view_holder(caller);
     let expires = satchel_model::id::now_millis() as u64 / 1000 + VIEW_TTL_SECS;
     let sig = s.gha.keys.sign_url(&view_payload(s, id, &holder), expires);
-    let path: Vec<String> = path.split('/').map(url_segment).collect();
-    format!("/view/{id}/{holder}/{expires}/{sig}/{}", path.join("/"))
+    format!(
+        "/view/{id}/{holder}/{expires}/{sig}/{}",
+        path_segments(path)
+    )
 }
 
 #[derive(Deserialize)]
@@ -932,7 +934,13 @@ async fn artifact_page(
     // that cannot be read says why, and the page still shows the rest.
     let zip = protocol_zip(&s, &a).await?;
     let members = match &zip {
-        Some(z) => Some(zip_members(&s, z).await),
+        Some(z) => Some(zip_directory(&s, z).await.map(|d| {
+            d.members
+                .iter()
+                .filter(|m| !m.is_dir())
+                .cloned()
+                .collect::<Vec<_>>()
+        })),
         None => None,
     };
     let run_href = format!(
@@ -988,7 +996,9 @@ async fn artifact_page(
                                         @let ct = satchel_model::mime::content_type_for(&member.name);
                                         tr {
                                             td.mono {
-                                                @if is_text(ct) {
+                                                @if !addressable(&member.name) {
+                                                    (member.name) " " span.cut { "(a . or .. in its path: no URL can name it; download the zip)" }
+                                                } @else if is_text(ct) {
                                                     a href=(lines_url(&a.id, &member.name)) { (member.name) }
                                                     " " a.raw href=(view_url(&s, &caller, &a.id, &member.name)) aria-label={ "raw " (member.name) } { "raw" }
                                                 } @else {
@@ -1002,7 +1012,7 @@ async fn artifact_page(
                                     }
                                 }
                             }
-                            @if m.members + PAGE < all.len() {
+                            @if m.members.saturating_add(PAGE) < all.len() {
                                 p { a rel="next" href={ "/artifacts/" (a.id) "?members=" (m.members + PAGE) } { "Next files of the zip →" } }
                             }
                         }
@@ -1298,8 +1308,20 @@ fn is_text(content_type: &str) -> bool {
 
 /// The line view of `path` in artifact `id`.
 fn lines_url(id: &str, path: &str) -> String {
-    let path: Vec<String> = path.split('/').map(url_segment).collect();
-    format!("/artifacts/{id}/lines/{}", path.join("/"))
+    format!("/artifacts/{id}/lines/{}", path_segments(path))
+}
+
+/// `path` in a URL, segment by segment.
+fn path_segments(path: &str) -> String {
+    let segments: Vec<String> = path.split('/').map(url_segment).collect();
+    segments.join("/")
+}
+
+/// Whether a URL can name `path`: a `.` or `..` segment (a zip member may
+/// have one) is folded away by every URL parser, encoded or not
+/// (`%2E%2E` is `..` to WHATWG URLs), so such a member gets no link.
+fn addressable(path: &str) -> bool {
+    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// One page of a text file: its lines from `start` on.
@@ -1422,14 +1444,14 @@ async fn lines_page(
     caller.note(format!("artifact={id}"));
     caller.read(&s, &a.producer.pipeline).await?;
     caller.note(format!("path={path}"));
-    let f = content_of(&s, &a, &path).await?;
-    let start = q.start.unwrap_or(1).max(1);
     // Reaching line `start` reads the file up to it: a few at a time, so
     // readers paging through huge logs cannot take every worker.
     let _turn = line_views()
         .acquire()
         .await
         .map_err(|e| ApiError::internal(format!("line views: {e}")))?;
+    let f = content_of(&s, &a, &path).await?;
+    let start = q.start.unwrap_or(1).max(1);
     let page = text_page(f.stream(&s).await?, f.path(), start).await?;
     let here = lines_url(&id, f.path());
     let shown = page.lines.len() as u64;
@@ -1562,12 +1584,13 @@ async fn protocol_zip(s: &AppState, a: &Artifact) -> Result<Option<FileInfo>, Ui
         .find(|f| f.glob.as_deref() == Some("gha-zip")))
 }
 
-/// The members of a protocol zip, directories left out.
-async fn zip_members(s: &AppState, zip: &FileInfo) -> Result<Vec<crate::unzip::Member>, UiError> {
+/// The directory of a protocol zip (cached: a report's every asset asks).
+async fn zip_directory(
+    s: &AppState,
+    zip: &FileInfo,
+) -> Result<std::sync::Arc<crate::unzip::Directory>, UiError> {
     let digest = satchel_store::Digest::from_hex(&zip.sha256).map_err(ApiError::from)?;
-    let mut members = crate::unzip::members(&*s.store, &digest, zip.size).await?;
-    members.retain(|m| !m.is_dir());
-    Ok(members)
+    Ok(crate::unzip::directory(&*s.store, &digest, zip.size).await?)
 }
 
 /// The file at `path` in artifact `a`, or the member at `path` of the zip
@@ -1575,15 +1598,17 @@ async fn zip_members(s: &AppState, zip: &FileInfo) -> Result<Vec<crate::unzip::M
 async fn content_of(s: &AppState, a: &Artifact, path: &str) -> Result<Content, UiError> {
     match file_of(s, a, path).await {
         Ok(f) => Ok(Content::File(f)),
-        Err(e) if e.0.status == StatusCode::NOT_FOUND => {
+        // Not a file (a member's name need not be a valid file path).
+        Err(e) if matches!(e.0.status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST) => {
             let Some(zip) = protocol_zip(s, a).await? else {
                 return Err(e);
             };
-            match zip_members(s, &zip)
+            let member = zip_directory(s, &zip)
                 .await?
-                .into_iter()
-                .find(|m| m.name == path)
-            {
+                .get(path)
+                .filter(|m| !m.is_dir())
+                .cloned();
+            match member {
                 Some(member) => Ok(Content::Member { zip, member }),
                 None => Err(e),
             }

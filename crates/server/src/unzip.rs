@@ -23,6 +23,9 @@ use crate::error::ApiError;
 pub const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
 /// Most members listed.
 pub const MAX_MEMBERS: u64 = 200_000;
+/// Largest member read in place (inflated), so that no request inflates
+/// without end.
+pub const MAX_MEMBER_READ: u64 = 4 << 30;
 /// End of central directory record: signature and fixed size.
 const EOCD: u32 = 0x0605_4b50;
 const EOCD_LEN: usize = 22;
@@ -142,7 +145,8 @@ where
 
 /// The members a central directory lists (`count` of them).
 fn parse_directory(cd: &[u8], count: u64) -> Result<Vec<Member>, ApiError> {
-    let mut members = Vec::with_capacity(count.min(MAX_MEMBERS) as usize);
+    // Each entry takes 46 bytes at least: the directory bounds the count.
+    let mut members = Vec::with_capacity(count.min(cd.len() as u64 / 46) as usize);
     let mut at = 0usize;
     for i in 0..count {
         if at + 46 > cd.len() || u32_at(cd, at) != CENTRAL {
@@ -211,8 +215,87 @@ async fn read_range(
     Ok(out)
 }
 
+/// A zip's members, in directory order, and where each name is.
+#[derive(Debug)]
+pub struct Directory {
+    /// In the order of the central directory.
+    pub members: Vec<Member>,
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+impl Directory {
+    /// The member named `name` (the first, if a zip repeats a name).
+    pub fn get(&self, name: &str) -> Option<&Member> {
+        self.by_name.get(name).map(|&i| &self.members[i])
+    }
+}
+
+/// Directories kept, and members in all of them: blobs never change, so a
+/// report's every stylesheet and image reads its zip's directory once.
+const CACHED_DIRECTORIES: usize = 32;
+const CACHED_MEMBERS: usize = 400_000;
+/// Directories read from the store at once, in this process.
+const COLD_READS: usize = 2;
+
+/// Directories by blob, most recently used at the back.
+type Cache = std::sync::Mutex<std::collections::VecDeque<(Digest, Arc<Directory>)>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn cold_reads() -> &'static tokio::sync::Semaphore {
+    static COLD: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    COLD.get_or_init(|| tokio::sync::Semaphore::new(COLD_READS))
+}
+
+fn cached(digest: &Digest) -> Option<Arc<Directory>> {
+    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
+    let at = c.iter().position(|(d, _)| d == digest)?;
+    // Most recently used at the back.
+    let hit = c.remove(at)?;
+    let dir = hit.1.clone();
+    c.push_back(hit);
+    Some(dir)
+}
+
+/// The directory of stored zip `digest` (`size` bytes): from the cache,
+/// else read (at most [`COLD_READS`] at a time) and kept.
+pub async fn directory(
+    store: &dyn ContentStore,
+    digest: &Digest,
+    size: u64,
+) -> Result<Arc<Directory>, ApiError> {
+    if let Some(d) = cached(digest) {
+        return Ok(d);
+    }
+    let _turn = cold_reads()
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("zip directory reads: {e}")))?;
+    // Another request may have read it while this one waited.
+    if let Some(d) = cached(digest) {
+        return Ok(d);
+    }
+    let members = members(store, digest, size).await?;
+    let mut by_name = std::collections::HashMap::with_capacity(members.len());
+    for (i, m) in members.iter().enumerate() {
+        by_name.entry(m.name.clone()).or_insert(i);
+    }
+    let dir = Arc::new(Directory { members, by_name });
+    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
+    c.push_back((*digest, dir.clone()));
+    while c.len() > CACHED_DIRECTORIES
+        || c.iter().map(|(_, d)| d.members.len()).sum::<usize>() > CACHED_MEMBERS && c.len() > 1
+    {
+        c.pop_front();
+    }
+    Ok(dir)
+}
+
 /// The members of stored zip `digest` (`size` bytes), as its central
-/// directory lists them.
+/// directory lists them (uncached; see [`directory`]).
 pub async fn members(
     store: &dyn ContentStore,
     digest: &Digest,
@@ -229,15 +312,10 @@ pub async fn members(
     parse_directory(&directory, count)
 }
 
-/// Member `m` of stored zip `digest` (`size` bytes), as it reads once
-/// unpacked: streamed, never held whole, and failing (mid-stream, as an
-/// I/O error) if its bytes do not match its size and CRC-32.
-pub async fn open(
-    store: Arc<dyn ContentStore>,
-    digest: &Digest,
-    size: u64,
-    m: &Member,
-) -> Result<ByteStream, ApiError> {
+/// Whether member `m` can be read in place: not encrypted, stored or
+/// deflated, and not claiming more than deflate can give or than
+/// [`MAX_MEMBER_READ`].
+fn readable(m: &Member) -> Result<(), ApiError> {
     if m.encrypted {
         return Err(bad(format!("{:?} is encrypted; download the zip", m.name)));
     }
@@ -247,6 +325,37 @@ pub async fn open(
             m.name, m.method
         )));
     }
+    // Deflate cannot expand more than about 1032 to 1: a member that
+    // claims more is a bomb or a lie, and is not inflated.
+    if m.method == 8 && m.size > m.compressed.saturating_mul(1032).saturating_add(64) {
+        return Err(bad(format!(
+            "{:?} claims to inflate {} bytes from {}, more than deflate can; download the zip",
+            m.name, m.size, m.compressed
+        )));
+    }
+    if m.size > MAX_MEMBER_READ {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{:?} is {} bytes once inflated; members of at most {MAX_MEMBER_READ} bytes are read in place, download the zip",
+                m.name, m.size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Member `m` of stored zip `digest` (`size` bytes), as it reads once
+/// unpacked: streamed, never held whole, and failing (mid-stream, as an
+/// I/O error) if its bytes do not match its size and CRC-32.
+pub async fn open(
+    store: Arc<dyn ContentStore>,
+    digest: &Digest,
+    size: u64,
+    m: &Member,
+) -> Result<ByteStream, ApiError> {
+    readable(m)?;
     if m.local_offset.checked_add(30).is_none_or(|end| end > size) {
         return Err(bad(format!("{:?} lies outside the zip", m.name)));
     }
@@ -437,6 +546,35 @@ mod tests {
         assert_eq!(find_eocd(&z), Some(10));
         assert_eq!(find_eocd(&z[..20]), None);
         assert_eq!(find_eocd(b"PK"), None);
+    }
+
+    fn member(method: u16, compressed: u64, size: u64) -> Member {
+        Member {
+            name: "m".into(),
+            method,
+            crc32: 0,
+            compressed,
+            size,
+            local_offset: 0,
+            encrypted: false,
+        }
+    }
+
+    #[test]
+    fn bombs_and_unreadable_members_are_refused_before_any_read() {
+        assert!(readable(&member(8, 1000, 1_000_000)).is_ok());
+        let bomb = readable(&member(8, 1000, 2_000_000)).unwrap_err();
+        assert!(
+            bomb.message.contains("more than deflate can"),
+            "{}",
+            bomb.message
+        );
+        let huge = readable(&member(8, 10 << 30, MAX_MEMBER_READ + 1)).unwrap_err();
+        assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(readable(&member(12, 10, 10)).is_err(), "bzip2 is not read");
+        let mut locked = member(0, 10, 10);
+        locked.encrypted = true;
+        assert!(readable(&locked).is_err());
     }
 
     #[test]

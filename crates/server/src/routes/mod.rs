@@ -452,10 +452,12 @@ async fn zip_members(
     caller.note(format!("artifact={} file={id}", f.artifact_id));
     caller.read(&s, &f.producer.pipeline).await?;
     let digest = satchel_store::Digest::from_hex(&f.sha256)?;
-    let members = crate::unzip::members(&*s.store, &digest, f.size).await?;
+    let dir = crate::unzip::directory(&*s.store, &digest, f.size).await?;
     Ok(axum::Json(satchel_model::api::ZipMembers {
-        members: members
-            .into_iter()
+        members: dir
+            .members
+            .iter()
+            .cloned()
             .map(|m| satchel_model::api::ZipMember {
                 name: m.name,
                 size: m.size,
