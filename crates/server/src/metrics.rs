@@ -370,11 +370,10 @@ async fn compute_storage(s: AppState, generation: u64) {
                 }));
             }
             Err(e) => {
+                // Tried again a minute later, whatever the generation.
                 tracing::warn!("computing storage figures: {e}");
-                if current {
-                    slot.at = Some(Instant::now());
-                    slot.failed = Some(e.to_string());
-                }
+                slot.at = Some(Instant::now());
+                slot.failed = Some(e.to_string());
             }
         }
     }

@@ -934,13 +934,7 @@ async fn artifact_page(
     // that cannot be read says why, and the page still shows the rest.
     let zip = protocol_zip(&s, &a).await?;
     let members = match &zip {
-        Some(z) => Some(zip_directory(&s, z).await.map(|d| {
-            d.members
-                .iter()
-                .filter(|m| !m.is_dir())
-                .cloned()
-                .collect::<Vec<_>>()
-        })),
+        Some(z) => Some(zip_directory(&s, z).await),
         None => None,
     };
     let run_href = format!(
@@ -987,8 +981,9 @@ async fn artifact_page(
                     h2 { "In " code { (z.path) } }
                     p { "This artifact arrived as one zip through the GitHub Actions protocol; its files open in place, read from the zip." }
                     @match listed {
-                        Ok(all) => {
-                            @let shown: Vec<&crate::unzip::Member> = all.iter().skip(m.members).take(PAGE).collect();
+                        Ok(dir) => {
+                            @let files = || dir.members.iter().filter(|m| !m.is_dir());
+                            @let shown: Vec<&crate::unzip::Member> = files().skip(m.members).take(PAGE).collect();
                             table {
                                 thead { tr { th { "Path" } th.num { "Size" } th.num.hide { "In the zip" } th.hide { "Type" } } }
                                 tbody {
@@ -1012,7 +1007,7 @@ async fn artifact_page(
                                     }
                                 }
                             }
-                            @if m.members.saturating_add(PAGE) < all.len() {
+                            @if m.members.saturating_add(PAGE) < files().count() {
                                 p { a rel="next" href={ "/artifacts/" (a.id) "?members=" (m.members + PAGE) } { "Next files of the zip →" } }
                             }
                         }

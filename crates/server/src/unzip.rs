@@ -215,30 +215,75 @@ async fn read_range(
     Ok(out)
 }
 
-/// A zip's members, in directory order, and where each name is.
+/// A zip's members, in directory order, and an index of their names.
 #[derive(Debug)]
 pub struct Directory {
     /// In the order of the central directory.
     pub members: Vec<Member>,
-    by_name: std::collections::HashMap<String, usize>,
+    /// Indexes into `members`, ordered by name (each name is kept once).
+    by_name: Vec<u32>,
+    /// Bytes it takes in memory, about.
+    weight: usize,
 }
 
 impl Directory {
+    fn new(members: Vec<Member>) -> Directory {
+        let mut by_name: Vec<u32> = (0..members.len() as u32).collect();
+        // Stable: of repeated names, the first in the directory wins.
+        by_name.sort_by(|&a, &b| members[a as usize].name.cmp(&members[b as usize].name));
+        let weight = members
+            .iter()
+            .map(|m| std::mem::size_of::<Member>() + 4 + m.name.len())
+            .sum();
+        Directory {
+            members,
+            by_name,
+            weight,
+        }
+    }
+
     /// The member named `name` (the first, if a zip repeats a name).
     pub fn get(&self, name: &str) -> Option<&Member> {
-        self.by_name.get(name).map(|&i| &self.members[i])
+        let at = self
+            .by_name
+            .partition_point(|&i| self.members[i as usize].name.as_str() < name);
+        let &i = self.by_name.get(at)?;
+        let m = &self.members[i as usize];
+        (m.name == name).then_some(m)
     }
 }
 
-/// Directories kept, and members in all of them: blobs never change, so a
-/// report's every stylesheet and image reads its zip's directory once.
-const CACHED_DIRECTORIES: usize = 32;
-const CACHED_MEMBERS: usize = 400_000;
-/// Directories read from the store at once, in this process.
+/// Memory the cached directories may take in all, and the most one may
+/// take to be cached (a larger one is read for each request, under
+/// [`COLD_READS`]): blobs never change, so a report's every stylesheet and
+/// image reads its zip's directory once.
+const CACHE_BYTES: usize = 128 << 20;
+const CACHE_ONE_BYTES: usize = 32 << 20;
+/// Directories read from the store at once, in this process, and how long
+/// one read may take.
 const COLD_READS: usize = 2;
+const COLD_READ_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a zip that could not be read is answered from memory.
+const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Directories by blob, most recently used at the back.
-type Cache = std::sync::Mutex<std::collections::VecDeque<(Digest, Arc<Directory>)>>;
+/// A directory, or why it could not be read (and when).
+#[derive(Clone)]
+enum Entry {
+    Read(Arc<Directory>),
+    Failed(StatusCode, &'static str, String, std::time::Instant),
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        match self {
+            Entry::Read(d) => d.weight,
+            Entry::Failed(.., m, _) => m.len() + 64,
+        }
+    }
+}
+
+/// Entries by blob, most recently used at the back.
+type Cache = std::sync::Mutex<std::collections::VecDeque<(Digest, Entry)>>;
 
 fn cache() -> &'static Cache {
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
@@ -250,48 +295,94 @@ fn cold_reads() -> &'static tokio::sync::Semaphore {
     COLD.get_or_init(|| tokio::sync::Semaphore::new(COLD_READS))
 }
 
-fn cached(digest: &Digest) -> Option<Arc<Directory>> {
+/// The cached answer for `digest`, if any (an expired failure is none).
+fn cached(digest: &Digest) -> Option<Result<Arc<Directory>, ApiError>> {
     let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
     let at = c.iter().position(|(d, _)| d == digest)?;
-    // Most recently used at the back.
     let hit = c.remove(at)?;
-    let dir = hit.1.clone();
+    let answer = match &hit.1 {
+        Entry::Read(d) => Ok(d.clone()),
+        Entry::Failed(_, _, _, when) if when.elapsed() > FAILURE_TTL => return None,
+        Entry::Failed(status, code, message, _) => {
+            Err(ApiError::new(*status, code, message.clone()))
+        }
+    };
     c.push_back(hit);
-    Some(dir)
+    Some(answer)
+}
+
+/// Keeps `entry` for `digest` (once), evicting the least recently used
+/// beyond [`CACHE_BYTES`].
+fn keep(digest: &Digest, entry: Entry) {
+    if entry.weight() > CACHE_ONE_BYTES {
+        return;
+    }
+    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
+    c.retain(|(d, _)| d != digest);
+    c.push_back((*digest, entry));
+    let mut total: usize = c.iter().map(|(_, e)| e.weight()).sum();
+    while total > CACHE_BYTES && c.len() > 1 {
+        if let Some((_, gone)) = c.pop_front() {
+            total -= gone.weight();
+        }
+    }
 }
 
 /// The directory of stored zip `digest` (`size` bytes): from the cache,
-/// else read (at most [`COLD_READS`] at a time) and kept.
+/// else read (at most [`COLD_READS`] at a time, each within
+/// [`COLD_READ_TIME`]) and kept; a zip that cannot be read is answered
+/// from memory for [`FAILURE_TTL`].
 pub async fn directory(
     store: &dyn ContentStore,
     digest: &Digest,
     size: u64,
 ) -> Result<Arc<Directory>, ApiError> {
-    if let Some(d) = cached(digest) {
-        return Ok(d);
+    if let Some(answer) = cached(digest) {
+        return answer;
     }
     let _turn = cold_reads()
         .acquire()
         .await
         .map_err(|e| ApiError::internal(format!("zip directory reads: {e}")))?;
     // Another request may have read it while this one waited.
-    if let Some(d) = cached(digest) {
-        return Ok(d);
+    if let Some(answer) = cached(digest) {
+        return answer;
     }
-    let members = members(store, digest, size).await?;
-    let mut by_name = std::collections::HashMap::with_capacity(members.len());
-    for (i, m) in members.iter().enumerate() {
-        by_name.entry(m.name.clone()).or_insert(i);
+    let read = match tokio::time::timeout(COLD_READ_TIME, members(store, digest, size)).await {
+        Ok(read) => read,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "slow_store",
+                format!(
+                    "reading this zip's directory took over {} s; try again later",
+                    COLD_READ_TIME.as_secs()
+                ),
+            ))
+        }
+    };
+    match read {
+        Ok(members) => {
+            let dir = Arc::new(Directory::new(members));
+            keep(digest, Entry::Read(dir.clone()));
+            Ok(dir)
+        }
+        // What the zip is (damaged, too large) does not change: kept. A
+        // store failure may pass: not kept.
+        Err(e) if e.status.is_client_error() => {
+            keep(
+                digest,
+                Entry::Failed(
+                    e.status,
+                    e.code,
+                    e.message.clone(),
+                    std::time::Instant::now(),
+                ),
+            );
+            Err(e)
+        }
+        Err(e) => Err(e),
     }
-    let dir = Arc::new(Directory { members, by_name });
-    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
-    c.push_back((*digest, dir.clone()));
-    while c.len() > CACHED_DIRECTORIES
-        || c.iter().map(|(_, d)| d.members.len()).sum::<usize>() > CACHED_MEMBERS && c.len() > 1
-    {
-        c.pop_front();
-    }
-    Ok(dir)
 }
 
 /// The members of stored zip `digest` (`size` bytes), as its central
@@ -575,6 +666,18 @@ mod tests {
         let mut locked = member(0, 10, 10);
         locked.encrypted = true;
         assert!(readable(&locked).is_err());
+    }
+
+    #[test]
+    fn a_directory_finds_each_name_and_the_first_of_repeats() {
+        let mut ms = vec![member(0, 1, 1), member(0, 2, 2), member(0, 3, 3)];
+        ms[0].name = "b".into();
+        ms[1].name = "a".into();
+        ms[2].name = "b".into();
+        let d = Directory::new(ms);
+        assert_eq!(d.get("a").unwrap().size, 2);
+        assert_eq!(d.get("b").unwrap().size, 1, "the first of a repeated name");
+        assert!(d.get("c").is_none() && d.get("").is_none());
     }
 
     #[test]
