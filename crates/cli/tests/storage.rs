@@ -254,14 +254,28 @@ fn fsck_reports_and_downloads_refuse_corruption() {
     // one (its recipe and first chunks stay good, so the damage shows only
     // mid-stream), remove a third.
     let last_chunk = satchel_store::chunked::cuts(&large).last().unwrap();
-    let h = sha(&large[last_chunk.start..]);
-    let chunk_path = data.join("content/objects/c").join(&h[..2]).join(&h);
-    for p in [blob_path(&data, &small), chunk_path] {
+    let last = satchel_store::Digest::of(&large[last_chunk.start..]);
+    let mut bytes = std::fs::read(blob_path(&data, &small)).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(blob_path(&data, &small), bytes).unwrap();
+    // The chunk is in a pack: flip a bit in the middle of its entry.
+    let packs: Vec<_> = walkdir(&data.join("content/objects/p"));
+    let mut flipped = 0;
+    for p in packs {
         let mut bytes = std::fs::read(&p).unwrap();
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0x01;
+        let index =
+            satchel_store::pack::read_index(&satchel_store::Codec::plain(), &bytes).unwrap();
+        for (d, range) in index {
+            if d == last {
+                let at = ((range.start + range.end) / 2) as usize;
+                bytes[at] ^= 0x01;
+                flipped += 1;
+            }
+        }
         std::fs::write(&p, bytes).unwrap();
     }
+    assert_eq!(flipped, 1, "the last chunk is in one pack");
     std::fs::remove_file(blob_path(&data, &gone)).unwrap();
     let out = agent.run(&["admin", "fsck", "--json"]);
     assert!(!out.status.success(), "fsck must fail");
@@ -827,7 +841,14 @@ fn a_batch_mixing_small_and_medium_files_writes_one_pack() {
     }
     let agent = s.agent(&w, "mix", 1, "j");
     agent.ok(&["artifact", "upload", "m/*"]);
-    assert_eq!(object_counts(&data)["p"], 1, "{:?}", object_counts(&data));
+    // One pack of the small files; the medium ones' chunks go into packs
+    // of chunks (footer magic SPC1).
+    let packs = walkdir(&data.join("content/objects/p"));
+    let of_blobs = packs
+        .iter()
+        .filter(|p| std::fs::read(p).unwrap().ends_with(b"SPK1"))
+        .count();
+    assert_eq!(of_blobs, 1, "{packs:?}");
     let dest = d.path().join("dl");
     agent.ok(&["artifact", "download", "m/*", dest.to_str().unwrap()]);
     assert_eq!(
@@ -906,4 +927,18 @@ fn concurrent_small_file_batches_wait_for_pack_buffers() {
         }
     }
     assert!(agent.ok(&["admin", "fsck"]).contains("no problems"));
+}
+
+/// Every file under `dir`, at any depth.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

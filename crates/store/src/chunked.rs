@@ -2,32 +2,40 @@
 //!
 //! A blob is split with FastCDC (32 KiB min, 64 KiB average, 256 KiB max).
 //! A blob of one chunk is stored whole as `b/<2>/<name>`. A larger blob is a
-//! recipe `r/<2>/<name>` listing its chunks in order, each chunk an object
-//! `c/<2>/<name>` named by its own SHA-256, so equal chunks of different
-//! files are stored once and a file that changed in a few places shares most
-//! of its chunks with the old version. Blobs (`b/`, `r/`) and chunks (`c/`)
-//! live apart, so deleting a blob never touches a chunk another blob uses:
-//! only the sweep frees chunks, after checking every recipe. Objects are encoded
-//! by [`Codec`] (zstd where it pays, AES-256-GCM when keys are configured).
+//! recipe `r/<2>/<name>` listing its chunks in order, each chunk named by
+//! its own SHA-256, so equal chunks of different files are stored once and
+//! a file that changed in a few places shares most of its chunks with the
+//! old version. New chunks go into packs of chunks (`p/`, tens of MiB each,
+//! see [`crate::packer`]): a GiB is a few dozen objects, not 12,400. Chunks
+//! stored before packs of chunks existed are objects `c/<2>/<name>` and
+//! still read. Blobs (`b/`, `r/`) and chunks live apart, so deleting a
+//! blob never touches a chunk another blob uses: only the sweep frees
+//! chunks, after checking every recipe. Objects are encoded by [`Codec`]
+//! (zstd where it pays, AES-256-GCM when keys are configured).
 //!
-//! Writes: chunks are hashed, encoded and written by up to four tasks at once
-//! while the next chunk is read, so memory is bounded (a few chunks) whatever
-//! the blob size. The blob's own digest is checked before its recipe is
-//! written; a blob that fails the check is not stored (chunks it left are
-//! unreferenced and collected by [`ChunkStore::sweep_objects`]). Durability: chunks are
-//! written unsynced and made durable with one backend flush before the recipe
-//! is written.
+//! Writes: chunks are hashed, encoded and added to the open pack by up to
+//! four tasks at once while the next chunk is read, so memory is bounded
+//! (a few chunks per write, two packs per store) whatever the blob size.
+//! The blob's own digest is checked before its recipe is written; a blob
+//! that fails the check is not stored (chunks it left are unreferenced and
+//! collected by [`ChunkStore::sweep_objects`]). Durability: each pack is
+//! written durably before the recipe that names its chunks.
 //!
 //! Reads check every chunk against its digest as it streams; a recipe is
 //! protected by its checksum (or GCM tag), so a flipped bit anywhere fails the
-//! read instead of delivering bad bytes.
+//! read instead of delivering bad bytes. A damaged packed copy falls back
+//! to any other copy of the chunk.
 //!
 //! GC: [`ChunkStore::sweep_objects`] deletes blobs not kept, and chunks no
-//! remaining recipe uses. A chunk is only swept once it is older than twice
-//! `refresh_after` (whatever the caller's cutoff), and a write that reuses a
-//! stored chunk refreshes it when it is older than `refresh_after` and checks
-//! again, before writing its recipe, that every reused chunk is still there
-//! and young: a chunk an upload relies on is never old enough to be swept.
+//! remaining recipe uses: packs of chunks all dead are deleted, mostly dead
+//! ones rewritten. A chunk (or pack of chunks) is only swept once it is
+//! older than twice `refresh_after` (whatever the caller's cutoff), and a
+//! write that reuses a stored chunk refreshes it (touches its pack, or
+//! writes it again where the backend cannot touch) when it is older than
+//! `refresh_after`, and checks again, before writing its recipe, that every
+//! pack it relies on is still there and young: a chunk an upload relies on
+//! is never old enough to be swept. Writes rely only on packs of chunks,
+//! never on a pack of blobs (those go by the blobs' grace).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -43,6 +51,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::backend::ObjectBackend;
 use crate::codec::{Codec, Kind};
 use crate::pack::{self, PackCatalog, PackIndex};
+use crate::packer::{Packer, Sink, Ticket, CHUNK_PACK_TARGET};
 use crate::{ByteStream, ContentStore, Digest, Durability, StoreError};
 
 /// Smallest chunk FastCDC cuts (except a blob's last).
@@ -104,7 +113,9 @@ pub struct RewriteReport {
     pub rewritten: u64,
 }
 
-/// Blobs as chunks on a backend.
+/// Blobs as chunks on a backend. Clones share everything (backend, pack
+/// index, open pack).
+#[derive(Clone)]
 pub struct ChunkStore {
     backend: Arc<dyn ObjectBackend>,
     codec: Arc<Codec>,
@@ -112,6 +123,8 @@ pub struct ChunkStore {
     packs: Arc<PackIndex>,
     /// Where packs are recorded for other processes, if they share one.
     catalog: Option<Arc<dyn PackCatalog>>,
+    /// The open pack new chunks go into.
+    packer: Arc<Packer>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -177,6 +190,16 @@ enum Reuse {
 /// and trying costs more CPU than writing.
 const SKIP_AFTER_INCOMPRESSIBLE: u32 = 15;
 
+/// Where a chunk a write relies on is.
+enum Held {
+    /// In a written pack.
+    Pack(Arc<str>),
+    /// An object of its own (written before packs of chunks).
+    Object(String),
+    /// In a pack not written yet.
+    Waiting(Ticket),
+}
+
 enum Top {
     Chunk(Bytes),
     Recipe(u64, Vec<(u32, Digest)>),
@@ -191,6 +214,17 @@ impl ChunkStore {
             refresh_after: Duration::from_secs(15 * 60),
             packs: Arc::default(),
             catalog: None,
+            packer: Packer::new(CHUNK_PACK_TARGET),
+        }
+    }
+
+    /// Where this store writes packs.
+    fn sink(&self) -> Sink {
+        Sink {
+            backend: self.backend.clone(),
+            codec: self.codec.clone(),
+            packs: self.packs.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 
@@ -262,6 +296,11 @@ impl ChunkStore {
         &self.backend
     }
 
+    /// The pack chunk or blob `d` is read from, as this process knows.
+    pub(crate) fn pack_of(&self, d: &Digest) -> Option<String> {
+        self.packs.lookup(d).map(|l| l.pack.to_string())
+    }
+
     pub(crate) fn chunk_key(&self, d: &Digest) -> String {
         format!("c/{}", fan(&self.codec.name(d)))
     }
@@ -294,10 +333,28 @@ impl ChunkStore {
             .expect("decoder panicked")
     }
 
-    /// Reads and checks one chunk of a recipe.
+    /// Reads and checks one chunk of a recipe: from its pack, else from
+    /// an object of its own (chunks written before packs of chunks).
     async fn read_chunk(&self, d: Digest) -> Result<Bytes, StoreError> {
         let legacy = self.legacy_keys(&d).map(|[_, _, c]| c);
-        self.read_content(d, self.chunk_key(&d), legacy).await
+        match self.packed(&d).await {
+            Ok(Some(b)) => return Ok(b),
+            Ok(None) => {}
+            Err(damaged @ (StoreError::Corrupt { .. } | StoreError::Undecodable(_))) => {
+                return match self.read_content(d, self.chunk_key(&d), legacy).await {
+                    Ok(b) => Ok(b),
+                    Err(_) => Err(damaged),
+                };
+            }
+            Err(e) => return Err(e),
+        }
+        match self.read_content(d, self.chunk_key(&d), legacy).await {
+            // Perhaps packed by another process since this one last looked.
+            Err(StoreError::NotFound(_)) if self.relearn(&d, true).await? => {
+                self.packed(&d).await?.ok_or(StoreError::NotFound(d))
+            }
+            other => other,
+        }
     }
 
     /// Reads content stored whole under `key` (or `legacy`), checked
@@ -332,8 +389,23 @@ impl ChunkStore {
                 self.pack_gone(&loc.pack, d, true).await?;
                 continue;
             };
-            let (codec, d) = (self.codec.clone(), *d);
-            return decode_content(codec, d, stored).await.map(Some);
+            let damaged = match decode_content(self.codec.clone(), *d, stored).await {
+                Ok(b) => return Ok(Some(b)),
+                Err(e @ (StoreError::Corrupt { .. } | StoreError::Undecodable(_))) => e,
+                Err(e) => return Err(e),
+            };
+            // Another copy (sent again after the damage was found, into a
+            // pack of the same age by a coarse clock) may be good.
+            for loc in self.packs.other_copies(d) {
+                let Some(stored) = self.backend.get_range(&loc.pack, loc.entry.range()).await?
+                else {
+                    continue;
+                };
+                if let Ok(b) = decode_content(self.codec.clone(), *d, stored).await {
+                    return Ok(Some(b));
+                }
+            }
+            return Err(damaged);
         }
         Ok(None)
     }
@@ -391,21 +463,63 @@ impl ChunkStore {
         Ok(Top::Recipe(total, chunks))
     }
 
-    /// Stores one chunk unless a fresh copy is there. `known` is its digest
-    /// when the caller already has it.
-    /// Returns its length, its digest, and whether a stored copy was reused.
-    #[allow(clippy::too_many_arguments)]
-    async fn store_chunk(
-        backend: Arc<dyn ObjectBackend>,
-        codec: Arc<Codec>,
-        refresh_after: Duration,
-        dir: &'static str,
+    /// Stores a blob of one chunk whole, under `b/`; the caller checked it.
+    async fn store_whole(&self, d: &Digest, data: Bytes, sync: bool) -> Result<(), StoreError> {
+        let codec = self.codec.clone();
+        let encoded = tokio::task::spawn_blocking(move || codec.encode(Kind::Chunk, &data))
+            .await
+            .expect("encoder panicked");
+        self.backend
+            .put(&self.blob_key(d), Bytes::from(encoded), sync)
+            .await
+    }
+
+    /// A stored or waiting copy of chunk `d` a write may rely on instead
+    /// of writing it, refreshed if old; `None` when it must be written.
+    async fn reusable(&self, d: &Digest) -> Result<Option<Held>, StoreError> {
+        if let Some(t) = self.packer.waiting(d) {
+            return Ok(Some(Held::Waiting(t)));
+        }
+        self.packs
+            .ensure_loaded(&*self.backend, &self.codec)
+            .await?;
+        let Some(loc) = self.packs.lookup(d) else {
+            return Ok(None);
+        };
+        if !self.packs.holds_chunks(&loc.pack) {
+            // A pack of blobs is swept by the blobs' grace, which may be
+            // shorter than a write takes: written again into a chunk pack.
+            return Ok(None);
+        }
+        let young = self.packs.age(&loc.pack).is_some_and(|a| {
+            SystemTime::now().duration_since(a).unwrap_or_default() < self.refresh_after
+        });
+        if young {
+            return Ok(Some(Held::Pack(loc.pack)));
+        }
+        if self.backend.touch(&loc.pack).await? {
+            let at = self
+                .backend
+                .head(&loc.pack)
+                .await?
+                .unwrap_or_else(SystemTime::now);
+            self.packs.touched(&loc.pack, at);
+            return Ok(Some(Held::Pack(loc.pack)));
+        }
+        // Too old to rely on and the backend cannot touch it: written again.
+        Ok(None)
+    }
+
+    /// Stores one chunk of a large blob unless a fresh copy is there or
+    /// waiting: a new one goes into the open pack. `known` is its digest
+    /// when the caller already has it. Its length, digest, where it is
+    /// held, and whether it was reused.
+    async fn stage_chunk(
+        &self,
         data: Bytes,
         known: Option<Digest>,
-        check_existing: bool,
-        sync: bool,
         compress: bool,
-    ) -> Result<(u32, Digest, Reuse), StoreError> {
+    ) -> Result<(u32, Digest, Held, Reuse), StoreError> {
         let len = data.len() as u32;
         let (d, data) = match known {
             Some(d) => (d, data),
@@ -413,53 +527,65 @@ impl ChunkStore {
                 .await
                 .expect("hasher panicked"),
         };
-        let key = format!("{dir}/{}", fan(&codec.name(&d)));
-        if check_existing {
-            if let Some(modified) = backend.head(&key).await? {
-                let age = SystemTime::now()
-                    .duration_since(modified)
-                    .unwrap_or_default();
-                if age < refresh_after || backend.touch(&key).await? {
-                    if sync {
-                        // Whoever wrote it may not have flushed yet.
-                        backend.flush().await?;
-                    }
-                    return Ok((len, d, Reuse::Reused));
-                }
-            }
+        if let Some(held) = self.reusable(&d).await? {
+            return Ok((len, d, held, Reuse::Reused));
         }
+        let codec = self.codec.clone();
         let (encoded, compressed) =
             tokio::task::spawn_blocking(move || codec.encode_with(Kind::Chunk, &data, compress))
                 .await
                 .expect("encoder panicked");
-        backend.put(&key, Bytes::from(encoded), sync).await?;
-        Ok((
-            len,
-            d,
-            if compressed || !compress {
-                Reuse::Written
-            } else {
-                Reuse::Incompressible
-            },
-        ))
+        let ticket = self.packer.add(&self.sink(), d, &encoded).await;
+        let reuse = if compressed || !compress {
+            Reuse::Written
+        } else {
+            Reuse::Incompressible
+        };
+        Ok((len, d, Held::Waiting(ticket), reuse))
     }
 
-    /// Chunks reused from earlier writes must still be there, and young
+    /// Where chunk `d` is now, for [`ChunkStore::check_still_fresh`]; as
+    /// missing when only a pack of blobs holds it (see `reusable`).
+    fn held_now(&self, d: &Digest) -> Result<Held, StoreError> {
+        if let Some(t) = self.packer.waiting(d) {
+            return Ok(Held::Waiting(t));
+        }
+        match self.packs.lookup(d) {
+            Some(loc) if self.packs.holds_chunks(&loc.pack) => Ok(Held::Pack(loc.pack)),
+            Some(_) => Err(StoreError::ChunkMissing(*d)),
+            None => Ok(Held::Object(self.chunk_key(d))),
+        }
+    }
+
+    /// Waits for the packs holding `held` chunks to be written, then checks
+    /// that chunks reused from earlier writes are still there, and young
     /// enough that no sweep can take them before the recipe is written.
-    async fn check_still_fresh(&self, reused: &[Digest]) -> Result<(), StoreError> {
-        for d in reused {
-            let fresh = self
-                .backend
-                .head(&self.chunk_key(d))
-                .await?
-                .is_some_and(|m| {
-                    self.refresh_after.is_zero()
-                        || SystemTime::now().duration_since(m).unwrap_or_default()
-                            < self.refresh_after + self.refresh_after / 2
-                });
+    async fn check_still_fresh(&self, held: &[Held]) -> Result<(), StoreError> {
+        self.packer
+            .wait(held.iter().filter_map(|h| match h {
+                Held::Waiting(t) => Some(t),
+                _ => None,
+            }))
+            .await?;
+        let keys: std::collections::BTreeSet<&str> = held
+            .iter()
+            .filter_map(|h| match h {
+                Held::Pack(k) => Some(&**k),
+                Held::Object(k) => Some(k.as_str()),
+                Held::Waiting(_) => None,
+            })
+            .collect();
+        for key in keys {
+            let fresh = self.backend.head(key).await?.is_some_and(|m| {
+                self.refresh_after.is_zero()
+                    || SystemTime::now().duration_since(m).unwrap_or_default()
+                        < self.refresh_after + self.refresh_after / 2
+            });
             if !fresh {
+                // Forgotten here, so the retry writes its chunks again.
+                self.packs.remove_pack(key);
                 return Err(StoreError::Backend(format!(
-                    "chunk {d} this upload reused was collected or aged meanwhile; retry the upload"
+                    "{key}, holding a chunk this upload reused, was collected or aged meanwhile; retry the upload"
                 )));
             }
         }
@@ -492,12 +618,16 @@ impl ChunkStore {
     /// Checks each blob against its digest and writes them all as one pack,
     /// durably. Any mismatch stores nothing.
     pub async fn put_packed_blobs(&self, blobs: Vec<(Digest, Bytes)>) -> Result<(), StoreError> {
-        self.write_pack(blobs).await.map(|_| ())
+        self.write_pack(blobs, false).await.map(|_| ())
     }
 
     /// [`ChunkStore::put_packed_blobs`], returning the new pack's key
     /// (`None` for no blobs).
-    async fn write_pack(&self, blobs: Vec<(Digest, Bytes)>) -> Result<Option<String>, StoreError> {
+    async fn write_pack(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+        chunks: bool,
+    ) -> Result<Option<String>, StoreError> {
         if blobs.is_empty() {
             return Ok(None);
         }
@@ -505,7 +635,7 @@ impl ChunkStore {
             .ensure_loaded(&*self.backend, &self.codec)
             .await?;
         let codec = self.codec.clone();
-        let (name, bytes, entries) = tokio::task::spawn_blocking(move || {
+        let builder = tokio::task::spawn_blocking(move || {
             for (expected, data) in &blobs {
                 let actual = Digest::of(data);
                 if actual != *expected {
@@ -515,25 +645,11 @@ impl ChunkStore {
                     });
                 }
             }
-            Ok(pack::encode(&codec, &blobs))
+            Ok(pack::builder_of(&codec, &blobs))
         })
         .await
         .expect("packer panicked")?;
-        let key = format!("p/{}", fan(&name));
-        let size = bytes.len() as u64;
-        self.backend.put(&key, Bytes::from(bytes), true).await?;
-        // Its age by the store's clock, as a listing would give it.
-        let age = self
-            .backend
-            .head(&key)
-            .await?
-            .unwrap_or_else(std::time::SystemTime::now);
-        if let Some(catalog) = &self.catalog {
-            let digests: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
-            catalog.record(&key, size, &digests).await?;
-        }
-        self.packs.add(key.as_str().into(), size, age, entries);
-        Ok(Some(key))
+        self.sink().write(builder, chunks).await
     }
 
     /// Deletes pack `key`, here, in the catalog and in the store. Its
@@ -637,26 +753,31 @@ impl ChunkStore {
         };
         // Unencrypted encoding is deterministic: the same blobs make the
         // same pack, under the same name. Never delete what was just written.
-        if self.write_pack(blobs).await?.as_deref() == Some(key) {
+        let chunks = self.packs.holds_chunks(key);
+        if self.write_pack(blobs, chunks).await?.as_deref() == Some(key) {
             return Ok(false);
         }
         self.delete_pack(key).await?;
         Ok(true)
     }
 
-    /// The pack part of a sweep: packs older than `cutoff` whose blobs are
-    /// all unkept are deleted; those mostly unkept are rewritten.
+    /// The pack part of a sweep: packs of blobs older than `cutoff`, and
+    /// packs of chunks older than `chunk_cutoff`, whose entries are all
+    /// unkept (neither a blob in `keep` nor a chunk in `chunks`) are
+    /// deleted; those mostly unkept are rewritten.
     async fn sweep_packs(
         &self,
         keep: &HashSet<Digest>,
-        cutoff: SystemTime,
+        chunks: &HashSet<Digest>,
+        (cutoff, chunk_cutoff): (SystemTime, SystemTime),
         report: &mut SweepReport,
     ) -> Result<(), StoreError> {
         self.packs.refresh(&*self.backend, &self.codec).await?;
         for obj in self.backend.list("p").await? {
             report.objects += 1;
             report.bytes_listed += obj.size;
-            if obj.modified >= cutoff {
+            let holds_chunks = self.packs.holds_chunks(&obj.key);
+            if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff }) {
                 continue;
             }
             let Some(entries) = self.packs.entries(&obj.key) else {
@@ -666,7 +787,13 @@ impl ChunkStore {
             let entries_bytes: u64 = entries.iter().map(|e| u64::from(e.len)).sum();
             let live: Vec<pack::Entry> = entries
                 .into_iter()
-                .filter(|e| keep.contains(&e.digest) && self.packs.points_at(&e.digest, &obj.key))
+                .filter(|e| {
+                    (keep.contains(&e.digest) || chunks.contains(&e.digest))
+                        // Placed here, or nowhere (a blob deleted whose
+                        // digest is also a chunk's): kept.
+                        && (self.packs.points_at(&e.digest, &obj.key)
+                            || self.packs.lookup(&e.digest).is_none())
+                })
                 .collect();
             if live.is_empty() {
                 self.delete_pack(&obj.key).await?;
@@ -691,7 +818,8 @@ impl ChunkStore {
 
     /// Deletes blobs (whole or recipes) not in `keep` and written before
     /// `cutoff`, then chunks that no remaining recipe uses and that are
-    /// older than both `cutoff` and twice `refresh_after`. The caller makes
+    /// older than both `cutoff` and twice `refresh_after`: packs of them
+    /// are deleted when all dead, rewritten when mostly dead. The caller makes
     /// sure no blob write it does not keep is in flight (GC holds the upload
     /// gate); chunks are protected by their age.
     pub async fn sweep_objects(
@@ -721,8 +849,8 @@ impl ChunkStore {
                 report.bytes_freed += obj.size;
             }
         }
-        self.sweep_packs(keep, cutoff, &mut report).await?;
         let mut live: HashSet<String> = HashSet::new();
+        let mut live_chunks: HashSet<Digest> = HashSet::new();
         for obj in self.backend.list("r").await? {
             report.objects += 1;
             report.bytes_listed += obj.size;
@@ -739,6 +867,7 @@ impl ChunkStore {
             // The recipe's own digest is not needed to list its chunks.
             let (_, chunks) = parse_recipe(&Digest([0; 32]), &payload)?;
             for (_, d) in chunks {
+                live_chunks.insert(d);
                 live.insert(self.codec.name(&d));
                 if legacy {
                     live.insert(d.to_hex());
@@ -749,6 +878,9 @@ impl ChunkStore {
             .checked_sub(2 * self.refresh_after)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let chunk_cutoff = cutoff.min(floor);
+        // Packs of chunks wait as long as chunks do.
+        self.sweep_packs(keep, &live_chunks, (cutoff, chunk_cutoff), &mut report)
+            .await?;
         for obj in self.backend.list("c").await? {
             report.objects += 1;
             report.bytes_listed += obj.size;
@@ -809,7 +941,8 @@ impl ChunkStore {
         self.packs.refresh(&*self.backend, &self.codec).await?;
         for obj in self.backend.list("p").await? {
             report.objects += 1;
-            let Some(index) = pack::read_index_object(&*self.backend, &obj.key, obj.size).await?
+            let Some((index, _)) =
+                pack::read_index_object(&*self.backend, &obj.key, obj.size).await?
             else {
                 continue;
             };
@@ -895,7 +1028,8 @@ impl ChunkStore {
             }
         }
         for obj in self.backend.list("p").await? {
-            if let Some(index) = pack::read_index_object(&*self.backend, &obj.key, obj.size).await?
+            if let Some((index, _)) =
+                pack::read_index_object(&*self.backend, &obj.key, obj.size).await?
             {
                 *counts.entry(Codec::peek(&index)?.key_id).or_insert(0u64) += 1;
             }
@@ -967,18 +1101,7 @@ impl ContentStore for ChunkStore {
             if actual != expected {
                 return Err(StoreError::DigestMismatch { expected, actual });
             }
-            Self::store_chunk(
-                self.backend.clone(),
-                self.codec.clone(),
-                self.refresh_after,
-                "b",
-                data,
-                Some(expected),
-                false,
-                sync,
-                true,
-            )
-            .await?;
+            self.store_whole(&expected, data, sync).await?;
             return Ok(());
         }
 
@@ -986,7 +1109,7 @@ impl ContentStore for ChunkStore {
         let mut buf = BytesMut::with_capacity(2 * MAX_CHUNK);
         let mut total: u64 = 0;
         let mut eof = false;
-        let mut chunks: Vec<(u32, Digest, Reuse)> = Vec::new();
+        let mut chunks: Vec<(u32, Digest, Held, Reuse)> = Vec::new();
         let mut inflight = FuturesOrdered::new();
         let mut first: Option<Bytes> = None;
         let mut chunk_count = 0usize;
@@ -1030,20 +1153,10 @@ impl ContentStore for ChunkStore {
                 chunk_count += 1;
                 let compress = skip_compression == 0;
                 skip_compression = skip_compression.saturating_sub(1);
-                inflight.push_back(Self::store_chunk(
-                    self.backend.clone(),
-                    self.codec.clone(),
-                    self.refresh_after,
-                    "c",
-                    piece,
-                    None,
-                    true,
-                    false,
-                    compress,
-                ));
+                inflight.push_back(self.stage_chunk(piece, None, compress));
                 if inflight.len() >= IN_FLIGHT {
                     let done = inflight.next().await.expect("non-empty")?;
-                    if done.2 == Reuse::Incompressible {
+                    if done.3 == Reuse::Incompressible {
                         // Already-compressed data: try again some chunks on.
                         skip_compression = SKIP_AFTER_INCOMPRESSIBLE;
                     }
@@ -1067,27 +1180,12 @@ impl ContentStore for ChunkStore {
         }
         if let Some(only) = first {
             // One chunk: it is the blob, checked above; store it as such.
-            Self::store_chunk(
-                self.backend.clone(),
-                self.codec.clone(),
-                self.refresh_after,
-                "b",
-                only,
-                Some(expected),
-                false,
-                sync,
-                true,
-            )
-            .await?;
+            self.store_whole(&expected, only, sync).await?;
             return Ok(());
         }
-        let reused: Vec<Digest> = chunks
-            .iter()
-            .filter(|(_, _, reused)| *reused == Reuse::Reused)
-            .map(|(_, d, _)| *d)
-            .collect();
-        self.check_still_fresh(&reused).await?;
-        let chunks: Vec<(u32, Digest)> = chunks.into_iter().map(|(l, d, _)| (l, d)).collect();
+        let (chunks, held): (Vec<(u32, Digest)>, Vec<Held>) =
+            chunks.into_iter().map(|(l, d, h, _)| ((l, d), h)).unzip();
+        self.check_still_fresh(&held).await?;
         self.write_recipe(digest, total, &chunks, sync).await
     }
 
@@ -1096,6 +1194,7 @@ impl ContentStore for ChunkStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        self.packer.flush().await?;
         self.backend.flush().await
     }
 
@@ -1144,15 +1243,12 @@ impl ContentStore for ChunkStore {
             let to = (range.end.min(end) - start) as usize;
             parts.push((d, from, to));
         }
-        let me = ChunkReader {
-            backend: self.backend.clone(),
-            codec: self.codec.clone(),
-        };
+        let me = self.clone();
         let s = futures_util::stream::iter(parts)
             .map(move |(d, from, to)| {
                 let me = me.clone();
                 async move {
-                    me.read(d)
+                    me.read_chunk(d)
                         .await
                         .map(|b| b.slice(from..to))
                         .map_err(|e| match e {
@@ -1187,6 +1283,9 @@ impl ContentStore for ChunkStore {
                 if let Err(StoreError::Corrupt { .. } | StoreError::Undecodable(_)) =
                     self.read_chunk(c).await
                 {
+                    // A packed copy stays until the sweep; a copy sent
+                    // again goes into a newer pack, which readers prefer.
+                    self.packs.forget(&c);
                     self.backend.delete(&self.chunk_key(&c)).await?;
                     if let Some([_, _, legacy]) = self.legacy_keys(&c) {
                         self.backend.delete(&legacy).await?;
@@ -1231,19 +1330,10 @@ impl ContentStore for ChunkStore {
     }
 
     async fn missing_chunks(&self, chunks: &[Digest]) -> Result<Vec<bool>, StoreError> {
-        let keys: Vec<String> = chunks.iter().map(|d| self.chunk_key(d)).collect();
-        let (backend, refresh_after) = (self.backend.clone(), self.refresh_after);
-        let checks = keys.into_iter().map(move |key| {
-            let backend = backend.clone();
-            async move {
-                Ok::<bool, StoreError>(match backend.head(&key).await? {
-                    None => true,
-                    Some(m) => {
-                        let age = SystemTime::now().duration_since(m).unwrap_or_default();
-                        !(age < refresh_after || backend.touch(&key).await?)
-                    }
-                })
-            }
+        let me = self.clone();
+        let checks = chunks.iter().copied().map(move |d| {
+            let me = me.clone();
+            async move { Ok::<bool, StoreError>(me.reusable(&d).await?.is_none()) }
         });
         futures_util::stream::iter(checks)
             .buffered(16)
@@ -1271,19 +1361,12 @@ impl ContentStore for ChunkStore {
                 actual,
             });
         }
-        Self::store_chunk(
-            self.backend.clone(),
-            self.codec.clone(),
-            self.refresh_after,
-            "c",
-            data,
-            Some(actual),
-            true,
-            false,
-            true,
-        )
-        .await
-        .map(|_| ())
+        let (_, _, held, _) = self.stage_chunk(data, Some(actual), true).await?;
+        // Stored when this returns: concurrent chunks share the pack.
+        if let Held::Waiting(t) = held {
+            self.packer.wait([&t]).await?;
+        }
+        Ok(())
     }
 
     async fn assemble(
@@ -1303,17 +1386,19 @@ impl ContentStore for ChunkStore {
         // Every chunk is read back (and checked against its own digest), and
         // the whole must hash to the blob's digest: a client cannot make a
         // blob whose name lies about its content.
-        let reader = ChunkReader {
-            backend: self.backend.clone(),
-            codec: self.codec.clone(),
-        };
+        let waiting: Vec<Ticket> = chunks
+            .iter()
+            .filter_map(|(_, d)| self.packer.waiting(d))
+            .collect();
+        self.packer.wait(&waiting).await?;
+        let reader = self.clone();
         let mut whole = sha2::Sha256::new();
         let list: Vec<(u32, Digest)> = chunks.to_vec();
         let r = reader.clone();
         let mut reads = futures_util::stream::iter(list.into_iter().map(move |(len, d)| {
             let reader = r.clone();
             async move {
-                let b = reader.read(d).await.map_err(|e| match e {
+                let b = reader.read_chunk(d).await.map_err(|e| match e {
                     StoreError::NotFound(_) => StoreError::ChunkMissing(d),
                     e => e,
                 })?;
@@ -1338,24 +1423,15 @@ impl ContentStore for ChunkStore {
                 actual,
             });
         }
-        let all: Vec<Digest> = chunks.iter().map(|(_, d)| *d).collect();
-        self.check_still_fresh(&all).await?;
+        let held: Vec<Held> = chunks
+            .iter()
+            .map(|(_, d)| self.held_now(d))
+            .collect::<Result<_, _>>()?;
+        self.check_still_fresh(&held).await?;
         if chunks.len() == 1 {
             // A one-chunk blob lives whole under b/.
-            let data = reader.read(chunks[0].1).await?;
-            return Self::store_chunk(
-                self.backend.clone(),
-                self.codec.clone(),
-                self.refresh_after,
-                "b",
-                data,
-                Some(*digest),
-                false,
-                true,
-                true,
-            )
-            .await
-            .map(|_| ());
+            let data = reader.read_chunk(chunks[0].1).await?;
+            return self.store_whole(digest, data, true).await.map(|_| ());
         }
         self.write_recipe(digest, size, chunks, true).await
     }
@@ -1386,24 +1462,4 @@ async fn decode_content(codec: Arc<Codec>, d: Digest, stored: Bytes) -> Result<B
     tokio::task::spawn_blocking(work)
         .await
         .expect("decoder panicked")
-}
-
-/// What a streaming read needs, owned so the stream is `'static`.
-#[derive(Clone)]
-struct ChunkReader {
-    backend: Arc<dyn ObjectBackend>,
-    codec: Arc<Codec>,
-}
-
-impl ChunkReader {
-    async fn read(&self, d: Digest) -> Result<Bytes, StoreError> {
-        let store = ChunkStore {
-            backend: self.backend.clone(),
-            codec: self.codec.clone(),
-            refresh_after: Duration::ZERO,
-            packs: Arc::default(),
-            catalog: None,
-        };
-        store.read_chunk(d).await
-    }
 }

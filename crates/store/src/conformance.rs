@@ -9,7 +9,7 @@
 //! content and hashes, key rotation, and a sweep that frees exactly what
 //! nothing uses.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -130,6 +130,8 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     encryption_turned_on_for_a_plain_store(backend.clone()).await;
     reused_old_chunks_are_refreshed(backend.clone()).await;
     a_reused_chunk_swept_before_the_recipe_fails_the_write(backend.clone()).await;
+    a_pack_written_but_not_recorded_stores_nothing(backend.clone()).await;
+    repacking_races_a_write_that_reuses_the_pack(backend.clone()).await;
     sweep_frees_exactly_the_unused(backend.clone()).await;
     settings_marker_guards_keys(backend).await;
 }
@@ -335,42 +337,81 @@ async fn concurrent_writers_of_one_blob(store: &ChunkStore) {
     assert!(read_all(store, &d, None).await.unwrap() == body);
 }
 
+/// Every stored object with its size.
+async fn sizes(backend: &dyn ObjectBackend) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for dir in ["b", "c", "p", "r"] {
+        for l in backend.list(dir).await.expect("listing") {
+            out.insert(l.key, l.size);
+        }
+    }
+    out
+}
+
+/// What `before` lacks of `after`: objects and their bytes.
+fn added(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> (usize, u64) {
+    let new: Vec<u64> = after
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .map(|(_, s)| *s)
+        .collect();
+    (new.len(), new.iter().sum())
+}
+
+/// A large blob is a few packs of chunks and a recipe, not an object per
+/// chunk; a change of a few bytes stores the chunks around it, in one pack.
 async fn dedup_shares_chunks(store: &ChunkStore) {
-    let before = keys(&**store.backend()).await;
-    let mut body = random_bytes(16 * 1024 * 1024, 6);
+    let before = sizes(&**store.backend()).await;
+    let mut body = random_bytes(40 * 1024 * 1024, 6);
     put(store, &body).await;
-    let after_first = keys(&**store.backend()).await;
-    let first_new = after_first.difference(&before).count();
-    assert!(first_new >= 5, "16 MiB made only {first_new} objects");
+    let after_first = sizes(&**store.backend()).await;
+    let (objects, bytes) = added(&before, &after_first);
+    // 40 MiB: two packs of chunks and the recipe.
+    assert!(
+        objects <= 3,
+        "40 MiB made {objects} objects: {:?}",
+        after_first
+            .keys()
+            .filter(|k| !before.contains_key(*k))
+            .collect::<Vec<_>>()
+    );
+    assert!(bytes >= body.len() as u64, "{bytes} bytes stored");
     // Change a few bytes in the middle: only the chunks around them are new.
-    for b in &mut body[8_000_000..8_000_016] {
+    for b in &mut body[20_000_000..20_000_016] {
         *b ^= 0xff;
     }
     put(store, &body).await;
-    let after_second = keys(&**store.backend()).await;
-    let second_new = after_second.difference(&after_first).count();
+    let after_second = sizes(&**store.backend()).await;
+    let (objects, bytes) = added(&after_first, &after_second);
     assert!(
-        second_new <= 3,
-        "a 16-byte change stored {second_new} new objects (of {first_new})"
+        objects <= 2 && bytes <= 3 * crate::chunked::MAX_CHUNK as u64 + 64 * 1024,
+        "a 16-byte change stored {objects} new objects of {bytes} bytes"
     );
 }
 
+/// A flipped bit in stored content (a blob of its own, or a chunk in a
+/// pack) fails the read; discarding the blob and storing it again repairs it.
 async fn corruption_is_refused(store: &ChunkStore) {
     for n in [1000usize, 9 * 1024 * 1024] {
         let body = random_bytes(n, 7 + n as u64);
         let before = keys(&**store.backend()).await;
         let d = put(store, &body).await;
-        // Flip one bit in one of the chunks just written for it.
+        // Flip one bit in the blob's object, or in the first chunk of the
+        // pack just written for it.
         let key = keys(&**store.backend())
             .await
             .difference(&before)
-            .find(|k| k.starts_with("c/") || k.starts_with("b/"))
+            .find(|k| k.starts_with("p/") || k.starts_with("b/"))
             .cloned()
-            .expect("the put wrote a chunk");
+            .expect("the put wrote a pack or a blob");
         let stored = store.backend().get(&key).await.unwrap().unwrap();
         let mut bad = stored.to_vec();
-        let last = bad.len() - 1;
-        bad[last] ^= 0x01;
+        let at = if key.starts_with("p/") {
+            40
+        } else {
+            bad.len() - 1
+        };
+        bad[at] ^= 0x01;
         store
             .backend()
             .put(&key, Bytes::from(bad), true)
@@ -379,14 +420,22 @@ async fn corruption_is_refused(store: &ChunkStore) {
         let whole = read_all(store, &d, None).await;
         let msg = whole.expect_err("corrupted blob was served").to_string();
         assert!(msg.contains("integrity error"), "{msg}");
-        // Discarding removes the damaged object (and a damaged chunk), so
-        // storing the same content again repairs it.
+        // Discarding removes the damaged object (and forgets a damaged
+        // chunk), so storing the same content again repairs it.
         let removed = store.discard(&d).await.unwrap();
-        assert_eq!(removed, u64::from(key.starts_with("c/")), "{key}");
+        assert_eq!(removed, u64::from(key.starts_with("p/")), "{key}");
         assert!(!store.contains(&d).await.unwrap());
+        // The new pack must be newer by the store's clock (WebDAV tells
+        // times to the second).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         put(store, &body).await;
         assert!(read_all(store, &d, None).await.unwrap() == body);
-        assert!(store.backend().get(&key).await.unwrap().unwrap() == stored);
+        // A process that never saw the damage reads the good copy too.
+        let fresh = ChunkStore::new(store.backend().clone(), Codec::plain());
+        assert!(read_all(&fresh, &d, None).await.unwrap() == body);
+        if key.starts_with("b/") {
+            assert!(store.backend().get(&key).await.unwrap().unwrap() == stored);
+        }
     }
 }
 
@@ -503,9 +552,13 @@ async fn packs_another_process_wrote_are_found_through_the_catalog(
     backend: Arc<dyn ObjectBackend>,
 ) {
     let catalog: Arc<dyn crate::PackCatalog> = Arc::new(crate::MemoryCatalog::default());
-    let a = ChunkStore::new(backend.clone(), Codec::plain()).with_pack_catalog(catalog.clone());
+    let a = ChunkStore::new(backend.clone(), Codec::plain())
+        .with_refresh_after(Duration::ZERO)
+        .with_pack_catalog(catalog.clone());
     let watch = Arc::new(Watch::new(backend.clone(), String::new()));
-    let b = ChunkStore::new(watch.clone(), Codec::plain()).with_pack_catalog(catalog);
+    let b = ChunkStore::new(watch.clone(), Codec::plain())
+        .with_refresh_after(Duration::ZERO)
+        .with_pack_catalog(catalog);
     let never = Digest::of(b"never stored");
     assert!(!b.contains(&never).await.unwrap());
     let loaded = watch.lists();
@@ -554,11 +607,16 @@ async fn a_swept_pack_leaves_the_other_copies_of_its_blobs_in_the_catalog(
     backend: Arc<dyn ObjectBackend>,
 ) {
     let catalog: Arc<dyn crate::PackCatalog> = Arc::new(crate::MemoryCatalog::default());
-    let with =
-        || ChunkStore::new(backend.clone(), Codec::plain()).with_pack_catalog(catalog.clone());
+    let with = || {
+        ChunkStore::new(backend.clone(), Codec::plain())
+            .with_refresh_after(Duration::ZERO)
+            .with_pack_catalog(catalog.clone())
+    };
     let (a, b) = (with(), with());
     let watch = Arc::new(Watch::new(backend.clone(), String::new()));
-    let c = ChunkStore::new(watch.clone(), Codec::plain()).with_pack_catalog(catalog.clone());
+    let c = ChunkStore::new(watch.clone(), Codec::plain())
+        .with_refresh_after(Duration::ZERO)
+        .with_pack_catalog(catalog.clone());
     assert!(!c.contains(&Digest::of(b"nothing")).await.unwrap());
     let loaded = watch.lists();
     let set = |seed: u64, shared: &Bytes| -> Vec<(Digest, Bytes)> {
@@ -601,6 +659,7 @@ async fn a_swept_pack_leaves_the_other_copies_of_its_blobs_in_the_catalog(
     let (three, four) = (set(9500, &y), set(9600, &y));
     a.put_packed(three.clone()).await.unwrap();
     ChunkStore::new(backend.clone(), Codec::plain())
+        .with_refresh_after(Duration::ZERO)
         .put_packed(four.clone())
         .await
         .unwrap();
@@ -630,7 +689,7 @@ async fn a_swept_pack_leaves_the_other_copies_of_its_blobs_in_the_catalog(
 async fn a_read_that_missed_a_pack_another_read_found_still_finds_it(
     backend: Arc<dyn ObjectBackend>,
 ) {
-    let a = ChunkStore::new(backend.clone(), Codec::plain());
+    let a = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
     let blobs: Vec<(Digest, Bytes)> = (0..20u64)
         .map(|i| {
             let b = Bytes::from(random_bytes(2000 + i as usize, 8000 + i));
@@ -641,7 +700,8 @@ async fn a_read_that_missed_a_pack_another_read_found_still_finds_it(
     let mut watch = Watch::new(backend.clone(), a.blob_key(&first));
     watch.hold_get = true;
     let watch = Arc::new(watch);
-    let b = Arc::new(ChunkStore::new(watch.clone(), Codec::plain()));
+    let b =
+        Arc::new(ChunkStore::new(watch.clone(), Codec::plain()).with_refresh_after(Duration::ZERO));
     // B has loaded where packs are before A packs the blobs.
     assert!(!b.contains(&Digest::of(b"nothing")).await.unwrap());
     a.put_packed(blobs.clone()).await.unwrap();
@@ -685,7 +745,8 @@ async fn packs_of_tiny_blobs_and_repairs(backend: Arc<dyn ObjectBackend>) {
     store.put_packed(tiny.clone()).await.unwrap();
     let keep: HashSet<Digest> = tiny.iter().map(|(d, _)| *d).collect();
     store.sweep(&keep, future).await.unwrap();
-    let fresh = || ChunkStore::new(backend.clone(), Codec::plain());
+    let fresh =
+        || ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
     for (d, b) in &tiny {
         assert!(
             read_all(&fresh(), d, None).await.unwrap() == b[..],
@@ -707,7 +768,8 @@ async fn packs_of_tiny_blobs_and_repairs(backend: Arc<dyn ObjectBackend>) {
         "own object"
     );
     store.delete(&d0).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Newer by the store's clock, which WebDAV tells to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     store
         .put_packed(vec![tiny[0].clone(), tiny[1].clone()])
         .await
@@ -732,7 +794,7 @@ async fn compression_saves_space(store: &ChunkStore) {
     let before = keys(&**store.backend()).await;
     let d = put(store, &text).await;
     let mut stored = 0u64;
-    for dir in ["b", "c"] {
+    for dir in ["b", "c", "p"] {
         for l in store.backend().list(dir).await.unwrap() {
             if !before.contains(&l.key) {
                 stored += l.size;
@@ -832,7 +894,8 @@ async fn encryption_hides_content_and_hashes(backend: Arc<dyn ObjectBackend>) {
             compression: Compression::Zstd(3),
             keys: Some(rotated),
         },
-    );
+    )
+    .with_refresh_after(Duration::ZERO);
     let seen = std::sync::Mutex::new(0u64);
     let report = enc2
         .rewrite(&|r| *seen.lock().unwrap() = r.rewritten)
@@ -927,13 +990,15 @@ async fn a_rotation_keeps_the_copies_a_concurrent_sweep_may_drop(backend: Arc<dy
     }
     // Meanwhile the other replica's sweep keeps Z in the first pack only:
     // it rewrites the second without Z.
-    let other = ChunkStore::new(backend.clone(), codec(ring1.clone()));
+    let other =
+        ChunkStore::new(backend.clone(), codec(ring1.clone())).with_refresh_after(Duration::ZERO);
     other.put_packed(set(9900, false)).await.unwrap();
     backend.delete(&second).await.unwrap();
     watch.release.notify_one();
     rotation.await.unwrap().expect("the rotation finishes");
 
-    let fresh = ChunkStore::new(backend.clone(), codec(rotated.clone()));
+    let fresh =
+        ChunkStore::new(backend.clone(), codec(rotated.clone())).with_refresh_after(Duration::ZERO);
     assert!(
         read_all(&fresh, &zd, None).await.unwrap() == z[..],
         "Z survived the rotation"
@@ -958,7 +1023,8 @@ async fn encryption_turned_on_for_a_plain_store(backend: Arc<dyn ObjectBackend>)
         .sweep(&HashSet::new(), future)
         .await
         .unwrap();
-    assert!(keys(&*backend).await.is_empty(), "sweep left objects");
+    let left = keys(&*backend).await;
+    assert!(left.is_empty(), "sweep left objects: {left:?}");
     // Content stored before encryption: whole, chunked, packed.
     let plain = ChunkStore::new(backend.clone(), Codec::plain());
     let small = random_bytes(3000, 30);
@@ -982,7 +1048,8 @@ async fn encryption_turned_on_for_a_plain_store(backend: Arc<dyn ObjectBackend>)
             compression: Compression::Zstd(3),
             keys: Some(ring),
         },
-    );
+    )
+    .with_refresh_after(Duration::ZERO);
     enc.check_settings()
         .await
         .expect("turning encryption on is allowed");
@@ -1052,41 +1119,31 @@ async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
     b.extend(random_bytes(100_000, 41));
     let (in_a, in_b) = (chunk_digests(&a), chunk_digests(&b));
     let shared: Vec<Digest> = in_a.iter().filter(|d| in_b.contains(d)).copied().collect();
-    let only_a: Vec<Digest> = in_a.iter().filter(|d| !in_b.contains(d)).copied().collect();
-    assert!(
-        shared.len() >= 10 && !only_a.is_empty(),
-        "{} shared",
-        shared.len()
-    );
-    for d in &shared {
-        wait_until_older(
-            &*backend,
-            &store.chunk_key(d),
-            refresh + Duration::from_secs(1),
-        )
-        .await;
-    }
-    // B reuses A's chunks, now all older than the refresh age (by more
-    // than a second, and read as at least six): the write
-    // refreshes them (touch on disk, a rewrite on object stores), so a
-    // sweep sees them young; A's own chunk is left alone.
+    assert!(shared.len() >= 10, "{} shared", shared.len());
+    let old_pack = store.pack_of(&shared[0]).expect("A's chunks are packed");
+    assert!(shared
+        .iter()
+        .all(|d| store.pack_of(d).as_ref() == Some(&old_pack)));
+    wait_until_older(&*backend, &old_pack, refresh + Duration::from_secs(1)).await;
+    // B reuses A's chunks, now older than the refresh age (by more than a
+    // second, and read as at least six): the write refreshes them (touches
+    // the pack on disk, writes them again into a new pack on object
+    // stores), so a sweep sees them young.
     put(&store, &b).await;
     let age = |m: SystemTime| SystemTime::now().duration_since(m).unwrap_or_default();
     for d in &shared {
-        let m = backend.head(&store.chunk_key(d)).await.unwrap().unwrap();
+        let pack = store.pack_of(d).expect("packed");
+        let m = backend.head(&pack).await.unwrap().unwrap();
         assert!(
             age(m) < refresh,
             "chunk {d} was reused at {:?} old without a refresh",
             age(m)
         );
     }
-    let m = backend
-        .head(&store.chunk_key(&only_a[0]))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(age(m) >= refresh, "a chunk B does not use was refreshed");
     assert!(read_all(&store, &Digest::of(&b), None).await.unwrap() == b);
+    // So does a process that learns the packs afresh.
+    let fresh = ChunkStore::new(backend.clone(), Codec::plain());
+    assert!(read_all(&fresh, &Digest::of(&b), None).await.unwrap() == b);
 }
 
 /// A backend that reports the first `head` of one key (the moment a
@@ -1168,36 +1225,24 @@ impl ObjectBackend for Watch {
     }
 }
 
+/// A write that decided to reuse a stored chunk whose pack a sweep (of
+/// another process, or after a rewrite) took before the recipe was
+/// written fails and writes no recipe; its retry stores the chunk again.
 async fn a_reused_chunk_swept_before_the_recipe_fails_the_write(backend: Arc<dyn ObjectBackend>) {
-    use tokio::io::AsyncWriteExt;
     let store = ChunkStore::new(backend.clone(), Codec::plain());
     let a = random_bytes(2 * 1024 * 1024, 50);
     put(&store, &a).await;
     let mut b = a[..1024 * 1024].to_vec();
     b.extend(random_bytes(1024 * 1024, 51));
     let first = chunk_digests(&a)[0];
-    let key = store.chunk_key(&first);
-    let watch = Arc::new(Watch::new(backend.clone(), key.clone()));
-    let watched = ChunkStore::new(watch.clone(), Codec::plain());
+    let pack = store.pack_of(&first).expect("A's chunks are packed");
+    // The writer knows where A's chunks are; then the pack goes.
+    backend.delete(&pack).await.unwrap();
     let db = Digest::of(&b);
-    let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
-    // B's first MiB is A's: the write finds A's first chunk stored and
-    // decides to reuse it; then a sweep takes it (as one that listed the
-    // recipes before B's existed would), before B's recipe is written.
-    let writing = watched.put(&db, b.len() as u64, &mut rx, Durability::Sync);
-    let feeding = async {
-        tx.write_all(&b[..1024 * 1024]).await.unwrap();
-        watch.seen.notified().await;
-        backend.delete(&key).await.unwrap();
-        let _ = tx.write_all(&b[1024 * 1024..]).await;
-        drop(tx);
-    };
-    let (written, ()) = tokio::time::timeout(Duration::from_secs(120), async {
-        tokio::join!(writing, feeding)
-    })
-    .await
-    .expect("the write finished");
-    let e = written.expect_err("a recipe was written over a chunk that is gone");
+    let e = store
+        .put(&db, b.len() as u64, &mut &b[..], Durability::Sync)
+        .await
+        .expect_err("a recipe was written over a chunk that is gone");
     assert!(e.to_string().contains("retry the upload"), "{e}");
     assert!(!store.contains(&db).await.unwrap());
     assert!(backend
@@ -1205,9 +1250,121 @@ async fn a_reused_chunk_swept_before_the_recipe_fails_the_write(backend: Arc<dyn
         .await
         .unwrap()
         .is_none());
-    // The retry stores the chunk again.
+    // The retry stores the chunks again.
     put(&store, &b).await;
     assert!(read_all(&store, &db, None).await.unwrap() == b);
+    let fresh = ChunkStore::new(backend.clone(), Codec::plain());
+    assert!(read_all(&fresh, &db, None).await.unwrap() == b);
+}
+
+/// A crash between writing a pack of chunks and recording it (here: the
+/// catalog fails) stores no blob; the blob stored again reads whole, and
+/// the sweep deletes the pack nothing names.
+async fn a_pack_written_but_not_recorded_stores_nothing(backend: Arc<dyn ObjectBackend>) {
+    struct Failing;
+    #[async_trait::async_trait]
+    impl crate::PackCatalog for Failing {
+        async fn record(&self, _: &str, _: u64, _: &[Digest]) -> Result<(), StoreError> {
+            Err(StoreError::Backend("the database went away".into()))
+        }
+        async fn locate(&self, _: &Digest) -> Result<Vec<(String, u64)>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn forget(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+    let before = keys(&*backend).await;
+    let crashing = ChunkStore::new(backend.clone(), Codec::plain())
+        .with_refresh_after(Duration::ZERO)
+        .with_pack_catalog(Arc::new(Failing));
+    let body = random_bytes(3 * 1024 * 1024, 60);
+    let d = Digest::of(&body);
+    let e = crashing
+        .put(&d, body.len() as u64, &mut &body[..], Durability::Sync)
+        .await
+        .expect_err("a blob was stored over an unrecorded pack");
+    assert!(e.to_string().contains("database went away"), "{e}");
+    let orphans: Vec<String> = keys(&*backend).await.difference(&before).cloned().collect();
+    assert!(
+        orphans.iter().all(|k| k.starts_with("p/")) && !orphans.is_empty(),
+        "{orphans:?}"
+    );
+    let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
+    assert!(!store.contains(&d).await.unwrap());
+    put(&store, &body).await;
+    assert!(read_all(&store, &d, None).await.unwrap() == body);
+    // Nothing keeps the blob: both packs go; kept, the orphan goes alone
+    // (its chunks are placed in the newer pack).
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    store.sweep(&HashSet::from([d]), future).await.unwrap();
+    assert!(read_all(&store, &d, None).await.unwrap() == body);
+    let fresh = ChunkStore::new(backend.clone(), Codec::plain());
+    assert!(read_all(&fresh, &d, None).await.unwrap() == body);
+    store.delete(&d).await.unwrap();
+    store.sweep(&HashSet::new(), future).await.unwrap();
+    let left: Vec<String> = keys(&*backend).await.difference(&before).cloned().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A sweep that rewrites a mostly dead pack of chunks while another
+/// process writes a blob reusing chunks of it: the writer, pointed at the
+/// old pack, fails cleanly (no recipe), and its retry reads whole; the
+/// chunks the sweep kept stay readable throughout.
+async fn repacking_races_a_write_that_reuses_the_pack(backend: Arc<dyn ObjectBackend>) {
+    let sweeper =
+        ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
+    // The writer relies on young packs without asking the backend.
+    let writer = ChunkStore::new(backend.clone(), Codec::plain())
+        .with_refresh_after(Duration::from_secs(3600));
+    // A and C share A's first quarter; A goes, C stays.
+    let a = random_bytes(8 * 1024 * 1024, 70);
+    let mut c = a[..2 * 1024 * 1024].to_vec();
+    c.extend(random_bytes(1024 * 1024, 71));
+    let da = put(&sweeper, &a).await;
+    let dc = put(&sweeper, &c).await;
+    // A's last chunk is A's alone.
+    let a_only = *chunk_digests(&a).last().unwrap();
+    let old = sweeper.pack_of(&a_only).expect("packed");
+    // The writer learns where A's chunks are.
+    assert!(writer.contains(&da).await.unwrap());
+    assert_eq!(writer.pack_of(&a_only), Some(old.clone()));
+    sweeper.delete(&da).await.unwrap();
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let report = sweeper.sweep(&HashSet::from([dc]), future).await.unwrap();
+    assert!(report.deleted >= 1, "{report:?}");
+    assert!(
+        backend.head(&old).await.unwrap().is_none(),
+        "the pack was rewritten"
+    );
+    assert!(read_all(&sweeper, &dc, None).await.unwrap() == c);
+    // B reuses A's second half (dropped by the sweep) and its first part
+    // (kept, now in the new pack): the writer still points at the old one.
+    let b = a.clone();
+    let db = Digest::of(&b);
+    let e = writer
+        .put(&db, b.len() as u64, &mut &b[..], Durability::Sync)
+        .await
+        .expect_err("a recipe was written over a swept pack");
+    assert!(e.to_string().contains("retry the upload"), "{e}");
+    assert!(backend
+        .head(&writer.recipe_key(&db))
+        .await
+        .unwrap()
+        .is_none());
+    put(&writer, &b).await;
+    for store in [
+        &writer,
+        &sweeper,
+        &ChunkStore::new(backend.clone(), Codec::plain()),
+    ] {
+        assert!(read_all(store, &db, None).await.unwrap() == b);
+        assert!(read_all(store, &dc, None).await.unwrap() == c);
+    }
+    for d in [db, dc] {
+        sweeper.delete(&d).await.unwrap();
+    }
+    sweeper.sweep(&HashSet::new(), future).await.unwrap();
 }
 
 async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
@@ -1217,7 +1374,8 @@ async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
     // Clear what earlier checks left, keeping nothing.
     let future = SystemTime::now() + Duration::from_secs(3600);
     store.sweep(&HashSet::new(), future).await.unwrap();
-    assert!(keys(&*backend).await.is_empty(), "sweep left objects");
+    let left = keys(&*backend).await;
+    assert!(left.is_empty(), "sweep left objects: {left:?}");
 
     let a = random_bytes(9 * 1024 * 1024, 10);
     let mut b = a.clone();
@@ -1237,7 +1395,7 @@ async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
     // The default store keeps young chunks even past the cutoff.
     let cautious = ChunkStore::new(backend.clone(), Codec::plain());
     let r = cautious.sweep(&HashSet::new(), future).await.unwrap();
-    assert!(keys(&*backend).await.iter().any(|k| k.starts_with("c/")));
+    assert!(keys(&*backend).await.iter().any(|k| k.starts_with("p/")));
     assert!(r.deleted >= 3, "blobs go, chunks stay: {r:?}");
     for body in [&a, &b, &small] {
         put(&store, body).await;

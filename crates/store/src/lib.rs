@@ -20,6 +20,7 @@ pub mod chunked;
 pub mod codec;
 pub mod conformance;
 pub mod pack;
+pub mod packer;
 pub mod remote;
 
 use std::fmt;
@@ -150,6 +151,46 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error again, for a failure several waiters share (an I/O
+    /// error keeps its kind, which decides the HTTP answer).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Io { context, source } => StoreError::Io {
+                context: context.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::Backend(m) => StoreError::Backend(m.clone()),
+            StoreError::Config(m) => StoreError::Config(m.clone()),
+            StoreError::Undecodable(m) => StoreError::Undecodable(m.clone()),
+            StoreError::BodyRead(m) => StoreError::BodyRead(m.clone()),
+            StoreError::BadDigest(m) => StoreError::BadDigest(m.clone()),
+            StoreError::NotFound(d) => StoreError::NotFound(*d),
+            StoreError::ChunkMissing(d) => StoreError::ChunkMissing(*d),
+            StoreError::DigestMismatch { expected, actual } => StoreError::DigestMismatch {
+                expected: *expected,
+                actual: *actual,
+            },
+            StoreError::SizeMismatch {
+                digest,
+                expected,
+                actual,
+            } => StoreError::SizeMismatch {
+                digest: *digest,
+                expected: *expected,
+                actual: *actual,
+            },
+            StoreError::BadRange { start, end, size } => StoreError::BadRange {
+                start: *start,
+                end: *end,
+                size: *size,
+            },
+            StoreError::Corrupt { digest, actual } => StoreError::Corrupt {
+                digest: *digest,
+                actual: *actual,
+            },
+        }
+    }
+
     /// Whether the error was caused by the bytes a client sent (4xx), as
     /// opposed to the store failing (5xx).
     pub fn is_client_error(&self) -> bool {

@@ -1,20 +1,23 @@
-//! Packs: many small blobs in one object.
+//! Packs: many small blobs, or many chunks, in one object.
 //!
 //! A tree of small files (a test report, a `node_modules`) would otherwise be
 //! one object per file: 10,000 PUTs to a bucket, and 10,000 objects to list,
-//! pay for and sweep. Small blobs written together (one upload batch) are
-//! instead written as one pack, `p/<2>/<name>`:
+//! pay for and sweep; a GiB cut into chunks would be 12,400. Small blobs
+//! written together (one upload batch) are instead written as one pack,
+//! and new chunks of large blobs go into shared packs of tens of MiB
+//! ([`crate::packer`]). A pack is `p/<2>/<name>`:
 //!
 //! ```text
 //! entry*   each blob encoded on its own by Codec (kind chunk): compressed
 //!          and encrypted separately, so one is read with a ranged GET
 //! index    Codec-encoded (kind pack index), one row per entry:
 //!          digest [u8; 32], offset u64 LE, length u32 LE
-//! footer   index length u32 LE, magic "SPK1"
+//! footer   index length u32 LE, magic "SPK1" (blobs) or "SPC1" (chunks)
 //! ```
 //!
-//! `name` is the SHA-256 of the pack as stored; with encryption that is a
-//! hash of ciphertext, and the index is encrypted like everything else, so
+//! `name` is the SHA-256 of the pack's stored index and footer (which name
+//! every entry's digest and place); with encryption that is a hash of
+//! ciphertext, and the index is encrypted like everything else, so
 //! no plaintext digest shows. Every read still checks the blob against its
 //! digest, so a swapped or damaged entry fails instead of serving bad bytes.
 //!
@@ -50,7 +53,11 @@ pub const PACK_ENTRY_MAX: u64 = 256 * 1024;
 pub const PACK_MIN_BLOBS: usize = 16;
 
 const FOOTER: u64 = 8;
+/// The footer's magic: a pack of blobs (small files sent together).
 const MAGIC: &[u8; 4] = b"SPK1";
+/// The footer's magic of a pack of chunks of large blobs (store format 2):
+/// the sweep keeps its dead entries as long as unused chunks.
+const MAGIC_CHUNKS: &[u8; 4] = b"SPC1";
 const ROW: usize = 44;
 
 /// One blob in a pack: its digest and where its encoded bytes are.
@@ -74,32 +81,77 @@ pub(crate) struct Loc {
     pub entry: Entry,
 }
 
-/// Encodes `blobs` as a pack: its name and bytes, and its entries.
-pub(crate) fn encode(codec: &Codec, blobs: &[(Digest, Bytes)]) -> (String, Vec<u8>, Vec<Entry>) {
-    let mut out = Vec::with_capacity(blobs.iter().map(|(_, b)| b.len() + 64).sum::<usize>() + 64);
-    let mut entries = Vec::with_capacity(blobs.len());
-    for (digest, data) in blobs {
-        let enc = codec.encode(Kind::Chunk, data);
-        entries.push(Entry {
-            digest: *digest,
-            offset: out.len() as u64,
-            len: enc.len() as u32,
+/// A pack being put together: encoded entries appended one by one, then
+/// the index and footer. The one writer of the pack format, for packs of
+/// small blobs and packs of chunks alike.
+#[derive(Default)]
+pub(crate) struct Builder {
+    bytes: bytes::BytesMut,
+    entries: Vec<Entry>,
+}
+
+impl Builder {
+    /// Appends one entry, already encoded by the codec (kind chunk).
+    pub fn push(&mut self, digest: Digest, encoded: &[u8]) {
+        self.entries.push(Entry {
+            digest,
+            offset: self.bytes.len() as u64,
+            len: encoded.len() as u32,
         });
-        out.extend_from_slice(&enc);
+        self.bytes.extend_from_slice(encoded);
     }
-    let mut rows = Vec::with_capacity(4 + ROW * entries.len());
-    rows.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for e in &entries {
-        rows.extend_from_slice(&e.digest.0);
-        rows.extend_from_slice(&e.offset.to_le_bytes());
-        rows.extend_from_slice(&e.len.to_le_bytes());
+
+    /// Bytes of entries so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
     }
-    let index = codec.encode(Kind::PackIndex, &rows);
-    out.extend_from_slice(&index);
-    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
-    out.extend_from_slice(MAGIC);
-    let name = Digest::of(&out).to_hex();
-    (name, out, entries)
+
+    /// Whether no entry was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends the index and footer: the pack's name, bytes and entries.
+    /// The name is the SHA-256 of the index and footer, which name every
+    /// entry's digest and place (with encryption, under a fresh nonce): a
+    /// name for these contents without hashing all of them again.
+    pub fn finish(mut self, codec: &Codec, chunks: bool) -> (String, Bytes, Vec<Entry>) {
+        let mut rows = Vec::with_capacity(4 + ROW * self.entries.len());
+        rows.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            rows.extend_from_slice(&e.digest.0);
+            rows.extend_from_slice(&e.offset.to_le_bytes());
+            rows.extend_from_slice(&e.len.to_le_bytes());
+        }
+        let tail_at = self.bytes.len();
+        let index = codec.encode(Kind::PackIndex, &rows);
+        self.bytes.extend_from_slice(&index);
+        self.bytes
+            .extend_from_slice(&(index.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(if chunks { MAGIC_CHUNKS } else { MAGIC });
+        let name = Digest::of(&self.bytes[tail_at..]).to_hex();
+        (name, self.bytes.freeze(), self.entries)
+    }
+}
+
+/// Encodes `blobs` as a pack: its name and bytes, and its entries.
+pub(crate) fn encode(codec: &Codec, blobs: &[(Digest, Bytes)]) -> (String, Bytes, Vec<Entry>) {
+    builder_of(codec, blobs).finish(codec, false)
+}
+
+/// A pack of `blobs`, each encoded, not finished yet.
+pub(crate) fn builder_of(codec: &Codec, blobs: &[(Digest, Bytes)]) -> Builder {
+    let mut b = Builder {
+        bytes: bytes::BytesMut::with_capacity(
+            blobs.iter().map(|(_, b)| b.len() + 64).sum::<usize>() + 64,
+        ),
+        entries: Vec::with_capacity(blobs.len()),
+    };
+    for (digest, data) in blobs {
+        b.push(*digest, &codec.encode(Kind::Chunk, data));
+    }
+    b
 }
 
 fn bad(key: &str, what: &str) -> StoreError {
@@ -107,19 +159,21 @@ fn bad(key: &str, what: &str) -> StoreError {
 }
 
 /// Where the encoded index of a pack of `size` bytes lies, from its last
-/// [`FOOTER`] bytes.
-fn index_span(key: &str, footer: &[u8], size: u64) -> Result<Range<u64>, StoreError> {
+/// [`FOOTER`] bytes, and whether it is a pack of chunks.
+fn index_span(key: &str, footer: &[u8], size: u64) -> Result<(Range<u64>, bool), StoreError> {
     if size < FOOTER || footer.len() as u64 != FOOTER {
         return Err(bad(key, "shorter than its footer"));
     }
-    if &footer[4..] != MAGIC {
-        return Err(bad(key, "bad footer magic"));
-    }
+    let chunks = match &footer[4..] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_CHUNKS => true,
+        _ => return Err(bad(key, "bad footer magic")),
+    };
     let len = u64::from(u32::from_le_bytes(footer[..4].try_into().expect("4")));
     if len > size - FOOTER {
         return Err(bad(key, "index longer than the pack"));
     }
-    Ok(size - FOOTER - len..size - FOOTER)
+    Ok((size - FOOTER - len..size - FOOTER, chunks))
 }
 
 /// Where the encoded index of pack `key` (of `size` bytes) is.
@@ -127,7 +181,7 @@ async fn index_range(
     backend: &dyn ObjectBackend,
     key: &str,
     size: u64,
-) -> Result<Option<Range<u64>>, StoreError> {
+) -> Result<Option<(Range<u64>, bool)>, StoreError> {
     if size < FOOTER {
         return Err(bad(key, "shorter than its footer"));
     }
@@ -137,16 +191,17 @@ async fn index_range(
     index_span(key, &footer, size).map(Some)
 }
 
-/// The encoded index object of pack `key`, `None` if the pack is gone.
+/// The encoded index object of pack `key`, and whether it is a pack of
+/// chunks; `None` if the pack is gone.
 pub(crate) async fn read_index_object(
     backend: &dyn ObjectBackend,
     key: &str,
     size: u64,
-) -> Result<Option<Bytes>, StoreError> {
-    let Some(range) = index_range(backend, key, size).await? else {
+) -> Result<Option<(Bytes, bool)>, StoreError> {
+    let Some((range, chunks)) = index_range(backend, key, size).await? else {
         return Ok(None);
     };
-    backend.get_range(key, range).await
+    Ok(backend.get_range(key, range).await?.map(|b| (b, chunks)))
 }
 
 /// Decodes and checks the encoded `index` of pack `key` (of `size`
@@ -186,27 +241,28 @@ fn decode_entries(
     Ok(out)
 }
 
-/// Reads and checks the entries of pack `key`; `None` if it is gone.
+/// Reads and checks the entries of pack `key`, and whether it is a pack
+/// of chunks; `None` if it is gone.
 pub(crate) async fn read_entries(
     backend: &dyn ObjectBackend,
     codec: &Arc<Codec>,
     key: &str,
     size: u64,
-) -> Result<Option<Vec<Entry>>, StoreError> {
-    let Some(index) = read_index_object(backend, key, size).await? else {
+) -> Result<Option<(Vec<Entry>, bool)>, StoreError> {
+    let Some((index, chunks)) = read_index_object(backend, key, size).await? else {
         return Ok(None);
     };
     let (codec, key2) = (codec.clone(), key.to_string());
     tokio::task::spawn_blocking(move || decode_entries(&codec, &key2, size, &index))
         .await
         .expect("decoder panicked")
-        .map(Some)
+        .map(|e| Some((e, chunks)))
 }
 
 /// The stored bytes of a pack of `blobs`, as the store writes it (its
 /// name is their SHA-256).
 pub fn encode_pack(codec: &Codec, blobs: &[(Digest, Bytes)]) -> Vec<u8> {
-    encode(codec, blobs).1
+    encode(codec, blobs).1.to_vec()
 }
 
 /// Reads the index of a whole pack held in memory, as [`read_entries`]
@@ -217,7 +273,7 @@ pub fn read_index(codec: &Codec, pack: &[u8]) -> Result<Vec<(Digest, Range<u64>)
     let footer = pack
         .get(pack.len().saturating_sub(FOOTER as usize)..)
         .unwrap_or(&[]);
-    let span = index_span("(in memory)", footer, size)?;
+    let (span, _) = index_span("(in memory)", footer, size)?;
     let index = &pack[span.start as usize..span.end as usize];
     let entries = decode_entries(codec, "(in memory)", size, index)?;
     Ok(entries.into_iter().map(|e| (e.digest, e.range())).collect())
@@ -294,6 +350,8 @@ struct State {
     /// learnt in.
     ages: HashMap<Arc<str>, std::time::SystemTime>,
     map: HashMap<Digest, Loc>,
+    /// Known packs of chunks (the rest hold blobs).
+    chunk_packs: HashSet<Arc<str>>,
 }
 
 /// Where every packed blob is, in memory.
@@ -327,7 +385,14 @@ impl PackIndex {
     /// Records a pack of `size` bytes written at `age` (the store's
     /// clock) and its entries. Each blob points at the newest pack known
     /// to hold it (a tie goes to the pack added last).
-    pub fn add(&self, key: Arc<str>, size: u64, age: std::time::SystemTime, entries: Vec<Entry>) {
+    pub fn add(
+        &self,
+        key: Arc<str>,
+        size: u64,
+        age: std::time::SystemTime,
+        entries: Vec<Entry>,
+        chunks: bool,
+    ) {
         let mut st = self.state.write().expect("pack index");
         let st = &mut *st;
         for e in &entries {
@@ -345,6 +410,9 @@ impl PackIndex {
         }
         st.sizes.insert(key.clone(), size);
         st.ages.insert(key.clone(), age);
+        if chunks {
+            st.chunk_packs.insert(key.clone());
+        }
         st.packs.insert(key, entries);
     }
 
@@ -363,6 +431,7 @@ impl PackIndex {
         let mut st = self.state.write().expect("pack index");
         st.sizes.remove(key);
         st.ages.remove(key);
+        st.chunk_packs.remove(key);
         let Some(entries) = st.packs.remove(key) else {
             return;
         };
@@ -402,6 +471,53 @@ impl PackIndex {
             .copied()
     }
 
+    /// Every known copy of `d` but the one it points at (slow: every
+    /// pack's entries are looked at; for reads that found a damaged copy).
+    pub fn other_copies(&self, d: &Digest) -> Vec<Loc> {
+        let st = self.state.read().expect("pack index");
+        let current = st.map.get(d).map(|l| l.pack.clone());
+        let mut out: Vec<Loc> = st
+            .packs
+            .iter()
+            .filter(|(k, _)| Some(*k) != current.as_ref())
+            .flat_map(|(k, entries)| {
+                entries.iter().filter(|e| e.digest == *d).map(|e| Loc {
+                    pack: k.clone(),
+                    entry: *e,
+                })
+            })
+            .collect();
+        // Newest first.
+        out.sort_by_key(|l| std::cmp::Reverse(st.ages.get(&l.pack).copied()));
+        out
+    }
+
+    /// Whether known pack `key` holds chunks of large blobs.
+    pub fn holds_chunks(&self, key: &str) -> bool {
+        self.state
+            .read()
+            .expect("pack index")
+            .chunk_packs
+            .contains(key)
+    }
+
+    /// When known pack `key` was written (or last touched).
+    pub fn age(&self, key: &str) -> Option<std::time::SystemTime> {
+        self.state
+            .read()
+            .expect("pack index")
+            .ages
+            .get(key)
+            .copied()
+    }
+
+    /// Pack `key` was touched at `at` (by the store's clock).
+    pub fn touched(&self, key: &str, at: std::time::SystemTime) {
+        if let Some(a) = self.state.write().expect("pack index").ages.get_mut(key) {
+            *a = at;
+        }
+    }
+
     /// The entries of pack `key`, if known.
     pub fn entries(&self, key: &str) -> Option<Vec<Entry>> {
         self.state
@@ -428,8 +544,8 @@ impl PackIndex {
             return Ok(false);
         };
         match read_entries(backend, codec, key, size).await? {
-            Some(entries) => {
-                self.add(key.into(), size, age, entries);
+            Some((entries, chunks)) => {
+                self.add(key.into(), size, age, entries, chunks);
                 Ok(true)
             }
             None => Ok(false),
@@ -514,8 +630,8 @@ impl PackIndex {
                 continue;
             }
             match read_entries(backend, codec, &l.key, l.size).await {
-                Ok(Some(entries)) => {
-                    self.add(l.key.as_str().into(), l.size, l.modified, entries);
+                Ok(Some((entries, chunks))) => {
+                    self.add(l.key.as_str().into(), l.size, l.modified, entries, chunks);
                     changed = true;
                 }
                 Ok(None) => {}
@@ -546,8 +662,8 @@ mod tests {
         };
         let index = PackIndex::default();
         let now = std::time::SystemTime::now();
-        index.add("p/two".into(), 20, now, vec![e(10)]);
-        index.add("p/one".into(), 10, now, vec![e(0)]);
+        index.add("p/two".into(), 20, now, vec![e(10)], false);
+        index.add("p/one".into(), 10, now, vec![e(0)], false);
         assert!(
             index.points_at(&x, "p/one"),
             "of equal age, the last learned wins"
@@ -575,11 +691,11 @@ mod tests {
         };
         let t = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
         let index = PackIndex::default();
-        index.add("p/mid".into(), 10, t(20), vec![e(x, 0)]);
-        index.add("p/old".into(), 20, t(10), vec![e(x, 0), e(y, 3)]);
+        index.add("p/mid".into(), 10, t(20), vec![e(x, 0)], false);
+        index.add("p/old".into(), 20, t(10), vec![e(x, 0), e(y, 3)], false);
         assert!(index.points_at(&x, "p/mid"), "an older pack learnt late");
         assert!(index.points_at(&y, "p/old"));
-        index.add("p/new".into(), 30, t(30), vec![e(x, 0)]);
+        index.add("p/new".into(), 30, t(30), vec![e(x, 0)], false);
         assert!(index.points_at(&x, "p/new"), "a newer pack learnt late");
         index.remove_pack("p/new");
         assert!(index.points_at(&x, "p/mid"), "the newest remaining copy");
@@ -597,24 +713,24 @@ mod tests {
             })
             .collect();
         let (name, bytes, entries) = encode(&codec, &blobs);
-        assert_eq!(name, Digest::of(&bytes).to_hex());
+        // Named by its index and footer, which name every entry.
+        let index_len = u32::from_le_bytes(bytes[bytes.len() - 8..][..4].try_into().unwrap());
+        let tail = &bytes[bytes.len() - 8 - index_len as usize..];
+        assert_eq!(name, Digest::of(tail).to_hex());
         let size = bytes.len() as u64;
-        backend
-            .put("p/xx/pack", Bytes::from(bytes.clone()), true)
-            .await
-            .unwrap();
+        backend.put("p/xx/pack", bytes.clone(), true).await.unwrap();
         let read = read_entries(&backend, &codec, "p/xx/pack", size)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(read, entries);
-        for (e, (d, b)) in read.iter().zip(&blobs) {
+        assert_eq!(read, (entries, false));
+        for (e, (d, b)) in read.0.iter().zip(&blobs) {
             let enc = backend.get_range("p/xx/pack", e.range()).await.unwrap();
             let (_, plain) = codec.decode(&enc.unwrap()).unwrap();
             assert_eq!(&plain[..], &b[..]);
             assert_eq!(e.digest, *d);
         }
-        let mut broken = bytes.clone();
+        let mut broken = bytes.to_vec();
         let n = broken.len();
         broken[n - 1] ^= 1;
         backend
@@ -626,7 +742,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("footer"), "{e}");
         // A flipped bit in the index fails its checksum.
-        let mut broken = bytes;
+        let mut broken = bytes.to_vec();
         broken[n - 20] ^= 1;
         backend
             .put("p/xx/bad", Bytes::from(broken), true)
