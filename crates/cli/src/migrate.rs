@@ -76,6 +76,7 @@ pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
                 url: url.clone(),
                 compression: opts.compression,
                 keys: opts.keys.clone(),
+                reserve: opts.reserve,
             })
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("opening the destination store")?,

@@ -153,6 +153,12 @@ pub struct StorageArgs {
     #[arg(long, env = "SATCHEL_CHUNK_REFRESH_SECS", hide = true,
           value_parser = clap::value_parser!(u32).range(5..=86_400))]
     chunk_refresh_secs: Option<u32>,
+    /// MiB a local content directory keeps free on its disk, so the
+    /// metadata database beside it can still finish, abort and delete
+    /// uploads (and GC run) when content has filled the rest: content
+    /// writes that would eat into it answer 507. 0 turns it off.
+    #[arg(long, env = "SATCHEL_RESERVE_MIB", default_value_t = (satchel_server::RESERVE_DEFAULT >> 20) as u32)]
+    reserve_mib: u32,
 }
 
 fn parse_compression(s: &str) -> Result<satchel_store::Compression, String> {
@@ -192,6 +198,7 @@ impl StorageArgs {
             chunk_refresh: self
                 .chunk_refresh_secs
                 .map(|s| std::time::Duration::from_secs(u64::from(s))),
+            reserve: u64::from(self.reserve_mib) << 20,
         })
     }
 }

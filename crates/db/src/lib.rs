@@ -76,7 +76,15 @@ pub enum DbError {
     /// The database failed (500).
     #[error("database error: {0}")]
     Backend(String),
+    /// The database's disk or quota is full (507): nothing was written.
+    #[error("{0}")]
+    Full(String),
 }
+
+/// The message of [`DbError::Full`]: what is full, without paths.
+pub const DATABASE_FULL: &str =
+    "the metadata database has no space left on its disk: nothing was written; free space \
+     (delete artifacts and run `satchel admin gc`) or enlarge the disk, then retry";
 
 /// What the server must still do for a new upload.
 #[derive(Debug, Clone)]

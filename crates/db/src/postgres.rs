@@ -228,6 +228,7 @@ fn pg_error(e: tokio_postgres::Error) -> DbError {
         Some(db) if *db.code() == SqlState::CHARACTER_NOT_IN_REPERTOIRE => {
             DbError::Invalid("text may not contain a NUL byte".into())
         }
+        Some(db) if *db.code() == SqlState::DISK_FULL => DbError::Full(crate::DATABASE_FULL.into()),
         Some(db) => DbError::Backend(format!(
             "PostgreSQL: {} ({})",
             db.message(),

@@ -57,7 +57,10 @@ pub struct SqliteBackend {
 }
 
 fn backend(e: rusqlite::Error) -> DbError {
-    DbError::Backend(e.to_string())
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => DbError::Full(crate::DATABASE_FULL.into()),
+        _ => DbError::Backend(e.to_string()),
+    }
 }
 
 fn connect(path: &Path) -> Result<Connection, DbError> {

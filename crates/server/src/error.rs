@@ -5,7 +5,8 @@
 //! `{"error": {"code", "message", "candidates"?}}` with a status that says
 //! whose fault it is: bad input 400, missing or wrong token 401, unknown
 //! thing 404, conflict with stored state 409, too large 413, unsatisfiable
-//! range 416. Anything else is logged once here and answered 500 without
+//! range 416, no space left for the content or the database 507 (naming
+//! what is full, never a path). Anything else is logged once here and answered 500 without
 //! internal detail beyond the message.
 
 use axum::http::StatusCode;
@@ -88,6 +89,9 @@ impl From<DbError> for ApiError {
             DbError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             DbError::SizeMismatch(m) => ApiError::new(StatusCode::BAD_REQUEST, "size_mismatch", m),
             DbError::Limit(m) => ApiError::new(StatusCode::CONFLICT, "limit_exceeded", m),
+            DbError::Full(m) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -125,6 +129,11 @@ impl From<StoreError> for ApiError {
                 StatusCode::BAD_GATEWAY,
                 "storage_unavailable",
                 e.to_string(),
+            ),
+            StoreError::Io { source, .. } if satchel_store::is_full(source) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                satchel_store::CONTENT_FULL,
             ),
             _ if e.is_client_error() => ApiError::bad_request(e.to_string()),
             _ => ApiError::internal(e.to_string()),

@@ -507,7 +507,14 @@ pub struct StorageOptions {
     /// refreshes it; GC never deletes a chunk younger than twice this.
     /// `None`: the store's default (15 minutes).
     pub chunk_refresh: Option<std::time::Duration>,
+    /// Bytes a local content directory keeps free for the metadata
+    /// database (see [`satchel_store::StoreConfig::reserve`]).
+    pub reserve: u64,
 }
+
+/// The default of [`StorageOptions::reserve`]: room for finishing,
+/// aborting and deleting uploads, and for GC, when content fills the disk.
+pub const RESERVE_DEFAULT: u64 = 64 << 20;
 
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
@@ -517,6 +524,7 @@ impl Default for StorageOptions {
             compression: satchel_store::Compression::Zstd(1),
             keys: None,
             chunk_refresh: None,
+            reserve: RESERVE_DEFAULT,
         }
     }
 }
@@ -565,6 +573,7 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
         url,
         compression: opts.compression,
         keys: opts.keys.clone(),
+        reserve: opts.reserve,
     })
     .map_err(|e| e.to_string())?;
     if let Some(r) = opts.chunk_refresh {

@@ -24,6 +24,7 @@ pub fn store(dir: &Path, keys: Option<&str>) -> Arc<satchel_store::ChunkStore> {
             url: dir.join("c").display().to_string(),
             compression: satchel_store::Compression::None,
             keys: keys.map(|k| satchel_store::Keyring::parse(k).unwrap()),
+            reserve: 0,
         })
         .unwrap(),
     )

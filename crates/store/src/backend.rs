@@ -97,6 +97,41 @@ pub struct DirBackend {
     /// Directories whose own name is known to be durable in their parent
     /// (so a synced write into one needs no more than a sync of it).
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Bytes a write must leave free on the directory's file system.
+    reserve: u64,
+}
+
+impl DirBackend {
+    /// Keeps `bytes` free on the directory's file system: a write that
+    /// would leave less fails as full (`ErrorKind::StorageFull`) before
+    /// anything is written, so what shares the disk (the metadata
+    /// database) can still write.
+    pub fn with_reserve(mut self, bytes: u64) -> DirBackend {
+        self.reserve = bytes;
+        self
+    }
+}
+
+/// Fails as full when writing `len` bytes under `root` would leave less
+/// than `reserve` bytes free.
+fn check_room(root: &Path, reserve: u64, len: usize) -> Result<(), StoreError> {
+    if reserve == 0 {
+        return Ok(());
+    }
+    let free = free_bytes(root).map_err(io_err("measuring free space"))?;
+    if free < reserve.saturating_add(len as u64) {
+        return Err(StoreError::Io {
+            context: "writing content".into(),
+            source: io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{free} bytes free, and {} MiB are kept free for the metadata",
+                    reserve >> 20
+                ),
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl DirBackend {
@@ -151,7 +186,11 @@ impl DirBackend {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(DirBackend { root, durable_dirs })
+        Ok(DirBackend {
+            root,
+            durable_dirs,
+            reserve: 0,
+        })
     }
 
     /// The directory.
@@ -162,6 +201,23 @@ impl DirBackend {
     fn path(&self, key: &str) -> PathBuf {
         self.root.join("objects").join(key)
     }
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system.
+#[allow(unsafe_code, clippy::useless_conversion)]
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is written by the call
+    // before it is read (only on success).
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -273,8 +329,9 @@ impl ObjectBackend for DirBackend {
             .root
             .join("tmp")
             .join(satchel_model::id::random_hex(16));
-        let (root, known) = (self.root.clone(), self.durable_dirs.clone());
+        let (root, known, reserve) = (self.root.clone(), self.durable_dirs.clone(), self.reserve);
         tokio::task::spawn_blocking(move || {
+            check_room(&root, reserve, data.len())?;
             write_file(&tmp, &dest, &data, sync.then_some((&*root, &*known)))
         })
         .await

@@ -396,6 +396,27 @@ pub struct StoreConfig {
     pub compression: Compression,
     /// Encryption keys; `None` stores content unencrypted.
     pub keys: Option<Keyring>,
+    /// Bytes a local directory store keeps free: a content write that
+    /// would eat into them fails as full, so the metadata database beside
+    /// it can still record, abort and delete. Ignored by object stores.
+    pub reserve: u64,
+}
+
+/// What a full content store answers (HTTP 507), naming the limit and
+/// never a path.
+pub const CONTENT_FULL: &str =
+    "the content store has no space left (its disk, quota, or the space \
+     kept free for the metadata): nothing was stored; free space (delete artifacts and run \
+     `satchel admin gc`) or enlarge the store, then retry";
+
+/// Whether an I/O error means the disk or quota is full.
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::FileTooLarge
+    )
 }
 
 /// Opens the content store a configuration names.
@@ -407,9 +428,9 @@ pub fn open(config: &StoreConfig) -> Result<ChunkStore, StoreError> {
     let url = config.url.as_str();
     let backend: std::sync::Arc<dyn ObjectBackend> = if let Some(path) = url.strip_prefix("file://")
     {
-        std::sync::Arc::new(DirBackend::open(path)?)
+        std::sync::Arc::new(DirBackend::open(path)?.with_reserve(config.reserve))
     } else if !url.contains("://") {
-        std::sync::Arc::new(DirBackend::open(url)?)
+        std::sync::Arc::new(DirBackend::open(url)?.with_reserve(config.reserve))
     } else {
         std::sync::Arc::new(RemoteBackend::from_url(url)?)
     };
