@@ -487,35 +487,32 @@ fn find_files(patterns: &[String], how: Finding, cwd: &Path) -> anyhow::Result<V
 const CHUNKED_MIN: u64 = 8 * 1024 * 1024;
 
 /// Cuts a stream of blocks into content-defined chunks with the store's
-/// own rule ([`satchel_store::chunked::next_cut`]), with each chunk's
+/// own chunker ([`satchel_store::chunked::Chunker`]), with each chunk's
 /// SHA-256 and offset. Runs on its own thread while the whole file is
 /// hashed.
 fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRef)> {
-    use satchel_store::chunked::{next_cut, MAX_CHUNK};
-    let mut buf: Vec<u8> = Vec::with_capacity(4 * MAX_CHUNK);
+    let mut chunker = satchel_store::chunked::Chunker::new();
     let mut out = Vec::new();
     let mut offset = 0u64;
     let mut eof = false;
     loop {
-        while buf.len() < MAX_CHUNK && !eof {
+        while chunker.wants_more() && !eof {
             match blocks.recv() {
-                Ok(b) => buf.extend_from_slice(&b),
+                Ok(b) => chunker.buffer().extend_from_slice(&b),
                 Err(_) => eof = true,
             }
         }
-        if buf.is_empty() {
+        let Some(chunk) = chunker.next(eof) else {
             break;
-        }
-        let cut = next_cut(&buf);
+        };
         out.push((
             offset,
             ChunkRef {
-                sha256: hex::encode(Sha256::digest(&buf[..cut])),
-                size: cut as u64,
+                sha256: hex::encode(Sha256::digest(&chunk)),
+                size: chunk.len() as u64,
             },
         ));
-        offset += cut as u64;
-        buf.drain(..cut);
+        offset += chunk.len() as u64;
     }
     out
 }

@@ -99,6 +99,8 @@ pub struct DirBackend {
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
     /// Bytes a write must leave free on the directory's file system.
     reserve: u64,
+    /// Bytes of writes under way: the space they are about to take.
+    in_flight: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DirBackend {
@@ -113,12 +115,15 @@ impl DirBackend {
 }
 
 /// Fails as full when writing `len` bytes under `root` would leave less
-/// than `reserve` bytes free.
-fn check_room(root: &Path, reserve: u64, len: usize) -> Result<(), StoreError> {
+/// than `reserve` bytes free, counting `in_flight` bytes of other writes
+/// as taken.
+fn check_room(root: &Path, reserve: u64, in_flight: u64, len: usize) -> Result<(), StoreError> {
     if reserve == 0 {
         return Ok(());
     }
-    let free = free_bytes(root).map_err(io_err("measuring free space"))?;
+    let free = free_bytes(root)
+        .map_err(io_err("measuring free space"))?
+        .saturating_sub(in_flight);
     if free < reserve.saturating_add(len as u64) {
         return Err(StoreError::Io {
             context: "writing content".into(),
@@ -190,6 +195,7 @@ impl DirBackend {
             root,
             durable_dirs,
             reserve: 0,
+            in_flight: Arc::default(),
         })
     }
 
@@ -330,9 +336,15 @@ impl ObjectBackend for DirBackend {
             .join("tmp")
             .join(satchel_model::id::random_hex(16));
         let (root, known, reserve) = (self.root.clone(), self.durable_dirs.clone(), self.reserve);
+        let in_flight = self.in_flight.clone();
         tokio::task::spawn_blocking(move || {
-            check_room(&root, reserve, data.len())?;
-            write_file(&tmp, &dest, &data, sync.then_some((&*root, &*known)))
+            use std::sync::atomic::Ordering::SeqCst;
+            let len = data.len() as u64;
+            let others = in_flight.fetch_add(len, SeqCst);
+            let written = check_room(&root, reserve, others, data.len())
+                .and_then(|()| write_file(&tmp, &dest, &data, sync.then_some((&*root, &*known))));
+            in_flight.fetch_sub(len, SeqCst);
+            written
         })
         .await
         .expect("object writer panicked")

@@ -29,13 +29,13 @@
 //! GC: [`ChunkStore::sweep_objects`] deletes blobs not kept, and chunks no
 //! remaining recipe uses: packs of chunks all dead are deleted, mostly dead
 //! ones rewritten. A chunk (or pack of chunks) is only swept once it is
-//! older than twice `refresh_after` (whatever the caller's cutoff), and a
-//! write that reuses a stored chunk refreshes it (touches its pack, or
-//! writes it again where the backend cannot touch) when it is older than
-//! `refresh_after`, and checks again, before writing its recipe, that every
-//! pack it relies on is still there and young: a chunk an upload relies on
-//! is never old enough to be swept. Writes rely only on packs of chunks,
-//! never on a pack of blobs (those go by the blobs' grace).
+//! older than twice `refresh_after` (whatever the caller's cutoff); a write
+//! reuses only chunks in packs younger than `refresh_after` (older ones are
+//! written again), pins every pack it relies on for this process's sweeps,
+//! and checks again, before writing its recipe, that every such pack is
+//! still there (and, where other processes sweep, young): a chunk an upload
+//! relies on is never swept. Writes rely only on packs of chunks, never on
+//! a pack of blobs (those go by the blobs' grace).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -67,16 +67,55 @@ const IN_FLIGHT: usize = 4;
 
 /// Where the next chunk of `window` ends. `window` starts at a chunk
 /// boundary and holds at least [`MAX_CHUNK`] bytes, or all that remain of
-/// the blob. The store's one cutting rule: every writer here, and every
-/// client that must cut as the store does (to ask which chunks it lacks),
-/// calls this, so a change to the rule cannot split them.
-pub fn next_cut(window: &[u8]) -> usize {
+/// the blob.
+fn next_cut(window: &[u8]) -> usize {
     fastcdc::v2020::FastCDC::new(window, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
         .next()
         .map_or(window.len(), |c| c.length)
 }
 
-/// The chunks of a whole blob in memory, as ranges, cut by [`next_cut`].
+/// The store's one chunker: cuts a stream, fed in pieces of any size, into
+/// chunks. The store's writes and every client that must cut as the store
+/// does (to ask which chunks it lacks) use it, so the cutting loop cannot
+/// drift between them.
+#[derive(Debug, Default)]
+pub struct Chunker {
+    buf: BytesMut,
+}
+
+impl Chunker {
+    /// A chunker at the start of a blob.
+    pub fn new() -> Chunker {
+        Chunker {
+            buf: BytesMut::with_capacity(2 * MAX_CHUNK),
+        }
+    }
+
+    /// Whether it holds too few bytes to cut a chunk (unless at the end).
+    pub fn wants_more(&self) -> bool {
+        self.buf.len() < MAX_CHUNK
+    }
+
+    /// Where to put more bytes: at least 64 KiB free.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < 64 * 1024 {
+            self.buf.reserve(2 * MAX_CHUNK);
+        }
+        &mut self.buf
+    }
+
+    /// The next chunk, once it holds [`MAX_CHUNK`] bytes or `end` says no
+    /// more will come; `None` when it cannot cut yet, or is empty at the end.
+    pub fn next(&mut self, end: bool) -> Option<Bytes> {
+        if self.buf.is_empty() || (self.wants_more() && !end) {
+            return None;
+        }
+        let cut = next_cut(&self.buf);
+        Some(self.buf.split_to(cut).freeze())
+    }
+}
+
+/// The chunks of a whole blob in memory, as ranges, cut by [`Chunker`].
 pub fn cuts(data: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
@@ -125,6 +164,59 @@ pub struct ChunkStore {
     catalog: Option<Arc<dyn PackCatalog>>,
     /// The open pack new chunks go into.
     packer: Arc<Packer>,
+    /// Packs writes in flight rely on: this process's sweeps skip them.
+    pins: Arc<PinTable>,
+}
+
+/// How many writes in flight rely on each pack.
+#[derive(Default)]
+struct PinTable(std::sync::Mutex<HashMap<Arc<str>, usize>>);
+
+impl PinTable {
+    fn is_pinned(&self, key: &str) -> bool {
+        self.0.lock().expect("pins").contains_key(key)
+    }
+}
+
+/// The packs one write relies on, pinned until it ends.
+struct Pins {
+    table: Arc<PinTable>,
+    keys: Vec<Arc<str>>,
+}
+
+impl Pins {
+    fn new(table: &Arc<PinTable>) -> Pins {
+        Pins {
+            table: table.clone(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn pin(&mut self, key: &str) {
+        let key: Arc<str> = key.into();
+        *self
+            .table
+            .0
+            .lock()
+            .expect("pins")
+            .entry(key.clone())
+            .or_default() += 1;
+        self.keys.push(key);
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().expect("pins");
+        for k in &self.keys {
+            if let Some(n) = t.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    t.remove(k);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -215,6 +307,7 @@ impl ChunkStore {
             packs: Arc::default(),
             catalog: None,
             packer: Packer::new(CHUNK_PACK_TARGET),
+            pins: Arc::default(),
         }
     }
 
@@ -299,6 +392,11 @@ impl ChunkStore {
     /// The pack chunk or blob `d` is read from, as this process knows.
     pub(crate) fn pack_of(&self, d: &Digest) -> Option<String> {
         self.packs.lookup(d).map(|l| l.pack.to_string())
+    }
+
+    /// Whether a write in flight in this process relies on pack `key`.
+    pub(crate) fn is_pinned(&self, key: &str) -> bool {
+        self.pins.is_pinned(key)
     }
 
     pub(crate) fn chunk_key(&self, d: &Digest) -> String {
@@ -494,20 +592,10 @@ impl ChunkStore {
         let young = self.packs.age(&loc.pack).is_some_and(|a| {
             SystemTime::now().duration_since(a).unwrap_or_default() < self.refresh_after
         });
-        if young {
-            return Ok(Some(Held::Pack(loc.pack)));
-        }
-        if self.backend.touch(&loc.pack).await? {
-            let at = self
-                .backend
-                .head(&loc.pack)
-                .await?
-                .unwrap_or_else(SystemTime::now);
-            self.packs.touched(&loc.pack, at);
-            return Ok(Some(Held::Pack(loc.pack)));
-        }
-        // Too old to rely on and the backend cannot touch it: written again.
-        Ok(None)
+        // An older one is written again (copied forward) rather than its
+        // pack touched: a touched pack would keep its dead chunks for as
+        // long as one of its chunks is reused.
+        Ok(young.then_some(Held::Pack(loc.pack)))
     }
 
     /// Stores one chunk of a large blob unless a fresh copy is there or
@@ -560,14 +648,21 @@ impl ChunkStore {
     /// Waits for the packs holding `held` chunks to be written, then checks
     /// that chunks reused from earlier writes are still there, and young
     /// enough that no sweep can take them before the recipe is written.
-    async fn check_still_fresh(&self, held: &[Held]) -> Result<(), StoreError> {
-        self.packer
+    ///
+    /// Every pack is pinned in `pins` (this process's sweeps skip it until
+    /// the write ends). Where no other process sweeps (no catalog), a
+    /// pinned pack need only be there; else it must also be young, since
+    /// another replica's sweep goes by age: a write that outlasts half the
+    /// refresh age past its first pack fails and is retried.
+    async fn check_still_fresh(&self, held: &[Held], pins: &mut Pins) -> Result<(), StoreError> {
+        let own = self
+            .packer
             .wait(held.iter().filter_map(|h| match h {
                 Held::Waiting(t) => Some(t),
                 _ => None,
             }))
             .await?;
-        let keys: std::collections::BTreeSet<&str> = held
+        let mut keys: std::collections::BTreeSet<&str> = held
             .iter()
             .filter_map(|h| match h {
                 Held::Pack(k) => Some(&**k),
@@ -575,9 +670,15 @@ impl ChunkStore {
                 Held::Waiting(_) => None,
             })
             .collect();
+        keys.extend(own.iter().map(|k| &**k));
+        for key in &keys {
+            pins.pin(key);
+        }
+        let by_age = self.catalog.is_some();
         for key in keys {
             let fresh = self.backend.head(key).await?.is_some_and(|m| {
-                self.refresh_after.is_zero()
+                !by_age
+                    || self.refresh_after.is_zero()
                     || SystemTime::now().duration_since(m).unwrap_or_default()
                         < self.refresh_after + self.refresh_after / 2
             });
@@ -585,7 +686,7 @@ impl ChunkStore {
                 // Forgotten here, so the retry writes its chunks again.
                 self.packs.remove_pack(key);
                 return Err(StoreError::Backend(format!(
-                    "{key}, holding a chunk this upload reused, was collected or aged meanwhile; retry the upload"
+                    "{key}, holding a chunk of this upload, was collected or aged meanwhile; retry the upload"
                 )));
             }
         }
@@ -735,6 +836,7 @@ impl ChunkStore {
     async fn repack(
         &self,
         key: &str,
+        chunks: bool,
         live: &[pack::Entry],
         droppable: HashSet<Digest>,
     ) -> Result<bool, StoreError> {
@@ -751,14 +853,23 @@ impl ChunkStore {
             }
             Err(e) => return Err(e),
         };
-        // Unencrypted encoding is deterministic: the same blobs make the
-        // same pack, under the same name. Never delete what was just written.
-        let chunks = self.packs.holds_chunks(key);
-        if self.write_pack(blobs, chunks).await?.as_deref() == Some(key) {
-            return Ok(false);
-        }
+        // (A new pack has a new, random name.)
+        self.write_pack(blobs, chunks).await?;
         self.delete_pack(key).await?;
         Ok(true)
+    }
+
+    /// [`ChunkStore::repack`] for the sweep: a failure (a full disk, say)
+    /// is logged and leaves the pack, so the sweep goes on freeing what it
+    /// can; whether the pack was rewritten.
+    async fn repack_in_sweep(&self, key: &str, chunks: bool, live: &[pack::Entry]) -> bool {
+        match self.repack(key, chunks, live, HashSet::new()).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(pack = %key, error = %e, "pack not rewritten; the sweep goes on");
+                false
+            }
+        }
     }
 
     /// The pack part of a sweep: packs of blobs older than `cutoff`, and
@@ -777,7 +888,9 @@ impl ChunkStore {
             report.objects += 1;
             report.bytes_listed += obj.size;
             let holds_chunks = self.packs.holds_chunks(&obj.key);
-            if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff }) {
+            if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff })
+                || self.pins.is_pinned(&obj.key)
+            {
                 continue;
             }
             let Some(entries) = self.packs.entries(&obj.key) else {
@@ -807,7 +920,7 @@ impl ChunkStore {
             let live_bytes: u64 = live.iter().map(|e| u64::from(e.len)).sum();
             if live.len() < entry_count
                 && live_bytes * 2 < entries_bytes
-                && self.repack(&obj.key, &live, HashSet::new()).await?
+                && self.repack_in_sweep(&obj.key, holds_chunks, &live).await
             {
                 report.deleted += 1;
                 report.bytes_freed += obj.size.saturating_sub(live_bytes);
@@ -963,7 +1076,8 @@ impl ChunkStore {
                 .filter(|e| !self.packs.points_at(&e.digest, &obj.key))
                 .map(|e| e.digest)
                 .collect();
-            if !self.repack(&obj.key, &entries, droppable).await? {
+            let chunks = self.packs.holds_chunks(&obj.key);
+            if !self.repack(&obj.key, chunks, &entries, droppable).await? {
                 if self.backend.head(&obj.key).await?.is_none() {
                     // Rewritten or collected by another replica meanwhile.
                     progress(&report);
@@ -1106,28 +1220,28 @@ impl ContentStore for ChunkStore {
         }
 
         let mut whole = sha2::Sha256::new();
-        let mut buf = BytesMut::with_capacity(2 * MAX_CHUNK);
+        let mut chunker = Chunker::new();
         let mut total: u64 = 0;
         let mut eof = false;
         let mut chunks: Vec<(u32, Digest, Held, Reuse)> = Vec::new();
         let mut inflight = FuturesOrdered::new();
+        // Packs this write relies on, pinned as soon as known (reused ones
+        // at once, its own once written) so this process's sweeps skip
+        // them however long the write takes.
+        let mut pins = Pins::new(&self.pins);
+        let mut unpinned: Vec<Ticket> = Vec::new();
         let mut first: Option<Bytes> = None;
         let mut chunk_count = 0usize;
         let mut skip_compression = 0u32;
         loop {
-            while buf.len() < MAX_CHUNK && !eof {
-                if buf.capacity() - buf.len() < 64 * 1024 {
-                    buf.reserve(2 * MAX_CHUNK);
-                }
-                if limited.read_buf(&mut buf).await.map_err(read_err)? == 0 {
+            while chunker.wants_more() && !eof {
+                if limited.read_buf(chunker.buffer()).await.map_err(read_err)? == 0 {
                     eof = true;
                 }
             }
-            if buf.is_empty() {
+            let Some(piece) = chunker.next(eof) else {
                 break;
-            }
-            let cut = next_cut(&buf);
-            let piece = buf.split_to(cut).freeze();
+            };
             total += piece.len() as u64;
             if total > size {
                 return Err(StoreError::SizeMismatch {
@@ -1160,6 +1274,28 @@ impl ContentStore for ChunkStore {
                         // Already-compressed data: try again some chunks on.
                         skip_compression = SKIP_AFTER_INCOMPRESSIBLE;
                     }
+                    match &done.2 {
+                        Held::Pack(k) => pins.pin(k),
+                        Held::Waiting(t) => unpinned.push(t.clone()),
+                        Held::Object(_) => {}
+                    }
+                    let mut failed = None;
+                    unpinned.retain(|t| match t.outcome() {
+                        Some(Ok(key)) => {
+                            pins.pin(&key);
+                            false
+                        }
+                        Some(Err(e)) => {
+                            failed.get_or_insert(e);
+                            false
+                        }
+                        None => true,
+                    });
+                    // A pack of this write failed (a full disk): stop now,
+                    // not after reading the rest of the body.
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
                     chunks.push(done);
                 }
             }
@@ -1185,7 +1321,7 @@ impl ContentStore for ChunkStore {
         }
         let (chunks, held): (Vec<(u32, Digest)>, Vec<Held>) =
             chunks.into_iter().map(|(l, d, h, _)| ((l, d), h)).unzip();
-        self.check_still_fresh(&held).await?;
+        self.check_still_fresh(&held, &mut pins).await?;
         self.write_recipe(digest, total, &chunks, sync).await
     }
 
@@ -1194,7 +1330,7 @@ impl ContentStore for ChunkStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.packer.flush().await?;
+        self.packer.flush().await;
         self.backend.flush().await
     }
 
@@ -1265,7 +1401,14 @@ impl ContentStore for ChunkStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
-        self.packs.forget(digest);
+        // A copy in a pack of chunks stays placed: recipes may use it.
+        if self
+            .packs
+            .lookup(digest)
+            .is_some_and(|l| !self.packs.holds_chunks(&l.pack))
+        {
+            self.packs.forget(digest);
+        }
         self.backend.delete(&self.blob_key(digest)).await?;
         self.backend.delete(&self.recipe_key(digest)).await?;
         if let Some([b, r, _]) = self.legacy_keys(digest) {
@@ -1427,7 +1570,8 @@ impl ContentStore for ChunkStore {
             .iter()
             .map(|(_, d)| self.held_now(d))
             .collect::<Result<_, _>>()?;
-        self.check_still_fresh(&held).await?;
+        let mut pins = Pins::new(&self.pins);
+        self.check_still_fresh(&held, &mut pins).await?;
         if chunks.len() == 1 {
             // A one-chunk blob lives whole under b/.
             let data = reader.read_chunk(chunks[0].1).await?;
@@ -1462,4 +1606,63 @@ async fn decode_content(codec: Arc<Codec>, d: Digest, stored: Bytes) -> Result<B
     tokio::task::spawn_blocking(work)
         .await
         .expect("decoder panicked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cutting rule is part of the store's format: stored chunks, and
+    /// what every client asks for, depend on it, so dedup against content
+    /// stored by an older version needs it unchanged. A change to the
+    /// sizes or the algorithm moves these boundaries and fails this.
+    #[test]
+    fn chunk_boundaries_are_part_of_the_format() {
+        let data = crate::conformance::random_bytes(4 << 20, 12);
+        let mut h = sha2::Sha256::new();
+        let mut n = 0;
+        for r in cuts(&data) {
+            h.update((r.end as u64).to_le_bytes());
+            n += 1;
+        }
+        let ends = hex::encode(h.finalize());
+        assert_eq!(
+            (n, ends.as_str()),
+            (
+                51,
+                "7d49dfc4b795bfabba27a9b464e90ff50d261bc0531aa98a14139f23b361162e"
+            ),
+            "chunk boundaries changed"
+        );
+    }
+
+    /// Fed in pieces of any size, the chunker cuts a stream exactly as a
+    /// whole blob in memory is cut.
+    #[test]
+    fn the_chunker_cuts_a_stream_as_a_whole_blob_is_cut() {
+        let data = crate::conformance::random_bytes(3 << 20, 13);
+        let want: Vec<&[u8]> = cuts(&data).map(|r| &data[r]).collect();
+        for piece in [1, 37, 65_536, 1 << 20, 3 << 20] {
+            let mut c = Chunker::new();
+            let mut got = Vec::new();
+            let mut fed = data.chunks(piece);
+            let mut end = false;
+            loop {
+                while c.wants_more() && !end {
+                    match fed.next() {
+                        Some(p) => c.buffer().extend_from_slice(p),
+                        None => end = true,
+                    }
+                }
+                match c.next(end) {
+                    Some(chunk) => got.push(chunk),
+                    None => break,
+                }
+            }
+            assert!(
+                got.iter().map(|b| &b[..]).eq(want.iter().copied()),
+                "pieces of {piece} bytes"
+            );
+        }
+    }
 }

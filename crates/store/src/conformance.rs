@@ -131,6 +131,7 @@ pub async fn run_all(backend: Arc<dyn ObjectBackend>) {
     reused_old_chunks_are_refreshed(backend.clone()).await;
     a_reused_chunk_swept_before_the_recipe_fails_the_write(backend.clone()).await;
     a_pack_written_but_not_recorded_stores_nothing(backend.clone()).await;
+    a_sweep_during_a_write_keeps_the_packs_it_relies_on(backend.clone()).await;
     repacking_races_a_write_that_reuses_the_pack(backend.clone()).await;
     sweep_frees_exactly_the_unused(backend.clone()).await;
     settings_marker_guards_keys(backend).await;
@@ -1126,9 +1127,9 @@ async fn reused_old_chunks_are_refreshed(backend: Arc<dyn ObjectBackend>) {
         .all(|d| store.pack_of(d).as_ref() == Some(&old_pack)));
     wait_until_older(&*backend, &old_pack, refresh + Duration::from_secs(1)).await;
     // B reuses A's chunks, now older than the refresh age (by more than a
-    // second, and read as at least six): the write refreshes them (touches
-    // the pack on disk, writes them again into a new pack on object
-    // stores), so a sweep sees them young.
+    // second, and read as at least six): the write copies them forward
+    // into a new pack (a touched pack would keep its dead chunks as long
+    // as one chunk is reused), so a sweep sees them young.
     put(&store, &b).await;
     let age = |m: SystemTime| SystemTime::now().duration_since(m).unwrap_or_default();
     for d in &shared {
@@ -1292,12 +1293,20 @@ async fn a_pack_written_but_not_recorded_stores_nothing(backend: Arc<dyn ObjectB
     );
     let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
     assert!(!store.contains(&d).await.unwrap());
+    // Newer than the orphan by the store's clock (to the second on S3).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     put(&store, &body).await;
     assert!(read_all(&store, &d, None).await.unwrap() == body);
     // Nothing keeps the blob: both packs go; kept, the orphan goes alone
     // (its chunks are placed in the newer pack).
     let future = SystemTime::now() + Duration::from_secs(3600);
     store.sweep(&HashSet::from([d]), future).await.unwrap();
+    for k in &orphans {
+        assert!(
+            backend.head(k).await.unwrap().is_none(),
+            "{k} outlived the sweep"
+        );
+    }
     assert!(read_all(&store, &d, None).await.unwrap() == body);
     let fresh = ChunkStore::new(backend.clone(), Codec::plain());
     assert!(read_all(&fresh, &d, None).await.unwrap() == body);
@@ -1305,6 +1314,52 @@ async fn a_pack_written_but_not_recorded_stores_nothing(backend: Arc<dyn ObjectB
     store.sweep(&HashSet::new(), future).await.unwrap();
     let left: Vec<String> = keys(&*backend).await.difference(&before).cloned().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A sweep in the same process while a write is under way: the packs the
+/// write has written (no recipe names them yet, and with no age floor
+/// here they are old enough to go) are pinned, so the sweep leaves them
+/// and the write succeeds whole.
+async fn a_sweep_during_a_write_keeps_the_packs_it_relies_on(backend: Arc<dyn ObjectBackend>) {
+    use tokio::io::AsyncWriteExt;
+    let store = ChunkStore::new(backend.clone(), Codec::plain()).with_refresh_after(Duration::ZERO);
+    let body = random_bytes(72 * 1024 * 1024, 80);
+    let d = Digest::of(&body);
+    let before = keys(&*backend).await;
+    let (mut tx, mut rx) = tokio::io::duplex(256 * 1024);
+    let writer = store.clone();
+    let len = body.len() as u64;
+    let writing = tokio::spawn(async move { writer.put(&d, len, &mut rx, Durability::Sync).await });
+    // Feed until the write's first pack is written and pinned.
+    let mut sent = 0;
+    let first = loop {
+        assert!(sent < body.len(), "no pack of the write was pinned");
+        let end = (sent + 1024 * 1024).min(body.len());
+        tx.write_all(&body[sent..end]).await.unwrap();
+        sent = end;
+        let new: Vec<String> = keys(&*backend)
+            .await
+            .difference(&before)
+            .filter(|k| k.starts_with("p/"))
+            .cloned()
+            .collect();
+        if let Some(k) = new.into_iter().find(|k| store.is_pinned(k)) {
+            break k;
+        }
+    };
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    store.sweep(&HashSet::new(), future).await.unwrap();
+    assert!(
+        backend.head(&first).await.unwrap().is_some(),
+        "the sweep took a pack a write in flight relies on"
+    );
+    tx.write_all(&body[sent..]).await.unwrap();
+    drop(tx);
+    writing.await.unwrap().expect("the write succeeds");
+    let fresh = ChunkStore::new(backend.clone(), Codec::plain());
+    assert!(read_all(&fresh, &d, None).await.unwrap() == body);
+    store.delete(&d).await.unwrap();
+    store.sweep(&HashSet::new(), future).await.unwrap();
 }
 
 /// A sweep that rewrites a mostly dead pack of chunks while another

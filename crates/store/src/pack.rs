@@ -15,10 +15,8 @@
 //! footer   index length u32 LE, magic "SPK1" (blobs) or "SPC1" (chunks)
 //! ```
 //!
-//! `name` is the SHA-256 of the pack's stored index and footer (which name
-//! every entry's digest and place); with encryption that is a hash of
-//! ciphertext, and the index is encrypted like everything else, so
-//! no plaintext digest shows. Every read still checks the blob against its
+//! `name` is random (so a pack written again is a new object), and the
+//! index is encrypted like everything else, so no plaintext digest shows. Every read still checks the blob against its
 //! digest, so a swapped or damaged entry fails instead of serving bad bytes.
 //!
 //! [`PackIndex`] keeps, in memory, where each packed blob is: loaded from
@@ -112,9 +110,9 @@ impl Builder {
     }
 
     /// Appends the index and footer: the pack's name, bytes and entries.
-    /// The name is the SHA-256 of the index and footer, which name every
-    /// entry's digest and place (with encryption, under a fresh nonce): a
-    /// name for these contents without hashing all of them again.
+    /// The name is random: a pack written again with the same entries
+    /// (a rewrite, a refresh) is a new object, never one a sweep listed as
+    /// old, and nothing is hashed again to name it.
     pub fn finish(mut self, codec: &Codec, chunks: bool) -> (String, Bytes, Vec<Entry>) {
         let mut rows = Vec::with_capacity(4 + ROW * self.entries.len());
         rows.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
@@ -123,14 +121,13 @@ impl Builder {
             rows.extend_from_slice(&e.offset.to_le_bytes());
             rows.extend_from_slice(&e.len.to_le_bytes());
         }
-        let tail_at = self.bytes.len();
         let index = codec.encode(Kind::PackIndex, &rows);
         self.bytes.extend_from_slice(&index);
         self.bytes
             .extend_from_slice(&(index.len() as u32).to_le_bytes());
         self.bytes
             .extend_from_slice(if chunks { MAGIC_CHUNKS } else { MAGIC });
-        let name = Digest::of(&self.bytes[tail_at..]).to_hex();
+        let name = satchel_model::id::random_hex(32);
         (name, self.bytes.freeze(), self.entries)
     }
 }
@@ -416,9 +413,37 @@ impl PackIndex {
         st.packs.insert(key, entries);
     }
 
-    /// Forgets blob `d` (it was deleted; its bytes stay until the sweep).
+    /// Forgets where `d` is (a blob deleted, or a damaged copy; its bytes
+    /// stay until the sweep). It points at the newest other copy in a pack
+    /// of chunks instead, if one is known: that copy is a chunk recipes
+    /// may use.
     pub fn forget(&self, d: &Digest) {
-        self.state.write().expect("pack index").map.remove(d);
+        let mut st = self.state.write().expect("pack index");
+        let st = &mut *st;
+        let Some(gone) = st.map.remove(d) else {
+            return;
+        };
+        let mut best: Option<(Option<std::time::SystemTime>, Loc)> = None;
+        for (key, entries) in &st.packs {
+            if *key == gone.pack || !st.chunk_packs.contains(key) {
+                continue;
+            }
+            let age = st.ages.get(key).copied();
+            for e in entries.iter().filter(|e| e.digest == *d) {
+                if best.as_ref().is_none_or(|(a, _)| *a <= age) {
+                    best = Some((
+                        age,
+                        Loc {
+                            pack: key.clone(),
+                            entry: *e,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some((_, loc)) = best {
+            st.map.insert(*d, loc);
+        }
     }
 
     /// Forgets pack `key` and every location in it. A blob it held that
@@ -509,13 +534,6 @@ impl PackIndex {
             .ages
             .get(key)
             .copied()
-    }
-
-    /// Pack `key` was touched at `at` (by the store's clock).
-    pub fn touched(&self, key: &str, at: std::time::SystemTime) {
-        if let Some(a) = self.state.write().expect("pack index").ages.get_mut(key) {
-            *a = at;
-        }
     }
 
     /// The entries of pack `key`, if known.
@@ -713,10 +731,9 @@ mod tests {
             })
             .collect();
         let (name, bytes, entries) = encode(&codec, &blobs);
-        // Named by its index and footer, which name every entry.
-        let index_len = u32::from_le_bytes(bytes[bytes.len() - 8..][..4].try_into().unwrap());
-        let tail = &bytes[bytes.len() - 8 - index_len as usize..];
-        assert_eq!(name, Digest::of(tail).to_hex());
+        // A random name: the same blobs packed again are a new object.
+        assert_eq!(name.len(), 64);
+        assert_ne!(name, encode(&codec, &blobs).0);
         let size = bytes.len() as u64;
         backend.put("p/xx/pack", bytes.clone(), true).await.unwrap();
         let read = read_entries(&backend, &codec, "p/xx/pack", size)

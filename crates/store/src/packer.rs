@@ -5,11 +5,13 @@
 //! all writes. The pack is sealed and written when it reaches
 //! [`CHUNK_PACK_TARGET`] bytes, or as soon as a write with a chunk in it
 //! needs that chunk stored (the end of a blob, a chunk sent on its own).
-//! Packs are written one at a time, in order: while one is written the
-//! next fills, so concurrent writes share packs (group commit), a GiB is
-//! a few dozen objects, and memory stays near two packs whatever the number
-//! of uploads. A chunk already waiting in a pack is not added twice: the
-//! second writer waits for the same pack.
+//! One pack is written at a time: while it is written the next fills, and
+//! a write that needs the open pack has it sealed as soon as the write in
+//! progress is done. So concurrent writes share packs (group commit), a GiB
+//! is a few dozen objects, and memory stays at two packs whatever the
+//! number of uploads (a write waits while both are full). A chunk already
+//! waiting in a pack is not added twice: the second writer waits for the
+//! same pack.
 //!
 //! A write relies on a chunk only once its pack is written (durable, its
 //! index learnt here and recorded in the catalog). A failed pack write
@@ -74,7 +76,7 @@ impl Sink {
     }
 }
 
-type Done = Shared<BoxFuture<'static, Result<(), Arc<StoreError>>>>;
+type Done = Shared<BoxFuture<'static, Result<Arc<str>, Arc<StoreError>>>>;
 
 /// A chunk's place in a pack not yet written: wait on it before relying
 /// on the chunk.
@@ -82,6 +84,16 @@ type Done = Shared<BoxFuture<'static, Result<(), Arc<StoreError>>>>;
 pub(crate) struct Ticket {
     seq: u64,
     done: Done,
+}
+
+impl Ticket {
+    /// The key of the pack once it is written, or why it was not; `None`
+    /// while it is not done.
+    pub fn outcome(&self) -> Option<Result<Arc<str>, StoreError>> {
+        self.done
+            .peek()
+            .map(|r| r.clone().map_err(|e| e.duplicate()))
+    }
 }
 
 struct Open {
@@ -95,15 +107,16 @@ struct Open {
 struct State {
     next_seq: u64,
     open: Option<Open>,
-    /// Chunks in the open pack or in one being written.
+    /// Chunks in the open pack or in the one being written.
     waiting: HashMap<Digest, Ticket>,
-    /// Packs sealed and not written yet.
-    writing: usize,
-    /// The pack sealed last: the next is written after it.
-    last: Option<Done>,
+    /// Whether a pack is being written (at most one is).
+    writing: Option<Done>,
+    /// Whether a write waits for the open pack: sealed as soon as the
+    /// pack being written is done.
+    seal_wanted: bool,
 }
 
-/// The open pack and the packs being written; see the module doc.
+/// The open pack and the pack being written; see the module doc.
 pub(crate) struct Packer {
     target: usize,
     state: Mutex<State>,
@@ -124,7 +137,8 @@ impl Packer {
 
     /// Adds chunk `d`, `encoded` by the codec (kind chunk), to the open
     /// pack, unless it waits in a pack already; its ticket. Waits while
-    /// the open pack is full and another is being written.
+    /// the open pack is full and another is being written, so at most two
+    /// packs are in memory.
     pub async fn add(self: &Arc<Self>, sink: &Sink, d: Digest, encoded: &[u8]) -> Ticket {
         loop {
             let wait = {
@@ -150,24 +164,28 @@ impl Packer {
                     st.waiting.insert(d, t.clone());
                     return t;
                 }
-                if st.writing == 0 {
-                    Self::seal(&mut st);
-                    continue;
+                match st.writing.clone() {
+                    None => {
+                        Self::seal(&mut st);
+                        continue;
+                    }
+                    Some(w) => {
+                        st.seal_wanted = true;
+                        w
+                    }
                 }
-                st.last.clone()
             };
-            if let Some(w) = wait {
-                let _ = w.await;
-            }
+            let _ = wait.await;
         }
     }
 
-    /// Seals the packs of `tickets` that are still open and waits until
-    /// each is written.
+    /// Waits until the packs of `tickets` are written (sealing the open
+    /// one, or having it sealed once the pack being written is done);
+    /// the keys of those packs.
     pub async fn wait<'a>(
         &self,
         tickets: impl IntoIterator<Item = &'a Ticket>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Arc<str>>, StoreError> {
         let mut seen = HashSet::new();
         let mut dones = Vec::new();
         {
@@ -177,40 +195,51 @@ impl Packer {
                     continue;
                 }
                 if st.open.as_ref().is_some_and(|o| o.seq == t.seq) {
-                    Self::seal(&mut st);
+                    if st.writing.is_none() {
+                        Self::seal(&mut st);
+                    } else {
+                        st.seal_wanted = true;
+                    }
                 }
                 dones.push(t.done.clone());
             }
         }
+        let mut keys = Vec::with_capacity(dones.len());
         for d in dones {
-            d.await.map_err(|e| e.duplicate())?;
+            keys.push(d.await.map_err(|e| e.duplicate())?);
         }
-        Ok(())
+        Ok(keys)
     }
 
-    /// Seals the open pack, if any, and waits for every pack in flight.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let last = {
-            let mut st = self.state.lock().expect("packer");
-            if st.open.is_some() {
-                Self::seal(&mut st);
-            }
-            st.last.clone()
-        };
-        // Packs are written in order: the last one done means all are.
-        match last {
-            Some(l) => l.await.map_err(|e| e.duplicate()),
-            None => Ok(()),
+    /// Seals the open pack, if any, and waits until it is written. A
+    /// failed pack fails the writes with chunks in it, not this.
+    pub async fn flush(&self) {
+        loop {
+            let wait = {
+                let mut st = self.state.lock().expect("packer");
+                match (&st.open, st.writing.clone()) {
+                    (None, None) => return,
+                    (Some(_), None) => {
+                        Self::seal(&mut st);
+                        continue;
+                    }
+                    (_, Some(w)) => {
+                        if st.open.is_some() {
+                            st.seal_wanted = true;
+                        }
+                        w
+                    }
+                }
+            };
+            let _ = wait.await;
         }
     }
 
-    /// A new open pack, written to `sink` once sealed and once the pack
-    /// sealed before it is written.
+    /// A new open pack, written to `sink` once sealed.
     fn open(self: &Arc<Self>, st: &mut State, sink: &Sink) -> Open {
         let seq = st.next_seq;
         st.next_seq += 1;
         let (seal, sealed) = tokio::sync::oneshot::channel::<Builder>();
-        let before = st.last.clone();
         let me: Weak<Packer> = Arc::downgrade(self);
         let sink = sink.clone();
         let done = async move {
@@ -219,18 +248,24 @@ impl Packer {
                     "the store was closed before a pack of chunks was written".into(),
                 )));
             };
-            if let Some(b) = before {
-                let _ = b.await;
-            }
             let written = sink.write(builder, true).await;
             if let Some(me) = me.upgrade() {
                 let mut st = me.state.lock().expect("packer");
-                st.writing -= 1;
+                st.writing = None;
                 // Written: the index places them now. Failed: written again
                 // by the next write that needs them.
                 st.waiting.retain(|_, t| t.seq != seq);
+                if std::mem::take(&mut st.seal_wanted) {
+                    Self::seal(&mut st);
+                }
             }
-            written.map(|_| ()).map_err(Arc::new)
+            match written {
+                Ok(Some(key)) => Ok(Arc::from(key)),
+                Ok(None) => Err(Arc::new(StoreError::Backend(
+                    "an empty pack of chunks was sealed".into(),
+                ))),
+                Err(e) => Err(Arc::new(e)),
+            }
         }
         .boxed()
         .shared();
@@ -243,12 +278,14 @@ impl Packer {
         }
     }
 
+    /// Seals the open pack (if any) and starts its write; only while no
+    /// other pack is being written.
     fn seal(st: &mut State) {
+        debug_assert!(st.writing.is_none());
         let Some(open) = st.open.take() else {
             return;
         };
-        st.writing += 1;
-        st.last = Some(open.done.clone());
+        st.writing = Some(open.done.clone());
         // The receiver lives in the spawned write until it gets this.
         let _ = open.seal.send(open.builder);
     }
