@@ -232,6 +232,16 @@ if ! port_open 39400; then
     -o "-c listen_addresses=127.0.0.1 -c port=39400 -c unix_socket_directories=$P -c max_connections=300" start >/dev/null
   wait_port 39400 "$P/log"
 fi
+# Each test makes a database of its own; drop those earlier runs left
+# (a crashed test, or one that does not drop its own), or they pile up on
+# this machine's disk run after run.
+pg_sql() { PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -h 127.0.0.1 -p 39400 -U satchel -d postgres -Atq "$@"; }
+left=$(pg_sql -c "SELECT datname FROM pg_database WHERE datname LIKE 'satchel\_t\_%'" | wc -l)
+if [ "$left" -gt 0 ]; then
+  log "dropping $left test databases earlier runs left"
+  pg_sql -c "SELECT datname FROM pg_database WHERE datname LIKE 'satchel\_t\_%'" |
+    while read -r db; do pg_sql -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+fi
 
 cat > "$SERVICES_DIR/env" <<EOF
 export AWS_ACCESS_KEY_ID=$GARAGE_KEY_ID

@@ -168,13 +168,63 @@ pub struct ChunkStore {
     pins: Arc<PinTable>,
 }
 
-/// How many writes in flight rely on each pack.
+/// Which packs (and chunk objects) writes in this process rely on, and
+/// which ones a sweep of this process is deleting. A write pins a key, or
+/// fails if a sweep claimed it; a sweep claims a key only if no write
+/// pins it, and keys released while a sweep runs stay protected until it
+/// ends (the write's recipe may be newer than the sweep's list of recipes).
 #[derive(Default)]
-struct PinTable(std::sync::Mutex<HashMap<Arc<str>, usize>>);
+struct PinTable(std::sync::Mutex<PinState>);
+
+#[derive(Default)]
+struct PinState {
+    pinned: HashMap<Arc<str>, usize>,
+    /// Sweeps running.
+    sweeps: usize,
+    /// Keys unpinned while a sweep runs.
+    released: HashSet<Arc<str>>,
+    /// Keys a sweep is deleting or rewriting.
+    claimed: HashSet<Arc<str>>,
+}
 
 impl PinTable {
     fn is_pinned(&self, key: &str) -> bool {
-        self.0.lock().expect("pins").contains_key(key)
+        self.0.lock().expect("pins").pinned.contains_key(key)
+    }
+
+    /// For a sweep: claims `key` unless a write relies on it (or did since
+    /// the sweep began); whether it may be deleted.
+    fn claim(&self, key: &str) -> bool {
+        let mut st = self.0.lock().expect("pins");
+        if st.pinned.contains_key(key) || st.released.contains(key) {
+            return false;
+        }
+        st.claimed.insert(key.into());
+        true
+    }
+
+    fn unclaim(&self, key: &str) {
+        self.0.lock().expect("pins").claimed.remove(key);
+    }
+
+    /// A sweep begins; the guard ends it.
+    fn sweeping(self: &Arc<Self>) -> SweepGuard {
+        self.0.lock().expect("pins").sweeps += 1;
+        SweepGuard(self.clone())
+    }
+}
+
+/// A sweep in progress (see [`PinTable`]).
+struct SweepGuard(Arc<PinTable>);
+
+impl Drop for SweepGuard {
+    fn drop(&mut self) {
+        let mut st = self.0 .0.lock().expect("pins");
+        st.sweeps -= 1;
+        if st.sweeps == 0 {
+            st.released.clear();
+            st.claimed.clear();
+        }
     }
 }
 
@@ -192,28 +242,35 @@ impl Pins {
         }
     }
 
-    fn pin(&mut self, key: &str) {
+    /// Pins `key`; fails when a sweep is deleting it (the write retries).
+    fn pin(&mut self, key: &str) -> Result<(), StoreError> {
         let key: Arc<str> = key.into();
-        *self
-            .table
-            .0
-            .lock()
-            .expect("pins")
-            .entry(key.clone())
-            .or_default() += 1;
+        let mut st = self.table.0.lock().expect("pins");
+        if st.claimed.contains(&key) {
+            return Err(StoreError::Backend(format!(
+                "{key}, holding a chunk of this upload, is being collected; retry the upload"
+            )));
+        }
+        *st.pinned.entry(key.clone()).or_default() += 1;
+        drop(st);
         self.keys.push(key);
+        Ok(())
     }
 }
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let mut t = self.table.0.lock().expect("pins");
+        let mut st = self.table.0.lock().expect("pins");
+        let sweeping = st.sweeps > 0;
         for k in &self.keys {
-            if let Some(n) = t.get_mut(k) {
+            if let Some(n) = st.pinned.get_mut(k) {
                 *n -= 1;
                 if *n == 0 {
-                    t.remove(k);
+                    st.pinned.remove(k);
                 }
+            }
+            if sweeping {
+                st.released.insert(k.clone());
             }
         }
     }
@@ -672,7 +729,7 @@ impl ChunkStore {
             .collect();
         keys.extend(own.iter().map(|k| &**k));
         for key in &keys {
-            pins.pin(key);
+            pins.pin(key)?;
         }
         let by_age = self.catalog.is_some();
         for key in keys {
@@ -888,9 +945,11 @@ impl ChunkStore {
             report.objects += 1;
             report.bytes_listed += obj.size;
             let holds_chunks = self.packs.holds_chunks(&obj.key);
-            if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff })
-                || self.pins.is_pinned(&obj.key)
-            {
+            if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff }) {
+                continue;
+            }
+            // Claimed for the rest of this sweep unless a write relies on it.
+            if !self.pins.claim(&obj.key) {
                 continue;
             }
             let Some(entries) = self.packs.entries(&obj.key) else {
@@ -924,7 +983,10 @@ impl ChunkStore {
             {
                 report.deleted += 1;
                 report.bytes_freed += obj.size.saturating_sub(live_bytes);
+                continue;
             }
+            // Kept: writes may rely on it again.
+            self.pins.unclaim(&obj.key);
         }
         Ok(())
     }
@@ -940,6 +1002,9 @@ impl ChunkStore {
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
     ) -> Result<SweepReport, StoreError> {
+        // Before the recipes are listed: writes that end meanwhile keep
+        // their packs protected until the sweep ends.
+        let _sweeping = self.pins.sweeping();
         let legacy = self.codec.keys.is_some();
         let keep_names: HashSet<String> = keep
             .iter()
@@ -997,7 +1062,10 @@ impl ChunkStore {
         for obj in self.backend.list("c").await? {
             report.objects += 1;
             report.bytes_listed += obj.size;
-            if obj.modified < chunk_cutoff && !live.contains(&base(&obj.key)) {
+            if obj.modified < chunk_cutoff
+                && !live.contains(&base(&obj.key))
+                && self.pins.claim(&obj.key)
+            {
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;
                 report.bytes_freed += obj.size;
@@ -1275,14 +1343,16 @@ impl ContentStore for ChunkStore {
                         skip_compression = SKIP_AFTER_INCOMPRESSIBLE;
                     }
                     match &done.2 {
-                        Held::Pack(k) => pins.pin(k),
+                        Held::Pack(k) => pins.pin(k)?,
                         Held::Waiting(t) => unpinned.push(t.clone()),
                         Held::Object(_) => {}
                     }
                     let mut failed = None;
                     unpinned.retain(|t| match t.outcome() {
                         Some(Ok(key)) => {
-                            pins.pin(&key);
+                            if let Err(e) = pins.pin(&key) {
+                                failed.get_or_insert(e);
+                            }
                             false
                         }
                         Some(Err(e)) => {
@@ -1291,8 +1361,8 @@ impl ContentStore for ChunkStore {
                         }
                         None => true,
                     });
-                    // A pack of this write failed (a full disk): stop now,
-                    // not after reading the rest of the body.
+                    // A pack of this write failed (a full disk), or is being
+                    // collected: stop now, not after reading the rest.
                     if let Some(e) = failed {
                         return Err(e);
                     }
@@ -1426,9 +1496,9 @@ impl ContentStore for ChunkStore {
                 if let Err(StoreError::Corrupt { .. } | StoreError::Undecodable(_)) =
                     self.read_chunk(c).await
                 {
-                    // A packed copy stays until the sweep; a copy sent
+                    // Packed copies stay until the sweep; a copy sent
                     // again goes into a newer pack, which readers prefer.
-                    self.packs.forget(&c);
+                    self.packs.forget_everywhere(&c);
                     self.backend.delete(&self.chunk_key(&c)).await?;
                     if let Some([_, _, legacy]) = self.legacy_keys(&c) {
                         self.backend.delete(&legacy).await?;

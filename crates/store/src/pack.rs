@@ -413,6 +413,12 @@ impl PackIndex {
         st.packs.insert(key, entries);
     }
 
+    /// Forgets every place of `d` (a damaged chunk: other copies may be
+    /// damaged too; one sent again is placed afresh).
+    pub fn forget_everywhere(&self, d: &Digest) {
+        self.state.write().expect("pack index").map.remove(d);
+    }
+
     /// Forgets where `d` is (a blob deleted, or a damaged copy; its bytes
     /// stay until the sweep). It points at the newest other copy in a pack
     /// of chunks instead, if one is known: that copy is a chunk recipes

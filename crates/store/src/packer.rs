@@ -211,27 +211,26 @@ impl Packer {
         Ok(keys)
     }
 
-    /// Seals the open pack, if any, and waits until it is written. A
-    /// failed pack fails the writes with chunks in it, not this.
+    /// Has the open pack sealed and waits until it is written (packs are
+    /// written in order: so is everything added before). A failed pack
+    /// fails the writes with chunks in it, not this.
     pub async fn flush(&self) {
-        loop {
-            let wait = {
-                let mut st = self.state.lock().expect("packer");
-                match (&st.open, st.writing.clone()) {
-                    (None, None) => return,
-                    (Some(_), None) => {
+        let wait = {
+            let mut st = self.state.lock().expect("packer");
+            match st.open.as_ref().map(|o| o.done.clone()) {
+                Some(open) => {
+                    if st.writing.is_none() {
                         Self::seal(&mut st);
-                        continue;
+                    } else {
+                        st.seal_wanted = true;
                     }
-                    (_, Some(w)) => {
-                        if st.open.is_some() {
-                            st.seal_wanted = true;
-                        }
-                        w
-                    }
+                    Some(open)
                 }
-            };
-            let _ = wait.await;
+                None => st.writing.clone(),
+            }
+        };
+        if let Some(w) = wait {
+            let _ = w.await;
         }
     }
 
@@ -248,7 +247,16 @@ impl Packer {
                     "the store was closed before a pack of chunks was written".into(),
                 )));
             };
-            let written = sink.write(builder, true).await;
+            // A panic must not leave `writing` set (every later write
+            // would wait on it forever): it fails this pack's writes.
+            let written = std::panic::AssertUnwindSafe(sink.write(builder, true))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Backend(
+                        "writing a pack of chunks panicked (see the server log)".into(),
+                    ))
+                });
             if let Some(me) = me.upgrade() {
                 let mut st = me.state.lock().expect("packer");
                 st.writing = None;
