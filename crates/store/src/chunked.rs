@@ -231,19 +231,19 @@ impl Drop for SweepGuard {
 /// The packs one write relies on, pinned until it ends.
 struct Pins {
     table: Arc<PinTable>,
-    keys: Vec<Arc<str>>,
+    keys: std::sync::Mutex<Vec<Arc<str>>>,
 }
 
 impl Pins {
     fn new(table: &Arc<PinTable>) -> Pins {
         Pins {
             table: table.clone(),
-            keys: Vec::new(),
+            keys: std::sync::Mutex::default(),
         }
     }
 
     /// Pins `key`; fails when a sweep is deleting it (the write retries).
-    fn pin(&mut self, key: &str) -> Result<(), StoreError> {
+    fn pin(&self, key: &str) -> Result<(), StoreError> {
         let key: Arc<str> = key.into();
         let mut st = self.table.0.lock().expect("pins");
         if st.claimed.contains(&key) {
@@ -253,7 +253,7 @@ impl Pins {
         }
         *st.pinned.entry(key.clone()).or_default() += 1;
         drop(st);
-        self.keys.push(key);
+        self.keys.lock().expect("pins").push(key);
         Ok(())
     }
 }
@@ -262,7 +262,7 @@ impl Drop for Pins {
     fn drop(&mut self) {
         let mut st = self.table.0.lock().expect("pins");
         let sweeping = st.sweeps > 0;
-        for k in &self.keys {
+        for k in self.keys.lock().expect("pins").iter() {
             if let Some(n) = st.pinned.get_mut(k) {
                 *n -= 1;
                 if *n == 0 {
@@ -631,7 +631,9 @@ impl ChunkStore {
 
     /// A stored or waiting copy of chunk `d` a write may rely on instead
     /// of writing it, refreshed if old; `None` when it must be written.
-    async fn reusable(&self, d: &Digest) -> Result<Option<Held>, StoreError> {
+    /// With `pins`, the pack is pinned at once (a pack a sweep is
+    /// collecting is not reused: the chunk is written again).
+    async fn reusable(&self, d: &Digest, pins: Option<&Pins>) -> Result<Option<Held>, StoreError> {
         if let Some(t) = self.packer.waiting(d) {
             return Ok(Some(Held::Waiting(t)));
         }
@@ -652,7 +654,10 @@ impl ChunkStore {
         // An older one is written again (copied forward) rather than its
         // pack touched: a touched pack would keep its dead chunks for as
         // long as one of its chunks is reused.
-        Ok(young.then_some(Held::Pack(loc.pack)))
+        if !young || pins.is_some_and(|p| p.pin(&loc.pack).is_err()) {
+            return Ok(None);
+        }
+        Ok(Some(Held::Pack(loc.pack)))
     }
 
     /// Stores one chunk of a large blob unless a fresh copy is there or
@@ -664,6 +669,7 @@ impl ChunkStore {
         data: Bytes,
         known: Option<Digest>,
         compress: bool,
+        pins: Option<&Pins>,
     ) -> Result<(u32, Digest, Held, Reuse), StoreError> {
         let len = data.len() as u32;
         let (d, data) = match known {
@@ -672,7 +678,7 @@ impl ChunkStore {
                 .await
                 .expect("hasher panicked"),
         };
-        if let Some(held) = self.reusable(&d).await? {
+        if let Some(held) = self.reusable(&d, pins).await? {
             return Ok((len, d, held, Reuse::Reused));
         }
         let codec = self.codec.clone();
@@ -711,7 +717,7 @@ impl ChunkStore {
     /// pinned pack need only be there; else it must also be young, since
     /// another replica's sweep goes by age: a write that outlasts half the
     /// refresh age past its first pack fails and is retried.
-    async fn check_still_fresh(&self, held: &[Held], pins: &mut Pins) -> Result<(), StoreError> {
+    async fn check_still_fresh(&self, held: &[Held], pins: &Pins) -> Result<(), StoreError> {
         let own = self
             .packer
             .wait(held.iter().filter_map(|h| match h {
@@ -1292,11 +1298,11 @@ impl ContentStore for ChunkStore {
         let mut total: u64 = 0;
         let mut eof = false;
         let mut chunks: Vec<(u32, Digest, Held, Reuse)> = Vec::new();
-        let mut inflight = FuturesOrdered::new();
         // Packs this write relies on, pinned as soon as known (reused ones
         // at once, its own once written) so this process's sweeps skip
         // them however long the write takes.
-        let mut pins = Pins::new(&self.pins);
+        let pins = Pins::new(&self.pins);
+        let mut inflight = FuturesOrdered::new();
         let mut unpinned: Vec<Ticket> = Vec::new();
         let mut first: Option<Bytes> = None;
         let mut chunk_count = 0usize;
@@ -1335,17 +1341,16 @@ impl ContentStore for ChunkStore {
                 chunk_count += 1;
                 let compress = skip_compression == 0;
                 skip_compression = skip_compression.saturating_sub(1);
-                inflight.push_back(self.stage_chunk(piece, None, compress));
+                inflight.push_back(self.stage_chunk(piece, None, compress, Some(&pins)));
                 if inflight.len() >= IN_FLIGHT {
                     let done = inflight.next().await.expect("non-empty")?;
                     if done.3 == Reuse::Incompressible {
                         // Already-compressed data: try again some chunks on.
                         skip_compression = SKIP_AFTER_INCOMPRESSIBLE;
                     }
-                    match &done.2 {
-                        Held::Pack(k) => pins.pin(k)?,
-                        Held::Waiting(t) => unpinned.push(t.clone()),
-                        Held::Object(_) => {}
+                    // (A reused pack was pinned when it was chosen.)
+                    if let Held::Waiting(t) = &done.2 {
+                        unpinned.push(t.clone());
                     }
                     let mut failed = None;
                     unpinned.retain(|t| match t.outcome() {
@@ -1391,7 +1396,7 @@ impl ContentStore for ChunkStore {
         }
         let (chunks, held): (Vec<(u32, Digest)>, Vec<Held>) =
             chunks.into_iter().map(|(l, d, h, _)| ((l, d), h)).unzip();
-        self.check_still_fresh(&held, &mut pins).await?;
+        self.check_still_fresh(&held, &pins).await?;
         self.write_recipe(digest, total, &chunks, sync).await
     }
 
@@ -1546,7 +1551,7 @@ impl ContentStore for ChunkStore {
         let me = self.clone();
         let checks = chunks.iter().copied().map(move |d| {
             let me = me.clone();
-            async move { Ok::<bool, StoreError>(me.reusable(&d).await?.is_none()) }
+            async move { Ok::<bool, StoreError>(me.reusable(&d, None).await?.is_none()) }
         });
         futures_util::stream::iter(checks)
             .buffered(16)
@@ -1574,7 +1579,7 @@ impl ContentStore for ChunkStore {
                 actual,
             });
         }
-        let (_, _, held, _) = self.stage_chunk(data, Some(actual), true).await?;
+        let (_, _, held, _) = self.stage_chunk(data, Some(actual), true, None).await?;
         // Stored when this returns: concurrent chunks share the pack.
         if let Held::Waiting(t) = held {
             self.packer.wait([&t]).await?;
@@ -1640,8 +1645,8 @@ impl ContentStore for ChunkStore {
             .iter()
             .map(|(_, d)| self.held_now(d))
             .collect::<Result<_, _>>()?;
-        let mut pins = Pins::new(&self.pins);
-        self.check_still_fresh(&held, &mut pins).await?;
+        let pins = Pins::new(&self.pins);
+        self.check_still_fresh(&held, &pins).await?;
         if chunks.len() == 1 {
             // A one-chunk blob lives whole under b/.
             let data = reader.read_chunk(chunks[0].1).await?;
