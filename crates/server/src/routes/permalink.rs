@@ -63,6 +63,20 @@ pub(crate) async fn run_artifacts(
     }
 }
 
+/// For the API's by-name routes: the caller may read `pipeline`, and
+/// `run` (a number or selector) has an artifact `name` ([`artifact_named`]).
+async fn readable_artifact_named(
+    s: &AppState,
+    caller: &Caller,
+    pipeline: &str,
+    run: &str,
+    name: &str,
+) -> Result<Artifact, ApiError> {
+    caller.read(s, pipeline).await?;
+    let run = pick_run(s, pipeline, run).await?;
+    artifact_named(s, &run, name).await
+}
+
 /// The artifact named `name` in a run: a finished one of the newest
 /// attempt that has one.
 pub(crate) async fn artifact_named(
@@ -135,9 +149,7 @@ pub(super) async fn artifact_by_name(
     Query(page): Query<PageParams>,
 ) -> Result<axum::Json<ArtifactWithFiles>, ApiError> {
     let page = page.request()?;
-    caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
-    let artifact = artifact_named(&s, &run, &name).await?;
+    let artifact = readable_artifact_named(&s, &caller, &pipeline, &run, &name).await?;
     caller.note(format!("artifact={}", artifact.id));
     let files = s.db.artifact_files_page(&artifact.id, &page).await?;
     Ok(axum::Json(ArtifactWithFiles {
@@ -166,9 +178,7 @@ pub(super) async fn artifact_by_name_archive(
     Path((pipeline, run, name)): Path<(String, String, String)>,
     Query(params): Query<ArchiveParams>,
 ) -> Result<Response, ApiError> {
-    caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
-    let artifact = artifact_named(&s, &run, &name).await?;
+    let artifact = readable_artifact_named(&s, &caller, &pipeline, &run, &name).await?;
     super::pipelines::archive_of(&s, &caller, artifact, &params).await
 }
 
@@ -190,9 +200,7 @@ pub(super) async fn artifact_by_name_file(
     caller: Caller,
     Path((pipeline, run, name, path)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    caller.read(&s, &pipeline).await?;
-    let run = pick_run(&s, &pipeline, &run).await?;
-    let artifact = artifact_named(&s, &run, &name).await?;
+    let artifact = readable_artifact_named(&s, &caller, &pipeline, &run, &name).await?;
     caller.note(format!("artifact={} path={path}", artifact.id));
     let f = file_in(&s, &artifact, &path).await?;
     super::content::stream_blob(&s, &f.sha256, f.size, &f.content_type, &f.path).await
