@@ -179,46 +179,72 @@ impl rusqlite::ToSql for Value {
     }
 }
 
+/// Statements with more parameters than this (multi-row inserts of a
+/// batch, whose text varies with its length) are prepared each time, not
+/// cached: each compiles to tens of KiB, and caching every batch length
+/// on every connection held tens of MiB.
+const CACHED_ARGS_MAX: usize = 64;
+
+/// Runs `f` on `sql` prepared on `c`: from the connection's statement
+/// cache unless it takes more than [`CACHED_ARGS_MAX`] parameters.
+fn with_statement<T>(
+    c: &Connection,
+    sql: &str,
+    args: usize,
+    f: impl FnOnce(&mut rusqlite::Statement<'_>) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    if args > CACHED_ARGS_MAX {
+        f(&mut c.prepare(sql).map_err(backend)?)
+    } else {
+        f(&mut *c.prepare_cached(sql).map_err(backend)?)
+    }
+}
+
+/// Every row `stmt` gives for `args`.
+fn query_rows(stmt: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<Vec<Row>, DbError> {
+    let n = stmt.column_count();
+    let mut found = stmt
+        .query(rusqlite::params_from_iter(args))
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(r) = found.next().map_err(backend)? {
+        let mut vals = Vec::with_capacity(n);
+        for i in 0..n {
+            vals.push(match r.get_ref(i).map_err(backend)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::Int(v),
+                ValueRef::Text(t) => Value::Text(
+                    std::str::from_utf8(t)
+                        .map_err(|e| DbError::Backend(format!("column {i}: {e}")))?
+                        .to_string(),
+                ),
+                other => {
+                    return Err(DbError::Backend(format!(
+                        "column {i}: unexpected {:?}",
+                        other.data_type()
+                    )))
+                }
+            });
+        }
+        out.push(Row(vals));
+    }
+    Ok(out)
+}
+
 /// A connection or a write transaction (which derefs to one).
 struct Conn<'a>(&'a Connection);
 
 impl Sql for Conn<'_> {
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
-        let mut stmt = self.0.prepare_cached(sql).map_err(backend)?;
-        let n = stmt.column_count();
-        let mut found = stmt
-            .query(rusqlite::params_from_iter(args))
-            .map_err(backend)?;
-        let mut out = Vec::new();
-        while let Some(r) = found.next().map_err(backend)? {
-            let mut vals = Vec::with_capacity(n);
-            for i in 0..n {
-                vals.push(match r.get_ref(i).map_err(backend)? {
-                    ValueRef::Null => Value::Null,
-                    ValueRef::Integer(v) => Value::Int(v),
-                    ValueRef::Text(t) => Value::Text(
-                        std::str::from_utf8(t)
-                            .map_err(|e| DbError::Backend(format!("column {i}: {e}")))?
-                            .to_string(),
-                    ),
-                    other => {
-                        return Err(DbError::Backend(format!(
-                            "column {i}: unexpected {:?}",
-                            other.data_type()
-                        )))
-                    }
-                });
-            }
-            out.push(Row(vals));
-        }
-        Ok(out)
+        with_statement(self.0, sql, args.len(), |stmt| query_rows(stmt, args))
     }
 
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
-        let mut stmt = self.0.prepare_cached(sql).map_err(backend)?;
-        stmt.execute(rusqlite::params_from_iter(args))
-            .map(|n| n as u64)
-            .map_err(backend)
+        with_statement(self.0, sql, args.len(), |stmt| {
+            stmt.execute(rusqlite::params_from_iter(args))
+                .map(|n| n as u64)
+                .map_err(backend)
+        })
     }
 
     fn lock(&mut self, _lock: Lock, _id: &str) -> Result<(), DbError> {

@@ -41,6 +41,11 @@ use crate::error::ApiError;
 /// (default of `satchel serve --pack-buffers`).
 pub const PACK_BUFFERS: usize = 8;
 
+/// The most a connection buffers of what it reads (hyper's default is
+/// 408 KiB): with many uploads at once, their read buffers were a tenth
+/// of the server's memory, and 64 KiB reads cost nothing measurable.
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
 /// How long one batch may keep a pack buffer while its client sends
 /// nothing; then what arrived is written out and the buffer is released.
 pub const PACK_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
@@ -929,6 +934,7 @@ pub async fn serve(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
+            .max_buf_size(READ_BUFFER_MAX)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -89,6 +89,23 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
+    /// An empty pack whose entries fit in `capacity` bytes without the
+    /// buffer growing (growing by doubling copies it and, on a busy
+    /// server, leaves the allocator holding the smaller buffers).
+    pub fn with_capacity(capacity: usize) -> Builder {
+        Builder::with_buffer(bytes::BytesMut::with_capacity(capacity))
+    }
+
+    /// An empty pack written into `buffer` (emptied first): the buffer of
+    /// a pack already written, so a busy server reuses the same memory.
+    pub fn with_buffer(mut buffer: bytes::BytesMut) -> Builder {
+        buffer.clear();
+        Builder {
+            bytes: buffer,
+            entries: Vec::new(),
+        }
+    }
+
     /// Appends one entry, already encoded by the codec (kind chunk).
     pub fn push(&mut self, digest: Digest, encoded: &[u8]) {
         self.entries.push(Entry {

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::backend::ObjectBackend;
@@ -29,10 +30,15 @@ use crate::pack::{Builder, PackCatalog, PackIndex};
 use crate::{Digest, StoreError};
 
 /// A pack of chunks is sealed once its entries reach this many bytes: a
-/// GiB of incompressible content makes 43 packs (the goal is at most 64
-/// objects a GiB, recipe included), and two packs in memory stay well
-/// under the server's memory budget.
-pub const CHUNK_PACK_TARGET: usize = 24 << 20;
+/// GiB of incompressible content makes 52 packs (the goal is at most 64
+/// objects a GiB, recipe included), and the two packs in memory are 40
+/// MiB of the server's memory budget.
+pub const CHUNK_PACK_TARGET: usize = 20 << 20;
+
+/// Room in a pack's buffer beyond the target: the chunk that crosses it
+/// (at most [`MAX_CHUNK`](crate::chunked::MAX_CHUNK), plus the codec's
+/// header) and the index of the smallest chunks.
+const PACK_SLACK: usize = crate::chunked::MAX_CHUNK + 128 * 1024;
 
 /// Where packs go: writes a finished pack durably and makes it known.
 #[derive(Clone)]
@@ -49,14 +55,37 @@ impl Sink {
     /// `chunks` says whether it is a pack of chunks (kept by the sweep as
     /// long as unused chunks are) or of blobs.
     pub async fn write(&self, b: Builder, chunks: bool) -> Result<Option<String>, StoreError> {
+        self.write_keeping_buffer(b, chunks).await.0
+    }
+
+    /// As [`Sink::write`], also giving back the pack's buffer once written
+    /// (unless the backend still holds it), for the next pack.
+    pub async fn write_keeping_buffer(
+        &self,
+        b: Builder,
+        chunks: bool,
+    ) -> (Result<Option<String>, StoreError>, Option<BytesMut>) {
         if b.is_empty() {
-            return Ok(None);
+            return (Ok(None), None);
         }
         let (codec, self_chunks) = (self.codec.clone(), chunks);
         let (name, bytes, entries) =
             tokio::task::spawn_blocking(move || b.finish(&codec, self_chunks))
                 .await
                 .expect("packer panicked");
+        let kept = bytes.clone();
+        let written = self.put(name, bytes, entries, chunks).await;
+        (written, kept.try_into_mut().ok())
+    }
+
+    /// Stores a finished pack and makes its entries known.
+    async fn put(
+        &self,
+        name: String,
+        bytes: Bytes,
+        entries: Vec<crate::pack::Entry>,
+        chunks: bool,
+    ) -> Result<Option<String>, StoreError> {
         let key = format!("p/{}/{}", &name[..2], name);
         let size = bytes.len() as u64;
         self.backend.put(&key, bytes, true).await?;
@@ -114,6 +143,9 @@ struct State {
     /// Whether a write waits for the open pack: sealed as soon as the
     /// pack being written is done.
     seal_wanted: bool,
+    /// The buffer of the last pack written, for the next one (so at most
+    /// two pack buffers exist, and a stream of packs allocates none).
+    spare: Option<BytesMut>,
 }
 
 /// The open pack and the pack being written; see the module doc.
@@ -249,17 +281,20 @@ impl Packer {
             };
             // A panic must not leave `writing` set (every later write
             // would wait on it forever): it fails this pack's writes.
-            let written = std::panic::AssertUnwindSafe(sink.write(builder, true))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Backend(
-                        "writing a pack of chunks panicked (see the server log)".into(),
-                    ))
-                });
+            let (written, buffer) =
+                std::panic::AssertUnwindSafe(sink.write_keeping_buffer(builder, true))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        let e = "writing a pack of chunks panicked (see the server log)";
+                        (Err(StoreError::Backend(e.into())), None)
+                    });
             if let Some(me) = me.upgrade() {
                 let mut st = me.state.lock().expect("packer");
                 st.writing = None;
+                // Kept while packs follow each other; an idle server
+                // gives it back.
+                st.spare = if st.open.is_some() { buffer } else { None };
                 // Written: the index places them now. Failed: written again
                 // by the next write that needs them.
                 st.waiting.retain(|_, t| t.seq != seq);
@@ -280,7 +315,10 @@ impl Packer {
         tokio::spawn(done.clone());
         Open {
             seq,
-            builder: Builder::default(),
+            builder: match st.spare.take() {
+                Some(buffer) => Builder::with_buffer(buffer),
+                None => Builder::with_capacity(self.target + PACK_SLACK),
+            },
             seal,
             done,
         }
