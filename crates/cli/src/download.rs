@@ -2,7 +2,8 @@
 //!
 //! Download asks the server which files a query selects (the server applies
 //! the ambiguity and latest-per-path rules), then fetches small files many
-//! per request and large files streamed, several at a time. Every file is
+//! per request and large files streamed, several at a time (the largest as
+//! several ranges at once, [`crate::ranged`]). Every file is
 //! hashed as it is written to a temp file beside its target, checked against
 //! its SHA-256, and only then renamed into place. Targets never leave the
 //! destination: paths are re-validated here and no existing symlink along
@@ -23,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::context::{ScopeArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{concurrency, plan, Work};
+use crate::transfer::{concurrency, plan, ranged_downloads, ranges, Work};
 
 /// Options of `satchel artifact download`.
 #[derive(Args, Debug)]
@@ -266,7 +267,7 @@ impl From<&FileInfo> for Expected {
     }
 }
 
-fn check(f: &Expected, size: u64, digest: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn check(f: &Expected, size: u64, digest: &[u8]) -> anyhow::Result<()> {
     let got = hex::encode(digest);
     if size != f.size || got != f.sha256 {
         bail!(
@@ -318,6 +319,22 @@ async fn fetch_large(
     f: &FileInfo,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
+    let ranges = ranges(f.size, concurrency());
+    if ranges.len() > 1 && ranged_downloads(client.base()) {
+        let parts = ranges
+            .into_iter()
+            .map(|(start, end)| {
+                let (client, id) = (client.clone(), f.id.clone());
+                let bytes = futures_util::stream::once(async move {
+                    client.file_content(&id, Some((start, end))).await
+                })
+                .try_flatten()
+                .boxed();
+                crate::ranged::Part { start, end, bytes }
+            })
+            .collect();
+        return crate::ranged::write_parts(root, &Expected::from(f), parts, bar).await;
+    }
     let stream = client.file_content(&f.id, None).await?;
     write_stream(root, &Expected::from(f), stream, bar).await
 }
@@ -331,9 +348,7 @@ pub async fn write_stream(
     mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Unpin,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let (root2, rel) = (root.to_path_buf(), f.path.clone());
-    let target = tokio::task::spawn_blocking(move || safe_target(&root2, &rel)).await??;
-    let tmp = temp_beside(&target);
+    let (target, tmp) = prepare_temp(root, f).await?;
     let res = async {
         let file = tokio::fs::File::create(&tmp)
             .await
@@ -351,15 +366,44 @@ pub async fn write_stream(
         w.flush().await?;
         drop(w);
         check(f, n, &h.finalize())?;
-        set_mode(&tmp, f.mode)?;
-        tokio::fs::rename(&tmp, &target)
-            .await
-            .with_context(|| format!("renaming into {}", target.display()))?;
         anyhow::Ok(())
     }
     .await;
+    finish_temp(res, f, &tmp, &target).await
+}
+
+/// Where `f` goes under `root` (directories made on the way, nothing
+/// followed out of it) and the temp file beside it to write first.
+pub(crate) async fn prepare_temp(root: &Path, f: &Expected) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (root2, rel) = (root.to_path_buf(), f.path.clone());
+    let target = tokio::task::spawn_blocking(move || safe_target(&root2, &rel)).await??;
+    let tmp = temp_beside(&target);
+    Ok((target, tmp))
+}
+
+/// Ends a download written to `tmp`: if it went well (`res`, which
+/// includes the size and digest check), gives it `f`'s mode and renames
+/// it into `target`; otherwise removes it.
+pub(crate) async fn finish_temp(
+    res: anyhow::Result<()>,
+    f: &Expected,
+    tmp: &Path,
+    target: &Path,
+) -> anyhow::Result<()> {
+    let res = match res {
+        Ok(()) => {
+            async {
+                set_mode(tmp, f.mode)?;
+                tokio::fs::rename(tmp, target)
+                    .await
+                    .with_context(|| format!("renaming into {}", target.display()))
+            }
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if res.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = tokio::fs::remove_file(tmp).await;
     }
     res
 }

@@ -18,6 +18,7 @@ mod merge;
 mod migrate;
 mod output;
 mod publish;
+mod ranged;
 mod refs;
 mod run;
 mod serve;

@@ -32,6 +32,62 @@ pub fn concurrency() -> usize {
     })
 }
 
+/// Files at least this large are downloaded as several ranges at once.
+pub const RANGED_MIN: u64 = 32 * 1024 * 1024;
+/// The fewest bytes in one range of a ranged download.
+pub const RANGE_MIN: u64 = 8 * 1024 * 1024;
+
+/// Whether large files are downloaded as several ranges from the server
+/// at `base`: `SATCHEL_RANGES=1` always, `0` never, and by default only
+/// from a server on another machine. Ranges overcome what limits one
+/// connection across a network (latency times window, per-flow limits);
+/// against a server on this machine they only share the same cores and
+/// cost a read-back of the file to hash it in order (measured: a 1 GiB
+/// download on loopback took 1.5-1.6 s as one stream, 1.8-1.9 s as four
+/// ranges).
+pub fn ranged_downloads(base: &str) -> bool {
+    match std::env::var("SATCHEL_RANGES").as_deref().map(str::trim) {
+        Ok("1") => return true,
+        Ok("0") => return false,
+        Ok(v) if !v.is_empty() => {
+            eprintln!(
+                "warning: SATCHEL_RANGES={v:?} is not 0 or 1; deciding by the server's address"
+            );
+        }
+        _ => {}
+    }
+    !on_this_machine(base)
+}
+
+/// Whether the URL names a loopback host.
+fn on_this_machine(base: &str) -> bool {
+    match reqwest::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
+}
+
+/// The byte ranges a file of `size` bytes is downloaded in, `start..end`
+/// in order: all of it in one below [`RANGED_MIN`] or with one request in
+/// flight, else up to `parallel` ranges of at least [`RANGE_MIN`] bytes.
+pub fn ranges(size: u64, parallel: usize) -> Vec<(u64, u64)> {
+    let n = if size < RANGED_MIN || parallel < 2 {
+        1
+    } else {
+        (size / RANGE_MIN).clamp(1, parallel as u64)
+    };
+    let step = size.div_ceil(n);
+    (0..n)
+        .map(|i| (i * step, ((i + 1) * step).min(size)))
+        .filter(|(a, b)| a < b || size == 0)
+        .collect()
+}
+
 /// A unit of transfer work.
 pub enum Work<T> {
     /// Several small items in one request.
@@ -67,6 +123,40 @@ pub fn plan<T>(items: impl IntoIterator<Item = T>, size: impl Fn(&T) -> u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_servers_are_on_this_machine() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://[::1]:9/api",
+        ] {
+            assert!(on_this_machine(local), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.2:80",
+            "https://satchel.example.com",
+            "http://[2001:db8::1]/",
+        ] {
+            assert!(!on_this_machine(remote), "{remote}");
+        }
+    }
+
+    #[test]
+    fn large_downloads_split_into_ranges() {
+        assert_eq!(ranges(0, 4), vec![(0, 0)]);
+        assert_eq!(ranges(RANGED_MIN - 1, 4), vec![(0, RANGED_MIN - 1)]);
+        assert_eq!(ranges(1 << 30, 1), vec![(0, 1 << 30)]);
+        let r = ranges(RANGED_MIN, 4);
+        assert_eq!(r.len(), 4);
+        let r = ranges((1 << 30) + 3, 4);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].0, 0);
+        assert_eq!(r[3].1, (1 << 30) + 3);
+        assert!(r.windows(2).all(|w| w[0].1 == w[1].0));
+        // Never smaller than RANGE_MIN, whatever the concurrency.
+        assert_eq!(ranges(RANGED_MIN + RANGE_MIN, 64).len(), 5);
+    }
 
     #[test]
     fn plans_batches_and_singles() {

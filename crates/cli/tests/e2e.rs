@@ -598,6 +598,40 @@ fn api_requests(s: &Server) -> u64 {
 }
 
 #[test]
+fn a_large_file_downloads_as_ranges_at_once() {
+    let d = tmp();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    // 40 MiB of distinct content: four ranges of 10 MiB.
+    let mut data = vec![0u8; 40 * 1024 * 1024];
+    for (i, c) in data.chunks_mut(8).enumerate() {
+        c.copy_from_slice(&(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    }
+    write(&w, "big/a.bin", &data);
+    let a = s.agent(&w, "p", 1, "j");
+    a.ok(&["artifact", "upload", "big/a.bin"]);
+    // On loopback one stream is the default: ranges are asked for.
+    let a = a.env("SATCHEL_RANGES", "1");
+    let before = api_requests(&s);
+    let v: Value =
+        serde_json::from_str(&a.ok(&["artifact", "download", "--json", "big/a.bin", "out"]))
+            .unwrap();
+    assert_eq!(v["files"], 1);
+    let used = api_requests(&s) - before;
+    // The file list and one request per range.
+    assert!(
+        used >= 5,
+        "the download took {used} requests: not in ranges"
+    );
+    assert!(std::fs::read(w.join("out/big/a.bin")).unwrap() == data);
+    let leftovers: Vec<_> = std::fs::read_dir(w.join("out/big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+#[test]
 fn many_small_files_round_trip() {
     let d = tmp();
     let s = Server::start(&d.path().join("data"));
