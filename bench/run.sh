@@ -112,17 +112,27 @@ expect() { [[ $2 == "$3" ]] || die "$1: got $2, expected $3"; }
 # api_requests: the /api/v1 request counter from /metrics of the server at
 # $metrics_url (default $SATCHEL_URL), or empty when this build has no /metrics.
 metrics_url=
-api_requests() { curl -sf "${metrics_url:-$SATCHEL_URL}/metrics" 2> /dev/null | awk '$1 == "satchel_api_requests_total" { print $2 }'; }
-# counted VAR CMD...: `timed VAR CMD...`, and the API requests CMD made in VAR_req.
+metric() { curl -sf "${metrics_url:-$SATCHEL_URL}/metrics" 2> /dev/null | awk -v m="$1" '$1 == m { printf "%.0f\n", $2 }'; }
+api_requests() { metric satchel_api_requests_total; }
+# counted VAR CMD...: `timed VAR CMD...`, the API requests CMD made in VAR_req
+# and the request body bytes the server received in VAR_in (all requests:
+# payload, chunk lists, manifests).
 counted() {
-  local before after
+  local before after in_before in_after
   before=$(api_requests)
+  in_before=$(metric satchel_http_received_bytes_total)
   timed "$@"
   after=$(api_requests)
+  in_after=$(metric satchel_http_received_bytes_total)
   if [[ -n $before && -n $after ]]; then
     printf -v "${1}_req" '%s' "$((after - before))"
   else
     printf -v "${1}_req" '%s' ""
+  fi
+  if [[ -n $in_before && -n $in_after ]]; then
+    printf -v "${1}_in" '%s' "$((in_after - in_before))"
+  else
+    printf -v "${1}_in" '%s' ""
   fi
 }
 # random_file PATH MIB: incompressible, never-repeating content (an AES-CTR
@@ -656,6 +666,12 @@ check "dedup: ${BIG_MB} MiB unchanged, into a new run" "bytes_sent $resent ($(pc
   "$(le "$resent" "$(awk -v b="$big_bytes" 'BEGIN { print b * 0.005 }')")"
 check "dedup: ${BIG_MB} MiB, 1% changed in $PATCH_PLACES places" "bytes_sent $mod_sent ($(pct "$mod_sent" "$big_bytes"))" "<= 3%" \
   "$(le "$mod_sent" "$(awk -v b="$big_bytes" 'BEGIN { print b * 0.03 }')")"
+if [[ -n $up_mod_in ]]; then
+  check "dedup: 1% changed, on the wire (request bodies)" "$up_mod_in B ($(pct "$up_mod_in" "$big_bytes"))" "<= 3%" \
+    "$(le "$up_mod_in" "$(awk -v b="$big_bytes" 'BEGIN { print b * 0.03 }')")"
+  check "dedup: 1% changed, wire bytes beyond the payload" "$((up_mod_in - mod_sent)) B ($(pct "$((up_mod_in - mod_sent))" "$big_bytes"))" "<= 0.3%" \
+    "$(le "$((up_mod_in - mod_sent))" "$(awk -v b="$big_bytes" 'BEGIN { print b * 0.003 }')")"
+fi
 check "stored objects per GiB (the big file, local disk)" "$big_objects objects for ${BIG_MB} MiB" "<= 64" \
   "$(awk -v o="$big_objects" -v m="$BIG_MB" 'BEGIN { print (o * 1024 / m <= 64) ? 1 : 0 }')"
 if ((CONC > 0)); then
