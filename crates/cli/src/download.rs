@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -24,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::context::{ScopeArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{concurrency, plan, ranged_downloads, ranges, Work};
+use crate::transfer::{concurrency, plan, ranged_downloads, Work, RANGED_MIN};
 
 /// Options of `satchel artifact download`.
 #[derive(Args, Debug)]
@@ -353,24 +354,33 @@ async fn fetch_large(
     client: &Client,
     root: &Path,
     f: &FileInfo,
+    requests: &Arc<tokio::sync::Semaphore>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let ranges = ranges(f.size, concurrency());
-    if ranges.len() > 1 && ranged_downloads(client.base()) {
-        let parts = ranges
-            .into_iter()
-            .map(|(start, end)| {
-                let (client, id) = (client.clone(), f.id.clone());
-                let bytes = futures_util::stream::once(async move {
-                    client.file_content(&id, Some((start, end))).await
-                })
-                .try_flatten()
-                .boxed();
-                crate::ranged::Part { start, end, bytes }
-            })
-            .collect();
-        return crate::ranged::write_parts(root, &Expected::from(f), parts, bar).await;
+    let window = concurrency();
+    if f.size >= RANGED_MIN && window > 1 && ranged_downloads(client.base()) {
+        let (c, id) = (client.clone(), f.id.clone());
+        let fetch: crate::ranged::FetchPiece = Arc::new(move |start, end| {
+            let (c, id) = (c.clone(), id.clone());
+            Box::pin(async move { c.file_range(&id, start, end).await })
+        });
+        match crate::ranged::write_pieces(
+            root,
+            &Expected::from(f),
+            fetch,
+            window,
+            requests.clone(),
+            bar,
+        )
+        .await
+        {
+            Err(e) if e.downcast_ref::<crate::ranged::RangesIgnored>().is_some() => {
+                eprintln!("warning: {e}; downloading {} as one stream", f.path);
+            }
+            other => return other,
+        }
     }
+    let _permit = requests.acquire().await?;
     let stream = client.file_content(&f.id, None).await?;
     write_stream(root, &Expected::from(f), stream, bar).await
 }
@@ -384,64 +394,71 @@ pub async fn write_stream(
     mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Unpin,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let (target, tmp) = prepare_temp(root, f).await?;
-    let res = async {
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        let mut w = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
-            h.update(&chunk);
-            n += chunk.len() as u64;
-            bar.inc(chunk.len() as u64);
-            w.write_all(&chunk).await?;
-        }
-        w.flush().await?;
-        drop(w);
-        check(f, n, &h.finalize())?;
-        anyhow::Ok(())
+    let mut temp = prepare_temp(root, f).await?;
+    let file = tokio::fs::File::create(temp.path())
+        .await
+        .with_context(|| format!("creating {}", temp.path().display()))?;
+    let mut w = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
+        h.update(&chunk);
+        n += chunk.len() as u64;
+        bar.inc(chunk.len() as u64);
+        w.write_all(&chunk).await?;
     }
-    .await;
-    finish_temp(res, f, &tmp, &target).await
+    w.flush().await?;
+    drop(w);
+    check(f, n, &h.finalize())?;
+    temp.finish(f).await
 }
 
 /// Where `f` goes under `root` (directories made on the way, nothing
-/// followed out of it) and the temp file beside it to write first.
-pub(crate) async fn prepare_temp(root: &Path, f: &Expected) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// followed out of it), and the temp file beside it to write first.
+pub(crate) async fn prepare_temp(root: &Path, f: &Expected) -> anyhow::Result<Temp> {
     let (root2, rel) = (root.to_path_buf(), f.path.clone());
     let target = tokio::task::spawn_blocking(move || safe_target(&root2, &rel)).await??;
     let tmp = temp_beside(&target);
-    Ok((target, tmp))
+    Ok(Temp {
+        tmp,
+        target,
+        done: false,
+    })
 }
 
-/// Ends a download written to `tmp`: if it went well (`res`, which
-/// includes the size and digest check), gives it `f`'s mode and renames
-/// it into `target`; otherwise removes it.
-pub(crate) async fn finish_temp(
-    res: anyhow::Result<()>,
-    f: &Expected,
-    tmp: &Path,
-    target: &Path,
-) -> anyhow::Result<()> {
-    let res = match res {
-        Ok(()) => {
-            async {
-                set_mode(tmp, f.mode)?;
-                tokio::fs::rename(tmp, target)
-                    .await
-                    .with_context(|| format!("renaming into {}", target.display()))
-            }
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    if res.is_err() {
-        let _ = tokio::fs::remove_file(tmp).await;
+/// A download's temp file beside its target: renamed into place by
+/// [`Temp::finish`] once checked, removed if dropped before that (an
+/// error, or the download dropped because another file failed).
+pub(crate) struct Temp {
+    tmp: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl Temp {
+    /// The temp file to write.
+    pub fn path(&self) -> &Path {
+        &self.tmp
     }
-    res
+
+    /// Gives the written, checked file `f`'s mode and renames it into place.
+    pub async fn finish(&mut self, f: &Expected) -> anyhow::Result<()> {
+        set_mode(&self.tmp, f.mode)?;
+        tokio::fs::rename(&self.tmp, &self.target)
+            .await
+            .with_context(|| format!("renaming into {}", self.target.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 async fn fetch_batch(
@@ -483,12 +500,16 @@ pub async fn fetch_files(
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = bytes_bar(total, "downloading", quiet);
     let work = plan(files, |f| f.size);
+    // Requests for large files in flight, pieces of ranged ones included:
+    // never more than the concurrency, however many large files.
+    let requests = Arc::new(tokio::sync::Semaphore::new(concurrency()));
     futures_util::stream::iter(work)
         .map(|group| {
             let (client, root, bar) = (client.clone(), root.to_path_buf(), bar.clone());
+            let requests = requests.clone();
             async move {
                 match group {
-                    Work::Single(f) => fetch_large(&client, &root, &f, &bar).await,
+                    Work::Single(f) => fetch_large(&client, &root, &f, &requests, &bar).await,
                     Work::Batch(files) => fetch_batch(&client, &root, files, &bar).await,
                 }
             }

@@ -404,6 +404,45 @@ impl Client {
         Ok(self.body_stream(resp))
     }
 
+    /// Bytes `start..end` of one file, all of them: `Ok(None)` when the
+    /// server (or a proxy before it) ignored the range and answered with
+    /// the whole file (nothing of that answer is read).
+    pub async fn file_range(
+        &self,
+        id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let rb = self
+            .request(Method::GET, &format!("/files/{id}/content"))
+            .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+        let resp = self.send(rb).await?;
+        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Ok(None);
+        }
+        let want = format!("bytes {start}-{}/", end - 1);
+        let got = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !got.starts_with(&want) {
+            return Err(ClientError::Protocol(format!(
+                "asked for bytes {start}-{} of file {id}, got Content-Range {got:?}",
+                end - 1
+            )));
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if body.len() as u64 != end - start {
+            return Err(ClientError::Protocol(format!(
+                "asked for {} bytes at offset {start} of file {id}, got {}",
+                end - start,
+                body.len()
+            )));
+        }
+        Ok(Some(body))
+    }
+
     /// Streams many files' content framed (big-endian u64 length, bytes), in
     /// the order of `ids`.
     pub async fn files_content(

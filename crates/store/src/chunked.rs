@@ -1662,10 +1662,11 @@ impl ContentStore for ChunkStore {
 
 /// Objects up to this size are decoded and hashed on the calling task
 /// (a chunk takes well under a millisecond); larger ones on the blocking
-/// pool. Every chunk is decoded inline: handing each 64 KiB chunk to the
-/// pool cost more in thread wake-ups than the hashing itself (a 1 GiB
-/// download took 2.9 s of server CPU that way, 1.9 s inline).
-const DECODE_INLINE: usize = 1024 * 1024;
+/// pool. Every chunk is decoded inline (the slack covers the codec's
+/// header and tag): handing each 64 KiB chunk to the pool cost more in
+/// thread wake-ups than the hashing itself (a 1 GiB download took 2.9 s
+/// of server CPU that way, 1.9 s inline).
+const DECODE_INLINE: usize = MAX_CHUNK + 4096;
 
 /// Decodes stored content and checks it hashes to `d`.
 async fn decode_content(codec: Arc<Codec>, d: Digest, stored: Bytes) -> Result<Bytes, StoreError> {
