@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -350,15 +351,28 @@ fn write_small(
     res
 }
 
+/// What the large files of one download share.
+struct LargeFiles {
+    /// Requests in flight (and pieces held): the concurrency, however
+    /// many large files.
+    requests: Arc<tokio::sync::Semaphore>,
+    /// The server ignored a range request once: no more pieces.
+    no_ranges: AtomicBool,
+}
+
 async fn fetch_large(
     client: &Client,
     root: &Path,
     f: &FileInfo,
-    requests: &Arc<tokio::sync::Semaphore>,
+    budget: &LargeFiles,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     let window = concurrency();
-    if f.size >= RANGED_MIN && window > 1 && ranged_downloads(client.base()) {
+    if f.size >= RANGED_MIN
+        && window > 1
+        && !budget.no_ranges.load(Ordering::Relaxed)
+        && ranged_downloads(client.base())
+    {
         let (c, id) = (client.clone(), f.id.clone());
         let fetch: crate::ranged::FetchPiece = Arc::new(move |start, end| {
             let (c, id) = (c.clone(), id.clone());
@@ -369,18 +383,20 @@ async fn fetch_large(
             &Expected::from(f),
             fetch,
             window,
-            requests.clone(),
+            budget.requests.clone(),
             bar,
         )
         .await
         {
             Err(e) if e.downcast_ref::<crate::ranged::RangesIgnored>().is_some() => {
-                eprintln!("warning: {e}; downloading {} as one stream", f.path);
+                if !budget.no_ranges.swap(true, Ordering::Relaxed) {
+                    eprintln!("warning: {e}; large files download as one stream each");
+                }
             }
             other => return other,
         }
     }
-    let _permit = requests.acquire().await?;
+    let _permit = budget.requests.acquire().await?;
     let stream = client.file_content(&f.id, None).await?;
     write_stream(root, &Expected::from(f), stream, bar).await
 }
@@ -500,16 +516,17 @@ pub async fn fetch_files(
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = bytes_bar(total, "downloading", quiet);
     let work = plan(files, |f| f.size);
-    // Requests for large files in flight, pieces of ranged ones included:
-    // never more than the concurrency, however many large files.
-    let requests = Arc::new(tokio::sync::Semaphore::new(concurrency()));
+    let large = Arc::new(LargeFiles {
+        requests: Arc::new(tokio::sync::Semaphore::new(concurrency())),
+        no_ranges: AtomicBool::new(false),
+    });
     futures_util::stream::iter(work)
         .map(|group| {
             let (client, root, bar) = (client.clone(), root.to_path_buf(), bar.clone());
-            let requests = requests.clone();
+            let large = large.clone();
             async move {
                 match group {
-                    Work::Single(f) => fetch_large(&client, &root, &f, &requests, &bar).await,
+                    Work::Single(f) => fetch_large(&client, &root, &f, &large, &bar).await,
                     Work::Batch(files) => fetch_batch(&client, &root, files, &bar).await,
                 }
             }

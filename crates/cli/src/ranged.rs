@@ -79,29 +79,38 @@ pub async fn write_pieces(
         .await??;
         let file = Arc::new(file);
         let name = f.path.clone();
-        let mut arriving = futures_util::stream::iter(pieces(f.size))
-            .map(|(start, end)| {
-                let (fetch, requests, name) = (fetch.clone(), requests.clone(), name.clone());
-                let task = tokio::spawn(async move {
-                    let _permit = requests.acquire_owned().await?;
-                    match fetch(start, end).await {
-                        Ok(Some(b)) => Ok(b),
-                        Ok(None) => Err(anyhow::Error::new(RangesIgnored)),
-                        Err(e) => Err(e).with_context(|| format!("downloading {name}")),
+        // A piece takes its permit in file order, before it is fetched, and
+        // keeps it until it is written: across every file of the download
+        // at most `requests` pieces are fetched or held, and the lowest
+        // unwritten piece of each file always has one.
+        let mut arriving = Box::pin(
+            futures_util::stream::iter(pieces(f.size))
+                .then(|(start, end)| {
+                    let requests = requests.clone();
+                    async move { (start, end, requests.acquire_owned().await) }
+                })
+                .map(|(start, end, permit)| {
+                    let (fetch, name) = (fetch.clone(), name.clone());
+                    let task = Fetching(tokio::spawn(async move {
+                        match fetch(start, end).await {
+                            Ok(Some(b)) => Ok(b),
+                            Ok(None) => Err(anyhow::Error::new(RangesIgnored)),
+                            Err(e) => Err(e).with_context(|| format!("downloading {name}")),
+                        }
+                    }));
+                    async move {
+                        let permit = permit?;
+                        let mut task = task;
+                        let got = (&mut task.0).await;
+                        let data = got.context("a piece's download stopped")??;
+                        anyhow::Ok((start, data, permit))
                     }
-                });
-                let fetching = Fetching(task);
-                async move {
-                    let mut fetching = fetching;
-                    let got = (&mut fetching.0).await;
-                    got.context("a piece's download stopped")?
-                        .map(|b| (start, b))
-                }
-            })
-            .buffered(window.max(1));
+                })
+                .buffered(window.max(1)),
+        );
         let mut hash = Sha256::new();
         while let Some(piece) = arriving.next().await {
-            let (start, data) = piece?;
+            let (start, data, permit) = piece?;
             let len = data.len() as u64;
             let file = file.clone();
             hash = tokio::task::spawn_blocking(move || -> anyhow::Result<Sha256> {
@@ -111,6 +120,7 @@ pub async fn write_pieces(
             })
             .await?
             .with_context(|| format!("writing {}", temp.path().display()))?;
+            drop(permit);
             n += len;
             bar.inc(len);
         }
@@ -217,6 +227,35 @@ mod tests {
         });
         run(d.path(), &expected(&data), fetch, 3).unwrap();
         assert_eq!(std::fs::read(d.path().join("d/big.bin")).unwrap(), *data);
+    }
+
+    #[test]
+    fn files_sharing_one_request_budget_all_finish() {
+        // Two files with a window of 3 and one permit between them: pieces
+        // fetched out of order and held for their turn would starve.
+        let d = tempfile::tempdir().unwrap();
+        let data = data();
+        let f = expected(&data);
+        let mut g = expected(&data);
+        g.path = "d/other.bin".into();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let budget = Arc::new(tokio::sync::Semaphore::new(1));
+        rt.block_on(async {
+            let both = futures_util::future::try_join(
+                write_pieces(d.path(), &f, serving(data.clone()), 3, budget.clone(), &bar),
+                write_pieces(d.path(), &g, serving(data.clone()), 3, budget.clone(), &bar),
+            );
+            tokio::time::timeout(std::time::Duration::from_secs(30), both)
+                .await
+                .expect("the downloads starved")
+                .unwrap();
+        });
+        assert_eq!(std::fs::read(d.path().join("d/other.bin")).unwrap(), *data);
+        assert_eq!(bar.position(), 2 * data.len() as u64);
     }
 
     #[test]

@@ -602,7 +602,7 @@ fn a_large_file_downloads_as_ranges_at_once() {
     let d = tmp();
     let s = Server::start(&d.path().join("data"));
     let w = d.path().join("w");
-    // 40 MiB of distinct content: four ranges of 10 MiB.
+    // 40 MiB of distinct content: five pieces of 8 MiB.
     let mut data = vec![0u8; 40 * 1024 * 1024];
     for (i, c) in data.chunks_mut(8).enumerate() {
         c.copy_from_slice(&(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
@@ -610,7 +610,16 @@ fn a_large_file_downloads_as_ranges_at_once() {
     write(&w, "big/a.bin", &data);
     let a = s.agent(&w, "p", 1, "j");
     a.ok(&["artifact", "upload", "big/a.bin"]);
-    // On loopback one stream is the default: ranges are asked for.
+    // One stream (the default on loopback), then pieces, asked for.
+    let before = api_requests(&s);
+    s.agent(&w, "p", 1, "j").env("SATCHEL_RANGES", "0").ok(&[
+        "artifact",
+        "download",
+        "big/a.bin",
+        "one",
+    ]);
+    let one_stream = api_requests(&s) - before;
+    assert!(std::fs::read(w.join("one/big/a.bin")).unwrap() == data);
     let a = a.env("SATCHEL_RANGES", "1");
     let before = api_requests(&s);
     let v: Value =
@@ -618,10 +627,10 @@ fn a_large_file_downloads_as_ranges_at_once() {
             .unwrap();
     assert_eq!(v["files"], 1);
     let used = api_requests(&s) - before;
-    // The file list and one request per range.
-    assert!(
-        used >= 5,
-        "the download took {used} requests: not in ranges"
+    assert_eq!(
+        used,
+        one_stream - 1 + 5,
+        "one stream took {one_stream} requests, pieces {used}: not five pieces"
     );
     assert!(std::fs::read(w.join("out/big/a.bin")).unwrap() == data);
     let leftovers: Vec<_> = std::fs::read_dir(w.join("out/big"))

@@ -413,6 +413,11 @@ impl Client {
         start: u64,
         end: u64,
     ) -> Result<Option<Bytes>, ClientError> {
+        if start >= end {
+            return Err(ClientError::Protocol(format!(
+                "an empty range ({start}..{end}) of file {id} was asked for"
+            )));
+        }
         let rb = self
             .request(Method::GET, &format!("/files/{id}/content"))
             .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
