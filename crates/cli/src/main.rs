@@ -94,31 +94,34 @@ enum ArtifactCommand {
 /// keeping the chunk buffers freed in it; with two arenas, freed buffers
 /// are reused across threads.
 ///
-/// The mmap threshold is fixed too. glibc raises it to the size of any
-/// mapped buffer freed (up to 32 MiB), and the trim threshold to twice
-/// that: once a pack buffer (20 MiB) was freed, every arena kept up to
-/// 40 MiB of freed chunk buffers, and 16 concurrent uploads peaked 60 MiB
-/// above their live heap. Fixed at 1 MiB, with 8 MiB kept before trimming,
-/// chunk buffers still come from the arenas (no page faults per chunk)
-/// and pack buffers are mapped and given back. (A 128 KiB threshold with
-/// the default trim doubled the server's system time per GiB.)
+/// A server (`serving`) fixes the mmap threshold too. glibc raises it to
+/// the size of any mapped buffer freed (up to 32 MiB), and the trim
+/// threshold to twice that: once a pack buffer (20 MiB) was freed, every
+/// arena kept up to 40 MiB of freed chunk buffers, and 16 concurrent
+/// uploads peaked 60 MiB above their live heap. Fixed at 1 MiB, with 8 MiB
+/// kept before trimming, chunk buffers still come from the arenas (no page
+/// faults per chunk) and pack buffers are mapped and given back. (A 128 KiB
+/// threshold with the default trim doubled the server's system time per
+/// GiB.) The agent keeps glibc's adaptive thresholds: it is short-lived,
+/// and a fixed one mapped and unmapped each 8 MiB batch buffer it reuses.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn tune_allocator() {
+fn tune_allocator(serving: bool) {
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        if serving {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
+fn tune_allocator(_serving: bool) {}
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = if buildkite::invoked_as_agent() {
         match buildkite::translate(std::env::args_os()) {
             Ok(args) => Cli::parse_from(args),
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
+    tune_allocator(matches!(cli.command, Command::Serve(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
