@@ -950,6 +950,15 @@ impl ChunkStore {
         for obj in self.backend.list("p").await? {
             report.objects += 1;
             report.bytes_listed += obj.size;
+            // A pack the index does not know is not looked at: one being
+            // written right now (stored, not yet recorded), or one whose
+            // index is unreadable (logged, left for an operator). Its kind,
+            // and so its age floor, is unknown: taken for a pack of blobs,
+            // a pack of chunks just written was claimed under the blobs'
+            // zero grace, and the write that wrote it failed.
+            let Some(entries) = self.packs.entries(&obj.key) else {
+                continue;
+            };
             let holds_chunks = self.packs.holds_chunks(&obj.key);
             if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff }) {
                 continue;
@@ -958,9 +967,6 @@ impl ChunkStore {
             if !self.pins.claim(&obj.key) {
                 continue;
             }
-            let Some(entries) = self.packs.entries(&obj.key) else {
-                continue; // unreadable index: logged, left for an operator
-            };
             let entry_count = entries.len();
             let entries_bytes: u64 = entries.iter().map(|e| u64::from(e.len)).sum();
             let live: Vec<pack::Entry> = entries
