@@ -524,6 +524,21 @@ if ((GARAGE)); then
   objects_sat=$(s3_objects "$s3_sat") || die "cannot list s3://$S3_BUCKET/$s3_sat/"
   objects_aws=$(s3_objects "$s3_aws") || die "cannot list s3://$S3_BUCKET/$s3_aws/"
   expect "objects written by aws s3 cp" "$objects_aws" "$SMALL"
+
+  log "big file to S3: aws s3 cp (multipart) baseline"
+  aws_big() {
+    "$aws" s3 cp --only-show-errors --endpoint-url "$S3_ENDPOINT" \
+      "$work/src/big.bin" "s3://$S3_BUCKET/$s3_aws/big.bin" > "$work/aws.err" 2>&1 ||
+      { sed 's/^/  /' "$work/aws.err" >&2; return 1; }
+  }
+  timed aws_big_up aws_big
+
+  log "big file to S3: satchel upload"
+  objects_before_big=$(s3_objects "$s3_sat") || die "cannot list s3://$S3_BUCKET/$s3_sat/"
+  up_s3_big_run() { (cd "$work/src" && SATCHEL_URL=$s3_url SATCHEL_RUN=6 satchel artifact upload --json big.bin > "$work/up_s3_big.json"); }
+  timed up_s3_big up_s3_big_run
+  expect "S3 big upload bytes_sent" "$(json "$work/up_s3_big.json" bytes_sent)" "$big_bytes"
+  objects_big_s3=$(($(s3_objects "$s3_sat") - objects_before_big))
 fi
 
 # --- concurrent big uploads: the server's peak memory -----------------------------------
@@ -656,8 +671,10 @@ row "upload ${SMALL} x 4 KiB" "$small_bytes" "$up_small" "tar cf - | curl -T - s
 row "download ${SMALL} x 4 KiB" "$small_bytes" "$down_small" "tar xf (local tarball)" "$tar_down" 0.5
 if ((GARAGE)); then
   row "upload ${SMALL} x 4 KiB to S3" "$small_bytes" "$up_s3" "aws s3 cp --recursive" "$aws_up" 2
+  row "upload ${BIG_MB} MiB to S3" "$big_bytes" "$up_s3_big" "aws s3 cp (multipart)" "$aws_big_up" 1
 else
   skipped "upload ${SMALL} x 4 KiB to S3" "aws s3 cp --recursive" "BENCH_GARAGE=0"
+  skipped "upload ${BIG_MB} MiB to S3" "aws s3 cp (multipart)" "BENCH_GARAGE=0"
 fi
 echo "$line"
 printf '%-50s %-32s %-12s %s\n' check measured goal result
@@ -674,6 +691,10 @@ if [[ -n $up_mod_in ]]; then
 fi
 check "stored objects per GiB (the big file, local disk)" "$big_objects objects for ${BIG_MB} MiB" "<= 64" \
   "$(awk -v o="$big_objects" -v m="$BIG_MB" 'BEGIN { print (o * 1024 / m <= 64) ? 1 : 0 }')"
+if ((GARAGE)); then
+  check "stored objects per GiB (the big file, Garage)" "$objects_big_s3 objects for ${BIG_MB} MiB" "<= 64" \
+    "$(awk -v o="$objects_big_s3" -v m="$BIG_MB" 'BEGIN { print (o * 1024 / m <= 64) ? 1 : 0 }')"
+fi
 if ((CONC > 0)); then
   check "server peak RSS, $CONC concurrent ${BIG_MB} MiB uploads" "VmHWM $(mib "$conc_hwm_kib")" "<= 96 MiB" \
     "$(awk -v k="$conc_hwm_kib" 'BEGIN { print (k <= 96 * 1024) ? 1 : 0 }')"

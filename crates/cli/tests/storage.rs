@@ -633,19 +633,25 @@ fn chunked_uploads_refuse_bad_input() {
         let v: Value = r.json().await.unwrap();
         let id = v["upload_id"].as_str().unwrap().to_string();
         let f = sha(&file);
-        let post = |path: String, body: Value| {
+        let post_as = |path: String, content_type: &'static str, body: Vec<u8>| {
             let http = http.clone();
             let token = s.token.clone();
             let url = s.api(&path);
             async move {
                 http.post(url)
                     .bearer_auth(token)
-                    .json(&body)
+                    .header("content-type", content_type)
+                    .body(body)
                     .send()
                     .await
                     .unwrap()
             }
         };
+        let post = |path: String, body: Value| {
+            post_as(path, "application/json", serde_json::to_vec(&body).unwrap())
+        };
+        let post_binary =
+            |path: String, body: Vec<u8>| post_as(path, "application/vnd.satchel.chunk-list", body);
         // Sizes that do not add up.
         let r = post(
             format!("/uploads/{id}/blobs/{f}/chunks"),
@@ -667,6 +673,28 @@ fn chunked_uploads_refuse_bad_input() {
         assert_eq!(r.status(), 200);
         let m: Value = r.json().await.unwrap();
         assert_eq!(m["missing"], json!([0, 1, 2]));
+        // The same list in its binary form (what the agent sends): 36 bytes
+        // a chunk, size big-endian then the SHA-256.
+        let binary: Vec<u8> = [a1, a2, b]
+            .iter()
+            .flat_map(|c| {
+                let mut r = (c.len() as u32).to_be_bytes().to_vec();
+                r.extend(hex::decode(sha(c)).unwrap());
+                r
+            })
+            .collect();
+        let r = post_binary(format!("/uploads/{id}/blobs/{f}/chunks"), binary.clone()).await;
+        assert_eq!(r.status(), 200);
+        let m: Value = r.json().await.unwrap();
+        assert_eq!(m["missing"], json!([0, 1, 2]));
+        // A binary list cut inside a record.
+        let r = post_binary(
+            format!("/uploads/{id}/blobs/{f}/chunks"),
+            binary[..binary.len() - 1].to_vec(),
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        assert_eq!(code(r).await, "invalid_chunk_list");
         // A chunk whose bytes do not hash to its name.
         let r = http
             .put(s.api(&format!("/uploads/{id}/chunks/{}", sha(a1))))
@@ -701,7 +729,7 @@ fn chunked_uploads_refuse_bad_input() {
         assert_eq!(code(r).await, "digest_mismatch");
         let r = post(format!("/uploads/{id}/finish"), json!({})).await;
         assert!(!r.status().is_success(), "finished with content missing");
-        let r = post(format!("/uploads/{id}/blobs/{f}/assemble"), list).await;
+        let r = post_binary(format!("/uploads/{id}/blobs/{f}/assemble"), binary).await;
         assert_eq!(r.status(), 201);
         let r = post(format!("/uploads/{id}/finish"), json!({})).await;
         assert!(r.status().is_success());

@@ -12,6 +12,7 @@ use satchel_model::api::{
     FetchFiles, FileInfo, FileList, NewRun, Package, PackageList, PackageWithFiles, Promote,
     ResolveRequest, Resolved, Run, RunList, SetRunState, UploadCreated, UploadFinished,
 };
+use satchel_model::frames;
 use serde::de::DeserializeOwned;
 
 /// Errors talking to the server.
@@ -223,7 +224,8 @@ impl Client {
                 Method::POST,
                 &format!("/uploads/{upload_id}/blobs/{sha256}/chunks"),
             )
-            .json(list),
+            .header(reqwest::header::CONTENT_TYPE, frames::CHUNK_LIST_TYPE)
+            .body(chunk_list_body(list)?),
         )
         .await
     }
@@ -257,7 +259,8 @@ impl Client {
                 Method::POST,
                 &format!("/uploads/{upload_id}/blobs/{sha256}/assemble"),
             )
-            .json(list),
+            .header(reqwest::header::CONTENT_TYPE, frames::CHUNK_LIST_TYPE)
+            .body(chunk_list_body(list)?),
         )
         .await
     }
@@ -887,4 +890,23 @@ mod received {
         path(&f.path)?;
         sha256(&f.sha256)
     }
+}
+
+/// A chunk list in its binary form ([`frames`]): 36 bytes a chunk where
+/// JSON takes about 90, and it is sent twice per large file.
+fn chunk_list_body(list: &satchel_model::api::ChunkList) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::with_capacity(list.chunks.len() * frames::CHUNK_RECORD);
+    for c in &list.chunks {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&c.sha256, &mut digest).map_err(|_| {
+            ClientError::Protocol(format!(
+                "chunk digest {:?} is not 64 hex characters",
+                c.sha256
+            ))
+        })?;
+        let size = u32::try_from(c.size)
+            .map_err(|_| ClientError::Protocol(format!("a chunk of {} bytes", c.size)))?;
+        frames::push_chunk_record(&mut out, size, &digest);
+    }
+    Ok(out)
 }

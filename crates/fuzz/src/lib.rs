@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pack_index", pack_index_target),
     ("blob_batch", blob_batch_target),
     ("file_batch", file_batch_target),
+    ("chunk_list", chunk_list_target),
     ("condition", condition_target),
 ];
 
@@ -240,6 +241,21 @@ pub fn blob_batch_target(data: &[u8]) {
             frames::push_blob_frame(&mut again, &digest, content);
         }
         assert_eq!(again, data, "re-encoding differs");
+    }
+}
+
+/// Binary chunk lists: what parses encodes back to exactly the same
+/// bytes, and every length that is not whole records is refused.
+pub fn chunk_list_target(data: &[u8]) {
+    match frames::parse_chunk_list(data) {
+        Ok(records) => {
+            let mut again = Vec::with_capacity(data.len());
+            for (size, digest) in &records {
+                frames::push_chunk_record(&mut again, *size, digest);
+            }
+            assert_eq!(again, data, "re-encoding differs");
+        }
+        Err(_) => assert_ne!(data.len() % frames::CHUNK_RECORD, 0),
     }
 }
 

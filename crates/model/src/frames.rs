@@ -1,15 +1,19 @@
-//! The two framed batch bodies, with one owner: the client, the CLI and
-//! the server build and read them only through this module.
+//! The binary bodies of the transfer protocol, with one owner: the client,
+//! the CLI and the server build and read them only through this module.
 //!
 //! - **Blob batch** (`POST /uploads/{id}/blobs`, client to server): frames
 //!   of `sha256: [u8; 32]`, `length: u64` big-endian, `length` bytes.
 //! - **File batch** (`POST /files/content`, server to client): frames of
 //!   `length: u64` big-endian, `length` bytes, in the order of the ids
 //!   asked for.
+//! - **Chunk list** (`POST /uploads/{id}/blobs/{sha256}/chunks` and
+//!   `…/assemble`, client to server, content type [`CHUNK_LIST_TYPE`]):
+//!   records of `size: u32` big-endian, `sha256: [u8; 32]`, one per chunk
+//!   in file order; 36 bytes a chunk where the JSON form takes about 90.
 //!
 //! Nothing stands between frames or after the last. The server reads blob
 //! batches as a stream, header by header ([`parse_blob_header`]); the CLI
-//! reads a whole file batch from memory ([`FileBatch`]). Both are pure, so
+//! reads a whole file batch from memory ([`FileBatch`]). All are pure, so
 //! they are fuzzed (`crates/fuzz`).
 
 /// Length of a blob batch frame header.
@@ -49,6 +53,34 @@ pub enum FrameError {
         /// How many.
         extra: usize,
     },
+}
+
+/// The content type of a binary chunk list.
+pub const CHUNK_LIST_TYPE: &str = "application/vnd.satchel.chunk-list";
+
+/// Length of one chunk list record.
+pub const CHUNK_RECORD: usize = 36;
+
+/// Appends one chunk list record to `out`.
+pub fn push_chunk_record(out: &mut Vec<u8>, size: u32, sha256: &[u8; 32]) {
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(sha256);
+}
+
+/// The records of a binary chunk list: `(size, sha256)` in order.
+pub fn parse_chunk_list(body: &[u8]) -> Result<Vec<(u32, [u8; 32])>, FrameError> {
+    let records = body.chunks_exact(CHUNK_RECORD);
+    if !records.remainder().is_empty() {
+        return Err(FrameError::CutHeader {
+            at: body.len() - records.remainder().len(),
+        });
+    }
+    Ok(records
+        .map(|r| {
+            let size = u32::from_be_bytes(r[..4].try_into().expect("4 bytes"));
+            (size, r[4..].try_into().expect("32 bytes"))
+        })
+        .collect())
 }
 
 /// Appends one blob frame to `out`.
@@ -140,6 +172,24 @@ impl<'a> FileBatch<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_lists_round_trip_and_refuse_cuts() {
+        let mut body = Vec::new();
+        push_chunk_record(&mut body, 65_536, &[7; 32]);
+        push_chunk_record(&mut body, 1, &[9; 32]);
+        assert_eq!(body.len(), 2 * CHUNK_RECORD);
+        assert_eq!(&body[..4], &[0, 1, 0, 0], "sizes are big-endian");
+        assert_eq!(
+            parse_chunk_list(&body).unwrap(),
+            vec![(65_536, [7; 32]), (1, [9; 32])]
+        );
+        assert_eq!(parse_chunk_list(&[]).unwrap(), vec![]);
+        assert_eq!(
+            parse_chunk_list(&body[..body.len() - 1]),
+            Err(FrameError::CutHeader { at: CHUNK_RECORD })
+        );
+    }
 
     #[test]
     fn blob_batches_round_trip_and_refuse_cuts() {

@@ -41,7 +41,7 @@ use tokio_util::io::StreamReader;
 use super::check_id;
 use crate::access::{Acting, Caller};
 use crate::error::ApiError;
-use crate::extract::{Json, Path};
+use crate::extract::{ChunkListBody, Json, Path};
 use crate::AppState;
 
 /// Frames of a batch up to this size are read into memory (one at a time
@@ -341,27 +341,27 @@ pub(super) async fn put_blob(
 fn check_chunk_list(
     needs: &UploadNeeds,
     hex: &str,
-    list: &ChunkList,
+    list: &[(u64, Digest)],
 ) -> Result<(u64, Vec<(u32, Digest)>), ApiError> {
     let size = expected_size(needs, hex)?;
     let max = satchel_store::chunked::MAX_CHUNK as u64;
-    if list.chunks.is_empty() || list.chunks.len() as u64 > size / 1024 + 1 {
+    if list.is_empty() || list.len() as u64 > size / 1024 + 1 {
         return Err(ApiError::bad_request(format!(
             "a chunk list for {size} bytes needs between 1 and {} chunks",
             size / 1024 + 1
         )));
     }
-    let mut out = Vec::with_capacity(list.chunks.len());
+    let mut out = Vec::with_capacity(list.len());
     let mut total = 0u64;
-    for c in &list.chunks {
-        if c.size == 0 || c.size > max {
+    for &(size, d) in list {
+        if size == 0 || size > max {
             return Err(ApiError::bad_request(format!(
-                "chunk {} has {} bytes; chunks hold 1 to {max}",
-                c.sha256, c.size
+                "chunk {} has {size} bytes; chunks hold 1 to {max}",
+                d.to_hex()
             )));
         }
-        total += c.size;
-        out.push((c.size as u32, Digest::from_hex(&c.sha256)?));
+        total += size;
+        out.push((size as u32, d));
     }
     if total != size {
         return Err(ApiError::new(
@@ -379,14 +379,17 @@ fn check_chunk_list(
     tag = "uploads",
     summary = "Which chunks of a large file the server lacks",
     params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the whole file, 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$")),
-    request_body = ChunkList,
+    request_body(content(
+        (ChunkList = "application/json"),
+        (inline(crate::openapi::Binary) = "application/vnd.satchel.chunk-list")
+    ), description = "The file's chunks in order: JSON, or binary records of 36 bytes (size: u32 big-endian, SHA-256)"),
     responses((status = 200, description = "The indexes of the missing chunks", body = ChunksMissing), crate::openapi::Errors)
 )]
 pub(super) async fn chunks_missing(
     State(s): State<AppState>,
     caller: Caller,
     Path((id, hex)): Path<(String, String)>,
-    Json(list): Json<ChunkList>,
+    ChunkListBody(list): ChunkListBody,
 ) -> Result<axum::Json<ChunksMissing>, ApiError> {
     let needs = open_upload(&s, &caller, &id).await?;
     let hex = Digest::from_hex(&hex)?.to_hex();
@@ -454,14 +457,17 @@ pub(super) async fn put_chunk(
     tag = "uploads",
     summary = "Assemble a file from its chunks",
     params(("id" = String, Path, description = "Upload id (32 lowercase hex characters)", pattern = "^[0-9a-f]{32}$"), ("sha256" = String, Path, description = "SHA-256 of the whole file, 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$")),
-    request_body = ChunkList,
+    request_body(content(
+        (ChunkList = "application/json"),
+        (inline(crate::openapi::Binary) = "application/vnd.satchel.chunk-list")
+    ), description = "The file's chunks in order: JSON, or binary records of 36 bytes (size: u32 big-endian, SHA-256)"),
     responses((status = 201, description = "Stored", body = BlobsStored), crate::openapi::Errors)
 )]
 pub(super) async fn assemble(
     State(s): State<AppState>,
     caller: Caller,
     Path((id, hex)): Path<(String, String)>,
-    Json(list): Json<ChunkList>,
+    ChunkListBody(list): ChunkListBody,
 ) -> Result<(StatusCode, axum::Json<BlobsStored>), ApiError> {
     let needs = open_upload(&s, &caller, &id).await?;
     let digest = Digest::from_hex(&hex)?;
