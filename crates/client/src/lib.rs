@@ -219,15 +219,29 @@ impl Client {
         sha256: &str,
         list: &satchel_model::api::ChunkList,
     ) -> Result<satchel_model::api::ChunksMissing, ClientError> {
-        self.json(
-            self.request(
-                Method::POST,
-                &format!("/uploads/{upload_id}/blobs/{sha256}/chunks"),
-            )
+        let path = format!("/uploads/{upload_id}/blobs/{sha256}/chunks");
+        self.send_chunk_list(&path, list).await
+    }
+
+    /// Posts a chunk list in its binary form; to a server from before it
+    /// (which answers `400 invalid_json`), once more as JSON.
+    async fn send_chunk_list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        list: &satchel_model::api::ChunkList,
+    ) -> Result<T, ClientError> {
+        let binary = self
+            .request(Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, frames::CHUNK_LIST_TYPE)
-            .body(chunk_list_body(list)?),
-        )
-        .await
+            .body(chunk_list_body(list)?);
+        match self.json(binary).await {
+            Err(ClientError::Api {
+                status: 400, code, ..
+            }) if code == "invalid_json" => {
+                self.json(self.request(Method::POST, path).json(list)).await
+            }
+            other => other,
+        }
     }
 
     /// Sends one chunk of a large file.
@@ -254,15 +268,8 @@ impl Client {
         sha256: &str,
         list: &satchel_model::api::ChunkList,
     ) -> Result<BlobsStored, ClientError> {
-        self.json(
-            self.request(
-                Method::POST,
-                &format!("/uploads/{upload_id}/blobs/{sha256}/assemble"),
-            )
-            .header(reqwest::header::CONTENT_TYPE, frames::CHUNK_LIST_TYPE)
-            .body(chunk_list_body(list)?),
-        )
-        .await
+        let path = format!("/uploads/{upload_id}/blobs/{sha256}/assemble");
+        self.send_chunk_list(&path, list).await
     }
 
     /// Makes an upload's files visible.
@@ -909,4 +916,85 @@ fn chunk_list_body(list: &satchel_model::api::ChunkList) -> Result<Vec<u8>, Clie
         frames::push_chunk_record(&mut out, size, &digest);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// A server from before binary chunk lists: `400 invalid_json` to
+    /// anything but JSON. Answers `count` requests; the content types seen.
+    fn old_server(count: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..count {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut len, mut kind) = (0usize, String::new());
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end().to_ascii_lowercase();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if let Some(v) = line.strip_prefix("content-type:") {
+                        kind = v.trim().to_string();
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let (status, answer) = if kind == "application/json" {
+                    ("200 OK", r#"{"missing":[0]}"#)
+                } else {
+                    (
+                        "400 Bad Request",
+                        r#"{"error":{"code":"invalid_json","message":"the JSON body must be an object"}}"#,
+                    )
+                };
+                write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .unwrap();
+                seen.push(kind);
+            }
+            seen
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn chunk_lists_fall_back_to_json_for_an_older_server() {
+        let (url, seen) = old_server(2);
+        let client = Client::new(&url, "t").unwrap();
+        let list = satchel_model::api::ChunkList {
+            chunks: vec![satchel_model::api::ChunkRef {
+                sha256: "ab".repeat(32),
+                size: 10,
+            }],
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let missing = rt
+            .block_on(client.chunks_missing(&"0".repeat(32), &"cd".repeat(32), &list))
+            .unwrap();
+        assert_eq!(missing.missing, vec![0]);
+        assert_eq!(
+            seen.join().unwrap(),
+            vec![
+                frames::CHUNK_LIST_TYPE.to_string(),
+                "application/json".into()
+            ]
+        );
+    }
 }
