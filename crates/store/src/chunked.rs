@@ -956,10 +956,9 @@ impl ChunkStore {
             // and so its age floor, is unknown: taken for a pack of blobs,
             // a pack of chunks just written was claimed under the blobs'
             // zero grace, and the write that wrote it failed.
-            let Some(entries) = self.packs.entries(&obj.key) else {
+            let Some((entries, holds_chunks)) = self.packs.entries_and_kind(&obj.key) else {
                 continue;
             };
-            let holds_chunks = self.packs.holds_chunks(&obj.key);
             if obj.modified >= (if holds_chunks { chunk_cutoff } else { cutoff }) {
                 continue;
             }

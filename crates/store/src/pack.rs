@@ -559,6 +559,15 @@ impl PackIndex {
             .copied()
     }
 
+    /// The entries of pack `key` and whether it holds chunks, read
+    /// together (a pack forgotten between two reads could otherwise be
+    /// taken for a pack of blobs); `None` if not known.
+    pub fn entries_and_kind(&self, key: &str) -> Option<(Vec<Entry>, bool)> {
+        let st = self.state.read().expect("pack index");
+        let entries = st.packs.get(key)?.clone();
+        Some((entries, st.chunk_packs.contains(key)))
+    }
+
     /// The entries of pack `key`, if known.
     pub fn entries(&self, key: &str) -> Option<Vec<Entry>> {
         self.state
