@@ -264,6 +264,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
                     r["objects_deleted"],
                     crate::output::human(r["bytes_freed"].as_u64().unwrap_or(0))
                 );
+                if r["young_chunks_kept"].as_bool() == Some(true) {
+                    println!(
+                        "gc: uploads were in flight, so unused chunks younger than twice the chunk refresh age (30 minutes by default) were kept; run it again when none are"
+                    );
+                }
             }
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! How uploads and downloads split work: files up to [`SMALL_FILE`] travel
 //! many per request (framed), larger ones one per request, streamed, with
-//! [`concurrency`] requests in flight either way.
+//! [`concurrency`] requests in flight either way. A request that fails
+//! for a passing reason is sent again ([`retrying`]).
 
 /// Files up to this size travel framed in batches.
 pub const SMALL_FILE: u64 = 1024 * 1024;
@@ -29,6 +30,56 @@ pub fn concurrency() -> usize {
                 CONCURRENCY
             }
         },
+    })
+}
+
+/// Times a request is sent in all before its transient failure is final.
+pub const ATTEMPTS: u32 = 4;
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed
+/// [`ATTEMPTS`] times for a passing reason
+/// ([`satchel_client::ClientError::is_transient`] anywhere in the error's
+/// chain), waiting 1, 2, then 4 seconds between attempts and saying so on
+/// stderr. `what` names the work in that warning.
+pub async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    retrying_after(what, std::time::Duration::from_secs(1), &mut attempt).await
+}
+
+async fn retrying_after<T, F, Fut>(
+    what: &str,
+    first_wait: std::time::Duration,
+    attempt: &mut F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut wait = first_wait;
+    for n in 1.. {
+        match attempt().await {
+            Err(e) if n < ATTEMPTS && is_transient(&e) => {
+                eprintln!(
+                    "warning: {what} failed ({e:#}); trying again in {wait:?} (attempt {} of {ATTEMPTS})",
+                    n + 1
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            r => return r,
+        }
+    }
+    unreachable!("the loop returns by its last attempt")
+}
+
+/// Whether an error is a transient failure of a request.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<satchel_client::ClientError>()
+            .is_some_and(satchel_client::ClientError::is_transient)
     })
 }
 
@@ -135,6 +186,54 @@ mod tests {
         ] {
             assert!(!on_this_machine(remote), "{remote}");
         }
+    }
+
+    fn api(status: u16) -> anyhow::Error {
+        anyhow::Error::new(satchel_client::ClientError::Api {
+            status,
+            code: "x".into(),
+            message: "m".into(),
+            candidates: None,
+        })
+        .context("sending something")
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_retried_and_a_final_one_is_not() {
+        let quick = std::time::Duration::from_millis(1);
+        // 503 twice, then success: three attempts.
+        let mut calls = 0;
+        let r = retrying_after("x", quick, &mut || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(api(503))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+        // 400 is final: one attempt.
+        let mut calls = 0;
+        let r: anyhow::Result<()> = retrying_after("x", quick, &mut || {
+            calls += 1;
+            async { Err(api(400)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+        // 503 for ever: ATTEMPTS attempts, then the error.
+        let mut calls = 0;
+        let r: anyhow::Result<()> = retrying_after("x", quick, &mut || {
+            calls += 1;
+            async { Err(api(503)) }
+        })
+        .await;
+        assert!(format!("{:#}", r.unwrap_err()).contains("sending something"));
+        assert_eq!(calls, ATTEMPTS);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::Args;
 use futures_util::{StreamExt, TryStreamExt};
 use satchel_model::api::{ChunkList, ChunkRef, CreateUpload, NewFile};
@@ -17,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::context::{JobArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{concurrency, plan, Work};
+use crate::transfer::{concurrency, plan, retrying, Work};
 
 /// Options of `satchel artifact upload`.
 #[derive(Args, Debug)]
@@ -517,79 +518,151 @@ fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRe
     out
 }
 
+/// Times a large file's chunks are asked for, sent and assembled before
+/// `chunk_missing` (chunks collected between sending and assembling) is
+/// final.
+const ASSEMBLE_ATTEMPTS: u32 = 3;
+
 /// Sends a large file: only the chunks the server lacks, when it holds
-/// some; else the whole file in one stream. Returns the bytes sent.
+/// some; else the whole file in one stream. Returns the bytes sent. Each
+/// request is retried after a transient failure
+/// ([`crate::transfer::retrying`]); an assembly that finds a chunk
+/// collected since the server said it held it asks again which to send.
 async fn send_large(
     client: &satchel_client::Client,
     upload_id: &str,
     h: &Hashed,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
+    // Bytes of this file the progress bar shows.
+    let mut shown = 0u64;
+    let mut sent = 0u64;
     if let Some(chunks) = &h.chunks {
         let list = ChunkList {
             chunks: chunks.iter().map(|(_, c)| c.clone()).collect(),
         };
-        let missing = client
-            .chunks_missing(upload_id, &h.sha256, &list)
-            .await
-            .with_context(|| format!("asking which chunks of {} to send", h.found.stored))?
+        for attempt in 1..=ASSEMBLE_ATTEMPTS {
+            let what = format!("asking which chunks of {} to send", h.found.stored);
+            let missing = retrying(&what, || async {
+                client
+                    .chunks_missing(upload_id, &h.sha256, &list)
+                    .await
+                    .with_context(|| what.clone())
+            })
+            .await?
             .missing;
-        if missing.iter().any(|&i| i >= chunks.len()) || !missing.is_sorted_by(|a, b| a < b) {
-            bail!(
-                "the server's list of missing chunks of {} is not ascending indices into its {} chunks",
-                h.found.stored,
-                chunks.len()
-            );
-        }
-        if missing.len() < chunks.len() {
-            bar.inc(h.size - missing.iter().map(|&i| chunks[i].1.size).sum::<u64>());
-            let sent = futures_util::stream::iter(missing)
-                .map(|i| {
-                    let (offset, c) = chunks[i].clone();
-                    let path = h.found.abs.clone();
-                    async move {
-                        let data =
-                            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-                                use std::io::{Seek, SeekFrom};
-                                let mut f = std::fs::File::open(&path)?;
-                                f.seek(SeekFrom::Start(offset))?;
-                                let mut data = vec![0u8; c.size as usize];
-                                f.read_exact(&mut data)?;
-                                Ok(data)
-                            })
-                            .await??;
-                        client
-                            .put_chunk(upload_id, &c.sha256, data.into())
-                            .await
-                            .with_context(|| format!("uploading a chunk of {}", h.found.stored))?;
-                        bar.inc(c.size);
-                        anyhow::Ok(c.size)
-                    }
-                })
-                .buffer_unordered(concurrency())
-                .try_fold(0u64, |a, n| async move { Ok(a + n) })
-                .await?;
-            client
-                .assemble(upload_id, &h.sha256, &list)
-                .await
-                .with_context(|| format!("assembling {} from its chunks", h.found.stored))?;
-            return Ok(sent);
+            if missing.iter().any(|&i| i >= chunks.len()) || !missing.is_sorted_by(|a, b| a < b) {
+                bail!(
+                    "the server's list of missing chunks of {} is not ascending indices into its {} chunks",
+                    h.found.stored,
+                    chunks.len()
+                );
+            }
+            if missing.len() == chunks.len() {
+                // Nothing to gain from chunks: the whole file, below.
+                break;
+            }
+            // The bar shows all but these now, and the whole file once
+            // they are sent.
+            let held = h.size - missing.iter().map(|&i| chunks[i].1.size).sum::<u64>();
+            bar.dec(shown.saturating_sub(held));
+            bar.inc(held.saturating_sub(shown));
+            sent += send_chunks(client, upload_id, h, chunks, &missing, bar).await?;
+            shown = h.size;
+            let what = format!("assembling {} from its chunks", h.found.stored);
+            let assembled = retrying(&what, || async {
+                client
+                    .assemble(upload_id, &h.sha256, &list)
+                    .await
+                    .with_context(|| what.clone())
+            })
+            .await;
+            match assembled {
+                Ok(_) => return Ok(sent),
+                Err(e) if attempt < ASSEMBLE_ATTEMPTS && chunk_missing(&e) => {
+                    eprintln!("warning: {e:#}; sending the missing chunks again");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    let file = tokio::fs::File::open(&h.found.abs)
-        .await
-        .with_context(|| format!("opening {}", h.found.abs.display()))?;
-    let b = bar.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |r| {
-        if let Ok(chunk) = r {
-            b.inc(chunk.len() as u64);
+    let what = format!("uploading {}", h.found.stored);
+    // What the attempt under way has added to the bar; a retry starts the
+    // file over and takes it back.
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(shown));
+    retrying(&what, || {
+        bar.dec(counted.swap(0, std::sync::atomic::Ordering::Relaxed));
+        let (b, c, what) = (bar.clone(), counted.clone(), what.clone());
+        async move {
+            let file = tokio::fs::File::open(&h.found.abs)
+                .await
+                .with_context(|| format!("opening {}", h.found.abs.display()))?;
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |r| {
+                    if let Ok(chunk) = r {
+                        b.inc(chunk.len() as u64);
+                        c.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            client
+                .put_blob(upload_id, &h.sha256, h.size, stream)
+                .await
+                .with_context(|| what)
         }
-    });
-    client
-        .put_blob(upload_id, &h.sha256, h.size, stream)
+    })
+    .await?;
+    Ok(sent + h.size)
+}
+
+/// Sends the chunks of `h` at the indexes `missing`, [`concurrency`] at
+/// once, each retried after a transient failure; the bytes sent.
+async fn send_chunks(
+    client: &satchel_client::Client,
+    upload_id: &str,
+    h: &Hashed,
+    chunks: &[(u64, ChunkRef)],
+    missing: &[usize],
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<u64> {
+    futures_util::stream::iter(missing)
+        .map(|&i| {
+            let (offset, c) = chunks[i].clone();
+            let path = h.found.abs.clone();
+            async move {
+                let data = tokio::task::spawn_blocking(move || -> anyhow::Result<Bytes> {
+                    use std::io::{Seek, SeekFrom};
+                    let mut f = std::fs::File::open(&path)?;
+                    f.seek(SeekFrom::Start(offset))?;
+                    let mut data = vec![0u8; c.size as usize];
+                    f.read_exact(&mut data)?;
+                    Ok(data.into())
+                })
+                .await??;
+                let what = format!("uploading a chunk of {}", h.found.stored);
+                retrying(&what, || async {
+                    client
+                        .put_chunk(upload_id, &c.sha256, data.clone())
+                        .await
+                        .with_context(|| what.clone())
+                })
+                .await?;
+                bar.inc(c.size);
+                anyhow::Ok(c.size)
+            }
+        })
+        .buffer_unordered(concurrency())
+        .try_fold(0u64, |a, n| async move { Ok(a + n) })
         .await
-        .with_context(|| format!("uploading {}", h.found.stored))?;
-    Ok(h.size)
+}
+
+/// Whether an assembly failed because a chunk it names is not stored.
+fn chunk_missing(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<satchel_client::ClientError>(),
+            Some(satchel_client::ClientError::Api { code, .. }) if code == "chunk_missing"
+        )
+    })
 }
 
 fn hash_file(found: Found) -> anyhow::Result<Hashed> {
@@ -858,12 +931,14 @@ pub async fn send(
                             },
                         )
                         .await??;
-                        client
-                            .put_blob_batch(&id, framed.0)
-                            .await
-                            .context("uploading a batch of small files")?;
-                        bar.inc(framed.1);
-                        sent_bytes.fetch_add(framed.1, std::sync::atomic::Ordering::Relaxed);
+                        let (body, n) = (Bytes::from(framed.0), framed.1);
+                        let what = "uploading a batch of small files";
+                        retrying(what, || async {
+                            client.put_blob_batch(&id, body.clone()).await.context(what)
+                        })
+                        .await?;
+                        bar.inc(n);
+                        sent_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     }
                     Work::Single(h) => {
                         let n = send_large(&client, &id, &h, &bar).await?;

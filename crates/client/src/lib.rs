@@ -45,6 +45,23 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// Whether the same request may succeed if sent again shortly: the
+    /// server asked for it (`503`, e.g. content it relied on was being
+    /// collected), or the connection failed or broke before an answer (a
+    /// server restarting). Requests of uploads and downloads are
+    /// idempotent, so the agent resends them after such a failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Api { status, .. } => *status == 503,
+            ClientError::Transport { source, .. } => {
+                source.is_connect() || source.is_timeout() || source.is_request()
+            }
+            ClientError::Protocol(_) => false,
+        }
+    }
+}
+
 /// Parameters of a file search within one run.
 #[derive(Debug, Clone, Default)]
 pub struct SearchQuery {
@@ -203,7 +220,7 @@ impl Client {
     pub async fn put_blob_batch(
         &self,
         upload_id: &str,
-        framed: Vec<u8>,
+        framed: Bytes,
     ) -> Result<BlobsStored, ClientError> {
         self.json(
             self.request(Method::POST, &format!("/uploads/{upload_id}/blobs"))

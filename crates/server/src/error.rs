@@ -59,6 +59,19 @@ impl ApiError {
     }
 }
 
+/// Marks a response that answered 507: a write found the content store
+/// or database full. The request layer then asks for what failed writes
+/// left to be freed ([`crate::maintenance::release_soon`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Full;
+
+/// Adds [`Full`] to a response that answers 507.
+pub(crate) fn mark_full(resp: &mut Response) {
+    if resp.status() == StatusCode::INSUFFICIENT_STORAGE {
+        resp.extensions_mut().insert(Full);
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -76,6 +89,7 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        mark_full(&mut resp);
         resp
     }
 }
@@ -99,7 +113,7 @@ impl From<DbError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        if !e.is_client_error() {
+        if !e.is_client_error() && !matches!(e, StoreError::Retry(_)) {
             crate::metrics::storage_error();
         }
         match &e {
@@ -130,6 +144,11 @@ impl From<StoreError> for ApiError {
                 "storage_unavailable",
                 e.to_string(),
             ),
+            StoreError::Retry(_) => {
+                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string());
+                a.retry_after = Some(1);
+                a
+            }
             StoreError::Io { source, .. } if satchel_store::is_full(source) => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",

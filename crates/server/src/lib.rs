@@ -237,6 +237,9 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     /// How long audit entries are kept, in days (0: forever).
     pub audit_retention_days: u64,
+    /// Wakes the task that frees what failed writes left behind
+    /// ([`maintenance::release_soon`]).
+    pub release: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -279,6 +282,7 @@ impl AppState {
             auth_failures: Arc::default(),
             audit: audit::AuditLog::start(db_for_audit),
             audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
+            release: Arc::default(),
         }
     }
 

@@ -24,7 +24,11 @@
 //!
 //! After the blob rows, GC sweeps the content store itself
 //! ([`satchel_store::ContentStore::sweep`]): chunks no recorded blob uses and
-//! older than the grace period are deleted, still under the gate.
+//! older than the grace period are deleted, still under the gate. While a
+//! write is announced on any replica, unused chunks must also be older
+//! than twice the chunk refresh age (a write may rely on them); with none,
+//! the grace alone decides, so `gc --grace 0s` frees a failed upload's
+//! chunks at once.
 //!
 //! **fsck** re-reads every referenced blob through the verifying read path
 //! and reports, never repairs, what is missing, of the wrong size, or
@@ -58,6 +62,12 @@ pub struct GcReport {
     pub objects_deleted: u64,
     /// Bytes freed.
     pub bytes_freed: u64,
+    /// Writes were in flight (on some replica) when the content store was
+    /// swept, so unused chunks younger than twice the chunk refresh age
+    /// (30 minutes by default) were kept whatever the grace: an upload may
+    /// rely on them. With none in flight, the grace alone decides.
+    #[serde(default)]
+    pub young_chunks_kept: bool,
 }
 
 /// Expires artifacts, then collects unreferenced content older than `grace`.
@@ -128,40 +138,16 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
         }
     }
     // Then the content store's sweep: stored blobs no row records (left by
-    // failed writes or a crash) and chunks no remaining recipe uses. Under
-    // the gate, keeping every recorded or announced blob: a blob being
-    // written now is kept, and chunks are protected by their age.
-    {
-        let sweep = s.blob_gate.sweep().await?;
-        // Announced digests first, recorded ones second: a writer leaves
-        // the announced set (which needs no gate) only after recording its
-        // blob, so reading them the other way round can miss a blob that
-        // was recorded just after the first read and unannounced just
-        // before the second, and delete it (seen in the GC race test).
-        let mut keep: std::collections::HashSet<Digest> = sweep
-            .announced()
-            .iter()
-            .filter_map(|d| Digest::from_hex(d).ok())
-            .collect();
-        keep.extend(
-            s.db.recorded_blobs()
-                .await?
-                .iter()
-                .filter_map(|d| Digest::from_hex(d).ok()),
-        );
-        let cutoff = std::time::SystemTime::now()
-            .checked_sub(grace)
-            .unwrap_or(std::time::UNIX_EPOCH);
-        sweep.check().await?;
-        let swept = s.store.sweep(&keep, cutoff).await?;
-        report.objects_deleted = swept.deleted;
-        report.bytes_freed += swept.bytes_freed;
-        s.metrics.swept(swept.bytes_listed, swept.bytes_freed);
-        s.metrics
-            .gc_bytes_freed
-            .fetch_add(swept.bytes_freed, std::sync::atomic::Ordering::Relaxed);
-        drop(sweep);
-    }
+    // failed writes or a crash) and chunks no remaining recipe uses.
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let (swept, writes_in_flight) = sweep_store(s, cutoff, false)
+        .await?
+        .expect("a sweep that need not be quiet runs");
+    report.young_chunks_kept = writes_in_flight;
+    report.objects_deleted = swept.deleted;
+    report.bytes_freed += swept.bytes_freed;
     s.counters
         .gc_passes
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -580,6 +566,111 @@ pub async fn prune_audit(s: &AppState) {
     }
 }
 
+/// Sweeps the content store under the gate, keeping every recorded or
+/// announced blob: a blob being written now is kept. Chunks no blob uses
+/// go once older than `cutoff`, and, while a write is announced on any
+/// replica, than twice the chunk refresh age too (a write may rely on
+/// them). With `only_if_quiet`, nothing is swept (`None`) while a write is
+/// announced. Returns what was swept, and whether writes were in flight.
+async fn sweep_store(
+    s: &AppState,
+    cutoff: std::time::SystemTime,
+    only_if_quiet: bool,
+) -> Result<Option<(satchel_store::SweepReport, bool)>, ApiError> {
+    let sweep = s.blob_gate.sweep().await?;
+    // Announced digests first, recorded ones second: a writer leaves
+    // the announced set (which needs no gate) only after recording its
+    // blob, so reading them the other way round can miss a blob that
+    // was recorded just after the first read and unannounced just
+    // before the second, and delete it (seen in the GC race test).
+    let announced = sweep.announced();
+    // No write announced anywhere, and none can start while the gate is
+    // held: no write relies on a chunk, so unused chunks go by the cutoff
+    // alone (a failed upload's packs, at once under `--grace 0s`). Chunks
+    // sent for an assembly still to come may go too; the assembly answers
+    // `chunk_missing` and the client sends them again.
+    let writes_in_flight = !announced.is_empty();
+    if writes_in_flight && only_if_quiet {
+        return Ok(None);
+    }
+    let mut keep: std::collections::HashSet<Digest> = announced
+        .iter()
+        .filter_map(|d| Digest::from_hex(d).ok())
+        .collect();
+    keep.extend(
+        s.db.recorded_blobs()
+            .await?
+            .iter()
+            .filter_map(|d| Digest::from_hex(d).ok()),
+    );
+    sweep.check().await?;
+    let swept = if writes_in_flight {
+        s.store.sweep(&keep, cutoff).await?
+    } else {
+        s.store.sweep_quiet(&keep, cutoff).await?
+    };
+    s.metrics.swept(swept.bytes_listed, swept.bytes_freed);
+    s.metrics
+        .gc_bytes_freed
+        .fetch_add(swept.bytes_freed, std::sync::atomic::Ordering::Relaxed);
+    drop(sweep);
+    Ok(Some((swept, writes_in_flight)))
+}
+
+/// Frees what failed content writes left in the store (the chunks of an
+/// upload that ran out of space), at once: the content store is swept
+/// with no grace as soon as no write is in flight on any replica. Runs
+/// after a write found the store full ([`release_soon`]); uploads work
+/// again as soon as the space is back, without waiting for GC.
+async fn release_failed_writes(s: &AppState) -> Result<Option<u64>, ApiError> {
+    Ok(sweep_store(s, std::time::SystemTime::now(), true)
+        .await?
+        .map(|(swept, _)| swept.bytes_freed))
+}
+
+/// Asks for [`release_failed_writes`] soon: a content write found the
+/// store full. Requests that arrive while one is pending are one.
+pub fn release_soon(s: &AppState) {
+    s.release.notify_one();
+}
+
+/// Least time between two releases: each lists the whole store, and a
+/// store full of live content has nothing to release.
+const RELEASE_SPACING: Duration = Duration::from_secs(30);
+
+/// Runs [`release_failed_writes`] whenever [`release_soon`] asks: after
+/// the failing request has ended, and again every few seconds for a
+/// minute while writes are in flight.
+pub fn spawn_release(s: AppState) {
+    tokio::spawn(async move {
+        loop {
+            s.release.notified().await;
+            for wait in [1, 2, 4, 8, 15, 30] {
+                // The failed write must end (and stop being announced).
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                match release_failed_writes(&s).await {
+                    Ok(None) => continue,
+                    Ok(Some(0)) => break,
+                    Ok(Some(freed)) => {
+                        tracing::info!(
+                            "released {freed} bytes that failed writes left in the content store"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "releasing what failed writes left in the content store: {}",
+                            e.message
+                        );
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(RELEASE_SPACING).await;
+        }
+    });
+}
+
 /// What the periodic maintenance of `satchel serve` does, and how often.
 #[derive(Debug, Clone, Copy)]
 pub struct Periodic {
@@ -614,6 +705,7 @@ impl Periodic {
 /// transaction that any replica may run at any time (deletes are carried
 /// out in run order, so two replicas doing so wait, not deadlock).
 pub fn spawn_periodic(s: AppState, p: Periodic) {
+    spawn_release(s.clone());
     let reap_every = p
         .every
         .map_or(crate::gha::REAP_EVERY, |e| e.min(crate::gha::REAP_EVERY));
@@ -878,6 +970,50 @@ mod tests {
         // Where replicas share the database, the lease is honoured.
         let shared = s.with_shared_db(true);
         assert!(!leads(&shared, GC_LEASE, Duration::from_secs(3)).await);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// What a failed write left (here: chunks of a blob whose digest did
+    /// not match) is young: while any write is announced, GC keeps it
+    /// whatever the grace and says so; with none, `--grace 0s` frees it.
+    #[tokio::test]
+    async fn gc_frees_young_unused_chunks_only_while_no_write_is_in_flight() {
+        let dir = crate::testing::dir("quiet");
+        let s = crate::testing::state(&dir);
+        let body = satchel_store::conformance::random_bytes(3 << 20, 5);
+        let wrong = Digest::of(b"something else");
+        let e = s
+            .store
+            .put(
+                &wrong,
+                body.len() as u64,
+                &mut &body[..],
+                satchel_store::Durability::Sync,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_client_error(), "{e}");
+        let packs = || {
+            std::fs::read_dir(dir.join("c/objects/p"))
+                .into_iter()
+                .flatten()
+                .flat_map(|fan| std::fs::read_dir(fan.unwrap().path()).unwrap())
+                .count()
+        };
+        // (its chunks' pack is written once sealed)
+        s.store.flush().await.unwrap();
+        let before = packs();
+        assert!(before >= 1, "the failed write left no pack");
+        let mut writing = s.blob_gate.writer();
+        writing.add(&"ab".repeat(32)).await.unwrap();
+        let r = gc(&s, Duration::ZERO).await.unwrap();
+        assert!(r.young_chunks_kept, "{r:?}");
+        assert_eq!(packs(), before, "{r:?}");
+        drop(writing);
+        let r = gc(&s, Duration::ZERO).await.unwrap();
+        assert!(!r.young_chunks_kept, "{r:?}");
+        assert!(r.bytes_freed >= 3 << 20, "{r:?}");
+        assert_eq!(packs(), 0);
         std::fs::remove_dir_all(dir).ok();
     }
 

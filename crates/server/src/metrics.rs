@@ -410,6 +410,9 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let started = Instant::now();
     let response = next.run(req).await;
     drop(guard);
+    if response.extensions().get::<crate::error::Full>().is_some() {
+        crate::maintenance::release_soon(&state);
+    }
     m.observe(
         &method,
         &route,

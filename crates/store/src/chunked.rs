@@ -232,6 +232,9 @@ impl Drop for SweepGuard {
 struct Pins {
     table: Arc<PinTable>,
     keys: std::sync::Mutex<Vec<Arc<str>>>,
+    /// Packs this write looked for, and whether they were still stored
+    /// (see `ChunkStore::reusable`).
+    seen: tokio::sync::Mutex<HashMap<Arc<str>, bool>>,
 }
 
 impl Pins {
@@ -239,6 +242,7 @@ impl Pins {
         Pins {
             table: table.clone(),
             keys: std::sync::Mutex::default(),
+            seen: tokio::sync::Mutex::default(),
         }
     }
 
@@ -247,7 +251,7 @@ impl Pins {
         let key: Arc<str> = key.into();
         let mut st = self.table.0.lock().expect("pins");
         if st.claimed.contains(&key) {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Retry(format!(
                 "{key}, holding a chunk of this upload, is being collected; retry the upload"
             )));
         }
@@ -657,6 +661,30 @@ impl ChunkStore {
         if !young || pins.is_some_and(|p| p.pin(&loc.pack).is_err()) {
             return Ok(None);
         }
+        // Where other processes sweep, this index may name a pack one of
+        // them deleted (young chunks go at once when no write is in
+        // flight anywhere): a write looks once per pack before relying on
+        // it, and writes the chunk again if it is gone, instead of failing
+        // at its end. A pack it found cannot go while the write is
+        // announced (no sweep then takes young chunks).
+        if let Some(p) = pins.filter(|_| self.catalog.is_some()) {
+            // Held across the look, so the write's other chunks in that
+            // pack wait for its answer instead of relying on it meanwhile.
+            let mut seen = p.seen.lock().await;
+            let stored = match seen.get(&loc.pack) {
+                Some(&stored) => stored,
+                None => {
+                    let stored = self.backend.head(&loc.pack).await?.is_some();
+                    seen.insert(loc.pack.clone(), stored);
+                    stored
+                }
+            };
+            drop(seen);
+            if !stored {
+                self.packs.remove_pack(&loc.pack);
+                return Ok(None);
+            }
+        }
         Ok(Some(Held::Pack(loc.pack)))
     }
 
@@ -748,7 +776,7 @@ impl ChunkStore {
             if !fresh {
                 // Forgotten here, so the retry writes its chunks again.
                 self.packs.remove_pack(key);
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::Retry(format!(
                     "{key}, holding a chunk of this upload, was collected or aged meanwhile; retry the upload"
                 )));
             }
@@ -1008,10 +1036,18 @@ impl ChunkStore {
     /// are deleted when all dead, rewritten when mostly dead. The caller makes
     /// sure no blob write it does not keep is in flight (GC holds the upload
     /// gate); chunks are protected by their age.
+    ///
+    /// `writes_in_flight` false is the caller's promise that no write runs
+    /// meanwhile, in this process or any other sharing the store (GC holds
+    /// the upload gate and no blob is announced): then unused chunks are
+    /// deleted by `cutoff` alone, so an operator's `gc --grace 0s` frees a
+    /// failed upload's packs at once. A client between sending chunks and
+    /// assembling them is then told `chunk_missing` and sends them again.
     pub async fn sweep_objects(
         &self,
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
+        writes_in_flight: bool,
     ) -> Result<SweepReport, StoreError> {
         // Before the recipes are listed: writes that end meanwhile keep
         // their packs protected until the sweep ends.
@@ -1066,7 +1102,11 @@ impl ChunkStore {
         let floor = SystemTime::now()
             .checked_sub(2 * self.refresh_after)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let chunk_cutoff = cutoff.min(floor);
+        let chunk_cutoff = if writes_in_flight {
+            cutoff.min(floor)
+        } else {
+            cutoff
+        };
         // Packs of chunks wait as long as chunks do.
         self.sweep_packs(keep, &live_chunks, (cutoff, chunk_cutoff), &mut report)
             .await?;
@@ -1526,7 +1566,15 @@ impl ContentStore for ChunkStore {
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
     ) -> Result<SweepReport, StoreError> {
-        self.sweep_objects(keep, cutoff).await
+        self.sweep_objects(keep, cutoff, true).await
+    }
+
+    async fn sweep_quiet(
+        &self,
+        keep: &HashSet<Digest>,
+        cutoff: SystemTime,
+    ) -> Result<SweepReport, StoreError> {
+        self.sweep_objects(keep, cutoff, false).await
     }
 
     async fn rewrite(

@@ -1256,6 +1256,22 @@ async fn a_reused_chunk_swept_before_the_recipe_fails_the_write(backend: Arc<dyn
     assert!(read_all(&store, &db, None).await.unwrap() == b);
     let fresh = ChunkStore::new(backend.clone(), Codec::plain());
     assert!(read_all(&fresh, &db, None).await.unwrap() == b);
+
+    // Where other processes sweep (a catalog), a pack one of them deleted
+    // before the write began is looked for before it is relied on: the
+    // write stores those chunks again instead of failing at its end.
+    let shared = ChunkStore::new(backend.clone(), Codec::plain())
+        .with_pack_catalog(Arc::new(crate::MemoryCatalog::default()));
+    let c = random_bytes(2 * 1024 * 1024, 52);
+    put(&shared, &c).await;
+    let pack = shared.pack_of(&chunk_digests(&c)[0]).expect("packed");
+    backend.delete(&pack).await.unwrap();
+    let mut e = c[..1024 * 1024].to_vec();
+    e.extend(random_bytes(1024 * 1024, 53));
+    let de = put(&shared, &e).await;
+    for store in [&shared, &ChunkStore::new(backend.clone(), Codec::plain())] {
+        assert!(read_all(store, &de, None).await.unwrap() == e);
+    }
 }
 
 /// A crash between writing a pack of chunks and recording it (here: the
@@ -1452,6 +1468,12 @@ async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
     let r = cautious.sweep(&HashSet::new(), future).await.unwrap();
     assert!(keys(&*backend).await.iter().any(|k| k.starts_with("p/")));
     assert!(r.deleted >= 3, "blobs go, chunks stay: {r:?}");
+    // Unless the caller knows no write is in flight: then the cutoff
+    // alone decides (an operator's `gc --grace 0s`).
+    let r = cautious.sweep_quiet(&HashSet::new(), future).await.unwrap();
+    assert!(r.deleted >= 1 && r.bytes_freed > 0, "{r:?}");
+    let left = keys(&*backend).await;
+    assert!(left.is_empty(), "a quiet sweep left {left:?}");
     for body in [&a, &b, &small] {
         put(&store, body).await;
     }

@@ -139,6 +139,11 @@ pub enum StoreError {
     /// A remote object store failed.
     #[error("object store: {0}")]
     Backend(String),
+    /// Content the write relied on was being collected or had aged
+    /// meanwhile (503): nothing was recorded, and the same request sent
+    /// again writes what it needs anew.
+    #[error("{0}")]
+    Retry(String),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -160,6 +165,7 @@ impl StoreError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             StoreError::Backend(m) => StoreError::Backend(m.clone()),
+            StoreError::Retry(m) => StoreError::Retry(m.clone()),
             StoreError::Config(m) => StoreError::Config(m.clone()),
             StoreError::Undecodable(m) => StoreError::Undecodable(m.clone()),
             StoreError::BodyRead(m) => StoreError::BodyRead(m.clone()),
@@ -335,6 +341,15 @@ pub trait ContentStore: Send + Sync + 'static {
     /// uses. The caller guarantees no write relying on such content runs
     /// concurrently.
     async fn sweep(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+        cutoff: std::time::SystemTime,
+    ) -> Result<SweepReport, StoreError>;
+
+    /// As [`ContentStore::sweep`], for a caller that knows no write runs
+    /// meanwhile in any process sharing the store: chunks no blob uses go
+    /// by `cutoff` alone, not also by their age.
+    async fn sweep_quiet(
         &self,
         keep: &std::collections::HashSet<Digest>,
         cutoff: std::time::SystemTime,

@@ -152,11 +152,13 @@ impl IntoResponse for TwirpError {
         if self.status.is_server_error() {
             tracing::error!("twirp {}: {}", self.code, self.msg);
         }
-        (
+        let mut resp = (
             self.status,
             axum::Json(json!({"code": self.code, "msg": self.msg})),
         )
-            .into_response()
+            .into_response();
+        crate::error::mark_full(&mut resp);
+        resp
     }
 }
 
@@ -170,6 +172,7 @@ impl From<DbError> for TwirpError {
             DbError::Limit(m) => {
                 TwirpError::new(StatusCode::PRECONDITION_FAILED, "failed_precondition", m)
             }
+            DbError::Full(_) => crate::error::ApiError::from(e).into(),
             other => TwirpError::internal(other.to_string()),
         }
     }
@@ -183,6 +186,8 @@ impl From<crate::error::ApiError> for TwirpError {
             404 => "not_found",
             409 => "already_exists",
             s if s < 500 => "invalid_argument",
+            502 | 503 => "unavailable",
+            507 => "resource_exhausted",
             _ => "internal",
         };
         TwirpError::new(e.status, code, e.message)
@@ -194,8 +199,9 @@ impl From<satchel_store::StoreError> for TwirpError {
         if e.is_client_error() {
             TwirpError::invalid(e.to_string())
         } else {
-            crate::metrics::storage_error();
-            TwirpError::internal(e.to_string())
+            // The one mapping of store failures: a full store answers 507
+            // naming the limit (never a path), a failing bucket 502.
+            crate::error::ApiError::from(e).into()
         }
     }
 }
