@@ -77,6 +77,7 @@ pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
                 compression: opts.compression,
                 keys: opts.keys.clone(),
                 reserve: opts.reserve,
+                retry_for: opts.store_retry,
             })
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("opening the destination store")?,

@@ -159,6 +159,12 @@ pub struct StorageArgs {
     /// writes that would eat into it answer 507. 0 turns it off.
     #[arg(long, env = "SATCHEL_RESERVE_MIB", default_value_t = (satchel_server::RESERVE_DEFAULT >> 20) as u32)]
     reserve_mib: u32,
+    /// Seconds a failed request to a remote object store (a server error,
+    /// a timeout, a broken connection) is retried, with backoff, before
+    /// the upload or download fails with 502. 0: never retried.
+    #[arg(long, env = "SATCHEL_STORE_RETRY_SECS", default_value_t = satchel_store::RETRY_FOR_DEFAULT.as_secs() as u16,
+          value_parser = clap::value_parser!(u16).range(0..=600))]
+    store_retry_secs: u16,
 }
 
 fn parse_compression(s: &str) -> Result<satchel_store::Compression, String> {
@@ -199,6 +205,7 @@ impl StorageArgs {
                 .chunk_refresh_secs
                 .map(|s| std::time::Duration::from_secs(u64::from(s))),
             reserve: u64::from(self.reserve_mib) << 20,
+            store_retry: std::time::Duration::from_secs(u64::from(self.store_retry_secs)),
         })
     }
 }

@@ -139,11 +139,16 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => ApiError::internal(format!(
                 "stored content is missing: {e}; the content store lost data the metadata refers to"
             )),
-            StoreError::Backend(_) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "storage_unavailable",
-                e.to_string(),
-            ),
+            // The store's address and the failed key stay in the log.
+            StoreError::Backend(_) => {
+                tracing::error!("{e}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "storage_unavailable",
+                    "the object store failed or could not be reached, also when the request was \
+                     retried (the server log has the details): nothing was recorded; retry later",
+                )
+            }
             StoreError::Retry(_) => {
                 let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string());
                 a.retry_after = Some(1);
@@ -155,6 +160,13 @@ impl From<StoreError> for ApiError {
                 satchel_store::CONTENT_FULL,
             ),
             _ if e.is_client_error() => ApiError::bad_request(e.to_string()),
+            // A server path stays in the log.
+            StoreError::Io { .. } => {
+                tracing::error!("{e}");
+                ApiError::internal(
+                    "the content store failed to read or write (the server log has the details)",
+                )
+            }
             _ => ApiError::internal(e.to_string()),
         }
     }

@@ -519,6 +519,9 @@ pub struct StorageOptions {
     /// Bytes a local content directory keeps free for the metadata
     /// database (see [`satchel_store::StoreConfig::reserve`]).
     pub reserve: u64,
+    /// How long a failed request to a remote object store is retried
+    /// (see [`satchel_store::StoreConfig::retry_for`]).
+    pub store_retry: std::time::Duration,
 }
 
 /// The default of [`StorageOptions::reserve`]: room for finishing,
@@ -534,6 +537,7 @@ impl Default for StorageOptions {
             keys: None,
             chunk_refresh: None,
             reserve: RESERVE_DEFAULT,
+            store_retry: satchel_store::RETRY_FOR_DEFAULT,
         }
     }
 }
@@ -583,6 +587,7 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
         compression: opts.compression,
         keys: opts.keys.clone(),
         reserve: opts.reserve,
+        retry_for: opts.store_retry,
     })
     .map_err(|e| e.to_string())?;
     if let Some(r) = opts.chunk_refresh {

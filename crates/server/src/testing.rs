@@ -25,6 +25,7 @@ pub fn store(dir: &Path, keys: Option<&str>) -> Arc<satchel_store::ChunkStore> {
             compression: satchel_store::Compression::None,
             keys: keys.map(|k| satchel_store::Keyring::parse(k).unwrap()),
             reserve: 0,
+            retry_for: satchel_store::RETRY_FOR_DEFAULT,
         })
         .unwrap(),
     )

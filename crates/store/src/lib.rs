@@ -411,11 +411,21 @@ pub struct StoreConfig {
     pub compression: Compression,
     /// Encryption keys; `None` stores content unencrypted.
     pub keys: Option<Keyring>,
+    /// How long a request to a remote object store is retried (with
+    /// backoff) after a server error, a timeout or a broken connection,
+    /// before it fails ([`RETRY_FOR_DEFAULT`]; zero: never retried).
+    /// Ignored by local directories.
+    pub retry_for: std::time::Duration,
     /// Bytes a local directory store keeps free: a content write that
     /// would eat into them fails as full, so the metadata database beside
     /// it can still record, abort and delete. Ignored by object stores.
     pub reserve: u64,
 }
+
+/// The default of [`StoreConfig::retry_for`]: a store that stays down
+/// this long fails the request (502), rather than holding it for the
+/// three minutes `object_store` would.
+pub const RETRY_FOR_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a full content store answers (HTTP 507), naming the limit and
 /// never a path.
@@ -447,7 +457,7 @@ pub fn open(config: &StoreConfig) -> Result<ChunkStore, StoreError> {
     } else if !url.contains("://") {
         std::sync::Arc::new(DirBackend::open(url)?.with_reserve(config.reserve))
     } else {
-        std::sync::Arc::new(RemoteBackend::from_url(url)?)
+        std::sync::Arc::new(RemoteBackend::from_url_retrying(url, config.retry_for)?)
     };
     Ok(ChunkStore::new(backend, codec))
 }

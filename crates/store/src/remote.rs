@@ -42,7 +42,38 @@ pub struct RemoteBackend {
 }
 
 fn remote_err(what: &str, e: object_store::Error) -> StoreError {
-    StoreError::Backend(format!("{what}: {e}"))
+    let text = format!("{what}: {e}");
+    if says_full(&text) {
+        // The one answer for a full store, whatever its kind (HTTP 507).
+        return StoreError::Io {
+            context: what.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::StorageFull, text),
+        };
+    }
+    StoreError::Backend(text)
+}
+
+/// Whether an object store's error says it is full: HTTP 507 (WebDAV,
+/// MinIO's `XMinioStorageFull`), or a quota exceeded (Ceph RGW answers
+/// 403 `QuotaExceeded`). `object_store` keeps the status only in its
+/// message.
+fn says_full(text: &str) -> bool {
+    text.contains("status code: 507")
+        || text.contains("XMinioStorageFull")
+        || text.contains("QuotaExceeded")
+}
+
+/// Retries with backoff (100 ms doubling to 4 s) for at most `retry_for`.
+fn retry_config(retry_for: std::time::Duration) -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(4),
+            base: 2.0,
+        },
+        max_retries: if retry_for.is_zero() { 0 } else { 20 },
+        retry_timeout: retry_for,
+    }
 }
 
 fn config_err(msg: impl Into<String>) -> StoreError {
@@ -78,8 +109,18 @@ impl RemoteBackend {
         }
     }
 
-    /// Opens the store a URL names (see the module docs).
+    /// Opens the store a URL names (see the module docs), retrying
+    /// failed requests for [`crate::RETRY_FOR_DEFAULT`].
     pub fn from_url(url: &str) -> Result<RemoteBackend, StoreError> {
+        RemoteBackend::from_url_retrying(url, crate::RETRY_FOR_DEFAULT)
+    }
+
+    /// As [`RemoteBackend::from_url`], retrying failed requests (server
+    /// errors, timeouts, broken connections) for at most `retry_for`.
+    pub fn from_url_retrying(
+        url: &str,
+        retry_for: std::time::Duration,
+    ) -> Result<RemoteBackend, StoreError> {
         use object_store::aws::AmazonS3Builder;
         use object_store::azure::MicrosoftAzureBuilder;
         use object_store::gcp::GoogleCloudStorageBuilder;
@@ -101,12 +142,16 @@ impl RemoteBackend {
         let bucket_url = format!("{}://{}", bare.scheme(), bare.host_str().unwrap_or(""));
         let store: Arc<dyn ObjectStore> = match bare.scheme() {
             "s3" | "s3a" => {
-                let b = AmazonS3Builder::from_env().with_url(bucket_url);
+                let b = AmazonS3Builder::from_env()
+                    .with_url(bucket_url)
+                    .with_retry(retry_config(retry_for));
                 let b = apply(b, "s3", &pairs, |b, k, v| b.with_config(k, v))?;
                 Arc::new(b.build().map_err(|e| remote_err("configuring S3", e))?)
             }
             "az" | "azure" | "abfs" => {
-                let b = MicrosoftAzureBuilder::from_env().with_url(bucket_url);
+                let b = MicrosoftAzureBuilder::from_env()
+                    .with_url(bucket_url)
+                    .with_retry(retry_config(retry_for));
                 let b = apply(b, "az", &pairs, |b, k, v| b.with_config(k, v))?;
                 Arc::new(
                     b.build()
@@ -114,7 +159,9 @@ impl RemoteBackend {
                 )
             }
             "gs" => {
-                let b = GoogleCloudStorageBuilder::from_env().with_url(bucket_url);
+                let b = GoogleCloudStorageBuilder::from_env()
+                    .with_url(bucket_url)
+                    .with_retry(retry_config(retry_for));
                 let b = apply(b, "gs", &pairs, |b, k, v| b.with_config(k, v))?;
                 Arc::new(
                     b.build()
@@ -130,6 +177,7 @@ impl RemoteBackend {
                 let base = bare.to_string().trim_end_matches('/').to_string();
                 let store = HttpBuilder::new()
                     .with_url(base)
+                    .with_retry(retry_config(retry_for))
                     .with_client_options(
                         object_store::ClientOptions::new().with_allow_http(true),
                     )
