@@ -321,34 +321,16 @@ fn write_small(
     known: &mut KnownDirs,
 ) -> anyhow::Result<()> {
     check(f, data.len() as u64, &Sha256::digest(data))?;
-    let target = safe_path(root, &f.path, known)?;
-    let tmp = temp_beside(&target);
-    let res = (|| -> anyhow::Result<()> {
-        // Mode at creation (the umask applies, as with tar): no extra chmod.
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, f.mode & 0o777);
-        opts.open(&tmp)
-            .and_then(|mut file| file.write_all(data))
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &target).map_err(|e| {
-            if target.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-                anyhow::anyhow!(
-                    "refusing to write {:?}: {} is a directory",
-                    f.path,
-                    target.display()
-                )
-            } else {
-                anyhow::Error::new(e).context(format!("renaming into {}", target.display()))
-            }
-        })?;
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    let mut temp = Temp::beside(safe_path(root, &f.path, known)?);
+    // Mode at creation (the umask applies, as with tar): no extra chmod.
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, f.mode & 0o777);
+    opts.open(temp.path())
+        .and_then(|mut file| file.write_all(data))
+        .with_context(|| format!("writing {}", temp.path().display()))?;
+    temp.rename(&f.path)
 }
 
 /// What the large files of one download share.
@@ -397,7 +379,7 @@ async fn fetch_large(
         }
     }
     let _permit = budget.requests.acquire().await?;
-    let stream = client.file_content(&f.id, None).await?;
+    let stream = client.file_content(&f.id).await?;
     write_stream(root, &Expected::from(f), stream, bar).await
 }
 
@@ -410,7 +392,7 @@ pub async fn write_stream(
     mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Unpin,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let mut temp = prepare_temp(root, f).await?;
+    let temp = prepare_temp(root, f).await?;
     let file = tokio::fs::File::create(temp.path())
         .await
         .with_context(|| format!("creating {}", temp.path().display()))?;
@@ -435,12 +417,7 @@ pub async fn write_stream(
 pub(crate) async fn prepare_temp(root: &Path, f: &Expected) -> anyhow::Result<Temp> {
     let (root2, rel) = (root.to_path_buf(), f.path.clone());
     let target = tokio::task::spawn_blocking(move || safe_target(&root2, &rel)).await??;
-    let tmp = temp_beside(&target);
-    Ok(Temp {
-        tmp,
-        target,
-        done: false,
-    })
+    Ok(Temp::beside(target))
 }
 
 /// A download's temp file beside its target: renamed into place by
@@ -453,19 +430,43 @@ pub(crate) struct Temp {
 }
 
 impl Temp {
+    /// A temp file beside `target` (not created yet).
+    fn beside(target: PathBuf) -> Temp {
+        Temp {
+            tmp: temp_beside(&target),
+            target,
+            done: false,
+        }
+    }
+
     /// The temp file to write.
     pub fn path(&self) -> &Path {
         &self.tmp
     }
 
-    /// Gives the written, checked file `f`'s mode and renames it into place.
-    pub async fn finish(&mut self, f: &Expected) -> anyhow::Result<()> {
-        set_mode(&self.tmp, f.mode)?;
-        tokio::fs::rename(&self.tmp, &self.target)
-            .await
-            .with_context(|| format!("renaming into {}", self.target.display()))?;
+    /// Renames the written, checked file (`path` in the artifact) into
+    /// place, blocking. A directory where the file goes fails it (a
+    /// symlink there is replaced, never followed).
+    fn rename(&mut self, path: &str) -> anyhow::Result<()> {
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| {
+            if self.target.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                anyhow::anyhow!(
+                    "refusing to write {path:?}: {} is a directory",
+                    self.target.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("renaming into {}", self.target.display()))
+            }
+        })?;
         self.done = true;
         Ok(())
+    }
+
+    /// Gives the written, checked file `f`'s mode and renames it into place.
+    pub async fn finish(mut self, f: &Expected) -> anyhow::Result<()> {
+        set_mode(&self.tmp, f.mode)?;
+        let path = f.path.clone();
+        tokio::task::spawn_blocking(move || self.rename(&path)).await?
     }
 }
 

@@ -66,7 +66,7 @@ pub async fn write_pieces(
 ) -> anyhow::Result<()> {
     let mut n = 0u64;
     let res = async {
-        let mut temp = prepare_temp(root, f).await?;
+        let temp = prepare_temp(root, f).await?;
         let path = temp.path().to_path_buf();
         let file = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
             let file = std::fs::OpenOptions::new()
@@ -256,6 +256,59 @@ mod tests {
         });
         assert_eq!(std::fs::read(d.path().join("d/other.bin")).unwrap(), *data);
         assert_eq!(bar.position(), 2 * data.len() as u64);
+    }
+
+    #[test]
+    fn no_more_pieces_are_held_than_the_request_budget() {
+        // Window 4, budget 2, the first piece slow: pieces fetched past it
+        // and held for their turn without a permit would be 4 at once.
+        struct Counted(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+        impl AsRef<[u8]> for Counted {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let data = data();
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a2, m2, data2) = (alive.clone(), most.clone(), data.clone());
+        let fetch: FetchPiece = Arc::new(move |a, b| {
+            let (alive, most, data) = (a2.clone(), m2.clone(), data2.clone());
+            Box::pin(async move {
+                if a == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                let n = alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                most.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                let piece = data[a as usize..b as usize].to_vec();
+                Ok(Some(Bytes::from_owner(Counted(piece, alive))))
+            })
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let budget = Arc::new(tokio::sync::Semaphore::new(2));
+        rt.block_on(write_pieces(
+            d.path(),
+            &expected(&data),
+            fetch,
+            4,
+            budget,
+            &bar,
+        ))
+        .unwrap();
+        assert_eq!(std::fs::read(d.path().join("d/big.bin")).unwrap(), *data);
+        assert_eq!(alive.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let most = most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= 2, "{most} pieces held at once, with a budget of 2");
     }
 
     #[test]

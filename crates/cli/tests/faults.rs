@@ -79,6 +79,34 @@ fn the_agent_sends_again_what_a_503_or_a_collection_refused() {
     assert_eq!(sha(&std::fs::read(dl.join("app.bin")).unwrap()), sha(&v2));
 }
 
+/// A proxy that drops `Range` headers: the server answers each piece of
+/// a large download with the whole file; the agent notices at the first
+/// piece and fetches each large file as one stream instead.
+#[test]
+fn a_proxy_that_ignores_ranges_makes_the_agent_fall_back_to_one_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    let big = noise(40 << 20, 7);
+    write(&w, "big.bin", &big);
+    s.agent(&w, "p", 1, "j")
+        .ok(&["artifact", "upload", "--name", "big", "big.bin"]);
+    let proxy = Proxy::start(&s.url, |_, _| Fault::ForwardWithout("range"));
+    let mut agent = s.agent(&w, "p", 1, "j").env("SATCHEL_RANGES", "1");
+    agent.url = proxy.url.clone();
+    let dl = d.path().join("dl");
+    let out = agent.run(&["artifact", "download", "big.bin", dl.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ignored a Range request"), "{stderr}");
+    assert_eq!(sha(&std::fs::read(dl.join("big.bin")).unwrap()), sha(&big));
+    let leftovers: Vec<_> = std::fs::read_dir(&dl).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // Pieces were asked for (answered whole), then one stream.
+    let gets = proxy.count("GET /api/v1/files/", 200);
+    assert!(gets >= 2, "{:?}", proxy.seen());
+}
+
 /// How the proxy in front of the object store behaves.
 const NORMAL: usize = 0;
 const FLAKY: usize = 1;

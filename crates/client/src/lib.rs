@@ -417,16 +417,12 @@ impl Client {
         .await
     }
 
-    /// Streams one file's content, optionally a byte range.
+    /// Streams one file's whole content (pieces: [`Client::file_range`]).
     pub async fn file_content(
         &self,
         id: &str,
-        range: Option<(u64, u64)>,
     ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + use<>, ClientError> {
-        let mut rb = self.request(Method::GET, &format!("/files/{id}/content"));
-        if let Some((a, b)) = range {
-            rb = rb.header(reqwest::header::RANGE, format!("bytes={a}-{}", b - 1));
-        }
+        let rb = self.request(Method::GET, &format!("/files/{id}/content"));
         let resp = self.send(rb).await?;
         Ok(self.body_stream(resp))
     }

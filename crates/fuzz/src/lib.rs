@@ -250,8 +250,8 @@ pub fn chunk_list_target(data: &[u8]) {
     match frames::parse_chunk_list(data) {
         Ok(records) => {
             let mut again = Vec::with_capacity(data.len());
-            for (size, digest) in &records {
-                frames::push_chunk_record(&mut again, *size, digest);
+            for (size, digest) in records {
+                frames::push_chunk_record(&mut again, size, &digest);
             }
             assert_eq!(again, data, "re-encoding differs");
         }

@@ -67,20 +67,22 @@ pub fn push_chunk_record(out: &mut Vec<u8>, size: u32, sha256: &[u8; 32]) {
     out.extend_from_slice(sha256);
 }
 
-/// The records of a binary chunk list: `(size, sha256)` in order.
-pub fn parse_chunk_list(body: &[u8]) -> Result<Vec<(u32, [u8; 32])>, FrameError> {
+/// The records of a binary chunk list: `(size, sha256)` in order, read
+/// as they are consumed (a caller builds its own list, with no copy in
+/// between); a body that is not whole records is refused first.
+pub fn parse_chunk_list(
+    body: &[u8],
+) -> Result<impl ExactSizeIterator<Item = (u32, [u8; 32])> + '_, FrameError> {
     let records = body.chunks_exact(CHUNK_RECORD);
     if !records.remainder().is_empty() {
         return Err(FrameError::CutHeader {
             at: body.len() - records.remainder().len(),
         });
     }
-    Ok(records
-        .map(|r| {
-            let size = u32::from_be_bytes(r[..4].try_into().expect("4 bytes"));
-            (size, r[4..].try_into().expect("32 bytes"))
-        })
-        .collect())
+    Ok(records.map(|r| {
+        let size = u32::from_be_bytes(r[..4].try_into().expect("4 bytes"));
+        (size, r[4..].try_into().expect("32 bytes"))
+    }))
 }
 
 /// Appends one blob frame to `out`.
@@ -181,13 +183,13 @@ mod tests {
         assert_eq!(body.len(), 2 * CHUNK_RECORD);
         assert_eq!(&body[..4], &[0, 1, 0, 0], "sizes are big-endian");
         assert_eq!(
-            parse_chunk_list(&body).unwrap(),
+            parse_chunk_list(&body).unwrap().collect::<Vec<_>>(),
             vec![(65_536, [7; 32]), (1, [9; 32])]
         );
-        assert_eq!(parse_chunk_list(&[]).unwrap(), vec![]);
+        assert_eq!(parse_chunk_list(&[]).unwrap().len(), 0);
         assert_eq!(
-            parse_chunk_list(&body[..body.len() - 1]),
-            Err(FrameError::CutHeader { at: CHUNK_RECORD })
+            parse_chunk_list(&body[..body.len() - 1]).err(),
+            Some(FrameError::CutHeader { at: CHUNK_RECORD })
         );
     }
 

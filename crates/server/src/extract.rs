@@ -71,7 +71,6 @@ impl<S: Send + Sync> FromRequest<S> for ChunkListBody {
         })?;
         Ok(ChunkListBody(
             records
-                .into_iter()
                 .map(|(size, d)| (u64::from(size), Digest(d)))
                 .collect(),
         ))

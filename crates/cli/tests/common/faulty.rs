@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 pub enum Fault {
     /// Sends it on, and its answer back.
     Forward,
+    /// Sends it on without this header (a proxy that drops `Range`).
+    ForwardWithout(&'static str),
     /// Answers it with this status and JSON body; upstream never sees it.
     Answer(u16, &'static str),
 }
@@ -119,8 +121,12 @@ async fn forward(State(st): State<Shared>, req: Request) -> Response {
             )
                 .into_response();
         }
-        Fault::Forward => {}
+        Fault::Forward | Fault::ForwardWithout(_) => {}
     }
+    let dropped = match fault {
+        Fault::ForwardWithout(h) => Some(h),
+        _ => None,
+    };
     let mut rb = st
         .http
         .request(parts.method.clone(), format!("{}{target}", st.upstream));
@@ -128,7 +134,8 @@ async fn forward(State(st): State<Shared>, req: Request) -> Response {
         if !matches!(
             k.as_str(),
             "host" | "connection" | "transfer-encoding" | "keep-alive"
-        ) {
+        ) && dropped.is_none_or(|h| !k.as_str().eq_ignore_ascii_case(h))
+        {
             rb = rb.header(k, v);
         }
     }
