@@ -10,6 +10,8 @@
 #                      `aws s3 cp`; runs scripts/services.sh, 0: skip (default 1)
 #   BENCH_CONCURRENT   N concurrent big uploads, server peak RSS, 0: skip (default 16)
 #   BENCH_CONCURRENT_DISTINCT  distinct files among those N    (default: as many as the disk allows)
+#   BENCH_HUGE_MB      a huge file, up and down on a fresh server, its
+#                      time and memory against the big file's; 0: skip (default 6144)
 #   BENCH_DIR          scratch root, same disk as the data         (default target/bench-tmp)
 #   BENCH_VENV         venv with awscli, made on first use         (default target/bench-venv)
 #   SATCHEL_BIN        satchel binary                              (default target/release/satchel)
@@ -26,6 +28,7 @@ NGINX=${BENCH_NGINX:-1}
 GARAGE=${BENCH_GARAGE:-1}
 CONC=${BENCH_CONCURRENT:-16}
 CONC_DISTINCT=${BENCH_CONCURRENT_DISTINCT:-}
+HUGE_MB=${BENCH_HUGE_MB:-6144}
 bin=${SATCHEL_BIN:-$repo/target/release/satchel}
 root=${BENCH_DIR:-$repo/target/bench-tmp}
 venv=${BENCH_VENV:-$repo/target/bench-venv}
@@ -44,6 +47,7 @@ log() { echo "bench: $*" >&2; }
 [[ $NGINX =~ ^[01]$ ]] || die "BENCH_NGINX must be 0 or 1, got '$NGINX'"
 [[ $GARAGE =~ ^[01]$ ]] || die "BENCH_GARAGE must be 0 or 1, got '$GARAGE'"
 [[ $CONC =~ ^[0-9]+$ ]] || die "BENCH_CONCURRENT must be a number (0 skips), got '$CONC'"
+[[ $HUGE_MB =~ ^[0-9]+$ ]] || die "BENCH_HUGE_MB must be a number (0 skips), got '$HUGE_MB'"
 [[ -z $CONC_DISTINCT || $CONC_DISTINCT =~ ^[1-9][0-9]*$ ]] ||
   die "BENCH_CONCURRENT_DISTINCT must be a positive integer, got '$CONC_DISTINCT'"
 if [[ -z ${SATCHEL_BIN:-} ]]; then
@@ -595,6 +599,61 @@ if ((CONC > 0)); then
 fi
 main_hwm_kib=$(proc_kib "$main_pid" VmHWM)
 
+# --- a huge file: time and memory against the big file's -----------------------------
+# one_size NAME DIR FILE: FILE (in DIR) up and down through a fresh server of
+# its own. Sets NAME_up and NAME_down (seconds), NAME_srv (the server's peak
+# RSS, KiB) and NAME_agent_up / NAME_agent_down (the agent's, KiB).
+one_size() {
+  local name=$1 dir=$2 file=$3 pid url
+  start_satchel "satchel-$name" --data-dir "$work/data-$name"
+  pid=$started_pid
+  url=$started_url
+  one_up() {
+    (cd "$dir" && SATCHEL_URL=$url SATCHEL_RUN=200 /usr/bin/time -f %M -o "$work/$name.up.rss" \
+      "$bin" artifact upload --json "$file" > "$work/$name.up.json" 2> "$work/$name.up.err") ||
+      { sed 's/^/  /' "$work/$name.up.err" >&2; return 1; }
+  }
+  one_down() {
+    SATCHEL_URL=$url SATCHEL_RUN=200 /usr/bin/time -f %M -o "$work/$name.down.rss" \
+      "$bin" artifact download --json "$file" "$work/dl_$name" --run 200 > /dev/null 2> "$work/$name.down.err" ||
+      { sed 's/^/  /' "$work/$name.down.err" >&2; return 1; }
+  }
+  timed "${name}_up" one_up
+  mkdir -p "$work/dl_$name"
+  timed "${name}_down" one_down
+  cmp -s "$work/dl_$name/$file" "$dir/$file" || die "$file downloaded from a fresh server differs from the original"
+  rm -rf "$work/dl_$name"
+  printf -v "${name}_srv" '%s' "$(proc_kib "$pid" VmHWM)"
+  printf -v "${name}_agent_up" '%s' "$(tail -1 "$work/$name.up.rss")"
+  printf -v "${name}_agent_down" '%s' "$(tail -1 "$work/$name.down.rss")"
+  kill "$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+  rm -rf "$work/data-$name"
+}
+if ((HUGE_MB > 0)); then
+  if ((CONC > 0)); then
+    kill "$conc_pid" 2> /dev/null || true
+    wait "$conc_pid" 2> /dev/null || true
+    rm -rf "$work/conc" "$work/data-conc"
+  fi
+  # The huge file, its stored copy and its download, at once.
+  free=$(free_mib "$work")
+  huge_need=$((3 * HUGE_MB + 2 * BIG_MB + 512))
+  ((free >= huge_need)) || die "the huge-file case needs about $huge_need MiB free under $root, has $free MiB (BENCH_HUGE_MB=0 skips it)"
+  log "huge file: writing ${HUGE_MB} MiB random file..."
+  mkdir -p "$work/huge"
+  random_file "$work/huge/huge.bin" "$HUGE_MB"
+  huge_bytes=$(stat -c %s "$work/huge/huge.bin")
+  log "huge file: dd write baseline"
+  timed dd_huge dd if="$work/huge/huge.bin" of="$work/dd.out" bs=4M conv=fdatasync status=none
+  rm -f "$work/dd.out"
+  log "huge file: the big file up and down through a fresh server"
+  one_size ref "$work/src" big.bin
+  log "huge file: the huge file up and down through a fresh server"
+  one_size huge "$work/huge" huge.bin
+  rm -rf "$work/huge"
+fi
+
 # --- requests: counted by the server's /metrics, else inferred ------------------------
 # The inference follows the transfer plan constants in crates/cli/src/transfer.rs.
 plan_const() { sed -n "s/^pub const $1: [a-z0-9]* = \(.*\);/\1/p" "$repo/crates/cli/src/transfer.rs" | head -1; }
@@ -676,6 +735,12 @@ else
   skipped "upload ${SMALL} x 4 KiB to S3" "aws s3 cp --recursive" "BENCH_GARAGE=0"
   skipped "upload ${BIG_MB} MiB to S3" "aws s3 cp (multipart)" "BENCH_GARAGE=0"
 fi
+if ((HUGE_MB > 0)); then
+  row "upload ${HUGE_MB} MiB, fresh server" "$huge_bytes" "$huge_up" "dd bs=4M conv=fdatasync" "$dd_huge"
+  row "download ${HUGE_MB} MiB, fresh server" "$huge_bytes" "$huge_down" "dd bs=4M conv=fdatasync" "$dd_huge"
+else
+  skipped "upload ${HUGE_MB} MiB" "dd bs=4M conv=fdatasync" "BENCH_HUGE_MB=0"
+fi
 echo "$line"
 printf '%-50s %-32s %-12s %s\n' check measured goal result
 echo "$line"
@@ -701,6 +766,16 @@ if ((CONC > 0)); then
 else
   printf '%-50s %-32s %-12s %s\n' "server peak RSS, concurrent uploads" "" "<= 96 MiB" "skipped (BENCH_CONCURRENT=0)"
 fi
+if ((HUGE_MB > 0)); then
+  # flat A B: 1 when A <= 1.25 B.
+  flat() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= 1.25 * b) ? 1 : 0 }'; }
+  check "server peak RSS, ${HUGE_MB} vs ${BIG_MB} MiB, up+down" "$(mib "$huge_srv") vs $(mib "$ref_srv")" "<= 1.25 x" \
+    "$(flat "$huge_srv" "$ref_srv")"
+  check "agent peak RSS, upload, ${HUGE_MB} vs ${BIG_MB} MiB" "$(mib "$huge_agent_up") vs $(mib "$ref_agent_up")" "<= 1.25 x" \
+    "$(flat "$huge_agent_up" "$ref_agent_up")"
+  check "agent peak RSS, download, ${HUGE_MB} vs ${BIG_MB} MiB" "$(mib "$huge_agent_down") vs $(mib "$ref_agent_down")" "<= 1.25 x" \
+    "$(flat "$huge_agent_down" "$ref_agent_down")"
+fi
 echo "$line"
 echo "goals met: $met of $goals"
 awk -v n="$SMALL" -v u="$up_small" -v d="$down_small" -v tu="$tar_up" -v td="$tar_down" 'BEGIN {
@@ -721,3 +796,7 @@ if ((CONC > 0)); then
     printf "concurrent: %d uploads of %d B (%d distinct files) in %.3f s, %.1f MB/s in all, %.0f B sent; server RSS %.1f MiB idle, peak %.1f MiB\n", n, b, d, t, n * b / t / 1e6, sent, r / 1024, h / 1024 }'
 fi
 echo "peak RSS of the main satchel server over the sequential cases: $(mib "$main_hwm_kib")"
+if ((HUGE_MB > 0)); then
+  awk -v hb="$huge_bytes" -v bb="$big_bytes" -v hu="$huge_up" -v hd="$huge_down" -v ru="$ref_up" -v rd="$ref_down" 'BEGIN {
+    printf "huge file, fresh servers: upload %.1f MB/s (big file %.1f), download %.1f MB/s (big file %.1f)\n", hb / hu / 1e6, bb / ru / 1e6, hb / hd / 1e6, bb / rd / 1e6 }'
+fi

@@ -46,12 +46,38 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    retrying_after(what, std::time::Duration::from_secs(1), &mut attempt).await
+    retrying_after(
+        what,
+        std::time::Duration::from_secs(1),
+        &is_transient,
+        &mut attempt,
+    )
+    .await
+}
+
+/// As [`retrying`], resending only after failures `transient` accepts.
+pub async fn retrying_if<T, F, Fut>(
+    what: &str,
+    transient: &dyn Fn(&anyhow::Error) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    retrying_after(
+        what,
+        std::time::Duration::from_secs(1),
+        transient,
+        &mut attempt,
+    )
+    .await
 }
 
 async fn retrying_after<T, F, Fut>(
     what: &str,
     first_wait: std::time::Duration,
+    transient: &dyn Fn(&anyhow::Error) -> bool,
     attempt: &mut F,
 ) -> anyhow::Result<T>
 where
@@ -61,7 +87,7 @@ where
     let mut wait = first_wait;
     for n in 1.. {
         match attempt().await {
-            Err(e) if n < ATTEMPTS && is_transient(&e) => {
+            Err(e) if n < ATTEMPTS && transient(&e) => {
                 eprintln!(
                     "warning: {what} failed ({e:#}); trying again in {wait:?} (attempt {} of {ATTEMPTS})",
                     n + 1
@@ -203,7 +229,7 @@ mod tests {
         let quick = std::time::Duration::from_millis(1);
         // 503 twice, then success: three attempts.
         let mut calls = 0;
-        let r = retrying_after("x", quick, &mut || {
+        let r = retrying_after("x", quick, &is_transient, &mut || {
             calls += 1;
             let n = calls;
             async move {
@@ -218,7 +244,7 @@ mod tests {
         assert_eq!(r.unwrap(), 3);
         // 400 is final: one attempt.
         let mut calls = 0;
-        let r: anyhow::Result<()> = retrying_after("x", quick, &mut || {
+        let r: anyhow::Result<()> = retrying_after("x", quick, &is_transient, &mut || {
             calls += 1;
             async { Err(api(400)) }
         })
@@ -227,7 +253,7 @@ mod tests {
         assert_eq!(calls, 1);
         // 503 for ever: ATTEMPTS attempts, then the error.
         let mut calls = 0;
-        let r: anyhow::Result<()> = retrying_after("x", quick, &mut || {
+        let r: anyhow::Result<()> = retrying_after("x", quick, &is_transient, &mut || {
             calls += 1;
             async { Err(api(503)) }
         })

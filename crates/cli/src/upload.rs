@@ -10,7 +10,8 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Args;
 use futures_util::{StreamExt, TryStreamExt};
-use satchel_model::api::{ChunkList, ChunkRef, CreateUpload, NewFile};
+use satchel_model::api::{CreateUpload, NewFile};
+use satchel_model::frames::ChunkRecord;
 use satchel_model::glob::Glob;
 use satchel_model::path::clean_relative;
 use serde::Serialize;
@@ -18,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::context::{JobArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{concurrency, plan, retrying, Work};
+use crate::transfer::{concurrency, is_transient, plan, retrying, retrying_if, Work};
 
 /// Options of `satchel artifact upload`.
 #[derive(Args, Debug)]
@@ -111,9 +112,10 @@ struct Hashed {
     size: u64,
     sha256: String,
     mode: u32,
-    /// For a file of [`CHUNKED_MIN`] or more: its chunks (offset, digest,
-    /// size), cut while it was hashed.
-    chunks: Option<std::sync::Arc<Vec<(u64, ChunkRef)>>>,
+    /// For a file of [`CHUNKED_MIN`] or more: its chunks in order (size,
+    /// SHA-256: 36 bytes each, about 2.7 MB for 6 GiB), cut while it was
+    /// hashed.
+    chunks: Option<std::sync::Arc<Vec<ChunkRecord>>>,
 }
 
 /// What an upload did.
@@ -489,12 +491,11 @@ const CHUNKED_MIN: u64 = 8 * 1024 * 1024;
 
 /// Cuts a stream of blocks into content-defined chunks with the store's
 /// own chunker ([`satchel_store::chunked::Chunker`]), with each chunk's
-/// SHA-256 and offset. Runs on its own thread while the whole file is
+/// size and SHA-256. Runs on its own thread while the whole file is
 /// hashed.
-fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRef)> {
+fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<ChunkRecord> {
     let mut chunker = satchel_store::chunked::Chunker::new();
     let mut out = Vec::new();
-    let mut offset = 0u64;
     let mut eof = false;
     loop {
         while chunker.wants_more() && !eof {
@@ -506,14 +507,8 @@ fn chunk_blocks(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<(u64, ChunkRe
         let Some(chunk) = chunker.next(eof) else {
             break;
         };
-        out.push((
-            offset,
-            ChunkRef {
-                sha256: hex::encode(Sha256::digest(&chunk)),
-                size: chunk.len() as u64,
-            },
-        ));
-        offset += chunk.len() as u64;
+        let size = u32::try_from(chunk.len()).expect("a chunk is at most 256 KiB");
+        out.push((size, Sha256::digest(&chunk).into()));
     }
     out
 }
@@ -538,14 +533,12 @@ async fn send_large(
     let mut shown = 0u64;
     let mut sent = 0u64;
     if let Some(chunks) = &h.chunks {
-        let list = ChunkList {
-            chunks: chunks.iter().map(|(_, c)| c.clone()).collect(),
-        };
+        let list: &[ChunkRecord] = chunks;
         for attempt in 1..=ASSEMBLE_ATTEMPTS {
             let what = format!("asking which chunks of {} to send", h.found.stored);
             let missing = retrying(&what, || async {
                 client
-                    .chunks_missing(upload_id, &h.sha256, &list)
+                    .chunks_missing(upload_id, &h.sha256, list)
                     .await
                     .with_context(|| what.clone())
             })
@@ -564,22 +557,25 @@ async fn send_large(
             }
             // The bar shows all but these now, and the whole file once
             // they are sent.
-            let held = h.size - missing.iter().map(|&i| chunks[i].1.size).sum::<u64>();
+            let held = h.size - missing.iter().map(|&i| u64::from(chunks[i].0)).sum::<u64>();
             bar.dec(shown.saturating_sub(held));
             bar.inc(held.saturating_sub(shown));
             sent += send_chunks(client, upload_id, h, chunks, &missing, bar).await?;
             shown = h.size;
             let what = format!("assembling {} from its chunks", h.found.stored);
-            let assembled = retrying(&what, || async {
+            // A chunk gone, or aged, since the server said it held it: not
+            // the same request again, but a new round (ask, send, assemble).
+            let same_again = |e: &anyhow::Error| is_transient(e) && !new_round(e);
+            let assembled = retrying_if(&what, &same_again, || async {
                 client
-                    .assemble(upload_id, &h.sha256, &list)
+                    .assemble(upload_id, &h.sha256, list)
                     .await
                     .with_context(|| what.clone())
             })
             .await;
             match assembled {
                 Ok(_) => return Ok(sent),
-                Err(e) if attempt < ASSEMBLE_ATTEMPTS && chunk_missing(&e) => {
+                Err(e) if attempt < ASSEMBLE_ATTEMPTS && new_round(&e) => {
                     eprintln!("warning: {e:#}; sending the missing chunks again");
                 }
                 Err(e) => return Err(e),
@@ -620,34 +616,47 @@ async fn send_chunks(
     client: &satchel_client::Client,
     upload_id: &str,
     h: &Hashed,
-    chunks: &[(u64, ChunkRef)],
+    chunks: &[ChunkRecord],
     missing: &[usize],
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
-    futures_util::stream::iter(missing)
-        .map(|&i| {
-            let (offset, c) = chunks[i].clone();
+    // Where each missing chunk starts in the file.
+    let mut offsets = Vec::with_capacity(missing.len());
+    let (mut at, mut next) = (0u64, missing.iter().peekable());
+    for (i, (size, _)) in chunks.iter().enumerate() {
+        if next.peek() == Some(&&i) {
+            offsets.push(at);
+            next.next();
+        }
+        at += u64::from(*size);
+    }
+    futures_util::stream::iter(missing.iter().zip(offsets))
+        .map(|(&i, offset)| {
+            let (size, digest) = chunks[i];
             let path = h.found.abs.clone();
             async move {
                 let data = tokio::task::spawn_blocking(move || -> anyhow::Result<Bytes> {
                     use std::io::{Seek, SeekFrom};
                     let mut f = std::fs::File::open(&path)?;
                     f.seek(SeekFrom::Start(offset))?;
-                    let mut data = vec![0u8; c.size as usize];
+                    let mut data = vec![0u8; size as usize];
                     f.read_exact(&mut data)?;
                     Ok(data.into())
                 })
                 .await??;
-                let what = format!("uploading a chunk of {}", h.found.stored);
+                let (what, hex) = (
+                    format!("uploading a chunk of {}", h.found.stored),
+                    hex::encode(digest),
+                );
                 retrying(&what, || async {
                     client
-                        .put_chunk(upload_id, &c.sha256, data.clone())
+                        .put_chunk(upload_id, &hex, data.clone())
                         .await
                         .with_context(|| what.clone())
                 })
                 .await?;
-                bar.inc(c.size);
-                anyhow::Ok(c.size)
+                bar.inc(u64::from(size));
+                anyhow::Ok(u64::from(size))
             }
         })
         .buffer_unordered(concurrency())
@@ -655,12 +664,15 @@ async fn send_chunks(
         .await
 }
 
-/// Whether an assembly failed because a chunk it names is not stored.
-fn chunk_missing(e: &anyhow::Error) -> bool {
+/// Whether an assembly failed because a chunk it names is not stored
+/// (`chunk_missing`), or was collected or aged while it ran (`retry`): the
+/// server now answers those chunks missing, and they are sent again.
+fn new_round(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<satchel_client::ClientError>(),
-            Some(satchel_client::ClientError::Api { code, .. }) if code == "chunk_missing"
+            Some(satchel_client::ClientError::Api { code, .. })
+                if code == "chunk_missing" || code == "retry"
         )
     })
 }
@@ -980,8 +992,8 @@ mod tests {
     #[test]
     fn the_agent_cuts_chunks_as_the_store_does() {
         let data = satchel_store::conformance::random_bytes(5 * 1024 * 1024 + 77, 5);
-        let want: Vec<(u64, String)> = satchel_store::chunked::cuts(&data)
-            .map(|r| (r.start as u64, hex::encode(Sha256::digest(&data[r]))))
+        let want: Vec<ChunkRecord> = satchel_store::chunked::cuts(&data)
+            .map(|r| (r.len() as u32, Sha256::digest(&data[r]).into()))
             .collect();
         assert!(want.len() > 40, "{} chunks", want.len());
         for block in [1024 * 1024, 37, 300_000] {
@@ -990,11 +1002,7 @@ mod tests {
                 tx.send(b.to_vec()).unwrap();
             }
             drop(tx);
-            let got: Vec<(u64, String)> = chunk_blocks(rx)
-                .into_iter()
-                .map(|(offset, c)| (offset, c.sha256))
-                .collect();
-            assert_eq!(got, want, "reads of {block} bytes");
+            assert_eq!(chunk_blocks(rx), want, "reads of {block} bytes");
         }
     }
 

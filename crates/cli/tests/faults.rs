@@ -37,11 +37,23 @@ fn the_agent_sends_again_what_a_503_or_a_collection_refused() {
     let chunk_puts = Arc::new(AtomicUsize::new(0));
     let assembles = Arc::new(AtomicUsize::new(0));
     let (c, a) = (chunk_puts.clone(), assembles.clone());
+    let stale = std::sync::atomic::AtomicBool::new(false);
     let proxy = Proxy::start(&s.url, move |method, path| {
         if method == "PUT" && path.contains("/chunks/") && c.fetch_add(1, SeqCst) == 0 {
             return Fault::Answer(503, RETRY);
         }
-        if method == "POST" && path.ends_with("/assemble") && a.fetch_add(1, SeqCst) == 0 {
+        let assemble = method == "POST" && path.ends_with("/assemble");
+        if method == "POST" && path.ends_with("/chunks") {
+            stale.store(false, SeqCst);
+        }
+        if assemble && (a.load(SeqCst) == 1 || stale.load(SeqCst)) {
+            // Then a pack it relied on aged: the same assembly fails the
+            // same way until the agent asks again which chunks to send.
+            a.fetch_add(1, SeqCst);
+            stale.store(true, SeqCst);
+            return Fault::Answer(503, RETRY);
+        }
+        if assemble && a.fetch_add(1, SeqCst) == 0 {
             // GC with no grace while no file is being written takes the
             // chunks just sent: nothing names them yet.
             let out = std::process::Command::new(BIN)
@@ -66,13 +78,11 @@ fn the_agent_sends_again_what_a_503_or_a_collection_refused() {
         stderr.contains("sending the missing chunks again"),
         "{stderr}"
     );
-    assert_eq!(assembles.load(SeqCst), 2, "{:?}", proxy.seen());
-    assert_eq!(
-        proxy.count("POST /api/v1/uploads/", 409),
-        1,
-        "{:?}",
-        proxy.seen()
-    );
+    assert_eq!(assembles.load(SeqCst), 3, "{:?}", proxy.seen());
+    for status in [409, 503, 201] {
+        let n = proxy.count("POST /api/v1/uploads/", status);
+        assert_eq!(n, 1, "{status}: {:?}", proxy.seen());
+    }
     let dl = d.path().join("dl");
     s.agent(&w, "p", 2, "j")
         .ok(&["artifact", "download", "app.bin", dl.to_str().unwrap()]);

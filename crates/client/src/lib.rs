@@ -54,8 +54,12 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Api { status, .. } => *status == 503,
+            // Not a body error (the local file the body streams from
+            // could not be read): sending it again would fail the same way.
             ClientError::Transport { source, .. } => {
-                source.is_connect() || source.is_timeout() || source.is_request()
+                source.is_connect()
+                    || source.is_timeout()
+                    || (source.is_request() && !source.is_body())
             }
             ClientError::Protocol(_) => false,
         }
@@ -234,10 +238,10 @@ impl Client {
         &self,
         upload_id: &str,
         sha256: &str,
-        list: &satchel_model::api::ChunkList,
+        chunks: &[frames::ChunkRecord],
     ) -> Result<satchel_model::api::ChunksMissing, ClientError> {
         let path = format!("/uploads/{upload_id}/blobs/{sha256}/chunks");
-        self.send_chunk_list(&path, list).await
+        self.send_chunk_list(&path, chunks).await
     }
 
     /// Posts a chunk list in its binary form; to a server from before it
@@ -245,17 +249,31 @@ impl Client {
     async fn send_chunk_list<T: DeserializeOwned>(
         &self,
         path: &str,
-        list: &satchel_model::api::ChunkList,
+        chunks: &[frames::ChunkRecord],
     ) -> Result<T, ClientError> {
+        let mut body = Vec::with_capacity(chunks.len() * frames::CHUNK_RECORD);
+        for (size, digest) in chunks {
+            frames::push_chunk_record(&mut body, *size, digest);
+        }
         let binary = self
             .request(Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, frames::CHUNK_LIST_TYPE)
-            .body(chunk_list_body(list)?);
+            .body(body);
         match self.json(binary).await {
             Err(ClientError::Api {
                 status: 400, code, ..
             }) if code == "invalid_json" => {
-                self.json(self.request(Method::POST, path).json(list)).await
+                let list = satchel_model::api::ChunkList {
+                    chunks: chunks
+                        .iter()
+                        .map(|(size, digest)| satchel_model::api::ChunkRef {
+                            sha256: hex::encode(digest),
+                            size: u64::from(*size),
+                        })
+                        .collect(),
+                };
+                self.json(self.request(Method::POST, path).json(&list))
+                    .await
             }
             other => other,
         }
@@ -283,10 +301,10 @@ impl Client {
         &self,
         upload_id: &str,
         sha256: &str,
-        list: &satchel_model::api::ChunkList,
+        chunks: &[frames::ChunkRecord],
     ) -> Result<BlobsStored, ClientError> {
         let path = format!("/uploads/{upload_id}/blobs/{sha256}/assemble");
-        self.send_chunk_list(&path, list).await
+        self.send_chunk_list(&path, chunks).await
     }
 
     /// Makes an upload's files visible.
@@ -914,23 +932,6 @@ mod received {
 
 /// A chunk list in its binary form ([`frames`]): 36 bytes a chunk where
 /// JSON takes about 90, and it is sent twice per large file.
-fn chunk_list_body(list: &satchel_model::api::ChunkList) -> Result<Vec<u8>, ClientError> {
-    let mut out = Vec::with_capacity(list.chunks.len() * frames::CHUNK_RECORD);
-    for c in &list.chunks {
-        let mut digest = [0u8; 32];
-        hex::decode_to_slice(&c.sha256, &mut digest).map_err(|_| {
-            ClientError::Protocol(format!(
-                "chunk digest {:?} is not 64 hex characters",
-                c.sha256
-            ))
-        })?;
-        let size = u32::try_from(c.size)
-            .map_err(|_| ClientError::Protocol(format!("a chunk of {} bytes", c.size)))?;
-        frames::push_chunk_record(&mut out, size, &digest);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -988,12 +989,7 @@ mod tests {
     fn chunk_lists_fall_back_to_json_for_an_older_server() {
         let (url, seen) = old_server(2);
         let client = Client::new(&url, "t").unwrap();
-        let list = satchel_model::api::ChunkList {
-            chunks: vec![satchel_model::api::ChunkRef {
-                sha256: "ab".repeat(32),
-                size: 10,
-            }],
-        };
+        let list = [(10, [0xab; 32])];
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -61,6 +61,9 @@ pub const CHUNK_LIST_TYPE: &str = "application/vnd.satchel.chunk-list";
 /// Length of one chunk list record.
 pub const CHUNK_RECORD: usize = 36;
 
+/// One chunk of a chunk list: its size and SHA-256.
+pub type ChunkRecord = (u32, [u8; 32]);
+
 /// Appends one chunk list record to `out`.
 pub fn push_chunk_record(out: &mut Vec<u8>, size: u32, sha256: &[u8; 32]) {
     out.extend_from_slice(&size.to_be_bytes());

@@ -29,6 +29,9 @@ pub struct ApiError {
     pub candidates: Option<Vec<FileInfo>>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// The content store was full: what failed writes left is to be freed
+    /// ([`Full`]).
+    pub store_full: bool,
 }
 
 impl ApiError {
@@ -40,6 +43,7 @@ impl ApiError {
             message: message.into(),
             candidates: None,
             retry_after: None,
+            store_full: false,
         }
     }
 
@@ -59,18 +63,12 @@ impl ApiError {
     }
 }
 
-/// Marks a response that answered 507: a write found the content store
-/// or database full. The request layer then asks for what failed writes
-/// left to be freed ([`crate::maintenance::release_soon`]).
+/// Marks a response that found the content store full (507). The
+/// request layer then asks for what failed writes left to be freed
+/// ([`crate::maintenance::release_soon`]); a full metadata database does
+/// not ask (freeing content does not help it where it lives apart).
 #[derive(Debug, Clone, Copy)]
 pub struct Full;
-
-/// Adds [`Full`] to a response that answers 507.
-pub(crate) fn mark_full(resp: &mut Response) {
-    if resp.status() == StatusCode::INSUFFICIENT_STORAGE {
-        resp.extensions_mut().insert(Full);
-    }
-}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -89,7 +87,9 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
-        mark_full(&mut resp);
+        if self.store_full {
+            resp.extensions_mut().insert(Full);
+        }
         resp
     }
 }
@@ -154,11 +154,14 @@ impl From<StoreError> for ApiError {
                 a.retry_after = Some(1);
                 a
             }
-            StoreError::Io { source, .. } if satchel_store::is_full(source) => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                satchel_store::CONTENT_FULL,
-            ),
+            StoreError::Io { source, .. } if satchel_store::is_full(source) => ApiError {
+                store_full: true,
+                ..ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    satchel_store::CONTENT_FULL,
+                )
+            },
             _ if e.is_client_error() => ApiError::bad_request(e.to_string()),
             // A server path stays in the log.
             StoreError::Io { .. } => {
@@ -192,12 +195,10 @@ impl From<satchel_model::names::NameError> for ApiError {
 
 impl From<satchel_model::query::Ambiguous> for ApiError {
     fn from(e: satchel_model::query::Ambiguous) -> ApiError {
+        let message = e.to_string();
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "ambiguous_query",
-            message: e.to_string(),
             candidates: Some(e.candidates),
-            retry_after: None,
+            ..ApiError::new(StatusCode::BAD_REQUEST, "ambiguous_query", message)
         }
     }
 }

@@ -174,6 +174,17 @@ impl Drop for Writing {
     }
 }
 
+/// A quiet content-store sweep asks the gate before each young deletion:
+/// the database's half may have been lost (a restart frees the lock).
+#[async_trait::async_trait]
+impl satchel_store::Quiet for Sweep<'_> {
+    async fn still(&self) -> Result<(), satchel_store::StoreError> {
+        self.check()
+            .await
+            .map_err(|e| satchel_store::StoreError::Backend(e.to_string()))
+    }
+}
+
 impl Sweep<'_> {
     /// Fails when the database's half of the gate is no longer held (see
     /// [`WriteGateHold::check`]); call it before each step that deletes.

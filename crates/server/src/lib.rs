@@ -620,16 +620,19 @@ pub async fn open_embedded_with(dir: &Path, opts: &StorageOptions) -> Result<Sto
 async fn readyz(State(state): State<AppState>) -> (axum::http::StatusCode, String) {
     use axum::http::StatusCode;
     let probe = "0".repeat(64);
+    // Unauthenticated: what failed, not where (the log has that).
     if let Err(e) = state.db.known_blobs(std::slice::from_ref(&probe)).await {
+        tracing::warn!("readyz: metadata database unavailable: {e}");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("metadata database unavailable: {e}\n"),
+            "metadata database unavailable (the server log has the details)\n".into(),
         );
     }
     if let Err(e) = state.store.contains(&satchel_store::Digest([0; 32])).await {
+        tracing::warn!("readyz: content store unavailable: {e}");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("content store unavailable: {e}\n"),
+            "content store unavailable (the server log has the details)\n".into(),
         );
     }
     (StatusCode::OK, "ready\n".to_string())

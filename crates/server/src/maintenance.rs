@@ -63,9 +63,10 @@ pub struct GcReport {
     /// Bytes freed.
     pub bytes_freed: u64,
     /// Writes were in flight (on some replica) when the content store was
-    /// swept, so unused chunks younger than twice the chunk refresh age
-    /// (30 minutes by default) were kept whatever the grace: an upload may
-    /// rely on them. With none in flight, the grace alone decides.
+    /// swept, and the grace is shorter than twice the chunk refresh age
+    /// (30 minutes by default): unused chunks younger than that were kept,
+    /// as an upload may rely on them. With none in flight, the grace alone
+    /// decides.
     #[serde(default)]
     pub young_chunks_kept: bool,
 }
@@ -142,10 +143,10 @@ pub async fn gc(s: &AppState, grace: Duration) -> Result<GcReport, ApiError> {
     let cutoff = std::time::SystemTime::now()
         .checked_sub(grace)
         .unwrap_or(std::time::UNIX_EPOCH);
-    let (swept, writes_in_flight) = sweep_store(s, cutoff, false)
+    let (swept, _) = sweep_store(s, cutoff, false)
         .await?
         .expect("a sweep that need not be quiet runs");
-    report.young_chunks_kept = writes_in_flight;
+    report.young_chunks_kept = swept.young_kept;
     report.objects_deleted = swept.deleted;
     report.bytes_freed += swept.bytes_freed;
     s.counters
@@ -607,7 +608,7 @@ async fn sweep_store(
     let swept = if writes_in_flight {
         s.store.sweep(&keep, cutoff).await?
     } else {
-        s.store.sweep_quiet(&keep, cutoff).await?
+        s.store.sweep_quiet(&keep, cutoff, &sweep).await?
     };
     s.metrics.swept(swept.bytes_listed, swept.bytes_freed);
     s.metrics
@@ -635,26 +636,28 @@ pub fn release_soon(s: &AppState) {
 }
 
 /// Least time between two releases: each lists the whole store, and a
-/// store full of live content has nothing to release.
+/// store full of live content has nothing to release. Doubled, up to
+/// [`RELEASE_SPACING_MAX`], after each release that freed nothing.
 const RELEASE_SPACING: Duration = Duration::from_secs(30);
+const RELEASE_SPACING_MAX: Duration = Duration::from_secs(600);
 
 /// Runs [`release_failed_writes`] whenever [`release_soon`] asks: after
-/// the failing request has ended, and again every few seconds for a
-/// minute while writes are in flight.
+/// the failing request has ended, and again, further and further apart,
+/// for about four minutes while writes are in flight (a write to a full
+/// object store is retried for up to 30 s before it fails).
 pub fn spawn_release(s: AppState) {
     tokio::spawn(async move {
+        let mut spacing = RELEASE_SPACING;
         loop {
             s.release.notified().await;
-            for wait in [1, 2, 4, 8, 15, 30] {
+            let mut freed = 0;
+            for wait in [1, 2, 4, 8, 15, 30, 60, 60, 60] {
                 // The failed write must end (and stop being announced).
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 match release_failed_writes(&s).await {
                     Ok(None) => continue,
-                    Ok(Some(0)) => break,
-                    Ok(Some(freed)) => {
-                        tracing::info!(
-                            "released {freed} bytes that failed writes left in the content store"
-                        );
+                    Ok(Some(n)) => {
+                        freed = n;
                         break;
                     }
                     Err(e) => {
@@ -666,7 +669,15 @@ pub fn spawn_release(s: AppState) {
                     }
                 }
             }
-            tokio::time::sleep(RELEASE_SPACING).await;
+            if freed > 0 {
+                tracing::info!(
+                    "released {freed} bytes that failed writes left in the content store"
+                );
+                spacing = RELEASE_SPACING;
+            } else {
+                spacing = (spacing * 2).min(RELEASE_SPACING_MAX);
+            }
+            tokio::time::sleep(spacing).await;
         }
     });
 }

@@ -141,6 +141,9 @@ pub struct SweepReport {
     /// Bytes of the objects looked at (before anything was freed): with
     /// `bytes_freed`, what the store holds after the pass.
     pub bytes_listed: u64,
+    /// Unused chunks younger than twice the refresh age were kept though
+    /// older than the cutoff (a sweep that is not quiet).
+    pub young_kept: bool,
 }
 
 /// What a rewrite (key rotation) did.
@@ -967,11 +970,12 @@ impl ChunkStore {
     /// packs of chunks older than `chunk_cutoff`, whose entries are all
     /// unkept (neither a blob in `keep` nor a chunk in `chunks`) are
     /// deleted; those mostly unkept are rewritten.
-    async fn sweep_packs(
+    async fn sweep_packs<F: std::future::Future<Output = Result<(), StoreError>>>(
         &self,
         keep: &HashSet<Digest>,
         chunks: &HashSet<Digest>,
         (cutoff, chunk_cutoff): (SystemTime, SystemTime),
+        still_quiet: &impl Fn(SystemTime) -> F,
         report: &mut SweepReport,
     ) -> Result<(), StoreError> {
         self.packs.refresh(&*self.backend, &self.codec).await?;
@@ -1006,6 +1010,9 @@ impl ChunkStore {
                             || self.packs.lookup(&e.digest).is_none())
                 })
                 .collect();
+            if holds_chunks {
+                still_quiet(obj.modified).await?;
+            }
             if live.is_empty() {
                 self.delete_pack(&obj.key).await?;
                 report.deleted += 1;
@@ -1037,17 +1044,20 @@ impl ChunkStore {
     /// sure no blob write it does not keep is in flight (GC holds the upload
     /// gate); chunks are protected by their age.
     ///
-    /// `writes_in_flight` false is the caller's promise that no write runs
-    /// meanwhile, in this process or any other sharing the store (GC holds
-    /// the upload gate and no blob is announced): then unused chunks are
-    /// deleted by `cutoff` alone, so an operator's `gc --grace 0s` frees a
-    /// failed upload's packs at once. A client between sending chunks and
-    /// assembling them is then told `chunk_missing` and sends them again.
+    /// With `quiet`, the caller promises that no write runs meanwhile, in
+    /// this process or any other sharing the store (GC holds the upload
+    /// gate and no blob is announced): then unused chunks are deleted by
+    /// `cutoff` alone, so an operator's `gc --grace 0s` frees a failed
+    /// upload's packs at once. The promise is checked again
+    /// ([`crate::Quiet::still`]) before each young object is deleted, and
+    /// the sweep stops when it no longer holds. A client between sending
+    /// chunks and assembling them is told `chunk_missing` and sends them
+    /// again.
     pub async fn sweep_objects(
         &self,
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
-        writes_in_flight: bool,
+        quiet: Option<&dyn crate::Quiet>,
     ) -> Result<SweepReport, StoreError> {
         // Before the recipes are listed: writes that end meanwhile keep
         // their packs protected until the sweep ends.
@@ -1102,14 +1112,29 @@ impl ChunkStore {
         let floor = SystemTime::now()
             .checked_sub(2 * self.refresh_after)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let chunk_cutoff = if writes_in_flight {
-            cutoff.min(floor)
-        } else {
-            cutoff
+        let chunk_cutoff = match quiet {
+            Some(_) => cutoff,
+            None => {
+                report.young_kept = floor < cutoff;
+                cutoff.min(floor)
+            }
+        };
+        // What only a quiet sweep deletes: checked again first.
+        let still_quiet = |modified: SystemTime| async move {
+            match quiet {
+                Some(q) if modified >= floor => q.still().await,
+                _ => Ok(()),
+            }
         };
         // Packs of chunks wait as long as chunks do.
-        self.sweep_packs(keep, &live_chunks, (cutoff, chunk_cutoff), &mut report)
-            .await?;
+        self.sweep_packs(
+            keep,
+            &live_chunks,
+            (cutoff, chunk_cutoff),
+            &still_quiet,
+            &mut report,
+        )
+        .await?;
         for obj in self.backend.list("c").await? {
             report.objects += 1;
             report.bytes_listed += obj.size;
@@ -1117,6 +1142,7 @@ impl ChunkStore {
                 && !live.contains(&base(&obj.key))
                 && self.pins.claim(&obj.key)
             {
+                still_quiet(obj.modified).await?;
                 self.backend.delete(&obj.key).await?;
                 report.deleted += 1;
                 report.bytes_freed += obj.size;
@@ -1509,6 +1535,14 @@ impl ContentStore for ChunkStore {
                         .map(|b| b.slice(from..to))
                         .map_err(|e| match e {
                             StoreError::Io { source, .. } => source,
+                            // Not bad data: the store failed. Its address
+                            // and the key stay in the log.
+                            StoreError::Backend(_) => {
+                                tracing::error!("reading a chunk: {e}");
+                                std::io::Error::other(
+                                    "the object store failed while reading (the server log has the details)",
+                                )
+                            }
                             other => std::io::Error::new(
                                 std::io::ErrorKind::InvalidData,
                                 other.to_string(),
@@ -1566,15 +1600,16 @@ impl ContentStore for ChunkStore {
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
     ) -> Result<SweepReport, StoreError> {
-        self.sweep_objects(keep, cutoff, true).await
+        self.sweep_objects(keep, cutoff, None).await
     }
 
     async fn sweep_quiet(
         &self,
         keep: &HashSet<Digest>,
         cutoff: SystemTime,
+        quiet: &dyn crate::Quiet,
     ) -> Result<SweepReport, StoreError> {
-        self.sweep_objects(keep, cutoff, false).await
+        self.sweep_objects(keep, cutoff, Some(quiet)).await
     }
 
     async fn rewrite(
@@ -1602,9 +1637,13 @@ impl ContentStore for ChunkStore {
 
     async fn missing_chunks(&self, chunks: &[Digest]) -> Result<Vec<bool>, StoreError> {
         let me = self.clone();
+        // Pinned while asked about, so that on a shared store a pack another
+        // process deleted is looked for (and answered missing) rather than
+        // trusted from this process's index.
+        let pins = Arc::new(Pins::new(&self.pins));
         let checks = chunks.iter().copied().map(move |d| {
-            let me = me.clone();
-            async move { Ok::<bool, StoreError>(me.reusable(&d, None).await?.is_none()) }
+            let (me, pins) = (me.clone(), pins.clone());
+            async move { Ok::<bool, StoreError>(me.reusable(&d, Some(&pins)).await?.is_none()) }
         });
         futures_util::stream::iter(checks)
             .buffered(16)
@@ -1632,7 +1671,12 @@ impl ContentStore for ChunkStore {
                 actual,
             });
         }
-        let (_, _, held, _) = self.stage_chunk(data, Some(actual), true, None).await?;
+        // (Pinned for the same reason as in `missing_chunks`: a stale index
+        // entry must not pass for a stored chunk.)
+        let pins = Pins::new(&self.pins);
+        let (_, _, held, _) = self
+            .stage_chunk(data, Some(actual), true, Some(&pins))
+            .await?;
         // Stored when this returns: concurrent chunks share the pack.
         if let Held::Waiting(t) = held {
             self.packer.wait([&t]).await?;

@@ -1266,6 +1266,9 @@ async fn a_reused_chunk_swept_before_the_recipe_fails_the_write(backend: Arc<dyn
     put(&shared, &c).await;
     let pack = shared.pack_of(&chunk_digests(&c)[0]).expect("packed");
     backend.delete(&pack).await.unwrap();
+    // Asked which chunks it lacks, it looks too: they are missing.
+    let missing = shared.missing_chunks(&chunk_digests(&c)).await.unwrap();
+    assert!(missing.iter().all(|m| *m), "{missing:?}");
     let mut e = c[..1024 * 1024].to_vec();
     e.extend(random_bytes(1024 * 1024, 53));
     let de = put(&shared, &e).await;
@@ -1438,6 +1441,26 @@ async fn repacking_races_a_write_that_reuses_the_pack(backend: Arc<dyn ObjectBac
     sweeper.sweep(&HashSet::new(), future).await.unwrap();
 }
 
+/// A caller of a quiet sweep with no writers anywhere.
+struct Alone;
+
+#[async_trait::async_trait]
+impl crate::Quiet for Alone {
+    async fn still(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A caller of a quiet sweep that lost its hold on writers.
+struct Lost;
+
+#[async_trait::async_trait]
+impl crate::Quiet for Lost {
+    async fn still(&self) -> Result<(), StoreError> {
+        Err(StoreError::Backend("gate lost".into()))
+    }
+}
+
 async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
     // Chunks are kept for twice the refresh age whatever the cutoff; zero
     // here so the story can watch them go.
@@ -1469,8 +1492,26 @@ async fn sweep_frees_exactly_the_unused(backend: Arc<dyn ObjectBackend>) {
     assert!(keys(&*backend).await.iter().any(|k| k.starts_with("p/")));
     assert!(r.deleted >= 3, "blobs go, chunks stay: {r:?}");
     // Unless the caller knows no write is in flight: then the cutoff
-    // alone decides (an operator's `gc --grace 0s`).
-    let r = cautious.sweep_quiet(&HashSet::new(), future).await.unwrap();
+    // alone decides (an operator's `gc --grace 0s`); but only while it
+    // still does (a caller that lost its gate stops the sweep before any
+    // young pack goes).
+    let packs_before: Vec<String> = keys(&*backend)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("p/"))
+        .collect();
+    let e = cautious
+        .sweep_quiet(&HashSet::new(), future, &Lost)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("gate lost"), "{e}");
+    for k in &packs_before {
+        assert!(backend.head(k).await.unwrap().is_some(), "{k} went");
+    }
+    let r = cautious
+        .sweep_quiet(&HashSet::new(), future, &Alone)
+        .await
+        .unwrap();
     assert!(r.deleted >= 1 && r.bytes_freed > 0, "{r:?}");
     let left = keys(&*backend).await;
     assert!(left.is_empty(), "a quiet sweep left {left:?}");

@@ -212,6 +212,15 @@ impl StoreError {
     }
 }
 
+/// A quiet sweep's caller: it keeps every write out while the sweep runs
+/// (GC holding the upload gate of every replica, none announced).
+#[async_trait::async_trait]
+pub trait Quiet: Send + Sync {
+    /// Fails when writes may have started since the sweep began (the
+    /// database connection holding the gate ended): the sweep stops.
+    async fn still(&self) -> Result<(), StoreError>;
+}
+
 /// When a write must be durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -346,13 +355,15 @@ pub trait ContentStore: Send + Sync + 'static {
         cutoff: std::time::SystemTime,
     ) -> Result<SweepReport, StoreError>;
 
-    /// As [`ContentStore::sweep`], for a caller that knows no write runs
-    /// meanwhile in any process sharing the store: chunks no blob uses go
-    /// by `cutoff` alone, not also by their age.
+    /// As [`ContentStore::sweep`], for a caller that keeps every write out
+    /// meanwhile, in any process sharing the store: chunks no blob uses go
+    /// by `cutoff` alone, not also by their age. `quiet` is asked again
+    /// before each such deletion.
     async fn sweep_quiet(
         &self,
         keep: &std::collections::HashSet<Digest>,
         cutoff: std::time::SystemTime,
+        quiet: &dyn Quiet,
     ) -> Result<SweepReport, StoreError>;
 
     /// Re-encodes everything not written with the current key and settings

@@ -44,10 +44,15 @@ pub struct RemoteBackend {
 fn remote_err(what: &str, e: object_store::Error) -> StoreError {
     let text = format!("{what}: {e}");
     if says_full(&text) {
-        // The one answer for a full store, whatever its kind (HTTP 507).
+        // The one answer for a full store, whatever its kind (HTTP 507);
+        // the store's address stays in the log.
+        tracing::warn!("{text}");
         return StoreError::Io {
-            context: what.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::StorageFull, text),
+            context: "writing to the object store".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "the object store is full",
+            ),
         };
     }
     StoreError::Backend(text)

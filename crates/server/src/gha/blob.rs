@@ -442,7 +442,10 @@ async fn assemble(s: &AppState, blocks: &[GhaBlock]) -> Result<Received, TwirpEr
                 return Err(if still.is_empty() {
                     changed()
                 } else {
-                    TwirpError::internal(format!("assembling the blob: {e}"))
+                    tracing::error!("assembling a GitHub Actions blob: {e}");
+                    TwirpError::internal(
+                        "assembling the blob failed (the server log has the details)",
+                    )
                 });
             }
         }

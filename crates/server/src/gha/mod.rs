@@ -126,6 +126,8 @@ pub struct TwirpError {
     status: StatusCode,
     code: &'static str,
     msg: String,
+    /// See [`crate::error::ApiError::store_full`].
+    store_full: bool,
 }
 
 impl TwirpError {
@@ -134,6 +136,7 @@ impl TwirpError {
             status,
             code,
             msg: msg.into(),
+            store_full: false,
         }
     }
     fn invalid(msg: impl Into<String>) -> TwirpError {
@@ -157,7 +160,9 @@ impl IntoResponse for TwirpError {
             axum::Json(json!({"code": self.code, "msg": self.msg})),
         )
             .into_response();
-        crate::error::mark_full(&mut resp);
+        if self.store_full {
+            resp.extensions_mut().insert(crate::error::Full);
+        }
         resp
     }
 }
@@ -190,7 +195,10 @@ impl From<crate::error::ApiError> for TwirpError {
             507 => "resource_exhausted",
             _ => "internal",
         };
-        TwirpError::new(e.status, code, e.message)
+        TwirpError {
+            store_full: e.store_full,
+            ..TwirpError::new(e.status, code, e.message)
+        }
     }
 }
 
