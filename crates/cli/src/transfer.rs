@@ -41,18 +41,12 @@ pub const ATTEMPTS: u32 = 4;
 /// ([`satchel_client::ClientError::is_transient`] anywhere in the error's
 /// chain), waiting 1, 2, then 4 seconds between attempts and saying so on
 /// stderr. `what` names the work in that warning.
-pub async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+pub async fn retrying<T, F, Fut>(what: &str, attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    retrying_after(
-        what,
-        std::time::Duration::from_secs(1),
-        &is_transient,
-        &mut attempt,
-    )
-    .await
+    retrying_if(what, &is_transient, attempt).await
 }
 
 /// As [`retrying`], resending only after failures `transient` accepts.
