@@ -238,6 +238,14 @@ if ((CONC > 0)); then
   fi
   ((distinct == CONC)) || log "concurrent case: $distinct distinct files for $CONC uploads (disk space)"
 fi
+# The huge case runs last, once the concurrent case's files are gone: the
+# huge file, its stored copy and its download at once, beside the inputs
+# and the main server's data (about 3x the big file).
+if ((HUGE_MB > 0)); then
+  [[ -x /usr/bin/time ]] || die "the huge-file case needs GNU time (apt-get install time); BENCH_HUGE_MB=0 skips it"
+  huge_need=$((3 * HUGE_MB + 3 * BIG_MB + small_bytes * 8 / 1048576 + 512))
+  ((free >= huge_need)) || die "the huge-file case needs about $huge_need MiB free under $root, has $free MiB (BENCH_HUGE_MB=0 skips it)"
+fi
 
 # --- inputs ------------------------------------------------------------------
 log "writing ${BIG_MB} MiB random file and ${SMALL} x ${SMALL_SIZE} B random files..."
@@ -623,9 +631,15 @@ one_size() {
   timed "${name}_down" one_down
   cmp -s "$work/dl_$name/$file" "$dir/$file" || die "$file downloaded from a fresh server differs from the original"
   rm -rf "$work/dl_$name"
-  printf -v "${name}_srv" '%s' "$(proc_kib "$pid" VmHWM)"
-  printf -v "${name}_agent_up" '%s' "$(tail -1 "$work/$name.up.rss")"
-  printf -v "${name}_agent_down" '%s' "$(tail -1 "$work/$name.down.rss")"
+  local srv agent_up agent_down
+  srv=$(proc_kib "$pid" VmHWM)
+  agent_up=$(tail -1 "$work/$name.up.rss")
+  agent_down=$(tail -1 "$work/$name.down.rss")
+  [[ $srv =~ ^[0-9]+$ && $agent_up =~ ^[0-9]+$ && $agent_down =~ ^[0-9]+$ ]] ||
+    die "$name: no peak RSS (server '$srv', agent '$agent_up', '$agent_down'): did the server die?"
+  printf -v "${name}_srv" '%s' "$srv"
+  printf -v "${name}_agent_up" '%s' "$agent_up"
+  printf -v "${name}_agent_down" '%s' "$agent_down"
   kill "$pid" 2> /dev/null || true
   wait "$pid" 2> /dev/null || true
   rm -rf "$work/data-$name"
@@ -636,10 +650,6 @@ if ((HUGE_MB > 0)); then
     wait "$conc_pid" 2> /dev/null || true
     rm -rf "$work/conc" "$work/data-conc"
   fi
-  # The huge file, its stored copy and its download, at once.
-  free=$(free_mib "$work")
-  huge_need=$((3 * HUGE_MB + 2 * BIG_MB + 512))
-  ((free >= huge_need)) || die "the huge-file case needs about $huge_need MiB free under $root, has $free MiB (BENCH_HUGE_MB=0 skips it)"
   log "huge file: writing ${HUGE_MB} MiB random file..."
   mkdir -p "$work/huge"
   random_file "$work/huge/huge.bin" "$HUGE_MB"

@@ -54,12 +54,10 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Api { status, .. } => *status == 503,
-            // Not a body error (the local file the body streams from
-            // could not be read): sending it again would fail the same way.
+            // (A local file that cannot be read while it streams is a
+            // request error too: retried, in vain, for 7 seconds.)
             ClientError::Transport { source, .. } => {
-                source.is_connect()
-                    || source.is_timeout()
-                    || (source.is_request() && !source.is_body())
+                source.is_connect() || source.is_timeout() || source.is_request()
             }
             ClientError::Protocol(_) => false,
         }

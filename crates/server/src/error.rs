@@ -65,8 +65,10 @@ impl ApiError {
 
 /// Marks a response that found the content store full (507). The
 /// request layer then asks for what failed writes left to be freed
-/// ([`crate::maintenance::release_soon`]); a full metadata database does
-/// not ask (freeing content does not help it where it lives apart).
+/// ([`crate::maintenance::release_soon`]). A full metadata database does
+/// not ask: on PostgreSQL content is elsewhere, and an embedded SQLite
+/// beside local content is kept writable by the reserve, so content writes
+/// find the disk full first.
 #[derive(Debug, Clone, Copy)]
 pub struct Full;
 
@@ -106,7 +108,11 @@ impl From<DbError> for ApiError {
             DbError::Full(m) => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
             }
-            other => ApiError::internal(other.to_string()),
+            // Its text may name the database's host or file: logged only.
+            other => {
+                tracing::error!("metadata database: {other}");
+                ApiError::internal("the metadata database failed (the server log has the details)")
+            }
         }
     }
 }

@@ -179,9 +179,10 @@ impl Drop for Writing {
 #[async_trait::async_trait]
 impl satchel_store::Quiet for Sweep<'_> {
     async fn still(&self) -> Result<(), satchel_store::StoreError> {
+        // Not the store's failure: the sweep stops, and GC may run again.
         self.check()
             .await
-            .map_err(|e| satchel_store::StoreError::Backend(e.to_string()))
+            .map_err(|e| satchel_store::StoreError::Retry(e.to_string()))
     }
 }
 

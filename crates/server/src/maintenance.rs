@@ -650,14 +650,14 @@ pub fn spawn_release(s: AppState) {
         let mut spacing = RELEASE_SPACING;
         loop {
             s.release.notified().await;
-            let mut freed = 0;
+            let (mut ran, mut freed) = (false, 0);
             for wait in [1, 2, 4, 8, 15, 30, 60, 60, 60] {
                 // The failed write must end (and stop being announced).
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 match release_failed_writes(&s).await {
                     Ok(None) => continue,
                     Ok(Some(n)) => {
-                        freed = n;
+                        (ran, freed) = (true, n);
                         break;
                     }
                     Err(e) => {
@@ -674,7 +674,8 @@ pub fn spawn_release(s: AppState) {
                     "released {freed} bytes that failed writes left in the content store"
                 );
                 spacing = RELEASE_SPACING;
-            } else {
+            } else if ran {
+                // A store full of live content: the next sweep waits longer.
                 spacing = (spacing * 2).min(RELEASE_SPACING_MAX);
             }
             tokio::time::sleep(spacing).await;

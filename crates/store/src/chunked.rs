@@ -1010,10 +1010,10 @@ impl ChunkStore {
                             || self.packs.lookup(&e.digest).is_none())
                 })
                 .collect();
-            if holds_chunks {
-                still_quiet(obj.modified).await?;
-            }
             if live.is_empty() {
+                if holds_chunks {
+                    still_quiet(obj.modified).await?;
+                }
                 self.delete_pack(&obj.key).await?;
                 report.deleted += 1;
                 report.bytes_freed += obj.size;
@@ -1023,13 +1023,15 @@ impl ChunkStore {
             // bytes (the index does not count: for tiny blobs it outweighs
             // them, and a pack with nothing dead is never rewritten).
             let live_bytes: u64 = live.iter().map(|e| u64::from(e.len)).sum();
-            if live.len() < entry_count
-                && live_bytes * 2 < entries_bytes
-                && self.repack_in_sweep(&obj.key, holds_chunks, &live).await
-            {
-                report.deleted += 1;
-                report.bytes_freed += obj.size.saturating_sub(live_bytes);
-                continue;
+            if live.len() < entry_count && live_bytes * 2 < entries_bytes {
+                if holds_chunks {
+                    still_quiet(obj.modified).await?;
+                }
+                if self.repack_in_sweep(&obj.key, holds_chunks, &live).await {
+                    report.deleted += 1;
+                    report.bytes_freed += obj.size.saturating_sub(live_bytes);
+                    continue;
+                }
             }
             // Kept: writes may rely on it again.
             self.pins.unclaim(&obj.key);

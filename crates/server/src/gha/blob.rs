@@ -133,6 +133,15 @@ impl Drop for Received {
 }
 
 fn scratch_error(e: std::io::Error) -> TwirpError {
+    if satchel_store::is_full(&e) {
+        // Scratch lives on the data disk: a full disk is 507, and what
+        // failed writes left there is released.
+        return satchel_store::StoreError::Io {
+            context: "scratch write".into(),
+            source: e,
+        }
+        .into();
+    }
     TwirpError::internal(format!("scratch write: {e}"))
 }
 
@@ -442,10 +451,8 @@ async fn assemble(s: &AppState, blocks: &[GhaBlock]) -> Result<Received, TwirpEr
                 return Err(if still.is_empty() {
                     changed()
                 } else {
-                    tracing::error!("assembling a GitHub Actions blob: {e}");
-                    TwirpError::internal(
-                        "assembling the blob failed (the server log has the details)",
-                    )
+                    // The store's own answer: 507 full, 503 retry, 502 down.
+                    TwirpError::from(e)
                 });
             }
         }
