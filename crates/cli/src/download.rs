@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::context::{ScopeArgs, ServerArgs};
 use crate::output::{bytes_bar, human};
-use crate::transfer::{concurrency, plan, ranged_downloads, Work, RANGED_MIN};
+use crate::transfer::{concurrency, plan, ranged_downloads, retrying, Work, RANGED_MIN};
 
 /// Options of `satchel artifact download`.
 #[derive(Args, Debug)]
@@ -399,14 +399,23 @@ pub async fn write_stream(
     let mut w = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
     let mut h = Sha256::new();
     let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
-        h.update(&chunk);
-        n += chunk.len() as u64;
-        bar.inc(chunk.len() as u64);
-        w.write_all(&chunk).await?;
+    let res = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+            bar.inc(chunk.len() as u64);
+            w.write_all(&chunk).await?;
+        }
+        w.flush().await?;
+        anyhow::Ok(())
     }
-    w.flush().await?;
+    .await;
+    if res.is_err() {
+        // Taken back: a retry starts the file over.
+        bar.dec(n);
+    }
+    res?;
     drop(w);
     check(f, n, &h.finalize())?;
     temp.finish(f).await
@@ -485,6 +494,7 @@ async fn fetch_batch(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     let ids = files.iter().map(|f| f.id.clone()).collect();
+    // Whole before anything is written, so a cut answer counts nothing.
     let body: Vec<bytes::Bytes> = client.files_content(ids).await?.try_collect().await?;
     let body = body.concat();
     let root = root.to_path_buf();
@@ -526,9 +536,17 @@ pub async fn fetch_files(
             let (client, root, bar) = (client.clone(), root.to_path_buf(), bar.clone());
             let large = large.clone();
             async move {
+                // An answer cut short, or refused for a passing reason, is
+                // asked for again: the file (or batch) starts over.
                 match group {
-                    Work::Single(f) => fetch_large(&client, &root, &f, &large, &bar).await,
-                    Work::Batch(files) => fetch_batch(&client, &root, files, &bar).await,
+                    Work::Single(f) => {
+                        let what = format!("downloading {}", f.path);
+                        retrying(&what, || fetch_large(&client, &root, &f, &large, &bar)).await
+                    }
+                    Work::Batch(files) => {
+                        let what = format!("downloading a batch of {} small files", files.len());
+                        retrying(&what, || fetch_batch(&client, &root, files.clone(), &bar)).await
+                    }
                 }
             }
         })

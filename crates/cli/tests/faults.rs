@@ -89,6 +89,52 @@ fn the_agent_sends_again_what_a_503_or_a_collection_refused() {
     assert_eq!(sha(&std::fs::read(dl.join("app.bin")).unwrap()), sha(&v2));
 }
 
+/// Downloads whose answers break off half way (a large file's stream, a
+/// batch of small files) are asked for again, and every file arrives
+/// whole; nothing partial is left behind.
+#[test]
+fn a_download_cut_short_is_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    let big = noise(20 << 20, 11);
+    write(&w, "out/big.bin", &big);
+    for i in 0..20 {
+        write(&w, &format!("out/small-{i}.txt"), &noise(3_000, 100 + i));
+    }
+    s.agent(&w, "p", 1, "j")
+        .ok(&["artifact", "upload", "--name", "out", "out/**"]);
+    let (gets, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (g, b) = (gets.clone(), batches.clone());
+    let proxy = Proxy::start(&s.url, move |method, path| {
+        if method == "GET" && path.ends_with("/content") && g.fetch_add(1, SeqCst) == 0 {
+            return Fault::CutAfter(1 << 20);
+        }
+        if method == "POST" && path == "/api/v1/files/content" && b.fetch_add(1, SeqCst) == 0 {
+            return Fault::CutAfter(10_000);
+        }
+        Fault::Forward
+    });
+    let mut agent = s.agent(&w, "p", 1, "j");
+    agent.url = proxy.url.clone();
+    let dl = d.path().join("dl");
+    let out = agent.run(&["artifact", "download", "out/**", dl.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{:?}", proxy.seen());
+    assert!(stderr.contains("trying again"), "{stderr}");
+    assert_eq!(gets.load(SeqCst), 2, "{:?}", proxy.seen());
+    assert_eq!(batches.load(SeqCst), 2, "{:?}", proxy.seen());
+    assert_eq!(
+        sha(&std::fs::read(dl.join("out/big.bin")).unwrap()),
+        sha(&big)
+    );
+    for i in 0..20 {
+        let got = std::fs::read(dl.join(format!("out/small-{i}.txt"))).unwrap();
+        assert_eq!(sha(&got), sha(&noise(3_000, 100 + i)));
+    }
+    assert_eq!(std::fs::read_dir(dl.join("out")).unwrap().count(), 21);
+}
+
 /// A proxy that drops `Range` headers: the server answers each piece of
 /// a large download with the whole file; the agent notices at the first
 /// piece and fetches each large file as one stream instead.

@@ -40,6 +40,15 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// An answer broke off while its body streamed (a download).
+    #[error("the answer from satchel at {url} broke off: {source}")]
+    Interrupted {
+        /// Server URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The server sent something unexpected.
     #[error("unexpected answer from satchel: {0}")]
     Protocol(String),
@@ -59,6 +68,7 @@ impl ClientError {
             ClientError::Transport { source, .. } => {
                 source.is_connect() || source.is_timeout() || source.is_request()
             }
+            ClientError::Interrupted { .. } => true,
             ClientError::Protocol(_) => false,
         }
     }
@@ -149,7 +159,7 @@ impl Client {
     ) -> impl Stream<Item = Result<Bytes, ClientError>> + use<> {
         let url = self.base.clone();
         resp.bytes_stream()
-            .map_err(move |e| ClientError::Transport {
+            .map_err(move |e| ClientError::Interrupted {
                 url: url.clone(),
                 source: e,
             })

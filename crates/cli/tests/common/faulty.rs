@@ -7,6 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
+
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +19,9 @@ pub enum Fault {
     Forward,
     /// Sends it on without this header (a proxy that drops `Range`).
     ForwardWithout(&'static str),
+    /// Sends it on, and cuts the answer's body off after this many bytes
+    /// (the connection breaks).
+    CutAfter(usize),
     /// Answers it with this status and JSON body; upstream never sees it.
     Answer(u16, &'static str),
 }
@@ -121,8 +126,12 @@ async fn forward(State(st): State<Shared>, req: Request) -> Response {
             )
                 .into_response();
         }
-        Fault::Forward | Fault::ForwardWithout(_) => {}
+        Fault::Forward | Fault::ForwardWithout(_) | Fault::CutAfter(_) => {}
     }
+    let cut = match fault {
+        Fault::CutAfter(n) => Some(n),
+        _ => None,
+    };
     let dropped = match fault {
         Fault::ForwardWithout(h) => Some(h),
         _ => None,
@@ -152,7 +161,16 @@ async fn forward(State(st): State<Shared>, req: Request) -> Response {
                     out = out.header(k, v);
                 }
             }
-            out.body(Body::from_stream(resp.bytes_stream())).unwrap()
+            let mut left = cut.unwrap_or(usize::MAX);
+            let body = resp.bytes_stream().map(move |r| {
+                let b = r.map_err(std::io::Error::other)?;
+                if b.len() > left {
+                    return Err(std::io::Error::other("the proxy cut the answer"));
+                }
+                left -= b.len();
+                Ok(b)
+            });
+            out.body(Body::from_stream(body)).unwrap()
         }
         Err(e) => {
             record("502");
