@@ -356,6 +356,30 @@ enum Held {
     Waiting(Ticket),
 }
 
+/// The distinct places a write's chunks are held: one entry per pack (a
+/// few dozen a GiB), not one per chunk (12,400 a GiB), so a write's
+/// memory barely grows with the blob's size.
+#[derive(Default)]
+struct HeldSet {
+    held: Vec<Held>,
+    packs: HashSet<Arc<str>>,
+    objects: HashSet<String>,
+    waiting: HashSet<u64>,
+}
+
+impl HeldSet {
+    fn add(&mut self, h: Held) {
+        let new = match &h {
+            Held::Pack(k) => self.packs.insert(k.clone()),
+            Held::Object(k) => self.objects.insert(k.clone()),
+            Held::Waiting(t) => self.waiting.insert(t.seq()),
+        };
+        if new {
+            self.held.push(h);
+        }
+    }
+}
+
 enum Top {
     Chunk(Bytes),
     Recipe(u64, Vec<(u32, Digest)>),
@@ -1370,7 +1394,9 @@ impl ContentStore for ChunkStore {
         let mut chunker = Chunker::new();
         let mut total: u64 = 0;
         let mut eof = false;
-        let mut chunks: Vec<(u32, Digest, Held, Reuse)> = Vec::new();
+        // The recipe (36 bytes a chunk), and where its chunks are held.
+        let mut chunks: Vec<(u32, Digest)> = Vec::new();
+        let mut held = HeldSet::default();
         // Packs this write relies on, pinned as soon as known (reused ones
         // at once, its own once written) so this process's sweeps skip
         // them however long the write takes.
@@ -1444,12 +1470,16 @@ impl ContentStore for ChunkStore {
                     if let Some(e) = failed {
                         return Err(e);
                     }
-                    chunks.push(done);
+                    let (len, d, h, _) = done;
+                    chunks.push((len, d));
+                    held.add(h);
                 }
             }
         }
         while let Some(r) = inflight.next().await {
-            chunks.push(r?);
+            let (len, d, h, _) = r?;
+            chunks.push((len, d));
+            held.add(h);
         }
         if total != size {
             return Err(StoreError::SizeMismatch {
@@ -1467,9 +1497,7 @@ impl ContentStore for ChunkStore {
             self.store_whole(&expected, only, sync).await?;
             return Ok(());
         }
-        let (chunks, held): (Vec<(u32, Digest)>, Vec<Held>) =
-            chunks.into_iter().map(|(l, d, h, _)| ((l, d), h)).unzip();
-        self.check_still_fresh(&held, &pins).await?;
+        self.check_still_fresh(&held.held, &pins).await?;
         self.write_recipe(digest, total, &chunks, sync).await
     }
 
@@ -1740,12 +1768,12 @@ impl ContentStore for ChunkStore {
                 actual,
             });
         }
-        let held: Vec<Held> = chunks
-            .iter()
-            .map(|(_, d)| self.held_now(d))
-            .collect::<Result<_, _>>()?;
+        let mut held = HeldSet::default();
+        for (_, d) in chunks {
+            held.add(self.held_now(d)?);
+        }
         let pins = Pins::new(&self.pins);
-        self.check_still_fresh(&held, &pins).await?;
+        self.check_still_fresh(&held.held, &pins).await?;
         if chunks.len() == 1 {
             // A one-chunk blob lives whole under b/.
             let data = reader.read_chunk(chunks[0].1).await?;

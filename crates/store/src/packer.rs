@@ -116,6 +116,11 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Which pack this is (packs are numbered as they are opened).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The key of the pack once it is written, or why it was not; `None`
     /// while it is not done.
     pub fn outcome(&self) -> Option<Result<Arc<str>, StoreError>> {
