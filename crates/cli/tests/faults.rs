@@ -247,11 +247,18 @@ fn an_object_store_that_fails_is_retried_then_answered_502_or_507_and_nothing_is
     };
     assert!(answered("502") >= 1, "{}", s.metrics_text());
 
-    // Full: 507 naming the limit, never the store's address.
+    // Full: 507 naming the limit, never the store's address, and at once
+    // (not after the 3 s of retries a server error gets).
     mode.store(FULL, SeqCst);
+    let started = std::time::Instant::now();
     let (out, _) = upload("full.bin", 3 << 20, 4);
+    let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "a full store was retried: {took:?}"
+    );
     assert!(err.contains("no space left"), "{err}");
     assert!(!err.contains(&proxy.url), "{err}");
 

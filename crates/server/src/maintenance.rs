@@ -643,8 +643,7 @@ const RELEASE_SPACING_MAX: Duration = Duration::from_secs(600);
 
 /// Runs [`release_failed_writes`] whenever [`release_soon`] asks: after
 /// the failing request has ended, and again, further and further apart,
-/// for about four minutes while writes are in flight (a write to a full
-/// object store is retried for up to 30 s before it fails).
+/// for about four minutes while writes are in flight.
 pub fn spawn_release(s: AppState) {
     tokio::spawn(async move {
         let mut spacing = RELEASE_SPACING;

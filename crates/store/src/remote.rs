@@ -59,13 +59,57 @@ fn remote_err(what: &str, e: object_store::Error) -> StoreError {
 }
 
 /// Whether an object store's error says it is full: HTTP 507 (WebDAV,
-/// MinIO's `XMinioStorageFull`), or a quota exceeded (Ceph RGW answers
-/// 403 `QuotaExceeded`). `object_store` keeps the status only in its
-/// message.
+/// MinIO's `XMinioStorageFull`; made final by [`FullIsFinal`]), or a
+/// quota exceeded (Ceph RGW answers 403 `QuotaExceeded`). `object_store`
+/// keeps the status only in its message.
 fn says_full(text: &str) -> bool {
-    text.contains("status code: 507")
+    text.contains(FULL_MARK)
+        || text.contains("status code: 507")
         || text.contains("XMinioStorageFull")
         || text.contains("QuotaExceeded")
+}
+
+/// The body [`FullIsFinal`] gives a store's 507.
+const FULL_MARK: &str = "satchel: the object store answered 507 Insufficient Storage";
+
+/// The HTTP client of every remote store: `object_store`'s own, except
+/// that a 507 (the store is full) comes back as a 400 whose body says so.
+/// `object_store` retries every 5xx for the whole retry time; a full store
+/// stays full, so the client would wait 30 s for a 507. A 4xx is final.
+#[derive(Debug)]
+struct FullIsFinal(object_store::client::HttpClient);
+
+#[async_trait]
+impl object_store::client::HttpService for FullIsFinal {
+    async fn call(
+        &self,
+        req: object_store::client::HttpRequest,
+    ) -> Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        let resp = self.0.execute(req).await?;
+        if resp.status().as_u16() != 507 {
+            return Ok(resp);
+        }
+        let (mut parts, _) = resp.into_parts();
+        parts.status = 400u16.try_into().expect("400 is a status");
+        Ok(object_store::client::HttpResponse::from_parts(
+            parts,
+            object_store::client::HttpResponseBody::from(FULL_MARK.to_string()),
+        ))
+    }
+}
+
+/// Connects [`FullIsFinal`] clients.
+#[derive(Debug, Default)]
+struct FullIsFinalConnector;
+
+impl object_store::client::HttpConnector for FullIsFinalConnector {
+    fn connect(
+        &self,
+        options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        let inner = object_store::client::ReqwestConnector::default().connect(options)?;
+        Ok(object_store::client::HttpClient::new(FullIsFinal(inner)))
+    }
 }
 
 /// Retries with backoff (100 ms doubling to 4 s) for at most `retry_for`.
@@ -149,14 +193,16 @@ impl RemoteBackend {
             "s3" | "s3a" => {
                 let b = AmazonS3Builder::from_env()
                     .with_url(bucket_url)
-                    .with_retry(retry_config(retry_for));
+                    .with_retry(retry_config(retry_for))
+                    .with_http_connector(FullIsFinalConnector);
                 let b = apply(b, "s3", &pairs, |b, k, v| b.with_config(k, v))?;
                 Arc::new(b.build().map_err(|e| remote_err("configuring S3", e))?)
             }
             "az" | "azure" | "abfs" => {
                 let b = MicrosoftAzureBuilder::from_env()
                     .with_url(bucket_url)
-                    .with_retry(retry_config(retry_for));
+                    .with_retry(retry_config(retry_for))
+                    .with_http_connector(FullIsFinalConnector);
                 let b = apply(b, "az", &pairs, |b, k, v| b.with_config(k, v))?;
                 Arc::new(
                     b.build()
@@ -166,7 +212,8 @@ impl RemoteBackend {
             "gs" => {
                 let b = GoogleCloudStorageBuilder::from_env()
                     .with_url(bucket_url)
-                    .with_retry(retry_config(retry_for));
+                    .with_retry(retry_config(retry_for))
+                    .with_http_connector(FullIsFinalConnector);
                 let b = apply(b, "gs", &pairs, |b, k, v| b.with_config(k, v))?;
                 Arc::new(
                     b.build()
@@ -183,6 +230,7 @@ impl RemoteBackend {
                 let store = HttpBuilder::new()
                     .with_url(base)
                     .with_retry(retry_config(retry_for))
+                    .with_http_connector(FullIsFinalConnector)
                     .with_client_options(
                         object_store::ClientOptions::new().with_allow_http(true),
                     )
