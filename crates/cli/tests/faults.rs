@@ -135,6 +135,36 @@ fn a_download_cut_short_is_fetched_again() {
     assert_eq!(std::fs::read_dir(dl.join("out")).unwrap().count(), 21);
 }
 
+/// The same for one piece of a large file downloaded in pieces.
+#[test]
+fn a_piece_cut_short_is_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let w = d.path().join("w");
+    let big = noise(40 << 20, 12);
+    write(&w, "big.bin", &big);
+    s.agent(&w, "p", 1, "j")
+        .ok(&["artifact", "upload", "--name", "big", "big.bin"]);
+    let gets = Arc::new(AtomicUsize::new(0));
+    let g = gets.clone();
+    let proxy = Proxy::start(&s.url, move |method, path| {
+        if method == "GET" && path.ends_with("/content") && g.fetch_add(1, SeqCst) == 1 {
+            return Fault::CutAfter(1 << 20);
+        }
+        Fault::Forward
+    });
+    let mut agent = s.agent(&w, "p", 1, "j").env("SATCHEL_RANGES", "1");
+    agent.url = proxy.url.clone();
+    let dl = d.path().join("dl");
+    let out = agent.run(&["artifact", "download", "big.bin", dl.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{:?}", proxy.seen());
+    assert!(stderr.contains("trying again"), "{stderr}");
+    assert!(!stderr.contains("ignored a Range"), "{stderr}");
+    assert_eq!(sha(&std::fs::read(dl.join("big.bin")).unwrap()), sha(&big));
+    assert_eq!(std::fs::read_dir(&dl).unwrap().count(), 1);
+}
+
 /// A proxy that drops `Range` headers: the server answers each piece of
 /// a large download with the whole file; the agent notices at the first
 /// piece and fetches each large file as one stream instead.

@@ -486,7 +486,10 @@ impl Client {
                 end - 1
             )));
         }
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let body = resp.bytes().await.map_err(|e| ClientError::Interrupted {
+            url: self.base.clone(),
+            source: e,
+        })?;
         if body.len() as u64 != end - start {
             return Err(ClientError::Protocol(format!(
                 "asked for {} bytes at offset {start} of file {id}, got {}",
